@@ -1,0 +1,126 @@
+"""The ensemble manifest (which shard versions form the published model) and the placement index."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.config import MFConfig, MLPConfig, ModelConfig, ShardingConfig, TrainingConfig
+from orchestrator.placement import Cell
+from shards.store import ObjectStore
+
+__all__ = ["Catalog", "EnsembleManifest", "PlacementIndex"]
+
+log = logging.getLogger(__name__)
+
+_ENSEMBLE_PREFIX = "ensemble"
+
+
+class EnsembleManifest(BaseModel):
+    """The commit point: publishing a new one makes a new model version visible as a whole."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format_version: int = 1
+    version: int
+    parent_version: int | None
+    kind: Literal["train", "erasure"]
+    request_id: str | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    sharding: ShardingConfig
+    training: TrainingConfig
+    model: ModelConfig  # resolved (e.g. num_items filled in)
+    shard_versions: tuple[int, ...]
+    placement_key: str
+    rows: int
+
+    @property
+    def resolved_model(self) -> MFConfig | MLPConfig:
+        return self.model
+
+
+class PlacementIndex:
+    """Subject digest -> cells holding its rows (one cell in subject-aware modes) with row counts."""
+
+    def __init__(self, entries: dict[str, dict[Cell, int]]) -> None:
+        self.entries = entries
+
+    @classmethod
+    def from_assignment(cls, digests: list[str], cells: list[Cell]) -> PlacementIndex:
+        entries: dict[str, dict[Cell, int]] = defaultdict(dict)
+        for digest, cell in zip(digests, cells, strict=True):
+            entries[digest][cell] = entries[digest].get(cell, 0) + 1
+        return cls(dict(entries))
+
+    def cells(self) -> dict[str, list[Cell]]:
+        return {d: sorted(c) for d, c in self.entries.items()}
+
+    def home_cells(self) -> dict[str, Cell]:
+        return {d: min(c) for d, c in self.entries.items()}
+
+    def rows(self) -> dict[str, int]:
+        return {d: sum(c.values()) for d, c in self.entries.items()}
+
+    def without(self, digests: set[str]) -> PlacementIndex:
+        return PlacementIndex({d: c for d, c in self.entries.items() if d not in digests})
+
+    def to_table(self) -> pa.Table:
+        rows = [(d, cell.shard, cell.slice, n) for d in sorted(self.entries) for cell, n in sorted(self.entries[d].items())]
+        return pa.table(
+            {
+                "subject_digest": pa.array([r[0] for r in rows], pa.string()),
+                "shard": pa.array([r[1] for r in rows], pa.int32()),
+                "slice": pa.array([r[2] for r in rows], pa.int32()),
+                "rows": pa.array([r[3] for r in rows], pa.int64()),
+            }
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> PlacementIndex:
+        entries: dict[str, dict[Cell, int]] = defaultdict(dict)
+        for d, s, k, n in zip(*(table.column(c).to_pylist() for c in ("subject_digest", "shard", "slice", "rows")), strict=True):
+            entries[d][Cell(s, k)] = n
+        return cls(dict(entries))
+
+
+class Catalog:
+    """Reads and publishes ensemble manifests and placement indexes in one store."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def _key(self, version: int) -> str:
+        return f"{_ENSEMBLE_PREFIX}/{version:08d}.json"
+
+    def versions(self) -> list[int]:
+        return [int(k.rsplit("/", 1)[1].split(".")[0]) for k in self.store.list(_ENSEMBLE_PREFIX) if k.endswith(".json")]
+
+    def latest(self) -> EnsembleManifest | None:
+        versions = self.versions()
+        return self.read(max(versions)) if versions else None
+
+    def read(self, version: int) -> EnsembleManifest:
+        return EnsembleManifest.model_validate_json(self.store.get(self._key(version)))
+
+    def publish(self, manifest: EnsembleManifest) -> None:
+        """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``."""
+        self.store.create_exclusive(self._key(manifest.version), manifest.model_dump_json(indent=1).encode())
+        log.info("published ensemble version %d (%s)", manifest.version, manifest.kind)
+
+    def write_placement(self, index: PlacementIndex) -> str:
+        sink = io.BytesIO()
+        pq.write_table(index.to_table(), sink)
+        data = sink.getvalue()
+        key = f"placement/{hashlib.sha256(data).hexdigest()[:40]}.parquet"
+        self.store.put(key, data)
+        return key
+
+    def read_placement(self, key: str) -> PlacementIndex:
+        return PlacementIndex.from_table(pq.read_table(io.BytesIO(self.store.get(key))))

@@ -1,0 +1,281 @@
+"""The coordinator: places subjects, trains every shard, and routes erasures only to affected shards."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
+from orchestrator.config import JobConfig, MFConfig, MLPConfig, ShardingConfig, TrainingConfig
+from orchestrator.digests import SubjectHasher
+from orchestrator.ensemble import aggregate
+from orchestrator.errors import ConfigError, LetheError, StorageConflictError
+from orchestrator.lineage import Lineage
+from orchestrator.placement import Cell, cell_of_key, place_subjects
+from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
+from orchestrator.receipts import ErasureReceipt, ShardRetrain
+from orchestrator.routing import route
+from shards.models import model_for
+from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from shards.shard import ShardUpdate
+from shards.store import ObjectStore
+
+__all__ = ["Coordinator", "PoolFactory", "TrainResult", "partition_rows"]
+
+log = logging.getLogger(__name__)
+
+PoolFactory = Callable[[str, TrainingConfig, MFConfig | MLPConfig, Mapping[int, int | None]], ShardPool]
+
+
+class TrainResult:
+    """What ``Coordinator.train`` returns."""
+
+    def __init__(self, manifest: EnsembleManifest, updates: dict[int, ShardUpdate], seconds: float, registry_version: str | None) -> None:
+        self.manifest = manifest
+        self.updates = updates
+        self.seconds = seconds
+        self.registry_version = registry_version
+
+
+def resolve_model(config: MFConfig | MLPConfig, rows: pa.Table) -> MFConfig | MLPConfig:
+    """Fill in data-derived model settings (the item catalogue size) once, at first training."""
+    if isinstance(config, MFConfig) and config.num_items == 0:
+        largest = pc.max(rows.column(ITEM_ID)).as_py()
+        return config.model_copy(update={"num_items": int(largest) + 1 if largest is not None else 1})
+    return config
+
+
+def partition_rows(rows: pa.Table, sharding: ShardingConfig, hasher: SubjectHasher, existing: PlacementIndex | None = None) -> tuple[pa.Table, list[list[pa.Table]], PlacementIndex]:
+    """Add subject digests and split rows into ``[shard][slice]`` tables sorted by record id."""
+    digests = hasher.digest_many(rows.column(SUBJECT_ID).to_pylist())
+    rows = rows.append_column(SUBJECT_DIGEST, pa.array(digests, pa.string()))
+    if sharding.placement == "row":
+        cells = [cell_of_key(r, sharding.shards, sharding.slices) for r in rows.column(RECORD_ID).to_pylist()]
+    else:
+        counts: dict[str, int] = {}
+        for d in digests:
+            counts[d] = counts.get(d, 0) + 1
+        homes = place_subjects(
+            counts,
+            sharding.shards,
+            sharding.slices,
+            sharding.placement,
+            existing.home_cells() if existing else None,
+            existing.rows() if existing else None,
+        )
+        cells = [homes[d] for d in digests]
+    shard_ids = np.fromiter((c.shard for c in cells), dtype=np.int64, count=len(cells))
+    slice_ids = np.fromiter((c.slice for c in cells), dtype=np.int64, count=len(cells))
+    parts = [
+        [rows.filter(pa.array((shard_ids == s) & (slice_ids == k))).sort_by(RECORD_ID) for k in range(sharding.slices)]
+        for s in range(sharding.shards)
+    ]
+    return rows, parts, PlacementIndex.from_assignment(digests, cells)
+
+
+def ray_pool(store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]) -> ShardPool:
+    return RayShardPool(store_uri, training, model, versions)
+
+
+def local_pool(store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]) -> ShardPool:
+    return LocalShardPool(store_uri, training, model, versions)
+
+
+class Coordinator:
+    """Owns the shard pool for one store; every public method leaves the store at a committed state."""
+
+    def __init__(self, store_uri: str, hasher: SubjectHasher, lineage: Lineage | None = None, pool_factory: PoolFactory = ray_pool) -> None:
+        self.store = ObjectStore(store_uri)
+        self.catalog = Catalog(self.store)
+        self.hasher = hasher
+        self.lineage = lineage
+        self.pool_factory = pool_factory
+        self.manifest = self.catalog.latest()
+        self._pool: ShardPool | None = None
+
+    # ----- helpers ---------------------------------------------------------------------------
+    def _require_manifest(self) -> EnsembleManifest:
+        if self.manifest is None:
+            raise ConfigError(
+                f"no trained ensemble in {self.store.uri}; run `python -m pipelines.train --config FILE.yaml` first"
+            )
+        return self.manifest
+
+    @property
+    def pool(self) -> ShardPool:
+        if self._pool is None:
+            manifest = self._require_manifest()
+            versions = dict(enumerate(manifest.shard_versions))
+            self._pool = self.pool_factory(self.store.uri, manifest.training, manifest.model, versions)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    # ----- training ---------------------------------------------------------------------------
+    def train(
+        self,
+        rows: pa.Table,
+        job: JobConfig,
+        request_id: str | None = None,
+        placement: PlacementIndex | None = None,
+        model: MFConfig | MLPConfig | None = None,
+    ) -> TrainResult:
+        """Train every shard from scratch in parallel and publish a new ensemble version.
+
+        ``placement`` pins known subjects to their persisted cells and ``model`` fixes the
+        resolved model settings: together they reproduce "training from scratch without a
+        subject" exactly as Lethe defines it (see ``orchestrator.placement``).
+        """
+        began = time.perf_counter()
+        model = model or resolve_model(job.training.model, rows)
+        _, parts, index = partition_rows(rows, job.sharding, self.hasher, placement)
+        parent = self.manifest
+        self.close()
+        pool = self.pool_factory(self.store.uri, job.training, model, dict.fromkeys(range(job.sharding.shards)))
+        updates: dict[int, ShardUpdate] = pool.call("train", {s: (parts[s], request_id) for s in range(job.sharding.shards)})
+        manifest = EnsembleManifest(
+            version=(parent.version + 1) if parent else 1,
+            parent_version=parent.version if parent else None,
+            kind="train",
+            request_id=request_id,
+            sharding=job.sharding,
+            training=job.training,
+            model=model,
+            shard_versions=tuple(updates[s].manifest_version for s in range(job.sharding.shards)),
+            placement_key=self.catalog.write_placement(index),
+            rows=len(rows),
+        )
+        self.catalog.publish(manifest)
+        self.manifest, self._pool = manifest, pool
+        seconds = time.perf_counter() - began
+        registry_version = None
+        if self.lineage is not None:
+            registry_version = self.lineage.record_training(manifest, {"train_seconds": seconds})
+        log.info("trained %d shards x %d slices on %d rows in %.2fs", job.sharding.shards, job.sharding.slices, len(rows), seconds)
+        return TrainResult(manifest, updates, seconds, registry_version)
+
+    # ----- erasure ------------------------------------------------------------------------------
+    def forget(self, subject_ids: Sequence[object], request_id: str | None = None) -> ErasureReceipt:
+        """Erase every row of the subjects and retrain only the shards that held them."""
+        began = time.perf_counter()
+        manifest = self._require_manifest()
+        request_id = request_id or f"req-{uuid.uuid4().hex[:12]}"
+        if not subject_ids:
+            raise ConfigError("an erasure request needs at least one subject id")
+        digests = list(dict.fromkeys(self.hasher.digest_many(subject_ids)))
+        index = self.catalog.read_placement(manifest.placement_key)
+        plan = route(digests, index.cells())
+        all_shards = range(manifest.sharding.shards)
+        if not plan.found:
+            log.info("request %s: no rows for %d subject(s); nothing changed", request_id, len(digests))
+            return ErasureReceipt(
+                request_id=request_id, status="not_found", subject_digests=tuple(digests), not_found_digests=plan.not_found,
+                untouched_shards=tuple(all_shards), seconds=time.perf_counter() - began,
+                model_version_before=manifest.version, model_version_after=manifest.version,
+                registry_version_before=self.lineage.current_version() if self.lineage else None,
+                registry_version_after=self.lineage.current_version() if self.lineage else None,
+            )
+        found = set(plan.found)
+        cells = index.cells()
+        per_shard = {
+            shard: (sorted(d for d in plan.found if any(c.shard == shard for c in cells[d])), first, request_id)
+            for shard, first in plan.first_affected_slice.items()
+        }
+        pool = self.pool
+        try:
+            updates: dict[int, ShardUpdate] = pool.call("erase", per_shard)
+        except LetheError:
+            self._rollback(manifest)
+            raise
+        versions = list(manifest.shard_versions)
+        for shard, update in updates.items():
+            versions[shard] = update.manifest_version
+        new_index = index.without(found)
+        new_manifest = EnsembleManifest(
+            version=manifest.version + 1,
+            parent_version=manifest.version,
+            kind="erasure",
+            request_id=request_id,
+            sharding=manifest.sharding,
+            training=manifest.training,
+            model=manifest.model,
+            shard_versions=tuple(versions),
+            placement_key=self.catalog.write_placement(new_index),
+            rows=manifest.rows - sum(u.rows_removed for u in updates.values()),
+        )
+        try:
+            self.catalog.publish(new_manifest)
+        except StorageConflictError:
+            self._rollback(manifest)
+            raise
+        self.manifest = new_manifest
+        deleted = self._delete_superseded(updates, manifest.placement_key, new_manifest.placement_key)
+        receipt = ErasureReceipt(
+            request_id=request_id,
+            status="erased",
+            subject_digests=tuple(digests),
+            not_found_digests=plan.not_found,
+            rows_removed=sum(u.rows_removed for u in updates.values()),
+            shards=tuple(
+                ShardRetrain(
+                    shard=s, first_affected_slice=plan.first_affected_slice[s], slices_retrained=u.slices_retrained,
+                    restarted_from=u.restarted_from, rows_removed=u.rows_removed, seconds=u.seconds,
+                )
+                for s, u in sorted(updates.items())
+            ),
+            untouched_shards=tuple(s for s in all_shards if s not in updates),
+            seconds=time.perf_counter() - began,
+            model_version_before=manifest.version,
+            model_version_after=new_manifest.version,
+            deleted_objects=tuple(deleted),
+        )
+        if self.lineage is not None:
+            parent = self.lineage.current_version()
+            version = self.lineage.record_erasure(receipt, new_manifest, parent)
+            receipt = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
+        log.info("request %s: erased %d row(s) from shard(s) %s in %.2fs", request_id, receipt.rows_removed, receipt.affected_shards, receipt.seconds)
+        return receipt
+
+    def _rollback(self, manifest: EnsembleManifest) -> None:
+        """Point actors back at the published versions; their unpublished objects are garbage."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self.manifest = self.catalog.latest() or manifest
+
+    def _delete_superseded(self, updates: dict[int, ShardUpdate], old_placement: str, new_placement: str) -> list[str]:
+        calls = {s: (list(u.superseded_keys),) for s, u in updates.items() if u.superseded_keys}
+        deleted: list[str] = []
+        for keys in self.pool.call("delete_objects", calls).values():
+            deleted.extend(keys)
+        if old_placement != new_placement:
+            deleted.extend(self.store.delete([old_placement]))
+        return sorted(deleted)
+
+    # ----- serving ------------------------------------------------------------------------------
+    def predict(self, rows: pa.Table) -> np.ndarray:
+        """Ensemble prediction for canonical rows (``subject_id`` may name unknown subjects)."""
+        manifest = self._require_manifest()
+        if SUBJECT_DIGEST not in rows.column_names and SUBJECT_ID in rows.column_names:
+            rows = rows.append_column(SUBJECT_DIGEST, pa.array(self.hasher.digest_many(rows.column(SUBJECT_ID).to_pylist()), pa.string()))
+        results = self.pool.call("predict", {s: (rows,) for s in range(manifest.sharding.shards)})
+        ordered = [results[s] for s in range(manifest.sharding.shards)]
+        return aggregate([r[0] for r in ordered], [r[1] for r in ordered], model_for(manifest.model).subject_specific)
+
+    def placement_index(self) -> PlacementIndex:
+        """The persisted subject placement of the published version (digests only)."""
+        return self.catalog.read_placement(self._require_manifest().placement_key)
+
+    def constituent_tensors(self) -> dict[int, dict[str, Any]]:
+        manifest = self._require_manifest()
+        return self.pool.call("tensors", {s: () for s in range(manifest.sharding.shards)})

@@ -1,0 +1,47 @@
+"""Keyed digests of subject ids (HMAC-SHA256): the only form in which a subject leaves shard data."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+
+from orchestrator.errors import ConfigError
+
+__all__ = ["SubjectHasher"]
+
+_MIN_KEY_BYTES = 16
+
+
+class SubjectHasher:
+    """Turns raw subject ids into stable keyed digests; never logs or stores the raw id."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < _MIN_KEY_BYTES:
+            raise ConfigError(
+                f"the subject digest key has {len(key)} bytes; use at least {_MIN_KEY_BYTES} "
+                "(e.g. `export LETHE_SUBJECT_KEY=$(python -c 'import secrets;print(secrets.token_hex(32))')`)"
+            )
+        self._key = key
+
+    @classmethod
+    def from_env(cls, env_name: str) -> SubjectHasher:
+        value = os.environ.get(env_name)
+        if not value:
+            raise ConfigError(
+                f"environment variable {env_name} is not set; it holds the HMAC key for subject "
+                f"digests. Set it to a secret of >= 32 hex characters, e.g. `export {env_name}="
+                "$(python -c 'import secrets;print(secrets.token_hex(32))')`, and keep it stable: "
+                "changing it makes earlier digests unmatchable."
+            )
+        return cls(value.encode())
+
+    def digest(self, subject_id: object) -> str:
+        return hmac.new(self._key, str(subject_id).encode(), hashlib.sha256).hexdigest()
+
+    def digest_many(self, subject_ids: Iterable[object]) -> list[str]:
+        return [self.digest(s) for s in subject_ids]
+
+    def __repr__(self) -> str:  # never show the key
+        return "SubjectHasher(key=<redacted>)"

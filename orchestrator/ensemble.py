@@ -1,0 +1,29 @@
+"""Training-free aggregation of constituent predictions (nothing here is fitted, so nothing to unlearn)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["aggregate"]
+
+
+def aggregate(scores: Sequence[np.ndarray], known: Sequence[np.ndarray], subject_specific: bool) -> np.ndarray:
+    """Mean of constituent scores or class probabilities.
+
+    With per-subject parameters, a row is answered by the shards that hold its subject (its
+    own shard under subject-aware placement); rows of subjects no shard holds get the mean
+    over every shard (each falls back to its subject-free part, e.g. item biases).
+    """
+    if not scores:
+        raise ValueError("aggregate needs at least one constituent")
+    stacked = np.stack([np.asarray(s, dtype=np.float64) for s in scores])  # (S, N) or (S, N, C)
+    if not subject_specific:
+        return stacked.mean(axis=0)
+    mask = np.stack([np.asarray(k, dtype=bool) for k in known]).astype(np.float64)  # (S, N)
+    while mask.ndim < stacked.ndim:
+        mask = mask[..., None]
+    counts = mask.sum(axis=0)
+    own = (stacked * mask).sum(axis=0) / np.where(counts > 0, counts, 1.0)
+    return np.where(counts > 0, own, stacked.mean(axis=0))

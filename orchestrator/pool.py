@@ -1,0 +1,101 @@
+"""The seam around Ray: run a method on some shards, in parallel actors or in-process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from orchestrator.config import MFConfig, MLPConfig, TrainingConfig
+from orchestrator.errors import LetheError, ShardRetrainFailed
+from shards.shard import Shard
+
+__all__ = ["LocalShardPool", "RayShardPool", "ShardPool"]
+
+log = logging.getLogger(__name__)
+
+
+class ShardPool(Protocol):
+    """Calls ``method`` on the named shards only; shards never named get no call at all."""
+
+    def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalShardPool:
+    """In-process shards, one after another: for tests and small jobs without Ray."""
+
+    def __init__(self, store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]) -> None:
+        self.shards = {i: Shard(i, store_uri, training, model, v) for i, v in versions.items()}
+
+    def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
+        results = {}
+        for shard_id, args in args_by_shard.items():
+            try:
+                results[shard_id] = getattr(self.shards[shard_id], method)(*args)
+            except LetheError:
+                raise
+            except Exception as exc:
+                raise ShardRetrainFailed(shard_id, f"{type(exc).__name__}: {exc}") from exc
+        return results
+
+    def shutdown(self) -> None:
+        self.shards.clear()
+
+
+class RayShardPool:
+    """One ``ShardActor`` per shard, created on first use, so an erasure starts only the actors it needs."""
+
+    def __init__(self, store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise LetheError("Ray is not initialised; call ray.init() (or use the pipelines) first")
+        self._ray = ray
+        self.store_uri = store_uri
+        self.training = training
+        self.model = model
+        self.versions = dict(versions)
+        total = float(ray.cluster_resources().get("CPU", 1.0))
+        wanted = training.cpus_per_shard
+        fair = total / max(1, len(self.versions))
+        self.cpus_per_actor = min(wanted, fair)
+        if self.cpus_per_actor < wanted:
+            log.warning(
+                "cluster has %.1f CPUs for %d shards: reserving %.2f CPU per shard actor instead of %.2f "
+                "(set training.cpus_per_shard to silence this)", total, len(self.versions), self.cpus_per_actor, wanted,
+            )
+        self.actors: dict[int, Any] = {}
+
+    def actor(self, shard_id: int) -> Any:
+        if shard_id not in self.actors:
+            from shards.actor import ShardActor
+
+            self.actors[shard_id] = ShardActor.options(  # type: ignore[attr-defined]
+                num_cpus=self.cpus_per_actor, name=None
+            ).remote(shard_id, self.store_uri, self.training, self.model, self.versions.get(shard_id))
+        return self.actors[shard_id]
+
+    def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
+        refs = {i: getattr(self.actor(i), method).remote(*args) for i, args in args_by_shard.items()}
+        results: dict[int, Any] = {}
+        failures: list[ShardRetrainFailed] = []
+        for shard_id, ref in refs.items():
+            try:
+                results[shard_id] = self._ray.get(ref)
+            except self._ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                if isinstance(cause, LetheError):
+                    raise cause from exc
+                failures.append(ShardRetrainFailed(shard_id, f"{type(cause).__name__}: {cause}"))
+            except self._ray.exceptions.RayActorError as exc:
+                failures.append(ShardRetrainFailed(shard_id, f"actor died: {exc}"))
+        if failures:
+            raise failures[0]
+        return results
+
+    def shutdown(self) -> None:
+        for actor in self.actors.values():
+            self._ray.kill(actor)
+        self.actors.clear()

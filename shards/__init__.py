@@ -1,0 +1,1 @@
+"""What one shard owns: its slices, checkpoint history, training loop and Ray actor."""

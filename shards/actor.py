@@ -1,0 +1,51 @@
+"""The Ray actor for one shard: a thin wrapper that delegates every call to ``Shard``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from orchestrator.config import MFConfig, MLPConfig, TrainingConfig
+from shards.shard import Shard, ShardUpdate
+
+__all__ = ["ShardActor"]
+
+
+@ray.remote
+class ShardActor:
+    """State is reloaded from storage in ``__init__``, so a restarted actor resumes cleanly."""
+
+    def __init__(
+        self,
+        shard_id: int,
+        store_uri: str,
+        training: TrainingConfig,
+        model_config: MFConfig | MLPConfig,
+        manifest_version: int | None,
+    ) -> None:
+        self._shard = Shard(shard_id, store_uri, training, model_config, manifest_version)
+
+    def train(self, slices: Sequence[pa.Table], request_id: str | None = None) -> ShardUpdate:
+        return self._shard.train(slices, request_id)
+
+    def erase(self, subject_digests: Sequence[str], first_affected_slice: int, request_id: str) -> ShardUpdate:
+        return self._shard.erase(subject_digests, first_affected_slice, request_id)
+
+    def adopt(self, manifest_version: int) -> None:
+        self._shard.adopt(manifest_version)
+
+    def delete_objects(self, keys: Sequence[str]) -> list[str]:
+        return self._shard.delete_objects(keys)
+
+    def predict(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        return self._shard.predict(rows)
+
+    def tensors(self) -> dict[str, Any]:
+        return self._shard.tensors()
+
+    def call_log(self) -> list[str]:
+        return self._shard.call_log()

@@ -1,0 +1,121 @@
+"""Biased matrix factorisation for ratings, with per-slice user tables so erasure never edits a tensor."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import nn
+
+from orchestrator.config import MFConfig
+from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
+
+__all__ = ["MatrixFactorization", "MFModule"]
+
+
+class UserTable(nn.Module):
+    """Bias and factors of the users first seen in one slice."""
+
+    def __init__(self, factors: torch.Tensor) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(factors.shape[0]))
+        self.factors = nn.Parameter(factors)
+
+
+class MFModule(nn.Module):
+    """rating = mu + b_item + b_user + <p_user, q_item>; users unknown to the module get zeros."""
+
+    def __init__(self, num_items: int, dim: int) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.zeros(1))
+        self.item_bias = nn.Parameter(torch.zeros(num_items))
+        self.item_factors = nn.Parameter(torch.zeros(num_items, dim))
+        # One table per grown slice, appended in order so parameter order only ever grows at the end.
+        self.user_tables = nn.ModuleList()
+        self.user_slices: list[list[str]] = []  # subject digests, one sorted list per grown table
+        self.user_index: dict[str, int] = {}
+
+    def add_users(self, digests: list[str], factors: torch.Tensor) -> None:
+        offset = len(self.user_index)
+        self.user_slices.append(list(digests))
+        self.user_index.update({d: offset + i for i, d in enumerate(digests)})
+        self.user_tables.append(UserTable(factors))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        score = self.mu + self.item_bias[items]
+        if len(self.user_tables) == 0:
+            return score
+        bias = torch.cat([table.bias for table in self.user_tables])
+        factors = torch.cat([table.factors for table in self.user_tables])
+        known = users >= 0
+        safe = users.clamp(min=0)
+        user_term = bias[safe] + (factors[safe] * self.item_factors[items]).sum(dim=1)
+        return score + torch.where(known, user_term, torch.zeros_like(user_term))
+
+
+class MatrixFactorization:
+    """The recommender model family (see ``SisaModel``)."""
+
+    task: Literal["rating"] = "rating"
+    subject_specific = True
+
+    def __init__(self, config: MFConfig) -> None:
+        if config.num_items < 1:
+            raise ValueError("MatrixFactorization needs num_items >= 1 (resolve it from the data first)")
+        self.config = config
+
+    def build(self, generator: torch.Generator) -> nn.Module:
+        module = MFModule(self.config.num_items, self.config.embedding_dim)
+        with torch.no_grad():
+            module.item_factors.normal_(0.0, self.config.init_std, generator=generator)
+        return module
+
+    def grow(self, module: nn.Module, slice_rows: pa.Table, generator: torch.Generator) -> None:
+        assert isinstance(module, MFModule)
+        seen = set(module.user_index)
+        digests = sorted(set(slice_rows.column(SUBJECT_DIGEST).to_pylist()) - seen)
+        if not digests:
+            return
+        factors = torch.empty(len(digests), self.config.embedding_dim)
+        factors.normal_(0.0, self.config.init_std, generator=generator)
+        module.add_users(digests, factors)
+
+    def layout(self, module: nn.Module) -> dict[str, Any]:
+        assert isinstance(module, MFModule)
+        return {"user_slices": module.user_slices}
+
+    def rebuild(self, layout: dict[str, Any]) -> nn.Module:
+        module = MFModule(self.config.num_items, self.config.embedding_dim)
+        for digests in layout.get("user_slices", []):
+            module.add_users(digests, torch.zeros(len(digests), self.config.embedding_dim))
+        return module
+
+    def encode(self, module: nn.Module, rows: pa.Table) -> dict[str, torch.Tensor]:
+        assert isinstance(module, MFModule)
+        index = module.user_index
+        digests = rows.column(SUBJECT_DIGEST).to_pylist()
+        users = torch.tensor([index.get(d, -1) for d in digests], dtype=torch.long)
+        items_np = rows.column(ITEM_ID).to_numpy().astype(np.int64)
+        if len(items_np) and (items_np.min() < 0 or items_np.max() >= self.config.num_items):
+            raise ValueError(
+                f"item ids must lie in [0, {self.config.num_items}); found "
+                f"[{items_np.min()}, {items_np.max()}]. Raise training.model.num_items."
+            )
+        batch = {"users": users, "items": torch.from_numpy(items_np.copy())}
+        if RATING in rows.column_names:
+            ratings = pc.cast(rows.column(RATING), pa.float32()).to_numpy()
+            batch["target"] = torch.from_numpy(ratings.copy())
+        return batch
+
+    def loss(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        prediction = module(batch["users"], batch["items"])
+        return torch.mean((prediction - batch["target"]) ** 2)
+
+    def predict(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return module(batch["users"], batch["items"])
+
+    def knows(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["users"] >= 0

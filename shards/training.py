@@ -1,0 +1,114 @@
+"""Deterministic slice-by-slice SISA training: step j trains on slices 1..j from step j-1's checkpoint."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from orchestrator.config import TrainingConfig
+from shards.models.protocol import SisaModel
+from shards.schedule import allocate_epochs, derive_seed
+
+__all__ = ["TrainedState", "configure_determinism", "load_checkpoint", "train_steps"]
+
+log = logging.getLogger(__name__)
+
+
+def configure_determinism(threads: int) -> None:
+    """Fixed intra-op threads and deterministic kernels: what makes erasure provably exact."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+@dataclass
+class TrainedState:
+    """A module and its optimizer state after some number of completed slice steps."""
+
+    module: torch.nn.Module
+    optimizer_state: dict[str, Any] | None
+    steps_done: int
+
+
+def _serialize(model: SisaModel, state: TrainedState) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": state.module.state_dict(),
+            "optimizer": state.optimizer_state,
+            "layout": model.layout(state.module),
+            "steps_done": state.steps_done,
+        },
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def load_checkpoint(model: SisaModel, data: bytes) -> TrainedState:
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    module = model.rebuild(payload["layout"])
+    module.load_state_dict(payload["model"])
+    return TrainedState(module, payload["optimizer"], int(payload["steps_done"]))
+
+
+def _optimizer(module: torch.nn.Module, config: TrainingConfig, saved: dict[str, Any] | None) -> torch.optim.Optimizer:
+    params = list(module.parameters())
+    optimizer = torch.optim.Adam(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=False
+    )
+    if saved is not None:
+        # Parameters grown since the save keep their registration order after the old ones,
+        # so the saved per-index state still lines up; new ones start with fresh state.
+        restored = {"state": saved["state"], "param_groups": [dict(saved["param_groups"][0])]}
+        restored["param_groups"][0]["params"] = list(range(len(params)))
+        optimizer.load_state_dict(restored)
+    return optimizer
+
+
+def train_steps(
+    model: SisaModel,
+    config: TrainingConfig,
+    shard_id: int,
+    slices: Sequence[pa.Table],
+    start: TrainedState | None,
+    on_checkpoint: Callable[[int, bytes], None],
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainedState:
+    """Run slice steps ``start.steps_done .. len(slices)-1`` and hand each checkpoint to ``on_checkpoint``.
+
+    Seeds derive from (seed, shard, step, epoch) only, so the same slices give the same
+    tensors bit for bit, whether the run starts from scratch or from a saved checkpoint.
+    """
+    epochs = allocate_epochs(config.epochs, len(slices))
+    if start is None:
+        init = torch.Generator().manual_seed(derive_seed(config.seed, shard_id, "init"))
+        start = TrainedState(model.build(init), None, 0)
+    state = start
+    for step in range(state.steps_done, len(slices)):
+        grow = torch.Generator().manual_seed(derive_seed(config.seed, shard_id, "grow", step))
+        model.grow(state.module, slices[step], grow)
+        optimizer = _optimizer(state.module, config, state.optimizer_state)
+        prefix = pa.concat_tables(list(slices[: step + 1]))
+        data = model.encode(state.module, prefix)
+        rows = len(prefix)
+        state.module.train()
+        for epoch in range(epochs[step] if rows else 0):
+            order = torch.Generator().manual_seed(derive_seed(config.seed, shard_id, step, epoch))
+            permutation = torch.randperm(rows, generator=order)
+            for begin in range(0, rows, config.batch_size):
+                index = permutation[begin : begin + config.batch_size]
+                batch = {name: tensor[index] for name, tensor in data.items()}
+                optimizer.zero_grad(set_to_none=True)
+                model.loss(state.module, batch).backward()
+                optimizer.step()
+        state = TrainedState(state.module, optimizer.state_dict(), step + 1)
+        on_checkpoint(step, _serialize(model, state))
+        if progress is not None:
+            progress(step + 1, len(slices))
+        log.debug("shard %d: step %d/%d done on %d rows", shard_id, step + 1, len(slices), rows)
+    return state
