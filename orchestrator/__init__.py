@@ -1,18 +1,13 @@
-"""What sees all shards: placement, routing, the coordinator, aggregation, lineage and receipts."""
+"""What sees all shards: placement, routing, the coordinator, aggregation, lineage and receipts.
 
-from orchestrator.config import JobConfig, load_job_config
-from orchestrator.coordinator import Coordinator
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import (
-    ConfigError,
-    DataValidationError,
-    LetheError,
-    ShardRetrainFailed,
-    StorageConflictError,
-    StorageCorruptError,
-    UnknownSubjectError,
-)
-from orchestrator.receipts import ErasureReceipt
+Public names are imported lazily so that ``shards`` (which uses this package's config and
+errors) can be imported inside Ray workers without pulling in the coordinator.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -28,3 +23,19 @@ __all__ = [
     "UnknownSubjectError",
     "load_job_config",
 ]
+
+_HOMES = {
+    "Coordinator": "orchestrator.coordinator",
+    "ErasureReceipt": "orchestrator.receipts",
+    "JobConfig": "orchestrator.config",
+    "load_job_config": "orchestrator.config",
+    "SubjectHasher": "orchestrator.digests",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    if name in __all__:
+        return getattr(importlib.import_module("orchestrator.errors"), name)
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

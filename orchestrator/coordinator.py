@@ -136,12 +136,14 @@ class Coordinator:
         resolved model settings: together they reproduce "training from scratch without a
         subject" exactly as Lethe defines it (see ``orchestrator.placement``).
         """
-        began = time.perf_counter()
         model = model or resolve_model(job.training.model, rows)
-        _, parts, index = partition_rows(rows, job.sharding, self.hasher, placement)
         parent = self.manifest
         self.close()
         pool = self.pool_factory(self.store.uri, job.training, model, dict.fromkeys(range(job.sharding.shards)))
+        # Actor start-up (process spawn, torch import) is not training time: wait for it first.
+        pool.call("ready", {s: () for s in range(job.sharding.shards)})
+        began = time.perf_counter()
+        _, parts, index = partition_rows(rows, job.sharding, self.hasher, placement)
         updates: dict[int, ShardUpdate] = pool.call("train", {s: (parts[s], request_id) for s in range(job.sharding.shards)})
         manifest = EnsembleManifest(
             version=(parent.version + 1) if parent else 1,

@@ -29,6 +29,10 @@ class ShardActor:
     ) -> None:
         self._shard = Shard(shard_id, store_uri, training, model_config, manifest_version)
 
+    def ready(self) -> int:
+        """Answers once the actor (torch import, state reload) is up."""
+        return self._shard.shard_id
+
     def train(self, slices: Sequence[pa.Table], request_id: str | None = None) -> ShardUpdate:
         return self._shard.train(slices, request_id)
 

@@ -176,6 +176,9 @@ class Shard:
         return state, checkpoints
 
     # ----- public operations --------------------------------------------------------------
+    def ready(self) -> int:
+        return self.shard_id
+
     def train(self, slices: Sequence[pa.Table], request_id: str | None = None) -> ShardUpdate:
         """Train from scratch on ``slices`` (each sorted by record id) and write a new manifest."""
         self.calls.append("train")
