@@ -72,7 +72,9 @@ class PlacementIndex:
         return PlacementIndex({d: c for d, c in self.entries.items() if d not in digests})
 
     def to_table(self) -> pa.Table:
-        rows = [(d, cell.shard, cell.slice, n) for d in sorted(self.entries) for cell, n in sorted(self.entries[d].items())]
+        rows = [
+            (d, cell.shard, cell.slice, n) for d in sorted(self.entries) for cell, n in sorted(self.entries[d].items())
+        ]
         return pa.table(
             {
                 "subject_digest": pa.array([r[0] for r in rows], pa.string()),
@@ -85,7 +87,9 @@ class PlacementIndex:
     @classmethod
     def from_table(cls, table: pa.Table) -> PlacementIndex:
         entries: dict[str, dict[Cell, int]] = defaultdict(dict)
-        for d, s, k, n in zip(*(table.column(c).to_pylist() for c in ("subject_digest", "shard", "slice", "rows")), strict=True):
+        for d, s, k, n in zip(
+            *(table.column(c).to_pylist() for c in ("subject_digest", "shard", "slice", "rows")), strict=True
+        ):
             entries[d][Cell(s, k)] = n
         return cls(dict(entries))
 
@@ -100,7 +104,11 @@ class Catalog:
         return f"{_ENSEMBLE_PREFIX}/{version:08d}.json"
 
     def versions(self) -> list[int]:
-        return [int(k.rsplit("/", 1)[1].split(".")[0]) for k in self.store.list(_ENSEMBLE_PREFIX) if k.endswith(".json")]
+        return [
+            int(k.rsplit("/", 1)[1].split(".")[0])
+            for k in self.store.list_keys(_ENSEMBLE_PREFIX)
+            if k.endswith(".json")
+        ]
 
     def latest(self) -> EnsembleManifest | None:
         versions = self.versions()

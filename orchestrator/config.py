@@ -91,6 +91,8 @@ class MFConfig(_Frozen):
     # at first training and persist it (items are catalogue data, not personal data).
     num_items: int = Field(0, ge=0)
     init_std: float = Field(0.05, gt=0.0)
+    # L2 penalty on the factors and biases a batch touches (per occurrence, as in Funk SVD).
+    l2: float = Field(0.02, ge=0.0)
 
 
 class MLPConfig(_Frozen):
@@ -170,7 +172,5 @@ def load_job_config(path: str | Path) -> JobConfig:
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"config file {str(file)!r} is invalid: {problems}") from exc

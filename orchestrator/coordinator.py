@@ -18,7 +18,7 @@ from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import aggregate
 from orchestrator.errors import ConfigError, LetheError, StorageConflictError
 from orchestrator.lineage import Lineage
-from orchestrator.placement import Cell, cell_of_key, place_subjects
+from orchestrator.placement import cell_of_key, place_subjects
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.routing import route
@@ -37,7 +37,9 @@ PoolFactory = Callable[[str, TrainingConfig, MFConfig | MLPConfig, Mapping[int, 
 class TrainResult:
     """What ``Coordinator.train`` returns."""
 
-    def __init__(self, manifest: EnsembleManifest, updates: dict[int, ShardUpdate], seconds: float, registry_version: str | None) -> None:
+    def __init__(
+        self, manifest: EnsembleManifest, updates: dict[int, ShardUpdate], seconds: float, registry_version: str | None
+    ) -> None:
         self.manifest = manifest
         self.updates = updates
         self.seconds = seconds
@@ -52,7 +54,9 @@ def resolve_model(config: MFConfig | MLPConfig, rows: pa.Table) -> MFConfig | ML
     return config
 
 
-def partition_rows(rows: pa.Table, sharding: ShardingConfig, hasher: SubjectHasher, existing: PlacementIndex | None = None) -> tuple[pa.Table, list[list[pa.Table]], PlacementIndex]:
+def partition_rows(
+    rows: pa.Table, sharding: ShardingConfig, hasher: SubjectHasher, existing: PlacementIndex | None = None
+) -> tuple[pa.Table, list[list[pa.Table]], PlacementIndex]:
     """Add subject digests and split rows into ``[shard][slice]`` tables sorted by record id."""
     digests = hasher.digest_many(rows.column(SUBJECT_ID).to_pylist())
     rows = rows.append_column(SUBJECT_DIGEST, pa.array(digests, pa.string()))
@@ -80,18 +84,28 @@ def partition_rows(rows: pa.Table, sharding: ShardingConfig, hasher: SubjectHash
     return rows, parts, PlacementIndex.from_assignment(digests, cells)
 
 
-def ray_pool(store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]) -> ShardPool:
+def ray_pool(
+    store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+) -> ShardPool:
     return RayShardPool(store_uri, training, model, versions)
 
 
-def local_pool(store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]) -> ShardPool:
+def local_pool(
+    store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+) -> ShardPool:
     return LocalShardPool(store_uri, training, model, versions)
 
 
 class Coordinator:
     """Owns the shard pool for one store; every public method leaves the store at a committed state."""
 
-    def __init__(self, store_uri: str, hasher: SubjectHasher, lineage: Lineage | None = None, pool_factory: PoolFactory = ray_pool) -> None:
+    def __init__(
+        self,
+        store_uri: str,
+        hasher: SubjectHasher,
+        lineage: Lineage | None = None,
+        pool_factory: PoolFactory = ray_pool,
+    ) -> None:
         self.store = ObjectStore(store_uri)
         self.catalog = Catalog(self.store)
         self.hasher = hasher
@@ -144,7 +158,9 @@ class Coordinator:
         pool.call("ready", {s: () for s in range(job.sharding.shards)})
         began = time.perf_counter()
         _, parts, index = partition_rows(rows, job.sharding, self.hasher, placement)
-        updates: dict[int, ShardUpdate] = pool.call("train", {s: (parts[s], request_id) for s in range(job.sharding.shards)})
+        updates: dict[int, ShardUpdate] = pool.call(
+            "train", {s: (parts[s], request_id) for s in range(job.sharding.shards)}
+        )
         manifest = EnsembleManifest(
             version=(parent.version + 1) if parent else 1,
             parent_version=parent.version if parent else None,
@@ -163,7 +179,13 @@ class Coordinator:
         registry_version = None
         if self.lineage is not None:
             registry_version = self.lineage.record_training(manifest, {"train_seconds": seconds})
-        log.info("trained %d shards x %d slices on %d rows in %.2fs", job.sharding.shards, job.sharding.slices, len(rows), seconds)
+        log.info(
+            "trained %d shards x %d slices on %d rows in %.2fs",
+            job.sharding.shards,
+            job.sharding.slices,
+            len(rows),
+            seconds,
+        )
         return TrainResult(manifest, updates, seconds, registry_version)
 
     # ----- erasure ------------------------------------------------------------------------------
@@ -181,9 +203,14 @@ class Coordinator:
         if not plan.found:
             log.info("request %s: no rows for %d subject(s); nothing changed", request_id, len(digests))
             return ErasureReceipt(
-                request_id=request_id, status="not_found", subject_digests=tuple(digests), not_found_digests=plan.not_found,
-                untouched_shards=tuple(all_shards), seconds=time.perf_counter() - began,
-                model_version_before=manifest.version, model_version_after=manifest.version,
+                request_id=request_id,
+                status="not_found",
+                subject_digests=tuple(digests),
+                not_found_digests=plan.not_found,
+                untouched_shards=tuple(all_shards),
+                seconds=time.perf_counter() - began,
+                model_version_before=manifest.version,
+                model_version_after=manifest.version,
                 registry_version_before=self.lineage.current_version() if self.lineage else None,
                 registry_version_after=self.lineage.current_version() if self.lineage else None,
             )
@@ -230,8 +257,12 @@ class Coordinator:
             rows_removed=sum(u.rows_removed for u in updates.values()),
             shards=tuple(
                 ShardRetrain(
-                    shard=s, first_affected_slice=plan.first_affected_slice[s], slices_retrained=u.slices_retrained,
-                    restarted_from=u.restarted_from, rows_removed=u.rows_removed, seconds=u.seconds,
+                    shard=s,
+                    first_affected_slice=plan.first_affected_slice[s],
+                    slices_retrained=u.slices_retrained,
+                    restarted_from=u.restarted_from,
+                    rows_removed=u.rows_removed,
+                    seconds=u.seconds,
                 )
                 for s, u in sorted(updates.items())
             ),
@@ -245,7 +276,13 @@ class Coordinator:
             parent = self.lineage.current_version()
             version = self.lineage.record_erasure(receipt, new_manifest, parent)
             receipt = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
-        log.info("request %s: erased %d row(s) from shard(s) %s in %.2fs", request_id, receipt.rows_removed, receipt.affected_shards, receipt.seconds)
+        log.info(
+            "request %s: erased %d row(s) from shard(s) %s in %.2fs",
+            request_id,
+            receipt.rows_removed,
+            receipt.affected_shards,
+            receipt.seconds,
+        )
         return receipt
 
     def _rollback(self, manifest: EnsembleManifest) -> None:
@@ -269,7 +306,9 @@ class Coordinator:
         """Ensemble prediction for canonical rows (``subject_id`` may name unknown subjects)."""
         manifest = self._require_manifest()
         if SUBJECT_DIGEST not in rows.column_names and SUBJECT_ID in rows.column_names:
-            rows = rows.append_column(SUBJECT_DIGEST, pa.array(self.hasher.digest_many(rows.column(SUBJECT_ID).to_pylist()), pa.string()))
+            rows = rows.append_column(
+                SUBJECT_DIGEST, pa.array(self.hasher.digest_many(rows.column(SUBJECT_ID).to_pylist()), pa.string())
+            )
         results = self.pool.call("predict", {s: (rows,) for s in range(manifest.sharding.shards)})
         ordered = [results[s] for s in range(manifest.sharding.shards)]
         return aggregate([r[0] for r in ordered], [r[1] for r in ordered], model_for(manifest.model).subject_specific)

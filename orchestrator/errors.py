@@ -37,9 +37,7 @@ class DataValidationError(LetheError):
 
     def __str__(self) -> str:
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        return (
-            f"{len(self.problems)} problem(s) in {self.source}; nothing was changed:\n{lines}"
-        )
+        return f"{len(self.problems)} problem(s) in {self.source}; nothing was changed:\n{lines}"
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.source, self.problems))

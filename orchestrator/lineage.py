@@ -73,7 +73,9 @@ class Lineage:
 
     def record_training(self, manifest: EnsembleManifest, metrics: dict[str, float]) -> str:
         parent = self.current_version()
-        run = self.client.create_run(self.experiment_id, run_name=f"train-v{manifest.version}", tags={"lethe.kind": "train"})
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"train-v{manifest.version}", tags={"lethe.kind": "train"}
+        )
         run_id = run.info.run_id
         params: dict[str, Any] = {
             "shards": manifest.sharding.shards,
@@ -96,7 +98,9 @@ class Lineage:
 
     def record_erasure(self, receipt: ErasureReceipt, manifest: EnsembleManifest, parent: str | None) -> str:
         run = self.client.create_run(
-            self.experiment_id, run_name=f"erasure-{receipt.request_id}", tags={"lethe.kind": "erasure", "lethe.request_id": receipt.request_id}
+            self.experiment_id,
+            run_name=f"erasure-{receipt.request_id}",
+            tags={"lethe.kind": "erasure", "lethe.request_id": receipt.request_id},
         )
         run_id = run.info.run_id
         self.client.log_param(run_id, "request_id", receipt.request_id)
@@ -112,4 +116,10 @@ class Lineage:
         return version
 
     def describe(self) -> dict[str, str]:
-        return {"tracking_uri": self.uri, "model_name": self.tracking.model_name, "alias": self.tracking.alias, "experiment": self.tracking.experiment, "summary": json.dumps({})}
+        return {
+            "tracking_uri": self.uri,
+            "model_name": self.tracking.model_name,
+            "alias": self.tracking.alias,
+            "experiment": self.tracking.experiment,
+            "summary": json.dumps({}),
+        }

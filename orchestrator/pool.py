@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -26,7 +27,9 @@ class ShardPool(Protocol):
 class LocalShardPool:
     """In-process shards, one after another: for tests and small jobs without Ray."""
 
-    def __init__(self, store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]) -> None:
+    def __init__(
+        self, store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+    ) -> None:
         self.shards = {i: Shard(i, store_uri, training, model, v) for i, v in versions.items()}
 
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
@@ -47,24 +50,33 @@ class LocalShardPool:
 class RayShardPool:
     """One ``ShardActor`` per shard, created on first use, so an erasure starts only the actors it needs."""
 
-    def __init__(self, store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]) -> None:
+    READY_TIMEOUT_S = 300.0
+
+    def __init__(
+        self, store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+    ) -> None:
         import ray
 
         if not ray.is_initialized():
             raise LetheError("Ray is not initialised; call ray.init() (or use the pipelines) first")
-        self._ray = ray
+        self._ray: Any = ray
         self.store_uri = store_uri
         self.training = training
         self.model = model
         self.versions = dict(versions)
-        total = float(ray.cluster_resources().get("CPU", 1.0))
+        # Reserve no more than what is free now: actors that cannot be placed would wait forever.
+        free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
         wanted = training.cpus_per_shard
-        fair = total / max(1, len(self.versions))
+        fair = math.floor(free / max(1, len(self.versions)) * 1000) / 1000
         self.cpus_per_actor = min(wanted, fair)
         if self.cpus_per_actor < wanted:
             log.warning(
-                "cluster has %.1f CPUs for %d shards: reserving %.2f CPU per shard actor instead of %.2f "
-                "(set training.cpus_per_shard to silence this)", total, len(self.versions), self.cpus_per_actor, wanted,
+                "cluster has %.2f free CPUs for %d shards: reserving %.2f CPU per shard actor instead of %.2f "
+                "(set training.cpus_per_shard to silence this)",
+                free,
+                len(self.versions),
+                self.cpus_per_actor,
+                wanted,
             )
         self.actors: dict[int, Any] = {}
 
@@ -79,16 +91,28 @@ class RayShardPool:
 
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
         refs = {i: getattr(self.actor(i), method).remote(*args) for i, args in args_by_shard.items()}
+        # Start-up is bounded so that actors the cluster cannot place fail loudly instead of hanging.
+        timeout = self.READY_TIMEOUT_S if method == "ready" else None
         results: dict[int, Any] = {}
-        failures: list[ShardRetrainFailed] = []
+        failures: list[LetheError] = []
         for shard_id, ref in refs.items():
             try:
-                results[shard_id] = self._ray.get(ref)
+                results[shard_id] = self._ray.get(ref, timeout=timeout)
+            except self._ray.exceptions.GetTimeoutError:
+                failures.append(
+                    LetheError(
+                        f"shard actor {shard_id} did not start within {timeout:.0f}s: the cluster cannot place "
+                        f"an actor with {self.cpus_per_actor} CPU(s) (free now: {self._ray.available_resources().get('CPU', 0)}). "
+                        "Lower training.cpus_per_shard or add nodes."
+                    )
+                )
             except self._ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                if isinstance(cause, LetheError):
-                    raise cause from exc
-                failures.append(ShardRetrainFailed(shard_id, f"{type(cause).__name__}: {cause}"))
+                failures.append(
+                    cause
+                    if isinstance(cause, LetheError)
+                    else ShardRetrainFailed(shard_id, f"{type(cause).__name__}: {cause}")
+                )
             except self._ray.exceptions.RayActorError as exc:
                 failures.append(ShardRetrainFailed(shard_id, f"actor died: {exc}"))
         if failures:

@@ -11,7 +11,7 @@ from orchestrator.config import PrivacyConfig, TrackingConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.lineage import Lineage
 
-__all__ = ["demo_hasher", "init_logging", "init_ray", "make_lineage", "hasher_from_env"]
+__all__ = ["demo_hasher", "hasher_from_env", "init_logging", "init_ray", "make_lineage"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False
+        )
 
 
 def hasher_from_env(privacy: PrivacyConfig = PrivacyConfig()) -> SubjectHasher:

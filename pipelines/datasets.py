@@ -47,7 +47,9 @@ def validate_rows(table: pa.Table, source: str, task: str = "rating") -> pa.Tabl
             example = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
             problems.append(f"{duplicates} duplicate record_id value(s), e.g. {example!r}; record ids must be unique")
     if SUBJECT_ID in table.column_names and table.column(SUBJECT_ID).null_count:
-        problems.append(f"{table.column(SUBJECT_ID).null_count} row(s) have a null subject_id; every row needs its data subject")
+        problems.append(
+            f"{table.column(SUBJECT_ID).null_count} row(s) have a null subject_id; every row needs its data subject"
+        )
     for column in _TARGETS[task]:
         if column in table.column_names and table.column(column).null_count:
             problems.append(f"{table.column(column).null_count} row(s) have a null {column}")
@@ -90,28 +92,41 @@ def load_movielens(path: str | Path) -> pa.Table:
         raise DataValidationError(str(file), [f"not a tab-separated MovieLens ratings file: {exc}"]) from exc
     users, items = raw.column("user_id"), raw.column("item_id")
     record_ids = pc.binary_join_element_wise(
-        pc.cast(users, pa.string()), pc.cast(items, pa.string()), pc.cast(pc.cast(raw.column("timestamp"), pa.int64()), pa.string()), ":"
+        pc.cast(users, pa.string()),
+        pc.cast(items, pa.string()),
+        pc.cast(pc.cast(raw.column("timestamp"), pa.int64()), pa.string()),
+        ":",
     )
     table = _canonical_ratings(users, items, raw.column("rating"), record_ids)
     return validate_rows(table, str(file))
 
 
-def load_parquet(path: str | Path, columns: dict[str, str] | None = None, feature_columns: tuple[str, ...] = (), task: str = "rating") -> pa.Table:
+def load_parquet(
+    path: str | Path, columns: dict[str, str] | None = None, feature_columns: tuple[str, ...] = (), task: str = "rating"
+) -> pa.Table:
     """Any Parquet file; ``columns`` maps canonical names (record_id, subject_id, ...) to file columns."""
     file = Path(path)
     if not file.is_file():
         raise DataValidationError(str(file), [f"file {str(file)!r} does not exist"])
     raw = pq.read_table(file)
     mapping = dict(columns or {})
-    problems = [f"mapped column {src!r} (for {dst}) is not in the file; found {raw.column_names}" for dst, src in mapping.items() if src not in raw.column_names]
+    problems = [
+        f"mapped column {src!r} (for {dst}) is not in the file; found {raw.column_names}"
+        for dst, src in mapping.items()
+        if src not in raw.column_names
+    ]
     problems += [f"feature column {c!r} is not in the file" for c in feature_columns if c not in raw.column_names]
     if problems:
         raise DataValidationError(str(file), problems)
     renamed = {src: dst for dst, src in mapping.items()}
     table = raw.rename_columns([renamed.get(c, c) for c in raw.column_names])
     if feature_columns:
-        matrix = np.column_stack([raw.column(c).to_numpy(zero_copy_only=False) for c in feature_columns]).astype(np.float32)
-        table = table.append_column(FEATURES, pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), len(feature_columns)))
+        matrix = np.column_stack([raw.column(c).to_numpy(zero_copy_only=False) for c in feature_columns]).astype(
+            np.float32
+        )
+        table = table.append_column(
+            FEATURES, pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), len(feature_columns))
+        )
     for name, kind in ((RECORD_ID, pa.string()), (SUBJECT_ID, pa.string())):
         if name in table.column_names:
             table = table.set_column(table.column_names.index(name), name, pc.cast(table.column(name), kind))
@@ -133,10 +148,14 @@ def synthetic_ratings(config: SyntheticRatingsConfig = SyntheticRatingsConfig())
         items.extend(chosen.tolist())
         ratings.extend(np.clip(np.round(raw), 1, 5).tolist())
     record_ids = [f"u{u}-i{i}" for u, i in zip(users, items, strict=True)]
-    return _canonical_ratings(pa.array([f"user-{u}" for u in users]), pa.array(items), pa.array(ratings), pa.array(record_ids))
+    return _canonical_ratings(
+        pa.array([f"user-{u}" for u in users]), pa.array(items), pa.array(ratings), pa.array(record_ids)
+    )
 
 
-def synthetic_tabular(subjects: int = 60, rows_per_subject: int = 5, features: int = 8, classes: int = 2, seed: int = 0) -> pa.Table:
+def synthetic_tabular(
+    subjects: int = 60, rows_per_subject: int = 5, features: int = 8, classes: int = 2, seed: int = 0
+) -> pa.Table:
     """Deterministic tabular classification rows (labels from a random linear rule)."""
     rng = np.random.default_rng(seed)
     n = subjects * rows_per_subject

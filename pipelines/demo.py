@@ -1,6 +1,6 @@
 """Recipe: the end-to-end demo. Train S x R on generated ratings, forget one subject, prove exactness.
 
-    python -m pipelines.demo [--shards 4] [--slices 4] [--workdir ./lethe-demo] [--json]
+python -m pipelines.demo [--shards 4] [--slices 4] [--workdir ./lethe-demo] [--json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.config import JobConfig, ShardingConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig, TrainingConfig
+from orchestrator.config import (
+    JobConfig,
+    ShardingConfig,
+    StorageConfig,
+    SyntheticRatingsConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
 from orchestrator.coordinator import Coordinator
 from orchestrator.exactness import constituents_equal
 from orchestrator.lineage import default_tracking_uri
@@ -68,7 +75,7 @@ class DemoResult(BaseModel):
 
 def _fingerprints(store: ObjectStore, shards: list[int]) -> dict[str, str]:
     """sha256 of every slice and checkpoint object of the given shards."""
-    keys = [k for s in shards for k in store.list(shard_prefix(s)) if "/manifests/" not in k]
+    keys = [k for s in shards for k in store.list_keys(shard_prefix(s)) if "/manifests/" not in k]
     return {k: hashlib.sha256(store.get(k)).hexdigest() for k in keys}
 
 
@@ -86,7 +93,9 @@ def run(options: DemoOptions) -> DemoResult:
     storage = options.storage or str(workdir / "store")
     if options.storage is None and Path(storage).exists():
         shutil.rmtree(storage)  # the demo's own default store: start clean on every run
-    tracking = TrackingConfig(uri=options.tracking_uri or default_tracking_uri(workdir), experiment="lethe-demo", model_name="lethe-demo")
+    tracking = TrackingConfig(
+        uri=options.tracking_uri or default_tracking_uri(workdir), experiment="lethe-demo", model_name="lethe-demo"
+    )
     job = JobConfig(
         sharding=ShardingConfig(shards=options.shards, slices=options.slices),
         training=TrainingConfig(epochs=8, batch_size=128, learning_rate=0.02, cpus_per_shard=1.0),
@@ -94,7 +103,9 @@ def run(options: DemoOptions) -> DemoResult:
         tracking=tracking,
     )
     hasher = demo_hasher(workdir)
-    rows, test = split_rows(synthetic_ratings(SyntheticRatingsConfig(users=options.users, seed=options.seed)), 0.1, options.seed)
+    rows, test = split_rows(
+        synthetic_ratings(SyntheticRatingsConfig(users=options.users, seed=options.seed)), 0.1, options.seed
+    )
     init_ray()
     coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage))
     train_seconds = coordinator.train(rows, job, request_id="demo-initial-training").seconds
@@ -179,7 +190,16 @@ def main(
     init_logging(verbose)
     if as_json:
         logging.getLogger().setLevel(logging.WARNING)
-    options = DemoOptions(shards=shards, slices=slices, workdir=workdir, storage=storage, tracking_uri=tracking_uri, users=users, seed=seed, subject=subject)
+    options = DemoOptions(
+        shards=shards,
+        slices=slices,
+        workdir=workdir,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        users=users,
+        seed=seed,
+        subject=subject,
+    )
     result = run(options)
     if as_json:
         print(json.dumps(result.model_dump(mode="json")))

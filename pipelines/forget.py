@@ -1,7 +1,7 @@
 """Recipe: erase data subjects from a trained store and print the erasure receipt.
 
-    python -m pipelines.forget --storage ./lethe-store --subject 42 --subject 77
-    python -m pipelines.forget --storage s3://bucket/lethe --subjects-file tickets.txt
+python -m pipelines.forget --storage ./lethe-store --subject 42 --subject 77
+python -m pipelines.forget --storage s3://bucket/lethe --subjects-file tickets.txt
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ def read_subjects(subjects: list[str], subjects_file: Path | None) -> list[str]:
     return found
 
 
-def run(storage: str, subjects: list[str], tracking: TrackingConfig, privacy: PrivacyConfig, request_id: str | None = None) -> ErasureReceipt:
+def run(
+    storage: str, subjects: list[str], tracking: TrackingConfig, privacy: PrivacyConfig, request_id: str | None = None
+) -> ErasureReceipt:
+    hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
     init_ray()
-    coordinator = Coordinator(storage, hasher_from_env(privacy), make_lineage(tracking, storage))
+    coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage))
     try:
         return coordinator.forget(subjects, request_id)
     finally:
@@ -65,7 +68,9 @@ def main(
         tracking = job.tracking if job else TrackingConfig()
         if tracking_uri:
             tracking = tracking.model_copy(update={"uri": tracking_uri})
-        receipt = run(uri, read_subjects(subject, subjects_file), tracking, job.privacy if job else PrivacyConfig(), request_id)
+        receipt = run(
+            uri, read_subjects(subject, subjects_file), tracking, job.privacy if job else PrivacyConfig(), request_id
+        )
     except LetheError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

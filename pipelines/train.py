@@ -1,6 +1,6 @@
 """Recipe: train a SISA ensemble from a YAML job config and publish it as a new model version.
 
-    python -m pipelines.train --config infra/configs/ml100k.yaml
+python -m pipelines.train --config infra/configs/ml100k.yaml
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def evaluate(coordinator: Coordinator, test: pa.Table, task: str) -> dict[str, f
 
 def run(job: JobConfig) -> dict[str, object]:
     task = "rating" if job.training.model.kind == "mf" else "classification"
+    hasher = hasher_from_env(job.privacy)  # fail on a missing key before loading anything
     rows, test = load_rows(job.data, task)
     init_ray()
-    coordinator = Coordinator(job.storage.uri, hasher_from_env(job.privacy), make_lineage(job.tracking, job.storage.uri))
+    coordinator = Coordinator(job.storage.uri, hasher, make_lineage(job.tracking, job.storage.uri))
     result = coordinator.train(rows, job, request_id="train")
     metrics = evaluate(coordinator, test, task)
     coordinator.close()

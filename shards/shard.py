@@ -131,14 +131,12 @@ class Shard:
         return manifest
 
     def _next_version(self) -> int:
-        existing = self.store.list(f"{shard_prefix(self.shard_id)}/manifests")
+        existing = self.store.list_keys(f"{shard_prefix(self.shard_id)}/manifests")
         numbers = [int(k.rsplit("/", 1)[1].split(".")[0]) for k in existing]
         return max(numbers, default=0) + 1
 
     def _checkpoint_key(self, step: int, slices: Sequence[SliceEntry]) -> str:
-        text = json.dumps(
-            [self.fingerprint, self.shard_id, [s.records_sha256 for s in slices[: step + 1]]]
-        )
+        text = json.dumps([self.fingerprint, self.shard_id, [s.records_sha256 for s in slices[: step + 1]]])
         digest = hashlib.sha256(text.encode()).hexdigest()[:40]
         return f"{shard_prefix(self.shard_id)}/checkpoints/{step:04d}-{digest}.pt"
 
@@ -151,7 +149,9 @@ class Shard:
     def _read_slice(self, entry: SliceEntry) -> pa.Table:
         return pq.read_table(io.BytesIO(self.store.get(entry.key)))
 
-    def _publish(self, slices: list[SliceEntry], checkpoints: list[CheckpointEntry], request_id: str | None) -> ShardManifest:
+    def _publish(
+        self, slices: list[SliceEntry], checkpoints: list[CheckpointEntry], request_id: str | None
+    ) -> ShardManifest:
         manifest = ShardManifest(
             shard_id=self.shard_id,
             version=self._next_version(),
@@ -164,7 +164,9 @@ class Shard:
         self.store.create_exclusive(self._manifest_key(manifest.version), manifest.model_dump_json(indent=1).encode())
         return manifest
 
-    def _run(self, tables: list[pa.Table], entries: list[SliceEntry], start: TrainedState | None, keep: list[CheckpointEntry]) -> tuple[TrainedState, list[CheckpointEntry]]:
+    def _run(
+        self, tables: list[pa.Table], entries: list[SliceEntry], start: TrainedState | None, keep: list[CheckpointEntry]
+    ) -> tuple[TrainedState, list[CheckpointEntry]]:
         checkpoints = list(keep)
 
         def save(step: int, data: bytes) -> None:

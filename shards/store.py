@@ -29,8 +29,7 @@ def _local_create_exclusive(fs: Any, path: str, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError as exc:
         raise StorageConflictError(
-            f"{path} already exists: another writer published this version first. "
-            "Reload the store state and retry."
+            f"{path} already exists: another writer published this version first. Reload the store state and retry."
         ) from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
@@ -115,7 +114,7 @@ class ObjectStore:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
 
-    def list(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (recursive), sorted."""
         base = self._path(prefix).rstrip("/")
         self.fs.invalidate_cache(base)

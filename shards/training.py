@@ -58,9 +58,7 @@ def load_checkpoint(model: SisaModel, data: bytes) -> TrainedState:
 
 def _optimizer(module: torch.nn.Module, config: TrainingConfig, saved: dict[str, Any] | None) -> torch.optim.Optimizer:
     params = list(module.parameters())
-    optimizer = torch.optim.Adam(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=False
-    )
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=False)
     if saved is not None:
         # Parameters grown since the save keep their registration order after the old ones,
         # so the saved per-index state still lines up; new ones start with fresh state.
@@ -104,7 +102,7 @@ def train_steps(
                 index = permutation[begin : begin + config.batch_size]
                 batch = {name: tensor[index] for name, tensor in data.items()}
                 optimizer.zero_grad(set_to_none=True)
-                model.loss(state.module, batch).backward()
+                model.loss(state.module, batch).backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
         state = TrainedState(state.module, optimizer.state_dict(), step + 1)
         on_checkpoint(step, _serialize(model, state))

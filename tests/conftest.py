@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
-from orchestrator.digests import SubjectHasher  # noqa: E402
+from orchestrator.digests import SubjectHasher
 
 TEST_KEY = b"lethe-test-key-0123456789abcdef"
 

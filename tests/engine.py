@@ -13,10 +13,14 @@ from orchestrator.digests import SubjectHasher
 from shards.rows import SUBJECT_ID
 
 
-def job(model: MFConfig | MLPConfig | None = None, shards: int = 3, slices: int = 4, placement: str = "balanced") -> JobConfig:
+def job(
+    model: MFConfig | MLPConfig | None = None, shards: int = 3, slices: int = 4, placement: str = "balanced"
+) -> JobConfig:
     return JobConfig(
         sharding=ShardingConfig(shards=shards, slices=slices, placement=placement),
-        training=TrainingConfig(model=model or MFConfig(embedding_dim=4), epochs=3, batch_size=32, learning_rate=0.02, cpus_per_shard=0.5),
+        training=TrainingConfig(
+            model=model or MFConfig(embedding_dim=4), epochs=3, batch_size=32, learning_rate=0.02, cpus_per_shard=0.5
+        ),
     )
 
 
@@ -24,11 +28,24 @@ def without(rows: pa.Table, subjects: list[str]) -> pa.Table:
     return rows.filter(pc.invert(pc.is_in(rows.column(SUBJECT_ID), value_set=pa.array(subjects))))
 
 
-def from_scratch(tmp: Path, coordinator: Coordinator, rows: pa.Table, config: JobConfig, hasher: SubjectHasher, pool: PoolFactory = local_pool, pin_placement: bool = True) -> Coordinator:
+def from_scratch(
+    tmp: Path,
+    coordinator: Coordinator,
+    rows: pa.Table,
+    config: JobConfig,
+    hasher: SubjectHasher,
+    pool: PoolFactory = local_pool,
+    pin_placement: bool = True,
+) -> Coordinator:
     """SISA training from scratch on ``rows``, with the persisted placement when pinned."""
     assert coordinator.manifest is not None
     reference = Coordinator(str(tmp / "reference"), hasher, pool_factory=pool)
-    reference.train(rows, config, placement=coordinator.placement_index() if pin_placement else None, model=coordinator.manifest.model)
+    reference.train(
+        rows,
+        config,
+        placement=coordinator.placement_index() if pin_placement else None,
+        model=coordinator.manifest.model,
+    )
     return reference
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +13,7 @@ from torch import nn
 from orchestrator.config import MFConfig
 from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
 
-__all__ = ["MatrixFactorization", "MFModule"]
+__all__ = ["MFModule", "MatrixFactorization"]
 
 
 class UserTable(nn.Module):
@@ -44,22 +44,32 @@ class MFModule(nn.Module):
         self.user_index.update({d: offset + i for i, d in enumerate(digests)})
         self.user_tables.append(UserTable(factors))
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def terms(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted ratings and the squared norm of the parameters each row touched."""
+        item_vectors = self.item_factors[items]
         score = self.mu + self.item_bias[items]
+        norm = self.item_bias[items] ** 2 + (item_vectors**2).sum(dim=1)
         if len(self.user_tables) == 0:
-            return score
-        bias = torch.cat([table.bias for table in self.user_tables])
-        factors = torch.cat([table.factors for table in self.user_tables])
+            return score, norm
+        tables = [cast(UserTable, table) for table in self.user_tables]
+        bias = torch.cat([table.bias for table in tables])
+        factors = torch.cat([table.factors for table in tables])
         known = users >= 0
         safe = users.clamp(min=0)
-        user_term = bias[safe] + (factors[safe] * self.item_factors[items]).sum(dim=1)
-        return score + torch.where(known, user_term, torch.zeros_like(user_term))
+        user_vectors = factors[safe]
+        user_term = bias[safe] + (user_vectors * item_vectors).sum(dim=1)
+        user_norm = bias[safe] ** 2 + (user_vectors**2).sum(dim=1)
+        zeros = torch.zeros_like(user_term)
+        return score + torch.where(known, user_term, zeros), norm + torch.where(known, user_norm, zeros)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.terms(users, items)[0]
 
 
 class MatrixFactorization:
     """The recommender model family (see ``SisaModel``)."""
 
-    task: Literal["rating"] = "rating"
+    task: Literal["rating", "classification"] = "rating"
     subject_specific = True
 
     def __init__(self, config: MFConfig) -> None:
@@ -111,8 +121,9 @@ class MatrixFactorization:
         return batch
 
     def loss(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        prediction = module(batch["users"], batch["items"])
-        return torch.mean((prediction - batch["target"]) ** 2)
+        assert isinstance(module, MFModule)
+        prediction, norm = module.terms(batch["users"], batch["items"])
+        return torch.mean((prediction - batch["target"]) ** 2 + self.config.l2 * norm)
 
     def predict(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return module(batch["users"], batch["items"])

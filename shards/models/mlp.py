@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +19,7 @@ __all__ = ["MLPClassifier"]
 class MLPClassifier:
     """Fixed architecture: grow/layout/rebuild are trivial (see ``SisaModel``)."""
 
-    task: Literal["classification"] = "classification"
+    task: Literal["rating", "classification"] = "classification"
     subject_specific = False
 
     def __init__(self, config: MLPConfig) -> None:
@@ -27,7 +28,7 @@ class MLPClassifier:
     def _module(self) -> nn.Module:
         widths = [self.config.num_features, *self.config.hidden]
         layers: list[nn.Module] = []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+        for fan_in, fan_out in itertools.pairwise(widths):
             layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
         layers.append(nn.Linear(widths[-1], self.config.num_classes))
         return nn.Sequential(*layers)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import MFConfig, MLPConfig
+from orchestrator.config import MFConfig, MLPConfig, SyntheticRatingsConfig
 from orchestrator.coordinator import Coordinator, local_pool
 from orchestrator.exactness import constituents_equal
 from pipelines.datasets import synthetic_ratings, synthetic_tabular
-from orchestrator.config import SyntheticRatingsConfig
 from shards.rows import SUBJECT_ID
 from tests.engine import from_scratch, job, store_snapshot, subject_in_slice, without
 

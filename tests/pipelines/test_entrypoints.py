@@ -1,0 +1,104 @@
+"""The README's commands, run as the subprocesses a user (or ``ray job submit``) would start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT), **env}
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_demo_json_reports_an_exact_targeted_erasure(tmp_path):
+    result = _run(
+        [
+            "pipelines.demo",
+            "--json",
+            "--users",
+            "60",
+            "--shards",
+            "3",
+            "--slices",
+            "3",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    required = {
+        "exact",
+        "erasure_seconds",
+        "full_retrain_seconds",
+        "affected_shards",
+        "untouched_shards_unchanged",
+        "request_id",
+        "forgotten_subject",
+        "model_name",
+        "model_version",
+    }
+    assert required <= summary.keys()
+    assert summary["exact"] is True
+    assert summary["untouched_shards_unchanged"] is True
+    assert len(summary["affected_shards"]) == 1
+    assert (tmp_path / "demo" / "mlflow.db").exists()
+    assert (tmp_path / "demo" / "store" / "ensemble").is_dir()
+
+
+def test_train_then_forget_from_the_command_line(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "# python -m pipelines.train --config job.yaml\n"
+        "data: {source: synthetic, synthetic: {users: 40, items: 20, ratings_per_user: 5}}\n"
+        "sharding: {shards: 2, slices: 2}\n"
+        "training: {epochs: 2, cpus_per_shard: 0.5}\n"
+        f"storage: {{uri: {tmp_path / 'store'}}}\n"
+        f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}'}}\n"
+    )
+    key = {"LETHE_SUBJECT_KEY": "k" * 64}
+    trained = _run(["pipelines.train", "--config", str(config)], tmp_path, **key)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert json.loads(trained.stdout.strip().splitlines()[-1])["ensemble_version"] == 1
+    subjects = tmp_path / "tickets.txt"
+    subjects.write_text("# GDPR tickets\nuser-3\n\nuser-4\n")
+    forgot = _run(
+        ["pipelines.forget", "--config", str(config), "--subjects-file", str(subjects), "--subject", "ghost"],
+        tmp_path,
+        **key,
+    )
+    assert forgot.returncode == 0, forgot.stderr[-3000:]
+    receipt = json.loads(forgot.stdout[forgot.stdout.index("{") :])
+    assert receipt["status"] == "erased"
+    assert len(receipt["subject_digests"]) == 3
+    assert len(receipt["not_found_digests"]) == 1
+    assert "user-3" not in forgot.stdout
+    assert "user-3" not in forgot.stderr
+
+
+def test_forget_without_a_key_fails_with_a_fix(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LETHE_SUBJECT_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.forget", "--storage", str(tmp_path), "--subject", "x"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "LETHE_SUBJECT_KEY" in result.stderr

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import StorageConflictError, StorageCorruptError
+from shards.store import ObjectStore
+
+
+def test_exclusive_create_has_one_winner(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    store.create_exclusive("manifests/00000001.json", b"first")
+    with pytest.raises(StorageConflictError, match="another writer"):
+        store.create_exclusive("manifests/00000001.json", b"second")
+    assert store.get("manifests/00000001.json") == b"first"
+
+
+def test_file_urls_and_plain_paths_are_the_same_store(tmp_path):
+    ObjectStore(f"file://{tmp_path}").put("a/b.bin", b"x")
+    assert ObjectStore(str(tmp_path)).get("a/b.bin") == b"x"
+    assert ObjectStore(str(tmp_path)).list_keys("a") == ["a/b.bin"]
+
+
+def test_missing_object_is_a_corrupt_store_error(tmp_path):
+    with pytest.raises(StorageCorruptError, match="missing"):
+        ObjectStore(str(tmp_path)).get("nope")
+
+
+def test_delete_reports_only_what_existed(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    store.put("x", b"1")
+    assert store.delete(["x", "y"]) == ["x"]
+    assert not store.exists("x")
