@@ -92,7 +92,7 @@ class MFConfig(_Frozen):
     num_items: int = Field(0, ge=0)
     init_std: float = Field(0.05, gt=0.0)
     # L2 penalty on the factors and biases a batch touches (per occurrence, as in Funk SVD).
-    l2: float = Field(0.02, ge=0.0)
+    l2: float = Field(0.1, ge=0.0)
 
 
 class MLPConfig(_Frozen):

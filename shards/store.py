@@ -41,15 +41,18 @@ def _s3_create_exclusive(fs: Any, path: str, data: bytes) -> None:
     from botocore.exceptions import ClientError
 
     bucket, key, _ = fs.split_path(path)
+    conflict = StorageConflictError(
+        f"s3://{bucket}/{key} already exists: another writer published this version first. "
+        "Reload the store state and retry."
+    )
     try:
         fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except FileExistsError as exc:  # s3fs maps 412 Precondition Failed to FileExistsError
+        raise conflict from exc
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
-            raise StorageConflictError(
-                f"s3://{bucket}/{key} already exists: another writer published this version "
-                "first. Reload the store state and retry."
-            ) from exc
+            raise conflict from exc
         raise
     fs.invalidate_cache(path)
 
