@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -128,9 +128,31 @@ class TrainingConfig(_Frozen):
 
 
 class StorageConfig(_Frozen):
-    """Where shard state lives: a local folder, ``file://`` or ``s3://`` URL."""
+    """Where shard state lives: a local folder, ``file://`` or ``s3://`` URL.
+
+    Credentials never go here: s3fs reads them from the standard AWS environment variables,
+    profile files or instance roles. ``endpoint_url`` defaults to ``AWS_ENDPOINT_URL_S3`` /
+    ``AWS_ENDPOINT_URL`` when those are set.
+    """
 
     uri: str = "./lethe-store"
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options for the URI's protocol (empty for local folders)."""
+        if not self.uri.startswith(("s3://", "s3a://")):
+            return {}
+        client: dict[str, str] = {}
+        if self.endpoint_url:
+            client["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client["region_name"] = self.region
+        options: dict[str, Any] = {"client_kwargs": client} if client else {}
+        if self.profile:
+            options["profile"] = self.profile
+        return options
 
 
 class TrackingConfig(_Frozen):
@@ -141,6 +163,12 @@ class TrackingConfig(_Frozen):
     model_name: str = "lethe-ensemble"
     alias: str = "production"
     enabled: bool = True
+    # Artifact root of the experiment when Lethe creates it (e.g. s3://bucket/mlflow); None =
+    # the tracking server's default. Models (with their copied weights) are stored under it.
+    artifact_location: str | None = None
+    # The tracking server's own database (e.g. sqlite:////srv/mlflow.db). Purging a model
+    # version runs `mlflow gc`, which needs direct access to it when `uri` is http(s)://.
+    backend_store_uri: str | None = None
 
 
 class PrivacyConfig(_Frozen):

@@ -13,13 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
-from orchestrator.config import JobConfig, MFConfig, MLPConfig, ShardingConfig, TrainingConfig
+from orchestrator.config import JobConfig, MFConfig, MLPConfig, ShardingConfig, StorageConfig, TrainingConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import aggregate
-from orchestrator.errors import ConfigError, LetheError, StorageConflictError
+from orchestrator.errors import ConfigError, LetheError, StorageConflictError, StorageCorruptError
 from orchestrator.lineage import Lineage
 from orchestrator.placement import cell_of_key, place_subjects
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
+from orchestrator.purge import purge_unreferenced
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.routing import route
 from shards.models import model_for
@@ -31,7 +32,7 @@ __all__ = ["Coordinator", "PoolFactory", "TrainResult", "partition_rows"]
 
 log = logging.getLogger(__name__)
 
-PoolFactory = Callable[[str, TrainingConfig, MFConfig | MLPConfig, Mapping[int, int | None]], ShardPool]
+PoolFactory = Callable[[StorageConfig, TrainingConfig, MFConfig | MLPConfig, Mapping[int, int | None]], ShardPool]
 
 
 class TrainResult:
@@ -85,15 +86,15 @@ def partition_rows(
 
 
 def ray_pool(
-    store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+    storage: StorageConfig, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
 ) -> ShardPool:
-    return RayShardPool(store_uri, training, model, versions)
+    return RayShardPool(storage, training, model, versions)
 
 
 def local_pool(
-    store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+    storage: StorageConfig, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
 ) -> ShardPool:
-    return LocalShardPool(store_uri, training, model, versions)
+    return LocalShardPool(storage, training, model, versions)
 
 
 class Coordinator:
@@ -101,18 +102,22 @@ class Coordinator:
 
     def __init__(
         self,
-        store_uri: str,
+        storage: StorageConfig | str,
         hasher: SubjectHasher,
         lineage: Lineage | None = None,
         pool_factory: PoolFactory = ray_pool,
     ) -> None:
-        self.store = ObjectStore(store_uri)
+        self.storage = storage if isinstance(storage, StorageConfig) else StorageConfig(uri=storage)
+        self.store = ObjectStore(self.storage)
         self.catalog = Catalog(self.store)
         self.hasher = hasher
         self.lineage = lineage
         self.pool_factory = pool_factory
         self.manifest = self.catalog.latest()
         self._pool: ShardPool | None = None
+        if self.manifest is not None:
+            # Finish a purge that a crash may have interrupted right after a commit.
+            purge_unreferenced(self.store, self.catalog, self.manifest)
 
     # ----- helpers ---------------------------------------------------------------------------
     def _require_manifest(self) -> EnsembleManifest:
@@ -127,7 +132,7 @@ class Coordinator:
         if self._pool is None:
             manifest = self._require_manifest()
             versions = dict(enumerate(manifest.shard_versions))
-            self._pool = self.pool_factory(self.store.uri, manifest.training, manifest.model, versions)
+            self._pool = self.pool_factory(self.storage, manifest.training, manifest.model, versions)
         return self._pool
 
     def close(self) -> None:
@@ -153,7 +158,7 @@ class Coordinator:
         model = model or resolve_model(job.training.model, rows)
         parent = self.manifest
         self.close()
-        pool = self.pool_factory(self.store.uri, job.training, model, dict.fromkeys(range(job.sharding.shards)))
+        pool = self.pool_factory(self.storage, job.training, model, dict.fromkeys(range(job.sharding.shards)))
         # Actor start-up (process spawn, torch import) is not training time: wait for it first.
         pool.call("ready", {s: () for s in range(job.sharding.shards)})
         began = time.perf_counter()
@@ -175,6 +180,7 @@ class Coordinator:
         )
         self.catalog.publish(manifest)
         self.manifest, self._pool = manifest, pool
+        purge_unreferenced(self.store, self.catalog, manifest)
         seconds = time.perf_counter() - began
         registry_version = None
         if self.lineage is not None:
@@ -192,6 +198,7 @@ class Coordinator:
     def forget(self, subject_ids: Sequence[object], request_id: str | None = None) -> ErasureReceipt:
         """Erase every row of the subjects and retrain only the shards that held them."""
         began = time.perf_counter()
+        self._refresh()
         manifest = self._require_manifest()
         request_id = request_id or f"req-{uuid.uuid4().hex[:12]}"
         if not subject_ids:
@@ -223,6 +230,14 @@ class Coordinator:
         pool = self.pool
         try:
             updates: dict[int, ShardUpdate] = pool.call("erase", per_shard)
+        except StorageCorruptError as exc:
+            self._rollback(manifest)
+            if self.manifest is not None and self.manifest.version != manifest.version:
+                raise StorageConflictError(
+                    f"ensemble v{self.manifest.version} was published while request {request_id} ran "
+                    f"from v{manifest.version}; nothing was changed. Submit the request again."
+                ) from exc
+            raise
         except LetheError:
             self._rollback(manifest)
             raise
@@ -248,7 +263,7 @@ class Coordinator:
             self._rollback(manifest)
             raise
         self.manifest = new_manifest
-        deleted = self._delete_superseded(updates, manifest.placement_key, new_manifest.placement_key)
+        deleted = [str(v) for v in purge_unreferenced(self.store, self.catalog, new_manifest)]
         receipt = ErasureReceipt(
             request_id=request_id,
             status="erased",
@@ -285,21 +300,19 @@ class Coordinator:
         )
         return receipt
 
+    def _refresh(self) -> None:
+        """Act on the latest published version (another process may have committed since)."""
+        latest = self.catalog.latest()
+        if latest is not None and (self.manifest is None or latest.version != self.manifest.version):
+            self.close()
+            self.manifest = latest
+
     def _rollback(self, manifest: EnsembleManifest) -> None:
         """Point actors back at the published versions; their unpublished objects are garbage."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
         self.manifest = self.catalog.latest() or manifest
-
-    def _delete_superseded(self, updates: dict[int, ShardUpdate], old_placement: str, new_placement: str) -> list[str]:
-        calls = {s: (list(u.superseded_keys),) for s, u in updates.items() if u.superseded_keys}
-        deleted: list[str] = []
-        for keys in self.pool.call("delete_objects", calls).values():
-            deleted.extend(keys)
-        if old_placement != new_placement:
-            deleted.extend(self.store.delete([old_placement]))
-        return sorted(deleted)
 
     # ----- serving ------------------------------------------------------------------------------
     def predict(self, rows: pa.Table) -> np.ndarray:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from orchestrator.config import MFConfig, MLPConfig, TrainingConfig
+from orchestrator.config import MFConfig, MLPConfig, StorageConfig, TrainingConfig
 from orchestrator.errors import LetheError, ShardRetrainFailed
 from shards.shard import Shard
 
@@ -28,9 +28,13 @@ class LocalShardPool:
     """In-process shards, one after another: for tests and small jobs without Ray."""
 
     def __init__(
-        self, store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+        self,
+        storage: StorageConfig,
+        training: TrainingConfig,
+        model: MFConfig | MLPConfig,
+        versions: Mapping[int, int | None],
     ) -> None:
-        self.shards = {i: Shard(i, store_uri, training, model, v) for i, v in versions.items()}
+        self.shards = {i: Shard(i, storage, training, model, v) for i, v in versions.items()}
 
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
         results = {}
@@ -53,14 +57,18 @@ class RayShardPool:
     READY_TIMEOUT_S = 300.0
 
     def __init__(
-        self, store_uri: str, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+        self,
+        storage: StorageConfig,
+        training: TrainingConfig,
+        model: MFConfig | MLPConfig,
+        versions: Mapping[int, int | None],
     ) -> None:
         import ray
 
         if not ray.is_initialized():
             raise LetheError("Ray is not initialised; call ray.init() (or use the pipelines) first")
         self._ray: Any = ray
-        self.store_uri = store_uri
+        self.storage = storage
         self.training = training
         self.model = model
         self.versions = dict(versions)
@@ -86,7 +94,7 @@ class RayShardPool:
 
             self.actors[shard_id] = ShardActor.options(  # type: ignore[attr-defined]
                 num_cpus=self.cpus_per_actor, name=None
-            ).remote(shard_id, self.store_uri, self.training, self.model, self.versions.get(shard_id))
+            ).remote(shard_id, self.storage, self.training, self.model, self.versions.get(shard_id))
         return self.actors[shard_id]
 
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:

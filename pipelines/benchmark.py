@@ -66,17 +66,30 @@ def _rmse(coordinator: Coordinator, test: pa.Table) -> float:
     return float(np.sqrt(np.mean((predictions - test.column(RATING).to_numpy()) ** 2)))
 
 
-def _measure(train: pa.Table, test: pa.Table, shards: int, slices: int, training: TrainingConfig, erasures: int, seed: int, hasher: SubjectHasher) -> BenchmarkRow:
+def _measure(
+    train: pa.Table,
+    test: pa.Table,
+    shards: int,
+    slices: int,
+    training: TrainingConfig,
+    erasures: int,
+    seed: int,
+    hasher: SubjectHasher,
+) -> BenchmarkRow:
     # Same number of optimizer steps per epoch for every S: a shard holds 1/S of the rows.
     batch = max(16, training.batch_size // shards)
-    job = JobConfig(sharding=ShardingConfig(shards=shards, slices=slices), training=training.model_copy(update={"batch_size": batch}))
+    job = JobConfig(
+        sharding=ShardingConfig(shards=shards, slices=slices),
+        training=training.model_copy(update={"batch_size": batch}),
+    )
     with tempfile.TemporaryDirectory(prefix="lethe-bench-") as scratch:
         coordinator = Coordinator(str(Path(scratch) / "store"), hasher)
         result = coordinator.train(train, job)
         rmse = _rmse(coordinator, test)
         subjects = sorted(set(train.column(SUBJECT_ID).to_pylist()))
         chosen = np.random.default_rng(seed).choice(len(subjects), size=erasures, replace=False)
-        seconds, firsts = [], []
+        seconds: list[float] = []
+        firsts: list[int] = []
         for index in chosen:
             receipt = coordinator.forget([subjects[int(index)]])
             seconds.append(receipt.seconds)
@@ -97,7 +110,9 @@ def _measure(train: pa.Table, test: pa.Table, shards: int, slices: int, training
     )
 
 
-def run(data: Path, grid: list[tuple[int, int]], training: TrainingConfig, erasures: int = 5, seed: int = 0) -> list[BenchmarkRow]:
+def run(
+    data: Path, grid: list[tuple[int, int]], training: TrainingConfig, erasures: int = 5, seed: int = 0
+) -> list[BenchmarkRow]:
     rows = load_movielens(data)
     train, test = split_rows(rows, 0.2, seed)
     hasher = SubjectHasher(b"lethe-benchmark-key-not-secret!!")
@@ -118,8 +133,14 @@ def _table(results: list[BenchmarkRow]) -> Table:
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
-            str(r.shards), str(r.slices), str(r.batch_size), f"{r.train_seconds:.2f}", f"{r.test_rmse:.4f}",
-            f"{r.erasure_seconds_median:.3f}", f"{r.speedup:.1f}x", f"{r.ideal_speedup:.1f}x",
+            str(r.shards),
+            str(r.slices),
+            str(r.batch_size),
+            f"{r.train_seconds:.2f}",
+            f"{r.test_rmse:.4f}",
+            f"{r.erasure_seconds_median:.3f}",
+            f"{r.speedup:.1f}x",
+            f"{r.ideal_speedup:.1f}x",
         )
     return table
 
@@ -137,11 +158,22 @@ def main(
     """Measure SISA training, accuracy and erasure against the monolithic model in one run."""
     init_logging()
     logging.getLogger("orchestrator").setLevel(logging.WARNING)
-    training = TrainingConfig(model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=batch_size, learning_rate=0.01)
+    training = TrainingConfig(
+        model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=batch_size, learning_rate=0.01
+    )
     grid = [(1, 1)] + [(s, r) for s in shards for r in slices]
     results = run(data, grid, training, erasures, seed)
     Console().print(_table(results))
-    output.write_text(json.dumps({"data": str(data), "training": training.model_dump(mode="json"), "results": [r.model_dump() for r in results]}, indent=1))
+    output.write_text(
+        json.dumps(
+            {
+                "data": str(data),
+                "training": training.model_dump(mode="json"),
+                "results": [r.model_dump() for r in results],
+            },
+            indent=1,
+        )
+    )
     Console().print(f"results written to {output}")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from orchestrator.config import MFConfig, MLPConfig, TrainingConfig
+from orchestrator.config import MFConfig, MLPConfig, StorageConfig, TrainingConfig
 from shards.shard import Shard, ShardUpdate
 
 __all__ = ["ShardActor"]
@@ -22,12 +22,12 @@ class ShardActor:
     def __init__(
         self,
         shard_id: int,
-        store_uri: str,
+        storage: StorageConfig,
         training: TrainingConfig,
         model_config: MFConfig | MLPConfig,
         manifest_version: int | None,
     ) -> None:
-        self._shard = Shard(shard_id, store_uri, training, model_config, manifest_version)
+        self._shard = Shard(shard_id, storage, training, model_config, manifest_version)
 
     def ready(self) -> int:
         """Answers once the actor (torch import, state reload) is up."""
@@ -41,9 +41,6 @@ class ShardActor:
 
     def adopt(self, manifest_version: int) -> None:
         self._shard.adopt(manifest_version)
-
-    def delete_objects(self, keys: Sequence[str]) -> list[str]:
-        return self._shard.delete_objects(keys)
 
     def predict(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         return self._shard.predict(rows)

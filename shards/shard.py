@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.config import MFConfig, MLPConfig, TrainingConfig
+from orchestrator.config import MFConfig, MLPConfig, StorageConfig, TrainingConfig
 from orchestrator.errors import StorageCorruptError
 from shards.models import model_for
 from shards.rows import RECORD_ID, SUBJECT_DIGEST
@@ -95,13 +95,13 @@ class Shard:
     def __init__(
         self,
         shard_id: int,
-        store_uri: str,
+        storage: StorageConfig | str,
         training: TrainingConfig,
         model_config: MFConfig | MLPConfig,
         manifest_version: int | None = None,
     ) -> None:
         self.shard_id = shard_id
-        self.store = ObjectStore(store_uri)
+        self.store = ObjectStore(storage)
         self.training = training
         self.model_config = model_config
         self.model = model_for(model_config)
@@ -174,7 +174,8 @@ class Shard:
             self.store.put(key, data)
             checkpoints.append(CheckpointEntry(step=step, key=key))
 
-        state = train_steps(self.model, self.training, self.shard_id, tables, start, save)
+        lineage = [e.records_sha256 for e in entries]
+        state = train_steps(self.model, self.training, self.shard_id, tables, start, save, lineage=lineage)
         return state, checkpoints
 
     # ----- public operations --------------------------------------------------------------
@@ -242,12 +243,6 @@ class Shard:
         """Switch to a published manifest version (e.g. after a failed commit elsewhere)."""
         self.manifest = self._read_manifest(manifest_version)
         self._final = None
-
-    def delete_objects(self, keys: Sequence[str]) -> list[str]:
-        """Physically delete superseded objects (called only after the ensemble commit)."""
-        self.calls.append("delete_objects")
-        current = self.manifest.object_keys() if self.manifest else set()
-        return self.store.delete(k for k in keys if k not in current)
 
     def final_state(self) -> TrainedState:
         if self._final is None:

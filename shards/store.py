@@ -1,8 +1,9 @@
 """Object storage by URL (local folder, ``file://`` or ``s3://``): immutable objects and exclusive creates.
 
 Commits never rename: new immutable objects are written first, then a manifest is
-published with a create-only-if-absent write. Exclusive create is looked up by protocol in
-``_EXCLUSIVE_CREATORS`` (``file``: ``O_EXCL``; ``s3``: ``If-None-Match: *``).
+published with a create-only-if-absent write. Protocol-specific operations are looked up
+in registries keyed by protocol (``file``: ``O_EXCL``; ``s3``: ``If-None-Match: *``, and
+deletion of every object version and delete marker on versioned buckets).
 """
 
 from __future__ import annotations
@@ -10,27 +11,74 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import fsspec
 from fsspec.core import url_to_fs
 
-from orchestrator.errors import StorageConflictError, StorageCorruptError
+from orchestrator.config import StorageConfig
+from orchestrator.errors import LetheError, StorageConflictError, StorageCorruptError
 
-__all__ = ["ObjectStore"]
+__all__ = ["InjectedFault", "ObjectInfo", "ObjectStore", "ObjectVersion"]
 
 log = logging.getLogger(__name__)
 
+_CONFLICT_HINT = "another writer published this version first. Reload the store state and retry."
 
+
+class InjectedFault(LetheError):
+    """Raised by the fault-injection hook (``LETHE_FAULT_AT_WRITE``); used only by crash tests."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One stored version of a key (``version_id`` is None on unversioned stores)."""
+
+    key: str
+    version_id: str | None
+    is_delete_marker: bool = False
+    modified: datetime | None = None
+
+    def __str__(self) -> str:
+        return self.key if self.version_id is None else f"{self.key}?versionId={self.version_id}"
+
+
+class _FaultPlan:
+    """Counts writes in this process and fails the N-th (``LETHE_FAULT_AT_WRITE=N``).
+
+    ``LETHE_FAULT_MODE=raise`` raises ``InjectedFault``; ``kill`` ends the process at once,
+    as a crash would. Unset (always, outside crash tests): no effect.
+    """
+
+    writes = 0
+
+    @classmethod
+    def before_write(cls, what: str) -> None:
+        target = os.environ.get("LETHE_FAULT_AT_WRITE")
+        if not target:
+            return
+        cls.writes += 1
+        if cls.writes == int(target):
+            if os.environ.get("LETHE_FAULT_MODE", "raise") == "kill":
+                os._exit(137)
+            raise InjectedFault(f"injected fault at write {cls.writes} ({what})")
+
+
+# ----- protocol registry ------------------------------------------------------------------------
 def _local_create_exclusive(fs: Any, path: str, data: bytes) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError as exc:
-        raise StorageConflictError(
-            f"{path} already exists: another writer published this version first. Reload the store state and retry."
-        ) from exc
+        raise StorageConflictError(f"{path} already exists: {_CONFLICT_HINT}") from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -41,59 +89,120 @@ def _s3_create_exclusive(fs: Any, path: str, data: bytes) -> None:
     from botocore.exceptions import ClientError
 
     bucket, key, _ = fs.split_path(path)
-    conflict = StorageConflictError(
-        f"s3://{bucket}/{key} already exists: another writer published this version first. "
-        "Reload the store state and retry."
-    )
+    conflict = StorageConflictError(f"s3://{bucket}/{key} already exists: {_CONFLICT_HINT}")
     try:
         fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
     except FileExistsError as exc:  # s3fs maps 412 Precondition Failed to FileExistsError
         raise conflict from exc
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+        if exc.response.get("Error", {}).get("Code", "") in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
             raise conflict from exc
         raise
     fs.invalidate_cache(path)
 
 
-_EXCLUSIVE_CREATORS: dict[str, Callable[[Any, str, bytes], None]] = {
-    "file": _local_create_exclusive,
-    "local": _local_create_exclusive,
-    "s3": _s3_create_exclusive,
-    "s3a": _s3_create_exclusive,
-}
+_Version = tuple[str, str | None, bool, datetime | None]
+
+
+def _local_versions(fs: Any, path: str) -> list[_Version]:
+    if not fs.exists(path):
+        return []
+    return [(p, None, False, _modified(info)) for p, info in fs.find(path, detail=True).items()]
+
+
+def _s3_versions(fs: Any, path: str) -> list[_Version]:
+    """Every version and delete marker under a prefix (pages of 1000)."""
+    bucket, prefix, _ = fs.split_path(path)
+    if path.endswith("/") and prefix and not prefix.endswith("/"):
+        prefix += "/"  # a folder, not every key that merely starts with its name
+    found: list[_Version] = []
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = fs.call_s3("list_object_versions", **kwargs)
+        for entry in page.get("Versions", []):
+            found.append((f"{bucket}/{entry['Key']}", entry.get("VersionId"), False, entry.get("LastModified")))
+        for entry in page.get("DeleteMarkers", []):
+            found.append((f"{bucket}/{entry['Key']}", entry.get("VersionId"), True, entry.get("LastModified")))
+        if not page.get("IsTruncated"):
+            break
+        kwargs["KeyMarker"] = page.get("NextKeyMarker")
+        kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker")
+    return [(p, None if v in (None, "null") else v, m, t) for p, v, m, t in found]
+
+
+def _local_delete_versions(fs: Any, paths: list[tuple[str, str | None]]) -> None:
+    for path, _ in paths:
+        if fs.exists(path):
+            fs.rm(path)
+
+
+def _s3_delete_versions(fs: Any, paths: list[tuple[str, str | None]]) -> None:
+    by_bucket: dict[str, list[dict[str, str]]] = {}
+    for path, version in paths:
+        bucket, key, _ = fs.split_path(path)
+        entry = {"Key": key}
+        if version is not None:
+            entry["VersionId"] = version
+        by_bucket.setdefault(bucket, []).append(entry)
+    for bucket, objects in by_bucket.items():
+        for start in range(0, len(objects), 1000):
+            response = fs.call_s3(
+                "delete_objects", Bucket=bucket, Delete={"Objects": objects[start : start + 1000], "Quiet": True}
+            )
+            if response.get("Errors"):
+                raise StorageCorruptError(
+                    f"S3 refused to delete {len(response['Errors'])} object version(s) in {bucket}: {response['Errors'][:3]}. Check the credentials' s3:DeleteObjectVersion permission."
+                )
+        fs.invalidate_cache(bucket)
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    create_exclusive: Callable[[Any, str, bytes], None]
+    versions: Callable[[Any, str], list[_Version]]
+    delete_versions: Callable[[Any, list[tuple[str, str | None]]], None]
+
+
+_LOCAL = _Protocol(_local_create_exclusive, _local_versions, _local_delete_versions)
+_S3 = _Protocol(_s3_create_exclusive, _s3_versions, _s3_delete_versions)
+_PROTOCOLS: dict[str, _Protocol] = {"file": _LOCAL, "local": _LOCAL, "s3": _S3, "s3a": _S3}
 
 
 class ObjectStore:
     """Keys are '/'-separated paths relative to the store root URL."""
 
-    def __init__(self, uri: str, **storage_options: Any) -> None:
-        self.uri = uri.rstrip("/")
-        self.fs, self.root = url_to_fs(self.uri, **storage_options)
+    def __init__(self, storage: StorageConfig | str) -> None:
+        self.config = storage if isinstance(storage, StorageConfig) else StorageConfig(uri=storage)
+        self.uri = self.config.uri.rstrip("/")
+        self.fs, root = url_to_fs(self.uri, **self.config.storage_options())
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
-        if self.protocol not in _EXCLUSIVE_CREATORS:
+        if self.protocol not in _PROTOCOLS:
             raise StorageCorruptError(
-                f"storage URI {uri!r} uses protocol {self.protocol!r}, which has no "
-                f"create-if-absent write; use one of {sorted(_EXCLUSIVE_CREATORS)}"
+                f"storage URI {self.uri!r} uses protocol {self.protocol!r}, which has no "
+                f"create-if-absent write; use one of {sorted(_PROTOCOLS)}"
             )
-        self.root = self.root.rstrip("/")
+        self._ops = _PROTOCOLS[self.protocol]
+        self.root = root.rstrip("/")
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.uri!r})"
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.uri,))
+        return (type(self), (self.config,))
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
+
+    def _key(self, path: str) -> str:
+        return path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
 
     def url(self, key: str) -> str:
         return f"{self.uri}/{key}"
 
     def put(self, key: str, data: bytes) -> None:
         """Write an immutable object (content-addressed keys make rewrites harmless)."""
+        _FaultPlan.before_write(f"put {key}")
         path = self._path(key)
         if self.protocol in {"file", "local"}:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -102,11 +211,16 @@ class ObjectStore:
 
     def create_exclusive(self, key: str, data: bytes) -> None:
         """Create ``key`` only if absent; raise ``StorageConflictError`` otherwise."""
-        _EXCLUSIVE_CREATORS[self.protocol](self.fs, self._path(key), data)
+        _FaultPlan.before_write(f"create {key}")
+        self._ops.create_exclusive(self.fs, self._path(key), data)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, version_id: str | None = None) -> bytes:
+        path = self._path(key)
         try:
-            with self.fs.open(self._path(key), "rb") as handle:
+            if version_id is not None:
+                # max_concurrency=1: the concurrent path sizes the *current* version first.
+                return bytes(self.fs.cat_file(path, version_id=version_id, max_concurrency=1))
+            with self.fs.open(path, "rb") as handle:
                 return bytes(handle.read())
         except FileNotFoundError as exc:
             raise StorageCorruptError(
@@ -118,27 +232,42 @@ class ObjectStore:
         return bool(self.fs.exists(self._path(key)))
 
     def list_keys(self, prefix: str) -> list[str]:
-        """Keys under ``prefix`` (recursive), sorted."""
+        """Current keys under ``prefix`` (recursive), sorted."""
+        return [info.key for info in self.list_info(prefix)]
+
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
+        """Current keys under ``prefix`` with their last-modified times."""
         base = self._path(prefix).rstrip("/")
         self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return []
-        found = self.fs.find(base)
-        cut = len(self.root) + 1
-        return sorted(p[cut:] if p.startswith(self.root) else p for p in found)
+        found = self.fs.find(base, detail=True)
+        return sorted((ObjectInfo(self._key(p), _modified(info)) for p, info in found.items()), key=lambda i: i.key)
 
-    def delete(self, keys: Iterable[str]) -> list[str]:
-        """Delete objects; returns the keys that existed and were removed."""
-        removed = []
-        for key in keys:
-            path = self._path(key)
-            if self.fs.exists(path):
-                self.fs.rm(path)
-                removed.append(key)
-        if removed:
-            log.info("deleted %d object(s) under %s", len(removed), self.uri)
-        return removed
+    def list_versions(self, prefix: str = "") -> list[ObjectVersion]:
+        """Every stored version of every key under ``prefix``, delete markers included."""
+        base = self._path(prefix) if prefix else self.root + "/"
+        return sorted(
+            (ObjectVersion(self._key(p), v, m, t) for p, v, m, t in self._ops.versions(self.fs, base)),
+            key=lambda o: (o.key, o.version_id or ""),
+        )
 
-    @staticmethod
-    def open_url(url: str, mode: str = "rb") -> Any:
-        return fsspec.open(url, mode)
+    def delete(self, keys: Iterable[str]) -> list[ObjectVersion]:
+        """Physically delete keys: on a versioned bucket every version and delete marker."""
+        wanted = set(keys)
+        if not wanted:
+            return []
+        _FaultPlan.before_write(f"delete {len(wanted)} key(s)")
+        versions = [v for key in sorted(wanted) for v in self.list_versions(key) if v.key == key]
+        self._ops.delete_versions(self.fs, [(self._path(v.key), v.version_id) for v in versions])
+        self.fs.invalidate_cache(self.root)
+        if versions:
+            log.info("deleted %d object version(s) under %s", len(versions), self.uri)
+        return versions
+
+
+def _modified(info: dict[str, Any]) -> datetime:
+    value = info.get("LastModified", info.get("mtime", info.get("created")))
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(value or 0.0), tz=UTC)

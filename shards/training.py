@@ -35,7 +35,7 @@ class TrainedState:
     steps_done: int
 
 
-def _serialize(model: SisaModel, state: TrainedState) -> bytes:
+def _serialize(model: SisaModel, state: TrainedState, lineage: Sequence[str]) -> bytes:
     buffer = io.BytesIO()
     torch.save(
         {
@@ -43,6 +43,8 @@ def _serialize(model: SisaModel, state: TrainedState) -> bytes:
             "optimizer": state.optimizer_state,
             "layout": model.layout(state.module),
             "steps_done": state.steps_done,
+            # Record-id digests of the slices this checkpoint was trained on (for scans).
+            "lineage": list(lineage[: state.steps_done]),
         },
         buffer,
     )
@@ -76,6 +78,7 @@ def train_steps(
     start: TrainedState | None,
     on_checkpoint: Callable[[int, bytes], None],
     progress: Callable[[int, int], None] | None = None,
+    lineage: Sequence[str] = (),
 ) -> TrainedState:
     """Run slice steps ``start.steps_done .. len(slices)-1`` and hand each checkpoint to ``on_checkpoint``.
 
@@ -105,7 +108,7 @@ def train_steps(
                 model.loss(state.module, batch).backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
         state = TrainedState(state.module, optimizer.state_dict(), step + 1)
-        on_checkpoint(step, _serialize(model, state))
+        on_checkpoint(step, _serialize(model, state, lineage))
         if progress is not None:
             progress(step + 1, len(slices))
         log.debug("shard %d: step %d/%d done on %d rows", shard_id, step + 1, len(slices), rows)

@@ -36,7 +36,6 @@ def test_erasure_on_ray_is_exact_targeted_and_recorded(tmp_path, hasher, ray_clu
     assert logs[home].count("erase") == 1
     for s in others:
         assert "erase" not in logs[s]
-        assert "delete_objects" not in logs[s]
         assert store_snapshot(tmp_path / "store" / "shards" / f"{s:04d}") == files[s]
 
     reference = from_scratch(tmp_path, coordinator, without(ROWS, [subject]), config, hasher, pool=ray_pool)

@@ -11,7 +11,7 @@ from pipelines.benchmark import ideal_speedup, run
     [
         (1, 1, [0], 1.0),  # one shard, one slice: an erasure is a full retrain
         (4, 1, [0], 4.0),  # only one of four shards retrains
-        (1, 4, [3], 10.0),  # last slice: redo step 4 of 1+2+3+4
+        (1, 4, [3], 2.5),  # last slice: redo step 4 (work 4) of 1+2+3+4
         (1, 4, [0], 1.0),
         (2, 2, [0, 1], 2 * 3 / 2.5),
     ],

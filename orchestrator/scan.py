@@ -1,0 +1,123 @@
+"""Storage scan: find any stored byte of a subject, in every object and every object version."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from typing import Literal
+
+import pyarrow.parquet as pq
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from shards.store import ObjectStore
+
+__all__ = ["Finding", "ScanReport", "scan_store"]
+
+log = logging.getLogger(__name__)
+
+FindingKind = Literal[
+    "rows", "placement", "manifest", "checkpoint-parameters", "checkpoint-lineage", "checkpoint-unverifiable"
+]
+
+
+class Finding(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    key: str
+    version_id: str | None
+    kind: FindingKind
+    detail: str
+
+
+class ScanReport(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    storage: str
+    subject_digest: str
+    objects_scanned: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+
+def _records_sha256(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def scan_store(store: ObjectStore, subject_id: str, subject_digest: str) -> ScanReport:
+    """Read every version of every object under the store and report traces of the subject.
+
+    A checkpoint counts as holding the subject when its own parameters are keyed by the
+    subject's digest, or when a slice it was trained on (its lineage) held the subject's
+    rows; a lineage slice that no longer exists anywhere makes the checkpoint unverifiable,
+    which is reported too.
+    """
+    findings: list[Finding] = []
+    slice_holds_subject: dict[str, bool] = {}
+    checkpoints: list[tuple[str, str | None, dict[str, object]]] = []
+    versions = [v for v in store.list_versions() if not v.is_delete_marker]
+    quoted_id = json.dumps(subject_id)
+    for version in versions:
+        data = store.get(version.key, version.version_id)
+        where = (version.key, version.version_id)
+        if version.key.endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(data))
+            hits = 0
+            if SUBJECT_DIGEST in table.column_names:
+                hits = max(hits, table.column(SUBJECT_DIGEST).to_pylist().count(subject_digest))
+            if SUBJECT_ID in table.column_names:
+                hits = max(hits, table.column(SUBJECT_ID).to_pylist().count(subject_id))
+            if RECORD_ID in table.column_names:
+                slice_holds_subject[_records_sha256(table.column(RECORD_ID).to_pylist())] = hits > 0
+            if hits:
+                kind: FindingKind = "placement" if version.key.startswith("placement/") else "rows"
+                findings.append(
+                    Finding(key=where[0], version_id=where[1], kind=kind, detail=f"{hits} row(s) of the subject")
+                )
+        elif version.key.endswith(".pt"):
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            checkpoints.append((version.key, version.version_id, payload))
+        elif version.key.endswith(".json"):
+            text = data.decode("utf-8", errors="replace")
+            if subject_digest in text or quoted_id in text:
+                findings.append(
+                    Finding(key=where[0], version_id=where[1], kind="manifest", detail="mentions the subject")
+                )
+    for key, version_id, payload in checkpoints:
+        layout = payload.get("layout") or {}
+        if subject_digest in json.dumps(layout):
+            findings.append(
+                Finding(
+                    key=key,
+                    version_id=version_id,
+                    kind="checkpoint-parameters",
+                    detail="holds parameters keyed by the subject",
+                )
+            )
+        lineage = [str(h) for h in payload.get("lineage", [])]  # type: ignore[attr-defined]
+        if any(slice_holds_subject.get(h) for h in lineage):
+            findings.append(
+                Finding(
+                    key=key,
+                    version_id=version_id,
+                    kind="checkpoint-lineage",
+                    detail="trained on a slice holding the subject",
+                )
+            )
+        elif any(h not in slice_holds_subject for h in lineage):
+            findings.append(
+                Finding(
+                    key=key,
+                    version_id=version_id,
+                    kind="checkpoint-unverifiable",
+                    detail="trained on a slice that is no longer stored",
+                )
+            )
+    log.info("scanned %d object version(s) under %s: %d finding(s)", len(versions), store.uri, len(findings))
+    return ScanReport(
+        storage=store.uri, subject_digest=subject_digest, objects_scanned=len(versions), findings=tuple(findings)
+    )

@@ -1,0 +1,60 @@
+"""Recipe: scan a store (every object, every version) for any trace of a subject; exit 1 if found.
+
+python -m pipelines.scan --storage ./lethe-demo/store --subject user-45
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config import PrivacyConfig, StorageConfig
+from orchestrator.errors import LetheError
+from orchestrator.scan import ScanReport, scan_store
+from pipelines._runtime import hasher_from_env, init_logging
+from shards.store import ObjectStore
+
+__all__ = ["main", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def run(storage: StorageConfig, subject: str, privacy: PrivacyConfig = PrivacyConfig()) -> ScanReport:
+    hasher = hasher_from_env(privacy)
+    return scan_store(ObjectStore(storage), subject, hasher.digest(subject))
+
+
+def main(
+    storage: str = typer.Option(..., help="storage URI to scan (local folder, file:// or s3://)"),
+    subject: str = typer.Option(..., help="subject id to look for (digested with LETHE_SUBJECT_KEY)"),
+    endpoint_url: str | None = typer.Option(None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Exit 0 when nothing of the subject remains, 1 when something does, 2 on errors."""
+    init_logging()
+    try:
+        report = run(StorageConfig(uri=storage, endpoint_url=endpoint_url), subject)
+    except LetheError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(report.model_dump_json(indent=1))
+    else:
+        console = Console()
+        if report.clean:
+            console.print(f"clean: {report.objects_scanned} object version(s) scanned, nothing of the subject remains")
+        else:
+            table = Table(title=f"{len(report.findings)} trace(s) of subject {report.subject_digest[:12]}...")
+            for column in ("object", "version", "kind", "detail"):
+                table.add_column(column)
+            for f in report.findings:
+                table.add_row(f.key, f.version_id or "-", f.kind, f.detail)
+            console.print(table)
+    raise typer.Exit(0 if report.clean else 1)
+
+
+if __name__ == "__main__":
+    typer.run(main)
