@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class BenchmarkRow(BaseModel):
+    storage: str = "local"
     shards: int
     slices: int
     batch_size: int
@@ -75,6 +78,7 @@ def _measure(
     erasures: int,
     seed: int,
     hasher: SubjectHasher,
+    storage: str | None = None,
 ) -> BenchmarkRow:
     # Same number of optimizer steps per epoch for every S: a shard holds 1/S of the rows.
     batch = max(16, training.batch_size // shards)
@@ -83,7 +87,8 @@ def _measure(
         training=training.model_copy(update={"batch_size": batch}),
     )
     with tempfile.TemporaryDirectory(prefix="lethe-bench-") as scratch:
-        coordinator = Coordinator(str(Path(scratch) / "store"), hasher)
+        uri = f"{storage}/S{shards}-R{slices}-{Path(scratch).name}" if storage else str(Path(scratch) / "store")
+        coordinator = Coordinator(uri, hasher)
         result = coordinator.train(train, job)
         rmse = _rmse(coordinator, test)
         subjects = sorted(set(train.column(SUBJECT_ID).to_pylist()))
@@ -97,6 +102,7 @@ def _measure(
         coordinator.close()
     median = statistics.median(seconds)
     return BenchmarkRow(
+        storage="s3" if storage else "local",
         shards=shards,
         slices=slices,
         batch_size=batch,
@@ -110,29 +116,86 @@ def _measure(
     )
 
 
+def start_loopback_s3() -> tuple[Any, str]:
+    """moto's S3 server on 127.0.0.1 (a dev dependency) with a fresh bucket; returns (server, s3 URI).
+
+    Its address and dummy credentials go into the environment before Ray starts, so shard
+    actors reach the same server.
+    """
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "benchmark"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "benchmark"),
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        }
+    )
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    boto3.client("s3").create_bucket(Bucket="lethe-benchmark")
+    return server, "s3://lethe-benchmark/runs"
+
+
 def run(
-    data: Path, grid: list[tuple[int, int]], training: TrainingConfig, erasures: int = 5, seed: int = 0
+    data: Path,
+    grid: list[tuple[int, int]],
+    training: TrainingConfig,
+    erasures: int = 5,
+    seed: int = 0,
+    s3_uri: str | None = None,
+    s3_grid: list[tuple[int, int]] | None = None,
 ) -> list[BenchmarkRow]:
+    """Every (S, R) of ``grid`` on local storage, then ``s3_grid`` on ``s3_uri`` (if given)."""
     rows = load_movielens(data)
     train, test = split_rows(rows, 0.2, seed)
     hasher = SubjectHasher(b"lethe-benchmark-key-not-secret!!")
+    server = None
+    if s3_uri == "moto":
+        server, s3_uri = start_loopback_s3()
     init_ray()
+    plan: list[tuple[int, int, str | None]] = [(s, r, None) for s, r in grid]
+    if s3_uri:
+        plan += [(s, r, s3_uri) for s, r in (s3_grid or [])]
     results = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task("benchmark", total=len(grid))
-        for shards, slices in grid:
-            progress.update(task, description=f"S={shards} R={slices}")
-            results.append(_measure(train, test, shards, slices, training, erasures, seed, hasher))
-            progress.advance(task)
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task("benchmark", total=len(plan))
+            for shards, slices, storage in plan:
+                progress.update(task, description=f"S={shards} R={slices} on {storage or 'local disk'}")
+                results.append(_measure(train, test, shards, slices, training, erasures, seed, hasher, storage))
+                progress.advance(task)
+    finally:
+        if server is not None:
+            server.stop()
     return results
 
 
 def _table(results: list[BenchmarkRow]) -> Table:
     table = Table(title="Lethe on MovieLens 100K (80/20 split)")
-    for column in ("S", "R", "batch", "train s", "test RMSE", "erasure s (median)", "speed-up", "ideal speed-up"):
+    for column in (
+        "storage",
+        "S",
+        "R",
+        "batch",
+        "train s",
+        "test RMSE",
+        "erasure s (median)",
+        "speed-up",
+        "ideal speed-up",
+    ):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
+            r.storage,
             str(r.shards),
             str(r.slices),
             str(r.batch_size),
@@ -154,6 +217,11 @@ def main(
     batch_size: int = typer.Option(512, min=1, help="batch of the monolithic model; SISA uses batch/S"),
     output: Path = typer.Option(Path("benchmark-results.json"), help="JSON results file"),
     seed: int = typer.Option(0),
+    s3: str | None = typer.Option(
+        "moto", help="S3 to compare erasure on: 'moto' (a loopback S3 server), an s3:// URI, or 'none'"
+    ),
+    s3_shards: int = typer.Option(8, help="S of the local-vs-S3 comparison"),
+    s3_slices: int = typer.Option(4, help="R of the local-vs-S3 comparison"),
 ) -> None:
     """Measure SISA training, accuracy and erasure against the monolithic model in one run."""
     init_logging()
@@ -162,7 +230,8 @@ def main(
         model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=batch_size, learning_rate=0.01
     )
     grid = [(1, 1)] + [(s, r) for s in shards for r in slices]
-    results = run(data, grid, training, erasures, seed)
+    s3_uri = None if s3 in (None, "none") else s3
+    results = run(data, grid, training, erasures, seed, s3_uri, [(s3_shards, s3_slices)])
     Console().print(_table(results))
     output.write_text(
         json.dumps(

@@ -31,6 +31,7 @@ from orchestrator.config import (
 from orchestrator.coordinator import Coordinator
 from orchestrator.exactness import constituents_equal
 from orchestrator.lineage import default_tracking_uri
+from orchestrator.scan import scan_store
 from pipelines._runtime import demo_hasher, init_logging, init_ray, make_lineage
 from pipelines.datasets import split_rows, synthetic_ratings
 from shards.rows import RATING, SUBJECT_ID
@@ -71,6 +72,9 @@ class DemoResult(BaseModel):
     tracking_uri: str
     test_rmse_before: float
     test_rmse_after: float
+    scan_traces_before: int
+    scan_traces_after: int
+    deleted_objects: int
 
 
 def _fingerprints(store: ObjectStore, shards: list[int]) -> dict[str, str]:
@@ -118,7 +122,9 @@ def run(options: DemoOptions) -> DemoResult:
     others = [s for s in range(options.shards) if home is None or s != home.shard]
     before = _fingerprints(coordinator.store, others)
     placement = coordinator.placement_index().without({digest})
+    traces_before = len(scan_store(coordinator.store, subject, digest).findings)
     receipt = coordinator.forget([subject])
+    traces_after = len(scan_store(coordinator.store, subject, digest).findings)
     after = _fingerprints(coordinator.store, [s for s in range(options.shards) if s not in receipt.affected_shards])
     rmse_after = _rmse(coordinator, test)
     unlearned = coordinator.constituent_tensors()
@@ -150,6 +156,9 @@ def run(options: DemoOptions) -> DemoResult:
         tracking_uri=tracking.uri or "",
         test_rmse_before=rmse_before,
         test_rmse_after=rmse_after,
+        scan_traces_before=traces_before,
+        scan_traces_after=traces_after,
+        deleted_objects=len(receipt.deleted_objects),
     )
 
 
@@ -168,6 +177,10 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     table.add_row("speed-up", f"{speedup:.1f}x")
     table.add_row("bit-identical to from-scratch", "yes" if result.exact else "NO")
     table.add_row("untouched shards byte-identical", "yes" if result.untouched_shards_unchanged else "NO")
+    table.add_row("objects physically deleted", str(result.deleted_objects))
+    table.add_row(
+        "storage scan for the subject", f"{result.scan_traces_before} trace(s) before, {result.scan_traces_after} after"
+    )
     table.add_row("test RMSE before / after", f"{result.test_rmse_before:.4f} / {result.test_rmse_after:.4f}")
     table.add_row("MLflow", f"model {result.model_name!r} version {result.model_version}; request {result.request_id}")
     console.print(table)
@@ -205,7 +218,8 @@ def main(
         print(json.dumps(result.model_dump(mode="json")))
     else:
         _print_summary(result, options)
-    raise typer.Exit(0 if result.exact and result.untouched_shards_unchanged else 1)
+    ok = result.exact and result.untouched_shards_unchanged and result.scan_traces_after == 0
+    raise typer.Exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from fsspec.core import url_to_fs
 from orchestrator.config import StorageConfig
 from orchestrator.errors import LetheError, StorageConflictError, StorageCorruptError
 
-__all__ = ["InjectedFault", "ObjectInfo", "ObjectStore", "ObjectVersion"]
+__all__ = ["FaultPlan", "InjectedFault", "ObjectInfo", "ObjectStore", "ObjectVersion"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ObjectVersion:
         return self.key if self.version_id is None else f"{self.key}?versionId={self.version_id}"
 
 
-class _FaultPlan:
+class FaultPlan:
     """Counts writes in this process and fails the N-th (``LETHE_FAULT_AT_WRITE=N``).
 
     ``LETHE_FAULT_MODE=raise`` raises ``InjectedFault``; ``kill`` ends the process at once,
@@ -59,6 +59,10 @@ class _FaultPlan:
     """
 
     writes = 0
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.writes = 0
 
     @classmethod
     def before_write(cls, what: str) -> None:
@@ -202,7 +206,7 @@ class ObjectStore:
 
     def put(self, key: str, data: bytes) -> None:
         """Write an immutable object (content-addressed keys make rewrites harmless)."""
-        _FaultPlan.before_write(f"put {key}")
+        FaultPlan.before_write(f"put {key}")
         path = self._path(key)
         if self.protocol in {"file", "local"}:
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -211,7 +215,7 @@ class ObjectStore:
 
     def create_exclusive(self, key: str, data: bytes) -> None:
         """Create ``key`` only if absent; raise ``StorageConflictError`` otherwise."""
-        _FaultPlan.before_write(f"create {key}")
+        FaultPlan.before_write(f"create {key}")
         self._ops.create_exclusive(self.fs, self._path(key), data)
 
     def get(self, key: str, version_id: str | None = None) -> bytes:
@@ -257,7 +261,7 @@ class ObjectStore:
         wanted = set(keys)
         if not wanted:
             return []
-        _FaultPlan.before_write(f"delete {len(wanted)} key(s)")
+        FaultPlan.before_write(f"delete {len(wanted)} key(s)")
         versions = [v for key in sorted(wanted) for v in self.list_versions(key) if v.key == key]
         self._ops.delete_versions(self.fs, [(self._path(v.key), v.version_id) for v in versions])
         self.fs.invalidate_cache(self.root)

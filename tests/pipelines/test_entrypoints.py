@@ -102,3 +102,55 @@ def test_forget_without_a_key_fails_with_a_fix(tmp_path):
     )
     assert result.returncode == 2
     assert "LETHE_SUBJECT_KEY" in result.stderr
+
+
+def test_demo_is_exact_on_s3_storage_and_leaves_no_trace(tmp_path, s3_bucket):
+    result = _run(
+        [
+            "pipelines.demo",
+            "--json",
+            "--users",
+            "40",
+            "--shards",
+            "2",
+            "--slices",
+            "2",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--storage",
+            f"s3://{s3_bucket}/demo",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["exact"] is True
+    assert summary["storage"].startswith("s3://")
+    assert summary["scan_traces_before"] > 0
+    assert summary["scan_traces_after"] == 0
+
+
+def test_scan_command_exit_codes(tmp_path):
+    from orchestrator.config import SyntheticRatingsConfig
+    from orchestrator.coordinator import Coordinator, local_pool
+    from orchestrator.digests import SubjectHasher
+    from pipelines.datasets import synthetic_ratings
+    from tests.engine import job
+
+    key = "s" * 40
+    coordinator = Coordinator(str(tmp_path / "store"), SubjectHasher(key.encode()), pool_factory=local_pool)
+    coordinator.train(
+        synthetic_ratings(SyntheticRatingsConfig(users=12, items=8, ratings_per_user=3)), job(shards=2, slices=2)
+    )
+    found = _run(
+        ["pipelines.scan", "--storage", str(tmp_path / "store"), "--subject", "user-1"], tmp_path, LETHE_SUBJECT_KEY=key
+    )
+    assert found.returncode == 1, found.stderr[-2000:]
+    coordinator.forget(["user-1"])
+    clean = _run(
+        ["pipelines.scan", "--storage", str(tmp_path / "store"), "--subject", "user-1", "--json"],
+        tmp_path,
+        LETHE_SUBJECT_KEY=key,
+    )
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    assert json.loads(clean.stdout)["findings"] == []
