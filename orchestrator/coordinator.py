@@ -24,7 +24,7 @@ from orchestrator.purge import purge_unreferenced
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.routing import route
 from shards.models import model_for
-from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
 from shards.shard import ShardUpdate
 from shards.store import ObjectStore
 
@@ -155,6 +155,8 @@ class Coordinator:
         resolved model settings: together they reproduce "training from scratch without a
         subject" exactly as Lethe defines it (see ``orchestrator.placement``).
         """
+        task = "rating" if job.training.model.kind == "mf" else "classification"
+        validate_rows(rows, "training rows", task)  # before anything is written
         model = model or resolve_model(job.training.model, rows)
         parent = self.manifest
         self.close()

@@ -132,3 +132,16 @@ def test_receipt_never_holds_the_raw_subject_id(tmp_path, hasher):
     receipt = coordinator.forget([subject])
     assert subject not in receipt.model_dump_json()
     assert receipt.subject_digests == (hasher.digest(subject),)
+
+
+def test_bad_training_rows_raise_one_typed_error_and_write_nothing(tmp_path, hasher):
+    import pyarrow as pa
+
+    from orchestrator.errors import DataValidationError
+
+    bad = pa.table({"record_id": ["a", "a"], "subject_id": ["x", None], "item_id": [1, 2], "rating": [3.0, None]})
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    with pytest.raises(DataValidationError) as caught:
+        coordinator.train(bad, job())
+    assert len(caught.value.problems) == 3
+    assert not (tmp_path / "store").exists()
