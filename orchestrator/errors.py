@@ -8,6 +8,7 @@ __all__ = [
     "ConfigError",
     "DataValidationError",
     "LetheError",
+    "LineagePurgeFailed",
     "ShardRetrainFailed",
     "StorageConflictError",
     "StorageCorruptError",
@@ -95,3 +96,11 @@ class ShardRetrainFailed(LetheError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.shard_id, self.cause))
+
+
+class LineagePurgeFailed(LetheError):
+    """An erasure committed, but deleting the files of earlier MLflow model versions failed.
+
+    Example scenario: ``mlflow gc`` cannot reach the artifact store. The store is already
+    erased; finish with ``Lineage.purge_superseded(request_id, keep=<current version>)``.
+    """

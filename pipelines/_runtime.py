@@ -7,7 +7,7 @@ import os
 import secrets
 from pathlib import Path
 
-from orchestrator.config import PrivacyConfig, TrackingConfig
+from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.lineage import Lineage
 
@@ -57,5 +57,5 @@ def demo_hasher(workdir: Path, privacy: PrivacyConfig = PrivacyConfig()) -> Subj
     return SubjectHasher(key_file.read_text().strip().encode())
 
 
-def make_lineage(tracking: TrackingConfig, store_uri: str) -> Lineage | None:
-    return Lineage(tracking, store_uri) if tracking.enabled else None
+def make_lineage(tracking: TrackingConfig, storage: StorageConfig | str) -> Lineage | None:
+    return Lineage(tracking, storage) if tracking.enabled else None

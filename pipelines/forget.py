@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.config import PrivacyConfig, TrackingConfig, load_job_config
+from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from orchestrator.coordinator import Coordinator
 from orchestrator.errors import ConfigError, LetheError
 from orchestrator.receipts import ErasureReceipt
@@ -38,7 +38,11 @@ def read_subjects(subjects: list[str], subjects_file: Path | None) -> list[str]:
 
 
 def run(
-    storage: str, subjects: list[str], tracking: TrackingConfig, privacy: PrivacyConfig, request_id: str | None = None
+    storage: StorageConfig,
+    subjects: list[str],
+    tracking: TrackingConfig,
+    privacy: PrivacyConfig,
+    request_id: str | None = None,
 ) -> ErasureReceipt:
     hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
     init_ray()
@@ -62,14 +66,16 @@ def main(
     init_logging(verbose)
     try:
         job = load_job_config(config) if config else None
-        uri = storage or (job.storage.uri if job else None)
-        if not uri:
+        if not storage and not job:
             raise ConfigError("pass --storage URI or --config FILE.yaml")
+        store = job.storage if job else StorageConfig(uri=storage or "")
+        if storage:
+            store = store.model_copy(update={"uri": storage})
         tracking = job.tracking if job else TrackingConfig()
         if tracking_uri:
             tracking = tracking.model_copy(update={"uri": tracking_uri})
         receipt = run(
-            uri, read_subjects(subject, subjects_file), tracking, job.privacy if job else PrivacyConfig(), request_id
+            store, read_subjects(subject, subjects_file), tracking, job.privacy if job else PrivacyConfig(), request_id
         )
     except LetheError as exc:
         typer.echo(f"error: {exc}", err=True)

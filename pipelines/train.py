@@ -42,7 +42,7 @@ def run(job: JobConfig) -> dict[str, object]:
     hasher = hasher_from_env(job.privacy)  # fail on a missing key before loading anything
     rows, test = load_rows(job.data, task)
     init_ray()
-    coordinator = Coordinator(job.storage.uri, hasher, make_lineage(job.tracking, job.storage.uri))
+    coordinator = Coordinator(job.storage, hasher, make_lineage(job.tracking, job.storage))
     result = coordinator.train(rows, job, request_id="train")
     metrics = evaluate(coordinator, test, task)
     coordinator.close()

@@ -1,0 +1,70 @@
+"""Lineage against a real ``mlflow server``: artifacts proxied to S3, or on local disk; purge deletes both."""
+
+from __future__ import annotations
+
+import uuid
+
+import boto3
+import mlflow.pyfunc
+import numpy as np
+import pyarrow as pa
+import pytest
+from mlflow.exceptions import MlflowException
+
+from orchestrator.config import TrackingConfig
+from orchestrator.coordinator import Coordinator, local_pool
+from orchestrator.errors import ConfigError
+from orchestrator.lineage import PURGED_BY_REQUEST, Lineage
+from shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
+from tests.engine import job
+from tests.lineage._support import email_rows, subjects
+
+pytestmark = pytest.mark.integration
+
+ROWS = email_rows(users=24, seed=4)
+
+
+def _s3_keys(bucket: str) -> list[str]:
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.mark.parametrize("artifacts", ["s3-proxied", "local-disk"])
+def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_server, tmp_path, hasher, monkeypatch):
+    name = f"lethe-{artifacts}-{uuid.uuid4().hex[:6]}"
+    local = tmp_path / "artifacts"
+    tracking = TrackingConfig(
+        uri=mlflow_server.uri,
+        backend_store_uri=mlflow_server.backend_store_uri,
+        experiment=name,
+        model_name=name,
+        artifact_location=local.as_uri() if artifacts == "local-disk" else None,
+    )
+    lineage = Lineage(tracking, str(tmp_path / "store"))
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=local_pool)
+    coordinator.train(ROWS, job(shards=2, slices=2))
+    first = lineage.client.get_model_version(name, "1").tags["lethe.logged_model_id"]
+
+    def files_of(model_id: str) -> list[str]:
+        if artifacts == "local-disk":
+            return [str(p) for p in local.rglob("*") if p.is_file() and model_id in str(p)]
+        return [k for k in _s3_keys(mlflow_server.bucket) if model_id in k]
+
+    assert files_of(first), "version 1 was not stored where this test looks"
+    coordinator.forget([subjects(ROWS)[2]], request_id=f"{name}-req")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@production")
+    digests = hasher.digest_many(ROWS.column(SUBJECT_ID).to_pylist())
+    request = pa.table({SUBJECT_DIGEST: digests, ITEM_ID: ROWS.column(ITEM_ID)})
+    assert np.array_equal(model.predict(request.to_pandas()), coordinator.predict(request))
+    assert lineage.client.get_model_version(name, "1").tags[PURGED_BY_REQUEST] == f"{name}-req"
+    with pytest.raises(MlflowException):
+        mlflow.pyfunc.load_model(f"models:/{name}/1")
+    assert files_of(first) == []
+    assert files_of(lineage.client.get_model_version(name, "2").tags["lethe.logged_model_id"])
+
+
+def test_a_server_without_its_database_cannot_purge_and_says_so(mlflow_server, tmp_path):
+    with pytest.raises(ConfigError, match="backend_store_uri"):
+        Lineage(TrackingConfig(uri=mlflow_server.uri), str(tmp_path / "store"))
