@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.config import MFConfig, MLPConfig, ModelConfig, ShardingConfig, TrainingConfig
+from orchestrator.config import ModelConfig, ShardingConfig, TrainingConfig
 from orchestrator.placement import Cell
 from shards.store import ObjectStore
 
@@ -40,10 +40,6 @@ class EnsembleManifest(BaseModel):
     shard_versions: tuple[int, ...]
     placement_key: str
     rows: int
-
-    @property
-    def resolved_model(self) -> MFConfig | MLPConfig:
-        return self.model
 
 
 class PlacementIndex:

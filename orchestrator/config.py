@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from orchestrator.errors import ConfigError
 
 __all__ = [
+    "AnyModelConfig",
+    "CustomModelConfig",
     "DataConfig",
     "JobConfig",
     "MFConfig",
@@ -104,7 +106,21 @@ class MLPConfig(_Frozen):
     hidden: tuple[int, ...] = (32,)
 
 
-ModelConfig = Annotated[MFConfig | MLPConfig, Field(discriminator="kind")]
+class CustomModelConfig(_Frozen):
+    """Your own model family: ``factory`` is ``"package.module:Name"``, called with ``options``.
+
+    The factory returns an object implementing ``shards.models.SisaModel``; it must be
+    importable wherever shards run (under ``ray job submit --working-dir .`` that is the
+    submitted folder).
+    """
+
+    kind: Literal["custom"] = "custom"
+    factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+AnyModelConfig = MFConfig | MLPConfig | CustomModelConfig
+ModelConfig = Annotated[AnyModelConfig, Field(discriminator="kind")]
 
 
 class TrainingConfig(_Frozen):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
-from orchestrator.config import JobConfig, MFConfig, MLPConfig, ShardingConfig, StorageConfig, TrainingConfig
+from orchestrator.config import AnyModelConfig, JobConfig, MFConfig, ShardingConfig, StorageConfig, TrainingConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import aggregate
 from orchestrator.errors import ConfigError, LetheError, StorageConflictError, StorageCorruptError
@@ -23,7 +23,7 @@ from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from orchestrator.purge import purge_unreferenced
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.routing import route
-from shards.models import model_for
+from shards.models import model_for, task_of
 from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
 from shards.shard import ShardUpdate
 from shards.store import ObjectStore
@@ -32,7 +32,7 @@ __all__ = ["Coordinator", "PoolFactory", "TrainResult", "partition_rows"]
 
 log = logging.getLogger(__name__)
 
-PoolFactory = Callable[[StorageConfig, TrainingConfig, MFConfig | MLPConfig, Mapping[int, int | None]], ShardPool]
+PoolFactory = Callable[[StorageConfig, TrainingConfig, AnyModelConfig, Mapping[int, int | None]], ShardPool]
 
 
 class TrainResult:
@@ -47,7 +47,7 @@ class TrainResult:
         self.registry_version = registry_version
 
 
-def resolve_model(config: MFConfig | MLPConfig, rows: pa.Table) -> MFConfig | MLPConfig:
+def resolve_model(config: AnyModelConfig, rows: pa.Table) -> AnyModelConfig:
     """Fill in data-derived model settings (the item catalogue size) once, at first training."""
     if isinstance(config, MFConfig) and config.num_items == 0:
         largest = pc.max(rows.column(ITEM_ID)).as_py()
@@ -86,13 +86,13 @@ def partition_rows(
 
 
 def ray_pool(
-    storage: StorageConfig, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+    storage: StorageConfig, training: TrainingConfig, model: AnyModelConfig, versions: Mapping[int, int | None]
 ) -> ShardPool:
     return RayShardPool(storage, training, model, versions)
 
 
 def local_pool(
-    storage: StorageConfig, training: TrainingConfig, model: MFConfig | MLPConfig, versions: Mapping[int, int | None]
+    storage: StorageConfig, training: TrainingConfig, model: AnyModelConfig, versions: Mapping[int, int | None]
 ) -> ShardPool:
     return LocalShardPool(storage, training, model, versions)
 
@@ -147,7 +147,7 @@ class Coordinator:
         job: JobConfig,
         request_id: str | None = None,
         placement: PlacementIndex | None = None,
-        model: MFConfig | MLPConfig | None = None,
+        model: AnyModelConfig | None = None,
     ) -> TrainResult:
         """Train every shard from scratch in parallel and publish a new ensemble version.
 
@@ -155,8 +155,7 @@ class Coordinator:
         resolved model settings: together they reproduce "training from scratch without a
         subject" exactly as Lethe defines it (see ``orchestrator.placement``).
         """
-        task = "rating" if job.training.model.kind == "mf" else "classification"
-        validate_rows(rows, "training rows", task)  # before anything is written
+        validate_rows(rows, "training rows", task_of(job.training.model))  # before anything is written
         model = model or resolve_model(job.training.model, rows)
         parent = self.manifest
         self.close()

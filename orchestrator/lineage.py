@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.catalog import EnsembleManifest
-from orchestrator.config import MFConfig, StorageConfig, TrackingConfig
+from orchestrator.config import CustomModelConfig, MFConfig, StorageConfig, TrackingConfig
 from orchestrator.errors import ConfigError, LetheError, LineagePurgeFailed
 from orchestrator.receipts import ErasureReceipt
 from orchestrator.serving import ENSEMBLE_ARTIFACT, export_ensemble, read_shard_manifest
@@ -77,6 +77,8 @@ def _signature(manifest: EnsembleManifest) -> Any:
     from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
     subjects = [ColSpec("string", "subject_digest", required=False), ColSpec("string", "subject_id", required=False)]
+    if isinstance(manifest.model, CustomModelConfig):
+        return None  # your model's inputs are yours to describe
     if isinstance(manifest.model, MFConfig):
         inputs = Schema([*subjects, ColSpec("long", "item_id")])
         outputs = Schema([TensorSpec(np.dtype(np.float64), (-1,))])

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from orchestrator.config import MFConfig, MLPConfig, StorageConfig, TrainingConfig
+from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
 from orchestrator.errors import LetheError, ShardRetrainFailed
 from shards.shard import Shard
 
@@ -31,7 +31,7 @@ class LocalShardPool:
         self,
         storage: StorageConfig,
         training: TrainingConfig,
-        model: MFConfig | MLPConfig,
+        model: AnyModelConfig,
         versions: Mapping[int, int | None],
     ) -> None:
         self.shards = {i: Shard(i, storage, training, model, v) for i, v in versions.items()}
@@ -60,7 +60,7 @@ class RayShardPool:
         self,
         storage: StorageConfig,
         training: TrainingConfig,
-        model: MFConfig | MLPConfig,
+        model: AnyModelConfig,
         versions: Mapping[int, int | None],
     ) -> None:
         import ray

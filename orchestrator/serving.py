@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from orchestrator.catalog import EnsembleManifest
-from orchestrator.config import MFConfig, PrivacyConfig
+from orchestrator.config import CustomModelConfig, MFConfig, PrivacyConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import aggregate
 from orchestrator.errors import ConfigError, StorageCorruptError
@@ -192,6 +192,11 @@ def rows_from_frame(
         if ITEM_ID not in frame.columns:
             raise ConfigError(f"the request needs an {ITEM_ID!r} column (int item ids); found {list(frame.columns)}")
         columns[ITEM_ID] = pa.array(frame[ITEM_ID].to_numpy().astype(np.int64))
+    elif isinstance(manifest.model, CustomModelConfig):
+        # Your model's ``encode`` reads what it needs: pass every request column through.
+        for name in frame.columns:
+            if name not in (SUBJECT_ID, SUBJECT_DIGEST):
+                columns[name] = pa.array(frame[name].tolist())
     else:
         if FEATURES not in frame.columns:
             raise ConfigError(

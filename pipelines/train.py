@@ -18,6 +18,7 @@ from orchestrator.coordinator import Coordinator
 from orchestrator.errors import LetheError
 from pipelines._runtime import hasher_from_env, init_logging, init_ray, make_lineage
 from pipelines.datasets import load_rows
+from shards.models import task_of
 from shards.rows import LABEL, RATING
 
 __all__ = ["main", "run"]
@@ -38,7 +39,7 @@ def evaluate(coordinator: Coordinator, test: pa.Table, task: str) -> dict[str, f
 
 
 def run(job: JobConfig) -> dict[str, object]:
-    task = "rating" if job.training.model.kind == "mf" else "classification"
+    task = task_of(job.training.model)
     hasher = hasher_from_env(job.privacy)  # fail on a missing key before loading anything
     rows, test = load_rows(job.data, task)
     init_ray()

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from orchestrator.config import MFConfig, MLPConfig, StorageConfig, TrainingConfig
+from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
 from shards.shard import Shard, ShardUpdate
 
 __all__ = ["ShardActor"]
@@ -24,7 +24,7 @@ class ShardActor:
         shard_id: int,
         storage: StorageConfig,
         training: TrainingConfig,
-        model_config: MFConfig | MLPConfig,
+        model_config: AnyModelConfig,
         manifest_version: int | None,
     ) -> None:
         self._shard = Shard(shard_id, storage, training, model_config, manifest_version)

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.config import MFConfig, MLPConfig, StorageConfig, TrainingConfig
+from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
 from orchestrator.errors import StorageCorruptError
 from shards.models import model_for
 from shards.rows import RECORD_ID, SUBJECT_DIGEST
@@ -97,7 +97,7 @@ class Shard:
         shard_id: int,
         storage: StorageConfig | str,
         training: TrainingConfig,
-        model_config: MFConfig | MLPConfig,
+        model_config: AnyModelConfig,
         manifest_version: int | None = None,
     ) -> None:
         self.shard_id = shard_id

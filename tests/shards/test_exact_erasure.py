@@ -145,3 +145,31 @@ def test_bad_training_rows_raise_one_typed_error_and_write_nothing(tmp_path, has
         coordinator.train(bad, job())
     assert len(caught.value.problems) == 3
     assert not (tmp_path / "store").exists()
+
+
+def test_row_placement_spreads_a_subject_and_still_erases_exactly(tmp_path, hasher):
+    coordinator, config, rows = _trained(tmp_path, hasher, "mlp", placement="row")
+    cells = coordinator.placement_index().cells()
+    subject = next(
+        s
+        for s in sorted(set(rows.column(SUBJECT_ID).to_pylist()))
+        if len({c.shard for c in cells[hasher.digest(s)]}) > 1
+    )
+    receipt = coordinator.forget([subject])
+    assert len(receipt.shards) > 1  # one request, several shards, each from its own first slice
+    reference = from_scratch(tmp_path, coordinator, without(rows, [subject]), config, hasher, pin_placement=False)
+    assert all(constituents_equal(coordinator.constituent_tensors(), reference.constituent_tensors()).values())
+
+
+def test_same_inputs_give_the_same_checkpoint_keys(tmp_path, hasher):
+    model, rows = MODELS["mf"]
+    keys = []
+    for name in ("one", "two"):
+        coordinator = Coordinator(str(tmp_path / name), hasher, pool_factory=local_pool)
+        coordinator.train(rows, job(model))
+        keys.append(sorted(p.name for p in (tmp_path / name).rglob("*.pt")))
+    assert keys[0] == keys[1]
+    assert len(keys[0]) == 3 * 4  # a checkpoint after every slice step of every shard
+    changed = Coordinator(str(tmp_path / "three"), hasher, pool_factory=local_pool)
+    changed.train(rows, job(model).model_copy(update={"training": job(model).training.model_copy(update={"seed": 1})}))
+    assert not set(keys[0]) & {p.name for p in (tmp_path / "three").rglob("*.pt")}
