@@ -40,6 +40,8 @@ class EnsembleManifest(BaseModel):
     shard_versions: tuple[int, ...]
     placement_key: str
     rows: int
+    # SubjectHasher.key_check() of the key the digests were made with (None: not recorded).
+    key_check: str | None = None
 
 
 class PlacementIndex:
@@ -113,10 +115,27 @@ class Catalog:
     def read(self, version: int) -> EnsembleManifest:
         return EnsembleManifest.model_validate_json(self.store.get(self._key(version)))
 
+    def published_at(self, version: int) -> datetime:
+        """The store's own timestamp of a published manifest (same clock as its objects)."""
+        key = self._key(version)
+        (info,) = [i for i in self.store.list_info(_ENSEMBLE_PREFIX) if i.key == key]
+        return info.modified
+
     def publish(self, manifest: EnsembleManifest) -> None:
         """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``."""
         self.store.create_exclusive(self._key(manifest.version), manifest.model_dump_json(indent=1).encode())
         log.info("published ensemble version %d (%s)", manifest.version, manifest.kind)
+
+    def _receipt_key(self, version: int) -> str:
+        return f"receipts/{version:08d}.json"
+
+    def write_receipt(self, version: int, receipt_json: str) -> None:
+        """Keep the receipt of the erasure that produced ``version`` (digests only, no raw ids)."""
+        self.store.put(self._receipt_key(version), receipt_json.encode())
+
+    def read_receipt(self, version: int) -> str | None:
+        key = self._receipt_key(version)
+        return self.store.get(key).decode() if self.store.exists(key) else None
 
     def write_placement(self, index: PlacementIndex) -> str:
         sink = io.BytesIO()

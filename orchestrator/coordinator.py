@@ -25,10 +25,10 @@ from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.routing import route
 from shards.models import model_for, task_of
 from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
-from shards.shard import ShardUpdate
+from shards.shard import ShardManifest, ShardUpdate, shard_prefix
 from shards.store import ObjectStore
 
-__all__ = ["Coordinator", "PoolFactory", "TrainResult", "partition_rows"]
+__all__ = ["Coordinator", "PoolFactory", "TrainResult", "check_key", "partition_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ class TrainResult:
         self.updates = updates
         self.seconds = seconds
         self.registry_version = registry_version
+
+
+def check_key(manifest: EnsembleManifest, hasher: SubjectHasher) -> None:
+    """Refuse a digest key other than the one the store was trained with (it would match nobody)."""
+    if manifest.key_check is not None and manifest.key_check != hasher.key_check():
+        raise ConfigError(
+            f"the subject digest key differs from the one ensemble v{manifest.version} was trained with, so "
+            "no subject would be found. Set LETHE_SUBJECT_KEY (or privacy.subject_key_env) to the original key."
+        )
 
 
 def resolve_model(config: AnyModelConfig, rows: pa.Table) -> AnyModelConfig:
@@ -116,8 +125,10 @@ class Coordinator:
         self.manifest = self.catalog.latest()
         self._pool: ShardPool | None = None
         if self.manifest is not None:
-            # Finish a purge that a crash may have interrupted right after a commit.
+            # Finish what a crash may have interrupted right after a commit: the purge of the
+            # store, then the registry (a pre-erasure model version must not stay servable).
             purge_unreferenced(self.store, self.catalog, self.manifest)
+            self._sync_lineage()
 
     # ----- helpers ---------------------------------------------------------------------------
     def _require_manifest(self) -> EnsembleManifest:
@@ -125,6 +136,7 @@ class Coordinator:
             raise ConfigError(
                 f"no trained ensemble in {self.store.uri}; run `python -m pipelines.train --config FILE.yaml` first"
             )
+        check_key(self.manifest, self.hasher)
         return self.manifest
 
     @property
@@ -178,6 +190,7 @@ class Coordinator:
             shard_versions=tuple(updates[s].manifest_version for s in range(job.sharding.shards)),
             placement_key=self.catalog.write_placement(index),
             rows=len(rows),
+            key_check=self.hasher.key_check(),
         )
         self.catalog.publish(manifest)
         self.manifest, self._pool = manifest, pool
@@ -257,11 +270,15 @@ class Coordinator:
             shard_versions=tuple(versions),
             placement_key=self.catalog.write_placement(new_index),
             rows=manifest.rows - sum(u.rows_removed for u in updates.values()),
+            key_check=manifest.key_check,
         )
         try:
             self.catalog.publish(new_manifest)
         except StorageConflictError:
             self._rollback(manifest)
+            # What we wrote was derived from a version that is no longer current: it may hold
+            # rows the winner just erased, so it goes now rather than at the next commit.
+            self._discard([k for u in updates.values() for k in u.new_keys] + [new_manifest.placement_key])
             raise
         self.manifest = new_manifest
         deleted = [str(v) for v in purge_unreferenced(self.store, self.catalog, new_manifest)]
@@ -288,6 +305,7 @@ class Coordinator:
             model_version_after=new_manifest.version,
             deleted_objects=tuple(deleted),
         )
+        self.catalog.write_receipt(new_manifest.version, receipt.model_dump_json(indent=1))
         if self.lineage is not None:
             parent = self.lineage.current_version()
             version = self.lineage.record_erasure(receipt, new_manifest, parent)
@@ -301,12 +319,47 @@ class Coordinator:
         )
         return receipt
 
+    def _sync_lineage(self) -> None:
+        """Record the published version in MLflow if a crash or an MLflow outage skipped it."""
+        manifest = self.manifest
+        if self.lineage is None or manifest is None:
+            return
+        recorded = self.lineage.recorded_ensemble_version()
+        if recorded is not None and recorded >= manifest.version:
+            return
+        log.warning(
+            "MLflow lags the store (v%s < v%d): recording the published version now", recorded, manifest.version
+        )
+        if manifest.kind == "train":
+            self.lineage.record_training(manifest, {})
+            return
+        stored = self.catalog.read_receipt(manifest.version)
+        receipt = (
+            ErasureReceipt.model_validate_json(stored)
+            if stored
+            else ErasureReceipt(request_id=manifest.request_id or "unknown", status="erased", subject_digests=())
+        )
+        self.lineage.record_erasure(receipt, manifest, self.lineage.current_version())
+
     def _refresh(self) -> None:
         """Act on the latest published version (another process may have committed since)."""
         latest = self.catalog.latest()
         if latest is not None and (self.manifest is None or latest.version != self.manifest.version):
             self.close()
             self.manifest = latest
+        self._sync_lineage()
+
+    def _discard(self, keys: list[str]) -> None:
+        """Delete objects of a losing attempt, except any the published version references."""
+        latest = self.catalog.latest()
+        keep: set[str] = set()
+        if latest is not None:
+            keep.add(latest.placement_key)
+            for shard_id, version in enumerate(latest.shard_versions):
+                keep |= ShardManifest.model_validate_json(
+                    self.store.get(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json")
+                ).object_keys()
+        self.store.delete(k for k in keys if k not in keep)
 
     def _rollback(self, manifest: EnsembleManifest) -> None:
         """Point actors back at the published versions; their unpublished objects are garbage."""

@@ -40,6 +40,10 @@ class SubjectHasher:
     def digest(self, subject_id: object) -> str:
         return hmac.new(self._key, str(subject_id).encode(), hashlib.sha256).hexdigest()
 
+    def key_check(self) -> str:
+        """A value that tells keys apart without revealing them (stored with each version)."""
+        return hmac.new(self._key, b"lethe/key-check", hashlib.sha256).hexdigest()[:16]
+
     def digest_many(self, subject_ids: Iterable[object]) -> list[str]:
         return [self.digest(s) for s in subject_ids]
 

@@ -134,6 +134,17 @@ class Lineage:
         except MlflowException:
             return None
 
+    def recorded_ensemble_version(self) -> int | None:
+        """The store version the alias's model version was built from (None: nothing recorded)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_model_version_by_alias(self.tracking.model_name, self.tracking.alias)
+        except MlflowException:
+            return None
+        tag = version.tags.get("lethe.ensemble_version")
+        return int(tag) if tag else None
+
     # ----- a version per commit -----------------------------------------------------------------
     def _log_shard_inputs(self, run_id: str, manifest: EnsembleManifest, retrained: set[int]) -> None:
         """Each shard's data version as a dataset input: keys and digests only, never rows."""

@@ -22,11 +22,16 @@ def select_purgeable(
 ) -> list[str]:
     """Keys to delete after publishing a version (pure).
 
-    - anything an older manifest referenced and the current one does not (superseded data:
-      e.g. slices that held an erased subject and checkpoints trained on them);
-    - anything no manifest references that was written before the commit (left behind by a
-      crashed or losing writer; a live writer works from the current version, so every object
-      it writes is newer than the commit).
+    Never a key the current version references. Otherwise:
+
+    - every key an earlier *published* version referenced (superseded data: e.g. slices that
+      held an erased subject and the checkpoints trained on them), whatever its age;
+    - any other key whose newest stored version was written before the commit: debris of a
+      crashed or losing writer. A live writer works from the current version, so what it
+      writes is newer than the commit and is left alone.
+
+    ``committed_at`` must come from the same clock as the objects' times: the store's own
+    timestamp of the published manifest.
     """
     newest: dict[str, datetime | None] = {}
     for version in versions:
@@ -48,24 +53,27 @@ def _is_data(key: str) -> bool:
     return key.startswith("placement/") or (key.startswith("shards/") and any(p in key for p in _DATA_PARTS))
 
 
+def _shard_keys(store: ObjectStore, shard_id: int, version: int) -> set[str]:
+    key = f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"
+    return ShardManifest.model_validate_json(store.get(key)).object_keys()
+
+
 def purge_unreferenced(store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest) -> list[ObjectVersion]:
     """Delete (all versions of) data objects that ``manifest`` does not reference; return them."""
     current: set[str] = {manifest.placement_key}
-    superseded: set[str] = set()
     for shard_id, version in enumerate(manifest.shard_versions):
-        for key in store.list_keys(f"{shard_prefix(shard_id)}/manifests"):
-            number = int(key.rsplit("/", 1)[1].split(".")[0])
-            if number > version:
-                continue  # a newer, unpublished attempt: not ours to judge
-            keys = ShardManifest.model_validate_json(store.get(key)).object_keys()
-            (current if number == version else superseded).update(keys)
+        current |= _shard_keys(store, shard_id, version)
+    superseded: set[str] = set()
     for number in catalog.versions():
-        if number < manifest.version:
-            superseded.add(catalog.read(number).placement_key)
-    superseded -= current
+        if number >= manifest.version:
+            continue
+        earlier = catalog.read(number)
+        superseded.add(earlier.placement_key)
+        for shard_id, version in enumerate(earlier.shard_versions):
+            if store.exists(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"):
+                superseded |= _shard_keys(store, shard_id, version)
     candidates = [v for v in store.list_versions("shards/") + store.list_versions("placement/") if _is_data(v.key)]
-    committed_at = datetime.fromisoformat(manifest.created_at)
-    doomed = select_purgeable(candidates, current, superseded, committed_at)
+    doomed = select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))
     deleted = store.delete(doomed)
     if deleted:
         log.info("purged %d object version(s) no longer referenced by ensemble v%d", len(deleted), manifest.version)

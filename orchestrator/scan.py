@@ -20,7 +20,13 @@ __all__ = ["Finding", "ScanReport", "scan_store"]
 log = logging.getLogger(__name__)
 
 FindingKind = Literal[
-    "rows", "placement", "manifest", "checkpoint-parameters", "checkpoint-lineage", "checkpoint-unverifiable"
+    "incomplete-write",
+    "rows",
+    "placement",
+    "manifest",
+    "checkpoint-parameters",
+    "checkpoint-lineage",
+    "checkpoint-unverifiable",
 ]
 
 
@@ -81,9 +87,15 @@ def scan_store(store: ObjectStore, subject_id: str, subject_digest: str) -> Scan
         elif version.key.endswith(".pt"):
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             checkpoints.append((version.key, version.version_id, payload))
+        elif version.key.endswith(".partial"):
+            findings.append(
+                Finding(key=where[0], version_id=where[1], kind="incomplete-write", detail="an interrupted write")
+            )
         elif version.key.endswith(".json"):
             text = data.decode("utf-8", errors="replace")
-            if subject_digest in text or quoted_id in text:
+            # Receipts are the audit trail: they name erased subjects by digest on purpose.
+            audit = version.key.startswith("receipts/")
+            if quoted_id in text or (subject_digest in text and not audit):
                 findings.append(
                     Finding(key=where[0], version_id=where[1], kind="manifest", detail="mentions the subject")
                 )

@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig
+from orchestrator.coordinator import check_key
 from orchestrator.errors import LetheError
 from orchestrator.scan import ScanReport, scan_store
 from pipelines._runtime import hasher_from_env, init_logging
@@ -24,7 +26,11 @@ log = logging.getLogger(__name__)
 
 def run(storage: StorageConfig, subject: str, privacy: PrivacyConfig = PrivacyConfig()) -> ScanReport:
     hasher = hasher_from_env(privacy)
-    return scan_store(ObjectStore(storage), subject, hasher.digest(subject))
+    store = ObjectStore(storage)
+    latest = Catalog(store).latest()
+    if latest is not None:
+        check_key(latest, hasher)  # a wrong key would silently miss every digest-keyed trace
+    return scan_store(store, subject, hasher.digest(subject))
 
 
 def main(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +51,10 @@ class ObjectVersion:
     def __str__(self) -> str:
         return self.key if self.version_id is None else f"{self.key}?versionId={self.version_id}"
 
+    @property
+    def on_unversioned_store(self) -> bool:
+        return self.version_id in (None, "null")
+
 
 class FaultPlan:
     """Counts writes in this process and fails the N-th (``LETHE_FAULT_AT_WRITE=N``).
@@ -77,6 +82,22 @@ class FaultPlan:
 
 
 # ----- protocol registry ------------------------------------------------------------------------
+def _local_put(path: str, data: bytes) -> None:
+    """Whole-object replace: a crash never leaves a truncated object under a published key."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)  # an object write, not a commit: manifests publish
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def _local_create_exclusive(fs: Any, path: str, data: bytes) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -131,7 +152,9 @@ def _s3_versions(fs: Any, path: str) -> list[_Version]:
             break
         kwargs["KeyMarker"] = page.get("NextKeyMarker")
         kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker")
-    return [(p, None if v in (None, "null") else v, m, t) for p, v, m, t in found]
+    # "null" is a real version id: the version written while versioning was off. Deleting
+    # without it would only add a delete marker and leave those bytes in place.
+    return found
 
 
 def _local_delete_versions(fs: Any, paths: list[tuple[str, str | None]]) -> None:
@@ -209,8 +232,9 @@ class ObjectStore:
         FaultPlan.before_write(f"put {key}")
         path = self._path(key)
         if self.protocol in {"file", "local"}:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(path, "wb") as handle:
+            _local_put(path, data)
+            return
+        with self.fs.open(path, "wb") as handle:  # an S3 PUT replaces an object whole or not at all
             handle.write(data)
 
     def create_exclusive(self, key: str, data: bytes) -> None:

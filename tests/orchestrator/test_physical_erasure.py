@@ -86,20 +86,23 @@ class _InterleavingPool:
         self.inner.shutdown()
 
 
-def test_racing_writers_one_wins_the_other_changes_nothing(storage, hasher):
+@pytest.mark.parametrize("same_shard", [False, True])
+def test_racing_writers_one_wins_the_other_changes_nothing(storage, hasher, same_shard):
     first = Coordinator(storage, hasher, pool_factory=local_pool)
     first.train(ROWS, job(shards=2, slices=2))
     homes = first.placement_index().home_cells()
     mine = next(s for s in SUBJECTS if homes[hasher.digest(s)].shard == 0)
-    theirs = next(s for s in SUBJECTS if homes[hasher.digest(s)].shard == 1)
+    theirs = next(s for s in SUBJECTS if homes[hasher.digest(s)].shard == (0 if same_shard else 1) and s != mine)
 
     def interleaved(*args):
         return _InterleavingPool(local_pool(*args), lambda: first.forget([theirs]))
 
     second = Coordinator(storage, hasher, pool_factory=interleaved)
-    with pytest.raises(StorageConflictError, match="another writer"):
+    with pytest.raises(StorageConflictError):
         second.forget([mine])
     store = ObjectStore(storage)
+    # The loser's objects were built from v1, which still held `theirs`: none may survive.
+    assert scan_store(store, theirs, hasher.digest(theirs)).clean
     assert store.list_keys("ensemble") == ["ensemble/00000001.json", "ensemble/00000002.json"]
     latest = first.catalog.latest()
     assert latest is not None
@@ -110,3 +113,16 @@ def test_racing_writers_one_wins_the_other_changes_nothing(storage, hasher):
     assert receipt.model_version_after == 3
     for subject in (mine, theirs):
         assert scan_store(store, subject, hasher.digest(subject)).clean
+
+
+def test_versioning_turned_on_after_training_still_erases_the_null_versions(s3_bucket, hasher):
+    storage = StorageConfig(uri=f"s3://{s3_bucket}/lethe")
+    coordinator = Coordinator(storage, hasher, pool_factory=local_pool)
+    coordinator.train(ROWS, job(shards=2, slices=2))  # objects get version id "null"
+    boto3.client("s3").put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    subject = SUBJECTS[2]
+    receipt = coordinator.forget([subject])
+    assert any(d.endswith("?versionId=null") for d in receipt.deleted_objects)
+    listing = boto3.client("s3").list_object_versions(Bucket=s3_bucket)
+    assert not listing.get("DeleteMarkers")
+    assert scan_store(ObjectStore(storage), subject, hasher.digest(subject)).clean

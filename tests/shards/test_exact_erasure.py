@@ -173,3 +173,17 @@ def test_same_inputs_give_the_same_checkpoint_keys(tmp_path, hasher):
     changed = Coordinator(str(tmp_path / "three"), hasher, pool_factory=local_pool)
     changed.train(rows, job(model).model_copy(update={"training": job(model).training.model_copy(update={"seed": 1})}))
     assert not set(keys[0]) & {p.name for p in (tmp_path / "three").rglob("*.pt")}
+
+
+def test_a_different_digest_key_is_refused_instead_of_matching_nobody(tmp_path, hasher):
+    from orchestrator.digests import SubjectHasher
+    from orchestrator.errors import ConfigError
+
+    _, _, rows = _trained(tmp_path, hasher, "mf")
+    before = store_snapshot(tmp_path / "store")
+    other = Coordinator(
+        str(tmp_path / "store"), SubjectHasher(b"another-key-0123456789abcdef"), pool_factory=local_pool
+    )
+    with pytest.raises(ConfigError, match="digest key differs"):
+        other.forget([rows.column(SUBJECT_ID)[0].as_py()])
+    assert store_snapshot(tmp_path / "store") == before
