@@ -170,6 +170,9 @@ class Coordinator:
         validate_rows(rows, "training rows", task_of(job.training.model))  # before anything is written
         model = model or resolve_model(job.training.model, rows)
         parent = self.manifest
+        if placement is None and parent is not None and parent.sharding == job.sharding:
+            # Retraining the same deployment: known subjects keep their persisted cells.
+            placement = self.placement_index()
         self.close()
         pool = self.pool_factory(self.storage, job.training, model, dict.fromkeys(range(job.sharding.shards)))
         # Actor start-up (process spawn, torch import) is not training time: wait for it first.

@@ -10,6 +10,7 @@ __all__ = [
     "LetheError",
     "LineagePurgeFailed",
     "ShardRetrainFailed",
+    "ShardStartTimeout",
     "StorageConflictError",
     "StorageCorruptError",
     "UnknownSubjectError",
@@ -103,4 +104,11 @@ class LineagePurgeFailed(LetheError):
 
     Example scenario: ``mlflow gc`` cannot reach the artifact store. The store is already
     erased; finish with ``Lineage.purge_superseded(request_id, keep=<current version>)``.
+    """
+
+
+class ShardStartTimeout(LetheError):
+    """A shard actor could not be placed on the cluster in time; nothing was changed.
+
+    Example scenario: ``training.cpus_per_shard`` asks for more CPUs than any node has free.
     """

@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.catalog import EnsembleManifest
 from orchestrator.config import CustomModelConfig, MFConfig, StorageConfig, TrackingConfig
-from orchestrator.errors import ConfigError, LetheError, LineagePurgeFailed
+from orchestrator.errors import ConfigError, LineagePurgeFailed
 from orchestrator.receipts import ErasureReceipt
 from orchestrator.serving import ENSEMBLE_ARTIFACT, export_ensemble, read_shard_manifest
 from shards.schedule import allocate_epochs
@@ -398,7 +398,7 @@ class Lineage:
         for version in doomed:
             model_id = version.tags.get(_LOGGED_MODEL_TAG)
             if not model_id:
-                raise LetheError(
+                raise LineagePurgeFailed(
                     f"model version {name}/{version.version} has no LoggedModel id (source {version.source}); "
                     "it was not registered by this Lethe release. Delete it by hand with "
                     "MlflowClient.delete_model_version and remove its artifacts."

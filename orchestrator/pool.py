@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
-from orchestrator.errors import LetheError, ShardRetrainFailed
+from orchestrator.errors import ConfigError, LetheError, ShardRetrainFailed, ShardStartTimeout
 from shards.shard import Shard
 
 __all__ = ["LocalShardPool", "RayShardPool", "ShardPool"]
@@ -66,7 +66,7 @@ class RayShardPool:
         import ray
 
         if not ray.is_initialized():
-            raise LetheError("Ray is not initialised; call ray.init() (or use the pipelines) first")
+            raise ConfigError("Ray is not initialised; call ray.init() (or use the pipelines) first")
         self._ray: Any = ray
         self.storage = storage
         self.training = training
@@ -108,7 +108,7 @@ class RayShardPool:
                 results[shard_id] = self._ray.get(ref, timeout=timeout)
             except self._ray.exceptions.GetTimeoutError:
                 failures.append(
-                    LetheError(
+                    ShardStartTimeout(
                         f"shard actor {shard_id} did not start within {timeout:.0f}s: the cluster cannot place "
                         f"an actor with {self.cpus_per_actor} CPU(s) (free now: {self._ray.available_resources().get('CPU', 0)}). "
                         "Lower training.cpus_per_shard or add nodes."

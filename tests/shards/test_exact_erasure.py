@@ -187,3 +187,23 @@ def test_a_different_digest_key_is_refused_instead_of_matching_nobody(tmp_path, 
     with pytest.raises(ConfigError, match="digest key differs"):
         other.forget([rows.column(SUBJECT_ID)[0].as_py()])
     assert store_snapshot(tmp_path / "store") == before
+
+
+def test_retraining_keeps_known_subjects_in_their_cells(tmp_path, hasher):
+    import pyarrow as pa
+
+    coordinator, config, rows = _trained(tmp_path, hasher, "mf")
+    before = coordinator.placement_index().home_cells()
+    subject = sorted(set(rows.column(SUBJECT_ID).to_pylist()))[7]
+    extra = pa.table(
+        {
+            "record_id": [f"new-{i}" for i in range(30)],
+            "subject_id": [subject] * 30,  # a heavy newcomer would move under a fresh balance
+            "item_id": pa.array(list(range(30)), pa.int64()),
+            "rating": pa.array([4.0] * 30, pa.float32()),
+        }
+    )
+    coordinator.train(pa.concat_tables([rows, extra.cast(rows.schema)]), config)
+    after = coordinator.placement_index()
+    assert after.home_cells() == before
+    assert after.rows()[hasher.digest(subject)] == 30 + rows.column(SUBJECT_ID).to_pylist().count(subject)
