@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.config import ModelConfig, ShardingConfig, TrainingConfig
 from orchestrator.placement import Cell
+from shards.shard import ShardManifest, shard_prefix
 from shards.store import ObjectStore
 
 __all__ = ["Catalog", "EnsembleManifest", "PlacementIndex"]
@@ -114,6 +115,18 @@ class Catalog:
 
     def read(self, version: int) -> EnsembleManifest:
         return EnsembleManifest.model_validate_json(self.store.get(self._key(version)))
+
+    def shard_manifest(self, shard_id: int, version: int) -> ShardManifest:
+        return ShardManifest.model_validate_json(
+            self.store.get(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json")
+        )
+
+    def referenced_keys(self, manifest: EnsembleManifest) -> set[str]:
+        """Every data object a published version needs: its placement, slices and checkpoints."""
+        keys = {manifest.placement_key}
+        for shard_id, version in enumerate(manifest.shard_versions):
+            keys |= self.shard_manifest(shard_id, version).object_keys()
+        return keys
 
     def published_at(self, version: int) -> datetime:
         """The store's own timestamp of a published manifest (same clock as its objects)."""

@@ -25,7 +25,7 @@ from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.routing import route
 from shards.models import model_for, task_of
 from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
-from shards.shard import ShardManifest, ShardUpdate, shard_prefix
+from shards.shard import ShardUpdate
 from shards.store import ObjectStore
 
 __all__ = ["Coordinator", "PoolFactory", "TrainResult", "check_key", "partition_rows"]
@@ -355,13 +355,7 @@ class Coordinator:
     def _discard(self, keys: list[str]) -> None:
         """Delete objects of a losing attempt, except any the published version references."""
         latest = self.catalog.latest()
-        keep: set[str] = set()
-        if latest is not None:
-            keep.add(latest.placement_key)
-            for shard_id, version in enumerate(latest.shard_versions):
-                keep |= ShardManifest.model_validate_json(
-                    self.store.get(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json")
-                ).object_keys()
+        keep = self.catalog.referenced_keys(latest) if latest is not None else set()
         self.store.delete(k for k in keys if k not in keep)
 
     def _rollback(self, manifest: EnsembleManifest) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from orchestrator.catalog import Catalog, EnsembleManifest
-from shards.shard import ShardManifest, shard_prefix
+from shards.shard import shard_prefix
 from shards.store import ObjectStore, ObjectVersion
 
 __all__ = ["purge_unreferenced", "select_purgeable"]
@@ -53,16 +53,9 @@ def _is_data(key: str) -> bool:
     return key.startswith("placement/") or (key.startswith("shards/") and any(p in key for p in _DATA_PARTS))
 
 
-def _shard_keys(store: ObjectStore, shard_id: int, version: int) -> set[str]:
-    key = f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"
-    return ShardManifest.model_validate_json(store.get(key)).object_keys()
-
-
 def purge_unreferenced(store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest) -> list[ObjectVersion]:
     """Delete (all versions of) data objects that ``manifest`` does not reference; return them."""
-    current: set[str] = {manifest.placement_key}
-    for shard_id, version in enumerate(manifest.shard_versions):
-        current |= _shard_keys(store, shard_id, version)
+    current = catalog.referenced_keys(manifest)
     superseded: set[str] = set()
     for number in catalog.versions():
         if number >= manifest.version:
@@ -71,7 +64,7 @@ def purge_unreferenced(store: ObjectStore, catalog: Catalog, manifest: EnsembleM
         superseded.add(earlier.placement_key)
         for shard_id, version in enumerate(earlier.shard_versions):
             if store.exists(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"):
-                superseded |= _shard_keys(store, shard_id, version)
+                superseded |= catalog.shard_manifest(shard_id, version).object_keys()
     candidates = [v for v in store.list_versions("shards/") + store.list_versions("placement/") if _is_data(v.key)]
     doomed = select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))
     deleted = store.delete(doomed)

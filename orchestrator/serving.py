@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.catalog import EnsembleManifest
+from orchestrator.catalog import Catalog, EnsembleManifest
 from orchestrator.config import CustomModelConfig, MFConfig, PrivacyConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import aggregate
 from orchestrator.errors import ConfigError, StorageCorruptError
 from shards.models import model_for
 from shards.rows import FEATURES, ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
-from shards.shard import ShardManifest, shard_prefix
+from shards.shard import ShardManifest
 from shards.store import ObjectStore
 from shards.training import TrainedState, load_checkpoint
 
@@ -71,7 +71,7 @@ class Constituent:
 
 
 def read_shard_manifest(store: ObjectStore, shard: int, version: int) -> ShardManifest:
-    return ShardManifest.model_validate_json(store.get(f"{shard_prefix(shard)}/manifests/{version:08d}.json"))
+    return Catalog(store).shard_manifest(shard, version)
 
 
 def export_ensemble(store: ObjectStore, manifest: EnsembleManifest, destination: Path) -> list[Constituent]:
