@@ -1,7 +1,7 @@
 """What sees all shards: placement, routing, the coordinator, aggregation, lineage and receipts.
 
-Public names are imported lazily so that ``shards`` (which uses this package's config and
-errors) can be imported inside Ray workers without pulling in the coordinator.
+Public names are imported lazily so that ``import orchestrator`` stays cheap for SDK users and
+CLI start-up; ``shards`` never imports this package (the layers point one way).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ __all__ = [
     "Coordinator",
     "DataValidationError",
     "ErasureReceipt",
+    "ExpungeError",
     "JobConfig",
-    "LetheError",
     "ShardRetrainFailed",
     "StorageConflictError",
     "StorageCorruptError",

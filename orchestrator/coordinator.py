@@ -16,7 +16,7 @@ from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
 from orchestrator.config import AnyModelConfig, JobConfig, MFConfig, ShardingConfig, StorageConfig, TrainingConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import aggregate
-from orchestrator.errors import ConfigError, LetheError, StorageConflictError, StorageCorruptError
+from orchestrator.errors import ConfigError, ExpungeError, StorageConflictError, StorageCorruptError
 from orchestrator.lineage import Lineage
 from orchestrator.placement import cell_of_key, place_subjects
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
@@ -52,7 +52,7 @@ def check_key(manifest: EnsembleManifest, hasher: SubjectHasher) -> None:
     if manifest.key_check is not None and manifest.key_check != hasher.key_check():
         raise ConfigError(
             f"the subject digest key differs from the one ensemble v{manifest.version} was trained with, so "
-            "no subject would be found. Set LETHE_SUBJECT_KEY (or privacy.subject_key_env) to the original key."
+            "no subject would be found. Set EXPUNGE_SUBJECT_KEY (or privacy.subject_key_env) to the original key."
         )
 
 
@@ -165,7 +165,7 @@ class Coordinator:
 
         ``placement`` pins known subjects to their persisted cells and ``model`` fixes the
         resolved model settings: together they reproduce "training from scratch without a
-        subject" exactly as Lethe defines it (see ``orchestrator.placement``).
+        subject" exactly as Expunge defines it (see ``orchestrator.placement``).
         """
         validate_rows(rows, "training rows", task_of(job.training.model))  # before anything is written
         model = model or resolve_model(job.training.model, rows)
@@ -255,7 +255,7 @@ class Coordinator:
                     f"from v{manifest.version}; nothing was changed. Submit the request again."
                 ) from exc
             raise
-        except LetheError:
+        except ExpungeError:
             self._rollback(manifest)
             raise
         versions = list(manifest.shard_versions)

@@ -21,7 +21,7 @@ class SubjectHasher:
         if len(key) < _MIN_KEY_BYTES:
             raise ConfigError(
                 f"the subject digest key has {len(key)} bytes; use at least {_MIN_KEY_BYTES} "
-                "(e.g. `export LETHE_SUBJECT_KEY=$(python -c 'import secrets;print(secrets.token_hex(32))')`)"
+                "(e.g. `export EXPUNGE_SUBJECT_KEY=$(python -c 'import secrets;print(secrets.token_hex(32))')`)"
             )
         self._key = key
 
@@ -42,7 +42,7 @@ class SubjectHasher:
 
     def key_check(self) -> str:
         """A value that tells keys apart without revealing them (stored with each version)."""
-        return hmac.new(self._key, b"lethe/key-check", hashlib.sha256).hexdigest()[:16]
+        return hmac.new(self._key, b"expunge/key-check", hashlib.sha256).hexdigest()[:16]
 
     def digest_many(self, subject_ids: Iterable[object]) -> list[str]:
         return [self.digest(s) for s in subject_ids]

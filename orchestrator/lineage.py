@@ -29,13 +29,13 @@ __all__ = ["PURGED_BY_REQUEST", "Lineage", "default_tracking_uri"]
 log = logging.getLogger(__name__)
 
 #: Version tag naming the erasure request whose commit purged the version's weights.
-PURGED_BY_REQUEST = "lethe.purged_by_request"
+PURGED_BY_REQUEST = "expunge.purged_by_request"
 _PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 # Imported by the pyfunc at load time; pinned to what wrote the checkpoints.
 _SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "fsspec")
 _GC_TIMEOUT_S = 300
 # MLflow's sqlite registry does not keep a version's model_id, so the version carries it as a tag.
-_LOGGED_MODEL_TAG = "lethe.logged_model_id"
+_LOGGED_MODEL_TAG = "expunge.logged_model_id"
 
 
 def default_tracking_uri(workdir: str | Path | None = None) -> str:
@@ -122,7 +122,7 @@ class Lineage:
         except MlflowException:
             self.client.create_registered_model(
                 tracking.model_name,
-                description="Lethe SISA ensemble; one version per training or erasure commit. Load "
+                description="Expunge SISA ensemble; one version per training or erasure commit. Load "
                 f"models:/{tracking.model_name}@{tracking.alias} with mlflow.pyfunc.load_model.",
             )
 
@@ -142,7 +142,7 @@ class Lineage:
             version = self.client.get_model_version_by_alias(self.tracking.model_name, self.tracking.alias)
         except MlflowException:
             return None
-        tag = version.tags.get("lethe.ensemble_version")
+        tag = version.tags.get("expunge.ensemble_version")
         return int(tag) if tag else None
 
     # ----- a version per commit -----------------------------------------------------------------
@@ -156,7 +156,7 @@ class Lineage:
             shard_manifest = read_shard_manifest(self.store, shard, version)
             records = json.dumps([s.records_sha256 for s in shard_manifest.slices])
             dataset = Dataset(
-                name=f"lethe-shard-{shard:04d}",
+                name=f"expunge-shard-{shard:04d}",
                 digest=hashlib.sha256(records.encode()).hexdigest()[:32],
                 source_type=source_type,
                 source=json.dumps({"uri": self.store.url(f"{shard_prefix(shard)}/manifests/{version:08d}.json")}),
@@ -182,11 +182,11 @@ class Lineage:
             self.experiment_id,
             name=f"ensemble-v{manifest.version}",
             source_run_id=run_id,
-            tags={"lethe.ensemble_version": str(manifest.version), "lethe.storage": self.store_uri},
-            model_type="lethe-sisa-ensemble",
+            tags={"expunge.ensemble_version": str(manifest.version), "expunge.storage": self.store_uri},
+            model_type="expunge-sisa-ensemble",
         )
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-        with tempfile.TemporaryDirectory(prefix="lethe-model-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="expunge-model-") as scratch:
             root = Path(scratch)
             export_ensemble(self.store, manifest, root / "ensemble")
             with warnings.catch_warnings():
@@ -217,11 +217,11 @@ class Lineage:
         self._log_shard_inputs(run_id, manifest, retrained)
         model_id, location = self._log_servable(run_id, manifest)
         tags = {
-            "lethe.ensemble_version": str(manifest.version),
-            "lethe.parent_version": parent or "none",
-            "lethe.request_id": manifest.request_id or "none",
-            "lethe.kind": manifest.kind,
-            "lethe.storage": self.store_uri,
+            "expunge.ensemble_version": str(manifest.version),
+            "expunge.parent_version": parent or "none",
+            "expunge.request_id": manifest.request_id or "none",
+            "expunge.kind": manifest.kind,
+            "expunge.storage": self.store_uri,
             _LOGGED_MODEL_TAG: model_id,
         }
         version = self.client.create_model_version(
@@ -244,9 +244,9 @@ class Lineage:
             self.experiment_id,
             run_name=f"train-v{manifest.version}",
             tags={
-                "lethe.kind": "train",
-                "lethe.storage": self.store_uri,
-                "lethe.ensemble_version": str(manifest.version),
+                "expunge.kind": "train",
+                "expunge.storage": self.store_uri,
+                "expunge.ensemble_version": str(manifest.version),
             },
         )
         run_id = run.info.run_id
@@ -280,7 +280,7 @@ class Lineage:
         """Seconds a full retrain would take: the last training run's time scaled by rows, else slice arithmetic."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`lethe.kind` = 'train' and tags.`lethe.storage` = '{self.store_uri}'",
+            filter_string=f"tags.`expunge.kind` = 'train' and tags.`expunge.storage` = '{self.store_uri}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -320,11 +320,11 @@ class Lineage:
             self.experiment_id,
             run_name=f"erasure-{receipt.request_id}",
             tags={
-                "lethe.kind": "erasure",
-                "lethe.request_id": receipt.request_id,
-                "lethe.storage": self.store_uri,
-                "lethe.ensemble_version": str(manifest.version),
-                "lethe.parent_version": parent or "none",
+                "expunge.kind": "erasure",
+                "expunge.request_id": receipt.request_id,
+                "expunge.storage": self.store_uri,
+                "expunge.ensemble_version": str(manifest.version),
+                "expunge.parent_version": parent or "none",
             },
         )
         run_id = run.info.run_id
@@ -352,8 +352,8 @@ class Lineage:
         for shard in receipt.shards:
             metrics[f"retrain_seconds_shard_{shard.shard}"] = shard.seconds
         # One tag per keyed digest makes "which request erased this digest?" a run search.
-        tags = [RunTag(f"lethe.subject_digest.{d}", "erased") for d in receipt.subject_digests]
-        tags += [RunTag(f"lethe.subject_digest.{d}", "not_found") for d in receipt.not_found_digests]
+        tags = [RunTag(f"expunge.subject_digest.{d}", "erased") for d in receipt.subject_digests]
+        tags += [RunTag(f"expunge.subject_digest.{d}", "not_found") for d in receipt.not_found_digests]
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
@@ -369,7 +369,7 @@ class Lineage:
             f"subject(s) removed; shards {receipt.affected_shards} retrained.",
         )
         self.client.log_param(run_id, "registry_version_after", version)
-        self.client.set_tag(run_id, "lethe.registry_version", version)
+        self.client.set_tag(run_id, "expunge.registry_version", version)
         final = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
         self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
         self._log_retrain_chart(run_id, final, full_retrain)
@@ -381,7 +381,7 @@ class Lineage:
     def purge_superseded(self, request_id: str, keep: str) -> list[str]:
         """Make every version older than ``keep`` unloadable: delete its LoggedModel and gc its files.
 
-        Lethe has no incremental data add, so every earlier version holds every subject an
+        Expunge has no incremental data add, so every earlier version holds every subject an
         erasure removes: all of them are purged. The versions stay, tagged with the request
         that purged them, so lineage (runs, tags, receipts) survives. Idempotent: a failed
         purge is finished by calling this again (or by the next erasure).
@@ -400,7 +400,7 @@ class Lineage:
             if not model_id:
                 raise LineagePurgeFailed(
                     f"model version {name}/{version.version} has no LoggedModel id (source {version.source}); "
-                    "it was not registered by this Lethe release. Delete it by hand with "
+                    "it was not registered by this Expunge release. Delete it by hand with "
                     "MlflowClient.delete_model_version and remove its artifacts."
                 )
             for alias in version.aliases:
@@ -416,7 +416,7 @@ class Lineage:
             self._gc(model_ids)
         for version in doomed:
             self.client.set_model_version_tag(name, version.version, PURGED_BY_REQUEST, request_id)
-            self.client.set_model_version_tag(name, version.version, "lethe.purged_by_version", keep)
+            self.client.set_model_version_tag(name, version.version, "expunge.purged_by_version", keep)
             self.client.update_model_version(
                 name,
                 version.version,

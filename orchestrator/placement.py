@@ -1,7 +1,7 @@
 """Pure placement decisions: which (shard, slice) each subject's rows go to.
 
 Exactness note: in ``balanced`` mode the greedy balancer looks at every subject's row count,
-so where others land depends on the erased subject. Lethe therefore treats the persisted
+so where others land depends on the erased subject. Expunge therefore treats the persisted
 placement map as part of the training input: "training from scratch without the subject"
 means training on the remaining rows with the persisted placement of the remaining subjects.
 In ``hash`` and ``row`` mode a cell depends only on the subject (or record) itself.

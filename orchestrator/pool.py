@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
-from orchestrator.errors import ConfigError, LetheError, ShardRetrainFailed, ShardStartTimeout
+from orchestrator.errors import ConfigError, ExpungeError, ShardRetrainFailed, ShardStartTimeout
 from shards.shard import Shard
 
 __all__ = ["LocalShardPool", "RayShardPool", "ShardPool"]
@@ -41,7 +41,7 @@ class LocalShardPool:
         for shard_id, args in args_by_shard.items():
             try:
                 results[shard_id] = getattr(self.shards[shard_id], method)(*args)
-            except LetheError:
+            except ExpungeError:
                 raise
             except Exception as exc:
                 raise ShardRetrainFailed(shard_id, f"{type(exc).__name__}: {exc}") from exc
@@ -102,7 +102,7 @@ class RayShardPool:
         # Start-up is bounded so that actors the cluster cannot place fail loudly instead of hanging.
         timeout = self.READY_TIMEOUT_S if method == "ready" else None
         results: dict[int, Any] = {}
-        failures: list[LetheError] = []
+        failures: list[ExpungeError] = []
         for shard_id, ref in refs.items():
             try:
                 results[shard_id] = self._ray.get(ref, timeout=timeout)
@@ -118,7 +118,7 @@ class RayShardPool:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                 failures.append(
                     cause
-                    if isinstance(cause, LetheError)
+                    if isinstance(cause, ExpungeError)
                     else ShardRetrainFailed(shard_id, f"{type(cause).__name__}: {cause}")
                 )
             except self._ray.exceptions.RayActorError as exc:

@@ -11,10 +11,10 @@ from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
 from orchestrator.serving import ENSEMBLE_ARTIFACT, EnsemblePredictor, rows_from_frame
 
-__all__ = ["LetheEnsembleModel"]
+__all__ = ["ExpungeEnsembleModel"]
 
 
-class LetheEnsembleModel(PythonModel):
+class ExpungeEnsembleModel(PythonModel):
     """Loads the copied constituents once; ``predict`` takes subject digests (or raw ids with the key) and items."""
 
     def __init__(self) -> None:
@@ -31,4 +31,4 @@ class LetheEnsembleModel(PythonModel):
         return self._predictor.predict(rows_from_frame(model_input, self._predictor.manifest))
 
 
-mlflow.models.set_model(LetheEnsembleModel())
+mlflow.models.set_model(ExpungeEnsembleModel())

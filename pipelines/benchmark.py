@@ -86,7 +86,7 @@ def _measure(
         sharding=ShardingConfig(shards=shards, slices=slices),
         training=training.model_copy(update={"batch_size": batch}),
     )
-    with tempfile.TemporaryDirectory(prefix="lethe-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="expunge-bench-") as scratch:
         uri = f"{storage}/S{shards}-R{slices}-{Path(scratch).name}" if storage else str(Path(scratch) / "store")
         coordinator = Coordinator(uri, hasher)
         result = coordinator.train(train, job)
@@ -141,8 +141,8 @@ def start_loopback_s3() -> tuple[Any, str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    boto3.client("s3").create_bucket(Bucket="lethe-benchmark")
-    return server, "s3://lethe-benchmark/runs"
+    boto3.client("s3").create_bucket(Bucket="expunge-benchmark")
+    return server, "s3://expunge-benchmark/runs"
 
 
 def run(
@@ -157,7 +157,7 @@ def run(
     """Every (S, R) of ``grid`` on local storage, then ``s3_grid`` on ``s3_uri`` (if given)."""
     rows = load_movielens(data)
     train, test = split_rows(rows, 0.2, seed)
-    hasher = SubjectHasher(b"lethe-benchmark-key-not-secret!!")
+    hasher = SubjectHasher(b"expunge-benchmark-key-not-secret!!")
     server = None
     if s3_uri == "moto":
         server, s3_uri = start_loopback_s3()
@@ -180,7 +180,7 @@ def run(
 
 
 def _table(results: list[BenchmarkRow]) -> Table:
-    table = Table(title="Lethe on MovieLens 100K (80/20 split)")
+    table = Table(title="Expunge on MovieLens 100K (80/20 split)")
     for column in (
         "storage",
         "S",

@@ -1,6 +1,6 @@
 """Recipe: the end-to-end demo. Train S x R on generated ratings, forget one subject, prove exactness.
 
-python -m pipelines.demo [--shards 4] [--slices 4] [--workdir ./lethe-demo] [--json]
+python -m pipelines.demo [--shards 4] [--slices 4] [--workdir ./expunge-demo] [--json]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 class DemoOptions(BaseModel):
     shards: int = 4
     slices: int = 4
-    workdir: Path = Path("lethe-demo")
+    workdir: Path = Path("expunge-demo")
     storage: str | None = None
     tracking_uri: str | None = None
     users: int = 400
@@ -98,7 +98,7 @@ def run(options: DemoOptions) -> DemoResult:
     if options.storage is None and Path(storage).exists():
         shutil.rmtree(storage)  # the demo's own default store: start clean on every run
     tracking = TrackingConfig(
-        uri=options.tracking_uri or default_tracking_uri(workdir), experiment="lethe-demo", model_name="lethe-demo"
+        uri=options.tracking_uri or default_tracking_uri(workdir), experiment="expunge-demo", model_name="expunge-demo"
     )
     job = JobConfig(
         sharding=ShardingConfig(shards=options.shards, slices=options.slices),
@@ -133,7 +133,7 @@ def run(options: DemoOptions) -> DemoResult:
     coordinator.close()
 
     remaining = rows.filter(pc.not_equal(rows.column(SUBJECT_ID), subject))
-    with tempfile.TemporaryDirectory(prefix="lethe-reference-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="expunge-reference-") as scratch:
         reference = Coordinator(str(Path(scratch) / "store"), hasher)
         full_retrain_seconds = reference.train(remaining, job, placement=placement, model=resolved_model).seconds
         equal = constituents_equal(unlearned, reference.constituent_tensors())
@@ -164,7 +164,7 @@ def run(options: DemoOptions) -> DemoResult:
 
 def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     console = Console()
-    table = Table(title=f"Lethe demo: S={options.shards} shards x R={options.slices} slices", show_header=True)
+    table = Table(title=f"Expunge demo: S={options.shards} shards x R={options.slices} slices", show_header=True)
     table.add_column("")
     table.add_column("value")
     table.add_row("forgotten subject", f"{result.forgotten_subject} (digest {result.forgotten_subject_digest[:12]}...)")
@@ -190,7 +190,7 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
 def main(
     shards: int = typer.Option(4, min=1, help="number of shards S"),
     slices: int = typer.Option(4, min=1, help="number of slices R per shard"),
-    workdir: Path = typer.Option(Path("lethe-demo"), help="where the store and the MLflow database go"),
+    workdir: Path = typer.Option(Path("expunge-demo"), help="where the store and the MLflow database go"),
     storage: str | None = typer.Option(None, help="storage URI (default: WORKDIR/store)"),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in WORKDIR)"),
     users: int = typer.Option(400, min=10, help="generated users (30 ratings each)"),

@@ -1,7 +1,7 @@
 """Recipe: erase data subjects from a trained store and print the erasure receipt.
 
-python -m pipelines.forget --storage ./lethe-store --subject 42 --subject 77
-python -m pipelines.forget --storage s3://bucket/lethe --subjects-file tickets.txt
+python -m pipelines.forget --storage ./expunge-store --subject 42 --subject 77
+python -m pipelines.forget --storage s3://bucket/expunge --subjects-file tickets.txt
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import typer
 
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from orchestrator.coordinator import Coordinator
-from orchestrator.errors import ConfigError, LetheError
+from orchestrator.errors import ConfigError, ExpungeError
 from orchestrator.receipts import ErasureReceipt
 from pipelines._runtime import hasher_from_env, init_logging, init_ray, make_lineage
 
@@ -77,7 +77,7 @@ def main(
         receipt = run(
             store, read_subjects(subject, subjects_file), tracking, job.privacy if job else PrivacyConfig(), request_id
         )
-    except LetheError as exc:
+    except ExpungeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     print(receipt.model_dump_json(indent=1))

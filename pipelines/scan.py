@@ -1,6 +1,6 @@
 """Recipe: scan a store (every object, every version) for any trace of a subject; exit 1 if found.
 
-python -m pipelines.scan --storage ./lethe-demo/store --subject user-45
+python -m pipelines.scan --storage ./expunge-demo/store --subject user-45
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rich.table import Table
 from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig
 from orchestrator.coordinator import check_key
-from orchestrator.errors import LetheError
+from orchestrator.errors import ExpungeError
 from orchestrator.scan import ScanReport, scan_store
 from pipelines._runtime import hasher_from_env, init_logging
 from shards.store import ObjectStore
@@ -35,7 +35,7 @@ def run(storage: StorageConfig, subject: str, privacy: PrivacyConfig = PrivacyCo
 
 def main(
     storage: str = typer.Option(..., help="storage URI to scan (local folder, file:// or s3://)"),
-    subject: str = typer.Option(..., help="subject id to look for (digested with LETHE_SUBJECT_KEY)"),
+    subject: str = typer.Option(..., help="subject id to look for (digested with EXPUNGE_SUBJECT_KEY)"),
     endpoint_url: str | None = typer.Option(None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
@@ -43,7 +43,7 @@ def main(
     init_logging()
     try:
         report = run(StorageConfig(uri=storage, endpoint_url=endpoint_url), subject)
-    except LetheError as exc:
+    except ExpungeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     if as_json:

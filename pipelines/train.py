@@ -15,7 +15,7 @@ import typer
 
 from orchestrator.config import JobConfig, load_job_config
 from orchestrator.coordinator import Coordinator
-from orchestrator.errors import LetheError
+from orchestrator.errors import ExpungeError
 from pipelines._runtime import hasher_from_env, init_logging, init_ray, make_lineage
 from pipelines.datasets import load_rows
 from shards.models import task_of
@@ -72,7 +72,7 @@ def main(
         if tracking_uri:
             job = job.model_copy(update={"tracking": job.tracking.model_copy(update={"uri": tracking_uri})})
         summary = run(job)
-    except LetheError as exc:
+    except ExpungeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     print(json.dumps(summary))

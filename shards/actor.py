@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
+from shards.config import AnyModelConfig, StorageConfig, TrainingConfig
 from shards.shard import Shard, ShardUpdate
 
 __all__ = ["ShardActor"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.errors import DataValidationError
+from shards.errors import DataValidationError
 
 __all__ = [
     "FEATURES",

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
-from orchestrator.errors import StorageCorruptError
+from shards.config import AnyModelConfig, StorageConfig, TrainingConfig
+from shards.errors import StorageCorruptError
 from shards.models import model_for
 from shards.rows import RECORD_ID, SUBJECT_DIGEST
 from shards.store import ObjectStore

@@ -19,8 +19,8 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
-from orchestrator.config import StorageConfig
-from orchestrator.errors import LetheError, StorageConflictError, StorageCorruptError
+from shards.config import StorageConfig
+from shards.errors import ExpungeError, StorageConflictError, StorageCorruptError
 
 __all__ = ["FaultPlan", "InjectedFault", "ObjectInfo", "ObjectStore", "ObjectVersion"]
 
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 _CONFLICT_HINT = "another writer published this version first. Reload the store state and retry."
 
 
-class InjectedFault(LetheError):
-    """Raised by the fault-injection hook (``LETHE_FAULT_AT_WRITE``); used only by crash tests."""
+class InjectedFault(ExpungeError):
+    """Raised by the fault-injection hook (``EXPUNGE_FAULT_AT_WRITE``); used only by crash tests."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,9 @@ class ObjectVersion:
 
 
 class FaultPlan:
-    """Counts writes in this process and fails the N-th (``LETHE_FAULT_AT_WRITE=N``).
+    """Counts writes in this process and fails the N-th (``EXPUNGE_FAULT_AT_WRITE=N``).
 
-    ``LETHE_FAULT_MODE=raise`` raises ``InjectedFault``; ``kill`` ends the process at once,
+    ``EXPUNGE_FAULT_MODE=raise`` raises ``InjectedFault``; ``kill`` ends the process at once,
     as a crash would. Unset (always, outside crash tests): no effect.
     """
 
@@ -71,12 +71,12 @@ class FaultPlan:
 
     @classmethod
     def before_write(cls, what: str) -> None:
-        target = os.environ.get("LETHE_FAULT_AT_WRITE")
+        target = os.environ.get("EXPUNGE_FAULT_AT_WRITE")
         if not target:
             return
         cls.writes += 1
         if cls.writes == int(target):
-            if os.environ.get("LETHE_FAULT_MODE", "raise") == "kill":
+            if os.environ.get("EXPUNGE_FAULT_MODE", "raise") == "kill":
                 os._exit(137)
             raise InjectedFault(f"injected fault at write {cls.writes} ({what})")
 

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from orchestrator.config import TrainingConfig
+from shards.config import TrainingConfig
 from shards.models.protocol import SisaModel
 from shards.schedule import allocate_epochs, derive_seed
 

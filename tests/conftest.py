@@ -24,14 +24,14 @@ def _free_port() -> int:
 # Ray workers (which inherit the environment at ray.init) reach the same server.
 S3_PORT = _free_port()
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "lethe-test")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "lethe-test-secret")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "expunge-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "expunge-test-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["AWS_ENDPOINT_URL_S3"] = S3_ENDPOINT
 
 from orchestrator.digests import SubjectHasher  # noqa: E402
 
-TEST_KEY = b"lethe-test-key-0123456789abcdef"
+TEST_KEY = b"expunge-test-key-0123456789abcdef"
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def _bucket(endpoint: str, versioned: bool) -> str:
     import boto3
     import s3fs
 
-    name = f"lethe-{uuid.uuid4().hex[:12]}"
+    name = f"expunge-{uuid.uuid4().hex[:12]}"
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket=name)
     if versioned:

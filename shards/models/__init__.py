@@ -1,11 +1,11 @@
-"""Model families Lethe trains: the protocol, matrix factorisation and an MLP classifier."""
+"""Model families Expunge trains: the protocol, matrix factorisation and an MLP classifier."""
 
 from __future__ import annotations
 
 import importlib
 
-from orchestrator.config import AnyModelConfig, CustomModelConfig, MFConfig
-from orchestrator.errors import ConfigError
+from shards.config import AnyModelConfig, CustomModelConfig, MFConfig
+from shards.errors import ConfigError
 from shards.models.mf import MatrixFactorization
 from shards.models.mlp import MLPClassifier
 from shards.models.protocol import SisaModel

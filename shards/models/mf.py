@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from orchestrator.config import MFConfig
+from shards.config import MFConfig
 from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
 
 __all__ = ["MFModule", "MatrixFactorization"]

@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from orchestrator.config import MLPConfig
+from shards.config import MLPConfig
 from shards.rows import FEATURES, LABEL
 
 __all__ = ["MLPClassifier"]

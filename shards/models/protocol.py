@@ -1,4 +1,4 @@
-"""The small protocol a model family implements to be trained and unlearned by Lethe."""
+"""The small protocol a model family implements to be trained and unlearned by Expunge."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["SisaModel"]
 class SisaModel(Protocol):
     """A model family: builds torch modules and turns canonical rows into tensors.
 
-    Lethe owns the loop, the optimizer (Adam), seeding and checkpoints. A fixed-architecture
+    Expunge owns the loop, the optimizer (Adam), seeding and checkpoints. A fixed-architecture
     model implements ``grow`` as a no-op, ``layout`` as ``{}`` and ``rebuild`` as ``build``
     with any generator. A model with per-subject parameters (a user embedding) adds them
     in ``grow`` for the rows of each new slice, so that a slice's subjects exist only from

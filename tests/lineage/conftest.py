@@ -47,7 +47,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> I
     import boto3
 
     root = tmp_path_factory.mktemp("mlflow-server")
-    bucket = f"lethe-mlflow-{uuid.uuid4().hex[:8]}"
+    bucket = f"expunge-mlflow-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     port = _free_port()
     backend = f"sqlite:///{root / 'server.db'}"

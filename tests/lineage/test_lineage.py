@@ -26,7 +26,7 @@ from tests.engine import job
 from tests.lineage._support import email_rows, personal_data_hits, subjects
 
 ROWS = email_rows()
-MODEL = "lethe-lineage"
+MODEL = "expunge-lineage"
 
 
 @dataclass
@@ -48,17 +48,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
     coordinator.train(ROWS, job(shards=3, slices=3))
     erased = [subjects(ROWS)[3], subjects(ROWS)[11], subjects(ROWS)[20]]
-    model_ids = {"1": lineage.client.get_model_version(MODEL, "1").tags["lethe.logged_model_id"]}
+    model_ids = {"1": lineage.client.get_model_version(MODEL, "1").tags["expunge.logged_model_id"]}
     receipts = [coordinator.forget(erased[:1], request_id="ticket-1")]
-    model_ids["2"] = lineage.client.get_model_version(MODEL, "2").tags["lethe.logged_model_id"]
+    model_ids["2"] = lineage.client.get_model_version(MODEL, "2").tags["expunge.logged_model_id"]
     receipts.append(coordinator.forget(erased[1:], request_id="ticket-2"))
-    model_ids["3"] = lineage.client.get_model_version(MODEL, "3").tags["lethe.logged_model_id"]
+    model_ids["3"] = lineage.client.get_model_version(MODEL, "3").tags["expunge.logged_model_id"]
     return Deployment(root, lineage, coordinator, receipts, erased, model_ids)
 
 
 def _erasure_run(deployment: Deployment, request_id: str):  # type: ignore[no-untyped-def]
     runs = deployment.lineage.client.search_runs(
-        [deployment.lineage.experiment_id], filter_string=f"tags.`lethe.request_id` = '{request_id}'"
+        [deployment.lineage.experiment_id], filter_string=f"tags.`expunge.request_id` = '{request_id}'"
     )
     assert len(runs) == 1
     return runs[0]
@@ -69,8 +69,8 @@ def test_every_commit_is_a_version_and_the_alias_follows_the_last_one(deployment
     versions = {str(v.version): v for v in client.search_model_versions(f"name = '{MODEL}'")}
     assert sorted(versions, key=int) == ["1", "2", "3"]
     assert deployment.lineage.current_version() == "3"
-    assert versions["3"].tags["lethe.parent_version"] == "2"
-    assert versions["3"].tags["lethe.request_id"] == "ticket-2"
+    assert versions["3"].tags["expunge.parent_version"] == "2"
+    assert versions["3"].tags["expunge.request_id"] == "ticket-2"
     assert [r.registry_version_after for r in deployment.receipts] == ["2", "3"]
 
 
@@ -80,7 +80,7 @@ def test_the_erasure_run_records_digests_retrained_slices_metrics_receipt_and_ch
     run = _erasure_run(deployment, "ticket-2")
     hasher = SubjectHasher(TEST_KEY)
     for subject in deployment.erased[1:]:
-        assert run.data.tags[f"lethe.subject_digest.{hasher.digest(subject)}"] == "erased"
+        assert run.data.tags[f"expunge.subject_digest.{hasher.digest(subject)}"] == "erased"
     assert run.data.params["registry_version_before"] == "2"
     assert run.data.params["registry_version_after"] == "3"
     for shard in receipt.shards:
@@ -102,10 +102,10 @@ def test_the_erasure_run_records_digests_retrained_slices_metrics_receipt_and_ch
     assert png.startswith(b"\x89PNG")
 
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
-    assert sorted(inputs) == [f"lethe-shard-{s:04d}" for s in range(3)]
+    assert sorted(inputs) == [f"expunge-shard-{s:04d}" for s in range(3)]
     contexts = {name: {t.key: t.value for t in i.tags}["mlflow.data.context"] for name, i in inputs.items()}
     assert {n for n, c in contexts.items() if c == "retrained"} == {
-        f"lethe-shard-{s:04d}" for s in receipt.affected_shards
+        f"expunge-shard-{s:04d}" for s in receipt.affected_shards
     }
 
 
@@ -115,7 +115,7 @@ def test_purged_versions_do_not_load_leave_no_files_and_keep_their_lineage(deplo
     for version, request in (("1", "ticket-1"), ("2", "ticket-2")):
         purged = client.get_model_version(MODEL, version)
         assert purged.tags[PURGED_BY_REQUEST] == request
-        assert purged.tags["lethe.kind"] in {"train", "erasure"}  # lineage tags survive
+        assert purged.tags["expunge.kind"] in {"train", "erasure"}  # lineage tags survive
         with pytest.raises(MlflowException):
             mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
         model_id = deployment.model_ids[version]
@@ -146,10 +146,10 @@ def test_raw_ids_need_the_key_in_the_serving_process(deployment, monkeypatch):
     manifest = deployment.coordinator.manifest
     assert manifest is not None
     frame = pd.DataFrame({SUBJECT_ID: subjects(ROWS)[:2], ITEM_ID: [1, 2]})
-    monkeypatch.delenv("LETHE_SUBJECT_KEY", raising=False)
-    with pytest.raises(ConfigError, match="LETHE_SUBJECT_KEY"):
+    monkeypatch.delenv("EXPUNGE_SUBJECT_KEY", raising=False)
+    with pytest.raises(ConfigError, match="EXPUNGE_SUBJECT_KEY"):
         rows_from_frame(frame, manifest)
-    monkeypatch.setenv("LETHE_SUBJECT_KEY", TEST_KEY.decode())
+    monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", TEST_KEY.decode())
     rows = rows_from_frame(frame, manifest)
     assert rows.column("subject_digest").to_pylist() == SubjectHasher(TEST_KEY).digest_many(frame[SUBJECT_ID])
     with pytest.raises(ConfigError, match="item_id"):
@@ -158,12 +158,12 @@ def test_raw_ids_need_the_key_in_the_serving_process(deployment, monkeypatch):
 
 def test_an_mlp_version_serves_class_probabilities_like_the_live_ensemble(tmp_path, hasher, monkeypatch):
     rows = synthetic_tabular(subjects=24, rows_per_subject=5, features=4, seed=3)
-    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="mlp", model_name="lethe-mlp")
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="mlp", model_name="expunge-mlp")
     lineage = Lineage(tracking, str(tmp_path / "store"))
     coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=local_pool)
     coordinator.train(rows, job(model=MLPConfig(num_features=4, hidden=(8,)), shards=2, slices=2))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", lineage.uri)
-    model = mlflow.pyfunc.load_model("models:/lethe-mlp@production")
+    model = mlflow.pyfunc.load_model("models:/expunge-mlp@production")
     served = model.predict(rows.select([FEATURES]).to_pandas())
     assert served.shape == (len(rows), 2)
     assert np.array_equal(served, coordinator.predict(rows))

@@ -26,7 +26,7 @@ class _OutageOnce(Lineage):
 
 
 def test_the_registry_catches_up_with_the_store_on_reopen(tmp_path, hasher):
-    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="lethe-reconcile")
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="expunge-reconcile")
     store = str(tmp_path / "store")
     coordinator = Coordinator(store, hasher, _OutageOnce(tracking, store), pool_factory=local_pool)
     coordinator.train(ROWS, job(shards=2, slices=2))
@@ -38,7 +38,7 @@ def test_the_registry_catches_up_with_the_store_on_reopen(tmp_path, hasher):
 
     Coordinator(store, hasher, lineage, pool_factory=local_pool)  # e.g. the retried job starting up
     assert lineage.recorded_ensemble_version() == 2
-    latest = lineage.client.get_model_version_by_alias("lethe-reconcile", "production")
-    assert latest.tags["lethe.request_id"] == "ticket-7"
-    first = lineage.client.get_model_version("lethe-reconcile", "1")
+    latest = lineage.client.get_model_version_by_alias("expunge-reconcile", "production")
+    assert latest.tags["expunge.request_id"] == "ticket-7"
+    first = lineage.client.get_model_version("expunge-reconcile", "1")
     assert first.tags[PURGED_BY_REQUEST] == "ticket-7"

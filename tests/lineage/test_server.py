@@ -31,7 +31,7 @@ def _s3_keys(bucket: str) -> list[str]:
 
 @pytest.mark.parametrize("artifacts", ["s3-proxied", "local-disk"])
 def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_server, tmp_path, hasher, monkeypatch):
-    name = f"lethe-{artifacts}-{uuid.uuid4().hex[:6]}"
+    name = f"expunge-{artifacts}-{uuid.uuid4().hex[:6]}"
     local = tmp_path / "artifacts"
     tracking = TrackingConfig(
         uri=mlflow_server.uri,
@@ -43,7 +43,7 @@ def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_se
     lineage = Lineage(tracking, str(tmp_path / "store"))
     coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=local_pool)
     coordinator.train(ROWS, job(shards=2, slices=2))
-    first = lineage.client.get_model_version(name, "1").tags["lethe.logged_model_id"]
+    first = lineage.client.get_model_version(name, "1").tags["expunge.logged_model_id"]
 
     def files_of(model_id: str) -> list[str]:
         if artifacts == "local-disk":
@@ -62,7 +62,7 @@ def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_se
     with pytest.raises(MlflowException):
         mlflow.pyfunc.load_model(f"models:/{name}/1")
     assert files_of(first) == []
-    assert files_of(lineage.client.get_model_version(name, "2").tags["lethe.logged_model_id"])
+    assert files_of(lineage.client.get_model_version(name, "2").tags["expunge.logged_model_id"])
 
 
 def test_a_server_without_its_database_cannot_purge_and_says_so(mlflow_server, tmp_path):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 ROWS = email_rows()
 
-# Runs in a new interpreter: no Ray, no Lethe objects, only MLflow and the request frame.
+# Runs in a new interpreter: no Ray, no Expunge objects, only MLflow and the request frame.
 _SERVE = """
 import json, os, sys
 import numpy as np, pandas as pd, mlflow.pyfunc
@@ -31,7 +31,7 @@ frame = pd.read_parquet(sys.argv[1])
 out = {}
 model = mlflow.pyfunc.load_model(f"models:/{sys.argv[2]}@production")
 np.save(sys.argv[3] + "/by_digest.npy", model.predict(frame.drop(columns=["subject_id"])))
-os.environ["LETHE_SUBJECT_KEY"] = sys.argv[4]
+os.environ["EXPUNGE_SUBJECT_KEY"] = sys.argv[4]
 model = mlflow.pyfunc.load_model(f"models:/{sys.argv[2]}@production")
 np.save(sys.argv[3] + "/by_id.npy", model.predict(frame.drop(columns=["subject_digest"])))
 try:
@@ -46,11 +46,11 @@ print(json.dumps(out))
 
 
 def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_version(tmp_path, hasher, ray_cluster):
-    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="serve", model_name="lethe-serve")
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="serve", model_name="expunge-serve")
     lineage = Lineage(tracking, str(tmp_path / "store"))
     coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=ray_pool)
     coordinator.train(ROWS, job(shards=2, slices=3))
-    first_model = lineage.client.get_model_version("lethe-serve", "1").tags["lethe.logged_model_id"]
+    first_model = lineage.client.get_model_version("expunge-serve", "1").tags["expunge.logged_model_id"]
     assert [p for p in tmp_path.rglob("*") if p.is_file() and first_model in str(p)], "v1 has no files to purge"
     erased = subjects(ROWS)[5]
     receipt = coordinator.forget([erased], request_id="ticket-serve")
@@ -64,7 +64,7 @@ def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_ve
     coordinator.close()
     frame.to_parquet(tmp_path / "request.parquet")
 
-    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "LETHE_SUBJECT_KEY"}}
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "EXPUNGE_SUBJECT_KEY"}}
     env["MLFLOW_TRACKING_URI"] = lineage.uri
     done = subprocess.run(
         [
@@ -72,7 +72,7 @@ def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_ve
             "-c",
             _SERVE,
             str(tmp_path / "request.parquet"),
-            "lethe-serve",
+            "expunge-serve",
             str(tmp_path),
             TEST_KEY.decode(),
         ],
@@ -91,7 +91,7 @@ def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_ve
     assert np.array_equal(np.load(tmp_path / "by_id.npy"), live)
     assert report["ray_imported"] is False
     assert report["purged_loads"] is False
-    purged = lineage.client.get_model_version("lethe-serve", "1")
+    purged = lineage.client.get_model_version("expunge-serve", "1")
     assert purged.tags[PURGED_BY_REQUEST] == "ticket-serve"
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and first_model in str(p)]
     assert leftovers == []

@@ -18,7 +18,7 @@ ROWS = synthetic_ratings(SyntheticRatingsConfig(users=48, items=30, ratings_per_
 
 
 def test_erasure_on_ray_is_exact_targeted_and_recorded(tmp_path, hasher, ray_cluster):
-    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="lethe-test")
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t", model_name="expunge-test")
     lineage = Lineage(tracking, str(tmp_path / "store"))
     config = job(shards=3, slices=3)
     coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=ray_pool)
@@ -43,9 +43,9 @@ def test_erasure_on_ray_is_exact_targeted_and_recorded(tmp_path, hasher, ray_clu
     reference.close()
 
     assert (receipt.registry_version_before, receipt.registry_version_after) == ("1", "2")
-    version = lineage.client.get_model_version("lethe-test", "2")
-    assert version.tags["lethe.parent_version"] == "1"
-    assert version.tags["lethe.request_id"] == "ticket-1"
+    version = lineage.client.get_model_version("expunge-test", "2")
+    assert version.tags["expunge.parent_version"] == "1"
+    assert version.tags["expunge.request_id"] == "ticket-1"
     assert lineage.current_version() == "2"
     coordinator.close()
 

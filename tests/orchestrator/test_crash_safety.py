@@ -26,10 +26,10 @@ CONFIG = job(shards=2, slices=2)
 
 
 def _count_writes(monkeypatch, action) -> int:
-    monkeypatch.setenv("LETHE_FAULT_AT_WRITE", str(10**9))  # counting only
+    monkeypatch.setenv("EXPUNGE_FAULT_AT_WRITE", str(10**9))  # counting only
     FaultPlan.reset()
     action()
-    monkeypatch.delenv("LETHE_FAULT_AT_WRITE")
+    monkeypatch.delenv("EXPUNGE_FAULT_AT_WRITE")
     return FaultPlan.writes
 
 
@@ -72,11 +72,11 @@ def test_training_survives_a_fault_at_every_write(tmp_path, hasher, monkeypatch)
     expected = reference.constituent_tensors()
     for at in range(1, writes + 1):
         store_dir = tmp_path / f"at-{at}"
-        monkeypatch.setenv("LETHE_FAULT_AT_WRITE", str(at))
+        monkeypatch.setenv("EXPUNGE_FAULT_AT_WRITE", str(at))
         FaultPlan.reset()
         with pytest.raises(InjectedFault):
             Coordinator(str(store_dir), hasher, pool_factory=local_pool).train(ROWS, CONFIG)
-        monkeypatch.delenv("LETHE_FAULT_AT_WRITE")
+        monkeypatch.delenv("EXPUNGE_FAULT_AT_WRITE")
         restarted = Coordinator(str(store_dir), hasher, pool_factory=local_pool)
         assert restarted.manifest is None  # nothing was published: the old (empty) state
         restarted.train(ROWS, CONFIG)
@@ -94,11 +94,11 @@ def test_erasure_survives_an_injected_error_at_every_write(trained, tmp_path, ha
     for at in range(1, writes + 1):
         store_dir = tmp_path / f"at-{at}"
         shutil.copytree(template, store_dir)
-        monkeypatch.setenv("LETHE_FAULT_AT_WRITE", str(at))
+        monkeypatch.setenv("EXPUNGE_FAULT_AT_WRITE", str(at))
         FaultPlan.reset()
         with pytest.raises(InjectedFault):
             Coordinator(str(store_dir), hasher, pool_factory=local_pool).forget([subject])
-        monkeypatch.delenv("LETHE_FAULT_AT_WRITE")
+        monkeypatch.delenv("EXPUNGE_FAULT_AT_WRITE")
         seen_versions.add(_assert_old_or_new(store_dir, hasher, subject, old, new))
         _retry_and_check(store_dir, hasher, subject, new)
     assert seen_versions == {1, 2}  # faults hit both before and after the commit point
@@ -123,7 +123,7 @@ def test_erasure_survives_a_killed_process_at_every_write(trained, tmp_path, has
     for at in range(1, writes + 1):
         store_dir = tmp_path / f"kill-{at}"
         shutil.copytree(template, store_dir)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "LETHE_FAULT_AT_WRITE": str(at), "LETHE_FAULT_MODE": "kill"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPUNGE_FAULT_AT_WRITE": str(at), "EXPUNGE_FAULT_MODE": "kill"}
         result = subprocess.run(
             [sys.executable, "-c", _KILL_SCRIPT, str(store_dir), TEST_KEY.decode(), subject],
             env=env,

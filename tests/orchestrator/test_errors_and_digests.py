@@ -8,7 +8,7 @@ from orchestrator.digests import SubjectHasher
 from orchestrator.errors import (
     ConfigError,
     DataValidationError,
-    LetheError,
+    ExpungeError,
     ShardRetrainFailed,
     StorageConflictError,
     StorageCorruptError,
@@ -31,7 +31,7 @@ def test_errors_survive_pickling_across_processes(error):
     clone = pickle.loads(pickle.dumps(error))
     assert type(clone) is type(error)
     assert str(clone) == str(error)
-    assert isinstance(clone, LetheError)
+    assert isinstance(clone, ExpungeError)
 
 
 def test_digests_are_keyed_stable_and_never_reveal_the_key():
@@ -43,11 +43,11 @@ def test_digests_are_keyed_stable_and_never_reveal_the_key():
 
 
 def test_key_comes_from_the_environment_with_a_fix_in_the_message(monkeypatch):
-    monkeypatch.delenv("LETHE_TEST_KEY", raising=False)
-    with pytest.raises(ConfigError, match="export LETHE_TEST_KEY"):
-        SubjectHasher.from_env("LETHE_TEST_KEY")
-    monkeypatch.setenv("LETHE_TEST_KEY", "short")
+    monkeypatch.delenv("EXPUNGE_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match="export EXPUNGE_TEST_KEY"):
+        SubjectHasher.from_env("EXPUNGE_TEST_KEY")
+    monkeypatch.setenv("EXPUNGE_TEST_KEY", "short")
     with pytest.raises(ConfigError, match="at least 16"):
-        SubjectHasher.from_env("LETHE_TEST_KEY")
-    monkeypatch.setenv("LETHE_TEST_KEY", "x" * 40)
-    assert SubjectHasher.from_env("LETHE_TEST_KEY").digest("a") == SubjectHasher(b"x" * 40).digest("a")
+        SubjectHasher.from_env("EXPUNGE_TEST_KEY")
+    monkeypatch.setenv("EXPUNGE_TEST_KEY", "x" * 40)
+    assert SubjectHasher.from_env("EXPUNGE_TEST_KEY").digest("a") == SubjectHasher(b"x" * 40).digest("a")

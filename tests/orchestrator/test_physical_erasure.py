@@ -24,7 +24,7 @@ def storage(request, tmp_path) -> StorageConfig:
     if request.param == "local":
         return StorageConfig(uri=str(tmp_path / "store"))
     bucket = request.getfixturevalue("s3_versioned_bucket" if request.param == "s3-versioned" else "s3_bucket")
-    return StorageConfig(uri=f"s3://{bucket}/lethe")
+    return StorageConfig(uri=f"s3://{bucket}/expunge")
 
 
 def test_scan_finds_the_subject_before_and_nothing_after(storage, tmp_path, hasher):
@@ -47,7 +47,7 @@ def test_scan_finds_the_subject_before_and_nothing_after(storage, tmp_path, hash
 
 
 def test_versioned_bucket_keeps_no_old_version_of_erased_data(s3_versioned_bucket, hasher):
-    storage = StorageConfig(uri=f"s3://{s3_versioned_bucket}/lethe")
+    storage = StorageConfig(uri=f"s3://{s3_versioned_bucket}/expunge")
     coordinator = Coordinator(storage, hasher, pool_factory=local_pool)
     coordinator.train(ROWS, job(shards=2, slices=2))
     coordinator.train(ROWS, job(shards=2, slices=2))  # retraining rewrites objects: more versions
@@ -60,8 +60,8 @@ def test_versioned_bucket_keeps_no_old_version_of_erased_data(s3_versioned_bucke
 
 
 def test_plain_rm_on_a_versioned_bucket_would_leave_the_data(s3_versioned_bucket, hasher):
-    """Why Lethe deletes versions: the scan sees through a delete marker."""
-    storage = StorageConfig(uri=f"s3://{s3_versioned_bucket}/lethe")
+    """Why Expunge deletes versions: the scan sees through a delete marker."""
+    storage = StorageConfig(uri=f"s3://{s3_versioned_bucket}/expunge")
     coordinator = Coordinator(storage, hasher, pool_factory=local_pool)
     coordinator.train(ROWS, job(shards=1, slices=1))
     store = ObjectStore(storage)
@@ -116,7 +116,7 @@ def test_racing_writers_one_wins_the_other_changes_nothing(storage, hasher, same
 
 
 def test_versioning_turned_on_after_training_still_erases_the_null_versions(s3_bucket, hasher):
-    storage = StorageConfig(uri=f"s3://{s3_bucket}/lethe")
+    storage = StorageConfig(uri=f"s3://{s3_bucket}/expunge")
     coordinator = Coordinator(storage, hasher, pool_factory=local_pool)
     coordinator.train(ROWS, job(shards=2, slices=2))  # objects get version id "null"
     boto3.client("s3").put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})

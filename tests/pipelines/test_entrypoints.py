@@ -70,7 +70,7 @@ def test_train_then_forget_from_the_command_line(tmp_path):
         f"storage: {{uri: {tmp_path / 'store'}}}\n"
         f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}'}}\n"
     )
-    key = {"LETHE_SUBJECT_KEY": "k" * 64}
+    key = {"EXPUNGE_SUBJECT_KEY": "k" * 64}
     trained = _run(["pipelines.train", "--config", str(config)], tmp_path, **key)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads(trained.stdout.strip().splitlines()[-1])["ensemble_version"] == 1
@@ -91,7 +91,7 @@ def test_train_then_forget_from_the_command_line(tmp_path):
 
 
 def test_forget_without_a_key_fails_with_a_fix(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "LETHE_SUBJECT_KEY"}
+    env = {k: v for k, v in os.environ.items() if k != "EXPUNGE_SUBJECT_KEY"}
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.forget", "--storage", str(tmp_path), "--subject", "x"],
         cwd=tmp_path,
@@ -101,7 +101,7 @@ def test_forget_without_a_key_fails_with_a_fix(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2
-    assert "LETHE_SUBJECT_KEY" in result.stderr
+    assert "EXPUNGE_SUBJECT_KEY" in result.stderr
 
 
 def test_demo_is_exact_on_s3_storage_and_leaves_no_trace(tmp_path, s3_bucket):
@@ -143,14 +143,16 @@ def test_scan_command_exit_codes(tmp_path):
         synthetic_ratings(SyntheticRatingsConfig(users=12, items=8, ratings_per_user=3)), job(shards=2, slices=2)
     )
     found = _run(
-        ["pipelines.scan", "--storage", str(tmp_path / "store"), "--subject", "user-1"], tmp_path, LETHE_SUBJECT_KEY=key
+        ["pipelines.scan", "--storage", str(tmp_path / "store"), "--subject", "user-1"],
+        tmp_path,
+        EXPUNGE_SUBJECT_KEY=key,
     )
     assert found.returncode == 1, found.stderr[-2000:]
     coordinator.forget(["user-1"])
     clean = _run(
         ["pipelines.scan", "--storage", str(tmp_path / "store"), "--subject", "user-1", "--json"],
         tmp_path,
-        LETHE_SUBJECT_KEY=key,
+        EXPUNGE_SUBJECT_KEY=key,
     )
     assert clean.returncode == 0, clean.stderr[-2000:]
     assert json.loads(clean.stdout)["findings"] == []

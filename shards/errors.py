@@ -1,0 +1,92 @@
+"""The base of Expunge's one exception hierarchy, and the errors a shard itself can raise.
+
+Every error says what was found and how to fix it. ``orchestrator.errors`` re-exports these
+and adds the errors only the coordinator raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ConfigError",
+    "DataValidationError",
+    "ExpungeError",
+    "ShardRetrainFailed",
+    "StorageConflictError",
+    "StorageCorruptError",
+]
+
+
+class ExpungeError(Exception):
+    """Base class of every error Expunge raises on purpose.
+
+    Subclasses keep their constructor arguments in ``self.args`` so that they pickle
+    cleanly when they cross a Ray process boundary.
+    """
+
+
+class DataValidationError(ExpungeError):
+    """Input data failed validation; nothing was written.
+
+    Example scenario: a Parquet file lacks the mapped ``subject_id`` column and has
+    duplicate record ids. Both problems are listed in one error.
+    """
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(source, self.problems)
+
+    def __str__(self) -> str:
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"{len(self.problems)} problem(s) in {self.source}; nothing was changed:\n{lines}"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.source, self.problems))
+
+
+class ConfigError(ExpungeError):
+    """A configuration value is missing or invalid.
+
+    Example scenario: no HMAC key for subject digests is configured; the message names
+    the environment variable to set.
+    """
+
+
+class StorageConflictError(ExpungeError):
+    """Another writer published the same manifest version first; nothing was changed.
+
+    Example scenario: two coordinators commit an erasure on the same store at once.
+    Reload the store state and retry the request.
+    """
+
+
+class StorageCorruptError(ExpungeError):
+    """A manifest references an object that is missing or unreadable.
+
+    Example scenario: a checkpoint was deleted by hand. Run ``python -m pipelines.train``
+    again into a fresh storage URI, or restore the object from backup.
+    """
+
+
+class ShardRetrainFailed(ExpungeError):
+    """A shard actor failed while training or retraining; the store is unchanged.
+
+    Example scenario: an actor ran out of memory during ``retrain_from``. The previous
+    model version stays published; retry the request once the cause is fixed.
+    """
+
+    def __init__(self, shard_id: int, cause: str) -> None:
+        self.shard_id = shard_id
+        self.cause = cause
+        super().__init__(shard_id, cause)
+
+    def __str__(self) -> str:
+        return (
+            f"shard {self.shard_id} failed to (re)train: {self.cause}. The published model "
+            "version is unchanged; fix the cause and submit the request again."
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.shard_id, self.cause))
