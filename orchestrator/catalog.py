@@ -43,6 +43,10 @@ class EnsembleManifest(BaseModel):
     rows: int
     # SubjectHasher.key_check() of the key the digests were made with (None: not recorded).
     key_check: str | None = None
+    #: Wall time, in seconds, of the parallel training phase of the last from-scratch training of
+    #: every shard (actors already started); carried forward by erasures. The baseline of
+    #: ``ErasureReceipt.speedup``.
+    train_seconds: float = 0.0
 
 
 class PlacementIndex:

@@ -179,9 +179,11 @@ class Coordinator:
         pool.call("ready", {s: () for s in range(job.sharding.shards)})
         began = time.perf_counter()
         _, parts, index = partition_rows(rows, job.sharding, self.hasher, placement)
+        training_began = time.perf_counter()
         updates: dict[int, ShardUpdate] = pool.call(
             "train", {s: (parts[s], request_id) for s in range(job.sharding.shards)}
         )
+        train_phase_seconds = time.perf_counter() - training_began
         manifest = EnsembleManifest(
             version=(parent.version + 1) if parent else 1,
             parent_version=parent.version if parent else None,
@@ -194,6 +196,7 @@ class Coordinator:
             placement_key=self.catalog.write_placement(index),
             rows=len(rows),
             key_check=self.hasher.key_check(),
+            train_seconds=train_phase_seconds,
         )
         self.catalog.publish(manifest)
         self.manifest, self._pool = manifest, pool
@@ -246,7 +249,12 @@ class Coordinator:
         }
         pool = self.pool
         try:
+            # Start the affected actors first (a no-op when warm) so that retrain_seconds is
+            # retraining alone, like the manifest's train_seconds it is compared with.
+            pool.call("ready", {s: () for s in per_shard})
+            retrain_began = time.perf_counter()
             updates: dict[int, ShardUpdate] = pool.call("erase", per_shard)
+            retrain_seconds = time.perf_counter() - retrain_began
         except StorageCorruptError as exc:
             self._rollback(manifest)
             if self.manifest is not None and self.manifest.version != manifest.version:
@@ -274,6 +282,7 @@ class Coordinator:
             placement_key=self.catalog.write_placement(new_index),
             rows=manifest.rows - sum(u.rows_removed for u in updates.values()),
             key_check=manifest.key_check,
+            train_seconds=manifest.train_seconds,
         )
         try:
             self.catalog.publish(new_manifest)
@@ -304,6 +313,8 @@ class Coordinator:
             ),
             untouched_shards=tuple(s for s in all_shards if s not in updates),
             seconds=time.perf_counter() - began,
+            retrain_seconds=retrain_seconds,
+            full_retrain_seconds=manifest.train_seconds,
             model_version_before=manifest.version,
             model_version_after=new_manifest.version,
             deleted_objects=tuple(deleted),

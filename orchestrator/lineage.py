@@ -20,7 +20,6 @@ from orchestrator.config import CustomModelConfig, MFConfig, StorageConfig, Trac
 from orchestrator.errors import ConfigError, LineagePurgeFailed
 from orchestrator.receipts import ErasureReceipt
 from orchestrator.serving import ENSEMBLE_ARTIFACT, export_ensemble, read_shard_manifest
-from shards.schedule import allocate_epochs
 from shards.shard import shard_prefix
 from shards.store import ObjectStore
 
@@ -276,27 +275,6 @@ class Lineage:
         return version
 
     # ----- erasure runs ---------------------------------------------------------------------------
-    def _full_retrain_estimate(self, receipt: ErasureReceipt, manifest: EnsembleManifest) -> tuple[float, str]:
-        """Seconds a full retrain would take: the last training run's time scaled by rows, else slice arithmetic."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`expunge.kind` = 'train' and tags.`expunge.storage` = '{self.store_uri}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if runs and "train_seconds" in runs[0].data.metrics and int(runs[0].data.params.get("rows", "0")) > 0:
-            measured = runs[0].data.metrics["train_seconds"]
-            return measured * manifest.rows / int(runs[0].data.params["rows"]), "training_run"
-        # Step j trains on slices 0..j for epochs[j] epochs: its cost is proportional to (j+1)*epochs[j].
-        epochs = allocate_epochs(manifest.training.epochs, manifest.sharding.slices)
-        work = [(j + 1) * e for j, e in enumerate(epochs)]
-        estimates = [
-            s.seconds * sum(work) / sum(work[j] for j in s.slices_retrained)
-            for s in receipt.shards
-            if s.slices_retrained
-        ]
-        return max(estimates, default=0.0), "slice_arithmetic"
-
     def _log_retrain_chart(self, run_id: str, receipt: ErasureReceipt, full_retrain: float) -> None:
         # Figure without pyplot renders with Agg and leaves matplotlib's global backend alone.
         from matplotlib.figure import Figure
@@ -305,7 +283,7 @@ class Lineage:
         axes = figure.subplots()
         axes.bar([f"shard {s.shard}" for s in receipt.shards], [s.seconds for s in receipt.shards], color="#4c72b0")
         if full_retrain > 0:
-            axes.axhline(full_retrain, color="#c44e52", linestyle="--", label="estimated full retrain")
+            axes.axhline(full_retrain, color="#c44e52", linestyle="--", label="full retrain (measured at training)")
             axes.legend(fontsize=7)
         axes.set_ylabel("retrain seconds")
         axes.set_title(f"request {receipt.request_id}", fontsize=9)
@@ -328,7 +306,6 @@ class Lineage:
             },
         )
         run_id = run.info.run_id
-        full_retrain, estimate_source = self._full_retrain_estimate(receipt, manifest)
         params = {
             "request_id": receipt.request_id,
             "subjects": str(len(receipt.subject_digests)),
@@ -337,7 +314,6 @@ class Lineage:
             "ensemble_version_before": str(receipt.model_version_before),
             "ensemble_version_after": str(receipt.model_version_after),
             "registry_version_before": parent or "none",
-            "full_retrain_estimate": estimate_source,
         }
         for shard in receipt.shards:
             params[f"shard_{shard.shard}.slices_retrained"] = ",".join(map(str, shard.slices_retrained))
@@ -346,8 +322,10 @@ class Lineage:
             "rows_removed": float(receipt.rows_removed),
             "erasure_seconds": receipt.seconds,
             "slices_retrained": float(sum(len(s.slices_retrained) for s in receipt.shards)),
-            "estimated_full_retrain_seconds": full_retrain,
-            "speedup_vs_full_retrain": full_retrain / receipt.seconds if receipt.seconds > 0 else 0.0,
+            # The receipt's own figures, so the run, the receipt and the demo agree by construction.
+            "retrain_seconds": receipt.retrain_seconds,
+            "full_retrain_seconds": receipt.full_retrain_seconds,
+            "speedup": receipt.speedup,
         }
         for shard in receipt.shards:
             metrics[f"retrain_seconds_shard_{shard.shard}"] = shard.seconds
@@ -372,7 +350,7 @@ class Lineage:
         self.client.set_tag(run_id, "expunge.registry_version", version)
         final = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
         self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
-        self._log_retrain_chart(run_id, final, full_retrain)
+        self._log_retrain_chart(run_id, final, receipt.full_retrain_seconds)
         self.client.set_terminated(run_id)
         self.purge_superseded(receipt.request_id, version)
         return version

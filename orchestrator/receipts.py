@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 __all__ = ["ErasureReceipt", "ShardRetrain"]
 
@@ -32,12 +32,34 @@ class ErasureReceipt(BaseModel):
     rows_removed: int = 0
     shards: tuple[ShardRetrain, ...] = ()
     untouched_shards: tuple[int, ...] = ()
+    #: Wall time of the whole request up to the store commit and purge (routing, actor start if
+    #: cold, retraining, commit), in seconds. MLflow time is not included.
     seconds: float = 0.0
+    #: Wall time of the parallel retraining phase alone (affected actors already started), in seconds.
+    retrain_seconds: float = 0.0
+    #: Wall time of the same phase when every shard was last trained from scratch (measured by
+    #: ``train`` and kept in the ensemble manifest), in seconds; 0 when not recorded.
+    full_retrain_seconds: float = 0.0
+    #: Store versions: the ensemble manifest versions before and after the commit.
     model_version_before: int | None = None
     model_version_after: int | None = None
+    #: MLflow registered-model versions before and after (None when tracking is off).
     registry_version_before: str | None = None
     registry_version_after: str | None = None
     deleted_objects: tuple[str, ...] = ()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def speedup(self) -> float:
+        """``full_retrain_seconds / retrain_seconds``: the one meaning of "speed-up" in Expunge.
+
+        Both sides are the retraining phase only, measured on the same pool, so process start,
+        Ray start, actor spawn and MLflow never count on one side only. 0.0 when either side
+        is unknown (nothing retrained, or the store was trained before this was recorded).
+        """
+        if self.retrain_seconds <= 0 or self.full_retrain_seconds <= 0:
+            return 0.0
+        return self.full_retrain_seconds / self.retrain_seconds
 
     @property
     def affected_shards(self) -> list[int]:

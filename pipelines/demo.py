@@ -57,7 +57,10 @@ class DemoOptions(BaseModel):
 class DemoResult(BaseModel):
     exact: bool
     erasure_seconds: float
+    retrain_seconds: float
     full_retrain_seconds: float
+    speedup: float
+    reference_seconds: float
     train_seconds: float
     affected_shards: list[int]
     slices_retrained: dict[int, list[int]]
@@ -135,13 +138,16 @@ def run(options: DemoOptions) -> DemoResult:
     remaining = rows.filter(pc.not_equal(rows.column(SUBJECT_ID), subject))
     with tempfile.TemporaryDirectory(prefix="expunge-reference-") as scratch:
         reference = Coordinator(str(Path(scratch) / "store"), hasher)
-        full_retrain_seconds = reference.train(remaining, job, placement=placement, model=resolved_model).seconds
+        reference_seconds = reference.train(remaining, job, placement=placement, model=resolved_model).seconds
         equal = constituents_equal(unlearned, reference.constituent_tensors())
         reference.close()
     return DemoResult(
         exact=all(equal.values()),
         erasure_seconds=receipt.seconds,
-        full_retrain_seconds=full_retrain_seconds,
+        retrain_seconds=receipt.retrain_seconds,
+        full_retrain_seconds=receipt.full_retrain_seconds,
+        speedup=receipt.speedup,
+        reference_seconds=reference_seconds,
         train_seconds=train_seconds,
         affected_shards=receipt.affected_shards,
         slices_retrained={s.shard: list(s.slices_retrained) for s in receipt.shards},
@@ -171,10 +177,10 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     table.add_row("rows removed", str(result.rows_removed))
     table.add_row("affected shard(s)", ", ".join(map(str, result.affected_shards)))
     table.add_row("slices retrained", "; ".join(f"shard {s}: {v}" for s, v in result.slices_retrained.items()))
-    table.add_row("erasure time", f"{result.erasure_seconds:.2f} s")
-    table.add_row("full retrain time", f"{result.full_retrain_seconds:.2f} s")
-    speedup = result.full_retrain_seconds / result.erasure_seconds if result.erasure_seconds else float("inf")
-    table.add_row("speed-up", f"{speedup:.1f}x")
+    table.add_row("erasure, whole request", f"{result.erasure_seconds:.2f} s")
+    table.add_row("erasure, retraining", f"{result.retrain_seconds:.2f} s")
+    table.add_row("full SISA retrain (measured at training)", f"{result.full_retrain_seconds:.2f} s")
+    table.add_row("speed-up (retraining vs full retrain)", f"{result.speedup:.1f}x")
     table.add_row("bit-identical to from-scratch", "yes" if result.exact else "NO")
     table.add_row("untouched shards byte-identical", "yes" if result.untouched_shards_unchanged else "NO")
     table.add_row("objects physically deleted", str(result.deleted_objects))
