@@ -11,9 +11,18 @@ from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
 from orchestrator.errors import ConfigError, ExpungeError, ShardRetrainFailed, ShardStartTimeout
 from shards.shard import Shard
 
-__all__ = ["LocalShardPool", "RayShardPool", "ShardPool"]
+__all__ = ["LocalShardPool", "RayShardPool", "ShardPool", "fit_cpus_per_actor"]
 
 log = logging.getLogger(__name__)
+
+
+def fit_cpus_per_actor(wanted: float, cluster_cpus: float, actors: int) -> float:
+    """CPUs to reserve per shard actor: ``wanted``, lowered so that ``actors`` of them fit ``cluster_cpus``.
+
+    Rounded down to 1/1000 CPU (Ray's resource granularity is 1/10000). Never negative.
+    """
+    fair = math.floor(max(cluster_cpus, 0.0) / max(1, actors) * 1000) / 1000
+    return min(wanted, fair)
 
 
 class ShardPool(Protocol):
@@ -72,19 +81,18 @@ class RayShardPool:
         self.training = training
         self.model = model
         self.versions = dict(versions)
-        # Reserve no more than what is free now: actors that cannot be placed would wait forever.
-        free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
-        wanted = training.cpus_per_shard
-        fair = math.floor(free / max(1, len(self.versions)) * 1000) / 1000
-        self.cpus_per_actor = min(wanted, fair)
-        if self.cpus_per_actor < wanted:
-            log.warning(
-                "cluster has %.2f free CPUs for %d shards: reserving %.2f CPU per shard actor instead of %.2f "
-                "(set training.cpus_per_shard to silence this)",
-                free,
+        # Fit the actors on the cluster's CPUs: actors that cannot be placed would wait forever.
+        # The cluster total, not what is free this instant: Ray frees a killed actor's CPUs
+        # asynchronously, so "free now" reads 0 right after a previous pool was shut down.
+        total = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        self.cpus_per_actor = fit_cpus_per_actor(training.cpus_per_shard, total, len(self.versions))
+        if self.cpus_per_actor < training.cpus_per_shard:
+            log.info(
+                "%d shard actors on a %.0f-CPU cluster: %.3f CPU reserved per actor (asked: %.2f)",
                 len(self.versions),
+                total,
                 self.cpus_per_actor,
-                wanted,
+                training.cpus_per_shard,
             )
         self.actors: dict[int, Any] = {}
 

@@ -1,28 +1,72 @@
-"""Shared set-up for the pipeline recipes: logging, Ray, the digest key, MLflow lineage."""
+"""Shared set-up for the pipeline recipes: logging, Ray, the digest key, MLflow lineage, progress."""
 
 from __future__ import annotations
 
 import logging
 import os
 import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import typer
+from rich.console import Console
 
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
 from orchestrator.digests import SubjectHasher
+from orchestrator.errors import ExpungeError, StorageConflictError
 from orchestrator.lineage import Lineage
 
-__all__ = ["demo_hasher", "hasher_from_env", "init_logging", "init_ray", "make_lineage"]
+__all__ = ["demo_hasher", "exit_on_error", "hasher_from_env", "init_logging", "init_ray", "make_lineage", "progress"]
 
 log = logging.getLogger(__name__)
 
 
+#: Progress and status go to stderr so that stdout stays one machine-readable result.
+_STDERR = Console(stderr=True)
+
+
 def init_logging(verbose: bool = False) -> None:
+    """Warnings only by default (progress lines say what is happening); ``--verbose`` for every step."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("mlflow", "alembic", "urllib3", "botocore", "s3fs", "ray"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    # MLflow sets its own logger level when it is first imported (later, lazily): tell it too.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+
+
+#: Exit status of a typed error (README "Exit codes"); a lost race is retryable, so it has its own.
+EXIT_BAD_INPUT = 2
+EXIT_CONFLICT = 4
+
+
+@contextmanager
+def exit_on_error() -> Iterator[None]:
+    """Turn a typed ``ExpungeError`` into one ``error: ...`` line on stderr and the documented exit code.
+
+    Anything else is a bug and keeps its traceback.
+    """
+    try:
+        yield
+    except ExpungeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFLICT if isinstance(exc, StorageConflictError) else EXIT_BAD_INPUT) from exc
+
+
+@contextmanager
+def progress(what: str, quiet: bool = False) -> Iterator[None]:
+    """Show ``what`` with a spinner on stderr while it runs, then one line with its duration."""
+    if quiet:
+        yield
+        return
+    began = time.perf_counter()
+    with _STDERR.status(f"{what}..."):
+        yield
+    _STDERR.print(f"[green]✓[/green] {what} ({time.perf_counter() - began:.1f} s)", highlight=False)
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -33,10 +77,23 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if os.environ.get("RAY_ADDRESS"):
+        # A real cluster: its own authentication settings (RAY_AUTH_MODE / RAY_AUTH_TOKEN) apply.
         ray.init(log_to_driver=False)
     else:
+        # The private local cluster Expunge starts: token authentication, chosen explicitly (Ray
+        # warns on every start when the mode is left to its default). A user's own setting wins.
+        if "RAY_AUTH_MODE" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
+            # Ray caches its config at import; refresh it as Ray's own token set-up does.
+            from ray._raylet import Config  # type: ignore[attr-defined]
+
+            Config.initialize("")
         ray.init(
-            address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False
+            address="local",
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
         )
 
 

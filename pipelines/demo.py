@@ -1,6 +1,7 @@
 """Recipe: the end-to-end demo. Train S x R on generated ratings, forget one subject, prove exactness.
 
-python -m pipelines.demo [--shards 4] [--slices 4] [--workdir ./expunge-demo] [--json]
+expunge demo [--shards 4] [--slices 4] [--workdir ./expunge-demo] [--json]
+python -m pipelines.demo ...   (the same, as ``ray job submit`` runs it)
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,7 +34,7 @@ from orchestrator.coordinator import Coordinator
 from orchestrator.exactness import constituents_equal
 from orchestrator.lineage import default_tracking_uri
 from orchestrator.scan import scan_store
-from pipelines._runtime import demo_hasher, init_logging, init_ray, make_lineage
+from pipelines._runtime import demo_hasher, exit_on_error, init_logging, init_ray, make_lineage, progress
 from pipelines.datasets import split_rows, synthetic_ratings
 from shards.rows import RATING, SUBJECT_ID
 from shards.shard import shard_prefix
@@ -94,12 +96,16 @@ def _rmse(coordinator: Coordinator, test: pa.Table) -> float:
     return float(np.sqrt(np.mean((np.clip(predictions, 1, 5) - truth) ** 2)))
 
 
-def run(options: DemoOptions) -> DemoResult:
+def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     storage = options.storage or str(workdir / "store")
     if options.storage is None and Path(storage).exists():
         shutil.rmtree(storage)  # the demo's own default store: start clean on every run
+    if options.storage is None and options.tracking_uri is None:
+        # ... and its own registry with it, so versions and purges concern this run's store only.
+        (workdir / "mlflow.db").unlink(missing_ok=True)
+        shutil.rmtree(workdir / "mlruns", ignore_errors=True)
     tracking = TrackingConfig(
         uri=options.tracking_uri or default_tracking_uri(workdir), experiment="expunge-demo", model_name="expunge-demo"
     )
@@ -113,9 +119,11 @@ def run(options: DemoOptions) -> DemoResult:
     rows, test = split_rows(
         synthetic_ratings(SyntheticRatingsConfig(users=options.users, seed=options.seed)), 0.1, options.seed
     )
-    init_ray()
+    with progress("starting Ray", quiet):
+        init_ray()
     coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage))
-    train_seconds = coordinator.train(rows, job, request_id="demo-initial-training").seconds
+    with progress(f"training {options.shards} shards x {options.slices} slices, registering version", quiet):
+        train_seconds = coordinator.train(rows, job, request_id="demo-initial-training").seconds
     rmse_before = _rmse(coordinator, test)
 
     subjects = sorted(set(rows.column(SUBJECT_ID).to_pylist()))
@@ -126,7 +134,8 @@ def run(options: DemoOptions) -> DemoResult:
     before = _fingerprints(coordinator.store, others)
     placement = coordinator.placement_index().without({digest})
     traces_before = len(scan_store(coordinator.store, subject, digest).findings)
-    receipt = coordinator.forget([subject])
+    with progress("erasing one subject, registering and purging old versions", quiet):
+        receipt = coordinator.forget([subject])
     traces_after = len(scan_store(coordinator.store, subject, digest).findings)
     after = _fingerprints(coordinator.store, [s for s in range(options.shards) if s not in receipt.affected_shards])
     rmse_after = _rmse(coordinator, test)
@@ -136,7 +145,10 @@ def run(options: DemoOptions) -> DemoResult:
     coordinator.close()
 
     remaining = rows.filter(pc.not_equal(rows.column(SUBJECT_ID), subject))
-    with tempfile.TemporaryDirectory(prefix="expunge-reference-") as scratch:
+    with (
+        progress("training from scratch without the subject, comparing every tensor", quiet),
+        tempfile.TemporaryDirectory(prefix="expunge-reference-") as scratch,
+    ):
         reference = Coordinator(str(Path(scratch) / "store"), hasher)
         reference_seconds = reference.train(remaining, job, placement=placement, model=resolved_model).seconds
         equal = constituents_equal(unlearned, reference.constituent_tensors())
@@ -190,7 +202,8 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     table.add_row("test RMSE before / after", f"{result.test_rmse_before:.4f} / {result.test_rmse_after:.4f}")
     table.add_row("MLflow", f"model {result.model_name!r} version {result.model_version}; request {result.request_id}")
     console.print(table)
-    console.print(f"Inspect: mlflow ui --backend-store-uri {result.tracking_uri}")
+    # Plain output, never wrapped by the terminal width, so the line pastes as one command.
+    typer.echo(f"Inspect: mlflow ui --backend-store-uri {shlex.quote(result.tracking_uri)}")
 
 
 def main(
@@ -219,9 +232,10 @@ def main(
         seed=seed,
         subject=subject,
     )
-    result = run(options)
+    with exit_on_error():
+        result = run(options, quiet=as_json)
     if as_json:
-        print(json.dumps(result.model_dump(mode="json")))
+        typer.echo(json.dumps(result.model_dump(mode="json")))
     else:
         _print_summary(result, options)
     ok = result.exact and result.untouched_shards_unchanged and result.scan_traces_after == 0

@@ -1,7 +1,11 @@
 """Recipe: erase data subjects from a trained store and print the erasure receipt.
 
-python -m pipelines.forget --storage ./expunge-store --subject 42 --subject 77
-python -m pipelines.forget --storage s3://bucket/expunge --subjects-file tickets.txt
+    expunge forget --storage ./expunge-store --subject 42 --subject 77
+    expunge forget --config job.yaml --subjects-file tickets.txt
+    python -m pipelines.forget ...   (the same, as ``ray job submit`` runs it)
+
+Exit 0 when every named subject was found and erased, 3 when any had no data (the receipt is
+printed and stored all the same), 2 on bad input, 4 when another writer won a race.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import typer
 
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from orchestrator.coordinator import Coordinator
-from orchestrator.errors import ConfigError, ExpungeError
+from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
-from pipelines._runtime import hasher_from_env, init_logging, init_ray, make_lineage
+from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
 
-__all__ = ["main", "read_subjects", "run"]
+__all__ = ["EXIT_NOT_FOUND", "main", "read_subjects", "run"]
+
+#: Exit status when at least one named subject had no data (README "Exit codes").
+EXIT_NOT_FOUND = 3
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +52,12 @@ def run(
     request_id: str | None = None,
 ) -> ErasureReceipt:
     hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
-    init_ray()
+    with progress("starting Ray"):
+        init_ray()
     coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage))
     try:
-        return coordinator.forget(subjects, request_id)
+        with progress(f"erasing {len(subjects)} subject(s)"):
+            return coordinator.forget(subjects, request_id)
     finally:
         coordinator.close()
 
@@ -62,9 +71,13 @@ def main(
     request_id: str | None = typer.Option(None, help="request id to record (default: generated)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Erase subjects: delete their rows and retrain only the shards that held them."""
+    """Erase subjects: delete their rows and retrain only the shards that held them.
+
+    Prints the ErasureReceipt (JSON) on stdout. Exit 0 when every subject was found and erased,
+    3 when any had no data (receipt still printed and stored), 2 on bad input, 4 on a conflict.
+    """
     init_logging(verbose)
-    try:
+    with exit_on_error():
         job = load_job_config(config) if config else None
         if not storage and not job:
             raise ConfigError("pass --storage URI or --config FILE.yaml")
@@ -77,10 +90,14 @@ def main(
         receipt = run(
             store, read_subjects(subject, subjects_file), tracking, job.privacy if job else PrivacyConfig(), request_id
         )
-    except ExpungeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    print(receipt.model_dump_json(indent=1))
+    typer.echo(receipt.model_dump_json(indent=1))
+    if receipt.not_found_digests:
+        typer.echo(
+            f"{len(receipt.not_found_digests)} of {len(receipt.subject_digests)} subject(s) had no data "
+            f"(digests in not_found_digests); request {receipt.request_id} is recorded",
+            err=True,
+        )
+        raise typer.Exit(EXIT_NOT_FOUND)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Recipe: scan a store (every object, every version) for any trace of a subject; exit 1 if found.
 
-python -m pipelines.scan --storage ./expunge-demo/store --subject user-45
+expunge scan --storage ./expunge-demo/store --subject user-45
+python -m pipelines.scan ...   (the same, as ``ray job submit`` runs it)
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from rich.table import Table
 from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig
 from orchestrator.coordinator import check_key
-from orchestrator.errors import ExpungeError
+from orchestrator.errors import ConfigError
 from orchestrator.scan import ScanReport, scan_store
-from pipelines._runtime import hasher_from_env, init_logging
+from pipelines._runtime import exit_on_error, hasher_from_env, init_logging
 from shards.store import ObjectStore
 
 __all__ = ["main", "run"]
@@ -28,8 +29,13 @@ def run(storage: StorageConfig, subject: str, privacy: PrivacyConfig = PrivacyCo
     hasher = hasher_from_env(privacy)
     store = ObjectStore(storage)
     latest = Catalog(store).latest()
-    if latest is not None:
-        check_key(latest, hasher)  # a wrong key would silently miss every digest-keyed trace
+    if latest is None:
+        # "Clean" would be a lie about a store that is not there (a typo in the URI, say).
+        raise ConfigError(
+            f"no published ensemble in {store.uri}: the store does not exist or was never trained. "
+            "Check --storage (a local folder, file:// or s3:// URI of a trained store)."
+        )
+    check_key(latest, hasher)  # a wrong key would silently miss every digest-keyed trace
     return scan_store(store, subject, hasher.digest(subject))
 
 
@@ -39,15 +45,16 @@ def main(
     endpoint_url: str | None = typer.Option(None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Exit 0 when nothing of the subject remains, 1 when something does, 2 on errors."""
+    """Read every object version of a store for any trace of a subject (raw id or digest).
+
+    Exit 0 when nothing of the subject remains, 1 when something does, 2 on errors (including a
+    store that does not exist or has no published version: never reported as clean).
+    """
     init_logging()
-    try:
+    with exit_on_error():
         report = run(StorageConfig(uri=storage, endpoint_url=endpoint_url), subject)
-    except ExpungeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     if as_json:
-        print(report.model_dump_json(indent=1))
+        typer.echo(report.model_dump_json(indent=1))
     else:
         console = Console()
         if report.clean:

@@ -1,6 +1,7 @@
 """Recipe: train a SISA ensemble from a YAML job config and publish it as a new model version.
 
-python -m pipelines.train --config infra/configs/ml100k.yaml
+expunge train --config infra/configs/synthetic.yaml
+python -m pipelines.train --config ...   (the same, as ``ray job submit`` runs it)
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import typer
 
 from orchestrator.config import JobConfig, load_job_config
 from orchestrator.coordinator import Coordinator
-from orchestrator.errors import ExpungeError
-from pipelines._runtime import hasher_from_env, init_logging, init_ray, make_lineage
+from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
 from pipelines.datasets import load_rows
 from shards.models import task_of
 from shards.rows import LABEL, RATING
@@ -41,11 +41,16 @@ def evaluate(coordinator: Coordinator, test: pa.Table, task: str) -> dict[str, f
 def run(job: JobConfig) -> dict[str, object]:
     task = task_of(job.training.model)
     hasher = hasher_from_env(job.privacy)  # fail on a missing key before loading anything
-    rows, test = load_rows(job.data, task)
-    init_ray()
+    with progress("loading and validating rows"):
+        rows, test = load_rows(job.data, task)
+    with progress("starting Ray"):
+        init_ray()
     coordinator = Coordinator(job.storage, hasher, make_lineage(job.tracking, job.storage))
-    result = coordinator.train(rows, job, request_id="train")
-    metrics = evaluate(coordinator, test, task)
+    shards, slices = job.sharding.shards, job.sharding.slices
+    with progress(f"training {shards} shard(s) x {slices} slice(s) on {len(rows)} rows, then registering"):
+        result = coordinator.train(rows, job, request_id="train")
+    with progress("evaluating"):
+        metrics = evaluate(coordinator, test, task)
     coordinator.close()
     return {
         "storage": job.storage.uri,
@@ -63,19 +68,19 @@ def main(
     tracking_uri: str | None = typer.Option(None, help="override tracking.uri"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Train every shard in parallel on Ray and publish the ensemble."""
+    """Train every shard in parallel on Ray and publish the ensemble as a new model version.
+
+    Prints a JSON summary (store and registry versions, rows, seconds, test metrics) on stdout.
+    """
     init_logging(verbose)
-    try:
+    with exit_on_error():
         job = load_job_config(config)
         if storage:
             job = job.model_copy(update={"storage": job.storage.model_copy(update={"uri": storage})})
         if tracking_uri:
             job = job.model_copy(update={"tracking": job.tracking.model_copy(update={"uri": tracking_uri})})
         summary = run(job)
-    except ExpungeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    print(json.dumps(summary))
+    typer.echo(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -77,11 +77,13 @@ def test_train_then_forget_from_the_command_line(tmp_path):
     subjects = tmp_path / "tickets.txt"
     subjects.write_text("# GDPR tickets\nuser-3\n\nuser-4\n")
     forgot = _run(
-        ["pipelines.forget", "--config", str(config), "--subjects-file", str(subjects), "--subject", "ghost"],
+        # the `expunge` program's dispatch, as the console script runs it
+        ["pipelines.cli", "forget", "--config", str(config), "--subjects-file", str(subjects), "--subject", "ghost"],
         tmp_path,
         **key,
     )
-    assert forgot.returncode == 0, forgot.stderr[-3000:]
+    # A miss looks like a miss: "ghost" had no data, so the documented exit 3, receipt printed all the same.
+    assert forgot.returncode == 3, forgot.stderr[-3000:]
     receipt = json.loads(forgot.stdout[forgot.stdout.index("{") :])
     assert receipt["status"] == "erased"
     assert len(receipt["subject_digests"]) == 3
@@ -156,3 +158,12 @@ def test_scan_command_exit_codes(tmp_path):
     )
     assert clean.returncode == 0, clean.stderr[-2000:]
     assert json.loads(clean.stdout)["findings"] == []
+    # A store that is not there is an error, never "clean".
+    missing = _run(
+        ["pipelines.scan", "--storage", str(tmp_path / "no-such-store"), "--subject", "user-1"],
+        tmp_path,
+        EXPUNGE_SUBJECT_KEY=key,
+    )
+    assert missing.returncode == 2, missing.stdout
+    assert "no published ensemble" in missing.stderr
+    assert not (tmp_path / "no-such-store").exists()

@@ -1,0 +1,101 @@
+"""The ``expunge`` command: one program with a subcommand per job.
+
+    expunge --help
+    expunge demo
+    expunge train --config infra/configs/synthetic.yaml
+    expunge forget --config infra/configs/synthetic.yaml --subject user-7
+    expunge scan --storage ./expunge-store --subject user-7
+    expunge digest --subject user-7
+
+Each subcommand is the ``main`` of a recipe module, which also runs as
+``python -m pipelines.<job>`` (the form ``ray job submit`` uses). Recipes are imported only when
+their subcommand runs, so ``expunge --help`` and ``expunge digest`` do not pay for torch, Ray
+and MLflow imports. Exit codes are in ``EXIT_CODES`` and the README.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+import typer
+
+__all__ = ["EXIT_CODES", "JOBS", "app", "main"]
+
+#: Subcommand -> (recipe module, one-line help). The help is kept here so that listing the
+#: jobs imports none of them.
+JOBS: dict[str, tuple[str, str]] = {
+    "demo": ("pipelines.demo", "Train on generated ratings, forget one subject, prove the result exact."),
+    "train": ("pipelines.train", "Train every shard in parallel and publish a new model version."),
+    "forget": ("pipelines.forget", "Erase subjects: delete their rows, retrain only the shards that held them."),
+    "scan": ("pipelines.scan", "Look for any trace of a subject in every object version of a store."),
+    "digest": ("pipelines.digest", "Print the keyed digest of a subject id (to search MLflow and receipts)."),
+    "benchmark": ("pipelines.benchmark", "MovieLens benchmark: accuracy, training and erasure speed-ups."),
+}
+
+#: The one table of exit codes, shared by every subcommand (README: "Exit codes").
+EXIT_CODES: dict[int, str] = {
+    0: "success: every named subject was found and erased; scan found nothing; demo proved exactness",
+    1: "a check failed: scan found a trace of the subject, or the demo's exactness checks failed",
+    2: "bad input or configuration (typed error, message says how to fix it); nothing was changed",
+    3: "forget: at least one named subject had no data (a receipt is still printed and stored)",
+    4: "conflict: another writer published first; nothing was changed, submit the request again",
+}
+
+
+class _LazyJobs(click.Group):
+    """A click group that imports a recipe only when its subcommand is invoked (click's lazy-group pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(JOBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in JOBS:
+            return None
+        module_name, help_text = JOBS[cmd_name]
+
+        # Typer parses the job's own options (typer ships its own click), so this command only
+        # passes its arguments through, --help included.
+        @click.command(
+            cmd_name,
+            help=help_text,
+            add_help_option=False,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        )
+        @click.pass_context
+        def job(job_ctx: click.Context) -> None:
+            recipe = importlib.import_module(module_name)
+            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            single.command(cmd_name)(recipe.main)
+            typer.main.get_command(single).main(args=job_ctx.args, prog_name=f"expunge {cmd_name}")
+
+        return job
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Jobs"):
+            formatter.write_dl([(name, help_text) for name, (_, help_text) in JOBS.items()])
+        with formatter.section("Exit codes"):
+            formatter.write_dl([(str(code), meaning) for code, meaning in EXIT_CODES.items()])
+
+
+@click.group(
+    cls=_LazyJobs,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help=(
+        "Expunge: exact machine unlearning (SISA) on Ray with MLflow lineage. Erase a person's rows and "
+        "their influence on every trained model; prove it. Run `expunge JOB --help` for a job's options."
+    ),
+)
+@click.version_option(package_name="expunge", prog_name="expunge")
+def app() -> None:
+    """The ``expunge`` program (a click group; subcommands are loaded lazily)."""
+
+
+def main(args: Any = None) -> None:
+    """Console-script entry point (``expunge`` in pyproject.toml)."""
+    app.main(args=args, prog_name="expunge")
+
+
+if __name__ == "__main__":
+    main()

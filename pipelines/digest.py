@@ -1,0 +1,94 @@
+"""Recipe: print the keyed digest of subject ids, so a privacy engineer can find their records.
+
+    expunge digest --subject user-45                       # key from EXPUNGE_SUBJECT_KEY
+    expunge digest --subject user-45 --workdir expunge-demo  # the demo's own key
+    expunge digest --subject user-45 --storage s3://bucket/expunge   # also checks the key
+
+Digests are HMAC-SHA256 of the subject id under the deployment's key: the only form in which a
+subject appears in manifests, receipts, logs and MLflow (search runs with
+``tags.`expunge.subject_digest.<digest>` = 'erased'``; docs/mlflow-ui.md). Without the key a
+digest reveals nothing, and the key never leaves the process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
+from orchestrator.digests import SubjectHasher
+from orchestrator.errors import ConfigError, ExpungeError
+from pipelines._runtime import hasher_from_env, init_logging
+
+__all__ = ["main", "run"]
+
+
+def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
+    if workdir is not None:
+        key_file = workdir / "subject.key"
+        if not key_file.is_file():
+            raise ConfigError(
+                f"{key_file} does not exist: --workdir names the folder of `expunge demo`, which keeps its "
+                f"generated key there. Run the demo first, or set {privacy.subject_key_env} instead."
+            )
+        return SubjectHasher(key_file.read_text().strip().encode())
+    return hasher_from_env(privacy)
+
+
+def run(
+    subjects: list[str],
+    privacy: PrivacyConfig = PrivacyConfig(),
+    workdir: Path | None = None,
+    storage: StorageConfig | None = None,
+) -> dict[str, str]:
+    """Subject id -> digest. With ``storage``, the key is checked against the store's first.
+
+    Raises:
+        ConfigError: no subject, no key, or a key other than the one the store was trained with.
+    """
+    if not subjects:
+        raise ConfigError("name at least one subject with --subject ID")
+    hasher = _hasher(privacy, workdir)
+    if storage is not None:
+        from orchestrator.catalog import Catalog
+        from orchestrator.coordinator import check_key
+        from shards.store import ObjectStore
+
+        latest = Catalog(ObjectStore(storage)).latest()
+        if latest is None:
+            raise ConfigError(f"no published ensemble in {storage.uri}; check --storage (or drop it)")
+        check_key(latest, hasher)
+    return {subject: hasher.digest(subject) for subject in subjects}
+
+
+def main(
+    subject: list[str] = typer.Option([], "--subject", help="subject id (repeatable)"),
+    config: Path | None = typer.Option(None, help="job config YAML (for privacy.subject_key_env and storage)"),
+    storage: str | None = typer.Option(None, help="storage URI: check the key against this store first"),
+    workdir: Path | None = typer.Option(None, help="use the key `expunge demo` generated in this folder"),
+    as_json: bool = typer.Option(False, "--json", help="print {subject: digest} as JSON"),
+) -> None:
+    """Print the keyed digest of each subject id (one per line), as stored in MLflow and receipts."""
+    init_logging()
+    try:
+        job = load_job_config(config) if config else None
+        store = None
+        if storage or job:
+            store = job.storage if job else StorageConfig(uri=storage or "")
+            if storage:
+                store = store.model_copy(update={"uri": storage})
+        digests = run(subject, job.privacy if job else PrivacyConfig(), workdir, store)
+    except ExpungeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(digests))
+    else:
+        for digest in digests.values():
+            typer.echo(digest)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,109 @@
+"""The `expunge` program: every job listed, help everywhere, documented exit codes, digests."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.digests import SubjectHasher
+from pipelines.cli import EXIT_CODES, JOBS
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "d" * 64
+
+
+def _expunge(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "EXPUNGE_SUBJECT_KEY"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=cwd,
+        env={**base, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_help_lists_every_job_and_every_exit_code(tmp_path):
+    result = _expunge("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for job in ("train", "forget", "scan", "demo", "benchmark", "digest"):
+        assert re.search(rf"^\s+{job}\s", result.stdout, re.M), job
+    for code in EXIT_CODES:
+        assert re.search(rf"^\s+{code}\s", result.stdout, re.M)
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_every_job_has_help(job, tmp_path):
+    result = _expunge(job, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"expunge {job}" in result.stdout
+
+
+def test_the_readme_exit_code_table_is_the_programs():
+    readme = (ROOT / "README.md").read_text()
+    for code, meaning in EXIT_CODES.items():
+        assert f"| {code} | {meaning} |" in readme
+
+
+def test_digest_prints_the_keyed_digest(tmp_path):
+    result = _expunge("digest", "--subject", "user-45", "--subject", "zoë", cwd=tmp_path, EXPUNGE_SUBJECT_KEY=KEY)
+    assert result.returncode == 0, result.stderr
+    hasher = SubjectHasher(KEY.encode())
+    assert result.stdout.split() == [hasher.digest("user-45"), hasher.digest("zoë")]
+
+
+def test_digest_uses_the_demo_key_from_its_workdir(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "subject.key").write_text("e" * 64 + "\n")
+    result = _expunge("digest", "--subject", "user-45", "--workdir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == SubjectHasher(("e" * 64).encode()).digest("user-45")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("digest", "--subject", "x"), "EXPUNGE_SUBJECT_KEY"),  # no key
+        (("digest",), "--subject"),  # nobody named
+        (("digest", "--subject", "x", "--workdir", "nowhere"), "Run the demo first"),
+    ],
+)
+def test_digest_errors_say_how_to_fix_them(tmp_path, args, message):
+    result = _expunge(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_digest_refuses_a_key_the_store_was_not_trained_with(tmp_path):
+    from orchestrator.config import SyntheticRatingsConfig
+    from orchestrator.coordinator import Coordinator, local_pool
+    from pipelines.datasets import synthetic_ratings
+    from tests.engine import job
+
+    coordinator = Coordinator(str(tmp_path / "store"), SubjectHasher(KEY.encode()), pool_factory=local_pool)
+    coordinator.train(
+        synthetic_ratings(SyntheticRatingsConfig(users=8, items=6, ratings_per_user=2)), job(shards=2, slices=1)
+    )
+    coordinator.close()
+    ok = _expunge(
+        "digest", "--subject", "user-1", "--storage", str(tmp_path / "store"), cwd=tmp_path, EXPUNGE_SUBJECT_KEY=KEY
+    )
+    assert ok.returncode == 0, ok.stderr
+    wrong = _expunge(
+        "digest",
+        "--subject",
+        "user-1",
+        "--storage",
+        str(tmp_path / "store"),
+        cwd=tmp_path,
+        EXPUNGE_SUBJECT_KEY="f" * 64,
+    )
+    assert wrong.returncode == 2
+    assert "differs" in wrong.stderr
