@@ -41,12 +41,12 @@ __all__ = [
 class SyntheticRatingsConfig(Frozen):
     """Ratings drawn from latent user/item factors; the demo's default data."""
 
-    users: int = Field(400, ge=2)
-    items: int = Field(200, ge=2)
-    ratings_per_user: int = Field(30, ge=1)
-    latent_dim: int = Field(4, ge=1)
-    noise: float = Field(0.3, ge=0.0)
-    seed: int = 0
+    users: int = Field(400, ge=2, description="Number of generated users (data subjects).")
+    items: int = Field(200, ge=2, description="Size of the generated item catalogue.")
+    ratings_per_user: int = Field(30, ge=1, description="Distinct items each user rates; at most `items`.")
+    latent_dim: int = Field(4, ge=1, description="Dimension of the latent user and item factors behind the ratings.")
+    noise: float = Field(0.3, ge=0.0, description="Standard deviation of the Gaussian noise added before rounding.")
+    seed: int = Field(0, description="Random seed: the same settings and seed give the same rows.")
 
     @model_validator(mode="after")
     def _enough_items(self) -> SyntheticRatingsConfig:
@@ -61,14 +61,31 @@ class SyntheticRatingsConfig(Frozen):
 class DataConfig(Frozen):
     """Where the training rows come from."""
 
-    source: Literal["synthetic", "movielens", "parquet"] = "synthetic"
-    path: str | None = None
-    synthetic: SyntheticRatingsConfig = SyntheticRatingsConfig()
-    # Parquet column mapping: canonical name -> column in the file.
-    columns: dict[str, str] = Field(default_factory=dict)
-    feature_columns: tuple[str, ...] = ()
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    source: Literal["synthetic", "movielens", "parquet"] = Field(
+        "synthetic",
+        description="`synthetic`: generated ratings; `movielens`: a MovieLens ratings file (u.data, RecBole "
+        ".inter, ratings.dat or ratings.csv, told apart by its content); `parquet`: any Parquet file.",
+    )
+    path: str | None = Field(None, description="The data file; required unless `source` is `synthetic`.")
+    synthetic: SyntheticRatingsConfig = Field(
+        SyntheticRatingsConfig(), description="Settings of the generated ratings (`source: synthetic`)."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Parquet column mapping: canonical name (record_id, subject_id, item_id, rating, label) "
+        "-> column in the file.",
+    )
+    feature_columns: tuple[str, ...] = Field(
+        (), description="Parquet columns that form the feature vector of a classifier, in order."
+    )
+    test_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of rows held out for evaluation, chosen by a keyed hash of each record id, so "
+        "erasing a person never moves anyone else's rows between train and test.",
+    )
+    split_seed: int = Field(0, description="Key of the train/test split hash; change it for a different split.")
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataConfig:
@@ -80,45 +97,56 @@ class DataConfig(Frozen):
 class ShardingConfig(Frozen):
     """How rows are split into shards and slices."""
 
-    shards: int = Field(4, ge=1, le=4096)
-    slices: int = Field(4, ge=1, le=1024)
-    # balanced: all rows of a subject in one (shard, slice), greedy by row count, persisted.
-    # hash: all rows of a subject in one (shard, slice) chosen by a keyed hash of the subject alone.
-    # row: every row placed on its own (for data without subjects).
-    placement: Literal["balanced", "hash", "row"] = "balanced"
+    shards: int = Field(4, ge=1, le=4096, description="Number of shards: independent constituent models.")
+    slices: int = Field(
+        4, ge=1, le=1024, description="Slices per shard; an erasure retrains a shard from its first affected slice."
+    )
+    placement: Literal["balanced", "hash", "row"] = Field(
+        "balanced",
+        description="`balanced`: all rows of a subject in one (shard, slice), greedy by row count, persisted. "
+        "`hash`: all rows of a subject in one (shard, slice) chosen by a keyed hash of the subject alone. "
+        "`row`: every row placed on its own (for data without subjects).",
+    )
 
 
 class TrackingConfig(Frozen):
     """MLflow tracking; ``uri=None`` means ``sqlite:///<cwd>/mlflow.db``."""
 
-    uri: str | None = None
-    experiment: str = "expunge"
-    model_name: str = "expunge-ensemble"
-    alias: str = "production"
-    enabled: bool = True
-    # Artifact root of the experiment when Expunge creates it (e.g. s3://bucket/mlflow); None =
-    # the tracking server's default. Models (with their copied weights) are stored under it.
-    artifact_location: str | None = None
-    # The tracking server's own database (e.g. sqlite:////srv/mlflow.db). Purging a model
-    # version runs `mlflow gc`, which needs direct access to it when `uri` is http(s)://.
-    backend_store_uri: str | None = None
+    uri: str | None = Field(None, description="MLflow tracking URI; null means `sqlite:///<cwd>/mlflow.db`.")
+    experiment: str = Field("expunge", description="MLflow experiment that holds training and erasure runs.")
+    model_name: str = Field("expunge-ensemble", description="Registered model name the ensemble is published under.")
+    alias: str = Field("production", description="Registry alias moved to each new version.")
+    enabled: bool = Field(True, description="Record runs and model versions in MLflow.")
+    artifact_location: str | None = Field(
+        None,
+        description="Artifact root of the experiment when Expunge creates it (e.g. s3://bucket/mlflow); null = "
+        "the tracking server's default. Models (with their copied weights) are stored under it.",
+    )
+    backend_store_uri: str | None = Field(
+        None,
+        description="The tracking server's own database (e.g. sqlite:////srv/mlflow.db). Purging a model "
+        "version runs `mlflow gc`, which needs direct access to it when `uri` is http(s)://.",
+    )
 
 
 class PrivacyConfig(Frozen):
     """Where the HMAC key for subject digests comes from."""
 
-    subject_key_env: str = "EXPUNGE_SUBJECT_KEY"
+    subject_key_env: str = Field(
+        "EXPUNGE_SUBJECT_KEY",
+        description="Environment variable holding the HMAC key for subject digests; keep the key stable.",
+    )
 
 
 class JobConfig(Frozen):
     """One job: data, sharding, training, storage, tracking and privacy settings."""
 
-    data: DataConfig = DataConfig()
-    sharding: ShardingConfig = ShardingConfig()
-    training: TrainingConfig = TrainingConfig()
-    storage: StorageConfig = StorageConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    privacy: PrivacyConfig = PrivacyConfig()
+    data: DataConfig = Field(DataConfig(), description="Where the training rows come from.")
+    sharding: ShardingConfig = Field(ShardingConfig(), description="How rows are split into shards and slices.")
+    training: TrainingConfig = Field(TrainingConfig(), description="Model and training loop settings.")
+    storage: StorageConfig = Field(StorageConfig(), description="Where shard state lives.")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking and model registry.")
+    privacy: PrivacyConfig = Field(PrivacyConfig(), description="Where the subject digest key comes from.")
 
 
 def load_job_config(path: str | Path) -> JobConfig:

@@ -30,23 +30,29 @@ class Frozen(BaseModel):
 class MFConfig(Frozen):
     """Biased matrix factorisation for ratings (the recommender case)."""
 
-    kind: Literal["mf"] = "mf"
-    embedding_dim: int = Field(16, ge=1)
-    # Size of the item catalogue; item ids must lie in [0, num_items). 0 = infer from the data
-    # at first training and persist it (items are catalogue data, not personal data).
-    num_items: int = Field(0, ge=0)
-    init_std: float = Field(0.05, gt=0.0)
-    # L2 penalty on the factors and biases a batch touches (per occurrence, as in Funk SVD).
-    l2: float = Field(0.1, ge=0.0)
+    kind: Literal["mf"] = Field("mf", description="Selects matrix factorisation.")
+    embedding_dim: int = Field(16, ge=1, description="Length of the user and item factor vectors.")
+    num_items: int = Field(
+        0,
+        ge=0,
+        description="Size of the item catalogue; item ids must lie in [0, num_items). 0 = infer from the data "
+        "at first training and persist it (items are catalogue data, not personal data).",
+    )
+    init_std: float = Field(0.05, gt=0.0, description="Standard deviation of the initial factors.")
+    l2: float = Field(
+        0.1,
+        ge=0.0,
+        description="L2 penalty on the factors and biases a batch touches (per occurrence, as in Funk SVD).",
+    )
 
 
 class MLPConfig(Frozen):
     """Multi-layer perceptron classifier over a fixed-width feature vector."""
 
-    kind: Literal["mlp"] = "mlp"
-    num_features: int = Field(8, ge=1)
-    num_classes: int = Field(2, ge=2)
-    hidden: tuple[int, ...] = (32,)
+    kind: Literal["mlp"] = Field("mlp", description="Selects the MLP classifier.")
+    num_features: int = Field(8, ge=1, description="Width of the feature vector (rows of another width are refused).")
+    num_classes: int = Field(2, ge=2, description="Number of classes; labels must lie in [0, num_classes).")
+    hidden: tuple[int, ...] = Field((32,), description="Widths of the hidden layers, in order.")
 
 
 class CustomModelConfig(Frozen):
@@ -57,9 +63,12 @@ class CustomModelConfig(Frozen):
     submitted folder).
     """
 
-    kind: Literal["custom"] = "custom"
-    factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    options: dict[str, Any] = Field(default_factory=dict)
+    kind: Literal["custom"] = Field("custom", description="Selects your own model family.")
+    factory: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="`package.module:Name` of a callable returning a `shards.models.SisaModel`.",
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the factory.")
 
 
 AnyModelConfig = MFConfig | MLPConfig | CustomModelConfig
@@ -69,16 +78,18 @@ ModelConfig = Annotated[AnyModelConfig, Field(discriminator="kind")]
 class TrainingConfig(Frozen):
     """Deterministic slice-by-slice training."""
 
-    model: ModelConfig = MFConfig()
-    # Budget in full-shard epochs; spread over the R slice steps (every step gets >= 1).
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(256, ge=1)
-    learning_rate: float = Field(0.01, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    seed: int = 0
-    threads_per_shard: int = Field(1, ge=1)
-    # Ray CPUs reserved per shard actor; lowered automatically if the cluster is smaller.
-    cpus_per_shard: float = Field(1.0, ge=0.0)
+    model: ModelConfig = Field(MFConfig(), description="The model family, chosen by `kind`.")
+    epochs: int = Field(
+        8, ge=1, description="Budget in full-shard epochs; spread over the R slice steps (every step gets >= 1)."
+    )
+    batch_size: int = Field(256, ge=1, description="Rows per optimiser step.")
+    learning_rate: float = Field(0.01, gt=0.0, description="Optimiser learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Optimiser weight decay.")
+    seed: int = Field(0, description="Seed of initialisation and batch order: training is deterministic.")
+    threads_per_shard: int = Field(1, ge=1, description="Torch threads each shard trains with.")
+    cpus_per_shard: float = Field(
+        1.0, ge=0.0, description="Ray CPUs reserved per shard actor; lowered automatically if the cluster is smaller."
+    )
 
     def fingerprint(self) -> str:
         """Stable digest of every setting that changes the trained tensors."""
@@ -94,10 +105,12 @@ class StorageConfig(Frozen):
     ``AWS_ENDPOINT_URL`` when those are set.
     """
 
-    uri: str = "./expunge-store"
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
+    uri: str = Field("./expunge-store", description="Local folder, `file://` or `s3://` URL of the store.")
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for S3-compatible servers; null = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."
+    )
+    region: str | None = Field(None, description="S3 region.")
+    profile: str | None = Field(None, description="AWS profile name for credentials.")
 
     def storage_options(self) -> dict[str, Any]:
         """fsspec options for the URI's protocol (empty for local folders)."""
