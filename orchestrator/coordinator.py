@@ -17,11 +17,11 @@ from orchestrator.config import AnyModelConfig, JobConfig, MFConfig, ShardingCon
 from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import aggregate
 from orchestrator.errors import ConfigError, ExpungeError, StorageConflictError, StorageCorruptError
-from orchestrator.lineage import Lineage
 from orchestrator.placement import cell_of_key, place_subjects
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from orchestrator.purge import purge_unreferenced
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
+from orchestrator.registry import Lineage
 from orchestrator.routing import route
 from shards.models import model_for, task_of
 from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows

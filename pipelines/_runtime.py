@@ -16,7 +16,7 @@ from rich.console import Console
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.errors import ExpungeError, StorageConflictError
-from orchestrator.lineage import Lineage
+from orchestrator.registry import Lineage
 
 __all__ = ["demo_hasher", "exit_on_error", "hasher_from_env", "init_logging", "init_ray", "make_lineage", "progress"]
 

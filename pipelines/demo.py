@@ -32,7 +32,7 @@ from orchestrator.config import (
 )
 from orchestrator.coordinator import Coordinator
 from orchestrator.exactness import constituents_equal
-from orchestrator.lineage import default_tracking_uri
+from orchestrator.registry import default_tracking_uri
 from orchestrator.scan import scan_store
 from pipelines._runtime import demo_hasher, exit_on_error, init_logging, init_ray, make_lineage, progress
 from pipelines.datasets import split_rows, synthetic_ratings

@@ -16,8 +16,8 @@ from orchestrator.config import MLPConfig, TrackingConfig
 from orchestrator.coordinator import Coordinator, local_pool
 from orchestrator.digests import SubjectHasher
 from orchestrator.errors import ConfigError
-from orchestrator.lineage import PURGED_BY_REQUEST, Lineage
 from orchestrator.receipts import ErasureReceipt
+from orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from orchestrator.serving import rows_from_frame
 from pipelines.datasets import synthetic_tabular
 from shards.rows import FEATURES, ITEM_ID, SUBJECT_ID

@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.config import TrackingConfig
 from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.lineage import PURGED_BY_REQUEST, Lineage
+from orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects
 

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from orchestrator.config import TrackingConfig
 from orchestrator.coordinator import Coordinator, local_pool
 from orchestrator.errors import ConfigError
-from orchestrator.lineage import PURGED_BY_REQUEST, Lineage
+from orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects

@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.config import TrackingConfig
 from orchestrator.coordinator import Coordinator, ray_pool
-from orchestrator.lineage import PURGED_BY_REQUEST, Lineage
+from orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from shards.rows import ITEM_ID, SUBJECT_ID
 from tests.conftest import TEST_KEY
 from tests.engine import job

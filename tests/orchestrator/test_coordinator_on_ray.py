@@ -7,7 +7,7 @@ import pytest
 from orchestrator.config import SyntheticRatingsConfig, TrackingConfig
 from orchestrator.coordinator import Coordinator, ray_pool
 from orchestrator.exactness import constituents_equal
-from orchestrator.lineage import Lineage
+from orchestrator.registry import Lineage
 from pipelines.datasets import synthetic_ratings
 from shards.rows import SUBJECT_ID
 from tests.engine import from_scratch, job, store_snapshot, subject_in_slice, without

@@ -1,0 +1,13 @@
+"""MLflow through ``MlflowClient`` only, one job per module; ``Lineage`` composes them for the coordinator.
+
+``tracking``: the connection, experiment, registered model and tag names. ``runs``: the run
+that explains each version. ``packaging``: the servable pyfunc, the new version and the alias.
+``purge``: making versions an erasure superseded unloadable. ``lineage``: the facade.
+"""
+
+from __future__ import annotations
+
+from orchestrator.registry.lineage import Lineage
+from orchestrator.registry.tracking import PURGED_BY_REQUEST, default_tracking_uri
+
+__all__ = ["PURGED_BY_REQUEST", "Lineage", "default_tracking_uri"]

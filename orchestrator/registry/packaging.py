@@ -1,0 +1,140 @@
+"""The servable model of a commit: a pyfunc holding copied weights, code and pins; a new version and the alias."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from orchestrator.catalog import EnsembleManifest
+from orchestrator.config import CustomModelConfig, MFConfig
+from orchestrator.registry.tracking import LOGGED_MODEL_TAG, Registry
+from orchestrator.serving import ENSEMBLE_ARTIFACT, export_ensemble
+
+__all__ = ["LoggedServable", "Packager"]
+
+_ORCHESTRATOR = Path(__file__).resolve().parents[1]
+_PYFUNC_FILE = _ORCHESTRATOR / "pyfunc_model.py"
+# Imported by the pyfunc at load time; pinned to what wrote the checkpoints.
+_SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "fsspec")
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for name in _SERVING_REQUIREMENTS:
+        version = importlib.metadata.version(name).split("+")[0]  # torch's "+cpu" is an index, not a version
+        pins.append(f"{name}=={version}")
+    return pins
+
+
+def _stage_code(destination: Path) -> list[str]:
+    """Copy the ``orchestrator`` and ``shards`` packages, so a version loads with the code that wrote it."""
+    import shards
+
+    paths = []
+    for package in (_ORCHESTRATOR, Path(shards.__file__).parent):
+        target = destination / package.name
+        shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        paths.append(str(target))
+    return paths
+
+
+def _signature(manifest: EnsembleManifest) -> Any:
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+
+    subjects = [ColSpec("string", "subject_digest", required=False), ColSpec("string", "subject_id", required=False)]
+    if isinstance(manifest.model, CustomModelConfig):
+        return None  # your model's inputs are yours to describe
+    if isinstance(manifest.model, MFConfig):
+        inputs = Schema([*subjects, ColSpec("long", "item_id")])
+        outputs = Schema([TensorSpec(np.dtype(np.float64), (-1,))])
+    else:
+        inputs = Schema([*subjects, ColSpec(Array("double"), "features")])
+        outputs = Schema([TensorSpec(np.dtype(np.float64), (-1, manifest.model.num_classes))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+class LoggedServable:
+    """A LoggedModel holding one ensemble version: its id and artifact location."""
+
+    def __init__(self, model_id: str, location: str) -> None:
+        self.model_id = model_id
+        self.location = location
+
+
+class Packager:
+    """Logs a commit's ensemble as a servable pyfunc and registers it as the new version behind the alias."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.client = registry.client
+
+    def log_servable(self, run_id: str, manifest: EnsembleManifest) -> LoggedServable:
+        """Log the ensemble as a pyfunc LoggedModel holding a copy of every constituent."""
+        import mlflow.pyfunc
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model
+
+        model = self.client.create_logged_model(
+            self.registry.experiment_id,
+            name=f"ensemble-v{manifest.version}",
+            source_run_id=run_id,
+            tags={"expunge.ensemble_version": str(manifest.version), "expunge.storage": self.registry.store_uri},
+            model_type="expunge-sisa-ensemble",
+        )
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        with tempfile.TemporaryDirectory(prefix="expunge-model-") as scratch:
+            root = Path(scratch)
+            export_ensemble(self.registry.store, manifest, root / "ensemble")
+            with warnings.catch_warnings():
+                # An input example would be loaded and predicted at logging time; the signature suffices.
+                warnings.filterwarnings("ignore", message=".*An input example was not provided")
+                mlflow.pyfunc.save_model(
+                    path=str(root / "model"),
+                    python_model=str(_PYFUNC_FILE),
+                    artifacts={ENSEMBLE_ARTIFACT: str(root / "ensemble")},
+                    code_paths=_stage_code(root / "code"),
+                    pip_requirements=_requirements(),
+                    signature=_signature(manifest),
+                    mlflow_model=Model(
+                        artifact_path=model.artifact_location,
+                        model_uuid=model.model_id,
+                        run_id=run_id,
+                        model_id=model.model_id,
+                    ),
+                )
+            self.client.log_model_artifacts(model.model_id, str(root / "model"))
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return LoggedServable(str(model.model_id), str(model.artifact_location))
+
+    def register(
+        self, run_id: str, manifest: EnsembleManifest, parent: str | None, servable: LoggedServable, description: str
+    ) -> str:
+        """Create the model version of ``servable`` and move the alias to it; returns the version."""
+        name = self.registry.model_name
+        tags = {
+            "expunge.ensemble_version": str(manifest.version),
+            "expunge.parent_version": parent or "none",
+            "expunge.request_id": manifest.request_id or "none",
+            "expunge.kind": manifest.kind,
+            "expunge.storage": self.registry.store_uri,
+            LOGGED_MODEL_TAG: servable.model_id,
+        }
+        version = self.client.create_model_version(
+            name,
+            # The artifact location, not models:/<id>: MLflow's sqlite registry resolves the
+            # latter through the process-global tracking URI, not this client's.
+            source=servable.location,
+            run_id=run_id,
+            tags=tags,
+            model_id=servable.model_id,
+            description=description,
+        )
+        # The alias moves only after the store commit (the caller publishes first).
+        self.client.set_registered_model_alias(name, self.registry.alias, version.version)
+        return str(version.version)

@@ -1,0 +1,163 @@
+"""MLflow runs that explain each model version: params, metrics, digest tags, the receipt, a chart, data inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from orchestrator.catalog import EnsembleManifest
+from orchestrator.receipts import ErasureReceipt
+from orchestrator.registry.tracking import Registry
+from orchestrator.serving import read_shard_manifest
+from shards.shard import shard_prefix
+
+__all__ = ["RunRecorder"]
+
+
+class RunRecorder:
+    """Writes the runs of one deployment's experiment; never touches model versions."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.client = registry.client
+
+    # ----- training ---------------------------------------------------------------------------------
+    def start_training(self, manifest: EnsembleManifest, metrics: dict[str, float]) -> str:
+        """A ``train-v<N>`` run with the job's settings as params; returns its id."""
+        run = self.client.create_run(
+            self.registry.experiment_id,
+            run_name=f"train-v{manifest.version}",
+            tags={
+                "expunge.kind": "train",
+                "expunge.storage": self.registry.store_uri,
+                "expunge.ensemble_version": str(manifest.version),
+            },
+        )
+        run_id = str(run.info.run_id)
+        params: dict[str, Any] = {
+            "shards": manifest.sharding.shards,
+            "slices": manifest.sharding.slices,
+            "placement": manifest.sharding.placement,
+            "model": manifest.model.kind,
+            "epochs": manifest.training.epochs,
+            "batch_size": manifest.training.batch_size,
+            "learning_rate": manifest.training.learning_rate,
+            "seed": manifest.training.seed,
+            "rows": manifest.rows,
+        }
+        for name, value in params.items():
+            self.client.log_param(run_id, name, value)
+        for name, value in metrics.items():
+            self.client.log_metric(run_id, name, value)
+        return run_id
+
+    # ----- erasure ----------------------------------------------------------------------------------
+    def start_erasure(self, receipt: ErasureReceipt, manifest: EnsembleManifest, parent: str | None) -> str:
+        """An ``erasure-<request>`` run with the receipt's figures and one tag per subject digest."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self.client.create_run(
+            self.registry.experiment_id,
+            run_name=f"erasure-{receipt.request_id}",
+            tags={
+                "expunge.kind": "erasure",
+                "expunge.request_id": receipt.request_id,
+                "expunge.storage": self.registry.store_uri,
+                "expunge.ensemble_version": str(manifest.version),
+                "expunge.parent_version": parent or "none",
+            },
+        )
+        run_id = str(run.info.run_id)
+        params = {
+            "request_id": receipt.request_id,
+            "subjects": str(len(receipt.subject_digests)),
+            "affected_shards": ",".join(str(s) for s in receipt.affected_shards) or "none",
+            "untouched_shards": ",".join(str(s) for s in receipt.untouched_shards) or "none",
+            "ensemble_version_before": str(receipt.model_version_before),
+            "ensemble_version_after": str(receipt.model_version_after),
+            "registry_version_before": parent or "none",
+        }
+        for shard in receipt.shards:
+            params[f"shard_{shard.shard}.slices_retrained"] = ",".join(map(str, shard.slices_retrained))
+            params[f"shard_{shard.shard}.restarted_from"] = shard.restarted_from or "scratch"
+        metrics = {
+            "rows_removed": float(receipt.rows_removed),
+            "erasure_seconds": receipt.seconds,
+            "slices_retrained": float(sum(len(s.slices_retrained) for s in receipt.shards)),
+            # The receipt's own figures, so the run, the receipt and the demo agree by construction.
+            "retrain_seconds": receipt.retrain_seconds,
+            "full_retrain_seconds": receipt.full_retrain_seconds,
+            "speedup": receipt.speedup,
+        }
+        for shard in receipt.shards:
+            metrics[f"retrain_seconds_shard_{shard.shard}"] = shard.seconds
+        # One tag per keyed digest makes "which request erased this digest?" a run search.
+        tags = [RunTag(f"expunge.subject_digest.{d}", "erased") for d in receipt.subject_digests]
+        tags += [RunTag(f"expunge.subject_digest.{d}", "not_found") for d in receipt.not_found_digests]
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+            params=[Param(k, v) for k, v in params.items()],
+            tags=tags,
+        )
+        return run_id
+
+    def finish_erasure(self, run_id: str, receipt: ErasureReceipt, parent: str | None, version: str) -> None:
+        """The registry versions, the final receipt and the retrain chart, once the new version exists."""
+        self.client.log_param(run_id, "registry_version_after", version)
+        self.client.set_tag(run_id, "expunge.registry_version", version)
+        final = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
+        self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
+        self._log_retrain_chart(run_id, final, receipt.full_retrain_seconds)
+
+    def _log_retrain_chart(self, run_id: str, receipt: ErasureReceipt, full_retrain: float) -> None:
+        # Figure without pyplot renders with Agg and leaves matplotlib's global backend alone.
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(4.5, 2.8), dpi=100)
+        axes = figure.subplots()
+        axes.bar([f"shard {s.shard}" for s in receipt.shards], [s.seconds for s in receipt.shards], color="#4c72b0")
+        if full_retrain > 0:
+            axes.axhline(full_retrain, color="#c44e52", linestyle="--", label="full retrain (measured at training)")
+            axes.legend(fontsize=7)
+        axes.set_ylabel("retrain seconds")
+        axes.set_title(f"request {receipt.request_id}", fontsize=9)
+        figure.tight_layout()
+        self.client.log_figure(run_id, figure, "retrain_seconds.png")
+
+    # ----- what every versioned run holds ------------------------------------------------------------
+    def log_ensemble(self, run_id: str, manifest: EnsembleManifest, retrained: set[int]) -> None:
+        """The published manifest as an artifact and each shard's data version as a dataset input."""
+        self.client.log_text(run_id, manifest.model_dump_json(indent=1), "ensemble/manifest.json")
+        self._log_shard_inputs(run_id, manifest, retrained)
+
+    def _log_shard_inputs(self, run_id: str, manifest: EnsembleManifest, retrained: set[int]) -> None:
+        """Each shard's data version as a dataset input: keys and digests only, never rows."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        store = self.registry.store
+        source_type = "s3" if store.protocol.startswith("s3") else "local"
+        inputs = []
+        for shard, version in enumerate(manifest.shard_versions):
+            shard_manifest = read_shard_manifest(store, shard, version)
+            records = json.dumps([s.records_sha256 for s in shard_manifest.slices])
+            dataset = Dataset(
+                name=f"expunge-shard-{shard:04d}",
+                digest=hashlib.sha256(records.encode()).hexdigest()[:32],
+                source_type=source_type,
+                source=json.dumps({"uri": store.url(f"{shard_prefix(shard)}/manifests/{version:08d}.json")}),
+                profile=json.dumps(
+                    {
+                        "num_rows": sum(s.rows for s in shard_manifest.slices),
+                        "slices": len(shard_manifest.slices),
+                        "shard_version": version,
+                    }
+                ),
+            )
+            context = "retrained" if shard in retrained else "reused"
+            inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def end(self, run_id: str) -> None:
+        self.client.set_terminated(run_id)
