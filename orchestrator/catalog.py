@@ -6,23 +6,50 @@ import hashlib
 import io
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.config import ModelConfig, ShardingConfig, TrainingConfig
 from orchestrator.placement import Cell
+from shards.errors import StorageConflictError, StorageCorruptError
 from shards.shard import ShardManifest, shard_prefix
 from shards.store import ObjectStore
 
-__all__ = ["Catalog", "EnsembleManifest", "PlacementIndex"]
+__all__ = ["Catalog", "EnsembleManifest", "PlacementIndex", "RegistryBinding", "TombstoneEntry"]
 
 log = logging.getLogger(__name__)
 
 _ENSEMBLE_PREFIX = "ensemble"
+_TOMBSTONE_PREFIX = "tombstones"
+_REQUEST_RECEIPT_PREFIX = "receipts/requests"
+_APPEND_ATTEMPTS = 20
+
+
+class RegistryBinding(BaseModel):
+    """The MLflow registry a store publishes to (no secrets: a URI, an experiment and a model name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tracking_uri: str
+    experiment: str
+    model_name: str
+    alias: str
+
+
+class TombstoneEntry(BaseModel):
+    """One append-only entry of a store's tombstone log: digests erased, or re-admitted with a reason."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sequence: int
+    action: Literal["erased", "readmitted"]
+    subject_digests: tuple[str, ...]
+    request_id: str
+    reason: str | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
 class EnsembleManifest(BaseModel):
@@ -43,6 +70,12 @@ class EnsembleManifest(BaseModel):
     rows: int
     # SubjectHasher.key_check() of the key the digests were made with (None: not recorded).
     key_check: str | None = None
+    #: Where this store publishes model versions (recorded at training, carried by erasures);
+    #: None when tracking was off. Jobs use it when no tracking is given and refuse another name.
+    registry: RegistryBinding | None = None
+    #: Rows of tombstoned (erased) subjects left out of the training data of this version's
+    #: last full training (``data.erased_subjects: drop``); 0 when none were present.
+    erased_rows_dropped: int = 0
     #: Wall time, in seconds, of the parallel training phase of the last from-scratch training of
     #: every shard (actors already started); carried forward by erasures. The baseline of
     #: ``ErasureReceipt.speedup``.
@@ -97,6 +130,23 @@ class PlacementIndex:
         return cls(dict(entries))
 
 
+_Parsed = TypeVar("_Parsed", bound=BaseModel)
+
+
+def _parse(model: type[_Parsed], store: ObjectStore, key: str) -> _Parsed:
+    """Read a JSON object of the store; a truncated or foreign one is a typed error naming it."""
+    data = store.get(key)
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise StorageCorruptError(
+            f"object {store.url(key)} is not a valid {model.__name__} ({exc.error_count()} problem(s), first: "
+            f"{exc.errors()[0]['msg']}); it is truncated, edited or written by another version of Expunge. "
+            "Nothing was changed. Restore the object from backup (on a versioned bucket: its previous "
+            "version), or retrain into a fresh storage URI."
+        ) from exc
+
+
 class Catalog:
     """Reads and publishes ensemble manifests and placement indexes in one store."""
 
@@ -118,12 +168,10 @@ class Catalog:
         return self.read(max(versions)) if versions else None
 
     def read(self, version: int) -> EnsembleManifest:
-        return EnsembleManifest.model_validate_json(self.store.get(self._key(version)))
+        return _parse(EnsembleManifest, self.store, self._key(version))
 
     def shard_manifest(self, shard_id: int, version: int) -> ShardManifest:
-        return ShardManifest.model_validate_json(
-            self.store.get(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json")
-        )
+        return _parse(ShardManifest, self.store, f"{shard_prefix(shard_id)}/manifests/{version:08d}.json")
 
     def referenced_keys(self, manifest: EnsembleManifest) -> set[str]:
         """Every data object a published version needs: its placement, slices and checkpoints."""
@@ -142,6 +190,61 @@ class Catalog:
         """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``."""
         self.store.create_exclusive(self._key(manifest.version), manifest.model_dump_json(indent=1).encode())
         log.info("published ensemble version %d (%s)", manifest.version, manifest.kind)
+
+    # ----- tombstones: the digests of everyone erased, so that no later training brings them back ----
+    def _tombstone_entries(self) -> list[TombstoneEntry]:
+        keys = sorted(k for k in self.store.list_keys(_TOMBSTONE_PREFIX) if k.endswith(".json"))
+        return [_parse(TombstoneEntry, self.store, k) for k in keys]
+
+    def tombstones(self) -> set[str]:
+        """Digests of every erased subject not re-admitted since (the log folded in order)."""
+        current: set[str] = set()
+        for entry in sorted(self._tombstone_entries(), key=lambda e: e.sequence):
+            if entry.action == "erased":
+                current |= set(entry.subject_digests)
+            else:
+                current -= set(entry.subject_digests)
+        return current
+
+    def append_tombstones(
+        self,
+        action: Literal["erased", "readmitted"],
+        digests: Sequence[str],
+        request_id: str,
+        reason: str | None = None,
+    ) -> TombstoneEntry:
+        """Append one entry with an exclusive create (two writers never share a sequence number)."""
+        for _ in range(_APPEND_ATTEMPTS):
+            entries = self._tombstone_entries()
+            entry = TombstoneEntry(
+                sequence=max((e.sequence for e in entries), default=0) + 1,
+                action=action,
+                subject_digests=tuple(sorted(set(digests))),
+                request_id=request_id,
+                reason=reason,
+            )
+            try:
+                self.store.create_exclusive(
+                    f"{_TOMBSTONE_PREFIX}/{entry.sequence:08d}.json", entry.model_dump_json(indent=1).encode()
+                )
+            except StorageConflictError:
+                continue  # another writer took this sequence number: read again, take the next
+            return entry
+        raise StorageConflictError(
+            f"could not append to the tombstone log of {self.store.uri} after {_APPEND_ATTEMPTS} attempts "
+            "(many concurrent writers); nothing was changed, submit the request again"
+        )
+
+    # ----- receipts: every request leaves one, found or not ----------------------------------------
+    def write_request_receipt(self, request_id: str, receipt_json: str) -> str:
+        """Keep the receipt of a request under its id (digests only); returns the key."""
+        key = f"{_REQUEST_RECEIPT_PREFIX}/{request_id}.json"
+        self.store.put(key, receipt_json.encode())
+        return key
+
+    def read_request_receipt(self, request_id: str) -> str | None:
+        key = f"{_REQUEST_RECEIPT_PREFIX}/{request_id}.json"
+        return self.store.get(key).decode() if self.store.exists(key) else None
 
     def _receipt_key(self, version: int) -> str:
         return f"receipts/{version:08d}.json"

@@ -86,6 +86,11 @@ class DataConfig(Frozen):
         "erasing a person never moves anyone else's rows between train and test.",
     )
     split_seed: int = Field(0, description="Key of the train/test split hash; change it for a different split.")
+    erased_subjects: Literal["refuse", "drop"] = Field(
+        "refuse",
+        description="Rows of subjects this store has erased (its tombstones): `refuse` stops training with a "
+        "typed error; `drop` leaves those rows out and records how many in the new version.",
+    )
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -12,11 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
+from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex, RegistryBinding
 from orchestrator.config import AnyModelConfig, JobConfig, MFConfig, ShardingConfig, StorageConfig, TrainingConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import aggregate
-from orchestrator.errors import ConfigError, ExpungeError, StorageConflictError, StorageCorruptError
+from orchestrator.errors import (
+    ConfigError,
+    ErasedSubjectsInDataError,
+    ExpungeError,
+    StorageConflictError,
+    StorageCorruptError,
+)
 from orchestrator.placement import cell_of_key, place_subjects
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from orchestrator.purge import purge_unreferenced
@@ -28,7 +35,7 @@ from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate
 from shards.shard import ShardUpdate
 from shards.store import ObjectStore
 
-__all__ = ["Coordinator", "PoolFactory", "TrainResult", "check_key", "partition_rows"]
+__all__ = ["Coordinator", "PoolFactory", "TrainResult", "check_key", "check_request_id", "partition_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,23 @@ class TrainResult:
         self.updates = updates
         self.seconds = seconds
         self.registry_version = registry_version
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_request_id(request_id: str) -> str:
+    """A request id names stored receipts and MLflow runs: 1-128 of ``A-Z a-z 0-9 . _ -``, not starting with . _ -.
+
+    Raises:
+        ConfigError: any other id (a path separator, a space, a quote, an empty id ...).
+    """
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise ConfigError(
+            f"request id {request_id!r} is not usable: use 1-128 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit (e.g. a ticket number such as GDPR-2026-0042), or omit it to get a generated one"
+        )
+    return request_id
 
 
 def check_key(manifest: EnsembleManifest, hasher: SubjectHasher) -> None:
@@ -167,7 +191,9 @@ class Coordinator:
         resolved model settings: together they reproduce "training from scratch without a
         subject" exactly as Expunge defines it (see ``orchestrator.placement``).
         """
-        validate_rows(rows, "training rows", task_of(job.training.model))  # before anything is written
+        # Before anything is written; the returned rows carry subject ids in canonical form (shards.identity).
+        rows = validate_rows(rows, "training rows", task_of(job.training.model), model=model or job.training.model)
+        rows, dropped = self._apply_tombstones(rows, job.data.erased_subjects)
         model = model or resolve_model(job.training.model, rows)
         parent = self.manifest
         if placement is None and parent is not None and parent.sharding == job.sharding:
@@ -197,6 +223,8 @@ class Coordinator:
             rows=len(rows),
             key_check=self.hasher.key_check(),
             train_seconds=train_phase_seconds,
+            registry=self._registry_binding(),
+            erased_rows_dropped=dropped,
         )
         self.catalog.publish(manifest)
         self.manifest, self._pool = manifest, pool
@@ -214,13 +242,59 @@ class Coordinator:
         )
         return TrainResult(manifest, updates, seconds, registry_version)
 
+    def _apply_tombstones(self, rows: pa.Table, policy: str) -> tuple[pa.Table, int]:
+        """Refuse (or, when asked, drop) rows of subjects this store has erased: a retrain never brings them back."""
+        erased = self.catalog.tombstones()
+        if not erased or len(rows) == 0:
+            return rows, 0
+        digests = pa.array(self.hasher.digest_many(rows.column(SUBJECT_ID).to_pylist()), pa.string())
+        hit = pc.is_in(digests, value_set=pa.array(sorted(erased), pa.string()))
+        matched = int(pc.sum(hit).as_py() or 0)
+        if matched == 0:
+            return rows, 0
+        subjects = len(set(pc.filter(digests, hit).to_pylist()))
+        if policy != "drop":
+            raise ErasedSubjectsInDataError(matched, subjects, self.store.uri)
+        log.warning("dropped %d row(s) of %d erased subject(s) from the training rows", matched, subjects)
+        return rows.filter(pc.invert(hit)), matched
+
+    def _registry_binding(self) -> RegistryBinding | None:
+        if self.lineage is None:
+            return None
+        tracking = self.lineage.tracking
+        return RegistryBinding(
+            tracking_uri=self.lineage.uri,
+            experiment=tracking.experiment,
+            model_name=tracking.model_name,
+            alias=tracking.alias,
+        )
+
+    def readmit(self, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:
+        """Lift the tombstones of subjects who gave new consent; returns how many were tombstoned.
+
+        Recorded in the store's tombstone log with the reason. The subjects' rows are not
+        restored: a later ``train`` on data that holds them admits them again.
+
+        Raises:
+            ConfigError: an empty reason, or no subject named.
+        """
+        if not reason.strip():
+            raise ConfigError("re-admitting a subject needs a reason (e.g. the consent ticket); pass --reason TEXT")
+        if not subject_ids:
+            raise ConfigError("name at least one subject to re-admit with --subject ID")
+        request_id = check_request_id(request_id or f"readmit-{uuid.uuid4().hex[:12]}")
+        digests = list(dict.fromkeys(self.hasher.digest_many(subject_ids)))
+        erased = self.catalog.tombstones()
+        self.catalog.append_tombstones("readmitted", digests, request_id, reason.strip())
+        return sum(d in erased for d in digests)
+
     # ----- erasure ------------------------------------------------------------------------------
     def forget(self, subject_ids: Sequence[object], request_id: str | None = None) -> ErasureReceipt:
         """Erase every row of the subjects and retrain only the shards that held them."""
         began = time.perf_counter()
         self._refresh()
         manifest = self._require_manifest()
-        request_id = request_id or f"req-{uuid.uuid4().hex[:12]}"
+        request_id = check_request_id(request_id or f"req-{uuid.uuid4().hex[:12]}")
         if not subject_ids:
             raise ConfigError("an erasure request needs at least one subject id")
         digests = list(dict.fromkeys(self.hasher.digest_many(subject_ids)))
@@ -229,7 +303,7 @@ class Coordinator:
         all_shards = range(manifest.sharding.shards)
         if not plan.found:
             log.info("request %s: no rows for %d subject(s); nothing changed", request_id, len(digests))
-            return ErasureReceipt(
+            missed = ErasureReceipt(
                 request_id=request_id,
                 status="not_found",
                 subject_digests=tuple(digests),
@@ -241,6 +315,11 @@ class Coordinator:
                 registry_version_before=self.lineage.current_version() if self.lineage else None,
                 registry_version_after=self.lineage.current_version() if self.lineage else None,
             )
+            # The audit trail shows every request, not only those that erased something.
+            self.catalog.write_request_receipt(request_id, missed.model_dump_json(indent=1))
+            if self.lineage is not None:
+                self.lineage.record_request(missed, manifest)
+            return missed
         found = set(plan.found)
         cells = index.cells()
         per_shard = {
@@ -283,7 +362,11 @@ class Coordinator:
             rows=manifest.rows - sum(u.rows_removed for u in updates.values()),
             key_check=manifest.key_check,
             train_seconds=manifest.train_seconds,
+            registry=manifest.registry,
         )
+        # Tombstones first: from here on no training admits these people again, even if the
+        # commit below loses a race (the retry then completes the erasure they asked for).
+        self.catalog.append_tombstones("erased", sorted(found), request_id)
         try:
             self.catalog.publish(new_manifest)
         except StorageConflictError:
@@ -324,6 +407,7 @@ class Coordinator:
             parent = self.lineage.current_version()
             version = self.lineage.record_erasure(receipt, new_manifest, parent)
             receipt = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
+        self.catalog.write_request_receipt(request_id, receipt.model_dump_json(indent=1))
         log.info(
             "request %s: erased %d row(s) from shard(s) %s in %.2fs",
             request_id,

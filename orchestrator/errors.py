@@ -6,6 +6,7 @@ from shards.errors import (
     ConfigError,
     DataValidationError,
     ExpungeError,
+    InvalidSubjectIdError,
     ShardRetrainFailed,
     StorageConflictError,
     StorageCorruptError,
@@ -14,7 +15,9 @@ from shards.errors import (
 __all__ = [
     "ConfigError",
     "DataValidationError",
+    "ErasedSubjectsInDataError",
     "ExpungeError",
+    "InvalidSubjectIdError",
     "LineagePurgeFailed",
     "ShardRetrainFailed",
     "ShardStartTimeout",
@@ -45,3 +48,29 @@ class ShardStartTimeout(ExpungeError):
 
     Example scenario: ``training.cpus_per_shard`` asks for more CPUs than any node has free.
     """
+
+
+class ErasedSubjectsInDataError(ExpungeError):
+    """Training rows hold subjects this store has erased (its tombstones); nothing was written.
+
+    Example scenario: a nightly ``train`` reads a source export that still holds the rows of a
+    person erased last week. Training would bring them back, so it stops; only digests and
+    counts are reported.
+    """
+
+    def __init__(self, rows: int, subjects: int, store: str) -> None:
+        self.rows = rows
+        self.subjects = subjects
+        self.store = store
+        super().__init__(rows, subjects, store)
+
+    def __str__(self) -> str:
+        return (
+            f"the training rows hold {self.rows} row(s) of {self.subjects} subject(s) erased from {self.store}; "
+            "nothing was written. Remove them from the source, or set `data.erased_subjects: drop` to leave "
+            "them out (recorded in the new version), or re-admit a person who gave new consent with "
+            "`expunge readmit --subject ID --reason TEXT`."
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.rows, self.subjects, self.store))

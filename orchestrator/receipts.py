@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 __all__ = ["ErasureReceipt", "ShardRetrain"]
 
@@ -47,6 +47,14 @@ class ErasureReceipt(BaseModel):
     registry_version_before: str | None = None
     registry_version_after: str | None = None
     deleted_objects: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_fields_are_not_inputs(cls, data: Any) -> Any:
+        # ``speedup`` is written out (JSON receipts, MLflow) but always recomputed on reading.
+        if isinstance(data, dict) and "speedup" in data:
+            data = {k: v for k, v in data.items() if k != "speedup"}
+        return data
 
     @computed_field  # type: ignore[prop-decorator]
     @property

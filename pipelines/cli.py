@@ -30,6 +30,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.train", "Train every shard in parallel and publish a new model version."),
     "forget": ("pipelines.forget", "Erase subjects: delete their rows, retrain only the shards that held them."),
     "scan": ("pipelines.scan", "Look for any trace of a subject in every object version of a store."),
+    "readmit": ("pipelines.readmit", "Re-admit erased subjects who gave new consent (recorded, with a reason)."),
     "digest": ("pipelines.digest", "Print the keyed digest of a subject id (to search MLflow and receipts)."),
     "benchmark": ("pipelines.benchmark", "MovieLens benchmark: accuracy, training and erasure speed-ups."),
 }

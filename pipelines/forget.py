@@ -15,11 +15,14 @@ from pathlib import Path
 
 import typer
 
+from orchestrator.binding import bind_tracking
+from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from orchestrator.coordinator import Coordinator
 from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
+from shards.store import ObjectStore
 
 __all__ = ["EXIT_NOT_FOUND", "main", "read_subjects", "run"]
 
@@ -30,15 +33,23 @@ log = logging.getLogger(__name__)
 
 
 def read_subjects(subjects: list[str], subjects_file: Path | None) -> list[str]:
-    """Subjects from flags and/or a file with one id per line (blank lines and # comments skipped)."""
-    found = list(subjects)
+    """Subjects from flags and/or a file, in canonical form under the identity rule (``shards.identity``).
+
+    The file holds one id per line: UTF-8 with or without a byte-order mark, LF or CRLF line
+    ends; blank lines and lines starting with ``#`` are skipped. A refused id (empty flag,
+    file not UTF-8) raises ``InvalidSubjectIdError`` naming where it is.
+    """
+    from shards.identity import canonical_subject_ids, parse_subjects_file
+
+    found = canonical_subject_ids(subjects, "the --subject flags", "--subject")
     if subjects_file is not None:
         if not subjects_file.is_file():
             raise ConfigError(f"subjects file {str(subjects_file)!r} does not exist")
-        for line in subjects_file.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                found.append(line)
+        try:
+            data = subjects_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"subjects file {str(subjects_file)!r} cannot be read: {exc}") from exc
+        found += parse_subjects_file(data, f"subjects file {str(subjects_file)!r}")
     if not found:
         raise ConfigError("name at least one subject with --subject ID or --subjects-file FILE")
     return found
@@ -47,11 +58,21 @@ def read_subjects(subjects: list[str], subjects_file: Path | None) -> list[str]:
 def run(
     storage: StorageConfig,
     subjects: list[str],
-    tracking: TrackingConfig,
+    tracking: TrackingConfig | None,
     privacy: PrivacyConfig,
     request_id: str | None = None,
+    tracking_uri: str | None = None,
 ) -> ErasureReceipt:
+    """Erase ``subjects`` from the store; MLflow is the registry the store records unless told otherwise.
+
+    Raises:
+        ConfigError: no key, no trained store, or a tracking config naming another registry.
+    """
     hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
+    latest = Catalog(ObjectStore(storage)).latest()
+    if latest is None:
+        raise ConfigError(f"no trained ensemble in {storage.uri}; check --storage, or run `expunge train` first")
+    tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
     with progress("starting Ray"):
         init_ray()
     coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage))
@@ -67,7 +88,9 @@ def main(
     subjects_file: Path | None = typer.Option(None, help="file with one subject id per line"),
     config: Path | None = typer.Option(None, help="job config YAML (for storage, tracking, privacy)"),
     storage: str | None = typer.Option(None, help="storage URI (overrides the config)"),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (overrides the config)"),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: the one the store recorded at training, else the config's)"
+    ),
     request_id: str | None = typer.Option(None, help="request id to record (default: generated)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -84,11 +107,13 @@ def main(
         store = job.storage if job else StorageConfig(uri=storage or "")
         if storage:
             store = store.model_copy(update={"uri": storage})
-        tracking = job.tracking if job else TrackingConfig()
-        if tracking_uri:
-            tracking = tracking.model_copy(update={"uri": tracking_uri})
         receipt = run(
-            store, read_subjects(subject, subjects_file), tracking, job.privacy if job else PrivacyConfig(), request_id
+            store,
+            read_subjects(subject, subjects_file),
+            job.tracking if job else None,
+            job.privacy if job else PrivacyConfig(),
+            request_id,
+            tracking_uri,
         )
     typer.echo(receipt.model_dump_json(indent=1))
     if receipt.not_found_digests:

@@ -12,9 +12,11 @@ __all__ = [
     "ConfigError",
     "DataValidationError",
     "ExpungeError",
+    "InvalidSubjectIdError",
     "ShardRetrainFailed",
     "StorageConflictError",
     "StorageCorruptError",
+    "StorageUnavailableError",
 ]
 
 
@@ -46,6 +48,15 @@ class DataValidationError(ExpungeError):
         return (type(self), (self.source, self.problems))
 
 
+class InvalidSubjectIdError(DataValidationError):
+    """Subject ids that the identity rule (``shards.identity``) refuses; nothing was changed.
+
+    Example scenario: ``forget --subject ""`` or a Python caller passing ``1001.0`` (a float
+    is not an id), or a subjects file saved as Latin-1. Every refused id is listed by its
+    position, never by its value, with the way to fix it.
+    """
+
+
 class ConfigError(ExpungeError):
     """A configuration value is missing or invalid.
 
@@ -65,8 +76,8 @@ class StorageConflictError(ExpungeError):
 class StorageCorruptError(ExpungeError):
     """A manifest references an object that is missing or unreadable.
 
-    Example scenario: a checkpoint was deleted by hand. Run ``python -m pipelines.train``
-    again into a fresh storage URI, or restore the object from backup.
+    Example scenario: a checkpoint was deleted by hand, or a manifest was truncated. Run
+    ``expunge train`` again into a fresh storage URI, or restore the object from backup.
     """
 
 
@@ -90,3 +101,11 @@ class ShardRetrainFailed(ExpungeError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.shard_id, self.cause))
+
+
+class StorageUnavailableError(ExpungeError):
+    """The store cannot be reached or read with the credentials at hand; nothing was changed.
+
+    Example scenario: ``storage.endpoint_url`` points at an S3 server that is down, or the AWS
+    credentials lack access to the bucket. The message names the store and the cause.
+    """

@@ -8,6 +8,7 @@ deletion of every object version and delete marker on versioned buckets).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -15,12 +16,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fsspec.core import url_to_fs
 
 from shards.config import StorageConfig
-from shards.errors import ExpungeError, StorageConflictError, StorageCorruptError
+from shards.errors import (
+    ConfigError,
+    ExpungeError,
+    StorageConflictError,
+    StorageCorruptError,
+    StorageUnavailableError,
+)
 
 __all__ = ["FaultPlan", "InjectedFault", "ObjectInfo", "ObjectStore", "ObjectVersion"]
 
@@ -195,20 +202,63 @@ _S3 = _Protocol(_s3_create_exclusive, _s3_versions, _s3_delete_versions)
 _PROTOCOLS: dict[str, _Protocol] = {"file": _LOCAL, "local": _LOCAL, "s3": _S3, "s3a": _S3}
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Errors that mean "cannot reach or may not read the store", as opposed to bugs or missing keys."""
+    if isinstance(exc, ConnectionError | PermissionError | TimeoutError):
+        return True
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no S3 support installed: nothing of botocore can be raised either
+        return False
+    if isinstance(exc, BotoCoreError):
+        return True
+    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+    return code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "ExpiredToken"}
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reachable(method: Callable[Concatenate[ObjectStore, _P], _R]) -> Callable[Concatenate[ObjectStore, _P], _R]:
+    """Turn "cannot reach the store" failures of an ``ObjectStore`` method into one typed error."""
+
+    def wrapper(self: ObjectStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except ExpungeError:
+            raise
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            raise StorageUnavailableError(
+                f"cannot use the store {self.uri}: {type(exc).__name__}: {exc}. Check the URI, "
+                "storage.endpoint_url (or AWS_ENDPOINT_URL_S3), the network, and the AWS credentials in "
+                "the environment; nothing was changed."
+            ) from exc
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
 class ObjectStore:
     """Keys are '/'-separated paths relative to the store root URL."""
 
     def __init__(self, storage: StorageConfig | str) -> None:
         self.config = storage if isinstance(storage, StorageConfig) else StorageConfig(uri=storage)
         self.uri = self.config.uri.rstrip("/")
-        self.fs, root = url_to_fs(self.uri, **self.config.storage_options())
+        scheme = self.uri.split("://", 1)[0] if "://" in self.uri else "file"
+        if not self.uri or scheme not in _PROTOCOLS:
+            raise ConfigError(
+                f"storage URI {self.uri!r} is not supported: use a local folder, file:///path or "
+                "s3://bucket/prefix (stores need a create-if-absent write, which these provide)"
+            )
+        try:
+            self.fs, root = url_to_fs(self.uri, **self.config.storage_options())
+        except (ImportError, ValueError, OSError) as exc:
+            raise ConfigError(f"storage URI {self.uri!r} cannot be opened: {exc}") from exc
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
-        if self.protocol not in _PROTOCOLS:
-            raise StorageCorruptError(
-                f"storage URI {self.uri!r} uses protocol {self.protocol!r}, which has no "
-                f"create-if-absent write; use one of {sorted(_PROTOCOLS)}"
-            )
         self._ops = _PROTOCOLS[self.protocol]
         self.root = root.rstrip("/")
 
@@ -227,6 +277,7 @@ class ObjectStore:
     def url(self, key: str) -> str:
         return f"{self.uri}/{key}"
 
+    @_reachable
     def put(self, key: str, data: bytes) -> None:
         """Write an immutable object (content-addressed keys make rewrites harmless)."""
         FaultPlan.before_write(f"put {key}")
@@ -237,11 +288,13 @@ class ObjectStore:
         with self.fs.open(path, "wb") as handle:  # an S3 PUT replaces an object whole or not at all
             handle.write(data)
 
+    @_reachable
     def create_exclusive(self, key: str, data: bytes) -> None:
         """Create ``key`` only if absent; raise ``StorageConflictError`` otherwise."""
         FaultPlan.before_write(f"create {key}")
         self._ops.create_exclusive(self.fs, self._path(key), data)
 
+    @_reachable
     def get(self, key: str, version_id: str | None = None) -> bytes:
         path = self._path(key)
         try:
@@ -256,6 +309,7 @@ class ObjectStore:
                 "or retrain into a fresh storage URI."
             ) from exc
 
+    @_reachable
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
 
@@ -263,6 +317,7 @@ class ObjectStore:
         """Current keys under ``prefix`` (recursive), sorted."""
         return [info.key for info in self.list_info(prefix)]
 
+    @_reachable
     def list_info(self, prefix: str) -> list[ObjectInfo]:
         """Current keys under ``prefix`` with their last-modified times."""
         base = self._path(prefix).rstrip("/")
@@ -272,6 +327,7 @@ class ObjectStore:
         found = self.fs.find(base, detail=True)
         return sorted((ObjectInfo(self._key(p), _modified(info)) for p, info in found.items()), key=lambda i: i.key)
 
+    @_reachable
     def list_versions(self, prefix: str = "") -> list[ObjectVersion]:
         """Every stored version of every key under ``prefix``, delete markers included."""
         base = self._path(prefix) if prefix else self.root + "/"
@@ -280,6 +336,7 @@ class ObjectStore:
             key=lambda o: (o.key, o.version_id or ""),
         )
 
+    @_reachable
     def delete(self, keys: Iterable[str]) -> list[ObjectVersion]:
         """Physically delete keys: on a versioned bucket every version and delete marker."""
         wanted = set(keys)

@@ -30,3 +30,23 @@ def test_delete_reports_only_what_existed(tmp_path):
     store.put("x", b"1")
     assert [v.key for v in store.delete(["x", "y"])] == ["x"]
     assert not store.exists("x")
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/x", "ftp://host/x", "hdfs://nn/x", ""])
+def test_unsupported_storage_schemes_are_a_typed_error(uri):
+    from shards.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not supported"):
+        ObjectStore(uri)
+
+
+def test_an_unreachable_s3_endpoint_is_a_typed_error(monkeypatch):
+    from shards.config import StorageConfig
+    from shards.errors import StorageUnavailableError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store = ObjectStore(StorageConfig(uri="s3://bucket/x", endpoint_url="http://127.0.0.1:9"))
+    with pytest.raises(StorageUnavailableError, match=r"127\.0\.0\.1:9"):
+        store.list_keys("ensemble")

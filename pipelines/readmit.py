@@ -1,0 +1,71 @@
+"""Recipe: re-admit erased subjects who gave new consent (lift their tombstones, with a reason).
+
+    expunge readmit --storage ./expunge-store --subject user-7 --reason "consent ticket 4711"
+
+An erased person stays erased: ``train`` refuses data that holds them. Re-admission is the one
+explicit, recorded way back; it is appended to the store's tombstone log with the reason and
+a request id. It restores no rows: the next ``train`` on data that holds the person admits them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from orchestrator.catalog import Catalog
+from orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
+from orchestrator.coordinator import Coordinator, check_key
+from orchestrator.errors import ConfigError
+from pipelines._runtime import exit_on_error, hasher_from_env, init_logging
+from shards.store import ObjectStore
+
+__all__ = ["main", "run"]
+
+
+def run(
+    storage: StorageConfig,
+    subjects: list[str],
+    reason: str,
+    privacy: PrivacyConfig = PrivacyConfig(),
+    request_id: str | None = None,
+) -> int:
+    """Lift the subjects' tombstones; returns how many of them were tombstoned.
+
+    Raises:
+        ConfigError: no key, a key the store was not trained with, no trained store, an empty
+            reason or no subject.
+    """
+    hasher = hasher_from_env(privacy)
+    latest = Catalog(ObjectStore(storage)).latest()
+    if latest is None:
+        raise ConfigError(f"no trained ensemble in {storage.uri}; check --storage")
+    check_key(latest, hasher)
+    coordinator = Coordinator(storage, hasher)  # no pool is started: nothing is trained here
+    return coordinator.readmit(subjects, reason, request_id)
+
+
+def main(
+    subject: list[str] = typer.Option([], "--subject", help="subject id to re-admit (repeatable)"),
+    reason: str = typer.Option(..., help="why (e.g. the new-consent ticket); recorded in the store"),
+    config: Path | None = typer.Option(None, help="job config YAML (for storage and privacy)"),
+    storage: str | None = typer.Option(None, help="storage URI (overrides the config)"),
+    request_id: str | None = typer.Option(None, help="request id to record (default: generated)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Re-admit erased subjects who gave new consent: lift their tombstones and record why."""
+    init_logging(verbose)
+    with exit_on_error():
+        job = load_job_config(config) if config else None
+        if not storage and not job:
+            raise ConfigError("pass --storage URI or --config FILE.yaml")
+        store = job.storage if job else StorageConfig(uri=storage or "")
+        if storage:
+            store = store.model_copy(update={"uri": storage})
+        lifted = run(store, subject, reason, job.privacy if job else PrivacyConfig(), request_id)
+    typer.echo(json.dumps({"subjects": len(subject), "tombstones_lifted": lifted}))
+
+
+if __name__ == "__main__":
+    typer.run(main)
