@@ -1,4 +1,9 @@
-"""Keyed digests of subject ids (HMAC-SHA256): the only form in which a subject leaves shard data."""
+"""Keyed digests of subject ids (HMAC-SHA256): the only form in which a subject leaves shard data.
+
+Every id is put in canonical form by the identity rule (``shards.identity``) before it is
+digested, so every caller (training placement, erasure, scan, serving, the Python API)
+gets the same digest for the same person.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import os
 from collections.abc import Iterable
 
 from orchestrator.errors import ConfigError
+from shards.identity import canonical_subject_id, canonical_subject_ids
 
 __all__ = ["SubjectHasher"]
 
@@ -38,14 +44,21 @@ class SubjectHasher:
         return cls(value.encode())
 
     def digest(self, subject_id: object) -> str:
-        return hmac.new(self._key, str(subject_id).encode(), hashlib.sha256).hexdigest()
+        """The digest of the person ``subject_id`` names (``InvalidSubjectIdError`` if refused)."""
+        return self._hmac(canonical_subject_id(subject_id))
+
+    def _hmac(self, canonical_id: str) -> str:
+        return hmac.new(self._key, canonical_id.encode(), hashlib.sha256).hexdigest()
 
     def key_check(self) -> str:
         """A value that tells keys apart without revealing them (stored with each version)."""
         return hmac.new(self._key, b"expunge/key-check", hashlib.sha256).hexdigest()[:16]
 
     def digest_many(self, subject_ids: Iterable[object]) -> list[str]:
-        return [self.digest(s) for s in subject_ids]
+        """Digests in order; every refused id is listed in one ``InvalidSubjectIdError``."""
+        canonical_ids = canonical_subject_ids(subject_ids, "the request")
+        digests = {c: self._hmac(c) for c in dict.fromkeys(canonical_ids)}  # one HMAC per person, not per row
+        return [digests[c] for c in canonical_ids]
 
     def __repr__(self) -> str:  # never show the key
         return "SubjectHasher(key=<redacted>)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from orchestrator.errors import DataValidationError
 from shards.rows import FEATURES, ITEM_ID, LABEL, RATING, RECORD_ID, SUBJECT_ID, validate_rows
 
 __all__ = [
+    "MOVIELENS_LAYOUTS",
     "load_movielens",
     "load_parquet",
     "load_rows",
@@ -26,6 +29,38 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The ratings layouts ``load_movielens`` understands, as named in its errors.
+MOVIELENS_LAYOUTS = (
+    "GroupLens u.data (MovieLens 100K): tab-separated user, item, rating, timestamp; no header",
+    "RecBole .inter: tab-separated, a header naming user_id, item_id, rating (timestamp optional) "
+    "in any order, with or without :token/:float suffixes",
+    "MovieLens 1M/10M ratings.dat: UserID::MovieID::Rating::Timestamp; no header",
+    "MovieLens latest ratings.csv: comma-separated, header userId,movieId,rating,timestamp",
+)
+
+# Header names (lower case, type suffix removed) -> canonical role.
+_HEADER_ROLES = {
+    "user_id": "user",
+    "userid": "user",
+    "item_id": "item",
+    "itemid": "item",
+    "movie_id": "item",
+    "movieid": "item",
+    "rating": "rating",
+    "timestamp": "timestamp",
+}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How to read one ratings file: delimiter, header rows to skip, and where each role is."""
+
+    name: str
+    delimiter: str
+    skip_rows: int
+    width: int  # fields per line as pyarrow sees them
+    roles: dict[str, int]  # role -> field index
 
 
 def _canonical_ratings(users: pa.Array, items: pa.Array, ratings: pa.Array, record_ids: pa.Array) -> pa.Table:
@@ -39,34 +74,105 @@ def _canonical_ratings(users: pa.Array, items: pa.Array, ratings: pa.Array, reco
     )
 
 
+def _unknown_layout(file: Path, found: str) -> DataValidationError:
+    understood = "; ".join(f"({n}) {layout}" for n, layout in enumerate(MOVIELENS_LAYOUTS, start=1))
+    return DataValidationError(str(file), [f"unknown ratings layout: {found}. Understood layouts: {understood}"])
+
+
+def _detect_layout(file: Path) -> _Layout:
+    """The layout of a ratings file, from its first line alone."""
+    with file.open("rb") as handle:
+        first = handle.readline().removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n").decode("utf-8", errors="replace")
+    if not first.strip():
+        raise _unknown_layout(file, "the first line is empty")
+    if "::" in first:
+        if len(first.split("::")) != 4:
+            raise _unknown_layout(file, f"the first line has {len(first.split('::'))} '::'-separated fields, not 4")
+        # pyarrow splits on single characters: "a::b" is the fields "a", "", "b".
+        return _Layout(MOVIELENS_LAYOUTS[2], ":", 0, 7, {"user": 0, "item": 2, "rating": 4, "timestamp": 6})
+    delimiter = "\t" if "\t" in first else ","
+    fields = [f.strip().strip('"') for f in first.split(delimiter)]
+    names = [f.split(":")[0].strip().lower() for f in fields]
+    roles = {_HEADER_ROLES[n]: i for i, n in reversed(list(enumerate(names))) if n in _HEADER_ROLES}
+    if not roles:
+        # No header: only u.data has none among tab/comma layouts. Bad values in the first line
+        # are reported by validation like any other line; the line itself is never echoed.
+        if delimiter == "\t" and len(fields) == 4:
+            return _Layout(MOVIELENS_LAYOUTS[0], "\t", 0, 4, {"user": 0, "item": 1, "rating": 2, "timestamp": 3})
+        shape = f"{len(fields)} {'tab' if delimiter == chr(9) else 'comma'}-separated field(s)"
+        raise _unknown_layout(file, f"the first line has {shape} and no header naming user, item and rating columns")
+    missing = [r for r in ("user", "item", "rating") if r not in roles]
+    if missing:
+        raise _unknown_layout(file, f"the header {names} names no {' or '.join(missing)} column")
+    name = MOVIELENS_LAYOUTS[1] if delimiter == "\t" else MOVIELENS_LAYOUTS[3]
+    return _Layout(name, delimiter, 1, len(fields), roles)
+
+
 def load_movielens(path: str | Path) -> pa.Table:
-    """MovieLens ratings: GroupLens ``u.data`` (no header) or the RecBole ``.inter`` layout (header row)."""
+    """MovieLens ratings in any layout of ``MOVIELENS_LAYOUTS``, read by what the file says.
+
+    Header files map columns by name, in any order. User ids are read as the text in the
+    file (``007`` stays ``007``) and put in canonical form by the identity rule; ratings and
+    item ids must be numbers. Record ids are ``user:item:timestamp`` (``user:item``
+    without a timestamp). Every problem is listed in one ``DataValidationError``.
+    """
     file = Path(path)
     if not file.is_file():
         raise DataValidationError(str(file), [f"file {str(file)!r} does not exist"])
-    with file.open() as handle:
-        first = handle.readline()
-    has_header = "user_id" in first
-    options = pacsv.ReadOptions(
-        column_names=None if has_header else ["user_id", "item_id", "rating", "timestamp"],
-        skip_rows=1 if has_header else 0,
-        autogenerate_column_names=False,
-    )
-    if has_header:
-        options = pacsv.ReadOptions(column_names=["user_id", "item_id", "rating", "timestamp"], skip_rows=1)
+    layout = _detect_layout(file)
+    columns = [f"field_{i}" for i in range(layout.width)]
+    wanted = {role: columns[index] for role, index in layout.roles.items()}
+    text_roles = [wanted[r] for r in ("user", "timestamp") if r in wanted]
     try:
-        raw = pacsv.read_csv(file, read_options=options, parse_options=pacsv.ParseOptions(delimiter="\t"))
+        raw = pacsv.read_csv(
+            file,
+            read_options=pacsv.ReadOptions(column_names=columns, skip_rows=layout.skip_rows),
+            parse_options=pacsv.ParseOptions(delimiter=layout.delimiter),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(wanted.values()),
+                column_types=dict.fromkeys(text_roles, pa.string()),
+                null_values=[""],  # "NaN" in a rating is a NaN (refused as such), not a silent null
+            ),
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DataValidationError(str(file), [f"not a tab-separated MovieLens ratings file: {exc}"]) from exc
-    users, items = raw.column("user_id"), raw.column("item_id")
-    record_ids = pc.binary_join_element_wise(
-        pc.cast(users, pa.string()),
-        pc.cast(items, pa.string()),
-        pc.cast(pc.cast(raw.column("timestamp"), pa.int64()), pa.string()),
-        ":",
+        raise DataValidationError(str(file), [f"cannot be read as {layout.name}: {exc}"]) from exc
+    if len(raw) == 0:
+        raise DataValidationError(str(file), [f"holds no ratings (read as {layout.name})"])
+    users, items, ratings = (raw.column(wanted[r]) for r in ("user", "item", "rating"))
+    parts = [users, pc.cast(items, pa.string())]
+    if "timestamp" in wanted:
+        parts.append(raw.column(wanted["timestamp"]))
+    table = pa.table(
+        {
+            RECORD_ID: pc.binary_join_element_wise(*parts, ":"),
+            SUBJECT_ID: users,
+            ITEM_ID: items,
+            RATING: ratings,
+        }
     )
-    table = _canonical_ratings(users, items, raw.column("rating"), record_ids)
-    return validate_rows(table, str(file))
+    table = validate_rows(table, str(file))  # types are checked here, so the casts below cannot fail
+    log.info("read %d ratings from %s (%s)", len(table), file, layout.name.split(":")[0])
+    return table.set_column(2, ITEM_ID, pc.cast(table.column(ITEM_ID), pa.int64())).set_column(
+        3, RATING, pc.cast(table.column(RATING), pa.float32())
+    )
+
+
+def _feature_matrix(raw: pa.Table, feature_columns: tuple[str, ...]) -> tuple[pa.Array | None, list[str]]:
+    problems: list[str] = []
+    for name in feature_columns:
+        column = raw.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            problems.append(f"feature column {name!r} is stored as text; store it as numbers")
+        elif not (
+            pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)
+        ):
+            problems.append(f"feature column {name!r} has type {column.type}; store it as numbers")
+        elif column.null_count:
+            problems.append(f"feature column {name!r} has {column.null_count} null value(s)")
+    if problems:
+        return None, problems
+    matrix = np.column_stack([raw.column(c).to_numpy() for c in feature_columns]).astype(np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), len(feature_columns)), []
 
 
 def load_parquet(
@@ -89,15 +195,10 @@ def load_parquet(
     renamed = {src: dst for dst, src in mapping.items()}
     table = raw.rename_columns([renamed.get(c, c) for c in raw.column_names])
     if feature_columns:
-        matrix = np.column_stack([raw.column(c).to_numpy(zero_copy_only=False) for c in feature_columns]).astype(
-            np.float32
-        )
-        table = table.append_column(
-            FEATURES, pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), len(feature_columns))
-        )
-    for name, kind in ((RECORD_ID, pa.string()), (SUBJECT_ID, pa.string())):
-        if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), name, pc.cast(table.column(name), kind))
+        features, problems = _feature_matrix(raw, feature_columns)
+        if problems:
+            raise DataValidationError(str(file), problems)
+        table = table.append_column(FEATURES, features)
     return validate_rows(table, str(file), task)
 
 
@@ -140,15 +241,26 @@ def synthetic_tabular(
 
 
 def split_rows(table: pa.Table, test_fraction: float, seed: int = 0) -> tuple[pa.Table, pa.Table]:
-    """Seeded random row split into (train, test)."""
+    """Split rows into (train, test) by a keyed hash of each row's ``record_id``.
+
+    A row is held out when ``blake2b(record_id, key="expunge/split/<seed>")``, read as a
+    number in [0, 1), is below ``test_fraction``. The choice depends on the row's own record
+    id and the seed only, never on its position or on the other rows, so training from
+    scratch on the file without a person gives everyone else exactly the same split (and
+    adding rows never moves existing ones between train and test). Erasure and its
+    from-scratch reference therefore compare models on the same held-out rows.
+    """
     if test_fraction <= 0:
         return table, table.slice(0, 0)
-    mask = np.random.default_rng(seed).random(len(table)) < test_fraction
-    return table.filter(pa.array(~mask)), table.filter(pa.array(mask))
+    key = f"expunge/split/{seed}".encode()
+    record_ids = pc.cast(table.column(RECORD_ID), pa.string()).to_pylist()
+    hashes = b"".join(hashlib.blake2b(r.encode(), digest_size=8, key=key).digest() for r in record_ids)
+    held_out = np.frombuffer(hashes, dtype=">u8") < np.uint64(min(int(test_fraction * 2.0**64), 2**64 - 1))
+    return table.filter(pa.array(~held_out)), table.filter(pa.array(held_out))
 
 
 def load_rows(config: DataConfig, task: str = "rating") -> tuple[pa.Table, pa.Table]:
-    """The rows a job config names, split into (train, test)."""
+    """The rows a job config names, split into (train, test) by ``split_rows``."""
     if config.source == "synthetic":
         rows = validate_rows(synthetic_ratings(config.synthetic), "synthetic data", task)
     elif config.source == "movielens":
