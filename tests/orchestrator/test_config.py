@@ -14,7 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "infra" / "configs").glo
 def test_every_shipped_config_loads_and_names_its_command(path):
     assert isinstance(load_job_config(path), JobConfig)
     assert path.read_text().startswith("# "), "shipped configs start with the command that uses them"
-    assert "python -m pipelines." in path.read_text().splitlines()[0]
+    assert "expunge train --config infra/configs/" + path.name in path.read_text().splitlines()[0]
 
 
 def test_all_problems_in_one_error(tmp_path):
