@@ -98,6 +98,8 @@ class Lineage:
 
     def record_erasure(self, receipt: ErasureReceipt, manifest: EnsembleManifest, parent: str | None) -> str:
         """Log the erasure run and the new version, move the alias, then purge every earlier version."""
+        if receipt.status != "erased":
+            raise ValueError(f"record_erasure needs an 'erased' receipt, got {receipt.status!r}; use record_request")
         run_id = self.runs.start_erasure(receipt, manifest, parent)
         version = self._new_version(
             run_id,
@@ -111,6 +113,22 @@ class Lineage:
         self.runs.end(run_id)
         self.purge_superseded(receipt.request_id, version)
         return version
+
+    def record_request(
+        self, receipt: ErasureReceipt, manifest: EnsembleManifest, parent: str | None = None
+    ) -> str | None:
+        """Record any erasure request; returns the registry version serving after it.
+
+        ``status == "not_found"``: a finished run (``expunge.outcome=not_found``, the digests,
+        the receipt, the version it was checked against) and no new version; ``manifest`` is
+        the published version the request was checked against. ``status == "erased"``: as
+        ``record_erasure``. ``parent`` defaults to the alias target.
+        """
+        checked = parent if parent is not None else self.current_version()
+        if receipt.status == "erased":
+            return self.record_erasure(receipt, manifest, checked)
+        self.runs.record_not_found(receipt, manifest, checked)
+        return checked
 
     def purge_superseded(self, request_id: str, keep: str) -> list[str]:
         """Make every version older than ``keep`` unloadable (see ``Purger.purge_superseded``)."""

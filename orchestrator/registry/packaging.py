@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import shutil
 import tempfile
 import warnings
@@ -10,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.catalog import EnsembleManifest
-from orchestrator.config import CustomModelConfig, MFConfig
+from orchestrator.config import AnyModelConfig, CustomModelConfig, MFConfig
+from orchestrator.errors import ConfigError
 from orchestrator.registry.tracking import LOGGED_MODEL_TAG, Registry
 from orchestrator.serving import ENSEMBLE_ARTIFACT, export_ensemble
+from shards.models import task_of
 
 __all__ = ["LoggedServable", "Packager"]
 
@@ -30,16 +33,56 @@ def _requirements() -> list[str]:
     return pins
 
 
-def _stage_code(destination: Path) -> list[str]:
-    """Copy the ``orchestrator`` and ``shards`` packages, so a version loads with the code that wrote it."""
+def _stage_code(destination: Path, model: AnyModelConfig) -> list[str]:
+    """Copy the ``orchestrator`` and ``shards`` packages, so a version loads with the code that wrote it.
+
+    A custom model's factory module (its whole top-level package) is copied too: the version
+    must load where that module is not importable (a serving container, another folder).
+    """
     import shards
 
+    sources = [_ORCHESTRATOR, Path(shards.__file__).resolve().parent]
+    factory = _factory_source(model)
+    if factory is not None and factory not in sources:
+        sources.append(factory)
+    destination.mkdir(parents=True, exist_ok=True)
     paths = []
-    for package in (_ORCHESTRATOR, Path(shards.__file__).parent):
-        target = destination / package.name
-        shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for source in sources:
+        target = destination / source.name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
         paths.append(str(target))
     return paths
+
+
+def _factory_source(model: AnyModelConfig) -> Path | None:
+    """The top-level package folder (or single-file module) that holds a custom model's factory."""
+    if not isinstance(model, CustomModelConfig):
+        return None
+    module_name = model.factory.partition(":")[0]
+    parts = module_name.split(".")
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"training.model.factory {model.factory!r} cannot be imported ({exc})") from exc
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise ConfigError(
+            f"training.model.factory {model.factory!r} is not a module file Expunge can copy into the model "
+            f"version (found {spec.origin if spec else None!r}); define the factory in a .py module or package"
+        )
+    origin = Path(spec.origin).resolve()
+    top = origin.parent if spec.submodule_search_locations is not None else origin
+    for _ in parts[1:]:
+        top = top.parent
+    if (top.name if top.is_dir() else top.stem) != parts[0]:
+        raise ConfigError(
+            f"training.model.factory {model.factory!r} resolves to {origin}, whose top-level folder is not "
+            f"named {parts[0]!r}; Expunge copies the top-level package into the model version, so keep the "
+            "module in an ordinary package folder"
+        )
+    return top
 
 
 def _signature(manifest: EnsembleManifest) -> Any:
@@ -49,7 +92,10 @@ def _signature(manifest: EnsembleManifest) -> Any:
 
     subjects = [ColSpec("string", "subject_digest", required=False), ColSpec("string", "subject_id", required=False)]
     if isinstance(manifest.model, CustomModelConfig):
-        return None  # your model's inputs are yours to describe
+        # Your model's inputs are yours to describe: no input schema, so MLflow passes every
+        # request column through to its ``encode``. Outputs: one score per row, or probabilities.
+        shape = (-1,) if task_of(manifest.model) == "rating" else (-1, -1)
+        return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.float64), shape)]))
     if isinstance(manifest.model, MFConfig):
         inputs = Schema([*subjects, ColSpec("long", "item_id")])
         outputs = Schema([TensorSpec(np.dtype(np.float64), (-1,))])
@@ -98,7 +144,7 @@ class Packager:
                     path=str(root / "model"),
                     python_model=str(_PYFUNC_FILE),
                     artifacts={ENSEMBLE_ARTIFACT: str(root / "ensemble")},
-                    code_paths=_stage_code(root / "code"),
+                    code_paths=_stage_code(root / "code", manifest.model),
                     pip_requirements=_requirements(),
                     signature=_signature(manifest),
                     mlflow_model=Model(

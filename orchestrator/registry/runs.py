@@ -15,6 +15,14 @@ from shards.shard import shard_prefix
 __all__ = ["RunRecorder"]
 
 
+def _digest_tags(receipt: ErasureReceipt) -> dict[str, str]:
+    """One tag per keyed digest (``erased`` or ``not_found``): "which request erased this digest?" is a run search."""
+    missed = set(receipt.not_found_digests)
+    if receipt.status == "not_found":
+        missed |= set(receipt.subject_digests)
+    return {f"expunge.subject_digest.{d}": "not_found" if d in missed else "erased" for d in receipt.subject_digests}
+
+
 class RunRecorder:
     """Writes the runs of one deployment's experiment; never touches model versions."""
 
@@ -62,6 +70,7 @@ class RunRecorder:
             run_name=f"erasure-{receipt.request_id}",
             tags={
                 "expunge.kind": "erasure",
+                "expunge.outcome": "erased",
                 "expunge.request_id": receipt.request_id,
                 "expunge.storage": self.registry.store_uri,
                 "expunge.ensemble_version": str(manifest.version),
@@ -92,15 +101,51 @@ class RunRecorder:
         }
         for shard in receipt.shards:
             metrics[f"retrain_seconds_shard_{shard.shard}"] = shard.seconds
-        # One tag per keyed digest makes "which request erased this digest?" a run search.
-        tags = [RunTag(f"expunge.subject_digest.{d}", "erased") for d in receipt.subject_digests]
-        tags += [RunTag(f"expunge.subject_digest.{d}", "not_found") for d in receipt.not_found_digests]
+        tags = [RunTag(k, v) for k, v in _digest_tags(receipt).items()]
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
             params=[Param(k, v) for k, v in params.items()],
             tags=tags,
         )
+        return run_id
+
+    def record_not_found(self, receipt: ErasureReceipt, manifest: EnsembleManifest, checked: str | None) -> str:
+        """A finished run for a request that found none of its subjects: no new version, the audit trail only.
+
+        ``checked`` is the registry version the request was checked against (the alias target).
+        """
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self.client.create_run(
+            self.registry.experiment_id,
+            run_name=f"erasure-{receipt.request_id}",
+            tags={
+                "expunge.kind": "erasure",
+                "expunge.outcome": "not_found",
+                "expunge.request_id": receipt.request_id,
+                "expunge.storage": self.registry.store_uri,
+                "expunge.ensemble_version": str(manifest.version),
+                "expunge.registry_version": checked or "none",
+            },
+        )
+        run_id = str(run.info.run_id)
+        params = {
+            "request_id": receipt.request_id,
+            "subjects": str(len(receipt.subject_digests)),
+            "ensemble_version_checked": str(manifest.version),
+            "registry_version_checked": checked or "none",
+        }
+        metrics = {"rows_removed": 0.0, "erasure_seconds": receipt.seconds}
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in _digest_tags(receipt).items()],
+        )
+        final = receipt.model_copy(update={"registry_version_before": checked, "registry_version_after": checked})
+        self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
+        self.client.set_terminated(run_id)
         return run_id
 
     def finish_erasure(self, run_id: str, receipt: ErasureReceipt, parent: str | None, version: str) -> None:

@@ -170,3 +170,35 @@ def test_an_mlp_version_serves_class_probabilities_like_the_live_ensemble(tmp_pa
     served = model.predict(rows.select([FEATURES]).to_pandas())
     assert served.shape == (len(rows), 2)
     assert np.array_equal(served, coordinator.predict(rows))
+
+
+def test_a_request_that_finds_nobody_leaves_a_run_and_no_version(deployment):
+    lineage = deployment.lineage
+    manifest = deployment.coordinator.manifest
+    assert manifest is not None
+    stranger = SubjectHasher(TEST_KEY).digest("nobody@example.org")
+    missed = ErasureReceipt(
+        request_id="ticket-miss",
+        status="not_found",
+        subject_digests=(stranger,),
+        not_found_digests=(stranger,),
+        model_version_before=manifest.version,
+        model_version_after=manifest.version,
+    )
+    assert lineage.record_request(missed, manifest) == "3"
+
+    run = _erasure_run(deployment, "ticket-miss")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["expunge.kind"] == "erasure"
+    assert run.data.tags["expunge.outcome"] == "not_found"
+    assert run.data.tags[f"expunge.subject_digest.{stranger}"] == "not_found"
+    assert run.data.tags["expunge.registry_version"] == "3"
+    assert run.data.params["ensemble_version_checked"] == str(manifest.version)
+    logged = json.loads(Path(lineage.client.download_artifacts(run.info.run_id, "receipt.json")).read_text())
+    assert logged["status"] == "not_found"
+    assert (logged["registry_version_before"], logged["registry_version_after"]) == ("3", "3")
+    assert sorted(str(v.version) for v in lineage.client.search_model_versions(f"name = '{MODEL}'")) == ["1", "2", "3"]
+    assert lineage.current_version() == "3"
+    assert _erasure_run(deployment, "ticket-2").data.tags["expunge.outcome"] == "erased"
+    with pytest.raises(ValueError, match="record_request"):
+        lineage.record_erasure(missed, manifest, "3")
