@@ -14,15 +14,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex, RegistryBinding
-from orchestrator.config import AnyModelConfig, JobConfig, MFConfig, ShardingConfig, StorageConfig, TrainingConfig
+from orchestrator.config import (
+    AnyModelConfig,
+    ItemStatsConfig,
+    JobConfig,
+    MFConfig,
+    ShardingConfig,
+    StorageConfig,
+    TrainingConfig,
+)
 from orchestrator.digests import SubjectHasher
-from orchestrator.ensemble import aggregate
+from orchestrator.ensemble import StatisticsEnsemble, aggregate
 from orchestrator.errors import (
     ConfigError,
     ErasedSubjectsInDataError,
     ExpungeError,
     StorageConflictError,
     StorageCorruptError,
+    UnknownSubjectError,
 )
 from orchestrator.placement import cell_of_key, place_subjects
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
@@ -30,10 +39,11 @@ from orchestrator.purge import purge_unreferenced
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.registry import Lineage
 from orchestrator.routing import route
-from shards.models import model_for, task_of
+from shards.models import SufficientStatisticsModel, model_for, task_of
 from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
 from shards.shard import ShardUpdate
 from shards.store import ObjectStore
+from shards.training import load_checkpoint
 
 __all__ = ["Coordinator", "PoolFactory", "TrainResult", "check_key", "check_request_id", "partition_rows"]
 
@@ -82,7 +92,7 @@ def check_key(manifest: EnsembleManifest, hasher: SubjectHasher) -> None:
 
 def resolve_model(config: AnyModelConfig, rows: pa.Table) -> AnyModelConfig:
     """Fill in data-derived model settings (the item catalogue size) once, at first training."""
-    if isinstance(config, MFConfig) and config.num_items == 0:
+    if isinstance(config, MFConfig | ItemStatsConfig) and config.num_items == 0:
         largest = pc.max(rows.column(ITEM_ID)).as_py()
         return config.model_copy(update={"num_items": int(largest) + 1 if largest is not None else 1})
     return config
@@ -148,6 +158,7 @@ class Coordinator:
         self.pool_factory = pool_factory
         self.manifest = self.catalog.latest()
         self._pool: ShardPool | None = None
+        self._statistics: tuple[int, StatisticsEnsemble] | None = None  # (ensemble version, its sum)
         if self.manifest is not None:
             # Finish what a crash may have interrupted right after a commit: the purge of the
             # store, then the registry (a pre-erasure model version must not stay servable).
@@ -195,6 +206,12 @@ class Coordinator:
         rows = validate_rows(rows, "training rows", task_of(job.training.model), model=model or job.training.model)
         rows, dropped = self._apply_tombstones(rows, job.data.erased_subjects)
         model = model or resolve_model(job.training.model, rows)
+        if job.sharding.placement == "row" and isinstance(model_for(model), SufficientStatisticsModel):
+            raise ConfigError(
+                "a sufficient-statistics model (training.model.kind item_stats) centres each subject's ratings by "
+                "the subject's own mean, so all of a subject's rows must share one slice: set sharding.placement "
+                "to 'balanced' or 'hash'"
+            )
         parent = self.manifest
         if placement is None and parent is not None and parent.sharding == job.sharding:
             # Retraining the same deployment: known subjects keep their persisted cells.
@@ -468,9 +485,96 @@ class Coordinator:
             rows = rows.append_column(
                 SUBJECT_DIGEST, pa.array(self.hasher.digest_many(rows.column(SUBJECT_ID).to_pylist()), pa.string())
             )
+        model = model_for(manifest.model)
+        if isinstance(model, SufficientStatisticsModel):
+            return self.statistics().fit.predict(rows)
         results = self.pool.call("predict", {s: (rows,) for s in range(manifest.sharding.shards)})
         ordered = [results[s] for s in range(manifest.sharding.shards)]
-        return aggregate([r[0] for r in ordered], [r[1] for r in ordered], model_for(manifest.model).subject_specific)
+        return aggregate([r[0] for r in ordered], [r[1] for r in ordered], model.subject_specific)
+
+    def statistics(self) -> StatisticsEnsemble:
+        """The summed shard states of a sufficient-statistics model and their fit (cached per version).
+
+        Read from the final checkpoint of each published shard version in the store, so no
+        shard actor has to run.
+
+        Raises:
+            ConfigError: the published model is not a sufficient-statistics model.
+        """
+        manifest = self._require_manifest()
+        model = model_for(manifest.model)
+        if not isinstance(model, SufficientStatisticsModel):
+            raise ConfigError(
+                f"ensemble v{manifest.version} is a {manifest.model.kind!r} model, not a statistics model"
+            )
+        if self._statistics is None or self._statistics[0] != manifest.version:
+            states = []
+            for shard, version in enumerate(manifest.shard_versions):
+                checkpoints = self.catalog.shard_manifest(shard, version).checkpoints
+                if not checkpoints:
+                    raise StorageCorruptError(
+                        f"shard {shard} manifest v{version} in {self.store.uri} lists no checkpoint; "
+                        "retrain into a fresh storage URI"
+                    )
+                states.append(load_checkpoint(model, self.store.get(checkpoints[-1].key)).module)
+            self._statistics = (manifest.version, StatisticsEnsemble(model, states))
+        return self._statistics[1]
+
+    def recommend(self, subject_id: object, k: int = 10) -> list[int]:
+        """The ``k`` items the subject has not rated that the exact ensemble ranks best, best first.
+
+        A sufficient-statistics model ranks with its own top-N scorer (EASE for ``item_stats``)
+        over the items someone rated; matrix factorisation ranks every catalogue item by the
+        ensemble's predicted rating. Ties go to the smaller item id.
+
+        Raises:
+            UnknownSubjectError: the published version holds no rows of the subject (never
+                trained on, or erased).
+            ConfigError: ``k < 1``, or a model without an item catalogue (a classifier).
+        """
+        manifest = self._require_manifest()
+        if k < 1:
+            raise ConfigError(f"k={k}: ask for at least one recommendation")
+        digest = self.hasher.digest(subject_id)
+        model = model_for(manifest.model)
+        unknown = UnknownSubjectError(
+            f"subject {digest[:12]}... (digest) has no rows in ensemble v{manifest.version} of {self.store.uri}: "
+            "recommendations need a subject the model holds (never trained on, or erased). Check the id and "
+            "EXPUNGE_SUBJECT_KEY, or use popular items for newcomers."
+        )
+        if isinstance(model, SufficientStatisticsModel):
+            fit = self.statistics().fit
+            if not fit.knows(digest):
+                raise unknown
+            return fit.recommend(digest, k)
+        if not isinstance(manifest.model, MFConfig):
+            raise ConfigError(
+                f"recommend needs a model with an item catalogue (kind mf or item_stats); ensemble "
+                f"v{manifest.version} is {manifest.model.kind!r}"
+            )
+        cells = self.placement_index().cells().get(digest)
+        if not cells:
+            raise unknown
+        catalogue = np.arange(manifest.model.num_items, dtype=np.int64)
+        rows = pa.table({ITEM_ID: catalogue, SUBJECT_DIGEST: pa.array([digest] * len(catalogue), pa.string())})
+        scores = self.predict(rows)
+        scores[self._rated_items(manifest, digest, cells)] = -np.inf
+        order = np.argsort(-scores, kind="stable")
+        return [int(i) for i in order[np.isfinite(scores[order])][:k]]
+
+    def _rated_items(self, manifest: EnsembleManifest, digest: str, cells: Sequence[Any]) -> np.ndarray:
+        """Item ids of the subject's rows, read from the slices that hold them."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        items: list[np.ndarray] = []
+        for cell in cells:
+            shard_manifest = self.catalog.shard_manifest(cell.shard, manifest.shard_versions[cell.shard])
+            table = pq.read_table(io.BytesIO(self.store.get(shard_manifest.slices[cell.slice].key)))
+            mine = table.filter(pc.equal(table.column(SUBJECT_DIGEST), digest))
+            items.append(mine.column(ITEM_ID).to_numpy().astype(np.int64))
+        return np.concatenate(items) if items else np.zeros(0, np.int64)
 
     def placement_index(self) -> PlacementIndex:
         """The persisted subject placement of the published version (digests only)."""

@@ -1,12 +1,15 @@
-"""Training-free aggregation of constituent predictions (nothing here is fitted, so nothing to unlearn)."""
+"""Training-free aggregation of constituents (nothing here is fitted on data across shards, so nothing to unlearn)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["aggregate"]
+from shards.models import StatisticsFit, SufficientStatisticsModel
+
+__all__ = ["StatisticsEnsemble", "aggregate"]
 
 
 def aggregate(scores: Sequence[np.ndarray], known: Sequence[np.ndarray], subject_specific: bool) -> np.ndarray:
@@ -27,3 +30,20 @@ def aggregate(scores: Sequence[np.ndarray], known: Sequence[np.ndarray], subject
     counts = mask.sum(axis=0)
     own = (stacked * mask).sum(axis=0) / np.where(counts > 0, counts, 1.0)
     return np.where(counts > 0, own, stacked.mean(axis=0))
+
+
+class StatisticsEnsemble:
+    """The exact ensemble of a sufficient-statistics model: the shard states added up, then fitted once.
+
+    Adding is the whole aggregation (exact sums, see ``SufficientStatisticsModel``): the
+    result is the state one model trained on every shard's rows would hold, so the ensemble
+    costs no accuracy and nothing but the shards needs unlearning.
+
+    Raises:
+        ValueError: a subject occurs in two shards (its rows were split by row placement).
+    """
+
+    def __init__(self, model: SufficientStatisticsModel, states: Sequence[torch.nn.Module]) -> None:
+        self.model = model
+        self.state = model.combine(states)
+        self.fit: StatisticsFit = model.fit(self.state)

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 
 from orchestrator.catalog import Catalog, EnsembleManifest
-from orchestrator.config import CustomModelConfig, MFConfig, PrivacyConfig
+from orchestrator.config import CustomModelConfig, ItemStatsConfig, MFConfig, PrivacyConfig
 from orchestrator.digests import SubjectHasher
-from orchestrator.ensemble import aggregate
+from orchestrator.ensemble import StatisticsEnsemble, aggregate
 from orchestrator.errors import ConfigError, StorageCorruptError
-from shards.models import model_for
+from shards.models import SufficientStatisticsModel, model_for
 from shards.rows import FEATURES, ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
 from shards.shard import ShardManifest
 from shards.store import ObjectStore
@@ -121,6 +121,7 @@ class EnsemblePredictor:
         self.manifest = manifest
         self.model = model_for(manifest.model)
         self.states = states
+        self._statistics: StatisticsEnsemble | None = None  # summed once, on first use
 
     @classmethod
     def load(cls, directory: str | Path) -> EnsemblePredictor:
@@ -147,13 +148,19 @@ class EnsemblePredictor:
         """Scores (ratings) or class probabilities for canonical rows, aggregated as the live ensemble does."""
         import torch
 
+        model = self.model
+        if isinstance(model, SufficientStatisticsModel):
+            # The exact ensemble of a statistics model: states added up, as Coordinator.statistics does.
+            if self._statistics is None:
+                self._statistics = StatisticsEnsemble(model, [state.module for state in self.states])
+            return self._statistics.fit.predict(rows)
         scores, known = [], []
         with _torch_threads(self.manifest.training.threads_per_shard), torch.no_grad():
             for state in self.states:
                 state.module.eval()
-                batch = self.model.encode(state.module, rows)
-                scores.append(self.model.predict(state.module, batch).numpy())
-                known.append(self.model.knows(state.module, batch).numpy())
+                batch = model.encode(state.module, rows)
+                scores.append(model.predict(state.module, batch).numpy())
+                known.append(model.knows(state.module, batch).numpy())
         return aggregate(scores, known, self.subject_specific)
 
 
@@ -188,7 +195,7 @@ def rows_from_frame(
             f"this model answers per subject: add a {SUBJECT_DIGEST!r} column (or {SUBJECT_ID!r} with "
             f"{subject_key_env} set); use an empty digest for unknown subjects"
         )
-    if isinstance(manifest.model, MFConfig):
+    if isinstance(manifest.model, MFConfig | ItemStatsConfig):
         if ITEM_ID not in frame.columns:
             raise ConfigError(f"the request needs an {ITEM_ID!r} column (int item ids); found {list(frame.columns)}")
         columns[ITEM_ID] = pa.array(frame[ITEM_ID].to_numpy().astype(np.int64))

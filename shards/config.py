@@ -15,6 +15,7 @@ __all__ = [
     "AnyModelConfig",
     "CustomModelConfig",
     "Frozen",
+    "ItemStatsConfig",
     "MFConfig",
     "MLPConfig",
     "ModelConfig",
@@ -71,7 +72,45 @@ class CustomModelConfig(Frozen):
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the factory.")
 
 
-AnyModelConfig = MFConfig | MLPConfig | CustomModelConfig
+class ItemStatsConfig(Frozen):
+    """Item-item sufficient statistics for ratings: shard states add up to the whole-data model.
+
+    Each shard keeps sums (per item, per co-rated item pair) and its subjects' own ratings;
+    the ensemble adds the sums exactly, so S shards predict what one model on all the data
+    predicts, bit for bit. Ratings: item-KNN plus a low-rank Gaussian conditional on the
+    user's own ratings; top-N: EASE on the co-rating counts. See docs/accuracy.md.
+    """
+
+    kind: Literal["item_stats"] = Field("item_stats", description="Selects the item-item statistics model.")
+    num_items: int = Field(
+        0,
+        ge=0,
+        description="Size of the item catalogue; item ids must lie in [0, num_items). 0 = infer from the data "
+        "at first training and persist it. The state holds num_items x num_items pair sums.",
+    )
+    item_bias_shrinkage: float = Field(5.0, ge=0.0, description="Ratings-worth of shrinkage of item biases to 0.")
+    user_bias_shrinkage: float = Field(10.0, ge=0.0, description="Ratings-worth of shrinkage of user biases to 0.")
+    neighbours: int = Field(50, ge=1, description="Most similar items the user rated that the KNN part averages.")
+    similarity_shrinkage: float = Field(
+        50.0, ge=0.0, description="Item-item cosine times n/(n + this), n = users who rated both items."
+    )
+    factors: int = Field(10, ge=0, description="Rank of the item covariance in the low-rank part; 0 = KNN only.")
+    covariance_shrinkage: float = Field(
+        100.0, ge=0.0, description="Pair covariance = sum of products / (co-raters + this) before the eigenvectors."
+    )
+    factor_noise: float = Field(
+        2.0, gt=0.0, description="Ridge penalty of a user's latent vector in the low-rank part."
+    )
+    knn_weight: float = Field(
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="Fixed weight of the KNN part in the rating prediction; the low-rank part gets 1 - this.",
+    )
+    ranking_l2: float = Field(500.0, gt=0.0, description="L2 penalty of the EASE item-item ranking weights (top-N).")
+
+
+AnyModelConfig = MFConfig | MLPConfig | ItemStatsConfig | CustomModelConfig
 ModelConfig = Annotated[AnyModelConfig, Field(discriminator="kind")]
 
 

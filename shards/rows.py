@@ -7,7 +7,7 @@ from typing import TypeAlias
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.config import AnyModelConfig, MFConfig, MLPConfig
+from shards.config import AnyModelConfig, ItemStatsConfig, MFConfig, MLPConfig
 from shards.errors import DataValidationError
 from shards.identity import canonical_subject_column
 
@@ -130,7 +130,7 @@ def _target_problems(
     if task == "rating":
         if ITEM_ID in names:
             items = table.column(ITEM_ID)
-            num_items = model.num_items if isinstance(model, MFConfig) and model.num_items else None
+            num_items = model.num_items if isinstance(model, MFConfig | ItemStatsConfig) and model.num_items else None
             top_item = None if num_items is None else num_items - 1
             expected = f"[0, training.model.num_items={num_items})" if num_items else ">= 0"
             problems += _numeric_problems(ITEM_ID, items, integers=True) or _range_problems(

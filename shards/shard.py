@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from shards.config import AnyModelConfig, StorageConfig, TrainingConfig
-from shards.errors import StorageCorruptError
-from shards.models import model_for
+from shards.errors import ConfigError, StorageCorruptError
+from shards.models import SufficientStatisticsModel, model_for
 from shards.rows import RECORD_ID, SUBJECT_DIGEST
 from shards.store import ObjectStore
-from shards.training import TrainedState, configure_determinism, load_checkpoint, train_steps
+from shards.training import TrainedState, accumulate_steps, configure_determinism, load_checkpoint, train_steps
 
 __all__ = ["CheckpointEntry", "Shard", "ShardManifest", "ShardUpdate", "SliceEntry", "shard_prefix"]
 
@@ -175,7 +175,10 @@ class Shard:
             checkpoints.append(CheckpointEntry(step=step, key=key))
 
         lineage = [e.records_sha256 for e in entries]
-        state = train_steps(self.model, self.training, self.shard_id, tables, start, save, lineage=lineage)
+        if isinstance(self.model, SufficientStatisticsModel):
+            state = accumulate_steps(self.model, tables, start, save, lineage=lineage)
+        else:
+            state = train_steps(self.model, self.training, self.shard_id, tables, start, save, lineage=lineage)
         return state, checkpoints
 
     # ----- public operations --------------------------------------------------------------
@@ -261,6 +264,11 @@ class Shard:
         self.calls.append("predict")
         import torch
 
+        if isinstance(self.model, SufficientStatisticsModel):
+            raise ConfigError(
+                f"shard {self.shard_id} holds sufficient statistics, which predict only once every shard's are "
+                "added up: use Coordinator.predict (or the served model version)"
+            )
         state = self.final_state()
         state.module.eval()
         with torch.no_grad():

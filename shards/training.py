@@ -1,4 +1,8 @@
-"""Deterministic slice-by-slice SISA training: step j trains on slices 1..j from step j-1's checkpoint."""
+"""Deterministic slice-by-slice SISA training: step j trains on slices 1..j from step j-1's checkpoint.
+
+Gradient models (``SisaModel``) run epochs of Adam per step; sufficient-statistics models
+(``SufficientStatisticsModel``) add slice j's contributions to step j-1's sums.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ import pyarrow as pa
 import torch
 
 from shards.config import TrainingConfig
-from shards.models.protocol import SisaModel
+from shards.models.protocol import SisaModel, SufficientStatisticsModel
 from shards.schedule import allocate_epochs, derive_seed
 
-__all__ = ["TrainedState", "configure_determinism", "load_checkpoint", "train_steps"]
+__all__ = ["TrainedState", "accumulate_steps", "configure_determinism", "load_checkpoint", "train_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ class TrainedState:
     steps_done: int
 
 
-def _serialize(model: SisaModel, state: TrainedState, lineage: Sequence[str]) -> bytes:
+def _serialize(model: SisaModel | SufficientStatisticsModel, state: TrainedState, lineage: Sequence[str]) -> bytes:
     buffer = io.BytesIO()
     torch.save(
         {
@@ -51,7 +55,7 @@ def _serialize(model: SisaModel, state: TrainedState, lineage: Sequence[str]) ->
     return buffer.getvalue()
 
 
-def load_checkpoint(model: SisaModel, data: bytes) -> TrainedState:
+def load_checkpoint(model: SisaModel | SufficientStatisticsModel, data: bytes) -> TrainedState:
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     module = model.rebuild(payload["layout"])
     module.load_state_dict(payload["model"])
@@ -112,4 +116,25 @@ def train_steps(
         if progress is not None:
             progress(step + 1, len(slices))
         log.debug("shard %d: step %d/%d done on %d rows", shard_id, step + 1, len(slices), rows)
+    return state
+
+
+def accumulate_steps(
+    model: SufficientStatisticsModel,
+    slices: Sequence[pa.Table],
+    start: TrainedState | None,
+    on_checkpoint: Callable[[int, bytes], None],
+    lineage: Sequence[str] = (),
+) -> TrainedState:
+    """Sum slice steps ``start.steps_done .. len(slices)-1``: step j's state is step j-1's plus slice j's rows.
+
+    The checkpoints are the cumulative sums, in the same format as ``train_steps`` writes
+    (no optimizer state). With exact sums, restarting from step k-1 without a subject's rows
+    gives the tensors that summing from scratch without them gives, bit for bit.
+    """
+    state = start or TrainedState(model.empty(), None, 0)
+    for step in range(state.steps_done, len(slices)):
+        state = TrainedState(model.accumulate(state.module, slices[step]), None, step + 1)
+        on_checkpoint(step, _serialize(model, state, lineage))
+        log.debug("statistics: step %d/%d done on %d rows", step + 1, len(slices), len(slices[step]))
     return state

@@ -1,19 +1,33 @@
-"""Model families Expunge trains: the protocol, matrix factorisation and an MLP classifier."""
+"""Model families Expunge trains: the protocols, matrix factorisation, an MLP classifier, item-item statistics."""
 
 from __future__ import annotations
 
 import importlib
 
-from shards.config import AnyModelConfig, CustomModelConfig, MFConfig
+from shards.config import AnyModelConfig, CustomModelConfig, ItemStatsConfig, MFConfig
 from shards.errors import ConfigError
+from shards.models.item_stats import ItemStatsModel
 from shards.models.mf import MatrixFactorization
 from shards.models.mlp import MLPClassifier
-from shards.models.protocol import SisaModel
+from shards.models.protocol import SisaModel, StatisticsFit, SufficientStatisticsModel
 
-__all__ = ["MLPClassifier", "MatrixFactorization", "SisaModel", "model_for", "task_of"]
+__all__ = [
+    "AnyModel",
+    "ItemStatsModel",
+    "MLPClassifier",
+    "MatrixFactorization",
+    "SisaModel",
+    "StatisticsFit",
+    "SufficientStatisticsModel",
+    "model_for",
+    "task_of",
+]
+
+#: A model family of either kind: trained by gradient steps, or summed from sufficient statistics.
+AnyModel = SisaModel | SufficientStatisticsModel
 
 
-def _custom(config: CustomModelConfig) -> SisaModel:
+def _custom(config: CustomModelConfig) -> AnyModel:
     module_name, _, attribute = config.factory.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
@@ -23,15 +37,20 @@ def _custom(config: CustomModelConfig) -> SisaModel:
             "importable (installed, or inside the folder given to `ray job submit --working-dir`)"
         ) from exc
     model = factory(**config.options)
-    if not isinstance(model, SisaModel):
-        raise ConfigError(f"{config.factory!r} returned {type(model).__name__}, which does not implement SisaModel")
+    if not isinstance(model, SisaModel | SufficientStatisticsModel):
+        raise ConfigError(
+            f"{config.factory!r} returned {type(model).__name__}, which implements neither SisaModel nor "
+            "SufficientStatisticsModel"
+        )
     return model
 
 
-def model_for(config: AnyModelConfig) -> SisaModel:
+def model_for(config: AnyModelConfig) -> AnyModel:
     """The model family a config names."""
     if isinstance(config, MFConfig):
         return MatrixFactorization(config)
+    if isinstance(config, ItemStatsConfig):
+        return ItemStatsModel(config)
     if isinstance(config, CustomModelConfig):
         return _custom(config)
     return MLPClassifier(config)
@@ -39,6 +58,6 @@ def model_for(config: AnyModelConfig) -> SisaModel:
 
 def task_of(config: AnyModelConfig) -> str:
     """``rating`` or ``classification``: which canonical target columns the rows need."""
-    if isinstance(config, MFConfig):
+    if isinstance(config, MFConfig | ItemStatsConfig):
         return "rating"  # known before num_items is resolved from the data
     return model_for(config).task

@@ -1,13 +1,15 @@
-"""The small protocol a model family implements to be trained and unlearned by Expunge."""
+"""The small protocols a model family implements to be trained and unlearned by Expunge."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import pyarrow as pa
 import torch
 
-__all__ = ["SisaModel"]
+__all__ = ["SisaModel", "StatisticsFit", "SufficientStatisticsModel"]
 
 
 @runtime_checkable
@@ -52,4 +54,69 @@ class SisaModel(Protocol):
 
     def knows(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Bool per row: does this module hold the row's subject (only for subject_specific)."""
+        ...
+
+
+@runtime_checkable
+class StatisticsFit(Protocol):
+    """What a sufficient-statistics model derives from the summed state: it predicts and ranks."""
+
+    def predict(self, rows: pa.Table) -> np.ndarray:
+        """Scores for canonical rows (``subject_digest``, ``item_id``); unknown subjects get the subject-free part."""
+        ...
+
+    def knows(self, subject_digest: str) -> bool:
+        """Does the summed state hold this subject's own rows."""
+        ...
+
+    def recommend(self, subject_digest: str, k: int) -> list[int]:
+        """The ``k`` best-ranked items the subject has not rated, best first."""
+        ...
+
+
+@runtime_checkable
+class SufficientStatisticsModel(Protocol):
+    """A model family whose shard state is a sum of per-subject contributions (no gradient training).
+
+    Expunge adds each slice's contribution to the previous step's state (``accumulate``),
+    checkpoints the cumulative state after every slice step, and erases by recomputing from
+    the first affected slice, as for ``SisaModel``. Contributions must add up *exactly*
+    (integers, or values on a fixed dyadic grid summed in float64), so that the state is
+    independent of the order and grouping of the additions. Then the ensemble, ``combine``
+    over the shards, is bit for bit the state of one model trained on all the data, and no
+    aggregator is trained: nothing beyond the shards needs unlearning. A subject's
+    contribution may use only that subject's own rows (and non-personal constants).
+
+    The state is a ``torch.nn.Module`` of buffers, so checkpoints, ``tensors()`` and the
+    exactness checks treat it like any constituent; ``layout`` gives the buffer sizes and
+    subject digests a ``rebuild`` needs.
+    """
+
+    #: ``rating``: the fit predicts one score per row.
+    task: Literal["rating", "classification"]
+    #: True when the state holds per-subject rows (then the subject's own rows answer).
+    subject_specific: bool
+
+    def empty(self) -> torch.nn.Module:
+        """The state of no rows (the start of step 0)."""
+        ...
+
+    def accumulate(self, state: torch.nn.Module, slice_rows: pa.Table) -> torch.nn.Module:
+        """The state plus the contributions of one slice's rows (every row of each of its subjects)."""
+        ...
+
+    def layout(self, state: torch.nn.Module) -> dict[str, Any]:
+        """JSON-able sizes and subject digests, stored with each checkpoint."""
+        ...
+
+    def rebuild(self, layout: dict[str, Any]) -> torch.nn.Module:
+        """An empty state with the structure ``layout`` describes (values are loaded after)."""
+        ...
+
+    def combine(self, states: Sequence[torch.nn.Module]) -> torch.nn.Module:
+        """The exact sum of shard states (subjects of different shards are disjoint)."""
+        ...
+
+    def fit(self, state: torch.nn.Module) -> StatisticsFit:
+        """Derive the predictor from a (combined) state; deterministic, nothing is learned across shards."""
         ...

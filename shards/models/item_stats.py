@@ -1,0 +1,396 @@
+"""Item-item sufficient statistics for ratings: a shard's state is an exact sum, so S shards = one model.
+
+What a shard keeps (``ItemStatsState``), for the subjects it holds:
+
+- per item *i*: raters ``n_i``, rating sum ``sum r_ui`` and ``sum z_ui**2``, where
+  ``z_ui = r_ui - mean(r_u)`` is the rating centred by its rater's own mean;
+- per pair *i < j* rated by at least one of its subjects: co-raters ``n_ij`` and
+  ``sum z_ui * z_uj`` (sparse: only pairs that occur);
+- every subject's own ratings (digest -> items, ratings), which only that subject's
+  predictions read.
+
+Each subject's contribution depends on that subject's rows alone. Ratings and centred ratings
+are rounded to multiples of ``2**-10`` (exact for star and half-star scales), so every product
+is a multiple of ``2**-20`` and every partial sum of the magnitudes met here (below ``2**33``)
+is exact in float64: sums do not depend on order or grouping, and adding the states of S
+shards gives the bit-identical state of one model trained on all the rows. Erasure recomputes
+one shard from its first affected slice; no aggregator is trained.
+
+What is derived from the summed state (``ItemStatsFit``, deterministic):
+
+- baseline ``mu + b_i + b_u`` with shrunk biases (Koren, "Factor in the neighbors", TKDD 2010, eq. 2);
+- item-KNN on baseline residuals with a shrunk item-item cosine of centred ratings
+  (Sarwar et al., "Item-based collaborative filtering", WWW 2001; shrinkage as Koren 2010);
+- a low-rank Gaussian conditional: the top eigenvectors of the shrunk item covariance give
+  item factors, and the user's latent vector is the ridge solution on the user's own residuals
+  (probabilistic PCA with users integrated out; Tipping & Bishop, JRSS-B 1999);
+- the rating is the baseline plus a fixed blend of the two (``knn_weight``), not trained;
+- top-N ranking: EASE on the co-rating counts (Steck, "Embarrassingly shallow autoencoders",
+  WWW 2019): ``B = I - P diag(1/diag P)``, ``P = (N + l2 I)^-1``, score = the user's rated
+  items times ``B``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import nn
+
+from shards.config import ItemStatsConfig
+from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
+
+__all__ = ["GRID_BITS", "ItemStatsFit", "ItemStatsModel", "ItemStatsState", "on_grid"]
+
+#: Ratings and centred ratings are rounded to multiples of 2**-GRID_BITS before summing.
+GRID_BITS = 10
+_GRID = float(2**GRID_BITS)
+# Users per dense block when summing pair statistics (bounds memory at block x items).
+_BLOCK_USERS = 1024
+
+
+def on_grid(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to the nearest multiple of ``2**-GRID_BITS`` (float64)."""
+    return np.asarray(np.round(np.asarray(values, dtype=np.float64) * _GRID) / _GRID, dtype=np.float64)
+
+
+_BUFFERS: dict[str, torch.dtype] = {
+    "item_count": torch.int64,
+    "item_sum": torch.float64,
+    "item_square": torch.float64,
+    "pair_index": torch.int64,
+    "pair_count": torch.int64,
+    "pair_product": torch.float64,
+    "subject_offsets": torch.int64,
+    "subject_items": torch.int64,
+    "subject_ratings": torch.float64,
+}
+
+
+class ItemStatsState(nn.Module):
+    """The summed statistics of some subjects (buffers only: exact tensors, float64 / int64).
+
+    Shapes (I items, P pairs, U subjects, K their ratings): ``item_count``, ``item_sum``,
+    ``item_square`` (I,); ``pair_index`` (P,) holds ``i * I + j`` for ``i < j``, ascending, with
+    ``pair_count`` and ``pair_product`` (P,); ``subject_offsets`` (U + 1,) delimits each subject's
+    ``subject_items`` (ascending) and ``subject_ratings`` in (K,). ``subjects`` lists the U
+    digests in ascending order (part of the checkpoint layout, not a tensor).
+    """
+
+    item_count: torch.Tensor
+    item_sum: torch.Tensor
+    item_square: torch.Tensor
+    pair_index: torch.Tensor
+    pair_count: torch.Tensor
+    pair_product: torch.Tensor
+    subject_offsets: torch.Tensor
+    subject_items: torch.Tensor
+    subject_ratings: torch.Tensor
+
+    def __init__(self, num_items: int, subjects: Sequence[str] = (), pairs: int = 0, ratings: int = 0) -> None:
+        super().__init__()
+        self.num_items = num_items
+        self.subjects = list(subjects)
+        sizes = {"pair": pairs, "subject_offsets": len(self.subjects) + 1, "subject_": ratings, "item_": num_items}
+        for name, dtype in _BUFFERS.items():
+            size = next(n for prefix, n in sizes.items() if name.startswith(prefix))
+            self.register_buffer(name, torch.zeros(size, dtype=dtype))
+
+    def array(self, name: str) -> np.ndarray:
+        """A buffer as a numpy array (shares memory)."""
+        return np.asarray(getattr(self, name).numpy())
+
+
+def _state(
+    num_items: int,
+    subjects: Sequence[str],
+    arrays: dict[str, np.ndarray],
+) -> ItemStatsState:
+    state = ItemStatsState(num_items, subjects, len(arrays["pair_index"]), len(arrays["subject_items"]))
+    for name, dtype in _BUFFERS.items():
+        setattr(state, name, torch.from_numpy(np.ascontiguousarray(arrays[name])).to(dtype))
+    return state
+
+
+def _pair_sums(
+    users: np.ndarray, items: np.ndarray, centred: np.ndarray, num_items: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse upper-triangle co-rating counts and centred products of (user, item) cells.
+
+    ``users`` are 0-based, ascending; one cell per (user, item). Dense blocks over the items
+    the block's users rated: every product is on the 2**-20 grid, so BLAS sums are exact.
+    """
+    indices, counts, products = [], [], []
+    for begin in range(0, int(users.max(initial=-1)) + 1, _BLOCK_USERS):
+        in_block = (users >= begin) & (users < begin + _BLOCK_USERS)
+        if not in_block.any():
+            continue
+        present, column = np.unique(items[in_block], return_inverse=True)
+        rows = users[in_block] - begin
+        indicator = np.zeros((int(rows.max()) + 1, len(present)))
+        values = np.zeros_like(indicator)
+        indicator[rows, column] = 1.0
+        values[rows, column] = centred[in_block]
+        count = indicator.T @ indicator
+        product = values.T @ values
+        first, second = np.nonzero(np.triu(count, 1))
+        indices.append(present[first] * num_items + present[second])
+        counts.append(count[first, second])
+        products.append(product[first, second])
+    return _merge_pairs(indices, counts, products)
+
+
+def _merge_pairs(
+    indices: list[np.ndarray], counts: list[np.ndarray], products: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add sparse pair statistics with the same index together (exact: integers and grid values)."""
+    if not indices:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+    index, inverse = np.unique(np.concatenate(indices), return_inverse=True)
+    count = np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64), minlength=len(index))
+    product = np.bincount(inverse, weights=np.concatenate(products).astype(np.float64), minlength=len(index))
+    return index.astype(np.int64), count.astype(np.int64), product
+
+
+class ItemStatsFit:
+    """Predictions and rankings derived from one summed ``ItemStatsState`` (see the module docstring).
+
+    Memory: a few dense ``num_items x num_items`` float64 matrices (23 MB each for MovieLens
+    100K's 1,683 item ids; 125 MB for MovieLens 1M's 3,953).
+    """
+
+    def __init__(self, config: ItemStatsConfig, state: ItemStatsState) -> None:
+        self.config = config
+        size = state.num_items
+        count = state.array("item_count").astype(np.float64)
+        total = float(count.sum())
+        self.mu = float(state.array("item_sum").sum()) / total if total else 0.0
+        self.item_bias = (state.array("item_sum") - count * self.mu) / (count + config.item_bias_shrinkage)
+        self.rated_items = count > 0
+        co_count = self._dense(state, "pair_count", count)
+        co_product = self._dense(state, "pair_product", state.array("item_square"))
+        norm = np.sqrt(np.diag(co_product))
+        safe = np.where(norm > 0, norm, 1.0)
+        self.similarity = co_product / np.outer(safe, safe) * co_count / (co_count + config.similarity_shrinkage)
+        np.fill_diagonal(self.similarity, 0.0)
+        self.factors = np.zeros((size, 0))
+        if config.factors > 0:
+            covariance = co_product / (co_count + config.covariance_shrinkage)
+            values, vectors = np.linalg.eigh(covariance)
+            top = np.argsort(values)[::-1][: config.factors]
+            self.factors = vectors[:, top] * np.sqrt(np.maximum(values[top], 0.0))
+        del co_product
+        inverse = np.linalg.inv(co_count + config.ranking_l2 * np.eye(size))
+        self.ranking = -inverse / np.diag(inverse)[None, :]
+        np.fill_diagonal(self.ranking, 0.0)
+        offsets = state.array("subject_offsets")
+        items, ratings = state.array("subject_items"), state.array("subject_ratings")
+        self._subjects = {
+            digest: (items[offsets[u] : offsets[u + 1]], ratings[offsets[u] : offsets[u + 1]])
+            for u, digest in enumerate(state.subjects)
+        }
+
+    @staticmethod
+    def _dense(state: ItemStatsState, name: str, diagonal: np.ndarray) -> np.ndarray:
+        size = state.num_items
+        matrix = np.zeros(size * size)
+        index = state.array("pair_index")
+        matrix[index] = state.array(name)
+        square = matrix.reshape(size, size)
+        square += square.T  # only i < j was stored
+        square[np.diag_indices(size)] = diagonal
+        return square
+
+    def knows(self, subject_digest: str) -> bool:
+        return subject_digest in self._subjects
+
+    def subject_items(self, subject_digest: str) -> np.ndarray:
+        """Item ids the subject rated (ascending); ``KeyError`` for an unknown subject."""
+        return self._subjects[subject_digest][0]
+
+    def _personal(self, subject_digest: str, targets: np.ndarray) -> np.ndarray:
+        """User bias plus the blended KNN / low-rank residual for the subject's ``targets``."""
+        config = self.config
+        rated, ratings = self._subjects[subject_digest]
+        baseline = self.mu + self.item_bias[rated]
+        user_bias = float((ratings - baseline).sum()) / (len(rated) + config.user_bias_shrinkage)
+        residual = ratings - baseline - user_bias
+        weights = np.maximum(self.similarity[np.ix_(targets, rated)], 0.0)
+        if len(rated) > config.neighbours:
+            kth = -np.partition(-weights, config.neighbours - 1, axis=1)[:, config.neighbours - 1 : config.neighbours]
+            weights = np.where(weights >= kth, weights, 0.0)
+        total = weights.sum(axis=1)
+        knn = np.where(total > 0, weights @ residual / np.where(total > 0, total, 1.0), 0.0)
+        if self.factors.shape[1] == 0:
+            return user_bias + knn
+        rated_factors = self.factors[rated]
+        gram = rated_factors.T @ rated_factors + config.factor_noise * np.eye(self.factors.shape[1])
+        latent = np.linalg.solve(gram, rated_factors.T @ residual)
+        low_rank = self.factors[targets] @ latent
+        return user_bias + config.knn_weight * knn + (1.0 - config.knn_weight) * low_rank
+
+    def predict(self, rows: pa.Table) -> np.ndarray:
+        """Predicted ratings (float64, unclipped) for rows with ``item_id`` and ``subject_digest``.
+
+        Rows of subjects the state does not hold get ``mu + b_i``. Raises ``ValueError`` for
+        item ids outside ``[0, num_items)``.
+        """
+        items = rows.column(ITEM_ID).to_numpy().astype(np.int64)
+        size = len(self.item_bias)
+        if len(items) and (items.min() < 0 or items.max() >= size):
+            raise ValueError(
+                f"item ids must lie in [0, {size}); found [{items.min()}, {items.max()}]. Raise training.model.num_items."
+            )
+        scores = self.mu + self.item_bias[items]
+        if SUBJECT_DIGEST not in rows.column_names or len(items) == 0:
+            return scores
+        digests, row_subject = np.unique(
+            np.asarray([d or "" for d in rows.column(SUBJECT_DIGEST).to_pylist()], dtype=str), return_inverse=True
+        )
+        order = np.argsort(row_subject, kind="stable")
+        bounds = np.searchsorted(row_subject[order], np.arange(len(digests) + 1))
+        for position, digest in enumerate(digests):
+            if str(digest) in self._subjects:
+                chosen = order[bounds[position] : bounds[position + 1]]
+                scores[chosen] += self._personal(str(digest), items[chosen])
+        return scores
+
+    def ranking_scores(self, subject_digest: str) -> np.ndarray:
+        """EASE score of every item for the subject (its rated items included), shape (num_items,)."""
+        rated = self._subjects[subject_digest][0]
+        return np.asarray(self.ranking[rated].sum(axis=0))
+
+    def recommend(self, subject_digest: str, k: int) -> list[int]:
+        """The ``k`` items with the best EASE score among items someone rated and the subject did not.
+
+        Ties go to the smaller item id. Raises ``KeyError`` for a subject the state does not hold.
+        """
+        scores = self.ranking_scores(subject_digest)
+        candidate = self.rated_items.copy()
+        candidate[self.subject_items(subject_digest)] = False
+        order = np.argsort(-scores, kind="stable")
+        return [int(i) for i in order[candidate[order]][:k]]
+
+
+class ItemStatsModel:
+    """The item-item statistics model family (see ``SufficientStatisticsModel`` and the module docstring)."""
+
+    task: Literal["rating", "classification"] = "rating"
+    subject_specific = True
+
+    def __init__(self, config: ItemStatsConfig) -> None:
+        if config.num_items < 1:
+            raise ValueError("ItemStatsModel needs num_items >= 1 (resolve it from the data first)")
+        self.config = config
+        self.num_items = config.num_items
+
+    def empty(self) -> nn.Module:
+        return ItemStatsState(self.num_items)
+
+    def layout(self, state: nn.Module) -> dict[str, Any]:
+        assert isinstance(state, ItemStatsState)
+        return {"subjects": state.subjects, "pairs": len(state.pair_index), "ratings": len(state.subject_items)}
+
+    def rebuild(self, layout: dict[str, Any]) -> nn.Module:
+        return ItemStatsState(
+            self.num_items, layout.get("subjects", []), layout.get("pairs", 0), layout.get("ratings", 0)
+        )
+
+    def contribution(self, rows: pa.Table) -> ItemStatsState:
+        """The state of ``rows`` alone: every subject's complete rows (a subject's own mean centres them).
+
+        A subject rating one item twice counts once, with the mean of its ratings. Raises
+        ``ValueError`` for item ids outside ``[0, num_items)``.
+        """
+        size = self.num_items
+        if len(rows) == 0:
+            return ItemStatsState(size)
+        items = rows.column(ITEM_ID).to_numpy().astype(np.int64)
+        if items.min() < 0 or items.max() >= size:
+            raise ValueError(
+                f"item ids must lie in [0, {size}); found [{items.min()}, {items.max()}]. Raise training.model.num_items."
+            )
+        subjects, user = np.unique(np.asarray(rows.column(SUBJECT_DIGEST).to_pylist(), dtype=str), return_inverse=True)
+        ratings = on_grid(pc.cast(rows.column(RATING), pa.float64()).to_numpy())
+        cells, cell_of_row = np.unique(user * size + items, return_inverse=True)  # by subject, then item
+        per_cell = np.bincount(cell_of_row, minlength=len(cells))
+        cell_rating = on_grid(np.bincount(cell_of_row, weights=ratings, minlength=len(cells)) / per_cell)
+        cell_user, cell_item = cells // size, cells % size
+        subject_count = np.bincount(cell_user, minlength=len(subjects))
+        subject_mean = np.bincount(cell_user, weights=cell_rating, minlength=len(subjects)) / subject_count
+        centred = on_grid(cell_rating - subject_mean[cell_user])
+        pair_index, pair_count, pair_product = _pair_sums(cell_user, cell_item, centred, size)
+        arrays = {
+            "item_count": np.bincount(cell_item, minlength=size),
+            "item_sum": np.bincount(cell_item, weights=cell_rating, minlength=size),
+            "item_square": np.bincount(cell_item, weights=centred * centred, minlength=size),
+            "pair_index": pair_index,
+            "pair_count": pair_count,
+            "pair_product": pair_product,
+            "subject_offsets": np.concatenate([[0], np.cumsum(subject_count)]),
+            "subject_items": cell_item,
+            "subject_ratings": cell_rating,
+        }
+        return _state(size, [str(s) for s in subjects], arrays)
+
+    def accumulate(self, state: nn.Module, slice_rows: pa.Table) -> nn.Module:
+        return self.combine([state, self.contribution(slice_rows)])
+
+    def combine(self, states: Sequence[nn.Module]) -> nn.Module:
+        """The exact sum of states; subjects are concatenated in digest order.
+
+        Raises ``ValueError`` when a subject occurs in two states: its rows were split (row
+        placement, or one subject over several slices), and its own mean would not be its own.
+        """
+        parts = [s for s in states if isinstance(s, ItemStatsState)]
+        if len(parts) != len(states) or any(p.num_items != self.num_items for p in parts):
+            raise ValueError(f"combine needs ItemStatsState objects over {self.num_items} items")
+        subjects = [d for p in parts for d in p.subjects]
+        order = sorted(range(len(subjects)), key=subjects.__getitem__)
+        ordered = [subjects[i] for i in order]
+        repeated = sorted({a for a, b in pairwise(ordered) if a == b})
+        if repeated:
+            raise ValueError(
+                f"{len(repeated)} subject(s) (e.g. digest {repeated[0][:12]}...) occur in more than one shard or "
+                "slice: the item_stats model needs each subject's rows in one slice (sharding.placement "
+                "'balanced' or 'hash')"
+            )
+        pair_index, pair_count, pair_product = _merge_pairs(
+            [p.array("pair_index") for p in parts],
+            [p.array("pair_count") for p in parts],
+            [p.array("pair_product") for p in parts],
+        )
+        blocks: list[tuple[np.ndarray, np.ndarray]] = []
+        for p in parts:
+            offsets = p.array("subject_offsets")
+            items, ratings = p.array("subject_items"), p.array("subject_ratings")
+            blocks += [
+                (items[offsets[u] : offsets[u + 1]], ratings[offsets[u] : offsets[u + 1]])
+                for u in range(len(p.subjects))
+            ]
+        ordered_blocks = [blocks[i] for i in order]
+        lengths = np.array([len(b[0]) for b in ordered_blocks], dtype=np.int64)
+        arrays = {
+            name: np.sum([p.array(name) for p in parts], axis=0) if parts else np.zeros(self.num_items)
+            for name in ("item_count", "item_sum", "item_square")
+        }
+        arrays.update(
+            {
+                "pair_index": pair_index,
+                "pair_count": pair_count,
+                "pair_product": pair_product,
+                "subject_offsets": np.concatenate([[0], np.cumsum(lengths)]),
+                "subject_items": np.concatenate([b[0] for b in ordered_blocks]) if ordered_blocks else np.zeros(0),
+                "subject_ratings": np.concatenate([b[1] for b in ordered_blocks]) if ordered_blocks else np.zeros(0),
+            }
+        )
+        return _state(self.num_items, ordered, arrays)
+
+    def fit(self, state: nn.Module) -> ItemStatsFit:
+        assert isinstance(state, ItemStatsState)
+        return ItemStatsFit(self.config, state)
