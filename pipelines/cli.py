@@ -21,7 +21,7 @@ from typing import Any
 import click
 import typer
 
-__all__ = ["EXIT_CODES", "JOBS", "app", "main"]
+__all__ = ["EXIT_CODES", "JOBS", "SUBJOBS", "app", "main"]
 
 #: Subcommand -> (recipe module, one-line help). The help is kept here so that listing the
 #: jobs imports none of them.
@@ -32,7 +32,17 @@ JOBS: dict[str, tuple[str, str]] = {
     "scan": ("pipelines.scan", "Look for any trace of a subject in every object version of a store."),
     "readmit": ("pipelines.readmit", "Re-admit erased subjects who gave new consent (recorded, with a reason)."),
     "digest": ("pipelines.digest", "Print the keyed digest of a subject id (to search MLflow and receipts)."),
-    "benchmark": ("pipelines.benchmark", "MovieLens benchmark: accuracy, training and erasure speed-ups."),
+    "recommend": ("pipelines.recommend", "Top-k items a subject has not rated, from the published exact ensemble."),
+    "benchmark": ("pipelines.benchmark", "MovieLens benchmarks: `erasure` (the default) and `accuracy`."),
+}
+
+#: Jobs with sub-jobs (``expunge benchmark accuracy --data ...``). The bare job (``expunge benchmark
+#: --data ...``) still runs its JOBS recipe, which is also its first sub-job here.
+SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
+    "benchmark": {
+        "erasure": ("pipelines.benchmark", "Erasure speed-ups and test RMSE of MF ensembles against S and R."),
+        "accuracy": ("pipelines.benchmark_accuracy", "RMSE, MAE, NDCG@10, Recall@10 of each model family against S."),
+    },
 }
 
 #: The one table of exit codes, shared by every subcommand (README: "Exit codes").
@@ -66,10 +76,13 @@ class _LazyJobs(click.Group):
         )
         @click.pass_context
         def job(job_ctx: click.Context) -> None:
-            recipe = importlib.import_module(module_name)
+            name, module, args = cmd_name, module_name, list(job_ctx.args)
+            if args and args[0] in SUBJOBS.get(cmd_name, {}):
+                name, module, args = f"{cmd_name} {args[0]}", SUBJOBS[cmd_name][args[0]][0], args[1:]
+            recipe = importlib.import_module(module)
             single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-            single.command(cmd_name)(recipe.main)
-            typer.main.get_command(single).main(args=job_ctx.args, prog_name=f"expunge {cmd_name}")
+            single.command(name)(recipe.main)
+            typer.main.get_command(single).main(args=args, prog_name=f"expunge {name}")
 
         return job
 
