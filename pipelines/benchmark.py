@@ -226,7 +226,10 @@ def main(
     s3_shards: int = typer.Option(8, help="S of the local-vs-S3 comparison"),
     s3_slices: int = typer.Option(4, help="R of the local-vs-S3 comparison"),
 ) -> None:
-    """Measure SISA training, accuracy and erasure against the monolithic model in one run."""
+    """Measure SISA training, accuracy and erasure against the monolithic model in one run.
+
+    Also `expunge benchmark erasure`; accuracy of every model family: `expunge benchmark accuracy`.
+    """
     init_logging()
     logging.getLogger("orchestrator").setLevel(logging.WARNING)
     training = TrainingConfig(

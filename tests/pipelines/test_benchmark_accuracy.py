@@ -111,3 +111,16 @@ def test_recommend_prints_unseen_items_as_json_and_refuses_an_unknown_subject(tm
     missing = _expunge("recommend", "--storage", str(store), "--subject", "nobody")
     assert missing.exit_code == 2
     assert "no rows" in missing.output
+
+
+def test_movielens_1m_layout_runs_too(tmp_path):
+    """``ratings.dat`` (UserID::MovieID::Rating::Timestamp) is read by the same loader."""
+    lines = [f"{u}::{i}::{1 + (u + i) % 5}::{970000000 + u * 50 + i}" for u in range(1, 31) for i in range(1, 16)]
+    data = tmp_path / "ratings.dat"
+    data.write_text("\n".join(line for n, line in enumerate(lines) if n % 4) + "\n")
+    results = run(
+        data, shard_counts=(2,), slices=2, models=["item_stats", "popularity"], erasures=0, pool_factory=local_pool
+    )
+    assert [(r.model, r.shards) for r in results] == [("popularity", 1), ("item_stats", 1), ("item_stats", 2)]
+    assert results[1].rmse == results[2].rmse
+    assert results[1].erasure_seconds is None
