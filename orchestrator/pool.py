@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def fit_cpus_per_actor(wanted: float, cluster_cpus: float, actors: int) -> float:
-    """CPUs to reserve per shard actor: ``wanted``, lowered so that ``actors`` of them fit ``cluster_cpus``.
+    """CPUs to reserve per shard actor: ``wanted``, lowered so that ``actors`` of them fit in ``cluster_cpus`` (free CPUs).
 
     Rounded down to 1/1000 CPU (Ray's resource granularity is 1/10000). Never negative.
     """
@@ -81,16 +81,17 @@ class RayShardPool:
         self.training = training
         self.model = model
         self.versions = dict(versions)
-        # Fit the actors on the cluster's CPUs: actors that cannot be placed would wait forever.
-        # The cluster total, not what is free this instant: Ray frees a killed actor's CPUs
-        # asynchronously, so "free now" reads 0 right after a previous pool was shut down.
-        total = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
-        self.cpus_per_actor = fit_cpus_per_actor(training.cpus_per_shard, total, len(self.versions))
+        # Reserve no more than what is free now: actors that cannot be placed would wait forever
+        # (other pools of this process, or other jobs, may hold CPUs). Ray frees a killed actor's
+        # CPUs asynchronously, so this can read 0 right after a pool shut down; the actors then
+        # reserve 0 CPU, which always schedules.
+        free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        self.cpus_per_actor = fit_cpus_per_actor(training.cpus_per_shard, free, len(self.versions))
         if self.cpus_per_actor < training.cpus_per_shard:
             log.info(
-                "%d shard actors on a %.0f-CPU cluster: %.3f CPU reserved per actor (asked: %.2f)",
+                "%d shard actors with %.2f free CPUs: %.3f CPU reserved per actor (asked: %.2f)",
                 len(self.versions),
-                total,
+                free,
                 self.cpus_per_actor,
                 training.cpus_per_shard,
             )

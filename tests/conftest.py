@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# The test cluster's authentication mode, set explicitly as Expunge's own local clusters do
+# (before ray is imported, so Ray reads it), which keeps Ray's start-up banner away.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def _free_port() -> int:
