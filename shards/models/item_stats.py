@@ -176,11 +176,13 @@ class ItemStatsFit:
         co_product = self._dense(state, "pair_product", state.array("item_square"))
         norm = np.sqrt(np.diag(co_product))
         safe = np.where(norm > 0, norm, 1.0)
-        self.similarity = co_product / np.outer(safe, safe) * co_count / (co_count + config.similarity_shrinkage)
+        # A shrinkage of 0 is allowed: pairs nobody co-rated then divide 0 by a tiny number, not by 0.
+        shrunk = co_count / np.maximum(co_count + config.similarity_shrinkage, 1e-12)
+        self.similarity = co_product / np.outer(safe, safe) * shrunk
         np.fill_diagonal(self.similarity, 0.0)
         self.factors = np.zeros((size, 0))
         if config.factors > 0:
-            covariance = co_product / (co_count + config.covariance_shrinkage)
+            covariance = co_product / np.maximum(co_count + config.covariance_shrinkage, 1e-12)
             values, vectors = np.linalg.eigh(covariance)
             top = np.argsort(values)[::-1][: config.factors]
             self.factors = vectors[:, top] * np.sqrt(np.maximum(values[top], 0.0))

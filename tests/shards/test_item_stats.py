@@ -183,3 +183,11 @@ def test_matrix_factorisation_recommends_unrated_items_too(tmp_path, hasher):
     assert not set(top) & rated
     with pytest.raises(UnknownSubjectError):
         coordinator.recommend("nobody-by-this-name", 3)
+
+
+def test_zero_shrinkage_gives_finite_predictions():
+    config = ItemStatsConfig(num_items=6, similarity_shrinkage=0.0, covariance_shrinkage=0.0, factors=2)
+    model = ItemStatsModel(config)
+    fit = model.fit(model.accumulate(model.empty(), _rows([(1, 0, 4.0), (1, 1, 2.0), (2, 2, 5.0), (2, 0, 3.0)])))
+    rows = pa.table({SUBJECT_DIGEST: ["subject-001"] * 6, ITEM_ID: pa.array(range(6), pa.int64())})
+    assert np.isfinite(fit.predict(rows)).all()
