@@ -15,9 +15,35 @@ from collections.abc import Iterable
 from orchestrator.errors import ConfigError
 from shards.identity import canonical_subject_id, canonical_subject_ids
 
-__all__ = ["SubjectHasher"]
+__all__ = ["SubjectHasher", "key_weakness"]
 
 _MIN_KEY_BYTES = 16
+#: A configured key must carry at least this much entropy (32 bytes), estimated from its alphabet.
+_MIN_KEY_BITS = 256
+_HEX = frozenset("0123456789abcdefABCDEF")
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")
+_MIN_DISTINCT = 10
+_KEY_HINT = "export {env}=$(python -c 'import secrets;print(secrets.token_hex(32))')"
+
+
+def key_weakness(value: str) -> str | None:
+    """Why ``value`` is too weak to key subject digests, or None when it is strong enough (pure).
+
+    Estimates entropy from the key's alphabet: 4 bits a character for hex, 6 for base64, 6.5
+    for other printable text, and refuses fewer than 256 bits (``secrets.token_hex(32)`` has
+    exactly 256), fewer than 10 distinct characters (a repeated pattern), and any whitespace
+    (a pasted newline or space would silently make another key).
+    """
+    if value != value.strip() or any(ch.isspace() for ch in value):
+        return "it contains whitespace (a trailing newline or a space pasted with it?)"
+    if len(set(value)) < _MIN_DISTINCT:
+        return f"it uses only {len(set(value))} distinct character(s): a repeated pattern, not a secret"
+    chars = set(value)
+    bits_per_char = 4.0 if chars <= _HEX else 6.0 if chars <= _BASE64 else 6.5
+    bits = len(value) * bits_per_char
+    if bits < _MIN_KEY_BITS:
+        return f"it carries about {bits:.0f} bits of entropy; at least {_MIN_KEY_BITS} (32 random bytes) are needed"
+    return None
 
 
 class SubjectHasher:
@@ -40,6 +66,13 @@ class SubjectHasher:
                 f"digests. Set it to a secret of >= 32 hex characters, e.g. `export {env_name}="
                 "$(python -c 'import secrets;print(secrets.token_hex(32))')`, and keep it stable: "
                 "changing it makes earlier digests unmatchable."
+            )
+        weakness = key_weakness(value)
+        if weakness is not None:
+            raise ConfigError(
+                f"the subject digest key in {env_name} is too weak: {weakness}. Digests of a weak key can be "
+                f"reversed by trying likely ids. Use a fresh random key: `{_KEY_HINT.format(env=env_name)}` "
+                "(for a store already trained, keep its key: retrain into a new store to change it). Nothing was changed."
             )
         return cls(value.encode())
 

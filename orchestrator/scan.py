@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from shards.identity import canonical_subject_id
 from shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
 from shards.store import ObjectStore
 
@@ -62,6 +63,8 @@ def scan_store(store: ObjectStore, subject_id: str, subject_digest: str) -> Scan
     rows; a lineage slice that no longer exists anywhere makes the checkpoint unverifiable,
     which is reported too.
     """
+    # Stored shard data holds canonical ids (shards.identity): look for that form of the id.
+    subject_id = canonical_subject_id(subject_id)
     findings: list[Finding] = []
     slice_holds_subject: dict[str, bool] = {}
     checkpoints: list[tuple[str, str | None, dict[str, object]]] = []

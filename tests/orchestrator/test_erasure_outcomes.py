@@ -161,3 +161,21 @@ def test_a_truncated_manifest_is_a_typed_error_naming_the_object(tmp_path, hashe
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(StorageCorruptError, match=r"ensemble/00000001\.json"):
         Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+
+
+def test_scan_finds_a_person_typed_another_way(tmp_path, hasher):
+    import unicodedata
+
+    import pyarrow as pa
+
+    rows = ROWS.set_column(
+        ROWS.schema.get_field_index(SUBJECT_ID),
+        SUBJECT_ID,
+        pa.array([("zoë" if s == SUBJECTS[1] else s) for s in ROWS.column(SUBJECT_ID).to_pylist()]),
+    )
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    coordinator.train(rows, job(shards=2, slices=2))
+    typed = " " + unicodedata.normalize("NFD", "zoë") + " "  # decomposed, with spaces around
+    # A digest that matches nothing, so only the raw-id check of the stored rows can find them.
+    report = scan_store(coordinator.store, typed, "0" * 64)
+    assert "rows" in {f.kind for f in report.findings}

@@ -17,7 +17,7 @@ from pipelines.cli import app
 from pipelines.datasets import synthetic_ratings
 from tests.engine import job
 
-KEY = "e" * 64
+KEY = "3f9c2b7e1d8a4f6052c7e9b1a3d5f7082e4c6a8b0d2f4e6a8c0e2a4c6e8a0c2e"
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from orchestrator.digests import SubjectHasher
 from pipelines.cli import EXIT_CODES, JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY = "d" * 64
+KEY = "3f9c2b7e1d8a4f6052c7e9b1a3d5f7082e4c6a8b0d2f4e6a8c0e2a4c6e8a0c2e"
 
 
 def _expunge(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -103,7 +103,7 @@ def test_digest_refuses_a_key_the_store_was_not_trained_with(tmp_path):
         "--storage",
         str(tmp_path / "store"),
         cwd=tmp_path,
-        EXPUNGE_SUBJECT_KEY="f" * 64,
+        EXPUNGE_SUBJECT_KEY="a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9b",
     )
     assert wrong.returncode == 2
     assert "differs" in wrong.stderr

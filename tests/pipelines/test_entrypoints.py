@@ -70,7 +70,7 @@ def test_train_then_forget_from_the_command_line(tmp_path):
         f"storage: {{uri: {tmp_path / 'store'}}}\n"
         f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}'}}\n"
     )
-    key = {"EXPUNGE_SUBJECT_KEY": "k" * 64}
+    key = {"EXPUNGE_SUBJECT_KEY": "3f9c2b7e1d8a4f6052c7e9b1a3d5f7082e4c6a8b0d2f4e6a8c0e2a4c6e8a0c2e"}
     trained = _run(["pipelines.train", "--config", str(config)], tmp_path, **key)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads(trained.stdout.strip().splitlines()[-1])["ensemble_version"] == 1
@@ -139,7 +139,7 @@ def test_scan_command_exit_codes(tmp_path):
     from pipelines.datasets import synthetic_ratings
     from tests.engine import job
 
-    key = "s" * 40
+    key = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8f"
     coordinator = Coordinator(str(tmp_path / "store"), SubjectHasher(key.encode()), pool_factory=local_pool)
     coordinator.train(
         synthetic_ratings(SyntheticRatingsConfig(users=12, items=8, ratings_per_user=3)), job(shards=2, slices=2)
