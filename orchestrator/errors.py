@@ -13,6 +13,7 @@ from shards.errors import (
 )
 
 __all__ = [
+    "ArtifactStoreNotErasable",
     "ConfigError",
     "DataValidationError",
     "ErasedSubjectsInDataError",
@@ -23,6 +24,7 @@ __all__ = [
     "ShardStartTimeout",
     "StorageConflictError",
     "StorageCorruptError",
+    "TrackingUnreachable",
     "UnknownSubjectError",
 ]
 
@@ -74,3 +76,52 @@ class ErasedSubjectsInDataError(ExpungeError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.rows, self.subjects, self.store))
+
+
+class TrackingUnreachable(ExpungeError):
+    """The MLflow tracking server or database named by ``tracking.uri`` does not answer; nothing was changed.
+
+    Example scenario: ``tracking.uri: http://mlflow:5000`` while the server is down or listens
+    on another port. Expunge asks ``/health`` once with a short timeout instead of letting
+    MLflow retry for minutes.
+    """
+
+    def __init__(self, uri: str, cause: str) -> None:
+        self.uri = uri
+        self.cause = cause
+        super().__init__(uri, cause)
+
+    def __str__(self) -> str:
+        return (
+            f"the MLflow tracking store {self.uri!r} cannot be reached ({self.cause}); nothing was changed. "
+            "Start the server (or fix tracking.uri / --tracking-uri), check `curl <uri>/health`, and run "
+            "the command again; tracking.enabled: false runs without MLflow."
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.uri, self.cause))
+
+
+class ArtifactStoreNotErasable(ExpungeError):
+    """MLflow would keep model files where Expunge cannot delete every stored copy; refused before any write.
+
+    Example scenario: the experiment's artifact root is on a versioned S3 bucket and the
+    credentials lack ``s3:ListBucketVersions`` / ``s3:DeleteObjectVersion``, or the tracking
+    server proxies artifacts and ``MLFLOW_ARTIFACTS_DESTINATION`` does not say where they go:
+    purging an erased subject's model version would leave earlier object versions behind.
+    """
+
+    def __init__(self, root: str, cause: str, fix: str) -> None:
+        self.root = root
+        self.cause = cause
+        self.fix = fix
+        super().__init__(root, cause, fix)
+
+    def __str__(self) -> str:
+        return (
+            f"MLflow artifact root {self.root!r}: {self.cause}, so purging a model version could leave copies "
+            f"of erased subjects' weights behind; nothing was changed. {self.fix}"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.root, self.cause, self.fix))

@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
-from orchestrator.catalog import EnsembleManifest
+import logging
+from typing import Any
+
+from orchestrator.catalog import Catalog, EnsembleManifest
 from orchestrator.config import StorageConfig, TrackingConfig
 from orchestrator.receipts import ErasureReceipt
+from orchestrator.registry.artifacts import ArtifactEraser
 from orchestrator.registry.packaging import Packager
 from orchestrator.registry.purge import Purger
 from orchestrator.registry.runs import RunRecorder
+from orchestrator.registry.staging import Staging
 from orchestrator.registry.tracking import Registry
 from shards.store import ObjectStore
 
 __all__ = ["Lineage"]
 
+log = logging.getLogger(__name__)
+
 
 class Lineage:
-    """Records a run and a servable model version per commit, and purges versions an erasure made unlawful."""
+    """Records a run and a servable model version per commit, and purges versions an erasure made unlawful.
+
+    Opening one finishes what a crash or an MLflow outage interrupted (``reconcile``), so the
+    registry never keeps serving, or storing, a model an erasure superseded.
+    """
 
     def __init__(self, tracking: TrackingConfig, storage: StorageConfig | str) -> None:
-        """``storage`` is the shard store the coordinator commits to (its options reach S3 here too)."""
-        self.registry = Registry.open(tracking, storage)
+        """``storage`` is the shard store the coordinator commits to (its options reach S3 here too).
+
+        Raises:
+            TrackingUnreachable: the tracking server or database does not answer.
+            ArtifactStoreNotErasable: model files would go where every copy cannot be deleted.
+            ConfigError: an http(s) tracking URI without ``tracking.backend_store_uri``.
+        """
+        eraser = ArtifactEraser.from_env()
+        self.registry = Registry.open(tracking, storage, check_root=eraser.check)
+        self.staging = Staging.for_tracking(self.registry.uri)
         self.runs = RunRecorder(self.registry)
-        self.packaging = Packager(self.registry)
-        self.purger = Purger(self.registry)
+        self.packaging = Packager(self.registry, self.staging)
+        self.purger = Purger(self.registry, eraser)
+        self.reconcile()
 
     # ----- what callers read --------------------------------------------------------------------
     @property
@@ -54,24 +74,23 @@ class Lineage:
     def store_uri(self) -> str:
         return self.registry.store_uri
 
-    def current_version(self) -> str | None:
-        """The registry version the alias points at (None: nothing registered yet)."""
+    def _alias_target(self) -> Any:
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self.client.get_model_version_by_alias(self.registry.model_name, self.registry.alias).version)
+            return self.client.get_model_version_by_alias(self.registry.model_name, self.registry.alias)
         except MlflowException:
             return None
+
+    def current_version(self) -> str | None:
+        """The registry version the alias points at (None: nothing registered yet)."""
+        target = self._alias_target()
+        return str(target.version) if target is not None else None
 
     def recorded_ensemble_version(self) -> int | None:
         """The store version the alias's model version was built from (None: nothing recorded)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            version = self.client.get_model_version_by_alias(self.registry.model_name, self.registry.alias)
-        except MlflowException:
-            return None
-        tag = version.tags.get("expunge.ensemble_version")
+        target = self._alias_target()
+        tag = target.tags.get("expunge.ensemble_version") if target is not None else None
         return int(tag) if tag else None
 
     # ----- a version per commit -----------------------------------------------------------------
@@ -97,7 +116,11 @@ class Lineage:
         return version
 
     def record_erasure(self, receipt: ErasureReceipt, manifest: EnsembleManifest, parent: str | None) -> str:
-        """Log the erasure run and the new version, move the alias, then purge every earlier version."""
+        """Log the erasure run and the new version, move the alias, purge every earlier version, close the run.
+
+        The purge comes right after the alias moves: the run's closing details can wait, the
+        superseded weights cannot. Returns the new registry version.
+        """
         if receipt.status != "erased":
             raise ValueError(f"record_erasure needs an 'erased' receipt, got {receipt.status!r}; use record_request")
         run_id = self.runs.start_erasure(receipt, manifest, parent)
@@ -109,9 +132,9 @@ class Lineage:
             f"Erasure {receipt.request_id}: {receipt.rows_removed} row(s) of {len(receipt.subject_digests)} "
             f"subject(s) removed; shards {receipt.affected_shards} retrained.",
         )
+        self.purge_superseded(receipt.request_id, version)
         self.runs.finish_erasure(run_id, receipt, parent, version)
         self.runs.end(run_id)
-        self.purge_superseded(receipt.request_id, version)
         return version
 
     def record_request(
@@ -133,3 +156,61 @@ class Lineage:
     def purge_superseded(self, request_id: str, keep: str) -> list[str]:
         """Make every version older than ``keep`` unloadable (see ``Purger.purge_superseded``)."""
         return self.purger.purge_superseded(request_id, keep)
+
+    # ----- crash recovery ---------------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Bring the registry in line with the store, finishing whatever a crash or outage interrupted.
+
+        In order: staging folders of dead processes are removed; the store's published version
+        is recorded if the registry lags it; every version older than the newest erasure
+        version is purged (with LoggedModels no version references); the alias target's run is
+        finished; other runs left RUNNING are marked FAILED. Cheap when nothing is pending
+        (four lookups); runs on every open, and may be called again at any time.
+        """
+        self.staging.sweep()
+        manifest = Catalog(self.store).latest()
+        recorded = self.recorded_ensemble_version()
+        if manifest is not None and (recorded is None or recorded < manifest.version):
+            log.warning(
+                "MLflow lags the store (v%s < v%d): recording the published version now", recorded, manifest.version
+            )
+            self._record_published(manifest)
+        erasures = [v for v in self.registry.model_versions() if v.tags.get("expunge.kind") == "erasure"]
+        if erasures:
+            newest = max(erasures, key=lambda v: int(v.version))
+            self.purge_superseded(newest.tags.get("expunge.request_id", "unknown"), str(newest.version))
+        target = self._alias_target()
+        if target is None:
+            return
+        self._finish_run_of(target)
+        ensemble = target.tags.get("expunge.ensemble_version", "")
+        self.runs.retire_interrupted(target.run_id, int(ensemble) if ensemble.isdigit() else 0)
+
+    def _record_published(self, manifest: EnsembleManifest) -> None:
+        if manifest.kind == "train":
+            self.record_training(manifest, {})
+            return
+        self.record_erasure(self._stored_receipt(manifest), manifest, self.current_version())
+
+    def _stored_receipt(self, manifest: EnsembleManifest) -> ErasureReceipt:
+        stored = Catalog(self.store).read_receipt(manifest.version)
+        if stored:
+            return ErasureReceipt.model_validate_json(stored)
+        return ErasureReceipt(request_id=manifest.request_id or "unknown", status="erased", subject_digests=())
+
+    def _finish_run_of(self, version: Any) -> None:
+        """Close the run that explains ``version`` if its record was interrupted after the version existed."""
+        if not version.run_id:
+            return
+        run = self.client.get_run(version.run_id)
+        if run.info.status != "RUNNING":
+            return
+        if version.tags.get("expunge.kind") == "erasure":
+            ensemble = int(version.tags.get("expunge.ensemble_version", "0"))
+            parent = version.tags.get("expunge.parent_version", "none")
+            manifest = Catalog(self.store).read(ensemble)
+            receipt = self._stored_receipt(manifest)
+            self.runs.finish_erasure(
+                version.run_id, receipt, None if parent == "none" else parent, str(version.version)
+            )
+        self.runs.end(version.run_id)

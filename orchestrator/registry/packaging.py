@@ -5,15 +5,16 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from orchestrator.catalog import EnsembleManifest
-from orchestrator.config import AnyModelConfig, CustomModelConfig, MFConfig
+from orchestrator.config import AnyModelConfig, CustomModelConfig, MLPConfig
 from orchestrator.errors import ConfigError
-from orchestrator.registry.tracking import LOGGED_MODEL_TAG, Registry
+from orchestrator.registry.faults import fault_point
+from orchestrator.registry.staging import Staging
+from orchestrator.registry.tracking import LOGGED_MODEL_TAG, MODEL_NAME_TAG, Registry
 from orchestrator.serving import ENSEMBLE_ARTIFACT, export_ensemble
 from shards.models import task_of
 
@@ -96,12 +97,12 @@ def _signature(manifest: EnsembleManifest) -> Any:
         # request column through to its ``encode``. Outputs: one score per row, or probabilities.
         shape = (-1,) if task_of(manifest.model) == "rating" else (-1, -1)
         return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.float64), shape)]))
-    if isinstance(manifest.model, MFConfig):
-        inputs = Schema([*subjects, ColSpec("long", "item_id")])
-        outputs = Schema([TensorSpec(np.dtype(np.float64), (-1,))])
-    else:
+    if isinstance(manifest.model, MLPConfig):
         inputs = Schema([*subjects, ColSpec(Array("double"), "features")])
         outputs = Schema([TensorSpec(np.dtype(np.float64), (-1, manifest.model.num_classes))])
+    else:  # rating families (matrix factorisation and others): one score per (subject, item)
+        inputs = Schema([*subjects, ColSpec("long", "item_id")])
+        outputs = Schema([TensorSpec(np.dtype(np.float64), (-1,))])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -116,9 +117,10 @@ class LoggedServable:
 class Packager:
     """Logs a commit's ensemble as a servable pyfunc and registers it as the new version behind the alias."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, staging: Staging) -> None:
         self.registry = registry
         self.client = registry.client
+        self.staging = staging
 
     def log_servable(self, run_id: str, manifest: EnsembleManifest) -> LoggedServable:
         """Log the ensemble as a pyfunc LoggedModel holding a copy of every constituent."""
@@ -126,16 +128,22 @@ class Packager:
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
 
+        fault_point("model.create")
         model = self.client.create_logged_model(
             self.registry.experiment_id,
             name=f"ensemble-v{manifest.version}",
             source_run_id=run_id,
-            tags={"expunge.ensemble_version": str(manifest.version), "expunge.storage": self.registry.store_uri},
+            tags={
+                "expunge.ensemble_version": str(manifest.version),
+                "expunge.storage": self.registry.store_uri,
+                MODEL_NAME_TAG: self.registry.model_name,
+            },
             model_type="expunge-sisa-ensemble",
         )
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-        with tempfile.TemporaryDirectory(prefix="expunge-model-") as scratch:
-            root = Path(scratch)
+        # Staged where the next open removes it even if this process is killed mid-way (staging.py).
+        with self.staging.folder() as root:
+            fault_point("model.stage")
             export_ensemble(self.registry.store, manifest, root / "ensemble")
             with warnings.catch_warnings():
                 # An input example would be loaded and predicted at logging time; the signature suffices.
@@ -154,7 +162,9 @@ class Packager:
                         model_id=model.model_id,
                     ),
                 )
+            fault_point("model.upload")
             self.client.log_model_artifacts(model.model_id, str(root / "model"))
+        fault_point("model.finalize")
         self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         return LoggedServable(str(model.model_id), str(model.artifact_location))
 
@@ -171,6 +181,7 @@ class Packager:
             "expunge.storage": self.registry.store_uri,
             LOGGED_MODEL_TAG: servable.model_id,
         }
+        fault_point("version.create")
         version = self.client.create_model_version(
             name,
             # The artifact location, not models:/<id>: MLflow's sqlite registry resolves the
@@ -182,5 +193,6 @@ class Packager:
             description=description,
         )
         # The alias moves only after the store commit (the caller publishes first).
+        fault_point("alias.move")
         self.client.set_registered_model_alias(name, self.registry.alias, version.version)
         return str(version.version)

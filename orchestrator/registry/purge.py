@@ -1,46 +1,67 @@
-"""Purging: every model version an erasure made unlawful loses its LoggedModel and its files (``mlflow gc``)."""
+"""Purging: every model version an erasure made unlawful loses its files (every stored copy) and its LoggedModel.
+
+A version is purged in an order a crash can interrupt anywhere: files first (through
+``ArtifactEraser``: then it no longer loads), then the LoggedModel (soft, then hard delete, which
+is what ``mlflow gc --logged-model-ids`` does), then the version's ``purged`` tags. Each step is
+idempotent, and a version counts as purged only once tagged, so running the purge again (the
+next erasure, or the next ``Lineage`` open) finishes an interrupted one. LoggedModels that no
+version references (a record interrupted before its version existed) are purged with them.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
+from typing import Any
 
 from orchestrator.errors import LineagePurgeFailed
+from orchestrator.registry.artifacts import ArtifactEraser
+from orchestrator.registry.faults import fault_point
 from orchestrator.registry.tracking import LOGGED_MODEL_TAG, PURGED_BY_REQUEST, Registry
 
 __all__ = ["Purger"]
 
 log = logging.getLogger(__name__)
 
-_GC_TIMEOUT_S = 300
+_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+
+
+def _ensemble_version(tags: dict[str, str]) -> int:
+    value = tags.get("expunge.ensemble_version", "")
+    return int(value) if value.isdigit() else 0
 
 
 class Purger:
     """Makes superseded versions unloadable while keeping their lineage (version entry, tags, run)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, eraser: ArtifactEraser) -> None:
         self.registry = registry
         self.client = registry.client
+        self.eraser = eraser
 
     def purge_superseded(self, request_id: str, keep: str) -> list[str]:
-        """Make every version older than ``keep`` unloadable: delete its LoggedModel and gc its files.
+        """Make every version older than ``keep`` unloadable and delete its files; returns the versions purged.
 
         Expunge has no incremental data add, so every earlier version holds every subject an
         erasure removes: all of them are purged. The versions stay, tagged with the request
-        that purged them, so lineage (runs, tags, receipts) survives. Idempotent: a failed
-        purge is finished by calling this again (or by the next erasure).
+        that purged them, so lineage (runs, tags, receipts) survives. LoggedModels of this
+        registered model that no version references and that were built from an older
+        ensemble than ``keep`` are deleted too. Idempotent.
         """
-        from mlflow.exceptions import MlflowException
-
         name = self.registry.model_name
-        doomed = [
-            v
-            for v in self.client.search_model_versions(f"name = '{name}'")
-            if int(v.version) < int(keep) and PURGED_BY_REQUEST not in v.tags
+        versions = self.registry.model_versions()
+        kept = [v for v in versions if str(v.version) == str(keep)]
+        keep_ensemble = _ensemble_version(kept[0].tags) if kept else 0
+        doomed = sorted(
+            (v for v in versions if int(v.version) < int(keep) and PURGED_BY_REQUEST not in v.tags),
+            key=lambda v: int(v.version),
+        )
+        referenced = {v.tags.get(LOGGED_MODEL_TAG) for v in versions}
+        orphans = [
+            m
+            for m in self.registry.logged_models()
+            if m.model_id not in referenced and _ensemble_version(m.tags) < keep_ensemble
         ]
-        model_ids: list[str] = []
+        targets: list[tuple[str, str]] = []  # (LoggedModel id, artifact location)
         for version in doomed:
             model_id = version.tags.get(LOGGED_MODEL_TAG)
             if not model_id:
@@ -49,19 +70,23 @@ class Purger:
                     "it was not registered by this Expunge release. Delete it by hand with "
                     "MlflowClient.delete_model_version and remove its artifacts."
                 )
+            fault_point("purge.alias")
             for alias in version.aliases:
                 self.client.delete_registered_model_alias(name, alias)
-            try:
-                self.client.get_logged_model(model_id)
-            except MlflowException:
-                pass  # soft-deleted by an interrupted purge: gc below finishes it
-            else:
-                self.client.delete_logged_model(model_id)
-            model_ids.append(model_id)
-        if model_ids:
-            self._gc(model_ids)
+            targets.append((model_id, str(version.source)))
+        targets += [(str(m.model_id), str(m.artifact_location)) for m in orphans]
+        if targets:
+            fault_point("purge.artifacts")
+            for _, location in targets:
+                self.eraser.erase(location, self.registry.artifact_root)
+            fault_point("purge.delete_model")
+            for model_id, _ in targets:
+                self._soft_delete(model_id)
+            fault_point("purge.gc")
+            self._hard_delete([model_id for model_id, _ in targets])
+        if doomed:
+            fault_point("purge.tags")
         for version in doomed:
-            self.client.set_model_version_tag(name, version.version, PURGED_BY_REQUEST, request_id)
             self.client.set_model_version_tag(name, version.version, "expunge.purged_by_version", keep)
             self.client.update_model_version(
                 name,
@@ -69,28 +94,53 @@ class Purger:
                 description=f"PURGED by erasure {request_id} (now version {keep}): weights deleted. "
                 f"Was: {version.description or ''}",
             )
-        if doomed:
-            log.info("request %s: purged %d earlier model version(s) of %s", request_id, len(doomed), name)
+            # Last: this tag is what marks the version purged.
+            self.client.set_model_version_tag(name, version.version, PURGED_BY_REQUEST, request_id)
+        if targets:
+            log.info(
+                "request %s: purged %d earlier model version(s) and %d unregistered model(s) of %s",
+                request_id,
+                len(doomed),
+                len(orphans),
+                name,
+            )
         return [str(v.version) for v in doomed]
 
-    def _gc(self, model_ids: list[str]) -> None:
-        """``mlflow gc`` in a child process: the only call that deletes a LoggedModel's files."""
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.registry.uri}
-        command = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "gc",
-            "--backend-store-uri",
-            self.registry.backend_store_uri,
-            "--logged-model-ids",
-            ",".join(model_ids),
-        ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=_GC_TIMEOUT_S, check=False)
-        if done.returncode != 0:
+    def _soft_delete(self, model_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_logged_model(model_id)
+        except MlflowException as exc:
+            if exc.error_code != _NOT_FOUND:
+                raise
+            return  # already deleted by an interrupted purge: the hard delete below finishes it
+        self.client.delete_logged_model(model_id)
+
+    def _hard_delete(self, model_ids: list[str]) -> None:
+        """Remove the LoggedModel records, as ``mlflow gc --logged-model-ids`` does, but in-process (no 5 s child).
+
+        Uses the backend store's ``_hard_delete_logged_model``, the call ``mlflow gc`` makes; the
+        files are already gone (``ArtifactEraser``), which is the part gc could not do fully.
+        """
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import _get_store
+
+        store: Any = _get_store(self.registry.backend_store_uri)  # type: ignore[no-untyped-call]
+        hard_delete = getattr(store, "_hard_delete_logged_model", None)
+        if hard_delete is None:
             raise LineagePurgeFailed(
-                f"`mlflow gc` failed to delete the files of superseded model(s) {model_ids} "
-                f"(exit {done.returncode}): {done.stderr.strip()[-800:]}. The erasure itself is committed; "
-                "fix the cause (tracking.backend_store_uri, artifact store access) and call "
-                "Lineage.purge_superseded(request_id, keep=<current version>) to finish the purge."
+                f"the tracking backend {self.registry.backend_store_uri!r} cannot hard-delete LoggedModels "
+                f"{model_ids}; their files are deleted already. Use a database backend (sqlite, PostgreSQL, "
+                "MySQL) for tracking.backend_store_uri, then open the Lineage again to finish the purge."
             )
+        for model_id in model_ids:
+            try:
+                hard_delete(model_id)
+            except MlflowException as exc:
+                if exc.error_code != _NOT_FOUND:
+                    raise LineagePurgeFailed(
+                        f"deleting the LoggedModel record {model_id} failed ({exc}); its files are deleted "
+                        "already. Fix the cause (tracking.backend_store_uri, database access) and open the "
+                        "Lineage again, or call Lineage.purge_superseded(request_id, keep=<current version>)."
+                    ) from exc

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.catalog import EnsembleManifest
 from orchestrator.receipts import ErasureReceipt
+from orchestrator.registry.faults import fault_point
 from orchestrator.registry.tracking import Registry
 from orchestrator.serving import read_shard_manifest
 from shards.shard import shard_prefix
@@ -33,6 +34,7 @@ class RunRecorder:
     # ----- training ---------------------------------------------------------------------------------
     def start_training(self, manifest: EnsembleManifest, metrics: dict[str, float]) -> str:
         """A ``train-v<N>`` run with the job's settings as params; returns its id."""
+        fault_point("run.create")
         run = self.client.create_run(
             self.registry.experiment_id,
             run_name=f"train-v{manifest.version}",
@@ -54,6 +56,7 @@ class RunRecorder:
             "seed": manifest.training.seed,
             "rows": manifest.rows,
         }
+        fault_point("run.log")
         for name, value in params.items():
             self.client.log_param(run_id, name, value)
         for name, value in metrics.items():
@@ -65,6 +68,7 @@ class RunRecorder:
         """An ``erasure-<request>`` run with the receipt's figures and one tag per subject digest."""
         from mlflow.entities import Metric, Param, RunTag
 
+        fault_point("run.create")
         run = self.client.create_run(
             self.registry.experiment_id,
             run_name=f"erasure-{receipt.request_id}",
@@ -102,6 +106,7 @@ class RunRecorder:
         for shard in receipt.shards:
             metrics[f"retrain_seconds_shard_{shard.shard}"] = shard.seconds
         tags = [RunTag(k, v) for k, v in _digest_tags(receipt).items()]
+        fault_point("run.log")
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
@@ -149,11 +154,16 @@ class RunRecorder:
         return run_id
 
     def finish_erasure(self, run_id: str, receipt: ErasureReceipt, parent: str | None, version: str) -> None:
-        """The registry versions, the final receipt and the retrain chart, once the new version exists."""
+        """The registry versions, the final receipt and the retrain chart, once the new version exists.
+
+        Idempotent (same values), so finishing the run of an interrupted record is calling it again.
+        """
+        fault_point("run.receipt")
         self.client.log_param(run_id, "registry_version_after", version)
         self.client.set_tag(run_id, "expunge.registry_version", version)
         final = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
         self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
+        fault_point("run.chart")
         self._log_retrain_chart(run_id, final, receipt.full_retrain_seconds)
 
     def _log_retrain_chart(self, run_id: str, receipt: ErasureReceipt, full_retrain: float) -> None:
@@ -174,6 +184,7 @@ class RunRecorder:
     # ----- what every versioned run holds ------------------------------------------------------------
     def log_ensemble(self, run_id: str, manifest: EnsembleManifest, retrained: set[int]) -> None:
         """The published manifest as an artifact and each shard's data version as a dataset input."""
+        fault_point("run.inputs")
         self.client.log_text(run_id, manifest.model_dump_json(indent=1), "ensemble/manifest.json")
         self._log_shard_inputs(run_id, manifest, retrained)
 
@@ -205,4 +216,26 @@ class RunRecorder:
         self.client.log_inputs(run_id, datasets=inputs)
 
     def end(self, run_id: str) -> None:
+        fault_point("run.end")
         self.client.set_terminated(run_id)
+
+    def retire_interrupted(self, keep_run_id: str | None, up_to_ensemble: int) -> list[str]:
+        """Mark FAILED the runs of this store left RUNNING by an interrupted record; returns their ids.
+
+        Only runs of ensemble versions up to ``up_to_ensemble`` (what the alias serves): a run of
+        a newer version may be being written by another process right now.
+        """
+        retired = []
+        for run in self.registry.running_runs():
+            tags = run.data.tags
+            if run.info.run_id == keep_run_id or tags.get("expunge.storage") != self.registry.store_uri:
+                continue
+            version = tags.get("expunge.ensemble_version", "")
+            if tags.get("expunge.kind") not in {"train", "erasure"} or not version.isdigit():
+                continue
+            if int(version) > up_to_ensemble:
+                continue
+            self.client.set_tag(run.info.run_id, "expunge.interrupted", "true")
+            self.client.set_terminated(run.info.run_id, status="FAILED")
+            retired.append(str(run.info.run_id))
+        return retired

@@ -1,22 +1,38 @@
-"""The connection to MLflow: tracking URIs, this deployment's experiment and registered model, tag names."""
+"""The connection to MLflow: tracking URIs, the reachability probe, this deployment's experiment and
+registered model, searches that never build filter strings from names, and tag names."""
 
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import StorageConfig, TrackingConfig
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, TrackingUnreachable
 from shards.store import ObjectStore
 
-__all__ = ["LOGGED_MODEL_TAG", "PURGED_BY_REQUEST", "Registry", "artifacts_beside", "default_tracking_uri"]
+__all__ = [
+    "LOGGED_MODEL_TAG",
+    "MODEL_NAME_TAG",
+    "PURGED_BY_REQUEST",
+    "Registry",
+    "artifacts_beside",
+    "default_tracking_uri",
+    "equals_filter",
+]
 
 #: Version tag naming the erasure request whose commit purged the version's weights.
 PURGED_BY_REQUEST = "expunge.purged_by_request"
 #: MLflow's sqlite registry does not keep a version's model_id, so the version carries it as a tag.
 LOGGED_MODEL_TAG = "expunge.logged_model_id"
+#: LoggedModel tag naming the registered model it was logged for (finds orphans of interrupted records).
+MODEL_NAME_TAG = "expunge.model_name"
+_PROBE_TIMEOUT_S = 5.0
+_PAGE = 1000
 
 
 def default_tracking_uri(workdir: str | Path | None = None) -> str:
@@ -32,6 +48,47 @@ def artifacts_beside(uri: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
 
 
+def _probe(uri: str) -> None:
+    """Ask a tracking server's ``/health`` once: MLflow's own client retries for minutes before failing."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_PROBE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 behind a proxy): reachable; MLflow reports what else is wrong
+    except (OSError, ValueError) as exc:
+        raise TrackingUnreachable(uri, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from exc
+
+
+def equals_filter(key: str, value: str, parse: Callable[[str], list[dict[str, Any]]]) -> str | None:
+    """``key = <value>`` in MLflow's filter grammar, or None when ``value`` cannot be written in it.
+
+    MLflow strips one pair of quotes (single or double) and has no escapes, so a value is quoted
+    with a kind it does not contain; the clause is then parsed with MLflow's own ``parse`` and
+    kept only if it means exactly ``key == value``. Callers filter client-side on None.
+    """
+    for quote in ("'", '"'):
+        if quote in value:
+            continue
+        clause = f"{key} = {quote}{value}{quote}"
+        try:
+            parsed = parse(clause)
+        except Exception:  # MLflow's parser raises MlflowException and others on bad grammar
+            continue
+        if len(parsed) == 1 and parsed[0].get("comparator") == "=" and parsed[0].get("value") == value:
+            return clause
+    return None
+
+
+def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    token = None
+    while True:
+        page = search(**kwargs, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 @dataclass(frozen=True)
 class Registry:
     """Where one deployment's lineage lives: the client, its experiment and registered model, the shard store."""
@@ -41,6 +98,7 @@ class Registry:
     uri: str
     backend_store_uri: str
     experiment_id: str
+    artifact_root: str
     store: ObjectStore
 
     @property
@@ -56,8 +114,13 @@ class Registry:
         return self.store.uri
 
     @classmethod
-    def open(cls, tracking: TrackingConfig, storage: StorageConfig | str) -> Registry:
-        """Connect, and create the experiment and the registered model when they do not exist yet."""
+    def open(
+        cls, tracking: TrackingConfig, storage: StorageConfig | str, check_root: Callable[[str], None]
+    ) -> Registry:
+        """Connect, and create the experiment and the registered model when they do not exist yet.
+
+        ``check_root`` vets the experiment's artifact root (raising to refuse it) before any write.
+        """
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
@@ -67,19 +130,29 @@ class Registry:
         if backend_store_uri.startswith(("http://", "https://")):
             raise ConfigError(
                 f"tracking.uri is the server {uri!r} but tracking.backend_store_uri is not set: purging "
-                "erased subjects' model versions runs `mlflow gc`, which needs the server's own database. "
-                "Set tracking.backend_store_uri to the URI the server was started with (--backend-store-uri)."
+                "erased subjects' model versions deletes LoggedModel records, which needs the server's own "
+                "database. Set tracking.backend_store_uri to the URI the server was started with "
+                "(--backend-store-uri)."
             )
+        if uri.startswith(("http://", "https://")):
+            _probe(uri)
         client = MlflowClient(tracking_uri=uri)
         store = ObjectStore(storage)
-        experiment = client.get_experiment_by_name(tracking.experiment)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment
-            else client.create_experiment(
-                tracking.experiment, artifact_location=tracking.artifact_location or artifacts_beside(uri)
-            )
-        )
+        try:
+            experiment = client.get_experiment_by_name(tracking.experiment)
+        except MlflowException as exc:
+            raise TrackingUnreachable(uri, str(exc).splitlines()[0][:300]) from exc
+        if experiment is not None:
+            experiment_id, artifact_root = str(experiment.experiment_id), str(experiment.artifact_location)
+            check_root(artifact_root)
+        else:
+            wanted = tracking.artifact_location or artifacts_beside(uri)
+            if wanted is not None:
+                check_root(wanted)  # before the experiment exists: a refused root leaves nothing behind
+            experiment_id = str(client.create_experiment(tracking.experiment, artifact_location=wanted))
+            artifact_root = str(client.get_experiment(experiment_id).artifact_location)
+            if wanted is None:
+                check_root(artifact_root)  # the server's default root, known only now
         try:
             client.get_registered_model(tracking.model_name)
         except MlflowException:
@@ -88,4 +161,29 @@ class Registry:
                 description="Expunge SISA ensemble; one version per training or erasure commit. Load "
                 f"models:/{tracking.model_name}@{tracking.alias} with mlflow.pyfunc.load_model.",
             )
-        return cls(client, tracking, uri, backend_store_uri, str(experiment_id), store)
+        return cls(client, tracking, uri, backend_store_uri, experiment_id, artifact_root, store)
+
+    # ----- searches (no name is ever pasted into a filter string unchecked) --------------------------
+    def model_versions(self) -> list[Any]:
+        """Every version of this deployment's registered model."""
+        from mlflow.utils.search_utils import SearchModelVersionUtils
+
+        clause = equals_filter("name", self.model_name, SearchModelVersionUtils.parse_search_filter)
+        found = _pages(self.client.search_model_versions, filter_string=clause, max_results=_PAGE)
+        return [v for v in found if v.name == self.model_name]  # client-side when clause is None
+
+    def running_runs(self) -> list[Any]:
+        """Runs of this experiment still marked RUNNING (interrupted, or being written right now)."""
+        return list(
+            _pages(
+                self.client.search_runs,
+                experiment_ids=[self.experiment_id],
+                filter_string="attributes.status = 'RUNNING'",
+                max_results=_PAGE,
+            )
+        )
+
+    def logged_models(self) -> list[Any]:
+        """Active LoggedModels of this experiment that were logged for this registered model."""
+        found = _pages(self.client.search_logged_models, experiment_ids=[self.experiment_id], max_results=_PAGE)
+        return [m for m in found if m.tags.get(MODEL_NAME_TAG) == self.model_name]

@@ -1,4 +1,4 @@
-"""One real ``mlflow server`` per test session: sqlite backend, artifacts proxied to the S3 test server."""
+"""One real ``mlflow server`` per test session: sqlite backend, artifacts proxied to a versioned S3 test bucket."""
 
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> I
 
     root = tmp_path_factory.mktemp("mlflow-server")
     bucket = f"expunge-mlflow-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket=bucket)
+    # Versioned, as production buckets often are: purging must delete every object version.
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     port = _free_port()
     backend = f"sqlite:///{root / 'server.db'}"
     log_path = root / "server.log"

@@ -1,16 +1,212 @@
-"""A crash or MLflow outage between the store commit and the registry must not leave an erased subject servable."""
+"""A crash or MLflow outage at any MLflow step of an erasure is finished by the next open: the alias serves
+the newest version, every older version is purged and unloadable, and no copy of its weights remains."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow.pyfunc
+import pyarrow.parquet as pq
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
 
 from orchestrator.config import TrackingConfig
 from orchestrator.coordinator import Coordinator, local_pool
+from orchestrator.digests import SubjectHasher
 from orchestrator.registry import PURGED_BY_REQUEST, Lineage
+from orchestrator.registry.faults import ERASURE_STEPS, FAULT_AT_MLFLOW, TRAINING_STEPS, fault_point
+from orchestrator.registry.staging import STAGING_FOLDER
+from shards.store import InjectedFault
+from tests.conftest import TEST_KEY
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects
 
-ROWS = email_rows()
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = email_rows(users=16)
+MODEL = "expunge-crash"
+REQUEST = "ticket-crash"
+SUBJECT = subjects(ROWS)[3]
+CONFIG = job(shards=2, slices=2)
+
+
+def _tracking(root: Path) -> TrackingConfig:
+    return TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="crash", model_name=MODEL)
+
+
+@dataclass(frozen=True)
+class Template:
+    root: Path
+    first_model_id: str  # the LoggedModel of version 1: the pre-erasure weights
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Template:
+    """A trained deployment (store, sqlite tracking, local artifacts) to clone for each crash."""
+    root = tmp_path_factory.mktemp("registry-crash") / "template"
+    lineage = Lineage(_tracking(root), str(root / "store"))
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool).train(ROWS, CONFIG)
+    return Template(root, lineage.client.get_model_version(MODEL, "1").tags["expunge.logged_model_id"])
+
+
+def _clone(template: Template, target: Path) -> Path:
+    """Copy the deployment and point the tracking database's absolute paths at the copy."""
+    shutil.copytree(template.root, target)
+    old, new = str(template.root), str(target)
+    with sqlite3.connect(target / "mlflow.db") as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for column in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if any(t in str(column[2]).upper() for t in ("CHAR", "TEXT", "CLOB")):
+                    db.execute(
+                        f'UPDATE "{table}" SET "{column[1]}" = replace("{column[1]}", ?, ?) '
+                        f'WHERE instr("{column[1]}", ?) > 0',
+                        (old, new, old),
+                    )
+    return target
+
+
+def _assert_finished(root: Path, template: Template, monkeypatch) -> None:
+    """Reopen like a restarted job; the registry must then hold exactly the post-erasure state."""
+    lineage = Lineage(_tracking(root), str(root / "store"))
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
+    assert coordinator.manifest is not None
+    assert coordinator.manifest.version == 2  # the store committed before MLflow was touched
+    client = lineage.client
+
+    target = client.get_model_version_by_alias(MODEL, "production")
+    assert target.tags["expunge.ensemble_version"] == "2"
+    assert target.tags["expunge.request_id"] == REQUEST
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", lineage.uri)
+    older = [v for v in lineage.registry.model_versions() if int(v.version) < int(target.version)]
+    assert older, "nothing to purge: the test would pass vacuously"
+    for version in older:
+        assert version.tags[PURGED_BY_REQUEST] == REQUEST
+        with pytest.raises(MlflowException):
+            mlflow.pyfunc.load_model(f"models:/{MODEL}/{version.version}")
+    assert mlflow.pyfunc.load_model(f"models:/{MODEL}@production") is not None
+
+    # No copy of the pre-erasure weights anywhere in the deployment, and no stray model of them.
+    assert [p for p in root.rglob("*") if p.is_file() and template.first_model_id in str(p)] == []
+    assert {m.tags["expunge.ensemble_version"] for m in client.search_logged_models([lineage.experiment_id])} == {"2"}
+    assert not (root / STAGING_FOLDER).exists()
+
+    runs = client.search_runs([lineage.experiment_id], run_view_type=ViewType.ALL)
+    ours = [r for r in runs if r.data.tags.get("expunge.request_id") == REQUEST]
+    finished = [r for r in ours if r.info.status == "FINISHED"]
+    assert len(finished) == 1
+    assert {r.info.status for r in ours if r not in finished} <= {"FAILED"}
+    assert finished[0].data.tags["expunge.registry_version"] == str(target.version)
+    assert "receipt.json" in {a.path for a in client.list_artifacts(finished[0].info.run_id)}
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_every_erasure_step_has_a_fault_point_and_unknown_names_are_refused(monkeypatch):
+    names = {s for s in ERASURE_STEPS}
+    assert len(names) == len(ERASURE_STEPS)
+    assert set(TRAINING_STEPS) < names
+    source = "".join(p.read_text() for p in (ROOT / "orchestrator" / "registry").glob("*.py"))
+    for step in ERASURE_STEPS:
+        assert f'fault_point("{step}")' in source
+    monkeypatch.setenv(FAULT_AT_MLFLOW, "alias.mvoe")
+    with pytest.raises(Exception, match="names no MLflow step"):
+        fault_point("alias.move")
+
+
+@pytest.mark.parametrize("step", ERASURE_STEPS)
+def test_an_error_at_any_mlflow_step_is_finished_on_reopen(step, template, tmp_path, monkeypatch):
+    root = _clone(template, tmp_path / "case")
+    lineage = Lineage(_tracking(root), str(root / "store"))
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
+    monkeypatch.setenv(FAULT_AT_MLFLOW, step)
+    with pytest.raises(InjectedFault, match=step):
+        coordinator.forget([SUBJECT], request_id=REQUEST)
+    monkeypatch.delenv(FAULT_AT_MLFLOW)
+    _assert_finished(root, template, monkeypatch)
+
+
+_FORGET = """
+import sys
+from orchestrator.config import TrackingConfig
+from orchestrator.coordinator import Coordinator, local_pool
+from orchestrator.digests import SubjectHasher
+from orchestrator.registry import Lineage
+root, key, subject, model, request = sys.argv[1:6]
+tracking = TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", experiment="crash", model_name=model)
+lineage = Lineage(tracking, f"{root}/store")
+coordinator = Coordinator(f"{root}/store", SubjectHasher(key.encode()), lineage, pool_factory=local_pool)
+coordinator.forget([subject], request_id=request)
+"""
+
+_TRAIN = """
+import sys
+import pyarrow.parquet as pq
+from orchestrator.config import TrackingConfig
+from orchestrator.coordinator import Coordinator, local_pool
+from orchestrator.digests import SubjectHasher
+from orchestrator.registry import Lineage
+from tests.engine import job
+root, key, model = sys.argv[1:4]
+tracking = TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", experiment="crash", model_name=model)
+lineage = Lineage(tracking, f"{root}/store")
+coordinator = Coordinator(f"{root}/store", SubjectHasher(key.encode()), lineage, pool_factory=local_pool)
+coordinator.train(pq.read_table(f"{root}/rows.parquet"), job(shards=2, slices=2))
+"""
+
+
+def _killed_at(step: str, script: str, args: list[str], scratch: Path) -> None:
+    """Run ``script`` in a child that is killed before MLflow ``step``, with its own temp folder."""
+    scratch.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
+    env.update({FAULT_AT_MLFLOW: step, "EXPUNGE_FAULT_MODE": "kill", "TMPDIR": str(scratch)})
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 137, done.stderr[-3000:]
+
+
+_KILL_STEPS_BY_DEFAULT = {"model.upload", "alias.move", "purge.delete_model", "purge.gc", "run.receipt"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "step",
+    [s if s in _KILL_STEPS_BY_DEFAULT else pytest.param(s, marks=pytest.mark.slow) for s in ERASURE_STEPS],
+)
+def test_a_kill_at_any_mlflow_step_is_finished_on_reopen(step, template, tmp_path, monkeypatch):
+    root = _clone(template, tmp_path / "case")
+    scratch = tmp_path / "child-tmp"
+    _killed_at(step, _FORGET, [str(root), TEST_KEY.decode(), SUBJECT, MODEL, REQUEST], scratch)
+    assert [p for p in scratch.rglob("*") if p.is_file()] == []  # nothing of the model went to the temp dir
+    _assert_finished(root, template, monkeypatch)
+
+
+@pytest.mark.integration
+def test_weights_staged_by_a_killed_process_are_removed_on_the_next_open(tmp_path):
+    """Killed mid-upload while logging a trained (pre-erasure) model: its weight copies must not outlive it."""
+    pq.write_table(ROWS, tmp_path / "rows.parquet")
+    scratch = tmp_path / "child-tmp"
+    _killed_at("model.upload", _TRAIN, [str(tmp_path), TEST_KEY.decode(), MODEL], scratch)
+    assert [p for p in scratch.rglob("*") if p.is_file()] == []  # the system temp folder holds no copy
+    staged = [p for p in (tmp_path / STAGING_FOLDER).rglob("*.pt")]
+    assert staged, "the kill left no staged weights: the test would pass vacuously"
+
+    lineage = Lineage(_tracking(tmp_path), str(tmp_path / "store"))  # the next open
+    assert not (tmp_path / STAGING_FOLDER).exists() or list((tmp_path / STAGING_FOLDER).iterdir()) == []
+    assert lineage.recorded_ensemble_version() == 1  # and the interrupted record was finished
+    coordinator = Coordinator(str(tmp_path / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
+    coordinator.forget([SUBJECT], request_id=REQUEST)
+    first = lineage.client.get_model_version(MODEL, "1")
+    assert first.tags[PURGED_BY_REQUEST] == REQUEST
+    assert {
+        m.tags["expunge.ensemble_version"] for m in lineage.client.search_logged_models([lineage.experiment_id])
+    } == {"2"}  # the orphan LoggedModel of the killed record is purged with version 1
 
 
 class _OutageOnce(Lineage):
@@ -33,10 +229,11 @@ def test_the_registry_catches_up_with_the_store_on_reopen(tmp_path, hasher):
     subject = subjects(ROWS)[0]
     with pytest.raises(ConnectionError):
         coordinator.forget([subject], request_id="ticket-7")
-    lineage = Lineage(tracking, store)
-    assert lineage.recorded_ensemble_version() == 1  # the alias still serves the pre-erasure model
+    client = MlflowClient(tracking.uri)
+    stale = client.get_model_version_by_alias("expunge-reconcile", "production")
+    assert stale.tags["expunge.ensemble_version"] == "1"  # the alias still serves the pre-erasure model
 
-    Coordinator(store, hasher, lineage, pool_factory=local_pool)  # e.g. the retried job starting up
+    lineage = Lineage(tracking, store)  # e.g. the retried job starting up
     assert lineage.recorded_ensemble_version() == 2
     latest = lineage.client.get_model_version_by_alias("expunge-reconcile", "production")
     assert latest.tags["expunge.request_id"] == "ticket-7"

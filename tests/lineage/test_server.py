@@ -1,4 +1,5 @@
-"""Lineage against a real ``mlflow server``: artifacts proxied to S3, or on local disk; purge deletes both."""
+"""Lineage against a real ``mlflow server``: artifacts proxied to versioned S3, or on local disk; purge deletes
+every stored copy, and a proxied root whose destination is unknown is refused before anything is written."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from orchestrator.config import TrackingConfig
 from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ArtifactStoreNotErasable, ConfigError
 from orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
 from tests.engine import job
@@ -24,15 +25,22 @@ pytestmark = pytest.mark.integration
 ROWS = email_rows(users=24, seed=4)
 
 
-def _s3_keys(bucket: str) -> list[str]:
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+def _s3_object_versions(bucket: str) -> list[str]:
+    """Every object version and delete marker in the bucket, as ``key@version``."""
+    pages = boto3.client("s3").get_paginator("list_object_versions").paginate(Bucket=bucket)
+    return [
+        f"{o['Key']}@{o['VersionId']}"
+        for page in pages
+        for o in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+    ]
 
 
 @pytest.mark.parametrize("artifacts", ["s3-proxied", "local-disk"])
 def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_server, tmp_path, hasher, monkeypatch):
     name = f"expunge-{artifacts}-{uuid.uuid4().hex[:6]}"
     local = tmp_path / "artifacts"
+    # Where the server puts proxied files (its --artifacts-destination), so Expunge can erase every version.
+    monkeypatch.setenv("MLFLOW_ARTIFACTS_DESTINATION", f"s3://{mlflow_server.bucket}/artifacts")
     tracking = TrackingConfig(
         uri=mlflow_server.uri,
         backend_store_uri=mlflow_server.backend_store_uri,
@@ -48,7 +56,7 @@ def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_se
     def files_of(model_id: str) -> list[str]:
         if artifacts == "local-disk":
             return [str(p) for p in local.rglob("*") if p.is_file() and model_id in str(p)]
-        return [k for k in _s3_keys(mlflow_server.bucket) if model_id in k]
+        return [k for k in _s3_object_versions(mlflow_server.bucket) if model_id in k]
 
     assert files_of(first), "version 1 was not stored where this test looks"
     coordinator.forget([subjects(ROWS)[2]], request_id=f"{name}-req")
@@ -61,8 +69,22 @@ def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_se
     assert lineage.client.get_model_version(name, "1").tags[PURGED_BY_REQUEST] == f"{name}-req"
     with pytest.raises(MlflowException):
         mlflow.pyfunc.load_model(f"models:/{name}/1")
-    assert files_of(first) == []
+    assert files_of(first) == []  # on S3: no object version and no delete marker either
     assert files_of(lineage.client.get_model_version(name, "2").tags["expunge.logged_model_id"])
+
+
+def test_proxied_artifacts_without_their_destination_are_refused_before_any_model_is_written(
+    mlflow_server, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_ARTIFACTS_DESTINATION", raising=False)
+    name = f"expunge-unknown-destination-{uuid.uuid4().hex[:6]}"
+    tracking = TrackingConfig(
+        uri=mlflow_server.uri, backend_store_uri=mlflow_server.backend_store_uri, experiment=name, model_name=name
+    )
+    with pytest.raises(ArtifactStoreNotErasable, match="MLFLOW_ARTIFACTS_DESTINATION"):
+        Lineage(tracking, str(tmp_path / "store"))
+    with pytest.raises(MlflowException):
+        mlflow.MlflowClient(mlflow_server.uri).get_registered_model(name)  # nothing was registered
 
 
 def test_a_server_without_its_database_cannot_purge_and_says_so(mlflow_server, tmp_path):
