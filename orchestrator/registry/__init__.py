@@ -1,8 +1,10 @@
 """MLflow through ``MlflowClient`` only, one job per module; ``Lineage`` composes them for the coordinator.
 
-``tracking``: the connection, experiment, registered model and tag names. ``runs``: the run
-that explains each version. ``packaging``: the servable pyfunc, the new version and the alias.
-``purge``: making versions an erasure superseded unloadable. ``lineage``: the facade.
+``tracking``: the connection, experiment, registered model, safe searches and tag names.
+``runs``: the run that explains each version (and each request that found nobody).
+``packaging``: the servable pyfunc, the new version and the alias; ``staging``: where its files
+wait for upload. ``purge``: making versions an erasure superseded unloadable; ``artifacts``:
+deleting every stored copy of their files. ``faults``: crash-test hooks. ``lineage``: the facade.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fault injection before every MLflow step of recording a commit; used only by crash tests.
 
-``EXPUNGE_FAULT_AT_MLFLOW=<step>`` (one of ``MLFLOW_STEPS``) fails the first time that step is
+``EXPUNGE_FAULT_AT_MLFLOW=<step>`` (one of ``ERASURE_STEPS``) fails the first time that step is
 reached in this process; ``EXPUNGE_FAULT_MODE`` (shared with the store's ``EXPUNGE_FAULT_AT_WRITE``)
 says how: ``raise`` (default) raises ``InjectedFault``, ``kill`` ends the process at once, as a
 crash would. Unset (always, outside crash tests): no effect.
@@ -13,7 +13,7 @@ import os
 from orchestrator.errors import ConfigError
 from shards.store import InjectedFault
 
-__all__ = ["ERASURE_STEPS", "FAULT_AT_MLFLOW", "MLFLOW_STEPS", "TRAINING_STEPS", "fault_point"]
+__all__ = ["ERASURE_STEPS", "FAULT_AT_MLFLOW", "TRAINING_STEPS", "fault_point"]
 
 FAULT_AT_MLFLOW = "EXPUNGE_FAULT_AT_MLFLOW"
 
@@ -38,7 +38,6 @@ ERASURE_STEPS = (
     "run.end",  # run terminated
 )
 TRAINING_STEPS = tuple(s for s in ERASURE_STEPS if not s.startswith("purge.") and s not in {"run.receipt", "run.chart"})
-MLFLOW_STEPS = ERASURE_STEPS
 
 
 def fault_point(step: str) -> None:
@@ -46,8 +45,8 @@ def fault_point(step: str) -> None:
     target = os.environ.get(FAULT_AT_MLFLOW)
     if not target:
         return
-    if target not in MLFLOW_STEPS:
-        raise ConfigError(f"{FAULT_AT_MLFLOW}={target!r} names no MLflow step; use one of {list(MLFLOW_STEPS)}")
+    if target not in ERASURE_STEPS:
+        raise ConfigError(f"{FAULT_AT_MLFLOW}={target!r} names no MLflow step; use one of {list(ERASURE_STEPS)}")
     if target != step:
         return
     if os.environ.get("EXPUNGE_FAULT_MODE", "raise") == "kill":

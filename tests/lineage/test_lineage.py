@@ -21,12 +21,12 @@ from orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from orchestrator.serving import rows_from_frame
 from pipelines.datasets import synthetic_tabular
 from shards.rows import FEATURES, ITEM_ID, SUBJECT_ID
-from tests.conftest import TEST_KEY
 from tests.engine import job
-from tests.lineage._support import email_rows, personal_data_hits, subjects
+from tests.lineage._support import SERVING_KEY, email_rows, personal_data_hits, subjects
 
 ROWS = email_rows()
 MODEL = "expunge-lineage"
+KEY = SERVING_KEY.encode()
 
 
 @dataclass
@@ -45,7 +45,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     root = tmp_path_factory.mktemp("lineage")
     tracking = TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="lineage", model_name=MODEL)
     lineage = Lineage(tracking, str(root / "store"))
-    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(KEY), lineage, pool_factory=local_pool)
     coordinator.train(ROWS, job(shards=3, slices=3))
     erased = [subjects(ROWS)[3], subjects(ROWS)[11], subjects(ROWS)[20]]
     model_ids = {"1": lineage.client.get_model_version(MODEL, "1").tags["expunge.logged_model_id"]}
@@ -78,7 +78,7 @@ def test_the_erasure_run_records_digests_retrained_slices_metrics_receipt_and_ch
     client = deployment.lineage.client
     receipt = deployment.receipts[1]
     run = _erasure_run(deployment, "ticket-2")
-    hasher = SubjectHasher(TEST_KEY)
+    hasher = SubjectHasher(KEY)
     for subject in deployment.erased[1:]:
         assert run.data.tags[f"expunge.subject_digest.{hasher.digest(subject)}"] == "erased"
     assert run.data.params["registry_version_before"] == "2"
@@ -152,9 +152,9 @@ def test_raw_ids_need_the_key_in_the_serving_process(deployment, monkeypatch):
     monkeypatch.delenv("EXPUNGE_SUBJECT_KEY", raising=False)
     with pytest.raises(ConfigError, match="EXPUNGE_SUBJECT_KEY"):
         rows_from_frame(frame, manifest)
-    monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", TEST_KEY.decode())
+    monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", SERVING_KEY)
     rows = rows_from_frame(frame, manifest)
-    assert rows.column("subject_digest").to_pylist() == SubjectHasher(TEST_KEY).digest_many(frame[SUBJECT_ID])
+    assert rows.column("subject_digest").to_pylist() == SubjectHasher(KEY).digest_many(frame[SUBJECT_ID])
     with pytest.raises(ConfigError, match="item_id"):
         rows_from_frame(frame.drop(columns=[ITEM_ID]), manifest)
 
@@ -176,7 +176,7 @@ def test_a_request_that_finds_nobody_leaves_a_run_and_no_version(deployment):
     lineage = deployment.lineage
     manifest = deployment.coordinator.manifest
     assert manifest is not None
-    stranger = SubjectHasher(TEST_KEY).digest("nobody@example.org")
+    stranger = SubjectHasher(KEY).digest("nobody@example.org")
     missed = ErasureReceipt(
         request_id="ticket-miss",
         status="not_found",

@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from orchestrator.config import TrackingConfig
 from orchestrator.coordinator import Coordinator, local_pool
 from orchestrator.digests import SubjectHasher
+from orchestrator.errors import ConfigError
 from orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from orchestrator.registry.faults import ERASURE_STEPS, FAULT_AT_MLFLOW, TRAINING_STEPS, fault_point
 from orchestrator.registry.staging import STAGING_FOLDER
@@ -108,14 +109,14 @@ def _assert_finished(root: Path, template: Template, monkeypatch) -> None:
 
 
 def test_every_erasure_step_has_a_fault_point_and_unknown_names_are_refused(monkeypatch):
-    names = {s for s in ERASURE_STEPS}
+    names = set(ERASURE_STEPS)
     assert len(names) == len(ERASURE_STEPS)
     assert set(TRAINING_STEPS) < names
     source = "".join(p.read_text() for p in (ROOT / "orchestrator" / "registry").glob("*.py"))
     for step in ERASURE_STEPS:
         assert f'fault_point("{step}")' in source
     monkeypatch.setenv(FAULT_AT_MLFLOW, "alias.mvoe")
-    with pytest.raises(Exception, match="names no MLflow step"):
+    with pytest.raises(ConfigError, match="names no MLflow step"):
         fault_point("alias.move")
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from orchestrator.config import TrackingConfig
 from orchestrator.coordinator import Coordinator, ray_pool
+from orchestrator.digests import SubjectHasher
 from orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from shards.rows import ITEM_ID, SUBJECT_ID
-from tests.conftest import TEST_KEY
 from tests.engine import job
-from tests.lineage._support import email_rows, subjects
+from tests.lineage._support import SERVING_KEY, email_rows, subjects
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,8 @@ print(json.dumps(out))
 """
 
 
-def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_version(tmp_path, hasher, ray_cluster):
+def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_version(tmp_path, ray_cluster):
+    hasher = SubjectHasher(SERVING_KEY.encode())
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="serve", model_name="expunge-serve")
     lineage = Lineage(tracking, str(tmp_path / "store"))
     coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=ray_pool)
@@ -74,7 +75,7 @@ def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_ve
             str(tmp_path / "request.parquet"),
             "expunge-serve",
             str(tmp_path),
-            TEST_KEY.decode(),
+            SERVING_KEY,
         ],
         env=env,
         capture_output=True,
