@@ -132,7 +132,8 @@ class TrackingConfig(Frozen):
     backend_store_uri: str | None = Field(
         None,
         description="The tracking server's own database (e.g. sqlite:////srv/mlflow.db). Purging a model "
-        "version runs `mlflow gc`, which needs direct access to it when `uri` is http(s)://.",
+        "version removes its LoggedModel record for good (as `mlflow gc` does), which needs direct access to "
+        "this database when `uri` is http(s)://.",
     )
 
 

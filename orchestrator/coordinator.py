@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.audit import ErasureAudit
 from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex, RegistryBinding
 from orchestrator.config import (
     AnyModelConfig,
@@ -36,6 +37,7 @@ from orchestrator.errors import (
 from orchestrator.placement import cell_of_key, place_subjects
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from orchestrator.purge import purge_unreferenced
+from orchestrator.receipt_chain import append_receipt
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.registry import Lineage
 from orchestrator.routing import route
@@ -169,7 +171,7 @@ class Coordinator:
     def _require_manifest(self) -> EnsembleManifest:
         if self.manifest is None:
             raise ConfigError(
-                f"no trained ensemble in {self.store.uri}; run `python -m pipelines.train --config FILE.yaml` first"
+                f"no trained ensemble in {self.store.uri}; run `expunge train --config FILE.yaml` first"
             )
         check_key(self.manifest, self.hasher)
         return self.manifest
@@ -306,8 +308,15 @@ class Coordinator:
         return sum(d in erased for d in digests)
 
     # ----- erasure ------------------------------------------------------------------------------
-    def forget(self, subject_ids: Sequence[object], request_id: str | None = None) -> ErasureReceipt:
-        """Erase every row of the subjects and retrain only the shards that held them."""
+    def forget(
+        self, subject_ids: Sequence[object], request_id: str | None = None, audit: ErasureAudit | None = None
+    ) -> ErasureReceipt:
+        """Erase every row of the subjects and retrain only the shards that held them.
+
+        ``audit`` (e.g. ``orchestrator.audit.MembershipAudit``) is called before any shard is
+        retrained and after the commit; its record's sha256 goes into the receipt. Every
+        receipt is appended to the store's receipt log (``orchestrator.receipt_chain``).
+        """
         began = time.perf_counter()
         self._refresh()
         manifest = self._require_manifest()
@@ -333,7 +342,7 @@ class Coordinator:
                 registry_version_after=self.lineage.current_version() if self.lineage else None,
             )
             # The audit trail shows every request, not only those that erased something.
-            self.catalog.write_request_receipt(request_id, missed.model_dump_json(indent=1))
+            missed = append_receipt(self.store, missed)
             if self.lineage is not None:
                 self.lineage.record_request(missed, manifest)
             return missed
@@ -343,6 +352,9 @@ class Coordinator:
             shard: (sorted(d for d in plan.found if any(c.shard == shard for c in cells[d])), first, request_id)
             for shard, first in plan.first_affected_slice.items()
         }
+        if audit is not None:
+            # The only moment both exist: the subjects' rows and the constituents trained on them.
+            audit.before_retrain(self.catalog, manifest, sorted(found), self.hasher)
         pool = self.pool
         try:
             # Start the affected actors first (a no-op when warm) so that retrain_seconds is
@@ -424,7 +436,13 @@ class Coordinator:
             parent = self.lineage.current_version()
             version = self.lineage.record_erasure(receipt, new_manifest, parent)
             receipt = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
-        self.catalog.write_request_receipt(request_id, receipt.model_dump_json(indent=1))
+        try:
+            if audit is not None:
+                receipt = receipt.model_copy(
+                    update={"audit_sha256": audit.after_commit(self.catalog, new_manifest, receipt)}
+                )
+        finally:
+            receipt = append_receipt(self.store, receipt)  # a failed audit still leaves the receipt
         log.info(
             "request %s: erased %d row(s) from shard(s) %s in %.2fs",
             request_id,
@@ -435,26 +453,13 @@ class Coordinator:
         return receipt
 
     def _sync_lineage(self) -> None:
-        """Record the published version in MLflow if a crash or an MLflow outage skipped it."""
-        manifest = self.manifest
-        if self.lineage is None or manifest is None:
-            return
-        recorded = self.lineage.recorded_ensemble_version()
-        if recorded is not None and recorded >= manifest.version:
-            return
-        log.warning(
-            "MLflow lags the store (v%s < v%d): recording the published version now", recorded, manifest.version
-        )
-        if manifest.kind == "train":
-            self.lineage.record_training(manifest, {})
-            return
-        stored = self.catalog.read_receipt(manifest.version)
-        receipt = (
-            ErasureReceipt.model_validate_json(stored)
-            if stored
-            else ErasureReceipt(request_id=manifest.request_id or "unknown", status="erased", subject_digests=())
-        )
-        self.lineage.record_erasure(receipt, manifest, self.lineage.current_version())
+        """Finish what a crash or an MLflow outage left undone in the registry (``Lineage.reconcile``).
+
+        Records a published store version MLflow missed, purges every version older than the
+        newest erasure, and closes interrupted runs, so a pre-erasure model is never left servable.
+        """
+        if self.lineage is not None and self.manifest is not None:
+            self.lineage.reconcile()
 
     def _refresh(self) -> None:
         """Act on the latest published version (another process may have committed since)."""
