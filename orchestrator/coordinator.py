@@ -170,9 +170,7 @@ class Coordinator:
     # ----- helpers ---------------------------------------------------------------------------
     def _require_manifest(self) -> EnsembleManifest:
         if self.manifest is None:
-            raise ConfigError(
-                f"no trained ensemble in {self.store.uri}; run `expunge train --config FILE.yaml` first"
-            )
+            raise ConfigError(f"no trained ensemble in {self.store.uri}; run `expunge train --config FILE.yaml` first")
         check_key(self.manifest, self.hasher)
         return self.manifest
 

@@ -47,6 +47,14 @@ class ErasureReceipt(BaseModel):
     registry_version_before: str | None = None
     registry_version_after: str | None = None
     deleted_objects: tuple[str, ...] = ()
+    #: sha256 of the membership-inference audit record of this request
+    #: (``receipts/audits/<request id>.json``, ``orchestrator.audit``); None when run without an audit.
+    audit_sha256: str | None = None
+    #: Place in the store's receipt log (1 = the first request) and the sha256 of the stored bytes
+    #: of the receipt before it (None for the first); set when the receipt is chained
+    #: (``orchestrator.receipt_chain``).
+    chain_sequence: int | None = None
+    previous_receipt_sha256: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -55,21 +55,21 @@ def _records_sha256(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-def scan_store(store: ObjectStore, subject_id: str, subject_digest: str) -> ScanReport:
+def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) -> ScanReport:
     """Read every version of every object under the store and report traces of the subject.
 
     A checkpoint counts as holding the subject when its own parameters are keyed by the
     subject's digest, or when a slice it was trained on (its lineage) held the subject's
     rows; a lineage slice that no longer exists anywhere makes the checkpoint unverifiable,
-    which is reported too.
+    which is reported too. ``subject_id`` None scans for the digest alone (raw ids are not looked for).
     """
     # Stored shard data holds canonical ids (shards.identity): look for that form of the id.
-    subject_id = canonical_subject_id(subject_id)
+    subject_id = canonical_subject_id(subject_id) if subject_id is not None else None
     findings: list[Finding] = []
     slice_holds_subject: dict[str, bool] = {}
     checkpoints: list[tuple[str, str | None, dict[str, object]]] = []
     versions = [v for v in store.list_versions() if not v.is_delete_marker]
-    quoted_id = json.dumps(subject_id)
+    quoted_id = json.dumps(subject_id) if subject_id is not None else None
     for version in versions:
         data = store.get(version.key, version.version_id)
         where = (version.key, version.version_id)
@@ -78,7 +78,7 @@ def scan_store(store: ObjectStore, subject_id: str, subject_digest: str) -> Scan
             hits = 0
             if SUBJECT_DIGEST in table.column_names:
                 hits = max(hits, table.column(SUBJECT_DIGEST).to_pylist().count(subject_digest))
-            if SUBJECT_ID in table.column_names:
+            if SUBJECT_ID in table.column_names and subject_id is not None:
                 hits = max(hits, table.column(SUBJECT_ID).to_pylist().count(subject_id))
             if RECORD_ID in table.column_names:
                 slice_holds_subject[_records_sha256(table.column(RECORD_ID).to_pylist())] = hits > 0
@@ -99,7 +99,7 @@ def scan_store(store: ObjectStore, subject_id: str, subject_digest: str) -> Scan
             # Receipts and tombstones are the audit trail: they name erased subjects by digest on
             # purpose (a raw id in them is still a finding).
             audit = version.key.startswith(("receipts/", "tombstones/"))
-            if quoted_id in text or (subject_digest in text and not audit):
+            if (quoted_id is not None and quoted_id in text) or (subject_digest in text and not audit):
                 findings.append(
                     Finding(key=where[0], version_id=where[1], kind="manifest", detail="mentions the subject")
                 )

@@ -30,6 +30,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.train", "Train every shard in parallel and publish a new model version."),
     "forget": ("pipelines.forget", "Erase subjects: delete their rows, retrain only the shards that held them."),
     "scan": ("pipelines.scan", "Look for any trace of a subject in every object version of a store."),
+    "verify": ("pipelines.verify", "Verify an erasure (re-derivation, scans, membership audit) or the receipt log."),
     "readmit": ("pipelines.readmit", "Re-admit erased subjects who gave new consent (recorded, with a reason)."),
     "digest": ("pipelines.digest", "Print the keyed digest of a subject id (to search MLflow and receipts)."),
     "recommend": ("pipelines.recommend", "Top-k items a subject has not rated, from the published exact ensemble."),
@@ -47,8 +48,8 @@ SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
 
 #: The one table of exit codes, shared by every subcommand (README: "Exit codes").
 EXIT_CODES: dict[int, str] = {
-    0: "success: every named subject was found and erased; scan found nothing; demo proved exactness",
-    1: "a check failed: scan found a trace of the subject, or the demo's exactness checks failed",
+    0: "success: every named subject was found and erased; scan found nothing; verify passed; demo proved exactness",
+    1: "a check failed: scan found a trace of the subject, verify found a failed check, or the demo's checks failed",
     2: "bad input or configuration (typed error, message says how to fix it); nothing was changed",
     3: "forget: at least one named subject had no data (a receipt is still printed and stored)",
     4: "conflict: another writer published first; nothing was changed, submit the request again",

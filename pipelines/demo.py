@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.audit import MembershipAudit
 from orchestrator.config import (
     JobConfig,
     ShardingConfig,
@@ -34,6 +35,7 @@ from orchestrator.coordinator import Coordinator
 from orchestrator.exactness import constituents_equal
 from orchestrator.registry import default_tracking_uri
 from orchestrator.scan import scan_store
+from orchestrator.verify import verify_erasure
 from pipelines._runtime import demo_hasher, exit_on_error, init_logging, init_ray, make_lineage, progress
 from pipelines.datasets import split_rows, synthetic_ratings
 from shards.rows import RATING, SUBJECT_ID
@@ -80,6 +82,10 @@ class DemoResult(BaseModel):
     scan_traces_before: int
     scan_traces_after: int
     deleted_objects: int
+    #: ``expunge verify`` of the erasure, run at the end: overall outcome, each check's status, report path.
+    verified: bool = False
+    verification: dict[str, str] = {}
+    verify_report: str = ""
 
 
 def _fingerprints(store: ObjectStore, shards: list[int]) -> dict[str, str]:
@@ -135,7 +141,8 @@ def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
     placement = coordinator.placement_index().without({digest})
     traces_before = len(scan_store(coordinator.store, subject, digest).findings)
     with progress("erasing one subject, registering and purging old versions", quiet):
-        receipt = coordinator.forget([subject])
+        # The membership audit scores the subject's rows against the held-out test rows.
+        receipt = coordinator.forget([subject], audit=MembershipAudit(test))
     traces_after = len(scan_store(coordinator.store, subject, digest).findings)
     after = _fingerprints(coordinator.store, [s for s in range(options.shards) if s not in receipt.affected_shards])
     rmse_after = _rmse(coordinator, test)
@@ -153,6 +160,11 @@ def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
         reference_seconds = reference.train(remaining, job, placement=placement, model=resolved_model).seconds
         equal = constituents_equal(unlearned, reference.constituent_tensors())
         reference.close()
+    with progress("verifying the erasure as `expunge verify` does, logging the report to MLflow", quiet):
+        verification = verify_erasure(storage, receipt.request_id, hasher, subject_id=subject)
+    report_path = workdir / f"verify-{receipt.request_id}.md"
+    report_path.write_text(verification.to_markdown())
+    report_path.with_suffix(".json").write_text(verification.model_dump_json(indent=1))
     return DemoResult(
         exact=all(equal.values()),
         erasure_seconds=receipt.seconds,
@@ -177,6 +189,9 @@ def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
         scan_traces_before=traces_before,
         scan_traces_after=traces_after,
         deleted_objects=len(receipt.deleted_objects),
+        verified=verification.passed,
+        verification={c.name: c.status for c in verification.checks},
+        verify_report=str(report_path),
     )
 
 
@@ -201,7 +216,10 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     )
     table.add_row("test RMSE before / after", f"{result.test_rmse_before:.4f} / {result.test_rmse_after:.4f}")
     table.add_row("MLflow", f"model {result.model_name!r} version {result.model_version}; request {result.request_id}")
+    checks = ", ".join(f"{name} {status}" for name, status in result.verification.items())
+    table.add_row("verification (expunge verify)", f"{'passed' if result.verified else 'FAILED'}: {checks}")
     console.print(table)
+    typer.echo(f"Verification report: {result.verify_report}")
     # Plain output, never wrapped by the terminal width, so the line pastes as one command.
     typer.echo(f"Inspect: mlflow ui --backend-store-uri {shlex.quote(result.tracking_uri)}")
 
@@ -238,7 +256,7 @@ def main(
         typer.echo(json.dumps(result.model_dump(mode="json")))
     else:
         _print_summary(result, options)
-    ok = result.exact and result.untouched_shards_unchanged and result.scan_traces_after == 0
+    ok = result.exact and result.untouched_shards_unchanged and result.scan_traces_after == 0 and result.verified
     raise typer.Exit(0 if ok else 1)
 
 

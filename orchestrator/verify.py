@@ -1,0 +1,437 @@
+"""Verification of one erasure (re-derivation, storage, registry, membership audit, receipt log) and of the log.
+
+``verify_erasure`` re-checks, from what the store and the registry hold now, the evidence an
+erasure left; every check is ``passed``, ``failed`` or ``skipped`` (with the reason), and the
+report reads as Markdown for a data-protection officer. What each check proves and what it
+cannot prove: docs/verification.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.audit import AuditRecord, ModelAudit, read_audit
+from orchestrator.catalog import Catalog, RegistryBinding, TombstoneEntry
+from orchestrator.config import StorageConfig
+from orchestrator.coordinator import check_key, check_request_id
+from orchestrator.digests import SubjectHasher
+from orchestrator.errors import ConfigError
+from orchestrator.receipt_chain import ChainReport, chained_receipts, walk_chain
+from orchestrator.receipts import ErasureReceipt
+from orchestrator.rederive import rederive_shards
+from orchestrator.registry.audit import AuditView
+from orchestrator.scan import scan_store
+from shards.store import ObjectStore
+
+__all__ = ["CheckResult", "VerifyReport", "chain_markdown", "verify_erasure", "verify_log"]
+
+log = logging.getLogger(__name__)
+
+CheckName = Literal["exactness", "storage", "registry", "membership_audit", "receipt_log"]
+CheckStatus = Literal["passed", "failed", "skipped"]
+_TITLES: dict[str, str] = {
+    "exactness": "Exactness",
+    "storage": "Storage",
+    "registry": "Registry",
+    "membership_audit": "Membership audit",
+    "receipt_log": "Receipt log",
+}
+_MARK = {"passed": "✅ passed", "failed": "❌ FAILED", "skipped": "➖ skipped"}
+
+
+class CheckResult(BaseModel):
+    """One check: its outcome, one plain sentence saying what was found, and the figures behind it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: CheckName
+    status: CheckStatus
+    summary: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class VerifyReport(BaseModel):
+    """Everything ``expunge verify --request`` found; ``status`` is ``failed`` when any check failed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    request_id: str
+    storage: str
+    checked_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    status: Literal["passed", "failed"]
+    receipt_status: Literal["erased", "not_found"]
+    subject_digests: tuple[str, ...]
+    rows_removed: int
+    affected_shards: tuple[int, ...]
+    ensemble_version: int
+    raw_id_checked: bool
+    checks: tuple[CheckResult, ...]
+    audit: AuditRecord | None = None
+    #: MLflow runs the report was attached to (filled in after logging).
+    mlflow_runs: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def check(self, name: CheckName) -> CheckResult:
+        return next(c for c in self.checks if c.name == name)
+
+    def to_markdown(self) -> str:
+        """The report for a non-engineer: what was checked, what was found, what it means."""
+        subjects = len(self.subject_digests)
+        first = self.subject_digests[0][:12] + "…" if self.subject_digests else "none"
+        more = f" and {subjects - 1} more" if subjects > 1 else ""
+        outcome = (
+            f"{self.rows_removed} row(s) were erased and shard(s) {', '.join(map(str, self.affected_shards))} retrained."
+            if self.receipt_status == "erased"
+            else "no data of them was found, so nothing was erased."
+        )
+        lines = [
+            f"# Erasure verification: request `{self.request_id}`: {'PASSED' if self.passed else 'FAILED'}",
+            "",
+            f"Checked {self.checked_at} against the store `{self.storage}` (published model version "
+            f"v{self.ensemble_version}).",
+            f"The request named {subjects} person(s) (keyed digest `{first}`{more}); {outcome}",
+            "The raw subject id was given, so the storage scan also looked for it in plain text."
+            if self.raw_id_checked
+            else "No raw subject id was given: the storage scan looked for the keyed digest only "
+            "(pass --subject ID to also look for the id in plain text).",
+            "",
+            "| Check | Result | What was found |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {_TITLES[c.name]} | {_MARK[c.status]} | {c.summary} |" for c in self.checks]
+        if self.audit is not None:
+            lines += ["", *_audit_markdown(self.audit)]
+        lines += [
+            "",
+            "## What this proves, and what it does not",
+            "",
+            "These checks show that *this exact training algorithm ran on this exact data*: the live model "
+            "is, bit for bit, what training from scratch on the remaining data produces, the stored data "
+            "and the registry keep nothing of the person, and the receipts were not altered. They cannot "
+            "show from the weights alone that a person's influence is gone (Thudi et al., USENIX Security "
+            "2022: different data can yield the same weights); the evidence is the re-derivation and the "
+            "records. The membership audit measures what an attacker could still infer; it is a test, not "
+            "a proof. See docs/verification.md.",
+        ]
+        if self.mlflow_runs:
+            lines += ["", f"Logged to MLflow run(s): {', '.join(f'`{r}`' for r in self.mlflow_runs)}."]
+        return "\n".join(lines) + "\n"
+
+
+def _audit_markdown(record: AuditRecord) -> list[str]:
+    def row(label: str, audit: ModelAudit) -> str:
+        return (
+            f"| {label} | {audit.loss.auc:.3f} | {audit.loss.tpr_at_fpr:.3f} | "
+            f"{audit.calibrated.auc:.3f} | {audit.calibrated.tpr_at_fpr:.3f} |"
+        )
+
+    fpr = f"{record.fpr:.0%}"
+    lines = [
+        "## Membership-inference audit",
+        "",
+        f"Could an attacker tell that the {record.member_rows} erased row(s) were used for training, "
+        f"compared with {record.nonmember_rows} held-out row(s) nobody trained on? AUC 0.5 means no better "
+        f"than a coin toss, 1.0 always right; TPR at {fpr} FPR is the share of erased rows the attacker "
+        f"flags while wrongly flagging only {fpr} of the held-out rows. The calibrated attack compares each "
+        "row with the model retrained from scratch (a LiRA-style likelihood ratio, Carlini et al., IEEE S&P "
+        "2022). The figures of the model before the erasure were measured during the erasure, just before "
+        "that model was deleted; only these statistics were kept.",
+        "",
+        f"| Model | loss attack AUC | TPR at {fpr} FPR | calibrated AUC | TPR at {fpr} FPR |",
+        "| --- | --- | --- | --- | --- |",
+        row("before the erasure", record.before),
+        row("after the erasure", record.after),
+        row("retrained from scratch", record.from_scratch),
+        "",
+        "After and from scratch agree score for score."
+        if record.after_equals_from_scratch
+        else "**After and from scratch disagree**: the erasure was not exact.",
+    ]
+    if record.after.loss.auc < 0.5:
+        lines += [
+            "",
+            "An AUC below 0.5 after the erasure means the erased rows now look *less* familiar to the model than "
+            "the held-out rows: the model treats the erased person as someone it never saw, while the held-out "
+            "rows belong to people it still knows.",
+        ]
+    return lines
+
+
+def _result(name: CheckName, problems: list[str], summary: str, details: dict[str, Any]) -> CheckResult:
+    if problems:
+        return CheckResult(name=name, status="failed", summary="; ".join(problems), details=details)
+    return CheckResult(name=name, status="passed", summary=summary, details=details)
+
+
+# ----- the checks ------------------------------------------------------------------------------------
+def _exactness(catalog: Catalog, receipt: ErasureReceipt, version: int) -> CheckResult:
+    manifest = catalog.read(version)
+    shards = [s for s in receipt.affected_shards if s < len(manifest.shard_versions)]
+    if receipt.status != "erased" or not shards:
+        return CheckResult(
+            name="exactness", status="skipped", summary="The request found no data, so no model was retrained."
+        )
+    results = [r.result for r in rederive_shards(catalog, manifest, shards).values()]
+    details = {"shards": [r.model_dump() for r in results]}
+    problems = [
+        f"shard {r.shard} differs from a from-scratch retraining: {r.first_difference}" for r in results if not r.exact
+    ]
+    checkpoints = sum(r.checkpoints_compared for r in results)
+    tensors = sum(r.tensors_compared for r in results)
+    names = ", ".join(str(r.shard) for r in results)
+    return _result(
+        "exactness",
+        problems,
+        f"Shard(s) {names} retrained from scratch on the remaining data (persisted placement, same settings) "
+        f"and compared with the live model: {checkpoints} checkpoint(s), {tensors} tensors (weights and optimizer "
+        "state), all bit-for-bit identical.",
+        details,
+    )
+
+
+def _storage(
+    store: ObjectStore, catalog: Catalog, receipt: ErasureReceipt, subject_id: str | None, subject_digest: str | None
+) -> CheckResult:
+    findings = []
+    scanned = 0
+    for digest in receipt.subject_digests:
+        report = scan_store(store, subject_id if digest == subject_digest else None, digest)
+        scanned = report.objects_scanned
+        findings += [f.model_dump() | {"subject_digest": digest} for f in report.findings]
+    erased = [d for d in receipt.subject_digests if d not in receipt.not_found_digests]
+    tombstoned = catalog.tombstones()
+    readmitted = {
+        d
+        for entry in _tombstone_log(catalog)
+        if entry.action == "readmitted"
+        for d in entry.subject_digests
+        if d in erased
+    }
+    untombstoned = [d for d in erased if d not in tombstoned and d not in readmitted]
+    problems = (
+        [f"{len(findings)} trace(s) of the person remain, e.g. {findings[0]['kind']} in {findings[0]['key']}"]
+        if findings
+        else []
+    )
+    if untombstoned:
+        problems.append(f"{len(untombstoned)} erased digest(s) are missing from the tombstone list")
+    return _result(
+        "storage",
+        problems,
+        f"All {scanned} stored object version(s) were read: nothing of the person remains (rows, placement, "
+        "checkpoints, manifests)"
+        + (", and the person is on the erased list, so no retraining can bring them back." if erased else "."),
+        {
+            "objects_scanned": scanned,
+            "findings": findings,
+            "untombstoned_digests": untombstoned,
+            "readmitted_digests": sorted(readmitted),
+        },
+    )
+
+
+def _tombstone_log(catalog: Catalog) -> list[TombstoneEntry]:
+    keys = sorted(k for k in catalog.store.list_keys("tombstones") if k.endswith(".json"))
+    return [TombstoneEntry.model_validate_json(catalog.store.get(k)) for k in keys]
+
+
+def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str) -> CheckResult:
+    if view is None:
+        return CheckResult(name="registry", status="skipped", summary=why_skipped)
+    if receipt.status != "erased" or receipt.model_version_after is None:
+        return CheckResult(
+            name="registry",
+            status="skipped",
+            summary="The request found no data, so no model version was made from it.",
+        )
+    found = view.check_erasure(receipt.model_version_after)
+    held = len(found.versions)
+    return _result(
+        "registry",
+        list(found.problems),
+        f"{held} earlier model version(s) of `{found.model_name}` held the person's data: none can be loaded "
+        f"and no stored file of them remains. The alias `{found.alias}` serves version {found.served_version}, "
+        "made after the erasure.",
+        found.model_dump(),
+    )
+
+
+def _membership(store: ObjectStore, receipt: ErasureReceipt) -> tuple[CheckResult, AuditRecord | None]:
+    stored = read_audit(store, receipt.request_id)
+    if stored is None:
+        reason = (
+            "The request found no data, so there was nothing to audit."
+            if receipt.status != "erased"
+            else "This erasure ran without a membership audit (pass audit=MembershipAudit(held_out_rows) to "
+            "Coordinator.forget, as `expunge demo` does); the rows are gone, so it cannot be run now."
+        )
+        return CheckResult(name="membership_audit", status="skipped", summary=reason), None
+    record, sha256 = stored
+    problems = []
+    if receipt.audit_sha256 != sha256:
+        problems.append("the stored audit record is not the one the receipt names (edited or replaced)")
+    if not record.after_equals_from_scratch:
+        problems.append("the model after the erasure and the one retrained from scratch score the rows differently")
+    problems += [
+        f"at erasure time shard {r.shard} differed from its from-scratch retraining: {r.first_difference}"
+        for r in record.rederived
+        if not r.exact
+    ]
+    return (
+        _result(
+            "membership_audit",
+            problems,
+            f"Before the erasure the loss attack reached AUC {record.before.loss.auc:.2f} (calibrated "
+            f"{record.before.calibrated.auc:.2f}); after it, AUC {record.after.loss.auc:.2f} (calibrated "
+            f"{record.after.calibrated.auc:.2f}), the same as a model retrained from scratch, score for score.",
+            {"audit_sha256": sha256},
+        ),
+        record,
+    )
+
+
+def _receipt_log(store: ObjectStore, request_id: str, witnessed: set[str] | None) -> CheckResult:
+    chain = walk_chain(store, witnessed)
+    problems = []
+    if not chained_receipts(store, request_id):
+        problems.append(f"the receipt log holds no receipt of request {request_id}")
+    if chain.broken:
+        first = chain.first_broken
+        assert first is not None
+        where = f"receipt #{first.sequence}" if first.sequence is not None else first.key
+        problems.append(f"the receipt log is broken at {where}: {first.problem}")
+    witness = " and every request MLflow records is in it" if witnessed is not None else ""
+    return _result(
+        "receipt_log",
+        problems,
+        f"{chain.receipts} receipt(s), each sealed with the hash of the one before: none was deleted, edited or "
+        f"reordered{witness}.",
+        chain.model_dump(),
+    )
+
+
+# ----- entry points ------------------------------------------------------------------------------------
+def _registry_view(binding: RegistryBinding | None, storage: StorageConfig | str) -> tuple[AuditView | None, str]:
+    if binding is None:
+        return (
+            None,
+            "The store records no MLflow registry (trained with tracking off); pass --tracking-uri to check one.",
+        )
+    return AuditView(binding, storage), ""
+
+
+def verify_erasure(
+    storage: StorageConfig | str,
+    request_id: str,
+    hasher: SubjectHasher,
+    subject_id: str | None = None,
+    registry: RegistryBinding | None = None,
+    log_to_mlflow: bool = True,
+) -> VerifyReport:
+    """Check one erasure request end to end and (by default) attach the report to its MLflow runs.
+
+    ``hasher``: the store's digest key. ``subject_id``: the raw id of one subject of the request
+    (optional: without it the storage scan looks for digests only). ``registry``: the MLflow
+    registry to check; None checks the one the store records, and none is skipped. Re-derives
+    the request's affected shards in this process (about one shard's training each) and reads
+    every stored object version once per subject.
+
+    Raises:
+        ConfigError: no published store, a key other than the store's, an unusable request id,
+            no receipt of the request, or a subject the request does not name.
+        StorageCorruptError: a manifest or the receipt is unreadable.
+        TrackingUnreachable: the registry does not answer.
+    """
+    store = ObjectStore(storage)
+    catalog = Catalog(store)
+    latest = catalog.latest()
+    if latest is None:
+        raise ConfigError(
+            f"no published ensemble in {store.uri}: check --storage (or --workdir), the store does not exist or "
+            "was never trained"
+        )
+    check_key(latest, hasher)
+    request_id = check_request_id(request_id)
+    text = catalog.read_request_receipt(request_id)
+    chained = chained_receipts(store, request_id)
+    if text is None and not chained:
+        raise ConfigError(
+            f"no receipt of request {request_id!r} in {store.uri}: check the request id (`expunge forget` prints it "
+            "in the receipt, the demo in its table) and --storage"
+        )
+    receipt = ErasureReceipt.model_validate_json(text) if text is not None else chained[-1][1]
+    digest = hasher.digest(subject_id) if subject_id is not None else None
+    if digest is not None and digest not in receipt.subject_digests:
+        raise ConfigError(
+            f"--subject does not name a subject of request {request_id} (its digest is not in the receipt); check "
+            "the id, or leave --subject out to check by digest"
+        )
+    view, why = _registry_view(registry or latest.registry, storage)
+    exactness = _exactness(catalog, receipt, latest.version)
+    storage_check = _storage(store, catalog, receipt, subject_id, digest)
+    registry_check = _registry(view, receipt, why)
+    membership, record = _membership(store, receipt)
+    log_check = _receipt_log(store, request_id, view.request_ids() if view is not None else None)
+    checks = (exactness, storage_check, registry_check, membership, log_check)
+    report = VerifyReport(
+        request_id=request_id,
+        storage=store.uri,
+        status="failed" if any(c.status == "failed" for c in checks) else "passed",
+        receipt_status=receipt.status,
+        subject_digests=receipt.subject_digests,
+        rows_removed=receipt.rows_removed,
+        affected_shards=tuple(receipt.affected_shards),
+        ensemble_version=latest.version,
+        raw_id_checked=subject_id is not None,
+        checks=checks,
+        audit=record,
+    )
+    if view is not None and log_to_mlflow:
+        runs = view.log_verification(request_id, report.model_dump(mode="json"), report.to_markdown(), report.passed)
+        report = report.model_copy(update={"mlflow_runs": tuple(runs)})
+    log.info("request %s verified: %s", request_id, report.status)
+    return report
+
+
+def verify_log(storage: StorageConfig | str, registry: RegistryBinding | None = None) -> ChainReport:
+    """Walk a store's receipt log; with a registry (default: the one the store records), MLflow witnesses it.
+
+    Raises:
+        ConfigError: the store holds no published version (nothing to verify).
+    """
+    store = ObjectStore(storage)
+    latest = Catalog(store).latest()
+    if latest is None:
+        raise ConfigError(f"no published ensemble in {store.uri}: check --storage (or --workdir)")
+    view, _ = _registry_view(registry or latest.registry, storage)
+    return walk_chain(store, view.request_ids() if view is not None else None)
+
+
+def chain_markdown(report: ChainReport) -> str:
+    """The log walk for a non-engineer."""
+    lines = [
+        f"# Receipt log of `{report.storage}`: {'INTACT' if report.intact else 'BROKEN'}",
+        "",
+        f"Checked {report.checked_at}: {report.receipts} receipt(s), each holding the hash of the one before.",
+        f"Newest receipt's hash: `{report.head_sha256 or 'none'}` (note it elsewhere: a later walk that finds "
+        "fewer receipts, or another hash here, shows the log was cut short).",
+    ]
+    if report.witnesses:
+        lines.append(f"Cross-checked with: {', '.join(report.witnesses)}.")
+    first = report.first_broken
+    if first is not None:
+        where = f"receipt #{first.sequence}" if first.sequence is not None else "outside the chain"
+        lines += ["", f"**First broken link: {where}** (`{first.key}`): {first.problem}."]
+    if report.broken:
+        lines += ["", "| link | object | problem |", "| --- | --- | --- |"]
+        lines += [
+            f"| {b.sequence if b.sequence is not None else '-'} | `{b.key}` | {b.problem} |" for b in report.broken
+        ]
+    if report.warnings:
+        lines += ["", "Notes (not breaks):", *[f"- `{w.key}`: {w.problem}" for w in report.warnings]]
+    return "\n".join(lines) + "\n"
