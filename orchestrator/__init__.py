@@ -16,12 +16,15 @@ __all__ = [
     "ErasureReceipt",
     "ExpungeError",
     "JobConfig",
+    "MembershipAudit",
     "ShardRetrainFailed",
     "StorageConflictError",
     "StorageCorruptError",
     "SubjectHasher",
     "UnknownSubjectError",
+    "VerifyReport",
     "load_job_config",
+    "verify_erasure",
 ]
 
 _HOMES = {
@@ -30,6 +33,9 @@ _HOMES = {
     "JobConfig": "orchestrator.config",
     "load_job_config": "orchestrator.config",
     "SubjectHasher": "orchestrator.digests",
+    "MembershipAudit": "orchestrator.audit",
+    "VerifyReport": "orchestrator.verify",
+    "verify_erasure": "orchestrator.verify",
 }
 
 

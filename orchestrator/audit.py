@@ -46,13 +46,14 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.catalog import Catalog, EnsembleManifest
+from orchestrator.config import ItemStatsConfig, MFConfig
 from orchestrator.digests import SubjectHasher
 from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
 from orchestrator.rederive import ShardExactness, final_states, rederive_shards
 from orchestrator.serving import EnsemblePredictor
 from shards.models import task_of
-from shards.rows import LABEL, RATING, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
+from shards.rows import ITEM_ID, LABEL, RATING, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
 from shards.store import ObjectStore
 from shards.training import TrainedState
 
@@ -260,7 +261,7 @@ class MembershipAudit:
     ) -> None:
         """Read the subjects' rows from the published slices and score them under the published constituents."""
         task = task_of(manifest.model)
-        nonmembers = validate_rows(self.nonmembers, "audit non-member rows", task, model=manifest.model)
+        nonmembers = self._scorable(self.nonmembers, manifest)
         if SUBJECT_DIGEST not in nonmembers.column_names:
             nonmembers = nonmembers.append_column(
                 SUBJECT_DIGEST, pa.array(hasher.digest_many(nonmembers.column(SUBJECT_ID).to_pylist()), pa.string())
@@ -270,6 +271,28 @@ class MembershipAudit:
         phi_m, loss_m = _scores(predictor.predict(members), members, task)
         phi_n, loss_n = _scores(predictor.predict(nonmembers), nonmembers, task)
         self._before = _Before(manifest, tuple(digests), members, nonmembers, (phi_m, phi_n), (loss_m, loss_n))
+
+    @staticmethod
+    def _scorable(rows: pa.Table, manifest: EnsembleManifest) -> pa.Table:
+        """Validated non-member rows the model can score: items outside its catalogue are left out, not refused.
+
+        A held-out split can hold an item no training row had (the catalogue size was taken
+        from the training rows); such a row says nothing about membership.
+        """
+        model = manifest.model
+        catalogue = model.num_items if isinstance(model, MFConfig | ItemStatsConfig) else None
+        rows = validate_rows(rows, "audit non-member rows", task_of(model), model=None if catalogue else model)
+        if catalogue is not None:
+            inside = pc.less(rows.column(ITEM_ID), catalogue)
+            left_out = len(rows) - int(pc.sum(inside).as_py() or 0)
+            if left_out:
+                log.info("audit: %d non-member row(s) rate items outside the catalogue; left out", left_out)
+            rows = rows.filter(inside)
+        if len(rows) == 0:
+            raise ConfigError(
+                "no audit non-member row can be scored by the model (every item is outside its catalogue)"
+            )
+        return rows
 
     @staticmethod
     def _member_rows(catalog: Catalog, manifest: EnsembleManifest, digests: Sequence[str]) -> pa.Table:

@@ -155,9 +155,9 @@ def _audit_markdown(record: AuditRecord) -> list[str]:
     if record.after.loss.auc < 0.5:
         lines += [
             "",
-            "An AUC below 0.5 after the erasure means the erased rows now look *less* familiar to the model than "
-            "the held-out rows: the model treats the erased person as someone it never saw, while the held-out "
-            "rows belong to people it still knows.",
+            "An AUC below 0.5 after the erasure means the erased rows now fit the model *worse* than the held-out "
+            "rows do: a recommender treats the erased person as a stranger, while the held-out rows belong to "
+            "people it still knows. Rows of people never trained on would give a baseline near 0.5.",
         ]
     return lines
 

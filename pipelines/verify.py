@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -33,22 +34,19 @@ __all__ = ["VerifyOptions", "main", "run"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class VerifyOptions:
-    """What to verify and where: resolved from the flags once, before anything is read."""
+    """What to verify and where, resolved from the flags once before anything is read.
 
-    def __init__(
-        self,
-        storage: StorageConfig,
-        hasher: SubjectHasher | None,
-        registry: RegistryBinding | None,
-        out: Path,
-        record: bool,
-    ) -> None:
-        self.storage = storage
-        self.hasher = hasher
-        self.registry = registry
-        self.out = out
-        self.record = record
+    ``hasher`` is None for a log walk alone (it needs no key); ``registry`` None skips MLflow;
+    ``record`` attaches the report to the request's MLflow runs.
+    """
+
+    storage: StorageConfig
+    hasher: SubjectHasher | None
+    registry: RegistryBinding | None
+    out: Path
+    record: bool
 
 
 def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:

@@ -13,7 +13,7 @@ from orchestrator.coordinator import Coordinator, local_pool
 from orchestrator.errors import ConfigError
 from orchestrator.verify import verify_erasure
 from pipelines.datasets import split_rows, synthetic_ratings, synthetic_tabular
-from shards.rows import SUBJECT_ID
+from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_ID
 
 
 # ----- the statistics -----------------------------------------------------------------------------------
@@ -72,12 +72,18 @@ def _overfitted(tmp_path, hasher):
 def test_an_overfitted_model_leaks_before_erasure_and_not_after(tmp_path, hasher):
     coordinator, rows, held_out = _overfitted(tmp_path, hasher)
     subjects = sorted(set(rows.column(SUBJECT_ID).to_pylist()))[:3]  # ~54 member rows
-    receipt = coordinator.forget(subjects, request_id="overfit-1", audit=MembershipAudit(held_out))
+    # A held-out row of an item outside the model's catalogue says nothing about membership: left out.
+    stranger = held_out.slice(0, 1)
+    stranger = stranger.set_column(stranger.column_names.index(ITEM_ID), ITEM_ID, pa.array([10_000], pa.int64()))
+    stranger = stranger.set_column(stranger.column_names.index(RECORD_ID), RECORD_ID, pa.array(["not-a-member"]))
+    audit = MembershipAudit(pa.concat_tables([held_out, stranger.cast(held_out.schema)]))
+    receipt = coordinator.forget(subjects, request_id="overfit-1", audit=audit)
     stored = read_audit(coordinator.store, "overfit-1")
     assert stored is not None
     record, sha256 = stored
     assert receipt.audit_sha256 == sha256  # the receipt log covers the record
     assert record.member_rows == receipt.rows_removed
+    assert record.nonmember_rows == len(held_out)
     assert record.before.loss.auc > 0.9  # members are told apart from non-members ...
     assert record.before.loss.tpr_at_fpr > 0.5
     assert record.before.calibrated.auc > 0.8

@@ -56,6 +56,14 @@ def test_demo_json_reports_an_exact_targeted_erasure(tmp_path):
     assert summary["exact"] is True
     assert summary["untouched_shards_unchanged"] is True
     assert len(summary["affected_shards"]) == 1
+    # The demo ends with `expunge verify`: every check passed, and the report is written.
+    assert summary["verified"] is True
+    assert set(summary["verification"].values()) == {"passed"}
+    assert (
+        Path(summary["verify_report"])
+        .read_text()
+        .startswith(f"# Erasure verification: request `{summary['request_id']}`")
+    )
     assert (tmp_path / "demo" / "mlflow.db").exists()
     assert (tmp_path / "demo" / "store" / "ensemble").is_dir()
 
@@ -130,6 +138,7 @@ def test_demo_is_exact_on_s3_storage_and_leaves_no_trace(tmp_path, s3_bucket):
     assert summary["storage"].startswith("s3://")
     assert summary["scan_traces_before"] > 0
     assert summary["scan_traces_after"] == 0
+    assert summary["verified"] is True
 
 
 def test_scan_command_exit_codes(tmp_path):
