@@ -286,6 +286,13 @@ class Coordinator:
             alias=tracking.alias,
         )
 
+    def _already_erased(self, not_found: Sequence[str]) -> tuple[str, ...]:
+        """The digests among ``not_found`` that an earlier erasure of this store removed (tombstoned)."""
+        if not not_found:
+            return ()
+        erased = self.catalog.tombstones()
+        return tuple(d for d in not_found if d in erased)
+
     def readmit(self, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:
         """Lift the tombstones of subjects who gave new consent; returns how many were tombstoned.
 
@@ -332,6 +339,7 @@ class Coordinator:
                 status="not_found",
                 subject_digests=tuple(digests),
                 not_found_digests=plan.not_found,
+                already_erased_digests=self._already_erased(plan.not_found),
                 untouched_shards=tuple(all_shards),
                 seconds=time.perf_counter() - began,
                 model_version_before=manifest.version,
@@ -409,6 +417,7 @@ class Coordinator:
             status="erased",
             subject_digests=tuple(digests),
             not_found_digests=plan.not_found,
+            already_erased_digests=self._already_erased(plan.not_found),
             rows_removed=sum(u.rows_removed for u in updates.values()),
             shards=tuple(
                 ShardRetrain(

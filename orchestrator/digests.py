@@ -63,7 +63,7 @@ class SubjectHasher:
         if not value:
             raise ConfigError(
                 f"environment variable {env_name} is not set; it holds the HMAC key for subject "
-                f"digests. Set it to a secret of >= 32 hex characters, e.g. `export {env_name}="
+                f"digests. Set it to a random secret of 64 hex characters (32 bytes), e.g. `export {env_name}="
                 "$(python -c 'import secrets;print(secrets.token_hex(32))')`, and keep it stable: "
                 "changing it makes earlier digests unmatchable."
             )

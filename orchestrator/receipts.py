@@ -29,6 +29,8 @@ class ErasureReceipt(BaseModel):
     status: Literal["erased", "not_found"]
     subject_digests: tuple[str, ...]
     not_found_digests: tuple[str, ...] = ()
+    #: Of ``not_found_digests``, those an earlier erasure of this store already removed (tombstoned).
+    already_erased_digests: tuple[str, ...] = ()
     rows_removed: int = 0
     shards: tuple[ShardRetrain, ...] = ()
     untouched_shards: tuple[int, ...] = ()

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ExpungeError, StorageConflictError
+from orchestrator.digests import SubjectHasher, key_weakness
+from orchestrator.errors import ConfigError, ExpungeError, StorageConflictError
 from orchestrator.registry import Lineage
 
 __all__ = ["demo_hasher", "exit_on_error", "hasher_from_env", "init_logging", "init_ray", "make_lineage", "progress"]
@@ -29,12 +29,10 @@ _STDERR = Console(stderr=True)
 
 def init_logging(verbose: bool = False) -> None:
     """Warnings only by default (progress lines say what is happening); ``--verbose`` for every step."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("mlflow", "alembic", "urllib3", "botocore", "s3fs", "ray"):
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # --verbose means every step of Expunge's own, not the debug chatter of its libraries.
+    for ours in ("orchestrator", "shards", "pipelines"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.WARNING)
     # MLflow sets its own logger level when it is first imported (later, lazily): tell it too.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
@@ -111,7 +109,14 @@ def demo_hasher(workdir: Path, privacy: PrivacyConfig = PrivacyConfig()) -> Subj
         key_file.write_text(secrets.token_hex(32))
         key_file.chmod(0o600)
         log.info("no %s set: generated a demo digest key in %s", privacy.subject_key_env, key_file)
-    return SubjectHasher(key_file.read_text().strip().encode())
+    key = key_file.read_text().strip()
+    weakness = key_weakness(key)
+    if weakness is not None:
+        raise ConfigError(
+            f"the demo key in {key_file} is too weak: {weakness}. Delete the file to have the demo make a "
+            f"fresh one, or set {privacy.subject_key_env}. Nothing was changed."
+        )
+    return SubjectHasher(key.encode())
 
 
 def make_lineage(tracking: TrackingConfig, storage: StorageConfig | str) -> Lineage | None:

@@ -16,12 +16,14 @@ and MLflow imports. Exit codes are in ``EXIT_CODES`` and the README.
 from __future__ import annotations
 
 import importlib
+import sys
+import traceback
 from typing import Any
 
 import click
 import typer
 
-__all__ = ["EXIT_CODES", "JOBS", "SUBJOBS", "app", "main"]
+__all__ = ["EXIT_CODES", "EXIT_INTERNAL", "JOBS", "SUBJOBS", "app", "main"]
 
 #: Subcommand -> (recipe module, one-line help). The help is kept here so that listing the
 #: jobs imports none of them.
@@ -53,7 +55,10 @@ EXIT_CODES: dict[int, str] = {
     2: "bad input or configuration (typed error, message says how to fix it); nothing was changed",
     3: "forget: at least one named subject had no data (a receipt is still printed and stored)",
     4: "conflict: another writer published first; nothing was changed, submit the request again",
+    5: "internal error: a bug in Expunge (traceback printed); please report it",
 }
+
+EXIT_INTERNAL = 5
 
 
 class _LazyJobs(click.Group):
@@ -81,9 +86,23 @@ class _LazyJobs(click.Group):
             if args and args[0] in SUBJOBS.get(cmd_name, {}):
                 name, module, args = f"{cmd_name} {args[0]}", SUBJOBS[cmd_name][args[0]][0], args[1:]
             recipe = importlib.import_module(module)
-            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            single = typer.Typer(
+                add_completion=False,
+                pretty_exceptions_enable=False,
+                context_settings={"help_option_names": ["-h", "--help"]},
+            )
             single.command(name)(recipe.main)
-            typer.main.get_command(single).main(args=args, prog_name=f"expunge {name}")
+            try:
+                typer.main.get_command(single).main(args=args, prog_name=f"expunge {name}")
+            except Exception:
+                # Typed errors never get here (each recipe turns them into exit 2 or 4): this is a bug.
+                traceback.print_exc()
+                click.echo(
+                    f"expunge {name}: internal error (a bug in Expunge, not in your input); please report it "
+                    "with the traceback above",
+                    err=True,
+                )
+                sys.exit(EXIT_INTERNAL)
 
         return job
 

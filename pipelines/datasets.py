@@ -118,7 +118,12 @@ def load_movielens(path: str | Path) -> pa.Table:
     """
     file = Path(path)
     if not file.is_file():
-        raise DataValidationError(str(file), [f"file {str(file)!r} does not exist"])
+        raise DataValidationError(
+            str(file),
+            [
+                f"file {str(file)!r} does not exist (looked for {str(file.resolve())!r}; data.path is relative to the current folder)"
+            ],
+        )
     layout = _detect_layout(file)
     columns = [f"field_{i}" for i in range(layout.width)]
     wanted = {role: columns[index] for role, index in layout.roles.items()}
@@ -181,7 +186,12 @@ def load_parquet(
     """Any Parquet file; ``columns`` maps canonical names (record_id, subject_id, ...) to file columns."""
     file = Path(path)
     if not file.is_file():
-        raise DataValidationError(str(file), [f"file {str(file)!r} does not exist"])
+        raise DataValidationError(
+            str(file),
+            [
+                f"file {str(file)!r} does not exist (looked for {str(file.resolve())!r}; data.path is relative to the current folder)"
+            ],
+        )
     raw = pq.read_table(file)
     mapping = dict(columns or {})
     problems = [

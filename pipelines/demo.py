@@ -11,6 +11,7 @@ import json
 import logging
 import shlex
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from orchestrator.config import (
     TrainingConfig,
 )
 from orchestrator.coordinator import Coordinator
+from orchestrator.errors import ConfigError
 from orchestrator.exactness import constituents_equal
 from orchestrator.registry import default_tracking_uri
 from orchestrator.scan import scan_store
@@ -102,10 +104,36 @@ def _rmse(coordinator: Coordinator, test: pa.Table) -> float:
     return float(np.sqrt(np.mean((np.clip(predictions, 1, 5) - truth) ** 2)))
 
 
+#: Written into a workdir the demo owns; without it the demo never deletes anything there.
+_MARKER = ".expunge-demo"
+
+
+def _claim_workdir(workdir: Path, own_store: bool, own_registry: bool) -> None:
+    """Make ``workdir`` the demo's, refusing one that holds a store or registry the demo did not make.
+
+    The demo starts its store and registry fresh on every run; that must never delete a real
+    deployment's ``store/``, ``mlflow.db`` or ``mlruns/`` (``--workdir .`` in a project folder).
+
+    Raises:
+        ConfigError: the folder holds such files and no demo marker.
+    """
+    wiped = ([workdir / "store"] if own_store else []) + (
+        [workdir / "mlflow.db", workdir / "mlruns"] if own_registry else []
+    )
+    present = [p.name for p in wiped if p.exists()]
+    if present and not (workdir / _MARKER).exists():
+        raise ConfigError(
+            f"{workdir} holds {', '.join(present)}, which the demo did not make, and the demo starts them fresh "
+            "on every run. Choose another --workdir (the default is ./expunge-demo); nothing was changed."
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / _MARKER).write_text("This folder belongs to `expunge demo`, which recreates its contents.\n")
+
+
 def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
     workdir = options.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     storage = options.storage or str(workdir / "store")
+    _claim_workdir(workdir, own_store=options.storage is None, own_registry=options.tracking_uri is None)
     if options.storage is None and Path(storage).exists():
         shutil.rmtree(storage)  # the demo's own default store: start clean on every run
     if options.storage is None and options.tracking_uri is None:
@@ -204,10 +232,10 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     table.add_row("rows removed", str(result.rows_removed))
     table.add_row("affected shard(s)", ", ".join(map(str, result.affected_shards)))
     table.add_row("slices retrained", "; ".join(f"shard {s}: {v}" for s, v in result.slices_retrained.items()))
-    table.add_row("erasure, whole request", f"{result.erasure_seconds:.2f} s")
-    table.add_row("erasure, retraining", f"{result.retrain_seconds:.2f} s")
-    table.add_row("full SISA retrain (measured at training)", f"{result.full_retrain_seconds:.2f} s")
-    table.add_row("speed-up (retraining vs full retrain)", f"{result.speedup:.1f}x")
+    table.add_row("erasure to store commit", f"{result.erasure_seconds:.2f} s")
+    table.add_row("  of which retraining", f"{result.retrain_seconds:.2f} s")
+    table.add_row("full retrain (at training)", f"{result.full_retrain_seconds:.2f} s")
+    table.add_row("speed-up (retraining)", f"{result.speedup:.1f}x")
     table.add_row("bit-identical to from-scratch", "yes" if result.exact else "NO")
     table.add_row("untouched shards byte-identical", "yes" if result.untouched_shards_unchanged else "NO")
     table.add_row("objects physically deleted", str(result.deleted_objects))
@@ -220,8 +248,11 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     table.add_row("verification (expunge verify)", f"{'passed' if result.verified else 'FAILED'}: {checks}")
     console.print(table)
     typer.echo(f"Verification report: {result.verify_report}")
-    # Plain output, never wrapped by the terminal width, so the line pastes as one command.
-    typer.echo(f"Inspect: mlflow ui --backend-store-uri {shlex.quote(result.tracking_uri)}")
+    # Plain output, never wrapped by the terminal width, so the line pastes as one command; the
+    # venv's own mlflow, so it works without activating the venv.
+    beside = Path(sys.executable).parent / "mlflow"
+    mlflow_cli = shlex.quote(str(beside)) if beside.exists() else "mlflow"
+    typer.echo(f"Inspect: {mlflow_cli} ui --backend-store-uri {shlex.quote(result.tracking_uri)}")
 
 
 def main(
@@ -231,7 +262,9 @@ def main(
     storage: str | None = typer.Option(None, help="storage URI (default: WORKDIR/store)"),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in WORKDIR)"),
     users: int = typer.Option(400, min=10, help="generated users (30 ratings each)"),
-    seed: int = typer.Option(0, help="data and subject-choice seed"),
+    seed: int = typer.Option(
+        0, help="data and subject-choice seed (placement also depends on the digest key in WORKDIR/subject.key)"
+    ),
     subject: str | None = typer.Option(None, help="subject to forget (default: a seeded random one)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),

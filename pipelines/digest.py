@@ -13,6 +13,7 @@ digest reveals nothing, and the key never leaves the process.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -20,21 +21,20 @@ import typer
 from orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
 from orchestrator.digests import SubjectHasher
 from orchestrator.errors import ConfigError, ExpungeError
-from pipelines._runtime import hasher_from_env, init_logging
+from pipelines._runtime import demo_hasher, hasher_from_env, init_logging
 
 __all__ = ["main", "run"]
 
 
 def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
-    if workdir is not None:
-        key_file = workdir / "subject.key"
-        if not key_file.is_file():
-            raise ConfigError(
-                f"{key_file} does not exist: --workdir names the folder of `expunge demo`, which keeps its "
-                f"generated key there. Run the demo first, or set {privacy.subject_key_env} instead."
-            )
-        return SubjectHasher(key_file.read_text().strip().encode())
-    return hasher_from_env(privacy)
+    if workdir is None:
+        return hasher_from_env(privacy)
+    if not os.environ.get(privacy.subject_key_env) and not (workdir / "subject.key").is_file():
+        raise ConfigError(
+            f"{workdir / 'subject.key'} does not exist: --workdir names the folder of `expunge demo`, which keeps "
+            f"its generated key there. Run the demo first, or set {privacy.subject_key_env} instead."
+        )
+    return demo_hasher(workdir, privacy)  # the demo's own rule: the environment's key first, else its file
 
 
 def run(
@@ -67,7 +67,9 @@ def main(
     subject: list[str] = typer.Option([], "--subject", help="subject id (repeatable)"),
     config: Path | None = typer.Option(None, help="job config YAML (for privacy.subject_key_env and storage)"),
     storage: str | None = typer.Option(None, help="storage URI: check the key against this store first"),
-    workdir: Path | None = typer.Option(None, help="use the key `expunge demo` generated in this folder"),
+    workdir: Path | None = typer.Option(
+        None, help="use the demo's key, as `expunge demo --workdir` does (the environment's key if set, else its file)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print {subject: digest} as JSON"),
 ) -> None:
     """Print the keyed digest of each subject id (one per line), as stored in MLflow and receipts."""

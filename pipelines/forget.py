@@ -18,7 +18,7 @@ import typer
 from orchestrator.binding import bind_tracking
 from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
-from orchestrator.coordinator import Coordinator
+from orchestrator.coordinator import Coordinator, check_key
 from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
@@ -51,6 +51,11 @@ def read_subjects(subjects: list[str], subjects_file: Path | None) -> list[str]:
             raise ConfigError(f"subjects file {str(subjects_file)!r} cannot be read: {exc}") from exc
         found += parse_subjects_file(data, f"subjects file {str(subjects_file)!r}")
     if not found:
+        if subjects_file is not None:
+            raise ConfigError(
+                f"subjects file {str(subjects_file)!r} names nobody (only blank lines or # comments); "
+                "put one subject id per line"
+            )
         raise ConfigError("name at least one subject with --subject ID or --subjects-file FILE")
     return found
 
@@ -72,6 +77,7 @@ def run(
     latest = Catalog(ObjectStore(storage)).latest()
     if latest is None:
         raise ConfigError(f"no trained ensemble in {storage.uri}; check --storage, or run `expunge train` first")
+    check_key(latest, hasher)  # a wrong key would find nobody: refuse before starting Ray
     tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
     with progress("starting Ray"):
         init_ray()
@@ -119,7 +125,8 @@ def main(
     if receipt.not_found_digests:
         typer.echo(
             f"{len(receipt.not_found_digests)} of {len(receipt.subject_digests)} subject(s) had no data "
-            f"(digests in not_found_digests); request {receipt.request_id} is recorded",
+            f"(digests in not_found_digests; {len(receipt.already_erased_digests)} of them erased earlier); "
+            f"request {receipt.request_id} is recorded",
             err=True,
         )
         raise typer.Exit(EXIT_NOT_FOUND)

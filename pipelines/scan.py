@@ -62,7 +62,7 @@ def main(
         else:
             table = Table(title=f"{len(report.findings)} trace(s) of subject {report.subject_digest[:12]}...")
             for column in ("object", "version", "kind", "detail"):
-                table.add_column(column)
+                table.add_column(column, overflow="fold")  # whole keys, wrapped, never cut
             for f in report.findings:
                 table.add_row(f.key, f.version_id or "-", f.kind, f.detail)
             console.print(table)

@@ -56,7 +56,8 @@ def run(job: JobConfig) -> dict[str, object]:
         "storage": job.storage.uri,
         "ensemble_version": result.manifest.version,
         "registry_version": result.registry_version,
-        "rows": len(rows),
+        "rows": result.manifest.rows,  # after any rows of erased subjects were dropped
+        "erased_rows_dropped": result.manifest.erased_rows_dropped,
         "train_seconds": round(result.seconds, 3),
         **metrics,
     }

@@ -179,3 +179,25 @@ def test_scan_finds_a_person_typed_another_way(tmp_path, hasher):
     # A digest that matches nothing, so only the raw-id check of the stored rows can find them.
     report = scan_store(coordinator.store, typed, "0" * 64)
     assert "rows" in {f.kind for f in report.findings}
+
+
+def test_a_second_request_for_an_erased_person_says_they_were_erased_earlier(tmp_path, hasher):
+    coordinator = _trained(tmp_path, hasher)
+    coordinator.forget([SUBJECTS[3]])
+    again = coordinator.forget([SUBJECTS[3], "never-seen"])
+    assert again.status == "not_found"
+    assert again.already_erased_digests == (hasher.digest(SUBJECTS[3]),)
+    assert set(again.not_found_digests) == {hasher.digest(SUBJECTS[3]), hasher.digest("never-seen")}
+
+
+def test_the_demo_never_wipes_a_workdir_it_did_not_make(tmp_path):
+    from pipelines.demo import DemoOptions
+    from pipelines.demo import run as run_demo
+
+    (tmp_path / "mlflow.db").write_text("a real registry")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "keep.txt").write_text("a real store")
+    with pytest.raises(ConfigError, match="did not make"):
+        run_demo(DemoOptions(workdir=tmp_path), quiet=True)
+    assert (tmp_path / "mlflow.db").read_text() == "a real registry"
+    assert (tmp_path / "store" / "keep.txt").exists()

@@ -38,9 +38,10 @@ def test_help_lists_every_job_and_every_exit_code(tmp_path):
         assert re.search(rf"^\s+{code}\s", result.stdout, re.M)
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
 @pytest.mark.parametrize("job", sorted(JOBS))
-def test_every_job_has_help(job, tmp_path):
-    result = _expunge(job, "--help", cwd=tmp_path)
+def test_every_job_has_help(job, flag, tmp_path):
+    result = _expunge(job, flag, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"expunge {job}" in result.stdout
 
@@ -60,10 +61,10 @@ def test_digest_prints_the_keyed_digest(tmp_path):
 
 def test_digest_uses_the_demo_key_from_its_workdir(tmp_path):
     (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "subject.key").write_text("e" * 64 + "\n")
+    (tmp_path / "demo" / "subject.key").write_text(KEY + "\n")
     result = _expunge("digest", "--subject", "user-45", "--workdir", str(tmp_path / "demo"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == SubjectHasher(("e" * 64).encode()).digest("user-45")
+    assert result.stdout.strip() == SubjectHasher(KEY.encode()).digest("user-45")
 
 
 @pytest.mark.parametrize(
@@ -107,3 +108,21 @@ def test_digest_refuses_a_key_the_store_was_not_trained_with(tmp_path):
     )
     assert wrong.returncode == 2
     assert "differs" in wrong.stderr
+
+
+def test_a_subjects_file_that_names_nobody_says_so(tmp_path):
+    from orchestrator.errors import ConfigError
+    from pipelines.forget import read_subjects
+
+    tickets = tmp_path / "tickets.txt"
+    tickets.write_text("# GDPR tickets of the day\n\n")
+    with pytest.raises(ConfigError, match="names nobody"):
+        read_subjects([], tickets)
+
+
+def test_a_weak_demo_key_file_is_refused(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "subject.key").write_text("SENTINELKEY_ab12cd34")
+    result = _expunge("digest", "--subject", "x", "--workdir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "too weak" in result.stderr
