@@ -204,7 +204,7 @@ class AuditView:
         return {r.data.tags[_REQUEST_TAG] for r in runs if _REQUEST_TAG in r.data.tags and self._ours(r)}
 
     def _ours(self, run: Any) -> bool:
-        return bool(run.data.tags.get("expunge.storage") == self.store.uri)
+        return _same_store(str(run.data.tags.get("expunge.storage", "")), self.store.uri)
 
     def _runs(self, clause: str | None) -> list[Any]:
         runs: list[Any] = []
@@ -249,6 +249,21 @@ def remaining_artifact_objects(location: str, artifact_root: str, eraser: Artifa
     if folder.is_file():
         return 1
     return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def _same_store(recorded: str, given: str) -> bool:
+    """Do two store URIs name the same store (a local folder given as relative, absolute or file:// path)?"""
+    if recorded == given:
+        return True
+    local = [_local_folder(u) for u in (recorded, given)]
+    return None not in local and local[0] == local[1]
+
+
+def _local_folder(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path)).resolve()
+    return Path(uri).resolve() if uri and "://" not in uri else None
 
 
 def _loads(location: str) -> bool:

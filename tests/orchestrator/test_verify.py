@@ -123,11 +123,13 @@ def test_an_exact_erasure_passes_every_check_and_the_report_reaches_its_mlflow_r
     assert erasure.subject not in markdown + report.model_dump_json()  # digests only, never the raw id
 
 
-def test_without_the_raw_id_the_scan_is_by_digest_and_the_report_says_so(erasure):
-    report = verify_erasure(str(erasure.store), REQUEST, SubjectHasher(TEST_KEY), None, log_to_mlflow=False)
+def test_without_the_raw_id_the_scan_is_by_digest_and_the_report_says_so(erasure, monkeypatch):
+    monkeypatch.chdir(erasure.root)  # the store named by a relative path: still its MLflow run
+    report = verify_erasure("store", REQUEST, SubjectHasher(TEST_KEY), None)
     assert report.passed
     assert not report.raw_id_checked
     assert "keyed digest only" in report.to_markdown()
+    assert len(report.mlflow_runs) == 1
 
 
 def test_a_request_that_found_nobody_verifies_with_nothing_to_rederive(erasure, store_copy):
