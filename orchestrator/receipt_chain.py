@@ -195,7 +195,8 @@ def walk_chain(store: ObjectStore, witnessed_request_ids: Iterable[str] | None =
             broken.append(BrokenLink(sequence=sequence, key=key, problem="missing: the receipt was deleted"))
             previous_sha = None
             continue
-        data = store.get(key)
+        # The newest may be mid-write by a concurrent append (visible before its bytes locally).
+        data = _read_head(store, sequence) if sequence == newest else store.get(key)
         try:
             receipt = ErasureReceipt.model_validate_json(data)
         except ValidationError as exc:
