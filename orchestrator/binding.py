@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from orchestrator.catalog import RegistryBinding
 from orchestrator.config import TrackingConfig
 from orchestrator.errors import ConfigError
 
 __all__ = ["bind_tracking"]
-
-log = logging.getLogger(__name__)
 
 
 def bind_tracking(
@@ -29,10 +25,11 @@ def bind_tracking(
     - a given model name or experiment that differs from the recorded one, or tracking switched
       off, is refused: it would leave the recorded registry's versions (which hold the subject)
       loadable;
-    - a different tracking URI is allowed (the same server may have another address) and logged.
+    - a different tracking URI is refused too: the recorded registry would keep serving a
+      version that holds the subject.
 
     Raises:
-        ConfigError: the given model name or experiment differs from the recorded one, or the
+        ConfigError: the given model name, experiment or tracking URI differs from the recorded one, or the
             given config switches tracking off for a store that records a registry.
     """
     if recorded is None:
@@ -56,8 +53,15 @@ def bind_tracking(
                     f"loadable. Set tracking.{field}: {theirs!r} (or drop the tracking section to use the recorded one)."
                 )
     uri = tracking_uri or (given.uri if given is not None and given.uri else None) or recorded.tracking_uri
-    if uri != recorded.tracking_uri:
-        log.warning("store %s records tracking URI %s; using %s as told", store_uri, recorded.tracking_uri, uri)
+    if uri.rstrip("/") != recorded.tracking_uri.rstrip("/"):
+        # Another registry would get a new version while the recorded one, which serves this
+        # store, kept loading a version that holds the subject.
+        raise ConfigError(
+            f"the store {store_uri} publishes to the MLflow registry at {recorded.tracking_uri}, but "
+            f"{uri} was given. An erasure must purge the registry that serves the store: drop "
+            "--tracking-uri (and tracking.uri) to use the recorded one. If the server moved, give its "
+            "new address only once the old address no longer serves any version of this store."
+        )
     base = given if given is not None else TrackingConfig()
     return base.model_copy(
         update={

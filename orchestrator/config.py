@@ -160,6 +160,8 @@ class JobConfig(Frozen):
 def load_job_config(path: str | Path) -> JobConfig:
     """Load a YAML job config; every validation problem is listed in one ``ConfigError``."""
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"config file {str(file)!r} is a folder; pass --config PATH.yaml")
     if not file.is_file():
         raise ConfigError(f"config file {str(file)!r} does not exist; pass --config PATH.yaml")
     try:

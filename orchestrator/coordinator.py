@@ -37,7 +37,7 @@ from orchestrator.errors import (
 from orchestrator.placement import cell_of_key, place_subjects
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from orchestrator.purge import purge_unreferenced
-from orchestrator.receipt_chain import append_receipt
+from orchestrator.receipt_chain import append_receipt, chained_receipts
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.registry import Lineage
 from orchestrator.routing import route
@@ -204,7 +204,7 @@ class Coordinator:
         """
         # Before anything is written; the returned rows carry subject ids in canonical form (shards.identity).
         rows = validate_rows(rows, "training rows", task_of(job.training.model), model=model or job.training.model)
-        rows, dropped = self._apply_tombstones(rows, job.data.erased_subjects)
+        rows, dropped = self.apply_tombstones(rows, job.data.erased_subjects)
         model = model or resolve_model(job.training.model, rows)
         if job.sharding.placement == "row" and isinstance(model_for(model), SufficientStatisticsModel):
             raise ConfigError(
@@ -259,8 +259,15 @@ class Coordinator:
         )
         return TrainResult(manifest, updates, seconds, registry_version)
 
-    def _apply_tombstones(self, rows: pa.Table, policy: str) -> tuple[pa.Table, int]:
-        """Refuse (or, when asked, drop) rows of subjects this store has erased: a retrain never brings them back."""
+    def apply_tombstones(self, rows: pa.Table, policy: str) -> tuple[pa.Table, int]:
+        """Refuse (``policy="refuse"``) or drop (``"drop"``) rows of subjects this store has erased.
+
+        ``train`` applies it to its rows; apply it to held-out rows too, so an erased person is
+        not evaluated on either. Returns the rows kept and how many were dropped.
+
+        Raises:
+            ErasedSubjectsInDataError: ``policy="refuse"`` and some rows belong to erased subjects.
+        """
         erased = self.catalog.tombstones()
         if not erased or len(rows) == 0:
             return rows, 0
@@ -285,6 +292,52 @@ class Coordinator:
             model_name=tracking.model_name,
             alias=tracking.alias,
         )
+
+    def _finish_committed(self, request_id: str, digests: Sequence[str]) -> ErasureReceipt | None:
+        """The receipt of ``request_id`` if an erasure with that id already committed, finishing its record.
+
+        A crash after the store commit (in MLflow, or before the receipt log) leaves the store
+        erased but the request unanswered; its retry must not look like a miss. The registry is
+        already reconciled on open (``_sync_lineage``); this completes the receipt log.
+
+        Raises:
+            ConfigError: the id was used by an erasure of other subjects (ids name one request).
+        """
+        version = next(
+            (
+                v
+                for v in sorted(self.catalog.versions(), reverse=True)
+                if (m := self.catalog.read(v)).kind == "erasure" and m.request_id == request_id
+            ),
+            None,
+        )
+        if version is None:
+            return None
+        done = [r for _, r in chained_receipts(self.store, request_id) if r.status == "erased"]
+        stored = done[-1] if done else None
+        if stored is None and (text := self.catalog.read_receipt(version)) is not None:
+            stored = ErasureReceipt.model_validate_json(text)
+        if stored is None:  # crashed between the commit and the per-version receipt
+            parent = self.catalog.read(version - 1) if version > 1 else None
+            stored = ErasureReceipt(
+                request_id=request_id,
+                status="erased",
+                subject_digests=tuple(digests),
+                rows_removed=(parent.rows - self.catalog.read(version).rows) if parent else 0,
+                model_version_before=version - 1,
+                model_version_after=version,
+            )
+        if set(stored.subject_digests) != set(digests):
+            raise ConfigError(
+                f"request id {request_id!r} already erased other subjects (ensemble v{version}); "
+                "each request needs its own id: use a new --request-id, or omit it"
+            )
+        if done:
+            return stored
+        if self.lineage is not None and stored.registry_version_after is None:
+            stored = stored.model_copy(update={"registry_version_after": self.lineage.current_version()})
+        log.info("request %s had committed ensemble v%d before a crash: finishing its receipt", request_id, version)
+        return append_receipt(self.store, stored)
 
     def _already_erased(self, not_found: Sequence[str]) -> tuple[str, ...]:
         """The digests among ``not_found`` that an earlier erasure of this store removed (tombstoned)."""
@@ -329,6 +382,9 @@ class Coordinator:
         if not subject_ids:
             raise ConfigError("an erasure request needs at least one subject id")
         digests = list(dict.fromkeys(self.hasher.digest_many(subject_ids)))
+        committed = self._finish_committed(request_id, digests)
+        if committed is not None:
+            return committed  # a retry of a request that already committed: the same receipt, once
         index = self.catalog.read_placement(manifest.placement_key)
         plan = route(digests, index.cells())
         all_shards = range(manifest.sharding.shards)

@@ -15,8 +15,16 @@ from rich.console import Console
 
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
 from orchestrator.digests import SubjectHasher, key_weakness
-from orchestrator.errors import ConfigError, ExpungeError, StorageConflictError
+from orchestrator.errors import (
+    ConfigError,
+    ExpungeError,
+    ShardRetrainFailed,
+    ShardStartTimeout,
+    StorageConflictError,
+    TrackingUnreachable,
+)
 from orchestrator.registry import Lineage
+from shards.errors import StorageUnavailableError
 
 __all__ = ["demo_hasher", "exit_on_error", "hasher_from_env", "init_logging", "init_ray", "make_lineage", "progress"]
 
@@ -37,9 +45,12 @@ def init_logging(verbose: bool = False) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
 
-#: Exit status of a typed error (README "Exit codes"); a lost race is retryable, so it has its own.
+#: Exit status of a typed error (README "Exit codes"): bad input, or a retryable failure.
 EXIT_BAD_INPUT = 2
-EXIT_CONFLICT = 4
+EXIT_RETRY = 4
+#: Failures of the request's circumstances, not of its input: a lost race, a dead shard actor, an
+#: unreachable store or tracking server. Submitting the same request again finishes or redoes it.
+_RETRYABLE = (StorageConflictError, ShardRetrainFailed, ShardStartTimeout, StorageUnavailableError, TrackingUnreachable)
 
 
 @contextmanager
@@ -52,7 +63,7 @@ def exit_on_error() -> Iterator[None]:
         yield
     except ExpungeError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFLICT if isinstance(exc, StorageConflictError) else EXIT_BAD_INPUT) from exc
+        raise typer.Exit(EXIT_RETRY if isinstance(exc, _RETRYABLE) else EXIT_BAD_INPUT) from exc
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import typer
 from orchestrator.binding import bind_tracking
 from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
-from orchestrator.coordinator import Coordinator, check_key
+from orchestrator.coordinator import Coordinator, check_key, check_request_id
 from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
@@ -43,6 +43,8 @@ def read_subjects(subjects: list[str], subjects_file: Path | None) -> list[str]:
 
     found = canonical_subject_ids(subjects, "the --subject flags", "--subject")
     if subjects_file is not None:
+        if subjects_file.is_dir():
+            raise ConfigError(f"subjects file {str(subjects_file)!r} is a folder; name a file with one id per line")
         if not subjects_file.is_file():
             raise ConfigError(f"subjects file {str(subjects_file)!r} does not exist")
         try:
@@ -74,6 +76,8 @@ def run(
         ConfigError: no key, no trained store, or a tracking config naming another registry.
     """
     hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
+    if request_id is not None:
+        check_request_id(request_id)
     latest = Catalog(ObjectStore(storage)).latest()
     if latest is None:
         raise ConfigError(f"no trained ensemble in {storage.uri}; check --storage, or run `expunge train` first")
@@ -95,7 +99,7 @@ def main(
     config: Path | None = typer.Option(None, help="job config YAML (for storage, tracking, privacy)"),
     storage: str | None = typer.Option(None, help="storage URI (overrides the config)"),
     tracking_uri: str | None = typer.Option(
-        None, help="MLflow tracking URI (default: the one the store recorded at training, else the config's)"
+        None, help="MLflow tracking URI (default: the one the store recorded at training; another one is refused)"
     ),
     request_id: str | None = typer.Option(None, help="request id to record (default: generated)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),

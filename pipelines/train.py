@@ -46,6 +46,8 @@ def run(job: JobConfig) -> dict[str, object]:
     with progress("starting Ray"):
         init_ray()
     coordinator = Coordinator(job.storage, hasher, make_lineage(job.tracking, job.storage))
+    # Erased people are neither trained on nor evaluated on (their held-out rows count too).
+    test, _ = coordinator.apply_tombstones(test, job.data.erased_subjects)
     shards, slices = job.sharding.shards, job.sharding.slices
     with progress(f"training {shards} shard(s) x {slices} slice(s) on {len(rows)} rows, then registering"):
         result = coordinator.train(rows, job, request_id="train")

@@ -20,6 +20,8 @@ The rule (``canonical_subject_id``):
    integer ids become one float, which would merge different people.
 4. An id that is empty after step 1 is refused, and so is anything that is neither text nor
    an integer (``None``, bytes, decimals).
+5. An id holding a control character (newline, tab, NUL, ...) after step 1 is refused: two
+   ids pasted into one flag, or a NUL-padded export, would otherwise erase nobody.
 
 Refusals raise ``InvalidSubjectIdError`` (a ``DataValidationError``) naming the position
 of every refused id, never its value.
@@ -60,6 +62,10 @@ def _refusal(value: object) -> tuple[str, str | None]:
             canonical.encode()
         except UnicodeEncodeError:
             return "", "is not valid Unicode text (it holds a lone surrogate)"
+        if any(unicodedata.category(ch) == "Cc" for ch in canonical):
+            # A NUL, a newline or another control character inside an id is a paste or encoding
+            # accident (two ids in one flag, a NUL-padded export), never part of a real id.
+            return "", "holds a control character (a newline, tab, NUL ...); give one id per --subject or line"
         return canonical, None
     if isinstance(value, bool):
         return "", f"is a boolean; {_AS_TEXT}"

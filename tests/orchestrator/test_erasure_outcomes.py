@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.compute as pc
 import pytest
 
 from orchestrator.binding import bind_tracking
@@ -144,8 +145,11 @@ def test_tracking_switched_off_for_a_store_with_a_registry_is_refused():
         bind_tracking(RECORDED, TrackingConfig(enabled=False, model_name="demo", experiment="demo"), None, "x")
 
 
-def test_a_tracking_uri_override_is_honoured():
-    assert bind_tracking(RECORDED, None, "http://mlflow:5000", "x").uri == "http://mlflow:5000"
+def test_another_tracking_uri_is_refused():
+    # The recorded registry would keep serving the pre-erasure version while another got the new one.
+    with pytest.raises(ConfigError, match="publishes to the MLflow registry at"):
+        bind_tracking(RECORDED, None, "sqlite:////tmp/other.db", "x")
+    assert bind_tracking(RECORDED, None, "sqlite:////srv/mlflow.db/", "x").uri == "sqlite:////srv/mlflow.db/"
 
 
 def test_no_recorded_registry_keeps_the_given_settings():
@@ -201,3 +205,15 @@ def test_the_demo_never_wipes_a_workdir_it_did_not_make(tmp_path):
         run_demo(DemoOptions(workdir=tmp_path), quiet=True)
     assert (tmp_path / "mlflow.db").read_text() == "a real registry"
     assert (tmp_path / "store" / "keep.txt").exists()
+
+
+def test_held_out_rows_of_erased_people_are_refused_or_dropped_too(tmp_path, hasher):
+    from shards.rows import SUBJECT_ID as SID
+
+    coordinator = _trained(tmp_path, hasher)
+    coordinator.forget([SUBJECTS[5]])
+    held_out = ROWS.filter(pc.equal(ROWS.column(SID), SUBJECTS[5]))  # a person whose rows are all held out
+    with pytest.raises(ErasedSubjectsInDataError):
+        coordinator.apply_tombstones(held_out, "refuse")
+    kept, dropped = coordinator.apply_tombstones(held_out, "drop")
+    assert (len(kept), dropped) == (0, len(held_out))

@@ -126,3 +126,39 @@ def test_a_weak_demo_key_file_is_refused(tmp_path):
     result = _expunge("digest", "--subject", "x", "--workdir", str(tmp_path / "demo"), cwd=tmp_path)
     assert result.returncode == 2
     assert "too weak" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("ConfigError", 2),
+        ("StorageConflictError", 4),
+        ("ShardStartTimeout", 4),
+        ("TrackingUnreachable", 4),
+        ("StorageUnavailableError", 4),
+    ],
+)
+def test_typed_errors_exit_with_the_documented_code(error, code):
+    import typer
+
+    import orchestrator.errors
+    import shards.errors
+    from pipelines._runtime import exit_on_error
+
+    kind = getattr(orchestrator.errors, error, None) or getattr(shards.errors, error)
+    args = ("http://127.0.0.1:9", "refused") if error == "TrackingUnreachable" else ("what happened and how to fix it",)
+    with pytest.raises(typer.Exit) as stopped, exit_on_error():
+        raise kind(*args)
+    assert stopped.value.exit_code == code
+    assert code in EXIT_CODES
+
+
+def test_a_dead_shard_actor_is_retryable_not_bad_input():
+    import typer
+
+    from orchestrator.errors import ShardRetrainFailed
+    from pipelines._runtime import exit_on_error
+
+    with pytest.raises(typer.Exit) as stopped, exit_on_error():
+        raise ShardRetrainFailed(1, "actor died")
+    assert stopped.value.exit_code == 4

@@ -182,3 +182,12 @@ def test_a_file_that_is_not_utf8_names_the_file_and_the_byte_offset():
 def test_a_utf16_file_is_named_as_such():
     with pytest.raises(InvalidSubjectIdError, match="UTF-16"):
         parse_subjects_file("cust-3\n".encode("utf-16"), "f")
+
+
+@pytest.mark.parametrize("pasted", ["user-7\nuser-8", "user-7\x00", "user\t7", "a\x85b"])
+def test_control_characters_inside_an_id_are_refused(pasted):
+    from shards.errors import InvalidSubjectIdError
+    from shards.identity import canonical_subject_id
+
+    with pytest.raises(InvalidSubjectIdError, match="control character"):
+        canonical_subject_id(pasted)

@@ -1,0 +1,53 @@
+"""A retry of a request that committed before a crash answers with its erasure once, never as a miss."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import TrackingConfig
+from orchestrator.coordinator import Coordinator, local_pool
+from orchestrator.digests import SubjectHasher
+from orchestrator.errors import ConfigError
+from orchestrator.receipt_chain import chained_receipts, walk_chain
+from orchestrator.registry import Lineage
+from orchestrator.registry.faults import FAULT_AT_MLFLOW
+from shards.store import InjectedFault
+from tests.conftest import TEST_KEY
+from tests.engine import job
+from tests.lineage._support import email_rows, subjects
+
+ROWS = email_rows(users=16)
+SUBJECT = subjects(ROWS)[3]
+
+
+def _open(root) -> Coordinator:
+    tracking = TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="retry", model_name="expunge-retry")
+    return Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), Lineage(tracking, str(root / "store")), local_pool)
+
+
+@pytest.mark.parametrize("step", ["alias.move", "run.end"])
+def test_a_retry_after_a_crash_past_the_commit_returns_the_erasure(tmp_path, monkeypatch, step):
+    _open(tmp_path).train(ROWS, job(shards=2, slices=2))
+    monkeypatch.setenv(FAULT_AT_MLFLOW, step)
+    monkeypatch.setenv("EXPUNGE_FAULT_MODE", "raise")
+    with pytest.raises(InjectedFault):
+        _open(tmp_path).forget([SUBJECT], request_id="GDPR-7")
+    monkeypatch.delenv(FAULT_AT_MLFLOW)
+
+    coordinator = _open(tmp_path)  # a restarted job
+    receipt = coordinator.forget([SUBJECT], request_id="GDPR-7")
+    assert receipt.status == "erased"
+    assert receipt.rows_removed == ROWS.column("subject_id").to_pylist().count(SUBJECT)
+    assert [r.status for _, r in chained_receipts(coordinator.store, "GDPR-7")] == ["erased"]
+    assert walk_chain(coordinator.store).intact
+    again = coordinator.forget([SUBJECT], request_id="GDPR-7")  # idempotent: the same receipt, no second entry
+    assert again.rows_removed == receipt.rows_removed
+    assert len(chained_receipts(coordinator.store, "GDPR-7")) == 1
+
+
+def test_a_request_id_reused_for_other_subjects_is_refused(tmp_path):
+    coordinator = _open(tmp_path)
+    coordinator.train(ROWS, job(shards=2, slices=2))
+    coordinator.forget([SUBJECT], request_id="GDPR-8")
+    with pytest.raises(ConfigError, match="already erased other subjects"):
+        coordinator.forget([subjects(ROWS)[5]], request_id="GDPR-8")
