@@ -196,6 +196,10 @@ class Catalog:
         keys = sorted(k for k in self.store.list_keys(_TOMBSTONE_PREFIX) if k.endswith(".json"))
         return [_parse(TombstoneEntry, self.store, k) for k in keys]
 
+    def tombstone_log(self) -> list[TombstoneEntry]:
+        """Every entry of the tombstone log, in order (erasures and re-admissions, digests only)."""
+        return sorted(self._tombstone_entries(), key=lambda e: e.sequence)
+
     def tombstones(self) -> set[str]:
         """Digests of every erased subject not re-admitted since (the log folded in order)."""
         current: set[str] = set()

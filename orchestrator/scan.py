@@ -28,6 +28,7 @@ FindingKind = Literal[
     "checkpoint-parameters",
     "checkpoint-lineage",
     "checkpoint-unverifiable",
+    "registry-version",
 ]
 
 

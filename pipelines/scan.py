@@ -12,11 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.catalog import Catalog
+from orchestrator.binding import bind_tracking
+from orchestrator.catalog import Catalog, EnsembleManifest, RegistryBinding
 from orchestrator.config import PrivacyConfig, StorageConfig
 from orchestrator.coordinator import check_key
+from orchestrator.digests import SubjectHasher
 from orchestrator.errors import ConfigError
-from orchestrator.scan import ScanReport, scan_store
+from orchestrator.registry.audit import AuditView
+from orchestrator.scan import Finding, ScanReport, scan_store
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging
 from shards.store import ObjectStore
 
@@ -25,10 +28,25 @@ __all__ = ["main", "run"]
 log = logging.getLogger(__name__)
 
 
-def run(storage: StorageConfig, subject: str, privacy: PrivacyConfig = PrivacyConfig()) -> ScanReport:
-    hasher = hasher_from_env(privacy)
+def run(
+    storage: StorageConfig,
+    subject: str,
+    privacy: PrivacyConfig = PrivacyConfig(),
+    tracking_uri: str | None = None,
+    registry: bool = True,
+    hasher: SubjectHasher | None = None,
+) -> ScanReport:
+    """Scan the store and, where it records one (or ``tracking_uri`` names it), its MLflow registry.
+
+    Raises:
+        ConfigError: no key, a key the store was not trained with, no published store, or a
+            tracking URI other than the one the store records.
+        TrackingUnreachable: the registry does not answer.
+    """
+    hasher = hasher or hasher_from_env(privacy)
     store = ObjectStore(storage)
-    latest = Catalog(store).latest()
+    catalog = Catalog(store)
+    latest = catalog.latest()
     if latest is None:
         # "Clean" would be a lie about a store that is not there (a typo in the URI, say).
         raise ConfigError(
@@ -36,23 +54,88 @@ def run(storage: StorageConfig, subject: str, privacy: PrivacyConfig = PrivacyCo
             "Check --storage (a local folder, file:// or s3:// URI of a trained store)."
         )
     check_key(latest, hasher)  # a wrong key would silently miss every digest-keyed trace
-    return scan_store(store, subject, hasher.digest(subject))
+    digest = hasher.digest(subject)
+    report = scan_store(store, subject, digest)
+    if not registry or (latest.registry is None and tracking_uri is None):
+        return report
+    tracking = bind_tracking(latest.registry, None, tracking_uri, store.uri)
+    binding = RegistryBinding(
+        tracking_uri=tracking.uri or "",
+        experiment=tracking.experiment,
+        model_name=tracking.model_name,
+        alias=tracking.alias,
+    )
+    erased_at = _first_version_without(catalog, latest, digest)
+    if erased_at is None:
+        return report  # never in this store: no registry version can hold them
+    check = AuditView(binding, storage).check_erasure(erased_at)
+    extra = [
+        Finding(
+            key=f"models:/{check.model_name}/{version.version}",
+            version_id=None,
+            kind="registry-version",
+            detail=f"built from ensemble v{version.ensemble_version}, which held the subject: "
+            + ", ".join(
+                what
+                for what, present in (
+                    ("loads", version.loadable),
+                    (f"{version.remaining_objects} stored file(s) left", version.remaining_objects > 0),
+                    (f"alias {', '.join(version.aliases)}", bool(version.aliases)),
+                    ("LoggedModel record kept", version.logged_model_record),
+                )
+                if present
+            ),
+        )
+        for version in check.versions
+        if not version.clean
+    ]
+    extra += [
+        Finding(key=f"logged-model:{m}", version_id=None, kind="registry-version", detail="built before the erasure")
+        for m in check.orphan_models
+    ]
+    return report.model_copy(update={"findings": report.findings + tuple(extra)})
+
+
+def _first_version_without(catalog: Catalog, latest: EnsembleManifest, digest: str) -> int | None:
+    """The first ensemble version that no longer holds ``digest`` (every earlier one did); None if none ever did.
+
+    A subject still placed in the published version makes it ``latest.version + 1``: every
+    registered version holds them. An erased subject's tombstone names the request that erased
+    them, and that request's manifest is the first version without them.
+    """
+    if digest in catalog.read_placement(latest.placement_key).entries:
+        return latest.version + 1
+    erasures = [e for e in catalog.tombstone_log() if e.action == "erased" and digest in e.subject_digests]
+    if not erasures:
+        return None
+    request_ids = {e.request_id for e in erasures}
+    versions = [v for v in catalog.versions() if catalog.read(v).request_id in request_ids]
+    return min(versions) if versions else None
 
 
 def main(
     storage: str = typer.Option(..., help="storage URI to scan (local folder, file:// or s3://)"),
     subject: str = typer.Option(..., help="subject id to look for (digested with EXPUNGE_SUBJECT_KEY)"),
     endpoint_url: str | None = typer.Option(None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)"),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow registry to check too (default: the one the store records; another one is refused)"
+    ),
+    registry: bool = typer.Option(True, "--registry/--no-registry", help="also check the store's MLflow registry"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Read every object version of a store for any trace of a subject (raw id or digest).
+    """Read every object version of a store, and the versions of its MLflow registry, for any trace of a subject.
+
+    The registry part: no model version built while the subject was in the data may load or
+    keep a stored file (every object version on S3) or a LoggedModel record.
 
     Exit 0 when nothing of the subject remains, 1 when something does, 2 on errors (including a
     store that does not exist or has no published version: never reported as clean).
     """
     init_logging()
     with exit_on_error():
-        report = run(StorageConfig(uri=storage, endpoint_url=endpoint_url), subject)
+        report = run(
+            StorageConfig(uri=storage, endpoint_url=endpoint_url), subject, PrivacyConfig(), tracking_uri, registry
+        )
     if as_json:
         typer.echo(report.model_dump_json(indent=1))
     else:

@@ -277,3 +277,27 @@ def test_the_program_exits_0_1_2_and_writes_both_reports(erasure, store_copy, tm
     code, output = _cli(*common, "--request", REQUEST, "--json")
     assert code == 1
     assert json.loads(output[output.index("{") :])["status"] == "failed"
+
+
+# ----- `expunge scan` checks the registry side too (issue 7, item 8) ---------------------------------
+def _scan(store: Path, erasure: Erasure):  # type: ignore[no-untyped-def]
+    from orchestrator.config import StorageConfig
+    from pipelines.scan import run as scan
+
+    return scan(StorageConfig(uri=str(store)), erasure.subject, hasher=SubjectHasher(TEST_KEY))
+
+
+def test_scan_checks_the_registry_the_store_records(erasure):
+    report = _scan(erasure.store, erasure)
+    assert report.clean, report.findings
+
+
+def test_scan_finds_a_kept_file_of_a_version_that_held_the_subject(erasure):
+    shutil.copytree(erasure.kept_v1, erasure.v1_location)
+    try:
+        report = _scan(erasure.store, erasure)
+    finally:
+        shutil.rmtree(erasure.v1_location)
+    (finding,) = [f for f in report.findings if f.kind == "registry-version"]
+    assert finding.key == f"models:/{MODEL}/1"
+    assert "stored file(s) left" in finding.detail
