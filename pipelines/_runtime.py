@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
+from orchestrator.config import JobConfig, PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from orchestrator.digests import SubjectHasher, key_weakness
 from orchestrator.errors import (
     ConfigError,
@@ -26,7 +26,16 @@ from orchestrator.errors import (
 from orchestrator.registry import Lineage
 from shards.errors import StorageUnavailableError
 
-__all__ = ["demo_hasher", "exit_on_error", "hasher_from_env", "init_logging", "init_ray", "make_lineage", "progress"]
+__all__ = [
+    "demo_hasher",
+    "exit_on_error",
+    "hasher_from_env",
+    "init_logging",
+    "init_ray",
+    "job_and_store",
+    "make_lineage",
+    "progress",
+]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +137,19 @@ def demo_hasher(workdir: Path, privacy: PrivacyConfig = PrivacyConfig()) -> Subj
             f"fresh one, or set {privacy.subject_key_env}. Nothing was changed."
         )
     return SubjectHasher(key.encode())
+
+
+def job_and_store(config: Path | None, storage: str | None) -> tuple[JobConfig | None, StorageConfig]:
+    """The job config (if ``--config`` was given) and the store: ``--storage`` overrides the config's.
+
+    Raises:
+        ConfigError: neither was given, or the config file is missing or invalid.
+    """
+    job = load_job_config(config) if config else None
+    if job is None and not storage:
+        raise ConfigError("pass --storage URI or --config FILE.yaml")
+    store = job.storage if job else StorageConfig(uri=storage or "")
+    return job, store.model_copy(update={"uri": storage}) if storage else store
 
 
 def make_lineage(tracking: TrackingConfig, storage: StorageConfig | str) -> Lineage | None:

@@ -17,11 +17,19 @@ import typer
 
 from orchestrator.binding import bind_tracking
 from orchestrator.catalog import Catalog
-from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
+from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
 from orchestrator.coordinator import Coordinator, check_key, check_request_id
 from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
+from pipelines._runtime import (
+    exit_on_error,
+    hasher_from_env,
+    init_logging,
+    init_ray,
+    job_and_store,
+    make_lineage,
+    progress,
+)
 from shards.store import ObjectStore
 
 __all__ = ["EXIT_NOT_FOUND", "main", "read_subjects", "run"]
@@ -111,12 +119,7 @@ def main(
     """
     init_logging(verbose)
     with exit_on_error():
-        job = load_job_config(config) if config else None
-        if not storage and not job:
-            raise ConfigError("pass --storage URI or --config FILE.yaml")
-        store = job.storage if job else StorageConfig(uri=storage or "")
-        if storage:
-            store = store.model_copy(update={"uri": storage})
+        job, store = job_and_store(config, storage)
         receipt = run(
             store,
             read_subjects(subject, subjects_file),

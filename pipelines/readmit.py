@@ -15,10 +15,10 @@ from pathlib import Path
 import typer
 
 from orchestrator.catalog import Catalog
-from orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
+from orchestrator.config import PrivacyConfig, StorageConfig
 from orchestrator.coordinator import Coordinator, check_key
 from orchestrator.errors import ConfigError
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging
+from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
 from shards.store import ObjectStore
 
 __all__ = ["main", "run"]
@@ -57,12 +57,7 @@ def main(
     """Re-admit erased subjects who gave new consent: lift their tombstones and record why."""
     init_logging(verbose)
     with exit_on_error():
-        job = load_job_config(config) if config else None
-        if not storage and not job:
-            raise ConfigError("pass --storage URI or --config FILE.yaml")
-        store = job.storage if job else StorageConfig(uri=storage or "")
-        if storage:
-            store = store.model_copy(update={"uri": storage})
+        job, store = job_and_store(config, storage)
         lifted = run(store, subject, reason, job.privacy if job else PrivacyConfig(), request_id)
     typer.echo(json.dumps({"subjects": len(subject), "tombstones_lifted": lifted}))
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import typer
 
 from orchestrator.catalog import Catalog
-from orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
+from orchestrator.config import PrivacyConfig, StorageConfig
 from orchestrator.coordinator import Coordinator
 from orchestrator.errors import ConfigError
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, progress
+from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, job_and_store, progress
 from shards.identity import canonical_subject_ids
 from shards.models import SufficientStatisticsModel, model_for
 from shards.store import ObjectStore
@@ -65,12 +65,7 @@ def main(
     """Top-k items a subject has not rated, from the published exact ensemble (JSON on stdout)."""
     init_logging(verbose)
     with exit_on_error():
-        job = load_job_config(config) if config else None
-        if not storage and not job:
-            raise ConfigError("pass --storage URI or --config FILE.yaml")
-        store = job.storage if job else StorageConfig(uri=storage or "")
-        if storage:
-            store = store.model_copy(update={"uri": storage})
+        job, store = job_and_store(config, storage)
         (canonical,) = canonical_subject_ids([subject], "the --subject flag", "--subject")
         result = run(store, canonical, k, job.privacy if job else PrivacyConfig())
     typer.echo(json.dumps(result))
