@@ -106,15 +106,26 @@ def _local_put(path: str, data: bytes) -> None:
 
 
 def _local_create_exclusive(fs: Any, path: str, data: bytes) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Create ``path`` only if absent, with all of ``data`` visible at once.
+
+    The bytes go to a temporary file first, then ``os.link`` publishes it under ``path``, which
+    fails when ``path`` exists (create-if-absent, like ``O_EXCL``). Readers never see a
+    half-written manifest: with ``O_EXCL`` the name appears before its bytes are written.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError as exc:
-        raise StorageConflictError(f"{path} already exists: {_CONFLICT_HINT}") from exc
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, target)
+        except FileExistsError as exc:
+            raise StorageConflictError(f"{path} already exists: {_CONFLICT_HINT}") from exc
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def _s3_create_exclusive(fs: Any, path: str, data: bytes) -> None:
