@@ -347,7 +347,8 @@ class MembershipAudit:
                 ),
             )
 
-        identical = all(
+        # A shard that could not be re-derived has no from-scratch model: nothing was compared.
+        identical = all(rederived[s].state is not None for s in rederived) and all(
             np.array_equal(a, b)
             for a, b in zip(
                 (*scores["after"][0], *scores["after"][1]),

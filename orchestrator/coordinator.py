@@ -532,6 +532,19 @@ class Coordinator:
             self.manifest = latest
         self._sync_lineage()
 
+    def _follow_latest(self) -> EnsembleManifest:
+        """The published version, re-read from the store: serving never answers from a superseded one.
+
+        Another process may have erased someone since this coordinator last looked; its actors
+        and cached statistics would still hold them.
+        """
+        latest = self.catalog.latest()
+        if latest is not None and (self.manifest is None or latest.version != self.manifest.version):
+            self.close()
+            self.manifest = latest
+            self._statistics = None
+        return self._require_manifest()
+
     def _discard(self, keys: list[str]) -> None:
         """Delete objects of a losing attempt, except any the published version references."""
         latest = self.catalog.latest()
@@ -548,7 +561,7 @@ class Coordinator:
     # ----- serving ------------------------------------------------------------------------------
     def predict(self, rows: pa.Table) -> np.ndarray:
         """Ensemble prediction for canonical rows (``subject_id`` may name unknown subjects)."""
-        manifest = self._require_manifest()
+        manifest = self._follow_latest()
         if SUBJECT_DIGEST not in rows.column_names and SUBJECT_ID in rows.column_names:
             rows = rows.append_column(
                 SUBJECT_DIGEST, pa.array(self.hasher.digest_many(rows.column(SUBJECT_ID).to_pylist()), pa.string())
@@ -569,7 +582,7 @@ class Coordinator:
         Raises:
             ConfigError: the published model is not a sufficient-statistics model.
         """
-        manifest = self._require_manifest()
+        manifest = self._follow_latest()
         model = model_for(manifest.model)
         if not isinstance(model, SufficientStatisticsModel):
             raise ConfigError(
@@ -600,7 +613,7 @@ class Coordinator:
                 trained on, or erased).
             ConfigError: ``k < 1``, or a model without an item catalogue (a classifier).
         """
-        manifest = self._require_manifest()
+        manifest = self._follow_latest()
         if k < 1:
             raise ConfigError(f"k={k}: ask for at least one recommendation")
         digest = self.hasher.digest(subject_id)

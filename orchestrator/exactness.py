@@ -7,18 +7,24 @@ from typing import Any
 
 import torch
 
-__all__ = ["constituents_equal", "tensors_equal"]
+__all__ = ["constituents_equal", "same_bits", "tensors_equal"]
+
+
+def same_bits(left: torch.Tensor, right: torch.Tensor) -> bool:
+    """Same dtype, shape and bits: unlike ``torch.equal``, -0.0 differs from 0.0 and NaN equals its own bits."""
+    if left.dtype != right.dtype or left.shape != right.shape:
+        return False
+    if left.is_floating_point() or left.is_complex():
+        return bytes(left.detach().cpu().contiguous().numpy().tobytes()) == bytes(
+            right.detach().cpu().contiguous().numpy().tobytes()
+        )
+    return bool(torch.equal(left, right))
 
 
 def tensors_equal(left: Any, right: Any) -> bool:
-    """Deep equality where every tensor must be ``torch.equal`` (same shape, dtype and bits)."""
+    """Deep equality where every tensor must have the same dtype, shape and bits (``same_bits``)."""
     if isinstance(left, torch.Tensor) or isinstance(right, torch.Tensor):
-        return (
-            isinstance(left, torch.Tensor)
-            and isinstance(right, torch.Tensor)
-            and left.dtype == right.dtype
-            and torch.equal(left, right)
-        )
+        return isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor) and same_bits(left, right)
     if isinstance(left, Mapping) and isinstance(right, Mapping):
         return left.keys() == right.keys() and all(tensors_equal(left[k], right[k]) for k in left)
     if isinstance(left, list | tuple) and isinstance(right, list | tuple):

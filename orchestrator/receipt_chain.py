@@ -257,6 +257,15 @@ def walk_chain(store: ObjectStore, witnessed_request_ids: Iterable[str] | None =
     return report
 
 
+def _claimed_sequence(data: bytes) -> int | None:
+    """The ``chain_sequence`` a stored receipt copy names (None when it has none or does not parse)."""
+    try:
+        value = json.loads(data).get("chain_sequence")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
 def _check_copies(
     store: ObjectStore, chained: dict[str, tuple[int, bytes]], warnings: list[BrokenLink]
 ) -> list[BrokenLink]:
@@ -269,6 +278,19 @@ def _check_copies(
     }
     for request_id, key in sorted(copies.items()):
         if request_id not in chained:
+            claimed = _claimed_sequence(store.get(key))
+            if claimed is not None:
+                # A copy written by append_receipt names its place in the log; the chained
+                # receipt is written first, so its absence means it was deleted or replaced.
+                broken.append(
+                    BrokenLink(
+                        sequence=claimed,
+                        key=key,
+                        problem=f"claims to be chained receipt #{claimed}, but the log holds no receipt of request "
+                        f"{request_id}: the chained receipt was deleted or replaced",
+                    )
+                )
+                continue
             warnings.append(
                 BrokenLink(
                     sequence=None,

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
 from orchestrator.config import StorageConfig
+from orchestrator.exactness import same_bits
 from orchestrator.placement import cell_of_key
 from shards.errors import StorageCorruptError
 from shards.models import model_for
@@ -93,12 +94,7 @@ def final_states(catalog: Catalog, manifest: EnsembleManifest) -> list[TrainedSt
 def first_difference(left: Any, right: Any, path: str = "") -> str | None:
     """The path of the first value that differs, or None when equal (tensors: same dtype, shape and bits)."""
     if isinstance(left, torch.Tensor) or isinstance(right, torch.Tensor):
-        same = (
-            isinstance(left, torch.Tensor)
-            and isinstance(right, torch.Tensor)
-            and left.dtype == right.dtype
-            and torch.equal(left, right)
-        )
+        same = isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor) and same_bits(left, right)
         return None if same else path or "(tensor)"
     if isinstance(left, Mapping) and isinstance(right, Mapping):
         if left.keys() != right.keys():

@@ -205,14 +205,19 @@ def _storage(
         findings += [f.model_dump() | {"subject_digest": digest} for f in report.findings]
     erased = [d for d in receipt.subject_digests if d not in receipt.not_found_digests]
     tombstoned = catalog.tombstones()
+    log_entries = _tombstone_log(catalog)
+    own = [e.sequence for e in log_entries if e.action == "erased" and e.request_id == receipt.request_id]
+    # Only a re-admission recorded after this request's own tombstone excuses a missing one.
     readmitted = {
         d
-        for entry in _tombstone_log(catalog)
-        if entry.action == "readmitted"
+        for entry in log_entries
+        if entry.action == "readmitted" and own and entry.sequence > min(own)
         for d in entry.subject_digests
         if d in erased
     }
     untombstoned = [d for d in erased if d not in tombstoned and d not in readmitted]
+    if erased and not own:
+        untombstoned = erased  # the request's own tombstone entry is gone
     problems = (
         [f"{len(findings)} trace(s) of the person remain, e.g. {findings[0]['kind']} in {findings[0]['key']}"]
         if findings
@@ -225,7 +230,11 @@ def _storage(
         problems,
         f"All {scanned} stored object version(s) were read: nothing of the person remains (rows, placement, "
         "checkpoints, manifests)"
-        + (", and the person is on the erased list, so no retraining can bring them back." if erased else "."),
+        + (
+            ", and the person is on the erased list, so no retraining can bring them back."
+            if erased and all(d in tombstoned for d in erased)
+            else "."
+        ),
         {
             "objects_scanned": scanned,
             "findings": findings,
@@ -263,6 +272,15 @@ def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str)
 
 def _membership(store: ObjectStore, receipt: ErasureReceipt) -> tuple[CheckResult, AuditRecord | None]:
     stored = read_audit(store, receipt.request_id)
+    if stored is None and receipt.audit_sha256 is not None:
+        return (
+            CheckResult(
+                name="membership_audit",
+                status="failed",
+                summary="The receipt names an audit record that is no longer in the store (deleted).",
+            ),
+            None,
+        )
     if stored is None:
         reason = (
             "The request found no data, so there was nothing to audit."

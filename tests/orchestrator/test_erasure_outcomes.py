@@ -217,3 +217,16 @@ def test_held_out_rows_of_erased_people_are_refused_or_dropped_too(tmp_path, has
         coordinator.apply_tombstones(held_out, "refuse")
     kept, dropped = coordinator.apply_tombstones(held_out, "drop")
     assert (len(kept), dropped) == (0, len(held_out))
+
+
+def test_a_long_lived_coordinator_stops_serving_someone_another_process_erased(tmp_path, hasher):
+    import numpy as np
+
+    serving = _trained(tmp_path, hasher)
+    subject = SUBJECTS[7]
+    rows = ROWS.filter(pc.equal(ROWS.column(SUBJECT_ID), subject))
+    before = serving.predict(rows)
+    other = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)  # another process
+    other.forget([subject])
+    assert np.array_equal(serving.predict(rows), other.predict(rows))  # the new version answers
+    assert not np.array_equal(serving.predict(rows), before)

@@ -158,3 +158,17 @@ def test_erasures_and_misses_are_chained_and_a_per_version_receipt_edit_is_caugh
     store.put("receipts/00000002.json", json.dumps(version_receipt).encode())
     report = walk_chain(store)
     assert [b.key for b in report.broken] == ["receipts/00000002.json"]
+
+
+def test_the_newest_receipt_deleted_is_caught_by_its_copy(tmp_path):
+    from orchestrator.receipt_chain import append_receipt, chain_key, walk_chain
+    from orchestrator.receipts import ErasureReceipt
+    from shards.store import ObjectStore
+
+    store = ObjectStore(str(tmp_path / "store"))
+    for n in range(1, 5):
+        append_receipt(store, ErasureReceipt(request_id=f"req-{n}", status="not_found", subject_digests=("d" * 64,)))
+    store.delete([chain_key(4)])
+    report = walk_chain(store)
+    assert not report.intact
+    assert "#4" in (report.first_broken.problem if report.first_broken else "")

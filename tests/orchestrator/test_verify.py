@@ -301,3 +301,20 @@ def test_scan_finds_a_kept_file_of_a_version_that_held_the_subject(erasure):
     (finding,) = [f for f in report.findings if f.kind == "registry-version"]
     assert finding.key == f"models:/{MODEL}/1"
     assert "stored file(s) left" in finding.detail
+
+
+def test_a_deleted_audit_record_fails_the_membership_audit(erasure, store_copy):
+    store = ObjectStore(str(store_copy))
+    store.delete([audit_key(REQUEST)])
+    report = _verify(store_copy, erasure)
+    assert _statuses(report)["membership_audit"] == "failed"
+    assert not report.passed
+
+
+def test_exactness_compares_bits_not_values():
+    import torch
+
+    from orchestrator.exactness import tensors_equal
+
+    assert not tensors_equal(torch.tensor([0.0]), torch.tensor([-0.0]))  # equal values, different bits
+    assert tensors_equal(torch.tensor([float("nan")]), torch.tensor([float("nan")]))  # same bits
