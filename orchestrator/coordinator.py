@@ -47,7 +47,15 @@ from shards.shard import ShardUpdate
 from shards.store import ObjectStore
 from shards.training import load_checkpoint
 
-__all__ = ["Coordinator", "PoolFactory", "TrainResult", "check_key", "check_request_id", "partition_rows"]
+__all__ = [
+    "Coordinator",
+    "PoolFactory",
+    "TrainResult",
+    "check_key",
+    "check_request_id",
+    "partition_rows",
+    "published",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,25 @@ def check_request_id(request_id: str) -> str:
             "with a letter or digit (e.g. a ticket number such as GDPR-2026-0042), or omit it to get a generated one"
         )
     return request_id
+
+
+def published(storage: StorageConfig | str, hasher: SubjectHasher | None = None) -> tuple[Catalog, EnsembleManifest]:
+    """A store's catalog and its published version, checked against ``hasher``'s key when given.
+
+    Raises:
+        ConfigError: the store does not exist or was never trained (never treated as empty or
+            clean), or ``hasher``'s key is not the one the store was trained with.
+    """
+    catalog = Catalog(ObjectStore(storage))
+    latest = catalog.latest()
+    if latest is None:
+        raise ConfigError(
+            f"no published ensemble in {catalog.store.uri}: the store does not exist or was never trained. "
+            "Check --storage (a local folder, file:// or s3:// URI of a trained store), or run `expunge train`."
+        )
+    if hasher is not None:
+        check_key(latest, hasher)  # a wrong key would silently find nobody
+    return catalog, latest
 
 
 def check_key(manifest: EnsembleManifest, hasher: SubjectHasher) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.audit import AuditRecord, ModelAudit, read_audit
 from orchestrator.catalog import Catalog, RegistryBinding, TombstoneEntry
 from orchestrator.config import StorageConfig
-from orchestrator.coordinator import check_key, check_request_id
+from orchestrator.coordinator import check_request_id, published
 from orchestrator.digests import SubjectHasher
 from orchestrator.errors import ConfigError
 from orchestrator.receipt_chain import ChainReport, chained_receipts, walk_chain
@@ -365,15 +365,8 @@ def verify_erasure(
         StorageCorruptError: a manifest or the receipt is unreadable.
         TrackingUnreachable: the registry does not answer.
     """
-    store = ObjectStore(storage)
-    catalog = Catalog(store)
-    latest = catalog.latest()
-    if latest is None:
-        raise ConfigError(
-            f"no published ensemble in {store.uri}: check --storage (or --workdir), the store does not exist or "
-            "was never trained"
-        )
-    check_key(latest, hasher)
+    catalog, latest = published(storage, hasher)
+    store = catalog.store
     request_id = check_request_id(request_id)
     text = catalog.read_request_receipt(request_id)
     chained = chained_receipts(store, request_id)
@@ -422,10 +415,8 @@ def verify_log(storage: StorageConfig | str, registry: RegistryBinding | None = 
     Raises:
         ConfigError: the store holds no published version (nothing to verify).
     """
-    store = ObjectStore(storage)
-    latest = Catalog(store).latest()
-    if latest is None:
-        raise ConfigError(f"no published ensemble in {store.uri}: check --storage (or --workdir)")
+    catalog, latest = published(storage)
+    store = catalog.store
     view, _ = _registry_view(registry or latest.registry, storage)
     return walk_chain(store, view.request_ids() if view is not None else None)
 

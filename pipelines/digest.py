@@ -52,14 +52,9 @@ def run(
         raise ConfigError("name at least one subject with --subject ID")
     hasher = _hasher(privacy, workdir)
     if storage is not None:
-        from orchestrator.catalog import Catalog
-        from orchestrator.coordinator import check_key
-        from shards.store import ObjectStore
+        from orchestrator.coordinator import published
 
-        latest = Catalog(ObjectStore(storage)).latest()
-        if latest is None:
-            raise ConfigError(f"no published ensemble in {storage.uri}; check --storage (or drop it)")
-        check_key(latest, hasher)
+        published(storage, hasher)
     return {subject: hasher.digest(subject) for subject in subjects}
 
 

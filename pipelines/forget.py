@@ -16,9 +16,8 @@ from pathlib import Path
 import typer
 
 from orchestrator.binding import bind_tracking
-from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, check_key, check_request_id
+from orchestrator.coordinator import Coordinator, check_request_id, published
 from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
 from pipelines._runtime import (
@@ -30,7 +29,6 @@ from pipelines._runtime import (
     make_lineage,
     progress,
 )
-from shards.store import ObjectStore
 
 __all__ = ["EXIT_NOT_FOUND", "main", "read_subjects", "run"]
 
@@ -86,10 +84,7 @@ def run(
     hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
     if request_id is not None:
         check_request_id(request_id)
-    latest = Catalog(ObjectStore(storage)).latest()
-    if latest is None:
-        raise ConfigError(f"no trained ensemble in {storage.uri}; check --storage, or run `expunge train` first")
-    check_key(latest, hasher)  # a wrong key would find nobody: refuse before starting Ray
+    _, latest = published(storage, hasher)  # a wrong key would find nobody: refuse before starting Ray
     tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
     with progress("starting Ray"):
         init_ray()

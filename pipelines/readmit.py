@@ -14,12 +14,9 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig
-from orchestrator.coordinator import Coordinator, check_key
-from orchestrator.errors import ConfigError
+from orchestrator.coordinator import Coordinator, published
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
-from shards.store import ObjectStore
 
 __all__ = ["main", "run"]
 
@@ -38,10 +35,7 @@ def run(
             reason or no subject.
     """
     hasher = hasher_from_env(privacy)
-    latest = Catalog(ObjectStore(storage)).latest()
-    if latest is None:
-        raise ConfigError(f"no trained ensemble in {storage.uri}; check --storage")
-    check_key(latest, hasher)
+    published(storage, hasher)
     coordinator = Coordinator(storage, hasher)  # no pool is started: nothing is trained here
     return coordinator.readmit(subjects, reason, request_id)
 

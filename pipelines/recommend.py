@@ -18,14 +18,11 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.catalog import Catalog
 from orchestrator.config import PrivacyConfig, StorageConfig
-from orchestrator.coordinator import Coordinator
-from orchestrator.errors import ConfigError
+from orchestrator.coordinator import Coordinator, published
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, job_and_store, progress
 from shards.identity import canonical_subject_ids
 from shards.models import SufficientStatisticsModel, model_for
-from shards.store import ObjectStore
 
 __all__ = ["main", "run"]
 
@@ -40,9 +37,7 @@ def run(storage: StorageConfig, subject: str, k: int, privacy: PrivacyConfig = P
         UnknownSubjectError: the published version holds no rows of the subject.
     """
     hasher = hasher_from_env(privacy)  # fail on a missing key before reading anything
-    latest = Catalog(ObjectStore(storage)).latest()
-    if latest is None:
-        raise ConfigError(f"no trained ensemble in {storage.uri}; check --storage, or run `expunge train` first")
+    _, latest = published(storage)
     if not isinstance(model_for(latest.model), SufficientStatisticsModel):
         with progress("starting Ray"):
             init_ray()  # gradient constituents score items in their shard actors

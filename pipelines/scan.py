@@ -15,13 +15,11 @@ from rich.table import Table
 from orchestrator.binding import bind_tracking
 from orchestrator.catalog import Catalog, EnsembleManifest, RegistryBinding
 from orchestrator.config import PrivacyConfig, StorageConfig
-from orchestrator.coordinator import check_key
+from orchestrator.coordinator import published
 from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError
 from orchestrator.registry.audit import AuditView
 from orchestrator.scan import Finding, ScanReport, scan_store
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging
-from shards.store import ObjectStore
 
 __all__ = ["main", "run"]
 
@@ -44,16 +42,8 @@ def run(
         TrackingUnreachable: the registry does not answer.
     """
     hasher = hasher or hasher_from_env(privacy)
-    store = ObjectStore(storage)
-    catalog = Catalog(store)
-    latest = catalog.latest()
-    if latest is None:
-        # "Clean" would be a lie about a store that is not there (a typo in the URI, say).
-        raise ConfigError(
-            f"no published ensemble in {store.uri}: the store does not exist or was never trained. "
-            "Check --storage (a local folder, file:// or s3:// URI of a trained store)."
-        )
-    check_key(latest, hasher)  # a wrong key would silently miss every digest-keyed trace
+    catalog, latest = published(storage, hasher)
+    store = catalog.store
     digest = hasher.digest(subject)
     report = scan_store(store, subject, digest)
     if not registry or (latest.registry is None and tracking_uri is None):
