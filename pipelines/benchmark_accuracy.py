@@ -375,7 +375,7 @@ def main(
         json.dumps({"data": str(data), "settings": settings, "results": [r.model_dump() for r in results]}, indent=1)
     )
     plot(results, figure, title)
-    console.print(f"results written to {output} and {figure}")
+    Console(stderr=True).print(f"results written to {output} and {figure}")  # stdout keeps the table
 
 
 if __name__ == "__main__":
