@@ -99,14 +99,19 @@ def canonical_subject_ids(values: Iterable[object], source: str, item: str = "su
     ``source`` and ``item`` word the error, e.g. ``("the --subject flags", "--subject")``
     gives ``--subject 2 is empty ...`` (positions count from 1).
     """
+    return _canonical_or_refused(((f"{item} {position}", value) for position, value in enumerate(values, 1)), source)
+
+
+def _canonical_or_refused(labelled: Iterable[tuple[str, object]], source: str) -> list[str]:
+    """Canonical ids of ``(where, value)`` pairs; every refused one listed (by where) in one error."""
     found: list[str] = []
     problems: list[str] = []
-    for position, value in enumerate(values, start=1):
+    for where, value in labelled:
         canonical, problem = _refusal(value)
         if problem is None:
             found.append(canonical)
         else:
-            problems.append(f"{item} {position} {problem}")
+            problems.append(f"{where} {problem}")
     if problems:
         raise InvalidSubjectIdError(source, _listed(problems))
     return found
@@ -136,20 +141,10 @@ def parse_subjects_file(data: bytes, source: str) -> list[str]:
                 "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 old.txt > new.txt`)"
             ],
         ) from exc
-    found: list[str] = []
-    problems: list[str] = []
-    for number, line_text in enumerate(text.split("\n"), start=1):
-        stripped = line_text.removeprefix(_BOM).strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        canonical, problem = _refusal(stripped)
-        if problem is None:
-            found.append(canonical)
-        else:
-            problems.append(f"line {number} {problem}")
-    if problems:
-        raise InvalidSubjectIdError(source, _listed(problems))
-    return found
+    lines = ((number, line.removeprefix(_BOM).strip()) for number, line in enumerate(text.split("\n"), start=1))
+    return _canonical_or_refused(
+        ((f"line {number}", line) for number, line in lines if line and not line.startswith("#")), source
+    )
 
 
 def canonical_subject_column(

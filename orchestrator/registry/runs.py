@@ -69,19 +69,7 @@ class RunRecorder:
         from mlflow.entities import Metric, Param, RunTag
 
         fault_point("run.create")
-        run = self.client.create_run(
-            self.registry.experiment_id,
-            run_name=f"erasure-{receipt.request_id}",
-            tags={
-                "expunge.kind": "erasure",
-                "expunge.outcome": "erased",
-                "expunge.request_id": receipt.request_id,
-                "expunge.storage": self.registry.store_uri,
-                "expunge.ensemble_version": str(manifest.version),
-                "expunge.parent_version": parent or "none",
-            },
-        )
-        run_id = str(run.info.run_id)
+        run_id = self._create_request_run(receipt, manifest, "erased", {"expunge.parent_version": parent or "none"})
         params = {
             "request_id": receipt.request_id,
             "subjects": str(len(receipt.subject_digests)),
@@ -115,6 +103,24 @@ class RunRecorder:
         )
         return run_id
 
+    def _create_request_run(
+        self, receipt: ErasureReceipt, manifest: EnsembleManifest, outcome: str, tags: dict[str, str]
+    ) -> str:
+        """The ``erasure-<request>`` run of a request, tagged with its outcome; returns the run id."""
+        run = self.client.create_run(
+            self.registry.experiment_id,
+            run_name=f"erasure-{receipt.request_id}",
+            tags={
+                "expunge.kind": "erasure",
+                "expunge.outcome": outcome,
+                "expunge.request_id": receipt.request_id,
+                "expunge.storage": self.registry.store_uri,
+                "expunge.ensemble_version": str(manifest.version),
+                **tags,
+            },
+        )
+        return str(run.info.run_id)
+
     def record_not_found(self, receipt: ErasureReceipt, manifest: EnsembleManifest, checked: str | None) -> str:
         """A finished run for a request that found none of its subjects: no new version, the audit trail only.
 
@@ -122,19 +128,9 @@ class RunRecorder:
         """
         from mlflow.entities import Metric, Param, RunTag
 
-        run = self.client.create_run(
-            self.registry.experiment_id,
-            run_name=f"erasure-{receipt.request_id}",
-            tags={
-                "expunge.kind": "erasure",
-                "expunge.outcome": "not_found",
-                "expunge.request_id": receipt.request_id,
-                "expunge.storage": self.registry.store_uri,
-                "expunge.ensemble_version": str(manifest.version),
-                "expunge.registry_version": checked or "none",
-            },
+        run_id = self._create_request_run(
+            receipt, manifest, "not_found", {"expunge.registry_version": checked or "none"}
         )
-        run_id = str(run.info.run_id)
         params = {
             "request_id": receipt.request_id,
             "subjects": str(len(receipt.subject_digests)),
