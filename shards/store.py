@@ -44,6 +44,7 @@ class InjectedFault(ExpungeError):
 class ObjectInfo:
     key: str
     modified: datetime
+    size: int = 0  # bytes of the current version
 
 
 @dataclass(frozen=True)
@@ -330,13 +331,16 @@ class ObjectStore:
 
     @_reachable
     def list_info(self, prefix: str) -> list[ObjectInfo]:
-        """Current keys under ``prefix`` with their last-modified times."""
+        """Current keys under ``prefix`` with their last-modified times and sizes in bytes."""
         base = self._path(prefix).rstrip("/")
         self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base, detail=True)
-        return sorted((ObjectInfo(self._key(p), _modified(info)) for p, info in found.items()), key=lambda i: i.key)
+        return sorted(
+            (ObjectInfo(self._key(p), _modified(info), int(info.get("size") or 0)) for p, info in found.items()),
+            key=lambda i: i.key,
+        )
 
     @_reachable
     def list_versions(self, prefix: str = "") -> list[ObjectVersion]:
