@@ -2,12 +2,18 @@
 
     python -m pipelines.benchmark --data ../shared/data/ml-100k/ml-100k.inter
 
+Every shard trains with the monolith's batch size and epoch budget (compute parity: the
+ensemble does about the monolith's work). The monolith (S=1, R=1, same model, same rows) is
+always measured first, in the same run, as the baseline a user would otherwise pick.
+
 For each configuration: training time, test RMSE on a seeded 80/20 split, the median
-erasure time of several random subjects, the median speed-up (``ErasureReceipt.speedup``: the
-full retrain's training phase over the erasure's retraining phase, the one meaning of
-speed-up in Expunge) and the ideal speed-up the slice arithmetic allows (work of a full
-retrain over work of the erasure's retrain, with the actual first affected slices). Timings are wall-clock
-on whatever machine runs it: compare ratios within one run, never across machines.
+erasure time of several random subjects, and three speed-ups with their ideal values from
+the slice arithmetic (``orchestrator.work``, with the actual first affected slices):
+against a monolithic retrain (the monolith's training phase over the erasure's retraining
+phase; and end to end, the monolith's whole ``train`` over the erasure's whole receipt
+time) and against a full SISA retrain (``ErasureReceipt.speedup``). Also the bytes the store
+holds per training row (``orchestrator.storage_report``). Timings are wall-clock on whatever
+machine runs it: compare ratios within one run, never across machines.
 """
 
 from __future__ import annotations
@@ -28,41 +34,46 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from orchestrator.catalog import Catalog
 from orchestrator.config import JobConfig, MFConfig, ShardingConfig, TrainingConfig
 from orchestrator.coordinator import Coordinator
 from orchestrator.digests import SubjectHasher
+from orchestrator.storage_report import StorageReport, stored_bytes
+from orchestrator.work import ideal_speedup, monolith_ideal_speedup
 from pipelines._runtime import init_logging, init_ray
 from pipelines.datasets import load_movielens, split_rows
 from shards.rows import RATING, SUBJECT_ID
 
-__all__ = ["BenchmarkRow", "ideal_speedup", "main", "run"]
+__all__ = ["BenchmarkRow", "ideal_speedup", "main", "monolith_ideal_speedup", "run", "with_monolith_baseline"]
 
 log = logging.getLogger(__name__)
 
 
 class BenchmarkRow(BaseModel):
+    """One measured configuration. Seconds are wall-clock; ``*_vs_monolith`` use the S=1, R=1 row."""
+
     storage: str = "local"
     shards: int
     slices: int
     batch_size: int
+    #: ``TrainResult.seconds`` (whole train) and the manifest's training phase alone.
     train_seconds: float
+    train_phase_seconds: float = 0.0
     test_rmse: float
     erasure_seconds_median: float
     erasure_seconds: list[float]
+    #: ``ErasureReceipt.retrain_seconds`` of each erasure (the retraining phase alone).
+    retrain_seconds: list[float] = []
     first_affected_slices: list[int]
+    #: Against a full SISA retrain (``ErasureReceipt.speedup``, median) and its ideal.
     speedup: float
     ideal_speedup: float
-
-
-def ideal_speedup(shards: int, slices: int, first_affected: list[int]) -> float:
-    """Work of retraining every shard over the mean work of retraining one shard from slice k.
-
-    Step j (1-based) trains on j/R of a shard with the same epochs, so its work is
-    proportional to j; an erasure from 0-based slice k redoes steps k+1..R.
-    """
-    full = shards * sum(range(1, slices + 1))
-    partial = statistics.mean(sum(range(k + 1, slices + 1)) for k in first_affected)
-    return full / partial
+    #: Against a monolithic retrain measured in the same run: its training phase over the median
+    #: retraining phase, its whole ``train`` over the median end-to-end erasure, and the ideal.
+    speedup_vs_monolith: float = 0.0
+    end_to_end_vs_monolith: float = 0.0
+    ideal_speedup_vs_monolith: float = 0.0
+    storage_report: StorageReport | None = None
 
 
 def _rmse(coordinator: Coordinator, test: pa.Table) -> float:
@@ -81,12 +92,9 @@ def _measure(
     hasher: SubjectHasher,
     storage: str | None = None,
 ) -> BenchmarkRow:
-    # Same number of optimizer steps per epoch for every S: a shard holds 1/S of the rows.
-    batch = max(16, training.batch_size // shards)
-    job = JobConfig(
-        sharding=ShardingConfig(shards=shards, slices=slices),
-        training=training.model_copy(update={"batch_size": batch}),
-    )
+    # Compute parity: every shard uses the monolith's batch size and epoch budget, so the
+    # ensemble does about the monolith's work (a shard holds 1/S of the rows).
+    job = JobConfig(sharding=ShardingConfig(shards=shards, slices=slices), training=training)
     with tempfile.TemporaryDirectory(prefix="expunge-bench-") as scratch:
         uri = f"{storage}/S{shards}-R{slices}-{Path(scratch).name}" if storage else str(Path(scratch) / "store")
         coordinator = Coordinator(uri, hasher)
@@ -95,28 +103,59 @@ def _measure(
         subjects = sorted(set(train.column(SUBJECT_ID).to_pylist()))
         chosen = np.random.default_rng(seed).choice(len(subjects), size=erasures, replace=False)
         seconds: list[float] = []
+        retrain: list[float] = []
         speedups: list[float] = []
         firsts: list[int] = []
         for index in chosen:
             receipt = coordinator.forget([subjects[int(index)]])
             seconds.append(receipt.seconds)
+            retrain.append(receipt.retrain_seconds)
             speedups.append(receipt.speedup)
             firsts.extend(s.first_affected_slice for s in receipt.shards)
+        assert coordinator.manifest is not None
+        report = stored_bytes(coordinator.store, coordinator.manifest, Catalog(coordinator.store))
         coordinator.close()
-    median = statistics.median(seconds)
     return BenchmarkRow(
         storage="s3" if storage else "local",
         shards=shards,
         slices=slices,
-        batch_size=batch,
+        batch_size=training.batch_size,
         train_seconds=result.seconds,
+        train_phase_seconds=result.manifest.train_seconds,
         test_rmse=rmse,
-        erasure_seconds_median=median,
+        erasure_seconds_median=statistics.median(seconds),
         erasure_seconds=seconds,
+        retrain_seconds=retrain,
         first_affected_slices=firsts,
         speedup=statistics.median(speedups),
         ideal_speedup=ideal_speedup(shards, slices, firsts),
+        ideal_speedup_vs_monolith=monolith_ideal_speedup(shards, slices, training.epochs, firsts),
+        storage_report=report,
     )
+
+
+def with_monolith_baseline(rows: list[BenchmarkRow], monolith: BenchmarkRow) -> list[BenchmarkRow]:
+    """Pure: ``rows`` with their speed-ups against ``monolith`` (the S=1, R=1 row of the same run).
+
+    ``speedup_vs_monolith`` is the monolith's training phase over the median retraining phase
+    of the erasures (the same phases as ``ErasureReceipt.speedup``); ``end_to_end_vs_monolith``
+    the monolith's whole ``train`` over the median whole erasure. 0.0 where a time is 0.
+    """
+
+    def ratio(numerator: float, denominator: float) -> float:
+        return numerator / denominator if numerator > 0 and denominator > 0 else 0.0
+
+    return [
+        r.model_copy(
+            update={
+                "speedup_vs_monolith": ratio(
+                    monolith.train_phase_seconds, statistics.median(r.retrain_seconds) if r.retrain_seconds else 0.0
+                ),
+                "end_to_end_vs_monolith": ratio(monolith.train_seconds, r.erasure_seconds_median),
+            }
+        )
+        for r in rows
+    ]
 
 
 def start_loopback_s3() -> tuple[Any, str]:
@@ -157,7 +196,12 @@ def run(
     s3_uri: str | None = None,
     s3_grid: list[tuple[int, int]] | None = None,
 ) -> list[BenchmarkRow]:
-    """Every (S, R) of ``grid`` on local storage, then ``s3_grid`` on ``s3_uri`` (if given)."""
+    """The monolith (S=1, R=1), every other (S, R) of ``grid`` on local storage, then ``s3_grid`` on ``s3_uri``.
+
+    The monolith is measured first whether or not ``grid`` names it; its erasure is a full
+    retrain, so it is timed once (not ``erasures`` times). Speed-ups against it are filled in
+    by ``with_monolith_baseline``.
+    """
     rows = load_movielens(data)
     train, test = split_rows(rows, 0.2, seed)
     hasher = SubjectHasher(b"expunge-benchmark-key-not-secret!!")
@@ -165,7 +209,8 @@ def run(
     if s3_uri == "moto":
         server, s3_uri = start_loopback_s3()
     init_ray()
-    plan: list[tuple[int, int, str | None]] = [(s, r, None) for s, r in grid]
+    local_grid = [(1, 1)] + [(s, r) for s, r in grid if (s, r) != (1, 1)]
+    plan: list[tuple[int, int, str | None]] = [(s, r, None) for s, r in local_grid]
     if s3_uri:
         plan += [(s, r, s3_uri) for s, r in (s3_grid or [])]
     results = []
@@ -174,16 +219,17 @@ def run(
             task = progress.add_task("benchmark", total=len(plan))
             for shards, slices, storage in plan:
                 progress.update(task, description=f"S={shards} R={slices} on {storage or 'local disk'}")
-                results.append(_measure(train, test, shards, slices, training, erasures, seed, hasher, storage))
+                count = 1 if (shards, slices) == (1, 1) else erasures
+                results.append(_measure(train, test, shards, slices, training, count, seed, hasher, storage))
                 progress.advance(task)
     finally:
         if server is not None:
             server.stop()
-    return results
+    return with_monolith_baseline(results, results[0])
 
 
 def _table(results: list[BenchmarkRow]) -> Table:
-    table = Table(title="Expunge on MovieLens 100K (80/20 split)")
+    table = Table(title="Expunge on MovieLens 100K (80/20 split; medians; speed-ups measured | ideal)")
     for column in (
         "storage",
         "S",
@@ -191,9 +237,12 @@ def _table(results: list[BenchmarkRow]) -> Table:
         "batch",
         "train s",
         "test RMSE",
-        "erasure s (median)",
-        "speed-up (median)",
-        "ideal speed-up",
+        "erasure s",
+        "retrain s",
+        "vs monolith",
+        "vs monolith (end to end)",
+        "vs full SISA",
+        "bytes/row",
     ):
         table.add_column(column, justify="right")
     for r in results:
@@ -205,19 +254,35 @@ def _table(results: list[BenchmarkRow]) -> Table:
             f"{r.train_seconds:.2f}",
             f"{r.test_rmse:.4f}",
             f"{r.erasure_seconds_median:.3f}",
-            f"{r.speedup:.1f}x",
-            f"{r.ideal_speedup:.1f}x",
+            f"{statistics.median(r.retrain_seconds):.3f}" if r.retrain_seconds else "-",
+            f"{r.speedup_vs_monolith:.1f}x | {r.ideal_speedup_vs_monolith:.1f}x",
+            f"{r.end_to_end_vs_monolith:.1f}x",
+            f"{r.speedup:.1f}x | {r.ideal_speedup:.1f}x",
+            f"{r.storage_report.bytes_per_row:.0f}" if r.storage_report else "-",
         )
     return table
+
+
+def _pairs(configs: list[str]) -> list[tuple[int, int]]:
+    pairs = []
+    for config in configs:
+        shards, _, slices = config.lower().partition("x")
+        if not (shards.isdigit() and slices.isdigit() and int(shards) >= 1 and int(slices) >= 1):
+            raise typer.BadParameter(f"--config {config!r}: write S x R as e.g. 4x4")
+        pairs.append((int(shards), int(slices)))
+    return pairs
 
 
 def main(
     data: Path = typer.Option(..., help="MovieLens ratings (u.data or ml-100k.inter)"),
     shards: list[int] = typer.Option([4, 8], "--shards", help="S values (repeatable)"),
     slices: list[int] = typer.Option([1, 4, 8], "--slices", help="R values (repeatable)"),
-    erasures: int = typer.Option(5, min=1, help="random subjects erased per configuration"),
-    epochs: int = typer.Option(20, min=1),
-    batch_size: int = typer.Option(512, min=1, help="batch of the monolithic model; SISA uses batch/S"),
+    config: list[str] = typer.Option(
+        [], "--config", help="S x R pairs such as 4x4 (repeatable); replaces the --shards x --slices grid"
+    ),
+    erasures: int = typer.Option(5, min=1, help="random subjects erased per configuration (the monolith: 1)"),
+    epochs: int = typer.Option(20, min=1, help="epoch budget of the monolith and of every shard (parity)"),
+    batch_size: int = typer.Option(512, min=1, help="batch of the monolith and of every shard (parity)"),
     output: Path = typer.Option(Path("benchmark-results.json"), help="JSON results file"),
     seed: int = typer.Option(0),
     s3: str | None = typer.Option(
@@ -226,7 +291,7 @@ def main(
     s3_shards: int = typer.Option(8, help="S of the local-vs-S3 comparison"),
     s3_slices: int = typer.Option(4, help="R of the local-vs-S3 comparison"),
 ) -> None:
-    """Measure SISA training, accuracy and erasure against the monolithic model in one run.
+    """Measure SISA training, accuracy, erasure and bytes stored against the monolithic model in one run.
 
     Also `expunge benchmark erasure`; accuracy of every model family: `expunge benchmark accuracy`.
     """
@@ -235,7 +300,7 @@ def main(
     training = TrainingConfig(
         model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=batch_size, learning_rate=0.01
     )
-    grid = [(1, 1)] + [(s, r) for s in shards for r in slices]
+    grid = [(1, 1)] + (_pairs(config) if config else [(s, r) for s in shards for r in slices])
     s3_uri = None if s3 in (None, "none") else s3
     results = run(data, grid, training, erasures, seed, s3_uri, [(s3_shards, s3_slices)])
     Console().print(_table(results))

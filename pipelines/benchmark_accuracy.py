@@ -13,8 +13,13 @@ the first 10; NDCG@10 (binary gains, ideal = min(10, relevant) hits) and Recall@
 relevant items), averaged over those users. ``popularity`` ranks by training count (ties: the
 smaller item id) and predicts no ratings. Costs: training seconds (``TrainResult.seconds``) and
 the median seconds of a one-subject erasure (``ErasureReceipt.seconds``, end to end) of a few
-random subjects, measured after the accuracy. Timings are wall-clock on whatever machine runs
-it: compare them within one run.
+random subjects, measured after the accuracy, with two speed-ups of their retraining phase
+(``ErasureReceipt.retrain_seconds``, median): against the same family's whole-data model
+trained in the same run (its training phase; "vs monolith", with the ideal from
+``orchestrator.work`` for gradient families) and against a full SISA retrain
+(``ErasureReceipt.speedup``). Every shard trains with the whole-data model's batch size and
+epoch budget (compute parity). Timings are wall-clock on whatever machine runs it: compare
+them within one run.
 
 Writes the table (rich) to stdout, the rows to a JSON file and a PNG of accuracy against S.
 """
@@ -45,11 +50,12 @@ from orchestrator.config import AnyModelConfig, ItemStatsConfig, JobConfig, MFCo
 from orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from orchestrator.digests import SubjectHasher
 from orchestrator.serving import EnsemblePredictor, export_ensemble
+from orchestrator.work import monolith_ideal_speedup
 from pipelines._runtime import init_logging, init_ray
 from pipelines.datasets import load_movielens, split_rows
 from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST, SUBJECT_ID
 
-__all__ = ["AccuracyRow", "TopN", "main", "ndcg_recall_at_k", "run"]
+__all__ = ["AccuracyRow", "TopN", "main", "ndcg_recall_at_k", "run", "with_monolith_baseline"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,14 @@ class AccuracyRow(BaseModel):
     ranked_users: int
     train_seconds: float | None
     erasure_seconds: float | None
+    #: Training phase of ``train`` (``EnsembleManifest.train_seconds``) and median retraining phase.
+    train_phase_seconds: float | None = None
+    retrain_seconds: float | None = None
+    #: Median retraining speed-up against a full SISA retrain (``ErasureReceipt.speedup``), against
+    #: the same family's whole-data model of this run, and the ideal of the latter (gradient families).
+    speedup: float | None = None
+    speedup_vs_monolith: float | None = None
+    ideal_speedup_vs_monolith: float | None = None
 
 
 class TopN:
@@ -148,11 +162,10 @@ def _measure(
 ) -> AccuracyRow:
     train, test, topn = data
     hasher = SubjectHasher(_KEY)
-    # Same number of optimizer steps per epoch for every S (as the erasure benchmark): 1/S of the rows each.
-    batch = max(16, training.batch_size // shards)
+    # Compute parity: every shard uses the whole-data model's batch size and epoch budget.
     job = JobConfig(
         sharding=ShardingConfig(shards=shards, slices=slices, placement="balanced"),
-        training=training.model_copy(update={"model": model, "batch_size": batch}),
+        training=training.model_copy(update={"model": model}),
     )
     low, high = (pc.min(train.column(RATING)).as_py(), pc.max(train.column(RATING)).as_py())
     with tempfile.TemporaryDirectory(prefix="expunge-accuracy-") as scratch:
@@ -166,7 +179,7 @@ def _measure(
                 ndcg, recall = _top_n(topn, _served_ranking(coordinator, topn, hasher, Path(scratch) / "served"))
             subjects = sorted(topn.rated)
             chosen = np.random.default_rng(seed).choice(len(subjects), size=min(erasures, len(subjects)), replace=False)
-            seconds = [coordinator.forget([subjects[int(i)]]).seconds for i in chosen]
+            receipts = [coordinator.forget([subjects[int(i)]]) for i in chosen]
         finally:
             coordinator.close()
     return AccuracyRow(
@@ -180,8 +193,33 @@ def _measure(
         recall_at_10=recall,
         ranked_users=len(topn.users()),
         train_seconds=result.seconds,
-        erasure_seconds=statistics.median(seconds) if seconds else None,
+        erasure_seconds=statistics.median(r.seconds for r in receipts) if receipts else None,
+        train_phase_seconds=result.manifest.train_seconds,
+        retrain_seconds=statistics.median(r.retrain_seconds for r in receipts) if receipts else None,
+        speedup=statistics.median(r.speedup for r in receipts) if receipts else None,
+        ideal_speedup_vs_monolith=(
+            monolith_ideal_speedup(
+                shards, slices, training.epochs, [s.first_affected_slice for r in receipts for s in r.shards]
+            )
+            if receipts and family != "item_stats"
+            else None
+        ),
     )
+
+
+def with_monolith_baseline(results: Sequence[AccuracyRow]) -> list[AccuracyRow]:
+    """Pure: ``speedup_vs_monolith`` of each row against its family's whole-data row of ``results``.
+
+    The whole-data model's training phase over the row's median retraining phase; None where
+    either is missing or 0.
+    """
+    phases = {r.model: r.train_phase_seconds for r in results if r.whole_data}
+    out = []
+    for r in results:
+        monolith = phases.get(r.model)
+        ratio = monolith / r.retrain_seconds if monolith and r.retrain_seconds else None
+        out.append(r.model_copy(update={"speedup_vs_monolith": ratio}))
+    return out
 
 
 def _popularity(topn: TopN) -> AccuracyRow:
@@ -264,17 +302,24 @@ def run(
             )
             log.info("%s S=%d R=%d measured in %.1fs", family, shards, slice_count, time.perf_counter() - began)
             progress.advance(task)
-    return results
+    return with_monolith_baseline(results)
 
 
 def _figure(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _speedups(measured: float | None, ideal: float | None) -> str:
+    if measured is None:
+        return "-"
+    return f"{measured:.1f}x" if ideal is None else f"{measured:.1f}x | {ideal:.1f}x"
+
+
 def table(results: Sequence[AccuracyRow], title: str) -> Table:
     """The rich table of ``results`` (one row each, in order)."""
     out = Table(title=title)
-    for column in ("model", "setup", "S", "R", "RMSE", "MAE", "NDCG@10", "Recall@10", "train s", "erasure s"):
+    columns = ("model", "setup", "S", "R", "RMSE", "MAE", "NDCG@10", "Recall@10", "train s", "erasure s")
+    for column in (*columns, "vs monolith", "vs full SISA"):
         out.add_column(column, justify="left" if column in ("model", "setup") else "right")
     for r in results:
         out.add_row(
@@ -288,6 +333,8 @@ def table(results: Sequence[AccuracyRow], title: str) -> Table:
             _figure(r.recall_at_10),
             _figure(r.train_seconds, 2),
             _figure(r.erasure_seconds, 2),
+            _speedups(r.speedup_vs_monolith, r.ideal_speedup_vs_monolith),
+            _speedups(r.speedup, None),
         )
     return out
 

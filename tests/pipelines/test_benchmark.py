@@ -3,21 +3,35 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config import MFConfig, TrainingConfig
-from pipelines.benchmark import ideal_speedup, run
+from pipelines.benchmark import BenchmarkRow, run, with_monolith_baseline
 
 
-@pytest.mark.parametrize(
-    ("shards", "slices", "first", "expected"),
-    [
-        (1, 1, [0], 1.0),  # one shard, one slice: an erasure is a full retrain
-        (4, 1, [0], 4.0),  # only one of four shards retrains
-        (1, 4, [3], 2.5),  # last slice: redo step 4 (work 4) of 1+2+3+4
-        (1, 4, [0], 1.0),
-        (2, 2, [0, 1], 2 * 3 / 2.5),
-    ],
-)
-def test_ideal_speedup_follows_the_slice_arithmetic(shards, slices, first, expected):
-    assert ideal_speedup(shards, slices, first) == pytest.approx(expected)
+def _row(shards: int, slices: int, train: float, phase: float, erasure: float, retrain: list[float]) -> BenchmarkRow:
+    return BenchmarkRow(
+        shards=shards,
+        slices=slices,
+        batch_size=512,
+        train_seconds=train,
+        train_phase_seconds=phase,
+        test_rmse=1.0,
+        erasure_seconds_median=erasure,
+        erasure_seconds=[erasure],
+        retrain_seconds=retrain,
+        first_affected_slices=[0],
+        speedup=1.0,
+        ideal_speedup=1.0,
+    )
+
+
+def test_speedups_against_the_monolith_divide_its_times_by_the_erasure_times():
+    monolith = _row(1, 1, train=30.0, phase=20.0, erasure=31.0, retrain=[20.0])
+    sisa = _row(4, 4, train=40.0, phase=25.0, erasure=6.0, retrain=[2.0, 4.0, 9.0])
+    unmeasured = _row(8, 8, train=40.0, phase=25.0, erasure=5.0, retrain=[])
+    base, measured, missing = with_monolith_baseline([monolith, sisa, unmeasured], monolith)
+    assert base.speedup_vs_monolith == pytest.approx(1.0)
+    assert measured.speedup_vs_monolith == pytest.approx(20.0 / 4.0)  # training phase over median retraining
+    assert measured.end_to_end_vs_monolith == pytest.approx(30.0 / 6.0)  # whole train over whole erasure
+    assert missing.speedup_vs_monolith == 0.0  # no retraining time: no figure rather than a division by zero
 
 
 @pytest.mark.integration
@@ -28,7 +42,13 @@ def test_benchmark_measures_every_configuration_on_grouplens_layout(tmp_path, ra
     training = TrainingConfig(model=MFConfig(embedding_dim=4), epochs=2, batch_size=64, cpus_per_shard=0.25)
     results = run(data, [(1, 1), (2, 2)], training, erasures=2, s3_uri=f"s3://{s3_bucket}/bench", s3_grid=[(2, 2)])
     assert [(r.storage, r.shards, r.slices) for r in results] == [("local", 1, 1), ("local", 2, 2), ("s3", 2, 2)]
+    assert len(results[0].erasure_seconds) == 1  # the monolith's erasure is a full retrain: timed once
     for row in results:
-        assert len(row.erasure_seconds) == 2
+        assert row.batch_size == 64  # parity: every shard uses the monolith's batch
+        assert len(row.erasure_seconds) == (1 if row.shards == 1 else 2)
         assert row.test_rmse > 0
         assert row.speedup > 0
+        assert row.speedup_vs_monolith > 0
+        assert row.ideal_speedup_vs_monolith >= 1.0
+        assert row.storage_report is not None
+        assert row.storage_report.bytes_per_row > 0

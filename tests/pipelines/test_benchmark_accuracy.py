@@ -64,6 +64,13 @@ def test_the_statistics_ensemble_scores_the_same_at_every_s_and_everything_is_re
     assert all(None not in (r.rmse, r.mae, r.erasure_seconds) for r in results[1:])
     assert results[0].rmse is None
     assert 0.0 <= results[0].ndcg_at_10 <= 1.0
+    mf_sisa = results[-1]
+    assert mf_sisa.speedup_vs_monolith is not None
+    assert mf_sisa.speedup_vs_monolith > 0
+    assert mf_sisa.speedup is not None
+    assert mf_sisa.ideal_speedup_vs_monolith is not None
+    assert mf_sisa.ideal_speedup_vs_monolith > 1.0  # one of three shards retrains
+    assert stats[1].ideal_speedup_vs_monolith is None  # no epochs: the arithmetic is not the gradient one
     plot(results, tmp_path / "accuracy.png", "test")
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert table(results, "test").row_count == len(results)
