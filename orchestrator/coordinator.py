@@ -20,7 +20,6 @@ from orchestrator.config import (
     ItemStatsConfig,
     JobConfig,
     MFConfig,
-    ShardingConfig,
     StorageConfig,
     TrainingConfig,
 )
@@ -34,15 +33,16 @@ from orchestrator.errors import (
     StorageCorruptError,
     UnknownSubjectError,
 )
-from orchestrator.placement import cell_of_key, place_subjects
+from orchestrator.partition import partition_rows
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from orchestrator.purge import purge_unreferenced
 from orchestrator.receipt_chain import append_receipt, chained_receipts
 from orchestrator.receipts import ErasureReceipt, ShardRetrain
 from orchestrator.registry import Lineage
 from orchestrator.routing import route
+from orchestrator.staging import RowBatches, place_summary, stage_source, summarise_source
 from shards.models import SufficientStatisticsModel, model_for, task_of
-from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
+from shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
 from shards.shard import ShardUpdate
 from shards.store import ObjectStore
 from shards.training import load_checkpoint
@@ -127,36 +127,6 @@ def resolve_model(config: AnyModelConfig, rows: pa.Table) -> AnyModelConfig:
     return config
 
 
-def partition_rows(
-    rows: pa.Table, sharding: ShardingConfig, hasher: SubjectHasher, existing: PlacementIndex | None = None
-) -> tuple[pa.Table, list[list[pa.Table]], PlacementIndex]:
-    """Add subject digests and split rows into ``[shard][slice]`` tables sorted by record id."""
-    digests = hasher.digest_many(rows.column(SUBJECT_ID).to_pylist())
-    rows = rows.append_column(SUBJECT_DIGEST, pa.array(digests, pa.string()))
-    if sharding.placement == "row":
-        cells = [cell_of_key(r, sharding.shards, sharding.slices) for r in rows.column(RECORD_ID).to_pylist()]
-    else:
-        counts: dict[str, int] = {}
-        for d in digests:
-            counts[d] = counts.get(d, 0) + 1
-        homes = place_subjects(
-            counts,
-            sharding.shards,
-            sharding.slices,
-            sharding.placement,
-            existing.home_cells() if existing else None,
-            existing.rows() if existing else None,
-        )
-        cells = [homes[d] for d in digests]
-    shard_ids = np.fromiter((c.shard for c in cells), dtype=np.int64, count=len(cells))
-    slice_ids = np.fromiter((c.slice for c in cells), dtype=np.int64, count=len(cells))
-    parts = [
-        [rows.filter(pa.array((shard_ids == s) & (slice_ids == k))).sort_by(RECORD_ID) for k in range(sharding.slices)]
-        for s in range(sharding.shards)
-    ]
-    return rows, parts, PlacementIndex.from_assignment(digests, cells)
-
-
 def ray_pool(
     storage: StorageConfig, training: TrainingConfig, model: AnyModelConfig, versions: Mapping[int, int | None]
 ) -> ShardPool:
@@ -233,6 +203,81 @@ class Coordinator:
         rows = validate_rows(rows, "training rows", task_of(job.training.model), model=model or job.training.model)
         rows, dropped = self.apply_tombstones(rows, job.data.erased_subjects)
         model = model or resolve_model(job.training.model, rows)
+        placement, pool = self._start_training(job, model, placement)
+        began = time.perf_counter()
+        _, parts, index = partition_rows(rows, job.sharding, self.hasher, placement)
+        training_began = time.perf_counter()
+        updates: dict[int, ShardUpdate] = pool.call(
+            "train", {s: (parts[s], request_id) for s in range(job.sharding.shards)}
+        )
+        train_phase_seconds = time.perf_counter() - training_began
+        return self._commit_training(
+            job, model, pool, updates, index, len(rows), dropped, request_id, train_phase_seconds, began
+        )
+
+    def train_stream(
+        self,
+        batches: RowBatches,
+        job: JobConfig,
+        request_id: str | None = None,
+        placement: PlacementIndex | None = None,
+        model: AnyModelConfig | None = None,
+        source: str = "training rows",
+    ) -> TrainResult:
+        """``train`` on rows read batch by batch, without holding them all in this process.
+
+        ``batches`` is called twice (``orchestrator.staging``): a first pass validates every
+        batch, checks tombstones and counts rows per subject; a second places and stages each
+        shard's rows in the store under ``staging/``, which the shard actors read
+        (``Shard.train_staged``). The result (shard manifests, checkpoints, placement) is bit
+        for bit what ``train`` gives on the same rows. Staged objects are deleted once the
+        shards have trained, whether or not the commit succeeds. ``source`` names the input in
+        validation errors (with the batch's row range).
+
+        Raises:
+            DataValidationError: a batch fails ``validate_rows`` (raised at the first such batch),
+                no rows at all, or duplicate record ids within a shard.
+            ErasedSubjectsInDataError: rows of tombstoned subjects and ``data.erased_subjects=refuse``.
+        """
+        task = task_of(job.training.model)
+        checked_model = model or job.training.model
+
+        def validate(batch: pa.Table, label: str) -> pa.Table:
+            return validate_rows(batch, label, task, model=checked_model)
+
+        erased = frozenset(self.catalog.tombstones())
+        summary = summarise_source(batches, self.hasher, validate, erased, source)
+        dropped = summary.erased_rows
+        if dropped:
+            if job.data.erased_subjects != "drop":
+                raise ErasedSubjectsInDataError(dropped, len(summary.erased_subjects), self.store.uri)
+            log.warning(
+                "dropped %d row(s) of %d erased subject(s) from the training rows",
+                dropped,
+                len(summary.erased_subjects),
+            )
+        model = model or resolve_model(job.training.model, summary.item_table())
+        placement, pool = self._start_training(job, model, placement)
+        began = time.perf_counter()
+        homes = place_summary(summary, job.sharding, placement)
+        staged = stage_source(batches, self.hasher, validate, erased, job.sharding, homes, self.store, source)
+        try:
+            training_began = time.perf_counter()
+            updates: dict[int, ShardUpdate] = pool.call(
+                "train_staged",
+                {s: (staged.keys[s], job.sharding.slices, request_id) for s in range(job.sharding.shards)},
+            )
+            train_phase_seconds = time.perf_counter() - training_began
+        finally:
+            self.store.delete(staged.keys.values())  # raw rows: never left behind, trained or not
+        return self._commit_training(
+            job, model, pool, updates, staged.index, staged.rows, dropped, request_id, train_phase_seconds, began
+        )
+
+    def _start_training(
+        self, job: JobConfig, model: AnyModelConfig, placement: PlacementIndex | None
+    ) -> tuple[PlacementIndex | None, ShardPool]:
+        """Checks before training, the placement to pin, and a fresh pool with every actor started."""
         if job.sharding.placement == "row" and isinstance(model_for(model), SufficientStatisticsModel):
             raise ConfigError(
                 "a sufficient-statistics model (training.model.kind item_stats) centres each subject's ratings by "
@@ -247,13 +292,23 @@ class Coordinator:
         pool = self.pool_factory(self.storage, job.training, model, dict.fromkeys(range(job.sharding.shards)))
         # Actor start-up (process spawn, torch import) is not training time: wait for it first.
         pool.call("ready", {s: () for s in range(job.sharding.shards)})
-        began = time.perf_counter()
-        _, parts, index = partition_rows(rows, job.sharding, self.hasher, placement)
-        training_began = time.perf_counter()
-        updates: dict[int, ShardUpdate] = pool.call(
-            "train", {s: (parts[s], request_id) for s in range(job.sharding.shards)}
-        )
-        train_phase_seconds = time.perf_counter() - training_began
+        return placement, pool
+
+    def _commit_training(
+        self,
+        job: JobConfig,
+        model: AnyModelConfig,
+        pool: ShardPool,
+        updates: Mapping[int, ShardUpdate],
+        index: PlacementIndex,
+        rows: int,
+        dropped: int,
+        request_id: str | None,
+        train_phase_seconds: float,
+        began: float,
+    ) -> TrainResult:
+        """Publish the trained shards as the next ensemble version, purge, and record it in the registry."""
+        parent = self.manifest
         manifest = EnsembleManifest(
             version=(parent.version + 1) if parent else 1,
             parent_version=parent.version if parent else None,
@@ -264,7 +319,7 @@ class Coordinator:
             model=model,
             shard_versions=tuple(updates[s].manifest_version for s in range(job.sharding.shards)),
             placement_key=self.catalog.write_placement(index),
-            rows=len(rows),
+            rows=rows,
             key_check=self.hasher.key_check(),
             train_seconds=train_phase_seconds,
             registry=self._registry_binding(),
@@ -278,13 +333,9 @@ class Coordinator:
         if self.lineage is not None:
             registry_version = self.lineage.record_training(manifest, {"train_seconds": seconds})
         log.info(
-            "trained %d shards x %d slices on %d rows in %.2fs",
-            job.sharding.shards,
-            job.sharding.slices,
-            len(rows),
-            seconds,
+            "trained %d shards x %d slices on %d rows in %.2fs", job.sharding.shards, job.sharding.slices, rows, seconds
         )
-        return TrainResult(manifest, updates, seconds, registry_version)
+        return TrainResult(manifest, dict(updates), seconds, registry_version)
 
     def apply_tombstones(self, rows: pa.Table, policy: str) -> tuple[pa.Table, int]:
         """Refuse (``policy="refuse"``) or drop (``"drop"``) rows of subjects this store has erased.

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from orchestrator.catalog import Catalog, EnsembleManifest
+from orchestrator.staging import STAGING_PREFIX
 from shards.shard import shard_prefix
 from shards.store import ObjectStore, ObjectVersion
 
@@ -50,7 +51,10 @@ def select_purgeable(
 
 
 def _is_data(key: str) -> bool:
-    return key.startswith("placement/") or (key.startswith("shards/") and any(p in key for p in _DATA_PARTS))
+    # Staged training input (raw rows) is never referenced: it goes once older than a commit.
+    return key.startswith(("placement/", STAGING_PREFIX)) or (
+        key.startswith("shards/") and any(p in key for p in _DATA_PARTS)
+    )
 
 
 def purge_unreferenced(store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest) -> list[ObjectVersion]:
@@ -65,7 +69,8 @@ def purge_unreferenced(store: ObjectStore, catalog: Catalog, manifest: EnsembleM
         for shard_id, version in enumerate(earlier.shard_versions):
             if store.exists(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"):
                 superseded |= catalog.shard_manifest(shard_id, version).object_keys()
-    candidates = [v for v in store.list_versions("shards/") + store.list_versions("placement/") if _is_data(v.key)]
+    listed = store.list_versions("shards/") + store.list_versions("placement/") + store.list_versions(STAGING_PREFIX)
+    candidates = [v for v in listed if _is_data(v.key)]
     doomed = select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))
     deleted = store.delete(doomed)
     if deleted:

@@ -36,6 +36,17 @@ class ShardActor:
     def train(self, slices: Sequence[pa.Table], request_id: str | None = None) -> ShardUpdate:
         return self._shard.train(slices, request_id)
 
+    def train_staged(self, key: str, slices: int, request_id: str | None = None) -> ShardUpdate:
+        return self._shard.train_staged(key, slices, request_id)
+
+    def peak_rss_bytes(self) -> int:
+        """Peak resident memory of this actor's process so far, in bytes (``getrusage`` ru_maxrss)."""
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
+
     def erase(self, subject_digests: Sequence[str], first_affected_slice: int, request_id: str) -> ShardUpdate:
         return self._shard.erase(subject_digests, first_affected_slice, request_id)
 
@@ -50,3 +61,9 @@ class ShardActor:
 
     def call_log(self) -> list[str]:
         return self._shard.call_log()
+
+    def pid(self) -> int:
+        """This actor's process id (for operators and kill tests)."""
+        import os
+
+        return os.getpid()

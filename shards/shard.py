@@ -17,15 +17,26 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from shards.config import AnyModelConfig, StorageConfig, TrainingConfig
-from shards.errors import ConfigError, StorageCorruptError
+from shards.errors import ConfigError, DataValidationError, StorageCorruptError
 from shards.models import SufficientStatisticsModel, model_for
 from shards.rows import RECORD_ID, SUBJECT_DIGEST
 from shards.store import ObjectStore
 from shards.training import TrainedState, accumulate_steps, configure_determinism, load_checkpoint, train_steps
 
-__all__ = ["CheckpointEntry", "Shard", "ShardManifest", "ShardUpdate", "SliceEntry", "shard_prefix"]
+__all__ = [
+    "STAGED_SLICE",
+    "CheckpointEntry",
+    "Shard",
+    "ShardManifest",
+    "ShardUpdate",
+    "SliceEntry",
+    "shard_prefix",
+]
 
 log = logging.getLogger(__name__)
+
+#: Column of staged training input (``Shard.train_staged``) that names each row's slice (int32).
+STAGED_SLICE = "__expunge_slice"
 
 
 def shard_prefix(shard_id: int) -> str:
@@ -203,6 +214,34 @@ class Shard:
             seconds=time.perf_counter() - began,
             new_keys=tuple(sorted(self.manifest.object_keys())),
         )
+
+    def train_staged(self, key: str, slices: int, request_id: str | None = None) -> ShardUpdate:
+        """``train`` on rows staged in the store under ``key`` (``orchestrator.staging``).
+
+        The staged Parquet object holds this shard's rows with their ``subject_digest`` and
+        slice index (``STAGED_SLICE``) in any order; slice ``k`` is its rows sorted by record
+        id, so the result equals ``train`` on the same cells, bit for bit. The staged object
+        is left to the caller to delete (it owns the run).
+
+        Raises:
+            DataValidationError: two staged rows share a record id (ids must be unique).
+            StorageCorruptError: the staged object is missing.
+        """
+        staged = pq.read_table(io.BytesIO(self.store.get(key)))
+        ids = staged.column(RECORD_ID)
+        duplicates = len(ids) - len(pc.unique(ids))
+        if duplicates:
+            counts = pc.value_counts(ids)
+            example = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
+            raise DataValidationError(
+                f"the training rows of shard {self.shard_id}",
+                [f"{duplicates} duplicate record_id value(s), e.g. {example!r}; record ids must be unique"],
+            )
+        cells = staged.column(STAGED_SLICE)
+        rows = staged.drop_columns([STAGED_SLICE])
+        tables = [rows.filter(pc.equal(cells, k)).sort_by(RECORD_ID).combine_chunks() for k in range(slices)]
+        del staged, rows
+        return self.train(tables, request_id)
 
     def erase(self, subject_digests: Sequence[str], first_affected_slice: int, request_id: str) -> ShardUpdate:
         """Delete the subjects' rows and retrain from the checkpoint before the first affected slice."""
