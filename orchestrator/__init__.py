@@ -14,6 +14,7 @@ __all__ = [
     "Coordinator",
     "DataValidationError",
     "ErasureReceipt",
+    "ExpungeClient",
     "ExpungeError",
     "JobConfig",
     "MembershipAudit",
@@ -30,6 +31,7 @@ __all__ = [
 _HOMES = {
     "Coordinator": "orchestrator.coordinator",
     "ErasureReceipt": "orchestrator.receipts",
+    "ExpungeClient": "orchestrator.client",
     "JobConfig": "orchestrator.config",
     "load_job_config": "orchestrator.config",
     "SubjectHasher": "orchestrator.digests",

@@ -31,6 +31,7 @@ __all__ = [
     "MLPConfig",
     "ModelConfig",
     "PrivacyConfig",
+    "ServiceConfig",
     "ShardingConfig",
     "StorageConfig",
     "SyntheticRatingsConfig",
@@ -146,6 +147,37 @@ class PrivacyConfig(Frozen):
     )
 
 
+class ServiceConfig(Frozen):
+    """The long-lived erasure service (``expunge serve``): names, coalescing window, limits."""
+
+    namespace: str = Field(
+        "expunge", min_length=1, description="Ray namespace of the service's named actors; SDK clients connect to it."
+    )
+    name: str = Field("expunge-coordinator", min_length=1, description="Name of the detached coordinator actor.")
+    window_ms: float = Field(
+        50.0,
+        ge=0.0,
+        le=60_000.0,
+        description="Coalescing window in milliseconds: requests that arrive within it of the first waiting one "
+        "share one retrain per affected shard, from its earliest affected slice.",
+    )
+    max_subjects_per_request: int = Field(
+        1000, ge=1, description="Largest number of subjects one request may name; larger requests are refused."
+    )
+    max_subjects_per_batch: int = Field(
+        10_000, ge=1, description="Largest number of subjects coalesced into one retrain."
+    )
+    register_within_s: float = Field(
+        2.0,
+        ge=0.0,
+        description="While requests keep arriving, committed erasures are registered in MLflow (new version, "
+        "earlier versions purged) at least this often, in seconds; when idle, at once.",
+    )
+    shard_restarts: int = Field(
+        -1, ge=-1, description="How often Ray restarts a dead shard actor (-1: always); it reloads from the store."
+    )
+
+
 class JobConfig(Frozen):
     """One job: data, sharding, training, storage, tracking and privacy settings."""
 
@@ -155,6 +187,7 @@ class JobConfig(Frozen):
     storage: StorageConfig = Field(StorageConfig(), description="Where shard state lives.")
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking and model registry.")
     privacy: PrivacyConfig = Field(PrivacyConfig(), description="Where the subject digest key comes from.")
+    service: ServiceConfig = Field(ServiceConfig(), description="The long-lived erasure service (`expunge serve`).")
 
 
 def load_job_config(path: str | Path) -> JobConfig:

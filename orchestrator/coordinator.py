@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
 
 PoolFactory = Callable[[StorageConfig, TrainingConfig, AnyModelConfig, Mapping[int, int | None]], ShardPool]
 
@@ -451,16 +456,44 @@ class Coordinator:
 
         ``audit`` (e.g. ``orchestrator.audit.MembershipAudit``) is called before any shard is
         retrained and after the commit; its record's sha256 goes into the receipt. Every
-        receipt is appended to the store's receipt log (``orchestrator.receipt_chain``).
+        receipt is appended to the store's receipt log (``orchestrator.receipt_chain``) and
+        recorded in MLflow when a lineage is set.
+
+        Raises:
+            ConfigError: no subject named, a bad request id, or an id that named other subjects.
+            InvalidSubjectIdError: an id the identity rule refuses (``shards.identity``).
         """
-        began = time.perf_counter()
-        self._refresh()
-        manifest = self._require_manifest()
-        request_id = check_request_id(request_id or f"req-{uuid.uuid4().hex[:12]}")
         if not subject_ids:
             raise ConfigError("an erasure request needs at least one subject id")
+        if request_id is not None:
+            check_request_id(request_id)
         digests = list(dict.fromkeys(self.hasher.digest_many(subject_ids)))
-        committed = self._finish_committed(request_id, digests)
+        return self.forget_digests(digests, request_id, audit)
+
+    def forget_digests(
+        self,
+        digests: Sequence[str],
+        request_id: str | None = None,
+        audit: ErasureAudit | None = None,
+        *,
+        register: bool = True,
+        resume: bool = True,
+    ) -> ErasureReceipt:
+        """``forget`` for subjects already digested with this store's key (the service's entry point).
+
+        ``register=False`` stops at the store commit (the live actors serve the new version and
+        the receipt is chained); the caller registers later with ``register_published``.
+        ``resume=False`` is the caller's promise that no earlier attempt used ``request_id``, which
+        skips looking for one (a scan of every stored version).
+        """
+        began = time.perf_counter()
+        if not digests:
+            raise ConfigError("an erasure request needs at least one subject id")
+        self._refresh(sync=register)
+        manifest = self._require_manifest()
+        request_id = check_request_id(request_id or f"req-{uuid.uuid4().hex[:12]}")
+        digests = list(dict.fromkeys(digests))
+        committed = self._finish_committed(request_id, digests) if resume else None
         if committed is not None:
             return committed  # a retry of a request that already committed: the same receipt, once
         index = self.catalog.read_placement(manifest.placement_key)
@@ -478,12 +511,13 @@ class Coordinator:
                 seconds=time.perf_counter() - began,
                 model_version_before=manifest.version,
                 model_version_after=manifest.version,
-                registry_version_before=self.lineage.current_version() if self.lineage else None,
-                registry_version_after=self.lineage.current_version() if self.lineage else None,
+                registry_version_before=self.lineage.current_version() if self.lineage and register else None,
+                registry_version_after=self.lineage.current_version() if self.lineage and register else None,
+                committed_at=_now(),
             )
             # The audit trail shows every request, not only those that erased something.
             missed = append_receipt(self.store, missed)
-            if self.lineage is not None:
+            if self.lineage is not None and register:
                 self.lineage.record_request(missed, manifest)
             return missed
         found = set(plan.found)
@@ -545,7 +579,9 @@ class Coordinator:
             self._discard([k for u in updates.values() for k in u.new_keys] + [new_manifest.placement_key])
             raise
         self.manifest = new_manifest
-        deleted = [str(v) for v in purge_unreferenced(self.store, self.catalog, new_manifest)]
+        if self._pool is not None:
+            self._pool.published(dict(enumerate(new_manifest.shard_versions)))
+        deleted = [str(v) for v in purge_unreferenced(self.store, self.catalog, new_manifest, since=manifest.version)]
         receipt = ErasureReceipt(
             request_id=request_id,
             status="erased",
@@ -571,9 +607,10 @@ class Coordinator:
             model_version_before=manifest.version,
             model_version_after=new_manifest.version,
             deleted_objects=tuple(deleted),
+            committed_at=_now(),
         )
         self.catalog.write_receipt(new_manifest.version, receipt.model_dump_json(indent=1))
-        if self.lineage is not None:
+        if self.lineage is not None and register:
             parent = self.lineage.current_version()
             version = self.lineage.record_erasure(receipt, new_manifest, parent)
             receipt = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
@@ -602,13 +639,25 @@ class Coordinator:
         if self.lineage is not None and self.manifest is not None:
             self.lineage.reconcile()
 
-    def _refresh(self) -> None:
+    def _refresh(self, sync: bool = True) -> None:
         """Act on the latest published version (another process may have committed since)."""
         latest = self.catalog.latest()
         if latest is not None and (self.manifest is None or latest.version != self.manifest.version):
             self.close()
             self.manifest = latest
-        self._sync_lineage()
+        if sync:
+            self._sync_lineage()
+
+    def register_published(self) -> str | None:
+        """Bring MLflow up to the published version (new version, alias moved, every earlier one purged).
+
+        The second stage of a service erasure (``forget_digests(register=False)``); a no-op when
+        the registry already has it or tracking is off. Returns the registry version serving now.
+        """
+        if self.lineage is None:
+            return None
+        self.lineage.reconcile()
+        return self.lineage.current_version()
 
     def _follow_latest(self) -> EnsembleManifest:
         """The published version, re-read from the store: serving never answers from a superseded one.

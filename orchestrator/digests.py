@@ -83,6 +83,14 @@ class SubjectHasher:
     def _hmac(self, canonical_id: str) -> str:
         return hmac.new(self._key, canonical_id.encode(), hashlib.sha256).hexdigest()
 
+    def label(self, text: str, purpose: str) -> str:
+        """Keyed digest of free text for ``purpose`` (e.g. an idempotency key): hex, 64 characters.
+
+        Domain-separated from subject digests, so a text equal to a subject id never yields
+        that subject's digest.
+        """
+        return hmac.new(self._key, f"expunge/{purpose}/{text}".encode(), hashlib.sha256).hexdigest()
+
     def key_check(self) -> str:
         """A value that tells keys apart without revealing them (stored with each version)."""
         return hmac.new(self._key, b"expunge/key-check", hashlib.sha256).hexdigest()[:16]

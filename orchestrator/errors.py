@@ -17,14 +17,17 @@ __all__ = [
     "ConfigError",
     "DataValidationError",
     "ErasedSubjectsInDataError",
+    "ErasureWaitTimeout",
     "ExpungeError",
     "InvalidSubjectIdError",
     "LineagePurgeFailed",
+    "ServiceUnavailableError",
     "ShardRetrainFailed",
     "ShardStartTimeout",
     "StorageConflictError",
     "StorageCorruptError",
     "TrackingUnreachable",
+    "UnknownRequestError",
     "UnknownSubjectError",
 ]
 
@@ -125,3 +128,26 @@ class ArtifactStoreNotErasable(ExpungeError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.root, self.cause, self.fix))
+
+
+class ServiceUnavailableError(ExpungeError):
+    """No Expunge service answers under the given name and namespace (or it stopped answering).
+
+    Example scenario: a recommender calls ``ExpungeClient.connect(namespace="expunge")`` before
+    ``expunge serve`` ran on that cluster, or after ``expunge serve --stop``.
+    """
+
+
+class UnknownRequestError(ExpungeError):
+    """``status``/``wait`` named a request id the service's journal does not hold.
+
+    Example scenario: a typo in the id, or an id from another store's service.
+    """
+
+
+class ErasureWaitTimeout(ExpungeError):
+    """``wait`` gave up before the request reached the stage asked for; the request itself goes on.
+
+    Example scenario: ``wait(request_id, stage="registered", timeout=1)`` while MLflow is slow;
+    call ``wait`` again (or ``status``) later.
+    """

@@ -25,10 +25,21 @@ def fit_cpus_per_actor(wanted: float, cluster_cpus: float, actors: int) -> float
     return min(wanted, fair)
 
 
+class _Died:
+    """A call whose actor died (it may be retried once Ray restarts the actor)."""
+
+    def __init__(self, error: ShardRetrainFailed) -> None:
+        self.error = error
+
+
 class ShardPool(Protocol):
     """Calls ``method`` on the named shards only; shards never named get no call at all."""
 
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]: ...
+
+    def published(self, versions: Mapping[int, int | None]) -> None:
+        """The shard manifest versions the store now publishes (a restarted shard reloads these)."""
+        ...
 
     def shutdown(self) -> None: ...
 
@@ -56,6 +67,9 @@ class LocalShardPool:
                 raise ShardRetrainFailed(shard_id, f"{type(exc).__name__}: {exc}") from exc
         return results
 
+    def published(self, versions: Mapping[int, int | None]) -> None:
+        pass  # in-process shards never restart
+
     def shutdown(self) -> None:
         self.shards.clear()
 
@@ -71,6 +85,7 @@ class RayShardPool:
         training: TrainingConfig,
         model: AnyModelConfig,
         versions: Mapping[int, int | None],
+        restarts: int = 0,
     ) -> None:
         import ray
 
@@ -96,17 +111,55 @@ class RayShardPool:
                 training.cpus_per_shard,
             )
         self.actors: dict[int, Any] = {}
+        #: How often Ray restarts a dead shard actor (-1: always). A restarted actor re-runs its
+        #: constructor, so ``call`` points it at the published version and runs the call again.
+        self.restarts = restarts
 
     def actor(self, shard_id: int) -> Any:
         if shard_id not in self.actors:
             from shards.actor import ShardActor
 
             self.actors[shard_id] = ShardActor.options(  # type: ignore[attr-defined]
-                num_cpus=self.cpus_per_actor, name=None
+                num_cpus=self.cpus_per_actor,
+                name=None,
+                scheduling_strategy="SPREAD",
+                max_restarts=self.restarts,
             ).remote(shard_id, self.storage, self.training, self.model, self.versions.get(shard_id))
         return self.actors[shard_id]
 
+    def published(self, versions: Mapping[int, int | None]) -> None:
+        self.versions.update(versions)
+
+    def _recovered(self, shard_id: int) -> bool:
+        """After an actor died in a call: wait for Ray's restart and reload the published version."""
+        if self.restarts == 0 or shard_id not in self.actors:
+            return False
+        actor = self.actors[shard_id]
+        try:
+            self._ray.get(actor.ready.remote(), timeout=self.READY_TIMEOUT_S)
+            version = self.versions.get(shard_id)
+            if version is not None:
+                self._ray.get(actor.adopt.remote(version), timeout=self.READY_TIMEOUT_S)
+        except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+            return False
+        log.warning("shard actor %d died and was restarted; it reloaded shard version %s", shard_id, version)
+        return True
+
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
+        results = self._call_once(method, args_by_shard)
+        died = [i for i, r in results.items() if isinstance(r, _Died)]
+        # A shard's calls are deterministic and write only new objects, so redoing one after its
+        # actor died gives what the lost attempt would have given (the lost attempt's debris is
+        # purged at the next commit). One redo per call: an actor that dies again fails it.
+        retry = {i: args_by_shard[i] for i in died if self._recovered(i)}
+        if retry:
+            results.update(self._call_once(method, retry))
+        failures = [r.error for r in results.values() if isinstance(r, _Died)]
+        if failures:
+            raise failures[0]
+        return results
+
+    def _call_once(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
         refs = {i: getattr(self.actor(i), method).remote(*args) for i, args in args_by_shard.items()}
         # Start-up is bounded so that actors the cluster cannot place fail loudly instead of hanging.
         timeout = self.READY_TIMEOUT_S if method == "ready" else None
@@ -131,7 +184,7 @@ class RayShardPool:
                     else ShardRetrainFailed(shard_id, f"{type(cause).__name__}: {cause}")
                 )
             except self._ray.exceptions.RayActorError as exc:
-                failures.append(ShardRetrainFailed(shard_id, f"actor died: {exc}"))
+                results[shard_id] = _Died(ShardRetrainFailed(shard_id, f"actor died: {exc}"))
         if failures:
             raise failures[0]
         return results

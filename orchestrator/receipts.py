@@ -49,6 +49,15 @@ class ErasureReceipt(BaseModel):
     registry_version_before: str | None = None
     registry_version_after: str | None = None
     deleted_objects: tuple[str, ...] = ()
+    #: When the store commit was done and the live ensemble served the new version (UTC, ISO 8601):
+    #: from then on the subjects are gone from every answer. Stage one of two.
+    committed_at: str | None = None
+    #: When MLflow had the new version and every earlier version was purged (UTC, ISO 8601); None
+    #: until then (the service registers after it answers; ``ExpungeClient.wait``). Stage two.
+    registered_at: str | None = None
+    #: The request the service coalesced this one into (its store version, MLflow run and receipt-log
+    #: entry carry that id); None when it ran alone.
+    batch_id: str | None = None
     #: sha256 of the membership-inference audit record of this request
     #: (``receipts/audits/<request id>.json``, ``orchestrator.audit``); None when run without an audit.
     audit_sha256: str | None = None

@@ -82,8 +82,21 @@ class FaultPlan:
         target = os.environ.get("EXPUNGE_FAULT_AT_WRITE")
         if not target:
             return
+        # EXPUNGE_FAULT_MATCH counts only writes whose description contains it (e.g. "create ensemble/");
+        # EXPUNGE_FAULT_ONCE names a marker file: the fault fires only while it is absent, so a
+        # process that Ray restarts after the injected crash runs on.
+        match = os.environ.get("EXPUNGE_FAULT_MATCH")
+        if match and match not in what:
+            return
         cls.writes += 1
         if cls.writes == int(target):
+            once = os.environ.get("EXPUNGE_FAULT_ONCE")
+            if once:
+                try:
+                    with open(once, "x"):
+                        pass
+                except FileExistsError:
+                    return
             if os.environ.get("EXPUNGE_FAULT_MODE", "raise") == "kill":
                 os._exit(137)
             raise InjectedFault(f"injected fault at write {cls.writes} ({what})")

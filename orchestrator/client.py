@@ -1,0 +1,174 @@
+"""The Python SDK for recommender services: ``ExpungeClient`` talks to a running ``expunge serve``.
+
+    from orchestrator import ExpungeClient
+
+    client = ExpungeClient.connect(address="auto", namespace="expunge")
+    receipt = client.forget(["user-7"], idempotency_key="GDPR-2026-0042")
+    client.wait(receipt.request_id, stage="registered", timeout=60)
+    top = client.recommend("user-8", k=10)
+
+Every call is a Ray actor call to the service. A call that the service's crash interrupts is
+sent again once Ray has restarted it, with the same idempotency key (``forget`` makes one up
+when none is given), so a request is erased once and its receipt is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from orchestrator.errors import ExpungeError, ServiceUnavailableError
+from orchestrator.receipts import ErasureReceipt
+
+__all__ = ["ExpungeClient"]
+
+log = logging.getLogger(__name__)
+
+
+class ExpungeClient:
+    """A connection to one Expunge service (a detached coordinator actor on a Ray cluster).
+
+    ``retry_s``: how long a call keeps trying while the service restarts after a crash, in seconds.
+    """
+
+    def __init__(self, handle: Any, namespace: str, name: str, retry_s: float = 300.0) -> None:
+        import ray
+
+        self._ray: Any = ray
+        self._handle = handle
+        self.namespace = namespace
+        self.name = name
+        self.retry_s = retry_s
+
+    @classmethod
+    def connect(
+        cls,
+        address: str | None = "auto",
+        namespace: str = "expunge",
+        name: str = "expunge-coordinator",
+        retry_s: float = 300.0,
+    ) -> ExpungeClient:
+        """Join the cluster at ``address`` ("auto": the local one or RAY_ADDRESS) and find the service.
+
+        Raises:
+            ServiceUnavailableError: no cluster at ``address``, or no service there under ``name``
+                in ``namespace`` (start one with ``expunge serve``).
+        """
+        import ray
+
+        from orchestrator.service.actor import find_service
+
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
+            except ConnectionError as exc:
+                raise ServiceUnavailableError(
+                    f"no Ray cluster at {address!r}: start the service with `expunge serve --config FILE.yaml`, "
+                    "or pass the address it printed"
+                ) from exc
+        return cls(find_service(namespace, name), namespace, name, retry_s)
+
+    # ----- calls ---------------------------------------------------------------------------------
+    def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Run ``method`` on the service; typed errors come back as themselves; retried across restarts."""
+        ray = self._ray
+        deadline = time.monotonic() + self.retry_s
+        pause = 0.2
+        while True:
+            try:
+                return ray.get(getattr(self._handle, method).remote(*args), timeout=timeout)
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, ExpungeError):
+                    raise cause from None
+                raise
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailableError(
+                        f"the Expunge service {self.name!r} did not come back within {self.retry_s:.0f} s ({exc}); "
+                        "check the cluster, then submit again with the same idempotency key"
+                    ) from exc
+                log.warning("the Expunge service is restarting (%s); calling again", type(exc).__name__)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    def forget(
+        self,
+        subject_ids: Sequence[object],
+        *,
+        idempotency_key: str | None = None,
+        reason: str | None = None,
+        timeout: float | None = None,
+    ) -> ErasureReceipt:
+        """Erase the subjects; returns once the erasure is committed and served (stage one of two).
+
+        ``subject_ids``: a list of ids (the identity rule of ``shards.identity`` applies).
+        ``idempotency_key``: the same key always returns the same receipt (e.g. the ticket
+        number); made up when omitted, so this call's own retries are safe. ``reason``: free
+        text stored with the request (a ticket reference, never personal data). The receipt's
+        ``registered_at`` is None until MLflow has the new version: ``wait(..., "registered")``.
+
+        Raises:
+            ConfigError: an empty list, too many subjects, a bad key, a key used for other subjects.
+            InvalidSubjectIdError: an id the identity rule refuses. Nothing is changed on either.
+            ErasureWaitTimeout: not committed within ``timeout`` seconds (the request goes on).
+        """
+        key = idempotency_key if idempotency_key is not None else f"sdk-{uuid.uuid4().hex}"
+        receipt: ErasureReceipt = self._call("forget", list(subject_ids), key, reason, timeout)
+        return receipt
+
+    def submit(
+        self, subject_ids: Sequence[object], *, idempotency_key: str | None = None, reason: str | None = None
+    ) -> str:
+        """Journal an erasure request and return its id at once (before any retrain); ``forget`` without waiting."""
+        key = idempotency_key if idempotency_key is not None else f"sdk-{uuid.uuid4().hex}"
+        request_id: str = self._call("submit", list(subject_ids), key, reason)
+        return request_id
+
+    def status(self, request_id: str) -> Any:
+        """The request's ``RequestStatus``: stage (accepted, committed, registered, failed) and timestamps.
+
+        Raises:
+            UnknownRequestError: the service's journal holds no such request.
+        """
+        return self._call("status", request_id)
+
+    def wait(
+        self, request_id: str, stage: Literal["committed", "registered"] = "committed", timeout: float | None = None
+    ) -> Any:
+        """Block until the request reaches ``stage``; returns its ``RequestStatus``.
+
+        Raises:
+            ErasureWaitTimeout: ``timeout`` seconds passed first (the request goes on).
+            UnknownRequestError: no such request.
+        """
+        return self._call("wait", request_id, stage, timeout)
+
+    def predict(self, rows: pa.Table | Sequence[dict[str, Any]]) -> np.ndarray:
+        """Ensemble predictions, shape (n,), for rows with ``subject_id`` and ``item_id`` (ratings models)."""
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
+        result: np.ndarray = self._call("predict", table)
+        return result
+
+    def recommend(self, subject_id: object, k: int = 10) -> list[int]:
+        """The ``k`` item ids the subject has not rated that the exact ensemble ranks best, best first.
+
+        Raises:
+            UnknownSubjectError: the served version holds no rows of the subject (never seen, or erased).
+        """
+        items: list[int] = self._call("recommend", subject_id, k)
+        return items
+
+    def model_version(self) -> Any:
+        """The ``ServedVersion``: ensemble (store) version and MLflow registry version served now."""
+        return self._call("model_version")
+
+    def stats(self) -> Any:
+        """The service's ``ServiceStats``: requests, batches, shard retrains, peak memory."""
+        return self._call("stats")

@@ -1,0 +1,189 @@
+"""The Ray seam of the erasure service: a detached, named, restartable actor around ``ErasureService``.
+
+``start_service`` creates it (or finds it running); ``find_service`` looks it up; ``stop_service``
+stops it and, with it, the shard actors it owns. Ray restarts the actor after a crash
+(``max_restarts=-1``); the new instance reads the journal and finishes what was open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from orchestrator.config import AnyModelConfig, JobConfig, ServiceConfig, StorageConfig, TrainingConfig
+from orchestrator.digests import SubjectHasher
+from orchestrator.errors import ServiceUnavailableError
+from orchestrator.pool import RayShardPool, ShardPool
+from orchestrator.receipts import ErasureReceipt
+from orchestrator.registry import Lineage
+from orchestrator.service.core import ErasureService, ServedVersion, ServiceStats
+from orchestrator.service.journal import RequestStatus
+
+__all__ = ["ServiceActor", "find_service", "start_service", "stop_service"]
+
+log = logging.getLogger(__name__)
+
+#: Concurrent calls one service actor serves (waiting calls hold one each).
+MAX_CONCURRENCY = 256
+#: Environment the service actor needs from the process that starts it (when set there).
+_PASSED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_DISABLE_TELEMETRY",
+    "MLFLOW_ARTIFACTS_DESTINATION",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "EXPUNGE_FAULT_AT_WRITE",
+    "EXPUNGE_FAULT_MODE",
+    "EXPUNGE_FAULT_MATCH",
+    "EXPUNGE_FAULT_ONCE",
+    "EXPUNGE_FAULT_AT_MLFLOW",
+)
+
+
+def _restartable_pool(restarts: int) -> Any:
+    def factory(
+        storage: StorageConfig, training: TrainingConfig, model: AnyModelConfig, versions: Mapping[int, int | None]
+    ) -> ShardPool:
+        return RayShardPool(storage, training, model, versions, restarts=restarts)
+
+    return factory
+
+
+class _ServiceActor:
+    """Thin wrapper: every method delegates to ``ErasureService`` (``orchestrator.service.core``).
+
+    Created with ``max_restarts=-1``: Ray re-runs this constructor after a crash, and the new
+    service reads the journal and finishes what was open.
+    """
+
+    def __init__(self, job_json: str) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        job = JobConfig.model_validate_json(job_json)
+        hasher = SubjectHasher.from_env(job.privacy.subject_key_env)
+        lineage = Lineage(job.tracking, job.storage) if job.tracking.enabled else None
+        self._service = ErasureService(job, hasher, lineage, _restartable_pool(job.service.shard_restarts))
+
+    def ready(self) -> dict[str, Any]:
+        return self._service.describe()
+
+    def submit(self, subject_ids: list[object], idempotency_key: str | None, reason: str | None) -> str:
+        return self._service.submit(subject_ids, idempotency_key, reason)
+
+    def forget(
+        self, subject_ids: list[object], idempotency_key: str | None, reason: str | None, timeout: float | None
+    ) -> ErasureReceipt:
+        return self._service.forget(subject_ids, idempotency_key, reason, timeout)
+
+    def status(self, request_id: str) -> RequestStatus:
+        return self._service.status(request_id)
+
+    def wait(self, request_id: str, stage: Literal["committed", "registered"], timeout: float | None) -> RequestStatus:
+        return self._service.wait(request_id, stage, timeout)
+
+    def predict(self, rows: pa.Table) -> np.ndarray:
+        return self._service.predict(rows)
+
+    def recommend(self, subject_id: object, k: int) -> list[int]:
+        return self._service.recommend(subject_id, k)
+
+    def model_version(self) -> ServedVersion:
+        return self._service.model_version()
+
+    def stats(self) -> ServiceStats:
+        return self._service.stats()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def shard_actor_pids(self) -> dict[int, int]:
+        """Process ids of the warm shard actors (for kill tests and operators)."""
+        pool = self._service.coordinator.pool
+        return {s: int(p) for s, p in pool.call("pid", {s: () for s in getattr(pool, "actors", {})}).items()}
+
+    def shutdown(self) -> None:
+        self._service.close()
+
+
+ServiceActor: Any = ray.remote(_ServiceActor)
+
+
+def find_service(namespace: str, name: str) -> Any:
+    """The running service actor's handle.
+
+    Raises:
+        ServiceUnavailableError: none runs under that name and namespace on this cluster.
+    """
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError as exc:
+        raise ServiceUnavailableError(
+            f"no Expunge service {name!r} in Ray namespace {namespace!r} on this cluster: start it with "
+            f"`expunge serve --config FILE.yaml --namespace {namespace}` (or check --address / RAY_ADDRESS)"
+        ) from exc
+
+
+def start_service(job: JobConfig, timeout_s: float = 600.0) -> tuple[Any, bool]:
+    """Create the detached service actor (or find it running); returns ``(handle, created)``.
+
+    Waits until the service has read its journal and started every shard actor.
+
+    Raises:
+        ConfigError: the digest key is missing or weak (checked here, before anything starts).
+        ExpungeError: the service failed to start (e.g. no trained store); the error says why.
+    """
+    service: ServiceConfig = job.service
+    SubjectHasher.from_env(job.privacy.subject_key_env)  # fail here, not in a restarting actor
+    try:
+        handle = ray.get_actor(service.name, namespace=service.namespace)
+        return handle, False
+    except ValueError:
+        pass
+    env = {name: os.environ[name] for name in (*_PASSED_ENV, job.privacy.subject_key_env) if name in os.environ}
+    created: Any = ServiceActor.options(
+        name=service.name,
+        namespace=service.namespace,
+        lifetime="detached",
+        max_restarts=-1,
+        max_task_retries=0,
+        max_concurrency=MAX_CONCURRENCY,
+        num_cpus=0,
+        runtime_env={"env_vars": env},
+    ).remote(job.model_dump_json())
+    handle = created
+    try:
+        ray.get(handle.ready.remote(), timeout=timeout_s)
+    except ray.exceptions.RayTaskError as exc:
+        ray.kill(handle, no_restart=True)
+        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+        raise cause from None
+    except ray.exceptions.RayActorError as exc:
+        ray.kill(handle, no_restart=True)
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+            raise cause.cause from None
+        raise ServiceUnavailableError(f"the service actor did not start: {exc}") from exc
+    return handle, True
+
+
+def stop_service(namespace: str, name: str) -> bool:
+    """Stop the service and its shard actors; False when none was running. Queued requests stay journalled."""
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    try:
+        ray.get(handle.shutdown.remote(), timeout=600)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        log.warning("the service did not shut down cleanly; killing it")
+    ray.kill(handle, no_restart=True)
+    return True

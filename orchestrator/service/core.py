@@ -1,0 +1,499 @@
+"""The erasure service: a warm coordinator that journals, coalesces, commits and registers requests.
+
+A plain class (the Ray actor in ``orchestrator.service.actor`` only wraps it), so tests drive
+it in-process with ``local_pool``. One worker thread does the writing, in the order
+``orchestrator.service.policy.next_step`` decides:
+
+1. *accept* (caller's thread): identity rule, limits, journal entry written, then acknowledged;
+2. *commit* (worker): the oldest waiting requests, coalesced within ``service.window_ms``, are
+   erased in one retrain per affected shard; once the store commit is published the live
+   shard actors serve it, and each request's receipt is journalled (``committed``);
+3. *register* (worker): MLflow gets the newest version and every earlier one is purged
+   (``Coordinator.register_published``); each request covered is journalled (``registered``).
+
+Source of the method: SISA training and unlearning, Bourtoule et al., "Machine Unlearning",
+IEEE S&P 2021 (one retrain per affected shard from its first affected slice).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import resource
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.config import JobConfig
+from orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
+from orchestrator.digests import SubjectHasher
+from orchestrator.errors import (
+    ConfigError,
+    ErasureWaitTimeout,
+    ExpungeError,
+    ShardRetrainFailed,
+    ShardStartTimeout,
+    StorageConflictError,
+    UnknownRequestError,
+)
+from orchestrator.receipts import ErasureReceipt
+from orchestrator.registry import Lineage
+from orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration, RequestStatus, now
+from orchestrator.service.policy import (
+    check_idempotency_key,
+    check_subject_count,
+    next_step,
+    request_id_for,
+    split_receipt,
+    take_batch,
+)
+from shards.errors import StorageUnavailableError
+
+__all__ = ["ErasureService", "ServedVersion", "ServiceStats"]
+
+log = logging.getLogger(__name__)
+
+#: Failures of circumstance: the batch is tried again (after a pause) instead of failing its requests.
+_RETRYABLE = (StorageConflictError, ShardRetrainFailed, ShardStartTimeout, StorageUnavailableError)
+_RETRY_PAUSE_S = 1.0
+_MAX_ATTEMPTS = 5
+#: Statuses kept in memory for fast ``status``/``wait`` (older ones are read from the journal).
+_RECENT = 20_000
+
+
+class ServedVersion(BaseModel):
+    """What the service serves now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ensemble_version: int
+    registry_version: str | None
+    model_name: str | None
+    shards: int
+    slices: int
+
+
+class ServiceStats(BaseModel):
+    """Counters since the service (this process) started; memory in bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    accepted: int
+    committed: int
+    registered: int
+    failed: int
+    queued: int
+    batches: int
+    shard_retrains: int
+    registrations: int
+    peak_rss_bytes: int
+
+
+@dataclass
+class _Queued:
+    entry: JournalEntry
+    since: float  # monotonic time it was queued
+
+
+@dataclass
+class _Committed:
+    receipts: list[ErasureReceipt]  # per request
+    batch: ErasureReceipt
+    since: float = field(default_factory=time.monotonic)
+
+
+class ErasureService:
+    """A long-lived coordinator for one store: ``submit``/``forget``, ``status``/``wait``, serving.
+
+    Thread-safe: callers may use it from many threads (the Ray actor runs calls concurrently).
+    """
+
+    def __init__(
+        self,
+        job: JobConfig,
+        hasher: SubjectHasher,
+        lineage: Lineage | None,
+        pool_factory: PoolFactory = ray_pool,
+        warm: bool = True,
+    ) -> None:
+        self.job = job
+        self.config = job.service
+        self.hasher = hasher
+        self.lineage = lineage
+        # Opening the coordinator finishes a crashed commit's purge and registers what MLflow missed.
+        self.coordinator = Coordinator(job.storage, hasher, lineage, pool_factory)
+        self.coordinator._require_manifest()  # a service needs a trained store
+        self.journal = Journal(self.coordinator.store)
+        self._work = threading.Lock()  # the coordinator: commits, registration and serving, one at a time
+        self._state = threading.Condition()  # everything below
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._resume: list[tuple[BatchEntry, list[JournalEntry]]] = []
+        self._unregistered: list[_Committed] = []
+        self._recent: collections.OrderedDict[str, RequestStatus] = collections.OrderedDict()
+        self._counts = collections.Counter[str]()
+        self._stopping = False
+        self._recover()
+        if warm:
+            manifest = self.coordinator._require_manifest()
+            # Start every shard actor now: requests should not pay for process spawn and imports.
+            self.coordinator.pool.call("ready", {s: () for s in range(manifest.sharding.shards)})
+        self._worker = threading.Thread(target=self._run, name="expunge-service", daemon=True)
+        self._worker.start()
+
+    # ----- requests -------------------------------------------------------------------------------
+    def submit(
+        self, subject_ids: Sequence[object], idempotency_key: str | None = None, reason: str | None = None
+    ) -> str:
+        """Journal an erasure request and return its id once it is durable (before any retrain).
+
+        The same ``idempotency_key`` always returns the same request id (and, later, receipt).
+
+        Raises:
+            ConfigError: no subject, more than ``service.max_subjects_per_request``, a bad
+                idempotency key, or a key already used for other subjects.
+            InvalidSubjectIdError: an id the identity rule refuses (``shards.identity``).
+        """
+        if isinstance(subject_ids, str | bytes):
+            raise ConfigError('subject_ids must be a list of ids, e.g. forget(["user-7"]), not one string')
+        check_subject_count(len(subject_ids), self.config.max_subjects_per_request)
+        digests = tuple(dict.fromkeys(self.hasher.digest_many(subject_ids)))
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            raise ConfigError("reason must be text of at most 1000 characters (e.g. a ticket reference)")
+        if idempotency_key is not None:
+            request_id = request_id_for(self.hasher.label(check_idempotency_key(idempotency_key), "idempotency-key"))
+        else:
+            request_id = f"req-{uuid.uuid4().hex[:24]}"
+        entry = JournalEntry(
+            request_id=request_id,
+            subject_digests=digests,
+            received_at=now(),
+            reason=reason,
+            idempotent=idempotency_key is not None,
+        )
+        stored = self.journal.accept(entry)
+        if stored is not None:
+            if set(stored.subject_digests) != set(digests):
+                raise ConfigError(
+                    f"idempotency key already used by request {request_id} for other subjects; "
+                    "use a new key for a new request"
+                )
+            return request_id  # a retry: the first submission is (or was) being processed
+        with self._state:
+            self._queue.append(_Queued(entry, time.monotonic()))
+            self._counts["accepted"] += 1
+            self._remember(RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at))
+            self._state.notify_all()
+        return request_id
+
+    def forget(
+        self,
+        subject_ids: Sequence[object],
+        idempotency_key: str | None = None,
+        reason: str | None = None,
+        timeout: float | None = None,
+    ) -> ErasureReceipt:
+        """``submit``, then wait until the erasure is committed and served; returns its receipt.
+
+        Raises:
+            ErasureWaitTimeout: not committed within ``timeout`` seconds (the request goes on).
+            ExpungeError: the request failed (e.g. a corrupt store); nothing was changed.
+        """
+        request_id = self.submit(subject_ids, idempotency_key, reason)
+        status = self.wait(request_id, "committed", timeout)
+        assert status.receipt is not None
+        return status.receipt
+
+    def status(self, request_id: str) -> RequestStatus:
+        """Where ``request_id`` stands (accepted, committed, registered or failed), with timestamps.
+
+        Raises:
+            UnknownRequestError: the journal holds no such request.
+        """
+        with self._state:
+            cached = self._recent.get(request_id)
+        if cached is not None:
+            return cached
+        stored = self.journal.status(request_id) if isinstance(request_id, str) and request_id else None
+        if stored is None:
+            raise UnknownRequestError(
+                f"no request {str(request_id)[:80]!r} in the journal of {self.coordinator.store.uri}: use the id "
+                "that submit/forget returned (receipt.request_id)"
+            )
+        return stored
+
+    def wait(
+        self, request_id: str, stage: Literal["committed", "registered"] = "committed", timeout: float | None = None
+    ) -> RequestStatus:
+        """Block until ``request_id`` reaches ``stage`` (or fails); returns its status.
+
+        Raises:
+            ConfigError: an unknown stage.
+            UnknownRequestError: no such request.
+            ErasureWaitTimeout: ``timeout`` seconds passed first.
+            ExpungeError: the request failed; the error says why.
+        """
+        if stage not in ("committed", "registered"):
+            raise ConfigError(f"stage {stage!r}: wait for 'committed' or 'registered'")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        status = self.status(request_id)
+        with self._state:
+            while True:
+                if status.stage == "failed":
+                    raise ExpungeError(f"request {request_id} failed: {status.error}")
+                if status.reached(stage):
+                    return status
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ErasureWaitTimeout(
+                        f"request {request_id} is {status.stage}, not yet {stage}, after {timeout} s; it goes on: "
+                        "call wait again or status later"
+                    )
+                self._state.wait(timeout=min(left, 5.0) if left is not None else 5.0)
+                status = self._recent.get(request_id) or status
+
+    # ----- serving ------------------------------------------------------------------------------
+    def predict(self, rows: pa.Table) -> np.ndarray:
+        """Ensemble predictions for canonical rows from the version the store publishes now."""
+        with self._work:
+            return self.coordinator.predict(rows)
+
+    def recommend(self, subject_id: object, k: int = 10) -> list[int]:
+        """Top-``k`` items the subject has not rated (``Coordinator.recommend``)."""
+        with self._work:
+            return self.coordinator.recommend(subject_id, k)
+
+    def model_version(self) -> ServedVersion:
+        with self._work:
+            manifest = self.coordinator._follow_latest()
+        return ServedVersion(
+            ensemble_version=manifest.version,
+            registry_version=self.lineage.current_version() if self.lineage else None,
+            model_name=self.lineage.tracking.model_name if self.lineage else None,
+            shards=manifest.sharding.shards,
+            slices=manifest.sharding.slices,
+        )
+
+    def stats(self) -> ServiceStats:
+        with self._state:
+            counts = dict(self._counts)
+            queued = len(self._queue)
+        return ServiceStats(
+            accepted=counts.get("accepted", 0),
+            committed=counts.get("committed", 0),
+            registered=counts.get("registered", 0),
+            failed=counts.get("failed", 0),
+            queued=queued,
+            batches=counts.get("batches", 0),
+            shard_retrains=counts.get("shard_retrains", 0),
+            registrations=counts.get("registrations", 0),
+            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        )
+
+    def close(self) -> None:
+        """Finish the batch in hand, stop the worker and the shard actors (queued requests stay journalled)."""
+        with self._state:
+            self._stopping = True
+            self._state.notify_all()
+        self._worker.join(timeout=600)
+        with self._work:
+            self.coordinator.close()
+
+    # ----- the worker -------------------------------------------------------------------------------
+    def _remember(self, status: RequestStatus) -> None:
+        self._recent[status.request_id] = status
+        self._recent.move_to_end(status.request_id)
+        while len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+
+    def _run(self) -> None:
+        window_s = self.config.window_ms / 1000
+        while True:
+            with self._state:
+                if self._resume:
+                    batch, entries = self._resume.pop(0)
+                    step_kind = "resume"
+                else:
+                    clock = time.monotonic()
+                    step = next_step(
+                        len(self._queue),
+                        clock - self._queue[0].since if self._queue else 0.0,
+                        len(self._unregistered),
+                        clock - self._unregistered[0].since if self._unregistered else 0.0,
+                        window_s,
+                        self.config.register_within_s,
+                    )
+                    if step.kind == "wait":
+                        if self._stopping:
+                            return
+                        self._state.wait(timeout=step.wait_s)
+                        continue
+                    step_kind = step.kind
+                    if step_kind == "commit":
+                        size = take_batch(
+                            [(q.entry.request_id, q.entry.subject_digests) for q in self._queue],
+                            self.config.max_subjects_per_batch,
+                        )
+                        entries = [self._queue.popleft().entry for _ in range(size)]
+            try:
+                if step_kind == "resume":
+                    self._commit(entries, batch, resume=True)
+                elif step_kind == "commit":
+                    self._commit(entries, None, resume=False)
+                else:
+                    self._register()
+            except Exception:  # the worker must outlive any one batch; the batch is failed or requeued
+                log.exception("the erasure service's worker hit an unexpected error; it goes on")
+                time.sleep(_RETRY_PAUSE_S)
+
+    def _commit(self, entries: list[JournalEntry], batch: BatchEntry | None, resume: bool) -> None:
+        if batch is None:
+            batch_id = entries[0].request_id if len(entries) == 1 else f"batch-{uuid.uuid4().hex[:24]}"
+            batch = BatchEntry(batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=now())
+            # Before the retrain: a crash from here on resumes this batch under this id, exactly once.
+            self.journal.write_batch(batch)
+        digests = list(dict.fromkeys(d for e in entries for d in e.subject_digests))
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                with self._work:
+                    rows = self.coordinator.placement_index().rows()
+                    receipt = self.coordinator.forget_digests(
+                        digests, batch.batch_id, register=False, resume=resume or attempt > 1
+                    )
+                break
+            except _RETRYABLE as exc:
+                if attempt == _MAX_ATTEMPTS:
+                    self._fail(entries, batch, exc)
+                    return
+                log.warning("batch %s: %s; trying again (%d/%d)", batch.batch_id, exc, attempt, _MAX_ATTEMPTS)
+                time.sleep(_RETRY_PAUSE_S * attempt)
+            except ExpungeError as exc:
+                self._fail(entries, batch, exc)
+                return
+        receipts = [split_receipt(receipt, e.request_id, e.subject_digests, rows) for e in entries]
+        for own in receipts:
+            self.journal.write_committed(own)
+        self.journal.drop_batch(batch.batch_id)
+        with self._state:
+            self._counts["committed"] += len(entries)
+            self._counts["batches"] += 1
+            self._counts["shard_retrains"] += len(receipt.shards)
+            for entry, own in zip(entries, receipts, strict=True):
+                self._remember(
+                    RequestStatus(
+                        request_id=own.request_id,
+                        stage="committed",
+                        received_at=entry.received_at,
+                        committed_at=own.committed_at,
+                        receipt=own,
+                    )
+                )
+            self._unregistered.append(_Committed(receipts, receipt))
+            self._state.notify_all()
+        log.info(
+            "batch %s: %d request(s), %d subject(s), shards %s retrained, committed",
+            batch.batch_id,
+            len(entries),
+            len(digests),
+            receipt.affected_shards,
+        )
+
+    def _fail(self, entries: list[JournalEntry], batch: BatchEntry, exc: ExpungeError) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("batch %s failed: %s", batch.batch_id, message)
+        for entry in entries:
+            self.journal.write_failed(entry.request_id, message)
+        self.journal.drop_batch(batch.batch_id)
+        with self._state:
+            self._counts["failed"] += len(entries)
+            for entry in entries:
+                self._remember(
+                    RequestStatus(
+                        request_id=entry.request_id, stage="failed", received_at=entry.received_at, error=message
+                    )
+                )
+            self._state.notify_all()
+
+    def _register(self) -> None:
+        with self._state:
+            done, self._unregistered = self._unregistered, []
+        try:
+            with self._work:
+                version = self.coordinator.register_published()
+                if self.lineage is not None:
+                    for item in done:
+                        if item.batch.status == "not_found":  # no new version: a run records the check
+                            checked = self.coordinator.catalog.read(item.batch.model_version_before or 1)
+                            self.lineage.record_request(item.batch, checked, version)
+        except ExpungeError as exc:
+            log.warning("registering in MLflow failed (%s); trying again shortly", exc)
+            with self._state:
+                self._unregistered = done + self._unregistered
+            time.sleep(_RETRY_PAUSE_S)
+            return
+        stamp = now()
+        registration = Registration(registered_at=stamp, registry_version=version)
+        for item in done:
+            for own in item.receipts:
+                self.journal.write_registered(own.request_id, registration)
+        with self._state:
+            self._counts["registrations"] += 1
+            for item in done:
+                for own in item.receipts:
+                    self._counts["registered"] += 1
+                    previous = self._recent.get(own.request_id)
+                    receipt = own.model_copy(update={"registered_at": stamp, "registry_version_after": version})
+                    self._remember(
+                        RequestStatus(
+                            request_id=own.request_id,
+                            stage="registered",
+                            received_at=previous.received_at if previous else stamp,
+                            committed_at=own.committed_at,
+                            registered_at=stamp,
+                            receipt=receipt,
+                        )
+                    )
+            self._state.notify_all()
+
+    # ----- restart ----------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Finish what a crash left open: batches that were running, queued requests, registrations."""
+        accepted = self.journal.ids("requests")
+        committed = self.journal.ids("committed")
+        registered = self.journal.ids("registered")
+        failed = self.journal.ids("failed")
+        open_ids = accepted - committed - failed
+        in_batches: set[str] = set()
+        for batch in sorted(self.journal.batches(), key=lambda b: b.created_at):
+            members = [r for r in batch.request_ids if r in open_ids]
+            if not members:
+                self.journal.drop_batch(batch.batch_id)
+                continue
+            entries = [e for r in members if (e := self.journal.entry(r)) is not None]
+            self._resume.append((batch, entries))
+            in_batches |= set(members)
+        loose = [e for r in sorted(open_ids - in_batches) if (e := self.journal.entry(r)) is not None]
+        for entry in sorted(loose, key=lambda e: e.received_at):
+            self._queue.append(_Queued(entry, time.monotonic()))
+        # Opening the coordinator already brought MLflow up to the store: mark what it covered.
+        pending = committed - registered
+        if pending:
+            version = self.lineage.current_version() if self.lineage else None
+            registration = Registration(registered_at=now(), registry_version=version)
+            for request_id in pending:
+                self.journal.write_registered(request_id, registration)
+        if self._resume or loose or pending:
+            log.warning(
+                "journal: resuming %d interrupted batch(es), %d queued request(s); %d registration(s) finished",
+                len(self._resume),
+                len(loose),
+                len(pending),
+            )
+
+    def describe(self) -> dict[str, Any]:
+        manifest = self.coordinator._require_manifest()
+        return {"storage": self.coordinator.store.uri, "ensemble_version": manifest.version}

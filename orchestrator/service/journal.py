@@ -1,0 +1,164 @@
+"""The durable request journal of the erasure service, kept in the store next to the data.
+
+A request is written (exclusive create) before it is acknowledged, so an acknowledged request
+survives any crash; its stages follow as separate objects written once each:
+
+    journal/requests/<request id>.json     accepted: subject digests, reason, received time
+    journal/batches/<batch id>.json        the requests coalesced into one retrain (before it runs)
+    journal/committed/<request id>.json    the request's receipt once the store commit is served
+    journal/registered/<request id>.json   when MLflow had the new version, earlier ones purged
+    journal/failed/<request id>.json       a request that cannot succeed (a typed error)
+
+Subjects appear only as keyed digests. On start the service reads the journal and finishes
+whatever is open (``ErasureService``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.errors import StorageConflictError
+from orchestrator.receipts import ErasureReceipt
+from shards.store import ObjectStore
+
+__all__ = ["BatchEntry", "Journal", "JournalEntry", "Registration", "RequestStatus", "Stage"]
+
+Stage = Literal["accepted", "committed", "registered", "failed"]
+
+_PREFIX = "journal"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class JournalEntry(BaseModel):
+    """An accepted request (digests only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    request_id: str
+    subject_digests: tuple[str, ...]
+    received_at: str
+    #: Free text from the caller (e.g. a ticket reference), stored as given: never a subject id.
+    reason: str | None = None
+    idempotent: bool = False
+
+
+class BatchEntry(BaseModel):
+    """Requests coalesced into one store commit; written before the retrain starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    batch_id: str
+    request_ids: tuple[str, ...]
+    created_at: str
+
+
+class Registration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    registered_at: str
+    registry_version: str | None
+
+
+class RequestStatus(BaseModel):
+    """Where a request stands; ``receipt`` is set from ``committed`` on (``registered_at`` filled at registration)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    request_id: str
+    stage: Stage
+    received_at: str
+    committed_at: str | None = None
+    registered_at: str | None = None
+    receipt: ErasureReceipt | None = None
+    error: str | None = None
+
+    def reached(self, stage: Literal["committed", "registered"]) -> bool:
+        """True once the request is at ``stage`` or past it."""
+        order = {"accepted": 0, "committed": 1, "registered": 2}
+        return self.stage != "failed" and order[self.stage] >= order[stage]
+
+
+class Journal:
+    """Reads and writes the journal objects of one store."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def _key(kind: str, name: str) -> str:
+        return f"{_PREFIX}/{kind}/{name}.json"
+
+    def accept(self, entry: JournalEntry) -> JournalEntry | None:
+        """Write ``entry``; returns None when written, or the entry already stored under its id."""
+        try:
+            self.store.create_exclusive(self._key("requests", entry.request_id), entry.model_dump_json().encode())
+        except StorageConflictError:
+            return self.entry(entry.request_id)
+        return None
+
+    def entry(self, request_id: str) -> JournalEntry | None:
+        key = self._key("requests", request_id)
+        return JournalEntry.model_validate_json(self.store.get(key)) if self.store.exists(key) else None
+
+    def write_batch(self, batch: BatchEntry) -> None:
+        self.store.put(self._key("batches", batch.batch_id), batch.model_dump_json().encode())
+
+    def batches(self) -> list[BatchEntry]:
+        return [BatchEntry.model_validate_json(self.store.get(k)) for k in self.store.list_keys(f"{_PREFIX}/batches")]
+
+    def drop_batch(self, batch_id: str) -> None:
+        self.store.delete([self._key("batches", batch_id)])
+
+    def write_committed(self, receipt: ErasureReceipt) -> None:
+        self.store.put(self._key("committed", receipt.request_id), receipt.model_dump_json().encode())
+
+    def write_registered(self, request_id: str, registration: Registration) -> None:
+        self.store.put(self._key("registered", request_id), registration.model_dump_json().encode())
+
+    def write_failed(self, request_id: str, error: str) -> None:
+        self.store.put(self._key("failed", request_id), error.encode())
+
+    def ids(self, kind: str) -> set[str]:
+        """Request ids with an object of ``kind`` (requests, committed, registered, failed)."""
+        return {k.rsplit("/", 1)[1].removesuffix(".json") for k in self.store.list_keys(f"{_PREFIX}/{kind}")}
+
+    def status(self, request_id: str) -> RequestStatus | None:
+        """The request's stage read from the store; None for an id never accepted."""
+        entry = self.entry(request_id)
+        if entry is None:
+            return None
+        failed = self._key("failed", request_id)
+        if self.store.exists(failed):
+            return RequestStatus(
+                request_id=request_id,
+                stage="failed",
+                received_at=entry.received_at,
+                error=self.store.get(failed).decode(),
+            )
+        committed = self._key("committed", request_id)
+        if not self.store.exists(committed):
+            return RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at)
+        receipt = ErasureReceipt.model_validate_json(self.store.get(committed))
+        registered = self._key("registered", request_id)
+        if not self.store.exists(registered):
+            return RequestStatus(
+                request_id=request_id,
+                stage="committed",
+                received_at=entry.received_at,
+                committed_at=receipt.committed_at,
+                receipt=receipt,
+            )
+        done = Registration.model_validate_json(self.store.get(registered))
+        receipt = receipt.model_copy(
+            update={"registered_at": done.registered_at, "registry_version_after": done.registry_version}
+        )
+        return RequestStatus(
+            request_id=request_id,
+            stage="registered",
+            received_at=entry.received_at,
+            committed_at=receipt.committed_at,
+            registered_at=done.registered_at,
+            receipt=receipt,
+        )

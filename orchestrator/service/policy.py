@@ -1,0 +1,141 @@
+"""Pure decisions of the erasure service: request ids, coalescing, what to do next, per-request receipts.
+
+No Ray, no I/O: each function is a rule, tested on its own (``tests/service/test_policy.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from orchestrator.errors import ConfigError
+from orchestrator.receipts import ErasureReceipt
+
+__all__ = ["Step", "check_idempotency_key", "next_step", "request_id_for", "split_receipt", "take_batch"]
+
+_MAX_KEY = 256
+
+
+def check_idempotency_key(key: str) -> str:
+    """An idempotency key: 1-256 printable characters (it is stored only as a keyed digest).
+
+    Raises:
+        ConfigError: an empty key, one with control characters, or a longer one.
+    """
+    if not isinstance(key, str) or not key or len(key) > _MAX_KEY or not key.isprintable():
+        raise ConfigError(
+            f"idempotency key {str(key)[:40]!r} is not usable: use 1-{_MAX_KEY} printable characters, e.g. the "
+            "ticket number of the erasure request; the same key always returns the same receipt"
+        )
+    return key
+
+
+def request_id_for(key_digest: str) -> str:
+    """The request id of an idempotency key, from its keyed digest (``SubjectHasher.label``).
+
+    The same key always names the same request, so a retried submission finds the first one;
+    the id never shows the key itself (it may be a ticket that names a person).
+    """
+    return f"idem-{key_digest[:32]}"
+
+
+def take_batch(queued: Sequence[tuple[str, Sequence[str]]], max_subjects: int) -> int:
+    """How many of the oldest queued requests ``(request_id, digests)`` to coalesce into one retrain.
+
+    First come, first served: requests are taken in order while their distinct subjects stay
+    within ``max_subjects``; the first request is always taken (its own size is limited at
+    submission). Returns 0 only when nothing is queued.
+    """
+    if not queued:
+        return 0
+    seen: set[str] = set(queued[0][1])
+    taken = 1
+    for _, digests in queued[1:]:
+        union = seen | set(digests)
+        if len(union) > max_subjects:
+            break
+        seen = union
+        taken += 1
+    return taken
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the service's worker does next: ``commit`` a batch, ``register`` in MLflow, or ``wait``.
+
+    ``wait_s`` is how long to wait at most (None: until something arrives).
+    """
+
+    kind: Literal["commit", "register", "wait"]
+    wait_s: float | None = None
+
+
+def next_step(
+    queued: int,
+    oldest_queued_age_s: float,
+    unregistered: int,
+    oldest_unregistered_age_s: float,
+    window_s: float,
+    register_within_s: float,
+) -> Step:
+    """Commit first (people wait for it), but never let registration lag more than ``register_within_s``.
+
+    A queued request waits until the oldest one is ``window_s`` old, so requests that arrive
+    meanwhile share its retrain. With nothing queued, committed erasures are registered at once.
+    """
+    register_due = unregistered > 0 and oldest_unregistered_age_s >= register_within_s
+    if queued > 0:
+        if register_due:
+            return Step("register")
+        if oldest_queued_age_s >= window_s:
+            return Step("commit")
+        wait = window_s - oldest_queued_age_s
+        if unregistered > 0:
+            wait = min(wait, register_within_s - oldest_unregistered_age_s)
+        return Step("wait", max(wait, 0.0))
+    if unregistered > 0:
+        return Step("register")
+    return Step("wait", None)
+
+
+def split_receipt(
+    batch: ErasureReceipt, request_id: str, digests: Sequence[str], rows_by_digest: Mapping[str, int]
+) -> ErasureReceipt:
+    """The receipt of one request coalesced into ``batch`` (the receipt of the batch's store commit).
+
+    The request's own subjects, which of them had no data, and their rows (from the placement
+    before the erasure); shards, versions, times and deleted objects are the batch's, and
+    ``batch_id`` names it (None when the request ran alone).
+    """
+    missing = set(batch.not_found_digests)
+    earlier = set(batch.already_erased_digests)
+    own = list(dict.fromkeys(digests))
+    not_found = tuple(d for d in own if d in missing)
+    found = [d for d in own if d not in missing]
+    return batch.model_copy(
+        update={
+            "request_id": request_id,
+            "status": "erased" if found else "not_found",
+            "subject_digests": tuple(own),
+            "not_found_digests": not_found,
+            "already_erased_digests": tuple(d for d in not_found if d in earlier),
+            "rows_removed": sum(rows_by_digest.get(d, 0) for d in found),
+            "batch_id": None if batch.request_id == request_id else batch.request_id,
+        }
+    )
+
+
+def check_subject_count(count: int, limit: int) -> None:
+    """Refuse an empty request or one above ``service.max_subjects_per_request``.
+
+    Raises:
+        ConfigError: ``count`` is 0 or above ``limit``.
+    """
+    if count == 0:
+        raise ConfigError("an erasure request needs at least one subject id")
+    if count > limit:
+        raise ConfigError(
+            f"the request names {count} subjects, above service.max_subjects_per_request={limit}: split it into "
+            "several requests, or raise the limit in the service config"
+        )

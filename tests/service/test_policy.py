@@ -1,0 +1,87 @@
+"""Pure decisions of the erasure service (no Ray, no store)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.errors import ConfigError
+from orchestrator.receipts import ErasureReceipt
+from orchestrator.service.policy import (
+    check_idempotency_key,
+    check_subject_count,
+    next_step,
+    request_id_for,
+    split_receipt,
+    take_batch,
+)
+
+
+def test_the_same_key_digest_names_the_same_request_and_hides_the_key():
+    assert request_id_for("ab" * 32) == request_id_for("ab" * 32) == "idem-" + "ab" * 16
+    assert request_id_for("ab" * 32) != request_id_for("cd" * 32)
+
+
+@pytest.mark.parametrize("key", ["", "x" * 257, "line\nbreak", "nul\x00"])
+def test_unusable_idempotency_keys_are_refused(key):
+    with pytest.raises(ConfigError, match="idempotency key"):
+        check_idempotency_key(key)
+
+
+@pytest.mark.parametrize(("count", "limit"), [(0, 10), (11, 10)])
+def test_empty_and_oversized_requests_are_refused(count, limit):
+    with pytest.raises(ConfigError):
+        check_subject_count(count, limit)
+
+
+def test_requests_are_coalesced_in_order_up_to_the_subject_limit():
+    queued = [("a", ["s1", "s2"]), ("b", ["s2", "s3"]), ("c", ["s4", "s5"]), ("d", ["s6"])]
+    assert take_batch(queued, 3) == 2  # a, b share s2: 3 distinct; c would make 5
+    assert take_batch(queued, 100) == 4
+    assert take_batch(queued, 1) == 1  # the first always goes, whatever its size
+    assert take_batch([], 5) == 0
+
+
+@given(st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=5), min_size=1, max_size=20), st.integers(1, 40))
+def test_a_batch_never_exceeds_the_limit_unless_it_is_one_request(requests, limit):
+    queued = [(str(i), [str(s) for s in r]) for i, r in enumerate(requests)]
+    taken = take_batch(queued, limit)
+    assert 1 <= taken <= len(queued)
+    union = {s for _, r in queued[:taken] for s in r}
+    assert taken == 1 or len(union) <= limit
+    if taken < len(queued):  # stopped because the next request would cross the limit
+        assert len(union | set(queued[taken][1])) > limit
+
+
+def test_a_queued_request_waits_for_the_window_then_commits():
+    assert next_step(1, 0.01, 0, 0.0, window_s=0.05, register_within_s=2).kind == "wait"
+    assert next_step(1, 0.01, 0, 0.0, window_s=0.05, register_within_s=2).wait_s == pytest.approx(0.04)
+    assert next_step(1, 0.05, 0, 0.0, window_s=0.05, register_within_s=2).kind == "commit"
+
+
+def test_registration_runs_when_idle_and_is_never_starved_by_commits():
+    assert next_step(0, 0.0, 3, 0.0, window_s=0.05, register_within_s=2).kind == "register"
+    assert next_step(5, 1.0, 3, 0.5, window_s=0.05, register_within_s=2).kind == "commit"
+    assert next_step(5, 1.0, 3, 2.5, window_s=0.05, register_within_s=2).kind == "register"
+    assert next_step(0, 0.0, 0, 0.0, window_s=0.05, register_within_s=2) == next_step(0, 0, 0, 0, 1, 1)
+    assert next_step(0, 0.0, 0, 0.0, window_s=0.05, register_within_s=2).wait_s is None
+
+
+def test_a_coalesced_request_gets_its_own_subjects_rows_and_outcome():
+    batch = ErasureReceipt(
+        request_id="batch-1",
+        status="erased",
+        subject_digests=("d1", "d2", "d3"),
+        not_found_digests=("d3",),
+        already_erased_digests=("d3",),
+        rows_removed=12,
+    )
+    rows = {"d1": 5, "d2": 7}
+    first = split_receipt(batch, "r1", ["d1"], rows)
+    assert (first.request_id, first.status, first.rows_removed, first.batch_id) == ("r1", "erased", 5, "batch-1")
+    missed = split_receipt(batch, "r2", ["d3"], rows)
+    assert (missed.status, missed.not_found_digests, missed.already_erased_digests) == ("not_found", ("d3",), ("d3",))
+    alone = split_receipt(batch, "batch-1", ["d1", "d2", "d3"], rows)
+    assert alone.batch_id is None
+    assert alone.rows_removed == 12

@@ -1,0 +1,166 @@
+"""The erasure service in-process (local shards): journal, coalescing, idempotency, bad input, restart."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
+from orchestrator.coordinator import Coordinator, local_pool
+from orchestrator.errors import ConfigError, InvalidSubjectIdError, UnknownRequestError
+from orchestrator.exactness import constituents_equal
+from orchestrator.registry import Lineage
+from orchestrator.service.core import ErasureService
+from orchestrator.service.journal import Journal
+from pipelines.datasets import synthetic_ratings
+from shards.rows import SUBJECT_ID
+from tests.engine import from_scratch, job, without
+
+ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_user=5, seed=5))
+SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
+
+
+def _job(tmp_path, **service) -> JobConfig:
+    return job(shards=3, slices=3).model_copy(
+        update={
+            "storage": StorageConfig(uri=str(tmp_path / "store")),
+            "tracking": TrackingConfig(enabled=False),
+            "service": ServiceConfig(**service),
+        }
+    )
+
+
+def _service(tmp_path, hasher, lineage=None, **service) -> ErasureService:
+    config = _job(tmp_path, **service)
+    if Coordinator(config.storage, hasher).manifest is None:
+        Coordinator(config.storage, hasher, lineage, pool_factory=local_pool).train(ROWS, config)
+    return ErasureService(config, hasher, lineage, pool_factory=local_pool)
+
+
+def test_requests_within_the_window_share_one_retrain_and_the_result_is_exact(tmp_path, hasher):
+    service = _service(tmp_path, hasher, window_ms=400)
+    try:
+        chosen = SUBJECTS[:6]
+        ids = [service.submit([s]) for s in chosen]
+        statuses = [service.wait(i, "committed", timeout=120) for i in ids]
+        stats = service.stats()
+        assert stats.batches == 1
+        assert stats.committed == 6
+        receipts = [s.receipt for s in statuses]
+        assert {r.batch_id for r in receipts} == {receipts[0].batch_id}
+        assert receipts[0].batch_id is not None
+        assert all(r.status == "erased" and r.committed_at for r in receipts)
+        # One retrain per affected shard, however many requests touched it.
+        assert stats.shard_retrains == len(receipts[0].shards) <= 3
+        assert sum(r.rows_removed for r in receipts) == len(ROWS) - len(without(ROWS, chosen))
+        reference = from_scratch(tmp_path, service.coordinator, without(ROWS, chosen), _job(tmp_path), hasher)
+        equal = constituents_equal(service.coordinator.constituent_tensors(), reference.constituent_tensors())
+        assert all(equal.values()), equal
+    finally:
+        service.close()
+
+
+def test_the_same_idempotency_key_returns_the_same_receipt_once(tmp_path, hasher):
+    service = _service(tmp_path, hasher, window_ms=0)
+    try:
+        first = service.forget([SUBJECTS[0]], idempotency_key="GDPR-0042", timeout=120)
+        again = service.forget([SUBJECTS[0]], idempotency_key="GDPR-0042", timeout=120)
+        assert again.request_id == first.request_id
+        assert again.model_version_after == first.model_version_after
+        assert service.stats().batches == 1
+        assert "GDPR-0042" not in first.request_id  # the key is stored as a keyed digest only
+        with pytest.raises(ConfigError, match="already used"):
+            service.submit([SUBJECTS[1]], idempotency_key="GDPR-0042")
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(
+    ("subjects", "error"),
+    [
+        ([], ConfigError),
+        (["ok-id", 3.5], InvalidSubjectIdError),
+        (["ok-id", ""], InvalidSubjectIdError),
+        ("user-1", ConfigError),
+        ([f"user-{i}" for i in range(6)], ConfigError),
+    ],
+)
+def test_bad_input_is_one_typed_error_and_changes_nothing(tmp_path, hasher, subjects, error):
+    service = _service(tmp_path, hasher, max_subjects_per_request=5)
+    try:
+        version = service.model_version().ensemble_version
+        with pytest.raises(error):
+            service.forget(subjects, timeout=30)
+        assert Journal(service.coordinator.store).ids("requests") == set()
+        assert service.model_version().ensemble_version == version
+    finally:
+        service.close()
+
+
+def test_an_unknown_subject_gets_a_not_found_receipt_and_no_new_version(tmp_path, hasher):
+    service = _service(tmp_path, hasher, window_ms=0)
+    try:
+        receipt = service.forget(["nobody-here"], timeout=60)
+        assert receipt.status == "not_found"
+        assert receipt.not_found_digests == (hasher.digest("nobody-here"),)
+        assert service.model_version().ensemble_version == receipt.model_version_before
+        with pytest.raises(UnknownRequestError):
+            service.status("req-does-not-exist")
+    finally:
+        service.close()
+
+
+def test_an_acknowledged_request_survives_a_stop_and_completes_once_on_restart(tmp_path, hasher):
+    service = _service(tmp_path, hasher, window_ms=60_000)  # never commits before the stop
+    request_id = service.submit([SUBJECTS[2]], idempotency_key="ticket-7")
+    assert service.status(request_id).stage == "accepted"
+    service.close()
+    restarted = _service(tmp_path, hasher, window_ms=0)
+    try:
+        status = restarted.wait(request_id, "registered", timeout=120)
+        assert status.receipt is not None
+        assert status.receipt.status == "erased"
+        assert restarted.forget([SUBJECTS[2]], idempotency_key="ticket-7").request_id == request_id
+        kinds = [restarted.coordinator.catalog.read(v).kind for v in restarted.coordinator.catalog.versions()]
+        assert kinds == ["train", "erasure"]  # erased once
+    finally:
+        restarted.close()
+
+
+def test_registration_is_the_second_stage_with_its_own_time(tmp_path, hasher):
+    lineage = Lineage(
+        TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="svc", model_name="svc-model"),
+        str(tmp_path / "store"),
+    )
+    service = _service(tmp_path, hasher, lineage=lineage, window_ms=0)
+    try:
+        before = service.model_version().registry_version
+        receipt = service.forget([SUBJECTS[3]], timeout=120)
+        assert receipt.committed_at is not None
+        assert receipt.registered_at is None
+        status = service.wait(receipt.request_id, "registered", timeout=120)
+        assert status.registered_at is not None
+        assert status.registered_at >= status.committed_at
+        assert status.receipt.registry_version_after == service.model_version().registry_version != before
+    finally:
+        service.close()
+
+
+def test_concurrent_callers_all_complete(tmp_path, hasher):
+    service = _service(tmp_path, hasher, window_ms=200)
+    results: dict[str, str] = {}
+    try:
+
+        def call(subject: str) -> None:
+            results[subject] = service.forget([subject], timeout=120).status
+
+        threads = [threading.Thread(target=call, args=(s,)) for s in SUBJECTS[10:20]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == dict.fromkeys(SUBJECTS[10:20], "erased")
+        assert service.stats().batches < 10  # some coalesced
+    finally:
+        service.close()
