@@ -57,12 +57,20 @@ def _is_data(key: str) -> bool:
     )
 
 
-def purge_unreferenced(store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest) -> list[ObjectVersion]:
-    """Delete (all versions of) data objects that ``manifest`` does not reference; return them."""
+def purge_unreferenced(
+    store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest, since: int | None = None
+) -> list[ObjectVersion]:
+    """Delete (all versions of) data objects that ``manifest`` does not reference; return them.
+
+    ``since``: read only the published versions from ``since`` on for superseded keys (right
+    after a commit, its parent: older versions' objects went at their own commits, and any
+    debris they left is older than this commit, which ``select_purgeable`` deletes anyway).
+    ``None`` reads every version (on open, after a crash).
+    """
     current = catalog.referenced_keys(manifest)
     superseded: set[str] = set()
     for number in catalog.versions():
-        if number >= manifest.version:
+        if number >= manifest.version or (since is not None and number < since):
             continue
         earlier = catalog.read(number)
         superseded.add(earlier.placement_key)
