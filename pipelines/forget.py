@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from orchestrator.binding import bind_tracking
+from orchestrator.cluster import alive_node_count, require_shared_storage
 from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
 from orchestrator.coordinator import Coordinator, check_request_id, published
 from orchestrator.errors import ConfigError
@@ -88,6 +89,7 @@ def run(
     tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
     with progress("starting Ray"):
         init_ray()
+    require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
     coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage))
     try:
         with progress(f"erasing {len(subjects)} subject(s)"):

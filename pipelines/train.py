@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import typer
 
+from orchestrator.cluster import alive_node_count, require_shared_storage
 from orchestrator.config import JobConfig, load_job_config
 from orchestrator.coordinator import Coordinator
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
@@ -45,6 +46,7 @@ def run(job: JobConfig) -> dict[str, object]:
         rows, test = load_rows(job.data, task)
     with progress("starting Ray"):
         init_ray()
+    require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
     coordinator = Coordinator(job.storage, hasher, make_lineage(job.tracking, job.storage))
     # Erased people are neither trained on nor evaluated on (their held-out rows count too).
     test, _ = coordinator.apply_tombstones(test, job.data.erased_subjects)

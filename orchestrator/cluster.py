@@ -1,0 +1,46 @@
+"""What a job needs from the Ray cluster it runs on: storage every node can reach."""
+
+from __future__ import annotations
+
+from orchestrator.errors import ConfigError
+
+__all__ = ["alive_node_count", "is_local_storage", "require_shared_storage"]
+
+#: URI schemes that name a folder of one machine (a URI without a scheme is a local path too).
+_LOCAL_SCHEMES = frozenset({"file", "local"})
+
+
+def is_local_storage(storage_uri: str) -> bool:
+    """True for a local path (``./store``, ``/srv/store``) or a ``file://`` / ``local://`` URL."""
+    if "://" not in storage_uri:
+        return True
+    return storage_uri.split("://", 1)[0].lower() in _LOCAL_SCHEMES
+
+
+def require_shared_storage(storage_uri: str, alive_nodes: int) -> None:
+    """Refuse a local-folder store on a cluster of more than one node.
+
+    Shard actors run on any node and each writes its checkpoints where it runs: with a local
+    folder, nodes would see different stores (and an erasure could miss copies on another node).
+
+    Args:
+        storage_uri: the job's ``storage.uri``.
+        alive_nodes: alive nodes of the cluster the job runs on (``alive_node_count()``).
+
+    Raises:
+        ConfigError: ``storage_uri`` is local and ``alive_nodes > 1``.
+    """
+    if alive_nodes > 1 and is_local_storage(storage_uri):
+        raise ConfigError(
+            f"storage {storage_uri!r} is a local folder, which is not shared between the {alive_nodes} nodes of "
+            "this Ray cluster; use an s3:// storage URI (storage.uri or --storage) that every node can reach, "
+            "or run on a single-node cluster"
+        )
+
+
+def alive_node_count() -> int:
+    """Alive nodes of the Ray cluster this process is connected to (``ray.init`` must have run)."""
+    import ray
+
+    nodes: list[dict[str, object]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return len([node for node in nodes if node.get("Alive")])

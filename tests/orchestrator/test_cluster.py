@@ -1,0 +1,33 @@
+"""A local-folder store is refused on a multi-node cluster (pure check, no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cluster import is_local_storage, require_shared_storage
+from orchestrator.errors import ConfigError
+
+LOCAL = ["./expunge-store", "/srv/store", "store", "file:///srv/store", "FILE:///srv/store", "local:///srv/store"]
+SHARED = ["s3://bucket/prefix", "s3a://bucket/prefix", "S3://bucket"]
+
+
+@pytest.mark.parametrize("uri", LOCAL)
+def test_a_local_folder_on_several_nodes_is_refused_with_the_fix(uri):
+    with pytest.raises(ConfigError, match=r"not shared between the 3 nodes.*use an s3:// storage URI"):
+        require_shared_storage(uri, alive_nodes=3)
+
+
+@pytest.mark.parametrize("uri", LOCAL + SHARED)
+def test_any_store_is_fine_on_one_node(uri):
+    require_shared_storage(uri, alive_nodes=1)
+
+
+@pytest.mark.parametrize("uri", SHARED)
+def test_s3_is_fine_on_several_nodes(uri):
+    require_shared_storage(uri, alive_nodes=2)
+    assert not is_local_storage(uri)
+
+
+@pytest.mark.parametrize("uri", LOCAL)
+def test_local_paths_and_file_urls_are_local(uri):
+    assert is_local_storage(uri)
