@@ -263,7 +263,8 @@ class Catalog:
 
     def write_placement(self, index: PlacementIndex) -> str:
         sink = io.BytesIO()
-        pq.write_table(index.to_table(), sink)
+        # zstd codes the hex digests at about half their text size (snappy, the default, does not).
+        pq.write_table(index.to_table(), sink, compression="zstd", write_statistics=False)
         data = sink.getvalue()
         key = f"placement/{hashlib.sha256(data).hexdigest()[:40]}.parquet"
         self.store.put(key, data)

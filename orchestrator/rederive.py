@@ -33,7 +33,7 @@ from shards.errors import StorageCorruptError
 from shards.models import model_for
 from shards.rows import RECORD_ID, SUBJECT_DIGEST
 from shards.shard import Shard, ShardManifest
-from shards.training import TrainedState, load_checkpoint
+from shards.training import TrainedState, decode_checkpoint, load_checkpoint
 
 __all__ = ["Rederived", "ShardExactness", "final_states", "first_difference", "rederive_shard", "rederive_shards"]
 
@@ -68,8 +68,7 @@ class Rederived:
 
 
 def _load(data: bytes) -> dict[str, Any]:
-    payload: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    return payload
+    return decode_checkpoint(data)
 
 
 def final_states(catalog: Catalog, manifest: EnsembleManifest) -> list[TrainedState]:

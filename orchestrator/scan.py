@@ -9,12 +9,12 @@ import logging
 from typing import Literal
 
 import pyarrow.parquet as pq
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from shards.identity import canonical_subject_id
 from shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
 from shards.store import ObjectStore
+from shards.training import decode_checkpoint
 
 __all__ = ["Finding", "ScanReport", "scan_store"]
 
@@ -89,7 +89,7 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
                     Finding(key=where[0], version_id=where[1], kind=kind, detail=f"{hits} row(s) of the subject")
                 )
         elif version.key.endswith(".pt"):
-            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            payload = decode_checkpoint(data)
             checkpoints.append((version.key, version.version_id, payload))
         elif version.key.endswith(".partial"):
             findings.append(

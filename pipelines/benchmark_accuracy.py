@@ -15,7 +15,7 @@ smaller item id) and predicts no ratings. Costs: training seconds (``TrainResult
 the median seconds of a one-subject erasure (``ErasureReceipt.seconds``, end to end) of a few
 random subjects, measured after the accuracy, with two speed-ups of their retraining phase
 (``ErasureReceipt.retrain_seconds``, median): against the same family's whole-data model
-trained in the same run (its training phase; "vs monolith", with the ideal from
+of the same run (its own erasures, full retrains; "vs monolith", with the ideal from
 ``orchestrator.work`` for gradient families) and against a full SISA retrain
 (``ErasureReceipt.speedup``). Every shard trains with the whole-data model's batch size and
 epoch budget (compute parity). Timings are wall-clock on whatever machine runs it: compare
@@ -210,10 +210,11 @@ def _measure(
 def with_monolith_baseline(results: Sequence[AccuracyRow]) -> list[AccuracyRow]:
     """Pure: ``speedup_vs_monolith`` of each row against its family's whole-data row of ``results``.
 
-    The whole-data model's training phase over the row's median retraining phase; None where
-    either is missing or 0.
+    The whole-data model's own erasure (a full retrain without the subject, warm) over the
+    row's median retraining phase; its first training phase when it had no erasure; None
+    where a time is missing or 0.
     """
-    phases = {r.model: r.train_phase_seconds for r in results if r.whole_data}
+    phases = {r.model: r.retrain_seconds or r.train_phase_seconds for r in results if r.whole_data}
     out = []
     for r in results:
         monolith = phases.get(r.model)

@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -38,6 +37,7 @@ from pipelines import verify as verify_recipe
 from pipelines.datasets import split_rows, synthetic_ratings
 from shards.rows import SUBJECT_DIGEST, SUBJECT_ID
 from shards.store import ObjectStore
+from shards.training import decode_checkpoint, encode_checkpoint
 from tests.conftest import TEST_KEY
 from tests.engine import job
 
@@ -166,9 +166,9 @@ def _live_checkpoint(store: Path, shard: int) -> str:
 def test_one_perturbed_weight_fails_exactness(erasure, store_copy):
     (shard,) = erasure.receipt.affected_shards
     key = _live_checkpoint(store_copy, shard)
-    payload = torch.load(store_copy / key, weights_only=True)
+    payload = decode_checkpoint((store_copy / key).read_bytes())
     payload["model"]["item_bias"][0] += 1e-6
-    torch.save(payload, store_copy / key)
+    (store_copy / key).write_bytes(encode_checkpoint(payload))
     report = _verify(store_copy, erasure)
     assert _statuses(report)["exactness"] == "failed"
     assert "model.item_bias" in report.check("exactness").summary
