@@ -33,6 +33,10 @@ JOBS: dict[str, tuple[str, str]] = {
     "forget": ("pipelines.forget", "Erase subjects: delete their rows, retrain only the shards that held them."),
     "scan": ("pipelines.scan", "Look for any trace of a subject in every object version of a store."),
     "verify": ("pipelines.verify", "Verify an erasure (re-derivation, scans, membership audit) or the receipt log."),
+    "serve": (
+        "pipelines.serve",
+        "Run the erasure service (warm coordinator + shard actors) on Ray for the SDK; --stop ends it.",
+    ),
     "readmit": ("pipelines.readmit", "Re-admit erased subjects who gave new consent (recorded, with a reason)."),
     "digest": ("pipelines.digest", "Print the keyed digest of a subject id (to search MLflow and receipts)."),
     "recommend": ("pipelines.recommend", "Top-k items a subject has not rated, from the published exact ensemble."),
@@ -45,6 +49,10 @@ SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
     "benchmark": {
         "erasure": ("pipelines.benchmark", "Erasure speed-ups and test RMSE of MF ensembles against S and R."),
         "accuracy": ("pipelines.benchmark_accuracy", "RMSE, MAE, NDCG@10, Recall@10 of each model family against S."),
+        "scale": (
+            "pipelines.benchmark_scale",
+            "Training, erasure and memory from 10^5 to 10^7 rows with S in {8, 32}.",
+        ),
     },
 }
 

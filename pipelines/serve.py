@@ -1,0 +1,189 @@
+"""Recipe: run the erasure service on a Ray cluster, warm between requests, until ``--stop``.
+
+    expunge serve --config infra/configs/synthetic.yaml              # starts a local head if none is given
+    expunge serve --config job.yaml --address 10.0.0.5:6379          # joins a running cluster
+    expunge serve --stop                                              # stops what `serve` started
+
+Creates the detached, named coordinator actor (``service.name`` in ``service.namespace``) and its
+shard actors, waits until every shard actor is warm, prints where it runs (JSON) and returns;
+the service lives on the cluster. Recommender services then use the SDK:
+``ExpungeClient.connect(address=..., namespace=...)``. With no ``--address`` (and no
+``RAY_ADDRESS``), a head is started on this machine and recorded, so ``--stop`` ends it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from orchestrator.cluster import is_local_storage
+from orchestrator.config import JobConfig, TrackingConfig
+from orchestrator.errors import ConfigError
+from pipelines._head import HeadInfo, read_state, start_head, stop_head
+from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
+
+__all__ = ["main", "serve", "state_file", "stop"]
+
+log = logging.getLogger(__name__)
+
+
+def state_file(namespace: str) -> Path:
+    """Where ``serve`` records what it started (``EXPUNGE_STATE_DIR``, default ``~/.local/state/expunge``)."""
+    root = Path(os.environ.get("EXPUNGE_STATE_DIR", "~/.local/state/expunge")).expanduser()
+    return root / f"serve-{namespace}.json"
+
+
+def _connect(address: str, namespace: str) -> None:
+    import ray
+
+    if "RAY_AUTH_MODE" not in os.environ:
+        # Expunge's clusters use token authentication (Ray's default token file on this machine).
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+    ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def _anchored(job: JobConfig, tracking: TrackingConfig) -> JobConfig:
+    """The job with paths made absolute: the service's processes do not run in this folder."""
+    storage = job.storage
+    if is_local_storage(storage.uri) and "://" not in storage.uri:
+        storage = storage.model_copy(update={"uri": str(Path(storage.uri).resolve())})
+    if tracking.enabled and tracking.uri is None:
+        tracking = tracking.model_copy(update={"uri": f"sqlite:///{Path.cwd() / 'mlflow.db'}"})
+    return job.model_copy(update={"storage": storage, "tracking": tracking})
+
+
+def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
+    """Start (or find) the service for ``job``; returns what to tell the user (address, namespace, ...).
+
+    Raises:
+        ConfigError: no key, an untrained store, a wrong key, or a local store on a multi-node cluster.
+    """
+    from orchestrator.binding import bind_tracking
+    from orchestrator.cluster import alive_node_count, require_shared_storage
+    from orchestrator.coordinator import published
+    from orchestrator.service.actor import start_service
+
+    hasher = hasher_from_env(job.privacy)
+    _, latest = published(job.storage, hasher)  # refuse an untrained store or a wrong key before starting Ray
+    job = _anchored(job, bind_tracking(latest.registry, job.tracking, None, job.storage.uri))
+    namespace = job.service.namespace
+    head: HeadInfo | None = None
+    address = address or os.environ.get("RAY_ADDRESS")
+    recorded = read_state(state_file(namespace))
+    if address is None and recorded is not None:
+        address = recorded["address"]  # the head an earlier `serve` started: reuse it
+        head = HeadInfo.model_validate(recorded["head"]) if recorded.get("head") else None
+    if address is None:
+        with progress("starting a Ray head on this machine"):
+            head = start_head(num_cpus)
+        address = head.address
+    try:
+        with progress(f"connecting to Ray at {address}"):
+            _connect(address, namespace)
+        require_shared_storage(job.storage.uri, alive_node_count())
+        with progress("starting the service and warming its shard actors"):
+            _, created = start_service(job)
+    except BaseException:
+        if head is not None and recorded is None:
+            stop_head(head)
+        raise
+    path = state_file(namespace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"address": address, "name": job.service.name, "head": head.model_dump() if head else None})
+    )
+    return {
+        "address": address,
+        "namespace": namespace,
+        "name": job.service.name,
+        "already_running": not created,
+        "storage": job.storage.uri,
+        "ensemble_version": latest.version,
+        "dashboard_url": head.dashboard_url if head else None,
+        "started_head": head is not None,
+        "state_file": str(path),
+    }
+
+
+def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any]:
+    """Stop the service in ``namespace`` and, if ``serve`` started the head, that head; returns what was stopped."""
+    from orchestrator.service.actor import stop_service
+
+    path = state_file(namespace)
+    recorded = read_state(path) or {}
+    address = address or recorded.get("address") or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        raise ConfigError(
+            f"no service recorded for namespace {namespace!r} ({path} does not exist): pass --address HOST:PORT "
+            "of the cluster it runs on"
+        )
+    name = name or recorded.get("name") or "expunge-coordinator"
+    stopped = False
+    try:
+        _connect(address, namespace)
+        stopped = stop_service(namespace, name)
+    except ConnectionError:
+        log.warning("no Ray cluster answers at %s; nothing to stop there", address)
+    head_processes = 0
+    if recorded.get("head"):
+        import ray
+
+        ray.shutdown()
+        head_processes = stop_head(HeadInfo.model_validate(recorded["head"]))
+    path.unlink(missing_ok=True)
+    return {"namespace": namespace, "service_stopped": stopped, "head_processes_stopped": head_processes}
+
+
+def main(
+    config: Path | None = typer.Option(None, help="job config YAML (storage, tracking, privacy, service)"),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to join (HOST:PORT); default RAY_ADDRESS, else a new local head"
+    ),
+    namespace: str | None = typer.Option(
+        None, help="Ray namespace of the service (default: service.namespace, 'expunge')"
+    ),
+    storage: str | None = typer.Option(None, help="storage URI (overrides the config)"),
+    num_cpus: int = typer.Option(os.cpu_count() or 1, help="CPUs of a head started here"),
+    stop_it: bool = typer.Option(False, "--stop", help="stop the service (and a head `serve` started)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the erasure service (a warm coordinator and shard actors) on a Ray cluster, or --stop it.
+
+    Prints JSON on stdout: address, namespace and name to give ``ExpungeClient.connect``. Exit 0
+    when serving (or stopped), 2 on bad input (e.g. an untrained store, a local store on several nodes).
+    """
+    init_logging(verbose)
+    with exit_on_error():
+        if stop_it:
+            outcome = stop(namespace or "expunge", address, None)
+        else:
+            if config is None:
+                raise ConfigError("pass --config FILE.yaml (the job whose store the service erases from)")
+            from orchestrator.config import load_job_config
+
+            job = load_job_config(config)
+            updates: dict[str, Any] = {}
+            if namespace:
+                updates["service"] = job.service.model_copy(update={"namespace": namespace})
+            if storage:
+                updates["storage"] = job.storage.model_copy(update={"uri": storage})
+            outcome = serve(job.model_copy(update=updates), address, num_cpus)
+    typer.echo(json.dumps(outcome, indent=1))
+    if not stop_it:
+        typer.echo(
+            f"serving: in Python, `ExpungeClient.connect(address={outcome['address']!r}, "
+            f"namespace={outcome['namespace']!r})`; stop with `expunge serve --stop --namespace {outcome['namespace']}`",
+            err=True,
+        )
+
+
+if __name__ == "__main__":
+    typer.run(main)

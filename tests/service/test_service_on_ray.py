@@ -1,0 +1,122 @@
+"""The service as a detached Ray actor, through the SDK: warm erasure, a killed coordinator, a killed shard actor."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import pytest
+
+from orchestrator import ExpungeClient
+from orchestrator.catalog import Catalog
+from orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
+from orchestrator.coordinator import Coordinator, local_pool
+from orchestrator.digests import SubjectHasher
+from orchestrator.errors import ConfigError, InvalidSubjectIdError
+from orchestrator.exactness import constituents_equal
+from orchestrator.receipt_chain import chained_receipts
+from orchestrator.service.actor import start_service, stop_service
+from pipelines.datasets import synthetic_ratings
+from shards.rows import SUBJECT_ID
+from shards.store import ObjectStore
+from tests.engine import from_scratch, job, without
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_user=5, seed=9))
+SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A trained store and a running service in a namespace of its own; yields (job, hasher, client)."""
+    key = secrets.token_hex(32)
+    monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", key)
+    hasher = SubjectHasher(key.encode())
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    config = job(shards=3, slices=3).model_copy(
+        update={
+            "storage": StorageConfig(uri=str(tmp_path / "store")),
+            "tracking": TrackingConfig(enabled=False),
+            "service": ServiceConfig(namespace=namespace, window_ms=0),
+        }
+    )
+    Coordinator(config.storage, hasher, pool_factory=local_pool).train(ROWS, config)
+    started: list[bool] = []
+
+    def start(**env: str) -> ExpungeClient:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        start_service(config)
+        started.append(True)
+        return ExpungeClient.connect(namespace=namespace, retry_s=180)
+
+    yield config, hasher, start
+    if started:
+        stop_service(namespace, config.service.name)
+
+
+def _exact(tmp_path, config: JobConfig, hasher: SubjectHasher, erased: list[str]) -> bool:
+    served_now = Coordinator(config.storage, hasher, pool_factory=local_pool)
+    reference = from_scratch(tmp_path, served_now, without(ROWS, erased), config, hasher)
+    return all(constituents_equal(served_now.constituent_tensors(), reference.constituent_tensors()).values())
+
+
+def test_the_sdk_erases_through_the_warm_service_and_serves_the_new_version(tmp_path, served):
+    config, hasher, start = served
+    client = start()
+    version = client.model_version()
+    receipt = client.forget([SUBJECTS[0]], idempotency_key="GDPR-1", reason="ticket GDPR-1")
+    assert receipt.status == "erased"
+    assert receipt.committed_at is not None
+    assert client.model_version().ensemble_version == version.ensemble_version + 1  # served at commit
+    done = client.wait(receipt.request_id, stage="registered", timeout=120)
+    assert done.stage == "registered"
+    assert client.forget([SUBJECTS[0]], idempotency_key="GDPR-1").request_id == receipt.request_id
+    missed = client.forget(["nobody-at-all"])
+    assert missed.status == "not_found"
+    with pytest.raises(InvalidSubjectIdError):
+        client.forget(["fine", 2.5])
+    with pytest.raises(ConfigError):
+        client.forget([])
+    assert len(client.recommend(SUBJECTS[1], k=3)) == 3
+    assert _exact(tmp_path, config, hasher, [SUBJECTS[0]])
+
+
+def test_a_coordinator_killed_after_the_commit_finishes_the_request_once_on_restart(tmp_path, served):
+    config, hasher, start = served
+    # The service process dies right after the store commit, before the journal says so.
+    client = start(
+        EXPUNGE_FAULT_AT_WRITE="1",
+        EXPUNGE_FAULT_MODE="kill",
+        EXPUNGE_FAULT_MATCH="put journal/committed",
+        EXPUNGE_FAULT_ONCE=str(tmp_path / "killed-once"),
+    )
+    pid = client._call("pid")
+    receipt = client.forget([SUBJECTS[4]], idempotency_key="GDPR-kill-1")  # retried across the restart
+    assert (tmp_path / "killed-once").exists()
+    assert client._call("pid") != pid
+    assert receipt.status == "erased"
+    catalog = Catalog(ObjectStore(config.storage))
+    assert [catalog.read(v).kind for v in catalog.versions()] == ["train", "erasure"]
+    assert len(chained_receipts(ObjectStore(config.storage), receipt.request_id)) == 1
+    assert _exact(tmp_path, config, hasher, [SUBJECTS[4]])
+
+
+def test_a_shard_actor_killed_mid_retrain_restarts_and_the_request_completes(tmp_path, served):
+    config, hasher, start = served
+    # The shard actor dies at its first write of the erasure (a slice or checkpoint); Ray restarts it.
+    client = start(
+        EXPUNGE_FAULT_AT_WRITE="1",
+        EXPUNGE_FAULT_MODE="kill",
+        EXPUNGE_FAULT_MATCH="put shards/",
+        EXPUNGE_FAULT_ONCE=str(tmp_path / "shard-killed-once"),
+    )
+    before = client._call("shard_actor_pids")
+    receipt = client.forget([SUBJECTS[5]])
+    assert (tmp_path / "shard-killed-once").exists()
+    assert receipt.status == "erased"
+    (shard,) = receipt.affected_shards
+    after = client._call("shard_actor_pids")
+    assert after[shard] != before[shard]  # the same actor, restarted in a new process
+    assert _exact(tmp_path, config, hasher, [SUBJECTS[5]])
