@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 
 from orchestrator.config import DataConfig, SyntheticRatingsConfig
 from orchestrator.errors import DataValidationError
+from orchestrator.staging import RowBatches, parquet_batches
 from shards.rows import FEATURES, ITEM_ID, LABEL, RATING, RECORD_ID, SUBJECT_ID, validate_rows
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "load_movielens",
     "load_parquet",
     "load_rows",
+    "parquet_stream",
     "split_rows",
     "synthetic_ratings",
     "synthetic_tabular",
@@ -192,7 +195,11 @@ def load_parquet(
                 f"file {str(file)!r} does not exist (looked for {str(file.resolve())!r}; data.path is relative to the current folder)"
             ],
         )
-    raw = pq.read_table(file)
+    return validate_rows(_mapped(pq.read_table(file), str(file), columns, feature_columns), str(file), task)
+
+
+def _mapped(raw: pa.Table, source: str, columns: dict[str, str] | None, feature_columns: tuple[str, ...]) -> pa.Table:
+    """Rename mapped columns to canonical names and build the feature vector (no validation)."""
     mapping = dict(columns or {})
     problems = [
         f"mapped column {src!r} (for {dst}) is not in the file; found {raw.column_names}"
@@ -201,15 +208,52 @@ def load_parquet(
     ]
     problems += [f"feature column {c!r} is not in the file" for c in feature_columns if c not in raw.column_names]
     if problems:
-        raise DataValidationError(str(file), problems)
+        raise DataValidationError(source, problems)
     renamed = {src: dst for dst, src in mapping.items()}
     table = raw.rename_columns([renamed.get(c, c) for c in raw.column_names])
     if feature_columns:
         features, problems = _feature_matrix(raw, feature_columns)
         if problems:
-            raise DataValidationError(str(file), problems)
+            raise DataValidationError(source, problems)
         table = table.append_column(FEATURES, features)
-    return validate_rows(table, str(file), task)
+    return table
+
+
+def parquet_stream(config: DataConfig, batch_rows: int = 1 << 17) -> tuple[RowBatches, pa.Table]:
+    """A Parquet file or folder (``data.path``) as re-iterable training batches, and its held-out rows.
+
+    Each batch is mapped like ``load_parquet`` and split like ``split_rows`` (the split depends
+    on each row's record id alone, so batch by batch it is the same split); validation is
+    left to ``Coordinator.train_stream``, which names the batch's rows in its errors. Only the
+    held-out rows (``data.test_fraction`` of them) are read into memory, for evaluation.
+    """
+    path = Path(config.path or "")
+    if not path.exists():
+        raise DataValidationError(
+            str(path),
+            [
+                f"{str(path)!r} does not exist (looked for {str(path.resolve())!r}; data.path is relative to the current folder)"
+            ],
+        )
+    read = parquet_batches(str(path), batch_rows)
+
+    def batches() -> Iterator[pa.Table]:
+        for raw in read():
+            yield split_rows(
+                _mapped(raw, str(path), config.columns, config.feature_columns), config.test_fraction, config.split_seed
+            )[0]
+
+    held_out = (
+        [
+            split_rows(
+                _mapped(raw, str(path), config.columns, config.feature_columns), config.test_fraction, config.split_seed
+            )[1]
+            for raw in read()
+        ]
+        if config.test_fraction > 0
+        else []
+    )
+    return batches, pa.concat_tables(held_out) if held_out else pa.table({})
 
 
 def synthetic_ratings(config: SyntheticRatingsConfig = SyntheticRatingsConfig()) -> pa.Table:

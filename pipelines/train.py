@@ -18,7 +18,7 @@ from orchestrator.cluster import alive_node_count, require_shared_storage
 from orchestrator.config import JobConfig, load_job_config
 from orchestrator.coordinator import Coordinator
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
-from pipelines.datasets import load_rows
+from pipelines.datasets import load_rows, parquet_stream
 from shards.models import task_of
 from shards.rows import LABEL, RATING
 
@@ -42,8 +42,10 @@ def evaluate(coordinator: Coordinator, test: pa.Table, task: str) -> dict[str, f
 def run(job: JobConfig) -> dict[str, object]:
     task = task_of(job.training.model)
     hasher = hasher_from_env(job.privacy)  # fail on a missing key before loading anything
-    with progress("loading and validating rows"):
-        rows, test = load_rows(job.data, task)
+    stream = job.data.source == "parquet"  # read batch by batch: the driver never holds every row
+    with progress("reading held-out rows" if stream else "loading and validating rows"):
+        rows, test = (pa.table({}), None) if stream else load_rows(job.data, task)
+        batches, test = parquet_stream(job.data) if stream else (None, test)
     with progress("starting Ray"):
         init_ray()
     require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
@@ -51,8 +53,13 @@ def run(job: JobConfig) -> dict[str, object]:
     # Erased people are neither trained on nor evaluated on (their held-out rows count too).
     test, _ = coordinator.apply_tombstones(test, job.data.erased_subjects)
     shards, slices = job.sharding.shards, job.sharding.slices
-    with progress(f"training {shards} shard(s) x {slices} slice(s) on {len(rows)} rows, then registering"):
-        result = coordinator.train(rows, job, request_id="train")
+    with progress(
+        f"training {shards} shard(s) x {slices} slice(s) on {len(rows) or 'streamed'} rows, then registering"
+    ):
+        if batches is not None:
+            result = coordinator.train_stream(batches, job, request_id="train", source=job.data.path or "")
+        else:
+            result = coordinator.train(rows, job, request_id="train")
     with progress("evaluating"):
         metrics = evaluate(coordinator, test, task)
     coordinator.close()
