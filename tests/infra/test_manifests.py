@@ -25,9 +25,6 @@ DOCKERFILE = INFRA / "docker" / "Dockerfile"
 DEPLOY_FILES = [*MANIFESTS, DOCKERFILE]
 READMES = sorted(INFRA.glob("**/README.md"))
 
-#: Subcommands these files name that another change adds to `pipelines.cli.JOBS`: `serve` (issue 9,
-#: `pipelines/serve.py`). Once JOBS has it, this set changes nothing.
-PENDING_JOBS = {"serve"}
 
 _PYTHON_M = re.compile(r"\bpython3?\s+-m\s+(pipelines(?:\.\w+)+)")
 _EXPUNGE_JOB = re.compile(r"(?<![\w/.-])expunge[ \t]+([a-z][a-z_-]*)[ \t]+--")
@@ -147,7 +144,7 @@ def test_python_m_entrypoints_name_existing_modules(path):
 @pytest.mark.parametrize("path", [*DEPLOY_FILES, *READMES], ids=lambda p: str(p.relative_to(INFRA)))
 def test_expunge_subcommands_exist(path):
     for job in _EXPUNGE_JOB.findall(path.read_text()):
-        assert job in JOBS or job in PENDING_JOBS, f"{path.name}: `expunge {job}` is not a job of pipelines.cli.JOBS"
+        assert job in JOBS, f"{path.name}: `expunge {job}` is not a job of pipelines.cli.JOBS"
 
 
 def test_the_files_run_train_forget_and_serve():
