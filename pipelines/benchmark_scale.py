@@ -174,12 +174,16 @@ def measure(
 
 
 def _child(args: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``measure`` in a fresh process (its own peak RSS) and return its JSON."""
-    command = [sys.executable, "-m", "pipelines.benchmark_scale", "--measure", *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"measurement {' '.join(args)} failed:\n{done.stderr[-4000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    """Run ``measure`` in a fresh process (its own peak RSS); it writes its figures to a JSON file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="expunge-scale-") as folder:
+        result = Path(folder) / "figures.json"
+        command = [sys.executable, "-m", "pipelines.benchmark_scale", "--measure", str(result), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0 or not result.exists():
+            raise RuntimeError(f"measurement {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+        return dict(json.loads(result.read_text()))
 
 
 def _slope(xs: list[float], ys: list[float]) -> float:
@@ -323,6 +327,8 @@ def run(
             figures = _child([*args, str(batch_size), str(erasures), str(batch), str(rows_per_subject)], timeout)
             rows.append(ScaleRow(shards=shards, slices=slices, model=model, monolith_seconds=monolith, **figures))
             log.info("%s", rows[-1].model_dump_json())
+            with (out / "points.jsonl").open("a") as points:  # kept if a later, larger point fails
+                points.write(rows[-1].model_dump_json() + "\n")
     for size in extrapolate_to:
         for shards in shard_counts:
             if not any(r.rows == size and r.shards == shards for r in rows):
@@ -403,7 +409,7 @@ def main(
 
 
 def _measure_main() -> None:
-    data, store, shards, slices, model, epochs, batch_size, erasures, batch, per_subject = sys.argv[2:12]
+    result, data, store, shards, slices, model, epochs, batch_size, erasures, batch, per_subject = sys.argv[2:13]
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     figures = measure(
@@ -418,7 +424,7 @@ def _measure_main() -> None:
         int(batch),
         int(per_subject),
     )
-    print(json.dumps(figures))  # the parent reads this line
+    Path(result).write_text(json.dumps(figures))  # stdout is Ray's and the libraries': the parent reads this file
 
 
 if __name__ == "__main__":
