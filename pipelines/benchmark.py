@@ -309,7 +309,10 @@ def main(
     grid = [(1, 1)] + (_pairs(config) if config else [(s, r) for s in shards for r in slices])
     s3_uri = None if s3 in (None, "none") else s3
     results = run(data, grid, training, erasures, seed, s3_uri, [(s3_shards, s3_slices)])
-    Console().print(_table(results))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # a pipe or file: keep the table on one line per row
+    console.print(_table(results))
     output.write_text(
         json.dumps(
             {
