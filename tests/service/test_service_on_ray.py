@@ -80,16 +80,27 @@ def test_the_sdk_erases_through_the_warm_service_and_serves_the_new_version(tmp_
     with pytest.raises(ConfigError):
         client.forget([])
     assert len(client.recommend(SUBJECTS[1], k=3)) == 3
+    assert client.predict(
+        [{"subject_id": SUBJECTS[1], "item_id": 3}, {"subject_id": "newcomer", "item_id": 3}]
+    ).shape == (2,)
     assert _exact(tmp_path, config, hasher, [SUBJECTS[0]])
 
 
-def test_a_coordinator_killed_after_the_commit_finishes_the_request_once_on_restart(tmp_path, served):
+@pytest.mark.parametrize(
+    "crash_at",
+    [
+        # Right after the store commit, before the journal says so: the restart must not erase twice.
+        "put journal/committed",
+        # Right before the commit point (the ensemble manifest): the restart redoes the erasure.
+        pytest.param("create ensemble/", marks=pytest.mark.slow),
+    ],
+)
+def test_a_coordinator_killed_mid_erasure_finishes_the_request_once_on_restart(tmp_path, served, crash_at):
     config, hasher, start = served
-    # The service process dies right after the store commit, before the journal says so.
     client = start(
         EXPUNGE_FAULT_AT_WRITE="1",
         EXPUNGE_FAULT_MODE="kill",
-        EXPUNGE_FAULT_MATCH="put journal/committed",
+        EXPUNGE_FAULT_MATCH=crash_at,
         EXPUNGE_FAULT_ONCE=str(tmp_path / "killed-once"),
     )
     pid = client._call("pid")

@@ -1,0 +1,46 @@
+"""`expunge serve` refuses bad input before starting anything (exit 2, one line saying how to fix it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPUNGE = str(Path(sys.executable).parent / "expunge")
+
+
+def _serve(
+    tmp_path: Path, *args: str, key: str | None = "00999b0ec2e75a4bbae64af43a84b30fe4af6a2dc2487f47c5c61e7d4eb0e0ea"
+) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "EXPUNGE_STATE_DIR": str(tmp_path / "state")}
+    if key:
+        env["EXPUNGE_SUBJECT_KEY"] = key
+    return subprocess.run(
+        [EXPUNGE, "serve", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        ("service: {window_ms: -5}\n", "service.window_ms"),
+        ("service: {unknown: 1}\n", "service.unknown"),
+        ("storage: {uri: ./never-trained}\n", "never trained"),
+    ],
+)
+def test_a_malformed_config_or_an_untrained_store_exits_2_and_starts_nothing(tmp_path, config_text, message):
+    config = tmp_path / "job.yaml"
+    config.write_text(config_text)
+    done = _serve(tmp_path, "--config", str(config))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "state").exists()  # no head was started or recorded
+
+
+def test_serve_needs_a_config_and_stop_needs_something_to_stop(tmp_path):
+    assert "--config" in _serve(tmp_path).stderr
+    stopped = _serve(tmp_path, "--stop", "--namespace", "nothing-here")
+    assert stopped.returncode == 2
+    assert "no service recorded" in stopped.stderr
