@@ -89,6 +89,13 @@ class ExpungeClient:
                     raise cause from None
                 raise
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                try:  # a restarting actor keeps its name; a stopped one loses it
+                    ray.get_actor(self.name, namespace=self.namespace)
+                except ValueError:
+                    raise ServiceUnavailableError(
+                        f"the Expunge service {self.name!r} in namespace {self.namespace!r} was stopped; start it "
+                        "with `expunge serve`, then submit again with the same idempotency key"
+                    ) from exc
                 if time.monotonic() > deadline:
                     raise ServiceUnavailableError(
                         f"the Expunge service {self.name!r} did not come back within {self.retry_s:.0f} s ({exc}); "

@@ -97,9 +97,9 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
             )
         elif version.key.endswith(".json"):
             text = data.decode("utf-8", errors="replace")
-            # Receipts and tombstones are the audit trail: they name erased subjects by digest on
-            # purpose (a raw id in them is still a finding).
-            audit = version.key.startswith(("receipts/", "tombstones/"))
+            # Receipts, tombstones and the service's request journal are the audit trail: they name
+            # erased subjects by digest on purpose (a raw id in them is still a finding).
+            audit = version.key.startswith(("receipts/", "tombstones/", "journal/"))
             if (quoted_id is not None and quoted_id in text) or (subject_digest in text and not audit):
                 findings.append(
                     Finding(key=where[0], version_id=where[1], kind="manifest", detail="mentions the subject")

@@ -371,6 +371,16 @@ def verify_erasure(
     text = catalog.read_request_receipt(request_id)
     chained = chained_receipts(store, request_id)
     if text is None and not chained:
+        # A request the service coalesced with others: its erasure is the shared commit's.
+        from orchestrator.service.journal import Journal
+
+        status = Journal(store).status(request_id)
+        if status is not None and status.receipt is not None and status.receipt.batch_id:
+            log.info("request %s was coalesced into %s: verifying that commit", request_id, status.receipt.batch_id)
+            request_id = status.receipt.batch_id
+            text = catalog.read_request_receipt(request_id)
+            chained = chained_receipts(store, request_id)
+    if text is None and not chained:
         raise ConfigError(
             f"no receipt of request {request_id!r} in {store.uri}: check the request id (`expunge forget` prints it "
             "in the receipt, the demo in its table) and --storage"

@@ -240,21 +240,25 @@ class ErasureService:
         if stage not in ("committed", "registered"):
             raise ConfigError(f"stage {stage!r}: wait for 'committed' or 'registered'")
         deadline = None if timeout is None else time.monotonic() + timeout
-        status = self.status(request_id)
-        with self._state:
-            while True:
-                if status.stage == "failed":
-                    raise ExpungeError(f"request {request_id} failed: {status.error}")
-                if status.reached(stage):
-                    return status
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise ErasureWaitTimeout(
-                        f"request {request_id} is {status.stage}, not yet {stage}, after {timeout} s; it goes on: "
-                        "call wait again or status later"
-                    )
-                self._state.wait(timeout=min(left, 5.0) if left is not None else 5.0)
-                status = self._recent.get(request_id) or status
+        while True:
+            status = self.status(request_id)  # memory first, else the journal
+            if status.stage == "failed":
+                raise ExpungeError(
+                    f"request {request_id} failed: {status.error}. Nothing was erased by it; fix the cause, then "
+                    "submit again with a new idempotency key"
+                )
+            if status.reached(stage):
+                return status
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ErasureWaitTimeout(
+                    f"request {request_id} is {status.stage}, not yet {stage}, after {timeout} s; it goes on: "
+                    "call wait again or status later"
+                )
+            with self._state:
+                current = self._recent.get(request_id)
+                if current is None or not (current.stage == "failed" or current.reached(stage)):
+                    self._state.wait(timeout=min(left, 5.0) if left is not None else 5.0)
 
     # ----- serving ------------------------------------------------------------------------------
     def predict(self, rows: pa.Table) -> np.ndarray:

@@ -13,6 +13,7 @@ from orchestrator.exactness import constituents_equal
 from orchestrator.registry import Lineage
 from orchestrator.service.core import ErasureService
 from orchestrator.service.journal import Journal
+from orchestrator.verify import verify_erasure
 from pipelines.datasets import synthetic_ratings
 from shards.rows import SUBJECT_ID
 from tests.engine import from_scratch, job, without
@@ -54,6 +55,9 @@ def test_requests_within_the_window_share_one_retrain_and_the_result_is_exact(tm
         # One retrain per affected shard, however many requests touched it.
         assert stats.shard_retrains == len(receipts[0].shards) <= 3
         assert sum(r.rows_removed for r in receipts) == len(ROWS) - len(without(ROWS, chosen))
+        # `expunge verify --request` accepts a coalesced request's own id: it checks the shared commit.
+        report = verify_erasure(str(tmp_path / "store"), ids[2], hasher, chosen[2], log_to_mlflow=False)
+        assert report.passed, report
         reference = from_scratch(tmp_path, service.coordinator, without(ROWS, chosen), _job(tmp_path), hasher)
         equal = constituents_equal(service.coordinator.constituent_tensors(), reference.constituent_tensors())
         assert all(equal.values()), equal

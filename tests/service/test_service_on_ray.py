@@ -12,7 +12,7 @@ from orchestrator.catalog import Catalog
 from orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
 from orchestrator.coordinator import Coordinator, local_pool
 from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError, InvalidSubjectIdError
+from orchestrator.errors import ConfigError, InvalidSubjectIdError, ServiceUnavailableError
 from orchestrator.exactness import constituents_equal
 from orchestrator.receipt_chain import chained_receipts
 from orchestrator.service.actor import start_service, stop_service
@@ -84,6 +84,9 @@ def test_the_sdk_erases_through_the_warm_service_and_serves_the_new_version(tmp_
         [{"subject_id": SUBJECTS[1], "item_id": 3}, {"subject_id": "newcomer", "item_id": 3}]
     ).shape == (2,)
     assert _exact(tmp_path, config, hasher, [SUBJECTS[0]])
+    stop_service(config.service.namespace, config.service.name)
+    with pytest.raises(ServiceUnavailableError, match="was stopped"):
+        client.forget([SUBJECTS[2]])
 
 
 @pytest.mark.parametrize(
