@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from orchestrator.errors import ExpungeError, ServiceUnavailableError
 from orchestrator.receipts import ErasureReceipt
+from orchestrator.service.policy import check_subject_list, check_timeout
 
 __all__ = ["ExpungeClient"]
 
@@ -126,16 +127,18 @@ class ExpungeClient:
             InvalidSubjectIdError: an id the identity rule refuses. Nothing is changed on either.
             ErasureWaitTimeout: not committed within ``timeout`` seconds (the request goes on).
         """
+        ids = check_subject_list(subject_ids)  # here too: list("12") would name two people
         key = idempotency_key if idempotency_key is not None else f"sdk-{uuid.uuid4().hex}"
-        receipt: ErasureReceipt = self._call("forget", list(subject_ids), key, reason, timeout)
+        receipt: ErasureReceipt = self._call("forget", ids, key, reason, check_timeout(timeout))
         return receipt
 
     def submit(
         self, subject_ids: Sequence[object], *, idempotency_key: str | None = None, reason: str | None = None
     ) -> str:
         """Journal an erasure request and return its id at once (before any retrain); ``forget`` without waiting."""
+        ids = check_subject_list(subject_ids)
         key = idempotency_key if idempotency_key is not None else f"sdk-{uuid.uuid4().hex}"
-        request_id: str = self._call("submit", list(subject_ids), key, reason)
+        request_id: str = self._call("submit", ids, key, reason)
         return request_id
 
     def status(self, request_id: str) -> Any:

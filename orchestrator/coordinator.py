@@ -60,6 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -741,8 +742,8 @@ class Coordinator:
             ConfigError: ``k < 1``, or a model without an item catalogue (a classifier).
         """
         manifest = self._follow_latest()
-        if k < 1:
-            raise ConfigError(f"k={k}: ask for at least one recommendation")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k={k!r}: ask for a whole number of recommendations, at least 1")
         digest = self.hasher.digest(subject_id)
         model = model_for(manifest.model)
         unknown = UnknownSubjectError(

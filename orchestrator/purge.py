@@ -79,6 +79,11 @@ def purge_unreferenced(
                 superseded |= catalog.shard_manifest(shard_id, version).object_keys()
     listed = store.list_versions("shards/") + store.list_versions("placement/") + store.list_versions(STAGING_PREFIX)
     candidates = [v for v in listed if _is_data(v.key)]
+    if since is None:
+        # On open: half-written temporary files anywhere (a writer killed mid-write) are debris
+        # too; the time rule keeps a live writer's, which are newer than the commit.
+        data = {v.key for v in candidates}
+        candidates += [v for v in store.list_versions("") if v.key.endswith(".partial") and v.key not in data]
     doomed = select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))
     deleted = store.delete(doomed)
     if deleted:

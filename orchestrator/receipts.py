@@ -31,6 +31,9 @@ class ErasureReceipt(BaseModel):
     not_found_digests: tuple[str, ...] = ()
     #: Of ``not_found_digests``, those an earlier erasure of this store already removed (tombstoned).
     already_erased_digests: tuple[str, ...] = ()
+    #: Rows of the named subjects that the commit removed. For a request the service coalesced
+    #: with others (``batch_id`` set), the rows of this request's own subjects: a subject named by
+    #: two coalesced requests counts in both.
     rows_removed: int = 0
     shards: tuple[ShardRetrain, ...] = ()
     untouched_shards: tuple[int, ...] = ()

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from typing import Literal
 
 import pyarrow.parquet as pq
@@ -56,6 +57,31 @@ def _records_sha256(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
+#: JSON fields that hold Expunge's own bookkeeping values (version numbers, times, hashes,
+#: states), never text from outside: a numeric subject id such as "2" equal to a registry
+#: version "2" is not a trace of that person.
+_BOOKKEEPING = re.compile(r"(^|_)(version|versions|at|sha256|status|stage|kind|sequence|seconds)$")
+
+
+def _names(text: str, subject_id: str, quoted_id: str | None) -> bool:
+    """Whether a JSON text holds the subject id as a string (a key or a value outside bookkeeping fields)."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return quoted_id is not None and quoted_id in text  # not JSON after all: look at the text
+
+    def walk(node: object, field: str) -> bool:
+        if isinstance(node, str):
+            return node == subject_id and not _BOOKKEEPING.search(field)
+        if isinstance(node, dict):
+            return any(key == subject_id or walk(value, key) for key, value in node.items())
+        if isinstance(node, list):
+            return any(walk(item, field) for item in node)
+        return False
+
+    return walk(document, "")
+
+
 def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) -> ScanReport:
     """Read every version of every object under the store and report traces of the subject.
 
@@ -100,7 +126,9 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
             # Receipts, tombstones and the service's request journal are the audit trail: they name
             # erased subjects by digest on purpose (a raw id in them is still a finding).
             audit = version.key.startswith(("receipts/", "tombstones/", "journal/"))
-            if (quoted_id is not None and quoted_id in text) or (subject_digest in text and not audit):
+            if (subject_id is not None and _names(text, subject_id, quoted_id)) or (
+                subject_digest in text and not audit
+            ):
                 findings.append(
                     Finding(key=where[0], version_id=where[1], kind="manifest", detail="mentions the subject")
                 )

@@ -13,9 +13,11 @@ the service lives on the cluster. Recommender services then use the SDK:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,22 @@ def state_file(namespace: str) -> Path:
     return root / f"serve-{namespace}.json"
 
 
+def _answers(address: str) -> bool:
+    """Whether something listens at the GCS address ``host:port`` (a quick TCP connect)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _connect(address: str, namespace: str) -> None:
+    """Join the cluster at ``address``.
+
+    Raises:
+        ConfigError: nothing answers there.
+    """
     import ray
 
     if "RAY_AUTH_MODE" not in os.environ:
@@ -47,7 +64,12 @@ def _connect(address: str, namespace: str) -> None:
         from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")
-    ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address}: check --address (or RAY_ADDRESS), or omit it to start a head here"
+        ) from exc
 
 
 def _anchored(job: JobConfig, tracking: TrackingConfig) -> JobConfig:
@@ -67,13 +89,25 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
         ConfigError: no key, an untrained store, a wrong key, or a local store on a multi-node cluster.
     """
     from orchestrator.binding import bind_tracking
-    from orchestrator.cluster import alive_node_count, require_shared_storage
     from orchestrator.coordinator import published
-    from orchestrator.service.actor import start_service
 
     hasher = hasher_from_env(job.privacy)
     _, latest = published(job.storage, hasher)  # refuse an untrained store or a wrong key before starting Ray
     job = _anchored(job, bind_tracking(latest.registry, job.tracking, None, job.storage.uri))
+    namespace = job.service.namespace
+    lock = state_file(namespace).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as held:
+        # One `serve` per namespace at a time on this machine: a second one waits, then finds the
+        # head and the service the first one started instead of starting its own.
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return _serve_locked(job, address, num_cpus, latest.version)
+
+
+def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: int) -> dict[str, Any]:
+    from orchestrator.cluster import alive_node_count, require_shared_storage
+    from orchestrator.service.actor import start_service
+
     namespace = job.service.namespace
     head: HeadInfo | None = None
     address = address or os.environ.get("RAY_ADDRESS")
@@ -81,6 +115,11 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
     if address is None and recorded is not None:
         address = recorded["address"]  # the head an earlier `serve` started: reuse it
         head = HeadInfo.model_validate(recorded["head"]) if recorded.get("head") else None
+        if not _answers(address):
+            log.warning("the Ray head recorded in %s no longer answers; starting a new one", state_file(namespace))
+            if head is not None:
+                stop_head(head)  # whatever is left of it
+            address, head, recorded = None, None, None
     if address is None:
         with progress("starting a Ray head on this machine"):
             head = start_head(num_cpus)
@@ -106,7 +145,7 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
         "name": job.service.name,
         "already_running": not created,
         "storage": job.storage.uri,
-        "ensemble_version": latest.version,
+        "ensemble_version": version,
         "dashboard_url": head.dashboard_url if head else None,
         "started_head": head is not None,
         "state_file": str(path),
@@ -127,10 +166,10 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
         )
     name = name or recorded.get("name") or "expunge-coordinator"
     stopped = False
-    try:
+    if _answers(address) or "://" in address:
         _connect(address, namespace)
         stopped = stop_service(namespace, name)
-    except ConnectionError:
+    else:
         log.warning("no Ray cluster answers at %s; nothing to stop there", address)
     head_processes = 0
     if recorded.get("head"):

@@ -13,7 +13,8 @@ The rule (``canonical_subject_id``):
 
 1. Text is Unicode NFC-normalised, then leading and trailing whitespace (every character
    for which ``str.isspace`` is true, tabs, CR and no-break spaces included) is removed.
-   Case and inner whitespace are kept: ``Alice`` and ``alice`` are different people.
+   Case and inner whitespace are kept: ``Alice`` and ``alice`` are different people. A
+   byte-order mark (U+FEFF) at either end is removed with the whitespace.
 2. An integer is its decimal string: ``1001`` and ``"1001"`` are the same person
    (``"01001"`` is not). Booleans are refused.
 3. Floating-point numbers are refused: ``1001.0`` is not an id, and above 2**53 distinct
@@ -55,7 +56,8 @@ _AS_TEXT = "pass the id as text (or an integer)"
 def _refusal(value: object) -> tuple[str, str | None]:
     """``(canonical id, None)`` or ``("", why the value is refused)``."""
     if isinstance(value, str):
-        canonical = unicodedata.normalize("NFC", value).strip()
+        # A byte-order mark at either end is an export artefact (a CSV's first cell), never part of an id.
+        canonical = unicodedata.normalize("NFC", value).strip().strip(_BOM).strip()
         if not canonical:
             return "", "is empty (or only whitespace); every person needs a non-empty id"
         try:

@@ -7,6 +7,7 @@ stops it and, with it, the shard actors it owns. Ray restarts the actor after a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -18,12 +19,13 @@ import ray
 
 from orchestrator.config import AnyModelConfig, JobConfig, ServiceConfig, StorageConfig, TrainingConfig
 from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ServiceUnavailableError
+from orchestrator.errors import ConfigError, ServiceUnavailableError
 from orchestrator.pool import RayShardPool, ShardPool
 from orchestrator.receipts import ErasureReceipt
 from orchestrator.registry import Lineage
 from orchestrator.service.core import ErasureService, ServedVersion, ServiceStats
 from orchestrator.service.journal import RequestStatus
+from shards.store import ObjectStore
 
 __all__ = ["ServiceActor", "find_service", "start_service", "stop_service"]
 
@@ -138,16 +140,25 @@ def start_service(job: JobConfig, timeout_s: float = 600.0) -> tuple[Any, bool]:
     Waits until the service has read its journal and started every shard actor.
 
     Raises:
-        ConfigError: the digest key is missing or weak (checked here, before anything starts).
+        ConfigError: the digest key is missing or weak (checked here, before anything starts), or
+            the namespace already runs a service for another store.
         ExpungeError: the service failed to start (e.g. no trained store); the error says why.
     """
     service: ServiceConfig = job.service
     SubjectHasher.from_env(job.privacy.subject_key_env)  # fail here, not in a restarting actor
-    try:
+    handle: Any = None
+    with contextlib.suppress(ValueError):
         handle = ray.get_actor(service.name, namespace=service.namespace)
+    if handle is not None:
+        described: dict[str, Any] = ray.get(handle.ready.remote(), timeout=timeout_s)
+        serving = described["storage"]
+        if serving != ObjectStore(job.storage).uri:
+            raise ConfigError(
+                f"namespace {service.namespace!r} already runs service {service.name!r} for the store {serving}, not "
+                f"{job.storage.uri}: stop it first (`expunge serve --stop --namespace {service.namespace}`) or give "
+                "this store its own namespace (--namespace or service.namespace)"
+            )
         return handle, False
-    except ValueError:
-        pass
     env = {name: os.environ[name] for name in (*_PASSED_ENV, job.privacy.subject_key_env) if name in os.environ}
     created: Any = ServiceActor.options(
         name=service.name,

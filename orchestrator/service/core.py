@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import resource
 import threading
 import time
@@ -49,6 +50,8 @@ from orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Regi
 from orchestrator.service.policy import (
     check_idempotency_key,
     check_subject_count,
+    check_subject_list,
+    check_timeout,
     next_step,
     request_id_for,
     split_receipt,
@@ -66,6 +69,7 @@ _RETRY_PAUSE_S = 1.0
 _MAX_ATTEMPTS = 5
 #: Statuses kept in memory for fast ``status``/``wait`` (older ones are read from the journal).
 _RECENT = 20_000
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ServedVersion(BaseModel):
@@ -158,10 +162,9 @@ class ErasureService:
                 idempotency key, or a key already used for other subjects.
             InvalidSubjectIdError: an id the identity rule refuses (``shards.identity``).
         """
-        if isinstance(subject_ids, str | bytes):
-            raise ConfigError('subject_ids must be a list of ids, e.g. forget(["user-7"]), not one string')
-        check_subject_count(len(subject_ids), self.config.max_subjects_per_request)
-        digests = tuple(dict.fromkeys(self.hasher.digest_many(subject_ids)))
+        ids = check_subject_list(subject_ids)
+        check_subject_count(len(ids), self.config.max_subjects_per_request)
+        digests = tuple(dict.fromkeys(self.hasher.digest_many(ids)))
         if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
             raise ConfigError("reason must be text of at most 1000 characters (e.g. a ticket reference)")
         if idempotency_key is not None:
@@ -214,11 +217,16 @@ class ErasureService:
         Raises:
             UnknownRequestError: the journal holds no such request.
         """
+        if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+            raise UnknownRequestError(
+                f"{str(request_id)[:80]!r} is not a request id: use the id that submit/forget returned "
+                "(receipt.request_id)"
+            )
         with self._state:
             cached = self._recent.get(request_id)
         if cached is not None:
             return cached
-        stored = self.journal.status(request_id) if isinstance(request_id, str) and request_id else None
+        stored = self.journal.status(request_id)
         if stored is None:
             raise UnknownRequestError(
                 f"no request {str(request_id)[:80]!r} in the journal of {self.coordinator.store.uri}: use the id "
@@ -239,6 +247,7 @@ class ErasureService:
         """
         if stage not in ("committed", "registered"):
             raise ConfigError(f"stage {stage!r}: wait for 'committed' or 'registered'")
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.status(request_id)  # memory first, else the journal
@@ -466,6 +475,9 @@ class ErasureService:
     # ----- restart ----------------------------------------------------------------------------------
     def _recover(self) -> None:
         """Finish what a crash left open: batches that were running, queued requests, registrations."""
+        # Only the service writes journal/, and the one before this is dead: its half-written
+        # temporary files (a kill mid-write) are debris, and an unacknowledged request at most.
+        self.journal.sweep_partial_writes()
         accepted = self.journal.ids("requests")
         committed = self.journal.ids("committed")
         registered = self.journal.ids("registered")

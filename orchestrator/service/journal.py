@@ -120,6 +120,13 @@ class Journal:
     def write_failed(self, request_id: str, error: str) -> None:
         self.store.put(self._key("failed", request_id), error.encode())
 
+    def sweep_partial_writes(self) -> int:
+        """Delete half-written temporary files under journal/ (left by a killed writer); returns how many."""
+        partial = [v.key for v in self.store.list_versions(f"{_PREFIX}/") if v.key.endswith(".partial")]
+        if partial:
+            self.store.delete(partial)
+        return len(partial)
+
     def ids(self, kind: str) -> set[str]:
         """Request ids with an object of ``kind`` (requests, committed, registered, failed)."""
         return {k.rsplit("/", 1)[1].removesuffix(".json") for k in self.store.list_keys(f"{_PREFIX}/{kind}")}

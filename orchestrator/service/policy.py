@@ -5,6 +5,7 @@ No Ray, no I/O: each function is a rule, tested on its own (``tests/service/test
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -12,7 +13,17 @@ from typing import Literal
 from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
 
-__all__ = ["Step", "check_idempotency_key", "next_step", "request_id_for", "split_receipt", "take_batch"]
+__all__ = [
+    "Step",
+    "check_idempotency_key",
+    "check_subject_count",
+    "check_subject_list",
+    "check_timeout",
+    "next_step",
+    "request_id_for",
+    "split_receipt",
+    "take_batch",
+]
 
 _MAX_KEY = 256
 
@@ -139,3 +150,33 @@ def check_subject_count(count: int, limit: int) -> None:
             f"the request names {count} subjects, above service.max_subjects_per_request={limit}: split it into "
             "several requests, or raise the limit in the service config"
         )
+
+
+def check_subject_list(subject_ids: object) -> list[object]:
+    """The request's ids as a list: a list or tuple of ids, nothing else.
+
+    A single string would otherwise be read as one id per character (``"12"`` naming people
+    ``1`` and ``2``), and a dict as its keys.
+
+    Raises:
+        ConfigError: anything but a list or tuple (a string, bytes, a dict, a set, None, a number, a generator).
+    """
+    if not isinstance(subject_ids, list | tuple):
+        raise ConfigError(
+            f'subject_ids must be a list of ids, e.g. forget(["user-7"]), not a {type(subject_ids).__name__}; '
+            "a single string would be read as one id per character"
+        )
+    return list(subject_ids)
+
+
+def check_timeout(timeout: object) -> float | None:
+    """A wait limit in seconds: None (no limit) or a finite number (0 or less: do not wait).
+
+    Raises:
+        ConfigError: NaN, infinity, or not a number.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout):
+        raise ConfigError(f"timeout {timeout!r}: give seconds as a finite number, or None to wait without a limit")
+    return float(timeout)

@@ -26,6 +26,7 @@ EXPUNGE = str(Path(sys.executable).parent / "expunge")
 
 def _trained_config(tmp: Path, storage: str, tracking: bool) -> Path:
     """A small trained store (60 synthetic users, 3 shards x 2 slices), trained in this process."""
+    tmp.mkdir(parents=True, exist_ok=True)
     config = {
         "data": {"source": "synthetic", "synthetic": {"users": 60, "items": 30, "ratings_per_user": 6, "seed": 1}},
         "sharding": {"shards": 3, "slices": 2},
@@ -74,17 +75,27 @@ def test_the_readme_sdk_example_runs_against_expunge_serve_and_stop_ends_what_se
     namespace = load_job_config(config).service.namespace
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env.update({"EXPUNGE_SUBJECT_KEY": KEY, "EXPUNGE_STATE_DIR": str(tmp_path / "state")})
-    started = _run([EXPUNGE, "serve", "--config", str(config), "--num-cpus", "2"], env)
-    outcome = json.loads(started.stdout) if started.returncode == 0 else {}
+    # Two serves at once in one namespace: one starts the head and the service, the other finds them.
+    command = [EXPUNGE, "serve", "--config", str(config), "--num-cpus", "2"]
+    racing = [
+        subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    finished = [(p.wait(timeout=600), *p.communicate()) for p in racing]
+    outcomes = [json.loads(out) for code, out, _ in finished if code == 0]
+    outcome = next((o for o in outcomes if o["started_head"]), {})
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert outcome["started_head"] is True
+        assert [code for code, _, _ in finished] == [0, 0], finished
+        assert sorted(o["already_running"] for o in outcomes) == [False, True]
+        assert outcomes[0]["address"] == outcomes[1]["address"]
+        other = _trained_config(tmp_path / "other", str(tmp_path / "other" / "store"), tracking=False)
+        refused = _run([EXPUNGE, "serve", "--config", str(other), "--namespace", namespace], env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "already runs service" in refused.stderr
         example = _readme_example().replace('namespace="expunge"', f"namespace={namespace!r}")
         ran = _run([sys.executable, "-c", example], {**env, "RAY_ADDRESS": outcome["address"]}, timeout=300)
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert ran.stdout.splitlines()[0].startswith("erased [")
-        again = _run([EXPUNGE, "serve", "--config", str(config)], env)  # a second serve finds it running
-        assert json.loads(again.stdout)["already_running"] is True
     finally:
         stopped = _run([EXPUNGE, "serve", "--stop", "--namespace", namespace], env)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

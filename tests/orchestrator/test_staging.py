@@ -96,7 +96,8 @@ def test_a_bad_batch_is_refused_by_the_same_validation_naming_its_rows(tmp_path,
     # The bad row is row 140 of the input: the batch of rows 100..149, its row 40.
     assert error.value.source == "ratings.parquet (rows 100..149)"
     assert "9.0 at row 40" in str(error.value)
-    assert coordinator.manifest is None and not store_snapshot(tmp_path / "s")
+    assert coordinator.manifest is None
+    assert not store_snapshot(tmp_path / "s")
 
 
 def test_a_record_id_repeated_across_batches_is_refused(tmp_path, hasher):

@@ -11,6 +11,8 @@ from orchestrator.receipts import ErasureReceipt
 from orchestrator.service.policy import (
     check_idempotency_key,
     check_subject_count,
+    check_subject_list,
+    check_timeout,
     next_step,
     request_id_for,
     split_receipt,
@@ -85,3 +87,18 @@ def test_a_coalesced_request_gets_its_own_subjects_rows_and_outcome():
     alone = split_receipt(batch, "batch-1", ["d1", "d2", "d3"], rows)
     assert alone.batch_id is None
     assert alone.rows_removed == 12
+
+
+@pytest.mark.parametrize("value", ["12", b"12", {"a": 1}, {"a"}, None, 7, 2.5, (s for s in ["a"])])
+def test_anything_but_a_list_of_ids_is_refused_so_a_string_is_never_read_as_characters(value):
+    with pytest.raises(ConfigError, match="must be a list of ids"):
+        check_subject_list(value)
+    assert check_subject_list(("a", "b")) == ["a", "b"]
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), "3", True])
+def test_a_wait_limit_must_be_a_finite_number(timeout):
+    with pytest.raises(ConfigError, match="timeout"):
+        check_timeout(timeout)
+    assert check_timeout(None) is None
+    assert check_timeout(0) == 0.0

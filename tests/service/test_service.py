@@ -11,6 +11,7 @@ from orchestrator.coordinator import Coordinator, local_pool
 from orchestrator.errors import ConfigError, InvalidSubjectIdError, UnknownRequestError
 from orchestrator.exactness import constituents_equal
 from orchestrator.registry import Lineage
+from orchestrator.scan import scan_store
 from orchestrator.service.core import ErasureService
 from orchestrator.service.journal import Journal
 from orchestrator.verify import verify_erasure
@@ -168,3 +169,33 @@ def test_concurrent_callers_all_complete(tmp_path, hasher):
         assert service.stats().batches < 10  # some coalesced
     finally:
         service.close()
+
+
+def test_garbage_ids_limits_and_counts_are_typed_errors(tmp_path, hasher):
+    service = _service(tmp_path, hasher)
+    try:
+        with pytest.raises(UnknownRequestError):
+            service.status(["x"])
+        with pytest.raises(UnknownRequestError):
+            service.status("../../etc/passwd")
+        with pytest.raises(ConfigError, match="timeout"):
+            service.wait("req-x", "committed", timeout=float("nan"))
+        with pytest.raises(ConfigError, match="whole number"):
+            service.recommend(SUBJECTS[0], k=2.5)
+    finally:
+        service.close()
+
+
+def test_half_written_journal_files_of_a_killed_service_are_swept_on_restart(tmp_path, hasher):
+    service = _service(tmp_path, hasher)
+    service.close()
+    debris = tmp_path / "store" / "journal" / "requests" / ".idem-0123.json.x1y2.partial"
+    debris.parent.mkdir(parents=True, exist_ok=True)
+    debris.write_text('{"request_id": "idem-0123"')
+    restarted = _service(tmp_path, hasher)
+    try:
+        assert not debris.exists()
+        report = scan_store(restarted.coordinator.store, SUBJECTS[0], hasher.digest(SUBJECTS[0]))
+        assert [f for f in report.findings if f.kind == "incomplete-write"] == []
+    finally:
+        restarted.close()

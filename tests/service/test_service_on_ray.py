@@ -79,6 +79,8 @@ def test_the_sdk_erases_through_the_warm_service_and_serves_the_new_version(tmp_
         client.forget(["fine", 2.5])
     with pytest.raises(ConfigError):
         client.forget([])
+    with pytest.raises(ConfigError, match="list of ids"):
+        client.forget(SUBJECTS[1])  # a string is not read as one id per character
     assert len(client.recommend(SUBJECTS[1], k=3)) == 3
     assert client.predict(
         [{"subject_id": SUBJECTS[1], "item_id": 3}, {"subject_id": "newcomer", "item_id": 3}]

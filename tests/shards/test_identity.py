@@ -33,6 +33,8 @@ ZOE_DECOMPOSED = "zoe\u0308"  # e + combining diaeresis (NFD), what some keyboar
         ("cust-3\r", "cust-3"),  # a CRLF file read as LF
         ("\u00a0cust-3\u3000", "cust-3"),  # no-break and ideographic spaces
         ("Alice Smith", "Alice Smith"),  # inner whitespace and case are kept
+        ("\ufeff4", "4"),  # a byte-order mark left on an id (a CSV's first cell) by a Python caller
+        (" \ufeffcust-3\ufeff ", "cust-3"),
         (1001, "1001"),
         (np.int64(1001), "1001"),
         (-7, "-7"),
