@@ -44,7 +44,16 @@ from pipelines._runtime import init_logging, init_ray
 from pipelines.datasets import load_movielens, split_rows
 from shards.rows import RATING, SUBJECT_ID
 
-__all__ = ["BenchmarkRow", "ideal_speedup", "main", "monolith_ideal_speedup", "run", "with_monolith_baseline"]
+__all__ = [
+    "BenchmarkRow",
+    "ideal_speedup",
+    "main",
+    "measure_monolith",
+    "monolith_ideal_speedup",
+    "parity_training",
+    "run",
+    "with_monolith_baseline",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +141,23 @@ def _measure(
         ideal_speedup_vs_monolith=monolith_ideal_speedup(shards, slices, training.epochs, firsts),
         storage_report=report,
     )
+
+
+def parity_training(epochs: int = 20, batch_size: int = 512) -> TrainingConfig:
+    """The benchmarks' MF training: the monolith's batch and epoch budget, used by every shard (parity)."""
+    return TrainingConfig(
+        model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=batch_size, learning_rate=0.01
+    )
+
+
+def measure_monolith(
+    train: pa.Table, test: pa.Table, training: TrainingConfig, seed: int, hasher: SubjectHasher
+) -> BenchmarkRow:
+    """The monolithic baseline (S=1, R=1) on ``train``: its training, then one full retrain without a random subject.
+
+    Seconds in ``BenchmarkRow.train_seconds`` and ``retrain_seconds``; shard actors of the current Ray cluster.
+    """
+    return _measure(train, test, 1, 1, training, 1, seed, hasher)
 
 
 def with_monolith_baseline(rows: list[BenchmarkRow], monolith: BenchmarkRow) -> list[BenchmarkRow]:
@@ -303,9 +329,7 @@ def main(
     """
     init_logging()
     logging.getLogger("orchestrator").setLevel(logging.WARNING)
-    training = TrainingConfig(
-        model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=batch_size, learning_rate=0.01
-    )
+    training = parity_training(epochs, batch_size)
     grid = [(1, 1)] + (_pairs(config) if config else [(s, r) for s in shards for r in slices])
     s3_uri = None if s3 in (None, "none") else s3
     results = run(data, grid, training, erasures, seed, s3_uri, [(s3_shards, s3_slices)])

@@ -53,6 +53,10 @@ SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
             "pipelines.benchmark_scale",
             "Training, erasure and memory from 10^5 to 10^7 rows with S in {8, 32}.",
         ),
+        "service": (
+            "pipelines.benchmark_service",
+            "Erasure latency through the warm service (vs cold CLI and monolith), then 10,000 requests of load.",
+        ),
     },
 }
 
