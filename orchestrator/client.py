@@ -15,6 +15,7 @@ when none is given), so a request is erased once and its receipt is the same.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,13 +24,48 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.errors import ExpungeError, ServiceUnavailableError
+from orchestrator.cluster import gcs_answers
+from orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
 from orchestrator.receipts import ErasureReceipt
 from orchestrator.service.policy import check_subject_list, check_timeout
 
-__all__ = ["ExpungeClient"]
+__all__ = ["ExpungeClient", "join_cluster"]
 
 log = logging.getLogger(__name__)
+
+
+def join_cluster(address: str | None, namespace: str) -> None:
+    """``ray.init`` for Expunge's clients: token authentication unless told otherwise, and a quick typed error.
+
+    Expunge's clusters use Ray token authentication (``expunge serve`` starts heads with it); a
+    client that does not say so is refused by the cluster, so ``RAY_AUTH_MODE=token`` is set
+    here when the environment leaves it unset (the token itself comes from ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or Ray's default token file). ``address``: ``host:port``, ``ray://…``,
+    ``"auto"`` or None (``RAY_ADDRESS``, else a cluster on this machine).
+
+    Raises:
+        ConfigError: nothing answers at the address (checked before Ray's own minute-long retries).
+    """
+    import ray
+
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config  # type: ignore[attr-defined]
+
+        Config.initialize("")  # Ray reads its settings at import: refresh them, as its own token set-up does
+    target = os.environ.get("RAY_ADDRESS") if address in (None, "auto") else address
+    if target and "://" not in target and target != "auto" and not gcs_answers(target):
+        raise ConfigError(
+            f"no Ray cluster answers at {target}: start one with `expunge serve --config FILE.yaml` (it prints the "
+            "address), or check the address (and RAY_ADDRESS)"
+        )
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"could not join the Ray cluster at {target or address!r} ({exc}); check the address, and for a cluster "
+            "with token authentication RAY_AUTH_TOKEN (or the token file)"
+        ) from exc
 
 
 class ExpungeClient:
@@ -46,6 +82,7 @@ class ExpungeClient:
         self.namespace = namespace
         self.name = name
         self.retry_s = retry_s
+        self._owns_ray = False
 
     @classmethod
     def connect(
@@ -65,15 +102,22 @@ class ExpungeClient:
 
         from orchestrator.service.actor import find_service
 
+        owns_ray = False
         if not ray.is_initialized():
             try:
-                ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
-            except ConnectionError as exc:
-                raise ServiceUnavailableError(
-                    f"no Ray cluster at {address!r}: start the service with `expunge serve --config FILE.yaml`, "
-                    "or pass the address it printed"
-                ) from exc
-        return cls(find_service(namespace, name), namespace, name, retry_s)
+                join_cluster(address, namespace)
+            except ConfigError as exc:
+                raise ServiceUnavailableError(str(exc)) from exc
+            owns_ray = True
+        client = cls(find_service(namespace, name), namespace, name, retry_s)
+        client._owns_ray = owns_ray
+        return client
+
+    def close(self) -> None:
+        """Leave the cluster if ``connect`` joined it (the service keeps running)."""
+        if self._owns_ray:
+            self._ray.shutdown()
+            self._owns_ray = False
 
     # ----- calls ---------------------------------------------------------------------------------
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:

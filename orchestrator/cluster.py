@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 from orchestrator.errors import ConfigError
 
-__all__ = ["alive_node_count", "is_local_storage", "require_shared_storage"]
+__all__ = ["alive_node_count", "gcs_answers", "is_local_storage", "require_shared_storage"]
 
 #: URI schemes that name a folder of one machine (a URI without a scheme is a local path too).
 _LOCAL_SCHEMES = frozenset({"file", "local"})
@@ -44,3 +46,16 @@ def alive_node_count() -> int:
 
     nodes: list[dict[str, object]] = ray.nodes()  # type: ignore[no-untyped-call]
     return len([node for node in nodes if node.get("Alive")])
+
+
+def gcs_answers(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether something listens at a Ray GCS address ``host:port`` (one TCP connect, ``timeout_s`` at most).
+
+    Checked before ``ray.init``, which retries an address nobody answers for about a minute.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False

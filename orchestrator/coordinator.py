@@ -43,7 +43,7 @@ from orchestrator.registry import Lineage
 from orchestrator.routing import route
 from orchestrator.staging import RowBatches, place_summary, stage_source, summarise_source
 from shards.models import SufficientStatisticsModel, model_for, task_of
-from shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
+from shards.rows import FEATURES, ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
 from shards.shard import ShardUpdate
 from shards.store import ObjectStore
 from shards.training import load_checkpoint
@@ -688,8 +688,26 @@ class Coordinator:
 
     # ----- serving ------------------------------------------------------------------------------
     def predict(self, rows: pa.Table) -> np.ndarray:
-        """Ensemble prediction for canonical rows (``subject_id`` may name unknown subjects)."""
+        """Ensemble predictions, shape (n,) (class probabilities (n, classes) for classifiers).
+
+        Rows of a ratings model need ``subject_id`` (or ``subject_digest``) and ``item_id``; a
+        classifier's need ``features``. Unknown subjects, erased ones included, get the
+        population's prediction: after an erasure the person is indistinguishable from a newcomer.
+
+        Raises:
+            ConfigError: a needed column is missing.
+        """
         manifest = self._follow_latest()
+        needed = [ITEM_ID] if task_of(manifest.model) == "rating" else [FEATURES]
+        missing = [c for c in needed if c not in rows.column_names]
+        if task_of(manifest.model) == "rating" and not {SUBJECT_ID, SUBJECT_DIGEST} & set(rows.column_names):
+            missing.append(SUBJECT_ID)
+        if missing:
+            raise ConfigError(
+                f"rows to predict lack column(s) {missing}: a {manifest.model.kind!r} model needs "
+                f"{', '.join(needed + ([SUBJECT_ID] if task_of(manifest.model) == 'rating' else []))} "
+                f"(got {rows.column_names})"
+            )
         if SUBJECT_DIGEST not in rows.column_names and SUBJECT_ID in rows.column_names:
             rows = rows.append_column(
                 SUBJECT_DIGEST, pa.array(self.hasher.digest_many(rows.column(SUBJECT_ID).to_pylist()), pa.string())

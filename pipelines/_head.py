@@ -101,6 +101,8 @@ def _processes(info: HeadInfo) -> list[Any]:
             ours = any(info.temp_dir in arg for arg in proc.info["cmdline"] or [])
             if ours or proc.environ().get(_MARKER) == info.temp_dir:
                 found[proc.pid] = proc
+                for child in proc.children(recursive=True):  # agents Ray renamed (ray::DashboardAgent ...)
+                    found[child.pid] = child
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return list(found.values())

@@ -40,7 +40,10 @@ JOBS: dict[str, tuple[str, str]] = {
     "readmit": ("pipelines.readmit", "Re-admit erased subjects who gave new consent (recorded, with a reason)."),
     "digest": ("pipelines.digest", "Print the keyed digest of a subject id (to search MLflow and receipts)."),
     "recommend": ("pipelines.recommend", "Top-k items a subject has not rated, from the published exact ensemble."),
-    "benchmark": ("pipelines.benchmark", "MovieLens benchmarks: `erasure` (the default) and `accuracy`."),
+    "benchmark": (
+        "pipelines.benchmark",
+        "Benchmarks: `erasure` (the default), `accuracy`, `scale`, `service` (`expunge benchmark SUB --help`).",
+    ),
 }
 
 #: Jobs with sub-jobs (``expunge benchmark accuracy --data ...``). The bare job (``expunge benchmark

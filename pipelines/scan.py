@@ -7,6 +7,7 @@ python -m pipelines.scan ...   (the same, as ``ray job submit`` runs it)
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -19,7 +20,7 @@ from orchestrator.coordinator import published
 from orchestrator.digests import SubjectHasher
 from orchestrator.registry.audit import AuditView
 from orchestrator.scan import Finding, ScanReport, scan_store
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging
+from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
 
 __all__ = ["main", "run"]
 
@@ -104,7 +105,10 @@ def _first_version_without(catalog: Catalog, latest: EnsembleManifest, digest: s
 
 
 def main(
-    storage: str = typer.Option(..., help="storage URI to scan (local folder, file:// or s3://)"),
+    storage: str | None = typer.Option(
+        None, help="storage URI to scan (local folder, file:// or s3://; overrides the config)"
+    ),
+    config: Path | None = typer.Option(None, help="job config YAML (for storage and privacy)"),
     subject: str = typer.Option(..., help="subject id to look for (digested with EXPUNGE_SUBJECT_KEY)"),
     endpoint_url: str | None = typer.Option(None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)"),
     tracking_uri: str | None = typer.Option(
@@ -123,9 +127,10 @@ def main(
     """
     init_logging()
     with exit_on_error():
-        report = run(
-            StorageConfig(uri=storage, endpoint_url=endpoint_url), subject, PrivacyConfig(), tracking_uri, registry
-        )
+        job, store = job_and_store(config, storage)
+        if endpoint_url:
+            store = store.model_copy(update={"endpoint_url": endpoint_url})
+        report = run(store, subject, job.privacy if job else PrivacyConfig(), tracking_uri, registry)
     if as_json:
         typer.echo(report.model_dump_json(indent=1))
     else:

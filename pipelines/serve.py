@@ -17,13 +17,12 @@ import fcntl
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from orchestrator.cluster import is_local_storage
+from orchestrator.cluster import gcs_answers, is_local_storage
 from orchestrator.config import JobConfig, TrackingConfig
 from orchestrator.errors import ConfigError
 from pipelines._head import HeadInfo, read_state, start_head, stop_head
@@ -40,36 +39,10 @@ def state_file(namespace: str) -> Path:
     return root / f"serve-{namespace}.json"
 
 
-def _answers(address: str) -> bool:
-    """Whether something listens at the GCS address ``host:port`` (a quick TCP connect)."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2.0):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 def _connect(address: str, namespace: str) -> None:
-    """Join the cluster at ``address``.
+    from orchestrator.client import join_cluster
 
-    Raises:
-        ConfigError: nothing answers there.
-    """
-    import ray
-
-    if "RAY_AUTH_MODE" not in os.environ:
-        # Expunge's clusters use token authentication (Ray's default token file on this machine).
-        os.environ["RAY_AUTH_MODE"] = "token"
-        from ray._raylet import Config  # type: ignore[attr-defined]
-
-        Config.initialize("")
-    try:
-        ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
-    except ConnectionError as exc:
-        raise ConfigError(
-            f"no Ray cluster answers at {address}: check --address (or RAY_ADDRESS), or omit it to start a head here"
-        ) from exc
+    join_cluster(address, namespace)
 
 
 def _anchored(job: JobConfig, tracking: TrackingConfig) -> JobConfig:
@@ -115,7 +88,7 @@ def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: i
     if address is None and recorded is not None:
         address = recorded["address"]  # the head an earlier `serve` started: reuse it
         head = HeadInfo.model_validate(recorded["head"]) if recorded.get("head") else None
-        if not _answers(address):
+        if not gcs_answers(address):
             log.warning("the Ray head recorded in %s no longer answers; starting a new one", state_file(namespace))
             if head is not None:
                 stop_head(head)  # whatever is left of it
@@ -128,7 +101,7 @@ def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: i
         with progress(f"connecting to Ray at {address}"):
             _connect(address, namespace)
         require_shared_storage(job.storage.uri, alive_node_count())
-        with progress("starting the service and warming its shard actors"):
+        with progress("starting (or finding) the service and warming its shard actors"):
             _, created = start_service(job)
     except BaseException:
         if head is not None and recorded is None:
@@ -160,13 +133,15 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
     recorded = read_state(path) or {}
     address = address or recorded.get("address") or os.environ.get("RAY_ADDRESS")
     if address is None:
-        raise ConfigError(
-            f"no service recorded for namespace {namespace!r} ({path} does not exist): pass --address HOST:PORT "
-            "of the cluster it runs on"
+        log.warning(
+            "no service recorded for namespace %r (%s does not exist) and no --address or RAY_ADDRESS: nothing to stop",
+            namespace,
+            path,
         )
+        return {"namespace": namespace, "service_stopped": False, "head_processes_stopped": 0}
     name = name or recorded.get("name") or "expunge-coordinator"
     stopped = False
-    if _answers(address) or "://" in address:
+    if gcs_answers(address) or "://" in address:
         _connect(address, namespace)
         stopped = stop_service(namespace, name)
     else:
@@ -196,8 +171,9 @@ def main(
 ) -> None:
     """Run the erasure service (a warm coordinator and shard actors) on a Ray cluster, or --stop it.
 
-    Prints JSON on stdout: address, namespace and name to give ``ExpungeClient.connect``. Exit 0
-    when serving (or stopped), 2 on bad input (e.g. an untrained store, a local store on several nodes).
+    Prints JSON on stdout: the address and namespace to give ExpungeClient.connect. Exit 0 when
+    serving, stopped or nothing to stop; 2 on bad input (an untrained store, a wrong key, a local
+    store on several nodes, a namespace serving another store).
     """
     init_logging(verbose)
     with exit_on_error():

@@ -308,7 +308,11 @@ class ErasureService:
         )
 
     def close(self) -> None:
-        """Finish the batch in hand, stop the worker and the shard actors (queued requests stay journalled)."""
+        """Finish the batch in hand, then stop the worker and the shard actors.
+
+        Queued requests and unregistered commits stay in the journal; the next service on this
+        store finishes them (``_recover``), so stopping never waits for a backlog.
+        """
         with self._state:
             self._stopping = True
             self._state.notify_all()
@@ -327,6 +331,8 @@ class ErasureService:
         window_s = self.config.window_ms / 1000
         while True:
             with self._state:
+                if self._stopping:
+                    return  # what is queued or unregistered stays in the journal: the next start finishes it
                 if self._resume:
                     batch, entries = self._resume.pop(0)
                     step_kind = "resume"
@@ -341,8 +347,6 @@ class ErasureService:
                         self.config.register_within_s,
                     )
                     if step.kind == "wait":
-                        if self._stopping:
-                            return
                         self._state.wait(timeout=step.wait_s)
                         continue
                     step_kind = step.kind
@@ -436,6 +440,7 @@ class ErasureService:
             done, self._unregistered = self._unregistered, []
         try:
             with self._work:
+                before = self.lineage.current_version() if self.lineage is not None else None
                 version = self.coordinator.register_published()
                 if self.lineage is not None:
                     for item in done:
@@ -449,7 +454,7 @@ class ErasureService:
             time.sleep(_RETRY_PAUSE_S)
             return
         stamp = now()
-        registration = Registration(registered_at=stamp, registry_version=version)
+        registration = Registration(registered_at=stamp, registry_version=version, registry_version_before=before)
         for item in done:
             for own in item.receipts:
                 self.journal.write_registered(own.request_id, registration)
@@ -459,7 +464,13 @@ class ErasureService:
                 for own in item.receipts:
                     self._counts["registered"] += 1
                     previous = self._recent.get(own.request_id)
-                    receipt = own.model_copy(update={"registered_at": stamp, "registry_version_after": version})
+                    receipt = own.model_copy(
+                        update={
+                            "registered_at": stamp,
+                            "registry_version_before": before,
+                            "registry_version_after": version,
+                        }
+                    )
                     self._remember(
                         RequestStatus(
                             request_id=own.request_id,

@@ -60,6 +60,7 @@ class Registration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     registered_at: str
     registry_version: str | None
+    registry_version_before: str | None = None
 
 
 class RequestStatus(BaseModel):
@@ -159,7 +160,11 @@ class Journal:
             )
         done = Registration.model_validate_json(self.store.get(registered))
         receipt = receipt.model_copy(
-            update={"registered_at": done.registered_at, "registry_version_after": done.registry_version}
+            update={
+                "registered_at": done.registered_at,
+                "registry_version_before": done.registry_version_before,
+                "registry_version_after": done.registry_version,
+            }
         )
         return RequestStatus(
             request_id=request_id,

@@ -160,8 +160,10 @@ def test_scan_command_exit_codes(tmp_path):
     )
     assert found.returncode == 1, found.stderr[-2000:]
     coordinator.forget(["user-1"])
-    clean = _run(
-        ["pipelines.scan", "--storage", str(tmp_path / "store"), "--subject", "user-1", "--json"],
+    config = tmp_path / "job.yaml"
+    config.write_text(f"storage: {{uri: {tmp_path / 'store'}}}\n")
+    clean = _run(  # --config names the store as in every other job
+        ["pipelines.scan", "--config", str(config), "--subject", "user-1", "--json"],
         tmp_path,
         EXPUNGE_SUBJECT_KEY=key,
     )

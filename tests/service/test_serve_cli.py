@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,9 @@ def test_a_malformed_config_or_an_untrained_store_exits_2_and_starts_nothing(tmp
     assert not (tmp_path / "state").exists()  # no head was started or recorded
 
 
-def test_serve_needs_a_config_and_stop_needs_something_to_stop(tmp_path):
+def test_serve_needs_a_config_and_stopping_nothing_says_so(tmp_path):
     assert "--config" in _serve(tmp_path).stderr
-    stopped = _serve(tmp_path, "--stop", "--namespace", "nothing-here")
-    assert stopped.returncode == 2
-    assert "no service recorded" in stopped.stderr
+    stopped = _serve(tmp_path, "--stop", "--namespace", "nothing-here")  # cleanup scripts may stop twice
+    assert stopped.returncode == 0, stopped.stderr
+    assert "nothing to stop" in stopped.stderr
+    assert json.loads(stopped.stdout)["service_stopped"] is False

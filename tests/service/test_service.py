@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pyarrow as pa
 import pytest
 
 from orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
@@ -148,6 +149,7 @@ def test_registration_is_the_second_stage_with_its_own_time(tmp_path, hasher):
         assert status.registered_at is not None
         assert status.registered_at >= status.committed_at
         assert status.receipt.registry_version_after == service.model_version().registry_version != before
+        assert status.receipt.registry_version_before == before
     finally:
         service.close()
 
@@ -182,6 +184,8 @@ def test_garbage_ids_limits_and_counts_are_typed_errors(tmp_path, hasher):
             service.wait("req-x", "committed", timeout=float("nan"))
         with pytest.raises(ConfigError, match="whole number"):
             service.recommend(SUBJECTS[0], k=2.5)
+        with pytest.raises(ConfigError, match=r"lack column\(s\) \['subject_id'\]"):
+            service.predict(pa.table({"item_id": [3]}))
     finally:
         service.close()
 
@@ -199,3 +203,10 @@ def test_half_written_journal_files_of_a_killed_service_are_swept_on_restart(tmp
         assert [f for f in report.findings if f.kind == "incomplete-write"] == []
     finally:
         restarted.close()
+
+
+def test_joining_a_cluster_nobody_runs_is_a_quick_typed_error():
+    from orchestrator.client import join_cluster
+
+    with pytest.raises(ConfigError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
+        join_cluster("127.0.0.1:1", "nowhere")
