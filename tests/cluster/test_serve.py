@@ -73,7 +73,7 @@ def test_the_readme_sdk_example_runs_against_expunge_serve_and_stop_ends_what_se
 
     config = _trained_config(tmp_path, str(tmp_path / "store"), tracking=True)
     namespace = load_job_config(config).service.namespace
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update({"EXPUNGE_SUBJECT_KEY": KEY, "EXPUNGE_STATE_DIR": str(tmp_path / "state")})
     # Two serves at once in one namespace: one starts the head and the service, the other finds them.
     command = [EXPUNGE, "serve", "--config", str(config), "--num-cpus", "2"]
@@ -93,7 +93,9 @@ def test_the_readme_sdk_example_runs_against_expunge_serve_and_stop_ends_what_se
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "already runs service" in refused.stderr
         example = _readme_example().replace('namespace="expunge"', f"namespace={namespace!r}")
-        ran = _run([sys.executable, "-c", example], {**env, "RAY_ADDRESS": outcome["address"]}, timeout=300)
+        # As a user's shell runs it: no RAY_AUTH_MODE (the SDK sets token auth itself).
+        plain = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+        ran = _run([sys.executable, "-c", example], {**plain, "RAY_ADDRESS": outcome["address"]}, timeout=300)
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert ran.stdout.splitlines()[0].startswith("erased [")
     finally:
