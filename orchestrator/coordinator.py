@@ -28,6 +28,7 @@ from orchestrator.digests import SubjectHasher
 from orchestrator.ensemble import StatisticsEnsemble, aggregate
 from orchestrator.errors import (
     ConfigError,
+    DataValidationError,
     ErasedSubjectsInDataError,
     ExpungeError,
     StorageConflictError,
@@ -267,6 +268,16 @@ class Coordinator:
         began = time.perf_counter()
         homes = place_summary(summary, job.sharding, placement)
         staged = stage_source(batches, self.hasher, validate, erased, job.sharding, homes, self.store, source)
+        if staged.rows != summary.rows - summary.erased_rows:
+            self.store.delete(staged.keys.values())
+            raise DataValidationError(
+                source,
+                [
+                    f"gave {summary.rows - summary.erased_rows} row(s) to train on in the first pass and "
+                    f"{staged.rows} in the second: the source changed between the two passes over it; train again "
+                    "on a source nobody writes to meanwhile"
+                ],
+            )
         try:
             training_began = time.perf_counter()
             updates: dict[int, ShardUpdate] = pool.call(
@@ -614,7 +625,9 @@ class Coordinator:
         if self.lineage is not None and register:
             parent = self.lineage.current_version()
             version = self.lineage.record_erasure(receipt, new_manifest, parent)
-            receipt = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
+            receipt = receipt.model_copy(
+                update={"registry_version_before": parent, "registry_version_after": version, "registered_at": _now()}
+            )
         try:
             if audit is not None:
                 receipt = receipt.model_copy(

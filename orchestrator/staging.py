@@ -18,6 +18,8 @@ published version (debris of a crashed run), so they never outlive the training 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -49,6 +51,7 @@ __all__ = [
     "place_summary",
     "stage_source",
     "summarise_source",
+    "sweep_local_staging",
     "table_batches",
 ]
 
@@ -68,16 +71,36 @@ _UNUSED = Cell(0, 0)
 
 
 def parquet_batches(path: str, batch_rows: int = DEFAULT_BATCH_ROWS, filesystem: object | None = None) -> RowBatches:
-    """Batches of at most ``batch_rows`` rows of a Parquet file or folder of Parquet files, in file order.
+    """Batches of about ``batch_rows`` rows of a Parquet file or folder of Parquet files, in file order.
 
-    ``filesystem``: a pyarrow or fsspec filesystem for remote paths (None: local or inferred from the URI).
+    Each file is read with its own schema: a folder's files are never cast to the first file's
+    types, which would turn a text id ``"01001"`` in a later file into the integer ``1001`` (another
+    person) before the identity rule sees it. Small row groups are joined up to ``batch_rows``,
+    so a file written one row per group is not validated and staged row by row. ``filesystem``:
+    a pyarrow or fsspec filesystem for remote paths (None: local or inferred from the URI).
+
+    Raises:
+        DataValidationError: a file Arrow cannot read (named, with Arrow's reason).
     """
-    dataset = ds.dataset(path, format="parquet", filesystem=filesystem)
+    files = sorted(ds.dataset(path, format="parquet", filesystem=filesystem).files)
 
     def batches() -> Iterator[pa.Table]:
-        for batch in dataset.to_batches(batch_size=batch_rows):
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch])
+        for file in files:
+            try:
+                dataset = ds.dataset(file, format="parquet", filesystem=filesystem)
+                pending: list[pa.RecordBatch] = []
+                held = 0
+                for batch in dataset.to_batches(batch_size=batch_rows):
+                    if batch.num_rows:
+                        pending.append(batch)
+                        held += batch.num_rows
+                    if held >= batch_rows:
+                        yield pa.Table.from_batches(pending)
+                        pending, held = [], 0
+                if pending:
+                    yield pa.Table.from_batches(pending)
+            except pa.ArrowException as exc:
+                raise DataValidationError(file, [f"cannot be read as Parquet rows: {exc}"]) from exc
 
     return batches
 
@@ -139,8 +162,9 @@ def summarise_source(
         if erased_rows.any():
             summary.erased_rows += int(erased_rows.sum())
             summary.erased_subjects.update(subjects.distinct[i] for i in np.unique(subjects.index[erased_rows]))
-        if ITEM_ID in batch.column_names and len(batch):
-            largest = pc.max(batch.column(ITEM_ID)).as_py()
+        if ITEM_ID in batch.column_names and len(batch) and not erased_rows.all():
+            # Over kept rows only: the catalogue size must not depend on an erased person's items.
+            largest = pc.max(batch.column(ITEM_ID).filter(pa.array(~erased_rows))).as_py()
             if largest is not None and (summary.largest_item is None or largest > summary.largest_item):
                 summary.largest_item = int(largest)
         summary.rows += len(batch)
@@ -204,6 +228,36 @@ class _ShardFiles:
         self.writers.clear()
 
 
+#: Local staging folders are named ``expunge-staging-<pid>-<random>`` so that a later run can tell
+#: whose they are: they hold raw rows, and a killed run never removes its own.
+_LOCAL_PREFIX = "expunge-staging-"
+
+
+def sweep_local_staging(root: str | None = None) -> list[str]:
+    """Delete local staging folders of processes that no longer run (killed mid-staging); returns them."""
+    removed = []
+    base = Path(root or tempfile.gettempdir())
+    for folder in base.glob(f"{_LOCAL_PREFIX}*"):
+        owner = folder.name[len(_LOCAL_PREFIX) :].split("-", 1)[0]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(str(folder))
+    if removed:
+        log.warning("removed %d local staging folder(s) left by killed training runs", len(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def stage_source(
     batches: RowBatches,
     hasher: SubjectHasher,
@@ -224,7 +278,8 @@ def stage_source(
     run = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     entries: dict[str, dict[Cell, int]] = {}
     staged = 0
-    with tempfile.TemporaryDirectory(prefix="expunge-staging-") as folder:
+    sweep_local_staging()
+    with tempfile.TemporaryDirectory(prefix=f"{_LOCAL_PREFIX}{os.getpid()}-") as folder:
         files = _ShardFiles(Path(folder), sharding.shards)
         try:
             for raw, label in _numbered(batches, source):
@@ -240,6 +295,16 @@ def stage_source(
                 if homes is None:
                     shard_of, slice_of = row_cells(batch.column(RECORD_ID), sharding.shards, sharding.slices)
                 else:
+                    present = set(subjects.distinct[i] for i in np.unique(index).tolist())
+                    unknown = [d for d in present if d not in homes]
+                    if unknown:
+                        raise DataValidationError(
+                            label,
+                            [
+                                f"names {len(unknown)} subject(s) the first pass did not see: the source changed "
+                                "between the two passes over it; train again on a source nobody writes to meanwhile"
+                            ],
+                        )
                     cells = [homes.get(d, _UNUSED) for d in subjects.distinct]  # erased ones: filtered out above
                     shard_of = np.array([c.shard for c in cells], np.int64)[index]
                     slice_of = np.array([c.slice for c in cells], np.int64)[index]

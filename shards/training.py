@@ -6,6 +6,7 @@ Gradient models (``SisaModel``) run epochs of Adam per step; sufficient-statisti
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import pickle
@@ -51,10 +52,12 @@ class TrainedState:
 
 
 #: Stored checkpoint format 2: this magic, the length of the ``torch.save`` bytes (8 bytes,
-#: little-endian), then those bytes split into 4 byte lanes (byte 0 of every 4-byte word, then
-#: byte 1, ...; float32 exponents line up) and compressed with zstd. Lossless: decoding gives
-#: the ``torch.save`` bytes back, so weights and Adam state load bit for bit. Format 1 (the
-#: plain ``torch.save`` zip, written before issue 12) is still read.
+#: little-endian), the sha256 of the length and the compressed bytes (32 bytes; checked before
+#: anything is decompressed, so a flipped bit is a typed error, never other weights), then the
+#: ``torch.save`` bytes split into 4 byte lanes (byte 0 of every 4-byte word, then byte 1, ...;
+#: float32 exponents line up) and compressed with zstd. Lossless: decoding gives the
+#: ``torch.save`` bytes back, so weights and Adam state load bit for bit. Format 1 (the plain
+#: ``torch.save`` zip, written before issue 12) is still read; it has no checksum.
 _MAGIC = b"EXPUNGE-CKPT-2\n"
 _ZSTD_LEVEL = 3  # higher levels save under 1% more on float tensors and cost seconds per checkpoint
 _LANES = 4
@@ -78,7 +81,8 @@ def encode_checkpoint(payload: dict[str, Any]) -> bytes:
     torch.save(payload, buffer)
     raw = buffer.getvalue()
     packed = pa.Codec("zstd", compression_level=_ZSTD_LEVEL).compress(_to_lanes(raw), asbytes=True)
-    return _MAGIC + len(raw).to_bytes(8, "little") + packed
+    size = len(raw).to_bytes(8, "little")
+    return _MAGIC + size + hashlib.sha256(size + packed).digest() + packed
 
 
 def decode_checkpoint(data: bytes) -> dict[str, Any]:
@@ -92,11 +96,28 @@ def decode_checkpoint(data: bytes) -> dict[str, Any]:
     try:
         if data.startswith(_MAGIC):
             header = len(_MAGIC)
-            size = int.from_bytes(data[header : header + 8], "little")
-            shuffled = pa.Codec("zstd").decompress(data[header + 8 :], decompressed_size=size, asbytes=True)
+            size_bytes, digest, packed = data[header : header + 8], data[header + 8 : header + 40], data[header + 40 :]
+            if hashlib.sha256(size_bytes + packed).digest() != digest:
+                raise ValueError("its sha256 does not match: the stored bytes changed after they were written")
+            size = int.from_bytes(size_bytes, "little")
+            shuffled = pa.Codec("zstd").decompress(packed, decompressed_size=size, asbytes=True)
             data = _from_lanes(shuffled)
         payload: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, pa.ArrowException) as exc:
+        if not isinstance(payload, dict) or not {"model", "layout", "steps_done"} <= payload.keys():
+            raise ValueError("it lacks the model, layout or step count")
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        EOFError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        MemoryError,
+        OverflowError,
+        pickle.UnpicklingError,
+        pa.ArrowException,
+    ) as exc:
         raise StorageCorruptError(
             f"checkpoint bytes cannot be decoded ({exc}); the object is damaged or not a checkpoint. "
             "Restore it from backup or retrain into a fresh storage URI."

@@ -140,3 +140,76 @@ def test_streamed_training_on_s3(s3_bucket, hasher, tmp_path):
     assert result.manifest.placement_key == local.train(ROWS, job(shards=2, slices=2)).manifest.placement_key
     assert not coordinator.store.list_keys(STAGING_PREFIX)
     assert result.manifest.rows == len(ROWS)
+
+
+def test_each_file_of_a_folder_keeps_its_own_id_types(tmp_path, hasher):
+    # A text id "01001" in a later file must not become the integer 1001 of the first file.
+    folder = tmp_path / "input"
+    folder.mkdir()
+    common = {"item_id": pa.array([1, 2], pa.int64()), "rating": pa.array([3.0, 4.0], pa.float32())}
+    pq.write_table(
+        pa.table({"record_id": ["a1", "a2"], "subject_id": pa.array([1001, 7]), **common}), folder / "a.parquet"
+    )
+    pq.write_table(
+        pa.table({"record_id": ["b1", "b2"], "subject_id": ["01001", "007"], **common}), folder / "b.parquet"
+    )
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    coordinator.train_stream(parquet_batches(str(folder)), job(shards=2, slices=1))
+    assert len(coordinator.placement_index().cells()) == 4
+    assert coordinator.forget(["01001"]).status == "erased"
+
+
+def test_small_row_groups_are_joined_into_batches(tmp_path):
+    path = _parquet(tmp_path, ROWS.slice(0, 50), "tiny-groups.parquet")
+    pq.write_table(ROWS.slice(0, 50), path, row_group_size=1)
+    assert [len(b) for b in parquet_batches(path, batch_rows=16)()] == [16, 16, 16, 2]
+
+
+def test_the_catalogue_size_never_depends_on_an_erased_persons_items(tmp_path, hasher):
+    config = job(shards=2, slices=2).model_copy(
+        update={"data": job().data.model_copy(update={"erased_subjects": "drop"})}
+    )
+    loner = pa.table(
+        {
+            "record_id": ["loner-1"],
+            "subject_id": ["loner"],
+            "item_id": pa.array([999], pa.int64()),
+            "rating": pa.array([5.0], pa.float32()),
+        }
+    )
+    rows = pa.concat_tables([ROWS, loner.cast(ROWS.schema)])
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    coordinator.train(rows, config)
+    coordinator.forget(["loner"])
+    in_memory = coordinator.train(rows, config).manifest.model
+    streamed = coordinator.train_stream(table_batches(rows, 40), config).manifest.model
+    assert streamed.num_items == in_memory.num_items < 999
+
+
+def test_a_source_that_changes_between_the_passes_is_refused(tmp_path, hasher):
+    calls = []
+
+    def shifting():
+        calls.append(1)
+        return iter(
+            [ROWS] if len(calls) == 1 else [ROWS, ROWS.slice(0, 3).set_column(1, SUBJECT_ID, pa.array(["new"] * 3))]
+        )
+
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    with pytest.raises(DataValidationError, match="changed between the two passes"):
+        coordinator.train_stream(shifting, job(shards=2, slices=2))
+    assert coordinator.manifest is None
+
+
+def test_local_staging_folders_of_dead_processes_are_swept(tmp_path):
+    import os
+
+    from orchestrator.staging import sweep_local_staging
+
+    dead = tmp_path / "expunge-staging-999999999-abc"
+    mine = tmp_path / f"expunge-staging-{os.getpid()}-def"
+    for folder in (dead, mine):
+        folder.mkdir()
+        (folder / "0000.parquet").write_bytes(b"raw rows")
+    assert sweep_local_staging(str(tmp_path)) == [str(dead)]
+    assert mine.exists()

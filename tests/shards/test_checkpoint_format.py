@@ -89,3 +89,13 @@ def test_damaged_bytes_raise_a_storage_error_that_says_what_to_do(trained, damag
     _, stored, _ = trained
     with pytest.raises(StorageCorruptError, match="Restore it from backup"):
         decode_checkpoint(damage(stored[0]))
+
+
+def test_a_flipped_byte_anywhere_is_a_typed_error_never_other_weights(trained):
+    _, stored, _ = trained
+    data = stored[0]
+    for offset in range(0, len(data), max(1, len(data) // 300)):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x01
+        with pytest.raises(StorageCorruptError):
+            decode_checkpoint(bytes(damaged))
