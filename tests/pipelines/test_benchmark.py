@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from orchestrator.config import MFConfig, TrainingConfig
-from pipelines.benchmark import BenchmarkRow, run, with_monolith_baseline
+from orchestrator.work import ideal_speedup, monolith_ideal_speedup
+from pipelines.benchmark import BenchmarkRow, _ints, _pairs, _table, main, run, with_monolith_baseline
 
 
 def _row(shards: int, slices: int, train: float, phase: float, erasure: float, retrain: list[float]) -> BenchmarkRow:
@@ -44,6 +47,11 @@ def test_benchmark_measures_every_configuration_on_grouplens_layout(tmp_path, ra
     data.write_text("\n".join(lines) + "\n")
     training = TrainingConfig(model=MFConfig(embedding_dim=4), epochs=2, batch_size=64, cpus_per_shard=0.25)
     results = run(data, [(1, 1), (2, 2)], training, erasures=2, s3_uri=f"s3://{s3_bucket}/bench", s3_grid=[(2, 2)])
+    # E=2, R=2: SISA training work (1.5 row-epochs) differs from the monolith's (2), so the ideals differ.
+    sisa = results[1]
+    assert sisa.ideal_speedup == pytest.approx(ideal_speedup(2, 2, sisa.first_affected_slices))
+    assert sisa.ideal_speedup_vs_monolith == pytest.approx(monolith_ideal_speedup(2, 2, 2, sisa.first_affected_slices))
+    assert sisa.ideal_speedup != pytest.approx(sisa.ideal_speedup_vs_monolith)
     assert [(r.storage, r.shards, r.slices) for r in results] == [("local", 1, 1), ("local", 2, 2), ("s3", 2, 2)]
     assert len(results[0].erasure_seconds) == 1  # the monolith's erasure is a full retrain: timed once
     for row in results:
@@ -55,3 +63,33 @@ def test_benchmark_measures_every_configuration_on_grouplens_layout(tmp_path, ra
         assert row.ideal_speedup_vs_monolith >= 1.0
         assert row.storage_report is not None
         assert row.storage_report.bytes_per_row > 0
+
+
+def test_list_options_are_repeatable_and_take_comma_lists():
+    assert _pairs(["4x4,8x8"]) == _pairs(["4x4", "8X8"]) == [(4, 4), (8, 8)]
+    assert _ints(["4,8"], "--shards") == _ints(["4", "8"], "--shards") == [4, 8]
+    with pytest.raises(typer.BadParameter, match="--grid '4'"):
+        _pairs(["4"])
+    with pytest.raises(typer.BadParameter, match="--slices '0'"):
+        _ints(["0"], "--slices")
+
+
+def test_help_says_grid_not_config_and_does_not_point_to_itself():
+    app = typer.Typer()
+    app.command()(main)
+    text = CliRunner().invoke(app, ["--help"], terminal_width=200).output
+    assert "--grid" in text
+    assert "--config" not in text  # README: --config is always a job YAML
+    assert "Also `expunge benchmark erasure`" not in text
+
+
+def test_table_says_what_each_speedup_divides():
+    row = _row(4, 4, train=10.0, phase=8.0, erasure=1.0, retrain=[0.5])
+    table = _table([row.model_copy(update={"ideal_speedup": 5.7, "ideal_speedup_vs_monolith": 7.3})])
+    caption = str(table.caption)
+    assert "the monolith's retrain / this erasure's retrain" in caption
+    assert "ErasureReceipt.speedup" in caption
+    assert "ideal_speedup (SISA work)" in caption
+    cells = {str(c.header): c._cells[0] for c in table.columns}
+    assert cells["vs full SISA | ideal"].endswith("| 5.7x")  # the SISA-work ideal, not the monolith's
+    assert cells["vs monolith | ideal"].endswith("| 7.3x")
