@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +28,10 @@ from orchestrator.cluster import gcs_answers
 from orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
 from orchestrator.receipts import ErasureReceipt
 from orchestrator.service.policy import check_subject_list, check_timeout
+
+if TYPE_CHECKING:
+    from orchestrator.service.core import ServedVersion, ServiceStats
+    from orchestrator.service.journal import RequestStatus
 
 __all__ = ["ExpungeClient", "join_cluster"]
 
@@ -185,7 +189,7 @@ class ExpungeClient:
         request_id: str = self._call("submit", ids, key, reason)
         return request_id
 
-    def status(self, request_id: str) -> Any:
+    def status(self, request_id: str) -> RequestStatus:
         """The request's ``RequestStatus``: stage (accepted, committed, registered, failed) and timestamps.
 
         Raises:
@@ -195,7 +199,7 @@ class ExpungeClient:
 
     def wait(
         self, request_id: str, stage: Literal["committed", "registered"] = "committed", timeout: float | None = None
-    ) -> Any:
+    ) -> RequestStatus:
         """Block until the request reaches ``stage``; returns its ``RequestStatus``.
 
         Raises:
@@ -205,7 +209,13 @@ class ExpungeClient:
         return self._call("wait", request_id, stage, timeout)
 
     def predict(self, rows: pa.Table | Sequence[dict[str, Any]]) -> np.ndarray:
-        """Ensemble predictions, shape (n,), for rows with ``subject_id`` and ``item_id`` (ratings models)."""
+        """Ensemble predictions, shape (n,), for rows with ``subject_id`` and ``item_id`` (ratings models).
+
+        Subjects the model does not hold (erased ones included) get the population's prediction.
+
+        Raises:
+            ConfigError: a column the model needs is missing.
+        """
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
         result: np.ndarray = self._call("predict", table)
         return result
@@ -219,10 +229,10 @@ class ExpungeClient:
         items: list[int] = self._call("recommend", subject_id, k)
         return items
 
-    def model_version(self) -> Any:
+    def model_version(self) -> ServedVersion:
         """The ``ServedVersion``: ensemble (store) version and MLflow registry version served now."""
         return self._call("model_version")
 
-    def stats(self) -> Any:
+    def stats(self) -> ServiceStats:
         """The service's ``ServiceStats``: requests, batches, shard retrains, peak memory."""
         return self._call("stats")

@@ -497,6 +497,11 @@ class Coordinator:
         the receipt is chained); the caller registers later with ``register_published``.
         ``resume=False`` is the caller's promise that no earlier attempt used ``request_id``, which
         skips looking for one (a scan of every stored version).
+
+        Raises:
+            ConfigError: no digest, a bad request id, or an id that named other subjects.
+            StorageConflictError: another writer published first (nothing changed; submit again).
+            ShardRetrainFailed: a shard actor failed or died (nothing published; submit again).
         """
         began = time.perf_counter()
         if not digests:

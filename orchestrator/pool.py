@@ -68,7 +68,7 @@ class LocalShardPool:
         return results
 
     def published(self, versions: Mapping[int, int | None]) -> None:
-        pass  # in-process shards never restart
+        """Nothing to record: in-process shards never restart."""
 
     def shutdown(self) -> None:
         self.shards.clear()
@@ -128,6 +128,7 @@ class RayShardPool:
         return self.actors[shard_id]
 
     def published(self, versions: Mapping[int, int | None]) -> None:
+        """Record the published shard versions: a restarted actor is pointed at these before a redo."""
         self.versions.update(versions)
 
     def _recovered(self, shard_id: int) -> bool:

@@ -149,6 +149,9 @@ def summarise_source(
     """First pass: validate each batch (raising its ``DataValidationError``) and count rows per subject.
 
     Memory: one batch plus one counter per distinct subject.
+
+    Raises:
+        DataValidationError: a batch fails validation (named by its row range), or no rows at all.
     """
     summary = SourceSummary()
     for raw, label in _numbered(batches, source):
@@ -274,6 +277,10 @@ def stage_source(
     unless it drops them). Each staged row carries ``subject_digest`` and its slice index
     (``shards.shard.STAGED_SLICE``). Local memory: one batch; disk: the staged rows until
     each shard's file is put in the store (one at a time).
+
+    Raises:
+        DataValidationError: a batch fails validation, or names a subject the first pass did
+            not see (the source changed between the passes).
     """
     run = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     entries: dict[str, dict[Cell, int]] = {}

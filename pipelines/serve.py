@@ -23,7 +23,7 @@ from typing import Any
 import typer
 
 from orchestrator.cluster import gcs_answers, is_local_storage
-from orchestrator.config import JobConfig, TrackingConfig
+from orchestrator.config import JobConfig, TrackingConfig, load_job_config
 from orchestrator.errors import ConfigError
 from pipelines._head import HeadInfo, read_state, start_head, stop_head
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
@@ -37,6 +37,11 @@ def state_file(namespace: str) -> Path:
     """Where ``serve`` records what it started (``EXPUNGE_STATE_DIR``, default ``~/.local/state/expunge``)."""
     root = Path(os.environ.get("EXPUNGE_STATE_DIR", "~/.local/state/expunge")).expanduser()
     return root / f"serve-{namespace}.json"
+
+
+def _reachable(address: str) -> bool:
+    """``host:port`` answers; ``auto`` and ``ray://`` addresses are left to ``ray.init`` to try."""
+    return address == "auto" or "://" in address or gcs_answers(address)
 
 
 def _connect(address: str, namespace: str) -> None:
@@ -88,7 +93,7 @@ def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: i
     if address is None and recorded is not None:
         address = recorded["address"]  # the head an earlier `serve` started: reuse it
         head = HeadInfo.model_validate(recorded["head"]) if recorded.get("head") else None
-        if not gcs_answers(address):
+        if not _reachable(address):
             log.warning("the Ray head recorded in %s no longer answers; starting a new one", state_file(namespace))
             if head is not None:
                 stop_head(head)  # whatever is left of it
@@ -100,6 +105,9 @@ def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: i
     try:
         with progress(f"connecting to Ray at {address}"):
             _connect(address, namespace)
+        import ray
+
+        address = ray.get_runtime_context().gcs_address  # "auto" resolved: what clients and --stop use
         require_shared_storage(job.storage.uri, alive_node_count())
         with progress("starting (or finding) the service and warming its shard actors"):
             _, created = start_service(job)
@@ -141,7 +149,7 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
         return {"namespace": namespace, "service_stopped": False, "head_processes_stopped": 0}
     name = name or recorded.get("name") or "expunge-coordinator"
     stopped = False
-    if gcs_answers(address) or "://" in address:
+    if _reachable(address):
         _connect(address, namespace)
         stopped = stop_service(namespace, name)
     else:
@@ -178,12 +186,13 @@ def main(
     init_logging(verbose)
     with exit_on_error():
         if stop_it:
-            outcome = stop(namespace or "expunge", address, None)
+            service = load_job_config(config).service if config else None
+            outcome = stop(
+                namespace or (service.namespace if service else "expunge"), address, service.name if service else None
+            )
         else:
             if config is None:
                 raise ConfigError("pass --config FILE.yaml (the job whose store the service erases from)")
-            from orchestrator.config import load_job_config
-
             job = load_job_config(config)
             updates: dict[str, Any] = {}
             if namespace:

@@ -40,8 +40,6 @@ _PASSED_ENV = (
     "MLFLOW_ARTIFACTS_DESTINATION",
     "AWS_ENDPOINT_URL_S3",
     "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
     "EXPUNGE_FAULT_AT_WRITE",
@@ -50,6 +48,14 @@ _PASSED_ENV = (
     "EXPUNGE_FAULT_ONCE",
     "EXPUNGE_FAULT_AT_MLFLOW",
 )
+#: Secrets the service needs (with ``privacy.subject_key_env``): passed only if the cluster lacks them.
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+@ray.remote(num_cpus=0)
+def _has_env(names: list[str]) -> list[bool]:
+    """Which of ``names`` are set in a cluster worker's environment."""
+    return [name in os.environ for name in names]
 
 
 def _restartable_pool(restarts: int) -> Any:
@@ -159,7 +165,20 @@ def start_service(job: JobConfig, timeout_s: float = 600.0) -> tuple[Any, bool]:
                 "this store its own namespace (--namespace or service.namespace)"
             )
         return handle, False
-    env = {name: os.environ[name] for name in (*_PASSED_ENV, job.privacy.subject_key_env) if name in os.environ}
+    env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
+    secrets = [name for name in (*_SECRET_ENV, job.privacy.subject_key_env) if name in os.environ]
+    on_cluster: list[bool] = ray.get(_has_env.remote(secrets))
+    missing = [name for name, present in zip(secrets, on_cluster, strict=True) if not present]
+    if missing:
+        # Ray keeps a runtime env in the GCS and shows it in the dashboard: secrets go there only
+        # when the cluster's own environment lacks them (a test cluster, a laptop), with a warning.
+        log.warning(
+            "the cluster's environment lacks %s: passing them to the service actor's runtime env, where anyone "
+            "holding the cluster token can read them; set them in the nodes' environment (a Kubernetes Secret, "
+            "infra/) to keep them out of it",
+            ", ".join(missing),
+        )
+        env.update({name: os.environ[name] for name in missing})
     created: Any = ServiceActor.options(
         name=service.name,
         namespace=service.namespace,

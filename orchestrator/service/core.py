@@ -281,6 +281,7 @@ class ErasureService:
             return self.coordinator.recommend(subject_id, k)
 
     def model_version(self) -> ServedVersion:
+        """The ensemble (store) version served now and the registry version the alias points at."""
         with self._work:
             manifest = self.coordinator._follow_latest()
         return ServedVersion(
@@ -292,6 +293,7 @@ class ErasureService:
         )
 
     def stats(self) -> ServiceStats:
+        """Counters of this service process (they start at zero with each process) and its peak RSS."""
         with self._state:
             counts = dict(self._counts)
             queued = len(self._queue)
@@ -522,5 +524,6 @@ class ErasureService:
             )
 
     def describe(self) -> dict[str, Any]:
+        """The store this service erases from and its published version (``ServiceActor.ready``)."""
         manifest = self.coordinator._require_manifest()
         return {"storage": self.coordinator.store.uri, "ensemble_version": manifest.version}

@@ -36,7 +36,8 @@ def check_idempotency_key(key: str) -> str:
     """
     if not isinstance(key, str) or not key or len(key) > _MAX_KEY or not key.isprintable():
         raise ConfigError(
-            f"idempotency key {str(key)[:40]!r} is not usable: use 1-{_MAX_KEY} printable characters, e.g. the "
+            f"the idempotency key is not usable: use 1-{_MAX_KEY} printable characters (no line breaks or other "
+            "control characters), e.g. the "
             "ticket number of the erasure request; the same key always returns the same receipt"
         )
     return key

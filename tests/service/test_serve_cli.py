@@ -46,3 +46,19 @@ def test_serve_needs_a_config_and_stopping_nothing_says_so(tmp_path):
     assert stopped.returncode == 0, stopped.stderr
     assert "nothing to stop" in stopped.stderr
     assert json.loads(stopped.stdout)["service_stopped"] is False
+
+
+def test_stop_reads_the_namespace_from_the_config(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("service: {namespace: ns-from-config}\n")
+    stopped = _serve(tmp_path, "--stop", "--config", str(config))
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["namespace"] == "ns-from-config"
+
+
+def test_auto_and_client_addresses_are_left_to_ray_and_a_dead_port_is_not():
+    from pipelines.serve import _reachable
+
+    assert _reachable("auto")
+    assert _reachable("ray://head:10001")
+    assert not _reachable("127.0.0.1:1")
