@@ -87,6 +87,8 @@ def test_the_readme_sdk_example_runs_against_expunge_serve_and_stop_ends_what_se
     try:
         assert [code for code, _, _ in finished] == [0, 0], finished
         assert sorted(o["already_running"] for o in outcomes) == [False, True]
+        # The head serve started inherited the key: it never goes into the actor's runtime env.
+        assert not any("runtime env" in err for _, _, err in finished)
         assert outcomes[0]["address"] == outcomes[1]["address"]
         other = _trained_config(tmp_path / "other", str(tmp_path / "other" / "store"), tracking=False)
         refused = _run([EXPUNGE, "serve", "--config", str(other), "--namespace", namespace], env)
@@ -118,6 +120,8 @@ def test_serve_on_two_nodes_with_s3_spreads_shard_actors_and_erases_exactly(ray_
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert json.loads(started.stdout)["started_head"] is False  # joined the cluster in RAY_ADDRESS
+        # This cluster's nodes lack the key, so serve passes it, and says so.
+        assert "lacks EXPUNGE_SUBJECT_KEY" in started.stderr
         client = (
             "import json, ray\n"
             "from ray.util.state import list_actors\n"
