@@ -38,6 +38,7 @@ from orchestrator.digests import SubjectHasher
 from orchestrator.errors import DataValidationError
 from orchestrator.partition import digest_subjects, place_distinct, row_cells
 from orchestrator.placement import Cell
+from orchestrator.processes import process_alive
 from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
 from shards.shard import STAGED_SLICE
 from shards.store import ObjectStore
@@ -242,23 +243,13 @@ def sweep_local_staging(root: str | None = None) -> list[str]:
     base = Path(root or tempfile.gettempdir())
     for folder in base.glob(f"{_LOCAL_PREFIX}*"):
         owner = folder.name[len(_LOCAL_PREFIX) :].split("-", 1)[0]
-        if not owner.isdigit() or _alive(int(owner)):
+        if not owner.isdigit() or process_alive(int(owner)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(str(folder))
     if removed:
         log.warning("removed %d local staging folder(s) left by killed training runs", len(removed))
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def stage_source(

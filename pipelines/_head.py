@@ -7,7 +7,6 @@ every Ray process of the user).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.errors import ConfigError
+from orchestrator.processes import end_processes, psutil_module
 
 __all__ = ["HeadInfo", "start_head", "stop_head"]
 
@@ -41,15 +41,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _psutil() -> Any:
-    try:
-        import psutil
-    except ImportError:  # Ray vendors psutil and puts it on sys.path when imported
-        import psutil
-        import ray  # noqa: F401
-    return psutil
 
 
 def start_head(num_cpus: int) -> HeadInfo:
@@ -92,7 +83,7 @@ def start_head(num_cpus: int) -> HeadInfo:
 
 
 def _processes(info: HeadInfo) -> list[Any]:
-    psutil = _psutil()
+    psutil = psutil_module()
     found = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -110,16 +101,8 @@ def _processes(info: HeadInfo) -> list[Any]:
 
 def stop_head(info: HeadInfo) -> int:
     """End every process of the head ``info`` describes (terminate, then kill); returns how many."""
-    psutil = _psutil()
     procs = _processes(info)
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=_GRACE_S)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=_GRACE_S)
+    end_processes(procs, _GRACE_S)
     shutil.rmtree(info.temp_dir, ignore_errors=True)
     return len(procs)
 

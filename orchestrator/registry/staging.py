@@ -20,22 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from orchestrator.processes import process_alive
+
 __all__ = ["STAGING_FOLDER", "Staging"]
 
 log = logging.getLogger(__name__)
 
 #: Name of the staging root beside a sqlite tracking database (and the prefix of the one in the temp dir).
 STAGING_FOLDER = ".expunge-staging"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 class Staging:
@@ -72,7 +64,7 @@ class Staging:
         for folder in sorted(self.root.iterdir()):
             host, _, rest = folder.name.partition("-")
             pid = rest.partition("-")[0]
-            if host != self._host or not pid.isdigit() or _alive(int(pid)):
+            if host != self._host or not pid.isdigit() or process_alive(int(pid)):
                 continue  # another machine's, or a live process's: not ours to judge
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)

@@ -9,8 +9,6 @@ user: other engineers' clusters and the test session's own ``ray_cluster``).
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import os
 import secrets
@@ -27,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.processes import end_processes, psutil_module
+
 __all__ = ["REPO_ROOT", "RayTestCluster", "start_cluster"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -37,16 +37,6 @@ _MARKER = "EXPUNGE_TEST_RAY_CLUSTER"
 _GRACE_S = 3.0
 #: Small object stores: the tests move kilobytes, and the machine is shared.
 _OBJECT_STORE_BYTES = 100_000_000
-
-
-def _psutil() -> Any:
-    try:
-        import psutil
-    except ImportError:  # Ray vendors psutil and puts it on sys.path when imported
-        import ray  # noqa: F401
-
-        return importlib.import_module("psutil")
-    return psutil
 
 
 def _free_port() -> int:
@@ -134,7 +124,7 @@ class RayTestCluster:
 
     def processes(self) -> list[Any]:
         """Live processes of this cluster: tagged by its marker, its temp dir on the command line, or their children."""
-        psutil = _psutil()
+        psutil = psutil_module()
         found: dict[int, Any] = {}
         marker = str(self.temp_dir)
         for proc in psutil.process_iter(["cmdline"]):
@@ -159,17 +149,8 @@ class RayTestCluster:
         Raises:
             RuntimeError: a process of the cluster is still alive afterwards.
         """
-        psutil = _psutil()
         began = time.perf_counter()
-        procs = self.processes()
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=_GRACE_S)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=_GRACE_S)
+        end_processes(self.processes(), _GRACE_S)
         left = self.processes()
         if left:
             raise RuntimeError(f"test cluster processes still alive after stop: {[p.pid for p in left]}")
