@@ -58,6 +58,9 @@ class VerifyReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     request_id: str
+    #: The service's shared commit the request was coalesced into (re-derived and checked as a
+    #: whole; the scan and the figures are about the request's own subjects). None when it ran alone.
+    batch_id: str | None = None
     storage: str
     checked_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     status: Literal["passed", "failed"]
@@ -95,6 +98,14 @@ class VerifyReport(BaseModel):
             f"Checked {self.checked_at} against the store `{self.storage}` (published model version "
             f"v{self.ensemble_version}).",
             f"The request named {subjects} person(s) (keyed digest `{first}`{more}); {outcome}",
+            *(
+                [
+                    f"The service coalesced it with other requests into the commit `{self.batch_id}`, which was "
+                    "re-derived and checked as a whole; the scan looked for this request's subjects."
+                ]
+                if self.batch_id
+                else []
+            ),
             "The raw subject id was given, so the storage scan also looked for it in plain text."
             if self.raw_id_checked
             else "No raw subject id was given: the storage scan looked for the keyed digest only "
@@ -370,14 +381,18 @@ def verify_erasure(
     request_id = check_request_id(request_id)
     text = catalog.read_request_receipt(request_id)
     chained = chained_receipts(store, request_id)
+    asked = request_id
+    own: ErasureReceipt | None = None  # a coalesced request's own receipt (its subjects only)
     if text is None and not chained:
-        # A request the service coalesced with others: its erasure is the shared commit's.
+        # A request the service coalesced with others: its erasure is the shared commit's, which
+        # is what gets re-derived and checked; the report and the scan are about its own subjects.
         from orchestrator.service.journal import Journal
 
         status = Journal(store).status(request_id)
         if status is not None and status.receipt is not None and status.receipt.batch_id:
             log.info("request %s was coalesced into %s: verifying that commit", request_id, status.receipt.batch_id)
             request_id = status.receipt.batch_id
+            own = status.receipt.model_copy(update={"request_id": request_id})
             text = catalog.read_request_receipt(request_id)
             chained = chained_receipts(store, request_id)
     if text is None and not chained:
@@ -386,26 +401,28 @@ def verify_erasure(
             "in the receipt, the demo in its table) and --storage"
         )
     receipt = ErasureReceipt.model_validate_json(text) if text is not None else chained[-1][1]
+    shown = own or receipt
     digest = hasher.digest(subject_id) if subject_id is not None else None
-    if digest is not None and digest not in receipt.subject_digests:
+    if digest is not None and digest not in shown.subject_digests:
         raise ConfigError(
             f"--subject does not name a subject of request {request_id} (its digest is not in the receipt); check "
             "the id, or leave --subject out to check by digest"
         )
     view, why = _registry_view(registry or latest.registry, storage)
     exactness = _exactness(catalog, receipt, latest.version)
-    storage_check = _storage(store, catalog, receipt, subject_id, digest)
+    storage_check = _storage(store, catalog, shown, subject_id, digest)
     registry_check = _registry(view, receipt, why)
     membership, record = _membership(store, receipt)
     log_check = _receipt_log(store, request_id, view.request_ids() if view is not None else None)
     checks = (exactness, storage_check, registry_check, membership, log_check)
     report = VerifyReport(
-        request_id=request_id,
+        request_id=asked,
+        batch_id=request_id if own is not None else None,
         storage=store.uri,
         status="failed" if any(c.status == "failed" for c in checks) else "passed",
-        receipt_status=receipt.status,
-        subject_digests=receipt.subject_digests,
-        rows_removed=receipt.rows_removed,
+        receipt_status=shown.status,
+        subject_digests=shown.subject_digests,
+        rows_removed=shown.rows_removed,
         affected_shards=tuple(receipt.affected_shards),
         ensemble_version=latest.version,
         raw_id_checked=subject_id is not None,

@@ -60,6 +60,9 @@ def test_requests_within_the_window_share_one_retrain_and_the_result_is_exact(tm
         # `expunge verify --request` accepts a coalesced request's own id: it checks the shared commit.
         report = verify_erasure(str(tmp_path / "store"), ids[2], hasher, chosen[2], log_to_mlflow=False)
         assert report.passed, report
+        assert report.request_id == ids[2]
+        assert report.batch_id == receipts[0].batch_id
+        assert report.subject_digests == (hasher.digest(chosen[2]),)  # never the others' digests
         reference = from_scratch(tmp_path, service.coordinator, without(ROWS, chosen), _job(tmp_path), hasher)
         equal = constituents_equal(service.coordinator.constituent_tensors(), reference.constituent_tensors())
         assert all(equal.values()), equal
