@@ -17,7 +17,9 @@ from orchestrator.config import JobConfig, PrivacyConfig, StorageConfig, Trackin
 from orchestrator.digests import SubjectHasher, key_weakness
 from orchestrator.errors import (
     ConfigError,
+    ErasureWaitTimeout,
     ExpungeError,
+    ServiceUnavailableError,
     ShardRetrainFailed,
     ShardStartTimeout,
     StorageConflictError,
@@ -59,7 +61,15 @@ EXIT_BAD_INPUT = 2
 EXIT_RETRY = 4
 #: Failures of the request's circumstances, not of its input: a lost race, a dead shard actor, an
 #: unreachable store or tracking server. Submitting the same request again finishes or redoes it.
-_RETRYABLE = (StorageConflictError, ShardRetrainFailed, ShardStartTimeout, StorageUnavailableError, TrackingUnreachable)
+_RETRYABLE = (
+    StorageConflictError,
+    ShardRetrainFailed,
+    ShardStartTimeout,
+    StorageUnavailableError,
+    TrackingUnreachable,
+    ServiceUnavailableError,
+    ErasureWaitTimeout,
+)
 
 
 @contextmanager

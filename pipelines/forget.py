@@ -17,7 +17,7 @@ import typer
 
 from orchestrator.binding import bind_tracking
 from orchestrator.cluster import alive_node_count, require_shared_storage
-from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig
+from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from orchestrator.coordinator import Coordinator, check_request_id, published
 from orchestrator.errors import ConfigError
 from orchestrator.receipts import ErasureReceipt
@@ -106,16 +106,37 @@ def main(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: the one the store recorded at training; another one is refused)"
     ),
-    request_id: str | None = typer.Option(None, help="request id to record (default: generated)"),
+    request_id: str | None = typer.Option(
+        None, help="request id to record (default: generated); with --service, the idempotency key"
+    ),
+    service: bool = typer.Option(
+        False, "--service", help="send the request to the running `expunge serve` (warm) instead of erasing here"
+    ),
+    namespace: str | None = typer.Option(None, help="with --service: its Ray namespace (default: the config's)"),
+    address: str | None = typer.Option(
+        None, help="with --service: the Ray cluster (default: RAY_ADDRESS, else what `expunge serve` recorded)"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Erase subjects: delete their rows and retrain only the shards that held them.
 
     Prints the ErasureReceipt (JSON) on stdout. Exit 0 when every subject was found and erased,
-    3 when any had no data (receipt still printed and stored), 2 on bad input, 4 on a conflict.
+    3 when any had no data (receipt still printed and stored), 2 on bad input, 4 on a conflict
+    or an unreachable service. With --service the running service does the work (returns once
+    committed and served) and --request-id is the idempotency key.
     """
     init_logging(verbose)
     with exit_on_error():
+        if service:
+            job = load_job_config(config) if config else None
+            receipt = through_service(
+                read_subjects(subject, subjects_file),
+                namespace or (job.service.namespace if job else "expunge"),
+                address,
+                request_id,
+            )
+            _report(receipt)
+            return
         job, store = job_and_store(config, storage)
         receipt = run(
             store,
@@ -125,6 +146,30 @@ def main(
             request_id,
             tracking_uri,
         )
+    _report(receipt)
+
+
+def through_service(
+    subjects: list[str], namespace: str, address: str | None, idempotency_key: str | None
+) -> ErasureReceipt:
+    """Erase through the running service (``expunge serve``): warm, journalled, coalesced.
+
+    Raises:
+        ServiceUnavailableError: no service answers in ``namespace`` at ``address``.
+    """
+    from orchestrator.client import ExpungeClient
+    from pipelines.serve import recorded_address
+
+    client = ExpungeClient.connect(address=address or recorded_address(namespace), namespace=namespace)
+    try:
+        with progress(f"erasing {len(subjects)} subject(s) through the service"):
+            return client.forget(subjects, idempotency_key=idempotency_key)
+    finally:
+        client.close()
+
+
+def _report(receipt: ErasureReceipt) -> None:
+    """Print the receipt; exit 3 when a named subject had no data."""
     typer.echo(receipt.model_dump_json(indent=1))
     if receipt.not_found_digests:
         typer.echo(

@@ -28,7 +28,7 @@ from orchestrator.errors import ConfigError
 from pipelines._head import HeadInfo, read_state, start_head, stop_head
 from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
 
-__all__ = ["main", "serve", "state_file", "stop"]
+__all__ = ["main", "recorded_address", "serve", "state_file", "stop"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ def state_file(namespace: str) -> Path:
     """Where ``serve`` records what it started (``EXPUNGE_STATE_DIR``, default ``~/.local/state/expunge``)."""
     root = Path(os.environ.get("EXPUNGE_STATE_DIR", "~/.local/state/expunge")).expanduser()
     return root / f"serve-{namespace}.json"
+
+
+def recorded_address(namespace: str) -> str:
+    """Where clients find the service of ``namespace``: RAY_ADDRESS, else what ``serve`` recorded, else ``auto``."""
+    recorded = read_state(state_file(namespace)) or {}
+    return os.environ.get("RAY_ADDRESS") or str(recorded.get("address") or "auto")
 
 
 def _reachable(address: str) -> bool:

@@ -100,6 +100,22 @@ def test_the_readme_sdk_example_runs_against_expunge_serve_and_stop_ends_what_se
         ran = _run([sys.executable, "-c", example], {**plain, "RAY_ADDRESS": outcome["address"]}, timeout=300)
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert ran.stdout.splitlines()[0].startswith("erased [")
+        # The CLI can use the warm service too (address from serve's record); --request-id is the idempotency key.
+        command = [
+            EXPUNGE,
+            "forget",
+            "--service",
+            "--namespace",
+            namespace,
+            "--subject",
+            "user-9",
+            "--request-id",
+            "T-9",
+        ]
+        first, again = _run(command, plain), _run(command, plain)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert json.loads(first.stdout)["status"] == "erased"
+        assert json.loads(again.stdout)["request_id"] == json.loads(first.stdout)["request_id"]
     finally:
         stopped = _run([EXPUNGE, "serve", "--stop", "--namespace", namespace], env)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -107,7 +123,7 @@ def test_the_readme_sdk_example_runs_against_expunge_serve_and_stop_ends_what_se
     assert report["service_stopped"] is True
     assert report["head_processes_stopped"] > 0
     assert not Path(outcome["state_file"]).exists()
-    assert _exact(config, ["user-7"], tmp_path)
+    assert _exact(config, ["user-7", "user-9"], tmp_path)
 
 
 @pytest.mark.integration
