@@ -7,7 +7,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from orchestrator.partition import partition_rows
 from orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from orchestrator.purge import purge_unreferenced
 from orchestrator.receipt_chain import append_receipt, chained_receipts
-from orchestrator.receipts import ErasureReceipt, ShardRetrain
+from orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from orchestrator.registry import Lineage
 from orchestrator.routing import route
 from orchestrator.staging import RowBatches, place_summary, stage_source, summarise_source
@@ -50,6 +49,7 @@ from shards.store import ObjectStore
 from shards.training import load_checkpoint
 
 __all__ = [
+    "REQUEST_ID",
     "Coordinator",
     "PoolFactory",
     "TrainResult",
@@ -60,10 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 PoolFactory = Callable[[StorageConfig, TrainingConfig, AnyModelConfig, Mapping[int, int | None]], ShardPool]
@@ -81,7 +77,8 @@ class TrainResult:
         self.registry_version = registry_version
 
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: What a request id may be (it names stored receipts and MLflow runs): see ``check_request_id``.
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_request_id(request_id: str) -> str:
@@ -90,7 +87,7 @@ def check_request_id(request_id: str) -> str:
     Raises:
         ConfigError: any other id (a path separator, a space, a quote, an empty id ...).
     """
-    if not _REQUEST_ID.fullmatch(request_id):
+    if not REQUEST_ID.fullmatch(request_id):
         raise ConfigError(
             f"request id {request_id!r} is not usable: use 1-128 letters, digits, '.', '_' or '-', starting "
             "with a letter or digit (e.g. a ticket number such as GDPR-2026-0042), or omit it to get a generated one"
@@ -530,7 +527,7 @@ class Coordinator:
                 model_version_after=manifest.version,
                 registry_version_before=self.lineage.current_version() if self.lineage and register else None,
                 registry_version_after=self.lineage.current_version() if self.lineage and register else None,
-                committed_at=_now(),
+                committed_at=utc_now(),
             )
             # The audit trail shows every request, not only those that erased something.
             missed = append_receipt(self.store, missed)
@@ -624,14 +621,18 @@ class Coordinator:
             model_version_before=manifest.version,
             model_version_after=new_manifest.version,
             deleted_objects=tuple(deleted),
-            committed_at=_now(),
+            committed_at=utc_now(),
         )
         self.catalog.write_receipt(new_manifest.version, receipt.model_dump_json(indent=1))
         if self.lineage is not None and register:
             parent = self.lineage.current_version()
             version = self.lineage.record_erasure(receipt, new_manifest, parent)
             receipt = receipt.model_copy(
-                update={"registry_version_before": parent, "registry_version_after": version, "registered_at": _now()}
+                update={
+                    "registry_version_before": parent,
+                    "registry_version_after": version,
+                    "registered_at": utc_now(),
+                }
             )
         try:
             if audit is not None:

@@ -7,7 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-__all__ = ["ErasureReceipt", "ShardRetrain"]
+__all__ = ["ErasureReceipt", "ShardRetrain", "utc_now"]
+
+
+def utc_now() -> str:
+    """The current time, UTC, ISO 8601: how receipts, the journal and registrations stamp events."""
+    return datetime.now(UTC).isoformat()
 
 
 class ShardRetrain(BaseModel):
@@ -25,7 +30,7 @@ class ErasureReceipt(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     request_id: str
-    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    created_at: str = Field(default_factory=utc_now)
     status: Literal["erased", "not_found"]
     subject_digests: tuple[str, ...]
     not_found_digests: tuple[str, ...] = ()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import resource
 import threading
 import time
@@ -33,7 +32,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.config import JobConfig
-from orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
+from orchestrator.coordinator import REQUEST_ID, Coordinator, PoolFactory, ray_pool
 from orchestrator.digests import SubjectHasher
 from orchestrator.errors import (
     ConfigError,
@@ -44,9 +43,9 @@ from orchestrator.errors import (
     StorageConflictError,
     UnknownRequestError,
 )
-from orchestrator.receipts import ErasureReceipt
+from orchestrator.receipts import ErasureReceipt, utc_now
 from orchestrator.registry import Lineage
-from orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration, RequestStatus, now
+from orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration, RequestStatus
 from orchestrator.service.policy import (
     check_idempotency_key,
     check_subject_count,
@@ -69,7 +68,6 @@ _RETRY_PAUSE_S = 1.0
 _MAX_ATTEMPTS = 5
 #: Statuses kept in memory for fast ``status``/``wait`` (older ones are read from the journal).
 _RECENT = 20_000
-_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ServedVersion(BaseModel):
@@ -174,7 +172,7 @@ class ErasureService:
         entry = JournalEntry(
             request_id=request_id,
             subject_digests=digests,
-            received_at=now(),
+            received_at=utc_now(),
             reason=reason,
             idempotent=idempotency_key is not None,
         )
@@ -217,7 +215,7 @@ class ErasureService:
         Raises:
             UnknownRequestError: the journal holds no such request.
         """
-        if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
             raise UnknownRequestError(
                 f"{str(request_id)[:80]!r} is not a request id: use the id that submit/forget returned "
                 "(receipt.request_id)"
@@ -372,7 +370,9 @@ class ErasureService:
     def _commit(self, entries: list[JournalEntry], batch: BatchEntry | None, resume: bool) -> None:
         if batch is None:
             batch_id = entries[0].request_id if len(entries) == 1 else f"batch-{uuid.uuid4().hex[:24]}"
-            batch = BatchEntry(batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=now())
+            batch = BatchEntry(
+                batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=utc_now()
+            )
             # Before the retrain: a crash from here on resumes this batch under this id, exactly once.
             self.journal.write_batch(batch)
         digests = list(dict.fromkeys(d for e in entries for d in e.subject_digests))
@@ -455,7 +455,7 @@ class ErasureService:
                 self._unregistered = done + self._unregistered
             time.sleep(_RETRY_PAUSE_S)
             return
-        stamp = now()
+        stamp = utc_now()
         registration = Registration(registered_at=stamp, registry_version=version, registry_version_before=before)
         for item in done:
             for own in item.receipts:
@@ -512,7 +512,7 @@ class ErasureService:
         pending = committed - registered
         if pending:
             version = self.lineage.current_version() if self.lineage else None
-            registration = Registration(registered_at=now(), registry_version=version)
+            registration = Registration(registered_at=utc_now(), registry_version=version)
             for request_id in pending:
                 self.journal.write_registered(request_id, registration)
         if self._resume or loose or pending:

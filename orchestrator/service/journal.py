@@ -15,7 +15,6 @@ whatever is open (``ErasureService``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -29,10 +28,6 @@ __all__ = ["BatchEntry", "Journal", "JournalEntry", "Registration", "RequestStat
 Stage = Literal["accepted", "committed", "registered", "failed"]
 
 _PREFIX = "journal"
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 class JournalEntry(BaseModel):
