@@ -14,19 +14,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.config import ModelConfig, ShardingConfig, TrainingConfig
-from orchestrator.placement import Cell
-from shards.errors import StorageConflictError, StorageCorruptError
-from shards.shard import ShardManifest, shard_prefix
-from shards.store import ObjectStore
+from expunge.orchestrator.config import ModelConfig, ShardingConfig, TrainingConfig
+from expunge.orchestrator.training.placement import Cell
+from expunge.shards.errors import StorageConflictError, StorageCorruptError
+from expunge.shards.shard import ShardManifest, shard_prefix
+from expunge.shards.store import ObjectStore
 
-__all__ = ["Catalog", "EnsembleManifest", "PlacementIndex", "RegistryBinding", "TombstoneEntry"]
+__all__ = ["STAGING_PREFIX", "Catalog", "EnsembleManifest", "PlacementIndex", "RegistryBinding", "TombstoneEntry"]
 
 log = logging.getLogger(__name__)
 
 _ENSEMBLE_PREFIX = "ensemble"
 _TOMBSTONE_PREFIX = "tombstones"
 _REQUEST_RECEIPT_PREFIX = "receipts/requests"
+#: Where streamed training stages each shard's raw rows until the shards have trained (then deleted).
+STAGING_PREFIX = "staging/"
 _APPEND_ATTEMPTS = 20
 
 

@@ -1,8 +1,8 @@
-"""The Python SDK for recommender services: ``ExpungeClient`` talks to a running ``expunge serve``.
+"""The Python SDK for recommender services: ``Client`` talks to a running ``expunge serve``.
 
-    from orchestrator import ExpungeClient
+    from expunge import Client
 
-    client = ExpungeClient.connect(address="auto", namespace="expunge")
+    client = Client.connect(address="auto", namespace="expunge")
     receipt = client.forget(["user-7"], idempotency_key="GDPR-2026-0042")
     client.wait(receipt.request_id, stage="registered", timeout=60)
     top = client.recommend("user-8", k=10)
@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.cluster import gcs_answers
-from orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.service.policy import check_subject_list, check_timeout
+from expunge.orchestrator.cluster import gcs_answers
+from expunge.orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.service.policy import check_subject_list, check_timeout
 
 if TYPE_CHECKING:
-    from orchestrator.service.core import ServedVersion, ServiceStats
-    from orchestrator.service.journal import RequestStatus
+    from expunge.orchestrator.service.core import ServedVersion, ServiceStats
+    from expunge.orchestrator.service.journal import RequestStatus
 
-__all__ = ["ExpungeClient", "join_cluster"]
+__all__ = ["Client", "join_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def join_cluster(address: str | None, namespace: str) -> None:
         ) from exc
 
 
-class ExpungeClient:
+class Client:
     """A connection to one Expunge service (a detached coordinator actor on a Ray cluster).
 
     ``retry_s``: how long a call keeps trying while the service restarts after a crash, in seconds.
@@ -95,7 +95,7 @@ class ExpungeClient:
         namespace: str = "expunge",
         name: str = "expunge-coordinator",
         retry_s: float = 300.0,
-    ) -> ExpungeClient:
+    ) -> Client:
         """Join the cluster at ``address`` ("auto": the local one or RAY_ADDRESS) and find the service.
 
         Raises:
@@ -104,7 +104,7 @@ class ExpungeClient:
         """
         import ray
 
-        from orchestrator.service.actor import find_service
+        from expunge.orchestrator.service.actor import find_service
 
         owns_ray = False
         if not ray.is_initialized():
@@ -164,7 +164,7 @@ class ExpungeClient:
     ) -> ErasureReceipt:
         """Erase the subjects; returns once the erasure is committed and served (stage one of two).
 
-        ``subject_ids``: a list of ids (the identity rule of ``shards.identity`` applies).
+        ``subject_ids``: a list of ids (the identity rule of ``expunge.shards.identity`` applies).
         ``idempotency_key``: the same key always returns the same receipt (e.g. the ticket
         number); made up when omitted, so this call's own retries are safe. ``reason``: free
         text stored with the request (a ticket reference, never personal data). The receipt's

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError
 
 __all__ = ["alive_node_count", "gcs_answers", "is_local_storage", "require_shared_storage"]
 

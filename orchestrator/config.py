@@ -8,8 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from orchestrator.errors import ConfigError
-from shards.config import (
+from expunge.orchestrator.errors import ConfigError
+from expunge.shards.config import (
     AnyModelConfig,
     CustomModelConfig,
     Frozen,

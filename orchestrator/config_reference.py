@@ -2,8 +2,8 @@
 
 Regenerate after changing any config model:
 
-    python -m orchestrator.config_reference          # writes docs/configuration.md
-    python -m orchestrator.config_reference --check  # exit 1 when the file is stale
+    python -m expunge.orchestrator.config_reference          # writes docs/configuration.md
+    python -m expunge.orchestrator.config_reference --check  # exit 1 when the file is stale
 
 ``tests/orchestrator/test_config_reference.py`` fails when the file and the models disagree,
 and when a field has no ``Field(description=...)``.
@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from orchestrator.config import JobConfig
+from expunge.orchestrator.config import JobConfig
 
 __all__ = ["REFERENCE_PATH", "main", "missing_descriptions", "reference_markdown"]
 
@@ -33,11 +33,11 @@ REFERENCE_PATH = Path(__file__).resolve().parents[1] / "docs" / "configuration.m
 _HEADER = """\
 # Configuration reference
 
-<!-- Generated from the pydantic models by `python -m orchestrator.config_reference`; do not edit by hand.
+<!-- Generated from the pydantic models by `python -m expunge.orchestrator.config_reference`; do not edit by hand.
      tests/orchestrator/test_config_reference.py fails when this file and the models disagree. -->
 
 A job config is one YAML file (see `infra/configs/` for examples) loaded by
-`orchestrator.config.load_job_config`: unknown keys are refused, every problem is listed at
+`expunge.orchestrator.config.load_job_config`: unknown keys are refused, every problem is listed at
 once, and keys left out take the defaults below. Keys are written here as dotted paths:
 `sharding.shards: 8` is
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if check:
         current = REFERENCE_PATH.read_text() if REFERENCE_PATH.is_file() else ""
         if current != text:
-            print(f"{REFERENCE_PATH} is stale: run `python -m orchestrator.config_reference`", file=sys.stderr)
+            print(f"{REFERENCE_PATH} is stale: run `python -m expunge.orchestrator.config_reference`", file=sys.stderr)
             return 1
         return 0
     REFERENCE_PATH.parent.mkdir(parents=True, exist_ok=True)

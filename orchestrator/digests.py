@@ -1,6 +1,6 @@
 """Keyed digests of subject ids (HMAC-SHA256): the only form in which a subject leaves shard data.
 
-Every id is put in canonical form by the identity rule (``shards.identity``) before it is
+Every id is put in canonical form by the identity rule (``expunge.shards.identity``) before it is
 digested, so every caller (training placement, erasure, scan, serving, the Python API)
 gets the same digest for the same person.
 """
@@ -12,8 +12,8 @@ import hmac
 import os
 from collections.abc import Iterable
 
-from orchestrator.errors import ConfigError
-from shards.identity import canonical_subject_id, canonical_subject_ids
+from expunge.orchestrator.errors import ConfigError
+from expunge.shards.identity import canonical_subject_id, canonical_subject_ids
 
 __all__ = ["SubjectHasher", "key_weakness"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shards.errors import (
+from expunge.shards.errors import (
     ConfigError,
     DataValidationError,
     ExpungeError,
@@ -133,7 +133,7 @@ class ArtifactStoreNotErasable(ExpungeError):
 class ServiceUnavailableError(ExpungeError):
     """No Expunge service answers under the given name and namespace (or it stopped answering).
 
-    Example scenario: a recommender calls ``ExpungeClient.connect(namespace="expunge")`` before
+    Example scenario: a recommender calls ``Client.connect(namespace="expunge")`` before
     ``expunge serve`` ran on that cluster, or after ``expunge serve --stop``.
     """
 

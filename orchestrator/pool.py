@@ -7,9 +7,9 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
-from orchestrator.errors import ConfigError, ExpungeError, ShardRetrainFailed, ShardStartTimeout
-from shards.shard import Shard
+from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
+from expunge.orchestrator.errors import ConfigError, ExpungeError, ShardRetrainFailed, ShardStartTimeout
+from expunge.shards.shard import Shard
 
 __all__ = ["LocalShardPool", "RayShardPool", "ShardPool", "fit_cpus_per_actor"]
 
@@ -117,7 +117,7 @@ class RayShardPool:
 
     def actor(self, shard_id: int) -> Any:
         if shard_id not in self.actors:
-            from shards.actor import ShardActor
+            from expunge.shards.actor import ShardActor
 
             self.actors[shard_id] = ShardActor.options(  # type: ignore[attr-defined]
                 num_cpus=self.cpus_per_actor,

@@ -61,17 +61,17 @@ class ErasureReceipt(BaseModel):
     #: from then on the subjects are gone from every answer. Stage one of two.
     committed_at: str | None = None
     #: When MLflow had the new version and every earlier version was purged (UTC, ISO 8601); None
-    #: until then (the service registers after it answers; ``ExpungeClient.wait``). Stage two.
+    #: until then (the service registers after it answers; ``Client.wait``). Stage two.
     registered_at: str | None = None
     #: The request the service coalesced this one into (its store version, MLflow run and receipt-log
     #: entry carry that id); None when it ran alone.
     batch_id: str | None = None
     #: sha256 of the membership-inference audit record of this request
-    #: (``receipts/audits/<request id>.json``, ``orchestrator.audit``); None when run without an audit.
+    #: (``receipts/audits/<request id>.json``, ``expunge.orchestrator.evidence.membership``); None when run without an audit.
     audit_sha256: str | None = None
     #: Place in the store's receipt log (1 = the first request) and the sha256 of the stored bytes
     #: of the receipt before it (None for the first); set when the receipt is chained
-    #: (``orchestrator.receipt_chain``).
+    #: (``expunge.orchestrator.evidence.receipt_chain``).
     chain_sequence: int | None = None
     previous_receipt_sha256: str | None = None
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.errors import ConfigError
-from orchestrator.processes import end_processes, psutil_module
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.processes import end_processes, psutil_module
 
 __all__ = ["HeadInfo", "start_head", "stop_head"]
 

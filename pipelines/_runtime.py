@@ -13,9 +13,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from orchestrator.config import JobConfig, PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
-from orchestrator.digests import SubjectHasher, key_weakness
-from orchestrator.errors import (
+from expunge.orchestrator.config import JobConfig, PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
+from expunge.orchestrator.digests import SubjectHasher, key_weakness
+from expunge.orchestrator.errors import (
     ConfigError,
     ErasureWaitTimeout,
     ExpungeError,
@@ -25,8 +25,8 @@ from orchestrator.errors import (
     StorageConflictError,
     TrackingUnreachable,
 )
-from orchestrator.registry import Lineage
-from shards.errors import StorageUnavailableError
+from expunge.orchestrator.registry import Lineage
+from expunge.shards.errors import StorageUnavailableError
 
 __all__ = [
     "demo_hasher",

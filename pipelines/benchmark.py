@@ -8,7 +8,7 @@ rows) is always measured first, in the same run, as the baseline a user would ot
 
 For each configuration: training time, test RMSE on a seeded 80/20 split, the median
 erasure time of several random subjects, and three speed-ups, two with their ideal values
-from the slice arithmetic (``orchestrator.work``, with the actual first affected slices):
+from the slice arithmetic (``expunge.orchestrator.training.work``, with the actual first affected slices):
 
 - vs monolith: the monolith's retrain (its own erasure, a full retrain without the subject)
   over the erasure's retraining phase, wall time in the same run; ideal
@@ -19,7 +19,7 @@ from the slice arithmetic (``orchestrator.work``, with the actual first affected
   ``ideal_speedup`` (SISA work). The two ideals coincide where SISA training work equals the
   monolith's (``sisa_training_work`` = E, e.g. E=20 with R=1 or R=4).
 
-Also the bytes the store holds per training row (``orchestrator.storage_report``). Timings
+Also the bytes the store holds per training row (``expunge.orchestrator.evidence.storage_report``). Timings
 are wall-clock on whatever machine runs it: compare ratios within one run, never across machines.
 """
 
@@ -41,15 +41,15 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.catalog import Catalog
-from orchestrator.config import JobConfig, MFConfig, ShardingConfig, TrainingConfig
-from orchestrator.coordinator import Coordinator
-from orchestrator.digests import SubjectHasher
-from orchestrator.storage_report import StorageReport, stored_bytes
-from orchestrator.work import ideal_speedup, monolith_ideal_speedup
-from pipelines._runtime import init_logging, init_ray
-from pipelines.datasets import load_movielens, split_rows
-from shards.rows import RATING, SUBJECT_ID
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.config import JobConfig, MFConfig, ShardingConfig, TrainingConfig
+from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.evidence.storage_report import StorageReport, stored_bytes
+from expunge.orchestrator.training.work import ideal_speedup, monolith_ideal_speedup
+from expunge.pipelines._runtime import init_logging, init_ray
+from expunge.pipelines.datasets import load_movielens, split_rows
+from expunge.shards.rows import RATING, SUBJECT_ID
 
 __all__ = [
     "BenchmarkRow",

@@ -2,9 +2,9 @@
 
     expunge benchmark accuracy --data ../shared/data/ml-100k/ml-100k.inter
     expunge benchmark accuracy --data ~/ml-1m/ratings.dat --models item_stats   (MovieLens 1M)
-    python -m pipelines.benchmark_accuracy ...   (the same, as ``ray job submit`` runs it)
+    python -m expunge.pipelines.benchmark_accuracy ...   (the same, as ``ray job submit`` runs it)
 
-On the keyed-hash 80/20 split of ``pipelines.datasets.split_rows`` (seed 0), for each model
+On the keyed-hash 80/20 split of ``expunge.pipelines.datasets.split_rows`` (seed 0), for each model
 family: the whole-data model (S=1, R=1), then SISA ensembles with S shards of R slices under
 subject-aware placement. Rating accuracy: RMSE and MAE on the held-out rows, predictions
 clipped to the training ratings' range. Top-N: for every test user with a relevant held-out
@@ -16,7 +16,7 @@ the median seconds of a one-subject erasure (``ErasureReceipt.seconds``, end to 
 random subjects, measured after the accuracy, with two speed-ups of their retraining phase
 (``ErasureReceipt.retrain_seconds``, median): against the same family's whole-data model
 of the same run (its own erasures, full retrains; "vs monolith", with the ideal from
-``orchestrator.work`` for gradient families) and against a full SISA retrain
+``expunge.orchestrator.training.work`` for gradient families) and against a full SISA retrain
 (``ErasureReceipt.speedup``). Every shard trains with the whole-data model's batch size and
 epoch budget (compute parity). Timings are wall-clock on whatever machine runs it: compare
 them within one run.
@@ -46,14 +46,21 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from orchestrator.config import AnyModelConfig, ItemStatsConfig, JobConfig, MFConfig, ShardingConfig, TrainingConfig
-from orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.serving import EnsemblePredictor, export_ensemble
-from orchestrator.work import monolith_ideal_speedup
-from pipelines._runtime import init_logging, init_ray
-from pipelines.datasets import load_movielens, split_rows
-from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.orchestrator.config import (
+    AnyModelConfig,
+    ItemStatsConfig,
+    JobConfig,
+    MFConfig,
+    ShardingConfig,
+    TrainingConfig,
+)
+from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.serving.servable import EnsemblePredictor, export_ensemble
+from expunge.orchestrator.training.work import monolith_ideal_speedup
+from expunge.pipelines._runtime import init_logging, init_ray
+from expunge.pipelines.datasets import load_movielens, split_rows
+from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST, SUBJECT_ID
 
 __all__ = ["AccuracyRow", "TopN", "main", "ndcg_recall_at_k", "run", "with_monolith_baseline"]
 
@@ -389,7 +396,7 @@ def main(
     figure: Path = typer.Option(Path("accuracy-vs-shards.png"), help="PNG of accuracy against S"),
 ) -> None:
     """Accuracy of each model family against S (RMSE, MAE, NDCG@10, Recall@10), training and erasure seconds."""
-    from orchestrator.coordinator import local_pool
+    from expunge.orchestrator.coordinator import local_pool
 
     init_logging()
     logging.getLogger("orchestrator").setLevel(logging.WARNING)

@@ -10,7 +10,7 @@ time (whole ``train_stream``) and its parallel training phase (= a full SISA ret
 median one-subject erasure (retraining phase, as ``ErasureReceipt.speedup`` counts it), a
 ``--batch``-subject erasure, a monolithic retrain (S=1, R=1; sizes up to ``--monolith-max-rows``),
 peak RSS of the driver and the largest shard actor, and bytes stored
-(``orchestrator.storage_report``). Sizes not run are extrapolated from the largest measured
+(``expunge.orchestrator.evidence.storage_report``). Sizes not run are extrapolated from the largest measured
 size with the same S (``extrapolate``, method in ``EXTRAPOLATION``), with what one shard actor
 would need there (``shard_needs``). Timings are wall-clock on whatever machine runs it:
 compare within one run. Docs: docs/scale.md.
@@ -141,12 +141,12 @@ def measure(
 
     import ray
 
-    from orchestrator.config import ItemStatsConfig, JobConfig, MFConfig, ShardingConfig, TrainingConfig
-    from orchestrator.coordinator import Coordinator
-    from orchestrator.digests import SubjectHasher
-    from orchestrator.staging import parquet_batches
-    from orchestrator.storage_report import stored_bytes
-    from pipelines._runtime import init_ray
+    from expunge.orchestrator.config import ItemStatsConfig, JobConfig, MFConfig, ShardingConfig, TrainingConfig
+    from expunge.orchestrator.coordinator import Coordinator
+    from expunge.orchestrator.digests import SubjectHasher
+    from expunge.orchestrator.evidence.storage_report import stored_bytes
+    from expunge.orchestrator.training.streaming import parquet_batches
+    from expunge.pipelines._runtime import init_ray
 
     shutil.rmtree(store, ignore_errors=True)
     if not ray.is_initialized():
@@ -197,7 +197,7 @@ def _child(args: list[str], timeout: float) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="expunge-scale-") as folder:
         result = Path(folder) / "figures.json"
-        command = [sys.executable, "-m", "pipelines.benchmark_scale", "--measure", str(result), *args]
+        command = [sys.executable, "-m", "expunge.pipelines.benchmark_scale", "--measure", str(result), *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0 or not result.exists():
             raise RuntimeError(f"measurement {' '.join(args)} failed:\n{done.stderr[-4000:]}")
@@ -657,7 +657,7 @@ def main(
     """
     from rich.console import Console
 
-    from pipelines._runtime import init_logging
+    from expunge.pipelines._runtime import init_logging
 
     init_logging(verbose)
     if model not in ("mf", "item_stats"):

@@ -1,11 +1,11 @@
 """Recipe: the erasure service's latency and load, measured in one run (issue 9, item 7).
 
     expunge benchmark service --data ../shared/data/ml-100k/ml-100k.inter
-    python -m pipelines.benchmark_service ...   (the same, as ``ray job submit`` runs it)
+    python -m expunge.pipelines.benchmark_service ...   (the same, as ``ray job submit`` runs it)
 
-**Latency** (MovieLens, the 80 % training split of ``pipelines.datasets.split_rows``, S x R
+**Latency** (MovieLens, the 80 % training split of ``expunge.pipelines.datasets.split_rows``, S x R
 shards, the benchmarks' MF settings with compute parity): the monolith (S=1, R=1) is trained
-and retrained without one subject first (``pipelines.benchmark.measure_monolith``). Then a
+and retrained without one subject first (``expunge.pipelines.benchmark.measure_monolith``). Then a
 SISA store is trained with MLflow on (a SQLite registry in the scratch folder), the cold CLI
 (``expunge forget --storage URI --subject ID``, a fresh process that starts its own Ray) erases
 a few subjects, and only then the service starts in this Ray cluster (``start_service``, its own
@@ -16,7 +16,7 @@ itself). Checks: committed p50 <= 1.5 x retrain p50 + 0.3 s; registered p50 < 5 
 
 **Load** (synthetic ratings of ``--load-subjects`` subjects, same S x R): a second service, then
 ``--load-requests`` single-subject requests, one per subject, submitted from ``--threads``
-threads as fast as ``ExpungeClient.submit`` allows; every request is waited for until
+threads as fast as ``Client.submit`` allows; every request is waited for until
 committed, then until registered. Per-request latencies come from the service's own
 timestamps (``committed_at - received_at``). The coordinator's peak RSS is sampled at the
 start, in the middle and at the end. The run fails (exit 1) unless every request registered.
@@ -56,8 +56,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import ExpungeClient
-from orchestrator.config import (
+from expunge import Client
+from expunge.orchestrator.config import (
     JobConfig,
     ServiceConfig,
     ShardingConfig,
@@ -66,16 +66,16 @@ from orchestrator.config import (
     TrackingConfig,
     TrainingConfig,
 )
-from orchestrator.coordinator import Coordinator, ray_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ExpungeError
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.registry import Lineage
-from orchestrator.service.actor import start_service, stop_service
-from pipelines._runtime import init_logging, init_ray, progress
-from pipelines.benchmark import measure_monolith, parity_training
-from pipelines.datasets import load_movielens, split_rows, synthetic_ratings
-from shards.rows import SUBJECT_ID
+from expunge.orchestrator.coordinator import Coordinator, ray_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ExpungeError
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.service.actor import start_service, stop_service
+from expunge.pipelines._runtime import init_logging, init_ray, progress
+from expunge.pipelines.benchmark import measure_monolith, parity_training
+from expunge.pipelines.datasets import load_movielens, split_rows, synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
 
 __all__ = [
     "Check",
@@ -256,14 +256,14 @@ def _train_store(rows: pa.Table, job: JobConfig, hasher: SubjectHasher) -> None:
 
 
 @contextmanager
-def _serving(job: JobConfig) -> Iterator[tuple[ExpungeClient, float]]:
+def _serving(job: JobConfig) -> Iterator[tuple[Client, float]]:
     """The service for ``job`` in this Ray cluster; yields (client, seconds it took to start warm)."""
     began = time.perf_counter()
     with progress(f"starting the service (namespace {job.service.namespace}) and its shard actors"):
         start_service(job)
     started = time.perf_counter() - began
     try:
-        yield ExpungeClient.connect(namespace=job.service.namespace, name=job.service.name), started
+        yield Client.connect(namespace=job.service.namespace, name=job.service.name), started
     finally:
         stop_service(job.service.namespace, job.service.name)
 
@@ -277,7 +277,7 @@ def _expunge_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("expunge")
-    return [found] if found else [sys.executable, "-m", "pipelines.cli"]
+    return [found] if found else [sys.executable, "-m", "expunge.pipelines.cli"]
 
 
 def _cold_cli(store: Path, subject: str, env: dict[str, str]) -> tuple[float, float]:
@@ -355,7 +355,7 @@ def _latency(
 class _Sampler:
     """Polls ``client.stats()`` every ``_SAMPLE_EVERY_S`` in a thread; keeps (seconds, stats) pairs."""
 
-    def __init__(self, client: ExpungeClient, began: float) -> None:
+    def __init__(self, client: Client, began: float) -> None:
         self._client = client
         self._began = began
         self._stop = threading.Event()
@@ -383,7 +383,7 @@ def _seconds_between(earlier: str | None, later: str | None) -> float | None:
     return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
-def _wait(client: ExpungeClient, request_id: str, stage: Literal["committed", "registered"]) -> None:
+def _wait(client: Client, request_id: str, stage: Literal["committed", "registered"]) -> None:
     """Wait for ``stage``; a failed or timed-out request is counted by its final status, not raised."""
     try:
         client.wait(request_id, stage, _WAIT_S)

@@ -28,20 +28,32 @@ __all__ = ["EXIT_CODES", "EXIT_INTERNAL", "JOBS", "SUBJOBS", "app", "main"]
 #: Subcommand -> (recipe module, one-line help). The help is kept here so that listing the
 #: jobs imports none of them.
 JOBS: dict[str, tuple[str, str]] = {
-    "demo": ("pipelines.demo", "Train on generated ratings, forget one subject, prove the result exact."),
-    "train": ("pipelines.train", "Train every shard in parallel and publish a new model version."),
-    "forget": ("pipelines.forget", "Erase subjects: delete their rows, retrain only the shards that held them."),
-    "scan": ("pipelines.scan", "Look for any trace of a subject in every object version of a store."),
-    "verify": ("pipelines.verify", "Verify an erasure (re-derivation, scans, membership audit) or the receipt log."),
+    "demo": ("expunge.pipelines.demo", "Train on generated ratings, forget one subject, prove the result exact."),
+    "train": ("expunge.pipelines.train", "Train every shard in parallel and publish a new model version."),
+    "forget": (
+        "expunge.pipelines.forget",
+        "Erase subjects: delete their rows, retrain only the shards that held them.",
+    ),
+    "scan": ("expunge.pipelines.scan", "Look for any trace of a subject in every object version of a store."),
+    "verify": (
+        "expunge.pipelines.verify",
+        "Verify an erasure (re-derivation, scans, membership audit) or the receipt log.",
+    ),
     "serve": (
-        "pipelines.serve",
+        "expunge.pipelines.serve",
         "Run the erasure service (warm coordinator + shard actors) on Ray for the SDK; --stop ends it.",
     ),
-    "readmit": ("pipelines.readmit", "Re-admit erased subjects who gave new consent (recorded, with a reason)."),
-    "digest": ("pipelines.digest", "Print the keyed digest of a subject id (to search MLflow and receipts)."),
-    "recommend": ("pipelines.recommend", "Top-k items a subject has not rated, from the published exact ensemble."),
+    "readmit": (
+        "expunge.pipelines.readmit",
+        "Re-admit erased subjects who gave new consent (recorded, with a reason).",
+    ),
+    "digest": ("expunge.pipelines.digest", "Print the keyed digest of a subject id (to search MLflow and receipts)."),
+    "recommend": (
+        "expunge.pipelines.recommend",
+        "Top-k items a subject has not rated, from the published exact ensemble.",
+    ),
     "benchmark": (
-        "pipelines.benchmark",
+        "expunge.pipelines.benchmark",
         "Benchmarks: `erasure` (the default), `accuracy`, `scale`, `service` (`expunge benchmark SUB --help`).",
     ),
 }
@@ -50,14 +62,17 @@ JOBS: dict[str, tuple[str, str]] = {
 #: --data ...``) still runs its JOBS recipe, which is also its first sub-job here.
 SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
     "benchmark": {
-        "erasure": ("pipelines.benchmark", "Erasure speed-ups and test RMSE of MF ensembles against S and R."),
-        "accuracy": ("pipelines.benchmark_accuracy", "RMSE, MAE, NDCG@10, Recall@10 of each model family against S."),
+        "erasure": ("expunge.pipelines.benchmark", "Erasure speed-ups and test RMSE of MF ensembles against S and R."),
+        "accuracy": (
+            "expunge.pipelines.benchmark_accuracy",
+            "RMSE, MAE, NDCG@10, Recall@10 of each model family against S.",
+        ),
         "scale": (
-            "pipelines.benchmark_scale",
+            "expunge.pipelines.benchmark_scale",
             "Training, erasure and memory from 10^5 to 10^7 rows with S in {8, 32}.",
         ),
         "service": (
-            "pipelines.benchmark_service",
+            "expunge.pipelines.benchmark_service",
             "Erasure latency through the warm service (vs cold CLI and monolith), then 10,000 requests of load.",
         ),
     },

@@ -14,10 +14,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from orchestrator.config import DataConfig, SyntheticRatingsConfig
-from orchestrator.errors import DataValidationError
-from orchestrator.staging import RowBatches, parquet_batches
-from shards.rows import FEATURES, ITEM_ID, LABEL, RATING, RECORD_ID, SUBJECT_ID, validate_rows
+from expunge.orchestrator.config import DataConfig, SyntheticRatingsConfig
+from expunge.orchestrator.errors import DataValidationError
+from expunge.orchestrator.training.streaming import RowBatches, parquet_batches
+from expunge.shards.rows import FEATURES, ITEM_ID, LABEL, RATING, RECORD_ID, SUBJECT_ID, validate_rows
 
 __all__ = [
     "MOVIELENS_LAYOUTS",

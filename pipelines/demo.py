@@ -1,7 +1,7 @@
 """Recipe: the end-to-end demo. Train S x R on generated ratings, forget one subject, prove exactness.
 
 expunge demo [--shards 4] [--slices 4] [--workdir ./expunge-demo] [--json]
-python -m pipelines.demo ...   (the same, as ``ray job submit`` runs it)
+python -m expunge.pipelines.demo ...   (the same, as ``ray job submit`` runs it)
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.audit import MembershipAudit
-from orchestrator.config import (
+from expunge.orchestrator.config import (
     JobConfig,
     ShardingConfig,
     StorageConfig,
@@ -32,17 +31,18 @@ from orchestrator.config import (
     TrackingConfig,
     TrainingConfig,
 )
-from orchestrator.coordinator import Coordinator
-from orchestrator.errors import ConfigError
-from orchestrator.exactness import constituents_equal
-from orchestrator.registry import default_tracking_uri
-from orchestrator.scan import scan_store
-from orchestrator.verify import verify_erasure
-from pipelines._runtime import demo_hasher, exit_on_error, init_logging, init_ray, make_lineage, progress
-from pipelines.datasets import split_rows, synthetic_ratings
-from shards.rows import RATING, SUBJECT_ID
-from shards.shard import shard_prefix
-from shards.store import ObjectStore
+from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.evidence.membership import MembershipAudit
+from expunge.orchestrator.evidence.scan import scan_store
+from expunge.orchestrator.evidence.verify import verify_erasure
+from expunge.orchestrator.registry import default_tracking_uri
+from expunge.pipelines._runtime import demo_hasher, exit_on_error, init_logging, init_ray, make_lineage, progress
+from expunge.pipelines.datasets import split_rows, synthetic_ratings
+from expunge.shards.rows import RATING, SUBJECT_ID
+from expunge.shards.shard import shard_prefix
+from expunge.shards.store import ObjectStore
 
 __all__ = ["DemoOptions", "DemoResult", "main", "run"]
 

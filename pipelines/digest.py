@@ -18,10 +18,10 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError, ExpungeError
-from pipelines._runtime import demo_hasher, hasher_from_env, init_logging
+from expunge.orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError, ExpungeError
+from expunge.pipelines._runtime import demo_hasher, hasher_from_env, init_logging
 
 __all__ = ["main", "run"]
 
@@ -52,7 +52,7 @@ def run(
         raise ConfigError("name at least one subject with --subject ID")
     hasher = _hasher(privacy, workdir)
     if storage is not None:
-        from orchestrator.coordinator import published
+        from expunge.orchestrator.session import published
 
         published(storage, hasher)
     return {subject: hasher.digest(subject) for subject in subjects}

@@ -2,7 +2,7 @@
 
     expunge forget --storage ./expunge-store --subject 42 --subject 77
     expunge forget --config job.yaml --subjects-file tickets.txt
-    python -m pipelines.forget ...   (the same, as ``ray job submit`` runs it)
+    python -m expunge.pipelines.forget ...   (the same, as ``ray job submit`` runs it)
 
 Exit 0 when every named subject was found and erased, 3 when any had no data (the receipt is
 printed and stored all the same), 2 on bad input, 4 when another writer won a race.
@@ -15,13 +15,15 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.binding import bind_tracking
-from orchestrator.cluster import alive_node_count, require_shared_storage
-from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
-from orchestrator.coordinator import Coordinator, check_request_id, published
-from orchestrator.errors import ConfigError
-from orchestrator.receipts import ErasureReceipt
-from pipelines._runtime import (
+from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
+from expunge.orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
+from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.erasure.request_ids import check_request_id
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry.binding import bind_tracking
+from expunge.orchestrator.session import published
+from expunge.pipelines._runtime import (
     exit_on_error,
     hasher_from_env,
     init_logging,
@@ -40,13 +42,13 @@ log = logging.getLogger(__name__)
 
 
 def read_subjects(subjects: list[str], subjects_file: Path | None) -> list[str]:
-    """Subjects from flags and/or a file, in canonical form under the identity rule (``shards.identity``).
+    """Subjects from flags and/or a file, in canonical form under the identity rule (``expunge.shards.identity``).
 
     The file holds one id per line: UTF-8 with or without a byte-order mark, LF or CRLF line
     ends; blank lines and lines starting with ``#`` are skipped. A refused id (empty flag,
     file not UTF-8) raises ``InvalidSubjectIdError`` naming where it is.
     """
-    from shards.identity import canonical_subject_ids, parse_subjects_file
+    from expunge.shards.identity import canonical_subject_ids, parse_subjects_file
 
     found = canonical_subject_ids(subjects, "the --subject flags", "--subject")
     if subjects_file is not None:
@@ -157,10 +159,10 @@ def through_service(
     Raises:
         ServiceUnavailableError: no service answers in ``namespace`` at ``address``.
     """
-    from orchestrator.client import ExpungeClient
-    from pipelines.serve import recorded_address
+    from expunge.orchestrator.client import Client
+    from expunge.pipelines.serve import recorded_address
 
-    client = ExpungeClient.connect(address=address or recorded_address(namespace), namespace=namespace)
+    client = Client.connect(address=address or recorded_address(namespace), namespace=namespace)
     try:
         with progress(f"erasing {len(subjects)} subject(s) through the service"):
             return client.forget(subjects, idempotency_key=idempotency_key)

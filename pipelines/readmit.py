@@ -14,9 +14,10 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.config import PrivacyConfig, StorageConfig
-from orchestrator.coordinator import Coordinator, published
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
+from expunge.orchestrator.config import PrivacyConfig, StorageConfig
+from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.session import published
+from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
 
 __all__ = ["main", "run"]
 

@@ -2,7 +2,7 @@
 
     expunge recommend --storage ./expunge-store-ml100k --subject 196 -k 10
     expunge recommend --config infra/configs/ml100k-item-stats.yaml --subject 196
-    python -m pipelines.recommend ...   (the same, as ``ray job submit`` runs it)
+    python -m expunge.pipelines.recommend ...   (the same, as ``ray job submit`` runs it)
 
 Prints one JSON object on stdout: the subject's digest (never the raw id), the ensemble version
 and the item ids, best first. An item_stats store answers from the summed shard states in the
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.config import PrivacyConfig, StorageConfig
-from orchestrator.coordinator import Coordinator, published
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, job_and_store, progress
-from shards.identity import canonical_subject_ids
-from shards.models import SufficientStatisticsModel, model_for
+from expunge.orchestrator.config import PrivacyConfig, StorageConfig
+from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.session import published
+from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, job_and_store, progress
+from expunge.shards.identity import canonical_subject_ids
+from expunge.shards.models import SufficientStatisticsModel, model_for
 
 __all__ = ["main", "run"]
 

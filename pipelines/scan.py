@@ -1,7 +1,7 @@
 """Recipe: scan a store (every object, every version) for any trace of a subject; exit 1 if found.
 
 expunge scan --storage ./expunge-demo/store --subject user-45
-python -m pipelines.scan ...   (the same, as ``ray job submit`` runs it)
+python -m expunge.pipelines.scan ...   (the same, as ``ray job submit`` runs it)
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.binding import bind_tracking
-from orchestrator.catalog import Catalog, EnsembleManifest, RegistryBinding
-from orchestrator.config import PrivacyConfig, StorageConfig
-from orchestrator.coordinator import published
-from orchestrator.digests import SubjectHasher
-from orchestrator.registry.audit import AuditView
-from orchestrator.scan import Finding, ScanReport, scan_store
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest, RegistryBinding
+from expunge.orchestrator.config import PrivacyConfig, StorageConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.evidence.scan import Finding, ScanReport, scan_store
+from expunge.orchestrator.registry.binding import bind_tracking
+from expunge.orchestrator.registry.checks import AuditView
+from expunge.orchestrator.session import published
+from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
 
 __all__ = ["main", "run"]
 

@@ -7,7 +7,7 @@
 Creates the detached, named coordinator actor (``service.name`` in ``service.namespace``) and its
 shard actors, waits until every shard actor is warm, prints where it runs (JSON) and returns;
 the service lives on the cluster. Recommender services then use the SDK:
-``ExpungeClient.connect(address=..., namespace=...)``. With no ``--address`` (and no
+``Client.connect(address=..., namespace=...)``. With no ``--address`` (and no
 ``RAY_ADDRESS``), a head is started on this machine and recorded, so ``--stop`` ends it too.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 
 import typer
 
-from orchestrator.cluster import gcs_answers, is_local_storage
-from orchestrator.config import JobConfig, TrackingConfig, load_job_config
-from orchestrator.errors import ConfigError
-from pipelines._head import HeadInfo, read_state, start_head, stop_head
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
+from expunge.orchestrator.cluster import gcs_answers, is_local_storage
+from expunge.orchestrator.config import JobConfig, TrackingConfig, load_job_config
+from expunge.orchestrator.errors import ConfigError
+from expunge.pipelines._head import HeadInfo, read_state, start_head, stop_head
+from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
 
 __all__ = ["main", "recorded_address", "serve", "state_file", "stop"]
 
@@ -51,7 +51,7 @@ def _reachable(address: str) -> bool:
 
 
 def _connect(address: str, namespace: str) -> None:
-    from orchestrator.client import join_cluster
+    from expunge.orchestrator.client import join_cluster
 
     join_cluster(address, namespace)
 
@@ -72,8 +72,8 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
     Raises:
         ConfigError: no key, an untrained store, a wrong key, or a local store on a multi-node cluster.
     """
-    from orchestrator.binding import bind_tracking
-    from orchestrator.coordinator import published
+    from expunge.orchestrator.registry.binding import bind_tracking
+    from expunge.orchestrator.session import published
 
     hasher = hasher_from_env(job.privacy)
     _, latest = published(job.storage, hasher)  # refuse an untrained store or a wrong key before starting Ray
@@ -89,8 +89,8 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
 
 
 def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: int) -> dict[str, Any]:
-    from orchestrator.cluster import alive_node_count, require_shared_storage
-    from orchestrator.service.actor import start_service
+    from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
+    from expunge.orchestrator.service.actor import start_service
 
     namespace = job.service.namespace
     head: HeadInfo | None = None
@@ -141,7 +141,7 @@ def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: i
 
 def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any]:
     """Stop the service in ``namespace`` and, if ``serve`` started the head, that head; returns what was stopped."""
-    from orchestrator.service.actor import stop_service
+    from expunge.orchestrator.service.actor import stop_service
 
     path = state_file(namespace)
     recorded = read_state(path) or {}
@@ -185,7 +185,7 @@ def main(
 ) -> None:
     """Run the erasure service (a warm coordinator and shard actors) on a Ray cluster, or --stop it.
 
-    Prints JSON on stdout: the address and namespace to give ExpungeClient.connect. Exit 0 when
+    Prints JSON on stdout: the address and namespace to give Client.connect. Exit 0 when
     serving, stopped or nothing to stop; 2 on bad input (an untrained store, a wrong key, a local
     store on several nodes, a namespace serving another store).
     """
@@ -209,7 +209,7 @@ def main(
     typer.echo(json.dumps(outcome, indent=1))
     if not stop_it:
         typer.echo(
-            f"serving: in Python, `ExpungeClient.connect(address={outcome['address']!r}, "
+            f"serving: in Python, `Client.connect(address={outcome['address']!r}, "
             f"namespace={outcome['namespace']!r})`; stop with `expunge serve --stop --namespace {outcome['namespace']}`",
             err=True,
         )

@@ -1,7 +1,7 @@
 """Recipe: train a SISA ensemble from a YAML job config and publish it as a new model version.
 
 expunge train --config infra/configs/synthetic.yaml
-python -m pipelines.train --config ...   (the same, as ``ray job submit`` runs it)
+python -m expunge.pipelines.train --config ...   (the same, as ``ray job submit`` runs it)
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import typer
 
-from orchestrator.cluster import alive_node_count, require_shared_storage
-from orchestrator.config import JobConfig, load_job_config
-from orchestrator.coordinator import Coordinator
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
-from pipelines.datasets import load_rows, parquet_stream
-from shards.models import task_of
-from shards.rows import LABEL, RATING
+from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
+from expunge.orchestrator.config import JobConfig, load_job_config
+from expunge.orchestrator.coordinator import Coordinator
+from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
+from expunge.pipelines.datasets import load_rows, parquet_stream
+from expunge.shards.models import task_of
+from expunge.shards.rows import LABEL, RATING
 
 __all__ = ["main", "run"]
 

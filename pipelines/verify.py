@@ -3,7 +3,7 @@
 expunge verify --workdir expunge-demo --request req-1a2b3c4d5e6f [--subject user-45]
 expunge verify --storage s3://bucket/expunge --request GDPR-2026-0042
 expunge verify --storage ./expunge-store --log
-python -m pipelines.verify ...   (the same, as ``ray job submit`` runs it)
+python -m expunge.pipelines.verify ...   (the same, as ``ray job submit`` runs it)
 
 Exit 0 when every check passed (skipped checks say why), 1 when any failed, 2 on bad input.
 Writes ``verify-<request>.md`` / ``.json`` (or ``receipt-log.md`` / ``.json``) to ``--out`` and
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import typer
 
-from orchestrator.catalog import Catalog, RegistryBinding
-from orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError
-from orchestrator.receipt_chain import ChainReport
-from orchestrator.verify import VerifyReport, chain_markdown, verify_erasure, verify_log
-from pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import Catalog, RegistryBinding
+from expunge.orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.receipt_chain import ChainReport
+from expunge.orchestrator.evidence.verify import VerifyReport, chain_markdown, verify_erasure, verify_log
+from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
+from expunge.shards.store import ObjectStore
 
 __all__ = ["VerifyOptions", "main", "run"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from shards.config import AnyModelConfig, StorageConfig, TrainingConfig
-from shards.shard import Shard, ShardUpdate
+from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig
+from expunge.shards.shard import Shard, ShardUpdate
 
 __all__ = ["ShardActor"]
 

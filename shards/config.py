@@ -1,6 +1,6 @@
 """The configuration vocabulary one shard needs: its model, training and storage settings.
 
-``orchestrator.config`` composes these into the job config and re-exports them.
+``expunge.orchestrator.config`` composes these into the job config and re-exports them.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class MLPConfig(Frozen):
 class CustomModelConfig(Frozen):
     """Your own model family: ``factory`` is ``"package.module:Name"``, called with ``options``.
 
-    The factory returns an object implementing ``shards.models.SisaModel``; it must be
+    The factory returns an object implementing ``expunge.shards.models.SisaModel``; it must be
     importable wherever shards run (under ``ray job submit --working-dir .`` that is the
     submitted folder).
     """
@@ -67,7 +67,7 @@ class CustomModelConfig(Frozen):
     kind: Literal["custom"] = Field("custom", description="Selects your own model family.")
     factory: str = Field(
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="`package.module:Name` of a callable returning a `shards.models.SisaModel`.",
+        description="`package.module:Name` of a callable returning a `expunge.shards.models.SisaModel`.",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the factory.")
 

@@ -1,6 +1,6 @@
 """The base of Expunge's one exception hierarchy, and the errors a shard itself can raise.
 
-Every error says what was found and how to fix it. ``orchestrator.errors`` re-exports these
+Every error says what was found and how to fix it. ``expunge.orchestrator.errors`` re-exports these
 and adds the errors only the coordinator raises.
 """
 
@@ -49,7 +49,7 @@ class DataValidationError(ExpungeError):
 
 
 class InvalidSubjectIdError(DataValidationError):
-    """Subject ids that the identity rule (``shards.identity``) refuses; nothing was changed.
+    """Subject ids that the identity rule (``expunge.shards.identity``) refuses; nothing was changed.
 
     Example scenario: ``forget --subject ""`` or a Python caller passing ``1001.0`` (a float
     is not an id), or a subjects file saved as Latin-1. Every refused id is listed by its

@@ -4,10 +4,10 @@ Every path that names a person goes through this module, so that the id in a tra
 on the command line, in a subjects file, in a Python call, in ``scan`` and in a serving
 request all land on the same keyed digest:
 
-- training rows: ``shards.rows.validate_rows`` (via ``canonical_subject_column``), and the
+- training rows: ``expunge.shards.rows.validate_rows`` (via ``canonical_subject_column``), and the
   coordinator's placement, which digests through ``SubjectHasher``;
 - requests: ``SubjectHasher.digest`` / ``digest_many`` (Python API, coordinator, scan,
-  serving) and ``pipelines.forget.read_subjects`` (``--subject`` flags, subjects files).
+  serving) and ``expunge.pipelines.forget.read_subjects`` (``--subject`` flags, subjects files).
 
 The rule (``canonical_subject_id``):
 
@@ -37,7 +37,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.errors import InvalidSubjectIdError
+from expunge.shards.errors import InvalidSubjectIdError
 
 __all__ = [
     "canonical_subject_column",

@@ -7,9 +7,9 @@ from typing import TypeAlias
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.config import AnyModelConfig, ItemStatsConfig, MFConfig, MLPConfig
-from shards.errors import DataValidationError
-from shards.identity import canonical_subject_column
+from expunge.shards.config import AnyModelConfig, ItemStatsConfig, MFConfig, MLPConfig
+from expunge.shards.errors import DataValidationError
+from expunge.shards.identity import canonical_subject_column
 
 __all__ = [
     "FEATURES",
@@ -169,7 +169,7 @@ def validate_rows(
     """Check canonical columns and their values; raise one ``DataValidationError`` listing every problem.
 
     Checked: required columns; unique, non-null record ids; subject ids under the identity
-    rule (``shards.identity``: no floats, no empty ids); numeric targets stored as numbers,
+    rule (``expunge.shards.identity``: no floats, no empty ids); numeric targets stored as numbers,
     with no NaN or +/-Inf; ratings within ``rating_range``; item ids and labels >= 0 and,
     when ``model`` is given, below ``num_items`` / ``num_classes``; features of one width
     (``num_features``). Every check is vectorised (pyarrow.compute).

@@ -16,12 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from shards.config import AnyModelConfig, StorageConfig, TrainingConfig
-from shards.errors import ConfigError, DataValidationError, StorageCorruptError
-from shards.models import SufficientStatisticsModel, model_for
-from shards.rows import LABEL, RATING, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
-from shards.store import ObjectStore
-from shards.training import TrainedState, accumulate_steps, configure_determinism, load_checkpoint, train_steps
+from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig
+from expunge.shards.errors import ConfigError, DataValidationError, StorageCorruptError
+from expunge.shards.models import SufficientStatisticsModel, model_for
+from expunge.shards.rows import LABEL, RATING, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.store import ObjectStore
+from expunge.shards.training import TrainedState, accumulate_steps, configure_determinism, load_checkpoint, train_steps
 
 __all__ = [
     "STAGED_SLICE",
@@ -232,7 +232,7 @@ class Shard:
         )
 
     def train_staged(self, key: str, slices: int, request_id: str | None = None) -> ShardUpdate:
-        """``train`` on rows staged in the store under ``key`` (``orchestrator.staging``).
+        """``train`` on rows staged in the store under ``key`` (``expunge.orchestrator.training.streaming``).
 
         The staged Parquet object holds this shard's rows with their ``subject_digest`` and
         slice index (``STAGED_SLICE``) in any order; slice ``k`` is its rows sorted by record

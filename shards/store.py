@@ -20,8 +20,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fsspec.core import url_to_fs
 
-from shards.config import StorageConfig
-from shards.errors import (
+from expunge.shards.config import StorageConfig
+from expunge.shards.errors import (
     ConfigError,
     ExpungeError,
     StorageConflictError,

@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from shards.config import TrainingConfig
-from shards.errors import StorageCorruptError
-from shards.models.protocol import SisaModel, SufficientStatisticsModel
-from shards.schedule import allocate_epochs, derive_seed
+from expunge.shards.config import TrainingConfig
+from expunge.shards.errors import StorageCorruptError
+from expunge.shards.models.protocol import SisaModel, SufficientStatisticsModel
+from expunge.shards.schedule import allocate_epochs, derive_seed
 
 __all__ = [
     "TrainedState",

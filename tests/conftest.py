@@ -34,7 +34,7 @@ os.environ["AWS_ENDPOINT_URL_S3"] = S3_ENDPOINT
 
 from hypothesis import settings  # noqa: E402
 
-from orchestrator.digests import SubjectHasher  # noqa: E402
+from expunge.orchestrator.digests import SubjectHasher  # noqa: E402
 
 # No per-example time limit: a wall-clock threshold fails on a loaded 2-core CI machine, not on a bug.
 settings.register_profile("expunge", deadline=None)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.config import JobConfig, MFConfig, MLPConfig, ShardingConfig, TrainingConfig
-from orchestrator.coordinator import Coordinator, PoolFactory, local_pool
-from orchestrator.digests import SubjectHasher
-from shards.rows import SUBJECT_ID
+from expunge.orchestrator.config import JobConfig, MFConfig, MLPConfig, ShardingConfig, TrainingConfig
+from expunge.orchestrator.coordinator import Coordinator, PoolFactory, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.shards.rows import SUBJECT_ID
 
 
 def job(

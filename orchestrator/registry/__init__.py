@@ -9,7 +9,7 @@ deleting every stored copy of their files. ``faults``: crash-test hooks. ``linea
 
 from __future__ import annotations
 
-from orchestrator.registry.lineage import Lineage
-from orchestrator.registry.tracking import PURGED_BY_REQUEST, default_tracking_uri
+from expunge.orchestrator.registry.lineage import Lineage
+from expunge.orchestrator.registry.tracking import PURGED_BY_REQUEST, default_tracking_uri
 
 __all__ = ["PURGED_BY_REQUEST", "Lineage", "default_tracking_uri"]

@@ -19,9 +19,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from orchestrator.config import StorageConfig
-from orchestrator.errors import ArtifactStoreNotErasable
-from shards.store import ObjectStore
+from expunge.orchestrator.config import StorageConfig
+from expunge.orchestrator.errors import ArtifactStoreNotErasable
+from expunge.shards.store import ObjectStore
 
 __all__ = ["ArtifactEraser"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from orchestrator.errors import ConfigError
-from shards.store import InjectedFault
+from expunge.orchestrator.errors import ConfigError
+from expunge.shards.store import InjectedFault
 
 __all__ = ["ERASURE_STEPS", "FAULT_AT_MLFLOW", "TRAINING_STEPS", "fault_point"]
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestrator.catalog import Catalog, EnsembleManifest
-from orchestrator.config import StorageConfig, TrackingConfig
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.registry.artifacts import ArtifactEraser
-from orchestrator.registry.packaging import Packager
-from orchestrator.registry.purge import Purger
-from orchestrator.registry.runs import RunRecorder
-from orchestrator.registry.staging import Staging
-from orchestrator.registry.tracking import Registry
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
+from expunge.orchestrator.config import StorageConfig, TrackingConfig
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry.artifacts import ArtifactEraser
+from expunge.orchestrator.registry.packaging import Packager
+from expunge.orchestrator.registry.runs import RunRecorder
+from expunge.orchestrator.registry.scratch import Staging
+from expunge.orchestrator.registry.tracking import Registry
+from expunge.orchestrator.registry.version_purge import Purger
+from expunge.shards.store import ObjectStore
 
 __all__ = ["Lineage"]
 

@@ -9,19 +9,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from orchestrator.catalog import EnsembleManifest
-from orchestrator.config import AnyModelConfig, CustomModelConfig, MLPConfig
-from orchestrator.errors import ConfigError
-from orchestrator.registry.faults import fault_point
-from orchestrator.registry.staging import Staging
-from orchestrator.registry.tracking import LOGGED_MODEL_TAG, MODEL_NAME_TAG, Registry
-from orchestrator.serving import ENSEMBLE_ARTIFACT, export_ensemble
-from shards.models import task_of
+from expunge.orchestrator.catalog import EnsembleManifest
+from expunge.orchestrator.config import AnyModelConfig, CustomModelConfig, MLPConfig
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.registry.faults import fault_point
+from expunge.orchestrator.registry.scratch import Staging
+from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, MODEL_NAME_TAG, Registry
+from expunge.orchestrator.serving.servable import ENSEMBLE_ARTIFACT, export_ensemble
+from expunge.shards.models import task_of
 
 __all__ = ["LoggedServable", "Packager"]
 
 _ORCHESTRATOR = Path(__file__).resolve().parents[1]
-_PYFUNC_FILE = _ORCHESTRATOR / "pyfunc_model.py"
+_PYFUNC_FILE = _ORCHESTRATOR / "serving" / "pyfunc_model.py"
 # Imported by the pyfunc at load time; pinned to what wrote the checkpoints.
 _SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "fsspec")
 
@@ -35,25 +35,29 @@ def _requirements() -> list[str]:
 
 
 def _stage_code(destination: Path, model: AnyModelConfig) -> list[str]:
-    """Copy the ``orchestrator`` and ``shards`` packages, so a version loads with the code that wrote it.
+    """Copy the ``expunge`` package (``orchestrator`` and ``shards`` inside it), so a version loads with the
+    code that wrote it.
 
     A custom model's factory module (its whole top-level package) is copied too: the version
     must load where that module is not importable (a serving container, another folder).
     """
-    import shards
+    import expunge
+    import expunge.shards
 
-    sources = [_ORCHESTRATOR, Path(shards.__file__).resolve().parent]
+    # The same layout as an installed wheel, wherever this process imported expunge from.
+    package = destination / "expunge"
+    package.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(Path(expunge.__file__), package / "__init__.py")
+    for source in (_ORCHESTRATOR, Path(expunge.shards.__file__).resolve().parent):
+        shutil.copytree(source, package / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    paths = [str(package)]
     factory = _factory_source(model)
-    if factory is not None and factory not in sources:
-        sources.append(factory)
-    destination.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for source in sources:
-        target = destination / source.name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if factory is not None:
+        target = destination / factory.name
+        if factory.is_dir():
+            shutil.copytree(factory, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
-            shutil.copy2(source, target)
+            shutil.copy2(factory, target)
         paths.append(str(target))
     return paths
 
@@ -64,6 +68,8 @@ def _factory_source(model: AnyModelConfig) -> Path | None:
         return None
     module_name = model.factory.partition(":")[0]
     parts = module_name.split(".")
+    if parts[0] == "expunge":
+        return None  # copied with the package itself
     try:
         spec = importlib.util.find_spec(module_name)
     except (ImportError, ValueError) as exc:

@@ -6,12 +6,12 @@ import hashlib
 import json
 from typing import Any
 
-from orchestrator.catalog import EnsembleManifest
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.registry.faults import fault_point
-from orchestrator.registry.tracking import Registry
-from orchestrator.serving import read_shard_manifest
-from shards.shard import shard_prefix
+from expunge.orchestrator.catalog import EnsembleManifest
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry.faults import fault_point
+from expunge.orchestrator.registry.tracking import Registry
+from expunge.orchestrator.serving.servable import read_shard_manifest
+from expunge.shards.shard import shard_prefix
 
 __all__ = ["RunRecorder"]
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import StorageConfig, TrackingConfig
-from orchestrator.errors import ConfigError, TrackingUnreachable
-from shards.store import ObjectStore
+from expunge.orchestrator.config import StorageConfig, TrackingConfig
+from expunge.orchestrator.errors import ConfigError, TrackingUnreachable
+from expunge.shards.store import ObjectStore
 
 __all__ = [
     "LOGGED_MODEL_TAG",

@@ -17,15 +17,15 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from orchestrator.config import AnyModelConfig, JobConfig, ServiceConfig, StorageConfig, TrainingConfig
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError, ServiceUnavailableError
-from orchestrator.pool import RayShardPool, ShardPool
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.registry import Lineage
-from orchestrator.service.core import ErasureService, ServedVersion, ServiceStats
-from orchestrator.service.journal import RequestStatus
-from shards.store import ObjectStore
+from expunge.orchestrator.config import AnyModelConfig, JobConfig, ServiceConfig, StorageConfig, TrainingConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
+from expunge.orchestrator.pool import RayShardPool, ShardPool
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.service.core import ErasureService, ServedVersion, ServiceStats
+from expunge.orchestrator.service.journal import RequestStatus
+from expunge.shards.store import ObjectStore
 
 __all__ = ["ServiceActor", "find_service", "start_service", "stop_service"]
 
@@ -68,7 +68,7 @@ def _restartable_pool(restarts: int) -> Any:
 
 
 class _ServiceActor:
-    """Thin wrapper: every method delegates to ``ErasureService`` (``orchestrator.service.core``).
+    """Thin wrapper: every method delegates to ``ErasureService`` (``expunge.orchestrator.service.core``).
 
     Created with ``max_restarts=-1``: Ray re-runs this constructor after a crash, and the new
     service reads the journal and finishes what was open.

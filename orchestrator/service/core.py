@@ -1,8 +1,8 @@
 """The erasure service: a warm coordinator that journals, coalesces, commits and registers requests.
 
-A plain class (the Ray actor in ``orchestrator.service.actor`` only wraps it), so tests drive
+A plain class (the Ray actor in ``expunge.orchestrator.service.actor`` only wraps it), so tests drive
 it in-process with ``local_pool``. One worker thread does the writing, in the order
-``orchestrator.service.policy.next_step`` decides:
+``expunge.orchestrator.service.policy.next_step`` decides:
 
 1. *accept* (caller's thread): identity rule, limits, journal entry written, then acknowledged;
 2. *commit* (worker): the oldest waiting requests, coalesced within ``service.window_ms``, are
@@ -31,10 +31,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.config import JobConfig
-from orchestrator.coordinator import REQUEST_ID, Coordinator, PoolFactory, ray_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import (
+from expunge.orchestrator.config import JobConfig
+from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.erasure.request_ids import REQUEST_ID
+from expunge.orchestrator.errors import (
     ConfigError,
     ErasureWaitTimeout,
     ExpungeError,
@@ -43,10 +44,10 @@ from orchestrator.errors import (
     StorageConflictError,
     UnknownRequestError,
 )
-from orchestrator.receipts import ErasureReceipt, utc_now
-from orchestrator.registry import Lineage
-from orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration, RequestStatus
-from orchestrator.service.policy import (
+from expunge.orchestrator.receipts import ErasureReceipt, utc_now
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration, RequestStatus
+from expunge.orchestrator.service.policy import (
     check_idempotency_key,
     check_subject_count,
     check_subject_list,
@@ -56,7 +57,7 @@ from orchestrator.service.policy import (
     split_receipt,
     take_batch,
 )
-from shards.errors import StorageUnavailableError
+from expunge.shards.errors import StorageUnavailableError
 
 __all__ = ["ErasureService", "ServedVersion", "ServiceStats"]
 
@@ -129,7 +130,7 @@ class ErasureService:
         self.lineage = lineage
         # Opening the coordinator finishes a crashed commit's purge and registers what MLflow missed.
         self.coordinator = Coordinator(job.storage, hasher, lineage, pool_factory)
-        self.coordinator._require_manifest()  # a service needs a trained store
+        self.coordinator.require_manifest()  # a service needs a trained store
         self.journal = Journal(self.coordinator.store)
         self._work = threading.Lock()  # the coordinator: commits, registration and serving, one at a time
         self._state = threading.Condition()  # everything below
@@ -141,7 +142,7 @@ class ErasureService:
         self._stopping = False
         self._recover()
         if warm:
-            manifest = self.coordinator._require_manifest()
+            manifest = self.coordinator.require_manifest()
             # Start every shard actor now: requests should not pay for process spawn and imports.
             self.coordinator.pool.call("ready", {s: () for s in range(manifest.sharding.shards)})
         self._worker = threading.Thread(target=self._run, name="expunge-service", daemon=True)
@@ -158,7 +159,7 @@ class ErasureService:
         Raises:
             ConfigError: no subject, more than ``service.max_subjects_per_request``, a bad
                 idempotency key, or a key already used for other subjects.
-            InvalidSubjectIdError: an id the identity rule refuses (``shards.identity``).
+            InvalidSubjectIdError: an id the identity rule refuses (``expunge.shards.identity``).
         """
         ids = check_subject_list(subject_ids)
         check_subject_count(len(ids), self.config.max_subjects_per_request)
@@ -281,7 +282,7 @@ class ErasureService:
     def model_version(self) -> ServedVersion:
         """The ensemble (store) version served now and the registry version the alias points at."""
         with self._work:
-            manifest = self.coordinator._follow_latest()
+            manifest = self.coordinator.follow_latest()
         return ServedVersion(
             ensemble_version=manifest.version,
             registry_version=self.lineage.current_version() if self.lineage else None,
@@ -525,5 +526,5 @@ class ErasureService:
 
     def describe(self) -> dict[str, Any]:
         """The store this service erases from and its published version (``ServiceActor.ready``)."""
-        manifest = self.coordinator._require_manifest()
+        manifest = self.coordinator.require_manifest()
         return {"storage": self.coordinator.store.uri, "ensemble_version": manifest.version}

@@ -19,9 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.errors import StorageConflictError
-from orchestrator.receipts import ErasureReceipt
-from shards.store import ObjectStore
+from expunge.orchestrator.errors import StorageConflictError
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.shards.store import ObjectStore
 
 __all__ = ["BatchEntry", "Journal", "JournalEntry", "Registration", "RequestStatus", "Stage"]
 

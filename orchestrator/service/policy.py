@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.errors import ConfigError
-from orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.receipts import ErasureReceipt
 
 __all__ = [
     "Step",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-from shards.config import AnyModelConfig, CustomModelConfig, ItemStatsConfig, MFConfig
-from shards.errors import ConfigError
-from shards.models.item_stats import ItemStatsModel
-from shards.models.mf import MatrixFactorization
-from shards.models.mlp import MLPClassifier
-from shards.models.protocol import SisaModel, StatisticsFit, SufficientStatisticsModel
+from expunge.shards.config import AnyModelConfig, CustomModelConfig, ItemStatsConfig, MFConfig
+from expunge.shards.errors import ConfigError
+from expunge.shards.models.item_stats import ItemStatsModel
+from expunge.shards.models.mf import MatrixFactorization
+from expunge.shards.models.mlp import MLPClassifier
+from expunge.shards.models.protocol import SisaModel, StatisticsFit, SufficientStatisticsModel
 
 __all__ = [
     "AnyModel",

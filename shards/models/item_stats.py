@@ -42,8 +42,8 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from shards.config import ItemStatsConfig
-from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
+from expunge.shards.config import ItemStatsConfig
+from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
 
 __all__ = ["GRID_BITS", "ItemStatsFit", "ItemStatsModel", "ItemStatsState", "on_grid"]
 

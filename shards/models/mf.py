@@ -10,8 +10,8 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from shards.config import MFConfig
-from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
+from expunge.shards.config import MFConfig
+from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
 
 __all__ = ["MFModule", "MatrixFactorization"]
 

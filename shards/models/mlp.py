@@ -10,8 +10,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from shards.config import MLPConfig
-from shards.rows import FEATURES, LABEL
+from expunge.shards.config import MLPConfig
+from expunge.shards.rows import FEATURES, LABEL
 
 __all__ = ["MLPClassifier"]
 

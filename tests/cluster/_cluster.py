@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.processes import end_processes, psutil_module
+from expunge.orchestrator.processes import end_processes, psutil_module
 
 __all__ = ["REPO_ROOT", "RayTestCluster", "start_cluster"]
 

@@ -14,12 +14,12 @@ import sys
 import ray
 from ray.util.state import get_actor
 
-from orchestrator.config import SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, ray_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.exactness import constituents_equal
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
+from expunge.orchestrator.config import SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, ray_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
 from tests.engine import job, subject_in_slice, without
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.digests import SubjectHasher
+from expunge.orchestrator.digests import SubjectHasher
 from tests.cluster._cluster import REPO_ROOT, RayTestCluster
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def submit(cluster: RayTestCluster, *entrypoint: str) -> subprocess.CompletedPro
 
 
 def receipt_in(output: str) -> dict[str, object]:
-    """The indented receipt JSON that ``pipelines.forget`` prints, out of the job's log stream."""
+    """The indented receipt JSON that ``expunge.pipelines.forget`` prints, out of the job's log stream."""
     lines = output.splitlines()
     start = lines.index("{")
     end = lines.index("}", start)
@@ -66,7 +66,7 @@ def receipt_in(output: str) -> dict[str, object]:
 def test_train_then_forget_as_ray_jobs(ray_head, tmp_path):
     config = write_config(tmp_path, str(tmp_path / "store"))
     began = time.perf_counter()
-    trained = submit(ray_head, "pipelines.train", "--config", str(config))
+    trained = submit(ray_head, "expunge.pipelines.train", "--config", str(config))
     train_s = time.perf_counter() - began
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert "succeeded" in trained.stdout
@@ -74,7 +74,7 @@ def test_train_then_forget_as_ray_jobs(ray_head, tmp_path):
     assert summary["ensemble_version"] == 1
 
     began = time.perf_counter()
-    forgot = submit(ray_head, "pipelines.forget", "--config", str(config), "--subject", "user-3")
+    forgot = submit(ray_head, "expunge.pipelines.forget", "--config", str(config), "--subject", "user-3")
     forget_s = time.perf_counter() - began
     assert forgot.returncode == 0, forgot.stdout + forgot.stderr
     receipt = receipt_in(forgot.stdout)

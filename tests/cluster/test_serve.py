@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import load_job_config
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.exactness import constituents_equal
-from orchestrator.registry import Lineage
-from pipelines.datasets import synthetic_ratings
+from expunge.orchestrator.config import load_job_config
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.registry import Lineage
+from expunge.pipelines.datasets import synthetic_ratings
 from tests.cluster._cluster import REPO_ROOT
 from tests.cluster.test_ray_jobs import KEY
 from tests.engine import from_scratch, without
@@ -141,8 +141,8 @@ def test_serve_on_two_nodes_with_s3_spreads_shard_actors_and_erases_exactly(ray_
         client = (
             "import json, ray\n"
             "from ray.util.state import list_actors\n"
-            "from orchestrator import ExpungeClient\n"
-            f"client = ExpungeClient.connect(namespace={namespace!r})\n"
+            "from expunge import Client\n"
+            f"client = Client.connect(namespace={namespace!r})\n"
             "receipt = client.forget(['user-11'])\n"
             "nodes = sorted({a.node_id for a in list_actors(filters=[('class_name', '=', 'ShardActor'),"
             " ('state', '=', 'ALIVE')])})\n"

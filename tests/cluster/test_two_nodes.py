@@ -18,7 +18,7 @@ def test_train_with_a_local_store_on_two_nodes_exits_2_with_the_fix(ray_two_node
     config = write_config(tmp_path, str(tmp_path / "store"))
     env = {**ray_two_nodes.env, "EXPUNGE_SUBJECT_KEY": KEY}
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", "--config", str(config)],
+        [sys.executable, "-m", "expunge.pipelines.train", "--config", str(config)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

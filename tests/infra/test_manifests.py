@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.config import JobConfig, load_job_config
-from pipelines.cli import JOBS
+from expunge.orchestrator.config import JobConfig, load_job_config
+from expunge.pipelines.cli import JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -144,13 +144,13 @@ def test_python_m_entrypoints_name_existing_modules(path):
 @pytest.mark.parametrize("path", [*DEPLOY_FILES, *READMES], ids=lambda p: str(p.relative_to(INFRA)))
 def test_expunge_subcommands_exist(path):
     for job in _EXPUNGE_JOB.findall(path.read_text()):
-        assert job in JOBS, f"{path.name}: `expunge {job}` is not a job of pipelines.cli.JOBS"
+        assert job in JOBS, f"{path.name}: `expunge {job}` is not a job of expunge.pipelines.cli.JOBS"
 
 
 def test_the_files_run_train_forget_and_serve():
     """The patterns above match something: the deployment files start every job they promise."""
     text = "\n".join(p.read_text() for p in DEPLOY_FILES)
-    assert {"pipelines.train", "pipelines.forget"} <= set(_PYTHON_M.findall(text))
+    assert {"expunge.pipelines.train", "expunge.pipelines.forget"} <= set(_PYTHON_M.findall(text))
     assert "serve" in _EXPUNGE_JOB.findall(text)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.config import SyntheticRatingsConfig
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
+from expunge.orchestrator.config import SyntheticRatingsConfig
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
 
 #: A digest key as a deployment sets it in EXPUNGE_SUBJECT_KEY (hex of 32 random bytes: strong enough).
 SERVING_KEY = "9f2c6a41d07be3584c1e9a7d2b60f8e3a5c4d19b7e02f6a83d5c1b9e47f0a26d"

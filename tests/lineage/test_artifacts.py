@@ -7,10 +7,10 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.config import TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import ArtifactStoreNotErasable
-from orchestrator.registry import PURGED_BY_REQUEST, Lineage
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import ArtifactStoreNotErasable
+from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from tests.conftest import S3_ENDPOINT
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects

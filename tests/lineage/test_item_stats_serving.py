@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from orchestrator.config import ItemStatsConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.registry import Lineage
-from shards.rows import ITEM_ID, SUBJECT_DIGEST
+from expunge.orchestrator.config import ItemStatsConfig, TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.registry import Lineage
+from expunge.shards.rows import ITEM_ID, SUBJECT_DIGEST
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects
 

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from orchestrator.config import MLPConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.registry import PURGED_BY_REQUEST, Lineage
-from orchestrator.serving import rows_from_frame
-from pipelines.datasets import synthetic_tabular
-from shards.rows import FEATURES, ITEM_ID, SUBJECT_ID
+from expunge.orchestrator.config import MLPConfig, TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
+from expunge.orchestrator.serving.servable import rows_from_frame
+from expunge.pipelines.datasets import synthetic_tabular
+from expunge.shards.rows import FEATURES, ITEM_ID, SUBJECT_ID
 from tests.engine import job
 from tests.lineage._support import SERVING_KEY, email_rows, personal_data_hits, subjects
 

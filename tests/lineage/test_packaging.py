@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from mlflow.models import Model
 
-from orchestrator.config import CustomModelConfig, MFConfig, MLPConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.registry import Lineage
-from pipelines.datasets import synthetic_tabular
-from shards.rows import FEATURES
+from expunge.orchestrator.config import CustomModelConfig, MFConfig, MLPConfig, TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.registry import Lineage
+from expunge.pipelines.datasets import synthetic_tabular
+from expunge.shards.rows import FEATURES
 from tests.engine import job
 from tests.lineage._support import email_rows
 
@@ -124,7 +124,7 @@ def test_every_version_is_logged_with_a_signature_and_mlflow_infers_nothing(kind
 
 
 def test_a_single_file_factory_module_is_shipped_as_that_file(tmp_path, monkeypatch):
-    from orchestrator.registry.packaging import _stage_code
+    from expunge.orchestrator.registry.packaging import _stage_code
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "solo_model.py").write_text("class Model:\n    pass\n")
@@ -133,5 +133,5 @@ def test_a_single_file_factory_module_is_shipped_as_that_file(tmp_path, monkeypa
         staged = _stage_code(tmp_path / "code", CustomModelConfig(factory="solo_model:Model"))
     finally:
         sys.modules.pop("solo_model", None)
-    assert sorted(Path(p).name for p in staged) == ["orchestrator", "shards", "solo_model.py"]
+    assert sorted(Path(p).name for p in staged) == ["expunge", "solo_model.py"]
     assert (tmp_path / "code" / "solo_model.py").read_text().startswith("class Model")

@@ -18,14 +18,14 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from orchestrator.config import TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError
-from orchestrator.registry import PURGED_BY_REQUEST, Lineage
-from orchestrator.registry.faults import ERASURE_STEPS, FAULT_AT_MLFLOW, TRAINING_STEPS, fault_point
-from orchestrator.registry.staging import STAGING_FOLDER
-from shards.store import InjectedFault
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
+from expunge.orchestrator.registry.faults import ERASURE_STEPS, FAULT_AT_MLFLOW, TRAINING_STEPS, fault_point
+from expunge.orchestrator.registry.scratch import STAGING_FOLDER
+from expunge.shards.store import InjectedFault
 from tests.conftest import TEST_KEY
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects
@@ -134,10 +134,10 @@ def test_an_error_at_any_mlflow_step_is_finished_on_reopen(step, template, tmp_p
 
 _FORGET = """
 import sys
-from orchestrator.config import TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.registry import Lineage
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.registry import Lineage
 root, key, subject, model, request = sys.argv[1:6]
 tracking = TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", experiment="crash", model_name=model)
 lineage = Lineage(tracking, f"{root}/store")
@@ -148,10 +148,10 @@ coordinator.forget([subject], request_id=request)
 _TRAIN = """
 import sys
 import pyarrow.parquet as pq
-from orchestrator.config import TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.registry import Lineage
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.registry import Lineage
 from tests.engine import job
 root, key, model = sys.argv[1:4]
 tracking = TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", experiment="crash", model_name=model)

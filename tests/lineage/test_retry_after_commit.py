@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError
-from orchestrator.receipt_chain import chained_receipts, walk_chain
-from orchestrator.registry import Lineage
-from orchestrator.registry.faults import FAULT_AT_MLFLOW
-from shards.store import InjectedFault
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.receipt_chain import chained_receipts, walk_chain
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.registry.faults import FAULT_AT_MLFLOW
+from expunge.shards.store import InjectedFault
 from tests.conftest import TEST_KEY
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects

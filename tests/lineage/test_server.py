@@ -12,11 +12,11 @@ import pyarrow as pa
 import pytest
 from mlflow.exceptions import MlflowException
 
-from orchestrator.config import TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import ArtifactStoreNotErasable, ConfigError
-from orchestrator.registry import PURGED_BY_REQUEST, Lineage
-from shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import ArtifactStoreNotErasable, ConfigError
+from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
+from expunge.shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects
 

@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from orchestrator.config import TrackingConfig
-from orchestrator.coordinator import Coordinator, ray_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.registry import PURGED_BY_REQUEST, Lineage
-from shards.rows import ITEM_ID, SUBJECT_ID
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, ray_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
+from expunge.shards.rows import ITEM_ID, SUBJECT_ID
 from tests.engine import job
 from tests.lineage._support import SERVING_KEY, email_rows, subjects
 

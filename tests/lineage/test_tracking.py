@@ -11,11 +11,11 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.utils.search_utils import SearchModelVersionUtils
 
-from orchestrator.config import TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import TrackingUnreachable
-from orchestrator.registry import PURGED_BY_REQUEST, Lineage
-from orchestrator.registry.tracking import equals_filter
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import TrackingUnreachable
+from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
+from expunge.orchestrator.registry.tracking import equals_filter
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects
 

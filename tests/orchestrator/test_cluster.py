@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.cluster import is_local_storage, require_shared_storage
-from orchestrator.errors import ConfigError
+from expunge.orchestrator.cluster import is_local_storage, require_shared_storage
+from expunge.orchestrator.errors import ConfigError
 
 LOCAL = ["./expunge-store", "/srv/store", "store", "file:///srv/store", "FILE:///srv/store", "local:///srv/store"]
 SHARED = ["s3://bucket/prefix", "s3a://bucket/prefix", "S3://bucket"]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import JobConfig, MFConfig, TrainingConfig, load_job_config
-from orchestrator.errors import ConfigError
+from expunge.orchestrator.config import JobConfig, MFConfig, TrainingConfig, load_job_config
+from expunge.orchestrator.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "infra" / "configs").glob("*.yaml"))
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from orchestrator.config import JobConfig
-from orchestrator.config_reference import REFERENCE_PATH, main, missing_descriptions, reference_markdown
+from expunge.orchestrator.config import JobConfig
+from expunge.orchestrator.config_reference import REFERENCE_PATH, main, missing_descriptions, reference_markdown
 
 
 def test_the_reference_matches_the_models():
     assert REFERENCE_PATH.read_text() == reference_markdown(), (
-        "docs/configuration.md is stale: run `python -m orchestrator.config_reference`"
+        "docs/configuration.md is stale: run `python -m expunge.orchestrator.config_reference`"
     )
 
 
@@ -34,8 +34,8 @@ def test_every_key_is_listed_with_its_default():
 def test_check_mode_reports_a_stale_file(tmp_path, monkeypatch, capsys):
     stale = tmp_path / "configuration.md"
     stale.write_text("old\n")
-    monkeypatch.setattr("orchestrator.config_reference.REFERENCE_PATH", stale)
+    monkeypatch.setattr("expunge.orchestrator.config_reference.REFERENCE_PATH", stale)
     assert main(["--check"]) == 1
-    assert "python -m orchestrator.config_reference" in capsys.readouterr().err
+    assert "python -m expunge.orchestrator.config_reference" in capsys.readouterr().err
     assert main([]) == 0
     assert main(["--check"]) == 0

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import SyntheticRatingsConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, ray_pool
-from orchestrator.exactness import constituents_equal
-from orchestrator.registry import Lineage
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
+from expunge.orchestrator.config import SyntheticRatingsConfig, TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, ray_pool
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.registry import Lineage
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
 from tests.engine import from_scratch, job, store_snapshot, subject_in_slice, without
 
 pytestmark = pytest.mark.integration

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.exactness import constituents_equal
-from orchestrator.scan import scan_store
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
-from shards.store import FaultPlan, InjectedFault, ObjectStore
+from expunge.orchestrator.config import SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.evidence.scan import scan_store
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
+from expunge.shards.store import FaultPlan, InjectedFault, ObjectStore
 from tests.conftest import TEST_KEY
 from tests.engine import from_scratch, job, subject_in_slice, without
 
@@ -36,7 +36,7 @@ def _count_writes(monkeypatch, action) -> int:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A trained store (template), the subject to erase, and both acceptable end states."""
-    from orchestrator.digests import SubjectHasher
+    from expunge.orchestrator.digests import SubjectHasher
 
     hasher = SubjectHasher(TEST_KEY)
     base = tmp_path_factory.mktemp("crash")
@@ -106,8 +106,8 @@ def test_erasure_survives_an_injected_error_at_every_write(trained, tmp_path, ha
 
 _KILL_SCRIPT = """
 import sys
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
 Coordinator(sys.argv[1], SubjectHasher(sys.argv[2].encode()), pool_factory=local_pool).forget([sys.argv[3]])
 """
 

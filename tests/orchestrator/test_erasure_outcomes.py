@@ -7,16 +7,17 @@ import json
 import pyarrow.compute as pc
 import pytest
 
-from orchestrator.binding import bind_tracking
-from orchestrator.catalog import Catalog, RegistryBinding
-from orchestrator.config import JobConfig, SyntheticRatingsConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, check_request_id, local_pool
-from orchestrator.errors import ConfigError, ErasedSubjectsInDataError, StorageCorruptError
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.scan import scan_store
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import Catalog, RegistryBinding
+from expunge.orchestrator.config import JobConfig, SyntheticRatingsConfig, TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.erasure.request_ids import check_request_id
+from expunge.orchestrator.errors import ConfigError, ErasedSubjectsInDataError, StorageCorruptError
+from expunge.orchestrator.evidence.scan import scan_store
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry.binding import bind_tracking
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
+from expunge.shards.store import ObjectStore
 from tests.engine import job
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=30, items=20, ratings_per_user=5, seed=3))
@@ -195,8 +196,8 @@ def test_a_second_request_for_an_erased_person_says_they_were_erased_earlier(tmp
 
 
 def test_the_demo_never_wipes_a_workdir_it_did_not_make(tmp_path):
-    from pipelines.demo import DemoOptions
-    from pipelines.demo import run as run_demo
+    from expunge.pipelines.demo import DemoOptions
+    from expunge.pipelines.demo import run as run_demo
 
     (tmp_path / "mlflow.db").write_text("a real registry")
     (tmp_path / "store").mkdir()
@@ -208,7 +209,7 @@ def test_the_demo_never_wipes_a_workdir_it_did_not_make(tmp_path):
 
 
 def test_held_out_rows_of_erased_people_are_refused_or_dropped_too(tmp_path, hasher):
-    from shards.rows import SUBJECT_ID as SID
+    from expunge.shards.rows import SUBJECT_ID as SID
 
     coordinator = _trained(tmp_path, hasher)
     coordinator.forget([SUBJECTS[5]])

@@ -4,8 +4,8 @@ import pickle
 
 import pytest
 
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import (
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import (
     ConfigError,
     DataValidationError,
     ExpungeError,
@@ -77,7 +77,7 @@ def test_weak_keys_from_the_environment_are_refused_with_a_fix(monkeypatch, key,
 def test_generated_keys_are_strong():
     import secrets
 
-    from orchestrator.digests import key_weakness
+    from expunge.orchestrator.digests import key_weakness
 
     assert all(key_weakness(secrets.token_hex(32)) is None for _ in range(200))
     assert all(key_weakness(secrets.token_urlsafe(32)) is None for _ in range(200))

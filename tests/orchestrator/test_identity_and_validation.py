@@ -9,13 +9,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.config import MLPConfig, SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import ConfigError, DataValidationError, InvalidSubjectIdError
-from orchestrator.scan import scan_store
-from pipelines.datasets import synthetic_ratings, synthetic_tabular
-from pipelines.forget import read_subjects
-from shards.rows import RATING, SUBJECT_ID
+from expunge.orchestrator.config import MLPConfig, SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import ConfigError, DataValidationError, InvalidSubjectIdError
+from expunge.orchestrator.evidence.scan import scan_store
+from expunge.pipelines.datasets import synthetic_ratings, synthetic_tabular
+from expunge.pipelines.forget import read_subjects
+from expunge.shards.rows import RATING, SUBJECT_ID
 from tests.engine import job
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=24, items=20, ratings_per_user=5, seed=2))

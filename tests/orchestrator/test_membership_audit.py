@@ -6,14 +6,21 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import orchestrator.audit as audit_module
-from orchestrator.audit import MembershipAudit, attack_statistics, auc, read_audit, tpr_at_fpr
-from orchestrator.config import JobConfig, MFConfig, MLPConfig, ShardingConfig, SyntheticRatingsConfig, TrainingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import ConfigError
-from orchestrator.verify import verify_erasure
-from pipelines.datasets import split_rows, synthetic_ratings, synthetic_tabular
-from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_ID
+import expunge.orchestrator.evidence.membership as audit_module
+from expunge.orchestrator.config import (
+    JobConfig,
+    MFConfig,
+    MLPConfig,
+    ShardingConfig,
+    SyntheticRatingsConfig,
+    TrainingConfig,
+)
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.membership import MembershipAudit, attack_statistics, auc, read_audit, tpr_at_fpr
+from expunge.orchestrator.evidence.verify import verify_erasure
+from expunge.pipelines.datasets import split_rows, synthetic_ratings, synthetic_tabular
+from expunge.shards.rows import ITEM_ID, RECORD_ID, SUBJECT_ID
 
 
 # ----- the statistics -----------------------------------------------------------------------------------

@@ -8,14 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.catalog import PlacementIndex
-from orchestrator.config import ShardingConfig
-from orchestrator.coordinator import partition_rows as coordinator_partition_rows
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import InvalidSubjectIdError
-from orchestrator.partition import cells_of_keys, digest_subjects, partition_rows, place_distinct
-from orchestrator.placement import Cell, cell_of_key, place_subjects
-from shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.orchestrator.catalog import PlacementIndex
+from expunge.orchestrator.config import ShardingConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import InvalidSubjectIdError
+from expunge.orchestrator.training.partition import cells_of_keys, digest_subjects, partition_rows, place_distinct
+from expunge.orchestrator.training.placement import Cell, cell_of_key, place_subjects
+from expunge.shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
 
 HASHER = SubjectHasher(b"k" * 16 + b"partition-tests!")
 
@@ -141,7 +140,3 @@ def test_digests_are_computed_once_per_distinct_subject():
 def test_refused_subject_ids_raise_as_before():
     with pytest.raises(InvalidSubjectIdError):
         partition_rows(_rows(["ann", ""], 0), ShardingConfig(shards=2, slices=2), HASHER)
-
-
-def test_the_coordinator_still_exports_partition_rows():
-    assert coordinator_partition_rows is partition_rows

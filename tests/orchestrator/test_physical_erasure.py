@@ -5,14 +5,14 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from orchestrator.config import StorageConfig, SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import StorageConflictError
-from orchestrator.exactness import constituents_equal
-from orchestrator.scan import scan_store
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
-from shards.store import ObjectStore
+from expunge.orchestrator.config import StorageConfig, SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import StorageConflictError
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.evidence.scan import scan_store
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
+from expunge.shards.store import ObjectStore
 from tests.engine import from_scratch, job, subject_in_slice, without
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=25, ratings_per_user=6, seed=5))

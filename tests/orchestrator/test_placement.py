@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.placement import Cell, cell_of_key, place_subjects
+from expunge.orchestrator.training.placement import Cell, cell_of_key, place_subjects
 
 subject_rows = st.dictionaries(
     st.text(alphabet="0123456789abcdef", min_size=8, max_size=8), st.integers(1, 50), min_size=1, max_size=60

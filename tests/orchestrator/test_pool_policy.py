@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.pool import fit_cpus_per_actor
+from expunge.orchestrator.pool import fit_cpus_per_actor
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from orchestrator.processes import end_processes, process_alive, psutil_module
+from expunge.orchestrator.processes import end_processes, process_alive, psutil_module
 
 
 def test_a_started_process_is_alive_until_ended():

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.purge import select_purgeable
-from shards.store import ObjectVersion
+from expunge.orchestrator.erasure.store_purge import select_purgeable
+from expunge.shards.store import ObjectVersion
 
 COMMIT = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 BEFORE, AFTER = COMMIT - timedelta(seconds=5), COMMIT + timedelta(seconds=5)

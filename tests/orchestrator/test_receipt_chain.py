@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-from orchestrator.catalog import Catalog
-from orchestrator.config import SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.receipt_chain import append_receipt, chain_key, chained_receipts, walk_chain
-from orchestrator.receipts import ErasureReceipt
-from pipelines.datasets import synthetic_ratings
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.config import SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key, chained_receipts, walk_chain
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.store import ObjectStore
 from tests.engine import job
 
 
@@ -161,9 +161,9 @@ def test_erasures_and_misses_are_chained_and_a_per_version_receipt_edit_is_caugh
 
 
 def test_the_newest_receipt_deleted_is_caught_by_its_copy(tmp_path):
-    from orchestrator.receipt_chain import append_receipt, chain_key, walk_chain
-    from orchestrator.receipts import ErasureReceipt
-    from shards.store import ObjectStore
+    from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key, walk_chain
+    from expunge.orchestrator.receipts import ErasureReceipt
+    from expunge.shards.store import ObjectStore
 
     store = ObjectStore(str(tmp_path / "store"))
     for n in range(1, 5):

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.placement import Cell
-from orchestrator.routing import route
+from expunge.orchestrator.erasure.routing import route
+from expunge.orchestrator.training.placement import Cell
 
 INDEX = {
     "alice": [Cell(0, 2)],

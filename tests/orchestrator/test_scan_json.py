@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.scan import scan_store
-from shards.store import ObjectStore
+from expunge.orchestrator.evidence.scan import scan_store
+from expunge.shards.store import ObjectStore
 
 
 def _store_with(tmp_path, key: str, document: dict) -> ObjectStore:

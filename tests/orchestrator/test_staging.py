@@ -7,14 +7,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.config import ItemStatsConfig, JobConfig, StorageConfig, SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import DataValidationError, ErasedSubjectsInDataError, ShardRetrainFailed
-from orchestrator.staging import STAGING_PREFIX, parquet_batches, table_batches
-from pipelines.datasets import synthetic_ratings
-from shards.rows import RATING, SUBJECT_ID
-from shards.shard import Shard
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import STAGING_PREFIX
+from expunge.orchestrator.config import ItemStatsConfig, JobConfig, StorageConfig, SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import DataValidationError, ErasedSubjectsInDataError, ShardRetrainFailed
+from expunge.orchestrator.training.streaming import parquet_batches, table_batches
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import RATING, SUBJECT_ID
+from expunge.shards.shard import Shard
+from expunge.shards.store import ObjectStore
 from tests.engine import job, store_snapshot
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=25, ratings_per_user=6, seed=5))
@@ -204,7 +205,7 @@ def test_a_source_that_changes_between_the_passes_is_refused(tmp_path, hasher):
 def test_local_staging_folders_of_dead_processes_are_swept(tmp_path):
     import os
 
-    from orchestrator.staging import sweep_local_staging
+    from expunge.orchestrator.training.streaming import sweep_local_staging
 
     dead = tmp_path / "expunge-staging-999999999-abc"
     mine = tmp_path / f"expunge-staging-{os.getpid()}-def"

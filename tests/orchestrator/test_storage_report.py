@@ -6,13 +6,13 @@ import os
 
 import pytest
 
-from orchestrator.catalog import Catalog
-from orchestrator.config import SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.storage_report import classify_key, stored_bytes, summarise_sizes
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.config import SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.evidence.storage_report import classify_key, stored_bytes, summarise_sizes
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
+from expunge.shards.store import ObjectStore
 from tests.engine import job
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=30, items=20, ratings_per_user=5, seed=3))

@@ -21,23 +21,23 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from orchestrator.audit import MembershipAudit, audit_key
-from orchestrator.catalog import Catalog
-from orchestrator.config import StorageConfig, SyntheticRatingsConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError
-from orchestrator.receipt_chain import chain_key
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.registry import Lineage
-from orchestrator.registry.artifacts import ArtifactEraser
-from orchestrator.registry.audit import remaining_artifact_objects
-from orchestrator.verify import verify_erasure, verify_log
-from pipelines import verify as verify_recipe
-from pipelines.datasets import split_rows, synthetic_ratings
-from shards.rows import SUBJECT_DIGEST, SUBJECT_ID
-from shards.store import ObjectStore
-from shards.training import decode_checkpoint, encode_checkpoint
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.config import StorageConfig, SyntheticRatingsConfig, TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.membership import MembershipAudit, audit_key
+from expunge.orchestrator.evidence.receipt_chain import chain_key
+from expunge.orchestrator.evidence.verify import verify_erasure, verify_log
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.registry.artifacts import ArtifactEraser
+from expunge.orchestrator.registry.checks import remaining_artifact_objects
+from expunge.pipelines import verify as verify_recipe
+from expunge.pipelines.datasets import split_rows, synthetic_ratings
+from expunge.shards.rows import SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.store import ObjectStore
+from expunge.shards.training import decode_checkpoint, encode_checkpoint
 from tests.conftest import TEST_KEY
 from tests.engine import job
 
@@ -281,8 +281,8 @@ def test_the_program_exits_0_1_2_and_writes_both_reports(erasure, store_copy, tm
 
 # ----- `expunge scan` checks the registry side too (issue 7, item 8) ---------------------------------
 def _scan(store: Path, erasure: Erasure):  # type: ignore[no-untyped-def]
-    from orchestrator.config import StorageConfig
-    from pipelines.scan import run as scan
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.pipelines.scan import run as scan
 
     return scan(StorageConfig(uri=str(store)), erasure.subject, hasher=SubjectHasher(TEST_KEY))
 
@@ -314,7 +314,7 @@ def test_a_deleted_audit_record_fails_the_membership_audit(erasure, store_copy):
 def test_exactness_compares_bits_not_values():
     import torch
 
-    from orchestrator.exactness import tensors_equal
+    from expunge.orchestrator.evidence.exactness import tensors_equal
 
     assert not tensors_equal(torch.tensor([0.0]), torch.tensor([-0.0]))  # equal values, different bits
     assert tensors_equal(torch.tensor([float("nan")]), torch.tensor([float("nan")]))  # same bits

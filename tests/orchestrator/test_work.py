@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.work import erasure_work, ideal_speedup, monolith_ideal_speedup, sisa_training_work
+from expunge.orchestrator.training.work import erasure_work, ideal_speedup, monolith_ideal_speedup, sisa_training_work
 
 
 @pytest.mark.parametrize(

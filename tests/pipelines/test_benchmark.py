@@ -4,9 +4,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from orchestrator.config import MFConfig, TrainingConfig
-from orchestrator.work import ideal_speedup, monolith_ideal_speedup
-from pipelines.benchmark import BenchmarkRow, _ints, _pairs, _table, main, run, with_monolith_baseline
+from expunge.orchestrator.config import MFConfig, TrainingConfig
+from expunge.orchestrator.training.work import ideal_speedup, monolith_ideal_speedup
+from expunge.pipelines.benchmark import BenchmarkRow, _ints, _pairs, _table, main, run, with_monolith_baseline
 
 
 def _row(shards: int, slices: int, train: float, phase: float, erasure: float, retrain: list[float]) -> BenchmarkRow:

@@ -9,12 +9,12 @@ import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner, Result
 
-from orchestrator.config import ItemStatsConfig, MFConfig, SyntheticRatingsConfig, TrainingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from pipelines.benchmark_accuracy import ndcg_recall_at_k, plot, run, table
-from pipelines.cli import app
-from pipelines.datasets import synthetic_ratings
+from expunge.orchestrator.config import ItemStatsConfig, MFConfig, SyntheticRatingsConfig, TrainingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.pipelines.benchmark_accuracy import ndcg_recall_at_k, plot, run, table
+from expunge.pipelines.cli import app
+from expunge.pipelines.datasets import synthetic_ratings
 from tests.engine import job
 
 KEY = "3f9c2b7e1d8a4f6052c7e9b1a3d5f7082e4c6a8b0d2f4e6a8c0e2a4c6e8a0c2e"

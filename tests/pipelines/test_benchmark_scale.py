@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipelines.benchmark_scale import (
+from expunge.pipelines.benchmark_scale import (
     NEEDS_TWO_SIZES,
     ScaleRow,
     ScaleSettings,

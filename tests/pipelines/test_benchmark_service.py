@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.config import MFConfig, SyntheticRatingsConfig, TrainingConfig
-from pipelines.benchmark_service import ServiceBenchmarkSettings, latency_checks, percentiles, run
-from pipelines.cli import app
-from pipelines.datasets import synthetic_ratings
+from expunge.orchestrator.config import MFConfig, SyntheticRatingsConfig, TrainingConfig
+from expunge.pipelines.benchmark_service import ServiceBenchmarkSettings, latency_checks, percentiles, run
+from expunge.pipelines.cli import app
+from expunge.pipelines.datasets import synthetic_ratings
 
 
 def test_percentiles_interpolate_like_numpy_and_take_no_samples():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.digests import SubjectHasher
-from pipelines.cli import EXIT_CODES, JOBS
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.pipelines.cli import EXIT_CODES, JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "3f9c2b7e1d8a4f6052c7e9b1a3d5f7082e4c6a8b0d2f4e6a8c0e2a4c6e8a0c2e"
@@ -20,7 +20,7 @@ KEY = "3f9c2b7e1d8a4f6052c7e9b1a3d5f7082e4c6a8b0d2f4e6a8c0e2a4c6e8a0c2e"
 def _expunge(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != "EXPUNGE_SUBJECT_KEY"}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "expunge.pipelines.cli", *args],
         cwd=cwd,
         env={**base, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env},
         capture_output=True,
@@ -83,9 +83,9 @@ def test_digest_errors_say_how_to_fix_them(tmp_path, args, message):
 
 
 def test_digest_refuses_a_key_the_store_was_not_trained_with(tmp_path):
-    from orchestrator.config import SyntheticRatingsConfig
-    from orchestrator.coordinator import Coordinator, local_pool
-    from pipelines.datasets import synthetic_ratings
+    from expunge.orchestrator.config import SyntheticRatingsConfig
+    from expunge.orchestrator.coordinator import Coordinator, local_pool
+    from expunge.pipelines.datasets import synthetic_ratings
     from tests.engine import job
 
     coordinator = Coordinator(str(tmp_path / "store"), SubjectHasher(KEY.encode()), pool_factory=local_pool)
@@ -111,8 +111,8 @@ def test_digest_refuses_a_key_the_store_was_not_trained_with(tmp_path):
 
 
 def test_a_subjects_file_that_names_nobody_says_so(tmp_path):
-    from orchestrator.errors import ConfigError
-    from pipelines.forget import read_subjects
+    from expunge.orchestrator.errors import ConfigError
+    from expunge.pipelines.forget import read_subjects
 
     tickets = tmp_path / "tickets.txt"
     tickets.write_text("# GDPR tickets of the day\n\n")
@@ -141,11 +141,11 @@ def test_a_weak_demo_key_file_is_refused(tmp_path):
 def test_typed_errors_exit_with_the_documented_code(error, code):
     import typer
 
-    import orchestrator.errors
-    import shards.errors
-    from pipelines._runtime import exit_on_error
+    import expunge.orchestrator.errors
+    import expunge.shards.errors
+    from expunge.pipelines._runtime import exit_on_error
 
-    kind = getattr(orchestrator.errors, error, None) or getattr(shards.errors, error)
+    kind = getattr(expunge.orchestrator.errors, error, None) or getattr(expunge.shards.errors, error)
     args = ("http://127.0.0.1:9", "refused") if error == "TrackingUnreachable" else ("what happened and how to fix it",)
     with pytest.raises(typer.Exit) as stopped, exit_on_error():
         raise kind(*args)
@@ -156,8 +156,8 @@ def test_typed_errors_exit_with_the_documented_code(error, code):
 def test_a_dead_shard_actor_is_retryable_not_bad_input():
     import typer
 
-    from orchestrator.errors import ShardRetrainFailed
-    from pipelines._runtime import exit_on_error
+    from expunge.orchestrator.errors import ShardRetrainFailed
+    from expunge.pipelines._runtime import exit_on_error
 
     with pytest.raises(typer.Exit) as stopped, exit_on_error():
         raise ShardRetrainFailed(1, "actor died")

@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.config import DataConfig, MFConfig, MLPConfig, SyntheticRatingsConfig
-from orchestrator.errors import DataValidationError
-from pipelines.datasets import (
+from expunge.orchestrator.config import DataConfig, MFConfig, MLPConfig, SyntheticRatingsConfig
+from expunge.orchestrator.errors import DataValidationError
+from expunge.pipelines.datasets import (
     load_movielens,
     load_parquet,
     load_rows,

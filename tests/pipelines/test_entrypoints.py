@@ -26,7 +26,7 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
 def test_demo_json_reports_an_exact_targeted_erasure(tmp_path):
     result = _run(
         [
-            "pipelines.demo",
+            "expunge.pipelines.demo",
             "--json",
             "--users",
             "60",
@@ -71,7 +71,7 @@ def test_demo_json_reports_an_exact_targeted_erasure(tmp_path):
 def test_train_then_forget_from_the_command_line(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text(
-        "# python -m pipelines.train --config job.yaml\n"
+        "# python -m expunge.pipelines.train --config job.yaml\n"
         "data: {source: synthetic, synthetic: {users: 40, items: 20, ratings_per_user: 5}}\n"
         "sharding: {shards: 2, slices: 2}\n"
         "training: {epochs: 2, cpus_per_shard: 0.5}\n"
@@ -79,14 +79,23 @@ def test_train_then_forget_from_the_command_line(tmp_path):
         f"tracking: {{uri: 'sqlite:///{tmp_path / 'mlflow.db'}'}}\n"
     )
     key = {"EXPUNGE_SUBJECT_KEY": "3f9c2b7e1d8a4f6052c7e9b1a3d5f7082e4c6a8b0d2f4e6a8c0e2a4c6e8a0c2e"}
-    trained = _run(["pipelines.train", "--config", str(config)], tmp_path, **key)
+    trained = _run(["expunge.pipelines.train", "--config", str(config)], tmp_path, **key)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads(trained.stdout.strip().splitlines()[-1])["ensemble_version"] == 1
     subjects = tmp_path / "tickets.txt"
     subjects.write_text("# GDPR tickets\nuser-3\n\nuser-4\n")
     forgot = _run(
         # the `expunge` program's dispatch, as the console script runs it
-        ["pipelines.cli", "forget", "--config", str(config), "--subjects-file", str(subjects), "--subject", "ghost"],
+        [
+            "expunge.pipelines.cli",
+            "forget",
+            "--config",
+            str(config),
+            "--subjects-file",
+            str(subjects),
+            "--subject",
+            "ghost",
+        ],
         tmp_path,
         **key,
     )
@@ -103,7 +112,7 @@ def test_train_then_forget_from_the_command_line(tmp_path):
 def test_forget_without_a_key_fails_with_a_fix(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "EXPUNGE_SUBJECT_KEY"}
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.forget", "--storage", str(tmp_path), "--subject", "x"],
+        [sys.executable, "-m", "expunge.pipelines.forget", "--storage", str(tmp_path), "--subject", "x"],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -117,7 +126,7 @@ def test_forget_without_a_key_fails_with_a_fix(tmp_path):
 def test_demo_is_exact_on_s3_storage_and_leaves_no_trace(tmp_path, s3_bucket):
     result = _run(
         [
-            "pipelines.demo",
+            "expunge.pipelines.demo",
             "--json",
             "--users",
             "40",
@@ -142,10 +151,10 @@ def test_demo_is_exact_on_s3_storage_and_leaves_no_trace(tmp_path, s3_bucket):
 
 
 def test_scan_command_exit_codes(tmp_path):
-    from orchestrator.config import SyntheticRatingsConfig
-    from orchestrator.coordinator import Coordinator, local_pool
-    from orchestrator.digests import SubjectHasher
-    from pipelines.datasets import synthetic_ratings
+    from expunge.orchestrator.config import SyntheticRatingsConfig
+    from expunge.orchestrator.coordinator import Coordinator, local_pool
+    from expunge.orchestrator.digests import SubjectHasher
+    from expunge.pipelines.datasets import synthetic_ratings
     from tests.engine import job
 
     key = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8f"
@@ -154,7 +163,7 @@ def test_scan_command_exit_codes(tmp_path):
         synthetic_ratings(SyntheticRatingsConfig(users=12, items=8, ratings_per_user=3)), job(shards=2, slices=2)
     )
     found = _run(
-        ["pipelines.scan", "--storage", str(tmp_path / "store"), "--subject", "user-1"],
+        ["expunge.pipelines.scan", "--storage", str(tmp_path / "store"), "--subject", "user-1"],
         tmp_path,
         EXPUNGE_SUBJECT_KEY=key,
     )
@@ -163,7 +172,7 @@ def test_scan_command_exit_codes(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text(f"storage: {{uri: {tmp_path / 'store'}}}\n")
     clean = _run(  # --config names the store as in every other job
-        ["pipelines.scan", "--config", str(config), "--subject", "user-1", "--json"],
+        ["expunge.pipelines.scan", "--config", str(config), "--subject", "user-1", "--json"],
         tmp_path,
         EXPUNGE_SUBJECT_KEY=key,
     )
@@ -171,7 +180,7 @@ def test_scan_command_exit_codes(tmp_path):
     assert json.loads(clean.stdout)["findings"] == []
     # A store that is not there is an error, never "clean".
     missing = _run(
-        ["pipelines.scan", "--storage", str(tmp_path / "no-such-store"), "--subject", "user-1"],
+        ["expunge.pipelines.scan", "--storage", str(tmp_path / "no-such-store"), "--subject", "user-1"],
         tmp_path,
         EXPUNGE_SUBJECT_KEY=key,
     )

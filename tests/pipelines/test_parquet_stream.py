@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.config import DataConfig, MLPConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from pipelines.datasets import load_parquet, parquet_stream, split_rows
+from expunge.orchestrator.config import DataConfig, MLPConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.pipelines.datasets import load_parquet, parquet_stream, split_rows
 from tests.engine import job, store_snapshot
 
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.errors import ConfigError
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.service.policy import (
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.service.policy import (
     check_idempotency_key,
     check_subject_count,
     check_subject_list,

@@ -57,7 +57,7 @@ def test_stop_reads_the_namespace_from_the_config(tmp_path):
 
 
 def test_auto_and_client_addresses_are_left_to_ray_and_a_dead_port_is_not():
-    from pipelines.serve import _reachable
+    from expunge.pipelines.serve import _reachable
 
     assert _reachable("auto")
     assert _reachable("ray://head:10001")

@@ -7,17 +7,17 @@ import threading
 import pyarrow as pa
 import pytest
 
-from orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import ConfigError, InvalidSubjectIdError, UnknownRequestError
-from orchestrator.exactness import constituents_equal
-from orchestrator.registry import Lineage
-from orchestrator.scan import scan_store
-from orchestrator.service.core import ErasureService
-from orchestrator.service.journal import Journal
-from orchestrator.verify import verify_erasure
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
+from expunge.orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import ConfigError, InvalidSubjectIdError, UnknownRequestError
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.evidence.scan import scan_store
+from expunge.orchestrator.evidence.verify import verify_erasure
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.service.core import ErasureService
+from expunge.orchestrator.service.journal import Journal
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
 from tests.engine import from_scratch, job, without
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_user=5, seed=5))
@@ -209,7 +209,7 @@ def test_half_written_journal_files_of_a_killed_service_are_swept_on_restart(tmp
 
 
 def test_joining_a_cluster_nobody_runs_is_a_quick_typed_error():
-    from orchestrator.client import join_cluster
+    from expunge.orchestrator.client import join_cluster
 
     with pytest.raises(ConfigError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
         join_cluster("127.0.0.1:1", "nowhere")

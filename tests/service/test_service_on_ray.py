@@ -7,18 +7,18 @@ import uuid
 
 import pytest
 
-from orchestrator import ExpungeClient
-from orchestrator.catalog import Catalog
-from orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError, InvalidSubjectIdError, ServiceUnavailableError
-from orchestrator.exactness import constituents_equal
-from orchestrator.receipt_chain import chained_receipts
-from orchestrator.service.actor import start_service, stop_service
-from pipelines.datasets import synthetic_ratings
-from shards.rows import SUBJECT_ID
-from shards.store import ObjectStore
+from expunge import Client
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError, InvalidSubjectIdError, ServiceUnavailableError
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+from expunge.orchestrator.service.actor import start_service, stop_service
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
+from expunge.shards.store import ObjectStore
 from tests.engine import from_scratch, job, without
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -44,12 +44,12 @@ def served(tmp_path, monkeypatch):
     Coordinator(config.storage, hasher, pool_factory=local_pool).train(ROWS, config)
     started: list[bool] = []
 
-    def start(**env: str) -> ExpungeClient:
+    def start(**env: str) -> Client:
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         start_service(config)
         started.append(True)
-        return ExpungeClient.connect(namespace=namespace, retry_s=180)
+        return Client.connect(namespace=namespace, retry_s=180)
 
     yield config, hasher, start
     if started:

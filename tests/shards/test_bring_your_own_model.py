@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import CustomModelConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import ConfigError
-from orchestrator.exactness import constituents_equal
-from pipelines.datasets import synthetic_tabular
-from shards.models import model_for
-from shards.rows import SUBJECT_ID
+from expunge.orchestrator.config import CustomModelConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.pipelines.datasets import synthetic_tabular
+from expunge.shards.models import model_for
+from expunge.shards.rows import SUBJECT_ID
 from tests.engine import from_scratch, job, subject_in_slice, without
 
 README = Path(__file__).resolve().parents[2] / "README.md"

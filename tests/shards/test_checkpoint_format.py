@@ -8,12 +8,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from orchestrator.exactness import same_bits
-from shards.config import MFConfig, TrainingConfig
-from shards.errors import StorageCorruptError
-from shards.models import model_for
-from shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
-from shards.training import decode_checkpoint, encode_checkpoint, load_checkpoint, train_steps
+from expunge.orchestrator.evidence.exactness import same_bits
+from expunge.shards.config import MFConfig, TrainingConfig
+from expunge.shards.errors import StorageCorruptError
+from expunge.shards.models import model_for
+from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
+from expunge.shards.training import decode_checkpoint, encode_checkpoint, load_checkpoint, train_steps
 
 
 def _slices() -> list[pa.Table]:

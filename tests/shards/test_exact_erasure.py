@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import MFConfig, MLPConfig, SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.exactness import constituents_equal
-from pipelines.datasets import synthetic_ratings, synthetic_tabular
-from shards.rows import SUBJECT_ID
+from expunge.orchestrator.config import MFConfig, MLPConfig, SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.pipelines.datasets import synthetic_ratings, synthetic_tabular
+from expunge.shards.rows import SUBJECT_ID
 from tests.engine import from_scratch, job, store_snapshot, subject_in_slice, without
 
 RATINGS = synthetic_ratings(SyntheticRatingsConfig(users=60, items=40, ratings_per_user=8, seed=3))
@@ -141,7 +141,7 @@ def test_receipt_never_holds_the_raw_subject_id(tmp_path, hasher):
 def test_bad_training_rows_raise_one_typed_error_and_write_nothing(tmp_path, hasher):
     import pyarrow as pa
 
-    from orchestrator.errors import DataValidationError
+    from expunge.orchestrator.errors import DataValidationError
 
     bad = pa.table({"record_id": ["a", "a"], "subject_id": ["x", None], "item_id": [1, 2], "rating": [3.0, None]})
     coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
@@ -180,8 +180,8 @@ def test_same_inputs_give_the_same_checkpoint_keys(tmp_path, hasher):
 
 
 def test_a_different_digest_key_is_refused_instead_of_matching_nobody(tmp_path, hasher):
-    from orchestrator.digests import SubjectHasher
-    from orchestrator.errors import ConfigError
+    from expunge.orchestrator.digests import SubjectHasher
+    from expunge.orchestrator.errors import ConfigError
 
     _, _, rows = _trained(tmp_path, hasher, "mf")
     before = store_snapshot(tmp_path / "store")

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import DataValidationError, ExpungeError, InvalidSubjectIdError
-from shards.identity import (
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import DataValidationError, ExpungeError, InvalidSubjectIdError
+from expunge.shards.identity import (
     canonical_subject_column,
     canonical_subject_id,
     canonical_subject_ids,
@@ -188,8 +188,8 @@ def test_a_utf16_file_is_named_as_such():
 
 @pytest.mark.parametrize("pasted", ["user-7\nuser-8", "user-7\x00", "user\t7", "a\x85b"])
 def test_control_characters_inside_an_id_are_refused(pasted):
-    from shards.errors import InvalidSubjectIdError
-    from shards.identity import canonical_subject_id
+    from expunge.shards.errors import InvalidSubjectIdError
+    from expunge.shards.identity import canonical_subject_id
 
     with pytest.raises(InvalidSubjectIdError, match="control character"):
         canonical_subject_id(pasted)

@@ -10,14 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.config import ItemStatsConfig, SyntheticRatingsConfig
-from orchestrator.coordinator import Coordinator, local_pool
-from orchestrator.errors import ConfigError, UnknownSubjectError
-from orchestrator.exactness import constituents_equal, tensors_equal
-from pipelines.datasets import synthetic_ratings
-from shards.models import ItemStatsModel, SufficientStatisticsModel, model_for
-from shards.models.item_stats import ItemStatsState
-from shards.rows import ITEM_ID, RATING, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.orchestrator.config import ItemStatsConfig, SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import ConfigError, UnknownSubjectError
+from expunge.orchestrator.evidence.exactness import constituents_equal, tensors_equal
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.models import ItemStatsModel, SufficientStatisticsModel, model_for
+from expunge.shards.models.item_stats import ItemStatsState
+from expunge.shards.rows import ITEM_ID, RATING, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
 from tests.engine import from_scratch, job, subject_in_slice, without
 
 RATINGS = synthetic_ratings(SyntheticRatingsConfig(users=60, items=40, ratings_per_user=8, seed=3))

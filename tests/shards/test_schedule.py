@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shards.schedule import allocate_epochs, derive_seed
+from expunge.shards.schedule import allocate_epochs, derive_seed
 
 
 @given(st.integers(1, 200), st.integers(1, 100))

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import StorageConflictError, StorageCorruptError
-from shards.store import ObjectStore
+from expunge.orchestrator.errors import StorageConflictError, StorageCorruptError
+from expunge.shards.store import ObjectStore
 
 
 def test_exclusive_create_has_one_winner(tmp_path):
@@ -34,15 +34,15 @@ def test_delete_reports_only_what_existed(tmp_path):
 
 @pytest.mark.parametrize("uri", ["gs://bucket/x", "ftp://host/x", "hdfs://nn/x", ""])
 def test_unsupported_storage_schemes_are_a_typed_error(uri):
-    from shards.errors import ConfigError
+    from expunge.shards.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not supported"):
         ObjectStore(uri)
 
 
 def test_an_unreachable_s3_endpoint_is_a_typed_error(monkeypatch):
-    from shards.config import StorageConfig
-    from shards.errors import StorageUnavailableError
+    from expunge.shards.config import StorageConfig
+    from expunge.shards.errors import StorageUnavailableError
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -45,17 +45,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.catalog import Catalog, EnsembleManifest
-from orchestrator.config import ItemStatsConfig, MFConfig
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.rederive import ShardExactness, final_states, rederive_shards
-from orchestrator.serving import EnsemblePredictor
-from shards.models import task_of
-from shards.rows import ITEM_ID, LABEL, RATING, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
-from shards.store import ObjectStore
-from shards.training import TrainedState
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
+from expunge.orchestrator.config import ItemStatsConfig, MFConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.rederive import ShardExactness, final_states, rederive_shards
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.serving.servable import EnsemblePredictor
+from expunge.shards.models import task_of
+from expunge.shards.rows import ITEM_ID, LABEL, RATING, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
+from expunge.shards.store import ObjectStore
+from expunge.shards.training import TrainedState
 
 __all__ = [
     "AUDIT_PREFIX",

@@ -6,10 +6,9 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime
 
-from orchestrator.catalog import Catalog, EnsembleManifest
-from orchestrator.staging import STAGING_PREFIX
-from shards.shard import shard_prefix
-from shards.store import ObjectStore, ObjectVersion
+from expunge.orchestrator.catalog import STAGING_PREFIX, Catalog, EnsembleManifest
+from expunge.shards.shard import shard_prefix
+from expunge.shards.store import ObjectStore, ObjectVersion
 
 __all__ = ["purge_unreferenced", "select_purgeable"]
 

@@ -25,15 +25,15 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
-from orchestrator.config import StorageConfig
-from orchestrator.exactness import same_bits
-from orchestrator.placement import cell_of_key
-from shards.errors import StorageCorruptError
-from shards.models import model_for
-from shards.rows import RECORD_ID, SUBJECT_DIGEST
-from shards.shard import Shard, ShardManifest
-from shards.training import TrainedState, decode_checkpoint, load_checkpoint
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
+from expunge.orchestrator.config import StorageConfig
+from expunge.orchestrator.evidence.exactness import same_bits
+from expunge.orchestrator.training.placement import cell_of_key
+from expunge.shards.errors import StorageCorruptError
+from expunge.shards.models import model_for
+from expunge.shards.rows import RECORD_ID, SUBJECT_DIGEST
+from expunge.shards.shard import Shard, ShardManifest
+from expunge.shards.training import TrainedState, decode_checkpoint, load_checkpoint
 
 __all__ = ["Rederived", "ShardExactness", "final_states", "first_difference", "rederive_shard", "rederive_shards"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
-from orchestrator.serving import ENSEMBLE_ARTIFACT, EnsemblePredictor, rows_from_frame
+from expunge.orchestrator.serving.servable import ENSEMBLE_ARTIFACT, EnsemblePredictor, rows_from_frame
 
 __all__ = ["ExpungeEnsembleModel"]
 

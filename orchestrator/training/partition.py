@@ -1,6 +1,6 @@
 """Vectorised partitioning: digest each distinct subject once, place subjects, split rows into cells.
 
-The decisions are those of ``orchestrator.placement`` (``place_subjects``, ``cell_of_key``),
+The decisions are those of ``expunge.orchestrator.training.placement`` (``place_subjects``, ``cell_of_key``),
 computed per distinct subject (or per record id in ``row`` mode) instead of per row in Python
 lists; ``tests/orchestrator/test_partition.py`` checks old and new give the same cells.
 Everything here is pure (no Ray, no I/O) except for the HMAC of ``SubjectHasher``.
@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.catalog import PlacementIndex
-from orchestrator.config import ShardingConfig
-from orchestrator.digests import SubjectHasher
-from orchestrator.placement import Cell
-from shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.orchestrator.catalog import PlacementIndex
+from expunge.orchestrator.config import ShardingConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.training.placement import Cell
+from expunge.shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
 
 __all__ = [
     "SubjectDigests",
@@ -118,7 +118,7 @@ def place_distinct(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``place_subjects`` for distinct ``digests`` with row counts ``rows``: (shard, slice) arrays aligned with them.
 
-    Same decisions as ``orchestrator.placement.place_subjects`` (known subjects keep their
+    Same decisions as ``expunge.orchestrator.training.placement.place_subjects`` (known subjects keep their
     cell; new ones hashed, or placed largest first, ties by digest, on the least loaded shard
     and slice counting rows already placed), at O(subjects log S) instead of O(subjects x S).
 

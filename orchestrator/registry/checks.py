@@ -16,12 +16,12 @@ from urllib.request import url2pathname
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.catalog import RegistryBinding
-from orchestrator.config import StorageConfig, TrackingConfig
-from orchestrator.errors import ConfigError, TrackingUnreachable
-from orchestrator.registry.artifacts import ArtifactEraser
-from orchestrator.registry.tracking import LOGGED_MODEL_TAG, PURGED_BY_REQUEST, Registry, equals_filter
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import RegistryBinding
+from expunge.orchestrator.config import StorageConfig, TrackingConfig
+from expunge.orchestrator.errors import ConfigError, TrackingUnreachable
+from expunge.orchestrator.registry.artifacts import ArtifactEraser
+from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, PURGED_BY_REQUEST, Registry, equals_filter
+from expunge.shards.store import ObjectStore
 
 __all__ = ["AuditView", "RegistryCheck", "VersionCheck", "remaining_artifact_objects"]
 

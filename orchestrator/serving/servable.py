@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from orchestrator.catalog import Catalog, EnsembleManifest
-from orchestrator.config import CustomModelConfig, ItemStatsConfig, MFConfig, PrivacyConfig
-from orchestrator.digests import SubjectHasher
-from orchestrator.ensemble import StatisticsEnsemble, aggregate
-from orchestrator.errors import ConfigError, StorageCorruptError
-from shards.models import SufficientStatisticsModel, model_for
-from shards.rows import FEATURES, ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
-from shards.shard import ShardManifest
-from shards.store import ObjectStore
-from shards.training import TrainedState, load_checkpoint
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
+from expunge.orchestrator.config import CustomModelConfig, ItemStatsConfig, MFConfig, PrivacyConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError, StorageCorruptError
+from expunge.orchestrator.serving.ensemble import StatisticsEnsemble, aggregate
+from expunge.shards.models import SufficientStatisticsModel, model_for
+from expunge.shards.rows import FEATURES, ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.shard import ShardManifest
+from expunge.shards.store import ObjectStore
+from expunge.shards.training import TrainedState, load_checkpoint
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from shards.schedule import allocate_epochs
+from expunge.shards.schedule import allocate_epochs
 
 __all__ = ["erasure_work", "ideal_speedup", "monolith_ideal_speedup", "sisa_training_work"]
 

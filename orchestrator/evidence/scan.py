@@ -12,10 +12,10 @@ from typing import Literal
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from shards.identity import canonical_subject_id
-from shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
-from shards.store import ObjectStore
-from shards.training import decode_checkpoint
+from expunge.shards.identity import canonical_subject_id
+from expunge.shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.store import ObjectStore
+from expunge.shards.training import decode_checkpoint
 
 __all__ = ["Finding", "ScanReport", "scan_store"]
 
@@ -90,7 +90,7 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
     rows; a lineage slice that no longer exists anywhere makes the checkpoint unverifiable,
     which is reported too. ``subject_id`` None scans for the digest alone (raw ids are not looked for).
     """
-    # Stored shard data holds canonical ids (shards.identity): look for that form of the id.
+    # Stored shard data holds canonical ids (expunge.shards.identity): look for that form of the id.
     subject_id = canonical_subject_id(subject_id) if subject_id is not None else None
     findings: list[Finding] = []
     slice_holds_subject: dict[str, bool] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from orchestrator.placement import Cell
+from expunge.orchestrator.training.placement import Cell
 
 __all__ = ["RoutingPlan", "route"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from orchestrator.catalog import RegistryBinding
-from orchestrator.config import TrackingConfig
-from orchestrator.errors import ConfigError
+from expunge.orchestrator.catalog import RegistryBinding
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.errors import ConfigError
 
 __all__ = ["bind_tracking"]
 

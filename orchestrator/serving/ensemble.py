@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from shards.models import StatisticsFit, SufficientStatisticsModel
+from expunge.shards.models import StatisticsFit, SufficientStatisticsModel
 
 __all__ = ["StatisticsEnsemble", "aggregate"]
 

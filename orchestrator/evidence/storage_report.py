@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.catalog import Catalog, EnsembleManifest
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
+from expunge.shards.store import ObjectStore
 
 __all__ = ["ObjectKind", "StorageReport", "classify_key", "stored_bytes", "summarise_sizes"]
 

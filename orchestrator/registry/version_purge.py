@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestrator.errors import LineagePurgeFailed
-from orchestrator.registry.artifacts import ArtifactEraser
-from orchestrator.registry.faults import fault_point
-from orchestrator.registry.tracking import LOGGED_MODEL_TAG, PURGED_BY_REQUEST, Registry
+from expunge.orchestrator.errors import LineagePurgeFailed
+from expunge.orchestrator.registry.artifacts import ArtifactEraser
+from expunge.orchestrator.registry.faults import fault_point
+from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, PURGED_BY_REQUEST, Registry
 
 __all__ = ["Purger"]
 

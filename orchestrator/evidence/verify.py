@@ -14,18 +14,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.audit import AuditRecord, ModelAudit, read_audit
-from orchestrator.catalog import Catalog, RegistryBinding, TombstoneEntry
-from orchestrator.config import StorageConfig
-from orchestrator.coordinator import check_request_id, published
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import ConfigError
-from orchestrator.receipt_chain import ChainReport, chained_receipts, walk_chain
-from orchestrator.receipts import ErasureReceipt
-from orchestrator.rederive import rederive_shards
-from orchestrator.registry.audit import AuditView
-from orchestrator.scan import scan_store
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import Catalog, RegistryBinding, TombstoneEntry
+from expunge.orchestrator.config import StorageConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.erasure.request_ids import check_request_id
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.membership import AuditRecord, ModelAudit, read_audit
+from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_receipts, walk_chain
+from expunge.orchestrator.evidence.rederive import rederive_shards
+from expunge.orchestrator.evidence.scan import scan_store
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry.checks import AuditView
+from expunge.orchestrator.session import published
+from expunge.shards.store import ObjectStore
 
 __all__ = ["CheckResult", "VerifyReport", "chain_markdown", "verify_erasure", "verify_log"]
 
@@ -386,7 +387,7 @@ def verify_erasure(
     if text is None and not chained:
         # A request the service coalesced with others: its erasure is the shared commit's, which
         # is what gets re-derived and checked; the report and the scan are about its own subjects.
-        from orchestrator.service.journal import Journal
+        from expunge.orchestrator.service.journal import Journal
 
         status = Journal(store).status(request_id)
         if status is not None and status.receipt is not None and status.receipt.batch_id:

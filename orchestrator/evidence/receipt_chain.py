@@ -29,10 +29,10 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.catalog import Catalog
-from orchestrator.receipts import ErasureReceipt
-from shards.errors import StorageConflictError
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.shards.errors import StorageConflictError
+from expunge.shards.store import ObjectStore
 
 __all__ = ["CHAIN_PREFIX", "BrokenLink", "ChainReport", "append_receipt", "chain_key", "chained_receipts", "walk_chain"]
 

@@ -11,7 +11,7 @@ Two passes over a re-iterable source of row batches (a Parquet file or dataset r
    the store under ``staging/<run>/`` and read by the shard actor (``Shard.train_staged``).
 
 Staged objects hold raw rows. The coordinator deletes them once the shards have trained
-(committed or not), and ``orchestrator.purge`` deletes any under ``staging/`` older than a
+(committed or not), and ``expunge.orchestrator.erasure.store_purge`` deletes any under ``staging/`` older than a
 published version (debris of a crashed run), so they never outlive the training they fed.
 """
 
@@ -32,19 +32,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator.catalog import PlacementIndex
-from orchestrator.config import ShardingConfig
-from orchestrator.digests import SubjectHasher
-from orchestrator.errors import DataValidationError
-from orchestrator.partition import digest_subjects, place_distinct, row_cells
-from orchestrator.placement import Cell
-from orchestrator.processes import process_alive
-from shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
-from shards.shard import STAGED_SLICE
-from shards.store import ObjectStore
+from expunge.orchestrator.catalog import STAGING_PREFIX, PlacementIndex
+from expunge.orchestrator.config import ShardingConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import DataValidationError
+from expunge.orchestrator.processes import process_alive
+from expunge.orchestrator.training.partition import digest_subjects, place_distinct, row_cells
+from expunge.orchestrator.training.placement import Cell
+from expunge.shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.shard import STAGED_SLICE
+from expunge.shards.store import ObjectStore
 
 __all__ = [
-    "STAGING_PREFIX",
     "RowBatches",
     "SourceSummary",
     "StagedInput",
@@ -59,12 +58,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Store prefix of staged training input (raw rows; deleted after training, purged if left).
-STAGING_PREFIX = "staging/"
 
 #: A re-iterable source of row batches: each call starts a fresh pass over the same rows.
 RowBatches = Callable[[], Iterator[pa.Table]]
 
-#: ``validate(batch, source) -> canonical batch`` (``shards.rows.validate_rows`` with the job's task and model).
+#: ``validate(batch, source) -> canonical batch`` (``expunge.shards.rows.validate_rows`` with the job's task and model).
 Validate = Callable[[pa.Table, str], pa.Table]
 
 DEFAULT_BATCH_ROWS = 1 << 17
@@ -266,7 +264,7 @@ def stage_source(
 
     Rows of ``erased`` digests are left out (the caller refused them after the first pass
     unless it drops them). Each staged row carries ``subject_digest`` and its slice index
-    (``shards.shard.STAGED_SLICE``). Local memory: one batch; disk: the staged rows until
+    (``expunge.shards.shard.STAGED_SLICE``). Local memory: one batch; disk: the staged rows until
     each shard's file is put in the store (one at a time).
 
     Raises:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from orchestrator.processes import process_alive
+from expunge.orchestrator.processes import process_alive
 
 __all__ = ["STAGING_FOLDER", "Staging"]
 

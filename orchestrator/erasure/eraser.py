@@ -1,0 +1,333 @@
+"""The forget path: route subjects to their shards, retrain only those, commit, purge, register, receipt.
+
+Read top to bottom, ``Eraser.forget_digests`` is the whole erasure of a request:
+route (``erasure.routing``) -> retrain the affected shard actors from their first affected slice
+(``orchestrator.pool``) -> publish the new version (``catalog``) -> purge what it no longer
+references (``erasure.store_purge``) -> record it in MLflow (``registry``) -> chain the receipt
+(``evidence.receipt_chain``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
+from expunge.orchestrator.erasure.request_ids import check_request_id
+from expunge.orchestrator.erasure.resume import already_erased, finish_committed
+from expunge.orchestrator.erasure.routing import RoutingPlan, route
+from expunge.orchestrator.erasure.store_purge import purge_unreferenced
+from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageConflictError, StorageCorruptError
+from expunge.orchestrator.evidence.membership import ErasureAudit
+from expunge.orchestrator.evidence.receipt_chain import append_receipt
+from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.session import StoreSession
+from expunge.shards.shard import ShardUpdate
+
+__all__ = ["Eraser"]
+
+log = logging.getLogger(__name__)
+
+
+class Eraser:
+    """Erases subjects from one store: only the shards that hold them retrain, from their first affected slice.
+
+    Constructible without training or serving: ``Eraser(StoreSession(uri, hasher, local_pool), lineage)``.
+    """
+
+    def __init__(self, session: StoreSession, lineage: Lineage | None = None) -> None:
+        self.session = session
+        self.lineage = lineage
+
+    def finish_interrupted(self) -> None:
+        """Finish what a crash may have interrupted right after a commit: the store purge, then the registry.
+
+        A pre-erasure model version must not stay servable, nor its objects stored.
+        """
+        if self.session.manifest is not None:
+            purge_unreferenced(self.session.store, self.session.catalog, self.session.manifest)
+            self._sync_lineage()
+
+    def forget(
+        self, subject_ids: Sequence[object], request_id: str | None = None, audit: ErasureAudit | None = None
+    ) -> ErasureReceipt:
+        """Erase every row of the subjects and retrain only the shards that held them.
+
+        ``audit`` (e.g. ``expunge.MembershipAudit``) is called before any shard is retrained
+        and after the commit; its record's sha256 goes into the receipt. Every receipt is
+        appended to the store's receipt log (``evidence.receipt_chain``) and recorded in MLflow
+        when a lineage is set.
+
+        Raises:
+            ConfigError: no subject named, a bad request id, or an id that named other subjects.
+            InvalidSubjectIdError: an id the identity rule refuses (``expunge.shards.identity``).
+        """
+        if not subject_ids:
+            raise ConfigError("an erasure request needs at least one subject id")
+        if request_id is not None:
+            check_request_id(request_id)
+        digests = list(dict.fromkeys(self.session.hasher.digest_many(subject_ids)))
+        return self.forget_digests(digests, request_id, audit)
+
+    def forget_digests(
+        self,
+        digests: Sequence[str],
+        request_id: str | None = None,
+        audit: ErasureAudit | None = None,
+        *,
+        register: bool = True,
+        resume: bool = True,
+    ) -> ErasureReceipt:
+        """``forget`` for subjects already digested with this store's key (the service's entry point).
+
+        ``register=False`` stops at the store commit (the live actors serve the new version and
+        the receipt is chained); the caller registers later with ``register_published``.
+        ``resume=False`` is the caller's promise that no earlier attempt used ``request_id``, which
+        skips looking for one (a scan of every stored version).
+
+        Raises:
+            ConfigError: no digest, a bad request id, or an id that named other subjects.
+            StorageConflictError: another writer published first (nothing changed; submit again).
+            ShardRetrainFailed: a shard actor failed or died (nothing published; submit again).
+        """
+        began = time.perf_counter()
+        if not digests:
+            raise ConfigError("an erasure request needs at least one subject id")
+        self._refresh(sync=register)
+        manifest = self.session.require_manifest()
+        request_id = check_request_id(request_id or f"req-{uuid.uuid4().hex[:12]}")
+        digests = list(dict.fromkeys(digests))
+        committed = finish_committed(self.session, self.lineage, request_id, digests) if resume else None
+        if committed is not None:
+            return committed  # a retry of a request that already committed: the same receipt, once
+        index = self.session.catalog.read_placement(manifest.placement_key)
+        plan = route(digests, index.cells())
+        if not plan.found:
+            return self._not_found(manifest, request_id, digests, plan, began, register)
+        if audit is not None:
+            # The only moment both exist: the subjects' rows and the constituents trained on them.
+            audit.before_retrain(self.session.catalog, manifest, sorted(plan.found), self.session.hasher)
+        updates, retrain_seconds = self._retrain(manifest, index, plan, request_id)
+        new_manifest = self._commit(manifest, index, plan, updates, request_id)
+        deleted = purge_unreferenced(self.session.store, self.session.catalog, new_manifest, since=manifest.version)
+        receipt = ErasureReceipt(
+            request_id=request_id,
+            status="erased",
+            subject_digests=tuple(digests),
+            not_found_digests=plan.not_found,
+            already_erased_digests=already_erased(self.session.catalog, plan.not_found),
+            rows_removed=sum(u.rows_removed for u in updates.values()),
+            shards=tuple(
+                ShardRetrain(
+                    shard=s,
+                    first_affected_slice=plan.first_affected_slice[s],
+                    slices_retrained=u.slices_retrained,
+                    restarted_from=u.restarted_from,
+                    rows_removed=u.rows_removed,
+                    seconds=u.seconds,
+                )
+                for s, u in sorted(updates.items())
+            ),
+            untouched_shards=tuple(s for s in range(manifest.sharding.shards) if s not in updates),
+            seconds=time.perf_counter() - began,
+            retrain_seconds=retrain_seconds,
+            full_retrain_seconds=manifest.train_seconds,
+            model_version_before=manifest.version,
+            model_version_after=new_manifest.version,
+            deleted_objects=tuple(str(v) for v in deleted),
+            committed_at=utc_now(),
+        )
+        self.session.catalog.write_receipt(new_manifest.version, receipt.model_dump_json(indent=1))
+        receipt = self._record(receipt, new_manifest, audit, register)
+        log.info(
+            "request %s: erased %d row(s) from shard(s) %s in %.2fs",
+            request_id,
+            receipt.rows_removed,
+            receipt.affected_shards,
+            receipt.seconds,
+        )
+        return receipt
+
+    def _not_found(
+        self,
+        manifest: EnsembleManifest,
+        request_id: str,
+        digests: Sequence[str],
+        plan: RoutingPlan,
+        began: float,
+        register: bool,
+    ) -> ErasureReceipt:
+        """Nothing to erase: the receipt says so, and still enters the audit trail."""
+        log.info("request %s: no rows for %d subject(s); nothing changed", request_id, len(digests))
+        registered = self.lineage.current_version() if self.lineage and register else None
+        missed = ErasureReceipt(
+            request_id=request_id,
+            status="not_found",
+            subject_digests=tuple(digests),
+            not_found_digests=plan.not_found,
+            already_erased_digests=already_erased(self.session.catalog, plan.not_found),
+            untouched_shards=tuple(range(manifest.sharding.shards)),
+            seconds=time.perf_counter() - began,
+            model_version_before=manifest.version,
+            model_version_after=manifest.version,
+            registry_version_before=registered,
+            registry_version_after=registered,
+            committed_at=utc_now(),
+        )
+        # The audit trail shows every request, not only those that erased something.
+        missed = append_receipt(self.session.store, missed)
+        if self.lineage is not None and register:
+            self.lineage.record_request(missed, manifest)
+        return missed
+
+    def _retrain(
+        self, manifest: EnsembleManifest, index: PlacementIndex, plan: RoutingPlan, request_id: str
+    ) -> tuple[dict[int, ShardUpdate], float]:
+        """Retrain each affected shard from its first affected slice, in parallel; returns updates and seconds.
+
+        Raises:
+            StorageConflictError: another writer published while the shards retrained.
+            ExpungeError: a shard failed (nothing published; the actors point back at the published version).
+        """
+        cells = index.cells()
+        per_shard = {
+            shard: (sorted(d for d in plan.found if any(c.shard == shard for c in cells[d])), first, request_id)
+            for shard, first in plan.first_affected_slice.items()
+        }
+        pool = self.session.pool
+        try:
+            # Start the affected actors first (a no-op when warm) so that retrain_seconds is
+            # retraining alone, like the manifest's train_seconds it is compared with.
+            pool.call("ready", {s: () for s in per_shard})
+            began = time.perf_counter()
+            updates: dict[int, ShardUpdate] = pool.call("erase", per_shard)
+            return updates, time.perf_counter() - began
+        except StorageCorruptError as exc:
+            self.session.rollback(manifest)
+            current = self.session.manifest
+            if current is not None and current.version != manifest.version:
+                raise StorageConflictError(
+                    f"ensemble v{current.version} was published while request {request_id} ran "
+                    f"from v{manifest.version}; nothing was changed. Submit the request again."
+                ) from exc
+            raise
+        except ExpungeError:
+            self.session.rollback(manifest)
+            raise
+
+    def _commit(
+        self,
+        manifest: EnsembleManifest,
+        index: PlacementIndex,
+        plan: RoutingPlan,
+        updates: dict[int, ShardUpdate],
+        request_id: str,
+    ) -> EnsembleManifest:
+        """Tombstone the subjects and publish the next version (the commit point).
+
+        Raises:
+            StorageConflictError: another writer published first; what this attempt wrote is deleted.
+        """
+        versions = list(manifest.shard_versions)
+        for shard, update in updates.items():
+            versions[shard] = update.manifest_version
+        found = sorted(plan.found)
+        new_manifest = EnsembleManifest(
+            version=manifest.version + 1,
+            parent_version=manifest.version,
+            kind="erasure",
+            request_id=request_id,
+            sharding=manifest.sharding,
+            training=manifest.training,
+            model=manifest.model,
+            shard_versions=tuple(versions),
+            placement_key=self.session.catalog.write_placement(index.without(set(found))),
+            rows=manifest.rows - sum(u.rows_removed for u in updates.values()),
+            key_check=manifest.key_check,
+            train_seconds=manifest.train_seconds,
+            registry=manifest.registry,
+        )
+        # Tombstones first: from here on no training admits these people again, even if the
+        # commit below loses a race (the retry then completes the erasure they asked for).
+        self.session.catalog.append_tombstones("erased", found, request_id)
+        try:
+            self.session.catalog.publish(new_manifest)
+        except StorageConflictError:
+            self.session.rollback(manifest)
+            # What we wrote was derived from a version that is no longer current: it may hold
+            # rows the winner just erased, so it goes now rather than at the next commit.
+            self.session.discard([k for u in updates.values() for k in u.new_keys] + [new_manifest.placement_key])
+            raise
+        self.session.adopt(new_manifest)
+        return new_manifest
+
+    def _record(
+        self, receipt: ErasureReceipt, manifest: EnsembleManifest, audit: ErasureAudit | None, register: bool
+    ) -> ErasureReceipt:
+        """Register the committed version in MLflow (unless ``register`` is off), audit it, chain the receipt."""
+        if self.lineage is not None and register:
+            parent = self.lineage.current_version()
+            version = self.lineage.record_erasure(receipt, manifest, parent)
+            receipt = receipt.model_copy(
+                update={
+                    "registry_version_before": parent,
+                    "registry_version_after": version,
+                    "registered_at": utc_now(),
+                }
+            )
+        try:
+            if audit is not None:
+                receipt = receipt.model_copy(
+                    update={"audit_sha256": audit.after_commit(self.session.catalog, manifest, receipt)}
+                )
+        finally:
+            receipt = append_receipt(self.session.store, receipt)  # a failed audit still leaves the receipt
+        return receipt
+
+    def readmit(self, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:
+        """Lift the tombstones of subjects who gave new consent; returns how many were tombstoned.
+
+        Recorded in the store's tombstone log with the reason. The subjects' rows are not
+        restored: a later ``train`` on data that holds them admits them again.
+
+        Raises:
+            ConfigError: an empty reason, or no subject named.
+        """
+        if not reason.strip():
+            raise ConfigError("re-admitting a subject needs a reason (e.g. the consent ticket); pass --reason TEXT")
+        if not subject_ids:
+            raise ConfigError("name at least one subject to re-admit with --subject ID")
+        request_id = check_request_id(request_id or f"readmit-{uuid.uuid4().hex[:12]}")
+        digests = list(dict.fromkeys(self.session.hasher.digest_many(subject_ids)))
+        erased = self.session.catalog.tombstones()
+        self.session.catalog.append_tombstones("readmitted", digests, request_id, reason.strip())
+        return sum(d in erased for d in digests)
+
+    def register_published(self) -> str | None:
+        """Bring MLflow up to the published version (new version, alias moved, every earlier one purged).
+
+        The second stage of a service erasure (``forget_digests(register=False)``); a no-op when
+        the registry already has it or tracking is off. Returns the registry version serving now.
+        """
+        if self.lineage is None:
+            return None
+        self.lineage.reconcile()
+        return self.lineage.current_version()
+
+    def _sync_lineage(self) -> None:
+        """Finish what a crash or an MLflow outage left undone in the registry (``Lineage.reconcile``).
+
+        Records a published store version MLflow missed, purges every version older than the
+        newest erasure, and closes interrupted runs, so a pre-erasure model is never left servable.
+        """
+        if self.lineage is not None and self.session.manifest is not None:
+            self.lineage.reconcile()
+
+    def _refresh(self, sync: bool = True) -> None:
+        """Act on the latest published version (another process may have committed since)."""
+        self.session.follow_latest()
+        if sync:
+            self._sync_lineage()

@@ -1,0 +1,150 @@
+"""The published state of one store that training, erasure and serving act on: catalog, key, version, shard pool."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
+from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
+from expunge.shards.store import ObjectStore
+
+__all__ = ["PoolFactory", "StoreSession", "check_key", "local_pool", "published", "ray_pool"]
+
+log = logging.getLogger(__name__)
+
+#: Builds the shard pool of a deployment: (storage, training, model, shard -> published shard version).
+PoolFactory = Callable[[StorageConfig, TrainingConfig, AnyModelConfig, Mapping[int, int | None]], ShardPool]
+
+
+def ray_pool(
+    storage: StorageConfig, training: TrainingConfig, model: AnyModelConfig, versions: Mapping[int, int | None]
+) -> ShardPool:
+    """One Ray actor per shard (``expunge.shards.actor.ShardActor``)."""
+    return RayShardPool(storage, training, model, versions)
+
+
+def local_pool(
+    storage: StorageConfig, training: TrainingConfig, model: AnyModelConfig, versions: Mapping[int, int | None]
+) -> ShardPool:
+    """Every shard in this process, one after another (tests, small jobs)."""
+    return LocalShardPool(storage, training, model, versions)
+
+
+def published(storage: StorageConfig | str, hasher: SubjectHasher | None = None) -> tuple[Catalog, EnsembleManifest]:
+    """A store's catalog and its published version, checked against ``hasher``'s key when given.
+
+    Raises:
+        ConfigError: the store does not exist or was never trained (never treated as empty or
+            clean), or ``hasher``'s key is not the one the store was trained with.
+    """
+    catalog = Catalog(ObjectStore(storage))
+    latest = catalog.latest()
+    if latest is None:
+        raise ConfigError(
+            f"no published ensemble in {catalog.store.uri}: the store does not exist or was never trained. "
+            "Check --storage (a local folder, file:// or s3:// URI of a trained store), or run `expunge train`."
+        )
+    if hasher is not None:
+        check_key(latest, hasher)  # a wrong key would silently find nobody
+    return catalog, latest
+
+
+def check_key(manifest: EnsembleManifest, hasher: SubjectHasher) -> None:
+    """Refuse a digest key other than the one the store was trained with (it would match nobody).
+
+    Raises:
+        ConfigError: the key differs from the one ``manifest`` records.
+    """
+    if manifest.key_check is not None and manifest.key_check != hasher.key_check():
+        raise ConfigError(
+            f"the subject digest key differs from the one ensemble v{manifest.version} was trained with, so "
+            "no subject would be found. Set EXPUNGE_SUBJECT_KEY (or privacy.subject_key_env) to the original key."
+        )
+
+
+class StoreSession:
+    """One store as this process sees it: the version it acts on and the shard pool serving that version.
+
+    Training, erasure and serving share one session, so a version one of them publishes is the
+    version the others act on next. Every method leaves the session at a committed version.
+    """
+
+    def __init__(self, storage: StorageConfig | str, hasher: SubjectHasher, pool_factory: PoolFactory = ray_pool):
+        self.storage = storage if isinstance(storage, StorageConfig) else StorageConfig(uri=storage)
+        self.store = ObjectStore(self.storage)
+        self.catalog = Catalog(self.store)
+        self.hasher = hasher
+        self.pool_factory = pool_factory
+        self.manifest = self.catalog.latest()
+        self._pool: ShardPool | None = None
+
+    def require_manifest(self) -> EnsembleManifest:
+        """The version acted on.
+
+        Raises:
+            ConfigError: the store was never trained, or the key is not the store's.
+        """
+        if self.manifest is None:
+            raise ConfigError(f"no trained ensemble in {self.store.uri}; run `expunge train --config FILE.yaml` first")
+        check_key(self.manifest, self.hasher)
+        return self.manifest
+
+    @property
+    def pool(self) -> ShardPool:
+        """The shard pool of the version acted on, started on first use."""
+        if self._pool is None:
+            manifest = self.require_manifest()
+            versions = dict(enumerate(manifest.shard_versions))
+            self._pool = self.pool_factory(self.storage, manifest.training, manifest.model, versions)
+        return self._pool
+
+    @property
+    def has_pool(self) -> bool:
+        return self._pool is not None
+
+    def new_pool(self, training: TrainingConfig, model: AnyModelConfig, shards: int) -> ShardPool:
+        """A fresh pool for training from scratch (the current one is shut down); adopted on commit."""
+        self.close()
+        return self.pool_factory(self.storage, training, model, dict.fromkeys(range(shards)))
+
+    def adopt(self, manifest: EnsembleManifest, pool: ShardPool | None = None) -> None:
+        """Act on ``manifest``, just published by this process; live actors move to its shard versions."""
+        self.manifest = manifest
+        if pool is not None:
+            self._pool = pool
+        elif self._pool is not None:
+            self._pool.published(dict(enumerate(manifest.shard_versions)))
+
+    def follow_latest(self) -> bool:
+        """Act on the latest published version (another process may have committed since); True if it moved."""
+        latest = self.catalog.latest()
+        if latest is not None and (self.manifest is None or latest.version != self.manifest.version):
+            self.close()
+            self.manifest = latest
+            return True
+        return False
+
+    def rollback(self, manifest: EnsembleManifest) -> None:
+        """Point actors back at the published versions; their unpublished objects are garbage."""
+        self.close()
+        self.manifest = self.catalog.latest() or manifest
+
+    def discard(self, keys: Iterable[str]) -> None:
+        """Delete objects of a losing attempt, except any the published version references."""
+        latest = self.catalog.latest()
+        keep = self.catalog.referenced_keys(latest) if latest is not None else set()
+        self.store.delete(k for k in keys if k not in keep)
+
+    def placement_index(self) -> PlacementIndex:
+        """The persisted subject placement of the version acted on (digests only)."""
+        return self.catalog.read_placement(self.require_manifest().placement_key)
+
+    def close(self) -> None:
+        """Stop the shard pool (actors end); the next use of ``pool`` starts a new one."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None

@@ -1,0 +1,1 @@
+"""Training: placement (pure), partitioning, streamed input, slice arithmetic and the ``Trainer``."""
