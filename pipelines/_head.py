@@ -43,6 +43,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _ensure_auth_token(env: dict[str, str]) -> None:
+    """Create this user's Ray token (``~/.ray/auth_token``) when none is set, as ``ray.init`` does.
+
+    ``ray start`` refuses to start a token-authenticated head without one, so on a fresh machine
+    ``expunge serve`` failed until some other Ray program had run. The token is never printed.
+    """
+    if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file():
+        return
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"],
+        env=env,
+        capture_output=True,  # stdout is the token itself
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ConfigError(f"could not create a Ray auth token (`ray get-auth-token --generate`): {done.stderr[-1000:]}")
+
+
 def start_head(num_cpus: int) -> HeadInfo:
     """Start a single-node Ray cluster on loopback with token authentication; returns once it answers.
 
@@ -59,6 +79,8 @@ def start_head(num_cpus: int) -> HeadInfo:
             _MARKER: str(temp_dir),
         }
     )
+    if env["RAY_AUTH_MODE"] == "token":
+        _ensure_auth_token(env)
     command = [
         str(Path(sys.executable).parent / "ray"),
         "start",
