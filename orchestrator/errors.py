@@ -10,6 +10,7 @@ from expunge.shards.errors import (
     ShardRetrainFailed,
     StorageConflictError,
     StorageCorruptError,
+    StorageUnavailableError,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "ShardStartTimeout",
     "StorageConflictError",
     "StorageCorruptError",
+    "StorageUnavailableError",
     "TrackingUnreachable",
     "UnknownRequestError",
     "UnknownSubjectError",

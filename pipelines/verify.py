@@ -25,7 +25,8 @@ from expunge.orchestrator.config import PrivacyConfig, StorageConfig, TrackingCo
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.receipt_chain import ChainReport
-from expunge.orchestrator.evidence.verify import VerifyReport, chain_markdown, verify_erasure, verify_log
+from expunge.orchestrator.evidence.report import VerifyReport, chain_markdown
+from expunge.orchestrator.evidence.verify import verify_erasure, verify_log
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
 from expunge.shards.store import ObjectStore
 

@@ -1,6 +1,7 @@
 """The long-lived erasure service: journal, coalescing policy, the service itself and its Ray actor.
 
-``policy`` (pure decisions), ``journal`` (durable request records in the store), ``core``
-(``ErasureService``, a plain class), ``actor`` (the detached Ray actor and its start/stop).
-The SDK that talks to it is ``expunge.orchestrator.client.Client``.
+``policy`` (pure decisions), ``journal`` (durable request records in the store), ``board`` (where
+each request stands, and waiting), ``recovery`` (what a crash left open), ``core``
+(``ErasureService``, a plain class), ``views`` (what it reports), ``actor`` (the detached Ray
+actor and its start/stop). The SDK that talks to it is ``expunge.Client``.
 """

@@ -29,34 +29,32 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
 
 from expunge.orchestrator.config import JobConfig
 from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.erasure.request_ids import REQUEST_ID
 from expunge.orchestrator.errors import (
     ConfigError,
-    ErasureWaitTimeout,
     ExpungeError,
     ShardRetrainFailed,
     ShardStartTimeout,
     StorageConflictError,
-    UnknownRequestError,
 )
 from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.service.board import RequestBoard
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration, RequestStatus
 from expunge.orchestrator.service.policy import (
     check_idempotency_key,
     check_subject_count,
     check_subject_list,
-    check_timeout,
     next_step,
     request_id_for,
     split_receipt,
     take_batch,
 )
+from expunge.orchestrator.service.recovery import recover
+from expunge.orchestrator.service.views import ServedVersion, ServiceStats
 from expunge.shards.errors import StorageUnavailableError
 
 __all__ = ["ErasureService", "ServedVersion", "ServiceStats"]
@@ -67,34 +65,6 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (StorageConflictError, ShardRetrainFailed, ShardStartTimeout, StorageUnavailableError)
 _RETRY_PAUSE_S = 1.0
 _MAX_ATTEMPTS = 5
-#: Statuses kept in memory for fast ``status``/``wait`` (older ones are read from the journal).
-_RECENT = 20_000
-
-
-class ServedVersion(BaseModel):
-    """What the service serves now."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    ensemble_version: int
-    registry_version: str | None
-    model_name: str | None
-    shards: int
-    slices: int
-
-
-class ServiceStats(BaseModel):
-    """Counters since the service (this process) started; memory in bytes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    accepted: int
-    committed: int
-    registered: int
-    failed: int
-    queued: int
-    batches: int
-    shard_retrains: int
-    registrations: int
-    peak_rss_bytes: int
 
 
 @dataclass
@@ -137,7 +107,7 @@ class ErasureService:
         self._queue: collections.deque[_Queued] = collections.deque()
         self._resume: list[tuple[BatchEntry, list[JournalEntry]]] = []
         self._unregistered: list[_Committed] = []
-        self._recent: collections.OrderedDict[str, RequestStatus] = collections.OrderedDict()
+        self.board = RequestBoard(self.journal, self._state, self.coordinator.store.uri)
         self._counts = collections.Counter[str]()
         self._stopping = False
         self._recover()
@@ -188,7 +158,7 @@ class ErasureService:
         with self._state:
             self._queue.append(_Queued(entry, time.monotonic()))
             self._counts["accepted"] += 1
-            self._remember(RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at))
+            self.board.remember(RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at))
             self._state.notify_all()
         return request_id
 
@@ -211,62 +181,14 @@ class ErasureService:
         return status.receipt
 
     def status(self, request_id: str) -> RequestStatus:
-        """Where ``request_id`` stands (accepted, committed, registered or failed), with timestamps.
-
-        Raises:
-            UnknownRequestError: the journal holds no such request.
-        """
-        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
-            raise UnknownRequestError(
-                f"{str(request_id)[:80]!r} is not a request id: use the id that submit/forget returned "
-                "(receipt.request_id)"
-            )
-        with self._state:
-            cached = self._recent.get(request_id)
-        if cached is not None:
-            return cached
-        stored = self.journal.status(request_id)
-        if stored is None:
-            raise UnknownRequestError(
-                f"no request {str(request_id)[:80]!r} in the journal of {self.coordinator.store.uri}: use the id "
-                "that submit/forget returned (receipt.request_id)"
-            )
-        return stored
+        """``RequestBoard.status``: where ``request_id`` stands, with timestamps."""
+        return self.board.status(request_id)
 
     def wait(
         self, request_id: str, stage: Literal["committed", "registered"] = "committed", timeout: float | None = None
     ) -> RequestStatus:
-        """Block until ``request_id`` reaches ``stage`` (or fails); returns its status.
-
-        Raises:
-            ConfigError: an unknown stage.
-            UnknownRequestError: no such request.
-            ErasureWaitTimeout: ``timeout`` seconds passed first.
-            ExpungeError: the request failed; the error says why.
-        """
-        if stage not in ("committed", "registered"):
-            raise ConfigError(f"stage {stage!r}: wait for 'committed' or 'registered'")
-        timeout = check_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status(request_id)  # memory first, else the journal
-            if status.stage == "failed":
-                raise ExpungeError(
-                    f"request {request_id} failed: {status.error}. Nothing was erased by it; fix the cause, then "
-                    "submit again with a new idempotency key"
-                )
-            if status.reached(stage):
-                return status
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ErasureWaitTimeout(
-                    f"request {request_id} is {status.stage}, not yet {stage}, after {timeout} s; it goes on: "
-                    "call wait again or status later"
-                )
-            with self._state:
-                current = self._recent.get(request_id)
-                if current is None or not (current.stage == "failed" or current.reached(stage)):
-                    self._state.wait(timeout=min(left, 5.0) if left is not None else 5.0)
+        """``RequestBoard.wait``: block until ``request_id`` reaches ``stage`` (or fails); returns its status."""
+        return self.board.wait(request_id, stage, timeout)
 
     # ----- serving ------------------------------------------------------------------------------
     def predict(self, rows: pa.Table) -> np.ndarray:
@@ -322,12 +244,6 @@ class ErasureService:
             self.coordinator.close()
 
     # ----- the worker -------------------------------------------------------------------------------
-    def _remember(self, status: RequestStatus) -> None:
-        self._recent[status.request_id] = status
-        self._recent.move_to_end(status.request_id)
-        while len(self._recent) > _RECENT:
-            self._recent.popitem(last=False)
-
     def _run(self) -> None:
         window_s = self.config.window_ms / 1000
         while True:
@@ -403,7 +319,7 @@ class ErasureService:
             self._counts["batches"] += 1
             self._counts["shard_retrains"] += len(receipt.shards)
             for entry, own in zip(entries, receipts, strict=True):
-                self._remember(
+                self.board.remember(
                     RequestStatus(
                         request_id=own.request_id,
                         stage="committed",
@@ -431,7 +347,7 @@ class ErasureService:
         with self._state:
             self._counts["failed"] += len(entries)
             for entry in entries:
-                self._remember(
+                self.board.remember(
                     RequestStatus(
                         request_id=entry.request_id, stage="failed", received_at=entry.received_at, error=message
                     )
@@ -466,7 +382,7 @@ class ErasureService:
             for item in done:
                 for own in item.receipts:
                     self._counts["registered"] += 1
-                    previous = self._recent.get(own.request_id)
+                    previous = self.board.recent(own.request_id)
                     receipt = own.model_copy(
                         update={
                             "registered_at": stamp,
@@ -474,7 +390,7 @@ class ErasureService:
                             "registry_version_after": version,
                         }
                     )
-                    self._remember(
+                    self.board.remember(
                         RequestStatus(
                             request_id=own.request_id,
                             stage="registered",
@@ -489,40 +405,10 @@ class ErasureService:
     # ----- restart ----------------------------------------------------------------------------------
     def _recover(self) -> None:
         """Finish what a crash left open: batches that were running, queued requests, registrations."""
-        # Only the service writes journal/, and the one before this is dead: its half-written
-        # temporary files (a kill mid-write) are debris, and an unacknowledged request at most.
-        self.journal.sweep_partial_writes()
-        accepted = self.journal.ids("requests")
-        committed = self.journal.ids("committed")
-        registered = self.journal.ids("registered")
-        failed = self.journal.ids("failed")
-        open_ids = accepted - committed - failed
-        in_batches: set[str] = set()
-        for batch in sorted(self.journal.batches(), key=lambda b: b.created_at):
-            members = [r for r in batch.request_ids if r in open_ids]
-            if not members:
-                self.journal.drop_batch(batch.batch_id)
-                continue
-            entries = [e for r in members if (e := self.journal.entry(r)) is not None]
-            self._resume.append((batch, entries))
-            in_batches |= set(members)
-        loose = [e for r in sorted(open_ids - in_batches) if (e := self.journal.entry(r)) is not None]
-        for entry in sorted(loose, key=lambda e: e.received_at):
+        plan = recover(self.journal, self.lineage)
+        self._resume.extend(plan.resume)
+        for entry in plan.queued:
             self._queue.append(_Queued(entry, time.monotonic()))
-        # Opening the coordinator already brought MLflow up to the store: mark what it covered.
-        pending = committed - registered
-        if pending:
-            version = self.lineage.current_version() if self.lineage else None
-            registration = Registration(registered_at=utc_now(), registry_version=version)
-            for request_id in pending:
-                self.journal.write_registered(request_id, registration)
-        if self._resume or loose or pending:
-            log.warning(
-                "journal: resuming %d interrupted batch(es), %d queued request(s); %d registration(s) finished",
-                len(self._resume),
-                len(loose),
-                len(pending),
-            )
 
     def describe(self) -> dict[str, Any]:
         """The store this service erases from and its published version (``ServiceActor.ready``)."""

@@ -1,0 +1,64 @@
+"""Restarting the erasure service: what a crash left open in the journal, and what to do with each part."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from expunge.orchestrator.receipts import utc_now
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration
+
+__all__ = ["Recovery", "recover"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recovery:
+    """Batches to resume under their own ids (oldest first) and requests to queue again (oldest first)."""
+
+    resume: list[tuple[BatchEntry, list[JournalEntry]]] = field(default_factory=list)
+    queued: list[JournalEntry] = field(default_factory=list)
+
+
+def recover(journal: Journal, lineage: Lineage | None) -> Recovery:
+    """Read the journal of a service that died: resume its open batches, requeue its loose requests.
+
+    Commits the registry already covers (opening the coordinator reconciled MLflow with the
+    store) are marked registered here. Half-written journal files are swept first.
+    """
+    # Only the service writes journal/, and the one before this is dead: its half-written
+    # temporary files (a kill mid-write) are debris, and an unacknowledged request at most.
+    journal.sweep_partial_writes()
+    accepted = journal.ids("requests")
+    committed = journal.ids("committed")
+    registered = journal.ids("registered")
+    failed = journal.ids("failed")
+    open_ids = accepted - committed - failed
+    plan = Recovery()
+    in_batches: set[str] = set()
+    for batch in sorted(journal.batches(), key=lambda b: b.created_at):
+        members = [r for r in batch.request_ids if r in open_ids]
+        if not members:
+            journal.drop_batch(batch.batch_id)
+            continue
+        entries = [e for r in members if (e := journal.entry(r)) is not None]
+        plan.resume.append((batch, entries))
+        in_batches |= set(members)
+    loose = [e for r in sorted(open_ids - in_batches) if (e := journal.entry(r)) is not None]
+    plan.queued = sorted(loose, key=lambda e: e.received_at)
+    pending = committed - registered
+    if pending:
+        version = lineage.current_version() if lineage else None
+        registration = Registration(registered_at=utc_now(), registry_version=version)
+        for request_id in pending:
+            journal.write_registered(request_id, registration)
+    if plan.resume or plan.queued or pending:
+        log.warning(
+            "journal: resuming %d interrupted batch(es), %d queued request(s); %d registration(s) finished",
+            len(plan.resume),
+            len(plan.queued),
+            len(pending),
+        )
+    return plan
