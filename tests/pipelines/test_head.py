@@ -15,6 +15,7 @@ def test_a_head_starts_where_no_ray_token_exists_yet(tmp_path, monkeypatch):
     info = start_head(num_cpus=1)
     try:
         token = tmp_path / ".ray" / "auth_token"
-        assert token.is_file() and token.read_text().strip()
+        assert token.is_file()
+        assert token.read_text().strip()
     finally:
         stop_head(info)
