@@ -30,8 +30,8 @@ from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.service.policy import check_subject_list, check_timeout
 
 if TYPE_CHECKING:
-    from expunge.orchestrator.service.core import ServedVersion, ServiceStats
     from expunge.orchestrator.service.journal import RequestStatus
+    from expunge.orchestrator.service.views import ServedVersion, ServiceStats
 
 __all__ = ["Client", "join_cluster"]
 

@@ -8,7 +8,7 @@
     expunge digest --subject user-7
 
 Each subcommand is the ``main`` of a recipe module, which also runs as
-``python -m pipelines.<job>`` (the form ``ray job submit`` uses). Recipes are imported only when
+``python -m expunge.pipelines.<job>`` (the form ``ray job submit`` uses). Recipes are imported only when
 their subcommand runs, so ``expunge --help`` and ``expunge digest`` do not pay for torch, Ray
 and MLflow imports. Exit codes are in ``EXIT_CODES`` and the README.
 """

@@ -1,6 +1,7 @@
 """One import name: the wheel holds only ``expunge``, the folders cannot be imported under their own names,
 and the public API is small, complete and cheap to import."""
 
+import shutil
 import subprocess
 import sys
 import zipfile

@@ -2,8 +2,8 @@
 
 Read top to bottom, ``Eraser.forget_digests`` is the whole erasure of a request:
 route (``erasure.routing``) -> retrain the affected shard actors from their first affected slice
-(``orchestrator.pool``) -> publish the new version (``catalog``) -> purge what it no longer
-references (``erasure.store_purge``) -> record it in MLflow (``registry``) -> chain the receipt
+(``expunge.orchestrator.pool``) -> publish the new version (``catalog``) -> purge what it no longer
+references (``store_purge``) -> record it in MLflow (``registry``) -> chain the receipt
 (``evidence.receipt_chain``).
 """
 
@@ -18,13 +18,13 @@ from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
 from expunge.orchestrator.erasure.request_ids import check_request_id
 from expunge.orchestrator.erasure.resume import already_erased, finish_committed
 from expunge.orchestrator.erasure.routing import RoutingPlan, route
-from expunge.orchestrator.erasure.store_purge import purge_unreferenced
 from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageConflictError, StorageCorruptError
 from expunge.orchestrator.evidence.membership import ErasureAudit
 from expunge.orchestrator.evidence.receipt_chain import append_receipt
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
+from expunge.orchestrator.store_purge import purge_unreferenced
 from expunge.shards.shard import ShardUpdate
 
 __all__ = ["Eraser"]

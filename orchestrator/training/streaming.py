@@ -11,7 +11,7 @@ Two passes over a re-iterable source of row batches (a Parquet file or dataset r
    the store under ``staging/<run>/`` and read by the shard actor (``Shard.train_staged``).
 
 Staged objects hold raw rows. The coordinator deletes them once the shards have trained
-(committed or not), and ``expunge.orchestrator.erasure.store_purge`` deletes any under ``staging/`` older than a
+(committed or not), and ``expunge.orchestrator.store_purge`` deletes any under ``staging/`` older than a
 published version (debris of a crashed run), so they never outlive the training they fed.
 """
 

@@ -11,11 +11,11 @@ import pyarrow.compute as pc
 
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex, RegistryBinding
 from expunge.orchestrator.config import AnyModelConfig, ItemStatsConfig, JobConfig, MFConfig
-from expunge.orchestrator.erasure.store_purge import purge_unreferenced
 from expunge.orchestrator.errors import ConfigError, DataValidationError, ErasedSubjectsInDataError
 from expunge.orchestrator.pool import ShardPool
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
+from expunge.orchestrator.store_purge import purge_unreferenced
 from expunge.orchestrator.training.partition import partition_rows
 from expunge.orchestrator.training.streaming import RowBatches, place_summary, stage_source, summarise_source
 from expunge.shards.models import SufficientStatisticsModel, model_for, task_of

@@ -26,7 +26,7 @@ DEPLOY_FILES = [*MANIFESTS, DOCKERFILE]
 READMES = sorted(INFRA.glob("**/README.md"))
 
 
-_PYTHON_M = re.compile(r"\bpython3?\s+-m\s+(pipelines(?:\.\w+)+)")
+_PYTHON_M = re.compile(r"\bpython3?\s+-m\s+((?:expunge\.)?pipelines(?:\.\w+)+)")
 _EXPUNGE_JOB = re.compile(r"(?<![\w/.-])expunge[ \t]+([a-z][a-z_-]*)[ \t]+--")
 _ENV_NAME = re.compile(r"\bEXPUNGE_[A-Z_]+\b")
 _CONFIG = re.compile(r"--config[ =](\S+?\.yaml)\b")

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from expunge.orchestrator.erasure.store_purge import select_purgeable
+from expunge.orchestrator.store_purge import select_purgeable
 from expunge.shards.store import ObjectVersion
 
 COMMIT = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
