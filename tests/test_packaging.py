@@ -58,6 +58,10 @@ def test_import_expunge_is_cheap_and_every_public_name_resolves():
 
 @pytest.mark.integration
 def test_the_wheel_holds_only_expunge_and_every_module(tmp_path):
+    # Built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns(".venv", ".git", ".build", "build", "*.egg-info", "*cache*", "expunge-*")
+    shutil.copytree(ROOT, source, ignore=skip)
     done = subprocess.run(
         [
             sys.executable,
@@ -69,7 +73,7 @@ def test_the_wheel_holds_only_expunge_and_every_module(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,
