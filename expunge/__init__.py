@@ -29,6 +29,7 @@ __all__ = [
     "Client",
     "ConfigError",
     "Coordinator",
+    "CustomModelConfig",
     "DataConfig",
     "DataValidationError",
     "ErasedSubjectsInDataError",
@@ -36,8 +37,11 @@ __all__ = [
     "ErasureWaitTimeout",
     "ExpungeError",
     "InvalidSubjectIdError",
+    "ItemStatsConfig",
     "JobConfig",
     "LineagePurgeFailed",
+    "MFConfig",
+    "MLPConfig",
     "MembershipAudit",
     "PrivacyConfig",
     "ServiceConfig",
@@ -71,8 +75,12 @@ _HOMES = {
     "verify_erasure": "expunge.orchestrator.evidence.verify",
     **dict.fromkeys(
         [
+            "CustomModelConfig",
             "DataConfig",
+            "ItemStatsConfig",
             "JobConfig",
+            "MFConfig",
+            "MLPConfig",
             "PrivacyConfig",
             "ServiceConfig",
             "ShardingConfig",
@@ -115,7 +123,9 @@ def _mount_checkout() -> None:
     if (here / "orchestrator").is_dir() or not (root / "orchestrator" / "__init__.py").is_file():
         return  # an installed wheel: the folders are inside this package
     if not any(isinstance(f, _SourceTree) for f in sys.meta_path):
-        sys.meta_path.append(_SourceTree(root))
+        # First: an editable install's finder would otherwise answer with the folders of the
+        # tree it was installed from, mixing this checkout's expunge/ with another's code.
+        sys.meta_path.insert(0, _SourceTree(root))
 
 
 _mount_checkout()

@@ -45,13 +45,18 @@ class Coordinator:
         pool_factory: PoolFactory = ray_pool,
     ) -> None:
         self.session = StoreSession(storage, hasher, pool_factory)
-        self.lineage = lineage
+        self._lineage = lineage
         self.training = Trainer(self.session, lineage)
         self.erasure = Eraser(self.session, lineage)
         self.serving = LiveEnsemble(self.session)
         self.erasure.finish_interrupted()
 
     # ----- the session ------------------------------------------------------------------------
+    @property
+    def lineage(self) -> Lineage | None:
+        """The MLflow lineage every part records to (fixed at construction; None: tracking off)."""
+        return self._lineage
+
     @property
     def storage(self) -> StorageConfig:
         return self.session.storage

@@ -50,8 +50,7 @@ def init_logging(verbose: bool = False) -> None:
     """Warnings only by default (progress lines say what is happening); ``--verbose`` for every step."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # --verbose means every step of Expunge's own, not the debug chatter of its libraries.
-    for ours in ("orchestrator", "shards", "pipelines"):
-        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("expunge").setLevel(logging.DEBUG if verbose else logging.WARNING)
     # MLflow sets its own logger level when it is first imported (later, lazily): tell it too.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 

@@ -368,7 +368,7 @@ def main(
     family: `expunge benchmark accuracy`.
     """
     init_logging()
-    logging.getLogger("orchestrator").setLevel(logging.WARNING)
+    logging.getLogger("expunge.orchestrator").setLevel(logging.WARNING)
     training = parity_training(epochs, batch_size)
     pairs = _pairs(grid) if grid else [(s, r) for s in _ints(shards, "--shards") for r in _ints(slices, "--slices")]
     s3_uri = None if s3 in (None, "none") else s3

@@ -399,7 +399,7 @@ def main(
     from expunge.orchestrator.coordinator import local_pool
 
     init_logging()
-    logging.getLogger("orchestrator").setLevel(logging.WARNING)
+    logging.getLogger("expunge.orchestrator").setLevel(logging.WARNING)
     item_stats = ItemStatsConfig()
     training = TrainingConfig(model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=512)
     if not local:

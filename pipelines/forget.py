@@ -18,10 +18,10 @@ import typer
 from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
 from expunge.orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.coordinator import Coordinator
-from expunge.orchestrator.erasure.request_ids import check_request_id
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.binding import bind_tracking
+from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.session import published
 from expunge.pipelines._runtime import (
     exit_on_error,

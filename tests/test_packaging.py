@@ -1,6 +1,7 @@
 """One import name: the wheel holds only ``expunge``, the folders cannot be imported under their own names,
 and the public API is small, complete and cheap to import."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,22 @@ def test_the_wheel_holds_only_expunge_and_every_module(tmp_path):
         f"expunge/{p.relative_to(ROOT).as_posix()}" for folder in FOLDERS for p in (ROOT / folder).rglob("*.py")
     } | {"expunge/__init__.py", "expunge/py.typed"}
     assert sources - set(names) == set()
+
+
+def test_a_checkout_on_the_path_runs_its_own_folders_not_the_installed_ones(tmp_path):
+    # A Ray job's uploaded --working-dir, or a second clone using this venv: its expunge/ and its
+    # folders go together (the editable install's finder answered first and mixed two trees).
+    copy = tmp_path / "checkout"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", ".build", "build", "*cache*"))
+    coordinator = copy / "orchestrator" / "coordinator.py"
+    coordinator.write_text(coordinator.read_text() + '\nMARKER = "the copy"\n')
+    done = subprocess.run(
+        [sys.executable, "-c", "import expunge.orchestrator.coordinator as c; print(c.__file__, c.MARKER)"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(copy)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == str(coordinator)

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Sequence
 
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
-from expunge.orchestrator.erasure.request_ids import check_request_id
 from expunge.orchestrator.erasure.resume import already_erased, finish_committed
 from expunge.orchestrator.erasure.routing import RoutingPlan, route
 from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageConflictError, StorageCorruptError
@@ -23,6 +22,7 @@ from expunge.orchestrator.evidence.membership import ErasureAudit
 from expunge.orchestrator.evidence.receipt_chain import append_receipt
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.session import StoreSession
 from expunge.orchestrator.store_purge import purge_unreferenced
 from expunge.shards.shard import ShardUpdate

@@ -14,7 +14,6 @@ from typing import Any
 from expunge.orchestrator.catalog import Catalog, RegistryBinding, TombstoneEntry
 from expunge.orchestrator.config import StorageConfig
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.erasure.request_ids import check_request_id
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.membership import AuditRecord, read_audit
 from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_receipts, walk_chain
@@ -23,6 +22,7 @@ from expunge.orchestrator.evidence.report import CheckName, CheckResult, VerifyR
 from expunge.orchestrator.evidence.scan import scan_store
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
+from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.session import published
 from expunge.shards.store import ObjectStore
 

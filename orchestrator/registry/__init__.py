@@ -2,9 +2,10 @@
 
 ``tracking``: the connection, experiment, registered model, safe searches and tag names.
 ``runs``: the run that explains each version (and each request that found nobody).
-``packaging``: the servable pyfunc, the new version and the alias; ``staging``: where its files
-wait for upload. ``purge``: making versions an erasure superseded unloadable; ``artifacts``:
-deleting every stored copy of their files. ``faults``: crash-test hooks. ``lineage``: the facade.
+``packaging``: the servable pyfunc, the new version and the alias; ``scratch``: where its files
+wait for upload. ``version_purge``: making versions an erasure superseded unloadable; ``artifacts``:
+deleting every stored copy of their files. ``checks``: read-only checks for ``expunge verify``. ``binding``: which registry a store
+publishes to (pure). ``faults``: crash-test hooks. ``lineage``: the facade.
 """
 
 from __future__ import annotations

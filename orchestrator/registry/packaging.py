@@ -35,21 +35,23 @@ def _requirements() -> list[str]:
 
 
 def _stage_code(destination: Path, model: AnyModelConfig) -> list[str]:
-    """Copy the ``expunge`` package (``orchestrator`` and ``shards`` inside it), so a version loads with the
-    code that wrote it.
+    """Copy the ``expunge`` package, laid out as a wheel installs it, so a version loads with the code that wrote it.
 
     A custom model's factory module (its whole top-level package) is copied too: the version
     must load where that module is not importable (a serving container, another folder).
     """
-    import expunge
-    import expunge.shards
-
-    # The same layout as an installed wheel, wherever this process imported expunge from.
     package = destination / "expunge"
     package.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(Path(expunge.__file__), package / "__init__.py")
-    for source in (_ORCHESTRATOR, Path(expunge.shards.__file__).resolve().parent):
-        shutil.copytree(source, package / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # The folders beside orchestrator/ (a checkout: expunge/__init__.py sits in expunge/) or inside
+    # expunge/ (a wheel). Found from this file, not from `import expunge`, which a stray ./expunge
+    # folder in the working directory can turn into an empty namespace package.
+    parent = _ORCHESTRATOR.parent
+    init = (
+        parent / "expunge" / "__init__.py" if (parent / "expunge" / "__init__.py").is_file() else parent / "__init__.py"
+    )
+    shutil.copy2(init, package / "__init__.py")
+    for folder in ("orchestrator", "shards", "pipelines"):
+        shutil.copytree(parent / folder, package / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     paths = [str(package)]
     factory = _factory_source(model)
     if factory is not None:
@@ -69,7 +71,7 @@ def _factory_source(model: AnyModelConfig) -> Path | None:
     module_name = model.factory.partition(":")[0]
     parts = module_name.split(".")
     if parts[0] == "expunge":
-        return None  # copied with the package itself
+        return None  # copied with the package itself (all of it)
     try:
         spec = importlib.util.find_spec(module_name)
     except (ImportError, ValueError) as exc:
@@ -147,7 +149,7 @@ class Packager:
             model_type="expunge-sisa-ensemble",
         )
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-        # Staged where the next open removes it even if this process is killed mid-way (staging.py).
+        # Staged where the next open removes it even if this process is killed mid-way (scratch.py).
         with self.staging.folder() as root:
             fault_point("model.stage")
             export_ensemble(self.registry.store, manifest, root / "ensemble")

@@ -7,8 +7,8 @@ import threading
 import time
 from typing import Literal
 
-from expunge.orchestrator.erasure.request_ids import REQUEST_ID
 from expunge.orchestrator.errors import ConfigError, ErasureWaitTimeout, ExpungeError, UnknownRequestError
+from expunge.orchestrator.request_ids import REQUEST_ID
 from expunge.orchestrator.service.journal import Journal, RequestStatus
 from expunge.orchestrator.service.policy import check_timeout
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,8 +273,13 @@ def test_dockerfile_installs_as_the_readme_does_and_runs_as_non_root():
     for line in lines:
         if line.startswith(("ENV ", "ARG ")):
             assert not re.search(r"(KEY|TOKEN|SECRET|PASSWORD)\w*=", line), f"secret in the image: {line}"
-    for source in (line.split()[-2] for line in lines if line.startswith("COPY ")):
+    copied = [line.split()[-2] for line in lines if line.startswith("COPY ")]
+    for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    # `pip install .` needs every folder pyproject.toml maps into the package (package-dir).
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder in package_dirs.values():
+        assert f"{folder}/" in copied, f"the image does not COPY {folder}/, which pyproject.toml installs"
 
 
 def test_cluster_launcher_is_complete_and_authenticated():

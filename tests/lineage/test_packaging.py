@@ -29,13 +29,19 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 TABULAR = synthetic_tabular(subjects=16, rows_per_subject=4, features=8, classes=2, seed=5)
 
 # A new interpreter in a folder where the model's package does not exist: only MLflow and the frame.
+# The development install's own finder is removed first: otherwise a module missing from the
+# version's code/ folder would silently come from this checkout.
 _LOAD_ELSEWHERE = """
 import importlib.util, json, sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "__module__", "").startswith("__editable__")]
+sys.path_importer_cache.clear()
 import numpy as np, pandas as pd, mlflow.pyfunc
-importable = importlib.util.find_spec(sys.argv[1]) is not None
+importable = [importlib.util.find_spec(m) is not None for m in (sys.argv[1], "expunge")]
 model = mlflow.pyfunc.load_model(f"models:/{sys.argv[2]}@production")
 np.save(sys.argv[4], model.predict(pd.read_parquet(sys.argv[3])))
-print(json.dumps({"importable_before_load": importable}))
+import expunge.shards.training
+print(json.dumps({"importable_before_load": importable, "shards_from": expunge.shards.training.__file__}))
 """
 
 
@@ -85,7 +91,9 @@ def test_a_custom_model_version_loads_where_its_module_is_not_importable(tmp_pat
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"importable_before_load": False}
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["importable_before_load"] == [False, False]
+    assert "/code/expunge/shards/" in outcome["shards_from"]  # the version's own copy
     assert np.array_equal(np.load(tmp_path / "served.npy"), live)
 
 
@@ -134,4 +142,10 @@ def test_a_single_file_factory_module_is_shipped_as_that_file(tmp_path, monkeypa
     finally:
         sys.modules.pop("solo_model", None)
     assert sorted(Path(p).name for p in staged) == ["expunge", "solo_model.py"]
+    assert sorted(p.name for p in (tmp_path / "code" / "expunge").iterdir()) == [
+        "__init__.py",
+        "orchestrator",
+        "pipelines",
+        "shards",
+    ]
     assert (tmp_path / "code" / "solo_model.py").read_text().startswith("class Model")

@@ -10,11 +10,11 @@ import pytest
 from expunge.orchestrator.catalog import Catalog, RegistryBinding
 from expunge.orchestrator.config import JobConfig, SyntheticRatingsConfig, TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
-from expunge.orchestrator.erasure.request_ids import check_request_id
 from expunge.orchestrator.errors import ConfigError, ErasedSubjectsInDataError, StorageCorruptError
 from expunge.orchestrator.evidence.scan import scan_store
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.binding import bind_tracking
+from expunge.orchestrator.request_ids import check_request_id
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
 from expunge.shards.store import ObjectStore
