@@ -47,7 +47,7 @@ from expunge.orchestrator.coordinator import Coordinator
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.evidence.storage_report import StorageReport, stored_bytes
 from expunge.orchestrator.training.work import ideal_speedup, monolith_ideal_speedup
-from expunge.pipelines._runtime import init_logging, init_ray
+from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray
 from expunge.pipelines.datasets import load_movielens, split_rows
 from expunge.shards.rows import RATING, SUBJECT_ID
 
@@ -372,7 +372,8 @@ def main(
     training = parity_training(epochs, batch_size)
     pairs = _pairs(grid) if grid else [(s, r) for s in _ints(shards, "--shards") for r in _ints(slices, "--slices")]
     s3_uri = None if s3 in (None, "none") else s3
-    results = run(data, [(1, 1), *pairs], training, erasures, seed, s3_uri, [(s3_shards, s3_slices)], progress=True)
+    with exit_on_error():  # a missing or malformed --data is bad input (exit 2), not a bug
+        results = run(data, [(1, 1), *pairs], training, erasures, seed, s3_uri, [(s3_shards, s3_slices)], progress=True)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # a pipe or file: keep the table on one line per row

@@ -58,7 +58,7 @@ from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.serving.servable import EnsemblePredictor, export_ensemble
 from expunge.orchestrator.training.work import monolith_ideal_speedup
-from expunge.pipelines._runtime import init_logging, init_ray
+from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray
 from expunge.pipelines.datasets import load_movielens, split_rows
 from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST, SUBJECT_ID
 
@@ -402,19 +402,21 @@ def main(
     logging.getLogger("expunge.orchestrator").setLevel(logging.WARNING)
     item_stats = ItemStatsConfig()
     training = TrainingConfig(model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=512)
-    if not local:
-        init_ray()
-    results = run(
-        data,
-        shards,
-        slices,
-        models,
-        item_stats,
-        training,
-        erasures,
-        seed,
-        pool_factory=local_pool if local else ray_pool,
-    )
+    with exit_on_error():  # a missing or malformed --data is bad input (exit 2), not a bug
+        load_movielens(data)  # checked before Ray starts
+        if not local:
+            init_ray()
+        results = run(
+            data,
+            shards,
+            slices,
+            models,
+            item_stats,
+            training,
+            erasures,
+            seed,
+            pool_factory=local_pool if local else ray_pool,
+        )
     title = f"Accuracy against shards on {data.name} (80/20 keyed-hash split, seed {seed})"
     console = Console()
     if not console.is_terminal:

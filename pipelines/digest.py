@@ -43,7 +43,7 @@ def run(
     workdir: Path | None = None,
     storage: StorageConfig | None = None,
 ) -> dict[str, str]:
-    """Subject id -> digest. With ``storage``, the key is checked against the store's first.
+    """Subject id -> digest. With ``storage`` (or ``workdir``'s store), the key is checked against the store's first.
 
     Raises:
         ConfigError: no subject, no key, or a key other than the one the store was trained with.
@@ -51,6 +51,10 @@ def run(
     if not subjects:
         raise ConfigError("name at least one subject with --subject ID")
     hasher = _hasher(privacy, workdir)
+    if storage is None and workdir is not None and (workdir / "store").exists():
+        # The demo's store knows its key: a digest under any other key (an exported
+        # EXPUNGE_SUBJECT_KEY that is not the one the demo used) would name nobody.
+        storage = StorageConfig(uri=str(workdir / "store"))
     if storage is not None:
         from expunge.orchestrator.session import published
 

@@ -162,3 +162,32 @@ def test_a_dead_shard_actor_is_retryable_not_bad_input():
     with pytest.raises(typer.Exit) as stopped, exit_on_error():
         raise ShardRetrainFailed(1, "actor died")
     assert stopped.value.exit_code == 4
+
+
+def test_digest_with_a_workdir_refuses_a_key_other_than_its_stores(tmp_path):
+    # The demo's store was trained with its key file; an exported EXPUNGE_SUBJECT_KEY that differs
+    # gave a digest that names nobody in that store, silently.
+    from expunge.orchestrator.coordinator import Coordinator, local_pool
+    from tests.engine import job
+    from tests.lineage._support import email_rows
+
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    (workdir / "subject.key").write_text(KEY)
+    Coordinator(str(workdir / "store"), SubjectHasher(KEY.encode()), pool_factory=local_pool).train(
+        email_rows(users=6), job(shards=2, slices=2)
+    )
+    own = _expunge("digest", "--subject", "x", "--workdir", str(workdir), cwd=tmp_path)
+    assert own.returncode == 0, own.stderr
+    assert own.stdout.strip() == SubjectHasher(KEY.encode()).digest("x")
+    other = _expunge("digest", "--subject", "x", "--workdir", str(workdir), cwd=tmp_path, EXPUNGE_SUBJECT_KEY=KEY[::-1])
+    assert other.returncode == 2
+    assert "key differs" in other.stderr
+
+
+@pytest.mark.parametrize("job_name", ["erasure", "accuracy"])
+def test_a_benchmark_on_a_missing_data_file_is_bad_input(tmp_path, job_name):
+    result = _expunge("benchmark", job_name, "--data", str(tmp_path / "nowhere.inter"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
