@@ -6,7 +6,7 @@ import hashlib
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
@@ -82,6 +82,9 @@ class EnsembleManifest(BaseModel):
     #: every shard (actors already started); carried forward by erasures. The baseline of
     #: ``ErasureReceipt.speedup``.
     train_seconds: float = 0.0
+    #: The write lease token (``expunge.orchestrator.lease``) of the process that published this
+    #: version; None when published without one (stores from before leases).
+    lease_token: int | None = None
 
 
 class PlacementIndex:
@@ -152,8 +155,11 @@ def _parse(model: type[_Parsed], store: ObjectStore, key: str) -> _Parsed:
 class Catalog:
     """Reads and publishes ensemble manifests and placement indexes in one store."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, fence: Callable[[], object] | None = None) -> None:
         self.store = store
+        #: Called before every commit (manifest publish, tombstone append); raises to refuse it
+        #: (``StoreLease.check``: this process must still hold the newest lease token).
+        self.fence = fence
 
     def _key(self, version: int) -> str:
         return f"{_ENSEMBLE_PREFIX}/{version:08d}.json"
@@ -189,7 +195,13 @@ class Catalog:
         return info.modified
 
     def publish(self, manifest: EnsembleManifest) -> None:
-        """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``."""
+        """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``.
+
+        Raises:
+            LeaseLostError: ``fence`` refused (this process no longer holds the store's lease).
+        """
+        if self.fence is not None:
+            self.fence()
         self.store.create_exclusive(self._key(manifest.version), manifest.model_dump_json(indent=1).encode())
         log.info("published ensemble version %d (%s)", manifest.version, manifest.kind)
 
@@ -220,6 +232,8 @@ class Catalog:
         reason: str | None = None,
     ) -> TombstoneEntry:
         """Append one entry with an exclusive create (two writers never share a sequence number)."""
+        if self.fence is not None:
+            self.fence()
         for _ in range(_APPEND_ATTEMPTS):
             entries = self._tombstone_entries()
             entry = TombstoneEntry(

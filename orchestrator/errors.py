@@ -21,6 +21,7 @@ __all__ = [
     "ErasureWaitTimeout",
     "ExpungeError",
     "InvalidSubjectIdError",
+    "LeaseLostError",
     "LineagePurgeFailed",
     "ServiceUnavailableError",
     "ShardRetrainFailed",
@@ -28,6 +29,7 @@ __all__ = [
     "StorageConflictError",
     "StorageCorruptError",
     "StorageUnavailableError",
+    "StoreBusyError",
     "TrackingUnreachable",
     "UnknownRequestError",
     "UnknownSubjectError",
@@ -152,4 +154,21 @@ class ErasureWaitTimeout(ExpungeError):
 
     Example scenario: ``wait(request_id, stage="registered", timeout=1)`` while MLflow is slow;
     call ``wait`` again (or ``status``) later.
+    """
+
+
+class StoreBusyError(ExpungeError):
+    """Another live process holds the store's write lease; nothing was changed.
+
+    Example scenario: ``expunge forget`` (without ``--service``) or a second ``expunge serve``
+    against a store that a running service writes. The message names the holder (host, pid,
+    since); send the work to that service, or wait until it stops.
+    """
+
+
+class LeaseLostError(StoreBusyError):
+    """This process's write lease ended before a commit (taken over, or not renewed); nothing was published.
+
+    Example scenario: the store was unreachable for longer than ``storage.lease_ttl_s`` while a
+    retrain ran, and another writer took the lease over. Submit the request again.
     """

@@ -9,6 +9,7 @@ from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementInd
 from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from expunge.shards.store import ObjectStore
 
@@ -76,7 +77,9 @@ class StoreSession:
     def __init__(self, storage: StorageConfig | str, hasher: SubjectHasher, pool_factory: PoolFactory = ray_pool):
         self.storage = storage if isinstance(storage, StorageConfig) else StorageConfig(uri=storage)
         self.store = ObjectStore(self.storage)
-        self.catalog = Catalog(self.store)
+        #: One writer per store: every commit of this session is fenced by the process's lease.
+        self.lease = StoreLease(self.store, self.storage.lease_ttl_s)
+        self.catalog = Catalog(self.store, fence=self.lease.check)
         self.hasher = hasher
         self.pool_factory = pool_factory
         self.manifest = self.catalog.latest()

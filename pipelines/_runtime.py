@@ -23,6 +23,7 @@ from expunge.orchestrator.errors import (
     ShardRetrainFailed,
     ShardStartTimeout,
     StorageConflictError,
+    StoreBusyError,
     TrackingUnreachable,
 )
 from expunge.orchestrator.registry import Lineage
@@ -68,6 +69,7 @@ _RETRYABLE = (
     TrackingUnreachable,
     ServiceUnavailableError,
     ErasureWaitTimeout,
+    StoreBusyError,
 )
 
 

@@ -150,6 +150,20 @@ class StorageConfig(Frozen):
     )
     region: str | None = Field(None, description="S3 region.")
     profile: str | None = Field(None, description="AWS profile name for credentials.")
+    timeout_s: float = Field(
+        20.0,
+        gt=0.0,
+        le=600.0,
+        description="S3 connect and read timeout per attempt, in seconds (3 attempts): a store write that cannot "
+        "be made fails within about three times this, never hangs.",
+    )
+    lease_ttl_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds a writer's lease on the store lives without renewal (renewed every quarter of it); "
+        "after that another writer may take the store over. A holder on this host that died is taken over at once.",
+    )
 
     def storage_options(self) -> dict[str, Any]:
         """fsspec options for the URI's protocol (empty for local folders)."""
@@ -161,6 +175,11 @@ class StorageConfig(Frozen):
         if self.region:
             client["region_name"] = self.region
         options: dict[str, Any] = {"client_kwargs": client} if client else {}
+        options["config_kwargs"] = {
+            "connect_timeout": self.timeout_s,
+            "read_timeout": self.timeout_s,
+            "retries": {"max_attempts": 3, "mode": "standard"},
+        }
         if self.profile:
             options["profile"] = self.profile
         return options

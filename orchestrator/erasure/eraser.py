@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
 from expunge.orchestrator.erasure.resume import already_erased, finish_committed
 from expunge.orchestrator.erasure.routing import RoutingPlan, route
-from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageConflictError, StorageCorruptError
+from expunge.orchestrator.errors import (
+    ConfigError,
+    ExpungeError,
+    StorageConflictError,
+    StorageCorruptError,
+    StoreBusyError,
+)
 from expunge.orchestrator.evidence.membership import ErasureAudit
 from expunge.orchestrator.evidence.receipt_chain import append_receipt
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
@@ -47,9 +53,18 @@ class Eraser:
 
         A pre-erasure model version must not stay servable, nor its objects stored.
         """
-        if self.session.manifest is not None:
+        if self.session.manifest is None:
+            return
+        try:
+            self.session.lease.acquire("recovery")
+        except StoreBusyError as exc:  # the live writer finishes its own work
+            log.info("not finishing interrupted work: %s", exc)
+            return
+        try:
             purge_unreferenced(self.session.store, self.session.catalog, self.session.manifest)
             self._sync_lineage()
+        finally:
+            self.session.lease.release()
 
     def forget(
         self, subject_ids: Sequence[object], request_id: str | None = None, audit: ErasureAudit | None = None
@@ -91,11 +106,24 @@ class Eraser:
         Raises:
             ConfigError: no digest, a bad request id, or an id that named other subjects.
             StorageConflictError: another writer published first (nothing changed; submit again).
+            StoreBusyError: another process holds the store's write lease (e.g. a running service).
             ShardRetrainFailed: a shard actor failed or died (nothing published; submit again).
         """
-        began = time.perf_counter()
         if not digests:
             raise ConfigError("an erasure request needs at least one subject id")
+        with self.session.lease.hold("expunge forget"):
+            return self._forget_digests(digests, request_id, audit, register=register, resume=resume)
+
+    def _forget_digests(
+        self,
+        digests: Sequence[str],
+        request_id: str | None,
+        audit: ErasureAudit | None,
+        *,
+        register: bool,
+        resume: bool,
+    ) -> ErasureReceipt:
+        began = time.perf_counter()
         self._refresh(sync=register)
         manifest = self.session.require_manifest()
         request_id = check_request_id(request_id or f"req-{uuid.uuid4().hex[:12]}")
@@ -249,6 +277,7 @@ class Eraser:
             key_check=manifest.key_check,
             train_seconds=manifest.train_seconds,
             registry=manifest.registry,
+            lease_token=self.session.lease.token,
         )
         # Tombstones first: from here on no training admits these people again, even if the
         # commit below loses a race (the retry then completes the erasure they asked for).
@@ -302,8 +331,9 @@ class Eraser:
             raise ConfigError("name at least one subject to re-admit with --subject ID")
         request_id = check_request_id(request_id or f"readmit-{uuid.uuid4().hex[:12]}")
         digests = list(dict.fromkeys(self.session.hasher.digest_many(subject_ids)))
-        erased = self.session.catalog.tombstones()
-        self.session.catalog.append_tombstones("readmitted", digests, request_id, reason.strip())
+        with self.session.lease.hold("expunge readmit"):
+            erased = self.session.catalog.tombstones()
+            self.session.catalog.append_tombstones("readmitted", digests, request_id, reason.strip())
         return sum(d in erased for d in digests)
 
     def register_published(self) -> str | None:

@@ -101,6 +101,16 @@ class ErasureService:
         # Opening the coordinator finishes a crashed commit's purge and registers what MLflow missed.
         self.coordinator = Coordinator(job.storage, hasher, lineage, pool_factory)
         self.coordinator.require_manifest()  # a service needs a trained store
+        # One writer per store: the service holds the write lease for its whole life.
+        self._lease = self.coordinator.session.lease
+        self._lease.acquire("expunge serve")
+        try:
+            self._start(warm)
+        except BaseException:
+            self._lease.release()
+            raise
+
+    def _start(self, warm: bool) -> None:
         self.journal = Journal(self.coordinator.store)
         self._work = threading.Lock()  # the coordinator: commits, registration and serving, one at a time
         self._state = threading.Condition()  # everything below
@@ -242,6 +252,7 @@ class ErasureService:
         self._worker.join(timeout=600)
         with self._work:
             self.coordinator.close()
+        self._lease.release()
 
     # ----- the worker -------------------------------------------------------------------------------
     def _run(self) -> None:

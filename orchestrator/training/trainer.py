@@ -11,7 +11,13 @@ import pyarrow.compute as pc
 
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex, RegistryBinding
 from expunge.orchestrator.config import AnyModelConfig, ItemStatsConfig, JobConfig, MFConfig
-from expunge.orchestrator.errors import ConfigError, DataValidationError, ErasedSubjectsInDataError
+from expunge.orchestrator.errors import (
+    ConfigError,
+    DataValidationError,
+    ErasedSubjectsInDataError,
+    ExpungeError,
+    StorageConflictError,
+)
 from expunge.orchestrator.pool import ShardPool
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
@@ -70,7 +76,24 @@ class Trainer:
         ``placement`` pins known subjects to their persisted cells and ``model`` fixes the
         resolved model settings: together they reproduce "training from scratch without a
         subject" exactly as Expunge defines it (see ``expunge.orchestrator.training.placement``).
+        Holds the store's write lease throughout.
+
+        Raises:
+            StoreBusyError: another process writes the store (e.g. a running service).
+            StorageConflictError: another writer published, or subjects in the rows were erased,
+                while this training ran; what it wrote is deleted. Train again.
         """
+        with self.session.lease.hold("expunge train"):
+            return self._train(rows, job, request_id, placement, model)
+
+    def _train(
+        self,
+        rows: pa.Table,
+        job: JobConfig,
+        request_id: str | None,
+        placement: PlacementIndex | None,
+        model: AnyModelConfig | None,
+    ) -> TrainResult:
         # Before anything is written; the returned rows carry subject ids in canonical form (expunge.shards.identity).
         rows = validate_rows(rows, "training rows", task_of(job.training.model), model=model or job.training.model)
         rows, dropped = self.apply_tombstones(rows, job.data.erased_subjects)
@@ -110,7 +133,20 @@ class Trainer:
             DataValidationError: a batch fails ``validate_rows`` (raised at the first such batch),
                 no rows at all, or duplicate record ids within a shard.
             ErasedSubjectsInDataError: rows of tombstoned subjects and ``data.erased_subjects=refuse``.
+            StoreBusyError, StorageConflictError: as for ``train``.
         """
+        with self.session.lease.hold("expunge train"):
+            return self._train_stream(batches, job, request_id, placement, model, source)
+
+    def _train_stream(
+        self,
+        batches: RowBatches,
+        job: JobConfig,
+        request_id: str | None,
+        placement: PlacementIndex | None,
+        model: AnyModelConfig | None,
+        source: str,
+    ) -> TrainResult:
         task = task_of(job.training.model)
         checked_model = model or job.training.model
 
@@ -207,8 +243,25 @@ class Trainer:
             train_seconds=train_phase_seconds,
             registry=self._registry_binding(),
             erased_rows_dropped=dropped,
+            lease_token=self.session.lease.token,
         )
-        self.session.catalog.publish(manifest)
+        written = [k for u in updates.values() for k in u.new_keys] + [manifest.placement_key]
+        try:
+            # Tombstones at the commit, not only at the start: someone erased meanwhile stays out.
+            late = set(index.entries) & self.session.catalog.tombstones()
+            if late:
+                raise StorageConflictError(
+                    f"{len(late)} subject(s) in the training rows were erased while this training ran; nothing "
+                    "was published. Train again: their rows are then refused (or dropped, data.erased_subjects)."
+                )
+            self.session.catalog.publish(manifest)
+        except ExpungeError:
+            # What this attempt wrote may hold rows of people erased meanwhile: it goes now.
+            pool.shutdown()
+            self.session.close()
+            self.session.manifest = self.session.catalog.latest()
+            self.session.discard(written)
+            raise
         self.session.adopt(manifest, pool)
         purge_unreferenced(self.session.store, self.session.catalog, manifest)
         seconds = time.perf_counter() - began

@@ -1,0 +1,296 @@
+"""One writer per store: a lease with a fencing token, kept in the store itself.
+
+Each holder creates ``lease/<token>.json`` with a create-if-absent write (``O_EXCL``-like on a
+folder, ``If-None-Match: *`` on S3), so two contenders never share a token. The holder renews it
+by rewriting ``lease/<token>.beat`` every ``ttl/4`` and ends it with ``lease/<token>.released``.
+A lease is free when released, expired (no beat for ``storage.lease_ttl_s`` by the store's
+clock), or held by a process of this host that no longer exists (taken over at once).
+
+The token fences every commit: ``StoreLease.check`` (called before each manifest publish and
+tombstone append) fails when a newer token exists, or when this process could not renew for
+a whole TTL, so a writer that stalled past its lease never publishes over its successor
+(Kleppmann, "How to do distributed locking", 2016; Gray & Cheriton's leases, SOSP 1989).
+
+A lease belongs to a process: every ``StoreSession`` of one process shares it (re-entrant,
+counted), so only processes exclude each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from expunge.orchestrator.errors import LeaseLostError, StorageConflictError, StoreBusyError
+from expunge.shards.errors import ExpungeError
+from expunge.shards.store import ObjectInfo, ObjectStore
+
+__all__ = ["LeaseRecord", "LeaseState", "StoreLease", "lease_state", "process_owner"]
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "lease"
+_KEY = re.compile(r"^lease/(\d{8})\.(json|beat|released)$")
+_ATTEMPTS = 20
+#: Identifies this process among every process that may hold a store's lease.
+_PROCESS_NONCE = uuid.uuid4().hex[:12]
+
+
+def process_owner() -> str:
+    """``host:pid:nonce`` of this process (the nonce tells a reused pid from its predecessor)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_NONCE}"
+
+
+class LeaseRecord(BaseModel):
+    """Who holds (or held) a token: written once at acquisition, and again in each beat."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    token: int
+    owner: str
+    host: str
+    pid: int
+    purpose: str
+    since: str
+    ttl_s: float
+
+    def describe(self) -> str:
+        return f"{self.purpose} on host {self.host}, pid {self.pid}, since {self.since} (lease token {self.token})"
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """The newest token of a store and how alive its holder is (pure input to ``lease_state``)."""
+
+    record: LeaseRecord | None
+    last_seen: datetime | None
+    released: bool
+
+
+def lease_state(
+    state: LeaseState, now: datetime, owner: str, host: str, pid_alive: bool
+) -> Literal["free", "mine", "held", "expired", "dead"]:
+    """What a would-be writer may do with a store's lease (pure).
+
+    ``free``/``expired``/``dead``: take the next token; ``mine``: this process holds it already;
+    ``held``: another live holder has it. ``pid_alive`` is only consulted for a holder on ``host``.
+    """
+    record = state.record
+    if record is None or state.released:
+        return "free"
+    if record.owner == owner:
+        return "mine"
+    if state.last_seen is not None and (now - state.last_seen).total_seconds() > record.ttl_s:
+        return "expired"
+    if record.host == host and not pid_alive:
+        return "dead"
+    return "held"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+@dataclass
+class _Held:
+    token: int
+    record: LeaseRecord
+    count: int = 0
+    renewed: float = field(default_factory=time.monotonic)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+_REGISTRY: dict[tuple[str, str], _Held] = {}
+_REGISTRY_LOCK = threading.RLock()
+
+
+class StoreLease:
+    """The write lease of one store as this process sees it (``hold`` to write, ``check`` to fence)."""
+
+    def __init__(self, store: ObjectStore, ttl_s: float = 30.0, owner: str | None = None) -> None:
+        self.store = store
+        self.ttl_s = float(ttl_s)
+        self.owner = owner or process_owner()
+        self._slot = (store.uri, self.owner)
+
+    # ----- reading ------------------------------------------------------------------------------
+    def read(self) -> LeaseState:
+        """The newest token, its holder record and the last time the store saw it alive."""
+        infos: dict[int, dict[str, ObjectInfo]] = {}
+        for info in self.store.list_info(_PREFIX):
+            match = _KEY.match(info.key)
+            if match:
+                infos.setdefault(int(match.group(1)), {})[match.group(2)] = info
+        if not infos:
+            return LeaseState(None, None, False)
+        token = max(infos)
+        parts = infos[token]
+        if "json" not in parts:  # a beat without its record: a half-finished cleanup; treat as free
+            return LeaseState(None, None, True)
+        try:
+            record = LeaseRecord.model_validate_json(self.store.get(parts["json"].key))
+        except (ValidationError, ExpungeError):
+            return LeaseState(None, None, True)  # unreadable: nobody can prove they hold it
+        seen = max(p.modified for kind, p in parts.items() if kind != "released")
+        return LeaseState(record, seen, "released" in parts)
+
+    def holder(self) -> LeaseRecord | None:
+        """The live holder of the store's lease, or None when it is free, released or expired."""
+        state = self.read()
+        verdict = lease_state(state, datetime.now(UTC), "", socket.gethostname(), self._alive(state))
+        return state.record if verdict in ("held", "mine") else None
+
+    @staticmethod
+    def _alive(state: LeaseState) -> bool:
+        return state.record is None or _pid_alive(state.record.pid)
+
+    # ----- holding ------------------------------------------------------------------------------
+    @contextmanager
+    def hold(self, purpose: str) -> Iterator[int]:
+        """Hold the lease for the block (re-entrant within this process); yields the fencing token.
+
+        Raises:
+            StoreBusyError: another live process holds it; the message names the holder.
+        """
+        token = self.acquire(purpose)
+        try:
+            yield token
+        finally:
+            self.release()
+
+    def acquire(self, purpose: str) -> int:
+        """Take (or join) the lease; every ``acquire`` needs one ``release``. Returns the token.
+
+        Raises:
+            StoreBusyError: another live process holds it; the message names the holder.
+        """
+        with _REGISTRY_LOCK:
+            held = _REGISTRY.get(self._slot)
+            if held is not None:
+                held.count += 1
+                return held.token
+            for _ in range(_ATTEMPTS):
+                state = self.read()
+                verdict = lease_state(state, datetime.now(UTC), self.owner, socket.gethostname(), self._alive(state))
+                if verdict == "held":
+                    assert state.record is not None
+                    raise StoreBusyError(
+                        f"the store {self.store.uri} is being written by {state.record.describe()}. One writer per "
+                        "store: send the work to that service (e.g. `expunge forget --service`), or wait until it "
+                        f"stops (its lease expires {state.record.ttl_s:.0f} s after its last renewal)"
+                    )
+                token = (state.record.token if state.record else 0) + 1
+                if verdict in ("expired", "dead") and state.record is not None:
+                    log.warning("taking over the %s lease of %s: %s", verdict, self.store.uri, state.record.describe())
+                record = LeaseRecord(
+                    token=token,
+                    owner=self.owner,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    purpose=purpose,
+                    since=datetime.now(UTC).isoformat(timespec="seconds"),
+                    ttl_s=self.ttl_s,
+                )
+                try:
+                    self.store.create_exclusive(f"{_PREFIX}/{token:08d}.json", record.model_dump_json().encode())
+                except StorageConflictError:
+                    continue  # another contender took this token: read again
+                held = _Held(token, record, count=1)
+                _REGISTRY[self._slot] = held
+                self._start_renewer(held)
+                self._forget_older(token)
+                log.debug("holding the lease of %s (token %d, %s)", self.store.uri, token, purpose)
+                return token
+            raise StoreBusyError(f"could not take the lease of {self.store.uri} after {_ATTEMPTS} tries; try again")
+
+    def release(self) -> None:
+        """Drop one hold; the last one ends the lease (``lease/<token>.released``)."""
+        with _REGISTRY_LOCK:
+            held = _REGISTRY.get(self._slot)
+            if held is None:
+                return
+            held.count -= 1
+            if held.count > 0:
+                return
+            del _REGISTRY[self._slot]
+        held.stop.set()
+        if held.thread is not None:
+            held.thread.join(timeout=5)
+        try:
+            if self.read().record == held.record:
+                self.store.put(f"{_PREFIX}/{held.token:08d}.released", b"")
+        except ExpungeError as exc:  # it expires by itself after its TTL
+            log.warning("could not release the lease of %s (%s); it expires in %.0f s", self.store.uri, exc, self.ttl_s)
+
+    @property
+    def token(self) -> int | None:
+        """The token this process holds, or None."""
+        with _REGISTRY_LOCK:
+            held = _REGISTRY.get(self._slot)
+            return held.token if held else None
+
+    def check(self) -> int:
+        """Fence a commit: this process must still hold the newest token. Returns it.
+
+        Raises:
+            LeaseLostError: not held, not renewed for a whole TTL, or a newer holder exists.
+        """
+        with _REGISTRY_LOCK:
+            held = _REGISTRY.get(self._slot)
+        if held is None:
+            raise LeaseLostError(
+                f"this process does not hold the write lease of {self.store.uri}; nothing was published"
+            )
+        if time.monotonic() - held.renewed > self.ttl_s:
+            raise LeaseLostError(
+                f"the write lease of {self.store.uri} was not renewed for {self.ttl_s:.0f} s (the store was "
+                "unreachable or this process stalled), so another writer may hold it; nothing was published"
+            )
+        state = self.read()
+        if state.record is None or state.record.token != held.token:
+            newer = state.record.describe() if state.record else "nobody"
+            raise LeaseLostError(
+                f"the write lease of {self.store.uri} (token {held.token}) was taken over by {newer}; "
+                "nothing was published"
+            )
+        return held.token
+
+    # ----- upkeep -------------------------------------------------------------------------------
+    def _start_renewer(self, held: _Held) -> None:
+        def renew() -> None:
+            period = max(self.ttl_s / 4, 0.05)
+            while not held.stop.wait(period):
+                try:
+                    self.store.put(f"{_PREFIX}/{held.token:08d}.beat", held.record.model_dump_json().encode())
+                    held.renewed = time.monotonic()
+                except Exception as exc:  # the next beat tries again; check() fences once a TTL passes
+                    log.warning("could not renew the lease of %s: %s", self.store.uri, exc)
+
+        held.thread = threading.Thread(target=renew, name="expunge-lease", daemon=True)
+        held.thread.start()
+
+    def _forget_older(self, token: int) -> None:
+        """Delete the records of tokens before the previous one (history, not state)."""
+        old = [i.key for i in self.store.list_info(_PREFIX) if (m := _KEY.match(i.key)) and int(m.group(1)) < token - 1]
+        if old:
+            try:
+                self.store.delete(old)
+            except ExpungeError as exc:
+                log.debug("could not tidy old lease records: %s", exc)
