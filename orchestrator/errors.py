@@ -7,6 +7,7 @@ from expunge.shards.errors import (
     DataValidationError,
     ExpungeError,
     InvalidSubjectIdError,
+    ModelImportError,
     ShardRetrainFailed,
     StorageConflictError,
     StorageCorruptError,
@@ -15,6 +16,7 @@ from expunge.shards.errors import (
 
 __all__ = [
     "ArtifactStoreNotErasable",
+    "ClusterUnavailableError",
     "ConfigError",
     "DataValidationError",
     "ErasedSubjectsInDataError",
@@ -23,6 +25,7 @@ __all__ = [
     "InvalidSubjectIdError",
     "LeaseLostError",
     "LineagePurgeFailed",
+    "ModelImportError",
     "ServiceUnavailableError",
     "ShardRetrainFailed",
     "ShardStartTimeout",
@@ -140,6 +143,31 @@ class ServiceUnavailableError(ExpungeError):
     Example scenario: a recommender calls ``Client.connect(namespace="expunge")`` before
     ``expunge serve`` ran on that cluster, or after ``expunge serve --stop``.
     """
+
+
+class ClusterUnavailableError(ExpungeError):
+    """Ray could not be started on this machine, or the cluster named by ``RAY_ADDRESS`` could not be joined.
+
+    Nothing was changed. Example scenario: another program holds the port Ray's GCS wants
+    (``RAY_GCS_SERVER_PORT``), ``/tmp`` is full, or the machine is so loaded that Ray's processes
+    do not come up within Ray's start-up timeout. Infrastructure, not input: fix the cause and
+    run the same command again.
+    """
+
+    def __init__(self, what: str, cause: str) -> None:
+        self.what = what
+        self.cause = cause
+        super().__init__(what, cause)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.what} failed ({self.cause}); nothing was changed. Check that Ray's ports are free and /tmp has "
+            "space (Ray's logs are in its session folder, by default /tmp/ray/session_latest/logs), or point the job at a running cluster "
+            "with RAY_ADDRESS, then run the same command again."
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.what, self.cause))
 
 
 class UnknownRequestError(ExpungeError):

@@ -157,6 +157,23 @@ class StoreLease:
         verdict = lease_state(state, datetime.now(UTC), "", socket.gethostname(), self._alive(state))
         return state.record if verdict in ("held", "mine") else None
 
+    def refuse_if_held(self) -> None:
+        """Fail at once, before any work, when another live process holds the lease.
+
+        Raises:
+            StoreBusyError: naming the holder (host, pid, since).
+        """
+        holder = self.holder()
+        if holder is not None and holder.owner != self.owner:
+            raise self._busy(holder)
+
+    def _busy(self, record: LeaseRecord) -> StoreBusyError:
+        return StoreBusyError(
+            f"the store {self.store.uri} is being written by {record.describe()}. One writer per store: send "
+            "the work to that service (e.g. `expunge forget --service`), or wait until it stops (its lease "
+            f"expires {record.ttl_s:.0f} s after its last renewal)"
+        )
+
     @staticmethod
     def _alive(state: LeaseState) -> bool:
         return state.record is None or _pid_alive(state.record.pid)
@@ -191,11 +208,7 @@ class StoreLease:
                 verdict = lease_state(state, datetime.now(UTC), self.owner, socket.gethostname(), self._alive(state))
                 if verdict == "held":
                     assert state.record is not None
-                    raise StoreBusyError(
-                        f"the store {self.store.uri} is being written by {state.record.describe()}. One writer per "
-                        "store: send the work to that service (e.g. `expunge forget --service`), or wait until it "
-                        f"stops (its lease expires {state.record.ttl_s:.0f} s after its last renewal)"
-                    )
+                    raise self._busy(state.record)
                 token = (state.record.token if state.record else 0) + 1
                 if verdict in ("expired", "dead") and state.record is not None:
                     log.warning("taking over the %s lease of %s: %s", verdict, self.store.uri, state.record.describe())

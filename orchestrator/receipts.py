@@ -74,6 +74,11 @@ class ErasureReceipt(BaseModel):
     #: (``expunge.orchestrator.evidence.receipt_chain``).
     chain_sequence: int | None = None
     previous_receipt_sha256: str | None = None
+    #: Steps after the commit that had not succeeded when this receipt was made, each
+    #: ``"<step>: <cause>"`` (steps: purge, receipt, registration, receipt log). The erasure is
+    #: committed regardless: these are retried with backoff until they succeed (the service's
+    #: status shows them; any later writer of the store finishes a purge or registration on open).
+    pending: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

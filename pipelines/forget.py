@@ -11,6 +11,7 @@ printed and stored all the same), 2 on bad input, 4 when another writer won a ra
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import typer
@@ -19,6 +20,7 @@ from expunge.orchestrator.cluster import alive_node_count, require_shared_storag
 from expunge.orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.coordinator import Coordinator
 from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
@@ -32,9 +34,13 @@ from expunge.pipelines._runtime import (
     make_lineage,
     progress,
 )
+from expunge.shards.models import model_for
+from expunge.shards.store import ObjectStore
 
 __all__ = ["EXIT_NOT_FOUND", "main", "read_subjects", "run"]
 
+#: Pauses between retries of steps left pending after a commit (purge, registration), in seconds.
+_PENDING_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Exit status when at least one named subject had no data (README "Exit codes").
 EXIT_NOT_FOUND = 3
 
@@ -88,14 +94,28 @@ def run(
     if request_id is not None:
         check_request_id(request_id)
     _, latest = published(storage, hasher)  # a wrong key would find nobody: refuse before starting Ray
+    model_for(latest.model)  # a custom model's module must import here, and in the shard actors: refuse now
     tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
+    StoreLease(ObjectStore(storage), storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
     with progress("starting Ray"):
         init_ray()
     require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
     coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage))
     try:
         with progress(f"erasing {len(subjects)} subject(s)"):
-            return coordinator.forget(subjects, request_id)
+            receipt = coordinator.forget(subjects, request_id)
+        # Committed: never reported failed. What could not be done after the commit is retried here
+        # with backoff, then left to the next writer of the store (named in receipt.pending).
+        for pause in _PENDING_RETRY_PAUSES_S:
+            if not receipt.pending:
+                break
+            time.sleep(pause)
+            receipt = coordinator.erasure.finish_pending(receipt)
+        for step in receipt.pending:
+            typer.echo(
+                f"warning: committed, but still pending (retried by the next writer of the store): {step}", err=True
+            )
+        return receipt
     finally:
         coordinator.close()
 

@@ -25,7 +25,7 @@ from expunge.orchestrator.errors import (
     StoreBusyError,
 )
 from expunge.orchestrator.evidence.membership import ErasureAudit
-from expunge.orchestrator.evidence.receipt_chain import append_receipt
+from expunge.orchestrator.evidence.receipt_chain import append_receipt, chained_receipts
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
@@ -36,6 +36,13 @@ from expunge.shards.shard import ShardUpdate
 __all__ = ["Eraser"]
 
 log = logging.getLogger(__name__)
+
+
+def _pending(step: str, exc: BaseException) -> str:
+    """``"<step>: <cause>"`` for ``ErasureReceipt.pending`` (logged as a warning: it is retried)."""
+    cause = f"{type(exc).__name__}: {exc}"[:500]
+    log.warning("after the commit, %s did not succeed (%s); it is retried", step, cause)
+    return f"{step}: {cause}"
 
 
 class Eraser:
@@ -140,7 +147,14 @@ class Eraser:
             audit.before_retrain(self.session.catalog, manifest, sorted(plan.found), self.session.hasher)
         updates, retrain_seconds = self._retrain(manifest, index, plan, request_id)
         new_manifest = self._commit(manifest, index, plan, updates, request_id)
-        deleted = purge_unreferenced(self.session.store, self.session.catalog, new_manifest, since=manifest.version)
+        # The commit point is behind us: from here on nothing fails the request. A step that cannot
+        # be done now is named in ``receipt.pending`` and retried (``finish_pending``).
+        pending: list[str] = []
+        deleted = []
+        try:
+            deleted = purge_unreferenced(self.session.store, self.session.catalog, new_manifest, since=manifest.version)
+        except ExpungeError as exc:
+            pending.append(_pending("purge", exc))
         receipt = ErasureReceipt(
             request_id=request_id,
             status="erased",
@@ -168,8 +182,11 @@ class Eraser:
             deleted_objects=tuple(str(v) for v in deleted),
             committed_at=utc_now(),
         )
-        self.session.catalog.write_receipt(new_manifest.version, receipt.model_dump_json(indent=1))
-        receipt = self._record(receipt, new_manifest, audit, register)
+        try:
+            self.session.catalog.write_receipt(new_manifest.version, receipt.model_dump_json(indent=1))
+        except ExpungeError as exc:
+            pending.append(_pending("receipt", exc))
+        receipt = self._record(receipt.model_copy(update={"pending": tuple(pending)}), new_manifest, audit, register)
         log.info(
             "request %s: erased %d row(s) from shard(s) %s in %.2fs",
             request_id,
@@ -298,22 +315,72 @@ class Eraser:
     ) -> ErasureReceipt:
         """Register the committed version in MLflow (unless ``register`` is off), audit it, chain the receipt."""
         if self.lineage is not None and register:
-            parent = self.lineage.current_version()
-            version = self.lineage.record_erasure(receipt, manifest, parent)
-            receipt = receipt.model_copy(
-                update={
-                    "registry_version_before": parent,
-                    "registry_version_after": version,
-                    "registered_at": utc_now(),
-                }
-            )
+            try:
+                parent = self.lineage.current_version()
+                version = self.lineage.record_erasure(receipt, manifest, parent)
+                receipt = receipt.model_copy(
+                    update={
+                        "registry_version_before": parent,
+                        "registry_version_after": version,
+                        "registered_at": utc_now(),
+                    }
+                )
+            except ExpungeError as exc:  # committed all the same: registration is retried
+                receipt = receipt.model_copy(update={"pending": (*receipt.pending, _pending("registration", exc))})
         try:
             if audit is not None:
                 receipt = receipt.model_copy(
                     update={"audit_sha256": audit.after_commit(self.session.catalog, manifest, receipt)}
                 )
         finally:
-            receipt = append_receipt(self.session.store, receipt)  # a failed audit still leaves the receipt
+            receipt = self._chain(receipt)  # a failed audit still leaves the receipt
+        return receipt
+
+    def _chain(self, receipt: ErasureReceipt) -> ErasureReceipt:
+        """Append ``receipt`` to the receipt log; if the store refuses, the receipt says so (pending)."""
+        try:
+            return append_receipt(self.session.store, receipt)
+        except ExpungeError as exc:
+            return receipt.model_copy(update={"pending": (*receipt.pending, _pending("receipt log", exc))})
+
+    def finish_pending(self, receipt: ErasureReceipt) -> ErasureReceipt:
+        """Retry the steps ``receipt.pending`` names; returns the receipt with those that still fail.
+
+        Idempotent: a purge deletes only what the published version does not reference, a
+        registration reconciles MLflow with the store, and the receipt log gains the receipt
+        only if it lacks it. The returned receipt is chained when the log gained it here.
+
+        Raises:
+            StoreBusyError: another process holds the store's write lease.
+        """
+        if not receipt.pending:
+            return receipt
+        steps = [p.split(":", 1)[0] for p in receipt.pending]
+        left: list[str] = []
+        with self.session.lease.hold("expunge forget"):
+            self.session.follow_latest()
+            latest = self.session.require_manifest()
+            for step in ("purge", "receipt", "registration"):
+                if step not in steps:
+                    continue
+                try:
+                    if step == "purge":
+                        deleted = purge_unreferenced(self.session.store, self.session.catalog, latest)
+                        receipt = receipt.model_copy(
+                            update={"deleted_objects": (*receipt.deleted_objects, *(str(v) for v in deleted))}
+                        )
+                    elif step == "receipt" and receipt.model_version_after is not None:
+                        self.session.catalog.write_receipt(
+                            receipt.model_version_after, receipt.model_dump_json(indent=1)
+                        )
+                    elif step == "registration":
+                        self._sync_lineage()
+                except ExpungeError as exc:
+                    left.append(_pending(step, exc))
+            receipt = receipt.model_copy(update={"pending": tuple(left)})
+            if "receipt log" in steps:
+                chained = [r for _, r in chained_receipts(self.session.store, receipt.request_id)]
+                receipt = chained[-1] if chained else self._chain(receipt)
         return receipt
 
     def readmit(self, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -43,7 +43,8 @@ from expunge.orchestrator.errors import (
 from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.board import RequestBoard
-from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration, RequestStatus
+from expunge.orchestrator.service.followup import Committed, FollowUp, durably
+from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.policy import (
     check_idempotency_key,
     check_subject_count,
@@ -71,13 +72,6 @@ _MAX_ATTEMPTS = 5
 class _Queued:
     entry: JournalEntry
     since: float  # monotonic time it was queued
-
-
-@dataclass
-class _Committed:
-    receipts: list[ErasureReceipt]  # per request
-    batch: ErasureReceipt
-    since: float = field(default_factory=time.monotonic)
 
 
 class ErasureService:
@@ -116,9 +110,18 @@ class ErasureService:
         self._state = threading.Condition()  # everything below
         self._queue: collections.deque[_Queued] = collections.deque()
         self._resume: list[tuple[BatchEntry, list[JournalEntry]]] = []
-        self._unregistered: list[_Committed] = []
         self.board = RequestBoard(self.journal, self._state, self.coordinator.store.uri)
         self._counts = collections.Counter[str]()
+        self.follow = FollowUp(
+            self.coordinator,
+            self.lineage,
+            self.journal,
+            self.board,
+            self._state,
+            self._work,
+            self._counts,
+            self._stopped,
+        )
         self._stopping = False
         self._recover()
         if warm:
@@ -228,6 +231,7 @@ class ErasureService:
         with self._state:
             counts = dict(self._counts)
             queued = len(self._queue)
+            purges, unregistered, cause = self.follow.pending()
         return ServiceStats(
             accepted=counts.get("accepted", 0),
             committed=counts.get("committed", 0),
@@ -238,6 +242,9 @@ class ErasureService:
             shard_retrains=counts.get("shard_retrains", 0),
             registrations=counts.get("registrations", 0),
             peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            pending_purges=purges,
+            pending_registrations=unregistered,
+            pending_cause=cause,
         )
 
     def close(self) -> None:
@@ -261,21 +268,26 @@ class ErasureService:
             with self._state:
                 if self._stopping:
                     return  # what is queued or unregistered stays in the journal: the next start finishes it
+                repair = None if self._queue else self.follow.repairs.take_due(time.monotonic())
                 if self._resume:
                     batch, entries = self._resume.pop(0)
                     step_kind = "resume"
+                elif repair is not None:
+                    step_kind = "repair"
                 else:
                     clock = time.monotonic()
                     step = next_step(
                         len(self._queue),
                         clock - self._queue[0].since if self._queue else 0.0,
-                        len(self._unregistered),
-                        clock - self._unregistered[0].since if self._unregistered else 0.0,
+                        len(self.follow.unregistered),
+                        clock - self.follow.unregistered[0].since if self.follow.unregistered else 0.0,
                         window_s,
                         self.config.register_within_s,
                     )
                     if step.kind == "wait":
-                        self._state.wait(timeout=step.wait_s)
+                        due = self.follow.repairs.wait_s(clock)
+                        waits = [w for w in (step.wait_s, due) if w is not None]
+                        self._state.wait(timeout=min(waits) if waits else None)
                         continue
                     step_kind = step.kind
                     if step_kind == "commit":
@@ -289,8 +301,10 @@ class ErasureService:
                     self._commit(entries, batch, resume=True)
                 elif step_kind == "commit":
                     self._commit(entries, None, resume=False)
+                elif step_kind == "repair" and repair is not None:
+                    self.follow.repair(repair)
                 else:
-                    self._register()
+                    self.follow.register()
             except Exception:  # the worker must outlive any one batch; the batch is failed or requeued
                 log.exception("the erasure service's worker hit an unexpected error; it goes on")
                 time.sleep(_RETRY_PAUSE_S)
@@ -302,7 +316,8 @@ class ErasureService:
                 batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=utc_now()
             )
             # Before the retrain: a crash from here on resumes this batch under this id, exactly once.
-            self.journal.write_batch(batch)
+            if not durably(f"journal batch {batch_id}", lambda: self.journal.write_batch(batch), self._stopped):
+                return  # stopping: the requests stay accepted in the journal; the next start takes them
         digests = list(dict.fromkeys(d for e in entries for d in e.subject_digests))
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
@@ -322,9 +337,9 @@ class ErasureService:
                 self._fail(entries, batch, exc)
                 return
         receipts = [split_receipt(receipt, e.request_id, e.subject_digests, rows) for e in entries]
-        for own in receipts:
-            self.journal.write_committed(own)
-        self.journal.drop_batch(batch.batch_id)
+        # The journal's committed records first (what status reads after a restart); if the store
+        # refuses them now, the request is answered all the same, the write shown pending and retried.
+        unjournalled = self._journal_committed(receipts)
         with self._state:
             self._counts["committed"] += len(entries)
             self._counts["batches"] += 1
@@ -337,10 +352,30 @@ class ErasureService:
                         received_at=entry.received_at,
                         committed_at=own.committed_at,
                         receipt=own,
+                        pending=own.pending
+                        + ((f"journal: {unjournalled[own.request_id]}",) if own.request_id in unjournalled else ()),
                     )
                 )
-            self._unregistered.append(_Committed(receipts, receipt))
+            self.follow.unregistered.append(Committed(receipts, receipt))
+            if receipt.pending:
+                self.follow.repairs.add(receipt, tuple(e.request_id for e in entries))
             self._state.notify_all()
+        for own in receipts:
+            if own.request_id in unjournalled:
+                durably(
+                    f"journal commit of {own.request_id}",
+                    lambda own=own: self.journal.write_committed(own),
+                    self._stopped,
+                )
+                with self._state:
+                    if (now := self.board.recent(own.request_id)) is not None:
+                        left = tuple(p for p in now.pending if not p.startswith("journal: "))
+                        self.board.remember(now.model_copy(update={"pending": left}))
+                    self._state.notify_all()
+        try:
+            self.journal.drop_batch(batch.batch_id)
+        except ExpungeError as exc:  # its requests are committed: the next start drops it
+            log.warning("could not drop journal batch %s: %s", batch.batch_id, exc)
         log.info(
             "batch %s: %d request(s), %d subject(s), shards %s retrained, committed",
             batch.batch_id,
@@ -349,12 +384,29 @@ class ErasureService:
             receipt.affected_shards,
         )
 
+    def _journal_committed(self, receipts: list[ErasureReceipt]) -> dict[str, str]:
+        """Write each receipt's committed record once; returns the causes of those not written, by request id."""
+        failed: dict[str, str] = {}
+        for own in receipts:
+            try:
+                self.journal.write_committed(own)
+            except (ExpungeError, OSError) as exc:
+                failed[own.request_id] = f"{type(exc).__name__}: {exc}"[:300]
+        return failed
+
     def _fail(self, entries: list[JournalEntry], batch: BatchEntry, exc: ExpungeError) -> None:
         message = f"{type(exc).__name__}: {exc}"
         log.error("batch %s failed: %s", batch.batch_id, message)
         for entry in entries:
-            self.journal.write_failed(entry.request_id, message)
-        self.journal.drop_batch(batch.batch_id)
+            durably(
+                f"journal failure of {entry.request_id}",
+                lambda e=entry: self.journal.write_failed(e.request_id, message),
+                self._stopped,
+            )
+        try:
+            self.journal.drop_batch(batch.batch_id)
+        except ExpungeError as exc:
+            log.warning("could not drop journal batch %s: %s", batch.batch_id, exc)
         with self._state:
             self._counts["failed"] += len(entries)
             for entry in entries:
@@ -365,53 +417,9 @@ class ErasureService:
                 )
             self._state.notify_all()
 
-    def _register(self) -> None:
+    def _stopped(self) -> bool:
         with self._state:
-            done, self._unregistered = self._unregistered, []
-        try:
-            with self._work:
-                before = self.lineage.current_version() if self.lineage is not None else None
-                version = self.coordinator.register_published()
-                if self.lineage is not None:
-                    for item in done:
-                        if item.batch.status == "not_found":  # no new version: a run records the check
-                            checked = self.coordinator.catalog.read(item.batch.model_version_before or 1)
-                            self.lineage.record_request(item.batch, checked, version)
-        except ExpungeError as exc:
-            log.warning("registering in MLflow failed (%s); trying again shortly", exc)
-            with self._state:
-                self._unregistered = done + self._unregistered
-            time.sleep(_RETRY_PAUSE_S)
-            return
-        stamp = utc_now()
-        registration = Registration(registered_at=stamp, registry_version=version, registry_version_before=before)
-        for item in done:
-            for own in item.receipts:
-                self.journal.write_registered(own.request_id, registration)
-        with self._state:
-            self._counts["registrations"] += 1
-            for item in done:
-                for own in item.receipts:
-                    self._counts["registered"] += 1
-                    previous = self.board.recent(own.request_id)
-                    receipt = own.model_copy(
-                        update={
-                            "registered_at": stamp,
-                            "registry_version_before": before,
-                            "registry_version_after": version,
-                        }
-                    )
-                    self.board.remember(
-                        RequestStatus(
-                            request_id=own.request_id,
-                            stage="registered",
-                            received_at=previous.received_at if previous else stamp,
-                            committed_at=own.committed_at,
-                            registered_at=stamp,
-                            receipt=receipt,
-                        )
-                    )
-            self._state.notify_all()
+            return self._stopping
 
     # ----- restart ----------------------------------------------------------------------------------
     def _recover(self) -> None:
@@ -420,6 +428,8 @@ class ErasureService:
         self._resume.extend(plan.resume)
         for entry in plan.queued:
             self._queue.append(_Queued(entry, time.monotonic()))
+        for receipt in plan.repairs:
+            self.follow.repairs.add(receipt, (receipt.request_id,))
 
     def describe(self) -> dict[str, Any]:
         """The store this service erases from and its published version (``ServiceActor.ready``)."""

@@ -7,7 +7,8 @@ survives any crash; its stages follow as separate objects written once each:
     journal/batches/<batch id>.json        the requests coalesced into one retrain (before it runs)
     journal/committed/<request id>.json    the request's receipt once the store commit is served
     journal/registered/<request id>.json   when MLflow had the new version, earlier ones purged
-    journal/failed/<request id>.json       a request that cannot succeed (a typed error)
+    journal/failed/<request id>.json       a request that cannot succeed (a typed error; never after its commit)
+    journal/purged/<request id>.json       the steps its receipt left pending (``pending``) are done
 
 Subjects appear only as keyed digests. On start the service reads the journal and finishes
 whatever is open (``ErasureService``).
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
 from expunge.orchestrator.errors import StorageConflictError
 from expunge.orchestrator.receipts import ErasureReceipt
@@ -69,6 +70,28 @@ class RequestStatus(BaseModel):
     registered_at: str | None = None
     receipt: ErasureReceipt | None = None
     error: str | None = None
+    #: Steps after the commit not done yet, each ``"<step>: <cause>"`` (purge, receipt log,
+    #: registration); retried with backoff until they succeed. Empty once done.
+    pending: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_is_derived(cls, data: object) -> object:
+        return {k: v for k, v in data.items() if k != "state"} if isinstance(data, dict) else data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def state(self) -> str:
+        """The lifecycle in words: accepted, committed, "<step> pending (retrying: <cause>)", done or failed.
+
+        ``done``: registered (MLflow up to date, earlier versions purged) with nothing pending.
+        """
+        if self.pending:
+            step, _, cause = self.pending[0].partition(": ")
+            return f"{step} pending (retrying: {cause})"
+        if self.stage == "registered":
+            return "done"
+        return self.stage
 
     def reached(self, stage: Literal["committed", "registered"]) -> bool:
         """True once the request is at ``stage`` or past it."""
@@ -113,6 +136,10 @@ class Journal:
     def write_registered(self, request_id: str, registration: Registration) -> None:
         self.store.put(self._key("registered", request_id), registration.model_dump_json().encode())
 
+    def write_purged(self, request_id: str) -> None:
+        """The steps the request's committed receipt left pending are done."""
+        self.store.put(self._key("purged", request_id), b"{}")
+
     def write_failed(self, request_id: str, error: str) -> None:
         self.store.put(self._key("failed", request_id), error.encode())
 
@@ -144,6 +171,7 @@ class Journal:
         if not self.store.exists(committed):
             return RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at)
         receipt = ErasureReceipt.model_validate_json(self.store.get(committed))
+        pending = () if self.store.exists(self._key("purged", request_id)) else receipt.pending
         registered = self._key("registered", request_id)
         if not self.store.exists(registered):
             return RequestStatus(
@@ -152,6 +180,7 @@ class Journal:
                 received_at=entry.received_at,
                 committed_at=receipt.committed_at,
                 receipt=receipt,
+                pending=pending,
             )
         done = Registration.model_validate_json(self.store.get(registered))
         receipt = receipt.model_copy(
@@ -168,4 +197,5 @@ class Journal:
             committed_at=receipt.committed_at,
             registered_at=done.registered_at,
             receipt=receipt,
+            pending=pending,
         )

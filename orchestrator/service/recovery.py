@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from expunge.orchestrator.receipts import utc_now
+from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration
 
@@ -20,6 +20,8 @@ class Recovery:
 
     resume: list[tuple[BatchEntry, list[JournalEntry]]] = field(default_factory=list)
     queued: list[JournalEntry] = field(default_factory=list)
+    #: Committed requests whose receipts left steps pending (a purge, the receipt log), not yet done.
+    repairs: list[ErasureReceipt] = field(default_factory=list)
 
 
 def recover(journal: Journal, lineage: Lineage | None) -> Recovery:
@@ -48,6 +50,11 @@ def recover(journal: Journal, lineage: Lineage | None) -> Recovery:
         in_batches |= set(members)
     loose = [e for r in sorted(open_ids - in_batches) if (e := journal.entry(r)) is not None]
     plan.queued = sorted(loose, key=lambda e: e.received_at)
+    purged = journal.ids("purged")
+    for request_id in sorted(committed - purged):
+        status = journal.status(request_id)
+        if status is not None and status.receipt is not None and status.pending:
+            plan.repairs.append(status.receipt)
     pending = committed - registered
     if pending:
         version = lineage.current_version() if lineage else None

@@ -31,3 +31,9 @@ class ServiceStats(BaseModel):
     shard_retrains: int
     registrations: int
     peak_rss_bytes: int
+    #: Commits with a purge (or receipt-log append) still being retried, and requests committed
+    #: but not yet registered in MLflow; both drain by themselves (retried with backoff).
+    pending_purges: int = 0
+    pending_registrations: int = 0
+    #: The cause of the last failed retry, if any is pending.
+    pending_cause: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +23,13 @@ from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
 from expunge.orchestrator.store_purge import purge_unreferenced
 from expunge.orchestrator.training.partition import partition_rows
-from expunge.orchestrator.training.streaming import RowBatches, place_summary, stage_source, summarise_source
+from expunge.orchestrator.training.streaming import (
+    RowBatches,
+    SourceSummary,
+    place_summary,
+    stage_source,
+    summarise_source,
+)
 from expunge.shards.models import SufficientStatisticsModel, model_for, task_of
 from expunge.shards.rows import ITEM_ID, SUBJECT_ID, validate_rows
 from expunge.shards.shard import ShardUpdate
@@ -83,21 +89,23 @@ class Trainer:
             StorageConflictError: another writer published, or subjects in the rows were erased,
                 while this training ran; what it wrote is deleted. Train again.
         """
+        # Before anything is written (the lease too); the returned rows carry subject ids in canonical
+        # form (expunge.shards.identity).
+        rows = validate_rows(rows, "training rows", task_of(job.training.model), model=model or job.training.model)
+        rows, dropped = self.apply_tombstones(rows, job.data.erased_subjects)
+        resolved = model or resolve_model(job.training.model, rows)
         with self.session.lease.hold("expunge train"):
-            return self._train(rows, job, request_id, placement, model)
+            return self._train(rows, dropped, job, request_id, placement, resolved)
 
     def _train(
         self,
         rows: pa.Table,
+        dropped: int,
         job: JobConfig,
         request_id: str | None,
         placement: PlacementIndex | None,
-        model: AnyModelConfig | None,
+        model: AnyModelConfig,
     ) -> TrainResult:
-        # Before anything is written; the returned rows carry subject ids in canonical form (expunge.shards.identity).
-        rows = validate_rows(rows, "training rows", task_of(job.training.model), model=model or job.training.model)
-        rows, dropped = self.apply_tombstones(rows, job.data.erased_subjects)
-        model = model or resolve_model(job.training.model, rows)
         placement, pool = self._start_training(job, model, placement)
         began = time.perf_counter()
         _, parts, index = partition_rows(rows, job.sharding, self.session.hasher, placement)
@@ -135,18 +143,6 @@ class Trainer:
             ErasedSubjectsInDataError: rows of tombstoned subjects and ``data.erased_subjects=refuse``.
             StoreBusyError, StorageConflictError: as for ``train``.
         """
-        with self.session.lease.hold("expunge train"):
-            return self._train_stream(batches, job, request_id, placement, model, source)
-
-    def _train_stream(
-        self,
-        batches: RowBatches,
-        job: JobConfig,
-        request_id: str | None,
-        placement: PlacementIndex | None,
-        model: AnyModelConfig | None,
-        source: str,
-    ) -> TrainResult:
         task = task_of(job.training.model)
         checked_model = model or job.training.model
 
@@ -164,7 +160,23 @@ class Trainer:
                 dropped,
                 len(summary.erased_subjects),
             )
-        model = model or resolve_model(job.training.model, summary.item_table())
+        resolved = model or resolve_model(job.training.model, summary.item_table())
+        with self.session.lease.hold("expunge train"):  # after the validating pass: bad input writes nothing
+            return self._train_staged(batches, job, request_id, placement, resolved, source, summary, validate, erased)
+
+    def _train_staged(
+        self,
+        batches: RowBatches,
+        job: JobConfig,
+        request_id: str | None,
+        placement: PlacementIndex | None,
+        model: AnyModelConfig,
+        source: str,
+        summary: SourceSummary,
+        validate: Callable[[pa.Table, str], pa.Table],
+        erased: frozenset[str],
+    ) -> TrainResult:
+        dropped = summary.erased_rows
         placement, pool = self._start_training(job, model, placement)
         began = time.perf_counter()
         homes = place_summary(summary, job.sharding, placement)
