@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Keys whose writes crash tests do not count (``FaultPlan``): the write lease's timed renewals.
 _UNCOUNTED = "lease/"
+#: Attempts of s3fs's retry loop around each call (each with botocore's own attempts and timeouts).
+_S3FS_RETRIES = 2
 _CONFLICT_HINT = "another writer published this version first. Reload the store state and retry."
 
 
@@ -239,10 +241,36 @@ def _unreachable(exc: BaseException) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:  # no S3 support installed: nothing of botocore can be raised either
         return False
-    if isinstance(exc, BotoCoreError):
-        return True
-    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-    return code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "ExpiredToken"}
+    # s3fs turns S3's answers into OSError subclasses with the botocore error as their cause.
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, BotoCoreError):
+            return True
+        if isinstance(seen, ClientError):
+            error = seen.response.get("Error", {})
+            status = int(seen.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return error.get("Code", "") in _UNREACHABLE_CODES or status >= 500
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+#: S3 error codes that mean "cannot use the store now" (credentials, bucket, throttling, server faults).
+_UNREACHABLE_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "NoSuchBucket",
+        "ExpiredToken",
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "Throttling",
+    }
+)
 
 
 _P = ParamSpec("_P")
@@ -289,6 +317,9 @@ class ObjectStore:
         protocol = self.fs.protocol
         self.protocol = protocol if isinstance(protocol, str) else protocol[0]
         self._ops = _PROTOCOLS[self.protocol]
+        if self._ops is _S3:
+            # s3fs's own retry loop (5 by default) multiplies botocore's: bound the whole call.
+            self.fs.retries = _S3FS_RETRIES
         self.root = root.rstrip("/")
 
     def __repr__(self) -> str:
