@@ -6,7 +6,7 @@ import hashlib
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
@@ -52,6 +52,10 @@ class TombstoneEntry(BaseModel):
     request_id: str
     reason: str | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    #: For an erasure, the rows each subject had when it was erased (aligned with
+    #: ``subject_digests``): the durable fact receipts are rebuilt from after a crash
+    #: (``erasure.resume.rebuild_receipt``). Empty for re-admissions.
+    rows: tuple[int, ...] = ()
 
 
 class EnsembleManifest(BaseModel):
@@ -230,18 +234,21 @@ class Catalog:
         digests: Sequence[str],
         request_id: str,
         reason: str | None = None,
+        rows: Mapping[str, int] | None = None,
     ) -> TombstoneEntry:
         """Append one entry with an exclusive create (two writers never share a sequence number)."""
         if self.fence is not None:
             self.fence()
         for _ in range(_APPEND_ATTEMPTS):
             entries = self._tombstone_entries()
+            ordered = tuple(sorted(set(digests)))
             entry = TombstoneEntry(
                 sequence=max((e.sequence for e in entries), default=0) + 1,
                 action=action,
-                subject_digests=tuple(sorted(set(digests))),
+                subject_digests=ordered,
                 request_id=request_id,
                 reason=reason,
+                rows=tuple(rows.get(d, 0) for d in ordered) if rows is not None else (),
             )
             try:
                 self.store.create_exclusive(

@@ -298,7 +298,9 @@ class Eraser:
         )
         # Tombstones first: from here on no training admits these people again, even if the
         # commit below loses a race (the retry then completes the erasure they asked for).
-        self.session.catalog.append_tombstones("erased", found, request_id)
+        self.session.catalog.append_tombstones(
+            "erased", found, request_id, rows={d: sum(index.entries[d].values()) for d in found}
+        )
         try:
             self.session.catalog.publish(new_manifest)
         except StorageConflictError:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.receipt_chain import append_receipt, chained_receipts
-from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
 
-__all__ = ["already_erased", "finish_committed"]
+__all__ = ["already_erased", "erased_rows", "finish_committed", "rebuild_receipt"]
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,7 @@ def finish_committed(
     if stored is None and (text := session.catalog.read_receipt(version)) is not None:
         stored = ErasureReceipt.model_validate_json(text)
     if stored is None:  # crashed between the commit and the per-version receipt
-        parent = session.catalog.read(version - 1) if version > 1 else None
-        stored = ErasureReceipt(
-            request_id=request_id,
-            status="erased",
-            subject_digests=tuple(digests),
-            rows_removed=(parent.rows - session.catalog.read(version).rows) if parent else 0,
-            model_version_before=version - 1,
-            model_version_after=version,
-        )
+        stored = rebuild_receipt(session.catalog, version, request_id, digests)
     if set(stored.subject_digests) != set(digests):
         raise ConfigError(
             f"request id {request_id!r} already erased other subjects (ensemble v{version}); "
@@ -72,3 +64,87 @@ def already_erased(catalog: Catalog, not_found: Sequence[str]) -> tuple[str, ...
         return ()
     erased = catalog.tombstones()
     return tuple(d for d in not_found if d in erased)
+
+
+def rebuild_receipt(catalog: Catalog, version: int, request_id: str, digests: Sequence[str]) -> ErasureReceipt:
+    """The receipt of the erasure that published ``version``, from durable facts alone.
+
+    Who was found and their rows come from the placement of the version before; which shards
+    retrained, from which slice and checkpoint, and how many rows each lost, from comparing
+    the two versions' shard manifests. Used when a crash lost the receipt written at the commit:
+    it says what a run without the crash said, except times (``seconds`` are 0).
+    """
+    after = catalog.read(version)
+    before = catalog.read(after.parent_version) if after.parent_version is not None else None
+    if before is None:
+        raise ConfigError(f"ensemble v{version} has no parent version: it is a training, not an erasure")
+    rows = erased_rows(catalog, after)
+    own = list(dict.fromkeys(digests))
+    found = [d for d in own if d in rows]
+    not_found = tuple(d for d in own if d not in rows)
+    shards: list[ShardRetrain] = []
+    for shard, (old_v, new_v) in enumerate(zip(before.shard_versions, after.shard_versions, strict=True)):
+        if old_v == new_v:
+            continue
+        old = catalog.shard_manifest(shard, old_v)
+        new = catalog.shard_manifest(shard, new_v)
+        first = next(
+            (
+                i
+                for i, (a, b) in enumerate(zip(old.slices, new.slices, strict=False))
+                if a.records_sha256 != b.records_sha256
+            ),
+            min(len(old.slices), len(new.slices)),
+        )
+        kept = [c for c in old.checkpoints if c.step == first - 1]
+        shards.append(
+            ShardRetrain(
+                shard=shard,
+                first_affected_slice=first,
+                slices_retrained=tuple(range(first, len(new.slices))),
+                restarted_from=kept[0].key if first > 0 and kept else None,
+                rows_removed=sum(s.rows for s in old.slices) - sum(s.rows for s in new.slices),
+                seconds=0.0,
+            )
+        )
+    retrained = {s.shard for s in shards}
+    return ErasureReceipt(
+        request_id=request_id,
+        status="erased" if found else "not_found",
+        subject_digests=tuple(own),
+        not_found_digests=not_found,
+        already_erased_digests=already_erased(catalog, not_found),
+        rows_removed=sum(rows.get(d, 0) for d in found),
+        shards=tuple(shards),
+        untouched_shards=tuple(s for s in range(after.sharding.shards) if s not in retrained),
+        full_retrain_seconds=after.train_seconds,
+        model_version_before=before.version,
+        model_version_after=after.version,
+        committed_at=catalog.published_at(version).isoformat(),
+    )
+
+
+def erased_rows(catalog: Catalog, manifest: EnsembleManifest) -> dict[str, int]:
+    """Digest -> rows removed by the erasure that published ``manifest``.
+
+    Read from the tombstone entry its request wrote just before the commit (the newest, if a
+    lost race made it write two). Entries from before rows were recorded: the placement of the
+    version before, if still stored.
+    """
+    entries = [
+        e
+        for e in catalog.tombstone_log()
+        if e.action == "erased" and e.request_id == manifest.request_id and len(e.rows) == len(e.subject_digests)
+    ]
+    if entries and entries[-1].rows:
+        return dict(zip(entries[-1].subject_digests, entries[-1].rows, strict=True))
+    if manifest.parent_version is None:
+        return {}
+    before = catalog.read(manifest.parent_version)
+    if not catalog.store.exists(before.placement_key):
+        return {}
+    rows = catalog.read_placement(before.placement_key).rows()
+    after = (
+        catalog.read_placement(manifest.placement_key).rows() if catalog.store.exists(manifest.placement_key) else {}
+    )
+    return {d: n for d, n in rows.items() if d not in after}

@@ -33,6 +33,7 @@ import pyarrow as pa
 from expunge.orchestrator.config import JobConfig
 from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.erasure.resume import erased_rows
 from expunge.orchestrator.errors import (
     ConfigError,
     ExpungeError,
@@ -318,14 +319,24 @@ class ErasureService:
             # Before the retrain: a crash from here on resumes this batch under this id, exactly once.
             if not durably(f"journal batch {batch_id}", lambda: self.journal.write_batch(batch), self._stopped):
                 return  # stopping: the requests stay accepted in the journal; the next start takes them
-        digests = list(dict.fromkeys(d for e in entries for d in e.subject_digests))
+        # A resumed batch names every subject it was started with, even of requests already answered:
+        # its commit (under the batch id) erased them all.
+        members = [e for r in batch.request_ids if (e := self.journal.entry(r)) is not None] if resume else entries
+        digests = list(dict.fromkeys(d for e in members for d in e.subject_digests))
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 with self._work:
+                    self.coordinator.follow_latest()
+                    acted_on = self.coordinator.require_manifest().version
                     rows = self.coordinator.placement_index().rows()
                     receipt = self.coordinator.forget_digests(
                         digests, batch.batch_id, register=False, resume=resume or attempt > 1
                     )
+                    if receipt.status == "erased" and receipt.model_version_before != acted_on:
+                        # Committed before a crash or a lost answer: the rows each subject had come from
+                        # the durable record of that commit, as a run without the crash counted them.
+                        catalog = self.coordinator.catalog
+                        rows = erased_rows(catalog, catalog.read(receipt.model_version_after or 0))
                 break
             except _RETRYABLE as exc:
                 if attempt == _MAX_ATTEMPTS:
