@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -132,18 +133,39 @@ class RayShardPool:
         self.versions.update(versions)
 
     def _recovered(self, shard_id: int) -> bool:
-        """After an actor died in a call: wait for Ray's restart and reload the published version."""
-        if self.restarts == 0 or shard_id not in self.actors:
+        """After an actor died in a call: heal it from the published version; True once it serves again.
+
+        Ray's own restart (``restarts``) is tried first: the restarted actor reloads the published
+        version. If Ray does not restart it (``restarts=0``, restarts used up, or a constructor
+        that failed on objects a later erasure purged), a new actor replaces it, started at the
+        published version: a dead actor never waits for the next erasure to be replaced.
+        """
+        if shard_id not in self.actors:
             return False
+        version = self.versions.get(shard_id)
         actor = self.actors[shard_id]
+        errors = (
+            self._ray.exceptions.RayActorError,
+            self._ray.exceptions.GetTimeoutError,
+            self._ray.exceptions.RayTaskError,
+        )
+        if self.restarts != 0:
+            try:
+                self._ray.get(actor.ready.remote(), timeout=self.READY_TIMEOUT_S)
+                if version is not None:
+                    self._ray.get(actor.adopt.remote(version), timeout=self.READY_TIMEOUT_S)
+                log.warning("shard actor %d died and was restarted; it reloaded shard version %s", shard_id, version)
+                return True
+            except errors:
+                pass
+        with contextlib.suppress(Exception):  # already gone
+            self._ray.kill(actor, no_restart=True)
+        del self.actors[shard_id]
         try:
-            self._ray.get(actor.ready.remote(), timeout=self.READY_TIMEOUT_S)
-            version = self.versions.get(shard_id)
-            if version is not None:
-                self._ray.get(actor.adopt.remote(version), timeout=self.READY_TIMEOUT_S)
-        except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+            self._ray.get(self.actor(shard_id).ready.remote(), timeout=self.READY_TIMEOUT_S)
+        except errors:
             return False
-        log.warning("shard actor %d died and was restarted; it reloaded shard version %s", shard_id, version)
+        log.warning("shard actor %d died; a new one replaced it at shard version %s", shard_id, version)
         return True
 
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:

@@ -119,7 +119,7 @@ class StoreSession:
         self.manifest = manifest
         if pool is not None:
             self._pool = pool
-        elif self._pool is not None:
+        if self._pool is not None:  # a replaced or restarted actor starts at these versions
             self._pool.published(dict(enumerate(manifest.shard_versions)))
 
     def follow_latest(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,9 +11,12 @@ import pyarrow as pa
 import ray
 
 from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig
+from expunge.shards.errors import StorageCorruptError
 from expunge.shards.shard import Shard, ShardUpdate
 
 __all__ = ["ShardActor"]
+
+log = logging.getLogger(__name__)
 
 
 @ray.remote
@@ -27,7 +31,13 @@ class ShardActor:
         model_config: AnyModelConfig,
         manifest_version: int | None,
     ) -> None:
-        self._shard = Shard(shard_id, storage, training, model_config, manifest_version)
+        try:
+            self._shard = Shard(shard_id, storage, training, model_config, manifest_version)
+        except StorageCorruptError:
+            # Ray restarts an actor with the arguments it was first created with; a later erasure
+            # may have purged that version's objects. Start empty: the pool adopts the published one.
+            log.warning("shard %d: version %s is gone; waiting to adopt the published one", shard_id, manifest_version)
+            self._shard = Shard(shard_id, storage, training, model_config, None)
 
     def ready(self) -> int:
         """Answers once the actor (torch import, state reload) is up."""
