@@ -19,13 +19,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ClusterUnavailableError, ConfigError
 from expunge.orchestrator.processes import end_processes, psutil_module
 
 __all__ = ["HeadInfo", "start_head", "stop_head"]
 
 _MARKER = "EXPUNGE_SERVE_HEAD"
 _GRACE_S = 5.0
+#: How long ``ray start --head`` may take before the start counts as failed.
+_START_TIMEOUT_S = 300.0
 
 
 class HeadInfo(BaseModel):
@@ -67,7 +69,8 @@ def start_head(num_cpus: int) -> HeadInfo:
     """Start a single-node Ray cluster on loopback with token authentication; returns once it answers.
 
     Raises:
-        ConfigError: ``ray start`` failed (its output is in the message).
+        ConfigError: no Ray auth token could be made.
+        ClusterUnavailableError: ``ray start`` failed or timed out (its output is in the message).
     """
     temp_dir = Path(tempfile.mkdtemp(prefix="expunge-ray-", dir="/tmp"))  # short: Ray's socket paths are limited
     port, dashboard = _free_port(), _free_port()
@@ -93,13 +96,21 @@ def start_head(num_cpus: int) -> HeadInfo:
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     info = HeadInfo(address=f"127.0.0.1:{port}", dashboard_url=f"http://127.0.0.1:{dashboard}", temp_dir=str(temp_dir))
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=_START_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        stop_head(info)
+        raise ClusterUnavailableError(
+            "`ray start --head`",
+            f"it did not finish within {_START_TIMEOUT_S:.0f} s; join a running cluster with --address",
+        ) from exc
     if done.returncode != 0:
         stop_head(info)
-        raise ConfigError(
-            f"`ray start --head` failed (exit {done.returncode}); its output:\n{done.stdout[-2000:]}\n"
-            f"{done.stderr[-2000:]}\nFix the cause, or join a running cluster with --address HOST:PORT"
+        raise ClusterUnavailableError(
+            "`ray start --head`",
+            f"exit {done.returncode}; its output:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n"
+            "Or join a running cluster with --address HOST:PORT",
         )
     return info
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -16,6 +17,7 @@ from rich.console import Console
 from expunge.orchestrator.config import JobConfig, PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.digests import SubjectHasher, key_weakness
 from expunge.orchestrator.errors import (
+    ClusterUnavailableError,
     ConfigError,
     ErasureWaitTimeout,
     ExpungeError,
@@ -62,6 +64,7 @@ EXIT_RETRY = 4
 #: Failures of the request's circumstances, not of its input: a lost race, a dead shard actor, an
 #: unreachable store or tracking server. Submitting the same request again finishes or redoes it.
 _RETRYABLE = (
+    ClusterUnavailableError,
     StorageConflictError,
     ShardRetrainFailed,
     ShardStartTimeout,
@@ -71,6 +74,9 @@ _RETRYABLE = (
     ErasureWaitTimeout,
     StoreBusyError,
 )
+
+#: What ``ray.init`` raises when Ray's processes do not start or the cluster does not answer.
+_RAY_START_FAILURES = (RuntimeError, ConnectionError, TimeoutError, OSError)
 
 
 @contextmanager
@@ -99,13 +105,34 @@ def progress(what: str, quiet: bool = False) -> Iterator[None]:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``), else start a local one."""
+    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``), else start a local one.
+
+    Raises:
+        ClusterUnavailableError: Ray did not start (or the cluster did not answer) within Ray's own
+            timeouts, e.g. a port it needs is taken. Infrastructure: exit 4, not a bug.
+    """
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    if os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS")
+    what = f"joining the Ray cluster at RAY_ADDRESS={address}" if address else "starting Ray on this machine"
+    try:
+        _start_ray(ray, address, num_cpus)
+    except Exception as exc:
+        # Ray reports processes that do not come up in time as RuntimeError ("Failed to start GCS"),
+        # ConnectionError, TimeoutError, OSError, or a bare Exception ("The current node timed out
+        # during startup"). Anything else (a TypeError, ...) is a bug and keeps its traceback.
+        if not isinstance(exc, _RAY_START_FAILURES) and type(exc) is not Exception:
+            raise
+        if ray.is_initialized():
+            ray.shutdown()
+        raise ClusterUnavailableError(what, f"{type(exc).__name__}: {str(exc)[:1500]}") from exc
+
+
+def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
+    if address:
         # A real cluster: its own authentication settings (RAY_AUTH_MODE / RAY_AUTH_TOKEN) apply.
         ray.init(log_to_driver=False)
     else:

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from expunge.orchestrator.config import DataConfig, SyntheticRatingsConfig
@@ -195,11 +196,33 @@ def load_parquet(
                 f"file {str(file)!r} does not exist (looked for {str(file.resolve())!r}; data.path is relative to the current folder)"
             ],
         )
-    return validate_rows(_mapped(pq.read_table(file), str(file), columns, feature_columns), str(file), task)
+    return validate_rows(_mapped(pq.read_table(file), str(file), columns, feature_columns, task), str(file), task)
 
 
-def _mapped(raw: pa.Table, source: str, columns: dict[str, str] | None, feature_columns: tuple[str, ...]) -> pa.Table:
-    """Rename mapped columns to canonical names and build the feature vector (no validation)."""
+def _file_columns(columns: dict[str, str] | None, feature_columns: tuple[str, ...], task: str) -> dict[str, str]:
+    """Canonical column -> the file column it is read from, for the rows of ``task``.
+
+    The feature vector is built from ``feature_columns`` when they are given, so it is read from
+    no single column then.
+    """
+    mapping = dict(columns or {})
+    targets = (ITEM_ID, RATING) if task == "rating" else (FEATURES, LABEL)
+    names = [name for name in (RECORD_ID, SUBJECT_ID, *targets) if not (name == FEATURES and feature_columns)]
+    return {name: mapping.get(name, name) for name in names}
+
+
+def _mapped(
+    raw: pa.Table,
+    source: str,
+    columns: dict[str, str] | None,
+    feature_columns: tuple[str, ...],
+    task: str = "rating",
+) -> pa.Table:
+    """The canonical columns of ``task``, read from ``raw`` by name, and the feature vector (no validation).
+
+    Column order in the file does not matter and any other column is left out; a canonical
+    column the file lacks is left for ``validate_rows`` to report with the other problems.
+    """
     mapping = dict(columns or {})
     problems = [
         f"mapped column {src!r} (for {dst}) is not in the file; found {raw.column_names}"
@@ -209,24 +232,58 @@ def _mapped(raw: pa.Table, source: str, columns: dict[str, str] | None, feature_
     problems += [f"feature column {c!r} is not in the file" for c in feature_columns if c not in raw.column_names]
     if problems:
         raise DataValidationError(source, problems)
-    renamed = {src: dst for dst, src in mapping.items()}
-    table = raw.rename_columns([renamed.get(c, c) for c in raw.column_names])
+    picked = {
+        name: raw.column(src)
+        for name, src in _file_columns(columns, feature_columns, task).items()
+        if src in raw.column_names
+    }
     if feature_columns:
         features, problems = _feature_matrix(raw, feature_columns)
         if problems:
             raise DataValidationError(source, problems)
-        table = table.append_column(FEATURES, features)
-    return table
+        picked[FEATURES] = features
+    return pa.table(picked) if picked else raw.select([])
 
 
-def parquet_stream(config: DataConfig, batch_rows: int = 1 << 17) -> tuple[RowBatches, pa.Table]:
+def _require_columns(path: Path, columns: dict[str, str] | None, feature_columns: tuple[str, ...], task: str) -> None:
+    """Every Parquet file under ``path`` holds the columns ``task`` reads, in any order; one error lists each gap.
+
+    Only each file's footer is read. Files may order their columns differently and hold others.
+    """
+    needed = [*_file_columns(columns, feature_columns, task).values(), *feature_columns]
+    try:
+        files = sorted(ds.dataset(str(path), format="parquet").files)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataValidationError(str(path), [f"cannot be read as Parquet: {exc}"]) from exc
+    problems = []
+    for file in files:
+        try:
+            found = pq.read_schema(file).names
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"{file} cannot be read as Parquet: {exc}")
+            continue
+        missing = [name for name in dict.fromkeys(needed) if name not in found]
+        if missing:
+            problems.append(f"{file} lacks column(s) {missing}; it has {found}")
+    if problems:
+        raise DataValidationError(str(path), problems)
+
+
+def parquet_stream(
+    config: DataConfig, batch_rows: int = 1 << 17, task: str | None = None
+) -> tuple[RowBatches, pa.Table]:
     """A Parquet file or folder (``data.path``) as re-iterable training batches, and its held-out rows.
 
-    Each batch is mapped like ``load_parquet`` and split like ``split_rows`` (the split depends
-    on each row's record id alone, so batch by batch it is the same split); validation is
-    left to ``Coordinator.train_stream``, which names the batch's rows in its errors. Only the
-    held-out rows (``data.test_fraction`` of them) are read into memory, for evaluation.
+    Columns are read by name: a folder's files may order them differently and hold others
+    (left out); the columns ``task`` needs that any file lacks are listed in one
+    ``DataValidationError`` before anything is read. Each batch is mapped like ``load_parquet``
+    and split like ``split_rows`` (the split depends on each row's record id alone, so batch by
+    batch it is the same split); validation is left to ``Coordinator.train_stream``, which names
+    the batch's rows in its errors. Only the held-out rows (``data.test_fraction`` of them) are
+    read into memory, for evaluation. ``task``: the model's (``task_of``); None guesses it from
+    ``data.feature_columns`` (classification when given).
     """
+    task = task or ("classification" if config.feature_columns else "rating")
     path = Path(config.path or "")
     if not path.exists():
         raise DataValidationError(
@@ -235,25 +292,27 @@ def parquet_stream(config: DataConfig, batch_rows: int = 1 << 17) -> tuple[RowBa
                 f"{str(path)!r} does not exist (looked for {str(path.resolve())!r}; data.path is relative to the current folder)"
             ],
         )
+    _require_columns(path, config.columns, config.feature_columns, task)
     read = parquet_batches(str(path), batch_rows)
 
-    def batches() -> Iterator[pa.Table]:
+    def mapped() -> Iterator[pa.Table]:
         for raw in read():
-            yield split_rows(
-                _mapped(raw, str(path), config.columns, config.feature_columns), config.test_fraction, config.split_seed
-            )[0]
+            yield _mapped(raw, str(path), config.columns, config.feature_columns, task)
+
+    def batches() -> Iterator[pa.Table]:
+        for rows in mapped():
+            yield split_rows(rows, config.test_fraction, config.split_seed)[0]
 
     held_out = (
-        [
-            split_rows(
-                _mapped(raw, str(path), config.columns, config.feature_columns), config.test_fraction, config.split_seed
-            )[1]
-            for raw in read()
-        ]
+        [split_rows(rows, config.test_fraction, config.split_seed)[1] for rows in mapped()]
         if config.test_fraction > 0
         else []
     )
-    return batches, pa.concat_tables(held_out) if held_out else pa.table({})
+    try:
+        # Files may store a column with different widths (int32 here, int64 there): widen to one type.
+        return batches, pa.concat_tables(held_out, promote_options="permissive") if held_out else pa.table({})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataValidationError(str(path), [f"the files store a column with incompatible types: {exc}"]) from exc
 
 
 def synthetic_ratings(config: SyntheticRatingsConfig = SyntheticRatingsConfig()) -> pa.Table:

@@ -20,8 +20,8 @@ import typer
 
 from expunge.orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ConfigError, ExpungeError
-from expunge.pipelines._runtime import demo_hasher, hasher_from_env, init_logging
+from expunge.orchestrator.errors import ConfigError
+from expunge.pipelines._runtime import demo_hasher, exit_on_error, hasher_from_env, init_logging
 
 __all__ = ["main", "run"]
 
@@ -73,7 +73,7 @@ def main(
 ) -> None:
     """Print the keyed digest of each subject id (one per line), as stored in MLflow and receipts."""
     init_logging()
-    try:
+    with exit_on_error():  # bad input 2; a store that cannot be reached 4
         job = load_job_config(config) if config else None
         store = None
         if storage or job:
@@ -81,9 +81,6 @@ def main(
             if storage:
                 store = store.model_copy(update={"uri": storage})
         digests = run(subject, job.privacy if job else PrivacyConfig(), workdir, store)
-    except ExpungeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
     if as_json:
         typer.echo(json.dumps(digests))
     else:

@@ -24,7 +24,7 @@ import typer
 
 from expunge.orchestrator.cluster import gcs_answers, is_local_storage
 from expunge.orchestrator.config import JobConfig, TrackingConfig, load_job_config
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
 from expunge.pipelines._head import HeadInfo, read_state, start_head, stop_head
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
 
@@ -40,9 +40,23 @@ def state_file(namespace: str) -> Path:
 
 
 def recorded_address(namespace: str) -> str:
-    """Where clients find the service of ``namespace``: RAY_ADDRESS, else what ``serve`` recorded, else ``auto``."""
-    recorded = read_state(state_file(namespace)) or {}
-    return os.environ.get("RAY_ADDRESS") or str(recorded.get("address") or "auto")
+    """Where clients find the service of ``namespace``: RAY_ADDRESS, else what ``serve`` recorded on this machine.
+
+    Never Ray's ``auto``: that joins whichever cluster runs on this machine, which may be another
+    job's, and would send the request to whatever answers there under the service's name.
+
+    Raises:
+        ServiceUnavailableError: neither is there; says how to name the cluster or start the service.
+    """
+    address = os.environ.get("RAY_ADDRESS") or (read_state(state_file(namespace)) or {}).get("address")
+    if not address:
+        raise ServiceUnavailableError(
+            f"no erasure service is recorded for namespace {namespace!r} on this machine ({state_file(namespace)} "
+            "does not exist) and RAY_ADDRESS is not set, so there is no cluster to send the request to (a job never "
+            "joins a cluster it was not pointed at). Pass --address HOST:PORT (what `expunge serve` printed) or set "
+            "RAY_ADDRESS, or start the service here with `expunge serve --config FILE.yaml`"
+        )
+    return str(address)
 
 
 def _reachable(address: str) -> bool:
@@ -74,9 +88,11 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
     """
     from expunge.orchestrator.registry.binding import bind_tracking
     from expunge.orchestrator.session import published
+    from expunge.shards.models import model_for
 
     hasher = hasher_from_env(job.privacy)
     _, latest = published(job.storage, hasher)  # refuse an untrained store or a wrong key before starting Ray
+    model_for(latest.model)  # and a custom model whose module does not import here (nor would on the workers)
     job = _anchored(job, bind_tracking(latest.registry, job.tracking, None, job.storage.uri))
     namespace = job.service.namespace
     lock = state_file(namespace).with_suffix(".lock")

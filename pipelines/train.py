@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -17,10 +18,14 @@ import typer
 from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
 from expunge.orchestrator.config import JobConfig, load_job_config
 from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.errors import ErasedSubjectsInDataError
+from expunge.orchestrator.lease import StoreLease
+from expunge.orchestrator.training.streaming import RowBatches, SourceSummary, summarise_source, table_batches
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
 from expunge.pipelines.datasets import load_rows, parquet_stream
 from expunge.shards.models import task_of
 from expunge.shards.rows import LABEL, RATING
+from expunge.shards.store import ObjectStore
 
 __all__ = ["main", "run"]
 
@@ -39,19 +44,51 @@ def evaluate(coordinator: Coordinator, test: pa.Table, task: str) -> dict[str, f
     return {"test_accuracy": float(np.mean(np.argmax(predictions, axis=1) == truth))}
 
 
+def _as_read(rows: pa.Table, source: str) -> pa.Table:
+    return rows  # counting only: the trainer validates the rows it trains on
+
+
+def _without_erased(coordinator: Coordinator, test: pa.Table) -> tuple[pa.Table, SourceSummary]:
+    """The held-out rows without those of subjects the store has erased, and a count of what was left out."""
+    erased = frozenset(coordinator.catalog.tombstones())
+    if not erased or len(test) == 0:
+        return test, SourceSummary()
+    found = summarise_source(table_batches(test), coordinator.hasher, _as_read, erased, "held-out rows")
+    if found.erased_rows:
+        test, _ = coordinator.apply_tombstones(test, "drop")
+        log.warning("left %d held-out row(s) of erased subjects out of the evaluation", found.erased_rows)
+    return test, found
+
+
+def _refuse_erased(coordinator: Coordinator, held_out: SourceSummary, training: RowBatches) -> NoReturn:
+    """Refuse data that holds erased subjects, counting all their rows: held out and to train on.
+
+    Raises:
+        ErasedSubjectsInDataError: always (``data.erased_subjects: refuse``).
+    """
+    erased = frozenset(coordinator.catalog.tombstones())
+    trained = summarise_source(training, coordinator.hasher, _as_read, erased, "training rows")
+    subjects = held_out.erased_subjects | trained.erased_subjects
+    raise ErasedSubjectsInDataError(held_out.erased_rows + trained.erased_rows, len(subjects), coordinator.store.uri)
+
+
 def run(job: JobConfig) -> dict[str, object]:
     task = task_of(job.training.model)
     hasher = hasher_from_env(job.privacy)  # fail on a missing key before loading anything
+    # A store that cannot be reached, or that a running service writes: refuse before reading rows and starting Ray.
+    StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s).refuse_if_held()
     stream = job.data.source == "parquet"  # read batch by batch: the driver never holds every row
     with progress("reading held-out rows" if stream else "loading and validating rows"):
         rows, test = (pa.table({}), None) if stream else load_rows(job.data, task)
-        batches, test = parquet_stream(job.data) if stream else (None, test)
+        batches, test = parquet_stream(job.data, task=task) if stream else (None, test)
     with progress("starting Ray"):
         init_ray()
     require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
     coordinator = Coordinator(job.storage, hasher, make_lineage(job.tracking, job.storage))
     # Erased people are neither trained on nor evaluated on (their held-out rows count too).
-    test, _ = coordinator.apply_tombstones(test, job.data.erased_subjects)
+    test, held_out = _without_erased(coordinator, test)
+    if held_out.erased_rows and job.data.erased_subjects != "drop":
+        _refuse_erased(coordinator, held_out, batches or table_batches(rows))
     shards, slices = job.sharding.shards, job.sharding.slices
     with progress(
         f"training {shards} shard(s) x {slices} slice(s) on {len(rows) or 'streamed'} rows, then registering"
@@ -68,7 +105,8 @@ def run(job: JobConfig) -> dict[str, object]:
         "ensemble_version": result.manifest.version,
         "registry_version": result.registry_version,
         "rows": result.manifest.rows,  # after any rows of erased subjects were dropped
-        "erased_rows_dropped": result.manifest.erased_rows_dropped,
+        # Every row of the erased subjects left out: those held out for evaluation too.
+        "erased_rows_dropped": result.manifest.erased_rows_dropped + held_out.erased_rows,
         "train_seconds": round(result.seconds, 3),
         **metrics,
     }

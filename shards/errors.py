@@ -13,6 +13,7 @@ __all__ = [
     "DataValidationError",
     "ExpungeError",
     "InvalidSubjectIdError",
+    "ModelImportError",
     "ShardRetrainFailed",
     "StorageConflictError",
     "StorageCorruptError",
@@ -63,6 +64,34 @@ class ConfigError(ExpungeError):
     Example scenario: no HMAC key for subject digests is configured; the message names
     the environment variable to set.
     """
+
+
+class ModelImportError(ConfigError):
+    """The module of a custom model (``training.model.factory``) cannot be imported here.
+
+    Example scenario: ``expunge forget`` runs from another folder than the ``train`` that named
+    ``factory: "my_models:Logistic"``, so ``my_models.py`` is not on the import path. The
+    module must be importable by ``train``, ``forget``, ``serve`` and every Ray worker that runs
+    a shard: from the current folder, ``PYTHONPATH``, or an installed package.
+    """
+
+    def __init__(self, factory: str, module: str, cause: str) -> None:
+        self.factory = factory
+        self.module = module
+        self.cause = cause
+        super().__init__(factory, module, cause)
+
+    def __str__(self) -> str:
+        return (
+            f"training.model.factory {self.factory!r}: the module {self.module!r} cannot be imported ({self.cause}). "
+            "train, forget and serve all import it, and so does every Ray worker that runs a shard. Run the command "
+            f"from the folder that holds {self.module.split('.')[0]!r}, or set PYTHONPATH to that folder, or "
+            "`pip install` the package that holds it; on a Ray cluster, ship it to the workers too (`ray job submit "
+            "--working-dir .`, or a runtime_env with `py_modules`)."
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.factory, self.module, self.cause))
 
 
 class StorageConflictError(ExpungeError):

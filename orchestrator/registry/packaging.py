@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import shutil
 import warnings
 from pathlib import Path
@@ -16,7 +15,7 @@ from expunge.orchestrator.registry.faults import fault_point
 from expunge.orchestrator.registry.scratch import Staging
 from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, MODEL_NAME_TAG, Registry
 from expunge.orchestrator.serving.servable import ENSEMBLE_ARTIFACT, export_ensemble
-from expunge.shards.models import task_of
+from expunge.shards.models import factory_module, task_of
 
 __all__ = ["LoggedServable", "Packager"]
 
@@ -72,10 +71,7 @@ def _factory_source(model: AnyModelConfig) -> Path | None:
     parts = module_name.split(".")
     if parts[0] == "expunge":
         return None  # copied with the package itself (all of it)
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError) as exc:
-        raise ConfigError(f"training.model.factory {model.factory!r} cannot be imported ({exc})") from exc
+    spec = factory_module(model).__spec__  # not importable here: a typed error that names the module and the fix
     if spec is None or not spec.origin or not Path(spec.origin).is_file():
         raise ConfigError(
             f"training.model.factory {model.factory!r} is not a module file Expunge can copy into the model "

@@ -62,3 +62,54 @@ def test_auto_and_client_addresses_are_left_to_ray_and_a_dead_port_is_not():
     assert _reachable("auto")
     assert _reachable("ray://head:10001")
     assert not _reachable("127.0.0.1:1")
+
+
+def test_forget_through_the_service_never_joins_a_cluster_it_was_not_pointed_at(tmp_path, monkeypatch, capsys):
+    # Issue 18: with no RAY_ADDRESS and no record of `serve`, `forget --service` called ray.init("auto"),
+    # which joins whatever cluster runs on this machine (another job's) and erases through what answers there.
+    import ray
+
+    from expunge.pipelines.cli import main
+
+    joined: list[object] = []
+
+    def init(*args: object, **kwargs: object) -> None:
+        joined.append(kwargs.get("address", args[0] if args else None))
+        raise ConnectionError("the test refuses every cluster")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("EXPUNGE_STATE_DIR", str(tmp_path / "state"))  # no `serve` recorded here
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(SystemExit) as ended:
+        main(["forget", "--service", "--subject", "user-7"])
+
+    assert ended.value.code == 4  # the service cannot be reached: retryable, not a bug
+    assert joined == []
+    message = capsys.readouterr().err
+    assert "--address" in message
+    assert "RAY_ADDRESS" in message
+    assert "expunge serve" in message
+
+
+def test_forget_through_the_service_uses_the_address_it_was_given(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from expunge.pipelines.cli import main
+
+    joined: list[object] = []
+
+    def init(*args: object, **kwargs: object) -> None:
+        joined.append(kwargs.get("address"))
+        raise ConnectionError("nobody there")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("EXPUNGE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr("expunge.orchestrator.client.gcs_answers", lambda address, timeout_s=2.0: True)
+    with pytest.raises(SystemExit) as ended:
+        main(["forget", "--service", "--subject", "user-7", "--address", "127.0.0.1:6390"])
+
+    assert ended.value.code == 4
+    assert joined == ["127.0.0.1:6390"]
