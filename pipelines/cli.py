@@ -52,6 +52,10 @@ JOBS: dict[str, tuple[str, str]] = {
         "expunge.pipelines.recommend",
         "Top-k items a subject has not rated, from the published exact ensemble.",
     ),
+    "chaos": (
+        "expunge.pipelines.chaos",
+        "Seeded fault campaign: S3 faults, kills and rival writers around the service; checks every request.",
+    ),
     "benchmark": (
         "expunge.pipelines.benchmark",
         "Benchmarks: `erasure` (the default), `accuracy`, `scale`, `service` (`expunge benchmark SUB --help`).",
