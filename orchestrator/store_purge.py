@@ -10,7 +10,7 @@ from expunge.orchestrator.catalog import STAGING_PREFIX, Catalog, EnsembleManife
 from expunge.shards.shard import shard_prefix
 from expunge.shards.store import ObjectStore, ObjectVersion
 
-__all__ = ["purge_unreferenced", "select_purgeable"]
+__all__ = ["purge_unreferenced", "purgeable", "select_purgeable"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,18 @@ def purge_unreferenced(
 ) -> list[ObjectVersion]:
     """Delete (all versions of) data objects that ``manifest`` does not reference; return them.
 
+    ``since``: see ``purgeable``.
+    """
+    doomed = purgeable(store, catalog, manifest, since)
+    deleted = store.delete(doomed)
+    if deleted:
+        log.info("purged %d object version(s) no longer referenced by ensemble v%d", len(deleted), manifest.version)
+    return deleted
+
+
+def purgeable(store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest, since: int | None = None) -> list[str]:
+    """The keys ``purge_unreferenced`` would delete (read-only).
+
     ``since``: read only the published versions from ``since`` on for superseded keys (right
     after a commit, its parent: older versions' objects went at their own commits, and any
     debris they left is older than this commit, which ``select_purgeable`` deletes anyway).
@@ -83,8 +95,4 @@ def purge_unreferenced(
         # too; the time rule keeps a live writer's, which are newer than the commit.
         data = {v.key for v in candidates}
         candidates += [v for v in store.list_versions("") if v.key.endswith(".partial") and v.key not in data]
-    doomed = select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))
-    deleted = store.delete(doomed)
-    if deleted:
-        log.info("purged %d object version(s) no longer referenced by ensemble v%d", len(deleted), manifest.version)
-    return deleted
+    return select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))

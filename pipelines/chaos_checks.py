@@ -111,7 +111,7 @@ def check_campaign(
         if status.stage == "accepted" or status.pending or item.final is None or item.final.state != "done":
             stuck += 1
             violations.append(f"request {item.index} ({item.request_id}) is {status.state}, not done")
-        receipt = status.receipt
+        stored = status.receipt
         if item.expected_rows:
             if digest in placement:
                 resurrected += 1
@@ -124,9 +124,9 @@ def check_campaign(
             else:
                 violations.append(f"request {item.index}: erased {erasures[digest]} times in the receipt log")
         expected = ("erased", item.expected_rows) if item.expected_rows else ("not_found", 0)
-        if receipt is None or (receipt.status, receipt.rows_removed) != expected:
+        if stored is None or (stored.status, stored.rows_removed) != expected:
             wrong += 1
-            got = (receipt.status, receipt.rows_removed) if receipt else None
+            got = (stored.status, stored.rows_removed) if stored else None
             violations.append(f"request {item.index}: receipt says {got}, expected {expected}")
 
     exact = rederive_shards(catalog, latest, range(latest.sharding.shards))

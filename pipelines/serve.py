@@ -28,7 +28,7 @@ from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
 from expunge.pipelines._head import HeadInfo, read_state, start_head, stop_head
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
 
-__all__ = ["main", "recorded_address", "serve", "state_file", "stop"]
+__all__ = ["main", "recorded_address", "serve", "state_file", "status", "stop"]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,30 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
     return {"namespace": namespace, "service_stopped": stopped, "head_processes_stopped": head_processes}
 
 
+def status(namespace: str, address: str | None, name: str | None) -> dict[str, Any]:
+    """What the running service reports: counters, pending purges and registrations, the version served.
+
+    Raises:
+        ServiceUnavailableError: no cluster recorded or answering, or no service in ``namespace``.
+    """
+    from expunge.orchestrator.client import Client
+    from expunge.orchestrator.service.actor import find_service
+
+    recorded = read_state(state_file(namespace)) or {}
+    address = address or recorded_address(namespace)
+    if not _reachable(address):
+        raise ServiceUnavailableError(f"no Ray cluster answers at {address}: is the service running?")
+    _connect(address, namespace)
+    name = name or recorded.get("name") or "expunge-coordinator"
+    client = Client(find_service(namespace, name), namespace, name, retry_s=30)
+    return {
+        "namespace": namespace,
+        "address": address,
+        "stats": client.stats().model_dump(),
+        "served": client.model_version().model_dump(),
+    }
+
+
 def main(
     config: Path | None = typer.Option(None, help="job config YAML (storage, tracking, privacy, service)"),
     address: str | None = typer.Option(
@@ -197,6 +221,9 @@ def main(
     storage: str | None = typer.Option(None, help="storage URI (overrides the config)"),
     num_cpus: int = typer.Option(os.cpu_count() or 1, help="CPUs of a head started here"),
     stop_it: bool = typer.Option(False, "--stop", help="stop the service (and a head `serve` started)"),
+    status_only: bool = typer.Option(
+        False, "--status", help="print the running service's counters, pending purges and registrations"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the erasure service (a warm coordinator and shard actors) on a Ray cluster, or --stop it.
@@ -207,6 +234,13 @@ def main(
     """
     init_logging(verbose)
     with exit_on_error():
+        if status_only:
+            service = load_job_config(config).service if config else None
+            name = service.name if service else None
+            typer.echo(
+                json.dumps(status(namespace or (service.namespace if service else "expunge"), address, name), indent=1)
+            )
+            return
         if stop_it:
             service = load_job_config(config).service if config else None
             outcome = stop(

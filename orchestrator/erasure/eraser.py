@@ -30,7 +30,7 @@ from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.session import StoreSession
-from expunge.orchestrator.store_purge import purge_unreferenced
+from expunge.orchestrator.store_purge import purge_unreferenced, purgeable
 from expunge.shards.shard import ShardUpdate
 
 __all__ = ["Eraser"]
@@ -62,6 +62,8 @@ class Eraser:
         """
         if self.session.manifest is None:
             return
+        if self.lineage is None and not purgeable(self.session.store, self.session.catalog, self.session.manifest):
+            return  # nothing to finish: opening a store writes nothing
         try:
             self.session.lease.acquire("recovery")
         except StoreBusyError as exc:  # the live writer finishes its own work
@@ -118,6 +120,8 @@ class Eraser:
         """
         if not digests:
             raise ConfigError("an erasure request needs at least one subject id")
+        self.session.follow_latest()
+        self.session.require_manifest()  # an untrained store or a wrong key: refused before anything is written
         with self.session.lease.hold("expunge forget"):
             return self._forget_digests(digests, request_id, audit, register=register, resume=resume)
 

@@ -18,6 +18,7 @@ IEEE S&P 2021 (one retrain per affected shard from its first affected slice).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import resource
 import threading
@@ -317,7 +318,9 @@ class ErasureService:
                 batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=utc_now()
             )
             # Before the retrain: a crash from here on resumes this batch under this id, exactly once.
-            if not durably(f"journal batch {batch_id}", lambda: self.journal.write_batch(batch), self._stopped):
+            if not durably(
+                f"journal batch {batch_id}", functools.partial(self.journal.write_batch, batch), self._stopped
+            ):
                 return  # stopping: the requests stay accepted in the journal; the next start takes them
         # A resumed batch names every subject it was started with, even of requests already answered:
         # its commit (under the batch id) erased them all.
@@ -375,7 +378,7 @@ class ErasureService:
             if own.request_id in unjournalled:
                 durably(
                     f"journal commit of {own.request_id}",
-                    lambda own=own: self.journal.write_committed(own),
+                    functools.partial(self.journal.write_committed, own),
                     self._stopped,
                 )
                 with self._state:
@@ -411,7 +414,7 @@ class ErasureService:
         for entry in entries:
             durably(
                 f"journal failure of {entry.request_id}",
-                lambda e=entry: self.journal.write_failed(e.request_id, message),
+                functools.partial(self.journal.write_failed, entry.request_id, message),
                 self._stopped,
             )
         try:

@@ -8,6 +8,7 @@ request's status meanwhile (``RequestStatus.pending``); nothing waits for a rest
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -195,7 +196,7 @@ class FollowUp:
             for own in item.receipts:
                 durably(
                     f"journal registration of {own.request_id}",
-                    lambda rid=own.request_id: self.journal.write_registered(rid, registration),
+                    functools.partial(self.journal.write_registered, own.request_id, registration),
                     self._stopped,
                 )
 
@@ -220,5 +221,7 @@ class FollowUp:
             log.info("the steps pending after commit %s are done", item.receipt.request_id)
             for request_id in item.request_ids:
                 durably(
-                    f"journal purge of {request_id}", lambda r=request_id: self.journal.write_purged(r), self._stopped
+                    f"journal purge of {request_id}",
+                    functools.partial(self.journal.write_purged, request_id),
+                    self._stopped,
                 )

@@ -94,6 +94,7 @@ class Trainer:
         rows = validate_rows(rows, "training rows", task_of(job.training.model), model=model or job.training.model)
         rows, dropped = self.apply_tombstones(rows, job.data.erased_subjects)
         resolved = model or resolve_model(job.training.model, rows)
+        self._check_training(job, resolved)
         with self.session.lease.hold("expunge train"):
             return self._train(rows, dropped, job, request_id, placement, resolved)
 
@@ -161,6 +162,7 @@ class Trainer:
                 len(summary.erased_subjects),
             )
         resolved = model or resolve_model(job.training.model, summary.item_table())
+        self._check_training(job, resolved)
         with self.session.lease.hold("expunge train"):  # after the validating pass: bad input writes nothing
             return self._train_staged(batches, job, request_id, placement, resolved, source, summary, validate, erased)
 
@@ -206,16 +208,20 @@ class Trainer:
             job, model, pool, updates, staged.index, staged.rows, dropped, request_id, train_phase_seconds, began
         )
 
-    def _start_training(
-        self, job: JobConfig, model: AnyModelConfig, placement: PlacementIndex | None
-    ) -> tuple[PlacementIndex | None, ShardPool]:
-        """Checks before training, the placement to pin, and a fresh pool with every actor started."""
+    @staticmethod
+    def _check_training(job: JobConfig, model: AnyModelConfig) -> None:
+        """Settings that cannot train together, refused before anything is written (the lease too)."""
         if job.sharding.placement == "row" and isinstance(model_for(model), SufficientStatisticsModel):
             raise ConfigError(
                 "a sufficient-statistics model (training.model.kind item_stats) centres each subject's ratings by "
                 "the subject's own mean, so all of a subject's rows must share one slice: set sharding.placement "
                 "to 'balanced' or 'hash'"
             )
+
+    def _start_training(
+        self, job: JobConfig, model: AnyModelConfig, placement: PlacementIndex | None
+    ) -> tuple[PlacementIndex | None, ShardPool]:
+        """The placement to pin, and a fresh pool with every actor started."""
         parent = self.session.manifest
         if placement is None and parent is not None and parent.sharding == job.sharding:
             # Retraining the same deployment: known subjects keep their persisted cells.

@@ -113,3 +113,9 @@ def test_forget_through_the_service_uses_the_address_it_was_given(tmp_path, monk
 
     assert ended.value.code == 4
     assert joined == ["127.0.0.1:6390"]
+
+
+def test_status_without_a_running_service_exits_4_and_says_how_to_start_one(tmp_path):
+    done = _serve(tmp_path, "--status", "--namespace", "nothing-here")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "expunge serve --config" in done.stderr
