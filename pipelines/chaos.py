@@ -225,6 +225,8 @@ class _Campaign:
             "from expunge.orchestrator.errors import StoreBusyError\n"
             "from expunge.pipelines.datasets import synthetic_ratings\n"
             "job = JobConfig.model_validate_json(sys.argv[1])\n"
+            "# Rows of people erased so far are dropped, not refused: the training must reach the store's lease.\n"
+            "job = job.model_copy(update={'data': job.data.model_copy(update={'erased_subjects': 'drop'})})\n"
             "coordinator = Coordinator(job.storage, SubjectHasher.from_env('EXPUNGE_SUBJECT_KEY'), None, local_pool)\n"
             "try:\n"
             "    coordinator.train(synthetic_ratings(job.data.synthetic), job)\n"

@@ -114,6 +114,9 @@ class ErasureService:
         self._resume: list[tuple[BatchEntry, list[JournalEntry]]] = []
         self.board = RequestBoard(self.journal, self._state, self.coordinator.store.uri)
         self._counts = collections.Counter[str]()
+        #: Request ids this process queued, resumed or found finished: a retried submit of any other
+        #: id the journal holds as accepted was never acknowledged, and is queued by that retry.
+        self._known: set[str] = set()
         self.follow = FollowUp(
             self.coordinator,
             self.lineage,
@@ -169,8 +172,19 @@ class ErasureService:
                     f"idempotency key already used by request {request_id} for other subjects; "
                     "use a new key for a new request"
                 )
-            return request_id  # a retry: the first submission is (or was) being processed
+            with self._state:
+                if request_id in self._known:
+                    return request_id  # a retry: the first submission is (or was) being processed
+            status = self.journal.status(request_id)
+            if status is None or status.stage != "accepted":
+                return request_id  # finished (committed or failed) before this process started
+            # Durable but never acknowledged: the first attempt's answer was lost after its journal
+            # write landed. This retry acknowledges it, so it is queued now (not at the next start).
+            entry = stored
         with self._state:
+            if request_id in self._known:
+                return request_id
+            self._known.add(request_id)
             self._queue.append(_Queued(entry, time.monotonic()))
             self._counts["accepted"] += 1
             self.board.remember(RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at))
@@ -343,12 +357,12 @@ class ErasureService:
                 break
             except _RETRYABLE as exc:
                 if attempt == _MAX_ATTEMPTS:
-                    self._fail(entries, batch, exc)
+                    self.follow.fail(entries, batch, exc)
                     return
                 log.warning("batch %s: %s; trying again (%d/%d)", batch.batch_id, exc, attempt, _MAX_ATTEMPTS)
                 time.sleep(_RETRY_PAUSE_S * attempt)
             except ExpungeError as exc:
-                self._fail(entries, batch, exc)
+                self.follow.fail(entries, batch, exc)
                 return
         receipts = [split_receipt(receipt, e.request_id, e.subject_digests, rows) for e in entries]
         # The journal's committed records first (what status reads after a restart); if the store
@@ -408,29 +422,6 @@ class ErasureService:
                 failed[own.request_id] = f"{type(exc).__name__}: {exc}"[:300]
         return failed
 
-    def _fail(self, entries: list[JournalEntry], batch: BatchEntry, exc: ExpungeError) -> None:
-        message = f"{type(exc).__name__}: {exc}"
-        log.error("batch %s failed: %s", batch.batch_id, message)
-        for entry in entries:
-            durably(
-                f"journal failure of {entry.request_id}",
-                functools.partial(self.journal.write_failed, entry.request_id, message),
-                self._stopped,
-            )
-        try:
-            self.journal.drop_batch(batch.batch_id)
-        except ExpungeError as exc:
-            log.warning("could not drop journal batch %s: %s", batch.batch_id, exc)
-        with self._state:
-            self._counts["failed"] += len(entries)
-            for entry in entries:
-                self.board.remember(
-                    RequestStatus(
-                        request_id=entry.request_id, stage="failed", received_at=entry.received_at, error=message
-                    )
-                )
-            self._state.notify_all()
-
     def _stopped(self) -> bool:
         with self._state:
             return self._stopping
@@ -442,6 +433,8 @@ class ErasureService:
         self._resume.extend(plan.resume)
         for entry in plan.queued:
             self._queue.append(_Queued(entry, time.monotonic()))
+        self._known.update(e.request_id for e in plan.queued)
+        self._known.update(e.request_id for _, entries in plan.resume for e in entries)
         for receipt in plan.repairs:
             self.follow.repairs.add(receipt, (receipt.request_id,))
 

@@ -19,7 +19,7 @@ from expunge.orchestrator.coordinator import Coordinator
 from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.board import RequestBoard
-from expunge.orchestrator.service.journal import Journal, Registration, RequestStatus
+from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration, RequestStatus
 from expunge.shards.errors import ExpungeError
 
 __all__ = ["Committed", "FollowUp", "Repair", "Repairs", "backoff_s", "durably"]
@@ -225,3 +225,27 @@ class FollowUp:
                     functools.partial(self.journal.write_purged, request_id),
                     self._stopped,
                 )
+
+    def fail(self, entries: list[JournalEntry], batch: BatchEntry, exc: ExpungeError) -> None:
+        """Record a batch that failed before its commit: nothing was erased by its requests."""
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("batch %s failed: %s", batch.batch_id, message)
+        for entry in entries:
+            durably(
+                f"journal failure of {entry.request_id}",
+                functools.partial(self.journal.write_failed, entry.request_id, message),
+                self._stopped,
+            )
+        try:
+            self.journal.drop_batch(batch.batch_id)
+        except ExpungeError as dropped:
+            log.warning("could not drop journal batch %s: %s", batch.batch_id, dropped)
+        with self._state:
+            self._counts["failed"] += len(entries)
+            for entry in entries:
+                self.board.remember(
+                    RequestStatus(
+                        request_id=entry.request_id, stage="failed", received_at=entry.received_at, error=message
+                    )
+                )
+            self._state.notify_all()

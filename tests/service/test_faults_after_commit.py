@@ -136,3 +136,22 @@ def test_an_unwritable_journal_fails_submit_with_a_typed_error_and_no_acknowledg
         assert service.wait(request_id, "committed", timeout=_BOUND_S).receipt.status == "erased"
     finally:
         service.close()
+
+
+def test_a_submit_whose_answer_was_lost_after_its_journal_write_is_processed_on_retry(config, proxy, hasher):
+    # The journal write lands, the answer is cut: the caller sees an error and retries with its key.
+    # The retry must get the request processed now, not when the service next restarts.
+    service = ErasureService(config, hasher, None, pool_factory=local_pool, warm=False)
+    try:
+        proxy.set_schedule(
+            FaultSchedule(rates={"cut_after": 1.0}, methods=frozenset({"PUT"}), path_pattern="journal/requests/")
+        )
+        with pytest.raises(StorageUnavailableError):
+            service.submit([SUBJECTS[3]], idempotency_key="T-2")
+        proxy.pause()
+        assert Journal(ObjectStore(config.storage)).status(service.submit([SUBJECTS[3]], idempotency_key="T-2"))
+        request_id = service.submit([SUBJECTS[3]], idempotency_key="T-2")
+        assert service.wait(request_id, "committed", timeout=_BOUND_S).receipt.status == "erased"
+        assert service.stats().batches == 1  # queued once, though submitted three times
+    finally:
+        service.close()
