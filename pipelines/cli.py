@@ -85,10 +85,10 @@ SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
 #: The one table of exit codes, shared by every subcommand (README: "Exit codes").
 EXIT_CODES: dict[int, str] = {
     0: "success: every named subject was found and erased; scan found nothing; verify passed; demo proved exactness",
-    1: "a check failed: scan found a trace of the subject, verify found a failed check, the demo's checks failed, or a request of `benchmark service`'s load did not complete",
+    1: "a check failed: scan found a trace of the subject, verify found a failed check, the demo's checks failed, a request of `benchmark service`'s load did not complete, or `chaos` found a violation",
     2: "bad input or configuration (typed error, message says how to fix it); nothing was changed",
     3: "forget: at least one named subject had no data (a receipt is still printed and stored)",
-    4: "retryable failure: another writer published first, a shard actor died, or the store, the tracking server or the erasure service could not be reached; submit the same request again (the retry finishes or redoes it)",
+    4: "retryable failure: another writer published first or holds the store (its lease names the host and pid), a shard actor died, Ray could not start, or the store, the tracking server or the erasure service could not be reached; submit the same request again (the retry finishes or redoes it)",
     5: "internal error: a bug in Expunge (traceback printed); please report it",
 }
 
