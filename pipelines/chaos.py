@@ -24,6 +24,7 @@ JSON summary (also ``--output``/summary.json) and exits 1 on any violation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -185,10 +186,14 @@ class _Campaign:
             pids = ray.get(handle.shard_actor_pids.remote(), timeout=120)
             if pids:
                 os.kill(pids[self.rng.choice(sorted(pids))], signal.SIGKILL)
-        elif kind == "cli_writer":
-            self._cli_writer(job, self.rng.choice(subjects))
-        elif kind == "racing_retrain":
-            self._racing_retrain(job)
+        elif kind in ("cli_writer", "racing_retrain"):
+            # A rival writer while the service runs (not while Ray restarts it: then no live process
+            # holds the store, and a writer may rightly take it over). It must be refused.
+            ray.get(handle.pid.remote(), timeout=300)
+            if kind == "cli_writer":
+                self._cli_writer(job, self.rng.choice(subjects))
+            else:
+                self._racing_retrain(job)
 
     def _end_phase(self, phase: int) -> None:
         with self._lock:
@@ -307,11 +312,13 @@ def run_campaign(
         client = Client(handle, job.service.namespace, job.service.name, retry_s=300)
         people = sorted(counts)
         chosen = campaign.rng.sample(people, min(requests, len(people) - 5))
+        # A rival CLI writer names someone no request names: were it admitted, no receipt would change.
+        bystanders = sorted(set(people) - set(chosen))
         plan = plan_faults(seed, requests)
         submitted: list[Submitted] = []
         for index in range(requests):
             if index in plan:
-                campaign.inject(plan[index], job, handle, people)
+                campaign.inject(plan[index], job, handle, bystanders)
             # About one request in eight names nobody the store holds: its receipt must say not_found.
             subject = f"ghost-{seed}-{index}" if index % 8 == 7 or index >= len(chosen) else chosen[index]
             key = f"chaos-{seed}-{index}"
@@ -349,7 +356,8 @@ def main(
     nothing was violated, 1 on any violation, 2 on bad input, 4 when Ray or a server cannot start.
     """
     init_logging(verbose)
-    with exit_on_error():
+    # Ray prints its workers' deaths (the campaign's own kills) to stdout: keep stdout for the summary.
+    with exit_on_error(), contextlib.redirect_stdout(sys.stderr):
         summary = run_campaign(requests, seed, output, shards, slices, settle_s)
     typer.echo(json.dumps(summary.model_dump(), indent=1))
     if summary.violations:
