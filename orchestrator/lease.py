@@ -192,12 +192,25 @@ class StoreLease:
         finally:
             self.release()
 
-    def acquire(self, purpose: str) -> int:
+    def acquire(self, purpose: str, wait_s: float = 0.0) -> int:
         """Take (or join) the lease; every ``acquire`` needs one ``release``. Returns the token.
 
+        ``wait_s``: how long to keep trying, once a second, while another process holds it.
+
         Raises:
-            StoreBusyError: another live process holds it; the message names the holder.
+            StoreBusyError: another live process holds it (still, after ``wait_s``); the message names it.
         """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._acquire(purpose)
+            except StoreBusyError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("waiting for the write lease: %s", exc)
+                time.sleep(1.0)
+
+    def _acquire(self, purpose: str) -> int:
         with _REGISTRY_LOCK:
             held = _REGISTRY.get(self._slot)
             if held is not None:

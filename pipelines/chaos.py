@@ -218,7 +218,7 @@ class _Campaign:
             if not refused:
                 log.warning("chaos: the CLI writer exited %d: %s", process.returncode, err.strip()[-300:])
 
-        self.background.append(collect)
+        collect()  # before the next fault: a rival that outlives a killed service would rightly win
 
     def _racing_retrain(self, job: JobConfig) -> None:
         """A full training of the served store from another process: it must be refused."""
@@ -251,7 +251,7 @@ class _Campaign:
             if process.returncode not in (0, 4):
                 log.warning("chaos: the racing retrain exited %d: %s", process.returncode, err.strip()[-300:])
 
-        self.background.append(collect)
+        collect()  # before the next fault: a rival that outlives a killed service would rightly win
 
     # ----- requests -------------------------------------------------------------------------------
     def submit(self, client: Any, subject: str, key: str) -> str | None:

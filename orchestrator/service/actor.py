@@ -67,6 +67,10 @@ def _restartable_pool(restarts: int) -> Any:
     return factory
 
 
+#: How long a restarted service waits for another writer to release the store, in seconds.
+_RESTART_LEASE_WAIT_S = 3600.0
+
+
 class _ServiceActor:
     """Thin wrapper: every method delegates to ``ErasureService`` (``expunge.orchestrator.service.core``).
 
@@ -79,7 +83,16 @@ class _ServiceActor:
         job = JobConfig.model_validate_json(job_json)
         hasher = SubjectHasher.from_env(job.privacy.subject_key_env)
         lineage = Lineage(job.tracking, job.storage) if job.tracking.enabled else None
-        self._service = ErasureService(job, hasher, lineage, _restartable_pool(job.service.shard_restarts))
+        # Restarted by Ray after a crash: wait for the store's lease (a CLI job may hold it now);
+        # started by `expunge serve`: refused at once when another process writes the store.
+        restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        self._service = ErasureService(
+            job,
+            hasher,
+            lineage,
+            _restartable_pool(job.service.shard_restarts),
+            lease_wait_s=_RESTART_LEASE_WAIT_S if restarted else 0.0,
+        )
 
     def ready(self) -> dict[str, Any]:
         return self._service.describe()

@@ -89,6 +89,7 @@ class ErasureService:
         lineage: Lineage | None,
         pool_factory: PoolFactory = ray_pool,
         warm: bool = True,
+        lease_wait_s: float = 0.0,
     ) -> None:
         self.job = job
         self.config = job.service
@@ -99,8 +100,12 @@ class ErasureService:
         self.coordinator.require_manifest()  # a service needs a trained store
         # One writer per store: the service holds the write lease for its whole life.
         self._lease = self.coordinator.session.lease
-        self._lease.acquire("expunge serve")
+        # A service Ray restarts waits for the lease (a CLI job may hold it now); a new one is refused at once.
+        self._lease.acquire("expunge serve", wait_s=lease_wait_s)
         try:
+            # What a crash left, which opening the coordinator skipped while another process held the store.
+            self.coordinator.follow_latest()
+            self.coordinator.erasure.finish_interrupted()
             self._start(warm)
         except BaseException:
             self._lease.release()

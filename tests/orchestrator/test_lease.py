@@ -215,3 +215,34 @@ def test_a_training_that_loses_to_an_erasure_leaves_nothing_behind(trained_store
     left = {k for k in after - before if "/slices/" in k or "/checkpoints/" in k or k.startswith("placement/")}
     assert left == set()
     assert coordinator.catalog.latest().version == 1
+
+
+_RELEASES = """
+import sys, time
+from expunge.orchestrator.lease import StoreLease
+from expunge.shards.store import ObjectStore
+lease = StoreLease(ObjectStore(sys.argv[1]), ttl_s=30)
+lease.acquire("expunge forget")
+print("held", flush=True)
+time.sleep(3)
+lease.release()
+time.sleep(60)
+"""
+
+
+def test_a_restarted_service_waits_for_a_rival_writer_to_finish(trained_store, hasher):
+    # Ray restarts a killed service while a CLI job holds the store: the restart waits, it does not die.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _RELEASES, trained_store.storage.uri], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        service = ErasureService(trained_store, hasher, None, pool_factory=local_pool, warm=False, lease_wait_s=120)
+        try:
+            assert service.forget([SUBJECTS[2]], timeout=120).status == "erased"
+        finally:
+            service.close()
+    finally:
+        holder.kill()
+        holder.wait()
