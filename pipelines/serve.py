@@ -86,13 +86,20 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
     Raises:
         ConfigError: no key, an untrained store, a wrong key, or a local store on a multi-node cluster.
     """
+    from expunge.orchestrator.lease import StoreLease
     from expunge.orchestrator.registry.binding import bind_tracking
+    from expunge.orchestrator.service.recovery import serve_purpose
     from expunge.orchestrator.session import published
     from expunge.shards.models import model_for
+    from expunge.shards.store import ObjectStore
 
     hasher = hasher_from_env(job.privacy)
     _, latest = published(job.storage, hasher)  # refuse an untrained store or a wrong key before starting Ray
     model_for(latest.model)  # and a custom model whose module does not import here (nor would on the workers)
+    holder = StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s).holder()
+    if holder is not None and holder.purpose != serve_purpose(job.service.namespace):
+        # Another process writes the store (a service of another namespace, a CLI job): refuse before a head starts.
+        StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s).refuse_if_held()
     job = _anchored(job, bind_tracking(latest.registry, job.tracking, None, job.storage.uri))
     namespace = job.service.namespace
     lock = state_file(namespace).with_suffix(".lock")

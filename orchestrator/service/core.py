@@ -56,7 +56,7 @@ from expunge.orchestrator.service.policy import (
     split_receipt,
     take_batch,
 )
-from expunge.orchestrator.service.recovery import recover
+from expunge.orchestrator.service.recovery import recover, serve_purpose
 from expunge.orchestrator.service.views import ServedVersion, ServiceStats
 from expunge.shards.errors import StorageUnavailableError
 
@@ -101,7 +101,7 @@ class ErasureService:
         # One writer per store: the service holds the write lease for its whole life.
         self._lease = self.coordinator.session.lease
         # A service Ray restarts waits for the lease (a CLI job may hold it now); a new one is refused at once.
-        self._lease.acquire("expunge serve", wait_s=lease_wait_s)
+        self._lease.acquire(serve_purpose(job.service.namespace), wait_s=lease_wait_s)
         try:
             # What a crash left, which opening the coordinator skipped while another process held the store.
             self.coordinator.follow_latest()

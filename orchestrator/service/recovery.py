@@ -9,9 +9,14 @@ from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration
 
-__all__ = ["Recovery", "recover"]
+__all__ = ["Recovery", "recover", "serve_purpose"]
 
 log = logging.getLogger(__name__)
+
+
+def serve_purpose(namespace: str) -> str:
+    """What the service's write lease says it is: a second ``serve`` of the same namespace finds it, not a rival."""
+    return f"expunge serve (namespace {namespace})"
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,41 @@ def test_status_without_a_running_service_exits_4_and_says_how_to_start_one(tmp_
     done = _serve(tmp_path, "--status", "--namespace", "nothing-here")
     assert done.returncode == 4, done.stdout + done.stderr
     assert "expunge serve --config" in done.stderr
+
+
+_HOLD = """
+import sys, time
+from expunge.orchestrator.lease import StoreLease
+from expunge.shards.store import ObjectStore
+StoreLease(ObjectStore(sys.argv[1])).acquire("expunge forget")
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_serve_on_a_store_another_process_writes_is_refused_before_a_head_starts(tmp_path):
+    from expunge.orchestrator.config import JobConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
+    from expunge.orchestrator.coordinator import Coordinator, local_pool
+    from expunge.orchestrator.digests import SubjectHasher
+    from expunge.pipelines.datasets import synthetic_ratings
+    from tests.engine import job
+
+    key = "00999b0ec2e75a4bbae64af43a84b30fe4af6a2dc2487f47c5c61e7d4eb0e0ea"
+    store = str(tmp_path / "store")
+    config: JobConfig = job(shards=2, slices=2).model_copy(
+        update={"storage": StorageConfig(uri=store), "tracking": TrackingConfig(enabled=False)}
+    )
+    rows = synthetic_ratings(SyntheticRatingsConfig(users=20, items=10, ratings_per_user=4, seed=1))
+    Coordinator(store, SubjectHasher(key.encode()), pool_factory=local_pool).train(rows, config)
+    (tmp_path / "job.yaml").write_text(f"storage: {{uri: {store}}}\ntracking: {{enabled: false}}\n")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, store], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        done = _serve(tmp_path, "--config", str(tmp_path / "job.yaml"), key=key)
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert f"being written by expunge forget on host {socket.gethostname()}, pid {holder.pid}" in done.stderr
+        assert not (tmp_path / "state" / "serve-expunge.json").exists()  # no head was started
+    finally:
+        holder.kill()
+        holder.wait()
