@@ -336,6 +336,7 @@ def run_campaign(
     finally:
         campaign.proxy.stop()
         campaign.moto.stop()
+    summary = summary.model_copy(update={"seconds": round(time.perf_counter() - began, 1)})  # checks included
     (output / "summary.json").write_text(summary.model_dump_json(indent=1))
     return summary
 
