@@ -168,10 +168,18 @@ class StoreLease:
             raise self._busy(holder)
 
     def _busy(self, record: LeaseRecord) -> StoreBusyError:
+        if record.purpose.startswith("expunge serve"):
+            namespace = record.purpose.partition("(namespace ")[2].rstrip(")") or "expunge"
+            advice = (
+                f"send erasures to that service (`expunge forget --service --namespace {namespace}`), or stop it "
+                f"first (`expunge serve --stop --namespace {namespace}`)"
+            )
+        else:
+            advice = "wait until that job finishes"
         return StoreBusyError(
-            f"the store {self.store.uri} is being written by {record.describe()}. One writer per store: send "
-            "the work to that service (e.g. `expunge forget --service`), or wait until it stops (its lease "
-            f"expires {record.ttl_s:.0f} s after its last renewal)"
+            f"the store {self.store.uri} is being written by {record.describe()}. One writer per store: {advice}. "
+            f"A holder that dies without releasing it is taken over {record.ttl_s:.0f} s after its last renewal "
+            "(at once on its own host)"
         )
 
     @staticmethod

@@ -38,7 +38,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ from expunge.orchestrator.config import (
     TrainingConfig,
 )
 from expunge.orchestrator.errors import ConfigError, ExpungeError, StoreBusyError
-from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray
+from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray, progress
 from expunge.pipelines.chaos_checks import ChaosSummary, Submitted, check_campaign
 
 __all__ = ["KINDS", "main", "plan_faults", "run_campaign"]
@@ -113,7 +112,6 @@ class _Campaign:
         self.rng = random.Random(seed)
         self.faults: Counter[str] = Counter()
         self.writers: Counter[str] = Counter()
-        self.background: list[Callable[[], None]] = []
         self._phase = 0
         self._lock = threading.Lock()
 
@@ -301,14 +299,17 @@ def run_campaign(
     campaign = _Campaign(requests, seed, output, shards, slices, settle_s)
     os.environ.setdefault("EXPUNGE_SUBJECT_KEY", secrets.token_hex(32))
     hasher = SubjectHasher.from_env("EXPUNGE_SUBJECT_KEY")
-    campaign.start_s3()
+    with progress("starting an S3 API server (moto) and the fault proxy"):
+        campaign.start_s3()
     try:
         job = campaign.job()
         rows = synthetic_ratings(job.data.synthetic)
         counts = Counter(rows.column(SUBJECT_ID).to_pylist())
-        Coordinator(job.storage, hasher, Lineage(job.tracking, job.storage), local_pool).train(rows, job)
-        init_ray()
-        handle, _ = start_service(job)
+        with progress(f"training the store (S={shards}, R={slices}, {len(rows)} rows) on S3"):
+            Coordinator(job.storage, hasher, Lineage(job.tracking, job.storage), local_pool).train(rows, job)
+        with progress("starting Ray and the erasure service"):
+            init_ray()
+            handle, _ = start_service(job)
         client = Client(handle, job.service.namespace, job.service.name, retry_s=300)
         people = sorted(counts)
         chosen = campaign.rng.sample(people, min(requests, len(people) - 5))
@@ -316,6 +317,7 @@ def run_campaign(
         bystanders = sorted(set(people) - set(chosen))
         plan = plan_faults(seed, requests)
         submitted: list[Submitted] = []
+        log.warning("chaos: submitting %d request(s); faults planned: %s", requests, dict(Counter(plan.values())))
         for index in range(requests):
             if index in plan:
                 campaign.inject(plan[index], job, handle, bystanders)
@@ -325,14 +327,15 @@ def run_campaign(
             submitted.append(Submitted(index, subject, counts.get(subject, 0), campaign.submit(client, subject, key)))
             time.sleep(campaign.rng.uniform(0.0, 0.4))
         campaign.proxy.pause()
-        for collect in campaign.background:
-            collect()
-        submitted = campaign.settle(client, submitted)
-        stop_service(job.service.namespace, job.service.name)
-        ray.shutdown()
+        with progress("faults stopped; waiting until every acknowledged request is done"):
+            submitted = campaign.settle(client, submitted)
+        with progress("stopping the service"):
+            stop_service(job.service.namespace, job.service.name)
+            ray.shutdown()
         faults = Counter(campaign.faults) + Counter(campaign.proxy.injected)
         direct = job.storage.model_copy(update={"endpoint_url": campaign.s3_url})
-        summary = check_campaign(direct, hasher, submitted, campaign.writers, faults, time.perf_counter() - began)
+        with progress("checking every request, shard, scan and model version"):
+            summary = check_campaign(direct, hasher, submitted, campaign.writers, faults, 0.0)
     finally:
         campaign.proxy.stop()
         campaign.moto.stop()
@@ -362,7 +365,9 @@ def main(
         summary = run_campaign(requests, seed, output, shards, slices, settle_s)
     typer.echo(json.dumps(summary.model_dump(), indent=1))
     if summary.violations:
+        typer.echo(f"chaos: {len(summary.violations)} violation(s); see violations in the summary", err=True)
         raise typer.Exit(1)
+    typer.echo(f"chaos: no violation in {summary.acknowledged} acknowledged request(s)", err=True)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,11 @@ class ChaosSummary(BaseModel):
     """The one JSON object ``expunge chaos`` prints; exit 1 when ``violations`` is not empty."""
 
     model_config = ConfigDict(extra="forbid")
+    #: Requests submitted; of them, acknowledged (some submit attempt succeeded) and, of those, naming
+    #: someone the store held (each must be erased exactly once) or nobody (each must get not_found).
     requests: int
     acknowledged: int
+    not_found_expected: int
     erased_exactly_once: int
     lost: int
     stuck: int
@@ -149,6 +152,7 @@ def check_campaign(
     return ChaosSummary(
         requests=len(submitted),
         acknowledged=len(acknowledged),
+        not_found_expected=sum(1 for s in acknowledged if not s.expected_rows),
         erased_exactly_once=exactly_once,
         lost=lost,
         stuck=stuck,

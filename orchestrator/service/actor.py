@@ -19,7 +19,7 @@ import ray
 
 from expunge.orchestrator.config import AnyModelConfig, JobConfig, ServiceConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
+from expunge.orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
 from expunge.orchestrator.pool import RayShardPool, ShardPool
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
@@ -211,11 +211,23 @@ def start_service(job: JobConfig, timeout_s: float = 600.0) -> tuple[Any, bool]:
         raise cause from None
     except ray.exceptions.RayActorError as exc:
         ray.kill(handle, no_restart=True)
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
-            raise cause.cause from None
+        typed = _typed_cause(exc)
+        if typed is not None:
+            raise typed from None
         raise ServiceUnavailableError(f"the service actor did not start: {exc}") from exc
     return handle, True
+
+
+def _typed_cause(exc: BaseException) -> ExpungeError | None:
+    """The ``ExpungeError`` an actor's constructor raised, however Ray wrapped it (``cause`` chains)."""
+    seen: object = exc
+    for _ in range(4):
+        if isinstance(seen, ExpungeError):
+            return seen
+        seen = getattr(seen, "cause", None)
+        if seen is None:
+            return None
+    return None
 
 
 def stop_service(namespace: str, name: str) -> bool:
