@@ -25,7 +25,6 @@ from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from expunge.orchestrator.registry.faults import ERASURE_STEPS, FAULT_AT_MLFLOW, TRAINING_STEPS, fault_point
 from expunge.orchestrator.registry.scratch import STAGING_FOLDER
-from expunge.shards.store import InjectedFault
 from tests.conftest import TEST_KEY
 from tests.engine import job
 from tests.lineage._support import email_rows, subjects
