@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -36,15 +37,26 @@ from expunge.orchestrator.errors import LeaseLostError, StorageConflictError, St
 from expunge.shards.errors import ExpungeError
 from expunge.shards.store import ObjectInfo, ObjectStore
 
-__all__ = ["LeaseRecord", "LeaseState", "StoreLease", "lease_state", "process_owner"]
+__all__ = ["LeaseRecord", "LeaseState", "StoreLease", "lease_state", "process_owner", "process_pid_space"]
 
 log = logging.getLogger(__name__)
 
 _PREFIX = "lease"
 _KEY = re.compile(r"^lease/(\d{8})\.(json|beat|released)$")
 _ATTEMPTS = 20
+#: Seconds added to a TTL before a lease counts as expired (S3 keeps whole-second timestamps).
+_CLOCK_SLACK_S = 1.0
 #: Identifies this process among every process that may hold a store's lease.
 _PROCESS_NONCE = uuid.uuid4().hex[:12]
+
+
+def process_pid_space() -> str | None:
+    """This boot of this machine and this process's PID namespace (None where ``/proc`` says neither)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
 
 
 def process_owner() -> str:
@@ -63,6 +75,8 @@ class LeaseRecord(BaseModel):
     purpose: str
     since: str
     ttl_s: float
+    #: ``process_pid_space()`` of the holder: its pid means something only to processes sharing it.
+    pid_space: str | None = None
 
     def describe(self) -> str:
         return f"{self.purpose} on host {self.host}, pid {self.pid}, since {self.since} (lease token {self.token})"
@@ -75,24 +89,29 @@ class LeaseState:
     record: LeaseRecord | None
     last_seen: datetime | None
     released: bool
+    #: The highest token number listed, readable or not: the next holder takes ``top + 1``.
+    top: int = 0
 
 
 def lease_state(
-    state: LeaseState, now: datetime, owner: str, host: str, pid_alive: bool
+    state: LeaseState, now: datetime, owner: str, host: str, pid_alive: bool, pid_space: str | None
 ) -> Literal["free", "mine", "held", "expired", "dead"]:
     """What a would-be writer may do with a store's lease (pure).
 
     ``free``/``expired``/``dead``: take the next token; ``mine``: this process holds it already;
-    ``held``: another live holder has it. ``pid_alive`` is only consulted for a holder on ``host``.
+    ``held``: another live holder has it. Expiry allows ``_CLOCK_SLACK_S`` for S3's whole-second
+    timestamps. ``pid_alive`` is only consulted for a holder on ``host`` in this process's PID
+    namespace (``pid_space``, ``process_pid_space``): a live process in another container looks dead.
     """
     record = state.record
     if record is None or state.released:
         return "free"
     if record.owner == owner:
         return "mine"
-    if state.last_seen is not None and (now - state.last_seen).total_seconds() > record.ttl_s:
+    age = (now - state.last_seen).total_seconds() if state.last_seen is not None else 0.0
+    if age > record.ttl_s + _CLOCK_SLACK_S:
         return "expired"
-    if record.host == host and not pid_alive:
+    if record.host == host and pid_space is not None and record.pid_space == pid_space and not pid_alive:
         return "dead"
     return "held"
 
@@ -143,18 +162,20 @@ class StoreLease:
         token = max(infos)
         parts = infos[token]
         if "json" not in parts:  # a beat without its record: a half-finished cleanup; treat as free
-            return LeaseState(None, None, True)
+            return LeaseState(None, None, True, top=token)
         try:
             record = LeaseRecord.model_validate_json(self.store.get(parts["json"].key))
         except (ValidationError, ExpungeError):
-            return LeaseState(None, None, True)  # unreadable: nobody can prove they hold it
+            return LeaseState(None, None, True, top=token)  # unreadable: nobody can prove they hold it
         seen = max(p.modified for kind, p in parts.items() if kind != "released")
-        return LeaseState(record, seen, "released" in parts)
+        return LeaseState(record, seen, "released" in parts, top=token)
 
     def holder(self) -> LeaseRecord | None:
         """The live holder of the store's lease, or None when it is free, released or expired."""
         state = self.read()
-        verdict = lease_state(state, datetime.now(UTC), "", socket.gethostname(), self._alive(state))
+        verdict = lease_state(
+            state, datetime.now(UTC), "", socket.gethostname(), self._alive(state), process_pid_space()
+        )
         return state.record if verdict in ("held", "mine") else None
 
     def refuse_if_held(self) -> None:
@@ -226,11 +247,13 @@ class StoreLease:
                 return held.token
             for _ in range(_ATTEMPTS):
                 state = self.read()
-                verdict = lease_state(state, datetime.now(UTC), self.owner, socket.gethostname(), self._alive(state))
+                verdict = lease_state(
+                    state, datetime.now(UTC), self.owner, socket.gethostname(), self._alive(state), process_pid_space()
+                )
                 if verdict == "held":
                     assert state.record is not None
                     raise self._busy(state.record)
-                token = (state.record.token if state.record else 0) + 1
+                token = max(state.top, state.record.token if state.record else 0) + 1
                 if verdict in ("expired", "dead") and state.record is not None:
                     log.warning("taking over the %s lease of %s: %s", verdict, self.store.uri, state.record.describe())
                 record = LeaseRecord(
@@ -241,6 +264,7 @@ class StoreLease:
                     purpose=purpose,
                     since=datetime.now(UTC).isoformat(timespec="seconds"),
                     ttl_s=self.ttl_s,
+                    pid_space=process_pid_space(),
                 )
                 try:
                     self.store.create_exclusive(f"{_PREFIX}/{token:08d}.json", record.model_dump_json().encode())
@@ -253,6 +277,26 @@ class StoreLease:
                 log.debug("holding the lease of %s (token %d, %s)", self.store.uri, token, purpose)
                 return token
             raise StoreBusyError(f"could not take the lease of {self.store.uri} after {_ATTEMPTS} tries; try again")
+
+    def reacquire(self, purpose: str) -> bool:
+        """After ``LeaseLostError``: give up this process's lapsed hold and take the lease anew, keeping its count.
+
+        For a long-lived holder (the service) whose renewals stalled or whose lease was taken over
+        while it was stopped. Returns False, holding nothing, while another live process holds it.
+        """
+        with _REGISTRY_LOCK:
+            held = _REGISTRY.pop(self._slot, None)
+        if held is not None:
+            held.stop.set()
+        try:
+            self._acquire(purpose)
+        except StoreBusyError as exc:
+            log.warning("the write lease is not back yet: %s", exc)
+            return False
+        with _REGISTRY_LOCK:
+            _REGISTRY[self._slot].count = held.count if held is not None else 1
+        log.warning("took the write lease of %s back (%s)", self.store.uri, purpose)
+        return True
 
     def release(self) -> None:
         """Drop one hold; the last one ends the lease (``lease/<token>.released``)."""

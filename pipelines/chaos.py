@@ -295,7 +295,10 @@ def run_campaign(
     from expunge.shards.rows import SUBJECT_ID
 
     began = time.perf_counter()
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output {output}: cannot make that folder ({exc}); pass a folder you can write") from exc
     campaign = _Campaign(requests, seed, output, shards, slices, settle_s)
     os.environ.setdefault("EXPUNGE_SUBJECT_KEY", secrets.token_hex(32))
     hasher = SubjectHasher.from_env("EXPUNGE_SUBJECT_KEY")

@@ -154,8 +154,8 @@ class StorageConfig(Frozen):
         20.0,
         gt=0.0,
         le=600.0,
-        description="S3 connect and read timeout per attempt, in seconds (3 attempts): a store write that cannot "
-        "be made fails within about three times this, never hangs.",
+        description="S3 connect and read timeout per attempt, in seconds (3 botocore attempts, twice over): a store "
+        "call that cannot be made fails within about 10-13 times this, never hangs.",
     )
     lease_ttl_s: float = Field(
         30.0,

@@ -215,7 +215,7 @@ def _s3_delete_versions(fs: Any, paths: list[tuple[str, str | None]]) -> None:
                 "delete_objects", Bucket=bucket, Delete={"Objects": objects[start : start + 1000], "Quiet": True}
             )
             if response.get("Errors"):
-                raise StorageCorruptError(
+                raise StorageUnavailableError(  # a permission, not a damaged store: exit 4, retried
                     f"S3 refused to delete {len(response['Errors'])} object version(s) in {bucket}: {response['Errors'][:3]}. Check the credentials' s3:DeleteObjectVersion permission."
                 )
         fs.invalidate_cache(bucket)

@@ -72,6 +72,8 @@ class Eraser:
         try:
             purge_unreferenced(self.session.store, self.session.catalog, self.session.manifest)
             self._sync_lineage()
+        except ExpungeError as exc:  # it stays to do: every later writer tries again on open
+            log.warning("could not finish what an earlier run left (%s); the next writer tries again", exc)
         finally:
             self.session.lease.release()
 
@@ -331,7 +333,7 @@ class Eraser:
                         "registered_at": utc_now(),
                     }
                 )
-            except ExpungeError as exc:  # committed all the same: registration is retried
+            except Exception as exc:  # any MLflow failure: committed all the same, retried
                 receipt = receipt.model_copy(update={"pending": (*receipt.pending, _pending("registration", exc))})
         try:
             if audit is not None:
@@ -381,7 +383,7 @@ class Eraser:
                         )
                     elif step == "registration":
                         self._sync_lineage()
-                except ExpungeError as exc:
+                except Exception as exc:  # after the commit a failed step stays pending
                     left.append(_pending(step, exc))
             receipt = receipt.model_copy(update={"pending": tuple(left)})
             if "receipt log" in steps:

@@ -25,6 +25,9 @@ __all__ = [
     "equals_filter",
 ]
 
+#: Bounds on each MLflow HTTP call (attempts, seconds); values already in ``os.environ`` win.
+_MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
 #: Version tag naming the erasure request whose commit purged the version's weights.
 PURGED_BY_REQUEST = "expunge.purged_by_request"
 #: MLflow's sqlite registry does not keep a version's model_id, so the version carries it as a tag.
@@ -122,6 +125,11 @@ class Registry:
         ``check_root`` vets the experiment's artifact root (raising to refuse it) before any write.
         """
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # MLflow's own HTTP retries back off for minutes on a dead server, while Expunge retries the
+        # registration itself (it is pending, never lost): keep each MLflow call short. Explicit
+        # settings in the environment win.
+        for name, value in _MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -19,7 +20,14 @@ import ray
 
 from expunge.orchestrator.config import AnyModelConfig, JobConfig, ServiceConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
+from expunge.orchestrator.errors import (
+    ConfigError,
+    ExpungeError,
+    ServiceUnavailableError,
+    StorageUnavailableError,
+    StoreBusyError,
+    TrackingUnreachable,
+)
 from expunge.orchestrator.pool import RayShardPool, ShardPool
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
@@ -82,17 +90,29 @@ class _ServiceActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         job = JobConfig.model_validate_json(job_json)
         hasher = SubjectHasher.from_env(job.privacy.subject_key_env)
-        lineage = Lineage(job.tracking, job.storage) if job.tracking.enabled else None
-        # Restarted by Ray after a crash: wait for the store's lease (a CLI job may hold it now);
-        # started by `expunge serve`: refused at once when another process writes the store.
+        # Restarted by Ray after a crash: wait for the store's lease (a CLI job may hold it now) and
+        # for unreachable infrastructure (S3, MLflow) to come back, rather than die for good in this
+        # constructor. Started by `expunge serve`: refused at once, with the typed error.
         restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
-        self._service = ErasureService(
-            job,
-            hasher,
-            lineage,
-            _restartable_pool(job.service.shard_restarts),
-            lease_wait_s=_RESTART_LEASE_WAIT_S if restarted else 0.0,
-        )
+        deadline = time.monotonic() + (_RESTART_LEASE_WAIT_S if restarted else 0.0)
+        pause = 1.0
+        while True:
+            try:
+                lineage = Lineage(job.tracking, job.storage) if job.tracking.enabled else None
+                self._service = ErasureService(
+                    job,
+                    hasher,
+                    lineage,
+                    _restartable_pool(job.service.shard_restarts),
+                    lease_wait_s=_RESTART_LEASE_WAIT_S if restarted else 0.0,
+                )
+                return
+            except (StorageUnavailableError, TrackingUnreachable, StoreBusyError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("the restarted service waits for %s (%s)", type(exc).__name__, exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 30.0)
 
     def ready(self) -> dict[str, Any]:
         return self._service.describe()

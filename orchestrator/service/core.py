@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import resource
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ from expunge.orchestrator.errors import (
     ShardRetrainFailed,
     ShardStartTimeout,
     StorageConflictError,
+    StoreBusyError,
 )
 from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
@@ -64,8 +64,8 @@ __all__ = ["ErasureService", "ServedVersion", "ServiceStats"]
 
 log = logging.getLogger(__name__)
 
-#: Failures of circumstance: the batch is tried again (after a pause) instead of failing its requests.
-_RETRYABLE = (StorageConflictError, ShardRetrainFailed, ShardStartTimeout, StorageUnavailableError)
+#: Failures of circumstance: the batch is tried again (after a pause; a lapsed lease taken back first).
+_RETRYABLE = (StorageConflictError, ShardRetrainFailed, ShardStartTimeout, StorageUnavailableError, StoreBusyError)
 _RETRY_PAUSE_S = 1.0
 _MAX_ATTEMPTS = 5
 
@@ -100,10 +100,9 @@ class ErasureService:
         self.coordinator.require_manifest()  # a service needs a trained store
         # One writer per store: the service holds the write lease for its whole life.
         self._lease = self.coordinator.session.lease
-        # A service Ray restarts waits for the lease (a CLI job may hold it now); a new one is refused at once.
+        # A restarted service waits for the lease (a CLI job may hold it); then finishes what a crash left.
         self._lease.acquire(serve_purpose(job.service.namespace), wait_s=lease_wait_s)
         try:
-            # What a crash left, which opening the coordinator skipped while another process held the store.
             self.coordinator.follow_latest()
             self.coordinator.erasure.finish_interrupted()
             self._start(warm)
@@ -253,20 +252,7 @@ class ErasureService:
             counts = dict(self._counts)
             queued = len(self._queue)
             purges, unregistered, cause = self.follow.pending()
-        return ServiceStats(
-            accepted=counts.get("accepted", 0),
-            committed=counts.get("committed", 0),
-            registered=counts.get("registered", 0),
-            failed=counts.get("failed", 0),
-            queued=queued,
-            batches=counts.get("batches", 0),
-            shard_retrains=counts.get("shard_retrains", 0),
-            registrations=counts.get("registrations", 0),
-            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            pending_purges=purges,
-            pending_registrations=unregistered,
-            pending_cause=cause,
-        )
+        return ServiceStats.of(counts, queued, purges, unregistered, cause)
 
     def close(self) -> None:
         """Finish the batch in hand, then stop the worker and the shard actors.
@@ -366,6 +352,8 @@ class ErasureService:
                     return
                 log.warning("batch %s: %s; trying again (%d/%d)", batch.batch_id, exc, attempt, _MAX_ATTEMPTS)
                 time.sleep(_RETRY_PAUSE_S * attempt)
+                if isinstance(exc, StoreBusyError):
+                    self._lease.reacquire(serve_purpose(self.config.namespace))
             except ExpungeError as exc:
                 self.follow.fail(entries, batch, exc)
                 return

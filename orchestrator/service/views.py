@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import resource
+from collections.abc import Mapping
+
 from pydantic import BaseModel, ConfigDict
 
 __all__ = ["ServedVersion", "ServiceStats"]
@@ -37,3 +40,23 @@ class ServiceStats(BaseModel):
     pending_registrations: int = 0
     #: The cause of the last failed retry, if any is pending.
     pending_cause: str | None = None
+
+    @classmethod
+    def of(
+        cls, counts: Mapping[str, int], queued: int, purges: int, unregistered: int, cause: str | None
+    ) -> ServiceStats:
+        """The stats of this process from its counters, with its peak RSS read now."""
+        return cls(
+            accepted=counts.get("accepted", 0),
+            committed=counts.get("committed", 0),
+            registered=counts.get("registered", 0),
+            failed=counts.get("failed", 0),
+            queued=queued,
+            batches=counts.get("batches", 0),
+            shard_retrains=counts.get("shard_retrains", 0),
+            registrations=counts.get("registrations", 0),
+            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            pending_purges=purges,
+            pending_registrations=unregistered,
+            pending_cause=cause,
+        )

@@ -54,3 +54,22 @@ def test_a_request_id_reused_for_other_subjects_is_refused(tmp_path):
     coordinator.forget([SUBJECT], request_id="GDPR-8")
     with pytest.raises(ConfigError, match="already erased other subjects"):
         coordinator.forget([subjects(ROWS)[5]], request_id="GDPR-8")
+
+
+def test_an_mlflow_error_of_its_own_kind_after_the_commit_leaves_the_registration_pending(tmp_path, monkeypatch):
+    # MLflow raises MlflowException (not an Expunge error) when its server goes away mid-registration:
+    # the erasure is committed all the same, never reported as a bug (exit 5) or a failure.
+    from mlflow.exceptions import MlflowException
+
+    _open(tmp_path).train(ROWS, job(shards=2, slices=2))
+
+    def down(*args, **kwargs):
+        raise MlflowException("API request failed: connection refused")
+
+    monkeypatch.setattr(Lineage, "record_erasure", down)
+    receipt = _open(tmp_path).forget([SUBJECT], request_id="GDPR-9")
+    assert receipt.status == "erased"
+    assert receipt.pending[0].startswith("registration: MlflowException")
+    monkeypatch.undo()
+    again = _open(tmp_path)  # the next writer reconciles MLflow with the store on open
+    assert again.lineage.current_version() == "2"

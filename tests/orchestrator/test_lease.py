@@ -17,7 +17,7 @@ from expunge.orchestrator.config import ServiceConfig, StorageConfig, SyntheticR
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import LeaseLostError, StorageConflictError, StoreBusyError
-from expunge.orchestrator.lease import LeaseRecord, LeaseState, StoreLease, lease_state
+from expunge.orchestrator.lease import LeaseRecord, LeaseState, StoreLease, lease_state, process_pid_space
 from expunge.orchestrator.service.core import ErasureService
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
@@ -30,8 +30,10 @@ KEY = "3f9c2b7e1d8a4f6052c7e9b1a3d5f7082e4c6a8b0d2f4e6a8c0e2a4c6e8a0c2e"  # stro
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
 
-def _record(owner="other:1:x", host="elsewhere", pid=1, ttl=30.0, token=1) -> LeaseRecord:
-    return LeaseRecord(token=token, owner=owner, host=host, pid=pid, purpose="expunge serve", since="t", ttl_s=ttl)
+def _record(owner="other:1:x", host="elsewhere", pid=1, ttl=30.0, token=1, pid_space="boot:1") -> LeaseRecord:
+    return LeaseRecord(
+        token=token, owner=owner, host=host, pid=pid, purpose="expunge serve", since="t", ttl_s=ttl, pid_space=pid_space
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,13 +43,17 @@ def _record(owner="other:1:x", host="elsewhere", pid=1, ttl=30.0, token=1) -> Le
         (LeaseState(_record(), NOW, True), True, "free"),  # released
         (LeaseState(_record(owner="me"), NOW, False), True, "mine"),
         (LeaseState(_record(), NOW - timedelta(seconds=5), False), True, "held"),
-        (LeaseState(_record(), NOW - timedelta(seconds=31), False), True, "expired"),
-        (LeaseState(_record(host="here"), NOW, False), False, "dead"),  # this host, process gone
+        (LeaseState(_record(), NOW - timedelta(seconds=32), False), True, "expired"),
+        (LeaseState(_record(host="here"), NOW, False), False, "dead"),  # this host and PID namespace, gone
+        # A pid this PID namespace cannot see: a live holder in another container, or an older record.
+        (LeaseState(_record(host="here", pid_space="boot:2"), NOW, False), False, "held"),
+        (LeaseState(_record(host="here", pid_space=None), NOW, False), False, "held"),
+        (LeaseState(_record(), NOW - timedelta(seconds=30.5), False), True, "held"),  # S3's whole seconds
         (LeaseState(_record(host="elsewhere"), NOW, False), False, "held"),  # another host: only expiry frees it
     ],
 )
 def test_lease_state_is_a_pure_decision(state, pid_alive, verdict):
-    assert lease_state(state, NOW, "me", "here", pid_alive) == verdict
+    assert lease_state(state, NOW, "me", "here", pid_alive, "boot:1") == verdict
 
 
 def test_a_second_process_is_refused_with_the_holder_named_and_takes_over_after_release(tmp_path):
@@ -100,6 +106,7 @@ def test_a_holder_on_this_host_that_died_is_taken_over_at_once(tmp_path):
     store = ObjectStore(str(tmp_path / "store"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     record = _record(owner="gone", host=socket.gethostname(), pid=int(dead.stdout), ttl=3600, token=4)
+    record = record.model_copy(update={"pid_space": process_pid_space()})
     store.create_exclusive("lease/00000004.json", record.model_dump_json().encode())
     lease = StoreLease(store)
     assert lease.acquire("expunge serve") == 5
@@ -246,3 +253,33 @@ def test_a_restarted_service_waits_for_a_rival_writer_to_finish(trained_store, h
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("garbage", [b"", b"{not json", b'{"token": 99, "owner": "x"}'])
+def test_an_unreadable_newest_record_does_not_block_the_store(tmp_path, garbage):
+    store = ObjectStore(str(tmp_path / "store"))
+    store.put("lease/00000099.json", garbage)  # an operator's edit, or another release's format
+    lease = StoreLease(store)
+    assert lease.acquire("expunge forget") == 100  # past every listed token, not 0 + 1
+    assert lease.check() == 100
+    lease.release()
+
+
+def test_a_holder_whose_lease_lapsed_takes_it_back(tmp_path):
+    store = ObjectStore(str(tmp_path / "store"))
+    service = StoreLease(store, ttl_s=30)
+    token = service.acquire("expunge serve")
+    try:
+        other = StoreLease(store, ttl_s=30, owner="elsewhere:9:z")  # took it over while the service stalled
+        store.create_exclusive(
+            f"lease/{token + 1:08d}.json", _record(owner=other.owner, token=token + 1).model_dump_json().encode()
+        )
+        with pytest.raises(LeaseLostError):
+            service.check()
+        assert not service.reacquire("expunge serve")  # the other holder is live: not yet
+        store.put(f"lease/{token + 1:08d}.released", b"")  # it finished
+        assert service.reacquire("expunge serve")
+        assert service.check() == token + 2
+    finally:
+        service.release()
+    assert service.token is None  # the count was kept: one release ends it
