@@ -34,6 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from expunge.orchestrator.errors import LeaseLostError, StorageConflictError, StoreBusyError
+from expunge.orchestrator.processes import process_alive
 from expunge.shards.errors import ExpungeError
 from expunge.shards.store import ObjectInfo, ObjectStore
 
@@ -116,16 +117,6 @@ def lease_state(
     return "held"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 @dataclass
 class _Held:
     token: int
@@ -205,7 +196,7 @@ class StoreLease:
 
     @staticmethod
     def _alive(state: LeaseState) -> bool:
-        return state.record is None or _pid_alive(state.record.pid)
+        return state.record is None or process_alive(state.record.pid)
 
     # ----- holding ------------------------------------------------------------------------------
     @contextmanager
