@@ -54,7 +54,7 @@ from expunge.orchestrator.config import (
     TrackingConfig,
     TrainingConfig,
 )
-from expunge.orchestrator.errors import ConfigError, ExpungeError, StoreBusyError
+from expunge.orchestrator.errors import ConfigError, ExpungeError
 from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray, progress
 from expunge.pipelines.chaos_checks import ChaosSummary, Submitted, check_campaign
 
@@ -257,7 +257,7 @@ class _Campaign:
         for attempt in range(_SUBMIT_ATTEMPTS):
             try:
                 return str(client.submit([subject], idempotency_key=key))
-            except (ExpungeError, StoreBusyError) as exc:
+            except ExpungeError as exc:  # StoreBusyError and LeaseLostError included
                 log.warning("chaos: submit %s failed (%s); retrying", key, str(exc)[:200])
                 time.sleep(min(0.5 * 2**attempt, 8.0))
         return None
