@@ -16,16 +16,20 @@ from expunge.shards.errors import (
 
 __all__ = [
     "ArtifactStoreNotErasable",
+    "AuthenticationError",
     "ClusterUnavailableError",
     "ConfigError",
     "DataValidationError",
     "ErasedSubjectsInDataError",
     "ErasureWaitTimeout",
     "ExpungeError",
+    "IdempotencyConflictError",
     "InvalidSubjectIdError",
     "LeaseLostError",
     "LineagePurgeFailed",
     "ModelImportError",
+    "PermissionDeniedError",
+    "PersonalDataInTextError",
     "ServiceUnavailableError",
     "ShardRetrainFailed",
     "ShardStartTimeout",
@@ -199,4 +203,37 @@ class LeaseLostError(StoreBusyError):
 
     Example scenario: the store was unreachable for longer than ``storage.lease_ttl_s`` while a
     retrain ran, and another writer took the lease over. Submit the request again.
+    """
+
+
+class IdempotencyConflictError(ConfigError):
+    """An idempotency key already names a request for other subjects; nothing was changed (HTTP 409).
+
+    Example scenario: a client reuses ticket number ``GDPR-0042`` as the key of a new request for
+    another person. Use a new key for a new request.
+    """
+
+
+class AuthenticationError(ExpungeError):
+    """The HTTP API got no bearer token, or one it does not know or that was revoked (HTTP 401).
+
+    Example scenario: a recommender service calls ``Client(url, token)`` with a token that an
+    operator revoked (``expunge tokens revoke``). Ask the operator for a new one
+    (``expunge tokens create``); nothing was changed.
+    """
+
+
+class PermissionDeniedError(ExpungeError):
+    """The bearer token is valid but lacks the scope the call needs (HTTP 403); nothing was changed.
+
+    Example scenario: a token created with ``--scope erasure:read`` submits an erasure, which
+    needs ``erasure:submit``. Deny by default: a token holds exactly the scopes it was made with.
+    """
+
+
+class PersonalDataInTextError(ConfigError):
+    """Free text given with a request (``reason``, ``ticket``) names a subject, an e-mail address or a phone number.
+
+    Refused before anything is stored (HTTP 400, CLI exit 2). Example scenario: a privacy desk
+    pastes "erase jane@example.com, user-7" into ``reason``. Give a ticket reference instead.
     """

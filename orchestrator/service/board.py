@@ -9,8 +9,10 @@ from typing import Literal
 
 from expunge.orchestrator.errors import ConfigError, ErasureWaitTimeout, ExpungeError, UnknownRequestError
 from expunge.orchestrator.request_ids import REQUEST_ID
+from expunge.orchestrator.service.deadlines import parse_time
 from expunge.orchestrator.service.journal import Journal, RequestStatus
 from expunge.orchestrator.service.policy import check_timeout
+from expunge.orchestrator.service.views import StageClock
 
 __all__ = ["RequestBoard"]
 
@@ -30,9 +32,15 @@ class RequestBoard:
         self._changed = changed
         self._store_uri = store_uri
         self._recent: collections.OrderedDict[str, RequestStatus] = collections.OrderedDict()
+        #: Latency from receipt to each stage, of the requests this process moved there (``/metrics``).
+        self.clock = StageClock()
 
     def remember(self, status: RequestStatus) -> None:
         """Record a request's new status (the caller holds the condition)."""
+        before = self._recent.get(status.request_id)
+        reached = status.committed_at if status.stage == "committed" else status.registered_at
+        if reached and status.stage in ("committed", "registered") and (before is None or before.stage != status.stage):
+            self.clock.observe(status.stage, (parse_time(reached) - parse_time(status.received_at)).total_seconds())
         self._recent[status.request_id] = status
         self._recent.move_to_end(status.request_id)
         while len(self._recent) > _RECENT:

@@ -35,8 +35,8 @@ from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.erasure.resume import erased_rows
 from expunge.orchestrator.errors import (
-    ConfigError,
     ExpungeError,
+    IdempotencyConflictError,
     ShardRetrainFailed,
     ShardStartTimeout,
     StorageConflictError,
@@ -46,19 +46,15 @@ from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.board import RequestBoard
 from expunge.orchestrator.service.followup import Committed, FollowUp, durably
+from expunge.orchestrator.service.intake import new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
-from expunge.orchestrator.service.policy import (
-    check_idempotency_key,
-    check_subject_count,
-    check_subject_list,
-    next_step,
-    request_id_for,
-    split_receipt,
-    take_batch,
-)
+from expunge.orchestrator.service.lifecycle import Lifecycle
+from expunge.orchestrator.service.policy import check_subject_list, next_step, split_receipt, take_batch
 from expunge.orchestrator.service.recovery import recover, serve_purpose
+from expunge.orchestrator.service.screening import screen_free_text
 from expunge.orchestrator.service.views import ServedVersion, ServiceStats
 from expunge.shards.errors import StorageUnavailableError
+from expunge.shards.identity import canonical_subject_ids
 
 __all__ = ["ErasureService", "ServedVersion", "ServiceStats"]
 
@@ -117,6 +113,7 @@ class ErasureService:
         self._queue: collections.deque[_Queued] = collections.deque()
         self._resume: list[tuple[BatchEntry, list[JournalEntry]]] = []
         self.board = RequestBoard(self.journal, self._state, self.coordinator.store.uri)
+        self.lifecycle = Lifecycle(self.journal, self.hasher, self.board)
         self._counts = collections.Counter[str]()
         #: Request ids this process queued, resumed or found finished: a retried submit of any other
         #: id the journal holds as accepted was never acknowledged, and is queued by that retry.
@@ -142,37 +139,36 @@ class ErasureService:
 
     # ----- requests -------------------------------------------------------------------------------
     def submit(
-        self, subject_ids: Sequence[object], idempotency_key: str | None = None, reason: str | None = None
+        self,
+        subject_ids: Sequence[object],
+        idempotency_key: str | None = None,
+        reason: str | None = None,
+        ticket: str | None = None,
+        received_at: str | None = None,
     ) -> str:
         """Journal an erasure request and return its id once it is durable (before any retrain).
 
         The same ``idempotency_key`` always returns the same request id (and, later, receipt).
+        ``ticket``: the caller's reference, findable later (``Lifecycle.find``). ``received_at``:
+        when the controller received it (backlog imports; default now), which starts its clock.
 
         Raises:
             ConfigError: no subject, more than ``service.max_subjects_per_request``, a bad
-                idempotency key, or a key already used for other subjects.
+                idempotency key, reason, ticket or receipt date.
+            IdempotencyConflictError: the key is already used for other subjects.
+            PersonalDataInTextError: the reason or ticket names a subject, an e-mail or a phone number.
             InvalidSubjectIdError: an id the identity rule refuses (``expunge.shards.identity``).
         """
-        ids = check_subject_list(subject_ids)
-        check_subject_count(len(ids), self.config.max_subjects_per_request)
-        digests = tuple(dict.fromkeys(self.hasher.digest_many(ids)))
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
-            raise ConfigError("reason must be text of at most 1000 characters (e.g. a ticket reference)")
-        if idempotency_key is not None:
-            request_id = request_id_for(self.hasher.label(check_idempotency_key(idempotency_key), "idempotency-key"))
-        else:
-            request_id = f"req-{uuid.uuid4().hex[:24]}"
-        entry = JournalEntry(
-            request_id=request_id,
-            subject_digests=digests,
-            received_at=utc_now(),
-            reason=reason,
-            idempotent=idempotency_key is not None,
+        entry = new_entry(
+            self.hasher, self.config, subject_ids, idempotency_key, reason, ticket, received_at, utc_now()
         )
+        request_id, digests = entry.request_id, entry.subject_digests
+        if entry.ticket is not None:  # indexed first: a crash after the accept still finds it by ticket
+            self.journal.write_ticket(ticket_label(self.hasher, entry.ticket), request_id)
         stored = self.journal.accept(entry)
         if stored is not None:
             if set(stored.subject_digests) != set(digests):
-                raise ConfigError(
+                raise IdempotencyConflictError(
                     f"idempotency key already used by request {request_id} for other subjects; "
                     "use a new key for a new request"
                 )
@@ -201,6 +197,7 @@ class ErasureService:
         idempotency_key: str | None = None,
         reason: str | None = None,
         timeout: float | None = None,
+        ticket: str | None = None,
     ) -> ErasureReceipt:
         """``submit``, then wait until the erasure is committed and served; returns its receipt.
 
@@ -208,7 +205,7 @@ class ErasureService:
             ErasureWaitTimeout: not committed within ``timeout`` seconds (the request goes on).
             ExpungeError: the request failed (e.g. a corrupt store); nothing was changed.
         """
-        request_id = self.submit(subject_ids, idempotency_key, reason)
+        request_id = self.submit(subject_ids, idempotency_key, reason, ticket)
         status = self.wait(request_id, "committed", timeout)
         assert status.receipt is not None
         return status.receipt
@@ -222,6 +219,13 @@ class ErasureService:
     ) -> RequestStatus:
         """``RequestBoard.wait``: block until ``request_id`` reaches ``stage`` (or fails); returns its status."""
         return self.board.wait(request_id, stage, timeout)
+
+    def readmit(self, subject_ids: Sequence[object], reason: str) -> int:
+        """``Eraser.readmit`` under this service's lease: lift tombstones; returns how many were tombstoned."""
+        ids = check_subject_list(subject_ids)
+        screen_free_text("reason", reason, canonical_subject_ids(ids, "the request"))
+        with self._work:
+            return self.coordinator.readmit(ids, reason)
 
     # ----- serving ------------------------------------------------------------------------------
     def predict(self, rows: pa.Table) -> np.ndarray:
@@ -252,7 +256,8 @@ class ErasureService:
             counts = dict(self._counts)
             queued = len(self._queue)
             purges, unregistered, cause = self.follow.pending()
-        return ServiceStats.of(counts, queued, purges, unregistered, cause)
+            latency = self.board.clock.snapshot()
+        return ServiceStats.of(counts, queued, purges, unregistered, cause, latency)
 
     def close(self) -> None:
         """Finish the batch in hand, then stop the worker and the shard actors.

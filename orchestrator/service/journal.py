@@ -9,6 +9,8 @@ survives any crash; its stages follow as separate objects written once each:
     journal/registered/<request id>.json   when MLflow had the new version, earlier ones purged
     journal/failed/<request id>.json       a request that cannot succeed (a typed error; never after its commit)
     journal/purged/<request id>.json       the steps its receipt left pending (``pending``) are done
+    journal/extended/<request id>.json     its deadline extended (months, reason; GDPR Art. 12(3))
+    journal/tickets/<ticket label>/<request id>.json   finds requests by the caller's ticket
 
 Subjects appear only as keyed digests. On start the service reads the journal and finishes
 whatever is open (``ErasureService``).
@@ -16,15 +18,16 @@ whatever is open (``ErasureService``).
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
 from expunge.orchestrator.errors import StorageConflictError
-from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.shards.store import ObjectStore
 
-__all__ = ["BatchEntry", "Journal", "JournalEntry", "Registration", "RequestStatus", "Stage"]
+__all__ = ["BatchEntry", "ExtensionEntry", "Journal", "JournalEntry", "Registration", "RequestStatus", "Stage"]
 
 Stage = Literal["accepted", "committed", "registered", "failed"]
 
@@ -38,9 +41,22 @@ class JournalEntry(BaseModel):
     request_id: str
     subject_digests: tuple[str, ...]
     received_at: str
-    #: Free text from the caller (e.g. a ticket reference), stored as given: never a subject id.
+    #: Free text from the caller, screened (``expunge.orchestrator.service.screening``): never a subject id.
     reason: str | None = None
     idempotent: bool = False
+    #: The caller's reference (e.g. the privacy desk's case number), screened like ``reason``.
+    ticket: str | None = None
+    #: One calendar month after ``received_at`` (GDPR Art. 12(3)); None in journals older than the clock.
+    due_at: str | None = None
+
+
+class ExtensionEntry(BaseModel):
+    """The deadline of a request extended (Art. 12(3)): months in all (1 or 2), why, and when."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    months: int
+    reason: str
+    extended_at: str
 
 
 class BatchEntry(BaseModel):
@@ -137,8 +153,33 @@ class Journal:
         self.store.put(self._key("registered", request_id), registration.model_dump_json().encode())
 
     def write_purged(self, request_id: str) -> None:
-        """The steps the request's committed receipt left pending are done."""
-        self.store.put(self._key("purged", request_id), b"{}")
+        """The steps the request's committed receipt left pending are done (now)."""
+        self.store.put(self._key("purged", request_id), json.dumps({"at": utc_now()}).encode())
+
+    def purged_at(self, request_id: str) -> str | None:
+        """When the pending steps were done; None if not (or, for journals before this was recorded, unknown)."""
+        key = self._key("purged", request_id)
+        if not self.store.exists(key):
+            return None
+        at = json.loads(self.store.get(key) or b"{}").get("at")
+        return str(at) if at else None
+
+    def write_ticket(self, label: str, request_id: str) -> None:
+        """Index the request under its ticket's keyed label (``SubjectHasher.label``)."""
+        self.store.put(f"{_PREFIX}/tickets/{label}/{request_id}.json", b"{}")
+
+    def ticketed(self, label: str) -> list[str]:
+        """Request ids filed under a ticket label, in name order."""
+        return sorted(
+            k.rsplit("/", 1)[1].removesuffix(".json") for k in self.store.list_keys(f"{_PREFIX}/tickets/{label}")
+        )
+
+    def write_extension(self, request_id: str, extension: ExtensionEntry) -> None:
+        self.store.put(self._key("extended", request_id), extension.model_dump_json().encode())
+
+    def extension(self, request_id: str) -> ExtensionEntry | None:
+        key = self._key("extended", request_id)
+        return ExtensionEntry.model_validate_json(self.store.get(key)) if self.store.exists(key) else None
 
     def write_failed(self, request_id: str, error: str) -> None:
         self.store.put(self._key("failed", request_id), error.encode())

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ServedVersion", "ServiceStats"]
+__all__ = ["LATENCY_BUCKETS_S", "Latency", "ServedVersion", "ServiceStats", "StageClock"]
 
 
 class ServedVersion(BaseModel):
@@ -19,6 +19,46 @@ class ServedVersion(BaseModel):
     model_name: str | None
     shards: int
     slices: int
+
+
+#: Upper bounds of the stage-latency histogram buckets, in seconds (Prometheus ``le``).
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
+
+
+class Latency(BaseModel):
+    """A histogram of one stage's latency, in seconds: ``counts[i]`` requests took at most ``buckets[i]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]  # cumulative, as Prometheus wants them
+    count: int
+    sum: float
+
+
+class StageClock:
+    """Mutable histograms of stage latencies (from a request's receipt to the stage); not thread-safe alone.
+
+    The board records into it under the service's condition.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe(self, stage: str, seconds: float) -> None:
+        counts = self._counts.setdefault(stage, [0] * (len(LATENCY_BUCKETS_S) + 1))
+        index = next((i for i, bound in enumerate(LATENCY_BUCKETS_S) if seconds <= bound), len(LATENCY_BUCKETS_S))
+        counts[index] += 1
+        self._sums[stage] = self._sums.get(stage, 0.0) + max(seconds, 0.0)
+
+    def snapshot(self) -> dict[str, Latency]:
+        out = {}
+        for stage, counts in self._counts.items():
+            cumulative = [sum(counts[: i + 1]) for i in range(len(LATENCY_BUCKETS_S))]
+            out[stage] = Latency(
+                buckets=LATENCY_BUCKETS_S, counts=tuple(cumulative), count=sum(counts), sum=self._sums[stage]
+            )
+        return out
 
 
 class ServiceStats(BaseModel):
@@ -40,10 +80,18 @@ class ServiceStats(BaseModel):
     pending_registrations: int = 0
     #: The cause of the last failed retry, if any is pending.
     pending_cause: str | None = None
+    #: Latency from a request's receipt to each stage it reached in this process (committed, registered).
+    latency: dict[str, Latency] = {}
 
     @classmethod
     def of(
-        cls, counts: Mapping[str, int], queued: int, purges: int, unregistered: int, cause: str | None
+        cls,
+        counts: Mapping[str, int],
+        queued: int,
+        purges: int,
+        unregistered: int,
+        cause: str | None,
+        latency: Mapping[str, Latency] | None = None,
     ) -> ServiceStats:
         """The stats of this process from its counters, with its peak RSS read now."""
         return cls(
@@ -59,4 +107,5 @@ class ServiceStats(BaseModel):
             pending_purges=purges,
             pending_registrations=unregistered,
             pending_cause=cause,
+            latency=dict(latency or {}),
         )

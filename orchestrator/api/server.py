@@ -1,0 +1,105 @@
+"""Running the HTTP API in the service's process: uvicorn on a background thread, loopback by default.
+
+``HttpServer.start`` binds ``service.host:service.port`` (HTTPS with ``tls_cert``/``tls_key``)
+and returns once it listens, or raises ``ConfigError`` when the address is taken or the TLS files
+do not load. uvicorn's own access log is off: the API writes its own (``expunge.access``), which
+never holds a raw path.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+import threading
+import time
+
+import uvicorn
+
+from expunge.orchestrator.api.app import build_app
+from expunge.orchestrator.api.tokens import TokenStore
+from expunge.orchestrator.config import ServiceConfig
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.service.core import ErasureService
+
+__all__ = ["HttpServer"]
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 30.0
+
+
+class HttpServer:
+    """The API of one ``ErasureService`` on one address; ``url`` is where it really listens."""
+
+    def __init__(self, service: ErasureService, config: ServiceConfig) -> None:
+        self.config = config
+        self.tokens = TokenStore(service.coordinator.store, config.token_cache_s)
+        self.app = build_app(service, self.tokens)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    def start(self) -> str:
+        """Bind and serve on a daemon thread; returns the URL (``http(s)://host:port``).
+
+        Raises:
+            ConfigError: the port is taken, the host is not an address of this machine, or the TLS files do not load.
+        """
+        config = self.config
+        if config.tls_cert is not None:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.tls_cert, config.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"service.tls_cert/tls_key ({config.tls_cert}, {config.tls_key}) do not load: {exc}; give a PEM "
+                    "certificate and its key"
+                ) from None
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((config.host, config.port))
+        except OSError as exc:
+            sock.close()
+            why = "is taken by another program" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc})"
+            raise ConfigError(
+                f"the HTTP API's address {config.host}:{config.port} {why}: choose another with --port (or "
+                "service.port), or --host (service.host)"
+            ) from None
+        sock.listen(128)
+        sock.set_inheritable(True)
+        port = sock.getsockname()[1]
+        uv = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            ssl_certfile=config.tls_cert,
+            ssl_keyfile=config.tls_key,
+            timeout_keep_alive=30,
+            lifespan="off",
+        )
+        # Off for good: its lines hold raw paths (an idempotency key, a ticket) and client addresses.
+        logging.getLogger("uvicorn.access").disabled = True
+        server = uvicorn.Server(uv)
+        self._server = server
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="expunge-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"the HTTP API did not start on {config.host}:{port}; see the service's log")
+            time.sleep(0.02)
+        scheme = "https" if config.tls_cert else "http"
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        self.url = f"{scheme}://{host}:{port}"
+        log.info("HTTP API listening on %s", self.url)
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving (open connections are closed)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
