@@ -5,7 +5,9 @@ plus the model-author interface of ``expunge.shards.models`` (``SisaModel``) and
 names of ``expunge.shards.rows``. Every other module under ``expunge.orchestrator``,
 ``expunge.shards`` and ``expunge.pipelines`` is internal and may change without notice.
 
-Names are imported on first use, so ``import expunge`` loads neither torch, Ray nor MLflow.
+Names are imported on first use, so ``import expunge`` loads neither torch, Ray nor MLflow, and
+``from expunge import Client`` (the HTTP client, ``expunge.client``) needs only httpx and pydantic:
+the base install, without the ``server`` extra. ``RayClient`` is the in-cluster Ray-driver SDK.
 The design card's folders (``orchestrator/``, ``shards/``, ``pipelines/``) sit at the root of
 a checkout and install as ``expunge.orchestrator``, ``expunge.shards`` and ``expunge.pipelines``
 (``pyproject.toml``, ``package-dir``); they cannot be imported under their folder names.
@@ -26,6 +28,8 @@ from typing import Any
 
 __all__ = [
     "ArtifactStoreNotErasable",
+    "AsyncClient",
+    "AuthenticationError",
     "Client",
     "ConfigError",
     "Coordinator",
@@ -36,6 +40,7 @@ __all__ = [
     "ErasureReceipt",
     "ErasureWaitTimeout",
     "ExpungeError",
+    "IdempotencyConflictError",
     "InvalidSubjectIdError",
     "ItemStatsConfig",
     "JobConfig",
@@ -43,7 +48,10 @@ __all__ = [
     "MFConfig",
     "MLPConfig",
     "MembershipAudit",
+    "PermissionDeniedError",
+    "PersonalDataInTextError",
     "PrivacyConfig",
+    "RayClient",
     "ServiceConfig",
     "ServiceUnavailableError",
     "ShardRetrainFailed",
@@ -66,7 +74,9 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Client": "expunge.orchestrator.client",
+    "AsyncClient": "expunge.client",
+    "Client": "expunge.client",
+    "RayClient": "expunge.orchestrator.client",
     "Coordinator": "expunge.orchestrator.coordinator",
     "ErasureReceipt": "expunge.orchestrator.receipts",
     "MembershipAudit": "expunge.orchestrator.evidence.membership",

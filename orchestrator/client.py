@@ -1,8 +1,8 @@
-"""The Python SDK for recommender services: ``Client`` talks to a running ``expunge serve``.
+"""The Ray-driver SDK, the platform team's in-cluster path: ``RayClient`` talks to a running ``expunge serve``.
 
-    from expunge import Client
+    from expunge import RayClient
 
-    client = Client.connect(address="auto", namespace="expunge")
+    client = RayClient.connect(address="auto", namespace="expunge")
     receipt = client.forget(["user-7"], idempotency_key="GDPR-2026-0042")
     client.wait(receipt.request_id, stage="registered", timeout=60)
     top = client.recommend("user-8", k=10)
@@ -10,6 +10,9 @@
 Every call is a Ray actor call to the service. A call that the service's crash interrupts is
 sent again once Ray has restarted it, with the same idempotency key (``forget`` makes one up
 when none is given), so a request is erased once and its receipt is the same.
+
+It joins the Ray cluster, so it needs the server install and a Ray credential: recommender
+services use the HTTP client ``expunge.Client`` (``expunge.client``) instead.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from expunge.orchestrator.service.journal import RequestStatus
     from expunge.orchestrator.service.views import ServedVersion, ServiceStats
 
-__all__ = ["Client", "join_cluster"]
+__all__ = ["RayClient", "join_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def join_cluster(address: str | None, namespace: str) -> None:
         ) from exc
 
 
-class Client:
+class RayClient:
     """A connection to one Expunge service (a detached coordinator actor on a Ray cluster).
 
     ``retry_s``: how long a call keeps trying while the service restarts after a crash, in seconds.
@@ -95,7 +98,7 @@ class Client:
         namespace: str = "expunge",
         name: str = "expunge-coordinator",
         retry_s: float = 300.0,
-    ) -> Client:
+    ) -> RayClient:
         """Join the cluster at ``address`` ("auto": the local one or RAY_ADDRESS) and find the service.
 
         Raises:

@@ -61,7 +61,7 @@ class ErasureReceipt(BaseModel):
     #: from then on the subjects are gone from every answer. Stage one of two.
     committed_at: str | None = None
     #: When MLflow had the new version and every earlier version was purged (UTC, ISO 8601); None
-    #: until then (the service registers after it answers; ``Client.wait``). Stage two.
+    #: until then (the service registers after it answers; ``RayClient.wait``). Stage two.
     registered_at: str | None = None
     #: The request the service coalesced this one into (its store version, MLflow run and receipt-log
     #: entry carry that id); None when it ran alone.

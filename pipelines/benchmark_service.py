@@ -16,7 +16,7 @@ itself). Checks: committed p50 <= 1.5 x retrain p50 + 0.3 s; registered p50 < 5 
 
 **Load** (synthetic ratings of ``--load-subjects`` subjects, same S x R): a second service, then
 ``--load-requests`` single-subject requests, one per subject, submitted from ``--threads``
-threads as fast as ``Client.submit`` allows; every request is waited for until
+threads as fast as ``RayClient.submit`` allows; every request is waited for until
 committed, then until registered. Per-request latencies come from the service's own
 timestamps (``committed_at - received_at``). The coordinator's peak RSS is sampled at the
 start, in the middle and at the end. The run fails (exit 1) unless every request registered.
@@ -56,9 +56,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from expunge import Client
+from expunge import RayClient
 from expunge.orchestrator.config import (
     JobConfig,
+    PrivacyConfig,
     ServiceConfig,
     ShardingConfig,
     StorageConfig,
@@ -231,6 +232,10 @@ class ServiceBenchmark(BaseModel):
 
 
 # ----- set-up ------------------------------------------------------------------------------------
+#: The run's digest key, in its scratch folder (mkdtemp's: 0700).
+_KEY_FILE = "subject.key"
+
+
 def _job(
     store: Path, tracking: TrackingConfig, settings: ServiceBenchmarkSettings, training: TrainingConfig
 ) -> JobConfig:
@@ -239,6 +244,9 @@ def _job(
         training=training,
         storage=StorageConfig(uri=str(store)),
         tracking=tracking,
+        # The service reads the run's key from the file `run` writes in the scratch folder (above the
+        # store's folder): the key is never passed through Ray.
+        privacy=PrivacyConfig(subject_key_file=str(store.parent.parent / _KEY_FILE)),
         service=ServiceConfig(namespace=f"bench-{uuid.uuid4().hex[:12]}", window_ms=settings.window_ms),
     )
 
@@ -256,14 +264,14 @@ def _train_store(rows: pa.Table, job: JobConfig, hasher: SubjectHasher) -> None:
 
 
 @contextmanager
-def _serving(job: JobConfig) -> Iterator[tuple[Client, float]]:
+def _serving(job: JobConfig) -> Iterator[tuple[RayClient, float]]:
     """The service for ``job`` in this Ray cluster; yields (client, seconds it took to start warm)."""
     began = time.perf_counter()
     with progress(f"starting the service (namespace {job.service.namespace}) and its shard actors"):
         start_service(job)
     started = time.perf_counter() - began
     try:
-        yield Client.connect(namespace=job.service.namespace, name=job.service.name), started
+        yield RayClient.connect(namespace=job.service.namespace, name=job.service.name), started
     finally:
         stop_service(job.service.namespace, job.service.name)
 
@@ -355,7 +363,7 @@ def _latency(
 class _Sampler:
     """Polls ``client.stats()`` every ``_SAMPLE_EVERY_S`` in a thread; keeps (seconds, stats) pairs."""
 
-    def __init__(self, client: Client, began: float) -> None:
+    def __init__(self, client: RayClient, began: float) -> None:
         self._client = client
         self._began = began
         self._stop = threading.Event()
@@ -383,7 +391,7 @@ def _seconds_between(earlier: str | None, later: str | None) -> float | None:
     return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
-def _wait(client: Client, request_id: str, stage: Literal["committed", "registered"]) -> None:
+def _wait(client: RayClient, request_id: str, stage: Literal["committed", "registered"]) -> None:
     """Wait for ``stage``; a failed or timed-out request is counted by its final status, not raised."""
     try:
         client.wait(request_id, stage, _WAIT_S)
@@ -491,13 +499,15 @@ def run(
     had_ray_address = "RAY_ADDRESS" in os.environ
     init_ray()
     previous_key = os.environ.get(key_env)
-    os.environ[key_env] = key  # start_service passes it to the service actor
+    os.environ[key_env] = key  # this process digests (the service reads the scratch folder's key file)
     cli_env = {**os.environ, key_env: key}
     if not had_ray_address:
         cli_env.pop("RAY_ADDRESS", None)  # the cold CLI starts its own Ray, as a lone `expunge forget` does
     try:
         with tempfile.TemporaryDirectory(prefix="expunge-bench-service-") as scratch:
             root = Path(scratch)
+            (root / _KEY_FILE).touch(mode=0o600)
+            (root / _KEY_FILE).write_text(key)
             latency = None
             if latency_rows is not None:
                 (root / "latency").mkdir()

@@ -5,7 +5,7 @@
 Needs no setup: everything runs on loopback. It starts an S3 API server (moto), the fault proxy
 (``expunge.pipelines.fault_proxy``) in front of it, a local Ray cluster and MLflow (sqlite and
 artifacts in ``--output``); trains a small store on the S3 server; starts the erasure service on
-it; then submits ``--requests`` one-subject erasures through the SDK (``expunge.Client``), as a
+it; then submits ``--requests`` one-subject erasures through the SDK (``expunge.RayClient``), as a
 client would (each retried with its idempotency key when a call fails). Before every few requests
 a seeded schedule (``plan_faults``) injects one fault:
 
@@ -286,7 +286,7 @@ def run_campaign(
     """Run one campaign (see the module docstring); returns its summary, violations listed."""
     import ray
 
-    from expunge.orchestrator.client import Client
+    from expunge.orchestrator.client import RayClient
     from expunge.orchestrator.coordinator import Coordinator, local_pool
     from expunge.orchestrator.digests import SubjectHasher
     from expunge.orchestrator.registry import Lineage
@@ -313,7 +313,7 @@ def run_campaign(
         with progress("starting Ray and the erasure service"):
             init_ray()
             handle, _ = start_service(job)
-        client = Client(handle, job.service.namespace, job.service.name, retry_s=300)
+        client = RayClient(handle, job.service.namespace, job.service.name, retry_s=300)
         people = sorted(counts)
         chosen = campaign.rng.sample(people, min(requests, len(people) - 5))
         # A rival CLI writer names someone no request names: were it admitted, no receipt would change.

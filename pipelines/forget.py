@@ -179,10 +179,10 @@ def through_service(
     Raises:
         ServiceUnavailableError: no service answers in ``namespace`` at ``address``.
     """
-    from expunge.orchestrator.client import Client
+    from expunge.orchestrator.client import RayClient
     from expunge.pipelines.serve import recorded_address
 
-    client = Client.connect(address=address or recorded_address(namespace), namespace=namespace)
+    client = RayClient.connect(address=address or recorded_address(namespace), namespace=namespace)
     try:
         with progress(f"erasing {len(subjects)} subject(s) through the service"):
             return client.forget(subjects, idempotency_key=idempotency_key)

@@ -7,7 +7,7 @@
 Creates the detached, named coordinator actor (``service.name`` in ``service.namespace``) and its
 shard actors, waits until every shard actor is warm, prints where it runs (JSON) and returns;
 the service lives on the cluster. Recommender services then use the SDK:
-``Client.connect(address=..., namespace=...)``. With no ``--address`` (and no
+``RayClient.connect(address=..., namespace=...)``. With no ``--address`` (and no
 ``RAY_ADDRESS``), a head is started on this machine and recorded, so ``--stop`` ends it too.
 """
 
@@ -199,7 +199,7 @@ def status(namespace: str, address: str | None, name: str | None) -> dict[str, A
     Raises:
         ServiceUnavailableError: no cluster recorded or answering, or no service in ``namespace``.
     """
-    from expunge.orchestrator.client import Client
+    from expunge.orchestrator.client import RayClient
     from expunge.orchestrator.service.actor import find_service
 
     recorded = read_state(state_file(namespace)) or {}
@@ -208,7 +208,7 @@ def status(namespace: str, address: str | None, name: str | None) -> dict[str, A
         raise ServiceUnavailableError(f"no Ray cluster answers at {address}: is the service running?")
     _connect(address, namespace)
     name = name or recorded.get("name") or "expunge-coordinator"
-    client = Client(find_service(namespace, name), namespace, name, retry_s=30)
+    client = RayClient(find_service(namespace, name), namespace, name, retry_s=30)
     return {
         "namespace": namespace,
         "address": address,
@@ -235,7 +235,7 @@ def main(
 ) -> None:
     """Run the erasure service (a warm coordinator and shard actors) on a Ray cluster, or --stop it.
 
-    Prints JSON on stdout: the address and namespace to give Client.connect. Exit 0 when
+    Prints JSON on stdout: the address and namespace to give RayClient.connect. Exit 0 when
     serving, stopped or nothing to stop; 2 on bad input (an untrained store, a wrong key, a local
     store on several nodes, a namespace serving another store).
     """

@@ -51,7 +51,9 @@ def test_import_expunge_is_cheap_and_every_public_name_resolves():
     assert done.stdout.strip() == "[]"
     for name in expunge.__all__:
         assert getattr(expunge, name) is not None, name
-    assert expunge.Client.__module__ == "expunge.orchestrator.client"
+    assert expunge.Client.__module__ == "expunge.client._sync"
+    assert expunge.AsyncClient.__module__ == "expunge.client._async"
+    assert expunge.RayClient.__module__ == "expunge.orchestrator.client"
     assert issubclass(expunge.UnknownSubjectError, expunge.ExpungeError)
     with pytest.raises(AttributeError):
         _ = expunge.coordinator_internals
@@ -87,9 +89,11 @@ def test_the_wheel_holds_only_expunge_and_every_module(tmp_path):
         "expunge",
         f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info",
     }
-    sources = {
-        f"expunge/{p.relative_to(ROOT).as_posix()}" for folder in FOLDERS for p in (ROOT / folder).rglob("*.py")
-    } | {"expunge/__init__.py", "expunge/py.typed"}
+    sources = (
+        {f"expunge/{p.relative_to(ROOT).as_posix()}" for folder in FOLDERS for p in (ROOT / folder).rglob("*.py")}
+        | {"expunge/__init__.py", "expunge/py.typed"}
+        | {p.relative_to(ROOT).as_posix() for p in (ROOT / "expunge" / "client").glob("*.py")}
+    )
     assert sources - set(names) == set()
 
 

@@ -141,8 +141,8 @@ def test_serve_on_two_nodes_with_s3_spreads_shard_actors_and_erases_exactly(ray_
         client = (
             "import json, ray\n"
             "from ray.util.state import list_actors\n"
-            "from expunge import Client\n"
-            f"client = Client.connect(namespace={namespace!r})\n"
+            "from expunge import RayClient\n"
+            f"client = RayClient.connect(namespace={namespace!r})\n"
             "receipt = client.forget(['user-11'])\n"
             "nodes = sorted({a.node_id for a in list_actors(filters=[('class_name', '=', 'ShardActor'),"
             " ('state', '=', 'ALIVE')])})\n"

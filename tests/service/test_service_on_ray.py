@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from expunge import Client
+from expunge import RayClient
 from expunge.orchestrator.catalog import Catalog
 from expunge.orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
@@ -44,12 +44,12 @@ def served(tmp_path, monkeypatch):
     Coordinator(config.storage, hasher, pool_factory=local_pool).train(ROWS, config)
     started: list[bool] = []
 
-    def start(**env: str) -> Client:
+    def start(**env: str) -> RayClient:
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         start_service(config)
         started.append(True)
-        return Client.connect(namespace=namespace, retry_s=180)
+        return RayClient.connect(namespace=namespace, retry_s=180)
 
     yield config, hasher, start
     if started:
