@@ -16,14 +16,24 @@ and MLflow imports. Exit codes are in ``EXIT_CODES`` and the README.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import traceback
 from typing import Any
 
-import click
-import typer
+#: What the light install (the HTTP client only, no ``server`` extra) prints instead of a traceback.
+NEEDS_SERVER = "error: the expunge command needs the server install: pip install 'expunge[server]'"
+#: Top-level modules of the ``server`` extra that every job needs (checked without importing them).
+_SERVER_MODULES = ("click", "typer", "rich", "yaml", "numpy", "pyarrow", "torch", "ray", "mlflow")
 
-__all__ = ["EXIT_CODES", "EXIT_INTERNAL", "JOBS", "SUBJOBS", "app", "main"]
+if any(importlib.util.find_spec(name) is None for name in _SERVER_MODULES):
+    print(NEEDS_SERVER, file=sys.stderr)
+    raise SystemExit(2)
+
+import click  # noqa: E402
+import typer  # noqa: E402
+
+__all__ = ["EXIT_CODES", "EXIT_INTERNAL", "JOBS", "NEEDS_SERVER", "SUBJOBS", "app", "main"]
 
 #: Subcommand -> (recipe module, one-line help). The help is kept here so that listing the
 #: jobs imports none of them.

@@ -267,6 +267,7 @@ def test_dockerfile_installs_as_the_readme_does_and_runs_as_non_root():
     assert f"torch=={_pinned('torch')}" in installs
     assert "download.pytorch.org/whl/cpu" in installs
     assert "-c constraints.txt" in installs
+    assert '".[server]"' in installs, "the image needs the engine: the base install is only the HTTP client"
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users
     assert users[-1] not in ("root", "0")
