@@ -59,7 +59,6 @@ from rich.table import Table
 from expunge import RayClient
 from expunge.orchestrator.config import (
     JobConfig,
-    PrivacyConfig,
     ServiceConfig,
     ShardingConfig,
     StorageConfig,
@@ -232,10 +231,6 @@ class ServiceBenchmark(BaseModel):
 
 
 # ----- set-up ------------------------------------------------------------------------------------
-#: The run's digest key, in its scratch folder (mkdtemp's: 0700).
-_KEY_FILE = "subject.key"
-
-
 def _job(
     store: Path, tracking: TrackingConfig, settings: ServiceBenchmarkSettings, training: TrainingConfig
 ) -> JobConfig:
@@ -244,9 +239,6 @@ def _job(
         training=training,
         storage=StorageConfig(uri=str(store)),
         tracking=tracking,
-        # The service reads the run's key from the file `run` writes in the scratch folder (above the
-        # store's folder): the key is never passed through Ray.
-        privacy=PrivacyConfig(subject_key_file=str(store.parent.parent / _KEY_FILE)),
         service=ServiceConfig(namespace=f"bench-{uuid.uuid4().hex[:12]}", window_ms=settings.window_ms),
     )
 
@@ -499,15 +491,13 @@ def run(
     had_ray_address = "RAY_ADDRESS" in os.environ
     init_ray()
     previous_key = os.environ.get(key_env)
-    os.environ[key_env] = key  # this process digests (the service reads the scratch folder's key file)
+    os.environ[key_env] = key  # start_service passes it to the service actor
     cli_env = {**os.environ, key_env: key}
     if not had_ray_address:
         cli_env.pop("RAY_ADDRESS", None)  # the cold CLI starts its own Ray, as a lone `expunge forget` does
     try:
         with tempfile.TemporaryDirectory(prefix="expunge-bench-service-") as scratch:
             root = Path(scratch)
-            (root / _KEY_FILE).touch(mode=0o600)
-            (root / _KEY_FILE).write_text(key)
             latency = None
             if latency_rows is not None:
                 (root / "latency").mkdir()
