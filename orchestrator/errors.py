@@ -145,8 +145,8 @@ class ServiceUnavailableError(ExpungeError):
     """No Expunge service answers under the given name and namespace (or it stopped answering).
 
     Example scenario: ``RayClient.connect(namespace="expunge")`` before ``expunge serve`` ran on
-    that cluster, or after ``expunge serve --stop``; or ``Client(url, token)`` while nothing
-    answers at ``url`` for its ``retry_s``, or the service answers 503 for that long.
+    that cluster, or after ``expunge serve --stop``; or a call of ``Client(url, token)`` while
+    nothing answers at ``url`` for its ``retry_s``.
     """
 
 
