@@ -143,7 +143,7 @@ def check_subject_ids(subject_ids: object) -> list[str | int]:
     """The ids as a list after a light check; the server applies the full identity rule.
 
     A list or tuple of str or int (not bool), at least one. A single string is refused: it would
-    otherwise be read as one id per character. Refused ids are named by position, never by value.
+    otherwise be read as one id per character. Refused ids are named by position (from 1), never by value.
 
     Raises:
         ConfigError: not a list or tuple, or an empty one.
@@ -157,8 +157,8 @@ def check_subject_ids(subject_ids: object) -> list[str | int]:
     if not subject_ids:
         raise ConfigError("subject_ids is empty: name at least one subject")
     problems = [
-        f"position {i}: a {type(value).__name__} is not an id; give a str or an int"
-        for i, value in enumerate(subject_ids)
+        f"subject id {position} is a {type(value).__name__}, not an id; give a str or an int"
+        for position, value in enumerate(subject_ids, 1)  # counted from 1, as the identity rule does
         if isinstance(value, bool) or not isinstance(value, str | int)
     ]
     if problems:

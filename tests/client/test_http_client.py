@@ -228,6 +228,13 @@ def test_bad_subject_lists_are_refused_before_any_request(served, subject_ids, e
     assert served.fake.calls == []
 
 
+def test_a_refused_id_is_named_by_its_position_from_1_never_by_its_value(served):
+    with _client(served) as client, pytest.raises(InvalidSubjectIdError) as refused:
+        client.submit(["user-7", 7.5])
+    assert "subject id 2 is a float" in str(refused.value)
+    assert "7.5" not in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
