@@ -62,6 +62,14 @@ JOBS: dict[str, tuple[str, str]] = {
         "expunge.pipelines.recommend",
         "Top-k items a subject has not rated, from the published exact ensemble.",
     ),
+    "tokens": (
+        "expunge.pipelines.tokens:list_tokens",
+        "HTTP API tokens: `create --scope S --name CLIENT` (shown once), `list`, `revoke TOKEN_ID`.",
+    ),
+    "requests": (
+        "expunge.pipelines.gdpr_requests",
+        "Erasure requests and their GDPR clock (`--state late|pending|done|failed`); `export --format csv|json`.",
+    ),
     "chaos": (
         "expunge.pipelines.chaos",
         "Seeded fault campaign: S3 faults, kills and rival writers around the service; checks every request.",
@@ -75,6 +83,17 @@ JOBS: dict[str, tuple[str, str]] = {
 #: Jobs with sub-jobs (``expunge benchmark accuracy --data ...``). The bare job (``expunge benchmark
 #: --data ...``) still runs its JOBS recipe, which is also its first sub-job here.
 SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
+    "tokens": {
+        "list": ("expunge.pipelines.tokens:list_tokens", "Every token (never a secret), revoked ones included."),
+        "create": ("expunge.pipelines.tokens:create", "A new token with the given scopes; printed once."),
+        "revoke": ("expunge.pipelines.tokens:revoke", "Revoke a token by its id."),
+    },
+    "requests": {
+        "export": (
+            "expunge.pipelines.gdpr_requests:export",
+            "Every request for the privacy officer: id, ticket, received, due, done, state, evidence link.",
+        ),
+    },
     "benchmark": {
         "erasure": ("expunge.pipelines.benchmark", "Erasure speed-ups and test RMSE of MF ensembles against S and R."),
         "accuracy": (
@@ -129,13 +148,14 @@ class _LazyJobs(click.Group):
             name, module, args = cmd_name, module_name, list(job_ctx.args)
             if args and args[0] in SUBJOBS.get(cmd_name, {}):
                 name, module, args = f"{cmd_name} {args[0]}", SUBJOBS[cmd_name][args[0]][0], args[1:]
+            module, _, function = module.partition(":")  # "module:function" names one of several jobs
             recipe = importlib.import_module(module)
             single = typer.Typer(
                 add_completion=False,
                 pretty_exceptions_enable=False,
                 context_settings={"help_option_names": ["-h", "--help"]},
             )
-            single.command(name)(recipe.main)
+            single.command(name)(getattr(recipe, function or "main"))
             try:
                 typer.main.get_command(single).main(args=args, prog_name=f"expunge {name}")
             except Exception:

@@ -194,23 +194,25 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
         items = service.lifecycle.list(_now(), state, due_before, ticket)
         return ErasureList(items=items, count=len(items))
 
-    @app.get(f"{API_PREFIX}/erasures/{{ref}}", response_model=Erasure, responses=_ERRORS | {404: _PROBLEM})
-    def get_erasure(ref: str, request: Request, _: Read) -> Erasure:
-        """One request, by request id, idempotency key or ticket (tried in that order)."""
-        return _view(request, service.lifecycle.find(ref))
-
-    @app.post(f"{API_PREFIX}/erasures/{{ref}}/extension", response_model=Erasure, responses=_ERRORS | {404: _PROBLEM})
+    @app.post(
+        f"{API_PREFIX}/erasures/{{ref:path}}/extension", response_model=Erasure, responses=_ERRORS | {404: _PROBLEM}
+    )
     def extend_erasure(ref: str, body: ExtensionRequest, request: Request, _: Submit) -> Erasure:
         """Extend the deadline by 1 or 2 further months in all (GDPR Art. 12(3)), within the first month."""
         view = service.lifecycle.extend(ref, body.months, body.reason, _now())
         return _view(request, view.request_id)
 
-    @app.get(f"{API_PREFIX}/erasures/{{ref}}/evidence", responses=_ERRORS | {404: _PROBLEM})
+    @app.get(f"{API_PREFIX}/erasures/{{ref:path}}/evidence", responses=_ERRORS | {404: _PROBLEM})
     def get_evidence(ref: str, request: Request, _: Evidence) -> dict[str, Any]:
         """The verify report of a committed request (computed once, then kept in the journal)."""
         request_id = service.lifecycle.find(ref)
         request.state.request_id = request_id
         return evidence_report(service, request_id)
+
+    @app.get(f"{API_PREFIX}/erasures/{{ref:path}}", response_model=Erasure, responses=_ERRORS | {404: _PROBLEM})
+    def get_erasure(ref: str, request: Request, _: Read) -> Erasure:
+        """One request, by request id, idempotency key or ticket (tried in that order)."""
+        return _view(request, service.lifecycle.find(ref))
 
     # ----- serving ---------------------------------------------------------------------------------
     @app.post(f"{API_PREFIX}/recommendations", response_model=Recommendations, responses=_ERRORS | {404: _PROBLEM})
@@ -290,9 +292,9 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
 
 def _route(request: Request) -> str:
     route = request.scope.get("route")
-    return str(getattr(route, "path", "(unrouted)"))
+    return str(getattr(route, "path_format", "(unrouted)"))
 
 
 def _safe_path(request: Request) -> bool:
     """A path may be echoed in a problem only when it holds no caller-chosen reference."""
-    return "{ref}" not in _route(request)
+    return "{ref" not in _route(request)
