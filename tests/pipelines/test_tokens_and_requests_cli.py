@@ -1,0 +1,71 @@
+"""`expunge tokens` and `expunge requests`: tokens shown once and stored hashed; the privacy officer's export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+from tests.api.conftest import SUBJECTS, serving
+from tests.pipelines.test_cli import _expunge
+
+
+def test_a_token_is_printed_once_stored_only_as_a_salted_hash_and_revocable(tmp_path):
+    store = str(tmp_path / "store")
+    made = _expunge("tokens", "create", "--storage", store, "--name", "recsys-prod", "--scope", "recommend",
+                    "--scope", "erasure:read", cwd=tmp_path)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    token = created["token"]
+    assert created["scopes"] == ["erasure:read", "recommend"]
+    assert "not shown again" in made.stderr
+    stored = "".join(p.read_text() for p in (tmp_path / "store").rglob("*.json"))
+    assert token not in stored
+    assert token.split("_")[2] not in stored  # not even the secret part
+    listed = json.loads(_expunge("tokens", "list", "--storage", store, cwd=tmp_path).stdout)
+    assert [t["name"] for t in listed] == ["recsys-prod"]
+    assert "token" not in listed[0]
+    assert "digest" not in listed[0]
+    revoked = _expunge("tokens", "revoke", created["token_id"], "--storage", store, cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["revoked_at"]
+
+
+def test_bad_token_input_exits_2_and_writes_nothing(tmp_path):
+    store = tmp_path / "store"
+    for args in (["--name", "x", "--scope", "root"], ["--name", "has space", "--scope", "admin"], ["--name", "x"]):
+        result = _expunge("tokens", "create", "--storage", str(store), *args, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.startswith("error: ")
+    assert not store.exists() or not list(store.rglob("*.json"))
+    assert _expunge("tokens", "revoke", "0123456789ab", "--storage", str(store), cwd=tmp_path).returncode == 2
+
+
+def test_the_export_lists_the_clock_and_never_a_subject(tmp_path):
+    with serving(tmp_path, window_ms=60_000) as served:  # the long window keeps the requests pending
+        long_ago = (datetime.now(UTC) - timedelta(days=40)).date().isoformat()
+        served.service.submit([SUBJECTS[0]], "IDEM-KEY-ONE", None, "DESK-1", long_ago)
+        served.service.submit([SUBJECTS[1]], "IDEM-KEY-TWO", None, "DESK-2")
+        digests = [d for e in (served.service.lifecycle.list(datetime.now(UTC))) for d in e.subject_digests]
+    store = str(tmp_path / "store")
+    exported = _expunge("requests", "export", "--storage", store, "--format", "csv", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert [(r["ticket"], r["late"], r["state"]) for r in rows] == [
+        ("DESK-1", "yes", "accepted"),
+        ("DESK-2", "no", "accepted"),
+    ]
+    assert set(rows[0]) == {"request_id", "ticket", "received_at", "due_at", "done_at", "state", "late",
+                            "extension_months", "evidence"}  # fmt: skip
+    for secret in (SUBJECTS[0], SUBJECTS[1], *digests, "IDEM-KEY-ONE"):
+        assert secret not in exported.stdout
+    late = _expunge("requests", "--storage", store, "--state", "late", cwd=tmp_path)
+    assert late.returncode == 0, late.stderr
+    assert [r["ticket"] for r in json.loads(late.stdout)] == ["DESK-1"]
+    assert "1 request(s) pending past their due date" in late.stderr
+    as_json = json.loads(_expunge("requests", "export", "--storage", store, "--format", "json", cwd=tmp_path).stdout)
+    assert len(as_json) == 2
+    bad = _expunge("requests", "--storage", store, "--state", "overdue", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "pending, late, done or failed" in bad.stderr
