@@ -145,6 +145,11 @@ class PrivacyConfig(Frozen):
         "EXPUNGE_SUBJECT_KEY",
         description="Environment variable holding the HMAC key for subject digests; keep the key stable.",
     )
+    subject_key_file: str | None = Field(
+        None,
+        description="File holding the key (e.g. a mounted Kubernetes Secret), read when subject_key_env is not set; "
+        "one trailing newline is ignored. `expunge serve` sets it for the service it starts (docs/security.md).",
+    )
 
 
 class ServiceConfig(Frozen):
@@ -176,6 +181,31 @@ class ServiceConfig(Frozen):
     shard_restarts: int = Field(
         -1, ge=-1, description="How often Ray restarts a dead shard actor (-1: always); it reloads from the store."
     )
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the HTTP API (and the Ray head that `serve` starts) listens on; loopback unless "
+        "set (0.0.0.0: every interface, behind a TLS-terminating proxy or with tls_cert/tls_key).",
+    )
+    port: int = Field(8470, ge=0, le=65535, description="TCP port of the HTTP API (0: none; the API is off).")
+    tls_cert: str | None = Field(None, description="PEM certificate file: the HTTP API serves HTTPS (with tls_key).")
+    tls_key: str | None = Field(None, description="PEM private key file of tls_cert.")
+    token_cache_s: float = Field(
+        1.0,
+        ge=0.0,
+        le=60.0,
+        description="How long a verified API token is trusted before the store is read again, in seconds: a "
+        "revoked token stops working within this time.",
+    )
+    due_days_warning: int = Field(
+        7, ge=0, description="A pending request due within this many days is logged as a warning (late ones always)."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServiceConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("service.tls_cert and service.tls_key go together: give both (HTTPS) or neither")
+        return self
 
 
 class JobConfig(Frozen):

@@ -59,6 +59,7 @@ from rich.table import Table
 from expunge import RayClient
 from expunge.orchestrator.config import (
     JobConfig,
+    PrivacyConfig,
     ServiceConfig,
     ShardingConfig,
     StorageConfig,
@@ -68,11 +69,11 @@ from expunge.orchestrator.config import (
 )
 from expunge.orchestrator.coordinator import Coordinator, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ExpungeError
+from expunge.orchestrator.errors import ConfigError, ExpungeError
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.actor import start_service, stop_service
-from expunge.pipelines._runtime import init_logging, init_ray, progress
+from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray, progress
 from expunge.pipelines.benchmark import measure_monolith, parity_training
 from expunge.pipelines.datasets import load_movielens, split_rows, synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
@@ -231,6 +232,10 @@ class ServiceBenchmark(BaseModel):
 
 
 # ----- set-up ------------------------------------------------------------------------------------
+#: The run's digest key, in its scratch folder (mkdtemp's: 0700).
+_KEY_FILE = "subject.key"
+
+
 def _job(
     store: Path, tracking: TrackingConfig, settings: ServiceBenchmarkSettings, training: TrainingConfig
 ) -> JobConfig:
@@ -239,6 +244,9 @@ def _job(
         training=training,
         storage=StorageConfig(uri=str(store)),
         tracking=tracking,
+        # The service reads the run's key from the file `run` writes in the scratch folder (above the
+        # store's folder): the key is never passed through Ray.
+        privacy=PrivacyConfig(subject_key_file=str(store.parent.parent / _KEY_FILE)),
         service=ServiceConfig(namespace=f"bench-{uuid.uuid4().hex[:12]}", window_ms=settings.window_ms),
     )
 
@@ -491,13 +499,15 @@ def run(
     had_ray_address = "RAY_ADDRESS" in os.environ
     init_ray()
     previous_key = os.environ.get(key_env)
-    os.environ[key_env] = key  # start_service passes it to the service actor
+    os.environ[key_env] = key  # this process digests (the service reads the scratch folder's key file)
     cli_env = {**os.environ, key_env: key}
     if not had_ray_address:
         cli_env.pop("RAY_ADDRESS", None)  # the cold CLI starts its own Ray, as a lone `expunge forget` does
     try:
         with tempfile.TemporaryDirectory(prefix="expunge-bench-service-") as scratch:
             root = Path(scratch)
+            (root / _KEY_FILE).touch(mode=0o600)
+            (root / _KEY_FILE).write_text(key)
             latency = None
             if latency_rows is not None:
                 (root / "latency").mkdir()
@@ -580,7 +590,14 @@ def load_table(load: LoadResult) -> Table:
 
 
 def main(
-    data: Path = typer.Option(..., help="MovieLens ratings for the latency part (u.data or ml-100k.inter)"),
+    data: Path | None = typer.Option(
+        None, help="MovieLens ratings for the latency part (u.data or ml-100k.inter); not needed with --http"
+    ),
+    http: bool = typer.Option(
+        False, "--http", help="load the HTTP API instead: --clients concurrent clients, p50/p95/p99 per stage"
+    ),
+    clients: int = typer.Option(50, min=1, help="--http: concurrent HTTP clients"),
+    subjects: int = typer.Option(2000, min=2, help="--http: subjects of the synthetic store"),
     shards: int = typer.Option(8, min=1, help="S of both stores"),
     slices: int = typer.Option(8, min=1, help="R of both stores"),
     requests: int = typer.Option(20, min=1, help="one-subject SDK erasures for the latency figures"),
@@ -599,6 +616,21 @@ def main(
     """
     init_logging()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if http:
+        from expunge.pipelines.benchmark_http import HttpSettings, print_http, run_http
+
+        http_settings = HttpSettings(
+            shards=shards, slices=slices, subjects=subjects, requests=requests, clients=clients, seed=seed
+        )
+        with exit_on_error():
+            http_result = run_http(http_settings, parity_training(epochs, batch_size))
+        print_http(http_result, output)
+        if http_result.completed < http_settings.requests:
+            raise typer.Exit(1)
+        return
+    if data is None:
+        with exit_on_error():
+            raise ConfigError("pass --data FILE (MovieLens ratings), or --http for the HTTP load run")
     settings = ServiceBenchmarkSettings(
         shards=shards,
         slices=slices,

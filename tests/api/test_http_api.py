@@ -203,3 +203,12 @@ def test_an_extension_moves_the_due_date_by_calendar_months(served: Served, mont
         assert view["extension"]["months"] == months
         due = datetime.fromisoformat(view["due_at"])
         assert (due.year * 12 + due.month) - (received.year * 12 + received.month) == 1 + months
+
+
+def test_answers_are_not_held_back_by_nagle(served: Served):
+    # asyncio sets TCP_NODELAY on accepted connections only when the listening socket says TCP;
+    # without it each answer waited ~40 ms for the client's delayed ACK (headers and body are two writes).
+    import socket
+
+    assert served.server.socket is not None
+    assert served.server.socket.proto == socket.IPPROTO_TCP
