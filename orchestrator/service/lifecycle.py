@@ -59,7 +59,8 @@ class Lifecycle:
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict[str, JournalEntry] = collections.OrderedDict()
         self._extensions: dict[str, ExtensionEntry | None] = {}
-        self._final: dict[str, Erasure] = {}  # done or failed: they no longer change
+        # Done or failed views no longer change: the newest are kept (older ones are read again).
+        self._final: collections.OrderedDict[str, Erasure] = collections.OrderedDict()
 
     # ----- finding --------------------------------------------------------------------------------
     def entry(self, request_id: str) -> JournalEntry | None:
@@ -127,6 +128,8 @@ class Lifecycle:
         if view.state == "done" or view.stage == "failed":
             with self._lock:
                 self._final[request_id] = view
+                while len(self._final) > _CACHED:
+                    self._final.popitem(last=False)
         return view
 
     def _of(self, entry: JournalEntry, status: RequestStatus, now: datetime) -> Erasure:
