@@ -11,9 +11,14 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expunge.orchestrator.errors import ConfigError
 from expunge.shards.identity import canonical_subject_id, canonical_subject_ids
+
+if TYPE_CHECKING:
+    from expunge.orchestrator.config import PrivacyConfig
 
 __all__ = ["SubjectHasher", "key_weakness"]
 
@@ -59,18 +64,47 @@ class SubjectHasher:
 
     @classmethod
     def from_env(cls, env_name: str) -> SubjectHasher:
+        """The key in environment variable ``env_name`` (ConfigError when unset or weak)."""
         value = os.environ.get(env_name)
         if not value:
+            raise ConfigError(_missing_key(env_name, None))
+        return cls._checked(value, f"environment variable {env_name}", env_name)
+
+    @classmethod
+    def from_settings(cls, privacy: PrivacyConfig) -> SubjectHasher:
+        """The configured key: ``privacy.subject_key_env`` when that variable is set, else ``privacy.subject_key_file``.
+
+        The file is how a process gets the key without it in its environment (a mounted Kubernetes
+        Secret, or the 0600 file ``expunge serve`` writes for the service it starts); one trailing
+        newline in it is ignored (``echo KEY > file``).
+
+        Raises:
+            ConfigError: neither gives a key (the message names both), the file cannot be read, or the key is weak.
+        """
+        env_name, key_file = privacy.subject_key_env, privacy.subject_key_file
+        if os.environ.get(env_name):
+            return cls.from_env(env_name)
+        if not key_file:
+            raise ConfigError(_missing_key(env_name, None))
+        try:
+            value = Path(key_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(_missing_key(env_name, key_file)) from None
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(
-                f"environment variable {env_name} is not set; it holds the HMAC key for subject "
-                f"digests. Set it to a random secret of 64 hex characters (32 bytes), e.g. `export {env_name}="
-                "$(python -c 'import secrets;print(secrets.token_hex(32))')`, and keep it stable: "
-                "changing it makes earlier digests unmatchable."
-            )
+                f"cannot read the subject digest key from privacy.subject_key_file {key_file} "
+                f"({type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}) and "
+                f"{env_name} is not set: make the file readable by this process's user, or set {env_name}"
+            ) from None
+        value = value.removesuffix("\n").removesuffix("\r")
+        return cls._checked(value, f"privacy.subject_key_file {key_file}", env_name)
+
+    @classmethod
+    def _checked(cls, value: str, where: str, env_name: str) -> SubjectHasher:
         weakness = key_weakness(value)
         if weakness is not None:
             raise ConfigError(
-                f"the subject digest key in {env_name} is too weak: {weakness}. Digests of a weak key can be "
+                f"the subject digest key in {where} is too weak: {weakness}. Digests of a weak key can be "
                 f"reversed by trying likely ids. Use a fresh random key: `{_KEY_HINT.format(env=env_name)}` "
                 "(for a store already trained, keep its key: retrain into a new store to change it). Nothing was changed."
             )
@@ -103,3 +137,17 @@ class SubjectHasher:
 
     def __repr__(self) -> str:  # never show the key
         return "SubjectHasher(key=<redacted>)"
+
+
+def _missing_key(env_name: str, key_file: str | None) -> str:
+    where = (
+        f"environment variable {env_name} is not set and privacy.subject_key_file {key_file} does not exist"
+        if key_file
+        else f"environment variable {env_name} is not set (nor privacy.subject_key_file)"
+    )
+    return (
+        f"{where}; one of them holds the HMAC key for subject digests. Set {env_name} to a random secret of 64 hex "
+        f"characters (32 bytes), e.g. `{_KEY_HINT.format(env=env_name)}`, or name a file holding it in "
+        "privacy.subject_key_file (a mounted secret), and keep the key stable: changing it makes earlier digests "
+        "unmatchable."
+    )

@@ -38,6 +38,7 @@ __all__ = [
     "init_logging",
     "init_ray",
     "job_and_store",
+    "key_configured",
     "make_lineage",
     "progress",
 ]
@@ -154,12 +155,18 @@ def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
 
 
 def hasher_from_env(privacy: PrivacyConfig = PrivacyConfig()) -> SubjectHasher:
-    return SubjectHasher.from_env(privacy.subject_key_env)
+    """The configured key: ``privacy.subject_key_env``, else ``privacy.subject_key_file`` (ConfigError naming both)."""
+    return SubjectHasher.from_settings(privacy)
+
+
+def key_configured(privacy: PrivacyConfig) -> bool:
+    """Whether a key is configured (its variable set, or a key file named) rather than left to a demo's file."""
+    return bool(os.environ.get(privacy.subject_key_env) or privacy.subject_key_file)
 
 
 def demo_hasher(workdir: Path, privacy: PrivacyConfig = PrivacyConfig()) -> SubjectHasher:
     """The configured key if set; otherwise a demo key kept in ``<workdir>/subject.key`` (0600)."""
-    if os.environ.get(privacy.subject_key_env):
+    if key_configured(privacy):
         return hasher_from_env(privacy)
     key_file = workdir / "subject.key"
     if not key_file.exists():

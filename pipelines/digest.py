@@ -13,7 +13,6 @@ digest reveals nothing, and the key never leaves the process.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
@@ -21,7 +20,7 @@ import typer
 from expunge.orchestrator.config import PrivacyConfig, StorageConfig, load_job_config
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
-from expunge.pipelines._runtime import demo_hasher, exit_on_error, hasher_from_env, init_logging
+from expunge.pipelines._runtime import demo_hasher, exit_on_error, hasher_from_env, init_logging, key_configured
 
 __all__ = ["main", "run"]
 
@@ -29,7 +28,7 @@ __all__ = ["main", "run"]
 def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
     if workdir is None:
         return hasher_from_env(privacy)
-    if not os.environ.get(privacy.subject_key_env) and not (workdir / "subject.key").is_file():
+    if not key_configured(privacy) and not (workdir / "subject.key").is_file():
         raise ConfigError(
             f"{workdir / 'subject.key'} does not exist: --workdir names the folder of `expunge demo`, which keeps "
             f"its generated key there. Run the demo first, or set {privacy.subject_key_env} instead."

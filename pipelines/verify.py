@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.receipt_chain import ChainReport
 from expunge.orchestrator.evidence.report import VerifyReport, chain_markdown
 from expunge.orchestrator.evidence.verify import verify_erasure, verify_log
-from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
+from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, key_configured, progress
 from expunge.shards.store import ObjectStore
 
 __all__ = ["VerifyOptions", "main", "run"]
@@ -52,7 +51,7 @@ class VerifyOptions:
 
 def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
     """The configured key if set (as the demo does), else the demo's key file in ``workdir``."""
-    if os.environ.get(privacy.subject_key_env) or workdir is None:
+    if key_configured(privacy) or workdir is None:
         return hasher_from_env(privacy)
     key_file = workdir / "subject.key"
     if not key_file.is_file():
