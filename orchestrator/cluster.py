@@ -55,7 +55,7 @@ def gcs_answers(address: str, timeout_s: float = 2.0) -> bool:
     """
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
             return True
     except (OSError, ValueError):
         return False

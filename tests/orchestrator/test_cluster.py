@@ -31,3 +31,18 @@ def test_s3_is_fine_on_several_nodes(uri):
 @pytest.mark.parametrize("uri", LOCAL)
 def test_local_paths_and_file_urls_are_local(uri):
     assert is_local_storage(uri)
+
+
+def test_a_gcs_address_in_ipv6_brackets_is_probed_as_an_address():
+    # A loopback head started by `expunge serve` is reached at [::ffff:127.0.0.1]:PORT; the brackets
+    # made the probe look up a host named "[::ffff:127.0.0.1]", so `serve` took its head for dead.
+    import socket
+
+    from expunge.orchestrator.cluster import gcs_answers
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert gcs_answers(f"127.0.0.1:{port}")
+        assert gcs_answers(f"[::ffff:127.0.0.1]:{port}")

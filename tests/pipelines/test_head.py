@@ -1,4 +1,9 @@
-"""The head ``expunge serve`` starts: it works on a machine where no Ray program ever ran."""
+"""The head ``expunge serve`` starts: it works where no Ray program ever ran, and keeps to loopback."""
+
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -17,5 +22,71 @@ def test_a_head_starts_where_no_ray_token_exists_yet(tmp_path, monkeypatch):
         token = tmp_path / ".ray" / "auth_token"
         assert token.is_file()
         assert token.read_text().strip()
+    finally:
+        stop_head(info)
+
+
+@pytest.mark.parametrize(
+    ("host", "flags", "gcs", "dashboard"),
+    [
+        ("127.0.0.1", ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"], "::ffff:127.0.0.1", "127.0.0.1"),
+        ("localhost", ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"], "::ffff:127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", ["--node-ip-address=10.1.2.3", "--dashboard-host=0.0.0.0"], "10.1.2.3", "10.1.2.3"),
+        ("10.9.8.7", ["--node-ip-address=10.9.8.7", "--dashboard-host=10.9.8.7"], "10.9.8.7", "10.9.8.7"),
+    ],
+)
+def test_a_head_binds_where_its_host_says(host, flags, gcs, dashboard):
+    from expunge.pipelines._head import _binding
+
+    binding = _binding(host, node_ip="10.1.2.3")
+    assert (binding.flags, binding.gcs_host, binding.dashboard_host) == (flags, gcs, dashboard)
+    # Only a loopback head runs in Ray's single-machine mode (the only one where its node address stays loopback).
+    assert ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in binding.env) == (host in ("127.0.0.1", "localhost"))
+
+
+def _settled_sockets(info) -> list[tuple[str, int, int]]:
+    """The head's listening sockets once no new one appeared for 2 s (agents start after `ray start` returns)."""
+    from expunge.pipelines._head import _processes
+    from tests.cluster._proc import listening_sockets
+
+    seen: list[tuple[str, int, int]] = []
+    for _ in range(15):
+        now = listening_sockets(p.pid for p in _processes(info))
+        if now and {(a, port) for a, port, _ in now} == {(a, port) for a, port, _ in seen}:
+            return now
+        seen = now
+        time.sleep(2)
+    return seen
+
+
+@pytest.mark.integration
+def test_every_port_of_a_head_listens_on_loopback_and_no_process_holds_a_withheld_variable(monkeypatch):
+    # Issue 20: with `--node-ip-address=127.0.0.1` alone, Ray put the GCS, raylet, agents and the
+    # Ray client server on the machine's network address (or on every interface).
+    from expunge.pipelines._head import _processes, listening_addresses
+    from tests.cluster._proc import environment, is_loopback
+
+    monkeypatch.setenv("EXPUNGE_TEST_WITHHELD", "must-not-reach-the-head")
+    info = start_head(num_cpus=1, withheld_env=("EXPUNGE_TEST_WITHHELD",))
+    try:
+        sockets = _settled_sockets(info)
+        assert len(sockets) >= 5, sockets  # GCS, raylet, dashboard, its agent, the runtime-env agent, ...
+        assert [s for s in sockets if not is_loopback(s[0])] == []
+        reported = listening_addresses(info)  # what `serve` prints (workers come and go: not compared one to one)
+        assert f"127.0.0.1:{info.address.rpartition(':')[2]}" in reported
+        assert [a for a in reported if not is_loopback(a.rpartition(":")[0].strip("[]"))] == []
+        leaked = [p.pid for p in _processes(info) if "EXPUNGE_TEST_WITHHELD" in environment(p.pid)]
+        assert leaked == []
+        # A plain client (no Ray setting of its own) joins at the address the head reports.
+        joined = subprocess.run(
+            [sys.executable, "-c", "import ray; ray.init(); print(ray.cluster_resources()['CPU'])"],
+            env={**os.environ, "RAY_ADDRESS": info.address, "RAY_AUTH_MODE": "token"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert joined.returncode == 0, joined.stderr[-3000:]
+        assert float(joined.stdout.split()[-1]) == 1.0
     finally:
         stop_head(info)
