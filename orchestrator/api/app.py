@@ -47,7 +47,7 @@ from expunge.orchestrator.api.tokens import TokenRecord, TokenStore, authorize
 from expunge.orchestrator.errors import AuthenticationError, ConfigError, ExpungeError
 from expunge.orchestrator.service.core import ErasureService
 
-__all__ = ["build_app"]
+__all__ = ["MAX_BODY_BYTES", "build_app"]
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("expunge.access")
@@ -55,6 +55,8 @@ access = logging.getLogger("expunge.access")
 _PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {400: _PROBLEM, 401: _PROBLEM, 403: _PROBLEM, 503: _PROBLEM}
 _COUNT_CACHE_S = 5.0
+#: Largest request body the API reads, in bytes (a prediction of 100,000 rows fits).
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class ExtensionRequest(BaseModel):
@@ -125,7 +127,8 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
         request.state.request_id = "-"
         status = 500
         try:
-            response = await call_next(request)
+            refused = _body_refusal(request)
+            response = _problem_response(refused) if refused is not None else await call_next(request)
             status = response.status_code
             return response
         finally:
@@ -288,6 +291,29 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
         return PlainTextResponse(render(service.stats(), by_state(), http), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _body_refusal(request: Request) -> Problem | None:
+    """A body too large, or of unknown length, is refused before it is read (it could be any size)."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return None
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        return Problem(
+            title="Length Required",
+            status=411,
+            detail="send the body with a Content-Length (chunked bodies are not accepted); nothing was changed",
+            code="ConfigError",
+        )
+    if int(length) > MAX_BODY_BYTES:
+        return Problem(
+            title="Content Too Large",
+            status=413,
+            detail=f"the body has {length} bytes, over the API's {MAX_BODY_BYTES}: send fewer rows or subjects per "
+            "call; nothing was changed",
+            code="ConfigError",
+        )
+    return None
 
 
 def _route(request: Request) -> str:

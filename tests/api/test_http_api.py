@@ -212,3 +212,22 @@ def test_answers_are_not_held_back_by_nagle(served: Served):
 
     assert served.server.socket is not None
     assert served.server.socket.proto == socket.IPPROTO_TCP
+
+
+def test_a_body_too_large_or_of_unknown_length_is_refused_unread(served: Served):
+    from expunge.orchestrator.api.app import MAX_BODY_BYTES
+
+    before = _journal_requests(served)
+    with served.client(served.token("erasure:submit")) as client:
+        huge = client.post(
+            "/v1/erasures", content=b"{" + b" " * MAX_BODY_BYTES + b"}", headers={"Content-Type": "application/json"}
+        )
+        assert huge.status_code == 413
+        assert huge.json()["code"] == "ConfigError"
+
+        def chunks():
+            yield b'{"subject_ids": ["x"]}'
+
+        unknown = client.post("/v1/erasures", content=chunks(), headers={"Content-Type": "application/json"})
+        assert unknown.status_code == 411
+    assert _journal_requests(served) == before
