@@ -47,6 +47,7 @@ from expunge.orchestrator.config import (
     DataConfig,
     JobConfig,
     MFConfig,
+    PrivacyConfig,
     ServiceConfig,
     ShardingConfig,
     StorageConfig,
@@ -97,6 +98,10 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: The campaign's digest key, in ``--output`` while the campaign runs.
+_KEY_FILE = ".subject.key"
 
 
 class _Campaign:
@@ -160,6 +165,9 @@ class _Campaign:
                 artifact_location=str(self.output.resolve() / "mlartifacts"),
             ),
             service=ServiceConfig(namespace=namespace, window_ms=200, register_within_s=2.0, shard_restarts=-1),
+            # The service reads the campaign's key from this file (run_campaign writes it, 0600, and
+            # deletes it at the end): a key is never passed through Ray.
+            privacy=PrivacyConfig(subject_key_file=str(self.output.resolve() / _KEY_FILE)),
         )
 
     # ----- faults ---------------------------------------------------------------------------------
@@ -302,8 +310,16 @@ def run_campaign(
     campaign = _Campaign(requests, seed, output, shards, slices, settle_s)
     os.environ.setdefault("EXPUNGE_SUBJECT_KEY", secrets.token_hex(32))
     hasher = SubjectHasher.from_env("EXPUNGE_SUBJECT_KEY")
-    with progress("starting an S3 API server (moto) and the fault proxy"):
-        campaign.start_s3()
+    key_file = output / _KEY_FILE
+    key_file.unlink(missing_ok=True)
+    with os.fdopen(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(os.environ["EXPUNGE_SUBJECT_KEY"])
+    try:
+        with progress("starting an S3 API server (moto) and the fault proxy"):
+            campaign.start_s3()
+    except BaseException:
+        key_file.unlink(missing_ok=True)
+        raise
     try:
         job = campaign.job()
         rows = synthetic_ratings(job.data.synthetic)
@@ -342,6 +358,7 @@ def run_campaign(
     finally:
         campaign.proxy.stop()
         campaign.moto.stop()
+        key_file.unlink(missing_ok=True)
     summary = summary.model_copy(update={"seconds": round(time.perf_counter() - began, 1)})  # checks included
     (output / "summary.json").write_text(summary.model_dump_json(indent=1))
     return summary

@@ -9,7 +9,14 @@ import pytest
 
 from expunge import RayClient
 from expunge.orchestrator.catalog import Catalog
-from expunge.orchestrator.config import JobConfig, ServiceConfig, StorageConfig, SyntheticRatingsConfig, TrackingConfig
+from expunge.orchestrator.config import (
+    JobConfig,
+    PrivacyConfig,
+    ServiceConfig,
+    StorageConfig,
+    SyntheticRatingsConfig,
+    TrackingConfig,
+)
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError, InvalidSubjectIdError, ServiceUnavailableError
@@ -32,6 +39,11 @@ def served(tmp_path, monkeypatch):
     """A trained store and a running service in a namespace of its own; yields (job, hasher, client)."""
     key = secrets.token_hex(32)
     monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", key)
+    # The session's Ray workers started before the key was set: the service reads it from a file,
+    # as on a cluster with the key mounted (it is never passed through Ray).
+    key_file = tmp_path / "subject.key"
+    key_file.write_text(key)
+    key_file.chmod(0o600)
     hasher = SubjectHasher(key.encode())
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     config = job(shards=3, slices=3).model_copy(
@@ -39,6 +51,7 @@ def served(tmp_path, monkeypatch):
             "storage": StorageConfig(uri=str(tmp_path / "store")),
             "tracking": TrackingConfig(enabled=False),
             "service": ServiceConfig(namespace=namespace, window_ms=0),
+            "privacy": PrivacyConfig(subject_key_file=str(key_file)),
         }
     )
     Coordinator(config.storage, hasher, pool_factory=local_pool).train(ROWS, config)
