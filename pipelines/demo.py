@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import typer
+import yaml
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
@@ -38,7 +39,15 @@ from expunge.orchestrator.evidence.membership import MembershipAudit
 from expunge.orchestrator.evidence.scan import scan_store
 from expunge.orchestrator.evidence.verify import verify_erasure
 from expunge.orchestrator.registry import default_tracking_uri
-from expunge.pipelines._runtime import demo_hasher, exit_on_error, init_logging, init_ray, make_lineage, progress
+from expunge.pipelines._runtime import (
+    demo_hasher,
+    exit_on_error,
+    init_logging,
+    init_ray,
+    key_configured,
+    make_lineage,
+    progress,
+)
 from expunge.pipelines.datasets import split_rows, synthetic_ratings
 from expunge.shards.rows import RATING, SUBJECT_ID
 from expunge.shards.shard import shard_prefix
@@ -190,6 +199,11 @@ def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
         reference.close()
     with progress("verifying the erasure as `expunge verify` does, logging the report to MLflow", quiet):
         verification = verify_erasure(storage, receipt.request_id, hasher, subject_id=subject)
+    # A job file for the demo's store, so it can be served as is (`expunge serve --config <workdir>/job.yaml`).
+    # The demo's own key file, unless the key came from the environment (then serve reads it there too).
+    key_file = None if key_configured(job.privacy) else str(workdir / "subject.key")
+    served = job.model_copy(update={"privacy": job.privacy.model_copy(update={"subject_key_file": key_file})})
+    (workdir / "job.yaml").write_text(yaml.safe_dump(served.model_dump(mode="json", exclude_defaults=True)))
     report_path = workdir / f"verify-{receipt.request_id}.md"
     report_path.write_text(verification.to_markdown())
     report_path.with_suffix(".json").write_text(verification.model_dump_json(indent=1))
@@ -253,6 +267,11 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     beside = Path(sys.executable).parent / "mlflow"
     mlflow_cli = shlex.quote(str(beside)) if beside.exists() else "mlflow"
     typer.echo(f"Inspect: {mlflow_cli} ui --backend-store-uri {shlex.quote(result.tracking_uri)}")
+    job_file = options.workdir / "job.yaml"
+    if job_file.exists():
+        typer.echo(
+            f"Serve it over HTTP: expunge serve --config {shlex.quote(str(job_file))} (then `expunge tokens create ...`)"
+        )
 
 
 def main(

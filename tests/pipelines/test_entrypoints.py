@@ -66,6 +66,15 @@ def test_demo_json_reports_an_exact_targeted_erasure(tmp_path):
     )
     assert (tmp_path / "demo" / "mlflow.db").exists()
     assert (tmp_path / "demo" / "store" / "ensemble").is_dir()
+    # The demo leaves a job file that names its store, registry and key file, ready for `expunge serve`.
+    from expunge.orchestrator.config import load_job_config
+    from expunge.orchestrator.digests import SubjectHasher
+    from expunge.orchestrator.session import published
+
+    served = load_job_config(tmp_path / "demo" / "job.yaml")
+    assert served.storage.uri == str(tmp_path / "demo" / "store")
+    assert served.privacy.subject_key_file == str(tmp_path / "demo" / "subject.key")
+    published(served.storage, SubjectHasher.from_settings(served.privacy))  # the store's own key
 
 
 def test_train_then_forget_from_the_command_line(tmp_path):
