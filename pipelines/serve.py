@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from expunge.orchestrator.cluster import gcs_answers, is_local_storage
-from expunge.orchestrator.config import JobConfig, TrackingConfig, load_job_config
+from expunge.orchestrator.config import JobConfig, ServiceConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
-from expunge.pipelines._head import HeadInfo, read_state, start_head, stop_head
+from expunge.pipelines._head import HeadInfo, listening_addresses, read_state, start_head, stop_head
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
 
-__all__ = ["main", "recorded_address", "serve", "state_file", "status", "stop"]
+__all__ = ["key_file", "main", "recorded_address", "serve", "state_file", "status", "stop"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,39 @@ def state_file(namespace: str) -> Path:
     """Where ``serve`` records what it started (``EXPUNGE_STATE_DIR``, default ``~/.local/state/expunge``)."""
     root = Path(os.environ.get("EXPUNGE_STATE_DIR", "~/.local/state/expunge")).expanduser()
     return root / f"serve-{namespace}.json"
+
+
+def key_file(namespace: str) -> Path:
+    """Where ``serve`` keeps the subject key for the service of its own head (0600, in a 0700 folder of the state dir)."""
+    return state_file(namespace).parent / "keys" / f"subject-{namespace}.key"
+
+
+def _write_key_file(path: Path, key: str) -> None:
+    """Write ``key`` to ``path``, readable by this user only (never, even briefly, by others)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)  # mkdir's mode is masked by the umask, and the folder may be older
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(key)
+    os.replace(temp, path)
+
+
+def _hand_over_key(job: JobConfig) -> JobConfig:
+    """The job as the service on ``serve``'s own head gets it: the key as a file's path, never its value.
+
+    That head's processes do not inherit the key variable, so no worker holds it; the service
+    actor reads the file instead. A key from this process's environment is written to
+    ``key_file`` (``--stop`` deletes it); a configured key file is named as it is.
+    """
+    privacy = job.privacy
+    value = os.environ.get(privacy.subject_key_env)
+    if value:
+        path = key_file(job.service.namespace)
+        _write_key_file(path, value)
+        privacy = privacy.model_copy(update={"subject_key_file": str(path)})
+    return job.model_copy(update={"privacy": privacy})
 
 
 def recorded_address(namespace: str) -> str:
@@ -77,7 +111,10 @@ def _anchored(job: JobConfig, tracking: TrackingConfig) -> JobConfig:
         storage = storage.model_copy(update={"uri": str(Path(storage.uri).resolve())})
     if tracking.enabled and tracking.uri is None:
         tracking = tracking.model_copy(update={"uri": f"sqlite:///{Path.cwd() / 'mlflow.db'}"})
-    return job.model_copy(update={"storage": storage, "tracking": tracking})
+    privacy = job.privacy
+    if privacy.subject_key_file:
+        privacy = privacy.model_copy(update={"subject_key_file": str(Path(privacy.subject_key_file).resolve())})
+    return job.model_copy(update={"storage": storage, "tracking": tracking, "privacy": privacy})
 
 
 def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
@@ -128,10 +165,13 @@ def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: i
                 stop_head(head)  # whatever is left of it
             address, head, recorded = None, None, None
     if address is None:
-        with progress("starting a Ray head on this machine"):
-            head = start_head(num_cpus)
+        with progress(f"starting a Ray head on this machine ({job.service.host})"):
+            # The key stays out of the head's environment, hence out of every worker's.
+            head = start_head(num_cpus, job.service.host, withheld_env=(job.privacy.subject_key_env,))
         address = head.address
     try:
+        if head is not None:
+            job = _hand_over_key(job)
         with progress(f"connecting to Ray at {address}"):
             _connect(address, namespace)
         import ray
@@ -139,25 +179,32 @@ def _serve_locked(job: JobConfig, address: str | None, num_cpus: int, version: i
         address = ray.get_runtime_context().gcs_address  # "auto" resolved: what clients and --stop use
         require_shared_storage(job.storage.uri, alive_node_count())
         with progress("starting (or finding) the service and warming its shard actors"):
-            _, created = start_service(job)
+            handle, created = start_service(job)
+            url = ray.get(handle.ready.remote(), timeout=600).get("url")
     except BaseException:
         if head is not None and recorded is None:
             stop_head(head)
+            key_file(namespace).unlink(missing_ok=True)
         raise
     path = state_file(namespace)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        json.dumps({"address": address, "name": job.service.name, "head": head.model_dump() if head else None})
+        json.dumps(
+            {"address": address, "name": job.service.name, "head": head.model_dump() if head else None, "url": url}
+        )
     )
     return {
         "address": address,
         "namespace": namespace,
         "name": job.service.name,
         "already_running": not created,
+        "url": url,  # the HTTP API, where it really listens (None: service.port 0)
         "storage": job.storage.uri,
         "ensemble_version": version,
         "dashboard_url": head.dashboard_url if head else None,
         "started_head": head is not None,
+        "listening": listening_addresses(head) if head else None,  # every port of the head, as bound
+        "subject_key_file": job.privacy.subject_key_file,
         "state_file": str(path),
     }
 
@@ -190,6 +237,7 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
         ray.shutdown()
         head_processes = stop_head(HeadInfo.model_validate(recorded["head"]))
     path.unlink(missing_ok=True)
+    key_file(namespace).unlink(missing_ok=True)
     return {"namespace": namespace, "service_stopped": stopped, "head_processes_stopped": head_processes}
 
 
@@ -212,6 +260,7 @@ def status(namespace: str, address: str | None, name: str | None) -> dict[str, A
     return {
         "namespace": namespace,
         "address": address,
+        "url": recorded.get("url"),
         "stats": client.stats().model_dump(),
         "served": client.model_version().model_dump(),
     }
@@ -227,6 +276,12 @@ def main(
     ),
     storage: str | None = typer.Option(None, help="storage URI (overrides the config)"),
     num_cpus: int = typer.Option(os.cpu_count() or 1, help="CPUs of a head started here"),
+    host: str | None = typer.Option(
+        None, help="address the HTTP API and a head started here listen on (default service.host, 127.0.0.1)"
+    ),
+    port: int | None = typer.Option(None, help="HTTP API port (default service.port, 8470; 0: no HTTP API)"),
+    tls_cert: Path | None = typer.Option(None, help="PEM certificate: serve HTTPS (with --tls-key)"),
+    tls_key: Path | None = typer.Option(None, help="PEM private key of --tls-cert"),
     stop_it: bool = typer.Option(False, "--stop", help="stop the service (and a head `serve` started)"),
     status_only: bool = typer.Option(
         False, "--status", help="print the running service's counters, pending purges and registrations"
@@ -258,15 +313,39 @@ def main(
                 raise ConfigError("pass --config FILE.yaml (the job whose store the service erases from)")
             job = load_job_config(config)
             updates: dict[str, Any] = {}
-            if namespace:
-                updates["service"] = job.service.model_copy(update={"namespace": namespace})
+            service_updates: dict[str, Any] = {
+                name: value
+                for name, value in {
+                    "namespace": namespace,
+                    "host": host,
+                    "port": port,
+                    "tls_cert": str(tls_cert.resolve()) if tls_cert else None,
+                    "tls_key": str(tls_key.resolve()) if tls_key else None,
+                }.items()
+                if value is not None
+            }
+            if service_updates:
+                try:  # validated: a certificate without its key, or a bad port, is refused here
+                    updates["service"] = ServiceConfig.model_validate({**job.service.model_dump(), **service_updates})
+                except ValidationError as exc:
+                    raise ConfigError(
+                        "; ".join(
+                            f"--{'-'.join(str(p) for p in e['loc']) or 'service'}: {e['msg']}" for e in exc.errors()
+                        )
+                    ) from None
             if storage:
                 updates["storage"] = job.storage.model_copy(update={"uri": storage})
             outcome = serve(job.model_copy(update=updates), address, num_cpus)
     typer.echo(json.dumps(outcome, indent=1))
     if not stop_it:
+        api = (
+            f"HTTP API at {outcome['url']} (tokens: `expunge tokens create --scope ... --name CLIENT`; "
+            f"`Client({outcome['url']!r}, token)`); "
+            if outcome.get("url")
+            else ""
+        )
         typer.echo(
-            f"serving: in Python, `Client.connect(address={outcome['address']!r}, "
+            f"serving: {api}in-cluster (platform team): `RayClient.connect(address={outcome['address']!r}, "
             f"namespace={outcome['namespace']!r})`; stop with `expunge serve --stop --namespace {outcome['namespace']}`",
             err=True,
         )

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from expunge.orchestrator.api.server import HttpServer
 from expunge.orchestrator.config import AnyModelConfig, JobConfig, ServiceConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import (
@@ -33,6 +34,8 @@ from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.core import ErasureService, ServedVersion, ServiceStats
 from expunge.orchestrator.service.journal import RequestStatus
+from expunge.orchestrator.service.subject_key import require_key_on_cluster
+from expunge.orchestrator.service.watch import DeadlineWatch
 from expunge.shards.store import ObjectStore
 
 __all__ = ["ServiceActor", "find_service", "start_service", "stop_service"]
@@ -47,7 +50,6 @@ _PASSED_ENV = (
     "MLFLOW_DISABLE_TELEMETRY",
     "MLFLOW_ARTIFACTS_DESTINATION",
     "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
     "EXPUNGE_FAULT_AT_WRITE",
@@ -56,8 +58,9 @@ _PASSED_ENV = (
     "EXPUNGE_FAULT_ONCE",
     "EXPUNGE_FAULT_AT_MLFLOW",
 )
-#: Secrets the service needs (with ``privacy.subject_key_env``): passed only if the cluster lacks them.
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+#: Credentials never passed (a runtime env is kept in the GCS and shown in the dashboard): the nodes' own
+#: (their environment, an instance role, IRSA) serve, as a unit; a missing one is only warned about.
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 @ray.remote(num_cpus=0)
@@ -89,7 +92,7 @@ class _ServiceActor:
     def __init__(self, job_json: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         job = JobConfig.model_validate_json(job_json)
-        hasher = SubjectHasher.from_env(job.privacy.subject_key_env)
+        hasher = SubjectHasher.from_settings(job.privacy)  # the node's variable, else its key file
         # Restarted by Ray after a crash: wait for the store's lease (a CLI job may hold it now) and
         # for unreachable infrastructure (S3, MLflow) to come back, rather than die for good in this
         # constructor. Started by `expunge serve`: refused at once, with the typed error.
@@ -106,24 +109,42 @@ class _ServiceActor:
                     _restartable_pool(job.service.shard_restarts),
                     lease_wait_s=_RESTART_LEASE_WAIT_S if restarted else 0.0,
                 )
-                return
+                break
             except (StorageUnavailableError, TrackingUnreachable, StoreBusyError) as exc:
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("the restarted service waits for %s (%s)", type(exc).__name__, exc)
                 time.sleep(pause)
                 pause = min(pause * 2, 30.0)
+        self._http: HttpServer | None = None
+        self.url: str | None = None
+        if job.service.port:
+            try:
+                self._http = HttpServer(self._service, job.service)
+                self.url = self._http.start()
+            except BaseException:
+                self._service.close()
+                raise
+        self._watch = DeadlineWatch(self._service.lifecycle, job.service.due_days_warning)
+        self._watch.start()
 
     def ready(self) -> dict[str, Any]:
-        return self._service.describe()
+        return {**self._service.describe(), "url": self.url}
 
-    def submit(self, subject_ids: list[object], idempotency_key: str | None, reason: str | None) -> str:
-        return self._service.submit(subject_ids, idempotency_key, reason)
+    def submit(
+        self, subject_ids: list[object], idempotency_key: str | None, reason: str | None, ticket: str | None = None
+    ) -> str:
+        return self._service.submit(subject_ids, idempotency_key, reason, ticket)
 
     def forget(
-        self, subject_ids: list[object], idempotency_key: str | None, reason: str | None, timeout: float | None
+        self,
+        subject_ids: list[object],
+        idempotency_key: str | None,
+        reason: str | None,
+        timeout: float | None,
+        ticket: str | None = None,
     ) -> ErasureReceipt:
-        return self._service.forget(subject_ids, idempotency_key, reason, timeout)
+        return self._service.forget(subject_ids, idempotency_key, reason, timeout, ticket)
 
     def status(self, request_id: str) -> RequestStatus:
         return self._service.status(request_id)
@@ -152,6 +173,9 @@ class _ServiceActor:
         return {s: int(p) for s, p in pool.call("pid", {s: () for s in getattr(pool, "actors", {})}).items()}
 
     def shutdown(self) -> None:
+        self._watch.stop()
+        if self._http is not None:
+            self._http.stop()
         self._service.close()
 
 
@@ -179,12 +203,12 @@ def start_service(job: JobConfig, timeout_s: float = 600.0) -> tuple[Any, bool]:
     Waits until the service has read its journal and started every shard actor.
 
     Raises:
-        ConfigError: the digest key is missing or weak (checked here, before anything starts), or
-            the namespace already runs a service for another store.
+        ConfigError: a node of the cluster cannot read the digest key, or holds another one (checked
+            here, before anything starts; the key never travels through Ray), or the namespace
+            already runs a service for another store.
         ExpungeError: the service failed to start (e.g. no trained store); the error says why.
     """
     service: ServiceConfig = job.service
-    SubjectHasher.from_env(job.privacy.subject_key_env)  # fail here, not in a restarting actor
     handle: Any = None
     with contextlib.suppress(ValueError):
         handle = ray.get_actor(service.name, namespace=service.namespace)
@@ -198,20 +222,18 @@ def start_service(job: JobConfig, timeout_s: float = 600.0) -> tuple[Any, bool]:
                 "this store its own namespace (--namespace or service.namespace)"
             )
         return handle, False
+    # Fail here, not in a restarting actor: every node must give the service the key itself.
+    require_key_on_cluster(job.privacy, _local_key_check(job))
     env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
-    secrets = [name for name in (*_SECRET_ENV, job.privacy.subject_key_env) if name in os.environ]
-    on_cluster: list[bool] = ray.get(_has_env.remote(secrets))
-    missing = [name for name, present in zip(secrets, on_cluster, strict=True) if not present]
+    credentials = [name for name in _CREDENTIAL_ENV if name in os.environ]
+    on_cluster: list[bool] = ray.get(_has_env.remote(credentials))
+    missing = [name for name, present in zip(credentials, on_cluster, strict=True) if not present]
     if missing:
-        # Ray keeps a runtime env in the GCS and shows it in the dashboard: secrets go there only
-        # when the cluster's own environment lacks them (a test cluster, a laptop), with a warning.
         log.warning(
-            "the cluster's environment lacks %s: passing them to the service actor's runtime env, where anyone "
-            "holding the cluster token can read them; set them in the nodes' environment (a Kubernetes Secret, "
-            "infra/) to keep them out of it",
+            "the cluster's environment lacks %s (set in this process): the service uses the nodes' own credentials "
+            "(an instance role, IRSA, ~/.aws); Expunge never passes secrets through Ray (docs/security.md)",
             ", ".join(missing),
         )
-        env.update({name: os.environ[name] for name in missing})
     created: Any = ServiceActor.options(
         name=service.name,
         namespace=service.namespace,
@@ -236,6 +258,14 @@ def start_service(job: JobConfig, timeout_s: float = 600.0) -> tuple[Any, bool]:
             raise typed from None
         raise ServiceUnavailableError(f"the service actor did not start: {exc}") from exc
     return handle, True
+
+
+def _local_key_check(job: JobConfig) -> str | None:
+    """The key check of the key this process holds, to compare with the nodes'; None when it holds none."""
+    try:
+        return SubjectHasher.from_settings(job.privacy).key_check()
+    except ConfigError:
+        return None
 
 
 def _typed_cause(exc: BaseException) -> ExpungeError | None:
