@@ -190,6 +190,11 @@ class ServiceConfig(Frozen):
     port: int = Field(8470, ge=0, le=65535, description="TCP port of the HTTP API (0: none; the API is off).")
     tls_cert: str | None = Field(None, description="PEM certificate file: the HTTP API serves HTTPS (with tls_key).")
     tls_key: str | None = Field(None, description="PEM private key file of tls_cert.")
+    public_url: str | None = Field(
+        None,
+        description="The API's URL as callers reach it (e.g. https://expunge.example.com behind a TLS proxy), used "
+        "in status and evidence links; default the address it listens on. Never taken from a request's Host header.",
+    )
     token_cache_s: float = Field(
         1.0,
         ge=0.0,

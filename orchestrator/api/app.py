@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expunge import __version__
@@ -47,7 +48,7 @@ from expunge.orchestrator.api.tokens import TokenRecord, TokenStore, authorize
 from expunge.orchestrator.errors import AuthenticationError, ConfigError, ExpungeError
 from expunge.orchestrator.service.core import ErasureService
 
-__all__ = ["MAX_BODY_BYTES", "build_app"]
+__all__ = ["MAX_BODY_BYTES", "MAX_SMALL_BODY_BYTES", "build_app"]
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("expunge.access")
@@ -55,8 +56,11 @@ access = logging.getLogger("expunge.access")
 _PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {400: _PROBLEM, 401: _PROBLEM, 403: _PROBLEM, 503: _PROBLEM}
 _COUNT_CACHE_S = 5.0
-#: Largest request body the API reads, in bytes (a prediction of 100,000 rows fits).
+#: Methods counted by name in /metrics; any other word a caller sends is "other" (labels stay bounded).
+_METHODS = frozenset({"GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH"})
+#: Largest request body the API reads, in bytes: predictions (100,000 rows fit), every other route.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_SMALL_BODY_BYTES = 1024 * 1024
 
 
 class ExtensionRequest(BaseModel):
@@ -127,18 +131,19 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
         request.state.request_id = "-"
         status = 500
         try:
-            refused = _body_refusal(request)
+            refused = await _gate(request, tokens)
             response = _problem_response(refused) if refused is not None else await call_next(request)
             status = response.status_code
             return response
         finally:
             seconds = time.perf_counter() - start
             route = _route(request)
-            http.observe(route, request.method, status, seconds)
+            method = request.method if request.method in _METHODS else "other"
+            http.observe(route, method, status, seconds)
             access.info(
                 "client=%s %s %s %d %.1fms request=%s",
                 request.state.client,
-                request.method,
+                method,
                 route,
                 status,
                 seconds * 1000,
@@ -170,7 +175,7 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
     def _view(request: Request, request_id: str) -> Erasure:
         request.state.request_id = request_id
         view = service.lifecycle.view(request_id, _now())
-        evidence = str(request.url_for("get_evidence", ref=request_id)) if view.committed_at else None
+        evidence = f"{_base(request)}{API_PREFIX}/erasures/{request_id}/evidence" if view.committed_at else None
         return view.model_copy(update={"evidence_url": evidence})
 
     # ----- erasures --------------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
         """Erase the subjects (202: durable in the journal). The same idempotency key returns the same request."""
         request_id = service.submit(body.subject_ids, body.idempotency_key, body.reason, body.ticket, body.received_at)
         request.state.request_id = request_id
-        url = str(request.url_for("get_erasure", ref=request_id))
+        url = f"{_base(request)}{API_PREFIX}/erasures/{request_id}"
         response.headers["Location"] = url
         return ErasureAccepted(request_id=request_id, status_url=url, state=service.status(request_id).state)
 
@@ -293,10 +298,33 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
     return app
 
 
+async def _gate(request: Request, tokens: TokenStore) -> Problem | None:
+    """Before anything of the body is read: a route that needs a token gets a known one, and a body its size.
+
+    Scopes are checked later, per route; this keeps callers without a valid token from making the
+    server read and parse a body at all.
+    """
+    path = request.url.path
+    if path.startswith(f"{API_PREFIX}/") and path != f"{API_PREFIX}/healthz":
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token:
+                raise AuthenticationError(
+                    "no bearer token: send `Authorization: Bearer <token>`; the operator makes one with "
+                    "`expunge tokens create --scope ... --name <client>`"
+                )
+            record = await run_in_threadpool(tokens.authenticate, token)
+        except ExpungeError as exc:
+            return problem_for(exc)
+        request.state.client = record.name
+    return _body_refusal(request)
+
+
 def _body_refusal(request: Request) -> Problem | None:
     """A body too large, or of unknown length, is refused before it is read (it could be any size)."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return None
+    limit = MAX_BODY_BYTES if request.url.path == f"{API_PREFIX}/predictions" else MAX_SMALL_BODY_BYTES
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
         return Problem(
@@ -305,15 +333,21 @@ def _body_refusal(request: Request) -> Problem | None:
             detail="send the body with a Content-Length (chunked bodies are not accepted); nothing was changed",
             code="ConfigError",
         )
-    if int(length) > MAX_BODY_BYTES:
+    if int(length) > limit:
         return Problem(
             title="Content Too Large",
             status=413,
-            detail=f"the body has {length} bytes, over the API's {MAX_BODY_BYTES}: send fewer rows or subjects per "
+            detail=f"the body has {length} bytes, over this route's {limit}: send fewer rows or subjects per "
             "call; nothing was changed",
             code="ConfigError",
         )
     return None
+
+
+def _base(request: Request) -> str:
+    """The server's own URL (set once it listens), never one built from the caller's Host header."""
+    base = getattr(request.app.state, "base_url", "")
+    return str(base).rstrip("/")
 
 
 def _route(request: Request) -> str:

@@ -99,6 +99,7 @@ class HttpServer:
         scheme = "https" if config.tls_cert else "http"
         host = f"[{config.host}]" if ":" in config.host else config.host
         self.url = f"{scheme}://{host}:{port}"
+        self.app.state.base_url = config.public_url or self.url
         log.info("HTTP API listening on %s", self.url)
         return self.url
 

@@ -163,15 +163,16 @@ class ErasureService:
             self.hasher, self.config, subject_ids, idempotency_key, reason, ticket, received_at, utc_now()
         )
         request_id, digests = entry.request_id, entry.subject_digests
-        if entry.ticket is not None:  # indexed first: a crash after the accept still finds it by ticket
-            self.journal.write_ticket(ticket_label(self.hasher, entry.ticket), request_id)
         stored = self.journal.accept(entry)
+        if stored is not None and set(stored.subject_digests) != set(digests):
+            raise IdempotencyConflictError(
+                f"idempotency key already used by request {request_id} for other subjects; "
+                "use a new key for a new request"
+            )
+        filed = stored or entry  # the stored request's own ticket (a retry's is ignored); rewritten by a retry
+        if filed.ticket is not None:  # after a crash between the accept and this write
+            self.journal.write_ticket(ticket_label(self.hasher, filed.ticket), request_id)
         if stored is not None:
-            if set(stored.subject_digests) != set(digests):
-                raise IdempotencyConflictError(
-                    f"idempotency key already used by request {request_id} for other subjects; "
-                    "use a new key for a new request"
-                )
             with self._state:
                 if request_id in self._known:
                     return request_id  # a retry: the first submission is (or was) being processed

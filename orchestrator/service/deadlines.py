@@ -16,19 +16,28 @@ from datetime import UTC, datetime, timedelta
 
 from expunge.orchestrator.errors import ConfigError
 
-__all__ = ["MAX_EXTENSION_MONTHS", "add_months", "due_at", "is_late", "parse_received_at", "parse_time"]
+__all__ = ["GDPR_APPLIES", "MAX_EXTENSION_MONTHS", "add_months", "due_at", "is_late", "parse_received_at", "parse_time"]
 
+#: Art. 99(2): the GDPR applies from 25 May 2018; no request can have been received under it before.
+GDPR_APPLIES = datetime(2018, 5, 25, tzinfo=UTC)
 #: Art. 12(3): "extended by two further months".
 MAX_EXTENSION_MONTHS = 2
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def parse_time(text: str) -> datetime:
-    """An ISO 8601 timestamp with a UTC offset (as the journal stores them) as an aware datetime, in UTC."""
+    """An ISO 8601 timestamp with a UTC offset (as the journal stores them) as an aware datetime, in UTC.
+
+    Raises:
+        ValueError: not ISO 8601, or out of the representable range once in UTC.
+    """
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{text[:40]!r} is out of range") from exc
 
 
 def parse_received_at(text: str, now: datetime) -> str:
@@ -53,9 +62,19 @@ def parse_received_at(text: str, now: datetime) -> str:
             f"received_at {text[:40]!r} has no UTC offset, so the deadline would depend on the server's clock: "
             "add one (e.g. +00:00 or Z), or give just the date"
         )
-    moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    try:
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise ConfigError(
+            f"received_at {text[:40]!r} is out of range: give the date the request was received"
+        ) from None
     if moment > now + timedelta(minutes=5):
         raise ConfigError(f"received_at {text[:40]!r} is in the future: give the date the request was received")
+    if moment < GDPR_APPLIES:
+        raise ConfigError(
+            f"received_at {text[:40]!r} is before {GDPR_APPLIES.date()}, when the GDPR began to apply (Art. 99(2)): "
+            "give the date the request was received"
+        )
     return moment.isoformat()
 
 

@@ -25,6 +25,7 @@ from expunge.shards.identity import canonical_subject_ids
 __all__ = ["new_entry", "ticket_label"]
 
 _MAX_REASON, _MAX_TICKET = 1000, 200
+_SUB_RESOURCES = ("/evidence", "/extension")
 
 
 def ticket_label(hasher: SubjectHasher, ticket: str) -> str:
@@ -65,6 +66,10 @@ def new_entry(
     canonical = canonical_subject_ids(ids, "the request")
     reason = _text("reason", reason, _MAX_REASON)
     ticket = _text("ticket", ticket, _MAX_TICKET)
+    for field, text in (("ticket", ticket), ("idempotency key", idempotency_key)):
+        # A reference ending like a sub-resource would name that sub-resource in GET /v1/erasures/{ref}/...
+        if isinstance(text, str) and text.rstrip().endswith(_SUB_RESOURCES):
+            raise ConfigError(f"the {field} must not end in {' or '.join(_SUB_RESOURCES)}; drop that suffix")
     screen_free_text("reason", reason, canonical)
     screen_free_text("ticket", ticket, canonical)
     received = now if received_at is None else parse_received_at(received_at, parse_time(now))

@@ -89,16 +89,25 @@ class Lifecycle:
         if self.entry(ref) is not None:
             return ref
         by_key = request_id_for(self._hasher.label(ref, "idempotency-key"))
-        if (entry := self.entry(by_key)) is not None and entry.idempotent:
-            return by_key
-        filed = [e for r in self._journal.ticketed(ticket_label(self._hasher, ref)) if (e := self.entry(r))]
-        filed = [e for e in filed if e.ticket == ref.strip()]
-        if filed:
-            return max(filed, key=lambda e: e.received_at).request_id
+        keyed = by_key if (entry := self.entry(by_key)) is not None and entry.idempotent else None
+        filed = self._filed(ref)
+        ticketed = max(filed, key=lambda e: e.received_at).request_id if filed else None
+        if keyed and ticketed and keyed != ticketed:
+            raise ConfigError(
+                f"{ref[:12]!r}… is the idempotency key of request {keyed} and the ticket of request {ticketed}: "
+                "give the request id"
+            )
+        if keyed or ticketed:
+            return str(keyed or ticketed)
         raise UnknownRequestError(
             f"no request answers to {ref[:12]!r}… in this service's journal: give the request id that submit "
             "returned, the idempotency key or the ticket it was submitted with"
         )
+
+    def _filed(self, ticket: str) -> list[JournalEntry]:
+        """The requests filed under ``ticket`` (the index may hold a stale name: the entry decides)."""
+        found = [e for r in self._journal.ticketed(ticket_label(self._hasher, ticket)) if (e := self.entry(r))]
+        return [e for e in found if e.ticket == ticket.strip()]
 
     # ----- views ----------------------------------------------------------------------------------
     def _extension(self, request_id: str) -> ExtensionEntry | None:
@@ -178,7 +187,7 @@ class Lifecycle:
                 raise ConfigError(f"due_before {str(due_before)[:40]!r}: give an ISO 8601 date or time") from None
         ids = sorted(self._journal.ids("requests"))
         if ticket is not None:
-            ids = [r for r in self._journal.ticketed(ticket_label(self._hasher, ticket)) if r in set(ids)]
+            ids = sorted({e.request_id for e in self._filed(ticket)} & set(ids))
         views = [self.view(r, now) for r in ids]
         return sorted((v for v in views if matches(v, state, due_before)), key=lambda v: v.received_at)
 

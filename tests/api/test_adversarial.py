@@ -1,0 +1,76 @@
+"""Faults an adversarial review found in the HTTP API, each with the behaviour that fixes it."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.api.conftest import SUBJECTS, Served
+
+
+def test_a_caller_without_a_valid_token_is_refused_before_its_body_is_read(served: Served):
+    before = served.service.journal.ids("requests")
+    body = b'{"rows": [' + b'{"subject_id": "x", "item_id": 1},' * 200_000 + b'{"subject_id": "x", "item_id": 1}]}'
+    with served.client(None) as anonymous:
+        answer = anonymous.post("/v1/predictions", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 401  # not 400 (parsed) nor 200
+    with served.client("exp_000000000000_" + "A" * 43) as forged:
+        assert forged.post("/v1/erasures", content=b"not json at all").status_code == 401
+    with served.client(served.token("erasure:submit")) as client:  # other routes take small bodies only
+        big = client.post(
+            "/v1/erasures", content=b"{" + b" " * 2_000_000 + b"}", headers={"Content-Type": "application/json"}
+        )
+        assert big.status_code == 413
+    assert served.service.journal.ids("requests") == before
+
+
+def test_invented_http_methods_do_not_grow_the_metrics(served: Served):
+    with httpx.Client(base_url=served.url) as raw:
+        for n in range(30):
+            raw.request(f"X{n}WEIRD", "/nothing")
+        metrics = raw.get("/metrics").text
+    assert "WEIRD" not in metrics
+    assert 'method="other"' in metrics
+
+
+def test_a_refused_resubmission_leaves_the_ticket_index_alone(served: Served):
+    with served.client(served.token("erasure:submit", "erasure:read")) as client:
+        body = {"subject_ids": [SUBJECTS[10]], "idempotency_key": "victim-key", "ticket": "VICTIM-1"}
+        assert client.post("/v1/erasures", json=body).status_code == 202
+        stolen = client.post("/v1/erasures", json={**body, "subject_ids": [SUBJECTS[11]], "ticket": "ATTACKER-9"})
+        assert stolen.status_code == 409
+        renamed = client.post("/v1/erasures", json={**body, "ticket": "OTHER-2"})  # a retry: its ticket is ignored
+        assert renamed.status_code == 202
+        assert client.get("/v1/erasures", params={"ticket": "ATTACKER-9"}).json()["count"] == 0
+        assert client.get("/v1/erasures", params={"ticket": "OTHER-2"}).json()["count"] == 0
+        assert client.get("/v1/erasures/ATTACKER-9").status_code == 404
+        assert client.get("/v1/erasures", params={"ticket": "VICTIM-1"}).json()["count"] == 1
+
+
+def test_a_key_that_is_another_requests_ticket_is_ambiguous_not_a_takeover(served: Served):
+    with served.client(served.token("erasure:submit", "erasure:read")) as client:
+        first = client.post("/v1/erasures", json={"subject_ids": [SUBJECTS[12]], "ticket": "CASE-555"}).json()
+        client.post("/v1/erasures", json={"subject_ids": [SUBJECTS[13]], "idempotency_key": "CASE-555"})
+        answer = client.get("/v1/erasures/CASE-555")
+        assert answer.status_code == 400
+        assert first["request_id"] in answer.json()["detail"]
+        assert client.get(f"/v1/erasures/{first['request_id']}").status_code == 200
+
+
+def test_extreme_dates_and_sub_resource_suffixes_are_bad_input_not_500(served: Served):
+    with served.client(served.token("erasure:submit", "erasure:read")) as client:
+        for received in ("0001-01-01T00:30:00+01:00", "9999-12-31T23:59:00-01:00", "0001-01-01", "2018-05-24"):
+            answer = client.post("/v1/erasures", json={"subject_ids": [SUBJECTS[14]], "received_at": received})
+            assert answer.status_code == 400, (received, answer.text)
+        listed = client.get("/v1/erasures", params={"due_before": "0001-01-01T00:00:00+01:00"})
+        assert listed.status_code == 400
+        for body in ({"ticket": "CASE-9/evidence"}, {"idempotency_key": "K/extension"}):
+            answer = client.post("/v1/erasures", json={"subject_ids": [SUBJECTS[14]], **body})
+            assert answer.status_code == 400, answer.text
+
+
+def test_links_come_from_the_servers_address_not_the_callers_host_header(served: Served):
+    with served.client(served.token("erasure:submit")) as client:
+        answer = client.post("/v1/erasures", json={"subject_ids": [SUBJECTS[15]]}, headers={"Host": "evil.example:443"})
+    assert answer.status_code == 202
+    assert answer.json()["status_url"].startswith(served.url)
+    assert "evil" not in answer.headers["location"]
