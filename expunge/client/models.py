@@ -135,7 +135,7 @@ class RecommendRequest(_Wire):
     """``POST /v1/recommendations`` (scope ``recommend``): the best ``k`` items the subject has not rated."""
 
     subject_id: SubjectId
-    k: int = Field(default=10, ge=1, le=1000)
+    k: StrictInt = Field(default=10, ge=1, le=1000)
 
 
 class Recommendations(_Reply):
@@ -160,7 +160,7 @@ class ReadmitRequest(_Wire):
     """``POST /v1/readmissions`` (scope ``admin``): people who gave new consent may be trained on again."""
 
     subject_ids: list[SubjectId] = Field(min_length=1)
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 class Readmitted(_Reply):

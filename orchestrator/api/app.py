@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -67,8 +67,8 @@ class ExtensionRequest(BaseModel):
     """``POST /v1/erasures/{ref}/extension`` (scope ``erasure:submit``): months in all (1 or 2) and why."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    months: int = Field(ge=1, le=2)
-    reason: str = Field(min_length=1, max_length=1000)
+    months: StrictInt = Field(ge=1, le=2)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"^[^\x00-\x1f\x7f]+$")  # one printable line
 
 
 def _now() -> datetime:
@@ -234,8 +234,11 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
         """One prediction per row (``subject_id``, ``item_id``), in order."""
         try:
             table = pa.Table.from_pylist(body.rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ConfigError(f"rows: {exc}; give objects with the same fields (subject_id, item_id)") from None
+        except (pa.ArrowException, OverflowError, UnicodeError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"rows: {type(exc).__name__}; give objects with the same fields (subject_id as text or an integer, "
+                "item_id as an integer)"
+            ) from None
         values = service.predict(table)
         return Predictions(
             predictions=[float(v) for v in values.reshape(len(body.rows), -1)[:, 0]],
@@ -357,4 +360,4 @@ def _route(request: Request) -> str:
 
 def _safe_path(request: Request) -> bool:
     """A path may be echoed in a problem only when it holds no caller-chosen reference."""
-    return "{ref" not in _route(request)
+    return "{" not in _route(request)  # a path parameter is the caller's text: a ref, a key, a token pasted

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
 from expunge.orchestrator.evidence.verify import verify_erasure
 from expunge.orchestrator.service.core import ErasureService
 
@@ -31,6 +31,7 @@ def evidence_report(service: ErasureService, request_id: str) -> dict[str, Any]:
     Raises:
         ConfigError: the request is not committed yet (evidence exists from the commit on).
         UnknownRequestError: no such request.
+        ServiceUnavailableError: another request's evidence is being computed (HTTP 503; ask again).
     """
     store = service.coordinator.store
     key = f"journal/evidence/{request_id}.json"
@@ -43,7 +44,13 @@ def evidence_report(service: ErasureService, request_id: str) -> dict[str, Any]:
             f"request {request_id} is {status.state}: its evidence exists once it is committed; poll "
             f"GET /v1/erasures/{request_id} until committed_at is set"
         )
-    with _ONE_AT_A_TIME:
+    if not _ONE_AT_A_TIME.acquire(blocking=False):
+        # One verify at a time, and callers never queue on it: they would hold the API's threads.
+        raise ServiceUnavailableError(
+            "the evidence of another request is being computed (a verify retrains the affected shards); "
+            "ask again in a moment"
+        )
+    try:
         if store.exists(key):
             again: dict[str, Any] = json.loads(store.get(key))
             return again
@@ -51,5 +58,7 @@ def evidence_report(service: ErasureService, request_id: str) -> dict[str, Any]:
         text = report.model_dump_json()
         store.put(key, text.encode())
         log.info("evidence of %s: verify %s, kept in %s", request_id, report.status, key)
+    finally:
+        _ONE_AT_A_TIME.release()
     fresh: dict[str, Any] = json.loads(text)
     return fresh

@@ -63,11 +63,14 @@ def problem_for(exc: BaseException, instance: str | None = None) -> Problem:
     for kind, status, title in _STATUS:
         if isinstance(exc, kind):
             name = type(exc).__name__
+            detail = str(exc)
+            if isinstance(exc, UnknownSubjectError):  # the serving layer's message names the store and the key
+                detail = "the served model holds no rows of this subject (never seen, or erased)"
             return Problem(
                 type=f"urn:expunge:problem:{_kebab(name)}",
                 title=title,
                 status=status,
-                detail=str(exc),
+                detail=detail,
                 code=name,
                 instance=instance,
             )

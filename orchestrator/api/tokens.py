@@ -153,7 +153,9 @@ class TokenStore:
         """
         record = self.read(token_id) if isinstance(token_id, str) else None
         if record is None:
-            raise ConfigError(f"no API token {str(token_id)[:20]!r}: `expunge tokens list` shows the ids")
+            raise ConfigError(
+                "no API token has that id (12 hex digits, not the token itself): `expunge tokens list` shows them"
+            )
         if record.revoked_at is None:
             record = record.model_copy(update={"revoked_at": utc_now()})
             self.store.put(self._key(token_id), record.model_dump_json().encode())

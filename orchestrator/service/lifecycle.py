@@ -94,13 +94,13 @@ class Lifecycle:
         ticketed = max(filed, key=lambda e: e.received_at).request_id if filed else None
         if keyed and ticketed and keyed != ticketed:
             raise ConfigError(
-                f"{ref[:12]!r}… is the idempotency key of request {keyed} and the ticket of request {ticketed}: "
+                f"that reference is the idempotency key of request {keyed} and the ticket of request {ticketed}: "
                 "give the request id"
             )
         if keyed or ticketed:
             return str(keyed or ticketed)
-        raise UnknownRequestError(
-            f"no request answers to {ref[:12]!r}… in this service's journal: give the request id that submit "
+        raise UnknownRequestError(  # the reference is never repeated: a raw id pasted by mistake stays out
+            "no request answers to that reference in this service's journal: give the request id that submit "
             "returned, the idempotency key or the ticket it was submitted with"
         )
 

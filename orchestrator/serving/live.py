@@ -64,6 +64,8 @@ class LiveEnsemble:
                 f"{', '.join(needed + ([SUBJECT_ID] if task_of(manifest.model) == 'rating' else []))} "
                 f"(got {rows.column_names})"
             )
+        if task_of(manifest.model) == "rating":
+            _check_items(rows.column(ITEM_ID), int(getattr(manifest.model, "num_items", 0) or 0))
         if SUBJECT_DIGEST not in rows.column_names and SUBJECT_ID in rows.column_names:
             rows = rows.append_column(
                 SUBJECT_DIGEST,
@@ -160,3 +162,21 @@ class LiveEnsemble:
         """Every constituent's weights and optimizer state, by shard (what bit-exactness compares)."""
         manifest = self.session.require_manifest()
         return self.session.pool.call("tensors", {s: () for s in range(manifest.sharding.shards)})
+
+
+def _check_items(column: pa.ChunkedArray, num_items: int) -> None:
+    """Item ids to predict for are integers of the catalogue, ``[0, num_items)`` (0: not known, any >= 0).
+
+    Raises:
+        ConfigError: another type, a missing id, or one outside the catalogue (bad input, not a shard fault).
+    """
+    if not pa.types.is_integer(column.type) or column.null_count:
+        raise ConfigError(
+            f"item_id must be integers with no missing value (got {column.type}); send item ids as numbers"
+        )
+    if len(column) == 0:
+        return
+    low, high = pc.min(column).as_py(), pc.max(column).as_py()
+    if low < 0 or (num_items and high >= num_items):
+        bound = f"[0, {num_items})" if num_items else "0 or more"
+        raise ConfigError(f"item ids must lie in {bound}; found [{low}, {high}]")

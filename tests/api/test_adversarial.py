@@ -74,3 +74,45 @@ def test_links_come_from_the_servers_address_not_the_callers_host_header(served:
     assert answer.status_code == 202
     assert answer.json()["status_url"].startswith(served.url)
     assert "evil" not in answer.headers["location"]
+
+
+def test_bad_prediction_rows_are_400_not_a_retryable_503_or_a_500(served: Served):
+    with served.client(served.token("recommend")) as client:
+        for item in (-5, 99_999, "abc", "1", 1.5, True, None, [1, 2], 10**30):
+            answer = client.post("/v1/predictions", json={"rows": [{"subject_id": SUBJECTS[20], "item_id": item}]})
+            assert answer.status_code == 400, (item, answer.status_code, answer.text)
+            assert "retry-after" not in answer.headers
+        assert client.post("/v1/recommendations", json={"subject_id": SUBJECTS[20], "k": "5"}).status_code == 400
+        unknown = client.post("/v1/recommendations", json={"subject_id": "nobody-here"})
+        assert unknown.status_code == 404
+        assert "store" not in unknown.json()["detail"]  # never the server's paths or key settings
+        assert "EXPUNGE_SUBJECT_KEY" not in unknown.json()["detail"]
+
+
+def test_evidence_asked_for_while_another_is_computed_is_503_not_a_queue(served: Served):
+    from expunge.orchestrator.api import evidence
+
+    with served.client(served.token("erasure:submit", "erasure:read", "evidence:read")) as client:
+        request_id = client.post("/v1/erasures", json={"subject_ids": [SUBJECTS[21]]}).json()["request_id"]
+        while client.get(f"/v1/erasures/{request_id}").json()["committed_at"] is None:
+            pass
+        assert evidence._ONE_AT_A_TIME.acquire(timeout=60)
+        try:
+            busy = client.get(f"/v1/erasures/{request_id}/evidence")
+        finally:
+            evidence._ONE_AT_A_TIME.release()
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"]
+        assert client.get(f"/v1/erasures/{request_id}/evidence").status_code == 200
+
+
+def test_lines_and_ids_in_admin_text_and_token_ids_are_checked_and_never_echoed(served: Served):
+    admin = served.token("admin", "erasure:submit", "erasure:read")
+    with served.client(admin) as client:
+        assert client.post("/v1/readmissions", json={"subject_ids": [1], "reason": "line\nbreak"}).status_code == 400
+        request_id = client.post("/v1/erasures", json={"subject_ids": [SUBJECTS[22]]}).json()["request_id"]
+        extension = client.post(f"/v1/erasures/{request_id}/extension", json={"months": 1, "reason": "a\x00b"})
+        assert extension.status_code == 400
+        revoked = client.delete(f"/v1/tokens/{admin}")  # the whole token instead of its id
+        assert revoked.status_code in (400, 404)
+        assert admin.split("_")[2][:3] not in revoked.text
