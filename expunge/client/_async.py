@@ -26,6 +26,7 @@ from expunge.client._transport import (
     error_from_response,
     failed_error,
     interrupted_error,
+    logged_path,
     reached,
     reply_json,
     retry_after_s,
@@ -111,7 +112,9 @@ class AsyncClient:
                 pause = self._retry.pause_s(attempt, None)
                 if time.monotonic() - started + pause > self._retry.retry_s:
                     raise unreachable_error(self.url, exc, time.monotonic() - started, call.key) from exc
-                log.warning("%s %s: %s; trying again in %.1f s", call.method, call.path, type(exc).__name__, pause)
+                log.warning(
+                    "%s %s: %s; trying again in %.1f s", call.method, logged_path(call.path), type(exc).__name__, pause
+                )
             else:
                 if response.is_success:
                     return reply_json(response)
@@ -124,7 +127,7 @@ class AsyncClient:
                 log.warning(
                     "%s %s: HTTP %d (%s); trying again in %.1f s",
                     call.method,
-                    call.path,
+                    logged_path(call.path),
                     response.status_code,
                     type(error).__name__,
                     pause,

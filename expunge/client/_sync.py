@@ -25,6 +25,7 @@ from expunge.client._transport import (
     error_from_response,
     failed_error,
     interrupted_error,
+    logged_path,
     reached,
     reply_json,
     retry_after_s,
@@ -123,7 +124,9 @@ class Client:
                 pause = self._retry.pause_s(attempt, None)
                 if time.monotonic() - started + pause > self._retry.retry_s:
                     raise unreachable_error(self.url, exc, time.monotonic() - started, call.key) from exc
-                log.warning("%s %s: %s; trying again in %.1f s", call.method, call.path, type(exc).__name__, pause)
+                log.warning(
+                    "%s %s: %s; trying again in %.1f s", call.method, logged_path(call.path), type(exc).__name__, pause
+                )
             else:
                 if response.is_success:
                     return reply_json(response)
@@ -136,7 +139,7 @@ class Client:
                 log.warning(
                     "%s %s: HTTP %d (%s); trying again in %.1f s",
                     call.method,
-                    call.path,
+                    logged_path(call.path),
                     response.status_code,
                     type(error).__name__,
                     pause,

@@ -9,6 +9,7 @@ import datetime as dt
 import email.utils
 import math
 import os
+import re
 import ssl
 import uuid
 from collections.abc import Mapping
@@ -389,3 +390,15 @@ def reply_json(response: httpx.Response) -> Any:
         raise ExpungeError(
             f"HTTP {response.status_code} from {response.request.url} is not JSON; is the URL the Expunge service's?"
         ) from exc
+
+
+_REF_PATH = re.compile(r"^(/v1/erasures/)[^?]+?(/evidence|/extension)?(\?.*)?$")
+_TOKEN_PATH = re.compile(r"^/v1/tokens/.+$")
+
+
+def logged_path(path: str) -> str:
+    """A call's path as it may be logged: a reference (request id, key or ticket) or a token id replaced."""
+    if _TOKEN_PATH.match(path):
+        return "/v1/tokens/{token_id}"
+    match = _REF_PATH.match(path)
+    return f"{match.group(1)}{{ref}}{match.group(2) or ''}" if match else path.split("?", 1)[0]
