@@ -42,6 +42,7 @@ __all__ = ["EXPORT_COLUMNS", "export", "export_rows", "main", "requests"]
 EXPORT_COLUMNS = ("request_id", "ticket", "received_at", "due_at", "done_at", "state", "late", "extension_months",
                   "evidence")  # fmt: skip
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 _CONFIG = typer.Option(None, help="job config YAML (storage, privacy, service namespace)")
 _STORAGE = typer.Option(None, help="storage URI (overrides the config)")
 _STATE = typer.Option(None, help="pending, late (pending past due), done or failed")
@@ -90,6 +91,11 @@ def export_rows(views: list[Erasure], api_url: str | None) -> list[dict[str, str
     return rows
 
 
+def _cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting like a formula gets a leading quote (OWASP CSV injection)."""
+    return f"'{text}" if text.startswith(_FORMULA) else text
+
+
 def _job(config: Path | None, storage: str | None) -> tuple[str, PrivacyConfig, str]:
     job, store = job_and_store(config, storage)
     return store.uri, job.privacy if job else PrivacyConfig(), job.service.namespace if job else "expunge"
@@ -135,7 +141,7 @@ def export(
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows([{k: _cell(v) for k, v in row.items()} for row in rows])
             text = buffer.getvalue()
         if output is None:
             typer.echo(text, nl=False)

@@ -3,10 +3,13 @@
 A reason is kept in the journal, in MLflow tags and in reports that outlive the erasure, so
 text that names the request's own subjects, or holds an e-mail address or a phone number, is
 refused (``PersonalDataInTextError``, HTTP 400, CLI exit 2) before anything is stored. The
-subject check applies the identity rule to the text's tokens: a token (a run of characters
-between whitespace or punctuation other than ``@ . _ -``) that is the canonical id of a subject
-of the request is a match, so ``user-7`` matches the subject ``user-7`` but ``ticket 17`` does
-not match ``1``. A bounded, conservative screen, not a detector of every personal datum.
+text is first folded (NFKC, so a full-width at sign (U+FF20) is ``@``; zero-width characters dropped; every
+dash as ``-``; percent-escapes decoded), then a subject matches where its canonical id stands
+alone, not inside a longer word or number: ``#user-7`` and ``subject=user-7`` name ``user-7``,
+``ticket 17`` does not name ``1``. An e-mail address is an ``@`` between word characters. A phone
+number is an international (``+44 20 7946 0958``), national (``020 7946 0958``) or North
+American (``(415) 555-0132``) pattern of 8-15 digits standing alone; a plain run of digits, as
+ticket systems number cases, is not. A bounded, conservative screen, not a detector of every personal datum.
 """
 
 from __future__ import annotations
@@ -14,25 +17,34 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 from expunge.orchestrator.errors import PersonalDataInTextError
 
 __all__ = ["screen_free_text"]
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# A phone-looking run: digits with spaces, dots, dashes or brackets, standing alone (not part of
-# a word such as a ticket number "CASE-20261204-0001").
-_PHONE = re.compile(r"(?<![\w-])\+?\(?\d[\d ()./-]{6,}\d(?![\w-])")
-_TOKEN = re.compile(r"[^\s,;:!?\"'()\[\]{}<>/\\|]+")
-_MIN_PHONE_DIGITS, _MAX_PHONE_DIGITS = 9, 15
+# An "@" between word characters: an address, with or without a top-level domain.
+_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*")
+_EDGE_L, _EDGE_R = r"(?<![\w/-])", r"(?![\w/-])"  # standing alone, not inside a word or a ticket number
+#: (pattern, fewest digits): international, national (a leading 0), North American.
+_PHONES = (
+    (re.compile(_EDGE_L + r"\+\s?\d[\d ().-]{6,}\d" + _EDGE_R), 8),  # +44 20 7946 0958
+    (re.compile(_EDGE_L + r"\(?0\d{1,4}\)?[ .-]\d{2,8}(?:[ .-]\d{2,8})*" + _EDGE_R), 9),  # 020-7946-0958
+    (re.compile(_EDGE_L + r"\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}" + _EDGE_R), 10),  # (415) 555-0132
+)
+_MAX_PHONE_DIGITS = 15
 
 
-def _tokens(text: str) -> set[str]:
-    found = set()
-    for token in _TOKEN.findall(text):
-        found.add(token)
-        found.add(token.rstrip("."))  # "ask user-7." ends a sentence
-    return found
+def _normal(text: str) -> str:
+    """NFKC (full-width @ and digits fold), format characters (zero-width spaces) dropped, dashes as '-'."""
+    folded = unicodedata.normalize("NFKC", unquote(text))
+    kept = (ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in kept)
+
+
+def _names(text: str, subject: str) -> bool:
+    """``subject`` (canonical) stands alone in ``text``: not inside a longer word or number."""
+    return re.search(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", text) is not None
 
 
 def screen_free_text(field: str, text: str | None, subjects: Iterable[str]) -> None:
@@ -46,17 +58,14 @@ def screen_free_text(field: str, text: str | None, subjects: Iterable[str]) -> N
     """
     if text is None:
         return
-    normal = unicodedata.normalize("NFC", text)
+    normal = _normal(text)
     problems = []
     if _EMAIL.search(normal):
         problems.append("an e-mail address")
-    for match in _PHONE.finditer(normal):
-        digits = sum(ch.isdigit() for ch in match.group())
-        if _MIN_PHONE_DIGITS <= digits <= _MAX_PHONE_DIGITS:
-            problems.append("a phone number")
-            break
-    wanted = set(subjects)
-    if wanted and wanted & _tokens(normal):
+    phones = ((m.group(), fewest) for pattern, fewest in _PHONES for m in pattern.finditer(normal))
+    if any(fewest <= sum(ch.isdigit() for ch in p) <= _MAX_PHONE_DIGITS for p, fewest in phones):
+        problems.append("a phone number")
+    if any(_names(normal, _normal(subject)) for subject in subjects):
         problems.append("a subject id of this request")
     if problems:
         raise PersonalDataInTextError(

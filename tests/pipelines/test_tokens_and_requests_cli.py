@@ -47,15 +47,17 @@ def test_the_export_lists_the_clock_and_never_a_subject(tmp_path):
         long_ago = (datetime.now(UTC) - timedelta(days=40)).date().isoformat()
         served.service.submit([SUBJECTS[0]], "IDEM-KEY-ONE", None, "DESK-1", long_ago)
         served.service.submit([SUBJECTS[1]], "IDEM-KEY-TWO", None, "DESK-2")
+        served.service.submit([SUBJECTS[2]], None, None, '=HYPERLINK("http://evil","x")')
         digests = [d for e in (served.service.lifecycle.list(datetime.now(UTC))) for d in e.subject_digests]
     store = str(tmp_path / "store")
     exported = _expunge("requests", "export", "--storage", store, "--format", "csv", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
-    assert [(r["ticket"], r["late"], r["state"]) for r in rows] == [
+    assert [(r["ticket"], r["late"], r["state"]) for r in rows[:2]] == [
         ("DESK-1", "yes", "accepted"),
         ("DESK-2", "no", "accepted"),
     ]
+    assert rows[2]["ticket"].startswith("'=")  # a spreadsheet shows it as text, never runs it
     assert set(rows[0]) == {"request_id", "ticket", "received_at", "due_at", "done_at", "state", "late",
                             "extension_months", "evidence"}  # fmt: skip
     for secret in (SUBJECTS[0], SUBJECTS[1], *digests, "IDEM-KEY-ONE"):
@@ -65,7 +67,7 @@ def test_the_export_lists_the_clock_and_never_a_subject(tmp_path):
     assert [r["ticket"] for r in json.loads(late.stdout)] == ["DESK-1"]
     assert "1 request(s) pending past their due date" in late.stderr
     as_json = json.loads(_expunge("requests", "export", "--storage", store, "--format", "json", cwd=tmp_path).stdout)
-    assert len(as_json) == 2
+    assert len(as_json) == 3
     bad = _expunge("requests", "--storage", store, "--state", "overdue", cwd=tmp_path)
     assert bad.returncode == 2
     assert "pending, late, done or failed" in bad.stderr

@@ -65,6 +65,13 @@ def test_a_receipt_date_needs_an_offset_and_must_not_be_in_the_future():
         "ticket 17 of batch 2026-12-04",  # a date and short numbers are not phone numbers
         "CASE-20261204-0001",  # a long ticket number inside a word is not either
         "consent withdrawn via web form",
+        "ticket 123456789",
+        "SR 1234567890",
+        "#1234567890",
+        "2026-12-04-000123",
+        "REQ 2026 0001 2345",
+        "order 123-456-789",
+        "2026/12/04 12345",
     ],
 )
 def test_ordinary_reasons_pass_the_screen(text):
@@ -79,6 +86,15 @@ def test_ordinary_reasons_pass_the_screen(text):
         ("call 020-7946-0958 after 5", "phone"),
         ("erase user-7.", "subject"),
         ("subject 1 asked", "subject"),
+        ("asked by jöhn@exämple.de", "e-mail"),
+        ("john\uff20example.com", "e-mail"),
+        ("john.doe@example", "e-mail"),
+        ("mailto:john%40example.com", "e-mail"),
+        ("see #user-7", "subject"),
+        ("subject=user-7", "subject"),
+        ("user-7\u200b asked", "subject"),
+        ("user\u20117 asked", "subject"),
+        ("call (415) 555-0132", "phone"),
     ],
 )
 def test_personal_data_in_free_text_is_refused_without_repeating_it(text, found):
