@@ -22,7 +22,10 @@ import traceback
 from typing import Any
 
 #: What the light install (the HTTP client only, no ``server`` extra) prints instead of a traceback.
-NEEDS_SERVER = "error: the expunge command needs the server install: pip install 'expunge[server]'"
+NEEDS_SERVER = (
+    "error: the expunge command needs the server install: from a checkout, pip install '.[server]' "
+    "-c constraints.txt (the README's install)"
+)
 #: Top-level modules of the ``server`` extra that every job needs (checked without importing them).
 _SERVER_MODULES = ("click", "typer", "rich", "yaml", "numpy", "pyarrow", "torch", "ray", "mlflow")
 

@@ -270,7 +270,7 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     job_file = options.workdir / "job.yaml"
     if job_file.exists():
         typer.echo(
-            f"Serve it over HTTP: expunge serve --config {shlex.quote(str(job_file))} (then `expunge tokens create ...`)"
+            f"Serve it over HTTP: expunge serve --config {shlex.quote(str(job_file))} (then `expunge tokens create --config {shlex.quote(str(job_file))} --name CLIENT --scope ...`)"
         )
 
 

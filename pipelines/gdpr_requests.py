@@ -109,7 +109,10 @@ def main(
     ticket: str | None = typer.Option(None, help="only the requests filed under this ticket"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """List erasure requests with their GDPR clock (JSON on stdout); late ones are also warned about on stderr."""
+    """List erasure requests with their GDPR clock (JSON on stdout); late ones are also warned about on stderr.
+
+    Also: `expunge requests export --format csv|json [--output FILE]`, the privacy officer's register.
+    """
     init_logging(verbose)
     with exit_on_error():
         uri, privacy, _ = _job(config, storage)

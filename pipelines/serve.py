@@ -339,7 +339,7 @@ def main(
     typer.echo(json.dumps(outcome, indent=1))
     if not stop_it:
         api = (
-            f"HTTP API at {outcome['url']} (tokens: `expunge tokens create --scope ... --name CLIENT`; "
+            f"HTTP API at {outcome['url']} (tokens: `expunge tokens create --config {config} --scope ... --name CLIENT`; "
             f"`Client({outcome['url']!r}, token)`); "
             if outcome.get("url")
             else ""

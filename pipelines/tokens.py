@@ -59,7 +59,10 @@ def list_tokens(
     storage: str | None = _STORAGE,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """List every token (id, name, scopes, created, revoked); never a secret."""
+    """List every token (id, name, scopes, created, revoked); never a secret.
+
+    Also: `expunge tokens create --name CLIENT --scope S ...` (printed once) and `expunge tokens revoke ID`.
+    """
     init_logging(verbose)
     with exit_on_error():
         records = _tokens(config, storage).list()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Literal
 
 from expunge.orchestrator.errors import ConfigError, ErasureWaitTimeout, ExpungeError, UnknownRequestError
@@ -32,15 +33,20 @@ class RequestBoard:
         self._changed = changed
         self._store_uri = store_uri
         self._recent: collections.OrderedDict[str, RequestStatus] = collections.OrderedDict()
-        #: Latency from receipt to each stage, of the requests this process moved there (``/metrics``).
+        #: Latency from receipt to each stage, of the requests this process moved there (``/metrics``);
+        #: requests received before it started (a backlog import, a restart) are left out.
         self.clock = StageClock()
+        self._since = datetime.now(UTC)
 
     def remember(self, status: RequestStatus) -> None:
         """Record a request's new status (the caller holds the condition)."""
         before = self._recent.get(status.request_id)
         reached = status.committed_at if status.stage == "committed" else status.registered_at
-        if reached and status.stage in ("committed", "registered") and (before is None or before.stage != status.stage):
-            self.clock.observe(status.stage, (parse_time(reached) - parse_time(status.received_at)).total_seconds())
+        moved = before is None or before.stage != status.stage
+        if reached and status.stage in ("committed", "registered") and moved:
+            received = parse_time(status.received_at)
+            if received >= self._since:
+                self.clock.observe(status.stage, (parse_time(reached) - received).total_seconds())
         self._recent[status.request_id] = status
         self._recent.move_to_end(status.request_id)
         while len(self._recent) > _RECENT:

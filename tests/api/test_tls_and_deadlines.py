@@ -99,3 +99,15 @@ def test_a_late_request_is_warned_about_once(tmp_path, caplog):
     assert again == []
     assert any(r.levelno == logging.WARNING and request_id in r.getMessage() for r in caplog.records)
     assert SUBJECTS[0] not in caplog.text
+
+
+def test_a_backlog_import_is_left_out_of_the_stage_latency(tmp_path):
+    with serving(tmp_path, window_ms=0) as served:
+        received = (dt.datetime.now(dt.UTC) - dt.timedelta(days=20)).date().isoformat()
+        old = served.service.submit([SUBJECTS[1]], None, None, None, received)
+        fresh = served.service.submit([SUBJECTS[2]])
+        for request_id in (old, fresh):
+            served.service.wait(request_id, "registered", timeout=120)
+        latency = served.service.stats().latency
+    assert latency["committed"].count == 1  # the fresh one only
+    assert latency["committed"].sum < 3600

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from expunge.pipelines.cli import NEEDS_SERVER
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "ray", "pyarrow", "numpy", "pandas", "mlflow", "fastapi")
 
@@ -45,7 +47,7 @@ def test_the_expunge_command_without_the_server_install_says_what_to_install():
     code = "import sys; sys.modules['torch'] = None; from expunge.pipelines.cli import main; main(['--help'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: the expunge command needs the server install: pip install 'expunge[server]'"
+    assert done.stderr.strip() == NEEDS_SERVER
     assert done.stdout == ""
 
 
