@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -56,11 +56,12 @@ from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.actor import start_service, stop_service
 from expunge.pipelines._runtime import init_ray, progress
+from expunge.pipelines.benchmark_service import Percentiles, percentiles
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
 from expunge.shards.store import ObjectStore
 
-__all__ = ["HttpBenchmark", "HttpSettings", "Tail", "print_http", "run_http", "tail"]
+__all__ = ["HttpBenchmark", "HttpSettings", "print_http", "run_http"]
 
 
 class HttpSettings(BaseModel):
@@ -77,25 +78,6 @@ class HttpSettings(BaseModel):
     seed: int = 0
 
 
-class Tail(BaseModel):
-    """p50, p95, p99 and max of ``n`` samples, in seconds."""
-
-    n: int
-    p50: float
-    p95: float
-    p99: float
-    max: float
-
-
-def tail(values: Sequence[float]) -> Tail:
-    """Pure: percentiles by linear interpolation (``numpy.percentile``); zeros for no samples."""
-    if not values:
-        return Tail(n=0, p50=0.0, p95=0.0, p99=0.0, max=0.0)
-    array = np.asarray(values, dtype=float)
-    p50, p95, p99 = (float(np.percentile(array, q)) for q in (50, 95, 99))
-    return Tail(n=len(values), p50=p50, p95=p95, p99=p99, max=float(array.max()))
-
-
 class HttpBenchmark(BaseModel):
     settings: HttpSettings
     cpus: int
@@ -106,9 +88,9 @@ class HttpBenchmark(BaseModel):
     failed: int
     elapsed_seconds: float
     throughput_per_s: float
-    stages: dict[str, Tail]
-    status_http: Tail
-    status_ray: Tail
+    stages: dict[str, Percentiles]
+    status_http: Percentiles
+    status_ray: Percentiles
     http_over_ray: float
 
 
@@ -217,7 +199,7 @@ def run_http(settings: HttpSettings, training: TrainingConfig) -> HttpBenchmark:
                 over_ray = _timed(lambda: ray_client.status(probe_id), settings.probes)
         finally:
             stop_service(job.service.namespace, job.service.name)
-    http_tail, ray_tail = tail(over_http), tail(over_ray)
+    http_tail, ray_tail = percentiles(over_http), percentiles(over_ray)
     return HttpBenchmark(
         settings=settings,
         cpus=os.cpu_count() or 1,
@@ -229,10 +211,10 @@ def run_http(settings: HttpSettings, training: TrainingConfig) -> HttpBenchmark:
         elapsed_seconds=elapsed,
         throughput_per_s=len(finals) / elapsed if elapsed > 0 else 0.0,
         stages={
-            "accepted": tail(accepted),
-            "committed": tail(committed),
-            "done": tail(done),
-            "client_saw_done": tail(seen_done),
+            "accepted": percentiles(accepted),
+            "committed": percentiles(committed),
+            "done": percentiles(done),
+            "client_saw_done": percentiles(seen_done),
         },
         status_http=http_tail,
         status_ray=ray_tail,

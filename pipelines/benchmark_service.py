@@ -118,25 +118,22 @@ class ServiceBenchmarkSettings(BaseModel):
 
 
 class Percentiles(BaseModel):
-    """p50, p95 and max of ``n`` samples, in seconds (0.0 for no samples)."""
+    """p50, p95, p99 and max of ``n`` samples, in seconds (0.0 for no samples)."""
 
     n: int
     p50: float
     p95: float
+    p99: float = 0.0
     max: float
 
 
 def percentiles(values: Sequence[float]) -> Percentiles:
-    """Pure: p50/p95 (linear interpolation, as ``numpy.percentile``) and max of ``values``."""
+    """Pure: p50/p95/p99 (linear interpolation, as ``numpy.percentile``) and max of ``values``."""
     if not values:
-        return Percentiles(n=0, p50=0.0, p95=0.0, max=0.0)
+        return Percentiles(n=0, p50=0.0, p95=0.0, p99=0.0, max=0.0)
     array = np.asarray(values, dtype=float)
-    return Percentiles(
-        n=len(values),
-        p50=float(np.percentile(array, 50)),
-        p95=float(np.percentile(array, 95)),
-        max=float(array.max()),
-    )
+    p50, p95, p99 = (float(np.percentile(array, q)) for q in (50, 95, 99))
+    return Percentiles(n=len(values), p50=p50, p95=p95, p99=p99, max=float(array.max()))
 
 
 class Check(BaseModel):

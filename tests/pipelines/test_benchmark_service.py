@@ -13,9 +13,9 @@ from expunge.pipelines.datasets import synthetic_ratings
 
 def test_percentiles_interpolate_like_numpy_and_take_no_samples():
     assert percentiles([3.0, 1.0, 2.0, 4.0]).model_dump() == pytest.approx(
-        {"n": 4, "p50": 2.5, "p95": 3.85, "max": 4.0}
+        {"n": 4, "p50": 2.5, "p95": 3.85, "p99": 3.97, "max": 4.0}
     )
-    assert percentiles([]).model_dump() == {"n": 0, "p50": 0.0, "p95": 0.0, "max": 0.0}
+    assert percentiles([]).model_dump() == {"n": 0, "p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
 
 
 @pytest.mark.parametrize(
