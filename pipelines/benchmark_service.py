@@ -595,6 +595,7 @@ def main(
     ),
     clients: int = typer.Option(50, min=1, help="--http: concurrent HTTP clients"),
     subjects: int = typer.Option(2000, min=2, help="--http: subjects of the synthetic store"),
+    probes: int = typer.Option(200, min=1, help="--http: status reads timed through HTTP and as a Ray call"),
     shards: int = typer.Option(8, min=1, help="S of both stores"),
     slices: int = typer.Option(8, min=1, help="R of both stores"),
     requests: int = typer.Option(20, min=1, help="one-subject SDK erasures for the latency figures"),
@@ -617,7 +618,13 @@ def main(
         from expunge.pipelines.benchmark_http import HttpSettings, print_http, run_http
 
         http_settings = HttpSettings(
-            shards=shards, slices=slices, subjects=subjects, requests=requests, clients=clients, seed=seed
+            shards=shards,
+            slices=slices,
+            subjects=subjects,
+            requests=requests,
+            clients=clients,
+            probes=probes,
+            seed=seed,
         )
         with exit_on_error():
             http_result = run_http(http_settings, parity_training(epochs, batch_size))
