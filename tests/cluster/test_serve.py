@@ -72,6 +72,7 @@ def _exact(config: Path, erased: list[str], tmp: Path) -> bool:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~75 s: the default run serves a head in the HTTP front-door and trust-boundary tests
 def test_the_readme_sdk_example_runs_against_expunge_serve_and_stop_ends_what_serve_started(tmp_path):
     import os
 
