@@ -76,6 +76,10 @@ class HttpServer:
         self.socket = sock
         sock.set_inheritable(True)
         port = sock.getsockname()[1]
+        scheme = "https" if config.tls_cert else "http"
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        url = f"{scheme}://{host}:{port}"
+        self.app.state.base_url = config.public_url or url  # before the first request can arrive
         uv = uvicorn.Config(
             self.app,
             log_config=None,
@@ -96,10 +100,7 @@ class HttpServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise ConfigError(f"the HTTP API did not start on {config.host}:{port}; see the service's log")
             time.sleep(0.02)
-        scheme = "https" if config.tls_cert else "http"
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        self.url = f"{scheme}://{host}:{port}"
-        self.app.state.base_url = config.public_url or self.url
+        self.url = url
         log.info("HTTP API listening on %s", self.url)
         return self.url
 
