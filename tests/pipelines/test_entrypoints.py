@@ -132,6 +132,7 @@ def test_forget_without_a_key_fails_with_a_fix(tmp_path):
     assert "EXPUNGE_SUBJECT_KEY" in result.stderr
 
 
+@pytest.mark.slow  # ~35 s; S3 erasure stays in the default run through tests/lineage and tests/shards/test_store.py
 def test_demo_is_exact_on_s3_storage_and_leaves_no_trace(tmp_path, s3_bucket):
     result = _run(
         [

@@ -5,10 +5,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from click.testing import CliRunner
+
+from expunge.pipelines.cli import app
 from tests.api.conftest import SUBJECTS, serving
-from tests.pipelines.test_cli import _expunge
+
+
+@dataclass
+class _Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _expunge(*args: str, cwd: object = None) -> _Done:
+    """The `expunge` program in this process (as a subprocess runs it, without paying its imports each time)."""
+    result = CliRunner().invoke(app, list(args))
+    return _Done(result.exit_code, result.stdout, result.stderr)
 
 
 def test_a_token_is_printed_once_stored_only_as_a_salted_hash_and_revocable(tmp_path):
