@@ -184,8 +184,9 @@ class ServiceConfig(Frozen):
     host: str = Field(
         "127.0.0.1",
         min_length=1,
-        description="Address the HTTP API (and the Ray head that `serve` starts) listens on; loopback unless "
-        "set (0.0.0.0: every interface, behind a TLS-terminating proxy or with tls_cert/tls_key).",
+        description="Address the HTTP API (and the Ray head that `serve` starts) listens on: loopback by default. "
+        "Only an explicit setting exposes it (0.0.0.0: every interface); then give tls_cert/tls_key, or keep "
+        "loopback behind a TLS-terminating proxy (a warning is logged when exposed without TLS).",
     )
     port: int = Field(8470, ge=0, le=65535, description="TCP port of the HTTP API (0: none; the API is off).")
     tls_cert: str | None = Field(None, description="PEM certificate file: the HTTP API serves HTTPS (with tls_key).")

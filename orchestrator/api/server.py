@@ -23,11 +23,26 @@ from expunge.orchestrator.config import ServiceConfig
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.service.core import ErasureService
 
-__all__ = ["HttpServer"]
+__all__ = ["HttpServer", "exposure_warning"]
 
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 30.0
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def exposure_warning(config: ServiceConfig) -> str | None:
+    """What to warn about when the API is exposed beyond loopback without TLS (pure); None otherwise.
+
+    Only an explicit ``--host``/``service.host`` exposes it: bearer tokens would then cross the
+    network in clear text.
+    """
+    if config.host in _LOOPBACK or config.tls_cert is not None:
+        return None
+    return (
+        f"the HTTP API listens on {config.host} without TLS: bearer tokens are readable on the network; give "
+        "--tls-cert/--tls-key, or keep --host 127.0.0.1 behind a TLS-terminating proxy (docs/security.md)"
+    )
 
 
 class HttpServer:
@@ -102,6 +117,8 @@ class HttpServer:
             time.sleep(0.02)
         self.url = url
         log.info("HTTP API listening on %s", self.url)
+        if (warning := exposure_warning(config)) is not None:
+            log.warning("%s", warning)
         return self.url
 
     def stop(self) -> None:

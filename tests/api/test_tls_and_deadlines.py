@@ -111,3 +111,13 @@ def test_a_backlog_import_is_left_out_of_the_stage_latency(tmp_path):
         latency = served.service.stats().latency
     assert latency["committed"].count == 1  # the fresh one only
     assert latency["committed"].sum < 3600
+
+
+def test_by_default_the_api_binds_loopback_and_only_an_exposed_api_without_tls_is_warned_about(served: Served):
+    from expunge.orchestrator.api.server import exposure_warning
+
+    assert ServiceConfig().host == "127.0.0.1"
+    assert served.url.startswith("http://127.0.0.1:")
+    assert exposure_warning(ServiceConfig()) is None
+    assert "without TLS" in (exposure_warning(ServiceConfig(host="0.0.0.0")) or "")
+    assert exposure_warning(ServiceConfig(host="0.0.0.0", tls_cert="c.pem", tls_key="k.pem")) is None
