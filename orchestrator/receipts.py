@@ -79,6 +79,14 @@ class ErasureReceipt(BaseModel):
     #: committed regardless: these are retried with backoff until they succeed (the service's
     #: status shows them; any later writer of the store finishes a purge or registration on open).
     pending: tuple[str, ...] = ()
+    #: The requester's reference (e.g. the privacy desk's case number) and why the request was
+    #: made, both screened before anything was stored (``expunge.orchestrator.service.screening``):
+    #: never a subject id, an e-mail address or a phone number. None when not given.
+    ticket: str | None = None
+    reason: str | None = None
+    #: CPU time (user + system) of the retraining phase, summed over the affected shards' actors,
+    #: in seconds: unlike ``retrain_seconds`` it does not grow when the machine is busy. 0 when not measured.
+    retrain_cpu_seconds: float = 0.0
 
     @model_validator(mode="before")
     @classmethod

@@ -9,17 +9,17 @@ cannot prove: docs/verification.md.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from expunge.orchestrator.catalog import Catalog, RegistryBinding, TombstoneEntry
+from expunge.orchestrator.catalog import Catalog, RegistryBinding
 from expunge.orchestrator.config import StorageConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
-from expunge.orchestrator.evidence.membership import AuditRecord, read_audit
+from expunge.orchestrator.evidence.audit_check import audit_check
+from expunge.orchestrator.evidence.check_result import result as _result
 from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_receipts, walk_chain
 from expunge.orchestrator.evidence.rederive import rederive_shards
-from expunge.orchestrator.evidence.report import CheckName, CheckResult, VerifyReport
-from expunge.orchestrator.evidence.scan import scan_store
+from expunge.orchestrator.evidence.report import CheckResult, VerifyReport
+from expunge.orchestrator.evidence.storage_check import storage_check
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
 from expunge.orchestrator.request_ids import check_request_id
@@ -29,12 +29,6 @@ from expunge.shards.store import ObjectStore
 __all__ = ["verify_erasure", "verify_log"]
 
 log = logging.getLogger(__name__)
-
-
-def _result(name: CheckName, problems: list[str], summary: str, details: dict[str, Any]) -> CheckResult:
-    if problems:
-        return CheckResult(name=name, status="failed", summary="; ".join(problems), details=details)
-    return CheckResult(name=name, status="passed", summary=summary, details=details)
 
 
 # ----- the checks ------------------------------------------------------------------------------------
@@ -63,61 +57,6 @@ def _exactness(catalog: Catalog, receipt: ErasureReceipt, version: int) -> Check
     )
 
 
-def _storage(
-    store: ObjectStore, catalog: Catalog, receipt: ErasureReceipt, subject_id: str | None, subject_digest: str | None
-) -> CheckResult:
-    findings = []
-    scanned = 0
-    for digest in receipt.subject_digests:
-        report = scan_store(store, subject_id if digest == subject_digest else None, digest)
-        scanned = report.objects_scanned
-        findings += [f.model_dump() | {"subject_digest": digest} for f in report.findings]
-    erased = [d for d in receipt.subject_digests if d not in receipt.not_found_digests]
-    tombstoned = catalog.tombstones()
-    log_entries = _tombstone_log(catalog)
-    own = [e.sequence for e in log_entries if e.action == "erased" and e.request_id == receipt.request_id]
-    # Only a re-admission recorded after this request's own tombstone excuses a missing one.
-    readmitted = {
-        d
-        for entry in log_entries
-        if entry.action == "readmitted" and own and entry.sequence > min(own)
-        for d in entry.subject_digests
-        if d in erased
-    }
-    untombstoned = [d for d in erased if d not in tombstoned and d not in readmitted]
-    if erased and not own:
-        untombstoned = erased  # the request's own tombstone entry is gone
-    problems = (
-        [f"{len(findings)} trace(s) of the person remain, e.g. {findings[0]['kind']} in {findings[0]['key']}"]
-        if findings
-        else []
-    )
-    if untombstoned:
-        problems.append(f"{len(untombstoned)} erased digest(s) are missing from the tombstone list")
-    return _result(
-        "storage",
-        problems,
-        f"All {scanned} stored object version(s) were read: nothing of the person remains (rows, placement, "
-        "checkpoints, manifests)"
-        + (
-            ", and the person is on the erased list, so no retraining can bring them back."
-            if erased and all(d in tombstoned for d in erased)
-            else "."
-        ),
-        {
-            "objects_scanned": scanned,
-            "findings": findings,
-            "untombstoned_digests": untombstoned,
-            "readmitted_digests": sorted(readmitted),
-        },
-    )
-
-
-def _tombstone_log(catalog: Catalog) -> list[TombstoneEntry]:
-    keys = sorted(k for k in catalog.store.list_keys("tombstones") if k.endswith(".json"))
-    return [TombstoneEntry.model_validate_json(catalog.store.get(k)) for k in keys]
-
-
 def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str) -> CheckResult:
     if view is None:
         return CheckResult(name="registry", status="skipped", summary=why_skipped)
@@ -136,49 +75,6 @@ def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str)
         f"and no stored file of them remains. The alias `{found.alias}` serves version {found.served_version}, "
         "made after the erasure.",
         found.model_dump(),
-    )
-
-
-def _membership(store: ObjectStore, receipt: ErasureReceipt) -> tuple[CheckResult, AuditRecord | None]:
-    stored = read_audit(store, receipt.request_id)
-    if stored is None and receipt.audit_sha256 is not None:
-        return (
-            CheckResult(
-                name="membership_audit",
-                status="failed",
-                summary="The receipt names an audit record that is no longer in the store (deleted).",
-            ),
-            None,
-        )
-    if stored is None:
-        reason = (
-            "The request found no data, so there was nothing to audit."
-            if receipt.status != "erased"
-            else "This erasure ran without a membership audit (pass audit=MembershipAudit(held_out_rows) to "
-            "Coordinator.forget, as `expunge demo` does); the rows are gone, so it cannot be run now."
-        )
-        return CheckResult(name="membership_audit", status="skipped", summary=reason), None
-    record, sha256 = stored
-    problems = []
-    if receipt.audit_sha256 != sha256:
-        problems.append("the stored audit record is not the one the receipt names (edited or replaced)")
-    if not record.after_equals_from_scratch:
-        problems.append("the model after the erasure and the one retrained from scratch score the rows differently")
-    problems += [
-        f"at erasure time shard {r.shard} differed from its from-scratch retraining: {r.first_difference}"
-        for r in record.rederived
-        if not r.exact
-    ]
-    return (
-        _result(
-            "membership_audit",
-            problems,
-            f"Before the erasure the loss attack reached AUC {record.before.loss.auc:.2f} (calibrated "
-            f"{record.before.calibrated.auc:.2f}); after it, AUC {record.after.loss.auc:.2f} (calibrated "
-            f"{record.after.calibrated.auc:.2f}), the same as a model retrained from scratch, score for score.",
-            {"audit_sha256": sha256},
-        ),
-        record,
     )
 
 
@@ -268,11 +164,11 @@ def verify_erasure(
         )
     view, why = _registry_view(registry or latest.registry, storage)
     exactness = _exactness(catalog, receipt, latest.version)
-    storage_check = _storage(store, catalog, shown, subject_id, digest)
+    stored = storage_check(store, catalog, shown, subject_id, digest)
     registry_check = _registry(view, receipt, why)
-    membership, record = _membership(store, receipt)
+    membership, record = audit_check(store, receipt)
     log_check = _receipt_log(store, request_id, view.request_ids() if view is not None else None)
-    checks = (exactness, storage_check, registry_check, membership, log_check)
+    checks = (exactness, stored, registry_check, membership, log_check)
     report = VerifyReport(
         request_id=asked,
         batch_id=request_id if own is not None else None,
