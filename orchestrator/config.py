@@ -25,6 +25,7 @@ __all__ = [
     "AnyModelConfig",
     "CustomModelConfig",
     "DataConfig",
+    "EvidenceConfig",
     "ItemStatsConfig",
     "JobConfig",
     "MFConfig",
@@ -214,6 +215,33 @@ class ServiceConfig(Frozen):
         return self
 
 
+class EvidenceConfig(Frozen):
+    """Evidence beyond the store: where the receipt log is anchored, and the membership audit of erasures."""
+
+    anchor_uri: str | None = Field(
+        None,
+        description="`s3://bucket/prefix` of a bucket with S3 Object Lock where each chained receipt's hash is "
+        "also written, locked in compliance mode, so a writer of the store cannot reseal the receipt log alone "
+        "(docs/verification.md); null: only the MLflow runs anchor it.",
+    )
+    anchor_retention_days: int = Field(
+        2557,
+        ge=1,
+        le=36500,
+        description="Days each anchor object stays locked (compliance mode: nobody can delete or overwrite it "
+        "before then); default about 7 years.",
+    )
+    audit_holdout: str | None = Field(
+        None,
+        description="Held-out rows no version was trained on (a Parquet file or folder, or a MovieLens file), "
+        "the non-members of the membership-inference audit; when set, every erasure is audited at erasure time "
+        "(docs/verification.md gives its cost).",
+    )
+    audit_fpr: float = Field(
+        0.01, gt=0.0, lt=1.0, description="False-positive rate at which the audit reports the attack's TPR."
+    )
+
+
 class JobConfig(Frozen):
     """One job: data, sharding, training, storage, tracking and privacy settings."""
 
@@ -224,6 +252,9 @@ class JobConfig(Frozen):
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking and model registry.")
     privacy: PrivacyConfig = Field(PrivacyConfig(), description="Where the subject digest key comes from.")
     service: ServiceConfig = Field(ServiceConfig(), description="The long-lived erasure service (`expunge serve`).")
+    evidence: EvidenceConfig = Field(
+        EvidenceConfig(), description="Anchors of the receipt log outside the store, and the erasure audit."
+    )
 
 
 def load_job_config(path: str | Path) -> JobConfig:
