@@ -86,6 +86,9 @@ class EnsembleManifest(BaseModel):
     #: every shard (actors already started); carried forward by erasures. The baseline of
     #: ``ErasureReceipt.speedup``.
     train_seconds: float = 0.0
+    #: CPU time of that training, summed over the shard actors, in seconds; carried forward by
+    #: erasures. The baseline of ``ErasureReceipt.cpu_speedup``. 0 when not recorded.
+    train_cpu_seconds: float = 0.0
     #: The write lease token (``expunge.orchestrator.lease``) of the process that published this
     #: version; None when published without one (stores from before leases).
     lease_token: int | None = None

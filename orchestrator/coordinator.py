@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
-from expunge.orchestrator.config import AnyModelConfig, JobConfig, StorageConfig
+from expunge.orchestrator.config import AnyModelConfig, EvidenceConfig, JobConfig, StorageConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.erasure.eraser import Eraser
 from expunge.orchestrator.evidence.membership import ErasureAudit
@@ -43,11 +43,13 @@ class Coordinator:
         hasher: SubjectHasher,
         lineage: Lineage | None = None,
         pool_factory: PoolFactory = ray_pool,
+        evidence: EvidenceConfig | None = None,
     ) -> None:
         self.session = StoreSession(storage, hasher, pool_factory)
         self._lineage = lineage
         self.training = Trainer(self.session, lineage)
-        self.erasure = Eraser(self.session, lineage)
+        # ``evidence``: where receipts are anchored outside the store (default: MLflow only).
+        self.erasure = Eraser(self.session, lineage, evidence)
         self.serving = LiveEnsemble(self.session)
         self.erasure.finish_interrupted()
 
@@ -124,10 +126,16 @@ class Coordinator:
 
     # ----- erasure ------------------------------------------------------------------------------
     def forget(
-        self, subject_ids: Sequence[object], request_id: str | None = None, audit: ErasureAudit | None = None
+        self,
+        subject_ids: Sequence[object],
+        request_id: str | None = None,
+        audit: ErasureAudit | None = None,
+        *,
+        ticket: str | None = None,
+        reason: str | None = None,
     ) -> ErasureReceipt:
         """``Eraser.forget``: erase every row of the subjects, retraining only the shards that held them."""
-        return self.erasure.forget(subject_ids, request_id, audit)
+        return self.erasure.forget(subject_ids, request_id, audit, ticket=ticket, reason=reason)
 
     def forget_digests(
         self,
@@ -137,9 +145,13 @@ class Coordinator:
         *,
         register: bool = True,
         resume: bool = True,
+        ticket: str | None = None,
+        reason: str | None = None,
     ) -> ErasureReceipt:
         """``Eraser.forget_digests``: ``forget`` for subjects already digested with this store's key."""
-        return self.erasure.forget_digests(digests, request_id, audit, register=register, resume=resume)
+        return self.erasure.forget_digests(
+            digests, request_id, audit, register=register, resume=resume, ticket=ticket, reason=reason
+        )
 
     def readmit(self, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:
         """``Eraser.readmit``: lift the tombstones of subjects who gave new consent."""

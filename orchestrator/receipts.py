@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-__all__ = ["ErasureReceipt", "ShardRetrain", "utc_now"]
+__all__ = ["BoundFile", "ErasureReceipt", "ShardRetrain", "StateBinding", "utc_now"]
 
 
 def utc_now() -> str:
@@ -23,6 +23,33 @@ class ShardRetrain(BaseModel):
     restarted_from: str | None  # checkpoint key; None = from scratch
     rows_removed: int
     seconds: float
+
+
+class BoundFile(BaseModel):
+    """One stored file of a published state: its shard, what it is, the slice step it closes, and its hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    shard: int
+    kind: Literal["manifest", "slice", "checkpoint"]
+    #: The 0-based slice index (slices) or the slice the checkpoint closes; None for a manifest.
+    step: int | None
+    key: str
+    sha256: str
+
+
+class StateBinding(BaseModel):
+    """Every file an ensemble version uses, in every shard, with its content hash (``evidence.state_binding``).
+
+    Carried by the receipt of the commit that published the version, so the receipt log (and
+    its anchors outside the store) fixes what the stored state must be: a file moved, copied or
+    swapped between shards or steps no longer matches, even with its manifest rewritten.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ensemble_version: int
+    placement_key: str
+    placement_sha256: str
+    files: tuple[BoundFile, ...]
 
 
 class ErasureReceipt(BaseModel):
@@ -80,20 +107,31 @@ class ErasureReceipt(BaseModel):
     #: status shows them; any later writer of the store finishes a purge or registration on open).
     pending: tuple[str, ...] = ()
     #: The requester's reference (e.g. the privacy desk's case number) and why the request was
-    #: made, both screened before anything was stored (``expunge.orchestrator.service.screening``):
+    #: made, both screened before anything was stored (``expunge.orchestrator.screening``):
     #: never a subject id, an e-mail address or a phone number. None when not given.
     ticket: str | None = None
     reason: str | None = None
     #: CPU time (user + system) of the retraining phase, summed over the affected shards' actors,
     #: in seconds: unlike ``retrain_seconds`` it does not grow when the machine is busy. 0 when not measured.
     retrain_cpu_seconds: float = 0.0
+    #: CPU time of the last from-scratch training of every shard (summed over shards, seconds;
+    #: kept in the ensemble manifest); 0 when not recorded. The baseline of ``cpu_speedup``.
+    full_retrain_cpu_seconds: float = 0.0
+    #: The stored state the commit published: every file of every shard with its sha256. None for
+    #: a request that found nobody (nothing published) and in receipts written before it was recorded.
+    state: StateBinding | None = None
+    #: The service journal's log position when the receipt was chained (``evidence.journal_log``):
+    #: its newest entry's number and sha256 (0 and None: the journal was empty), so a journal
+    #: deleted or cut short after this point no longer reaches it.
+    journal_sequence: int = 0
+    journal_head_sha256: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _derived_fields_are_not_inputs(cls, data: Any) -> Any:
         # ``speedup`` is written out (JSON receipts, MLflow) but always recomputed on reading.
-        if isinstance(data, dict) and "speedup" in data:
-            data = {k: v for k, v in data.items() if k != "speedup"}
+        if isinstance(data, dict) and ("speedup" in data or "cpu_speedup" in data):
+            data = {k: v for k, v in data.items() if k not in ("speedup", "cpu_speedup")}
         return data
 
     @computed_field  # type: ignore[prop-decorator]
@@ -108,6 +146,18 @@ class ErasureReceipt(BaseModel):
         if self.retrain_seconds <= 0 or self.full_retrain_seconds <= 0:
             return 0.0
         return self.full_retrain_seconds / self.retrain_seconds
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cpu_speedup(self) -> float:
+        """``full_retrain_cpu_seconds / retrain_cpu_seconds``: the speed-up in CPU time, steady under machine load.
+
+        0.0 when either side is unknown. The ideal for SISA is about ``shards * slices`` over the
+        slices retrained (Bourtoule et al., IEEE S&P 2021, section V).
+        """
+        if self.retrain_cpu_seconds <= 0 or self.full_retrain_cpu_seconds <= 0:
+            return 0.0
+        return self.full_retrain_cpu_seconds / self.retrain_cpu_seconds
 
     @property
     def affected_shards(self) -> list[int]:

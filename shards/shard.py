@@ -49,12 +49,16 @@ class SliceEntry(BaseModel):
     key: str
     rows: int
     records_sha256: str
+    #: sha256 of the stored Parquet bytes (None in manifests written before it was recorded).
+    sha256: str | None = None
 
 
 class CheckpointEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     step: int  # 0-based slice index this checkpoint closes
     key: str
+    #: sha256 of the stored checkpoint bytes (None in manifests written before it was recorded).
+    sha256: str | None = None
 
 
 class ShardManifest(BaseModel):
@@ -85,6 +89,8 @@ class ShardUpdate(BaseModel):
     slices_retrained: tuple[int, ...] = ()
     restarted_from: str | None = None  # checkpoint key, None = from scratch
     seconds: float = 0.0
+    #: CPU time (user + system) of this process during the operation, in seconds.
+    cpu_seconds: float = 0.0
     superseded_keys: tuple[str, ...] = ()
     new_keys: tuple[str, ...] = ()
 
@@ -170,8 +176,11 @@ class Shard:
     def _write_slice(self, index: int, table: pa.Table) -> SliceEntry:
         records = _records_sha256(table)
         key = f"{shard_prefix(self.shard_id)}/slices/{index:04d}-{records[:40]}.parquet"
-        self.store.put(key, _table_bytes(table))
-        return SliceEntry(index=index, key=key, rows=len(table), records_sha256=records)
+        data = _table_bytes(table)
+        self.store.put(key, data)
+        return SliceEntry(
+            index=index, key=key, rows=len(table), records_sha256=records, sha256=hashlib.sha256(data).hexdigest()
+        )
 
     def _read_slice(self, entry: SliceEntry) -> pa.Table:
         return pq.read_table(io.BytesIO(self.store.get(entry.key)))
@@ -199,7 +208,7 @@ class Shard:
         def save(step: int, data: bytes) -> None:
             key = self._checkpoint_key(step, entries)
             self.store.put(key, data)
-            checkpoints.append(CheckpointEntry(step=step, key=key))
+            checkpoints.append(CheckpointEntry(step=step, key=key, sha256=hashlib.sha256(data).hexdigest()))
 
         lineage = [e.records_sha256 for e in entries]
         if isinstance(self.model, SufficientStatisticsModel):
@@ -215,7 +224,7 @@ class Shard:
     def train(self, slices: Sequence[pa.Table], request_id: str | None = None) -> ShardUpdate:
         """Train from scratch on ``slices`` (each sorted by record id) and write a new manifest."""
         self.calls.append("train")
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         tables = [t.sort_by(RECORD_ID) for t in slices]
         entries = [self._write_slice(i, t) for i, t in enumerate(tables)]
         state, checkpoints = self._run(tables, entries, None, [])
@@ -228,6 +237,7 @@ class Shard:
             previous_version=previous.version if previous else None,
             slices_retrained=tuple(range(len(tables))),
             seconds=time.perf_counter() - began,
+            cpu_seconds=time.process_time() - cpu,
             new_keys=tuple(sorted(self.manifest.object_keys())),
         )
 
@@ -264,7 +274,7 @@ class Shard:
         self.calls.append("erase")
         if self.manifest is None:
             raise StorageCorruptError(f"shard {self.shard_id} has no trained state to erase from")
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         wanted = pa.array(sorted(set(subject_digests)), type=pa.string())
         old = self.manifest
         tables = [self._read_slice(e) for e in old.slices]
@@ -293,6 +303,7 @@ class Shard:
             slices_retrained=tuple(range(first, len(kept))),
             restarted_from=keep[-1].key if first > 0 else None,
             seconds=time.perf_counter() - began,
+            cpu_seconds=time.process_time() - cpu,
             superseded_keys=tuple(sorted(old.object_keys() - new_keys)),
             new_keys=tuple(sorted(new_keys - old.object_keys())),
         )

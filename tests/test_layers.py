@@ -24,7 +24,7 @@ VOCABULARY = tuple(
     f"{_O}.{name}"
     for name in (
         "catalog", "cluster", "config", "config_reference", "digests", "errors", "pool", "processes",
-        "receipts", "request_ids", "session", "store_purge",
+        "receipts", "request_ids", "screening", "session", "store_purge",
     )
 )  # fmt: skip
 _PARTS = tuple(f"{_O}.{part}" for part in ("api", "training", "erasure", "evidence", "registry", "service", "serving"))

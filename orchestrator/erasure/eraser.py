@@ -15,8 +15,12 @@ import uuid
 from collections.abc import Sequence
 
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
+from expunge.orchestrator.config import EvidenceConfig
+from expunge.orchestrator.erasure.pending import finish_pending, readmit
+from expunge.orchestrator.erasure.pending import pending_step as _pending
 from expunge.orchestrator.erasure.resume import already_erased, finish_committed
 from expunge.orchestrator.erasure.routing import RoutingPlan, route
+from expunge.orchestrator.erasure.sealing import Sealer
 from expunge.orchestrator.errors import (
     ConfigError,
     ExpungeError,
@@ -25,10 +29,10 @@ from expunge.orchestrator.errors import (
     StoreBusyError,
 )
 from expunge.orchestrator.evidence.membership import ErasureAudit
-from expunge.orchestrator.evidence.receipt_chain import append_receipt, chained_receipts
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
+from expunge.orchestrator.screening import screen_request_text
 from expunge.orchestrator.session import StoreSession
 from expunge.orchestrator.store_purge import purge_unreferenced, purgeable
 from expunge.shards.shard import ShardUpdate
@@ -38,22 +42,18 @@ __all__ = ["Eraser"]
 log = logging.getLogger(__name__)
 
 
-def _pending(step: str, exc: BaseException) -> str:
-    """``"<step>: <cause>"`` for ``ErasureReceipt.pending`` (logged as a warning: it is retried)."""
-    cause = f"{type(exc).__name__}: {exc}"[:500]
-    log.warning("after the commit, %s did not succeed (%s); it is retried", step, cause)
-    return f"{step}: {cause}"
-
-
 class Eraser:
     """Erases subjects from one store: only the shards that hold them retrain, from their first affected slice.
 
     Constructible without training or serving: ``Eraser(StoreSession(uri, hasher, local_pool), lineage)``.
     """
 
-    def __init__(self, session: StoreSession, lineage: Lineage | None = None) -> None:
+    def __init__(
+        self, session: StoreSession, lineage: Lineage | None = None, evidence: EvidenceConfig | None = None
+    ) -> None:
         self.session = session
         self.lineage = lineage
+        self.sealer = Sealer(session, lineage, evidence)
 
     def finish_interrupted(self) -> None:
         """Finish what a crash may have interrupted right after a commit: the store purge, then the registry.
@@ -78,25 +78,39 @@ class Eraser:
             self.session.lease.release()
 
     def forget(
-        self, subject_ids: Sequence[object], request_id: str | None = None, audit: ErasureAudit | None = None
+        self,
+        subject_ids: Sequence[object],
+        request_id: str | None = None,
+        audit: ErasureAudit | None = None,
+        *,
+        ticket: str | None = None,
+        reason: str | None = None,
     ) -> ErasureReceipt:
         """Erase every row of the subjects and retrain only the shards that held them.
 
         ``audit`` (e.g. ``expunge.MembershipAudit``) is called before any shard is retrained
-        and after the commit; its record's sha256 goes into the receipt. Every receipt is
-        appended to the store's receipt log (``evidence.receipt_chain``) and recorded in MLflow
-        when a lineage is set.
+        and after the commit; its record's sha256 goes into the receipt. ``ticket`` and
+        ``reason``: the requester's reference and why, screened (``expunge.orchestrator.screening``)
+        and kept in the receipt and on the MLflow run. Every receipt is sealed
+        (``erasure.sealing``: bound to the stored state, chained, anchored) and recorded in
+        MLflow when a lineage is set.
 
         Raises:
-            ConfigError: no subject named, a bad request id, or an id that named other subjects.
+            ConfigError: no subject named, a bad request id, an id that named other subjects, or
+                a ticket or reason that is not 1-1000 printable characters on one line.
             InvalidSubjectIdError: an id the identity rule refuses (``expunge.shards.identity``).
+            PersonalDataInTextError: the ticket or reason names a subject of the request, an
+                e-mail address or a phone number. Nothing is changed on any error.
         """
         if not subject_ids:
             raise ConfigError("an erasure request needs at least one subject id")
         if request_id is not None:
             check_request_id(request_id)
+        from expunge.shards.identity import canonical_subject_ids
+
+        reason, ticket = screen_request_text(reason, ticket, canonical_subject_ids(subject_ids, "the request"))
         digests = list(dict.fromkeys(self.session.hasher.digest_many(subject_ids)))
-        return self.forget_digests(digests, request_id, audit)
+        return self.forget_digests(digests, request_id, audit, ticket=ticket, reason=reason)
 
     def forget_digests(
         self,
@@ -106,6 +120,8 @@ class Eraser:
         *,
         register: bool = True,
         resume: bool = True,
+        ticket: str | None = None,
+        reason: str | None = None,
     ) -> ErasureReceipt:
         """``forget`` for subjects already digested with this store's key (the service's entry point).
 
@@ -122,10 +138,16 @@ class Eraser:
         """
         if not digests:
             raise ConfigError("an erasure request needs at least one subject id")
+        reason, ticket = screen_request_text(reason, ticket, ())  # raw ids were screened by the caller
         self.session.follow_latest()
         self.session.require_manifest()  # an untrained store or a wrong key: refused before anything is written
         with self.session.lease.hold("expunge forget"):
-            return self._forget_digests(digests, request_id, audit, register=register, resume=resume)
+            receipt = self._forget_digests(
+                digests, request_id, audit, register=register, resume=resume, text={"ticket": ticket, "reason": reason}
+            )
+        if register:
+            self.sealer.anchor()  # MLflow has the request's runs now: anchor the receipt log there too
+        return receipt
 
     def _forget_digests(
         self,
@@ -135,19 +157,22 @@ class Eraser:
         *,
         register: bool,
         resume: bool,
+        text: dict[str, str | None],
     ) -> ErasureReceipt:
         began = time.perf_counter()
         self._refresh(sync=register)
         manifest = self.session.require_manifest()
         request_id = check_request_id(request_id or f"req-{uuid.uuid4().hex[:12]}")
         digests = list(dict.fromkeys(digests))
-        committed = finish_committed(self.session, self.lineage, request_id, digests) if resume else None
+        committed = (
+            finish_committed(self.session, self.lineage, request_id, digests, self.sealer.seal) if resume else None
+        )
         if committed is not None:
             return committed  # a retry of a request that already committed: the same receipt, once
         index = self.session.catalog.read_placement(manifest.placement_key)
         plan = route(digests, index.cells())
         if not plan.found:
-            return self._not_found(manifest, request_id, digests, plan, began, register)
+            return self._not_found(manifest, request_id, digests, plan, began, register, text)
         if audit is not None:
             # The only moment both exist: the subjects' rows and the constituents trained on them.
             audit.before_retrain(self.session.catalog, manifest, sorted(plan.found), self.session.hasher)
@@ -168,6 +193,7 @@ class Eraser:
             not_found_digests=plan.not_found,
             already_erased_digests=already_erased(self.session.catalog, plan.not_found),
             rows_removed=sum(u.rows_removed for u in updates.values()),
+            **text,
             shards=tuple(
                 ShardRetrain(
                     shard=s,
@@ -183,6 +209,8 @@ class Eraser:
             seconds=time.perf_counter() - began,
             retrain_seconds=retrain_seconds,
             full_retrain_seconds=manifest.train_seconds,
+            retrain_cpu_seconds=sum(u.cpu_seconds for u in updates.values()),
+            full_retrain_cpu_seconds=manifest.train_cpu_seconds,
             model_version_before=manifest.version,
             model_version_after=new_manifest.version,
             deleted_objects=tuple(str(v) for v in deleted),
@@ -210,6 +238,7 @@ class Eraser:
         plan: RoutingPlan,
         began: float,
         register: bool,
+        text: dict[str, str | None],
     ) -> ErasureReceipt:
         """Nothing to erase: the receipt says so, and still enters the audit trail."""
         log.info("request %s: no rows for %d subject(s); nothing changed", request_id, len(digests))
@@ -220,6 +249,7 @@ class Eraser:
             subject_digests=tuple(digests),
             not_found_digests=plan.not_found,
             already_erased_digests=already_erased(self.session.catalog, plan.not_found),
+            **text,
             untouched_shards=tuple(range(manifest.sharding.shards)),
             seconds=time.perf_counter() - began,
             model_version_before=manifest.version,
@@ -229,7 +259,7 @@ class Eraser:
             committed_at=utc_now(),
         )
         # The audit trail shows every request, not only those that erased something.
-        missed = append_receipt(self.session.store, missed)
+        missed = self.sealer.seal(missed)
         if self.lineage is not None and register:
             self.lineage.record_request(missed, manifest)
         return missed
@@ -345,71 +375,19 @@ class Eraser:
         return receipt
 
     def _chain(self, receipt: ErasureReceipt) -> ErasureReceipt:
-        """Append ``receipt`` to the receipt log; if the store refuses, the receipt says so (pending)."""
+        """Seal ``receipt`` into the receipt log; if the store refuses, the receipt says so (pending)."""
         try:
-            return append_receipt(self.session.store, receipt)
+            return self.sealer.seal(receipt)
         except ExpungeError as exc:
             return receipt.model_copy(update={"pending": (*receipt.pending, _pending("receipt log", exc))})
 
     def finish_pending(self, receipt: ErasureReceipt) -> ErasureReceipt:
-        """Retry the steps ``receipt.pending`` names; returns the receipt with those that still fail.
-
-        Idempotent: a purge deletes only what the published version does not reference, a
-        registration reconciles MLflow with the store, and the receipt log gains the receipt
-        only if it lacks it. The returned receipt is chained when the log gained it here.
-
-        Raises:
-            StoreBusyError: another process holds the store's write lease.
-        """
-        if not receipt.pending:
-            return receipt
-        steps = [p.split(":", 1)[0] for p in receipt.pending]
-        left: list[str] = []
-        with self.session.lease.hold("expunge forget"):
-            self.session.follow_latest()
-            latest = self.session.require_manifest()
-            for step in ("purge", "receipt", "registration"):
-                if step not in steps:
-                    continue
-                try:
-                    if step == "purge":
-                        deleted = purge_unreferenced(self.session.store, self.session.catalog, latest)
-                        receipt = receipt.model_copy(
-                            update={"deleted_objects": (*receipt.deleted_objects, *(str(v) for v in deleted))}
-                        )
-                    elif step == "receipt" and receipt.model_version_after is not None:
-                        self.session.catalog.write_receipt(
-                            receipt.model_version_after, receipt.model_dump_json(indent=1)
-                        )
-                    elif step == "registration":
-                        self._sync_lineage()
-                except Exception as exc:  # after the commit a failed step stays pending
-                    left.append(_pending(step, exc))
-            receipt = receipt.model_copy(update={"pending": tuple(left)})
-            if "receipt log" in steps:
-                chained = [r for _, r in chained_receipts(self.session.store, receipt.request_id)]
-                receipt = chained[-1] if chained else self._chain(receipt)
-        return receipt
+        """``erasure.pending.finish_pending``: retry the steps ``receipt.pending`` names."""
+        return finish_pending(self.session, receipt, self._sync_lineage, self._chain)
 
     def readmit(self, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:
-        """Lift the tombstones of subjects who gave new consent; returns how many were tombstoned.
-
-        Recorded in the store's tombstone log with the reason. The subjects' rows are not
-        restored: a later ``train`` on data that holds them admits them again.
-
-        Raises:
-            ConfigError: an empty reason, or no subject named.
-        """
-        if not reason.strip():
-            raise ConfigError("re-admitting a subject needs a reason (e.g. the consent ticket); pass --reason TEXT")
-        if not subject_ids:
-            raise ConfigError("name at least one subject to re-admit with --subject ID")
-        request_id = check_request_id(request_id or f"readmit-{uuid.uuid4().hex[:12]}")
-        digests = list(dict.fromkeys(self.session.hasher.digest_many(subject_ids)))
-        with self.session.lease.hold("expunge readmit"):
-            erased = self.session.catalog.tombstones()
-            self.session.catalog.append_tombstones("readmitted", digests, request_id, reason.strip())
-        return sum(d in erased for d in digests)
+        """``erasure.pending.readmit``: lift the tombstones of subjects who gave new consent."""
+        return readmit(self.session, subject_ids, reason, request_id)
 
     def register_published(self) -> str | None:
         """Bring MLflow up to the published version (new version, alias moved, every earlier one purged).
@@ -420,6 +398,7 @@ class Eraser:
         if self.lineage is None:
             return None
         self.lineage.reconcile()
+        self.sealer.anchor()  # the new runs exist now: anchor their receipts in MLflow
         return self.lineage.current_version()
 
     def _sync_lineage(self) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import ConfigError
-from expunge.orchestrator.evidence.receipt_chain import append_receipt, chained_receipts
+from expunge.orchestrator.evidence.receipt_chain import chained_receipts
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
@@ -18,13 +18,18 @@ log = logging.getLogger(__name__)
 
 
 def finish_committed(
-    session: StoreSession, lineage: Lineage | None, request_id: str, digests: Sequence[str]
+    session: StoreSession,
+    lineage: Lineage | None,
+    request_id: str,
+    digests: Sequence[str],
+    seal: Callable[[ErasureReceipt], ErasureReceipt],
 ) -> ErasureReceipt | None:
     """The receipt of ``request_id`` if an erasure with that id already committed, finishing its record.
 
     A crash after the store commit (in MLflow, or before the receipt log) leaves the store
     erased but the request unanswered; its retry must not look like a miss. The registry is
-    already reconciled on open (``Eraser.finish_interrupted``); this completes the receipt log.
+    already reconciled on open (``Eraser.finish_interrupted``); this completes the receipt log
+    (``seal``: ``Sealer.seal``).
 
     Raises:
         ConfigError: the id was used by an erasure of other subjects (ids name one request).
@@ -55,7 +60,7 @@ def finish_committed(
     if lineage is not None and stored.registry_version_after is None:
         stored = stored.model_copy(update={"registry_version_after": lineage.current_version()})
     log.info("request %s had committed ensemble v%d before a crash: finishing its receipt", request_id, version)
-    return append_receipt(session.store, stored)
+    return seal(stored)
 
 
 def already_erased(catalog: Catalog, not_found: Sequence[str]) -> tuple[str, ...]:
@@ -118,6 +123,7 @@ def rebuild_receipt(catalog: Catalog, version: int, request_id: str, digests: Se
         shards=tuple(shards),
         untouched_shards=tuple(s for s in range(after.sharding.shards) if s not in retrained),
         full_retrain_seconds=after.train_seconds,
+        full_retrain_cpu_seconds=after.train_cpu_seconds,
         model_version_before=before.version,
         model_version_after=after.version,
         committed_at=catalog.published_at(version).isoformat(),

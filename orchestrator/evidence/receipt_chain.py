@@ -34,7 +34,16 @@ from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.shards.errors import StorageConflictError
 from expunge.shards.store import ObjectStore
 
-__all__ = ["CHAIN_PREFIX", "BrokenLink", "ChainReport", "append_receipt", "chain_key", "chained_receipts", "walk_chain"]
+__all__ = [
+    "CHAIN_PREFIX",
+    "BrokenLink",
+    "ChainReport",
+    "append_receipt",
+    "chain_key",
+    "chained_receipts",
+    "chained_sequences",
+    "walk_chain",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,11 @@ def chain_key(sequence: int) -> str:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def chained_sequences(store: ObjectStore) -> list[int]:
+    """The sequence numbers present in the receipt log, ascending (a gap is a deleted receipt)."""
+    return _sequences(store)
 
 
 def _sequences(store: ObjectStore) -> list[int]:

@@ -44,14 +44,14 @@ from expunge.orchestrator.errors import (
 )
 from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.screening import screen_free_text
 from expunge.orchestrator.service.board import RequestBoard
 from expunge.orchestrator.service.followup import Committed, FollowUp, durably
 from expunge.orchestrator.service.intake import new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.lifecycle import Lifecycle
-from expunge.orchestrator.service.policy import check_subject_list, next_step, split_receipt, take_batch
+from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt, take_batch
 from expunge.orchestrator.service.recovery import recover, serve_purpose
-from expunge.orchestrator.service.screening import screen_free_text
 from expunge.orchestrator.service.views import ServedVersion, ServiceStats
 from expunge.shards.errors import StorageUnavailableError
 from expunge.shards.identity import canonical_subject_ids
@@ -92,7 +92,7 @@ class ErasureService:
         self.hasher = hasher
         self.lineage = lineage
         # Opening the coordinator finishes a crashed commit's purge and registers what MLflow missed.
-        self.coordinator = Coordinator(job.storage, hasher, lineage, pool_factory)
+        self.coordinator = Coordinator(job.storage, hasher, lineage, pool_factory, job.evidence)
         self.coordinator.require_manifest()  # a service needs a trained store
         # One writer per store: the service holds the write lease for its whole life.
         self._lease = self.coordinator.session.lease
@@ -344,7 +344,7 @@ class ErasureService:
                     acted_on = self.coordinator.require_manifest().version
                     rows = self.coordinator.placement_index().rows()
                     receipt = self.coordinator.forget_digests(
-                        digests, batch.batch_id, register=False, resume=resume or attempt > 1
+                        digests, batch.batch_id, register=False, resume=resume or attempt > 1, **batch_text(members)
                     )
                     if receipt.status == "erased" and receipt.model_version_before != acted_on:
                         # Committed before a crash or a lost answer: the rows each subject had come from
@@ -363,7 +363,7 @@ class ErasureService:
             except ExpungeError as exc:
                 self.follow.fail(entries, batch, exc)
                 return
-        receipts = [split_receipt(receipt, e.request_id, e.subject_digests, rows) for e in entries]
+        receipts = [split_receipt(receipt, e, rows) for e in entries]
         # The journal's committed records first (what status reads after a restart); if the store
         # refuses them now, the request is answered all the same, the write shown pending and retried.
         unjournalled = self._journal_committed(receipts)

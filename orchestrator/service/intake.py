@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from expunge.orchestrator.config import ServiceConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.screening import MAX_REASON, MAX_TICKET, clean_text, screen_free_text
 from expunge.orchestrator.service.deadlines import due_at, parse_received_at, parse_time
 from expunge.orchestrator.service.journal import JournalEntry
 from expunge.orchestrator.service.policy import (
@@ -19,28 +20,16 @@ from expunge.orchestrator.service.policy import (
     check_subject_list,
     request_id_for,
 )
-from expunge.orchestrator.service.screening import screen_free_text
 from expunge.shards.identity import canonical_subject_ids
 
 __all__ = ["new_entry", "ticket_label"]
 
-_MAX_REASON, _MAX_TICKET = 1000, 200
 _SUB_RESOURCES = ("/evidence", "/extension")
 
 
 def ticket_label(hasher: SubjectHasher, ticket: str) -> str:
     """The keyed label a ticket is indexed under (``journal/tickets/<label>/``)."""
     return hasher.label(ticket.strip(), "ticket")
-
-
-def _text(field: str, value: object, limit: int) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > limit or not value.isprintable():
-        raise ConfigError(
-            f"{field} must be 1-{limit} printable characters on one line (e.g. a ticket reference), or omitted"
-        )
-    return value.strip()
 
 
 def new_entry(
@@ -64,8 +53,8 @@ def new_entry(
     ids = check_subject_list(subject_ids)
     check_subject_count(len(ids), config.max_subjects_per_request)
     canonical = canonical_subject_ids(ids, "the request")
-    reason = _text("reason", reason, _MAX_REASON)
-    ticket = _text("ticket", ticket, _MAX_TICKET)
+    reason = clean_text("reason", reason, MAX_REASON)
+    ticket = clean_text("ticket", ticket, MAX_TICKET)
     for field, text in (("ticket", ticket), ("idempotency key", idempotency_key)):
         # A reference ending like a sub-resource would name that sub-resource in GET /v1/erasures/{ref}/...
         if isinstance(text, str) and text.rstrip().endswith(_SUB_RESOURCES):

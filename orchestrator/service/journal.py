@@ -12,6 +12,8 @@ survives any crash; its stages follow as separate objects written once each:
     journal/extended/<request id>.json     its deadline extended (months, reason; GDPR Art. 12(3))
     journal/tickets/<ticket label>/<request id>.json   finds requests by the caller's ticket
 
+    journal/log/<sequence>.json            every write and delete above, numbered and hash-chained
+
 Subjects appear only as keyed digests. On start the service reads the journal and finishes
 whatever is open (``ErasureService``).
 """
@@ -24,6 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
 from expunge.orchestrator.errors import StorageConflictError
+from expunge.orchestrator.evidence.journal_log import JournalLog
 from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.shards.store import ObjectStore
 
@@ -41,7 +44,7 @@ class JournalEntry(BaseModel):
     request_id: str
     subject_digests: tuple[str, ...]
     received_at: str
-    #: Free text from the caller, screened (``expunge.orchestrator.service.screening``): never a subject id.
+    #: Free text from the caller, screened (``expunge.orchestrator.screening``): never a subject id.
     reason: str | None = None
     idempotent: bool = False
     #: The caller's reference (e.g. the privacy desk's case number), screened like ``reason``.
@@ -120,6 +123,12 @@ class Journal:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self.log = JournalLog(store)
+
+    def _put(self, key: str, data: bytes) -> None:
+        """Write a journal object, then log it (numbered and chained: ``evidence.journal_log``)."""
+        self.store.put(key, data)
+        self.log.record("write", key, data)
 
     @staticmethod
     def _key(kind: str, name: str) -> str:
@@ -127,10 +136,12 @@ class Journal:
 
     def accept(self, entry: JournalEntry) -> JournalEntry | None:
         """Write ``entry``; returns None when written, or the entry already stored under its id."""
+        key, data = self._key("requests", entry.request_id), entry.model_dump_json().encode()
         try:
-            self.store.create_exclusive(self._key("requests", entry.request_id), entry.model_dump_json().encode())
+            self.store.create_exclusive(key, data)
         except StorageConflictError:
             return self.entry(entry.request_id)
+        self.log.record("write", key, data)
         return None
 
     def entry(self, request_id: str) -> JournalEntry | None:
@@ -138,23 +149,25 @@ class Journal:
         return JournalEntry.model_validate_json(self.store.get(key)) if self.store.exists(key) else None
 
     def write_batch(self, batch: BatchEntry) -> None:
-        self.store.put(self._key("batches", batch.batch_id), batch.model_dump_json().encode())
+        self._put(self._key("batches", batch.batch_id), batch.model_dump_json().encode())
 
     def batches(self) -> list[BatchEntry]:
         return [BatchEntry.model_validate_json(self.store.get(k)) for k in self.store.list_keys(f"{_PREFIX}/batches")]
 
     def drop_batch(self, batch_id: str) -> None:
-        self.store.delete([self._key("batches", batch_id)])
+        key = self._key("batches", batch_id)
+        self.store.delete([key])
+        self.log.record("delete", key)
 
     def write_committed(self, receipt: ErasureReceipt) -> None:
-        self.store.put(self._key("committed", receipt.request_id), receipt.model_dump_json().encode())
+        self._put(self._key("committed", receipt.request_id), receipt.model_dump_json().encode())
 
     def write_registered(self, request_id: str, registration: Registration) -> None:
-        self.store.put(self._key("registered", request_id), registration.model_dump_json().encode())
+        self._put(self._key("registered", request_id), registration.model_dump_json().encode())
 
     def write_purged(self, request_id: str) -> None:
         """The steps the request's committed receipt left pending are done (now)."""
-        self.store.put(self._key("purged", request_id), json.dumps({"at": utc_now()}).encode())
+        self._put(self._key("purged", request_id), json.dumps({"at": utc_now()}).encode())
 
     def purged_at(self, request_id: str) -> str | None:
         """When the pending steps were done; None if not (or, for journals before this was recorded, unknown)."""
@@ -166,7 +179,7 @@ class Journal:
 
     def write_ticket(self, label: str, request_id: str) -> None:
         """Index the request under its ticket's keyed label (``SubjectHasher.label``)."""
-        self.store.put(f"{_PREFIX}/tickets/{label}/{request_id}.json", b"{}")
+        self._put(f"{_PREFIX}/tickets/{label}/{request_id}.json", b"{}")
 
     def ticketed(self, label: str) -> list[str]:
         """Request ids filed under a ticket label, in name order."""
@@ -175,14 +188,14 @@ class Journal:
         )
 
     def write_extension(self, request_id: str, extension: ExtensionEntry) -> None:
-        self.store.put(self._key("extended", request_id), extension.model_dump_json().encode())
+        self._put(self._key("extended", request_id), extension.model_dump_json().encode())
 
     def extension(self, request_id: str) -> ExtensionEntry | None:
         key = self._key("extended", request_id)
         return ExtensionEntry.model_validate_json(self.store.get(key)) if self.store.exists(key) else None
 
     def write_failed(self, request_id: str, error: str) -> None:
-        self.store.put(self._key("failed", request_id), error.encode())
+        self._put(self._key("failed", request_id), error.encode())
 
     def sweep_partial_writes(self) -> int:
         """Delete half-written temporary files under journal/ (left by a killed writer); returns how many."""

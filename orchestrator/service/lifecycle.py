@@ -17,12 +17,12 @@ from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError, UnknownRequestError
 from expunge.orchestrator.receipts import utc_now
 from expunge.orchestrator.request_ids import REQUEST_ID
+from expunge.orchestrator.screening import screen_free_text
 from expunge.orchestrator.service.board import RequestBoard
 from expunge.orchestrator.service.deadlines import MAX_EXTENSION_MONTHS, due_at, is_late, parse_time
 from expunge.orchestrator.service.intake import ticket_label
 from expunge.orchestrator.service.journal import ExtensionEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.policy import request_id_for
-from expunge.orchestrator.service.screening import screen_free_text
 
 __all__ = ["Lifecycle", "ListState", "matches"]
 

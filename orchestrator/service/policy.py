@@ -8,13 +8,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.receipts import ErasureReceipt
 
+if TYPE_CHECKING:
+    from expunge.orchestrator.service.journal import JournalEntry
+
 __all__ = [
     "Step",
+    "batch_text",
     "check_idempotency_key",
     "check_subject_count",
     "check_subject_list",
@@ -111,15 +115,25 @@ def next_step(
     return Step("wait", None)
 
 
-def split_receipt(
-    batch: ErasureReceipt, request_id: str, digests: Sequence[str], rows_by_digest: Mapping[str, int]
-) -> ErasureReceipt:
-    """The receipt of one request coalesced into ``batch`` (the receipt of the batch's store commit).
+def batch_text(entries: Sequence[JournalEntry]) -> dict[str, str | None]:
+    """The ticket and reason of a batch's shared receipt: its request's own when it ran alone, else none.
+
+    A coalesced batch's receipt (and MLflow run) stands for several requests; each request's own
+    receipt (``split_receipt``) carries its ticket and reason.
+    """
+    if len(entries) == 1:
+        return {"ticket": entries[0].ticket, "reason": entries[0].reason}
+    return {"ticket": None, "reason": None}
+
+
+def split_receipt(batch: ErasureReceipt, entry: JournalEntry, rows_by_digest: Mapping[str, int]) -> ErasureReceipt:
+    """The receipt of one request (``entry``) coalesced into ``batch`` (the receipt of the batch's store commit).
 
     The request's own subjects, which of them had no data, and their rows (from the placement
-    before the erasure); shards, versions, times and deleted objects are the batch's, and
-    ``batch_id`` names it (None when the request ran alone).
+    before the erasure), its ticket and reason; shards, versions, times and deleted objects are
+    the batch's, and ``batch_id`` names it (None when the request ran alone).
     """
+    request_id, digests = entry.request_id, entry.subject_digests
     missing = set(batch.not_found_digests)
     earlier = set(batch.already_erased_digests)
     own = list(dict.fromkeys(digests))
@@ -134,6 +148,8 @@ def split_receipt(
             "already_erased_digests": tuple(d for d in not_found if d in earlier),
             "rows_removed": sum(rows_by_digest.get(d, 0) for d in found),
             "batch_id": None if batch.request_id == request_id else batch.request_id,
+            "ticket": entry.ticket,
+            "reason": entry.reason,
         }
     )
 

@@ -259,6 +259,7 @@ class Trainer:
             rows=rows,
             key_check=self.session.hasher.key_check(),
             train_seconds=train_phase_seconds,
+            train_cpu_seconds=sum(u.cpu_seconds for u in updates.values()),
             registry=self._registry_binding(),
             erased_rows_dropped=dropped,
             lease_token=self.session.lease.token,
@@ -285,7 +286,8 @@ class Trainer:
         seconds = time.perf_counter() - began
         registry_version = None
         if self.lineage is not None:
-            registry_version = self.lineage.record_training(manifest, {"train_seconds": seconds})
+            # train_seconds (the training phase) comes from the manifest; this is the whole job so far.
+            registry_version = self.lineage.record_training(manifest, {"train_total_seconds": seconds})
         log.info(
             "trained %d shards x %d slices on %d rows in %.2fs", job.sharding.shards, job.sharding.slices, rows, seconds
         )

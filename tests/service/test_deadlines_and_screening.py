@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from expunge.orchestrator.errors import ConfigError, PersonalDataInTextError
+from expunge.orchestrator.screening import screen_free_text
 from expunge.orchestrator.service.deadlines import add_months, due_at, is_late, parse_received_at, parse_time
-from expunge.orchestrator.service.screening import screen_free_text
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.service.journal import JournalEntry
 from expunge.orchestrator.service.policy import (
+    batch_text,
     check_idempotency_key,
     check_subject_count,
     check_subject_list,
@@ -80,13 +82,29 @@ def test_a_coalesced_request_gets_its_own_subjects_rows_and_outcome():
         rows_removed=12,
     )
     rows = {"d1": 5, "d2": 7}
-    first = split_receipt(batch, "r1", ["d1"], rows)
+
+    def entry(request_id, digests, ticket=None, reason=None):
+        return JournalEntry(
+            request_id=request_id, subject_digests=digests, received_at="2026-12-01T00:00:00+00:00", ticket=ticket,
+            reason=reason,
+        )  # fmt: skip
+
+    first = split_receipt(batch, entry("r1", ("d1",), "CASE-1", "Art. 17"), rows)
     assert (first.request_id, first.status, first.rows_removed, first.batch_id) == ("r1", "erased", 5, "batch-1")
-    missed = split_receipt(batch, "r2", ["d3"], rows)
+    assert (first.ticket, first.reason) == ("CASE-1", "Art. 17")  # each request keeps its own ticket and reason
+    missed = split_receipt(batch, entry("r2", ("d3",)), rows)
     assert (missed.status, missed.not_found_digests, missed.already_erased_digests) == ("not_found", ("d3",), ("d3",))
-    alone = split_receipt(batch, "batch-1", ["d1", "d2", "d3"], rows)
+    assert missed.ticket is None
+    alone = split_receipt(batch, entry("batch-1", ("d1", "d2", "d3")), rows)
     assert alone.batch_id is None
     assert alone.rows_removed == 12
+
+
+def test_a_batch_receipt_carries_a_ticket_only_when_it_stands_for_one_request():
+    one = JournalEntry(request_id="r1", subject_digests=("d1",), received_at="t", ticket="CASE-1", reason="why")
+    two = JournalEntry(request_id="r2", subject_digests=("d2",), received_at="t", ticket="CASE-2")
+    assert batch_text([one]) == {"ticket": "CASE-1", "reason": "why"}
+    assert batch_text([one, two]) == {"ticket": None, "reason": None}
 
 
 @pytest.mark.parametrize("value", ["12", b"12", {"a": 1}, {"a"}, None, 7, 2.5, (s for s in ["a"])])

@@ -19,9 +19,12 @@ import unicodedata
 from collections.abc import Iterable
 from urllib.parse import unquote
 
-from expunge.orchestrator.errors import PersonalDataInTextError
+from expunge.orchestrator.errors import ConfigError, PersonalDataInTextError
 
-__all__ = ["screen_free_text"]
+__all__ = ["MAX_REASON", "MAX_TICKET", "clean_text", "screen_free_text", "screen_request_text"]
+
+#: Longest reason and ticket a request may carry, in characters.
+MAX_REASON, MAX_TICKET = 1000, 200
 
 # An "@" between word characters: an address, with or without a top-level domain.
 _EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*")
@@ -73,3 +76,35 @@ def screen_free_text(field: str, text: str | None, subjects: Iterable[str]) -> N
             f"reports, so it must not identify anyone. Nothing was stored: give a ticket reference or a reason "
             "without personal data (e.g. 'Art. 17 request, ticket GDPR-2026-0042')"
         )
+
+
+def clean_text(field: str, value: object, limit: int) -> str | None:
+    """``value`` stripped, or None when omitted; 1-``limit`` printable characters on one line.
+
+    Raises:
+        ConfigError: not text, empty, too long, or with a line break or control character.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > limit or not value.isprintable():
+        raise ConfigError(
+            f"{field} must be 1-{limit} printable characters on one line (e.g. a ticket reference), or omitted"
+        )
+    return value.strip()
+
+
+def screen_request_text(reason: object, ticket: object, subjects: Iterable[str]) -> tuple[str | None, str | None]:
+    """A request's ``reason`` and ``ticket``, checked (``clean_text``) and screened (``screen_free_text``).
+
+    Returns both stripped (None where omitted). ``subjects``: the request's canonical ids.
+
+    Raises:
+        ConfigError: a reason or ticket that is not 1-1000 (ticket: 1-200) printable characters.
+        PersonalDataInTextError: either names a subject of the request, an e-mail address or a phone number.
+    """
+    subjects = list(subjects)
+    cleaned_reason = clean_text("reason", reason, MAX_REASON)
+    cleaned_ticket = clean_text("ticket", ticket, MAX_TICKET)
+    screen_free_text("reason", cleaned_reason, subjects)
+    screen_free_text("ticket", cleaned_ticket, subjects)
+    return cleaned_reason, cleaned_ticket
