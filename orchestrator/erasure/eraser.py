@@ -28,7 +28,7 @@ from expunge.orchestrator.errors import (
     StorageCorruptError,
     StoreBusyError,
 )
-from expunge.orchestrator.evidence.membership import ErasureAudit
+from expunge.orchestrator.evidence.membership import ErasureAudit, configured_audit
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
@@ -173,6 +173,7 @@ class Eraser:
         plan = route(digests, index.cells())
         if not plan.found:
             return self._not_found(manifest, request_id, digests, plan, began, register, text)
+        audit = audit or configured_audit(self.sealer.evidence)  # evidence.audit_holdout: every erasure audited
         if audit is not None:
             # The only moment both exist: the subjects' rows and the constituents trained on them.
             audit.before_retrain(self.session.catalog, manifest, sorted(plan.found), self.session.hasher)

@@ -46,9 +46,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
-from expunge.orchestrator.config import ItemStatsConfig, MFConfig
+from expunge.orchestrator.config import EvidenceConfig, ItemStatsConfig, MFConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.holdout import holdout_rows
 from expunge.orchestrator.evidence.rederive import ShardExactness, final_states, rederive_shards
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.serving.servable import EnsemblePredictor
@@ -67,6 +68,7 @@ __all__ = [
     "attack_statistics",
     "auc",
     "audit_key",
+    "configured_audit",
     "read_audit",
     "tpr_at_fpr",
 ]
@@ -381,3 +383,18 @@ class MembershipAudit:
             record.from_scratch.loss.auc,
         )
         return hashlib.sha256(data).hexdigest()
+
+
+def configured_audit(evidence: EvidenceConfig) -> ErasureAudit | None:
+    """A fresh ``MembershipAudit`` for one request over ``evidence.audit_holdout``; None when that is unset.
+
+    The held-out rows are read once and cached (``evidence.holdout.holdout_rows``); each call
+    returns a new audit, since an audit holds one request's rows between its two calls.
+
+    Raises:
+        ConfigError: naming ``evidence.audit_holdout``: the file or folder is missing, unreadable,
+            empty or holds invalid rows. Raised before anything of the erasure is written.
+    """
+    if evidence.audit_holdout is None:
+        return None
+    return MembershipAudit(holdout_rows(evidence.audit_holdout), evidence.audit_fpr)
