@@ -1,12 +1,14 @@
 """Recipe: scan a store (every object, every version) for any trace of a subject; exit 1 if found.
 
 expunge scan --storage ./expunge-demo/store --subject user-45
+expunge scan --storage ./expunge-demo/store --subject user-45 --logs /tmp/ray/session_latest/logs --logs ./service-logs
 python -m expunge.pipelines.scan ...   (the same, as ``ray job submit`` runs it)
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -16,7 +18,9 @@ from rich.table import Table
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, RegistryBinding
 from expunge.orchestrator.config import PrivacyConfig, StorageConfig
 from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.scan import Finding, ScanReport, scan_store
+from expunge.orchestrator.evidence.scan_outside import scan_logs, scan_registry_text
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.registry.checks import AuditView
 from expunge.orchestrator.session import published
@@ -34,12 +38,18 @@ def run(
     tracking_uri: str | None = None,
     registry: bool = True,
     hasher: SubjectHasher | None = None,
+    logs: Sequence[Path] = (),
 ) -> ScanReport:
-    """Scan the store and, where it records one (or ``tracking_uri`` names it), its MLflow registry.
+    """Scan the store, the log folders ``logs`` and, where it records one (or ``tracking_uri`` names it), its MLflow registry.
+
+    The registry part: the params and tags of the store's runs and model versions (bounded
+    token rule), and no model version built while the subject was in the data may load or
+    keep files.
 
     Raises:
-        ConfigError: no key, a key the store was not trained with, no published store, or a
-            tracking URI other than the one the store records.
+        ConfigError: no key, a key the store was not trained with, no published store, a log
+            folder that does not exist, or a tracking URI other than the one the store records.
+        InvalidSubjectIdError: the subject id is refused by the identity rule.
         TrackingUnreachable: the registry does not answer.
     """
     hasher = hasher or hasher_from_env(privacy)
@@ -47,6 +57,12 @@ def run(
     store = catalog.store
     digest = hasher.digest(subject)
     report = scan_store(store, subject, digest)
+    if logs:
+        try:
+            found, files, lines = scan_logs(logs, subject)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{exc}: pass an existing folder to --logs") from exc
+        report = report.merged(found, log_files=files, log_lines=lines)
     if not registry or (latest.registry is None and tracking_uri is None):
         return report
     tracking = bind_tracking(latest.registry, None, tracking_uri, store.uri)
@@ -56,15 +72,19 @@ def run(
         model_name=tracking.model_name,
         alias=tracking.alias,
     )
+    view = AuditView(binding, storage)
+    found, runs, versions = scan_registry_text(view, subject)
+    report = report.merged(found, mlflow_runs=runs, mlflow_model_versions=versions)
     erased_at = _first_version_without(catalog, latest, digest)
     if erased_at is None:
         return report  # never in this store: no registry version can hold them
-    check = AuditView(binding, storage).check_erasure(erased_at)
+    check = view.check_erasure(erased_at)
     extra = [
         Finding(
             key=f"models:/{check.model_name}/{version.version}",
             version_id=None,
             kind="registry-version",
+            rule="registry-check",
             detail=f"built from ensemble v{version.ensemble_version}, which held the subject: "
             + ", ".join(
                 what
@@ -81,10 +101,16 @@ def run(
         if not version.clean
     ]
     extra += [
-        Finding(key=f"logged-model:{m}", version_id=None, kind="registry-version", detail="built before the erasure")
+        Finding(
+            key=f"logged-model:{m}",
+            version_id=None,
+            kind="registry-version",
+            detail="built before the erasure",
+            rule="registry-check",
+        )
         for m in check.orphan_models
     ]
-    return report.model_copy(update={"findings": report.findings + tuple(extra)})
+    return report.merged(tuple(extra))
 
 
 def _first_version_without(catalog: Catalog, latest: EnsembleManifest, digest: str) -> int | None:
@@ -115,12 +141,19 @@ def main(
         None, help="MLflow registry to check too (default: the one the store records; another one is refused)"
     ),
     registry: bool = typer.Option(True, "--registry/--no-registry", help="also check the store's MLflow registry"),
+    logs: list[Path] = typer.Option(
+        [], "--logs", help="a log folder (or file) to search too, line by line; repeatable (Ray's, the service's)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Read every object version of a store, and the versions of its MLflow registry, for any trace of a subject.
+    """Read every object version of a store, its MLflow registry and any --logs folders for any trace of a subject.
 
-    The registry part: no model version built while the subject was in the data may load or
-    keep a stored file (every object version on S3) or a LoggedModel record.
+    Subject columns are compared by typed value under the identity rule (and by keyed digest);
+    JSON documents field by field, text and log lines, and MLflow params and tags by the
+    bounded token rule (docs/verification.md, "Storage"). The registry part also checks that no
+    model version built while the subject was in the data may load or keep a stored file
+    (every object version on S3) or a LoggedModel record. Findings say where (object and
+    version, column / JSON path / line / param or tag) and which rule matched, never the id.
 
     Exit 0 when nothing of the subject remains, 1 when something does, 2 on errors (including a
     store that does not exist or has no published version: never reported as clean).
@@ -130,20 +163,21 @@ def main(
         job, store = job_and_store(config, storage)
         if endpoint_url:
             store = store.model_copy(update={"endpoint_url": endpoint_url})
-        report = run(store, subject, job.privacy if job else PrivacyConfig(), tracking_uri, registry)
+        report = run(store, subject, job.privacy if job else PrivacyConfig(), tracking_uri, registry, logs=logs)
     if as_json:
         typer.echo(report.model_dump_json(indent=1))
     else:
         console = Console()
         if report.clean:
-            console.print(f"clean: {report.objects_scanned} object version(s) scanned, nothing of the subject remains")
+            console.print(f"clean: nothing of the subject remains in {report.coverage.describe()}")
         else:
             table = Table(title=f"{len(report.findings)} trace(s) of subject {report.subject_digest[:12]}...")
-            for column in ("object", "version", "kind", "detail"):
+            for column in ("object", "version", "where", "kind", "rule", "detail"):
                 table.add_column(column, overflow="fold")  # whole keys, wrapped, never cut
             for f in report.findings:
-                table.add_row(f.key, f.version_id or "-", f.kind, f.detail)
+                table.add_row(f.key, f.version_id or "-", f.location or "-", f.kind, f.rule, f.detail)
             console.print(table)
+            console.print(f"searched: {report.coverage.describe()}")
     raise typer.Exit(0 if report.clean else 1)
 
 
