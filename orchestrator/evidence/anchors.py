@@ -116,16 +116,19 @@ class ObjectLockAnchors:
 
     def read(self) -> tuple[list[Anchor], list[BrokenLink]]:
         """Every anchor (the oldest version of each key), and the anchors rewritten since (as problems)."""
-        by_key: dict[str, list[tuple[datetime, str | None]]] = {}
-        for version in self.store.list_versions(_ANCHOR_PREFIX):
-            if not version.is_delete_marker:
-                by_key.setdefault(version.key, []).append(
-                    (version.modified or datetime.min.replace(tzinfo=UTC), version.version_id)
-                )
+        by_key: dict[str, list[str | None]] = {}
+        bucket, prefix, _ = self.store.fs.split_path(self.store._path(_ANCHOR_PREFIX + "/"))
+        kwargs: dict[str, object] = {"Bucket": bucket, "Prefix": prefix}
+        while True:  # S3 lists each key's versions newest first (timestamps have one-second resolution)
+            page = self.store.fs.call_s3("list_object_versions", **kwargs)
+            for entry in page.get("Versions", []):
+                by_key.setdefault(self.store._key(f"{bucket}/{entry['Key']}"), []).insert(0, entry.get("VersionId"))
+            if not page.get("IsTruncated"):
+                break
+            kwargs |= {"KeyMarker": page.get("NextKeyMarker"), "VersionIdMarker": page.get("NextVersionIdMarker")}
         anchors, problems = [], []
         for key, versions in sorted(by_key.items()):
-            versions.sort(key=lambda v: v[0])
-            bodies = [self.store.get(key, version_id) for _, version_id in versions]
+            bodies = [self.store.get(key, version_id) for version_id in versions]  # oldest first
             try:
                 first = Anchor.model_validate_json(bodies[0])
             except ValidationError:

@@ -16,10 +16,11 @@ from expunge.orchestrator.evidence.receipt_chain import ChainReport
 
 __all__ = ["CheckName", "CheckResult", "CheckStatus", "VerifyReport", "chain_markdown"]
 
-CheckName = Literal["exactness", "storage", "registry", "membership_audit", "receipt_log"]
+CheckName = Literal["exactness", "state", "storage", "registry", "membership_audit", "receipt_log"]
 CheckStatus = Literal["passed", "failed", "skipped"]
 _TITLES: dict[str, str] = {
     "exactness": "Exactness",
+    "state": "Stored state",
     "storage": "Storage",
     "registry": "Registry",
     "membership_audit": "Membership audit",

@@ -21,10 +21,11 @@ from collections import OrderedDict
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import StorageCorruptError
-from expunge.orchestrator.receipts import BoundFile, StateBinding
+from expunge.orchestrator.evidence.receipt_chain import chain_key, chained_sequences
+from expunge.orchestrator.receipts import BoundFile, ErasureReceipt, StateBinding
 from expunge.shards.shard import ShardManifest, shard_prefix
 
-__all__ = ["bind_state", "check_state", "shard_manifest_key"]
+__all__ = ["bind_state", "check_state", "newest_binding", "shard_manifest_key"]
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +133,21 @@ def check_state(catalog: Catalog, manifest: EnsembleManifest, binding: StateBind
     if problems:
         log.warning("stored state of version %d differs from its receipt: %s", manifest.version, problems[0])
     return problems
+
+
+def newest_binding(catalog: Catalog, version: int) -> tuple[StateBinding | None, int | None]:
+    """The binding of ensemble ``version`` in the newest chained receipt that holds one, and its sequence.
+
+    Reads receipts from the newest back to the first one older than ``version``; (None, None)
+    when no receipt binds it (a version made by training, or receipts from before binding).
+    """
+    for sequence in reversed(chained_sequences(catalog.store)):
+        try:
+            receipt = ErasureReceipt.model_validate_json(catalog.store.get(chain_key(sequence)))
+        except ValueError:
+            continue  # an unreadable receipt: the log walk reports it
+        if receipt.state is not None and receipt.state.ensemble_version == version:
+            return receipt.state, sequence
+        if receipt.model_version_after is not None and receipt.model_version_after < version:
+            break
+    return None, None

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import logging
 
-from expunge.orchestrator.catalog import Catalog, RegistryBinding
-from expunge.orchestrator.config import StorageConfig
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest, RegistryBinding
+from expunge.orchestrator.config import EvidenceConfig, StorageConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.audit_check import audit_check
 from expunge.orchestrator.evidence.check_result import result as _result
-from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_receipts, walk_chain
+from expunge.orchestrator.evidence.log_audit import audit_trail
+from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_receipts
 from expunge.orchestrator.evidence.rederive import rederive_shards
+from expunge.orchestrator.evidence.references import resolve_request
 from expunge.orchestrator.evidence.report import CheckResult, VerifyReport
+from expunge.orchestrator.evidence.state_binding import check_state, newest_binding
 from expunge.orchestrator.evidence.storage_check import storage_check
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
-from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.session import published
 from expunge.shards.store import ObjectStore
 
@@ -57,6 +59,28 @@ def _exactness(catalog: Catalog, receipt: ErasureReceipt, version: int) -> Check
     )
 
 
+def state_check(catalog: Catalog, latest: EnsembleManifest) -> CheckResult:
+    """The published version's stored files against the hashes its commit's receipt recorded."""
+    binding, sequence = newest_binding(catalog, latest.version)
+    if binding is None:
+        return CheckResult(
+            name="state",
+            status="skipped",
+            summary=f"No chained receipt binds the published version {latest.version} (it was trained after the "
+            "newest erasure, or its receipts predate state binding); the next erasure's receipt will.",
+        )
+    problems = check_state(catalog, latest, binding)
+    shards = len(latest.shard_versions)
+    return _result(
+        "state",
+        problems,
+        f"Every file of the published version {latest.version} ({len(binding.files)} manifests, slices and "
+        f"checkpoints in {shards} shard(s), and the placement index) holds the content that receipt #{sequence} "
+        "recorded at its commit: none was moved, copied, swapped or edited since.",
+        {"receipt": sequence, "files": len(binding.files), "problems": problems},
+    )
+
+
 def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str) -> CheckResult:
     if view is None:
         return CheckResult(name="registry", status="skipped", summary=why_skipped)
@@ -78,8 +102,7 @@ def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str)
     )
 
 
-def _receipt_log(store: ObjectStore, request_id: str, witnessed: set[str] | None) -> CheckResult:
-    chain = walk_chain(store, witnessed)
+def _receipt_log(chain: ChainReport, store: ObjectStore, request_id: str, witnessed: bool) -> CheckResult:
     problems = []
     if not chained_receipts(store, request_id):
         problems.append(f"the receipt log holds no receipt of request {request_id}")
@@ -87,13 +110,13 @@ def _receipt_log(store: ObjectStore, request_id: str, witnessed: set[str] | None
         first = chain.first_broken
         assert first is not None
         where = f"receipt #{first.sequence}" if first.sequence is not None else first.key
-        problems.append(f"the receipt log is broken at {where}: {first.problem}")
-    witness = " and every request MLflow records is in it" if witnessed is not None else ""
+        problems.append(f"the evidence trail is broken at {where}: {first.problem}")
+    witness = ", every request MLflow records is in it," if witnessed else ""
     return _result(
         "receipt_log",
         problems,
         f"{chain.receipts} receipt(s), each sealed with the hash of the one before: none was deleted, edited or "
-        f"reordered{witness}.",
+        f"reordered{witness} and each matches its anchors outside the store ({', '.join(chain.witnesses) or 'none'}).",
         chain.model_dump(),
     )
 
@@ -115,10 +138,13 @@ def verify_erasure(
     subject_id: str | None = None,
     registry: RegistryBinding | None = None,
     log_to_mlflow: bool = True,
+    evidence: EvidenceConfig | None = None,
 ) -> VerifyReport:
     """Check one erasure request end to end and (by default) attach the report to its MLflow runs.
 
-    ``hasher``: the store's digest key. ``subject_id``: the raw id of one subject of the request
+    ``request_id``: the request id, or the idempotency key or ticket it was submitted with
+    (``evidence.references.resolve_request``). ``evidence``: where the receipt log is anchored
+    (None: MLflow only). ``hasher``: the store's digest key. ``subject_id``: the raw id of one subject of the request
     (optional: without it the storage scan looks for digests only). ``registry``: the MLflow
     registry to check; None checks the one the store records, and none is skipped. Re-derives
     the request's affected shards in this process (about one shard's training each) and reads
@@ -132,7 +158,7 @@ def verify_erasure(
     """
     catalog, latest = published(storage, hasher)
     store = catalog.store
-    request_id = check_request_id(request_id)
+    request_id = resolve_request(catalog, hasher, request_id)
     text = catalog.read_request_receipt(request_id)
     chained = chained_receipts(store, request_id)
     asked = request_id
@@ -164,11 +190,12 @@ def verify_erasure(
         )
     view, why = _registry_view(registry or latest.registry, storage)
     exactness = _exactness(catalog, receipt, latest.version)
+    state = state_check(catalog, latest)
     stored = storage_check(store, catalog, shown, subject_id, digest)
     registry_check = _registry(view, receipt, why)
     membership, record = audit_check(store, receipt)
-    log_check = _receipt_log(store, request_id, view.request_ids() if view is not None else None)
-    checks = (exactness, stored, registry_check, membership, log_check)
+    log_check = _receipt_log(audit_trail(catalog, latest, view, evidence), store, request_id, view is not None)
+    checks = (exactness, state, stored, registry_check, membership, log_check)
     report = VerifyReport(
         request_id=asked,
         batch_id=request_id if own is not None else None,
@@ -190,13 +217,17 @@ def verify_erasure(
     return report
 
 
-def verify_log(storage: StorageConfig | str, registry: RegistryBinding | None = None) -> ChainReport:
-    """Walk a store's receipt log; with a registry (default: the one the store records), MLflow witnesses it.
+def verify_log(
+    storage: StorageConfig | str, registry: RegistryBinding | None = None, evidence: EvidenceConfig | None = None
+) -> ChainReport:
+    """Walk the store's evidence trail (``evidence.log_audit.audit_trail``): receipt log, anchors, journal, state.
+
+    With a registry (default: the one the store records), MLflow witnesses the log and holds
+    anchors; ``evidence.anchor_uri`` adds the Object Lock anchors.
 
     Raises:
         ConfigError: the store holds no published version (nothing to verify).
     """
     catalog, latest = published(storage)
-    store = catalog.store
     view, _ = _registry_view(registry or latest.registry, storage)
-    return walk_chain(store, view.request_ids() if view is not None else None)
+    return audit_trail(catalog, latest, view, evidence)

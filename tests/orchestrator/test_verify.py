@@ -101,7 +101,7 @@ def _statuses(report) -> dict[str, str]:  # type: ignore[no-untyped-def]
 def test_an_exact_erasure_passes_every_check_and_the_report_reaches_its_mlflow_run(erasure):
     report = verify_erasure(str(erasure.store), REQUEST, SubjectHasher(TEST_KEY), erasure.subject)
     assert _statuses(report) == dict.fromkeys(
-        ("exactness", "storage", "registry", "membership_audit", "receipt_log"), "passed"
+        ("exactness", "state", "storage", "registry", "membership_audit", "receipt_log"), "passed"
     )
     assert report.passed
     assert report.raw_id_checked

@@ -1,0 +1,86 @@
+"""Finding a request in a store by what its requester knows: the request id, the idempotency key or the ticket.
+
+The service journals an idempotency key only as a keyed digest (the request id ``idem-...`` is
+derived from it) and indexes tickets by a keyed label, so a key or a ticket is turned into the
+same digest and looked up; receipts of erasures run outside the service carry the ticket in
+the clear (screened), and are searched too. The reference itself is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.receipt_chain import chain_key, chained_sequences
+from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.request_ids import REQUEST_ID
+from expunge.orchestrator.service.intake import ticket_label
+from expunge.orchestrator.service.journal import Journal, JournalEntry
+from expunge.orchestrator.service.policy import request_id_for
+
+__all__ = ["resolve_request"]
+
+log = logging.getLogger(__name__)
+
+_MAX_REFERENCE = 256
+
+
+def _known_id(catalog: Catalog, journal: Journal, request_id: str) -> bool:
+    if not REQUEST_ID.fullmatch(request_id):
+        return False
+    return catalog.read_request_receipt(request_id) is not None or journal.entry(request_id) is not None
+
+
+def _ticketed_receipts(catalog: Catalog, ticket: str) -> list[tuple[int, str]]:
+    """(sequence, request id) of chained receipts whose ticket is ``ticket``, oldest first."""
+    found = []
+    for sequence in chained_sequences(catalog.store):
+        try:
+            receipt = ErasureReceipt.model_validate_json(catalog.store.get(chain_key(sequence)))
+        except ValueError:
+            continue  # an unreadable receipt: the log walk reports it
+        if receipt.ticket == ticket:
+            found.append((sequence, receipt.request_id))
+    return found
+
+
+def resolve_request(catalog: Catalog, hasher: SubjectHasher, reference: str) -> str:
+    """The request id that ``reference`` names: a request id, an idempotency key or a ticket, in that order.
+
+    A ticket filed with several requests names the one received (or chained) last. Reads the
+    journal's entries for the key and the ticket label, and, for a ticket, every chained receipt.
+
+    Raises:
+        ConfigError: an empty or over-long reference, nothing answers to it (the message never
+            repeats it), or it is the idempotency key of one request and the ticket of another.
+    """
+    if not isinstance(reference, str) or not reference.strip() or len(reference) > _MAX_REFERENCE:
+        raise ConfigError(f"give a request id, an idempotency key or a ticket (1-{_MAX_REFERENCE} characters)")
+    journal = Journal(catalog.store)
+    if _known_id(catalog, journal, reference):
+        return reference
+    keyed_id = request_id_for(hasher.label(reference, "idempotency-key"))
+    keyed_entry = journal.entry(keyed_id)
+    keyed = keyed_id if keyed_entry is not None and keyed_entry.idempotent else None
+    ticket = reference.strip()
+    filed: list[JournalEntry] = [
+        e for r in journal.ticketed(ticket_label(hasher, ticket)) if (e := journal.entry(r)) and e.ticket == ticket
+    ]
+    ticketed = max(filed, key=lambda e: e.received_at).request_id if filed else None
+    if ticketed is None and (chained := _ticketed_receipts(catalog, ticket)):
+        ticketed = chained[-1][1]
+    if keyed and ticketed and keyed != ticketed:
+        raise ConfigError(
+            f"that reference is the idempotency key of request {keyed} and the ticket of request {ticketed}: "
+            "give the request id"
+        )
+    found = keyed or ticketed
+    if found is None:
+        raise ConfigError(
+            f"no request of {catalog.store.uri} answers to that reference: give the request id (`expunge forget` "
+            "prints it in the receipt), the idempotency key or the ticket it was submitted with, and check --storage"
+        )
+    log.info("reference resolved to request %s", found)
+    return found
