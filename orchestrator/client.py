@@ -164,13 +164,16 @@ class RayClient:
         idempotency_key: str | None = None,
         reason: str | None = None,
         timeout: float | None = None,
+        ticket: str | None = None,
     ) -> ErasureReceipt:
         """Erase the subjects; returns once the erasure is committed and served (stage one of two).
 
         ``subject_ids``: a list of ids (the identity rule of ``expunge.shards.identity`` applies).
         ``idempotency_key``: the same key always returns the same receipt (e.g. the ticket
         number); made up when omitted, so this call's own retries are safe. ``reason``: free
-        text stored with the request (a ticket reference, never personal data). The receipt's
+        text stored with the request (never personal data). ``ticket``: the requester's
+        reference (e.g. the privacy desk's case number); both are screened, and text naming a
+        person is refused (``PersonalDataInTextError``) with nothing stored. The receipt's
         ``registered_at`` is None until MLflow has the new version: ``wait(..., "registered")``.
 
         Raises:
@@ -180,7 +183,7 @@ class RayClient:
         """
         ids = check_subject_list(subject_ids)  # here too: list("12") would name two people
         key = idempotency_key if idempotency_key is not None else f"sdk-{uuid.uuid4().hex}"
-        receipt: ErasureReceipt = self._call("forget", ids, key, reason, check_timeout(timeout))
+        receipt: ErasureReceipt = self._call("forget", ids, key, reason, check_timeout(timeout), ticket)
         return receipt
 
     def submit(

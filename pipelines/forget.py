@@ -1,11 +1,13 @@
 """Recipe: erase data subjects from a trained store and print the erasure receipt.
 
     expunge forget --storage ./expunge-store --subject 42 --subject 77
-    expunge forget --config job.yaml --subjects-file tickets.txt
+    expunge forget --config job.yaml --subjects-file tickets.txt --ticket DESK-0042 --reason "Art. 17 request"
+    expunge forget --config job.yaml --subject 42 --audit-holdout held-out.parquet   (audited: docs/verification.md)
     python -m expunge.pipelines.forget ...   (the same, as ``ray job submit`` runs it)
 
 Exit 0 when every named subject was found and erased, 3 when any had no data (the receipt is
-printed and stored all the same), 2 on bad input, 4 when another writer won a race.
+printed and stored all the same), 2 on bad input (a ``--reason`` or ``--ticket`` naming a person
+included: nothing is stored), 4 when another writer won a race.
 """
 
 from __future__ import annotations
@@ -17,13 +19,21 @@ from pathlib import Path
 import typer
 
 from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
-from expunge.orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
+from expunge.orchestrator.config import (
+    EvidenceConfig,
+    PrivacyConfig,
+    StorageConfig,
+    TrackingConfig,
+    load_job_config,
+)
 from expunge.orchestrator.coordinator import Coordinator
 from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.membership import configured_audit
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
+from expunge.orchestrator.screening import screen_request_text
 from expunge.orchestrator.session import published
 from expunge.pipelines._runtime import (
     exit_on_error,
@@ -84,15 +94,29 @@ def run(
     privacy: PrivacyConfig,
     request_id: str | None = None,
     tracking_uri: str | None = None,
+    *,
+    evidence: EvidenceConfig | None = None,
+    ticket: str | None = None,
+    reason: str | None = None,
 ) -> ErasureReceipt:
     """Erase ``subjects`` from the store; MLflow is the registry the store records unless told otherwise.
 
+    ``evidence``: the job's evidence settings; with ``audit_holdout`` set the erasure runs the
+    membership-inference audit (its record's sha256 goes into the receipt). ``ticket`` and
+    ``reason``: the requester's reference and why, screened and stored in the receipt.
+
     Raises:
-        ConfigError: no key, no trained store, or a tracking config naming another registry.
+        ConfigError: no key, no trained store, a tracking config naming another registry, or an
+            unusable ``evidence.audit_holdout``.
+        PersonalDataInTextError: ``ticket`` or ``reason`` names a subject, an e-mail address or a
+            phone number. Each of these is raised before Ray starts; nothing is stored.
     """
     hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
     if request_id is not None:
         check_request_id(request_id)
+    screen_request_text(reason, ticket, subjects)  # free text naming a person: refused before anything starts
+    evidence = evidence or EvidenceConfig()
+    configured_audit(evidence)  # a missing or unusable hold-out: refused now (the rows stay cached for the erasure)
     _, latest = published(storage, hasher)  # a wrong key would find nobody: refuse before starting Ray
     model_for(latest.model)  # a custom model's module must import here, and in the shard actors: refuse now
     tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
@@ -100,10 +124,11 @@ def run(
     with progress("starting Ray"):
         init_ray()
     require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
-    coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage))
+    coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage), evidence=evidence)
     try:
-        with progress(f"erasing {len(subjects)} subject(s)"):
-            receipt = coordinator.forget(subjects, request_id)
+        audited = " and auditing the erasure" if evidence.audit_holdout else ""
+        with progress(f"erasing {len(subjects)} subject(s){audited}"):
+            receipt = coordinator.forget(subjects, request_id, ticket=ticket, reason=reason)
         # Committed: never reported failed. What could not be done after the commit is retried here
         # with backoff, then left to the next writer of the store (named in receipt.pending).
         for pause in _PENDING_RETRY_PAUSES_S:
@@ -138,6 +163,17 @@ def main(
     address: str | None = typer.Option(
         None, help="with --service: the Ray cluster (default: RAY_ADDRESS, else what `expunge serve` recorded)"
     ),
+    ticket: str | None = typer.Option(
+        None, help="the requester's reference (e.g. the privacy desk's case number); screened, stored in the receipt"
+    ),
+    reason: str | None = typer.Option(
+        None, help="why (e.g. 'Art. 17 request'); screened: text naming a person is refused (exit 2)"
+    ),
+    audit_holdout: Path | None = typer.Option(
+        None,
+        help="held-out rows (Parquet file or folder, or MovieLens file) for a membership audit of this erasure "
+        "(overrides evidence.audit_holdout)",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Erase subjects: delete their rows and retrain only the shards that held them.
@@ -150,16 +186,26 @@ def main(
     init_logging(verbose)
     with exit_on_error():
         if service:
+            if audit_holdout is not None:
+                raise ConfigError(
+                    "--audit-holdout does not apply with --service: the service audits every erasure by its own "
+                    "config (evidence.audit_holdout, set before `expunge serve`)"
+                )
             job = load_job_config(config) if config else None
             receipt = through_service(
                 read_subjects(subject, subjects_file),
                 namespace or (job.service.namespace if job else "expunge"),
                 address,
                 request_id,
+                ticket=ticket,
+                reason=reason,
             )
             _report(receipt)
             return
         job, store = job_and_store(config, storage)
+        evidence = job.evidence if job else EvidenceConfig()
+        if audit_holdout is not None:
+            evidence = evidence.model_copy(update={"audit_holdout": str(audit_holdout)})
         receipt = run(
             store,
             read_subjects(subject, subjects_file),
@@ -167,25 +213,38 @@ def main(
             job.privacy if job else PrivacyConfig(),
             request_id,
             tracking_uri,
+            evidence=evidence,
+            ticket=ticket,
+            reason=reason,
         )
     _report(receipt)
 
 
 def through_service(
-    subjects: list[str], namespace: str, address: str | None, idempotency_key: str | None
+    subjects: list[str],
+    namespace: str,
+    address: str | None,
+    idempotency_key: str | None,
+    *,
+    ticket: str | None = None,
+    reason: str | None = None,
 ) -> ErasureReceipt:
     """Erase through the running service (``expunge serve``): warm, journalled, coalesced.
 
+    ``ticket`` and ``reason`` are screened here first, then by the service, and stored with the request.
+
     Raises:
+        PersonalDataInTextError: ``ticket`` or ``reason`` names a person (before connecting).
         ServiceUnavailableError: no service answers in ``namespace`` at ``address``.
     """
+    screen_request_text(reason, ticket, subjects)
     from expunge.orchestrator.client import RayClient
     from expunge.pipelines.serve import recorded_address
 
     client = RayClient.connect(address=address or recorded_address(namespace), namespace=namespace)
     try:
         with progress(f"erasing {len(subjects)} subject(s) through the service"):
-            return client.forget(subjects, idempotency_key=idempotency_key)
+            return client.forget(subjects, idempotency_key=idempotency_key, reason=reason, ticket=ticket)
     finally:
         client.close()
 

@@ -3,11 +3,16 @@
 expunge verify --workdir expunge-demo --request req-1a2b3c4d5e6f [--subject user-45]
 expunge verify --storage s3://bucket/expunge --request GDPR-2026-0042
 expunge verify --storage ./expunge-store --log
+expunge verify --config job.yaml --request req-1a2b3c4d5e6f --audit --report ./certificate
 python -m expunge.pipelines.verify ...   (the same, as ``ray job submit`` runs it)
 
 Exit 0 when every check passed (skipped checks say why), 1 when any failed, 2 on bad input.
 Writes ``verify-<request>.md`` / ``.json`` (or ``receipt-log.md`` / ``.json``) to ``--out`` and
-attaches the request's report to its MLflow run(s).
+attaches the request's report to its MLflow run(s). ``--report DIR`` also writes the certificate
+for the privacy team (``DIR/report.html``, self-contained, and ``DIR/report.json``). ``--audit``
+shows the membership audit of a request audited at erasure time, and, for one that was not, runs
+the post-hoc check on held-out rows (``evidence.audit_holdout`` or ``--audit-holdout``), which is
+labelled as such: the erased rows are gone, so no membership audit can be run afterwards.
 """
 
 from __future__ import annotations
@@ -20,18 +25,33 @@ from pathlib import Path
 import typer
 
 from expunge.orchestrator.catalog import Catalog, RegistryBinding
-from expunge.orchestrator.config import PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
+from expunge.orchestrator.config import (
+    EvidenceConfig,
+    PrivacyConfig,
+    StorageConfig,
+    TrackingConfig,
+    load_job_config,
+)
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.evidence.audit_check import NOT_AUDITED, holdout_check
+from expunge.orchestrator.evidence.certificate import AnchorRun, render_certificate
+from expunge.orchestrator.evidence.certificate_facts import certificate_facts
+from expunge.orchestrator.evidence.holdout import holdout_rows
 from expunge.orchestrator.evidence.receipt_chain import ChainReport
 from expunge.orchestrator.evidence.report import VerifyReport, chain_markdown
 from expunge.orchestrator.evidence.verify import verify_erasure, verify_log
+from expunge.orchestrator.registry.checks import AuditView
+from expunge.orchestrator.session import published
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, key_configured, progress
 from expunge.shards.store import ObjectStore
 
-__all__ = ["VerifyOptions", "main", "run"]
+__all__ = ["VerifyOptions", "main", "run", "write_certificate"]
 
 log = logging.getLogger(__name__)
+
+#: The MLflow tag in which each request run anchors its chained receipt's sha256 (``evidence.anchors``).
+_ANCHOR_TAG = "expunge.chain.receipt_sha256"
 
 
 @dataclass(frozen=True)
@@ -39,7 +59,10 @@ class VerifyOptions:
     """What to verify and where, resolved from the flags once before anything is read.
 
     ``hasher`` is None for a log walk alone (it needs no key); ``registry`` None skips MLflow;
-    ``record`` attaches the report to the request's MLflow runs.
+    ``record`` attaches the report to the request's MLflow runs. ``audit``: run the post-hoc
+    check for a request not audited at erasure time, on ``audit_holdout`` (a path; None: say what
+    is missing). ``report_dir``: where the certificate goes (None: none is written).
+    ``evidence``: the job's evidence settings (where the receipt log is anchored).
     """
 
     storage: StorageConfig
@@ -47,6 +70,10 @@ class VerifyOptions:
     registry: RegistryBinding | None
     out: Path
     record: bool
+    audit: bool = False
+    audit_holdout: str | None = None
+    report_dir: Path | None = None
+    evidence: EvidenceConfig | None = None
 
 
 def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
@@ -92,16 +119,83 @@ def run(
             raise ConfigError("verifying a request needs the digest key: set EXPUNGE_SUBJECT_KEY or pass --workdir")
         with progress(f"verifying request {request_id} (re-deriving the affected shards, scanning the store)"):
             report = verify_erasure(
-                options.storage, request_id, options.hasher, subject, options.registry, log_to_mlflow=options.record
+                options.storage,
+                request_id,
+                options.hasher,
+                subject,
+                options.registry,
+                log_to_mlflow=options.record and not options.audit,  # recorded below, with the post-hoc check
+                evidence=options.evidence,
             )
+        if options.audit:
+            report = _post_hoc(report, options)
+            if options.record and options.registry is not None:
+                runs = AuditView(options.registry, options.storage).log_verification(
+                    report.batch_id or report.request_id,
+                    report.model_dump(mode="json"),
+                    report.to_markdown(),
+                    report.passed,
+                )
+                report = report.model_copy(update={"mlflow_runs": tuple(runs)})
         (options.out / f"verify-{request_id}.md").write_text(report.to_markdown())
         (options.out / f"verify-{request_id}.json").write_text(report.model_dump_json(indent=1))
+        if options.report_dir is not None:
+            write_certificate(options.storage, report, options.report_dir, options.registry)
     if walk_log:
         with progress("walking the receipt log"):
-            chain = verify_log(options.storage, options.registry)
+            chain = verify_log(options.storage, options.registry, options.evidence)
         (options.out / "receipt-log.md").write_text(chain_markdown(chain))
         (options.out / "receipt-log.json").write_text(chain.model_dump_json(indent=1))
     return report, chain
+
+
+def _post_hoc(report: VerifyReport, options: VerifyOptions) -> VerifyReport:
+    """The report with its skipped audit row replaced by the post-hoc check (or by what it needs).
+
+    Only a request that erased something and has no audit record gets it; an audited request's
+    row is the audit itself. Without held-out rows the row stays ``skipped`` and says how to run it.
+    """
+    row = report.check("membership_audit")
+    if report.receipt_status != "erased" or report.audit is not None or row.status != "skipped":
+        return report
+    if options.audit_holdout is None:
+        found = row.model_copy(
+            update={
+                "summary": NOT_AUDITED + " No held-out rows were given for it: set evidence.audit_holdout in --config "
+                "or pass --audit-holdout PATH."
+            }
+        )
+    else:
+        rows = holdout_rows(options.audit_holdout)
+        assert options.hasher is not None  # run() refuses a request without the key
+        catalog, latest = published(options.storage, options.hasher)
+        with progress(f"post-hoc check: scoring {len(rows)} held-out row(s) under the live and re-derived models"):
+            found = holdout_check(catalog, catalog.read(latest.version), report.affected_shards, rows, options.hasher)
+    checks = tuple(found if c.name == "membership_audit" else c for c in report.checks)
+    status = "failed" if any(c.status == "failed" for c in checks) else "passed"
+    return report.model_copy(update={"checks": checks, "status": status})
+
+
+def write_certificate(
+    storage: StorageConfig, report: VerifyReport, folder: Path, registry: RegistryBinding | None = None
+) -> Path:
+    """Write the certificate (``report.html``) and its data (``report.json``) into ``folder``; returns the page.
+
+    ``report.json`` holds ``{"verify_report": ..., "facts": ...}`` (timeline and chain anchor).
+    ``registry``: where the request's MLflow runs (and their receipt-log anchor tags) are read.
+    """
+    facts = certificate_facts(ObjectStore(storage), report)
+    if registry is not None:
+        runs = AuditView(registry, storage).request_runs(report.batch_id or report.request_id)
+        anchors = tuple(AnchorRun(run_id=str(r.info.run_id), receipt_sha256=r.data.tags.get(_ANCHOR_TAG)) for r in runs)
+        facts = facts.model_copy(update={"anchor_runs": anchors})
+    folder.mkdir(parents=True, exist_ok=True)
+    page = folder / "report.html"
+    page.write_text(render_certificate(report, facts), encoding="utf-8")
+    payload = {"verify_report": report.model_dump(mode="json"), "facts": facts.model_dump(mode="json")}
+    (folder / "report.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    log.info("certificate of request %s written to %s", report.request_id, page)
+    return page
 
 
 def main(
@@ -120,6 +214,18 @@ def main(
     config: Path | None = typer.Option(None, help="job config YAML (for storage, tracking, privacy)"),
     out: Path | None = typer.Option(None, help="folder for the report files (default: WORKDIR, else .)"),
     record: bool = typer.Option(True, help="attach the report to the request's MLflow run(s)"),
+    audit: bool = typer.Option(
+        False,
+        "--audit",
+        help="show the membership audit; for a request not audited at erasure time, run the post-hoc check on "
+        "held-out rows instead (labelled as such: not a membership audit)",
+    ),
+    audit_holdout: Path | None = typer.Option(
+        None, help="held-out rows for --audit (Parquet file or folder, or MovieLens file; default: the config's)"
+    ),
+    report_dir: Path | None = typer.Option(
+        None, "--report", help="folder for the certificate: report.html (self-contained, prints to PDF) and report.json"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON instead of Markdown"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -132,6 +238,8 @@ def main(
     with exit_on_error():
         if request is None and not walk_log:
             raise ConfigError("say what to verify: --request ID (one erasure) and/or --log (the receipt log)")
+        if request is None and (audit or report_dir is not None):
+            raise ConfigError("--audit and --report apply to one erasure: pass --request ID")
         job = load_job_config(config) if config else None
         uri = storage or (str(workdir / "store") if workdir is not None else None) or (job.storage.uri if job else None)
         if uri is None:
@@ -144,6 +252,10 @@ def main(
             registry=_registry(store, job.tracking if job else None, tracking_uri),
             out=out or workdir or Path("."),
             record=record,
+            audit=audit,
+            audit_holdout=str(audit_holdout) if audit_holdout else (job.evidence.audit_holdout if job else None),
+            report_dir=report_dir,
+            evidence=job.evidence if job else None,
         )
         report, chain = run(options, request, subject, walk_log)
     if as_json:

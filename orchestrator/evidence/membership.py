@@ -70,6 +70,7 @@ __all__ = [
     "audit_key",
     "configured_audit",
     "read_audit",
+    "scorable_rows",
     "tpr_at_fpr",
 ]
 
@@ -218,6 +219,34 @@ class _Before:
     loss_score: tuple[np.ndarray, np.ndarray]
 
 
+def scorable_rows(rows: pa.Table, manifest: EnsembleManifest, hasher: SubjectHasher) -> pa.Table:
+    """Validated held-out rows the model can score, with their ``subject_digest`` under ``hasher``'s key.
+
+    Items outside the model's catalogue are left out, not refused: a held-out split can hold an
+    item no training row had (the catalogue size was taken from the training rows); such a row
+    says nothing about membership.
+
+    Raises:
+        DataValidationError: rows that do not fit the model's task.
+        ConfigError: no row left to score.
+    """
+    model = manifest.model
+    catalogue = model.num_items if isinstance(model, MFConfig | ItemStatsConfig) else None
+    rows = validate_rows(rows, "audit non-member rows", task_of(model), model=None if catalogue else model)
+    if catalogue is not None:
+        inside = pc.less(rows.column(ITEM_ID), catalogue)
+        left_out = len(rows) - int(pc.sum(inside).as_py() or 0)
+        if left_out:
+            log.info("audit: %d non-member row(s) rate items outside the catalogue; left out", left_out)
+        rows = rows.filter(inside)
+    if len(rows) == 0:
+        raise ConfigError("no audit non-member row can be scored by the model (every item is outside its catalogue)")
+    if SUBJECT_DIGEST not in rows.column_names:
+        digests = hasher.digest_many(rows.column(SUBJECT_ID).to_pylist())
+        rows = rows.append_column(SUBJECT_DIGEST, pa.array(digests, pa.string()))
+    return rows
+
+
 def _targets(rows: pa.Table, task: str) -> np.ndarray:
     return np.asarray(rows.column(RATING if task == "rating" else LABEL).to_numpy(), dtype=np.float64)
 
@@ -263,38 +292,12 @@ class MembershipAudit:
     ) -> None:
         """Read the subjects' rows from the published slices and score them under the published constituents."""
         task = task_of(manifest.model)
-        nonmembers = self._scorable(self.nonmembers, manifest)
-        if SUBJECT_DIGEST not in nonmembers.column_names:
-            nonmembers = nonmembers.append_column(
-                SUBJECT_DIGEST, pa.array(hasher.digest_many(nonmembers.column(SUBJECT_ID).to_pylist()), pa.string())
-            )
+        nonmembers = scorable_rows(self.nonmembers, manifest, hasher)
         members = self._member_rows(catalog, manifest, digests)
         predictor = EnsemblePredictor(manifest, final_states(catalog, manifest))
         phi_m, loss_m = _scores(predictor.predict(members), members, task)
         phi_n, loss_n = _scores(predictor.predict(nonmembers), nonmembers, task)
         self._before = _Before(manifest, tuple(digests), members, nonmembers, (phi_m, phi_n), (loss_m, loss_n))
-
-    @staticmethod
-    def _scorable(rows: pa.Table, manifest: EnsembleManifest) -> pa.Table:
-        """Validated non-member rows the model can score: items outside its catalogue are left out, not refused.
-
-        A held-out split can hold an item no training row had (the catalogue size was taken
-        from the training rows); such a row says nothing about membership.
-        """
-        model = manifest.model
-        catalogue = model.num_items if isinstance(model, MFConfig | ItemStatsConfig) else None
-        rows = validate_rows(rows, "audit non-member rows", task_of(model), model=None if catalogue else model)
-        if catalogue is not None:
-            inside = pc.less(rows.column(ITEM_ID), catalogue)
-            left_out = len(rows) - int(pc.sum(inside).as_py() or 0)
-            if left_out:
-                log.info("audit: %d non-member row(s) rate items outside the catalogue; left out", left_out)
-            rows = rows.filter(inside)
-        if len(rows) == 0:
-            raise ConfigError(
-                "no audit non-member row can be scored by the model (every item is outside its catalogue)"
-            )
-        return rows
 
     @staticmethod
     def _member_rows(catalog: Catalog, manifest: EnsembleManifest, digests: Sequence[str]) -> pa.Table:
