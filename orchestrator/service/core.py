@@ -212,8 +212,8 @@ class ErasureService:
         return status.receipt
 
     def status(self, request_id: str) -> RequestStatus:
-        """``RequestBoard.status``: where ``request_id`` stands, with timestamps."""
-        return self.board.status(request_id)
+        """``RequestBoard.status`` of the request a request id, an idempotency key or a ticket names."""
+        return self.board.status(self.lifecycle.find(request_id))
 
     def wait(
         self, request_id: str, stage: Literal["committed", "registered"] = "committed", timeout: float | None = None

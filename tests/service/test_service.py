@@ -85,6 +85,26 @@ def test_the_same_idempotency_key_returns_the_same_receipt_once(tmp_path, hasher
         service.close()
 
 
+def test_status_and_verify_find_a_request_by_its_idempotency_key_or_ticket(tmp_path, hasher):
+    service = _service(tmp_path, hasher, window_ms=0)
+    try:
+        receipt = service.forget(
+            [SUBJECTS[3]], idempotency_key="GDPR-0043", ticket="DESK-17", reason="Art. 17 request", timeout=120
+        )
+        assert (receipt.ticket, receipt.reason) == ("DESK-17", "Art. 17 request")
+        for reference in (receipt.request_id, "GDPR-0043", "DESK-17"):
+            assert service.status(reference).request_id == receipt.request_id
+        with pytest.raises(UnknownRequestError):
+            service.status("DESK-18")
+        # The chained receipt (the store's own record) carries the ticket too, and verify takes the key.
+        report = verify_erasure(str(tmp_path / "store"), "GDPR-0043", hasher, log_to_mlflow=False)
+        assert report.request_id == receipt.request_id
+        assert report.passed, report
+        assert verify_erasure(str(tmp_path / "store"), "DESK-17", hasher, log_to_mlflow=False).passed
+    finally:
+        service.close()
+
+
 @pytest.mark.parametrize(
     ("subjects", "error"),
     [
