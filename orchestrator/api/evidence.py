@@ -54,7 +54,9 @@ def evidence_report(service: ErasureService, request_id: str) -> dict[str, Any]:
         if store.exists(key):
             again: dict[str, Any] = json.loads(store.get(key))
             return again
-        report = verify_erasure(service.job.storage, request_id, service.hasher, None, log_to_mlflow=False)
+        report = verify_erasure(
+            service.job.storage, request_id, service.hasher, None, log_to_mlflow=False, evidence=service.job.evidence
+        )
         text = report.model_dump_json()
         store.put(key, text.encode())
         log.info("evidence of %s: verify %s, kept in %s", request_id, report.status, key)
