@@ -245,7 +245,7 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
 
 def _json(text: str) -> object | None:
     try:
-        return json.loads(text)  # type: ignore[no-any-return]
+        return json.loads(text)
     except ValueError:
         return None  # not JSON after all: read as text
 
