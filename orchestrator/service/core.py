@@ -343,8 +343,14 @@ class ErasureService:
                     self.coordinator.follow_latest()
                     acted_on = self.coordinator.require_manifest().version
                     rows = self.coordinator.placement_index().rows()
+                    ticket, reason = batch_text(members)
                     receipt = self.coordinator.forget_digests(
-                        digests, batch.batch_id, register=False, resume=resume or attempt > 1, **batch_text(members)
+                        digests,
+                        batch.batch_id,
+                        register=False,
+                        resume=resume or attempt > 1,
+                        ticket=ticket,
+                        reason=reason,
                     )
                     if receipt.status == "erased" and receipt.model_version_before != acted_on:
                         # Committed before a crash or a lost answer: the rows each subject had come from

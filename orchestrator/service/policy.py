@@ -115,15 +115,15 @@ def next_step(
     return Step("wait", None)
 
 
-def batch_text(entries: Sequence[JournalEntry]) -> dict[str, str | None]:
-    """The ticket and reason of a batch's shared receipt: its request's own when it ran alone, else none.
+def batch_text(entries: Sequence[JournalEntry]) -> tuple[str | None, str | None]:
+    """The (ticket, reason) of a batch's shared receipt: its request's own when it ran alone, else none.
 
     A coalesced batch's receipt (and MLflow run) stands for several requests; each request's own
     receipt (``split_receipt``) carries its ticket and reason.
     """
     if len(entries) == 1:
-        return {"ticket": entries[0].ticket, "reason": entries[0].reason}
-    return {"ticket": None, "reason": None}
+        return entries[0].ticket, entries[0].reason
+    return None, None
 
 
 def split_receipt(batch: ErasureReceipt, entry: JournalEntry, rows_by_digest: Mapping[str, int]) -> ErasureReceipt:

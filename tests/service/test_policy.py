@@ -103,8 +103,8 @@ def test_a_coalesced_request_gets_its_own_subjects_rows_and_outcome():
 def test_a_batch_receipt_carries_a_ticket_only_when_it_stands_for_one_request():
     one = JournalEntry(request_id="r1", subject_digests=("d1",), received_at="t", ticket="CASE-1", reason="why")
     two = JournalEntry(request_id="r2", subject_digests=("d2",), received_at="t", ticket="CASE-2")
-    assert batch_text([one]) == {"ticket": "CASE-1", "reason": "why"}
-    assert batch_text([one, two]) == {"ticket": None, "reason": None}
+    assert batch_text([one]) == ("CASE-1", "why")
+    assert batch_text([one, two]) == (None, None)
 
 
 @pytest.mark.parametrize("value", ["12", b"12", {"a": 1}, {"a"}, None, 7, 2.5, (s for s in ["a"])])
