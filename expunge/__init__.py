@@ -51,6 +51,7 @@ __all__ = [
     "PermissionDeniedError",
     "PersonalDataInTextError",
     "PrivacyConfig",
+    "PurgedVersionError",
     "RayClient",
     "ServiceConfig",
     "ServiceUnavailableError",

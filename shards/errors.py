@@ -14,6 +14,7 @@ __all__ = [
     "ExpungeError",
     "InvalidSubjectIdError",
     "ModelImportError",
+    "PurgedVersionError",
     "ShardRetrainFailed",
     "StorageConflictError",
     "StorageCorruptError",
@@ -92,6 +93,34 @@ class ModelImportError(ConfigError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.factory, self.module, self.cause))
+
+
+class PurgedVersionError(ConfigError):
+    """A registered model version that an erasure purged was asked for: its weights are deleted.
+
+    Example scenario: a dashboard still loads ``models:/recs/2`` after erasure ``req-7`` committed
+    version 3, or someone points the ``production`` alias back at version 2. Version 2 held the
+    erased person's data, so its files were deleted; load (or point the alias at) ``use_version``.
+    """
+
+    def __init__(self, model_name: str, version: str, request_id: str, use_version: str, alias: str) -> None:
+        self.model_name = model_name
+        self.version = version
+        self.request_id = request_id
+        self.use_version = use_version
+        self.alias = alias
+        super().__init__(model_name, version, request_id, use_version, alias)
+
+    def __str__(self) -> str:
+        return (
+            f"model version {self.model_name}/{self.version} was PURGED by erasure request {self.request_id!r}: "
+            "its weights held data of a person who asked to be erased and were deleted. Use version "
+            f"{self.use_version} (models:/{self.model_name}/{self.use_version}) or the newest version, "
+            f"models:/{self.model_name}@{self.alias}."
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.model_name, self.version, self.request_id, self.use_version, self.alias))
 
 
 class StorageConflictError(ExpungeError):

@@ -20,7 +20,16 @@ from expunge.orchestrator.catalog import RegistryBinding
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError, TrackingUnreachable
 from expunge.orchestrator.registry.artifacts import ArtifactEraser
-from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, PURGED_BY_REQUEST, Registry, equals_filter
+from expunge.orchestrator.registry.chain_anchors import ChainAnchor, ChainAnchors
+from expunge.orchestrator.registry.purge_notice import PurgeNotice, notice_objects
+from expunge.orchestrator.registry.tracking import (
+    LOGGED_MODEL_TAG,
+    PURGED_BY_REQUEST,
+    REQUEST_TAG,
+    Registry,
+    equals_filter,
+    same_store,
+)
 from expunge.shards.store import ObjectStore
 
 __all__ = ["AuditView", "RegistryCheck", "VersionCheck", "remaining_artifact_objects"]
@@ -28,7 +37,6 @@ __all__ = ["AuditView", "RegistryCheck", "VersionCheck", "remaining_artifact_obj
 log = logging.getLogger(__name__)
 
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
-_REQUEST_TAG = "expunge.request_id"
 
 
 class VersionCheck(BaseModel):
@@ -40,9 +48,12 @@ class VersionCheck(BaseModel):
     purged_by_request: str | None
     aliases: tuple[str, ...]
     logged_model_record: bool
-    #: Stored object versions (S3) or files (local) left under the version's artifact location.
+    #: Stored object versions (S3) or files (local) left under the version's artifact location,
+    #: not counting the purge notice (``purge_notice.py``) when it is there byte for byte.
     remaining_objects: int
     loadable: bool
+    #: The purge notice is there, exactly as the purge wrote it: loading the version names the erasure.
+    notice: bool = False
 
     @property
     def clean(self) -> bool:
@@ -111,8 +122,9 @@ class AuditView:
         """Every version built from an ensemble older than ``ensemble_version_after`` (they all held the subject).
 
         Each must carry no alias, have no LoggedModel record, keep no stored object version
-        under its artifact location, and not load. The alias must serve a version built from
-        ``ensemble_version_after`` or later.
+        under its artifact location but the purge notice, and not load. The alias must serve a
+        version built from ``ensemble_version_after`` or later, and no alias may point at a purged
+        version, whichever erasure purged it.
         """
         problems: list[str] = []
         name, alias = self.binding.model_name, self.binding.alias
@@ -127,8 +139,9 @@ class AuditView:
                 f"the alias {alias!r} serves version {served.version}, built from ensemble v{served_ensemble}, "
                 f"which predates the erasure (v{ensemble_version_after})"
             )
+        aliases = self.registry.aliases() if self.experiment_id else {}
         versions = [
-            self._check_version(v)
+            self._check_version(v, aliases.get(str(v.version), ()))
             for v in sorted(self.registry.model_versions(), key=lambda v: int(v.version))
             if _ensemble_version(v.tags) < ensemble_version_after
         ]
@@ -141,6 +154,7 @@ class AuditView:
         for version in versions:
             if not version.clean:
                 problems.append(_describe(version))
+        problems += self._aliases_on_purged(aliases, {v.version for v in versions if v.aliases})
         problems += [f"LoggedModel {m} (built before the erasure, no version) still exists" for m in orphans]
         return RegistryCheck(
             tracking_uri=self.binding.tracking_uri,
@@ -153,6 +167,30 @@ class AuditView:
             problems=tuple(problems),
         )
 
+    def _aliases_on_purged(self, aliases: dict[str, tuple[str, ...]], reported: set[str]) -> list[str]:
+        """An alias on a purged version (set by hand in the UI, say), wherever it is; ``reported``: named already."""
+        problems = []
+        for version in self.registry.model_versions():
+            notice = PurgeNotice.of(version, self.binding.alias)
+            names = aliases.get(str(version.version), ())
+            if notice is None or not names or str(version.version) in reported:
+                continue
+            problems.append(
+                f"alias(es) {list(names)} point at version {version.version}, which erasure request "
+                f"{notice.request_id!r} PURGED (its weights are deleted; it cannot load): move them to version "
+                f"{notice.use_version} or later"
+            )
+        return problems
+
+    # ----- the receipt log's anchors ----------------------------------------------------------------------
+    def chain_anchors(self) -> list[ChainAnchor]:
+        """The ``expunge.chain.*`` anchors on this store's runs, by sequence (see ``ChainAnchors.read``).
+
+        Raises:
+            TrackingUnreachable: the tracking server or database does not answer.
+        """
+        return ChainAnchors(self.client, self.binding.tracking_uri, self.experiment_id, self.store.uri).read()
+
     def _alias_target(self) -> Any:
         from mlflow.exceptions import MlflowException
 
@@ -161,7 +199,7 @@ class AuditView:
         except MlflowException:
             return None
 
-    def _check_version(self, version: Any) -> VersionCheck:
+    def _check_version(self, version: Any, aliases: tuple[str, ...]) -> VersionCheck:
         from mlflow.exceptions import MlflowException
 
         record = False
@@ -174,14 +212,20 @@ class AuditView:
                 if exc.error_code != _NOT_FOUND:
                     raise
         remaining = remaining_artifact_objects(str(version.source), self.artifact_root, self.eraser)
+        expected = PurgeNotice.of(version, self.binding.alias)
+        noticed = 0
+        if remaining and expected is not None:
+            noticed = notice_objects(str(version.source), self.artifact_root, self.eraser, expected)
+        remaining -= noticed
         return VersionCheck(
             version=str(version.version),
             ensemble_version=_ensemble_version(version.tags),
             purged_by_request=version.tags.get(PURGED_BY_REQUEST),
-            aliases=tuple(version.aliases),
+            aliases=aliases,
             logged_model_record=record,
             remaining_objects=remaining,
             loadable=remaining > 0 and _loads(str(version.source)),
+            notice=noticed > 0,
         )
 
     # ----- the runs of a request ------------------------------------------------------------------------------
@@ -191,9 +235,9 @@ class AuditView:
             return []
         from mlflow.utils.search_utils import SearchUtils
 
-        clause = equals_filter(f"tags.`{_REQUEST_TAG}`", request_id, SearchUtils.parse_search_filter)
+        clause = equals_filter(f"tags.`{REQUEST_TAG}`", request_id, SearchUtils.parse_search_filter)
         runs = self._runs(clause)
-        mine = [r for r in runs if r.data.tags.get(_REQUEST_TAG) == request_id and self._ours(r)]
+        mine = [r for r in runs if r.data.tags.get(REQUEST_TAG) == request_id and self._ours(r)]
         return sorted(mine, key=lambda r: r.info.start_time or 0, reverse=True)
 
     def request_ids(self) -> set[str]:
@@ -201,10 +245,10 @@ class AuditView:
         if self.experiment_id is None:
             return set()
         runs = self._runs("tags.`expunge.kind` = 'erasure'")
-        return {r.data.tags[_REQUEST_TAG] for r in runs if _REQUEST_TAG in r.data.tags and self._ours(r)}
+        return {r.data.tags[REQUEST_TAG] for r in runs if REQUEST_TAG in r.data.tags and self._ours(r)}
 
     def _ours(self, run: Any) -> bool:
-        return _same_store(str(run.data.tags.get("expunge.storage", "")), self.store.uri)
+        return same_store(str(run.data.tags.get("expunge.storage", "")), self.store.uri)
 
     def _runs(self, clause: str | None) -> list[Any]:
         runs: list[Any] = []
@@ -251,21 +295,6 @@ def remaining_artifact_objects(location: str, artifact_root: str, eraser: Artifa
     return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
-def _same_store(recorded: str, given: str) -> bool:
-    """Do two store URIs name the same store (a local folder given as relative, absolute or file:// path)?"""
-    if recorded == given:
-        return True
-    local = [_local_folder(u) for u in (recorded, given)]
-    return None not in local and local[0] == local[1]
-
-
-def _local_folder(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(url2pathname(parsed.path)).resolve()
-    return Path(uri).resolve() if uri and "://" not in uri else None
-
-
 def _loads(location: str) -> bool:
     """Does MLflow load a pyfunc model from ``location``? Any failure means "no": that is the outcome checked."""
     import mlflow.pyfunc
@@ -287,4 +316,7 @@ def _describe(version: VersionCheck) -> str:
         left.append("its LoggedModel record remains")
     if version.aliases:
         left.append(f"it carries alias(es) {list(version.aliases)}")
-    return f"version {version.version} (ensemble v{version.ensemble_version}) held the subject: " + ", ".join(left)
+    purged = f", PURGED by erasure {version.purged_by_request!r}" if version.purged_by_request else ""
+    return f"version {version.version} (ensemble v{version.ensemble_version}{purged}) held the subject: " + ", ".join(
+        left
+    )

@@ -32,6 +32,7 @@ ERASURE_STEPS = (
     "purge.artifacts",  # every stored copy of a superseded LoggedModel's files deleted
     "purge.delete_model",  # the LoggedModel soft-deleted
     "purge.gc",  # the LoggedModel record hard-deleted
+    "purge.notice",  # the purge notice written where a superseded version's files were
     "purge.tags",  # superseded versions tagged and described as purged
     "run.receipt",  # registry versions and receipt logged on the run
     "run.chart",  # retrain chart

@@ -7,9 +7,12 @@ from typing import Any
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
+from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.artifacts import ArtifactEraser
+from expunge.orchestrator.registry.chain_anchors import ChainAnchor, ChainAnchors
 from expunge.orchestrator.registry.packaging import Packager
+from expunge.orchestrator.registry.purge_notice import PurgeNotice
 from expunge.orchestrator.registry.runs import RunRecorder
 from expunge.orchestrator.registry.scratch import Staging
 from expunge.orchestrator.registry.tracking import Registry
@@ -42,6 +45,7 @@ class Lineage:
         self.runs = RunRecorder(self.registry)
         self.packaging = Packager(self.registry, self.staging)
         self.purger = Purger(self.registry, eraser)
+        self.anchors = ChainAnchors(self.client, self.uri, self.experiment_id, self.store_uri)
         self.reconcile()
 
     # ----- what callers read --------------------------------------------------------------------
@@ -92,6 +96,99 @@ class Lineage:
         target = self._alias_target()
         tag = target.tags.get("expunge.ensemble_version") if target is not None else None
         return int(tag) if tag else None
+
+    # ----- loading a version, moving an alias: never to a purged one ----------------------------------
+    def _version(self, version: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.registry.model_name, str(version))
+        except MlflowException as exc:
+            raise ConfigError(
+                f"model {self.registry.model_name!r} has no version {version!r} in {self.uri}; the alias "
+                f"{self.registry.alias!r} serves version {self.current_version()}"
+            ) from exc
+
+    def purge_notice(self, version: str) -> PurgeNotice | None:
+        """Why registry ``version`` was purged and the first later version that was not; None when not purged.
+
+        Raises:
+            ConfigError: the registered model has no such version.
+        """
+        notice = PurgeNotice.of(self._version(version), self.registry.alias)
+        seen = {str(version)}
+        # The version the purge named may have been purged since: name the first one that was not.
+        while notice is not None and notice.use_version not in seen:
+            seen.add(notice.use_version)
+            successor = PurgeNotice.of(self._version(notice.use_version), self.registry.alias)
+            if successor is None:
+                break
+            notice = notice.model_copy(update={"use_version": successor.use_version})
+        return notice
+
+    def load_version(self, version: str | None = None) -> Any:
+        """Load a registered version (default: the alias target) as an ``mlflow.pyfunc.PyFuncModel``, here.
+
+        The files are fetched into this deployment's staging folder and removed once loaded
+        (the model holds its constituents in memory).
+
+        Raises:
+            PurgedVersionError: an erasure purged that version; the message names the erasure and
+                the version to use instead.
+            ConfigError: no such version, or nothing registered yet.
+        """
+        import mlflow.artifacts
+        import mlflow.pyfunc
+
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise ConfigError(f"model {self.registry.model_name!r} has no version yet; train first")
+        notice = self.purge_notice(version)
+        if notice is not None:
+            raise notice.error()
+        entity = self._version(version)
+        with self.staging.folder() as root:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=str(entity.source), dst_path=str(root), tracking_uri=self.uri
+            )
+            return mlflow.pyfunc.load_model(local)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        """Point ``alias`` at registry ``version``; a purged version is refused, with nothing changed.
+
+        Raises:
+            PurgedVersionError: an erasure purged that version (the message names the version to use).
+            ConfigError: the registered model has no such version.
+        """
+        notice = self.purge_notice(version)
+        if notice is not None:
+            raise notice.error()
+        self.client.set_registered_model_alias(self.registry.model_name, alias, str(version))
+
+    # ----- the receipt log's anchors ---------------------------------------------------------------------
+    def anchor_receipt(
+        self, request_id: str, sequence: int, receipt_sha256: str, previous_sha256: str | None
+    ) -> list[str]:
+        """Tag every run of this store for ``request_id`` with its receipt's place in the receipt log.
+
+        Tags ``expunge.chain.sequence`` (1 = first receipt), ``expunge.chain.receipt_sha256`` and
+        ``expunge.chain.previous_sha256`` (``none`` for the first). Returns the run ids tagged (empty
+        when the request has no run).
+
+        Raises:
+            ValueError: ``sequence`` below 1, or a digest that is not a lowercase hex sha256.
+            TrackingUnreachable: the tracking server or database does not answer.
+        """
+        return self.anchors.anchor(request_id, sequence, receipt_sha256, previous_sha256)
+
+    def chain_anchors(self) -> list[ChainAnchor]:
+        """Every anchor on this store's runs, by sequence (``AuditView.chain_anchors`` reads the same).
+
+        Raises:
+            TrackingUnreachable: the tracking server or database does not answer.
+        """
+        return self.anchors.read()
 
     # ----- a version per commit -----------------------------------------------------------------
     def _new_version(

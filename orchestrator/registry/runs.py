@@ -13,7 +13,18 @@ from expunge.orchestrator.registry.tracking import Registry
 from expunge.orchestrator.serving.servable import read_shard_manifest
 from expunge.shards.shard import shard_prefix
 
-__all__ = ["RunRecorder"]
+__all__ = ["REASON_TAG", "TICKET_TAG", "RunRecorder"]
+
+#: Run tags of an erasure request's requester reference and reason (screened free text, never
+#: personal data): a privacy officer finds the runs of a case with ``tags."expunge.ticket" = '<ticket>'``.
+TICKET_TAG = "expunge.ticket"
+REASON_TAG = "expunge.reason"
+
+
+def _request_text_tags(receipt: ErasureReceipt) -> dict[str, str]:
+    """The receipt's ticket and reason as run tags (absent when not given)."""
+    given = {TICKET_TAG: receipt.ticket, REASON_TAG: receipt.reason}
+    return {tag: value for tag, value in given.items() if value is not None}
 
 
 def _digest_tags(receipt: ErasureReceipt) -> dict[str, str]:
@@ -33,7 +44,20 @@ class RunRecorder:
 
     # ----- training ---------------------------------------------------------------------------------
     def start_training(self, manifest: EnsembleManifest, metrics: dict[str, float]) -> str:
-        """A ``train-v<N>`` run with the job's settings as params; returns its id."""
+        """A ``train-v<N>`` run with the job's settings as params; returns its id.
+
+        Metric ``train_seconds`` is always the manifest's (``EnsembleManifest.train_seconds``: wall
+        time of the parallel training phase, actors already started, in seconds), the baseline of
+        every receipt's speed-up; ``metrics`` adds others (e.g. ``train_total_seconds``).
+
+        Raises:
+            ValueError: ``metrics`` names ``train_seconds`` (it has one definition, the manifest's).
+        """
+        if "train_seconds" in metrics:
+            raise ValueError(
+                "train_seconds is the manifest's training phase (EnsembleManifest.train_seconds); "
+                "log another quantity under another name, e.g. train_total_seconds"
+            )
         fault_point("run.create")
         run = self.client.create_run(
             self.registry.experiment_id,
@@ -59,7 +83,7 @@ class RunRecorder:
         fault_point("run.log")
         for name, value in params.items():
             self.client.log_param(run_id, name, value)
-        for name, value in metrics.items():
+        for name, value in {"train_seconds": manifest.train_seconds, **metrics}.items():
             self.client.log_metric(run_id, name, value)
         return run_id
 
@@ -116,6 +140,7 @@ class RunRecorder:
                 "expunge.request_id": receipt.request_id,
                 "expunge.storage": self.registry.store_uri,
                 "expunge.ensemble_version": str(manifest.version),
+                **_request_text_tags(receipt),
                 **tags,
             },
         )

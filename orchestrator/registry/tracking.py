@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError, TrackingUnreachable
@@ -19,10 +21,12 @@ __all__ = [
     "LOGGED_MODEL_TAG",
     "MODEL_NAME_TAG",
     "PURGED_BY_REQUEST",
+    "REQUEST_TAG",
     "Registry",
     "artifacts_beside",
     "default_tracking_uri",
     "equals_filter",
+    "same_store",
 ]
 
 #: Bounds on each MLflow HTTP call (attempts, seconds); values already in ``os.environ`` win.
@@ -30,6 +34,8 @@ _MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_RE
 
 #: Version tag naming the erasure request whose commit purged the version's weights.
 PURGED_BY_REQUEST = "expunge.purged_by_request"
+#: Run and version tag naming the request (erasure or training) the run or version records.
+REQUEST_TAG = "expunge.request_id"
 #: MLflow's sqlite registry does not keep a version's model_id, so the version carries it as a tag.
 LOGGED_MODEL_TAG = "expunge.logged_model_id"
 #: LoggedModel tag naming the registered model it was logged for (finds orphans of interrupted records).
@@ -80,6 +86,21 @@ def equals_filter(key: str, value: str, parse: Callable[[str], list[dict[str, An
         if len(parsed) == 1 and parsed[0].get("comparator") == "=" and parsed[0].get("value") == value:
             return clause
     return None
+
+
+def same_store(recorded: str, given: str) -> bool:
+    """Do two store URIs name the same store (a local folder given as relative, absolute or file:// path)?"""
+    if recorded == given:
+        return True
+    local = [_local_folder(u) for u in (recorded, given)]
+    return None not in local and local[0] == local[1]
+
+
+def _local_folder(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path)).resolve()
+    return Path(uri).resolve() if uri and "://" not in uri else None
 
 
 def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
@@ -179,6 +200,24 @@ class Registry:
         clause = equals_filter("name", self.model_name, SearchModelVersionUtils.parse_search_filter)
         found = _pages(self.client.search_model_versions, filter_string=clause, max_results=_PAGE)
         return [v for v in found if v.name == self.model_name]  # client-side when clause is None
+
+    def aliases(self) -> dict[str, tuple[str, ...]]:
+        """Registry version -> the aliases pointing at it (versions without one are absent).
+
+        From the registered model: ``search_model_versions`` leaves every version's ``aliases`` empty.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(self.model_name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return {}
+        found: dict[str, list[str]] = {}
+        for alias, version in model.aliases.items():
+            found.setdefault(str(version), []).append(str(alias))
+        return {version: tuple(sorted(names)) for version, names in found.items()}
 
     def running_runs(self) -> list[Any]:
         """Runs of this experiment still marked RUNNING (interrupted, or being written right now)."""

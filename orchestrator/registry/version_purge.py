@@ -2,7 +2,9 @@
 
 A version is purged in an order a crash can interrupt anywhere: files first (through
 ``ArtifactEraser``: then it no longer loads), then the LoggedModel (soft, then hard delete, which
-is what ``mlflow gc --logged-model-ids`` does), then the version's ``purged`` tags. Each step is
+is what ``mlflow gc --logged-model-ids`` does), then a notice where the files were (loading the
+version then raises ``PurgedVersionError``, naming the erasure and the version to use;
+``purge_notice.py``), then the version's ``PURGED`` tags and description. Each step is
 idempotent, and a version counts as purged only once tagged, so running the purge again (the
 next erasure, or the next ``Lineage`` open) finishes an interrupted one. LoggedModels that no
 version references (a record interrupted before its version existed) are purged with them.
@@ -16,6 +18,7 @@ from typing import Any
 from expunge.orchestrator.errors import LineagePurgeFailed
 from expunge.orchestrator.registry.artifacts import ArtifactEraser
 from expunge.orchestrator.registry.faults import fault_point
+from expunge.orchestrator.registry.purge_notice import PurgeNotice, write_notice
 from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, PURGED_BY_REQUEST, Registry
 
 __all__ = ["Purger"]
@@ -61,6 +64,7 @@ class Purger:
             for m in self.registry.logged_models()
             if m.model_id not in referenced and _ensemble_version(m.tags) < keep_ensemble
         ]
+        aliases = self.registry.aliases() if doomed else {}
         targets: list[tuple[str, str]] = []  # (LoggedModel id, artifact location)
         for version in doomed:
             model_id = version.tags.get(LOGGED_MODEL_TAG)
@@ -71,7 +75,7 @@ class Purger:
                     "MlflowClient.delete_model_version and remove its artifacts."
                 )
             fault_point("purge.alias")
-            for alias in version.aliases:
+            for alias in aliases.get(str(version.version), ()):
                 self.client.delete_registered_model_alias(name, alias)
             targets.append((model_id, str(version.source)))
         targets += [(str(m.model_id), str(m.artifact_location)) for m in orphans]
@@ -84,18 +88,23 @@ class Purger:
                 self._soft_delete(model_id)
             fault_point("purge.gc")
             self._hard_delete([model_id for model_id, _ in targets])
-        if doomed:
+        notices = [(v, self._notice(v, request_id, keep)) for v in doomed]
+        if notices:
+            fault_point("purge.notice")
+        for version, notice in notices:
+            write_notice(notice, str(version.source), self.registry.artifact_root, self.eraser)
+        if notices:
             fault_point("purge.tags")
-        for version in doomed:
-            self.client.set_model_version_tag(name, version.version, "expunge.purged_by_version", keep)
+        for version, notice in notices:
+            tags = notice.tags()
+            marker = tags.pop(PURGED_BY_REQUEST)
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, version.version, key, value)
             self.client.update_model_version(
-                name,
-                version.version,
-                description=f"PURGED by erasure {request_id} (now version {keep}): weights deleted. "
-                f"Was: {version.description or ''}",
+                name, version.version, description=notice.description(version.description or "")
             )
             # Last: this tag is what marks the version purged.
-            self.client.set_model_version_tag(name, version.version, PURGED_BY_REQUEST, request_id)
+            self.client.set_model_version_tag(name, version.version, PURGED_BY_REQUEST, marker)
         if targets:
             log.info(
                 "request %s: purged %d earlier model version(s) and %d unregistered model(s) of %s",
@@ -105,6 +114,15 @@ class Purger:
                 name,
             )
         return [str(v.version) for v in doomed]
+
+    def _notice(self, version: Any, request_id: str, keep: str) -> PurgeNotice:
+        return PurgeNotice(
+            model_name=self.registry.model_name,
+            version=str(version.version),
+            request_id=request_id,
+            use_version=keep,
+            alias=self.registry.alias,
+        )
 
     def _soft_delete(self, model_id: str) -> None:
         from mlflow.exceptions import MlflowException

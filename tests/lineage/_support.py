@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from expunge.orchestrator.config import SyntheticRatingsConfig
+from expunge.orchestrator.registry.purge_notice import NOTICE_FILES
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
 
@@ -32,6 +34,24 @@ def subjects(rows: pa.Table) -> list[str]:
 
 def without(rows: pa.Table, subject: str) -> pa.Table:
     return rows.filter(pc.not_equal(rows.column(SUBJECT_ID), subject))
+
+
+def beyond_notice(paths: Iterable[object], model_id: str) -> list[str]:
+    """Files (paths, or S3 ``key@version``) of LoggedModel ``model_id`` other than one copy of each purge-notice file.
+
+    A purged version keeps only its notice (``purge_notice.py``; its bytes are checked in
+    ``test_purged_versions.py``) and MLflow's ``registered_model_meta`` once someone loaded it.
+    """
+    allowed, seen, left = {*NOTICE_FILES, "registered_model_meta"}, set(), []
+    for path in sorted(map(str, paths)):
+        if model_id not in path:
+            continue
+        relative = path.split(f"{model_id}/artifacts/", 1)[-1].rsplit("@", 1)[0]
+        if relative in allowed and relative not in seen:
+            seen.add(relative)
+            continue
+        left.append(path)
+    return left
 
 
 def _files(root: Path) -> list[Path]:

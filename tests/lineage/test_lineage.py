@@ -10,19 +10,18 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.exceptions import MlflowException
 
 from expunge.orchestrator.config import MLPConfig, TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, PurgedVersionError
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from expunge.orchestrator.serving.servable import rows_from_frame
 from expunge.pipelines.datasets import synthetic_tabular
 from expunge.shards.rows import FEATURES, ITEM_ID, SUBJECT_ID
 from tests.engine import job
-from tests.lineage._support import SERVING_KEY, email_rows, personal_data_hits, subjects
+from tests.lineage._support import SERVING_KEY, beyond_notice, email_rows, personal_data_hits, subjects
 
 ROWS = email_rows()
 MODEL = "expunge-lineage"
@@ -119,10 +118,12 @@ def test_purged_versions_do_not_load_leave_no_files_and_keep_their_lineage(deplo
         purged = client.get_model_version(MODEL, version)
         assert purged.tags[PURGED_BY_REQUEST] == request
         assert purged.tags["expunge.kind"] in {"train", "erasure"}  # lineage tags survive
-        with pytest.raises(MlflowException):
+        with pytest.raises(PurgedVersionError, match=f"'{request}'"):
             mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
         model_id = deployment.model_ids[version]
-        assert [p for p in deployment.root.rglob("*") if p.is_file() and model_id in str(p)] == []
+        left = [p for p in deployment.root.rglob("*") if p.is_file() and model_id in str(p)]
+        assert left  # the purge notice, and no more
+        assert beyond_notice(left, model_id) == []
     assert _erasure_run(deployment, "ticket-1").info.lifecycle_stage == "active"
     live_files = [p for p in deployment.root.rglob("*") if p.is_file() and deployment.model_ids["3"] in str(p)]
     assert live_files  # the scan above would catch files if they were there

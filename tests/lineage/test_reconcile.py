@@ -16,18 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
-from mlflow.exceptions import MlflowException
 
 from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, PurgedVersionError
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from expunge.orchestrator.registry.faults import ERASURE_STEPS, FAULT_AT_MLFLOW, TRAINING_STEPS, fault_point
 from expunge.orchestrator.registry.scratch import STAGING_FOLDER
 from tests.conftest import TEST_KEY
 from tests.engine import job
-from tests.lineage._support import email_rows, subjects
+from tests.lineage._support import beyond_notice, email_rows, subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = email_rows(users=16)
@@ -88,12 +87,14 @@ def _assert_finished(root: Path, template: Template, monkeypatch) -> None:
     assert older, "nothing to purge: the test would pass vacuously"
     for version in older:
         assert version.tags[PURGED_BY_REQUEST] == REQUEST
-        with pytest.raises(MlflowException):
+        with pytest.raises(PurgedVersionError, match=f"'{REQUEST}'"):
             mlflow.pyfunc.load_model(f"models:/{MODEL}/{version.version}")
     assert mlflow.pyfunc.load_model(f"models:/{MODEL}@production") is not None
 
     # No copy of the pre-erasure weights anywhere in the deployment, and no stray model of them.
-    assert [p for p in root.rglob("*") if p.is_file() and template.first_model_id in str(p)] == []
+    left = [p for p in root.rglob("*") if p.is_file() and template.first_model_id in str(p)]
+    assert left  # the purge notice
+    assert beyond_notice(left, template.first_model_id) == []
     assert {m.tags["expunge.ensemble_version"] for m in client.search_logged_models([lineage.experiment_id])} == {"2"}
     assert not (root / STAGING_FOLDER).exists()
 

@@ -14,11 +14,11 @@ from mlflow.exceptions import MlflowException
 
 from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
-from expunge.orchestrator.errors import ArtifactStoreNotErasable, ConfigError
+from expunge.orchestrator.errors import ArtifactStoreNotErasable, ConfigError, PurgedVersionError
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from expunge.shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
 from tests.engine import job
-from tests.lineage._support import email_rows, subjects
+from tests.lineage._support import beyond_notice, email_rows, subjects
 
 pytestmark = pytest.mark.integration
 
@@ -67,10 +67,16 @@ def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_se
     request = pa.table({SUBJECT_DIGEST: digests, ITEM_ID: ROWS.column(ITEM_ID)})
     assert np.array_equal(model.predict(request.to_pandas()), coordinator.predict(request))
     assert lineage.client.get_model_version(name, "1").tags[PURGED_BY_REQUEST] == f"{name}-req"
-    with pytest.raises(MlflowException):
+    with pytest.raises(PurgedVersionError, match=f"'{name}-req'.*Use version 2"):
         mlflow.pyfunc.load_model(f"models:/{name}/1")
-    assert files_of(first) == []  # on S3: no object version and no delete marker either
+    # On S3: no object version and no delete marker either, but one version of each file of the notice.
+    assert files_of(first)
+    assert beyond_notice(files_of(first), first) == []
     assert files_of(lineage.client.get_model_version(name, "2").tags["expunge.logged_model_id"])
+    # Expunge's own loader, through the server: the current version loads, the purged one is refused.
+    assert np.array_equal(lineage.load_version("2").predict(request.to_pandas()), coordinator.predict(request))
+    with pytest.raises(PurgedVersionError, match=f"'{name}-req'"):
+        lineage.load_version("1")
 
 
 def test_proxied_artifacts_without_their_destination_are_refused_before_any_model_is_written(

@@ -17,7 +17,7 @@ from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from expunge.shards.rows import ITEM_ID, SUBJECT_ID
 from tests.engine import job
-from tests.lineage._support import SERVING_KEY, email_rows, subjects
+from tests.lineage._support import SERVING_KEY, beyond_notice, email_rows, subjects
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +40,7 @@ try:
 except Exception as exc:
     out["purged_loads"] = False
     out["purged_error"] = type(exc).__name__
+    out["purged_message"] = str(exc)
 out["ray_imported"] = "ray" in sys.modules
 print(json.dumps(out))
 """
@@ -94,5 +95,9 @@ def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_ve
     assert report["purged_loads"] is False
     purged = lineage.client.get_model_version("expunge-serve", "1")
     assert purged.tags[PURGED_BY_REQUEST] == "ticket-serve"
+    assert report["purged_error"] == "PurgedVersionError"
+    assert "PURGED by erasure request 'ticket-serve'" in report["purged_message"]
+    assert "Use version 2" in report["purged_message"]
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and first_model in str(p)]
-    assert leftovers == []
+    assert leftovers  # the purge notice
+    assert beyond_notice(leftovers, first_model) == []

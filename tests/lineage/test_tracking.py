@@ -8,12 +8,11 @@ import time
 
 import mlflow.pyfunc
 import pytest
-from mlflow.exceptions import MlflowException
 from mlflow.utils.search_utils import SearchModelVersionUtils
 
 from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
-from expunge.orchestrator.errors import TrackingUnreachable
+from expunge.orchestrator.errors import PurgedVersionError, TrackingUnreachable
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from expunge.orchestrator.registry.tracking import equals_filter
 from tests.engine import job
@@ -81,7 +80,7 @@ def test_quotes_in_model_experiment_and_store_names_work(name, tmp_path, hasher,
     assert reopened.client.get_model_version(name, "1").tags[PURGED_BY_REQUEST] == "ticket-obrien"
     assert PURGED_BY_REQUEST not in other.client.get_model_version(f"{name}-other", "1").tags
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.uri or "")
-    with pytest.raises(MlflowException):
+    with pytest.raises(PurgedVersionError, match="'ticket-obrien'"):
         mlflow.pyfunc.load_model(f"models:/{name}/1")
     assert mlflow.pyfunc.load_model(f"models:/{name}@production") is not None
     assert mlflow.pyfunc.load_model(f"models:/{name}-other@production") is not None
