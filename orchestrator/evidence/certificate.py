@@ -66,12 +66,12 @@ CHECK_CLAIMS: dict[str, tuple[str, str, str]] = {
         "are not re-derived. Bit equality needs the same torch build and CPU kind as training.",
     ),
     "state": (
-        "Stored state: the files are the ones the receipt bound",
-        "Every file the published version uses (manifests, slices and checkpoints of every shard, the placement "
-        "index) holds the content a chained receipt recorded at its commit: none was moved, copied, swapped "
-        "between shards or steps, or edited since, even with its manifest rehashed.",
-        "A version no chained receipt binds yet (trained after the newest erasure). A writer able to rewrite the "
-        "files, the receipt log and every anchor outside the store together.",
+        "Stored state: the files are the ones the commit wrote",
+        "A file moved, copied or swapped between shards or steps after the commit, or edited, is reported with its "
+        "shard and step, even when its manifest was rewritten with matching hashes, because the receipt (chained, "
+        "and anchored outside the store) still holds what the commit wrote. It covers the untouched shards too.",
+        "A version made by `train` after the newest erasure has no receipt yet, so the check is skipped until the "
+        "next erasure. It says the files are the commit's, not that the commit was right: that is exactness.",
     ),
     "storage": (
         "Storage: nothing of the person in any object version",
@@ -99,8 +99,9 @@ CHECK_CLAIMS: dict[str, tuple[str, str, str]] = {
         "Receipt log: the records were not quietly changed",
         "No receipt was deleted, edited or reordered since it was written, as far as the anchors outside the store "
         "(MLflow runs, an Object Lock bucket where configured) reach.",
-        "Someone able to rewrite every later receipt and every anchor would not be caught; the head hash below, "
-        "written down elsewhere, raises that bar.",
+        "Someone able to rewrite every later receipt, its copies and the MLflow runs would not be caught when no "
+        "Object Lock anchor is configured. The newest receipts written after the last anchor can still be deleted "
+        "unnoticed: the head hash below, written down elsewhere, raises that bar.",
     ),
 }
 _POST_HOC_CLAIMS = (
@@ -219,8 +220,8 @@ def _checks(report: VerifyReport) -> str:
                 _Html(f"<b>{_e(title)}</b><br><code>{_e(check.name)}</code>"),
                 _Html(_status(check.status)),
                 _text(check.summary),
-                proves,
-                cannot,
+                _text(proves),
+                _text(cannot),
             )
         )
     head = ["Check", "Result", "What was found", "What it proves", "What it cannot prove"]

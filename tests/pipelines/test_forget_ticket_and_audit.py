@@ -86,6 +86,7 @@ def _stored(root: Path) -> dict[str, int]:
 
 
 # ----- the audit of a CLI erasure ----------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_cli_erasure_with_the_holdout_configured_is_audited_and_certified(trained, ray_cluster, capsys, tmp_path):
     subject = trained.subjects[3]
     code = _expunge(
