@@ -4,7 +4,9 @@
 ``runs``: the run that explains each version (and each request that found nobody).
 ``packaging``: the servable pyfunc, the new version and the alias; ``scratch``: where its files
 wait for upload. ``version_purge``: making versions an erasure superseded unloadable; ``artifacts``:
-deleting every stored copy of their files. ``checks``: read-only checks for ``expunge verify``. ``binding``: which registry a store
+deleting every stored copy of their files; ``purge_notice``: what a purged version says (tags,
+description, the notice that makes loading it name the erasure). ``chain_anchors``: the receipt
+log's anchors on runs. ``checks``: read-only checks for ``expunge verify``. ``binding``: which registry a store
 publishes to (pure). ``faults``: crash-test hooks. ``lineage``: the facade.
 """
 
