@@ -10,6 +10,7 @@ from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.request_ids import check_request_id
+from expunge.orchestrator.screening import screen_request_text
 from expunge.orchestrator.session import StoreSession
 from expunge.orchestrator.store_purge import purge_unreferenced
 
@@ -77,15 +78,21 @@ def readmit(session: StoreSession, subject_ids: Sequence[object], reason: str, r
     restored: a later ``train`` on data that holds them admits them again.
 
     Raises:
-        ConfigError: an empty reason, or no subject named.
+        ConfigError: an empty or unusable reason, or no subject named.
+        PersonalDataInTextError: the reason names one of the subjects, an e-mail address or a
+            phone number (it is kept in the tombstone log, outside the shard data).
     """
-    if not reason.strip():
+    if not isinstance(reason, str) or not reason.strip():
         raise ConfigError("re-admitting a subject needs a reason (e.g. the consent ticket); pass --reason TEXT")
     if not subject_ids:
         raise ConfigError("name at least one subject to re-admit with --subject ID")
+    from expunge.shards.identity import canonical_subject_ids
+
+    reason, _ = screen_request_text(reason, None, canonical_subject_ids(subject_ids, "the request"))
+    assert reason is not None
     request_id = check_request_id(request_id or f"readmit-{uuid.uuid4().hex[:12]}")
     digests = list(dict.fromkeys(session.hasher.digest_many(subject_ids)))
     with session.lease.hold("expunge readmit"):
         erased = session.catalog.tombstones()
-        session.catalog.append_tombstones("readmitted", digests, request_id, reason.strip())
+        session.catalog.append_tombstones("readmitted", digests, request_id, reason)
     return sum(d in erased for d in digests)

@@ -10,7 +10,12 @@ import pytest
 from expunge.orchestrator.catalog import Catalog, RegistryBinding
 from expunge.orchestrator.config import JobConfig, SyntheticRatingsConfig, TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
-from expunge.orchestrator.errors import ConfigError, ErasedSubjectsInDataError, StorageCorruptError
+from expunge.orchestrator.errors import (
+    ConfigError,
+    ErasedSubjectsInDataError,
+    PersonalDataInTextError,
+    StorageCorruptError,
+)
 from expunge.orchestrator.evidence.scan import scan_store
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.binding import bind_tracking
@@ -101,6 +106,12 @@ def test_readmission_is_explicit_and_recorded(tmp_path, hasher):
     coordinator.forget([subject])
     with pytest.raises(ConfigError, match="reason"):
         coordinator.readmit([subject], reason="  ")
+    # The reason is kept in the tombstone log: text that names the person is refused, nothing stored.
+    tombstones = coordinator.store.list_keys("tombstones")
+    for reason in (f"consent of {subject}", "consent by mail from ann@example.org"):
+        with pytest.raises(PersonalDataInTextError):
+            coordinator.readmit([subject], reason=reason)
+    assert coordinator.store.list_keys("tombstones") == tombstones
     assert coordinator.readmit([subject], reason="consent ticket 4711", request_id="consent-4711") == 1
     assert hasher.digest(subject) not in coordinator.catalog.tombstones()
     coordinator.train(ROWS, job(shards=2, slices=2))  # admitted again
