@@ -68,9 +68,7 @@ def audit_trail(
         ]
         witnesses.append("MLflow anchors")
     if evidence is not None and evidence.anchor_uri:
-        locked, rewritten = ObjectLockAnchors(
-            evidence.anchor_uri, evidence.anchor_retention_days, store.config
-        ).read()
+        locked, rewritten = ObjectLockAnchors(evidence.anchor_uri, evidence.anchor_retention_days, store.config).read()
         anchors += locked
         broken += rewritten
         witnesses.append("S3 Object Lock anchors")
