@@ -346,7 +346,10 @@ def _anchor(report: VerifyReport, facts: CertificateFacts) -> str:
     pairs = [
         ("Receipt's place in the log", facts.chain_sequence if facts.chain_sequence is not None else "not chained"),
         ("Receipt sha256", _code(facts.receipt_sha256)),
-        ("Previous receipt sha256", _code(facts.previous_receipt_sha256)),
+        (
+            "Previous receipt sha256",
+            _Html("none (the first receipt)") if facts.chain_sequence == 1 else _code(facts.previous_receipt_sha256),
+        ),
         ("Receipts in the log", chain.get("receipts", "not recorded")),
         ("Head of the log (newest receipt's sha256)", _code(chain.get("head_sha256"))),
         ("Cross-checked with", ", ".join(chain.get("witnesses", ())) or "nothing outside the store"),
