@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from expunge.orchestrator.evidence.trace_rule import (
-    holds_token,
     json_paths_containing,
     json_traces,
+    object_name_holds,
     text_lines_holding,
 )
 from expunge.shards.identity import canonical_subject_column, canonical_subject_id
@@ -196,7 +196,7 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
 
     for version in versions:
         key, version_id = version.key, version.version_id
-        if subject_id is not None and holds_token(key.rsplit("/", 1)[-1].rsplit(".", 1)[0], subject_id):
+        if subject_id is not None and object_name_holds(key, subject_id):
             found(key, version_id, "object-name", "the object's name holds the id", "bounded-token", "object name")
         data = store.get(key, version_id)
         audit = key.startswith(_AUDIT_TRAIL)

@@ -25,7 +25,8 @@ past ``:`` or ``,`` between two digits. Every other character (space, quotes, br
   states, kinds, counters, storage and tracking locations, the job's settings, a report's
   own summary) holds a value Expunge computed itself and is not searched;
 - a string that names an object of the store (``shards/0000/slices/0001-ab12.parquet``) is
-  searched in its last component without the extension only: the folders are Expunge's
+  searched in its last component without the extension only, unless Expunge generated that
+  name (hex digits and ``-``: a sequence number, a content hash): the folders are Expunge's
   vocabulary, the name may hold a caller's request id;
 - every other string (a reason, a ticket, a request id, an error message, any field Expunge
   does not know) is searched by the bounded token rule.
@@ -47,6 +48,7 @@ __all__ = [
     "json_paths_containing",
     "json_traces",
     "object_key_holds",
+    "object_name_holds",
     "text_lines_holding",
 ]
 
@@ -55,6 +57,7 @@ STORE_FOLDERS = frozenset(("ensemble", "journal", "lease", "placement", "receipt
 
 _JOIN_WORDS = frozenset(".-@+")  # joins two word characters: v1.2, user-45, ann@example.org, a+b
 _JOIN_DIGITS = frozenset(":,")  # joins two digits only: 18:52:13, 1,000, 13,123 (log milliseconds)
+_GENERATED_NAME = re.compile(r"[0-9a-f]+(?:-[0-9a-f]+)*")
 _QUALIFIERS = frozenset(("before", "after"))
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
@@ -149,15 +152,26 @@ def is_number_text(value: str) -> bool:
     return bool(value.strip()) and _NUMBER_TEXT.fullmatch(value) is not None
 
 
+def object_name_holds(key: str, subject_id: str) -> bool:
+    """Whether an object key's name (last part, no extension) holds the id as a bounded token.
+
+    A name Expunge generates (a sequence number, a content hash, ``0001-<hash>``: hex digits
+    and ``-`` only) holds no caller text and is not searched; a request id in
+    ``receipts/requests/<request id>.json`` is.
+    """
+    name = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return _GENERATED_NAME.fullmatch(name) is None and holds_token(name, subject_id)
+
+
 def object_key_holds(value: str, subject_id: str, folders: frozenset[str] = STORE_FOLDERS) -> bool | None:
-    """For a string naming an object of the store, whether its name (last part, no extension) holds the id.
+    """For a string naming an object of the store, whether its name holds the id (``object_name_holds``).
 
     None when ``value`` does not name an object (its first part is not one of ``folders``).
     """
-    first, slash, rest = value.partition("/")
+    first, slash, _ = value.partition("/")
     if not slash or first not in folders or any(ch.isspace() for ch in value):
         return None
-    return holds_token(rest.rsplit("/", 1)[-1].rsplit(".", 1)[0], subject_id)
+    return object_name_holds(value, subject_id)
 
 
 def _string_holds(value: str, subject_id: str, folders: frozenset[str]) -> bool:

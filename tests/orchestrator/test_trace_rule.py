@@ -14,6 +14,7 @@ from expunge.orchestrator.evidence.trace_rule import (
     json_paths_containing,
     json_traces,
     object_key_holds,
+    object_name_holds,
     text_lines_holding,
 )
 
@@ -133,11 +134,12 @@ def test_json_numbers_and_generated_fields_are_never_traces_but_free_text_is():
         "flag": True,
         "shards": [{"shard": 0, "restarted_from": "shards/0000/checkpoints/0001-ab.pt"}],
         "reason": "customer 1 called; see train schedule",
-        "deleted_objects": ["receipts/requests/1.json"],
+        "deleted_objects": ["receipts/requests/train.json", "receipts/chain/00000001.json"],
     }
-    assert json_traces(receipt, "1") == ["$.reason", "$.deleted_objects[0]"]
+    assert json_traces(receipt, "1") == ["$.reason"]
     assert json_traces(receipt, "0") == []
-    assert json_traces(receipt, "train") == ["$.reason"]
+    assert json_traces(receipt, "train") == ["$.reason", "$.deleted_objects[0]"]
+    assert json_traces(receipt, "00000001") == []
     assert json_traces(receipt, "null") == []  # JSON null is not the text "null"
     assert json_traces({"reason": "null"}, "null") == ["$.reason"]
 
@@ -148,6 +150,20 @@ def test_an_object_key_is_searched_in_its_name_only():
     assert object_key_holds("journal/requests/req-1.json", "1") is False
     assert object_key_holds("not a key/at all", "a") is None
     assert object_key_holds("elsewhere/1.json", "1") is None
+
+
+@pytest.mark.parametrize(
+    ("key", "subject_id", "holds"),
+    [
+        ("receipts/requests/ann@example.org.json", EMAIL, True),
+        ("journal/requests/case train.json", "train", True),
+        ("receipts/chain/00000001.json", "00000001", False),  # a sequence number Expunge chose
+        ("shards/0001/slices/0001-ab12cd.parquet", "0001", False),  # a content hash
+        ("placement/57e7fef3.parquet", "57e7fef3", False),
+    ],
+)
+def test_an_object_name_expunge_generates_is_not_searched(key, subject_id, holds):
+    assert object_name_holds(key, subject_id) is holds
 
 
 def test_the_digest_is_found_anywhere_with_its_path():
