@@ -88,8 +88,8 @@ def readmit(session: StoreSession, subject_ids: Sequence[object], reason: str, r
         raise ConfigError("name at least one subject to re-admit with --subject ID")
     from expunge.shards.identity import canonical_subject_ids
 
-    reason, _ = screen_request_text(reason, None, canonical_subject_ids(subject_ids, "the request"))
-    assert reason is not None
+    screened, _ = screen_request_text(reason, None, canonical_subject_ids(subject_ids, "the request"))
+    reason = screened or reason.strip()
     request_id = check_request_id(request_id or f"readmit-{uuid.uuid4().hex[:12]}")
     digests = list(dict.fromkeys(session.hasher.digest_many(subject_ids)))
     with session.lease.hold("expunge readmit"):
