@@ -96,6 +96,9 @@ class ErasureReceipt(BaseModel):
     #: sha256 of the membership-inference audit record of this request
     #: (``receipts/audits/<request id>.json``, ``expunge.orchestrator.evidence.membership``); None when run without an audit.
     audit_sha256: str | None = None
+    #: Why the membership audit configured for this erasure did not complete after the commit
+    #: (``"<error type>: <message>"``); the erasure is committed all the same. None otherwise.
+    audit_error: str | None = None
     #: Place in the store's receipt log (1 = the first request) and the sha256 of the stored bytes
     #: of the receipt before it (None for the first); set when the receipt is chained
     #: (``expunge.orchestrator.evidence.receipt_chain``).

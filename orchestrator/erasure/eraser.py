@@ -54,6 +54,8 @@ class Eraser:
         self.session = session
         self.lineage = lineage
         self.sealer = Sealer(session, lineage, evidence)
+        if evidence is not None:
+            configured_audit(evidence)  # a held-out file that cannot be read is refused now, not per request
 
     def finish_interrupted(self) -> None:
         """Finish what a crash may have interrupted right after a commit: the store purge, then the registry.
@@ -366,14 +368,16 @@ class Eraser:
                 )
             except Exception as exc:  # any MLflow failure: committed all the same, retried
                 receipt = receipt.model_copy(update={"pending": (*receipt.pending, _pending("registration", exc))})
-        try:
-            if audit is not None:
+        if audit is not None:
+            try:
                 receipt = receipt.model_copy(
                     update={"audit_sha256": audit.after_commit(self.session.catalog, manifest, receipt)}
                 )
-        finally:
-            receipt = self._chain(receipt)  # a failed audit still leaves the receipt
-        return receipt
+            except Exception as exc:  # committed: an audit that cannot finish is recorded, never a failure
+                cause = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("request %s: the membership audit did not complete (%s)", receipt.request_id, cause)
+                receipt = receipt.model_copy(update={"audit_error": cause})
+        return self._chain(receipt)
 
     def _chain(self, receipt: ErasureReceipt) -> ErasureReceipt:
         """Seal ``receipt`` into the receipt log; if the store refuses, the receipt says so (pending)."""

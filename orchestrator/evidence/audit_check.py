@@ -59,6 +59,11 @@ def audit_check(store: ObjectStore, receipt: ErasureReceipt) -> tuple[CheckResul
         reason = (
             "The request found no data, so there was nothing to audit." if receipt.status != "erased" else NOT_AUDITED
         )
+        if receipt.audit_error is not None:
+            reason = (
+                f"The membership audit configured for this erasure did not complete after the commit "
+                f"({receipt.audit_error}); the erasure itself is committed, and the other checks cover it."
+            )
         return CheckResult(name="membership_audit", status="skipped", summary=reason), None
     record, sha256 = stored
     problems = []

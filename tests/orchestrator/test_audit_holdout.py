@@ -96,3 +96,11 @@ def test_configured_audit_is_none_unset_and_fresh_per_request(tmp_path):
     assert first is not second
     assert first.nonmembers is second.nonmembers  # read once
     assert first.fpr == 0.05
+
+
+def test_a_service_with_an_unreadable_holdout_is_refused_at_start_not_per_request(tmp_path, hasher):
+    from expunge.orchestrator.coordinator import Coordinator, local_pool
+
+    evidence = EvidenceConfig(audit_holdout=str(tmp_path / "missing.parquet"))
+    with pytest.raises(ConfigError, match="audit_holdout"):
+        Coordinator(str(tmp_path / "store"), hasher, None, local_pool, evidence)

@@ -145,3 +145,29 @@ def test_an_inexact_erasure_fails_the_audit_check(tmp_path, hasher, monkeypatch)
     assert check.status == "failed"
     assert "score the rows differently" in check.summary
     assert report.check("exactness").status == "passed"  # the store itself is exact: only the audit saw a gap
+
+
+class _AuditThatBreaksAfterTheCommit:
+    """An ``ErasureAudit`` whose second half fails, as a store that refuses the audit record would."""
+
+    def before_retrain(self, catalog, manifest, digests, hasher) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def after_commit(self, catalog, manifest, receipt) -> str:  # type: ignore[no-untyped-def]
+        raise OSError("the audit record could not be written")
+
+
+def test_an_audit_that_fails_after_the_commit_never_reports_the_erasure_failed(tmp_path, hasher):
+    rows = synthetic_ratings(SyntheticRatingsConfig(users=12, items=10, ratings_per_user=4, seed=2))
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    coordinator.train(rows, JobConfig(sharding=ShardingConfig(shards=2, slices=1)))
+    subject = sorted(set(rows.column(SUBJECT_ID).to_pylist()))[0]
+    receipt = coordinator.forget([subject], request_id="audit-breaks", audit=_AuditThatBreaksAfterTheCommit())
+    assert receipt.status == "erased"
+    assert receipt.chain_sequence == 1  # sealed into the receipt log all the same
+    assert receipt.audit_error == "OSError: the audit record could not be written"
+    report = verify_erasure(str(tmp_path / "store"), "audit-breaks", hasher, log_to_mlflow=False)
+    assert report.passed
+    audit = report.check("membership_audit")
+    assert audit.status == "skipped"
+    assert "did not complete after the commit" in audit.summary
