@@ -69,6 +69,8 @@ class Repairs:
 
     def __init__(self) -> None:
         self.items: list[Repair] = []
+        #: Repairs taken and being tried now: still pending, and counted so (``FollowUp.pending``).
+        self.running: list[Repair] = []
 
     def add(self, receipt: ErasureReceipt, request_ids: tuple[str, ...]) -> None:
         self.items.append(Repair(receipt, request_ids))
@@ -77,8 +79,15 @@ class Repairs:
         """The first repair whose time has come (removed from the list), or None."""
         for index, item in enumerate(self.items):
             if item.due <= now:
-                return self.items.pop(index)
+                taken = self.items.pop(index)
+                self.running.append(taken)
+                return taken
         return None
+
+    def finished(self, item: Repair) -> None:
+        """``item``'s try is over (done, or put back with ``again``)."""
+        if item in self.running:
+            self.running.remove(item)
 
     def wait_s(self, now: float) -> float | None:
         """Seconds until the next repair is due (None: nothing pending)."""
@@ -94,7 +103,7 @@ class Repairs:
     def pending_steps(self) -> dict[str, int]:
         """How many commits have each step pending, e.g. ``{"purge": 2}``."""
         counts: dict[str, int] = {}
-        for item in self.items:
+        for item in self.items + self.running:
             for step in {p.split(":", 1)[0] for p in item.receipt.pending}:
                 counts[step] = counts.get(step, 0) + 1
         return counts
@@ -141,8 +150,9 @@ class FollowUp:
     def pending(self) -> tuple[int, int, str | None]:
         """Commits with steps pending, requests not yet registered, and the last cause (caller holds ``state``)."""
         unregistered = sum(len(c.receipts) for c in self.unregistered)
-        causes = [p for r in self.repairs.items for p in r.receipt.pending] + [self.registration_error or ""]
-        return len(self.repairs.items), unregistered, next((c for c in causes if c), None)
+        repairs = self.repairs.items + self.repairs.running  # one being retried now is still pending
+        causes = [p for r in repairs for p in r.receipt.pending] + [self.registration_error or ""]
+        return len(repairs), unregistered, next((c for c in causes if c), None)
 
     def register(self) -> None:
         """Bring MLflow up to the published version for every commit waiting; retried on failure."""
@@ -205,7 +215,7 @@ class FollowUp:
         try:
             with self._work:
                 receipt = self.coordinator.erasure.finish_pending(item.receipt)
-        except ExpungeError as exc:
+        except Exception as exc:  # after a commit a step is retried, never dropped (a bug included)
             receipt = item.receipt.model_copy(
                 update={"pending": (f"{item.receipt.pending[0].split(':', 1)[0]}: {exc}",)}
             )
@@ -214,6 +224,7 @@ class FollowUp:
                 previous = self.board.recent(request_id)
                 if previous is not None:
                     self.board.remember(previous.model_copy(update={"pending": receipt.pending}))
+            self.repairs.finished(item)
             if receipt.pending:
                 self.repairs.again(item, receipt, time.monotonic())
             self._state.notify_all()
