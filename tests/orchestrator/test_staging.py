@@ -49,9 +49,9 @@ def test_streamed_training_equals_in_memory_training_bit_for_bit(tmp_path, hashe
     got = streamed.train_stream(parquet_batches(_parquet(tmp_path, ROWS), batch_rows=37), config, request_id="train")
     # Shard manifests, slices, checkpoints and the placement object: the same keys and bytes.
     assert _objects(tmp_path / "b") == _objects(tmp_path / "a")
-    assert got.manifest.model_dump(exclude={"train_seconds", "train_cpu_seconds", "created_at"}) == expected.manifest.model_dump(
+    assert got.manifest.model_dump(
         exclude={"train_seconds", "train_cpu_seconds", "created_at"}
-    )
+    ) == expected.manifest.model_dump(exclude={"train_seconds", "train_cpu_seconds", "created_at"})
     assert not streamed.store.list_keys(STAGING_PREFIX)
 
 

@@ -149,7 +149,10 @@ def test_a_request_that_found_nobody_verifies_with_nothing_to_rederive(erasure, 
 
 @pytest.mark.parametrize(
     ("request_id", "subject", "message"),
-    [("GDPR-unknown", None, "no request of .* answers to that reference"), (REQUEST, "someone-else", "does not name a subject")],
+    [
+        ("GDPR-unknown", None, "no request of .* answers to that reference"),
+        (REQUEST, "someone-else", "does not name a subject"),
+    ],
 )
 def test_bad_input_is_refused(erasure, request_id, subject, message):
     with pytest.raises(ConfigError, match=message):

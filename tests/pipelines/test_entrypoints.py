@@ -57,7 +57,8 @@ def test_demo_json_reports_an_exact_targeted_erasure(tmp_path):
     assert summary["untouched_shards_unchanged"] is True
     assert len(summary["affected_shards"]) == 1
     # Honest figures: measured against a warm monolith in the same run, in wall and CPU time, beside the ideal.
-    assert summary["monolith_seconds"] > 0 and summary["monolith_cpu_seconds"] > 0
+    assert summary["monolith_seconds"] > 0
+    assert summary["monolith_cpu_seconds"] > 0
     assert summary["retrain_cpu_seconds"] > 0
     assert summary["speedup_vs_monolith"] == pytest.approx(summary["monolith_seconds"] / summary["retrain_seconds"])
     assert summary["ideal_speedup_vs_monolith"] > 1
