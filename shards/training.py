@@ -10,6 +10,7 @@ import hashlib
 import io
 import logging
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,16 +31,32 @@ __all__ = [
     "decode_checkpoint",
     "encode_checkpoint",
     "load_checkpoint",
+    "set_deterministic",
     "train_steps",
 ]
 
 log = logging.getLogger(__name__)
 
 
+def set_deterministic(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode)`` without importing torch's compiler stack.
+
+    torch's function also sets ``torch._inductor.config.deterministic``, and importing that
+    module imports ``torch._dynamo``: 1.5-7 s of CPU in every process that trains, for a
+    setting only ``torch.compile`` reads. Expunge never compiles; the kernel switch is the
+    same call torch makes (``torch._C._set_deterministic_algorithms``). Where the compiler
+    is already loaded (a caller compiles), its setting is kept in step.
+    """
+    torch._C._set_deterministic_algorithms(mode, warn_only=False)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode  # type: ignore[attr-defined]
+
+
 def configure_determinism(threads: int) -> None:
     """Fixed intra-op threads and deterministic kernels: what makes erasure provably exact."""
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    set_deterministic(True)
 
 
 @dataclass

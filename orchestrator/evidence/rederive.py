@@ -33,7 +33,7 @@ from expunge.shards.errors import StorageCorruptError
 from expunge.shards.models import model_for
 from expunge.shards.rows import RECORD_ID, SUBJECT_DIGEST
 from expunge.shards.shard import Shard, ShardManifest
-from expunge.shards.training import TrainedState, decode_checkpoint, load_checkpoint
+from expunge.shards.training import TrainedState, decode_checkpoint, load_checkpoint, set_deterministic
 
 __all__ = ["Rederived", "ShardExactness", "final_states", "first_difference", "rederive_shard", "rederive_shards"]
 
@@ -132,7 +132,7 @@ def _torch_settings() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+        set_deterministic(deterministic)
 
 
 def _records_sha256(table: pa.Table) -> str:
