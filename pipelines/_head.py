@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from expunge.orchestrator.errors import ClusterUnavailableError, ConfigError
 from expunge.orchestrator.processes import end_processes, psutil_module
+from expunge.shards.niceness import WORKER_NICENESS_ENV
 
 __all__ = ["HeadInfo", "listening_addresses", "start_head", "stop_head"]
 
@@ -129,6 +130,8 @@ def start_head(num_cpus: int, host: str = "127.0.0.1", withheld_env: Collection[
         {
             "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
             "RAY_AUTH_MODE": env.get("RAY_AUTH_MODE", "token"),
+            # Ray starts workers at niceness 15; the head Expunge starts runs them at 0 (shards/niceness.py).
+            WORKER_NICENESS_ENV: env.get(WORKER_NICENESS_ENV, "0"),
             _MARKER: str(temp_dir),
             **metric_ports,
             **binding.env,

@@ -30,6 +30,7 @@ from expunge.orchestrator.errors import (
 )
 from expunge.orchestrator.registry import Lineage
 from expunge.shards.errors import StorageUnavailableError
+from expunge.shards.niceness import WORKER_NICENESS_ENV
 
 __all__ = [
     "demo_hasher",
@@ -118,6 +119,9 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        # Ray starts workers at niceness 15; Expunge's own cluster starts them at 0 (shards/niceness.py).
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     what = f"joining the Ray cluster at RAY_ADDRESS={address}" if address else "starting Ray on this machine"
     try:
         _start_ray(ray, address, num_cpus)

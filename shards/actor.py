@@ -12,6 +12,7 @@ import ray
 
 from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig
 from expunge.shards.errors import StorageCorruptError
+from expunge.shards.niceness import apply_niceness
 from expunge.shards.shard import Shard, ShardUpdate
 
 __all__ = ["ShardActor"]
@@ -31,6 +32,7 @@ class ShardActor:
         model_config: AnyModelConfig,
         manifest_version: int | None,
     ) -> None:
+        apply_niceness(training.niceness)  # Ray starts workers at 15: a retrain must not wait behind others
         try:
             self._shard = Shard(shard_id, storage, training, model_config, manifest_version)
         except StorageCorruptError:
@@ -71,6 +73,12 @@ class ShardActor:
 
     def call_log(self) -> list[str]:
         return self._shard.call_log()
+
+    def niceness(self) -> int:
+        """This actor's scheduling niceness (``training.niceness`` when the actor may set it)."""
+        from expunge.shards.niceness import current_niceness
+
+        return current_niceness()
 
     def pid(self) -> int:
         """This actor's process id (for operators and kill tests)."""

@@ -129,10 +129,18 @@ class TrainingConfig(Frozen):
     cpus_per_shard: float = Field(
         1.0, ge=0.0, description="Ray CPUs reserved per shard actor; lowered automatically if the cluster is smaller."
     )
+    niceness: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Scheduling niceness of Expunge's actors (shards and the service). Ray starts workers at 15, "
+        "which starves them on a busy machine; Expunge starts its own clusters at 0 and sets this in each actor "
+        "(raising priority on a cluster started by others needs CAP_SYS_NICE: a warning says so).",
+    )
 
     def fingerprint(self) -> str:
-        """Stable digest of every setting that changes the trained tensors."""
-        relevant = self.model_dump(mode="json", exclude={"cpus_per_shard"})
+        """Stable digest of every setting that changes the trained tensors (not where or how fast they run)."""
+        relevant = self.model_dump(mode="json", exclude={"cpus_per_shard", "niceness"})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 

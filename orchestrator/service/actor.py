@@ -36,6 +36,7 @@ from expunge.orchestrator.service.core import ErasureService, ServedVersion, Ser
 from expunge.orchestrator.service.journal import RequestStatus
 from expunge.orchestrator.service.subject_key import require_key_on_cluster
 from expunge.orchestrator.service.watch import DeadlineWatch
+from expunge.shards.niceness import apply_niceness
 from expunge.shards.store import ObjectStore
 
 __all__ = ["ServiceActor", "find_service", "start_service", "stop_service"]
@@ -92,6 +93,7 @@ class _ServiceActor:
     def __init__(self, job_json: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         job = JobConfig.model_validate_json(job_json)
+        apply_niceness(job.training.niceness)  # the single writer must not wait behind Ray's nice-15 peers
         hasher = SubjectHasher.from_settings(job.privacy)  # the node's variable, else its key file
         # Restarted by Ray after a crash: wait for the store's lease (a CLI job may hold it now) and
         # for unreachable infrastructure (S3, MLflow) to come back, rather than die for good in this

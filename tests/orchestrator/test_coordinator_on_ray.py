@@ -34,6 +34,9 @@ def test_erasure_on_ray_is_exact_targeted_and_recorded(tmp_path, hasher, ray_clu
     assert receipt.affected_shards == [home]
     logs = {s: __import__("ray").get(coordinator.pool.actors[s].call_log.remote()) for s in range(3)}  # type: ignore[attr-defined]
     assert logs[home].count("erase") == 1
+    # Ray starts workers at niceness 15; Expunge's shard actors run at training.niceness (0).
+    niceness = {__import__("ray").get(a.niceness.remote()) for a in coordinator.pool.actors.values()}  # type: ignore[attr-defined]
+    assert niceness == {0}
     for s in others:
         assert "erase" not in logs[s]
         assert store_snapshot(tmp_path / "store" / "shards" / f"{s:04d}") == files[s]

@@ -1,0 +1,38 @@
+"""Expunge's actors run at ``training.niceness``, not Ray's 15; without the privilege, a warning says how to fix it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+from expunge.shards.config import TrainingConfig
+from expunge.shards.niceness import apply_niceness
+
+
+def test_niceness_is_not_part_of_the_training_fingerprint():
+    # Where a shard runs does not change its tensors: stores trained before the setting keep their keys.
+    assert TrainingConfig(niceness=10).fingerprint() == TrainingConfig().fingerprint()
+
+
+def test_a_process_started_at_15_runs_at_the_configured_niceness():
+    probe = "from expunge.shards.niceness import apply_niceness; print(apply_niceness(0), apply_niceness(7))"
+    out = subprocess.run(
+        ["nice", "-n", "15", sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    first, second = out.stdout.split()
+    # As root the priority can be raised to 0; otherwise the process stays at 15 (and warns).
+    assert int(first) == (0 if os.geteuid() == 0 else 15)
+    assert int(second) == (7 if os.geteuid() == 0 else 15)
+
+
+def test_without_the_privilege_to_raise_priority_the_actor_warns_and_runs_on(monkeypatch, caplog):
+    def refuse(which: int, who: int, value: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "getpriority", lambda which, who: 15)
+    monkeypatch.setattr(os, "setpriority", refuse)
+    with caplog.at_level(logging.WARNING, logger="expunge"):
+        assert apply_niceness(0) == 15
+    assert "RAY_worker_niceness=0" in caplog.text
