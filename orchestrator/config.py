@@ -126,6 +126,11 @@ class TrackingConfig(Frozen):
     model_name: str = Field("expunge-ensemble", description="Registered model name the ensemble is published under.")
     alias: str = Field("production", description="Registry alias moved to each new version.")
     enabled: bool = Field(True, description="Record runs and model versions in MLflow.")
+    charts: bool = Field(
+        False,
+        description="Attach a per-shard retrain-time chart (PNG) to each erasure run. Off by default: drawing it "
+        "costs about 2 s of CPU per erasure (matplotlib); `expunge demo` turns it on.",
+    )
     artifact_location: str | None = Field(
         None,
         description="Artifact root of the experiment when Expunge creates it (e.g. s3://bucket/mlflow); null = "

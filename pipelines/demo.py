@@ -163,7 +163,10 @@ def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
         (workdir / "mlflow.db").unlink(missing_ok=True)
         shutil.rmtree(workdir / "mlruns", ignore_errors=True)
     tracking = TrackingConfig(
-        uri=options.tracking_uri or default_tracking_uri(workdir), experiment="expunge-demo", model_name="expunge-demo"
+        uri=options.tracking_uri or default_tracking_uri(workdir),
+        experiment="expunge-demo",
+        model_name="expunge-demo",
+        charts=True,  # the demo is read in the MLflow UI: draw the retrain chart
     )
     job = JobConfig(
         sharding=ShardingConfig(shards=options.shards, slices=options.slices),

@@ -175,7 +175,7 @@ class RunRecorder:
         return run_id
 
     def finish_erasure(self, run_id: str, receipt: ErasureReceipt, parent: str | None, version: str) -> None:
-        """The registry versions, the final receipt and the retrain chart, once the new version exists.
+        """The registry versions, the final receipt and (``tracking.charts``) the retrain chart, once the version exists.
 
         Idempotent (same values), so finishing the run of an interrupted record is calling it again.
         """
@@ -185,7 +185,8 @@ class RunRecorder:
         final = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
         self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
         fault_point("run.chart")
-        self._log_retrain_chart(run_id, final, receipt.full_retrain_seconds)
+        if self.registry.tracking.charts:  # only when asked for: matplotlib costs seconds per erasure
+            self._log_retrain_chart(run_id, final, receipt.full_retrain_seconds)
 
     def _log_retrain_chart(self, run_id: str, receipt: ErasureReceipt, full_retrain: float) -> None:
         # Figure without pyplot renders with Agg and leaves matplotlib's global backend alone.

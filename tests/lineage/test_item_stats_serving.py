@@ -36,6 +36,12 @@ def test_an_item_stats_version_serves_the_exact_ensemble(tmp_path, hasher, monke
     after = mlflow.pyfunc.load_model("models:/expunge-stats@production").predict(request)
     assert np.array_equal(after, coordinator.predict(pa_rows(request)))
     assert not np.allclose(after[:3], served[:3])  # the erased subject now gets the subject-free prediction
+    # Charts are drawn only when asked for (tracking.charts): none on this erasure's run.
+    runs = lineage.client.search_runs([lineage.experiment_id], filter_string="tags.`expunge.kind` = 'erasure'")
+    assert runs
+    assert all(
+        "retrain_seconds.png" not in {a.path for a in lineage.client.list_artifacts(r.info.run_id)} for r in runs
+    )
 
 
 def pa_rows(frame: pd.DataFrame) -> pa.Table:

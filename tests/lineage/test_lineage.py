@@ -42,7 +42,10 @@ class Deployment:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     """Train (v1), erase one subject (v2), erase two more (v3): in-process shards, local sqlite."""
     root = tmp_path_factory.mktemp("lineage")
-    tracking = TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="lineage", model_name=MODEL)
+    # Charts asked for (they are off by default); test_item_stats_serving's deployment shows them absent.
+    tracking = TrackingConfig(
+        uri=f"sqlite:///{root / 'mlflow.db'}", experiment="lineage", model_name=MODEL, charts=True
+    )
     lineage = Lineage(tracking, str(root / "store"))
     coordinator = Coordinator(str(root / "store"), SubjectHasher(KEY), lineage, pool_factory=local_pool)
     coordinator.train(ROWS, job(shards=3, slices=3))
