@@ -50,6 +50,9 @@ class StateBinding(BaseModel):
     placement_key: str
     placement_sha256: str
     files: tuple[BoundFile, ...]
+    #: Files carried over from the previous commit whose hash had changed since that commit
+    #: bound them (tampering between commits), found when this binding was made; empty normally.
+    carried_mismatches: tuple[str, ...] = ()
 
 
 class ErasureReceipt(BaseModel):

@@ -4,9 +4,10 @@
 hash of every file the committed version uses (``evidence.state_binding``) and the journal
 log's position (``evidence.journal_log``), is appended to the receipt log
 (``evidence.receipt_chain``), and its hash is written under S3 Object Lock when
-``evidence.anchor_uri`` is set. ``Sealer.anchor`` tags the MLflow runs of chained receipts
-with their hashes once the runs exist (after registration). Anchors are evidence, not part of
-the erasure: one that cannot be written now is logged and written by a later call.
+``evidence.anchor_uri`` is set. ``Sealer.anchor`` tags the MLflow run of the newest receipt this
+process sealed once that run exists (after registration): as each receipt holds the hash of the
+one before, that head anchors the log up to it. Anchors are evidence, not part of the erasure:
+one that cannot be written now is logged and written by a later call.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from expunge.orchestrator.config import EvidenceConfig
 from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.evidence.anchors import ObjectLockAnchors, receipt_sha256
 from expunge.orchestrator.evidence.journal_log import JournalLog
-from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key, chained_sequences
-from expunge.orchestrator.evidence.state_binding import bind_state
+from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key
+from expunge.orchestrator.evidence.state_binding import bind_state, binding_of
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
@@ -27,9 +28,6 @@ from expunge.orchestrator.session import StoreSession
 __all__ = ["Sealer"]
 
 log = logging.getLogger(__name__)
-
-#: How many of the newest chained receipts one ``anchor`` call tags in MLflow at most.
-_ANCHOR_WINDOW = 50
 
 
 class Sealer:
@@ -40,7 +38,9 @@ class Sealer:
         self.lineage = lineage
         self.evidence = evidence or EvidenceConfig()
         self._locked: ObjectLockAnchors | None = None
-        self._mlflow_done: set[int] = set()  # sequences this process tagged in MLflow
+        self._sealed: dict[int, tuple[str, str]] = {}  # sequence -> (request id, sha256) sealed here
+        self._unlocked: set[int] = set()  # own receipts whose Object Lock anchor is still to write
+        self._mlflow_head = 0  # the newest own receipt anchored in MLflow
 
     @property
     def locked(self) -> ObjectLockAnchors | None:
@@ -57,7 +57,10 @@ class Sealer:
         if receipt.status == "erased" and receipt.state is None and receipt.model_version_after is not None:
             catalog = self.session.catalog
             try:
-                update["state"] = bind_state(catalog, catalog.read(receipt.model_version_after))
+                manifest = catalog.read(receipt.model_version_after)
+                parent = catalog.read(manifest.parent_version) if manifest.parent_version is not None else None
+                previous = binding_of(catalog, parent)[0] if parent is not None else None
+                update["state"] = bind_state(catalog, manifest, previous)
             except ExpungeError as exc:  # e.g. a resumed request whose version's files were since purged
                 log.warning("request %s: state not bound to its receipt (%s)", receipt.request_id, exc)
         sequence, head = JournalLog(self.session.store).head()
@@ -67,51 +70,60 @@ class Sealer:
     def seal(self, receipt: ErasureReceipt) -> ErasureReceipt:
         """Bind, chain and anchor ``receipt``; returns the chained receipt.
 
+        The Object Lock anchor is written now (one that cannot be is retried by ``anchor``); the
+        MLflow anchor once the request's run exists (``anchor``). Nothing after the append raises.
+
         Raises:
             StorageConflictError: the receipt log could not be appended to (many writers).
             StorageUnavailableError: the store does not answer.
         """
         chained = append_receipt(self.session.store, self.bind(receipt))
-        if self.locked is not None and chained.chain_sequence is not None:
-            try:
-                self.locked.write(chained.chain_sequence, chained.request_id, receipt_sha256(chained))
-            except ExpungeError as exc:
-                log.warning("receipt #%d: Object Lock anchor not written now (%s)", chained.chain_sequence, exc)
+        if chained.chain_sequence is not None:
+            self._sealed[chained.chain_sequence] = (chained.request_id, receipt_sha256(chained))
+            self._lock(chained.chain_sequence)
         return chained
 
-    def anchor(self) -> int:
-        """Anchor the newest chained receipts outside the store (MLflow tags, Object Lock); returns how many.
-
-        Idempotent; a receipt whose MLflow run does not exist yet is tagged by a later call.
-        Never raises for an anchor that cannot be written now (logged).
-        """
-        store = self.session.store
+    def _lock(self, sequence: int) -> bool:
+        """Write the Object Lock anchor of own receipt #``sequence``; False (logged) when it cannot be now."""
+        if self.locked is None:
+            return True
+        request_id, sha = self._sealed[sequence]
         try:
-            sequences = chained_sequences(store)[-_ANCHOR_WINDOW:]
-            locked = self.locked.sequences() if self.locked is not None else set()
-        except ExpungeError as exc:
-            log.warning("receipt anchors not brought up to date now (%s)", exc)
+            self.locked.write(sequence, request_id, sha)
+        except Exception as exc:  # evidence, not the erasure: retried by ``anchor``
+            log.warning("receipt #%d: Object Lock anchor not written now (%s: %s)", sequence, type(exc).__name__, exc)
+            self._unlocked.add(sequence)
+            return False
+        self._unlocked.discard(sequence)
+        return True
+
+    def anchor(self) -> int:
+        """Anchor this process's receipts outside the store; returns the sequence anchored in MLflow (0: none).
+
+        Retries Object Lock anchors that failed. In MLflow it tags the newest receipt this process
+        sealed whose request has a run: that receipt holds the hash of the one before, and so on,
+        so one anchored head fixes every receipt before it (those of versions the service never
+        registered on their own included). Only receipts this process sealed are anchored: a
+        receipt someone else appended is never vouched for here. Never raises (logged).
+        """
+        for sequence in sorted(self._unlocked):
+            self._lock(sequence)
+        if self.lineage is None:
             return 0
-        done = 0
-        for sequence in sequences:
-            needs_mlflow = self.lineage is not None and sequence not in self._mlflow_done
-            needs_lock = self.locked is not None and sequence not in locked
-            if not (needs_mlflow or needs_lock):
-                continue
-            try:
-                data = store.get(chain_key(sequence))
-                receipt = ErasureReceipt.model_validate_json(data)
-                sha = hashlib.sha256(data).hexdigest()
-                if needs_lock and self.locked is not None:
-                    self.locked.write(sequence, receipt.request_id, sha)
-                if needs_mlflow and self.lineage is not None:
-                    runs = self.lineage.anchor_receipt(
-                        receipt.request_id, sequence, sha, receipt.previous_receipt_sha256
-                    )
-                    if runs:
-                        self._mlflow_done.add(sequence)
-                done += 1
-            except Exception as exc:  # evidence, not the erasure: a later call writes it
-                log.warning("receipt #%d not anchored now (%s: %s)", sequence, type(exc).__name__, exc)
+        for sequence in sorted(self._sealed, reverse=True):
+            if sequence <= self._mlflow_head:
                 break
-        return done
+            request_id, sha = self._sealed[sequence]
+            try:
+                data = self.session.store.get(chain_key(sequence))
+                if hashlib.sha256(data).hexdigest() != sha:
+                    log.error("receipt #%d changed since this process sealed it: not anchored", sequence)
+                    continue
+                previous = ErasureReceipt.model_validate_json(data).previous_receipt_sha256
+                if self.lineage.anchor_receipt(request_id, sequence, sha, previous):
+                    self._mlflow_head = sequence
+                    return sequence
+            except Exception as exc:  # evidence, not the erasure: a later call writes it
+                log.warning("receipt #%d not anchored in MLflow now (%s: %s)", sequence, type(exc).__name__, exc)
+                return 0
+        return 0

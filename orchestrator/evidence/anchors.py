@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, StorageUnavailableError
 from expunge.orchestrator.evidence.receipt_chain import CHAIN_PREFIX, BrokenLink, chain_key
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.shards.config import StorageConfig
@@ -61,7 +61,7 @@ class ObjectLockAnchors:
     """
 
     def __init__(self, uri: str, retention_days: int, like: StorageConfig | None = None) -> None:
-        if not uri.startswith("s3://"):
+        if not uri.startswith("s3://") or not uri[len("s3://") :].split("/", 1)[0]:
             raise ConfigError(
                 f"evidence.anchor_uri {uri!r} must be s3://bucket/prefix of a bucket with Object Lock enabled"
             )
@@ -109,13 +109,31 @@ class ObjectLockAnchors:
             raise
         log.info("receipt #%d anchored under Object Lock in %s", sequence, self.store.uri)
 
-    def sequences(self) -> set[int]:
-        """Sequence numbers anchored so far."""
-        names = (k.rsplit("/", 1)[-1] for k in self.store.list_keys(_ANCHOR_PREFIX))
-        return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}
-
     def read(self) -> tuple[list[Anchor], list[BrokenLink]]:
-        """Every anchor (the oldest version of each key), and the anchors rewritten since (as problems)."""
+        """Every anchor (the oldest version of each key), and the anchors rewritten since (as problems).
+
+        Also a problem: a bucket without Object Lock (its anchors could be rewritten).
+
+        Raises:
+            ConfigError: the bucket does not exist, or refuses to be read with these credentials.
+            StorageUnavailableError: the S3 endpoint does not answer.
+        """
+        try:
+            return self._read()
+        except (ConfigError, StorageUnavailableError):
+            raise
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"the anchor bucket of {self.store.uri} does not exist: check evidence.anchor_uri"
+            ) from exc
+        except PermissionError as exc:
+            raise ConfigError(f"the anchor bucket of {self.store.uri} refuses to be read: {exc}") from exc
+        except Exception as exc:
+            if _unreachable(exc):
+                raise StorageUnavailableError(f"the anchor bucket of {self.store.uri} does not answer: {exc}") from exc
+            raise
+
+    def _read(self) -> tuple[list[Anchor], list[BrokenLink]]:
         by_key: dict[str, list[str | None]] = {}
         bucket, prefix, _ = self.store.fs.split_path(self.store._path(_ANCHOR_PREFIX + "/"))
         kwargs: dict[str, object] = {"Bucket": bucket, "Prefix": prefix}
@@ -126,7 +144,17 @@ class ObjectLockAnchors:
             if not page.get("IsTruncated"):
                 break
             kwargs |= {"KeyMarker": page.get("NextKeyMarker"), "VersionIdMarker": page.get("NextVersionIdMarker")}
-        anchors, problems = [], []
+        anchors: list[Anchor] = []
+        problems: list[BrokenLink] = []
+        if not self._locked_bucket(bucket):
+            problems.append(
+                BrokenLink(
+                    sequence=None,
+                    key=self.store.uri,
+                    problem="the anchor bucket has no Object Lock configuration: its anchors could be rewritten or "
+                    "deleted, so they prove nothing (create the bucket with Object Lock enabled)",
+                )
+            )
         for key, versions in sorted(by_key.items()):
             bodies = [self.store.get(key, version_id) for version_id in versions]  # oldest first
             try:
@@ -144,6 +172,23 @@ class ObjectLockAnchors:
                     )
                 )
         return anchors, problems
+
+    def _locked_bucket(self, bucket: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            found = self.store.fs.call_s3("get_object_lock_configuration", Bucket=bucket)
+        except (ClientError, OSError):
+            return False
+        return found.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection that failed, as opposed to an answer that refused."""
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionError"}) or (
+        isinstance(exc, ConnectionError | TimeoutError)
+    )
 
 
 def compare_anchors(store: ObjectStore, anchors: list[Anchor]) -> list[BrokenLink]:

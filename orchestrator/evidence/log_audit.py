@@ -17,7 +17,7 @@ from expunge.orchestrator.config import EvidenceConfig
 from expunge.orchestrator.evidence.anchors import Anchor, ObjectLockAnchors, compare_anchors
 from expunge.orchestrator.evidence.journal_log import walk_journal
 from expunge.orchestrator.evidence.receipt_chain import BrokenLink, ChainReport, chain_key, walk_chain
-from expunge.orchestrator.evidence.state_binding import check_state, newest_binding
+from expunge.orchestrator.evidence.state_binding import binding_of, check_state
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
 
@@ -35,6 +35,48 @@ def _journal_reached(catalog: Catalog, chain: ChainReport) -> tuple[int, str | N
             continue
         return receipt.journal_sequence, receipt.journal_head_sha256
     return 0, None
+
+
+def _tail(chain: ChainReport, anchored: set[int], where: str, when: str) -> list[BrokenLink]:
+    """Receipts newer than the newest anchor: not yet fixed by it (each anchor fixes every receipt before it)."""
+    newest = max(anchored, default=0)
+    if not anchored or newest >= chain.receipts:
+        return []
+    return [
+        BrokenLink(
+            sequence=newest + 1,
+            key=chain_key(newest + 1),
+            problem=f"receipt(s) #{newest + 1}..#{chain.receipts} are newer than the newest {where} anchor "
+            f"(#{newest}): {when}; until then they can be changed or removed unnoticed",
+        )
+    ]
+
+
+def _gaps(chain: ChainReport, anchored: set[int]) -> list[BrokenLink]:
+    """Receipts between Object Lock anchors that have none (each receipt gets one when it is sealed)."""
+    missing = [s for s in range(min(anchored), chain.receipts + 1) if s not in anchored]
+    if not missing:
+        return []
+    return [
+        BrokenLink(
+            sequence=missing[0],
+            key=chain_key(missing[0]),
+            problem=f"{len(missing)} receipt(s) since the first Object Lock anchor have none, the first #{missing[0]}: "
+            "appended by a writer without evidence.anchor_uri, or its anchor write failed",
+        )
+    ]
+
+
+def _registered(catalog: Catalog, chain: ChainReport) -> int | None:
+    """The newest receipt that records an MLflow registration (None: none does)."""
+    for sequence in range(chain.receipts, 0, -1):
+        try:
+            receipt = ErasureReceipt.model_validate_json(catalog.store.get(chain_key(sequence)))
+        except Exception:  # missing or unreadable: the chain walk reports it
+            continue
+        if receipt.registry_version_after is not None or receipt.registered_at is not None:
+            return sequence
+    return None
 
 
 def audit_trail(
@@ -57,7 +99,7 @@ def audit_trail(
     witnesses = list(chain.witnesses)
     anchors: list[Anchor] = []
     if view is not None:
-        anchors += [
+        mlflow = [
             Anchor(
                 sequence=a.sequence,
                 request_id=a.request_id,
@@ -66,21 +108,35 @@ def audit_trail(
             )
             for a in view.chain_anchors()
         ]
+        anchors += mlflow
         witnesses.append("MLflow anchors")
+        warnings += _tail(chain, {a.sequence for a in mlflow}, "MLflow", "the next registration anchors them")
     if evidence is not None and evidence.anchor_uri:
-        locked, rewritten = ObjectLockAnchors(evidence.anchor_uri, evidence.anchor_retention_days, store.config).read()
+        locked, problems = ObjectLockAnchors(evidence.anchor_uri, evidence.anchor_retention_days, store.config).read()
         anchors += locked
-        broken += rewritten
-        witnesses.append("S3 Object Lock anchors")
+        broken += problems
+        if locked:
+            witnesses.append("S3 Object Lock anchors")
+            warnings += _gaps(chain, {a.sequence for a in locked})
+        elif chain.receipts:
+            warnings.append(
+                BrokenLink(
+                    sequence=None,
+                    key=evidence.anchor_uri,
+                    problem="evidence.anchor_uri holds no anchor of this store's receipts: nothing was compared "
+                    "with it (a bucket other than the one the writers use, anchors not written since it was set, "
+                    "or deleted)",
+                )
+            )
     broken += compare_anchors(store, anchors)
-    anchored = {a.sequence for a in anchors}
-    if anchors and (unanchored := [s for s in range(1, chain.receipts + 1) if s not in anchored]):
-        warnings.append(
+    if view is None and (registered := _registered(catalog, chain)):
+        broken.append(
             BrokenLink(
-                sequence=unanchored[0],
-                key=chain_key(unanchored[0]),
-                problem=f"{len(unanchored)} receipt(s) have no anchor yet, the first #{unanchored[0]} (anchored after "
-                "registration; receipts from before anchors existed never are)",
+                sequence=registered,
+                key="ensemble",
+                problem=f"receipt #{registered} records an MLflow registration, but the published version names no "
+                "registry: the registry binding was removed from the store, so MLflow's witnesses and anchors were "
+                "not checked (pass --tracking-uri)",
             )
         )
     reached, reached_sha = _journal_reached(catalog, chain)
@@ -88,7 +144,21 @@ def audit_trail(
     broken += [BrokenLink(sequence=None, key="journal/log", problem=p) for p in journal.broken]
     warnings += [BrokenLink(sequence=None, key="journal", problem=p) for p in journal.warnings]
     witnesses.append(f"journal log ({journal.entries} entries)")
-    binding, sequence = newest_binding(catalog, latest.version)
+    binding, sequence = binding_of(catalog, latest)
+    if (
+        binding is None
+        and latest.kind == "train"
+        and view is not None
+        and latest.version not in view.registered_ensemble_versions()
+    ):
+        broken.append(
+            BrokenLink(
+                sequence=None,
+                key="ensemble",
+                problem=f"the published version {latest.version} says it was made by training, but MLflow holds "
+                "no model version of it: written into the store by hand, or a registration still to finish",
+            )
+        )
     if binding is not None:
         broken += [BrokenLink(sequence=sequence, key="state", problem=p) for p in check_state(catalog, latest, binding)]
         witnesses.append(f"stored state of version {latest.version}")

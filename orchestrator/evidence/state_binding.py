@@ -7,31 +7,30 @@ the stored files and compares: a file moved, copied or swapped between shards or
 even when its manifest was rewritten with matching hashes, because the receipt (chained, and
 anchored outside the store) still holds the hashes the commit wrote.
 
-Binding costs one read of each shard manifest (cached: manifests are create-once) and of the
-placement; slice and checkpoint hashes come from the manifests, which record the hash of the
-bytes the shard wrote. Checking costs one read of every bound file.
+Binding costs one read of each shard manifest (eight at a time) and of the placement; slice and
+checkpoint hashes come from the manifests, which record the hash of the bytes the shard wrote,
+and files carried over from the previous commit are compared with its binding. Checking costs
+one read of every bound file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import StorageCorruptError
-from expunge.orchestrator.evidence.receipt_chain import chain_key, chained_sequences
-from expunge.orchestrator.receipts import BoundFile, ErasureReceipt, StateBinding
+from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+from expunge.orchestrator.receipts import BoundFile, StateBinding
 from expunge.shards.shard import ShardManifest, shard_prefix
 
-__all__ = ["bind_state", "check_state", "newest_binding", "shard_manifest_key"]
+__all__ = ["bind_state", "binding_of", "check_state", "shard_manifest_key"]
 
 log = logging.getLogger(__name__)
 
-_CACHED = 4096
-_cache: OrderedDict[tuple[str, str], tuple[str, ShardManifest]] = OrderedDict()
-_cache_lock = threading.Lock()
+#: Shard manifests read at once when binding (small JSON objects; S3 latency dominates).
+_READERS = 8
 
 
 def shard_manifest_key(shard: int, version: int) -> str:
@@ -43,33 +42,34 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _manifest(catalog: Catalog, key: str) -> tuple[str, ShardManifest]:
-    """The sha256 and parsed content of a shard manifest, read once per process (they are create-once)."""
-    slot = (catalog.store.uri, key)
-    with _cache_lock:
-        hit = _cache.get(slot)
-    if hit is not None:
-        return hit
-    data = catalog.store.get(key)
-    found = (_sha256(data), ShardManifest.model_validate_json(data))
-    with _cache_lock:
-        _cache[slot] = found
-        while len(_cache) > _CACHED:
-            _cache.popitem(last=False)
-    return found
+def _manifests(catalog: Catalog, keys: list[str]) -> list[tuple[str, ShardManifest]]:
+    """The sha256 and content of each shard manifest, read now (never cached: a manifest rewritten in
+    place since the last commit is exactly what binding must see), several at a time."""
+
+    def read(key: str) -> tuple[str, ShardManifest]:
+        data = catalog.store.get(key)
+        return _sha256(data), ShardManifest.model_validate_json(data)
+
+    with ThreadPoolExecutor(max_workers=min(_READERS, max(1, len(keys)))) as pool:
+        return list(pool.map(read, keys))
 
 
-def bind_state(catalog: Catalog, manifest: EnsembleManifest) -> StateBinding:
+def bind_state(catalog: Catalog, manifest: EnsembleManifest, previous: StateBinding | None = None) -> StateBinding:
     """Every file ``manifest`` uses with its sha256, shard and step; see the module docstring.
+
+    ``previous``: the binding of the version this one was derived from. A file carried over
+    unchanged (same key) must still hash as it did there; a shard manifest rewritten in place, or
+    a carried file whose recorded hash changed, means the store was tampered with between the
+    two commits, and is recorded in ``carried_mismatches`` (so the new receipt does not launder it).
 
     Raises:
         StorageUnavailableError: the store does not answer.
         StorageCorruptError: a shard manifest is missing.
     """
+    before = {f.key: f for f in previous.files} if previous is not None else {}
     files: list[BoundFile] = []
-    for shard, version in enumerate(manifest.shard_versions):
-        key = shard_manifest_key(shard, version)
-        sha, shard_manifest = _manifest(catalog, key)
+    keys = [shard_manifest_key(shard, version) for shard, version in enumerate(manifest.shard_versions)]
+    for shard, (key, (sha, shard_manifest)) in enumerate(zip(keys, _manifests(catalog, keys), strict=True)):
         files.append(BoundFile(shard=shard, kind="manifest", step=None, key=key, sha256=sha))
         for entry in shard_manifest.slices:
             digest = entry.sha256 or _sha256(catalog.store.get(entry.key))
@@ -77,11 +77,20 @@ def bind_state(catalog: Catalog, manifest: EnsembleManifest) -> StateBinding:
         for point in shard_manifest.checkpoints:
             digest = point.sha256 or _sha256(catalog.store.get(point.key))
             files.append(BoundFile(shard=shard, kind="checkpoint", step=point.step, key=point.key, sha256=digest))
+    mismatches = tuple(
+        f"{_what(f)} ({f.key}) no longer matches the hash receipt of version {previous.ensemble_version} bound: "
+        "changed between the two commits"
+        for f in files
+        if previous is not None and f.key in before and before[f.key].sha256 != f.sha256
+    )
+    if mismatches:
+        log.error("version %d: %d carried file(s) changed since the last commit", manifest.version, len(mismatches))
     return StateBinding(
         ensemble_version=manifest.version,
         placement_key=manifest.placement_key,
         placement_sha256=_sha256(catalog.store.get(manifest.placement_key)),
         files=tuple(files),
+        carried_mismatches=mismatches,
     )
 
 
@@ -100,7 +109,7 @@ def check_state(catalog: Catalog, manifest: EnsembleManifest, binding: StateBind
     exactly the bound files (same shard manifests, same placement) and that each file's bytes
     still hash to what the commit recorded.
     """
-    problems: list[str] = []
+    problems: list[str] = list(binding.carried_mismatches)
     if manifest.version != binding.ensemble_version:
         return [f"the receipt binds ensemble version {binding.ensemble_version}, not version {manifest.version}"]
     if manifest.placement_key != binding.placement_key:
@@ -135,19 +144,16 @@ def check_state(catalog: Catalog, manifest: EnsembleManifest, binding: StateBind
     return problems
 
 
-def newest_binding(catalog: Catalog, version: int) -> tuple[StateBinding | None, int | None]:
-    """The binding of ensemble ``version`` in the newest chained receipt that holds one, and its sequence.
+def binding_of(catalog: Catalog, manifest: EnsembleManifest) -> tuple[StateBinding | None, int | None]:
+    """The binding of ``manifest``'s version in the receipt of the request that published it, and its sequence.
 
-    Reads receipts from the newest back to the first one older than ``version``; (None, None)
-    when no receipt binds it (a version made by training, or receipts from before binding).
+    Only that request's receipt counts (``manifest.request_id``, the batch id for the service):
+    a receipt someone appended later binds nothing. (None, None) for a version made by
+    training, or when that request's receipt holds no binding (receipts from before binding).
     """
-    for sequence in reversed(chained_sequences(catalog.store)):
-        try:
-            receipt = ErasureReceipt.model_validate_json(catalog.store.get(chain_key(sequence)))
-        except ValueError:
-            continue  # an unreadable receipt: the log walk reports it
-        if receipt.state is not None and receipt.state.ensemble_version == version:
+    if manifest.kind != "erasure" or manifest.request_id is None:
+        return None, None
+    for sequence, receipt in reversed(chained_receipts(catalog.store, manifest.request_id)):
+        if receipt.state is not None and receipt.state.ensemble_version == manifest.version:
             return receipt.state, sequence
-        if receipt.model_version_after is not None and receipt.model_version_after < version:
-            break
     return None, None

@@ -21,7 +21,7 @@ from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_rec
 from expunge.orchestrator.evidence.rederive import rederive_shards
 from expunge.orchestrator.evidence.references import resolve_request
 from expunge.orchestrator.evidence.report import CheckResult, VerifyReport
-from expunge.orchestrator.evidence.state_binding import check_state, newest_binding
+from expunge.orchestrator.evidence.state_binding import binding_of, check_state
 from expunge.orchestrator.evidence.storage_check import storage_check
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
@@ -59,9 +59,26 @@ def _exactness(catalog: Catalog, receipt: ErasureReceipt, version: int) -> Check
     )
 
 
-def state_check(catalog: Catalog, latest: EnsembleManifest) -> CheckResult:
-    """The published version's stored files against the hashes its commit's receipt recorded."""
-    binding, sequence = newest_binding(catalog, latest.version)
+def state_check(catalog: Catalog, latest: EnsembleManifest, view: AuditView | None) -> CheckResult:
+    """The published version's stored files against the hashes its commit's receipt recorded.
+
+    A version made by training has no receipt; with a registry, MLflow must hold a model version
+    of it (a version written into the store by hand, claiming to be a training, has none).
+    """
+    binding, sequence = binding_of(catalog, latest)
+    if (
+        binding is None
+        and latest.kind == "train"
+        and view is not None
+        and latest.version not in view.registered_ensemble_versions()
+    ):
+        return CheckResult(
+            name="state",
+            status="failed",
+            summary=f"The published version {latest.version} says it was made by training, but MLflow holds no "
+            "model version of it: it was written into the store by hand, or its training's registration did "
+            "not finish (the next writer of the store registers it; verify again then).",
+        )
     if binding is None:
         return CheckResult(
             name="state",
@@ -82,6 +99,13 @@ def state_check(catalog: Catalog, latest: EnsembleManifest) -> CheckResult:
 
 
 def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str) -> CheckResult:
+    if view is None and receipt.registry_version_after is not None:
+        return CheckResult(
+            name="registry",
+            status="failed",
+            summary=f"The receipt records MLflow version {receipt.registry_version_after}, but the store now names no "
+            "registry (its binding was removed): the registry cannot be checked; pass --tracking-uri.",
+        )
     if view is None:
         return CheckResult(name="registry", status="skipped", summary=why_skipped)
     if receipt.status != "erased" or receipt.model_version_after is None:
@@ -190,7 +214,7 @@ def verify_erasure(
         )
     view, why = _registry_view(registry or latest.registry, storage)
     exactness = _exactness(catalog, receipt, latest.version)
-    state = state_check(catalog, latest)
+    state = state_check(catalog, latest, view)
     stored = storage_check(store, catalog, shown, subject_id, digest)
     registry_check = _registry(view, receipt, why)
     membership, record = audit_check(store, receipt)

@@ -191,6 +191,15 @@ class AuditView:
         """
         return ChainAnchors(self.client, self.binding.tracking_uri, self.experiment_id, self.store.uri).read()
 
+    def registered_ensemble_versions(self) -> set[int]:
+        """The store versions MLflow holds a model version of (tag ``expunge.ensemble_version``).
+
+        Raises:
+            TrackingUnreachable: the tracking server or database does not answer.
+        """
+        found = self.client.search_model_versions(f"name = '{self.binding.model_name}'")
+        return {_ensemble_version(v.tags) for v in found if v.tags.get("expunge.ensemble_version", "").isdigit()}
+
     def _alias_target(self) -> Any:
         from mlflow.exceptions import MlflowException
 

@@ -231,3 +231,91 @@ def test_an_object_lock_anchor_catches_a_resealed_log_and_cannot_be_overwritten(
     problems = " | ".join(b.problem for b in report.broken)
     assert "differs from its anchor in Object Lock anchor" in problems
     assert "written again with other content" in problems
+
+
+# ----- found by the adversarial review of issue 19 -----------------------------------------------------------
+def _swap_checkpoints_and_rehash(store: Path, shard: int) -> None:
+    """Swap a shard's two checkpoint files, and rewrite its manifest's hashes to match."""
+    path = _shard_manifest(store, shard)
+    manifest = json.loads(path.read_text())
+    first, second = manifest["checkpoints"]
+    a, b = (store / first["key"]).read_bytes(), (store / second["key"]).read_bytes()
+    (store / first["key"]).write_bytes(b)
+    (store / second["key"]).write_bytes(a)
+    first["sha256"], second["sha256"] = hashlib.sha256(b).hexdigest(), hashlib.sha256(a).hexdigest()
+    path.write_text(json.dumps(manifest, indent=1))
+
+
+def test_a_receipt_appended_by_a_saboteur_binds_nothing(erased, copy):
+    from expunge.orchestrator.evidence.receipt_chain import append_receipt
+    from expunge.orchestrator.evidence.state_binding import bind_state
+
+    (touched,) = erased.receipt.affected_shards
+    _swap_checkpoints_and_rehash(copy, 1 - touched)
+    catalog = Catalog(ObjectStore(str(copy)))
+    latest = catalog.latest()
+    assert latest is not None
+    forged = erased.receipt.model_copy(update={"request_id": "req-maint", "state": bind_state(catalog, latest)})
+    append_receipt(ObjectStore(str(copy)), forged)  # a well-formed link that binds the tampered state
+
+    state = _verify(copy).check("state")
+    assert state.status == "failed"  # the version's own request's receipt is the binding, not the newest one
+    assert f"shard {1 - touched}" in state.summary
+
+
+def test_an_honest_commit_after_tampering_does_not_launder_it(tmp_path):
+    store = tmp_path / "store"
+    rows = synthetic_ratings(SyntheticRatingsConfig(users=30, items=20, ratings_per_user=6, seed=8))
+    coordinator = Coordinator(str(store), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.train(rows, job(shards=2, slices=2))
+    people = sorted(set(rows.column(SUBJECT_ID).to_pylist()))
+    first = coordinator.forget([people[0]], request_id="req-first")
+    (touched,) = first.affected_shards
+    coordinator.close()
+    _swap_checkpoints_and_rehash(store, 1 - touched)  # tampered between two commits
+    coordinator = Coordinator(str(store), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    index = coordinator.placement_index().home_cells()
+    hasher = SubjectHasher(TEST_KEY)
+    same_shard = next(p for p in people[1:] if index[hasher.digest(p)].shard == touched)
+    second = coordinator.forget([same_shard], request_id="req-second")  # the tampered shard is carried over
+    coordinator.close()
+    assert second.state is not None
+    assert second.state.carried_mismatches  # recorded at the commit
+    report = verify_erasure(str(store), "req-second", hasher, log_to_mlflow=False)
+    assert report.check("state").status == "failed"
+    assert "changed between the two commits" in report.check("state").summary
+
+
+def test_removing_the_registry_binding_from_the_store_fails_verify(erased, in_place):
+    path = in_place / "ensemble" / f"{erased.receipt.model_version_after:08d}.json"
+    manifest = json.loads(path.read_text())
+    manifest["registry"] = None
+    path.write_text(json.dumps(manifest, indent=1))
+    report = _verify(in_place)
+    assert report.check("registry").status == "failed"
+    assert "names no registry" in report.check("registry").summary
+    assert any("registry binding was removed" in b.problem for b in verify_log(str(in_place)).broken)
+
+
+def test_a_version_forged_as_a_training_fails_the_state_check(erased, in_place):
+    latest = erased.receipt.model_version_after
+    manifest = json.loads((in_place / "ensemble" / f"{latest:08d}.json").read_text())
+    manifest.update({"version": latest + 1, "parent_version": latest, "kind": "train", "request_id": None})
+    (in_place / "ensemble" / f"{latest + 1:08d}.json").write_text(json.dumps(manifest, indent=1))
+    state = _verify(in_place).check("state")
+    assert state.status == "failed"
+    assert "MLflow holds no model version of it" in state.summary
+
+
+def test_an_anchor_bucket_without_object_lock_never_fails_an_erasure_and_is_reported(tmp_path, s3_bucket):
+    evidence = EvidenceConfig(anchor_uri=f"s3://{s3_bucket}/anchors")
+    store = tmp_path / "store"
+    rows = synthetic_ratings(SyntheticRatingsConfig(users=20, items=15, ratings_per_user=5, seed=4))
+    coordinator = Coordinator(str(store), SubjectHasher(TEST_KEY), None, pool_factory=local_pool, evidence=evidence)
+    coordinator.train(rows, job(shards=2, slices=1))
+    receipt = coordinator.forget([sorted(set(rows.column(SUBJECT_ID).to_pylist()))[1]], request_id="req-nolock")
+    coordinator.close()
+    assert receipt.status == "erased"  # committed and sealed: the anchor write is evidence, not the erasure
+    assert receipt.chain_sequence == 1
+    report = verify_log(str(store), evidence=evidence)
+    assert any("no Object Lock configuration" in b.problem for b in report.broken), report.broken
