@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from expunge.orchestrator.errors import StorageCorruptError
 from expunge.orchestrator.evidence.trace_rule import (
     json_paths_containing,
     json_traces,
@@ -38,6 +39,7 @@ __all__ = ["Finding", "FindingKind", "ScanCoverage", "ScanReport", "TraceRule", 
 log = logging.getLogger(__name__)
 
 FindingKind = Literal[
+    "unreadable",
     "incomplete-write",
     "rows",
     "placement",
@@ -202,7 +204,18 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
         audit = key.startswith(_AUDIT_TRAIL)
         if key.endswith(".parquet"):
             counts["tables"] += 1
-            table = pq.read_table(io.BytesIO(data))
+            try:
+                table = pq.read_table(io.BytesIO(data))
+            except (pa.ArrowException, OSError) as exc:  # damaged: what it holds cannot be told
+                found(
+                    key,
+                    version_id,
+                    "unreadable",
+                    f"not a readable Parquet file ({type(exc).__name__})",
+                    "write-state",
+                    "the whole object",
+                )
+                continue
             hits = _column_hits(table, subject_id, subject_digest)
             if RECORD_ID in table.column_names:
                 slice_holds_subject[_records_sha256(table.column(RECORD_ID).to_pylist())] = bool(hits)
@@ -212,7 +225,10 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
                 found(key, version_id, kind, detail, rule, f"column {column}")
         elif key.endswith(".pt"):
             counts["checkpoints"] += 1
-            checkpoints.append((key, version_id, decode_checkpoint(data)))
+            try:
+                checkpoints.append((key, version_id, decode_checkpoint(data)))
+            except StorageCorruptError:  # damaged: what it holds cannot be told
+                found(key, version_id, "unreadable", "not a readable checkpoint", "write-state", "the whole object")
         elif key.endswith(".partial"):
             found(key, version_id, "incomplete-write", "an interrupted write", "write-state", "the whole object")
         elif (text := _text_of(data)) is None:

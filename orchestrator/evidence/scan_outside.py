@@ -35,16 +35,23 @@ _MLFLOW_OWN = "mlflow."
 _MLFLOW_NOTE = "mlflow.note.content"
 
 
+_EXPUNGE_OWN = "expunge."
+_PLACEHOLDERS = frozenset({"true", "false", "none"})
+
+
 def mlflow_value_searched(key: str, value: str) -> bool:
     """Whether an MLflow param or tag value is searched for the id (pure).
 
     Not searched: MLflow's own tags (``mlflow.*``) but the description (``mlflow.note.content``);
     generated fields (``trace_rule.is_generated_field`` on the key: ``expunge.kind``,
-    ``registry_version_before``); and numbers, since MLflow keeps every number as text
+    ``registry_version_before``); Expunge's own flags and placeholders (``expunge.*`` tags whose
+    value is ``true``, ``false`` or ``none``); and numbers, since MLflow keeps every number as text
     (``"subjects": "1"`` counts people, ``"seed": "0"`` is a setting).
     """
     if key.startswith(_MLFLOW_OWN) and key != _MLFLOW_NOTE:
         return False
+    if key.startswith(_EXPUNGE_OWN) and value.strip().lower() in _PLACEHOLDERS:
+        return False  # Expunge's own flags and placeholders (expunge.purged=true, expunge.request_id=none)
     return not is_generated_field(key) and not is_number_text(value)
 
 

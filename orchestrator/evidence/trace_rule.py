@@ -69,7 +69,7 @@ _NUMBER_TEXT = re.compile(rf"\s*\[?\s*(?:{_NUMBER}(?:\s*,\s*{_NUMBER})*)?\s*\]?\
 GENERATED_WORDS = frozenset(
     (
         "version", "versions", "at", "since", "sha256", "digest", "digests", "fingerprint", "check",
-        "kind", "status", "stage", "action", "outcome", "operation", "purpose", "sequence", "seconds",
+        "kind", "status", "stage", "action", "outcome", "operation", "op", "purpose", "sequence", "seconds",
         "uri", "storage", "source", "owner", "host", "space",
         "registry", "sharding", "training", "model", "placement",
         "summary", "problems", "detail", "details",

@@ -31,3 +31,20 @@ def test_a_raw_id_in_free_text_fields_is_still_a_trace(tmp_path):
 def test_a_raw_id_as_a_key_is_a_trace(tmp_path):
     store = _store_with(tmp_path, "receipts/x.json", {"user-9": 3})
     assert not scan_store(store, "user-9", "d" * 64).clean
+
+
+def test_a_damaged_parquet_or_checkpoint_is_reported_unreadable_not_a_crash(tmp_path):
+    store = ObjectStore(str(tmp_path / "store"))
+    store.put("shards/0000/slices/0000-abc.parquet", b"PAR1 not really parquet")
+    store.put("shards/0000/checkpoints/0000-abc.pt", b"not a checkpoint")
+    report = scan_store(store, "user-9", "d" * 64)
+    assert not report.clean  # what a damaged object holds cannot be told: never reported clean
+    assert {(f.key.rsplit("/", 1)[-1], f.kind) for f in report.findings} == {
+        ("0000-abc.parquet", "unreadable"),
+        ("0000-abc.pt", "unreadable"),
+    }
+
+
+def test_the_journal_logs_operations_are_not_a_person_named_write(tmp_path):
+    store = _store_with(tmp_path, "journal/log/00000001.json", {"sequence": 1, "op": "write", "key": "journal/x.json"})
+    assert scan_store(store, "write", "d" * 64).clean

@@ -107,6 +107,7 @@ def test_any_other_key_is_data_and_named_by_position_only(key):
         ("subject_digests", True),
         ("expunge.kind", True),
         ("status", True),
+        ("op", True),  # the journal log's operation: write or delete
         ("purpose", True),
         ("tracking_uri", True),
         ("reason", False),
@@ -188,6 +189,9 @@ def test_the_digest_is_found_anywhere_with_its_path():
         ("request_id", "GDPR-1", True),
         ("expunge.reason", "by phone", True),
         ("note", "train", True),
+        ("expunge.purged", "true", False),  # Expunge's flags and placeholders, not a person named "true"
+        ("expunge.request_id", "none", False),
+        ("expunge.request_id", "GDPR-1", True),
     ],
 )
 def test_mlflow_values_are_searched_unless_generated_mlflows_own_or_numbers(key, value, searched):
