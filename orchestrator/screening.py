@@ -4,7 +4,7 @@ A reason is kept in the journal, in MLflow tags and in reports that outlive the 
 text that names the request's own subjects, or holds an e-mail address or a phone number, is
 refused (``PersonalDataInTextError``, HTTP 400, CLI exit 2) before anything is stored. The
 text is first folded (NFKC, so a full-width at sign (U+FF20) is ``@``; zero-width characters dropped; every
-dash as ``-``; percent-escapes decoded), then a subject matches where its canonical id stands
+dash as ``-``; percent-escapes and HTML character references decoded, nested ones too), then a subject matches where its canonical id stands
 alone, not inside a longer word or number: ``#user-7`` and ``subject=user-7`` name ``user-7``,
 ``ticket 17`` does not name ``1``. An e-mail address is an ``@`` between word characters. A phone
 number is an international (``+44 20 7946 0958``), national (``020 7946 0958``) or North
@@ -14,6 +14,7 @@ ticket systems number cases, is not. A bounded, conservative screen, not a detec
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -40,7 +41,12 @@ _MAX_PHONE_DIGITS = 15
 
 def _normal(text: str) -> str:
     """NFKC (full-width @ and digits fold), format characters (zero-width spaces) dropped, dashes as '-'."""
-    folded = unicodedata.normalize("NFKC", unquote(text))
+    for _ in range(3):  # percent-escapes and HTML character references, nested up to three deep
+        decoded = html.unescape(unquote(text))
+        if decoded == text:
+            break
+        text = decoded
+    folded = unicodedata.normalize("NFKC", text)
     kept = (ch for ch in folded if unicodedata.category(ch) != "Cf")
     return "".join("-" if unicodedata.category(ch) == "Pd" else ch for ch in kept)
 
@@ -48,6 +54,12 @@ def _normal(text: str) -> str:
 def _names(text: str, subject: str) -> bool:
     """``subject`` (canonical) stands alone in ``text``: not inside a longer word or number."""
     return re.search(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", text) is not None
+
+
+def names_subject(text: str, subjects: Iterable[str]) -> bool:
+    """Whether ``text`` names one of ``subjects`` (canonical ids) standing alone, after folding (pure)."""
+    normal = _normal(text)
+    return any(_names(normal, _normal(subject)) for subject in subjects)
 
 
 def screen_free_text(field: str, text: str | None, subjects: Iterable[str]) -> None:

@@ -113,11 +113,14 @@ def run(
 ) -> tuple[VerifyReport | None, ChainReport | None]:
     """Verify the request and/or walk the log, write the reports under ``options.out``; returns both."""
     report = chain = None
+    for folder, flag in ((options.out, "--out"), (options.report_dir, "--report")):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{flag} {str(folder)!r} is a file: name a folder (it is created if missing)")
     options.out.mkdir(parents=True, exist_ok=True)
     if request_id is not None:
         if options.hasher is None:
             raise ConfigError("verifying a request needs the digest key: set EXPUNGE_SUBJECT_KEY or pass --workdir")
-        with progress(f"verifying request {request_id} (re-deriving the affected shards, scanning the store)"):
+        with progress("verifying the request (re-deriving the affected shards, scanning the store)"):
             report = verify_erasure(
                 options.storage,
                 request_id,
@@ -137,8 +140,9 @@ def run(
                     report.passed,
                 )
                 report = report.model_copy(update={"mlflow_runs": tuple(runs)})
-        (options.out / f"verify-{request_id}.md").write_text(report.to_markdown())
-        (options.out / f"verify-{request_id}.json").write_text(report.model_dump_json(indent=1))
+        # Named by the resolved request id: the reference may be a ticket with "/" or an idempotency key.
+        (options.out / f"verify-{report.request_id}.md").write_text(report.to_markdown())
+        (options.out / f"verify-{report.request_id}.json").write_text(report.model_dump_json(indent=1))
         if options.report_dir is not None:
             write_certificate(options.storage, report, options.report_dir, options.registry)
     if walk_log:

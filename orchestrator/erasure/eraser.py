@@ -24,6 +24,7 @@ from expunge.orchestrator.erasure.sealing import Sealer
 from expunge.orchestrator.errors import (
     ConfigError,
     ExpungeError,
+    PersonalDataInTextError,
     StorageConflictError,
     StorageCorruptError,
     StoreBusyError,
@@ -32,7 +33,7 @@ from expunge.orchestrator.evidence.membership import ErasureAudit, configured_au
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
-from expunge.orchestrator.screening import screen_request_text
+from expunge.orchestrator.screening import names_subject, screen_request_text
 from expunge.orchestrator.session import StoreSession
 from expunge.orchestrator.store_purge import purge_unreferenced, purgeable
 from expunge.shards.shard import ShardUpdate
@@ -101,7 +102,7 @@ class Eraser:
             ConfigError: no subject named, a bad request id, an id that named other subjects, or
                 a ticket or reason that is not 1-1000 printable characters on one line.
             InvalidSubjectIdError: an id the identity rule refuses (``expunge.shards.identity``).
-            PersonalDataInTextError: the ticket or reason names a subject of the request, an
+            PersonalDataInTextError: the ticket, reason or request id names a subject of the request, an
                 e-mail address or a phone number. Nothing is changed on any error.
         """
         if not subject_ids:
@@ -110,7 +111,14 @@ class Eraser:
             check_request_id(request_id)
         from expunge.shards.identity import canonical_subject_ids
 
-        reason, ticket = screen_request_text(reason, ticket, canonical_subject_ids(subject_ids, "the request"))
+        canonical = canonical_subject_ids(subject_ids, "the request")
+        reason, ticket = screen_request_text(reason, ticket, canonical)
+        if request_id is not None and names_subject(request_id, canonical):
+            # The request id is kept in receipts, MLflow and file names: it must not name the person.
+            raise PersonalDataInTextError(
+                "the request id names a subject of the request; it is stored with the receipt and shown in MLflow, so "
+                "use a case number instead (e.g. GDPR-2026-0042), or omit it. Nothing was stored"
+            )
         digests = list(dict.fromkeys(self.session.hasher.digest_many(subject_ids)))
         return self.forget_digests(digests, request_id, audit, ticket=ticket, reason=reason)
 

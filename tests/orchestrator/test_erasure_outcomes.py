@@ -242,3 +242,13 @@ def test_a_long_lived_coordinator_stops_serving_someone_another_process_erased(t
     other.forget([subject])
     assert np.array_equal(serving.predict(rows), other.predict(rows))  # the new version answers
     assert not np.array_equal(serving.predict(rows), before)
+
+
+def test_a_request_id_that_names_the_person_is_refused_before_anything_is_stored(tmp_path, hasher):
+    coordinator = _trained(tmp_path, hasher)
+    subject = SUBJECTS[6]
+    before = sorted(coordinator.store.list_keys(""))
+    with pytest.raises(PersonalDataInTextError, match="request id names a subject"):
+        coordinator.forget([subject], request_id=f"erase-{subject}")
+    assert sorted(coordinator.store.list_keys("")) == before
+    assert coordinator.forget([subject], request_id="GDPR-2026-0099").status == "erased"

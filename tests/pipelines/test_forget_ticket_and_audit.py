@@ -180,3 +180,21 @@ def test_verify_audit_of_an_unaudited_erasure_says_why_and_runs_the_post_hoc_che
     assert row["status"] == "passed"
     assert row["summary"].startswith("Post-hoc check, not a membership audit")
     assert "Post-hoc check (not a membership audit)" in (tmp_path / "certificate" / "report.html").read_text()
+
+
+def test_verify_by_a_ticket_with_a_slash_writes_its_reports_under_the_request_id(tmp_path, capsys):
+    root = tmp_path / "slash"
+    root.mkdir()
+    subject = _train(root, None)[3]
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(KEY.encode()), pool_factory=local_pool)
+    coordinator.forget([subject], request_id="req-slash", ticket="GDPR/2026/42")
+    coordinator.close()
+    out = tmp_path / "out"
+    assert _expunge("verify", "--storage", str(root / "store"), "--request", "GDPR/2026/42", "--out", str(out)) == 0
+    assert (out / "verify-req-slash.md").is_file()  # not a path built from the ticket
+    capsys.readouterr()
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    code = _expunge("verify", "--storage", str(root / "store"), "--request", "req-slash", "--report", str(taken))
+    assert code == 2  # refused before the verify runs, not a traceback after it
+    assert "is a file" in capsys.readouterr().err

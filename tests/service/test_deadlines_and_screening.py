@@ -95,6 +95,9 @@ def test_ordinary_reasons_pass_the_screen(text):
         ("user-7\u200b asked", "subject"),
         ("user\u20117 asked", "subject"),
         ("call (415) 555-0132", "phone"),
+        ("erase user%252D7", "subject"),  # percent-encoded twice
+        ("erase user&#45;7", "subject"),  # an HTML character reference
+        ("mail john&#64;example.com", "e-mail"),
     ],
 )
 def test_personal_data_in_free_text_is_refused_without_repeating_it(text, found):
