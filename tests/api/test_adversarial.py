@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from tests.api.conftest import SUBJECTS, Served
@@ -103,7 +105,14 @@ def test_evidence_asked_for_while_another_is_computed_is_503_not_a_queue(served:
             evidence._ONE_AT_A_TIME.release()
         assert busy.status_code == 503
         assert busy.headers["retry-after"]
-        assert client.get(f"/v1/erasures/{request_id}/evidence").status_code == 200
+        # A "passed" report planted in the store by someone who can write it is never served:
+        # the evidence is computed by the service and kept in its memory only.
+        planted = {"request_id": request_id, "status": "passed", "checks": [], "planted": True}
+        served.service.coordinator.store.put(f"journal/evidence/{request_id}.json", json.dumps(planted).encode())
+        report = client.get(f"/v1/erasures/{request_id}/evidence")
+        assert report.status_code == 200
+        assert "planted" not in report.json()
+        assert {c["name"] for c in report.json()["checks"]} >= {"exactness", "state", "receipt_log"}
 
 
 def test_lines_and_ids_in_admin_text_and_token_ids_are_checked_and_never_echoed(served: Served):
