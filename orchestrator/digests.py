@@ -146,8 +146,9 @@ def _missing_key(env_name: str, key_file: str | None) -> str:
         else f"environment variable {env_name} is not set (nor privacy.subject_key_file)"
     )
     return (
-        f"{where}; one of them holds the HMAC key for subject digests. Set {env_name} to a random secret of 64 hex "
-        f"characters (32 bytes), e.g. `{_KEY_HINT.format(env=env_name)}`, or name a file holding it in "
-        "privacy.subject_key_file (a mounted secret), and keep the key stable: changing it makes earlier digests "
-        "unmatchable."
+        f"{where}; one of them holds the HMAC key for subject digests. For a store already trained, set "
+        f"{env_name} to the key it was trained with (another key finds nobody). For a new store, make a random "
+        f"secret of 64 hex characters (32 bytes), e.g. `{_KEY_HINT.format(env=env_name)}`, or name a file "
+        "holding it in privacy.subject_key_file (a mounted secret), and keep the key stable: changing it makes "
+        "earlier digests unmatchable."
     )

@@ -203,7 +203,9 @@ def write_certificate(
 
 
 def main(
-    request: str | None = typer.Option(None, "--request", help="request id of the erasure to verify"),
+    request: str | None = typer.Option(
+        None, "--request", help="the erasure to verify: its request id, idempotency key or ticket"
+    ),
     walk_log: bool = typer.Option(False, "--log", help="walk the store's receipt log and name the first broken link"),
     subject: str | None = typer.Option(
         None, help="raw id of a subject of the request: the storage scan also looks for it (default: digests only)"

@@ -114,9 +114,9 @@ class PurgedVersionError(ConfigError):
     def __str__(self) -> str:
         return (
             f"model version {self.model_name}/{self.version} was PURGED by erasure request {self.request_id!r}: "
-            "its weights held data of a person who asked to be erased and were deleted. Use version "
-            f"{self.use_version} (models:/{self.model_name}/{self.use_version}) or the newest version, "
-            f"models:/{self.model_name}@{self.alias}."
+            "its weights held data of a person who asked to be erased and were deleted. Use the newest version, "
+            f"models:/{self.model_name}@{self.alias}; when this erasure committed that was version "
+            f"{self.use_version} (a later erasure may have purged it too)."
         )
 
     def __reduce__(self):  # type: ignore[no-untyped-def]

@@ -340,6 +340,7 @@ class Eraser:
             rows=manifest.rows - sum(u.rows_removed for u in updates.values()),
             key_check=manifest.key_check,
             train_seconds=manifest.train_seconds,
+            train_cpu_seconds=manifest.train_cpu_seconds,
             registry=manifest.registry,
             lease_token=self.session.lease.token,
         )

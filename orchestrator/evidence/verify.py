@@ -9,6 +9,7 @@ cannot prove: docs/verification.md.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, RegistryBinding
 from expunge.orchestrator.config import EvidenceConfig, StorageConfig
@@ -223,7 +224,7 @@ def verify_erasure(
     report = VerifyReport(
         request_id=asked,
         batch_id=request_id if own is not None else None,
-        storage=store.uri,
+        storage=store.uri if "://" in store.uri else str(Path(store.uri).resolve()),  # filed: never relative
         status="failed" if any(c.status == "failed" for c in checks) else "passed",
         receipt_status=shown.status,
         subject_digests=shown.subject_digests,

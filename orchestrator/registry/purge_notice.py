@@ -81,8 +81,9 @@ class PurgeNotice(BaseModel):
         """The version's description: a plain sentence starting with PURGED, then what it said before."""
         return (
             f"PURGED by erasure request {self.request_id}: this version held data of a person who asked to be "
-            f"erased, so its weights were deleted and it cannot be loaded or served. Use version "
-            f"{self.use_version} (or models:/{self.model_name}@{self.alias}). Was: {was}"
+            f"erased, so its weights were deleted and it cannot be loaded or served. Use the newest version, "
+            f"models:/{self.model_name}@{self.alias}; when this erasure committed that was version "
+            f"{self.use_version}. Was: {was}"
         )
 
     def tags(self) -> dict[str, str]:

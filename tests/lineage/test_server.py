@@ -67,7 +67,7 @@ def test_versions_serve_and_purge_through_a_tracking_server(artifacts, mlflow_se
     request = pa.table({SUBJECT_DIGEST: digests, ITEM_ID: ROWS.column(ITEM_ID)})
     assert np.array_equal(model.predict(request.to_pandas()), coordinator.predict(request))
     assert lineage.client.get_model_version(name, "1").tags[PURGED_BY_REQUEST] == f"{name}-req"
-    with pytest.raises(PurgedVersionError, match=f"'{name}-req'.*Use version 2"):
+    with pytest.raises(PurgedVersionError, match=f"'{name}-req'.*that was version 2"):
         mlflow.pyfunc.load_model(f"models:/{name}/1")
     # On S3: no object version and no delete marker either, but one version of each file of the notice.
     assert files_of(first)

@@ -97,7 +97,7 @@ def test_a_fresh_process_serves_production_exactly_and_cannot_load_the_purged_ve
     assert purged.tags[PURGED_BY_REQUEST] == "ticket-serve"
     assert report["purged_error"] == "PurgedVersionError"
     assert "PURGED by erasure request 'ticket-serve'" in report["purged_message"]
-    assert "Use version 2" in report["purged_message"]
+    assert "that was version 2" in report["purged_message"]
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and first_model in str(p)]
     assert leftovers  # the purge notice
     assert beyond_notice(leftovers, first_model) == []

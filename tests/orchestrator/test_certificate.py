@@ -224,8 +224,13 @@ def test_the_post_hoc_check_passes_on_an_exact_erasure_and_says_it_is_no_audit(e
     assert found.details["kind"] == "post_hoc_holdout"
     assert found.details["rows_predicted_differently"] == 0
     checks = tuple(found if c.name == "membership_audit" else c for c in erasure.report.checks)
-    page = render_certificate(erasure.report.model_copy(update={"checks": checks, "audit": None}), erasure.facts)
+    report = erasure.report.model_copy(update={"checks": checks, "audit": None})
+    page = render_certificate(report, erasure.facts)
     assert "Post-hoc check (not a membership audit)" in "".join(_parse(page).text)
+    # The Markdown report (printed, and attached to MLflow) never titles it a membership audit either.
+    markdown = report.to_markdown()
+    assert "| Post-hoc check (not a membership audit) | ✅ passed |" in markdown
+    assert "| Membership audit |" not in markdown
 
 
 def test_the_post_hoc_check_fails_when_the_live_model_is_not_the_re_derived_one(erasure, tmp_path):

@@ -281,6 +281,8 @@ def test_an_honest_commit_after_tampering_does_not_launder_it(tmp_path):
     coordinator.close()
     assert second.state is not None
     assert second.state.carried_mismatches  # recorded at the commit
+    # The CPU baseline of the last full training is carried from version to version, like its wall time.
+    assert second.full_retrain_cpu_seconds == first.full_retrain_cpu_seconds > 0
     report = verify_erasure(str(store), "req-second", hasher, log_to_mlflow=False)
     assert report.check("state").status == "failed"
     assert "changed between the two commits" in report.check("state").summary
