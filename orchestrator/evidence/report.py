@@ -160,7 +160,7 @@ def _audit_markdown(record: AuditRecord) -> list[str]:
         lines += [
             "",
             "An AUC below 0.5 after the erasure means the erased rows now fit the model *worse* than the held-out "
-            "rows do: the attacker would guess \"not trained on\" for them more often than for rows nobody trained "
+            'rows do: the attacker would guess "not trained on" for them more often than for rows nobody trained '
             "on. It is not a leak: the model treats the erased person as a stranger, while the held-out rows may "
             "still resemble what it learnt (e.g. when they belong to people it knows).",
         ]

@@ -98,7 +98,10 @@ def test_a_plain_mlflow_load_of_a_purged_version_names_the_erasure_and_the_versi
 def test_where_expunge_is_not_installed_the_notice_still_names_the_erasure(deployment, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", deployment.lineage.uri)
     monkeypatch.setitem(sys.modules, "expunge.orchestrator.errors", None)  # `from ... import` now fails
-    with pytest.raises(RuntimeError, match=r"PURGED by erasure request 'req-b'.*@production; when this erasure committed that was version 3") as caught:
+    with pytest.raises(
+        RuntimeError,
+        match=r"PURGED by erasure request 'req-b'.*@production; when this erasure committed that was version 3",
+    ) as caught:
         mlflow.pyfunc.load_model(f"models:/{MODEL}/2")
     assert type(caught.value).__name__ == "PurgedModelVersion"
     assert not isinstance(caught.value, PurgedVersionError)
