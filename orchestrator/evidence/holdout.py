@@ -1,16 +1,14 @@
 """The audit's held-out rows (``evidence.audit_holdout``): a Parquet file or folder, or a MovieLens file, read once.
 
-The orchestrator may not import the job recipes (``expunge.pipelines.datasets``), so this is a
-small reader of its own, for the two shapes the setting names:
+Two shapes, as the setting names them:
 
 - **Parquet** (a file starting with ``PAR1``, or a folder of ``*.parquet``): canonical column
   names (``record_id``, ``subject_id``, and ``item_id``/``rating`` or ``features``/``label``);
   other columns are left out. Without a ``record_id`` column each row gets ``holdout-<n>``
   (the audit never uses it beyond telling rows apart).
-- **MovieLens ratings**: GroupLens ``u.data`` (tab-separated user, item, rating, timestamp; no
-  header), MovieLens 1M/10M ``ratings.dat`` (``::``), or a header file (tab- or
-  comma-separated: RecBole ``.inter``, ``ratings.csv``) naming user, item and rating columns.
-  Record ids are ``user:item:timestamp`` as ``expunge train`` makes them.
+- **MovieLens ratings**: any layout ``expunge train`` reads (``expunge.shards.movielens``, the
+  one reader: ``u.data``, ``ratings.dat``, RecBole ``.inter``, ``ratings.csv``), with record ids
+  ``user:item:timestamp`` as training makes them.
 
 Subject ids are put in canonical form by the identity rule (``validate_rows``). The rows are
 cached by path and by every file's size and modification time, so an erasure reads them once
@@ -24,12 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 
 from expunge.orchestrator.errors import ConfigError
 from expunge.shards.errors import DataValidationError
+from expunge.shards.movielens import load_movielens
 from expunge.shards.rows import FEATURES, ITEM_ID, LABEL, RATING, RECORD_ID, SUBJECT_ID, validate_rows
 
 __all__ = ["SETTING", "holdout_rows"]
@@ -39,17 +36,6 @@ log = logging.getLogger(__name__)
 #: The setting's name, as every error about it says.
 SETTING = "evidence.audit_holdout"
 _CANONICAL = (RECORD_ID, SUBJECT_ID, ITEM_ID, RATING, FEATURES, LABEL)
-# Header names (lower case, ":type" suffix removed) -> role, as the training loader reads them.
-_HEADER_ROLES = {
-    "user_id": "user",
-    "userid": "user",
-    "item_id": "item",
-    "itemid": "item",
-    "movie_id": "item",
-    "movieid": "item",
-    "rating": "rating",
-    "timestamp": "timestamp",
-}
 
 
 def _unusable(path: Path, why: str) -> ConfigError:
@@ -117,39 +103,11 @@ def _parquet(path: Path) -> pa.Table:
 
 
 def _movielens(path: Path) -> pa.Table:
-    with path.open("rb") as handle:
-        first = handle.readline().removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n").decode("utf-8")
-    if "::" in first:  # pyarrow splits on one character: "a::b" is the fields "a", "", "b"
-        delimiter, skip, width, roles = ":", 0, 7, {"user": 0, "item": 2, "rating": 4, "timestamp": 6}
-    else:
-        delimiter = "\t" if "\t" in first else ","
-        names = [f.strip().strip('"').split(":")[0].strip().lower() for f in first.split(delimiter)]
-        roles = {_HEADER_ROLES[n]: i for i, n in reversed(list(enumerate(names))) if n in _HEADER_ROLES}
-        skip, width = (1, len(names)) if roles else (0, len(names))
-        if not roles and delimiter == "\t" and len(names) == 4:  # GroupLens u.data
-            roles = {"user": 0, "item": 1, "rating": 2, "timestamp": 3}
-        if any(r not in roles for r in ("user", "item", "rating")):
-            raise _unusable(path, "is neither Parquet nor a MovieLens ratings file with user, item and rating columns")
-    columns = [f"field_{i}" for i in range(width)]
-    wanted = {role: columns[index] for role, index in roles.items()}
-    text = [wanted[r] for r in ("user", "timestamp") if r in wanted]
-    raw = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=columns, skip_rows=skip),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=list(wanted.values()), column_types=dict.fromkeys(text, pa.string()), null_values=[""]
-        ),
-    )
-    users = raw.column(wanted["user"])
-    parts = [users, pc.cast(raw.column(wanted["item"]), pa.string())]
-    if "timestamp" in wanted:
-        parts.append(raw.column(wanted["timestamp"]))
-    return pa.table(
-        {
-            RECORD_ID: pc.binary_join_element_wise(*parts, ":"),
-            SUBJECT_ID: users,
-            ITEM_ID: pc.cast(raw.column(wanted["item"]), pa.int64()),
-            RATING: pc.cast(raw.column(wanted["rating"]), pa.float32()),
-        }
-    )
+    try:
+        return load_movielens(path)
+    except DataValidationError as exc:
+        unread = any(
+            p.startswith(("unknown ratings layout", "cannot be read", "holds no ratings")) for p in exc.problems
+        )
+        why = "is neither Parquet nor a MovieLens ratings file" if unread else "holds rows the audit cannot use"
+        raise _unusable(path, why + ":\n" + "\n".join(f"  - {p}" for p in exc.problems)) from exc
