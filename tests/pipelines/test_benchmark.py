@@ -36,8 +36,21 @@ def test_speedups_against_the_monolith_divide_its_times_by_the_erasure_times():
     assert measured.end_to_end_vs_monolith == pytest.approx(12.0 / 6.0)  # whole erasure over whole erasure
     assert missing.speedup_vs_monolith == 0.0  # no retraining time: no figure rather than a division by zero
     no_erasure = _row(1, 1, train=30.0, phase=20.0, erasure=0.0, retrain=[])
+    assert measured.cpu_speedup_vs_monolith == 0.0  # no CPU measured: no CPU figure
     (fallback,) = with_monolith_baseline([sisa], no_erasure)
     assert fallback.speedup_vs_monolith == pytest.approx(20.0 / 4.0)  # then its first training phase
+
+
+def test_the_cpu_speedup_and_its_fraction_of_the_ideal_use_cpu_seconds():
+    monolith = _row(1, 1, train=30.0, phase=20.0, erasure=12.0, retrain=[10.0]).model_copy(
+        update={"retrain_cpu_seconds": [9.0]}
+    )
+    sisa = _row(8, 8, train=40.0, phase=25.0, erasure=6.0, retrain=[2.0]).model_copy(
+        update={"retrain_cpu_seconds": [0.5, 1.0, 3.0], "ideal_speedup_vs_monolith": 12.0}
+    )
+    (measured,) = with_monolith_baseline([sisa], monolith)
+    assert measured.cpu_speedup_vs_monolith == pytest.approx(9.0 / 1.0)  # medians of CPU seconds
+    assert measured.cpu_of_ideal == pytest.approx(9.0 / 12.0)
 
 
 @pytest.mark.integration
@@ -58,6 +71,7 @@ def test_benchmark_measures_every_configuration_on_grouplens_layout(tmp_path, ra
         assert row.batch_size == 64  # parity: every shard uses the monolith's batch
         assert len(row.erasure_seconds) == (1 if row.shards == 1 else 2)
         assert row.test_rmse > 0
+        assert all(c > 0 for c in row.retrain_cpu_seconds)
         assert row.speedup > 0
         assert row.speedup_vs_monolith > 0
         assert row.ideal_speedup_vs_monolith >= 1.0
