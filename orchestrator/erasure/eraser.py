@@ -419,10 +419,13 @@ class Eraser:
         """Finish what a crash or an MLflow outage left undone in the registry (``Lineage.reconcile``).
 
         Records a published store version MLflow missed, purges every version older than the
-        newest erasure, and closes interrupted runs, so a pre-erasure model is never left servable.
+        newest erasure, and closes interrupted runs, so a pre-erasure model is never left servable;
+        then anchors this process's newest receipt in MLflow (a registration retried after an
+        outage included).
         """
         if self.lineage is not None and self.session.manifest is not None:
             self.lineage.reconcile()
+            self.sealer.anchor()
 
     def _refresh(self, sync: bool = True) -> None:
         """Act on the latest published version (another process may have committed since)."""
