@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import StorageCorruptError
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
-from expunge.orchestrator.receipts import BoundFile, StateBinding
+from expunge.orchestrator.receipts import BoundFile, ErasureReceipt, StateBinding
 from expunge.shards.shard import ShardManifest, shard_prefix
 
 __all__ = ["bind_state", "binding_of", "check_state", "shard_manifest_key"]
@@ -153,6 +153,14 @@ def binding_of(catalog: Catalog, manifest: EnsembleManifest) -> tuple[StateBindi
     """
     if manifest.kind != "erasure" or manifest.request_id is None:
         return None, None
+    # The by-id copy first (one read; the log walk checks it equals the chained receipt), then the log.
+    text = catalog.read_request_receipt(manifest.request_id)
+    try:
+        copy = ErasureReceipt.model_validate_json(text) if text is not None else None
+    except ValueError:
+        copy = None  # an edited copy: the log walk reports it; read the chain instead
+    if copy is not None and copy.state is not None and copy.state.ensemble_version == manifest.version:
+        return copy.state, copy.chain_sequence
     for sequence, receipt in reversed(chained_receipts(catalog.store, manifest.request_id)):
         if receipt.state is not None and receipt.state.ensemble_version == manifest.version:
             return receipt.state, sequence
