@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 JOURNAL_LOG_PREFIX = "journal/log"
 _EVIDENCE_CACHE = "journal/evidence/"  # the HTTP API's cache of verify reports: re-computable, not the journal
 _APPEND_ATTEMPTS = 50
+_HEAD_READS, _HEAD_WAIT_S = 100, 0.02
 _heads: dict[str, tuple[int, str | None]] = {}  # store uri -> newest (sequence, sha256) this process knows
 _heads_lock = threading.Lock()
 
@@ -79,14 +81,35 @@ class JournalLog:
         if known is None:
             sequences = _sequences(self.store)
             sequence = sequences[-1] if sequences else 0
-            known = (sequence, _sha256(self.store.get(_entry_key(sequence))) if sequence else None)
+            known = (sequence, self._complete_sha(sequence) if sequence else None)
         sequence, sha = known
         while self.store.exists(_entry_key(sequence + 1)):
             sequence += 1
-            sha = _sha256(self.store.get(_entry_key(sequence)))
+            sha = self._complete_sha(sequence)
         with _heads_lock:
             _heads[self.store.uri] = (sequence, sha)
         return sequence, sha
+
+    def _complete_sha(self, sequence: int) -> str:
+        """sha256 of entry #``sequence`` once its bytes are all there.
+
+        A local exclusive create shows the file before its bytes are written, so a racing writer
+        may see it empty or partial: wait until it parses (about 2 s at most), then take it as is.
+        """
+        data = b""
+        for _ in range(_HEAD_READS):
+            data = self.store.get(_entry_key(sequence))
+            try:
+                JournalLogEntry.model_validate_json(data)
+                break
+            except ValidationError:
+                time.sleep(_HEAD_WAIT_S)
+        return _sha256(data)
+
+    def _known(self) -> tuple[int, str | None]:
+        with _heads_lock:
+            known = _heads.get(self.store.uri)
+        return known if known is not None else self.head()
 
     def record(self, op: Literal["write", "delete"], key: str, data: bytes | None = None) -> JournalLogEntry:
         """Log one operation on journal object ``key`` (``data``: the bytes written).
@@ -95,8 +118,10 @@ class JournalLog:
             StorageConflictError: 50 lost races in a row (many concurrent writers).
             StorageUnavailableError: the store does not answer.
         """
-        for _ in range(_APPEND_ATTEMPTS):
-            sequence, previous = self.head()
+        for attempt in range(_APPEND_ATTEMPTS):
+            # The head this process knows (no probe: the service is the single writer); a lost race
+            # shows as a conflict, and the next attempt follows the log forward.
+            sequence, previous = self._known() if attempt == 0 else self.head()
             entry = JournalLogEntry(
                 sequence=sequence + 1,
                 op=op,
