@@ -187,16 +187,26 @@ class RayClient:
         return receipt
 
     def submit(
-        self, subject_ids: Sequence[object], *, idempotency_key: str | None = None, reason: str | None = None
+        self,
+        subject_ids: Sequence[object],
+        *,
+        idempotency_key: str | None = None,
+        reason: str | None = None,
+        ticket: str | None = None,
     ) -> str:
-        """Journal an erasure request and return its id at once (before any retrain); ``forget`` without waiting."""
+        """Journal an erasure request and return its id at once (before any retrain); ``forget`` without waiting.
+
+        ``ticket``: the caller's reference (screened like ``reason``); ``status`` finds the request by it.
+        """
         ids = check_subject_list(subject_ids)
         key = idempotency_key if idempotency_key is not None else f"sdk-{uuid.uuid4().hex}"
-        request_id: str = self._call("submit", ids, key, reason)
+        request_id: str = self._call("submit", ids, key, reason, ticket)
         return request_id
 
     def status(self, request_id: str) -> RequestStatus:
-        """The request's ``RequestStatus``: stage (accepted, committed, registered, failed) and timestamps.
+        """The ``RequestStatus`` of the request a request id, an idempotency key or a ticket names.
+
+        Stage (accepted, committed, registered, failed) and timestamps.
 
         Raises:
             UnknownRequestError: the service's journal holds no such request.

@@ -86,6 +86,10 @@ def test_the_sdk_erases_through_the_warm_service_and_serves_the_new_version(tmp_
     done = client.wait(receipt.request_id, stage="registered", timeout=120)
     assert done.stage == "registered"
     assert client.forget([SUBJECTS[0]], idempotency_key="GDPR-1").request_id == receipt.request_id
+    # Through the Ray SDK too: a submitted request is found again by its ticket or its key.
+    submitted = client.submit(["nobody-by-this-name"], idempotency_key="GDPR-3", ticket="DESK-3")
+    assert client.status("DESK-3").request_id == submitted
+    assert client.status("GDPR-3").request_id == submitted
     missed = client.forget(["nobody-at-all"])
     assert missed.status == "not_found"
     with pytest.raises(InvalidSubjectIdError):
