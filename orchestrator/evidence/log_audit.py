@@ -17,7 +17,7 @@ from expunge.orchestrator.config import EvidenceConfig
 from expunge.orchestrator.evidence.anchors import Anchor, ObjectLockAnchors, compare_anchors
 from expunge.orchestrator.evidence.journal_log import walk_journal
 from expunge.orchestrator.evidence.receipt_chain import BrokenLink, ChainReport, chain_key, walk_chain
-from expunge.orchestrator.evidence.state_binding import binding_of, check_state
+from expunge.orchestrator.evidence.state_binding import binding_of, check_state, unregistered_training
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
 
@@ -145,20 +145,9 @@ def audit_trail(
     warnings += [BrokenLink(sequence=None, key="journal", problem=p) for p in journal.warnings]
     witnesses.append(f"journal log ({journal.entries} entries)")
     binding, sequence = binding_of(catalog, latest)
-    if (
-        binding is None
-        and latest.kind == "train"
-        and view is not None
-        and latest.version not in view.registered_ensemble_versions()
-    ):
-        broken.append(
-            BrokenLink(
-                sequence=None,
-                key="ensemble",
-                problem=f"the published version {latest.version} says it was made by training, but MLflow holds "
-                "no model version of it: written into the store by hand, or a registration still to finish",
-            )
-        )
+    forged = unregistered_training(latest, view.registered_ensemble_versions if view is not None else None)
+    if binding is None and forged is not None:
+        broken.append(BrokenLink(sequence=None, key="ensemble", problem=forged))
     if binding is not None:
         broken += [BrokenLink(sequence=sequence, key="state", problem=p) for p in check_state(catalog, latest, binding)]
         witnesses.append(f"stored state of version {latest.version}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
@@ -25,7 +26,7 @@ from expunge.orchestrator.evidence.receipt_chain import chained_receipts
 from expunge.orchestrator.receipts import BoundFile, ErasureReceipt, StateBinding
 from expunge.shards.shard import ShardManifest, shard_prefix
 
-__all__ = ["bind_state", "binding_of", "check_state", "shard_manifest_key"]
+__all__ = ["bind_state", "binding_of", "check_state", "shard_manifest_key", "unregistered_training"]
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +166,20 @@ def binding_of(catalog: Catalog, manifest: EnsembleManifest) -> tuple[StateBindi
         if receipt.state is not None and receipt.state.ensemble_version == manifest.version:
             return receipt.state, sequence
     return None, None
+
+
+def unregistered_training(manifest: EnsembleManifest, registered: Callable[[], set[int]] | None) -> str | None:
+    """Why ``manifest`` cannot be trusted as a training, or None.
+
+    A version made by training has no receipt to bind it; with a registry (``registered``: the
+    store versions MLflow holds a model version of), MLflow must know it, or it was written into
+    the store by hand (or its registration has still to finish). None when ``manifest`` is not a
+    training, or no registry is bound.
+    """
+    if manifest.kind != "train" or registered is None or manifest.version in registered():
+        return None
+    return (
+        f"the published version {manifest.version} says it was made by training, but MLflow holds no model "
+        "version of it: it was written into the store by hand, or its training's registration did not finish "
+        "(the next writer of the store registers it; verify again then)"
+    )

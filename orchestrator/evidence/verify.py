@@ -22,7 +22,7 @@ from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_rec
 from expunge.orchestrator.evidence.rederive import rederive_shards
 from expunge.orchestrator.evidence.references import resolve_request
 from expunge.orchestrator.evidence.report import CheckResult, VerifyReport
-from expunge.orchestrator.evidence.state_binding import binding_of, check_state
+from expunge.orchestrator.evidence.state_binding import binding_of, check_state, unregistered_training
 from expunge.orchestrator.evidence.storage_check import storage_check
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
@@ -67,19 +67,9 @@ def state_check(catalog: Catalog, latest: EnsembleManifest, view: AuditView | No
     of it (a version written into the store by hand, claiming to be a training, has none).
     """
     binding, sequence = binding_of(catalog, latest)
-    if (
-        binding is None
-        and latest.kind == "train"
-        and view is not None
-        and latest.version not in view.registered_ensemble_versions()
-    ):
-        return CheckResult(
-            name="state",
-            status="failed",
-            summary=f"The published version {latest.version} says it was made by training, but MLflow holds no "
-            "model version of it: it was written into the store by hand, or its training's registration did "
-            "not finish (the next writer of the store registers it; verify again then).",
-        )
+    forged = unregistered_training(latest, view.registered_ensemble_versions if view is not None else None)
+    if binding is None and forged is not None:
+        return CheckResult(name="state", status="failed", summary=forged[0].upper() + forged[1:] + ".")
     if binding is None:
         return CheckResult(
             name="state",
