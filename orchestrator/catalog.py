@@ -65,7 +65,8 @@ class EnsembleManifest(BaseModel):
     format_version: int = 1
     version: int
     parent_version: int | None
-    kind: Literal["train", "erasure"]
+    #: What made this version: a training from scratch, an erasure, or an ingest of new rows.
+    kind: Literal["train", "erasure", "ingest"]
     request_id: str | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
     sharding: ShardingConfig

@@ -26,6 +26,7 @@ __all__ = [
     "CustomModelConfig",
     "DataConfig",
     "EvidenceConfig",
+    "IngestConfig",
     "ItemStatsConfig",
     "JobConfig",
     "MFConfig",
@@ -247,6 +248,29 @@ class EvidenceConfig(Frozen):
     )
 
 
+class IngestConfig(Frozen):
+    """How ``expunge ingest`` adds new rows to a trained store (docs/ingest.md)."""
+
+    tail_epochs: int = Field(
+        2,
+        ge=1,
+        description="Epochs of the step that trains an ingested tail slice, on its own rows only, from the previous "
+        "checkpoint (gradient models; recorded per slice, so changing it later changes nothing trained).",
+    )
+    max_tail_slices: int = Field(
+        24,
+        ge=1,
+        description="Most ingested tail slices a shard keeps; one more and its tail slices are merged into one "
+        "(compaction: that shard retrains from its first tail slice).",
+    )
+    max_subject_slices: int = Field(
+        12,
+        ge=2,
+        description="Most slices one subject's rows may span in a shard; one more and the shard's tail slices are "
+        "merged into one (an erasure retrains from the subject's first slice).",
+    )
+
+
 class JobConfig(Frozen):
     """One job: data, sharding, training, storage, tracking and privacy settings."""
 
@@ -260,6 +284,7 @@ class JobConfig(Frozen):
     evidence: EvidenceConfig = Field(
         EvidenceConfig(), description="Anchors of the receipt log outside the store, and the erasure audit."
     )
+    ingest: IngestConfig = Field(IngestConfig(), description="How new rows are added to a trained store.")
 
 
 def load_job_config(path: str | Path) -> JobConfig:

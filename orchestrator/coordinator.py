@@ -1,4 +1,4 @@
-"""The coordinator: one facade over training, erasure and serving of one store, sharing its session.
+"""The coordinator: one facade over training, ingest, erasure and serving of one store, sharing its session.
 
 Each part works alone (``Trainer``, ``Eraser``, ``LiveEnsemble`` over a ``StoreSession``); the
 coordinator builds all three on one session so that a version one publishes is the version the
@@ -14,12 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
-from expunge.orchestrator.config import AnyModelConfig, EvidenceConfig, JobConfig, StorageConfig
+from expunge.orchestrator.config import AnyModelConfig, EvidenceConfig, IngestConfig, JobConfig, StorageConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.erasure.eraser import Eraser
 from expunge.orchestrator.evidence.membership import ErasureAudit
+from expunge.orchestrator.ingest import Ingester
 from expunge.orchestrator.pool import ShardPool
-from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.serving.ensemble import StatisticsEnsemble
 from expunge.orchestrator.serving.live import LiveEnsemble
@@ -51,6 +52,7 @@ class Coordinator:
         # ``evidence``: where receipts are anchored outside the store (default: MLflow only).
         self.erasure = Eraser(self.session, lineage, evidence)
         self.serving = LiveEnsemble(self.session)
+        self.ingestion = Ingester(self.session, lineage)
         self.erasure.finish_interrupted()
 
     # ----- the session ------------------------------------------------------------------------
@@ -123,6 +125,17 @@ class Coordinator:
     def apply_tombstones(self, rows: pa.Table, policy: str) -> tuple[pa.Table, int]:
         """``Trainer.apply_tombstones``: refuse or drop rows of subjects this store has erased."""
         return self.training.apply_tombstones(rows, policy)
+
+    # ----- ingest -------------------------------------------------------------------------------
+    def ingest(
+        self,
+        rows: pa.Table,
+        request_id: str | None = None,
+        settings: IngestConfig | None = None,
+        source: str = "the ingest batch",
+    ) -> IngestReceipt:
+        """``Ingester.ingest``: add new rows, retraining only the shards that receive them, and publish."""
+        return self.ingestion.ingest(rows, request_id, settings, source)
 
     # ----- erasure ------------------------------------------------------------------------------
     def forget(

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-__all__ = ["BoundFile", "ErasureReceipt", "ShardRetrain", "StateBinding", "utc_now"]
+__all__ = ["BoundFile", "ErasureReceipt", "IngestReceipt", "ShardIngest", "ShardRetrain", "StateBinding", "utc_now"]
 
 
 def utc_now() -> str:
@@ -168,3 +168,76 @@ class ErasureReceipt(BaseModel):
     @property
     def affected_shards(self) -> list[int]:
         return [s.shard for s in self.shards]
+
+
+class ShardIngest(BaseModel):
+    """What one shard did in an ingest: rows added, the slices whose steps retrained, any compaction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    shard: int
+    rows_added: int
+    #: Slice indexes whose steps retrained (the new tail, or from the first slice a known subject joined).
+    slices_retrained: tuple[int, ...]
+    restarted_from: str | None  # checkpoint key; None = from scratch
+    #: Old slice indexes a compaction merged into one (``slices_merged[0]`` holds them now); empty if none.
+    slices_merged: tuple[int, ...] = ()
+    slices_after: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+class IngestReceipt(BaseModel):
+    """What ``expunge ingest`` did with one batch; safe to store and show (counts and keyed digests only).
+
+    Kept in the store at ``receipts/ingests/<request id>.json`` and on the ingest's MLflow run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    request_id: str
+    created_at: str = Field(default_factory=utc_now)
+    #: ``ingested``: a new version was published; ``nothing_new``: every row was already stored or refused.
+    status: Literal["ingested", "nothing_new"]
+    #: Keyed digest of the batch (``SubjectHasher.label`` of its sorted record ids): the same batch
+    #: always has the same digest, and the digest reveals no record id.
+    batch_digest: str
+    rows_in_batch: int
+    rows_added: int
+    #: Rows of subjects this store has erased (tombstoned, not re-admitted): refused, never stored.
+    rows_refused_erased: int = 0
+    subjects_refused_erased: int = 0
+    #: Rows whose record id the store already holds for the same subject (a batch given twice).
+    rows_already_stored: int = 0
+    subjects_added: int = 0
+    new_subjects: int = 0
+    shards: tuple[ShardIngest, ...] = ()
+    untouched_shards: tuple[int, ...] = ()
+    #: Wall time of the whole ingest up to the store commit and purge, in seconds (MLflow not included).
+    seconds: float = 0.0
+    #: Wall time of the parallel retraining phase (actors started), in seconds.
+    retrain_seconds: float = 0.0
+    #: CPU time of the retraining phase summed over the touched shards' actors, in seconds.
+    retrain_cpu_seconds: float = 0.0
+    #: CPU time of the last from-scratch training of every shard (the manifest's), in seconds.
+    full_retrain_cpu_seconds: float = 0.0
+    #: CPU time of this process for the ingest (validation, digests, duplicate check, commit), in seconds.
+    driver_cpu_seconds: float = 0.0
+    model_version_before: int | None = None
+    model_version_after: int | None = None
+    registry_version_before: str | None = None
+    registry_version_after: str | None = None
+    committed_at: str | None = None
+    registered_at: str | None = None
+    deleted_objects: tuple[str, ...] = ()
+    #: Steps after the commit that had not succeeded (``"<step>: <cause>"``; purge, receipt, registration).
+    pending: tuple[str, ...] = ()
+
+    @property
+    def touched_shards(self) -> list[int]:
+        return [s.shard for s in self.shards]
+
+    @property
+    def cpu_fraction(self) -> float:
+        """``retrain_cpu_seconds / full_retrain_cpu_seconds``: the ingest's CPU against a full retrain (0: unknown)."""
+        if self.full_retrain_cpu_seconds <= 0:
+            return 0.0
+        return self.retrain_cpu_seconds / self.full_retrain_cpu_seconds

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,16 @@ class ShardActor:
 
     def erase(self, subject_digests: Sequence[str], first_affected_slice: int, request_id: str) -> ShardUpdate:
         return self._shard.erase(subject_digests, first_affected_slice, request_id)
+
+    def ingest(
+        self,
+        appends: Mapping[int, pa.Table],
+        request_id: str,
+        tail_epochs: int,
+        merge_from: int | None = None,
+        remove: Sequence[str] = (),
+    ) -> ShardUpdate:
+        return self._shard.ingest(appends, request_id, tail_epochs=tail_epochs, merge_from=merge_from, remove=remove)
 
     def adopt(self, manifest_version: int) -> None:
         self._shard.adopt(manifest_version)

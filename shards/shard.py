@@ -7,8 +7,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,7 @@ from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig
 from expunge.shards.errors import ConfigError, DataValidationError, StorageCorruptError
 from expunge.shards.models import SufficientStatisticsModel, model_for
 from expunge.shards.rows import LABEL, RATING, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.schedule import SliceScope, step_recipes
 from expunge.shards.store import ObjectStore
 from expunge.shards.training import TrainedState, accumulate_steps, configure_determinism, load_checkpoint, train_steps
 
@@ -51,6 +52,17 @@ class SliceEntry(BaseModel):
     records_sha256: str
     #: sha256 of the stored Parquet bytes (None in manifests written before it was recorded).
     sha256: str | None = None
+    #: Epochs of this slice's step; None for a slice of the first training (they share
+    #: ``allocate_epochs(training.epochs, B)``; ``expunge.shards.schedule.step_recipes``).
+    epochs: int | None = None
+    #: What the step trains on: ``prefix`` (slices 0..j) or ``slice`` (its own rows: an ingested tail).
+    scope: SliceScope = "prefix"
+
+    def lineage_token(self) -> str:
+        """What a checkpoint key hashes for this slice: its record ids, and its recipe when not the default."""
+        if self.epochs is None and self.scope == "prefix":
+            return self.records_sha256
+        return f"{self.records_sha256}:{self.epochs}:{self.scope}"
 
 
 class CheckpointEntry(BaseModel):
@@ -93,6 +105,36 @@ class ShardUpdate(BaseModel):
     cpu_seconds: float = 0.0
     superseded_keys: tuple[str, ...] = ()
     new_keys: tuple[str, ...] = ()
+    #: Rows an ingest added to this shard.
+    rows_added: int = 0
+    #: Slices a compaction merged into one (their old indexes); empty when none were.
+    slices_merged: tuple[int, ...] = ()
+
+
+class _Slices(Sequence[pa.Table]):
+    """A shard's slice tables, each read from the store on first use (a retrain reads only what its steps see)."""
+
+    def __init__(self, count: int, load: Callable[[int], pa.Table], given: Mapping[int, pa.Table]) -> None:
+        self._count, self._load, self._tables = count, load, dict(given)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> pa.Table: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[pa.Table]: ...
+    def __getitem__(self, index: int | slice) -> pa.Table | list[pa.Table]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        if index not in self._tables:
+            self._tables[index] = self._load(index)
+        return self._tables[index]
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        return (self[i] for i in range(self._count))
 
 
 def _records_sha256(table: pa.Table) -> str:
@@ -169,17 +211,25 @@ class Shard:
         return max(numbers, default=0) + 1
 
     def _checkpoint_key(self, step: int, slices: Sequence[SliceEntry]) -> str:
-        text = json.dumps([self.fingerprint, self.shard_id, [s.records_sha256 for s in slices[: step + 1]]])
+        text = json.dumps([self.fingerprint, self.shard_id, [s.lineage_token() for s in slices[: step + 1]]])
         digest = hashlib.sha256(text.encode()).hexdigest()[:40]
         return f"{shard_prefix(self.shard_id)}/checkpoints/{step:04d}-{digest}.pt"
 
-    def _write_slice(self, index: int, table: pa.Table) -> SliceEntry:
+    def _write_slice(
+        self, index: int, table: pa.Table, epochs: int | None = None, scope: SliceScope = "prefix"
+    ) -> SliceEntry:
         records = _records_sha256(table)
         key = f"{shard_prefix(self.shard_id)}/slices/{index:04d}-{records[:40]}.parquet"
         data = _table_bytes(table)
         self.store.put(key, data)
         return SliceEntry(
-            index=index, key=key, rows=len(table), records_sha256=records, sha256=hashlib.sha256(data).hexdigest()
+            index=index,
+            key=key,
+            rows=len(table),
+            records_sha256=records,
+            sha256=hashlib.sha256(data).hexdigest(),
+            epochs=epochs,
+            scope=scope,
         )
 
     def _read_slice(self, entry: SliceEntry) -> pa.Table:
@@ -201,7 +251,11 @@ class Shard:
         return manifest
 
     def _run(
-        self, tables: list[pa.Table], entries: list[SliceEntry], start: TrainedState | None, keep: list[CheckpointEntry]
+        self,
+        tables: Sequence[pa.Table],
+        entries: list[SliceEntry],
+        start: TrainedState | None,
+        keep: list[CheckpointEntry],
     ) -> tuple[TrainedState, list[CheckpointEntry]]:
         checkpoints = list(keep)
 
@@ -214,19 +268,34 @@ class Shard:
         if isinstance(self.model, SufficientStatisticsModel):
             state = accumulate_steps(self.model, tables, start, save, lineage=lineage)
         else:
-            state = train_steps(self.model, self.training, self.shard_id, tables, start, save, lineage=lineage)
+            recipes = step_recipes([(e.epochs, e.scope) for e in entries], self.training.epochs)
+            state = train_steps(
+                self.model, self.training, self.shard_id, tables, start, save, lineage=lineage, recipes=recipes
+            )
         return state, checkpoints
 
     # ----- public operations --------------------------------------------------------------
     def ready(self) -> int:
         return self.shard_id
 
-    def train(self, slices: Sequence[pa.Table], request_id: str | None = None) -> ShardUpdate:
-        """Train from scratch on ``slices`` (each sorted by record id) and write a new manifest."""
+    def train(
+        self,
+        slices: Sequence[pa.Table],
+        request_id: str | None = None,
+        recipes: Sequence[tuple[int | None, SliceScope]] | None = None,
+    ) -> ShardUpdate:
+        """Train from scratch on ``slices`` (each sorted by record id) and write a new manifest.
+
+        ``recipes``: each slice's recorded (epochs, scope) (``SliceEntry``), to train from scratch on
+        a slice sequence that ingests grew; None: every slice is a first-training slice.
+        """
         self.calls.append("train")
         began, cpu = time.perf_counter(), time.process_time()
         tables = [t.sort_by(RECORD_ID) for t in slices]
-        entries = [self._write_slice(i, t) for i, t in enumerate(tables)]
+        recorded = list(recipes) if recipes is not None else [(None, "prefix")] * len(tables)
+        if len(recorded) != len(tables):
+            raise ConfigError(f"{len(recorded)} slice recipes for {len(tables)} slices")
+        entries = [self._write_slice(i, t, *recorded[i]) for i, t in enumerate(tables)]
         state, checkpoints = self._run(tables, entries, None, [])
         previous = self.manifest
         self.manifest = self._publish(entries, checkpoints, request_id)
@@ -272,26 +341,110 @@ class Shard:
     def erase(self, subject_digests: Sequence[str], first_affected_slice: int, request_id: str) -> ShardUpdate:
         """Delete the subjects' rows and retrain from the checkpoint before the first affected slice."""
         self.calls.append("erase")
+        return self.update(subject_digests, {}, request_id, retrain_from=first_affected_slice)
+
+    def ingest(
+        self,
+        appends: Mapping[int, pa.Table],
+        request_id: str,
+        tail_epochs: int,
+        merge_from: int | None = None,
+        remove: Sequence[str] = (),
+    ) -> ShardUpdate:
+        """Add rows and retrain from the first changed slice (``update``); an ingest may also erase (coalesced).
+
+        Positional, as the shard pool calls it: ``(appends, request_id, tail_epochs, merge_from, remove)``.
+        """
+        self.calls.append("ingest")
+        return self.update(remove, appends, request_id, tail_epochs=tail_epochs, merge_from=merge_from)
+
+    def update(
+        self,
+        remove: Sequence[str],
+        appends: Mapping[int, pa.Table],
+        request_id: str,
+        *,
+        tail_epochs: int | None = None,
+        merge_from: int | None = None,
+        retrain_from: int | None = None,
+    ) -> ShardUpdate:
+        """Change the slice sequence, then retrain from the checkpoint before the first changed slice.
+
+        In order: rows of the ``remove`` digests leave every slice; ``appends[k]`` (canonical rows with
+        ``subject_digest``, record ids new to this shard) join slice ``k``, and ``k`` equal to the
+        number of slices opens a new tail slice trained on its own rows for ``tail_epochs`` epochs;
+        ``merge_from`` merges slices ``merge_from..`` into one such slice (compaction). Each changed
+        slice is rewritten sorted by record id; unchanged slices keep their objects, and only the
+        slices a retrained step reads are loaded. ``retrain_from`` retrains from that slice at the
+        latest when anything changed. The result equals ``train`` on the new slice sequence with
+        its recorded recipes, bit for bit. Nothing changed: the published manifest, no new objects.
+
+        Raises:
+            StorageCorruptError: no trained state, or an object of it is missing or damaged.
+            ConfigError: an append past the new tail, a tail without ``tail_epochs``, or a merge out of range.
+            DataValidationError: an appended record id is already in the slice it joins.
+        """
         if self.manifest is None:
-            raise StorageCorruptError(f"shard {self.shard_id} has no trained state to erase from")
+            raise StorageCorruptError(f"shard {self.shard_id} has no trained state to change")
         began, cpu = time.perf_counter(), time.process_time()
-        wanted = pa.array(sorted(set(subject_digests)), type=pa.string())
         old = self.manifest
-        tables = [self._read_slice(e) for e in old.slices]
-        kept = [t.filter(pc.invert(pc.is_in(t.column(SUBJECT_DIGEST), value_set=wanted))) for t in tables]
-        changed = [i for i, (t, k) in enumerate(zip(tables, kept, strict=True)) if len(t) != len(k)]
-        removed = sum(len(t) - len(k) for t, k in zip(tables, kept, strict=True))
-        if not changed:
+        count = len(old.slices)
+        tables = _Slices(count, lambda i: self._read_slice(old.slices[i]), {})
+        new: dict[int, pa.Table] = {}
+        removed = 0
+        if remove:
+            wanted = pa.array(sorted(set(remove)), type=pa.string())
+            for i in range(count):
+                kept = tables[i].filter(pc.invert(pc.is_in(tables[i].column(SUBJECT_DIGEST), value_set=wanted)))
+                if len(kept) != len(tables[i]):
+                    removed += len(tables[i]) - len(kept)
+                    new[i] = kept
+        recipes: list[tuple[int | None, SliceScope]] = [(e.epochs, e.scope) for e in old.slices]
+        added = sum(len(t) for t in appends.values())
+        for index, rows in sorted(appends.items()):
+            if len(rows) == 0:
+                continue
+            if index > count:
+                raise ConfigError(f"shard {self.shard_id}: rows for slice {index}, but it has {count} slice(s)")
+            if index == count:
+                if tail_epochs is None:
+                    raise ConfigError(f"shard {self.shard_id}: a new tail slice needs tail_epochs")
+                recipes.append((tail_epochs, "slice"))
+                new[index] = rows.sort_by(RECORD_ID)
+                continue
+            base = new.get(index, tables[index])
+            rows = rows.select(base.column_names).cast(base.schema)
+            clash = pc.is_in(rows.column(RECORD_ID), value_set=base.column(RECORD_ID))
+            if pc.any(clash).as_py():
+                raise DataValidationError(
+                    f"the rows added to shard {self.shard_id}", ["record ids already stored in the slice they join"]
+                )
+            new[index] = pa.concat_tables([base, rows]).sort_by(RECORD_ID)
+        size = len(recipes)
+        merged: tuple[int, ...] = ()
+        if merge_from is not None and merge_from < size - 1:
+            if merge_from < 0 or tail_epochs is None:
+                raise ConfigError(f"shard {self.shard_id}: cannot merge slices from {merge_from}")
+            parts = [new[i] if i in new else tables[i] for i in range(merge_from, size)]
+            schema = parts[0].schema
+            new = {i: t for i, t in new.items() if i < merge_from}
+            new[merge_from] = pa.concat_tables([p.select(schema.names).cast(schema) for p in parts]).sort_by(RECORD_ID)
+            merged = tuple(range(merge_from, size))
+            recipes = [*recipes[:merge_from], (tail_epochs, "slice")]
+            size = merge_from + 1
+        if not new:
             return ShardUpdate(shard_id=self.shard_id, manifest_version=old.version, previous_version=old.version)
-        # Routing comes from the persisted index; the rows themselves have the last word.
-        first = min(first_affected_slice, changed[0])
-        entries = [self._write_slice(i, kept[i]) if i in changed else old.slices[i] for i in range(len(kept))]
+        first = min(new)
+        if retrain_from is not None:
+            first = min(first, retrain_from)
+        entries = [
+            self._write_slice(i, new[i], *recipes[i]) if i in new else old.slices[i].model_copy(update={"index": i})
+            for i in range(size)
+        ]
         keep = [c for c in old.checkpoints if c.step < first]
-        start = None
-        if first > 0:
-            restart = keep[-1]
-            start = load_checkpoint(self.model, self.store.get(restart.key))
-        state, checkpoints = self._run(kept, entries, start, keep)
+        start = load_checkpoint(self.model, self.store.get(keep[-1].key)) if first > 0 else None
+        view = _Slices(size, lambda i: tables[i], new)
+        state, checkpoints = self._run(view, entries, start, keep)
         self.manifest = self._publish(entries, checkpoints, request_id)
         self._final = state
         new_keys = self.manifest.object_keys()
@@ -300,12 +453,14 @@ class Shard:
             manifest_version=self.manifest.version,
             previous_version=old.version,
             rows_removed=removed,
-            slices_retrained=tuple(range(first, len(kept))),
+            rows_added=added,
+            slices_retrained=tuple(range(first, size)),
             restarted_from=keep[-1].key if first > 0 else None,
             seconds=time.perf_counter() - began,
             cpu_seconds=time.process_time() - cpu,
             superseded_keys=tuple(sorted(old.object_keys() - new_keys)),
             new_keys=tuple(sorted(new_keys - old.object_keys())),
+            slices_merged=merged,
         )
 
     def adopt(self, manifest_version: int) -> None:

@@ -22,7 +22,7 @@ import torch
 from expunge.shards.config import TrainingConfig
 from expunge.shards.errors import StorageCorruptError
 from expunge.shards.models.protocol import SisaModel, SufficientStatisticsModel
-from expunge.shards.schedule import allocate_epochs, derive_seed
+from expunge.shards.schedule import StepRecipe, allocate_epochs, derive_seed
 
 __all__ = [
     "TrainedState",
@@ -184,13 +184,21 @@ def train_steps(
     on_checkpoint: Callable[[int, bytes], None],
     progress: Callable[[int, int], None] | None = None,
     lineage: Sequence[str] = (),
+    recipes: Sequence[StepRecipe] | None = None,
 ) -> TrainedState:
     """Run slice steps ``start.steps_done .. len(slices)-1`` and hand each checkpoint to ``on_checkpoint``.
 
     Seeds derive from (seed, shard, step, epoch) only, so the same slices give the same
     tensors bit for bit, whether the run starts from scratch or from a saved checkpoint.
+    ``recipes`` gives each step's (epochs, scope) (``expunge.shards.schedule.step_recipes``);
+    None: ``allocate_epochs(config.epochs, len(slices))`` epochs on the prefix at every step.
+    Only the slices a step reads are indexed (``slices`` may load lazily).
     """
-    epochs = allocate_epochs(config.epochs, len(slices))
+    steps: Sequence[StepRecipe] = (
+        [(e, "prefix") for e in allocate_epochs(config.epochs, len(slices))] if recipes is None else recipes
+    )
+    if len(steps) != len(slices):
+        raise ValueError(f"{len(steps)} step recipes for {len(slices)} slices")
     if start is None:
         init = torch.Generator().manual_seed(derive_seed(config.seed, shard_id, "init"))
         start = TrainedState(model.build(init), None, 0)
@@ -199,11 +207,12 @@ def train_steps(
         grow = torch.Generator().manual_seed(derive_seed(config.seed, shard_id, "grow", step))
         model.grow(state.module, slices[step], grow)
         optimizer = _optimizer(state.module, config, state.optimizer_state)
-        prefix = pa.concat_tables(list(slices[: step + 1]))
-        data = model.encode(state.module, prefix)
-        rows = len(prefix)
+        epochs, scope = steps[step]
+        seen = pa.concat_tables(list(slices[: step + 1])) if scope == "prefix" else slices[step]
+        data = model.encode(state.module, seen)
+        rows = len(seen)
         state.module.train()
-        for epoch in range(epochs[step] if rows else 0):
+        for epoch in range(epochs if rows else 0):
             order = torch.Generator().manual_seed(derive_seed(config.seed, shard_id, step, epoch))
             permutation = torch.randperm(rows, generator=order)
             for begin in range(0, rows, config.batch_size):

@@ -27,7 +27,9 @@ VOCABULARY = tuple(
         "receipts", "request_ids", "screening", "session", "store_purge",
     )
 )  # fmt: skip
-_PARTS = tuple(f"{_O}.{part}" for part in ("api", "training", "erasure", "evidence", "registry", "service", "serving"))
+_PARTS = tuple(
+    f"{_O}.{part}" for part in ("api", "training", "erasure", "evidence", "ingest", "registry", "service", "serving")
+)
 
 #: Every module of the service but its Ray seam (``service.actor``, which hosts the HTTP API);
 #: an importer prefix that starts with "!" exempts those modules.
@@ -39,7 +41,7 @@ CONTRACT = [
     (("expunge.orchestrator",), ("expunge.pipelines",), (), "the orchestrator never imports a job recipe"),
     (
         (f"{_O}.training",),
-        (f"{_O}.evidence", f"{_O}.erasure", f"{_O}.service", f"{_O}.serving", f"{_O}.coordinator"),
+        (f"{_O}.evidence", f"{_O}.erasure", f"{_O}.ingest", f"{_O}.service", f"{_O}.serving", f"{_O}.coordinator"),
         (),
         "training proves nothing, erases nothing and serves nothing",
     ),
@@ -62,6 +64,12 @@ CONTRACT = [
         "the forget path does not depend on who calls it",
     ),
     ((f"{_O}.evidence",), (f"{_O}.coordinator",), (), "evidence re-derives from the store, not through the facade"),
+    (
+        (f"{_O}.ingest",),
+        (f"{_O}.erasure", f"{_O}.evidence", f"{_O}.service", f"{_O}.serving", f"{_O}.api", f"{_O}.coordinator"),
+        (),
+        "ingest adds rows; it does not erase, prove or serve",
+    ),
     (VOCABULARY, (*_PARTS, f"{_O}.coordinator"), (f"{_O}.training.placement",), "the vocabulary uses no part"),
     (
         _SERVICE_BELOW_THE_SEAM,
@@ -71,7 +79,7 @@ CONTRACT = [
     ),
     (
         (f"{_O}.api",),
-        (f"{_O}.training", f"{_O}.erasure", f"{_O}.registry", f"{_O}.serving", f"{_O}.coordinator"),
+        (f"{_O}.training", f"{_O}.erasure", f"{_O}.ingest", f"{_O}.registry", f"{_O}.serving", f"{_O}.coordinator"),
         (),
         "the HTTP API talks to the service (and evidence), never around it",
     ),

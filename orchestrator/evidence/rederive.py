@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
 from expunge.orchestrator.config import StorageConfig
 from expunge.orchestrator.evidence.exactness import same_bits
-from expunge.orchestrator.training.placement import cell_of_key
+from expunge.orchestrator.training.placement import Cell, cell_of_key
 from expunge.shards.errors import StorageCorruptError
 from expunge.shards.models import model_for
 from expunge.shards.rows import RECORD_ID, SUBJECT_DIGEST
@@ -142,21 +142,27 @@ def _records_sha256(table: pa.Table) -> str:
 def _repartition(
     tables: Sequence[pa.Table], manifest: EnsembleManifest, shard: int, placement: PlacementIndex
 ) -> tuple[list[pa.Table], int]:
-    """The shard's rows put in the slices the persisted placement gives them; returns (slices, misplaced rows)."""
-    slices = manifest.sharding.slices
-    rows = pa.concat_tables(list(tables))
+    """The shard's rows put in the slices the persisted placement gives them; returns (slices, misplaced rows).
+
+    In subject placement a subject may hold several cells of a shard (its first slice, then
+    slices that ingests appended), so a row stays in its slice when the placement lists that
+    cell for its subject; any other row is misplaced.
+    """
     if manifest.sharding.placement == "row":
+        slices = manifest.sharding.slices
+        rows = pa.concat_tables(list(tables))
         cells = [cell_of_key(r, manifest.sharding.shards, slices) for r in rows.column(RECORD_ID).to_pylist()]
-        targets = [c.slice if c.shard == shard else -1 for c in cells]
-    else:
-        homes = placement.cells()
-        targets = []
-        for digest in rows.column(SUBJECT_DIGEST).to_pylist():
-            mine = [c for c in homes.get(digest, []) if c.shard == shard]
-            targets.append(mine[0].slice if mine else -1)
-    target = np.asarray(targets, dtype=np.int64)
-    parts = [rows.filter(pa.array(target == k)).sort_by(RECORD_ID) for k in range(slices)]
-    return parts, int((target < 0).sum())
+        target = np.asarray([c.slice if c.shard == shard else -1 for c in cells], dtype=np.int64)
+        parts = [rows.filter(pa.array(target == k)).sort_by(RECORD_ID) for k in range(slices)]
+        return parts, int((target < 0).sum())
+    entries = placement.entries
+    parts, misplaced = [], 0
+    for k, table in enumerate(tables):
+        here = Cell(shard, k)
+        placed = np.asarray([here in entries.get(d, {}) for d in table.column(SUBJECT_DIGEST).to_pylist()], bool)
+        misplaced += int((~placed).sum())
+        parts.append(table.filter(pa.array(placed)).sort_by(RECORD_ID))
+    return parts, misplaced
 
 
 def rederive_shard(catalog: Catalog, manifest: EnsembleManifest, shard: int, scratch: Path) -> Rederived:
@@ -199,7 +205,8 @@ def rederive_shard(catalog: Catalog, manifest: EnsembleManifest, shard: int, scr
     rows = sum(len(t) for t in tables)
     with _torch_settings():
         fresh = Shard(shard, StorageConfig(uri=str(scratch)), manifest.training, manifest.model)
-        fresh.train(parts)
+        recorded = [(e.epochs, e.scope) for e in live.slices] if len(parts) == len(live.slices) else None
+        fresh.train(parts, recipes=recorded)  # ingested tail slices train as their manifest records
         state = fresh.final_state()
     assert fresh.manifest is not None
     compared = tensors = 0

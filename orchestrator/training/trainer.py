@@ -224,8 +224,11 @@ class Trainer:
         """The placement to pin, and a fresh pool with every actor started."""
         parent = self.session.manifest
         if placement is None and parent is not None and parent.sharding == job.sharding:
-            # Retraining the same deployment: known subjects keep their persisted cells.
-            placement = self.session.placement_index()
+            # Retraining the same deployment: known subjects keep their persisted cells. A subject
+            # whose rows all came by ingest (a tail slice past the first training's) is placed afresh.
+            index = self.session.placement_index()
+            slices = job.sharding.slices
+            placement = PlacementIndex({d: c for d, c in index.entries.items() if min(c).slice < slices})
         pool = self.session.new_pool(job.training, model, job.sharding.shards)
         # Actor start-up (process spawn, torch import) is not training time: wait for it first.
         pool.call("ready", {s: () for s in range(job.sharding.shards)})

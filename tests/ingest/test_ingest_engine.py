@@ -1,0 +1,75 @@
+"""Ingest through the engine (in-process shards): exact against training from scratch on the recorded slices."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from expunge.orchestrator.config import IngestConfig, ItemStatsConfig, MFConfig, SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import DataValidationError
+from expunge.orchestrator.evidence.rederive import rederive_shards
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import RECORD_ID, SUBJECT_ID
+from tests.conftest import TEST_KEY
+from tests.engine import job
+
+ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_user=6, seed=5))
+
+
+def _split(rows: pa.Table, first: int) -> tuple[pa.Table, pa.Table]:
+    """The first ``first`` subjects' rows, and the rest with record ids kept."""
+    subjects = sorted(set(rows.column(SUBJECT_ID).to_pylist()))
+    early = pc.is_in(rows.column(SUBJECT_ID), value_set=pa.array(subjects[:first]))
+    return rows.filter(early), rows.filter(pc.invert(early))
+
+
+def _exact(coordinator: Coordinator) -> dict[int, bool]:
+    manifest = coordinator.require_manifest()
+    found = rederive_shards(coordinator.catalog, manifest, range(manifest.sharding.shards))
+    return {s: r.result.exact for s, r in found.items()}
+
+
+@pytest.mark.parametrize("model", [MFConfig(embedding_dim=4), ItemStatsConfig(factors=2)], ids=["mf", "item_stats"])
+def test_ingest_then_forget_is_exact(tmp_path, model) -> None:
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    initial, later = _split(ROWS, 30)
+    known = sorted(set(initial.column(SUBJECT_ID).to_pylist()))[:3]
+    # A batch: new subjects' rows, and new rows of known subjects (fresh record ids).
+    extra = initial.filter(pc.is_in(initial.column(SUBJECT_ID), value_set=pa.array(known))).slice(0, 6)
+    extra = extra.set_column(0, RECORD_ID, pa.array([f"new-{i}" for i in range(len(extra))]))
+    initial = initial.filter(pc.invert(pc.is_in(initial.column(RECORD_ID), value_set=extra.column(RECORD_ID))))
+    coordinator.train(initial, job(model=model, shards=2, slices=3))
+    receipt = coordinator.ingest(pa.concat_tables([later, extra.cast(later.schema)]), settings=IngestConfig())
+    assert receipt.status == "ingested"
+    assert receipt.rows_added == len(later) + len(extra)
+    assert all(_exact(coordinator).values())
+    again = coordinator.ingest(later)
+    assert again.status == "nothing_new"
+    assert again.rows_already_stored == len(later)
+    coordinator.forget([known[0]])
+    assert all(_exact(coordinator).values())
+    refused = coordinator.ingest(extra)
+    assert refused.rows_refused_erased >= 1
+
+
+def test_bad_batch_lists_every_problem_and_writes_nothing(tmp_path) -> None:
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    coordinator.train(ROWS, job(shards=2, slices=2))
+    bad = pa.table(
+        {
+            RECORD_ID: ["a", "a", "b"],
+            SUBJECT_ID: ["u1", None, "u2"],
+            "item_id": pa.array([1, 2, 3], pa.int64()),
+            "rating": pa.array([1.0, float("nan"), 3.0], pa.float32()),
+        }
+    )
+    before = sorted(p.name for p in (tmp_path / "store").rglob("*"))
+    with pytest.raises(DataValidationError) as raised:
+        coordinator.ingest(bad)
+    assert len(raised.value.problems) >= 3
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*")) == before
