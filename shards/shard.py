@@ -18,11 +18,18 @@ from pydantic import BaseModel, ConfigDict
 
 from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig
 from expunge.shards.errors import ConfigError, DataValidationError, StorageCorruptError
-from expunge.shards.models import SufficientStatisticsModel, model_for
+from expunge.shards.models import DecrementalStatisticsModel, SufficientStatisticsModel, model_for
 from expunge.shards.rows import LABEL, RATING, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
 from expunge.shards.schedule import SliceScope, step_recipes
 from expunge.shards.store import ObjectStore
-from expunge.shards.training import TrainedState, accumulate_steps, configure_determinism, load_checkpoint, train_steps
+from expunge.shards.training import (
+    TrainedState,
+    accumulate_steps,
+    configure_determinism,
+    load_checkpoint,
+    serialize_state,
+    train_steps,
+)
 
 __all__ = [
     "STAGED_SLICE",
@@ -266,7 +273,9 @@ class Shard:
 
         lineage = [e.records_sha256 for e in entries]
         if isinstance(self.model, SufficientStatisticsModel):
-            state = accumulate_steps(self.model, tables, start, save, lineage=lineage)
+            # A decremental model keeps its final sums only: it changes them instead of restarting.
+            final_only = isinstance(self.model, DecrementalStatisticsModel)
+            state = accumulate_steps(self.model, tables, start, save, lineage=lineage, final_only=final_only)
         else:
             recipes = step_recipes([(e.epochs, e.scope) for e in entries], self.training.epochs)
             state = train_steps(
@@ -441,10 +450,16 @@ class Shard:
             self._write_slice(i, new[i], *recipes[i]) if i in new else old.slices[i].model_copy(update={"index": i})
             for i in range(size)
         ]
-        keep = [c for c in old.checkpoints if c.step < first]
-        start = load_checkpoint(self.model, self.store.get(keep[-1].key)) if first > 0 else None
         view = _Slices(size, lambda i: tables[i], new)
-        state, checkpoints = self._run(view, entries, start, keep)
+        if isinstance(self.model, DecrementalStatisticsModel):
+            sources = set(range(count)) if remove else {k for k in appends if k < count}
+            state, checkpoints = self._change_sums(tables, new, sources, set(remove), appends, entries)
+            first, restarted = min(new), old.checkpoints[-1].key if old.checkpoints else None
+        else:
+            keep = [c for c in old.checkpoints if c.step < first]
+            start = load_checkpoint(self.model, self.store.get(keep[-1].key)) if first > 0 else None
+            restarted = keep[-1].key if first > 0 else None
+            state, checkpoints = self._run(view, entries, start, keep)
         self.manifest = self._publish(entries, checkpoints, request_id)
         self._final = state
         new_keys = self.manifest.object_keys()
@@ -454,14 +469,54 @@ class Shard:
             previous_version=old.version,
             rows_removed=removed,
             rows_added=added,
-            slices_retrained=tuple(range(first, size)),
-            restarted_from=keep[-1].key if first > 0 else None,
+            slices_retrained=(
+                tuple(sorted(new)) if isinstance(self.model, DecrementalStatisticsModel) else tuple(range(first, size))
+            ),
+            restarted_from=restarted,
             seconds=time.perf_counter() - began,
             cpu_seconds=time.process_time() - cpu,
             superseded_keys=tuple(sorted(old.object_keys() - new_keys)),
             new_keys=tuple(sorted(new_keys - old.object_keys())),
             slices_merged=merged,
         )
+
+    def _change_sums(
+        self,
+        tables: Sequence[pa.Table],
+        new: Mapping[int, pa.Table],
+        sources: set[int],
+        removed: set[str],
+        appends: Mapping[int, pa.Table],
+        entries: list[SliceEntry],
+    ) -> tuple[TrainedState, list[CheckpointEntry]]:
+        """New final sums of a decremental model: out with the changed subjects' old rows, in with their new ones.
+
+        The changed subjects are the erased ones and those with appended rows; their old rows are
+        in the ``sources`` slices of ``tables`` (all of a subject's rows share one slice), their
+        new rows in the rewritten slices ``new``; every other subject's contribution stays as is. Exact (``DecrementalStatisticsModel.subtract``), so the state is
+        bit for bit the sum from scratch over the new slices, written as the one checkpoint.
+        """
+        assert isinstance(self.model, DecrementalStatisticsModel)
+        changed = removed | {d for t in appends.values() for d in t.column(SUBJECT_DIGEST).to_pylist()}
+        wanted = pa.array(sorted(changed), type=pa.string())
+
+        def of_changed(table: pa.Table) -> pa.Table:
+            return table.filter(pc.is_in(table.column(SUBJECT_DIGEST), value_set=wanted))
+
+        before = [of_changed(tables[i]) for i in sorted(sources)]
+        after = [of_changed(table) for table in new.values()]
+        current = self.final_state().module
+        minus = self.model.accumulate(self.model.empty(), pa.concat_tables(before)) if before else None
+        plus = self.model.accumulate(self.model.empty(), pa.concat_tables(after)) if after else None
+        state_module = self.model.subtract(current, minus) if minus is not None else current
+        if plus is not None:
+            state_module = self.model.combine([state_module, plus])
+        state = TrainedState(state_module, None, len(entries))
+        step = len(entries) - 1
+        data = serialize_state(self.model, state, [e.records_sha256 for e in entries])
+        key = self._checkpoint_key(step, entries)
+        self.store.put(key, data)
+        return state, [CheckpointEntry(step=step, key=key, sha256=hashlib.sha256(data).hexdigest())]
 
     def adopt(self, manifest_version: int) -> None:
         """Switch to a published manifest version (e.g. after a failed commit elsewhere)."""

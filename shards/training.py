@@ -31,6 +31,7 @@ __all__ = [
     "decode_checkpoint",
     "encode_checkpoint",
     "load_checkpoint",
+    "serialize_state",
     "set_deterministic",
     "train_steps",
 ]
@@ -155,6 +156,11 @@ def _serialize(model: SisaModel | SufficientStatisticsModel, state: TrainedState
     )
 
 
+def serialize_state(model: SisaModel | SufficientStatisticsModel, state: TrainedState, lineage: Sequence[str]) -> bytes:
+    """The stored checkpoint bytes of ``state`` (as a training step writes them)."""
+    return _serialize(model, state, lineage)
+
+
 def load_checkpoint(model: SisaModel | SufficientStatisticsModel, data: bytes) -> TrainedState:
     """A module and optimizer state from stored checkpoint bytes (raises ``StorageCorruptError``)."""
     payload = decode_checkpoint(data)
@@ -235,16 +241,21 @@ def accumulate_steps(
     start: TrainedState | None,
     on_checkpoint: Callable[[int, bytes], None],
     lineage: Sequence[str] = (),
+    final_only: bool = False,
 ) -> TrainedState:
     """Sum slice steps ``start.steps_done .. len(slices)-1``: step j's state is step j-1's plus slice j's rows.
 
     The checkpoints are the cumulative sums, in the same format as ``train_steps`` writes
     (no optimizer state). With exact sums, restarting from step k-1 without a subject's rows
     gives the tensors that summing from scratch without them gives, bit for bit.
+    ``final_only``: checkpoint the last step only (a decremental model changes its final sums
+    in place of restarting, ``DecrementalStatisticsModel``).
     """
     state = start or TrainedState(model.empty(), None, 0)
     for step in range(state.steps_done, len(slices)):
         state = TrainedState(model.accumulate(state.module, slices[step]), None, step + 1)
+        if final_only and step != len(slices) - 1:
+            continue
         on_checkpoint(step, _serialize(model, state, lineage))
         log.debug("statistics: step %d/%d done on %d rows", step + 1, len(slices), len(slices[step]))
     return state

@@ -13,10 +13,16 @@ from expunge.shards.errors import ConfigError, ModelImportError
 from expunge.shards.models.item_stats import ItemStatsModel
 from expunge.shards.models.mf import MatrixFactorization
 from expunge.shards.models.mlp import MLPClassifier
-from expunge.shards.models.protocol import SisaModel, StatisticsFit, SufficientStatisticsModel
+from expunge.shards.models.protocol import (
+    DecrementalStatisticsModel,
+    SisaModel,
+    StatisticsFit,
+    SufficientStatisticsModel,
+)
 
 __all__ = [
     "AnyModel",
+    "DecrementalStatisticsModel",
     "ItemStatsModel",
     "MLPClassifier",
     "MatrixFactorization",

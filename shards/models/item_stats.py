@@ -113,7 +113,10 @@ def _state(
 ) -> ItemStatsState:
     state = ItemStatsState(num_items, subjects, len(arrays["pair_index"]), len(arrays["subject_items"]))
     for name, dtype in _BUFFERS.items():
-        setattr(state, name, torch.from_numpy(np.ascontiguousarray(arrays[name])).to(dtype))
+        values = np.ascontiguousarray(arrays[name])
+        if dtype == torch.float64:
+            values = values + 0.0  # -0.0 -> +0.0: a zero reached by adding or by subtracting has one bit pattern
+        setattr(state, name, torch.from_numpy(values).to(dtype))
     return state
 
 
@@ -148,13 +151,44 @@ def _pair_sums(
 def _merge_pairs(
     indices: list[np.ndarray], counts: list[np.ndarray], products: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Add sparse pair statistics with the same index together (exact: integers and grid values)."""
+    """Add sparse pair statistics with the same index together (exact: integers and grid values).
+
+    Two inputs whose indexes are each ascending and unique (every state's are) merge in
+    O(P) by binary search instead of a sort; the sums are the same (exact arithmetic).
+    """
     if not indices:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+    if len(indices) == 2 and all(_ascending_unique(i) for i in indices):
+        return _merge_two(indices[0], counts[0], products[0], indices[1], counts[1], products[1])
     index, inverse = np.unique(np.concatenate(indices), return_inverse=True)
     count = np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64), minlength=len(index))
     product = np.bincount(inverse, weights=np.concatenate(products).astype(np.float64), minlength=len(index))
     return index.astype(np.int64), count.astype(np.int64), product
+
+
+def _ascending_unique(index: np.ndarray) -> bool:
+    return len(index) < 2 or bool(np.all(index[1:] > index[:-1]))
+
+
+def _merge_two(
+    index: np.ndarray, count: np.ndarray, product: np.ndarray, other: np.ndarray, more: np.ndarray, extra: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse sum of two ascending, unique pair lists: the smaller one is looked up in the larger."""
+    if len(other) > len(index):
+        index, count, product, other, more, extra = other, more, extra, index, count, product
+    position = np.searchsorted(index, other)
+    found = position < len(index)
+    found[found] = index[position[found]] == other[found]
+    total_count = count.astype(np.int64, copy=True)
+    total_product = product.astype(np.float64, copy=True)
+    total_count[position[found]] += more[found].astype(np.int64)
+    total_product[position[found]] += extra[found].astype(np.float64)
+    fresh = ~found
+    return (
+        np.insert(index.astype(np.int64), position[fresh], other[fresh]),
+        np.insert(total_count, position[fresh], more[fresh].astype(np.int64)),
+        np.insert(total_product, position[fresh], extra[fresh].astype(np.float64)),
+    )
 
 
 class ItemStatsFit:
@@ -392,6 +426,49 @@ class ItemStatsModel:
             }
         )
         return _state(self.num_items, ordered, arrays)
+
+    def subtract(self, state: nn.Module, part: nn.Module) -> nn.Module:
+        """``state`` without ``part``, a state of some of its subjects' complete rows: exact, no retraining.
+
+        Every sum is on the ``2**-20`` grid, so the difference is bit for bit the state summed
+        from scratch without those subjects (pairs nobody co-rates any more are dropped, as a
+        fresh sum never has them). Cost: O(pairs) merges, not a pass over the remaining rows.
+
+        Raises:
+            ValueError: ``part`` holds a subject ``state`` does not, or the states disagree on items.
+        """
+        if not isinstance(state, ItemStatsState) or not isinstance(part, ItemStatsState):
+            raise ValueError("subtract needs ItemStatsState objects")
+        if state.num_items != part.num_items:
+            raise ValueError(f"states over {state.num_items} and {part.num_items} items")
+        position = {d: u for u, d in enumerate(state.subjects)}
+        missing = [d for d in part.subjects if d not in position]
+        if missing:
+            raise ValueError(f"{len(missing)} subject(s) to subtract are not in the state (e.g. {missing[0][:12]}...)")
+        index, count, product = _merge_pairs(
+            [state.array("pair_index"), part.array("pair_index")],
+            [state.array("pair_count"), -part.array("pair_count")],
+            [state.array("pair_product"), -part.array("pair_product")],
+        )
+        kept_pairs = count != 0
+        gone = {position[d] for d in part.subjects}
+        offsets = state.array("subject_offsets")
+        items, ratings = state.array("subject_items"), state.array("subject_ratings")
+        keep = [u for u in range(len(state.subjects)) if u not in gone]
+        lengths = np.array([offsets[u + 1] - offsets[u] for u in keep], dtype=np.int64)
+        rows = np.concatenate([np.arange(offsets[u], offsets[u + 1]) for u in keep]) if keep else np.zeros(0, np.int64)
+        arrays = {name: state.array(name) - part.array(name) for name in ("item_count", "item_sum", "item_square")}
+        arrays.update(
+            {
+                "pair_index": index[kept_pairs],
+                "pair_count": count[kept_pairs],
+                "pair_product": product[kept_pairs],
+                "subject_offsets": np.concatenate([[0], np.cumsum(lengths)]),
+                "subject_items": items[rows],
+                "subject_ratings": ratings[rows],
+            }
+        )
+        return _state(self.num_items, [state.subjects[u] for u in keep], arrays)
 
     def fit(self, state: nn.Module) -> ItemStatsFit:
         assert isinstance(state, ItemStatsState)

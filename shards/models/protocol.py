@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-__all__ = ["SisaModel", "StatisticsFit", "SufficientStatisticsModel"]
+__all__ = ["DecrementalStatisticsModel", "SisaModel", "StatisticsFit", "SufficientStatisticsModel"]
 
 
 @runtime_checkable
@@ -119,4 +119,18 @@ class SufficientStatisticsModel(Protocol):
 
     def fit(self, state: torch.nn.Module) -> StatisticsFit:
         """Derive the predictor from a (combined) state; deterministic, nothing is learned across shards."""
+        ...
+
+
+@runtime_checkable
+class DecrementalStatisticsModel(SufficientStatisticsModel, Protocol):
+    """A sufficient-statistics model that can also take contributions out again, exactly.
+
+    Then a shard keeps one checkpoint, its final sums, and an erasure or an ingest changes them
+    by the contributions of the subjects whose rows changed (out with the old rows, in with the
+    new), without a pass over anyone else's rows. Without ``subtract`` a shard re-sums its slices.
+    """
+
+    def subtract(self, state: torch.nn.Module, part: torch.nn.Module) -> torch.nn.Module:
+        """``state`` without ``part`` (a state of complete rows of some of its subjects), exactly."""
         ...

@@ -1,0 +1,77 @@
+"""Decremental item_stats: taking subjects out of the sums equals summing without them, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from expunge.orchestrator.evidence.exactness import tensors_equal
+from expunge.shards.config import ItemStatsConfig
+from expunge.shards.models import DecrementalStatisticsModel, ItemStatsModel
+from expunge.shards.models.item_stats import ItemStatsState
+from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
+
+ITEMS = 12
+MODEL = ItemStatsModel(ItemStatsConfig(num_items=ITEMS, factors=0))
+
+
+def _rows(ratings: list[tuple[int, int, float]]) -> pa.Table:
+    return pa.table(
+        {
+            SUBJECT_DIGEST: pa.array([f"s{u:02d}" for u, _, _ in ratings], pa.string()),
+            ITEM_ID: pa.array([i for _, i, _ in ratings], pa.int64()),
+            RATING: pa.array([r for _, _, r in ratings], pa.float32()),
+        }
+    )
+
+
+def _same(left: ItemStatsState, right: ItemStatsState) -> bool:
+    return left.subjects == right.subjects and tensors_equal(left.state_dict(), right.state_dict())
+
+
+ratings = st.lists(
+    st.tuples(st.integers(0, 9), st.integers(0, ITEMS - 1), st.sampled_from([0.5, 1.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0])),
+    min_size=1,
+    max_size=60,
+)
+
+
+def test_item_stats_is_decremental() -> None:
+    assert isinstance(MODEL, DecrementalStatisticsModel)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ratings, st.sets(st.integers(0, 9)))
+def test_subtracting_subjects_equals_summing_without_them(data, gone) -> None:
+    rows = _rows(data)
+    whole = MODEL.accumulate(MODEL.empty(), rows)
+    digests = rows.column(SUBJECT_DIGEST).to_numpy(zero_copy_only=False)
+    leaving = np.isin(digests, [f"s{u:02d}" for u in gone])
+    part = MODEL.accumulate(MODEL.empty(), rows.filter(pa.array(leaving)))
+    rest = MODEL.accumulate(MODEL.empty(), rows.filter(pa.array(~leaving)))
+    assert _same(MODEL.subtract(whole, part), rest)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ratings, ratings)
+def test_replacing_a_subjects_rows_equals_summing_the_new_rows(old, added) -> None:
+    """An ingest of known subjects: out with their old contribution, in with all their rows."""
+    before = _rows(old)
+    extra = _rows(added)
+    changed = sorted(set(extra.column(SUBJECT_DIGEST).to_pylist()))
+    mask = pa.array(np.isin(before.column(SUBJECT_DIGEST).to_numpy(zero_copy_only=False), changed))
+    current = MODEL.accumulate(MODEL.empty(), before)
+    out = MODEL.accumulate(MODEL.empty(), before.filter(mask))
+    into = MODEL.accumulate(MODEL.empty(), pa.concat_tables([before.filter(mask), extra]))
+    changed_sums = MODEL.combine([MODEL.subtract(current, out), into])
+    assert _same(changed_sums, MODEL.accumulate(MODEL.empty(), pa.concat_tables([before, extra])))
+
+
+def test_subtracting_a_subject_the_sums_do_not_hold_is_refused() -> None:
+    whole = MODEL.accumulate(MODEL.empty(), _rows([(0, 1, 3.0)]))
+    stranger = MODEL.accumulate(MODEL.empty(), _rows([(1, 1, 3.0)]))
+    with pytest.raises(ValueError, match="not in the state"):
+        MODEL.subtract(whole, stranger)
