@@ -18,7 +18,7 @@ from expunge.orchestrator.config import AnyModelConfig, EvidenceConfig, IngestCo
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.erasure.eraser import Eraser
 from expunge.orchestrator.evidence.membership import ErasureAudit
-from expunge.orchestrator.ingest import Ingester
+from expunge.orchestrator.ingest import Ingester, PreparedIngest
 from expunge.orchestrator.pool import ShardPool
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry import Lineage
@@ -137,6 +137,17 @@ class Coordinator:
         """``Ingester.ingest``: add new rows, retraining only the shards that receive them, and publish."""
         return self.ingestion.ingest(rows, request_id, settings, source)
 
+    def prepare_ingest(
+        self,
+        rows: pa.Table,
+        request_id: str | None = None,
+        settings: IngestConfig | None = None,
+        source: str = "the ingest batch",
+        erasing: Sequence[str] = (),
+    ) -> PreparedIngest:
+        """``Ingester.prepare``: validate and plan a batch, e.g. to join an erasure (``forget_digests(ingest=)``)."""
+        return self.ingestion.prepare(rows, request_id, settings, source, erasing)
+
     # ----- erasure ------------------------------------------------------------------------------
     def forget(
         self,
@@ -160,10 +171,14 @@ class Coordinator:
         resume: bool = True,
         ticket: str | None = None,
         reason: str | None = None,
+        ingest: PreparedIngest | None = None,
     ) -> ErasureReceipt:
-        """``Eraser.forget_digests``: ``forget`` for subjects already digested with this store's key."""
+        """``Eraser.forget_digests``: ``forget`` for subjects already digested with this store's key.
+
+        ``ingest``: a prepared batch (``prepare_ingest(..., erasing=digests)``) joining this commit.
+        """
         return self.erasure.forget_digests(
-            digests, request_id, audit, register=register, resume=resume, ticket=ticket, reason=reason
+            digests, request_id, audit, register=register, resume=resume, ticket=ticket, reason=reason, ingest=ingest
         )
 
     def readmit(self, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
 from expunge.orchestrator.config import EvidenceConfig
+from expunge.orchestrator.erasure.commit import commit_erasure
 from expunge.orchestrator.erasure.pending import finish_pending, readmit
 from expunge.orchestrator.erasure.pending import pending_step as _pending
 from expunge.orchestrator.erasure.resume import already_erased, finish_committed
@@ -30,6 +31,7 @@ from expunge.orchestrator.errors import (
     StoreBusyError,
 )
 from expunge.orchestrator.evidence.membership import ErasureAudit, configured_audit
+from expunge.orchestrator.ingest import PreparedIngest
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
@@ -132,13 +134,17 @@ class Eraser:
         resume: bool = True,
         ticket: str | None = None,
         reason: str | None = None,
+        ingest: PreparedIngest | None = None,
     ) -> ErasureReceipt:
         """``forget`` for subjects already digested with this store's key (the service's entry point).
 
         ``register=False`` stops at the store commit (the live actors serve the new version and
         the receipt is chained); the caller registers later with ``register_published``.
         ``resume=False`` is the caller's promise that no earlier attempt used ``request_id``, which
-        skips looking for one (a scan of every stored version).
+        skips looking for one (a scan of every stored version). ``ingest``: a batch prepared on
+        the published version (``Ingester.prepare(..., erasing=digests)``) that joins this commit,
+        so each shard retrains once for both; its receipt is then ``ingest.receipt``. When
+        nobody is found the batch is left to the caller (``ingest.receipt`` stays None).
 
         Raises:
             ConfigError: no digest, a bad request id, or an id that named other subjects.
@@ -153,7 +159,13 @@ class Eraser:
         self.session.require_manifest()  # an untrained store or a wrong key: refused before anything is written
         with self.session.lease.hold("expunge forget"):
             receipt = self._forget_digests(
-                digests, request_id, audit, register=register, resume=resume, text={"ticket": ticket, "reason": reason}
+                digests,
+                request_id,
+                audit,
+                register=register,
+                resume=resume,
+                text={"ticket": ticket, "reason": reason},
+                ingest=ingest,
             )
         if register:
             self.sealer.anchor()  # MLflow has the request's runs now: anchor the receipt log there too
@@ -168,6 +180,7 @@ class Eraser:
         register: bool,
         resume: bool,
         text: dict[str, str | None],
+        ingest: PreparedIngest | None = None,
     ) -> ErasureReceipt:
         began = time.perf_counter()
         self._refresh(sync=register)
@@ -179,6 +192,11 @@ class Eraser:
         )
         if committed is not None:
             return committed  # a retry of a request that already committed: the same receipt, once
+        if ingest is not None and ingest.manifest.version != manifest.version:
+            raise StorageConflictError(
+                f"the batch joining request {request_id} was planned on version {ingest.manifest.version}, and the "
+                f"store is at {manifest.version}; prepare it again"
+            )
         index = self.session.catalog.read_placement(manifest.placement_key)
         plan = route(digests, index.cells())
         if not plan.found:
@@ -187,8 +205,8 @@ class Eraser:
         if audit is not None:
             # The only moment both exist: the subjects' rows and the constituents trained on them.
             audit.before_retrain(self.session.catalog, manifest, sorted(plan.found), self.session.hasher)
-        updates, retrain_seconds = self._retrain(manifest, index, plan, request_id)
-        new_manifest = self._commit(manifest, index, plan, updates, request_id)
+        updates, retrain_seconds = self._retrain(manifest, index, plan, request_id, ingest)
+        new_manifest = commit_erasure(self.session, manifest, index, plan, updates, request_id, ingest)
         # The commit point is behind us: from here on nothing fails the request. A step that cannot
         # be done now is named in ``receipt.pending`` and retried (``finish_pending``).
         pending: list[str] = []
@@ -208,7 +226,8 @@ class Eraser:
             shards=tuple(
                 ShardRetrain(
                     shard=s,
-                    first_affected_slice=plan.first_affected_slice[s],
+                    # A shard that only took rows of a batch joining this erasure: from its first changed slice.
+                    first_affected_slice=plan.first_affected_slice.get(s, min(u.slices_retrained, default=0)),
                     slices_retrained=u.slices_retrained,
                     restarted_from=u.restarted_from,
                     rows_removed=u.rows_removed,
@@ -232,6 +251,8 @@ class Eraser:
         except ExpungeError as exc:
             pending.append(_pending("receipt", exc))
         receipt = self._record(receipt.model_copy(update={"pending": tuple(pending)}), new_manifest, audit, register)
+        if ingest is not None:  # the batch's own receipt, registered as part of this version
+            ingest.finish(ingest, new_manifest, updates, retrain_seconds, False, receipt.registry_version_after)
         log.info(
             "request %s: erased %d row(s) from shard(s) %s in %.2fs",
             request_id,
@@ -276,7 +297,12 @@ class Eraser:
         return missed
 
     def _retrain(
-        self, manifest: EnsembleManifest, index: PlacementIndex, plan: RoutingPlan, request_id: str
+        self,
+        manifest: EnsembleManifest,
+        index: PlacementIndex,
+        plan: RoutingPlan,
+        request_id: str,
+        ingest: PreparedIngest | None = None,
     ) -> tuple[dict[int, ShardUpdate], float]:
         """Retrain each affected shard from its first affected slice, in parallel; returns updates and seconds.
 
@@ -290,12 +316,15 @@ class Eraser:
             for shard, first in plan.first_affected_slice.items()
         }
         pool = self.session.pool
+        method, calls = "erase", dict[int, tuple[object, ...]](per_shard)
+        if ingest is not None:  # one retrain per shard: the batch's rows in, the subjects' rows out
+            method, calls = "ingest", ingest.shard_calls({s: args[0] for s, args in per_shard.items()})
         try:
             # Start the affected actors first (a no-op when warm) so that retrain_seconds is
             # retraining alone, like the manifest's train_seconds it is compared with.
-            pool.call("ready", {s: () for s in per_shard})
+            pool.call("ready", {s: () for s in calls})
             began = time.perf_counter()
-            updates: dict[int, ShardUpdate] = pool.call("erase", per_shard)
+            updates: dict[int, ShardUpdate] = pool.call(method, calls)
             return updates, time.perf_counter() - began
         except StorageCorruptError as exc:
             self.session.rollback(manifest)
@@ -309,56 +338,6 @@ class Eraser:
         except ExpungeError:
             self.session.rollback(manifest)
             raise
-
-    def _commit(
-        self,
-        manifest: EnsembleManifest,
-        index: PlacementIndex,
-        plan: RoutingPlan,
-        updates: dict[int, ShardUpdate],
-        request_id: str,
-    ) -> EnsembleManifest:
-        """Tombstone the subjects and publish the next version (the commit point).
-
-        Raises:
-            StorageConflictError: another writer published first; what this attempt wrote is deleted.
-        """
-        versions = list(manifest.shard_versions)
-        for shard, update in updates.items():
-            versions[shard] = update.manifest_version
-        found = sorted(plan.found)
-        new_manifest = EnsembleManifest(
-            version=manifest.version + 1,
-            parent_version=manifest.version,
-            kind="erasure",
-            request_id=request_id,
-            sharding=manifest.sharding,
-            training=manifest.training,
-            model=manifest.model,
-            shard_versions=tuple(versions),
-            placement_key=self.session.catalog.write_placement(index.without(set(found))),
-            rows=manifest.rows - sum(u.rows_removed for u in updates.values()),
-            key_check=manifest.key_check,
-            train_seconds=manifest.train_seconds,
-            train_cpu_seconds=manifest.train_cpu_seconds,
-            registry=manifest.registry,
-            lease_token=self.session.lease.token,
-        )
-        # Tombstones first: from here on no training admits these people again, even if the
-        # commit below loses a race (the retry then completes the erasure they asked for).
-        self.session.catalog.append_tombstones(
-            "erased", found, request_id, rows={d: sum(index.entries[d].values()) for d in found}
-        )
-        try:
-            self.session.catalog.publish(new_manifest)
-        except StorageConflictError:
-            self.session.rollback(manifest)
-            # What we wrote was derived from a version that is no longer current: it may hold
-            # rows the winner just erased, so it goes now rather than at the next commit.
-            self.session.discard([k for u in updates.values() for k in u.new_keys] + [new_manifest.placement_key])
-            raise
-        self.session.adopt(new_manifest)
-        return new_manifest
 
     def _record(
         self, receipt: ErasureReceipt, manifest: EnsembleManifest, audit: ErasureAudit | None, register: bool

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -28,7 +30,7 @@ from expunge.orchestrator.store_purge import purge_unreferenced
 from expunge.shards.models import SufficientStatisticsModel, model_for
 from expunge.shards.shard import ShardUpdate
 
-__all__ = ["INGEST_RECEIPT_PREFIX", "Ingester"]
+__all__ = ["INGEST_RECEIPT_PREFIX", "Ingester", "PreparedIngest"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,50 @@ INGEST_RECEIPT_PREFIX = "receipts/ingests"
 
 def _pending(step: str, exc: BaseException) -> str:
     return f"{step}: {type(exc).__name__}: {exc}"[:500]
+
+
+@dataclass
+class PreparedIngest:
+    """A validated, planned batch against one published version, ready to retrain (``Ingester.prepare``).
+
+    ``plan`` is None when nothing in the batch is new. An erasure may carry it into its own
+    commit (``Eraser.forget_digests(ingest=...)``): each shard then retrains once for both, and
+    ``receipt`` holds the ingest's receipt once that commit is done.
+    """
+
+    request_id: str
+    manifest: EnsembleManifest
+    batch: PreparedBatch
+    index: PlacementIndex
+    plan: IngestPlan | None
+    settings: IngestConfig
+    began: float
+    cpu: float
+    finish: Callable[[PreparedIngest, EnsembleManifest, dict[int, ShardUpdate], float, bool, str | None], IngestReceipt]
+    receipt: IngestReceipt | None = None
+
+    def shard_calls(self, remove: Mapping[int, Sequence[str]]) -> dict[int, tuple[object, ...]]:
+        """Arguments of ``Shard.ingest`` per shard: this batch's rows, plus digests an erasure removes there."""
+        plan = self.plan
+        tables = split_by_cell(self.batch.rows, {d: (c.shard, c.slice) for d, c in plan.cells.items()}) if plan else {}
+        shards = sorted(set(tables) | set(remove))
+        return {
+            s: (
+                tables.get(s, {}),
+                self.request_id,
+                self.settings.tail_epochs,
+                plan.shards[s].merge_from if plan and s in plan.shards else None,
+                tuple(remove.get(s, ())),
+            )
+            for s in shards
+        }
+
+    def placement_after(self, erased: set[str]) -> PlacementIndex:
+        """The placement once the batch is in and the ``erased`` subjects are out."""
+        placed = self.index.without(erased).entries
+        if self.plan is None:
+            return PlacementIndex(dict(placed))
+        return PlacementIndex(place_after(placed, self.batch.subject_rows, self.plan))
 
 
 class Ingester:
@@ -74,6 +120,28 @@ class Ingester:
             StorageConflictError: another writer published meanwhile (nothing changed; ingest again).
             ShardRetrainFailed: a shard actor failed (nothing published; ingest again).
         """
+        prepared = self.prepare(rows, request_id, settings, source)
+        with self.session.lease.hold("expunge ingest"):
+            if self.session.follow_latest():  # another writer committed before we held the lease: check again
+                prepared = self.prepare(rows, prepared.request_id, settings, source)
+            return self.run(prepared)
+
+    def prepare(
+        self,
+        rows: pa.Table,
+        request_id: str | None = None,
+        settings: IngestConfig | None = None,
+        source: str = "the ingest batch",
+        erasing: Collection[str] = (),
+    ) -> PreparedIngest:
+        """Validate and plan a batch against the latest published version; writes nothing.
+
+        ``erasing``: digests an erasure will remove in the same commit; their rows are refused
+        like those of tombstoned subjects.
+
+        Raises:
+            DataValidationError, ConfigError: as ``ingest``.
+        """
         began, cpu = time.perf_counter(), time.process_time()
         settings = settings or IngestConfig()
         request_id = check_request_id(request_id or f"ingest-{uuid.uuid4().hex[:12]}")
@@ -84,90 +152,110 @@ class Ingester:
                 "ingest places rows by subject, and this store was trained with sharding.placement 'row'; "
                 "retrain it with 'balanced' or 'hash' to ingest"
             )
-        batch = prepare_batch(
-            rows,
-            manifest,
-            self.session.hasher,
-            self.session.catalog.tombstones(),
-            self._records(manifest).owner,
-            source,
-        )
-        with self.session.lease.hold("expunge ingest"):
-            if self.session.follow_latest():  # another writer committed before we held the lease: check again
-                manifest = self.session.require_manifest()
-                batch = prepare_batch(
-                    rows,
-                    manifest,
-                    self.session.hasher,
-                    self.session.catalog.tombstones(),
-                    self._records(manifest).owner,
-                    source,
-                )
-            return self._ingest(manifest, batch, request_id, settings, began, cpu)
+        erased = self.session.catalog.tombstones() | set(erasing)
+        batch = prepare_batch(rows, manifest, self.session.hasher, erased, self._records(manifest).owner, source)
+        index = self.session.catalog.read_placement(manifest.placement_key)
+        plan = None
+        if batch.subject_rows:
+            counts = [
+                len(self.session.catalog.shard_manifest(s, v).slices) for s, v in enumerate(manifest.shard_versions)
+            ]
+            plan = plan_ingest(
+                batch.subject_rows,
+                index.entries,
+                counts,
+                manifest.sharding.slices,
+                whole_subject=isinstance(model_for(manifest.model), SufficientStatisticsModel),
+                limits=IngestLimits(settings.max_tail_slices, settings.max_subject_slices),
+            )
+        return PreparedIngest(request_id, manifest, batch, index, plan, settings, began, cpu, self._finish)
 
     def _records(self, manifest: EnsembleManifest) -> StoredRecords:
         if self._stored is None or self._stored.version != manifest.version:
             self._stored = stored_records(self.session.catalog, manifest)
         return self._stored
 
-    def _ingest(
-        self,
-        manifest: EnsembleManifest,
-        batch: PreparedBatch,
-        request_id: str,
-        settings: IngestConfig,
-        began: float,
-        cpu: float,
-    ) -> IngestReceipt:
-        counts = {
-            "request_id": request_id,
-            "batch_digest": batch.digest,
-            "rows_in_batch": batch.rows_in_batch,
-            "rows_refused_erased": batch.rows_refused_erased,
-            "subjects_refused_erased": batch.subjects_refused_erased,
-            "rows_already_stored": batch.rows_already_stored,
-            "full_retrain_cpu_seconds": manifest.train_cpu_seconds,
-            "model_version_before": manifest.version,
-        }
-        if not batch.subject_rows:
-            log.info("ingest %s: nothing new in the batch (%d row(s))", request_id, batch.rows_in_batch)
+    def run(self, prepared: PreparedIngest) -> IngestReceipt:
+        """Retrain, commit and record a prepared batch; the caller holds the store's lease.
+
+        Raises:
+            StorageConflictError: the store moved past the version the batch was planned on.
+        """
+        manifest = prepared.manifest
+        if self.session.manifest is None or self.session.manifest.version != manifest.version:
+            raise StorageConflictError(
+                f"the batch was planned on version {manifest.version}, and the store has moved on; ingest again"
+            )
+        if prepared.plan is None:
+            log.info(
+                "ingest %s: nothing new in the batch (%d row(s))", prepared.request_id, prepared.batch.rows_in_batch
+            )
             receipt = IngestReceipt(
                 status="nothing_new",
                 rows_added=0,
                 untouched_shards=tuple(range(manifest.sharding.shards)),
                 model_version_after=manifest.version,
-                seconds=time.perf_counter() - began,
-                driver_cpu_seconds=time.process_time() - cpu,
-                **counts,
+                seconds=time.perf_counter() - prepared.began,
+                driver_cpu_seconds=time.process_time() - prepared.cpu,
+                **self._counts(prepared),
             )
-            return self._keep(receipt)
-        index = self.session.catalog.read_placement(manifest.placement_key)
-        slice_counts = [
-            len(self.session.catalog.shard_manifest(s, v).slices) for s, v in enumerate(manifest.shard_versions)
-        ]
-        plan = plan_ingest(
-            batch.subject_rows,
-            index.entries,
-            slice_counts,
-            manifest.sharding.slices,
-            whole_subject=isinstance(model_for(manifest.model), SufficientStatisticsModel),
-            limits=IngestLimits(settings.max_tail_slices, settings.max_subject_slices),
-        )
-        updates, retrain_seconds = self._retrain(manifest, batch, plan, request_id, settings)
-        placement = PlacementIndex(place_after(index.entries, batch.subject_rows, plan))
-        new_manifest = self._commit(manifest, placement, updates, request_id, batch)
+            prepared.receipt = self._keep(receipt)
+            return prepared.receipt
+        updates, retrain_seconds = self._retrain(prepared)
+        new_manifest = self._commit(prepared, updates)
+        return self._finish(prepared, new_manifest, updates, retrain_seconds, True, None)
+
+    @staticmethod
+    def _counts(prepared: PreparedIngest) -> dict[str, object]:
+        batch = prepared.batch
+        return {
+            "request_id": prepared.request_id,
+            "batch_digest": batch.digest,
+            "rows_in_batch": batch.rows_in_batch,
+            "rows_refused_erased": batch.rows_refused_erased,
+            "subjects_refused_erased": batch.subjects_refused_erased,
+            "rows_already_stored": batch.rows_already_stored,
+            "full_retrain_cpu_seconds": prepared.manifest.train_cpu_seconds,
+            "model_version_before": prepared.manifest.version,
+        }
+
+    def _finish(
+        self,
+        prepared: PreparedIngest,
+        new_manifest: EnsembleManifest,
+        updates: dict[int, ShardUpdate],
+        retrain_seconds: float,
+        own_commit: bool,
+        registered: str | None,
+    ) -> IngestReceipt:
+        """After the commit: purge and register (``own_commit``), keep the receipt.
+
+        An erasure carrying the batch purges and registers the version itself; ``registered`` is
+        then the registry version it made (None: not yet, or tracking is off).
+        """
+        plan = prepared.plan
+        assert plan is not None
         pending: list[str] = []
         deleted: list[str] = []
-        try:
-            purged = purge_unreferenced(self.session.store, self.session.catalog, new_manifest, since=manifest.version)
-            deleted = [str(v) for v in purged]
-        except ExpungeError as exc:
-            pending.append(_pending("purge", exc))
-        self._stored = self._records(manifest).added(new_manifest.version, batch.rows)
+        if own_commit:
+            try:
+                purged = purge_unreferenced(
+                    self.session.store, self.session.catalog, new_manifest, since=prepared.manifest.version
+                )
+                deleted = [str(v) for v in purged]
+            except ExpungeError as exc:
+                pending.append(_pending("purge", exc))
+        if self._stored is not None and self._stored.version == prepared.manifest.version:
+            # The version just published: these records, the batch's, less any erased in the same commit.
+            gone = self.session.catalog.tombstones() if not own_commit else set()
+            self._stored = self._stored.added(new_manifest.version, prepared.batch.rows).without(
+                new_manifest.version, gone
+            )
+        mine = {s: u for s, u in updates.items() if s in plan.shards}
         receipt = IngestReceipt(
             status="ingested",
-            rows_added=sum(u.rows_added for u in updates.values()),
-            subjects_added=len(batch.subject_rows),
+            rows_added=sum(u.rows_added for u in mine.values()),
+            subjects_added=len(prepared.batch.subject_rows),
             new_subjects=len(plan.new_subjects),
             shards=tuple(
                 ShardIngest(
@@ -180,44 +268,36 @@ class Ingester:
                     seconds=u.seconds,
                     cpu_seconds=u.cpu_seconds,
                 )
-                for s, u in sorted(updates.items())
+                for s, u in sorted(mine.items())
             ),
-            untouched_shards=tuple(s for s in range(manifest.sharding.shards) if s not in updates),
+            untouched_shards=tuple(s for s in range(new_manifest.sharding.shards) if s not in mine),
             retrain_seconds=retrain_seconds,
-            retrain_cpu_seconds=sum(u.cpu_seconds for u in updates.values()),
+            retrain_cpu_seconds=sum(u.cpu_seconds for u in mine.values()),
             model_version_after=new_manifest.version,
             committed_at=utc_now(),
             deleted_objects=tuple(deleted),
             pending=tuple(pending),
-            seconds=time.perf_counter() - began,
-            driver_cpu_seconds=time.process_time() - cpu,
-            **counts,
+            seconds=time.perf_counter() - prepared.began,
+            driver_cpu_seconds=time.process_time() - prepared.cpu,
+            **self._counts(prepared),
         )
-        receipt = self._register(receipt, new_manifest)
+        if own_commit:
+            receipt = self._register(receipt, new_manifest)
+        elif registered is not None:
+            receipt = receipt.model_copy(update={"registry_version_after": registered, "registered_at": utc_now()})
         log.info(
             "ingest %s: added %d row(s) to shard(s) %s in %.2fs",
-            request_id,
+            prepared.request_id,
             receipt.rows_added,
             receipt.touched_shards,
             receipt.seconds,
         )
-        return self._keep(receipt)
+        prepared.receipt = self._keep(receipt)
+        return prepared.receipt
 
-    def _retrain(
-        self,
-        manifest: EnsembleManifest,
-        batch: PreparedBatch,
-        plan: IngestPlan,
-        request_id: str,
-        settings: IngestConfig,
-    ) -> tuple[dict[int, ShardUpdate], float]:
+    def _retrain(self, prepared: PreparedIngest) -> tuple[dict[int, ShardUpdate], float]:
         """Each touched shard adds its rows and retrains from its first changed slice, in parallel."""
-        cells = {d: (c.shard, c.slice) for d, c in plan.cells.items()}
-        tables = split_by_cell(batch.rows, cells)
-        per_shard = {
-            shard: (tables[shard], request_id, settings.tail_epochs, plan.shards[shard].merge_from, ())
-            for shard in plan.touched_shards
-        }
+        per_shard = prepared.shard_calls({})
         pool = self.session.pool
         try:
             pool.call("ready", {s: () for s in per_shard})
@@ -225,23 +305,17 @@ class Ingester:
             updates: dict[int, ShardUpdate] = pool.call("ingest", per_shard)
             return updates, time.perf_counter() - started
         except ExpungeError:
-            self.session.rollback(manifest)
+            self.session.rollback(prepared.manifest)
             raise
 
-    def _commit(
-        self,
-        manifest: EnsembleManifest,
-        placement: PlacementIndex,
-        updates: dict[int, ShardUpdate],
-        request_id: str,
-        batch: PreparedBatch,
-    ) -> EnsembleManifest:
+    def _commit(self, prepared: PreparedIngest, updates: dict[int, ShardUpdate]) -> EnsembleManifest:
         """Publish the next version (the commit point); a lost race deletes what this attempt wrote.
 
         Raises:
             StorageConflictError: another writer published first, or a subject of the batch was
                 erased while the shards retrained (nothing published; ingest again).
         """
+        manifest = prepared.manifest
         versions = list(manifest.shard_versions)
         for shard, update in updates.items():
             versions[shard] = update.manifest_version
@@ -250,17 +324,17 @@ class Ingester:
                 "version": manifest.version + 1,
                 "parent_version": manifest.version,
                 "kind": "ingest",
-                "request_id": request_id,
+                "request_id": prepared.request_id,
                 "created_at": utc_now(),
                 "shard_versions": tuple(versions),
-                "placement_key": self.session.catalog.write_placement(placement),
+                "placement_key": self.session.catalog.write_placement(prepared.placement_after(set())),
                 "rows": manifest.rows + sum(u.rows_added for u in updates.values()),
                 "lease_token": self.session.lease.token,
             }
         )
         written = [k for u in updates.values() for k in u.new_keys] + [new_manifest.placement_key]
         try:
-            late = set(batch.subject_rows) & self.session.catalog.tombstones()
+            late = set(prepared.batch.subject_rows) & self.session.catalog.tombstones()
             if late:
                 raise StorageConflictError(
                     f"{len(late)} subject(s) of the batch were erased while it was ingested; nothing was published. "

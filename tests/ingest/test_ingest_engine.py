@@ -73,3 +73,31 @@ def test_bad_batch_lists_every_problem_and_writes_nothing(tmp_path) -> None:
         coordinator.ingest(bad)
     assert len(raised.value.problems) >= 3
     assert sorted(p.name for p in (tmp_path / "store").rglob("*")) == before
+
+
+@pytest.mark.parametrize("model", [MFConfig(embedding_dim=4), ItemStatsConfig(factors=2)], ids=["mf", "item_stats"])
+def test_an_ingest_joining_an_erasure_retrains_each_shard_once(tmp_path, model) -> None:
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    initial, later = _split(ROWS, 30)
+    coordinator.train(initial, job(model=model, shards=2, slices=3))
+    erased = sorted(set(initial.column(SUBJECT_ID).to_pylist()))[:2]
+    digests = [hasher.digest(s) for s in erased]
+    # The batch also holds a new row of a subject erased in the same commit: it must be refused.
+    doomed = initial.filter(pc.equal(initial.column(SUBJECT_ID), erased[0])).slice(0, 1)
+    doomed = doomed.set_column(0, RECORD_ID, pa.array(["late-row"]))
+    batch = pa.concat_tables([later, doomed.cast(later.schema)])
+    prepared = coordinator.prepare_ingest(batch, erasing=digests)
+    shards = coordinator.pool.shards  # type: ignore[attr-defined]
+    calls_before = {s: list(shard.calls) for s, shard in shards.items()}
+    receipt = coordinator.forget_digests(digests, ingest=prepared)
+    new_calls = {s: shard.calls[len(calls_before[s]) :] for s, shard in shards.items()}
+    assert any("ingest" in calls for calls in new_calls.values())
+    assert all(calls.count("ingest") <= 1 and "erase" not in calls for calls in new_calls.values())
+    assert receipt.rows_removed > 0
+    added = prepared.receipt
+    assert added is not None
+    assert added.rows_added == len(later)
+    assert added.rows_refused_erased == 1
+    assert coordinator.require_manifest().rows == len(initial) - receipt.rows_removed + len(later)
+    assert all(_exact(coordinator).values())
