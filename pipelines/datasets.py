@@ -13,14 +13,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from expunge.orchestrator.config import DataConfig, SyntheticRatingsConfig
+from expunge.orchestrator.config import DataConfig, StorageConfig, SyntheticRatingsConfig
 from expunge.orchestrator.errors import DataValidationError
 from expunge.orchestrator.training.streaming import RowBatches, parquet_batches
 from expunge.shards.movielens import MOVIELENS_LAYOUTS, load_movielens
 from expunge.shards.rows import FEATURES, ITEM_ID, LABEL, RATING, RECORD_ID, SUBJECT_ID, validate_rows
+from expunge.shards.store import ObjectStore
 
 __all__ = [
+    "BATCH_FORMATS",
     "MOVIELENS_LAYOUTS",
+    "load_batch",
     "load_movielens",
     "load_parquet",
     "load_rows",
@@ -260,3 +263,157 @@ def load_rows(config: DataConfig, task: str = "rating") -> tuple[pa.Table, pa.Ta
     else:
         rows = load_parquet(config.path or "", config.columns, config.feature_columns, task)
     return split_rows(rows, config.test_fraction, config.split_seed)
+
+
+#: What ``expunge ingest --format`` accepts: ``auto`` tells Parquet (its magic bytes) from a MovieLens file.
+BATCH_FORMATS = ("auto", "parquet", "movielens")
+#: Where ``load_batch`` reads a batch from, for its errors.
+_BATCH_SOURCES = "a Parquet file, a folder of Parquet files, a MovieLens ratings file, or s3://bucket/prefix"
+
+
+def load_batch(
+    source: str,
+    data: DataConfig | None = None,
+    task: str = "rating",
+    *,
+    data_format: str = "auto",
+    storage: StorageConfig | None = None,
+) -> pa.Table:
+    """The rows of an ingest batch in canonical columns; validation is left to the caller (``validate_rows``).
+
+    ``source``: a Parquet file, a folder of Parquet files (read file by file, each with its own
+    schema; names starting with ``.`` or ``_`` are skipped, as pyarrow does), a MovieLens ratings
+    file in any layout of ``MOVIELENS_LAYOUTS`` (record ids ``user:item:timestamp``, so the same
+    rating has the same id in every file and layout), or ``s3://bucket/prefix`` of Parquet files
+    (``s3://bucket/key.parquet`` for one), reached with ``storage``'s endpoint, region, profile
+    and timeouts and the AWS environment's credentials, as the store is. Parquet columns are read
+    by name through ``data.columns`` and ``data.feature_columns`` (None: canonical names), as
+    ``expunge train`` reads them.
+
+    Raises:
+        DataValidationError: a missing source (with where it looked), no rows, a file that is not
+            Parquet, mapped columns a file lacks, or files that disagree on columns or their types;
+            every problem in one error.
+        StorageUnavailableError: the S3 endpoint cannot be reached or refuses the credentials.
+    """
+    if data_format not in BATCH_FORMATS:
+        raise DataValidationError(source, [f"unknown format {data_format!r}; use one of {list(BATCH_FORMATS)}"])
+    scheme = source.split("://", 1)[0] if "://" in source else ""
+    if scheme in ("s3", "s3a"):
+        if data_format == "movielens":
+            raise DataValidationError(
+                source, ["MovieLens files are read from a local path: copy the file here, or convert it to Parquet"]
+            )
+        files = _s3_parquet_files(source, storage or StorageConfig())
+    elif scheme not in ("", "file"):
+        raise DataValidationError(source, [f"{scheme}:// is not a source ingest reads; give {_BATCH_SOURCES}"])
+    else:
+        path = Path(source.removeprefix("file://"))
+        if not path.exists():
+            raise DataValidationError(
+                source,
+                [
+                    f"{source!r} does not exist (looked for {str(path.resolve())!r}; a relative path is read from "
+                    f"the current folder); give {_BATCH_SOURCES}"
+                ],
+            )
+        if path.is_file() and (data_format == "movielens" or (data_format == "auto" and not _is_parquet(path))):
+            return load_movielens(path)  # record ids made from the file's own fields: the same each time
+        if path.is_dir() and data_format == "movielens":
+            raise DataValidationError(source, ["is a folder; --format movielens reads one ratings file"])
+        files = _local_parquet_files(path)
+    return _batch_rows(files, source, data or DataConfig(), task)
+
+
+def _is_parquet(file: Path) -> bool:
+    with file.open("rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
+def _read_parquet(name: str, data: bytes | Path) -> pa.Table:
+    try:
+        return pq.read_table(pa.BufferReader(data) if isinstance(data, bytes) else data)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataValidationError(name, [f"cannot be read as Parquet: {exc}"]) from exc
+
+
+def _local_parquet_files(path: Path) -> list[tuple[str, pa.Table]]:
+    try:
+        files = sorted(ds.dataset(str(path), format="parquet").files)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataValidationError(str(path), [f"cannot be read as Parquet: {exc}"]) from exc
+    return [(file, _read_parquet(file, Path(file))) for file in files]
+
+
+def _s3_parquet_files(source: str, storage: StorageConfig) -> list[tuple[str, pa.Table]]:
+    """Every Parquet object under an ``s3://`` prefix (or the one object a ``.parquet`` key names), in key order."""
+    uri = source.rstrip("/")
+    parent, _, name = uri.rpartition("/")
+    if name.endswith(".parquet") and "/" in uri.split("://", 1)[1]:
+        store = ObjectStore(storage.model_copy(update={"uri": parent}))
+        if not store.exists(name):
+            raise DataValidationError(source, [f"no object {uri} (check the bucket and key); give {_BATCH_SOURCES}"])
+        keys = [name]
+    else:
+        store = ObjectStore(storage.model_copy(update={"uri": uri}))
+        # Spark's _SUCCESS, hidden .crc files: skipped as pyarrow skips them in a local folder.
+        keys = [k for k in store.list_keys("") if not any(part[:1] in "._" for part in k.split("/"))]
+        if not keys:
+            raise DataValidationError(source, [f"no Parquet files under {uri} (check the bucket and prefix)"])
+    return [(store.url(key), _read_parquet(store.url(key), store.get(key))) for key in keys]
+
+
+def _ids_as_text(rows: pa.Table) -> pa.Table:
+    """Integer and dictionary-encoded id columns as text, so files that store ids differently concatenate.
+
+    An integer id is its decimal text under the identity rule, so this changes no id; floats
+    and other types are left for ``validate_rows`` to refuse.
+    """
+    for name in (RECORD_ID, SUBJECT_ID):
+        if name not in rows.column_names:
+            continue
+        column = rows.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        if pa.types.is_integer(column.type) or pa.types.is_large_string(column.type):
+            column = pc.cast(column, pa.string())
+        rows = rows.set_column(rows.column_names.index(name), name, column)
+    return rows
+
+
+def _batch_rows(files: list[tuple[str, pa.Table]], source: str, data: DataConfig, task: str) -> pa.Table:
+    """The files' rows, mapped to canonical columns and concatenated; one error lists every file's problems."""
+    if not files:
+        raise DataValidationError(source, [f"holds no Parquet files; give {_BATCH_SOURCES}"])
+    problems: list[str] = []
+    mapped: list[tuple[str, pa.Table]] = []
+    for name, raw in files:
+        try:
+            mapped.append((name, _ids_as_text(_mapped(raw, name, data.columns, data.feature_columns, task))))
+        except DataValidationError as exc:
+            problems += [f"{name}: {p}" if len(files) > 1 else p for p in exc.problems]
+    held = set().union(*(t.column_names for _, t in mapped))
+    for name, table in mapped:
+        lacking = sorted(held - set(table.column_names))
+        if lacking:
+            problems.append(f"{name} lacks column(s) {lacking} that other files of the batch hold")
+    if problems:
+        raise DataValidationError(source, problems)
+    try:
+        # Files may store a column with different widths (int32 here, int64 there): widen to one type.
+        rows = pa.concat_tables([t for _, t in mapped], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        differing = [c for c in sorted(held) if len({str(t.schema.field(c).type) for _, t in mapped}) > 1]
+        raise DataValidationError(
+            source,
+            [
+                f"the files store column {c!r} with different types ("
+                + ", ".join(f"{n}: {t.schema.field(c).type}" for n, t in mapped)
+                + "); store it with one type in every file"
+                for c in differing
+            ]
+            or [f"the files cannot be read as one table: {exc}"],
+        ) from exc
+    if len(rows) == 0:
+        raise DataValidationError(source, [f"holds no rows; give {_BATCH_SOURCES} with new rows"])
+    return rows

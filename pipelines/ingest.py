@@ -1,0 +1,126 @@
+"""Recipe: add a batch of new rows to a trained store; only the shards that receive rows retrain.
+
+    expunge ingest --config job.yaml --data new-ratings.parquet
+    expunge ingest --config job.yaml --data s3://exports/ratings/2026-12-04/ --request-id daily-2026-12-04
+    expunge ingest --config infra/configs/ml100k.yaml --data ml-100k/u1.test
+    python -m expunge.pipelines.ingest ...   (the same, as ``ray job submit`` runs it)
+
+Prints the ``IngestReceipt`` (JSON, with the source) on stdout: counts and keyed digests only.
+Exit 0 when the batch was ingested or held nothing new (``status``), 2 on bad input (every
+problem of the batch in one error; nothing is written), 4 when the store or the data cannot be
+reached, another writer holds the store, or another writer published first (ingest again).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import pyarrow.compute as pc
+import typer
+
+from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
+from expunge.orchestrator.config import JobConfig, load_job_config
+from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.errors import PersonalDataInTextError
+from expunge.orchestrator.lease import StoreLease
+from expunge.orchestrator.registry.binding import bind_tracking
+from expunge.orchestrator.request_ids import check_request_id
+from expunge.orchestrator.screening import names_subject
+from expunge.orchestrator.session import published
+from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
+from expunge.pipelines.datasets import load_batch
+from expunge.shards.models import model_for, task_of
+from expunge.shards.rows import SUBJECT_ID, validate_rows
+from expunge.shards.store import ObjectStore
+
+__all__ = ["main", "run"]
+
+
+def run(
+    job: JobConfig,
+    data: str,
+    data_format: str = "auto",
+    request_id: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict[str, object]:
+    """Ingest the batch at ``data`` into ``job``'s store; returns the receipt as JSON-ready data, with the source.
+
+    Everything that can be refused is refused before Ray starts: the key, the request id, an
+    untrained store, a store a service holds, a batch that cannot be read or fails validation.
+
+    Raises:
+        ConfigError: no key or another key than the store's, no trained store, a bad request id, or a
+            tracking setting naming another registry than the store's.
+        DataValidationError: the batch is missing, unreadable or invalid (every problem listed).
+        PersonalDataInTextError: the request id names a subject of the batch.
+        StoreBusyError, StorageUnavailableError, StorageConflictError: retry (exit 4).
+    """
+    hasher = hasher_from_env(job.privacy)  # fail on a missing key before reading anything
+    if request_id is not None:
+        check_request_id(request_id)
+    _, latest = published(job.storage, hasher)  # an untrained store or a wrong key: refused before Ray
+    model_for(latest.model)  # a custom model's module must import here and in the shard actors
+    tracking = bind_tracking(latest.registry, job.tracking, tracking_uri, job.storage.uri)
+    StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
+    task = task_of(latest.model)
+    with progress("reading and checking the batch"):
+        rows = load_batch(data, job.data, task, data_format=data_format, storage=job.storage)
+        rows = validate_rows(rows, data, task, model=latest.model)  # the engine checks again; this is before Ray
+    if request_id is not None and names_subject(request_id, pc.unique(rows.column(SUBJECT_ID)).to_pylist()):
+        # The request id names the receipt's key, the new version and its MLflow run: never a person.
+        raise PersonalDataInTextError(
+            "the request id names a subject of the batch; it is stored with the receipt and the new version, so "
+            "use a batch or ticket reference instead (e.g. daily-2026-12-04), or omit it. Nothing was stored"
+        )
+    with progress("starting Ray"):
+        init_ray()
+    require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
+    coordinator = Coordinator(job.storage, hasher, make_lineage(tracking, job.storage))
+    try:
+        with progress(f"ingesting {len(rows)} row(s): validating, placing, retraining the shards that receive rows"):
+            receipt = coordinator.ingest(rows, request_id, job.ingest, source=data)
+    finally:
+        coordinator.close()
+    for step in receipt.pending:
+        typer.echo(f"warning: committed, but still pending (retried by the next writer of the store): {step}", err=True)
+    return {"source": data, **receipt.model_dump(mode="json")}
+
+
+def main(
+    config: Path = typer.Option(..., help="job config YAML of the trained store (storage, privacy, data.columns)"),
+    data: str = typer.Option(
+        ...,
+        help="the batch: a Parquet file, a folder of Parquet files, a MovieLens ratings file, or s3://bucket/prefix",
+    ),
+    data_format: Literal["auto", "parquet", "movielens"] = typer.Option(
+        "auto", "--format", help="how to read --data (auto: Parquet by its magic bytes, else MovieLens)"
+    ),
+    request_id: str | None = typer.Option(
+        None, help="request id to record (default: generated); a batch or ticket reference, never a person's id"
+    ),
+    storage: str | None = typer.Option(None, help="override storage.uri"),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: the one the store recorded at training; another one is refused)"
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Add a batch of new rows: only the shards that receive rows retrain, from their new slice.
+
+    Rows of erased subjects are refused and counted; rows already stored (same record id, same
+    subject) are left out, so the same batch twice adds nothing. Prints the IngestReceipt (JSON,
+    with the source) on stdout; exit 0 (status ingested or nothing_new), 2 on bad input, 4 on an
+    unreachable store or data, a busy store or a lost race.
+    """
+    init_logging(verbose)
+    with exit_on_error():
+        job = load_job_config(config)
+        if storage:
+            job = job.model_copy(update={"storage": job.storage.model_copy(update={"uri": storage})})
+        summary = run(job, data, data_format, request_id, tracking_uri)
+    typer.echo(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    typer.run(main)
