@@ -43,6 +43,10 @@ __all__ = ["EXIT_CODES", "EXIT_INTERNAL", "JOBS", "NEEDS_SERVER", "SUBJOBS", "ap
 JOBS: dict[str, tuple[str, str]] = {
     "demo": ("expunge.pipelines.demo", "Train on generated ratings, forget one subject, prove the result exact."),
     "train": ("expunge.pipelines.train", "Train every shard in parallel and publish a new model version."),
+    "ingest": (
+        "expunge.pipelines.ingest",
+        "Add a batch of new rows: only the shards that receive rows retrain, from their new slice.",
+    ),
     "forget": (
         "expunge.pipelines.forget",
         "Erase subjects: delete their rows, retrain only the shards that held them.",
@@ -79,7 +83,7 @@ JOBS: dict[str, tuple[str, str]] = {
     ),
     "benchmark": (
         "expunge.pipelines.benchmark",
-        "Benchmarks: `erasure` (the default), `accuracy`, `scale`, `service` (`expunge benchmark SUB --help`).",
+        "Benchmarks: `erasure` (the default), `accuracy`, `scale`, `service`, `ingest` (`expunge benchmark SUB --help`).",
     ),
 }
 
@@ -110,6 +114,10 @@ SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
         "service": (
             "expunge.pipelines.benchmark_service",
             "Erasure latency through the warm service (vs cold CLI and monolith), then 10,000 requests of load.",
+        ),
+        "ingest": (
+            "expunge.pipelines.benchmark_ingest",
+            "Daily ingests on data split by time: cost against a full retrain, exactness, NDCG@10 and RMSE.",
         ),
     },
 }

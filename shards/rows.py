@@ -42,6 +42,20 @@ _NUMBER_TEXT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 Column: TypeAlias = "pa.Array | pa.ChunkedArray"
 
 
+def first_repeat(values: Column) -> tuple[int, int]:
+    """Row positions (0-based) of the first value seen twice, and of its first occurrence; (-1, -1) if none.
+
+    Errors name duplicates by position, never by value: a record id may embed a subject id
+    (MovieLens record ids are ``user:item:timestamp``).
+    """
+    seen: dict[object, int] = {}
+    for position, value in enumerate(values.to_pylist()):
+        if value in seen:
+            return seen[value], position
+        seen[value] = position
+    return -1, -1
+
+
 def _first(mask: Column) -> int:
     """Index of the first true value of a boolean mask (nulls count as false)."""
     return int(pc.index(pc.fill_null(mask, False), True).as_py())
@@ -196,9 +210,11 @@ def validate_rows(
             problems.append(f"{ids.null_count} row(s) have a null record_id")
         duplicates = len(ids) - len(pc.unique(ids))
         if duplicates:
-            counts = pc.value_counts(ids)
-            example = next(v["values"].as_py() for v in counts if v["counts"].as_py() > 1)
-            problems.append(f"{duplicates} duplicate record_id value(s), e.g. {example!r}; record ids must be unique")
+            first, again = first_repeat(ids)
+            problems.append(
+                f"{duplicates} duplicate record_id value(s), e.g. rows {first} and {again} (0-based) share one; "
+                "record ids must be unique"
+            )
     if SUBJECT_ID in table.column_names:
         subjects = table.column(SUBJECT_ID)
         if subjects.null_count:

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import DataValidationError
+from expunge.orchestrator.errors import DataValidationError, PersonalDataInTextError
+from expunge.orchestrator.screening import names_subject
 from expunge.orchestrator.training.partition import digest_subjects
 from expunge.shards.models import task_of
 from expunge.shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
@@ -91,6 +92,7 @@ def prepare_batch(
     erased: set[str],
     stored: Mapping[str, str],
     source: str = "the ingest batch",
+    request_id: str | None = None,
 ) -> PreparedBatch:
     """Validate ``rows`` for ``manifest``'s model and split them into rows to add and rows left out.
 
@@ -101,8 +103,15 @@ def prepare_batch(
         DataValidationError: every problem at once: missing or mistyped columns, duplicate or
             null record ids, null or refused subject ids, NaN or out-of-range targets, item ids
             outside the model's catalogue, no rows, or a record id stored for another subject.
+        PersonalDataInTextError: ``request_id`` names a subject of the batch (it is kept in the
+            receipt's object name and the version's manifest).
     """
     rows = validate_rows(rows, source, task_of(manifest.model), model=manifest.model)
+    if request_id is not None and names_subject(request_id, set(rows.column(SUBJECT_ID).to_pylist())):
+        raise PersonalDataInTextError(
+            "the request id names a subject of the batch; it is stored with the receipt and the model version, so "
+            "use a batch label instead (e.g. daily-2026-12-03), or omit it. Nothing was stored"
+        )
     if len(rows) == 0:
         raise DataValidationError(source, ["the batch has no rows; give a file, folder or prefix with new rows"])
     subjects = digest_subjects(hasher, rows.column(SUBJECT_ID))
@@ -114,12 +123,12 @@ def prepare_batch(
     known = owners != ""
     foreign = known & (owners != mine)
     if foreign.any():
-        example = ids[int(np.flatnonzero(foreign)[0])]
+        example = int(np.flatnonzero(foreign)[0])
         raise DataValidationError(
             source,
             [
-                f"{int(foreign.sum())} record id(s) are already stored for another subject, e.g. {example!r}; "
-                "record ids must be unique across the store: give new rows new record ids"
+                f"{int(foreign.sum())} record id(s) are already stored for another subject, e.g. row {example} "
+                "(0-based); record ids must be unique across the store: give new rows new record ids"
             ],
         )
     refused = np.isin(mine, np.asarray(sorted(erased), dtype=str)) if erased else np.zeros(len(ids), bool)

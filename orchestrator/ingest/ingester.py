@@ -60,6 +60,8 @@ class PreparedIngest:
     began: float
     cpu: float
     finish: Callable[[PreparedIngest, EnsembleManifest, dict[int, ShardUpdate], float, bool, str | None], IngestReceipt]
+    #: The receipt of an earlier ingest of the same batch under the same request id (a retry).
+    earlier: IngestReceipt | None = None
     receipt: IngestReceipt | None = None
 
     def shard_calls(self, remove: Mapping[int, Sequence[str]]) -> dict[int, tuple[object, ...]]:
@@ -115,7 +117,9 @@ class Ingester:
 
         Raises:
             DataValidationError: the rows fail validation (every problem listed); nothing is written.
-            ConfigError: an untrained store, a wrong key, row placement, or a bad request id.
+            ConfigError: an untrained store, a wrong key, row placement, a bad request id, or one used for
+                another batch (a request id given again with the same batch returns its receipt).
+            PersonalDataInTextError: the request id names a subject of the batch.
             StoreBusyError: another process writes the store (e.g. a running service).
             StorageConflictError: another writer published meanwhile (nothing changed; ingest again).
             ShardRetrainFailed: a shard actor failed (nothing published; ingest again).
@@ -153,7 +157,10 @@ class Ingester:
                 "retrain it with 'balanced' or 'hash' to ingest"
             )
         erased = self.session.catalog.tombstones() | set(erasing)
-        batch = prepare_batch(rows, manifest, self.session.hasher, erased, self._records(manifest).owner, source)
+        batch = prepare_batch(
+            rows, manifest, self.session.hasher, erased, self._records(manifest).owner, source, request_id
+        )
+        earlier = self._earlier(request_id, batch)
         index = self.session.catalog.read_placement(manifest.placement_key)
         plan = None
         if batch.subject_rows:
@@ -168,7 +175,24 @@ class Ingester:
                 whole_subject=isinstance(model_for(manifest.model), SufficientStatisticsModel),
                 limits=IngestLimits(settings.max_tail_slices, settings.max_subject_slices),
             )
-        return PreparedIngest(request_id, manifest, batch, index, plan, settings, began, cpu, self._finish)
+        return PreparedIngest(request_id, manifest, batch, index, plan, settings, began, cpu, self._finish, earlier)
+
+    def _earlier(self, request_id: str, batch: PreparedBatch) -> IngestReceipt | None:
+        """The stored receipt of ``request_id`` if it ingested this very batch; a retry gets it back.
+
+        Raises:
+            ConfigError: the request id was used for another batch (its receipt is never replaced).
+        """
+        key = f"{INGEST_RECEIPT_PREFIX}/{request_id}.json"
+        if not self.session.store.exists(key):
+            return None
+        earlier = IngestReceipt.model_validate_json(self.session.store.get(key))
+        if earlier.batch_digest != batch.digest:
+            raise ConfigError(
+                f"request id {request_id!r} was already used for another batch (its receipt is kept, never replaced); "
+                "give this batch a new request id, or omit it"
+            )
+        return earlier
 
     def _records(self, manifest: EnsembleManifest) -> StoredRecords:
         if self._stored is None or self._stored.version != manifest.version:
@@ -182,6 +206,9 @@ class Ingester:
             StorageConflictError: the store moved past the version the batch was planned on.
         """
         manifest = prepared.manifest
+        if prepared.earlier is not None:  # a retry of an ingest that finished: the same receipt, once
+            prepared.receipt = prepared.earlier
+            return prepared.earlier
         if self.session.manifest is None or self.session.manifest.version != manifest.version:
             raise StorageConflictError(
                 f"the batch was planned on version {manifest.version}, and the store has moved on; ingest again"

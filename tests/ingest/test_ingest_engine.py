@@ -9,7 +9,7 @@ import pytest
 from expunge.orchestrator.config import IngestConfig, ItemStatsConfig, MFConfig, SyntheticRatingsConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import DataValidationError
+from expunge.orchestrator.errors import ConfigError, DataValidationError, PersonalDataInTextError
 from expunge.orchestrator.evidence.rederive import rederive_shards
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import RECORD_ID, SUBJECT_ID
@@ -101,3 +101,29 @@ def test_an_ingest_joining_an_erasure_retrains_each_shard_once(tmp_path, model) 
     assert added.rows_refused_erased == 1
     assert coordinator.require_manifest().rows == len(initial) - receipt.rows_removed + len(later)
     assert all(_exact(coordinator).values())
+
+
+def test_request_ids_are_never_reused_and_never_name_a_subject(tmp_path) -> None:
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    initial, later = _split(ROWS, 30)
+    coordinator.train(initial, job(shards=2, slices=2))
+    subject = later.column(SUBJECT_ID)[0].as_py()
+    with pytest.raises(PersonalDataInTextError):
+        coordinator.ingest(later, request_id=f"batch-of-{subject}")
+    first = coordinator.ingest(later.slice(0, 10), request_id="daily-1")
+    assert coordinator.ingest(later.slice(0, 10), request_id="daily-1") == first  # a retry: the same receipt
+    with pytest.raises(ConfigError, match="already used"):
+        coordinator.ingest(later.slice(10, 10), request_id="daily-1")
+    assert coordinator.require_manifest().version == 2
+
+
+def test_errors_name_duplicate_record_ids_by_position_never_by_value(tmp_path) -> None:
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    coordinator.train(ROWS, job(shards=2, slices=2))
+    duplicated = ROWS.slice(0, 2).set_column(0, RECORD_ID, pa.array(["user-7:42:881250949"] * 2))
+    with pytest.raises(DataValidationError) as raised:
+        coordinator.ingest(duplicated)
+    assert "user-7" not in str(raised.value)
+    assert "rows 0 and 1" in str(raised.value)
