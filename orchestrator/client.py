@@ -21,7 +21,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from expunge.orchestrator.cluster import gcs_answers
 from expunge.orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
-from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.service.policy import check_subject_list, check_timeout
 
 if TYPE_CHECKING:
@@ -223,6 +223,29 @@ class RayClient:
             UnknownRequestError: no such request.
         """
         return self._call("wait", request_id, stage, timeout)
+
+    def ingest(self, rows: pa.Table | Mapping[str, Sequence[object]], request_id: str | None = None) -> IngestReceipt:
+        """Add new rows to the served model; returns their ``IngestReceipt`` once committed and served.
+
+        ``rows``: a table (or a mapping of columns) with ``record_id``, ``subject_id`` and the
+        model's targets (``item_id`` and ``rating`` for ratings models). Only the shards that get
+        rows retrain, from their first new slice; rows of erased people are refused and counted,
+        rows whose record id the store holds are left out. The ingest waits for the erasures
+        submitted before it. ``request_id``: names it in the store and MLflow (made up when
+        omitted, so this call's own retries return the first receipt); the same id with other
+        rows is refused. MLflow registers the new version shortly after (``model_version``).
+
+        Raises:
+            DataValidationError: bad rows, every problem listed; nothing was written.
+            IdempotencyConflictError: ``request_id`` already names an ingest of other rows.
+            ConfigError: a bad request id. StoreBusyError, StorageUnavailableError: for now (call again).
+        """
+        from expunge.orchestrator.service.ingestion import columns_table  # the engine's imports only when needed
+
+        table = rows if isinstance(rows, pa.Table) else columns_table(rows)
+        named = request_id if request_id is not None else f"ingest-{uuid.uuid4().hex[:24]}"
+        receipt: IngestReceipt = self._call("ingest", table, named)
+        return receipt
 
     def predict(self, rows: pa.Table | Sequence[dict[str, Any]]) -> np.ndarray:
         """Ensemble predictions, shape (n,), for rows with ``subject_id`` and ``item_id`` (ratings models).

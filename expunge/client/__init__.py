@@ -9,6 +9,7 @@ extra): this package imports only the standard library, httpx, pydantic, its wir
     client = Client("http://127.0.0.1:8470", token)
     erasure = client.forget(["user-7"], ticket="GDPR-2026-0042")   # returns once committed
     top = client.recommend("user-8", k=10)
+    added = client.ingest({"record_id": ["r-9"], "subject_id": ["user-8"], "item_id": [3], "rating": [4.0]})
 
 The Ray-driver SDK for code inside the cluster is ``expunge.RayClient`` (the server install).
 """
@@ -23,6 +24,7 @@ from expunge.client.models import (
     ErasureList,
     Extension,
     Health,
+    Ingestion,
     TokenCreated,
     TokenInfo,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "ErasureList",
     "Extension",
     "Health",
+    "Ingestion",
     "TokenCreated",
     "TokenInfo",
 ]

@@ -42,6 +42,7 @@ from expunge.client.models import (
     ErasureAccepted,
     ErasureList,
     Health,
+    Ingestion,
     ListState,
     Predictions,
     Readmitted,
@@ -99,13 +100,19 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    async def _send(self, call: Call) -> Any:
-        """Send ``call``, again after a retryable failure until ``retry_s`` is spent; the reply's JSON."""
+    async def _send(self, call: Call, timeout: httpx.Timeout | None = None) -> Any:
+        """Send ``call``, again after a retryable failure until ``retry_s`` is spent; the reply's JSON.
+
+        ``timeout``: this call's own (None: the client's).
+        """
+        limit = timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
         started = time.monotonic()
         attempt = 0
         while True:
             try:
-                response = await self._http.request(call.method, call.path, json=call.body, params=dict(call.params))
+                response = await self._http.request(
+                    call.method, call.path, json=call.body, params=dict(call.params), timeout=limit
+                )
             except httpx.TransportError as exc:
                 if not retryable_transport_error(exc, call):
                     raise interrupted_error(self.url, call, exc) from exc
@@ -270,6 +277,12 @@ class AsyncClient:
             ConfigError: no rows, or a column the model needs is missing.
         """
         return Predictions.model_validate(await self._send(_calls.predict(rows))).predictions
+
+    # ----- ingest --------------------------------------------------------------------------------
+    async def ingest(self, rows: object, *, request_id: str | None = None, timeout: float | None = 600.0) -> Ingestion:
+        """``Client.ingest``: add new rows to the served model; the ``Ingestion`` once they are served."""
+        call = _calls.ingest(rows, request_id)
+        return Ingestion.model_validate(await self._send(call, timeout=httpx.Timeout(check_timeout(timeout))))
 
     # ----- administration ------------------------------------------------------------------------
     async def readmit(self, subject_ids: Sequence[str | int], reason: str) -> int:

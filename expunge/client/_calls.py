@@ -8,6 +8,9 @@ its shape fails here, before any request.
 from __future__ import annotations
 
 import datetime as dt
+import math
+import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -15,7 +18,9 @@ from pydantic import BaseModel, ValidationError
 
 from expunge.client._transport import Call, check_subject_ids, iso_time, new_idempotency_key, quoted
 from expunge.client.models import (
+    MAX_INGEST_ROWS,
     ErasureRequest,
+    IngestRequest,
     ListState,
     PredictRequest,
     ReadmitRequest,
@@ -23,13 +28,14 @@ from expunge.client.models import (
     Scope,
     TokenCreate,
 )
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, DataValidationError
 
 __all__ = [
     "create_token",
     "evidence",
     "extend",
     "health",
+    "ingest",
     "list_erasures",
     "predict",
     "readmit",
@@ -137,6 +143,57 @@ def predict(rows: Sequence[Mapping[str, Any]]) -> Call:
     if not isinstance(rows, list | tuple) or not rows or not all(isinstance(r, Mapping) for r in rows):
         raise ConfigError('rows must be a non-empty list of dicts, e.g. [{"subject_id": "user-7", "item_id": 12}]')
     return Call("POST", "/predictions", body=_body(PredictRequest, rows=[dict(r) for r in rows]))
+
+
+def ingest(rows: object, request_id: str | None) -> Call:
+    """``POST /v1/ingestions``; a request id is made up here when none is given, so a retry returns the first answer.
+
+    ``rows``: a pyarrow Table (pyarrow is never imported here: a caller who has a Table has it
+    loaded), or a mapping of column name to values (lists; numpy arrays and pandas Series are listed).
+
+    Raises:
+        ConfigError: neither; a column that is not a sequence of values; more than ``MAX_INGEST_ROWS`` rows.
+        DataValidationError: NaN or infinite values (JSON has no such numbers).
+    """
+    columns = _columns(rows)
+    longest = max((len(values) for values in columns.values()), default=0)
+    if longest > MAX_INGEST_ROWS:
+        raise ConfigError(
+            f"the batch has {longest} rows, over the {MAX_INGEST_ROWS} one call takes: send it in parts (a part sent "
+            "twice adds nothing: rows are matched by record id)"
+        )
+    not_finite = {name: n for name, values in columns.items() if (n := _not_finite(values))}
+    if not_finite:
+        raise DataValidationError(
+            "the rows",
+            [f"{n} {name} value(s) are NaN or infinite, which JSON cannot carry" for name, n in not_finite.items()],
+        )
+    named = request_id if request_id is not None else f"ingest-{uuid.uuid4().hex[:24]}"
+    return Call("POST", "/ingestions", body=_body(IngestRequest, rows=columns, request_id=named), key=named)
+
+
+def _columns(rows: object) -> dict[str, list[Any]]:
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None and isinstance(rows, arrow.Table):
+        table: dict[str, list[Any]] = rows.to_pydict()
+        return table
+    if not isinstance(rows, Mapping) or not rows:
+        raise ConfigError(
+            'rows must be a pyarrow Table or a mapping of columns, e.g. {"record_id": ["r1"], "subject_id": '
+            '["user-7"], "item_id": [3], "rating": [4.0]}'
+        )
+    columns: dict[str, list[Any]] = {}
+    for name, values in rows.items():
+        if not isinstance(name, str) or isinstance(values, str | bytes | Mapping) or not hasattr(values, "__len__"):
+            raise ConfigError(f"column {str(name)[:40]!r}: give a list of values, one per row")
+        columns[name] = values.tolist() if hasattr(values, "tolist") else list(values)
+    return columns
+
+
+def _not_finite(values: list[Any]) -> int:
+    """How many floats (in a list of values, or of lists of values: features) are NaN or infinite."""
+    flat = (v for value in values for v in (value if isinstance(value, list) else (value,)))
+    return sum(1 for v in flat if isinstance(v, float) and not math.isfinite(v))
 
 
 def readmit(subject_ids: Sequence[object], reason: str) -> Call:

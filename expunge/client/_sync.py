@@ -41,6 +41,7 @@ from expunge.client.models import (
     ErasureAccepted,
     ErasureList,
     Health,
+    Ingestion,
     ListState,
     Predictions,
     Readmitted,
@@ -111,13 +112,19 @@ class Client:
     ) -> None:
         self.close()
 
-    def _send(self, call: Call) -> Any:
-        """Send ``call``, again after a retryable failure until ``retry_s`` is spent; the reply's JSON."""
+    def _send(self, call: Call, timeout: httpx.Timeout | None = None) -> Any:
+        """Send ``call``, again after a retryable failure until ``retry_s`` is spent; the reply's JSON.
+
+        ``timeout``: this call's own (None: the client's).
+        """
+        limit = timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
         started = time.monotonic()
         attempt = 0
         while True:
             try:
-                response = self._http.request(call.method, call.path, json=call.body, params=dict(call.params))
+                response = self._http.request(
+                    call.method, call.path, json=call.body, params=dict(call.params), timeout=limit
+                )
             except httpx.TransportError as exc:
                 if not retryable_transport_error(exc, call):
                     raise interrupted_error(self.url, call, exc) from exc
@@ -282,6 +289,30 @@ class Client:
             ConfigError: no rows, or a column the model needs is missing.
         """
         return Predictions.model_validate(self._send(_calls.predict(rows))).predictions
+
+    # ----- ingest --------------------------------------------------------------------------------
+    def ingest(self, rows: object, *, request_id: str | None = None, timeout: float | None = 600.0) -> Ingestion:
+        """Add new rows to the served model (scope ``ingest``); the ``Ingestion`` once they are committed and served.
+
+        ``rows``: a pyarrow Table, or a mapping of columns (``{"record_id": [...], "subject_id": [...],
+        "item_id": [...], "rating": [...]}`` for ratings models), at most ``MAX_INGEST_ROWS`` (100,000)
+        rows a call. Only the shards that get rows retrain, from their first new slice. Rows of erased
+        people are refused and counted (``rows_refused_erased``); rows whose record id the store holds
+        are left out (``rows_already_stored``), so a batch sent twice adds nothing. The ingest runs
+        after the erasures submitted before it. ``request_id``: names the ingest in the store and
+        MLflow (1-128 letters, digits, ``.``, ``_`` or ``-``; never a person's id), made up here when
+        omitted, so this call's own retries get the first answer. ``timeout``: seconds to wait for the
+        answer (the ingest retrains shards: longer than other calls); a retry after it returns the
+        first answer.
+
+        Raises:
+            DataValidationError: bad rows, every problem listed (HTTP 422); nothing was written.
+            IdempotencyConflictError: ``request_id`` already names an ingest of other rows.
+            ConfigError: rows that are neither a Table nor columns, too many rows, a bad request id.
+            PermissionDeniedError: the token lacks ``ingest``.
+        """
+        call = _calls.ingest(rows, request_id)
+        return Ingestion.model_validate(self._send(call, timeout=httpx.Timeout(check_timeout(timeout))))
 
     # ----- administration ------------------------------------------------------------------------
     def readmit(self, subject_ids: Sequence[str | int], reason: str) -> int:

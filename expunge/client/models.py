@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 __all__ = [
     "API_PREFIX",
+    "MAX_INGEST_ROWS",
     "SCOPES",
     "Erasure",
     "ErasureAccepted",
@@ -21,6 +22,8 @@ __all__ = [
     "ErasureRequest",
     "Extension",
     "Health",
+    "IngestRequest",
+    "Ingestion",
     "ListState",
     "PredictRequest",
     "Predictions",
@@ -38,10 +41,14 @@ __all__ = [
 #: Every route lives under this prefix (``/metrics`` and ``/openapi.json`` excepted).
 API_PREFIX = "/v1"
 
-Scope = Literal["erasure:submit", "erasure:read", "evidence:read", "recommend", "admin"]
+Scope = Literal["erasure:submit", "erasure:read", "evidence:read", "recommend", "ingest", "admin"]
 #: The scopes a token can hold. ``admin`` is readmission and token management only: it does not
 #: imply the others (deny by default: a token holds exactly the scopes it was created with).
-SCOPES: tuple[str, ...] = ("erasure:submit", "erasure:read", "evidence:read", "recommend", "admin")
+SCOPES: tuple[str, ...] = ("erasure:submit", "erasure:read", "evidence:read", "recommend", "ingest", "admin")
+
+#: Most rows one ``POST /v1/ingestions`` takes: send a larger batch in parts (a part sent twice adds
+#: nothing, rows being matched by record id).
+MAX_INGEST_ROWS = 100_000
 
 #: ``GET /v1/erasures?state=``: ``pending`` = not done and not failed; ``late`` = pending past its
 #: due date (extension included); ``done`` = registered with nothing pending; ``failed``.
@@ -154,6 +161,50 @@ class Predictions(_Reply):
 
     predictions: list[float]
     model_version: int
+
+
+class IngestRequest(_Wire):
+    """``POST /v1/ingestions`` (scope ``ingest``): new rows, as columns of equal length.
+
+    ``rows``: ``record_id``, ``subject_id`` and the model's targets (``item_id`` and ``rating`` for
+    ratings models, ``features`` and ``label`` for classifiers), one list of values per column, at
+    most ``MAX_INGEST_ROWS`` rows. ``request_id``: names the ingest in the store and MLflow (1-128
+    letters, digits, ``.``, ``_`` or ``-``; never a person's id); the same id with the same rows
+    returns the first answer and adds nothing, with other rows it is refused (409).
+    """
+
+    rows: dict[str, list[Any]] = Field(min_length=1, max_length=16)
+    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class Ingestion(_Reply):
+    """What an ingest did: counts, store versions and the batch's keyed digest, never an id of anyone.
+
+    ``status``: ``ingested`` (a new version is served) or ``nothing_new`` (every row was stored
+    already or refused). ``rows_refused_erased``: rows of erased people, never stored.
+    ``rows_already_stored``: rows whose record id the store holds (a batch sent twice).
+    ``shards_retrained``: the shards that got rows, each retrained from its first new slice.
+    ``batch_digest``: a keyed digest of the batch's record ids, the same for the same batch.
+    MLflow registers the new version shortly after (``GET /v1/healthz``: ``registry_version``).
+    """
+
+    request_id: str
+    status: Literal["ingested", "nothing_new"]
+    batch_digest: str
+    rows_in_batch: int
+    rows_added: int
+    rows_refused_erased: int = 0
+    subjects_refused_erased: int = 0
+    rows_already_stored: int = 0
+    subjects_added: int = 0
+    new_subjects: int = 0
+    shards_retrained: list[int] = []
+    model_version_before: int | None = None
+    model_version_after: int | None = None
+    committed_at: str | None = None
+    seconds: float = 0.0
+    retrain_seconds: float = 0.0
+    pending: list[str] = []
 
 
 class ReadmitRequest(_Wire):

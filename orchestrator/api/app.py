@@ -25,11 +25,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from expunge import __version__
 from expunge.client.models import (
     API_PREFIX,
+    MAX_INGEST_ROWS,
     Erasure,
     ErasureAccepted,
     ErasureList,
     ErasureRequest,
     Health,
+    Ingestion,
+    IngestRequest,
     Predictions,
     PredictRequest,
     Problem,
@@ -47,6 +50,7 @@ from expunge.orchestrator.api.problems import RETRY_AFTER_S, problem_for
 from expunge.orchestrator.api.tokens import TokenRecord, TokenStore, authorize
 from expunge.orchestrator.errors import AuthenticationError, ConfigError, ExpungeError
 from expunge.orchestrator.service.core import ErasureService
+from expunge.orchestrator.service.ingestion import columns_table, ingestion_view
 
 __all__ = ["MAX_BODY_BYTES", "MAX_SMALL_BODY_BYTES", "build_app"]
 
@@ -58,9 +62,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {400: _PROBLEM, 401: _PROBLEM, 403: _
 _COUNT_CACHE_S = 5.0
 #: Methods counted by name in /metrics; any other word a caller sends is "other" (labels stay bounded).
 _METHODS = frozenset({"GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH"})
-#: Largest request body the API reads, in bytes: predictions (100,000 rows fit), every other route.
+#: Largest request body the API reads, in bytes: predictions and ingestions (100,000 rows fit), every other route.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_SMALL_BODY_BYTES = 1024 * 1024
+_LARGE_BODY_PATHS = frozenset({f"{API_PREFIX}/predictions", f"{API_PREFIX}/ingestions"})
 
 
 class ExtensionRequest(BaseModel):
@@ -170,6 +175,7 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
     Read = Annotated[TokenRecord, Depends(caller("erasure:read"))]
     Evidence = Annotated[TokenRecord, Depends(caller("evidence:read"))]
     Recommend = Annotated[TokenRecord, Depends(caller("recommend"))]
+    Ingest = Annotated[TokenRecord, Depends(caller("ingest"))]
     Admin = Annotated[TokenRecord, Depends(caller("admin"))]
 
     def _view(request: Request, request_id: str) -> Erasure:
@@ -244,6 +250,29 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
             predictions=[float(v) for v in values.reshape(len(body.rows), -1)[:, 0]],
             model_version=service.model_version().ensemble_version,
         )
+
+    # ----- ingest ----------------------------------------------------------------------------------
+    @app.post(
+        f"{API_PREFIX}/ingestions",
+        response_model=Ingestion,
+        responses=_ERRORS | {409: _PROBLEM, 413: _PROBLEM, 422: _PROBLEM},
+    )
+    def ingest(body: IngestRequest, request: Request, _: Ingest) -> Ingestion | JSONResponse:
+        """Add rows (columns of equal length); only the shards that get rows retrain. 200 once served."""
+        rows = max(len(values) for values in body.rows.values())
+        if rows > MAX_INGEST_ROWS:
+            return _problem_response(
+                Problem(
+                    title="Content Too Large",
+                    status=413,
+                    detail=f"the batch has {rows} rows, over the {MAX_INGEST_ROWS} one call takes: send it in parts "
+                    "(a part sent twice adds nothing: rows are matched by record id); nothing was changed",
+                    code="ConfigError",
+                )
+            )
+        receipt = service.ingest(columns_table(body.rows), body.request_id)
+        request.state.request_id = receipt.request_id
+        return ingestion_view(receipt)
 
     # ----- administration --------------------------------------------------------------------------
     @app.post(f"{API_PREFIX}/readmissions", response_model=Readmitted, responses=_ERRORS)
@@ -327,7 +356,7 @@ def _body_refusal(request: Request) -> Problem | None:
     """A body too large, or of unknown length, is refused before it is read (it could be any size)."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return None
-    limit = MAX_BODY_BYTES if request.url.path == f"{API_PREFIX}/predictions" else MAX_SMALL_BODY_BYTES
+    limit = MAX_BODY_BYTES if request.url.path in _LARGE_BODY_PATHS else MAX_SMALL_BODY_BYTES
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
         return Problem(

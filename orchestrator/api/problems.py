@@ -1,9 +1,10 @@
 """One error shape for the HTTP API (RFC 9457 ``application/problem+json``), from the one exception hierarchy.
 
 ``problem_for`` maps an ``ExpungeError`` to its HTTP status: bad input 400, no or unknown token
-401, missing scope 403, unknown request or subject 404, a reused idempotency key 409, a wait
-that timed out 504, infrastructure that is down for now 503 (with ``Retry-After``); anything
-else is a bug, 500, whose detail says only that it was logged. A 4xx changed nothing.
+401, missing scope 403, unknown request or subject 404, a reused idempotency key 409, rows that
+fail validation (an ingest's) 422, a wait that timed out 504, infrastructure that is down for
+now 503 (with ``Retry-After``); anything else is a bug, 500, whose detail says only that it was
+logged. A 4xx changed nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from expunge.orchestrator.errors import (
     ErasureWaitTimeout,
     ExpungeError,
     IdempotencyConflictError,
+    InvalidSubjectIdError,
     PermissionDeniedError,
     ServiceUnavailableError,
     ShardRetrainFailed,
@@ -50,7 +52,8 @@ _STATUS: tuple[tuple[type[ExpungeError], int, str], ...] = (
     (ShardStartTimeout, 503, "Service Unavailable"),
     (ShardRetrainFailed, 503, "Service Unavailable"),
     (ConfigError, 400, "Bad Request"),
-    (DataValidationError, 400, "Bad Request"),
+    (InvalidSubjectIdError, 400, "Bad Request"),  # an id in a request's list, as a bad argument is
+    (DataValidationError, 422, "Unprocessable Content"),  # rows: every problem listed
 )
 
 

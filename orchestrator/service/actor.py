@@ -30,7 +30,7 @@ from expunge.orchestrator.errors import (
     TrackingUnreachable,
 )
 from expunge.orchestrator.pool import RayShardPool, ShardPool
-from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.core import ErasureService, ServedVersion, ServiceStats
 from expunge.orchestrator.service.journal import RequestStatus
@@ -153,6 +153,9 @@ class _ServiceActor:
 
     def wait(self, request_id: str, stage: Literal["committed", "registered"], timeout: float | None) -> RequestStatus:
         return self._service.wait(request_id, stage, timeout)
+
+    def ingest(self, rows: pa.Table, request_id: str | None) -> IngestReceipt:
+        return self._service.ingest(rows, request_id)
 
     def predict(self, rows: pa.Table) -> np.ndarray:
         return self._service.predict(rows)

@@ -42,11 +42,12 @@ from expunge.orchestrator.errors import (
     StorageConflictError,
     StoreBusyError,
 )
-from expunge.orchestrator.receipts import ErasureReceipt, utc_now
+from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.screening import screen_free_text
 from expunge.orchestrator.service.board import RequestBoard
 from expunge.orchestrator.service.followup import Committed, FollowUp, durably
+from expunge.orchestrator.service.ingestion import ServiceIngestion
 from expunge.orchestrator.service.intake import new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.lifecycle import Lifecycle
@@ -118,16 +119,9 @@ class ErasureService:
         #: Request ids this process queued, resumed or found finished: a retried submit of any other
         #: id the journal holds as accepted was never acknowledged, and is queued by that retry.
         self._known: set[str] = set()
-        self.follow = FollowUp(
-            self.coordinator,
-            self.lineage,
-            self.journal,
-            self.board,
-            self._state,
-            self._work,
-            self._counts,
-            self._stopped,
-        )
+        shared = (self._state, self._work, self._counts, self._stopped)  # the locks, counters and stop flag
+        self.follow = FollowUp(self.coordinator, self.lineage, self.journal, self.board, *shared)
+        self.ingestion = ServiceIngestion(self.job, self.follow, self._state, self._work, self._stopped)
         self._stopping = False
         self._recover()
         if warm:
@@ -228,6 +222,10 @@ class ErasureService:
         with self._work:
             return self.coordinator.readmit(ids, reason)
 
+    def ingest(self, rows: pa.Table, request_id: str | None = None) -> IngestReceipt:
+        """``ServiceIngestion.ingest``: add new rows in this service's writer order; returns once served."""
+        return self.ingestion.ingest(rows, request_id)
+
     # ----- serving ------------------------------------------------------------------------------
     def predict(self, rows: pa.Table) -> np.ndarray:
         """Ensemble predictions for canonical rows from the version the store publishes now."""
@@ -287,6 +285,8 @@ class ErasureService:
                     step_kind = "resume"
                 elif repair is not None:
                     step_kind = "repair"
+                elif self.ingestion.due(self._queue[0].since if self._queue else None):
+                    step_kind = "ingest"
                 else:
                     clock = time.monotonic()
                     step = next_step(
@@ -316,6 +316,8 @@ class ErasureService:
                     self._commit(entries, None, resume=False)
                 elif step_kind == "repair" and repair is not None:
                     self.follow.repair(repair)
+                elif step_kind == "ingest":
+                    self.ingestion.run_next()
                 else:
                     self.follow.register()
             except Exception:  # the worker must outlive any one batch; the batch is failed or requeued
@@ -445,5 +447,4 @@ class ErasureService:
 
     def describe(self) -> dict[str, Any]:
         """The store this service erases from and its published version (``ServiceActor.ready``)."""
-        manifest = self.coordinator.require_manifest()
-        return {"storage": self.coordinator.store.uri, "ensemble_version": manifest.version}
+        return {"storage": self.coordinator.store.uri, "ensemble_version": self.coordinator.require_manifest().version}
