@@ -33,7 +33,7 @@ def commit_erasure(
     for shard, update in updates.items():
         versions[shard] = update.manifest_version
     found = sorted(plan.found)
-    placement = ingest.placement_after(set(found)) if ingest is not None else index.without(set(found))
+    placement = ingest.placement_after(set(found)) if ingest is not None and ingest.plan else index.without(set(found))
     new_manifest = EnsembleManifest(
         version=manifest.version + 1,
         parent_version=manifest.version,

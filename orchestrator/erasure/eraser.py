@@ -144,7 +144,8 @@ class Eraser:
         skips looking for one (a scan of every stored version). ``ingest``: a batch prepared on
         the published version (``Ingester.prepare(..., erasing=digests)``) that joins this commit,
         so each shard retrains once for both; its receipt is then ``ingest.receipt``. When
-        nobody is found the batch is left to the caller (``ingest.receipt`` stays None).
+        nobody is found, or the batch holds nothing new, it is left to the caller
+        (``ingest.receipt`` stays None; ``Ingester.run`` does it alone).
 
         Raises:
             ConfigError: no digest, a bad request id, or an id that named other subjects.
@@ -251,7 +252,7 @@ class Eraser:
         except ExpungeError as exc:
             pending.append(_pending("receipt", exc))
         receipt = self._record(receipt.model_copy(update={"pending": tuple(pending)}), new_manifest, audit, register)
-        if ingest is not None:  # the batch's own receipt, registered as part of this version
+        if ingest is not None and ingest.plan is not None:  # the batch's receipt, registered with this version
             ingest.finish(ingest, new_manifest, updates, retrain_seconds, False, receipt.registry_version_after)
         log.info(
             "request %s: erased %d row(s) from shard(s) %s in %.2fs",
@@ -317,7 +318,7 @@ class Eraser:
         }
         pool = self.session.pool
         method, calls = "erase", dict[int, tuple[object, ...]](per_shard)
-        if ingest is not None:  # one retrain per shard: the batch's rows in, the subjects' rows out
+        if ingest is not None and ingest.plan is not None:  # one retrain per shard: rows in, the subjects' out
             method, calls = "ingest", ingest.shard_calls({s: args[0] for s, args in per_shard.items()})
         try:
             # Start the affected actors first (a no-op when warm) so that retrain_seconds is

@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -48,7 +47,7 @@ from expunge.orchestrator.screening import screen_free_text
 from expunge.orchestrator.service.board import RequestBoard
 from expunge.orchestrator.service.followup import Committed, FollowUp, durably
 from expunge.orchestrator.service.ingestion import ServiceIngestion
-from expunge.orchestrator.service.intake import new_entry, ticket_label
+from expunge.orchestrator.service.intake import Queued, new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.lifecycle import Lifecycle
 from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt, take_batch
@@ -65,12 +64,6 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (StorageConflictError, ShardRetrainFailed, ShardStartTimeout, StorageUnavailableError, StoreBusyError)
 _RETRY_PAUSE_S = 1.0
 _MAX_ATTEMPTS = 5
-
-
-@dataclass
-class _Queued:
-    entry: JournalEntry
-    since: float  # monotonic time it was queued
 
 
 class ErasureService:
@@ -111,7 +104,7 @@ class ErasureService:
         self.journal = Journal(self.coordinator.store)
         self._work = threading.Lock()  # the coordinator: commits, registration and serving, one at a time
         self._state = threading.Condition()  # everything below
-        self._queue: collections.deque[_Queued] = collections.deque()
+        self._queue: collections.deque[Queued] = collections.deque()
         self._resume: list[tuple[BatchEntry, list[JournalEntry]]] = []
         self.board = RequestBoard(self.journal, self._state, self.coordinator.store.uri)
         self.lifecycle = Lifecycle(self.journal, self.hasher, self.board)
@@ -180,7 +173,7 @@ class ErasureService:
             if request_id in self._known:
                 return request_id
             self._known.add(request_id)
-            self._queue.append(_Queued(entry, time.monotonic()))
+            self._queue.append(Queued(entry, time.monotonic()))
             self._counts["accepted"] += 1
             self.board.remember(RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at))
             self._state.notify_all()
@@ -330,8 +323,7 @@ class ErasureService:
             batch = BatchEntry(
                 batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=utc_now()
             )
-            # Before the retrain: a crash from here on resumes this batch under this id, exactly once.
-            if not durably(
+            if not durably(  # before the retrain: a crash from here on resumes this batch under this id, once
                 f"journal batch {batch_id}", functools.partial(self.journal.write_batch, batch), self._stopped
             ):
                 return  # stopping: the requests stay accepted in the journal; the next start takes them
@@ -339,38 +331,45 @@ class ErasureService:
         # its commit (under the batch id) erased them all.
         members = [e for r in batch.request_ids if (e := self.journal.entry(r)) is not None] if resume else entries
         digests = list(dict.fromkeys(d for e in members for d in e.subject_digests))
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            try:
-                with self._work:
-                    self.coordinator.follow_latest()
-                    acted_on = self.coordinator.require_manifest().version
-                    rows = self.coordinator.placement_index().rows()
-                    ticket, reason = batch_text(members)
-                    receipt = self.coordinator.forget_digests(
-                        digests,
-                        batch.batch_id,
-                        register=False,
-                        resume=resume or attempt > 1,
-                        ticket=ticket,
-                        reason=reason,
-                    )
-                    if receipt.status == "erased" and receipt.model_version_before != acted_on:
-                        # Committed before a crash or a lost answer: the rows each subject had come from
-                        # the durable record of that commit, as a run without the crash counted them.
-                        catalog = self.coordinator.catalog
-                        rows = erased_rows(catalog, catalog.read(receipt.model_version_after or 0))
-                break
-            except _RETRYABLE as exc:
-                if attempt == _MAX_ATTEMPTS:
+        joining, joined = self.ingestion.take() if not resume else None, False  # an ingest joins: 1 retrain/shard
+        try:
+            for attempt in range(1, _MAX_ATTEMPTS + 1):
+                try:
+                    with self._work:
+                        self.coordinator.follow_latest()
+                        acted_on = self.coordinator.require_manifest().version
+                        rows = self.coordinator.placement_index().rows()
+                        ticket, reason = batch_text(members)
+                        receipt = self.coordinator.forget_digests(
+                            digests,
+                            batch.batch_id,
+                            register=False,
+                            resume=resume or attempt > 1,
+                            ticket=ticket,
+                            reason=reason,
+                            ingest=self.ingestion.prepare(joining, digests) if attempt == 1 else None,
+                        )
+                        if receipt.status == "erased" and receipt.model_version_before != acted_on:
+                            # Committed before a crash or a lost answer: the rows each subject had come from
+                            # the durable record of that commit, as a run without the crash counted them.
+                            catalog = self.coordinator.catalog
+                            rows = erased_rows(catalog, catalog.read(receipt.model_version_after or 0))
+                    break
+                except _RETRYABLE as exc:
+                    if attempt == _MAX_ATTEMPTS:
+                        self.follow.fail(entries, batch, exc)
+                        return
+                    log.warning("batch %s: %s; trying again (%d/%d)", batch.batch_id, exc, attempt, _MAX_ATTEMPTS)
+                    time.sleep(_RETRY_PAUSE_S * attempt)
+                    if isinstance(exc, StoreBusyError):
+                        self._lease.reacquire(serve_purpose(self.config.namespace))
+                except ExpungeError as exc:
                     self.follow.fail(entries, batch, exc)
                     return
-                log.warning("batch %s: %s; trying again (%d/%d)", batch.batch_id, exc, attempt, _MAX_ATTEMPTS)
-                time.sleep(_RETRY_PAUSE_S * attempt)
-                if isinstance(exc, StoreBusyError):
-                    self._lease.reacquire(serve_purpose(self.config.namespace))
-            except ExpungeError as exc:
-                self.follow.fail(entries, batch, exc)
-                return
+            joined = receipt.status == "erased"  # nobody found: the batch did not join the commit
+        finally:
+            if not joined:  # not committed with it: the ingest waits again, first in line
+                self.ingestion.joined(joining)
         receipts = [split_receipt(receipt, e, rows) for e in entries]
         # The journal's committed records first (what status reads after a restart); if the store
         # refuses them now, the request is answered all the same, the write shown pending and retried.
@@ -395,6 +394,7 @@ class ErasureService:
             if receipt.pending:
                 self.follow.repairs.add(receipt, tuple(e.request_id for e in entries))
             self._state.notify_all()
+        self.ingestion.joined(joining if joined else None)  # answered once the erasures' statuses say committed
         for own in receipts:
             if own.request_id in unjournalled:
                 durably(
@@ -439,7 +439,7 @@ class ErasureService:
         plan = recover(self.journal, self.lineage)
         self._resume.extend(plan.resume)
         for entry in plan.queued:
-            self._queue.append(_Queued(entry, time.monotonic()))
+            self._queue.append(Queued(entry, time.monotonic()))
         self._known.update(e.request_id for e in plan.queued)
         self._known.update(e.request_id for _, entries in plan.resume for e in entries)
         for receipt in plan.repairs:

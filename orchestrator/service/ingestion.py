@@ -7,8 +7,9 @@ has their rows refused, not added and then erased. Once the store commit is publ
 shard actors serve it; MLflow gets the new version at the service's next registration step, as
 for an erasure (``Coordinator.forget_digests(register=False)``), never while callers wait.
 
-The engine call is ``ServiceIngestion._add_rows`` alone: an engine call that takes an ingest and
-the erasures queued with it into one retrain per shard can replace it there.
+When an erasure batch commits while an ingest waits, the ingest joins that commit
+(``take``/``prepare``/``joined``, ``Eraser.forget_digests(ingest=)``): each shard retrains once
+for both, and the batch's rows of the subjects being erased are refused.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from expunge.orchestrator.errors import (
     ServiceUnavailableError,
     StoreBusyError,
 )
-from expunge.orchestrator.ingest import Ingester
+from expunge.orchestrator.ingest import Ingester, PreparedIngest
 from expunge.orchestrator.ingest.batch import prepare_batch
 from expunge.orchestrator.ingest.ingester import INGEST_RECEIPT_PREFIX
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
@@ -140,6 +141,8 @@ class _Waiting:
     receipt: IngestReceipt | None = None
     error: Exception | None = None
     done: bool = False
+    #: Set while an erasure commit carries this ingest (``ServiceIngestion.take``/``prepare``).
+    prepared: PreparedIngest | None = None
 
 
 class ServiceIngestion:
@@ -266,6 +269,41 @@ class ServiceIngestion:
             waiting.receipt, waiting.error, waiting.done = receipt, error, True
             if receipt is not None and committed:
                 self.follow.unregistered.append(_registration(receipt))
+            self._state.notify_all()
+
+    # ----- an ingest joining an erasure commit (coalescing) -------------------------------------------
+    def take(self) -> _Waiting | None:
+        """The oldest waiting ingest, taken for the erasure commit about to run (``joined`` hands it back)."""
+        with self._state:
+            return self._waiting.popleft() if self._waiting else None
+
+    def prepare(self, taken: _Waiting | None, erasing: list[str]) -> PreparedIngest | None:
+        """``taken``'s batch planned on the published version to join the commit (the caller holds ``work``).
+
+        Rows of the ``erasing`` subjects are refused, as a tombstone would. None when nothing joins:
+        no ingest, a replayed request id (it is answered alone), or a batch the engine refuses
+        (its caller gets the error).
+        """
+        if taken is None or taken.done or (taken.request_id is not None and self._stored(taken.request_id)):
+            return None
+        try:
+            prepared = self._engine.prepare(taken.rows, taken.request_id, self.settings, SOURCE, erasing)
+        except Exception as exc:  # the caller gets the error; the erasure goes on alone
+            taken.error, taken.done = exc, True
+            return None
+        taken.prepared = prepared if prepared.plan is not None else None  # nothing new: it runs alone, at once
+        return taken.prepared
+
+    def joined(self, taken: _Waiting | None) -> None:
+        """Answer ``taken``'s caller with its receipt once the erasure committed it; else it waits again, first."""
+        if taken is None:
+            return
+        with self._state:
+            if taken.prepared is not None and taken.prepared.receipt is not None:
+                taken.receipt, taken.done = taken.prepared.receipt, True  # registered with the erasure's version
+            elif not taken.done:
+                taken.prepared = None
+                self._waiting.appendleft(taken)
             self._state.notify_all()
 
     def _add_rows(self, rows: pa.Table, request_id: str | None) -> tuple[IngestReceipt, bool]:

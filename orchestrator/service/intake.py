@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from expunge.orchestrator.config import ServiceConfig
 from expunge.orchestrator.digests import SubjectHasher
@@ -22,7 +23,16 @@ from expunge.orchestrator.service.policy import (
 )
 from expunge.shards.identity import canonical_subject_ids
 
-__all__ = ["new_entry", "ticket_label"]
+__all__ = ["Queued", "new_entry", "ticket_label"]
+
+
+@dataclass
+class Queued:
+    """An accepted erasure request waiting for the worker, and since when (monotonic seconds)."""
+
+    entry: JournalEntry
+    since: float
+
 
 _SUB_RESOURCES = ("/evidence", "/extension")
 

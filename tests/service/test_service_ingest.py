@@ -67,8 +67,9 @@ def test_an_ingest_runs_after_what_came_before_it(ingest_since, erasure_since, o
     assert ingest_due(ingest_since, erasure_since, overdue) is due
 
 
-def test_an_ingest_waits_for_an_earlier_erasure_then_is_served_exact_and_idempotent(tmp_path, hasher):
-    # A long window keeps the erasure queued when the ingest arrives: the ingest must run after it.
+def test_an_ingest_joins_a_waiting_erasure_then_is_served_exact_and_idempotent(tmp_path, hasher):
+    # A long window keeps the erasure queued when the ingest arrives: both go in one commit, each
+    # shard retrained once, and the batch's rows of the person being erased are refused.
     service = _service(tmp_path, hasher, window_ms=1500)
     try:
         erased, known = SUBJECTS[0], SUBJECTS[1]
@@ -79,13 +80,20 @@ def test_an_ingest_waits_for_an_earlier_erasure_then_is_served_exact_and_idempot
         )
         with pytest.raises(UnknownSubjectError):
             service.recommend("newcomer", k=2)
+        shards = service.coordinator.pool.shards  # type: ignore[attr-defined]
+        calls_before = {s: len(shard.calls) for s, shard in shards.items()}
         receipt = service.ingest(batch, request_id="daily-0001")
-        assert service.status(request_id).stage in ("committed", "registered")  # the erasure went first
+        erasure = service.status(request_id)
+        assert erasure.stage in ("committed", "registered")
         assert receipt.status == "ingested"
         assert (receipt.rows_refused_erased, receipt.subjects_refused_erased) == (3, 1)
         assert (receipt.rows_added, receipt.new_subjects) == (5, 1)
-        assert receipt.model_version_before == before + 1  # the erasure's version
-        assert service.model_version().ensemble_version == receipt.model_version_after == before + 2
+        assert receipt.model_version_before == before  # one commit for both
+        assert erasure.receipt is not None
+        assert erasure.receipt.model_version_after == receipt.model_version_after == before + 1
+        assert service.model_version().ensemble_version == before + 1
+        new_calls = {s: shard.calls[calls_before[s] :] for s, shard in shards.items()}
+        assert all(calls.count("ingest") <= 1 and "erase" not in calls for calls in new_calls.values())
         assert len(service.recommend("newcomer", k=2)) == 2  # served at once
         manifest = service.coordinator.require_manifest()
         found = rederive_shards(service.coordinator.catalog, manifest, range(manifest.sharding.shards))
@@ -96,7 +104,7 @@ def test_an_ingest_waits_for_an_earlier_erasure_then_is_served_exact_and_idempot
             service.ingest(_batch(_rows("someone", range(2), "other")), request_id="daily-0001")
         unnamed = service.ingest(batch)
         assert (unnamed.status, unnamed.rows_already_stored, unnamed.rows_added) == ("nothing_new", 5, 0)
-        assert service.model_version().ensemble_version == before + 2
+        assert service.model_version().ensemble_version == before + 1
     finally:
         service.close()
 
