@@ -15,7 +15,10 @@ a seeded schedule (``plan_faults``) injects one fault:
   ``s3:DeleteObjectVersion`` would;
 - ``kill_service``, ``kill_shard``: SIGKILL of the service's process or of a shard actor;
 - ``cli_writer``: ``expunge forget`` against the served store, from another process;
-- ``racing_retrain``: a full training of the store, from another process's lease.
+- ``racing_retrain``: a full training of the store, from another process's lease;
+- ``ingest``: a batch of new rows through the SDK (``RayClient.ingest``), retried with its
+  request id like an erasure: new people, new rows of a bystander, and rows of a person whose
+  erasure is done (they must be refused).
 
 Then the faults stop; it waits until every acknowledged request is done (committed, registered,
 nothing pending), stops the service and checks the store directly (``chaos_checks``). It prints one
@@ -57,14 +60,24 @@ from expunge.orchestrator.config import (
 )
 from expunge.orchestrator.errors import ConfigError, ExpungeError
 from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray, progress
-from expunge.pipelines.chaos_checks import ChaosSummary, Submitted, check_campaign
+from expunge.pipelines.chaos_checks import ChaosSummary, Ingested, Submitted, check_campaign
 
 __all__ = ["KINDS", "main", "plan_faults", "run_campaign"]
 
 log = logging.getLogger(__name__)
 
 #: Every fault the campaign can inject.
-KINDS = ("cut", "slow", "error_503", "refuse_delete", "kill_service", "kill_shard", "cli_writer", "racing_retrain")
+KINDS = (
+    "cut",
+    "slow",
+    "error_503",
+    "refuse_delete",
+    "kill_service",
+    "kill_shard",
+    "cli_writer",
+    "racing_retrain",
+    "ingest",
+)
 #: The proxy's rates during a phase of each network fault.
 _NETWORK: dict[str, dict[str, float]] = {
     "cut": {"cut": 0.25, "cut_after": 0.15},
@@ -117,6 +130,9 @@ class _Campaign:
         self.rng = random.Random(seed)
         self.faults: Counter[str] = Counter()
         self.writers: Counter[str] = Counter()
+        self.ingested: list[Ingested] = []
+        self.client: Any = None
+        self.submitted: list[Submitted] = []
         self._phase = 0
         self._lock = threading.Lock()
 
@@ -200,6 +216,44 @@ class _Campaign:
                 self._cli_writer(job, self.rng.choice(subjects))
             else:
                 self._racing_retrain(job)
+        elif kind == "ingest":
+            self._ingest(job, self.rng.choice(subjects))
+
+    def _ingest(self, job: JobConfig, bystander: str) -> None:
+        """A batch through the service, retried with one request id; what it held is checked at the end."""
+        number = self.faults["ingest"]
+        items = job.data.synthetic.items
+        rows: dict[str, str] = {}
+        for person in range(2):  # new people
+            for k in range(3):
+                rows[f"chaos-ingest-{self.seed}-{number}-new{person}-{k}"] = f"arrival-{self.seed}-{number}-{person}"
+        rows[f"chaos-ingest-{self.seed}-{number}-bystander"] = bystander  # a known person nobody erases
+        done = [s for s in self.submitted if s.expected_rows and s.request_id and self._done(s.request_id)]
+        if done:  # someone whose erasure is done: refused, never stored
+            rows[f"chaos-ingest-{self.seed}-{number}-erased"] = self.rng.choice(done).subject
+        request_id = f"chaos-ingest-{self.seed}-{number}"
+        batch = {
+            "record_id": list(rows),
+            "subject_id": list(rows.values()),
+            "item_id": [self.rng.randrange(items // 2) for _ in rows],  # well inside the trained catalogue
+            "rating": [float(self.rng.randint(1, 5)) for _ in rows],
+        }
+        acknowledged = False
+        for attempt in range(_SUBMIT_ATTEMPTS):
+            try:
+                self.client.ingest(batch, request_id=request_id)
+                acknowledged = True
+                break
+            except ExpungeError as exc:
+                log.warning("chaos: ingest %s failed (%s); retrying", request_id, str(exc)[:200])
+                time.sleep(min(0.5 * 2**attempt, 8.0))
+        self.ingested.append(Ingested(request_id, rows, acknowledged))
+
+    def _done(self, request_id: str) -> bool:
+        try:
+            return bool(self.client.status(request_id).stage in ("committed", "registered"))
+        except ExpungeError:
+            return False
 
     def _end_phase(self, phase: int) -> None:
         with self._lock:
@@ -330,12 +384,13 @@ def run_campaign(
             init_ray()
             handle, _ = start_service(job)
         client = RayClient(handle, job.service.namespace, job.service.name, retry_s=300)
+        campaign.client = client
         people = sorted(counts)
         chosen = campaign.rng.sample(people, min(requests, len(people) - 5))
         # A rival CLI writer names someone no request names: were it admitted, no receipt would change.
         bystanders = sorted(set(people) - set(chosen))
         plan = plan_faults(seed, requests)
-        submitted: list[Submitted] = []
+        submitted = campaign.submitted
         log.warning("chaos: submitting %d request(s); faults planned: %s", requests, dict(Counter(plan.values())))
         for index in range(requests):
             if index in plan:
@@ -354,7 +409,7 @@ def run_campaign(
         faults = Counter(campaign.faults) + Counter(campaign.proxy.injected)
         direct = job.storage.model_copy(update={"endpoint_url": campaign.s3_url})
         with progress("checking every request, shard, scan and model version"):
-            summary = check_campaign(direct, hasher, submitted, campaign.writers, faults, 0.0)
+            summary = check_campaign(direct, hasher, submitted, campaign.writers, faults, 0.0, campaign.ingested)
     finally:
         campaign.proxy.stop()
         campaign.moto.stop()

@@ -8,24 +8,28 @@ trace of an erased subject anywhere, and no purged model version loadable.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.config import StorageConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.evidence.receipt_chain import CHAIN_PREFIX, walk_chain
 from expunge.orchestrator.evidence.rederive import rederive_shards
 from expunge.orchestrator.evidence.scan import scan_store
+from expunge.orchestrator.ingest.ingester import INGEST_RECEIPT_PREFIX
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.service.journal import Journal, RequestStatus
+from expunge.shards.rows import RECORD_ID
 from expunge.shards.store import ObjectStore
 
-__all__ = ["ChaosSummary", "Submitted", "check_campaign"]
+__all__ = ["ChaosSummary", "Ingested", "Submitted", "check_campaign"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,15 @@ class Submitted:
     expected_rows: int  # 0: the subject is not in the data (a not_found receipt is expected)
     request_id: str | None  # None: never acknowledged (every submit attempt failed)
     final: RequestStatus | None = None  # the status the client saw last
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """One ingest the campaign sent through the SDK: its request id, its rows (record id -> subject), and whether acknowledged."""
+
+    request_id: str
+    rows: Mapping[str, str]
+    acknowledged: bool
 
 
 class ChaosSummary(BaseModel):
@@ -61,6 +74,11 @@ class ChaosSummary(BaseModel):
     shards: int
     writers_refused: int
     writers_admitted: int
+    #: Ingests sent, acknowledged, and rows of them stored exactly once (people not erased) or never (erased).
+    ingests: int = 0
+    ingests_acknowledged: int = 0
+    ingested_rows_right: int = 0
+    ingested_rows: int = 0
     faults_injected: dict[str, int]
     seconds: float
     violations: list[str]
@@ -77,6 +95,7 @@ def check_campaign(
     writers: Mapping[str, int],
     faults: Mapping[str, int],
     seconds: float,
+    ingested: Sequence[Ingested] = (),
 ) -> ChaosSummary:
     """Check every acknowledged request against the store (reached directly, not through the fault proxy).
 
@@ -132,6 +151,7 @@ def check_campaign(
             got = (stored.status, stored.rows_removed) if stored else None
             violations.append(f"request {item.index}: receipt says {got}, expected {expected}")
 
+    right, total = _check_ingests(catalog, latest, hasher, tombstones, ingested, violations)
     exact = rederive_shards(catalog, latest, range(latest.sharding.shards))
     inexact = [s for s, r in exact.items() if not r.result.exact]
     if inexact:
@@ -164,10 +184,50 @@ def check_campaign(
         shards=len(exact),
         writers_refused=writers.get("refused", 0),
         writers_admitted=writers.get("admitted", 0),
+        ingests=len(ingested),
+        ingests_acknowledged=sum(1 for i in ingested if i.acknowledged),
+        ingested_rows_right=right,
+        ingested_rows=total,
         faults_injected=dict(sorted(faults.items())),
         seconds=round(seconds, 1),
         violations=violations,
     )
+
+
+def _check_ingests(
+    catalog: Catalog,
+    latest: EnsembleManifest,
+    hasher: SubjectHasher,
+    tombstones: set[str],
+    ingested: Sequence[Ingested],
+    violations: list[str],
+) -> tuple[int, int]:
+    """Every ingested row is stored once (its person not erased) or never (erased); nothing twice; rows add up.
+
+    An acknowledged ingest must have its receipt; one never acknowledged may or may not have
+    committed, but never twice. Returns (rows right, rows checked).
+    """
+    counts: Counter[str] = Counter()
+    for shard, version in enumerate(latest.shard_versions):
+        for entry in catalog.shard_manifest(shard, version).slices:
+            table = pq.read_table(io.BytesIO(catalog.store.get(entry.key)), columns=[RECORD_ID])
+            counts.update(table.column(RECORD_ID).to_pylist())
+    if sum(counts.values()) != latest.rows:
+        violations.append(f"the published version says {latest.rows} rows and its slices hold {sum(counts.values())}")
+    right = total = 0
+    for batch in ingested:
+        if batch.acknowledged and not catalog.store.exists(f"{INGEST_RECEIPT_PREFIX}/{batch.request_id}.json"):
+            violations.append(f"ingest {batch.request_id} was acknowledged and has no receipt in the store")
+        for record, subject in batch.rows.items():
+            total += 1
+            erased = hasher.digest(subject) in tombstones
+            allowed = {0} if erased else ({1} if batch.acknowledged else {0, 1})
+            if counts[record] in allowed:
+                right += 1
+            else:
+                who = "an erased person's" if erased else "a row"
+                violations.append(f"ingest {batch.request_id}: {who} row is stored {counts[record]} time(s)")
+    return right, total
 
 
 def _loadable_purged(catalog: Catalog, storage: StorageConfig) -> int:

@@ -47,4 +47,6 @@ def test_a_small_campaign_finds_no_violation(tmp_path):
     assert summary.acknowledged == 12
     assert summary.writers_admitted == 0
     assert len(summary.faults_injected) >= 5
+    assert summary.ingests >= 1  # seed 5's schedule sends an ingest through the SDK mid-campaign
+    assert summary.ingested_rows_right == summary.ingested_rows > 0
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["acknowledged"] == 12
