@@ -22,7 +22,7 @@ from expunge.orchestrator.config import IngestConfig
 from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageConflictError
 from expunge.orchestrator.ingest.batch import PreparedBatch, StoredRecords, prepare_batch, split_by_cell, stored_records
 from expunge.orchestrator.ingest.slice_policy import IngestLimits, IngestPlan, place_after, plan_ingest
-from expunge.orchestrator.receipts import IngestReceipt, ShardIngest, utc_now
+from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt, ShardIngest, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.session import StoreSession
@@ -195,9 +195,31 @@ class Ingester:
         return earlier
 
     def _records(self, manifest: EnsembleManifest) -> StoredRecords:
-        if self._stored is None or self._stored.version != manifest.version:
-            self._stored = stored_records(self.session.catalog, manifest)
-        return self._stored
+        """The record ids ``manifest`` stores: the cache, carried over erasures since, else every slice read."""
+        cached = self._stored
+        if cached is not None and cached.version < manifest.version:
+            cached = self._past_erasures(cached, manifest.version)
+        if cached is None or cached.version != manifest.version:
+            cached = stored_records(self.session.catalog, manifest)
+        self._stored = cached
+        return cached
+
+    def _past_erasures(self, cached: StoredRecords, version: int) -> StoredRecords | None:
+        """``cached`` carried to ``version`` when every version since only removed rows; else None (read again).
+
+        A version qualifies when it is an erasure whose receipt's removed rows account for the
+        whole change of the row count (an erasure that a batch joined in another process adds rows).
+        """
+        catalog = self.session.catalog
+        before = catalog.read(cached.version)
+        for number in range(cached.version + 1, version + 1):
+            after = catalog.read(number)
+            text = catalog.read_receipt(number) if after.kind == "erasure" else None
+            removed = ErasureReceipt.model_validate_json(text).rows_removed if text else None
+            if removed is None or after.rows != before.rows - removed:
+                return None
+            before = after
+        return cached.without(version, catalog.tombstones())
 
     def run(self, prepared: PreparedIngest) -> IngestReceipt:
         """Retrain, commit and record a prepared batch; the caller holds the store's lease.

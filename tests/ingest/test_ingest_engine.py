@@ -127,3 +127,20 @@ def test_errors_name_duplicate_record_ids_by_position_never_by_value(tmp_path) -
         coordinator.ingest(duplicated)
     assert "user-7" not in str(raised.value)
     assert "rows 0 and 1" in str(raised.value)
+
+
+def test_the_stored_records_are_carried_over_an_erasure_not_read_again(tmp_path, monkeypatch) -> None:
+    import expunge.orchestrator.ingest.ingester as ingester
+
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    initial, later = _split(ROWS, 30)
+    coordinator.train(initial, job(shards=2, slices=2))
+    coordinator.ingest(later.slice(0, 10))
+    coordinator.forget([initial.column(SUBJECT_ID)[0].as_py()])
+    reads = []
+    real = ingester.stored_records
+    monkeypatch.setattr(ingester, "stored_records", lambda *a: reads.append(1) or real(*a))
+    again = coordinator.ingest(later.slice(0, 20))  # half already stored: found without reading the slices
+    assert reads == []
+    assert (again.rows_already_stored, again.rows_added) == (10, 10)
