@@ -150,7 +150,9 @@ def binding_of(catalog: Catalog, manifest: EnsembleManifest) -> tuple[StateBindi
 
     Only that request's receipt counts (``manifest.request_id``, the batch id for the service):
     a receipt someone appended later binds nothing. (None, None) for a version made by
-    training, or when that request's receipt holds no binding (receipts from before binding).
+    training or by an ingest (neither is in the receipt log; ``unregistered_training`` vouches
+    for them through MLflow), or when that request's receipt holds no binding (receipts from
+    before binding).
     """
     if manifest.kind != "erasure" or manifest.request_id is None:
         return None, None
@@ -168,18 +170,23 @@ def binding_of(catalog: Catalog, manifest: EnsembleManifest) -> tuple[StateBindi
     return None, None
 
 
-def unregistered_training(manifest: EnsembleManifest, registered: Callable[[], set[int]] | None) -> str | None:
-    """Why ``manifest`` cannot be trusted as a training, or None.
+#: What a version of each kind that no chained receipt binds says it was made by.
+_UNBOUND_KINDS = {"train": "training", "ingest": "an ingest of new rows"}
 
-    A version made by training has no receipt to bind it; with a registry (``registered``: the
-    store versions MLflow holds a model version of), MLflow must know it, or it was written into
-    the store by hand (or its registration has still to finish). None when ``manifest`` is not a
-    training, or no registry is bound.
+
+def unregistered_training(manifest: EnsembleManifest, registered: Callable[[], set[int]] | None) -> str | None:
+    """Why ``manifest`` cannot be trusted as a training (or an ingest), or None.
+
+    A version made by training or by an ingest has no chained receipt to bind it; with a
+    registry (``registered``: the store versions MLflow holds a model version of), MLflow must
+    know it, or it was written into the store by hand (or its registration has still to finish).
+    None when ``manifest`` is an erasure's, or no registry is bound.
     """
-    if manifest.kind != "train" or registered is None or manifest.version in registered():
+    made_by = _UNBOUND_KINDS.get(manifest.kind)
+    if made_by is None or registered is None or manifest.version in registered():
         return None
     return (
-        f"the published version {manifest.version} says it was made by training, but MLflow holds no model "
-        "version of it: it was written into the store by hand, or its training's registration did not finish "
-        "(the next writer of the store registers it; verify again then)"
+        f"the published version {manifest.version} says it was made by {made_by}, but MLflow holds no model "
+        f"version of it: it was written into the store by hand, or the registration of that {manifest.kind} did "
+        "not finish (the next writer of the store registers it; verify again then)"
     )

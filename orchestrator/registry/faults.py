@@ -13,7 +13,7 @@ import os
 from expunge.orchestrator.errors import ConfigError
 from expunge.shards.store import InjectedFault
 
-__all__ = ["ERASURE_STEPS", "FAULT_AT_MLFLOW", "TRAINING_STEPS", "fault_point"]
+__all__ = ["ERASURE_STEPS", "FAULT_AT_MLFLOW", "INGEST_STEPS", "TRAINING_STEPS", "fault_point"]
 
 FAULT_AT_MLFLOW = "EXPUNGE_FAULT_AT_MLFLOW"
 
@@ -39,6 +39,9 @@ ERASURE_STEPS = (
     "run.end",  # run terminated
 )
 TRAINING_STEPS = tuple(s for s in ERASURE_STEPS if not s.startswith("purge.") and s not in {"run.receipt", "run.chart"})
+#: An ingest's record: a training's steps plus the receipt on the run (no chart; its purge steps
+#: run only when the registry missed an erasure before it, ``Lineage.record_ingest``).
+INGEST_STEPS = tuple(s for s in ERASURE_STEPS if not s.startswith("purge.") and s != "run.chart")
 
 
 def fault_point(step: str) -> None:

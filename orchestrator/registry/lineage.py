@@ -8,20 +8,26 @@ from typing import Any
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError
-from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry.artifacts import ArtifactEraser
 from expunge.orchestrator.registry.chain_anchors import ChainAnchor, ChainAnchors
+from expunge.orchestrator.registry.commit_records import erasure_receipt, ingest_receipt, missed_erasure
 from expunge.orchestrator.registry.packaging import Packager
 from expunge.orchestrator.registry.purge_notice import PurgeNotice
 from expunge.orchestrator.registry.runs import RunRecorder
 from expunge.orchestrator.registry.scratch import Staging
-from expunge.orchestrator.registry.tracking import Registry
+from expunge.orchestrator.registry.tracking import REQUEST_TAG, SUPERSEDES_ERASURE, Registry
 from expunge.orchestrator.registry.version_purge import Purger
 from expunge.shards.store import ObjectStore
 
 __all__ = ["Lineage"]
 
 log = logging.getLogger(__name__)
+
+
+def _ensemble_of(tags: dict[str, str]) -> int:
+    value = tags.get("expunge.ensemble_version", "")
+    return int(value) if value.isdigit() else 0
 
 
 class Lineage:
@@ -192,15 +198,43 @@ class Lineage:
 
     # ----- a version per commit -----------------------------------------------------------------
     def _new_version(
-        self, run_id: str, manifest: EnsembleManifest, parent: str | None, retrained: set[int], description: str
+        self,
+        run_id: str,
+        manifest: EnsembleManifest,
+        parent: str | None,
+        retrained: set[int],
+        description: str,
+        missed: EnsembleManifest | None = None,
     ) -> str:
+        """Log the servable, register it and move the alias; ``missed``: see ``_missed_erasure``."""
         self.runs.log_ensemble(run_id, manifest, retrained)
         servable = self.packaging.log_servable(run_id, manifest)
-        return self.packaging.register(run_id, manifest, parent, servable, description)
+        receipt = erasure_receipt(self.store, missed) if missed is not None else None
+        tags = {SUPERSEDES_ERASURE: receipt.request_id} if receipt is not None else None
+        version = self.packaging.register(run_id, manifest, parent, servable, description, tags)
+        if missed is not None and receipt is not None:
+            # The purge first (the erased subjects' weights cannot wait), then the erasure's own run.
+            self.purge_superseded(receipt.request_id, version)
+            erasure_run = self.runs.start_erasure(receipt, missed, parent)
+            self.runs.finish_erasure(erasure_run, receipt, parent, version)
+            self.runs.end(erasure_run)
+        return version
+
+    def _missed_erasure(self, manifest: EnsembleManifest) -> EnsembleManifest | None:
+        """The newest erasure published before ``manifest`` that MLflow holds no version of, if any.
+
+        A training or ingest that follows an erasure whose registration never happened (MLflow
+        down, the process gone) stands in for it: the version it registers is tagged
+        ``expunge.supersedes_erasure``, every older version is purged by that erasure, and the
+        erasure gets its run (receipt, digests), naming this version as the one registered after it.
+        """
+        recorded = max((_ensemble_of(v.tags) for v in self.registry.model_versions()), default=0)
+        return missed_erasure(Catalog(self.store), manifest, recorded)
 
     def record_training(self, manifest: EnsembleManifest, metrics: dict[str, float]) -> str:
         """Log the training run and its version, and move the alias to it; returns the registry version."""
         parent = self.current_version()
+        missed = self._missed_erasure(manifest)
         run_id = self.runs.start_training(manifest, metrics)
         version = self._new_version(
             run_id,
@@ -208,7 +242,37 @@ class Lineage:
             parent,
             set(range(manifest.sharding.shards)),
             f"Training of ensemble v{manifest.version} ({manifest.rows} rows).",
+            missed,
         )
+        self.runs.end(run_id)
+        return version
+
+    def record_ingest(self, receipt: IngestReceipt, manifest: EnsembleManifest, parent: str | None) -> str:
+        """Log the ingest run and the new version, move the alias to it, close the run; returns the version.
+
+        An ingest adds rows and erases nobody: earlier versions keep their weights (their
+        subjects were not asked to be erased), unless MLflow missed an erasure before this
+        ingest, whose purge is then done here (``_missed_erasure``).
+
+        Raises:
+            ValueError: ``receipt`` published nothing (``status`` ``nothing_new``).
+        """
+        if receipt.status != "ingested":
+            raise ValueError(
+                f"record_ingest needs an 'ingested' receipt, got {receipt.status!r}: nothing was published"
+            )
+        missed = self._missed_erasure(manifest)
+        run_id = self.runs.start_ingest(receipt, manifest, parent)
+        version = self._new_version(
+            run_id,
+            manifest,
+            parent,
+            set(receipt.touched_shards),
+            f"Ingest {receipt.request_id}: {receipt.rows_added} row(s) of {receipt.subjects_added} subject(s) added "
+            f"({receipt.new_subjects} new); shards {receipt.touched_shards} retrained from their first changed slice.",
+            missed,
+        )
+        self.runs.finish_ingest(run_id, receipt, parent, version)
         self.runs.end(run_id)
         return version
 
@@ -259,9 +323,11 @@ class Lineage:
         """Bring the registry in line with the store, finishing whatever a crash or outage interrupted.
 
         In order: staging folders of dead processes are removed; the store's published version
-        is recorded if the registry lags it; every version older than the newest erasure
-        version is purged (with LoggedModels no version references); the alias target's run is
-        finished; other runs left RUNNING are marked FAILED. Cheap when nothing is pending
+        (training, erasure or ingest) is recorded if the registry lags it, from the receipt kept
+        in the store; every version older than the newest erasure version (or than a version
+        standing in for an erasure MLflow missed) is purged, with LoggedModels no version
+        references, while versions after it stay; the alias target's run is finished; other runs
+        left RUNNING are marked FAILED. Cheap when nothing is pending
         (four lookups); runs on every open, and may be called again at any time.
         """
         self.staging.sweep()
@@ -272,10 +338,17 @@ class Lineage:
                 "MLflow lags the store (v%s < v%d): recording the published version now", recorded, manifest.version
             )
             self._record_published(manifest)
-        erasures = [v for v in self.registry.model_versions() if v.tags.get("expunge.kind") == "erasure"]
+        # Every version older than the newest erasure's (or the version standing in for an erasure
+        # MLflow missed) held the erased subjects; versions after it (ingests, trainings) stay.
+        erasures = [
+            v
+            for v in self.registry.model_versions()
+            if v.tags.get("expunge.kind") == "erasure" or SUPERSEDES_ERASURE in v.tags
+        ]
         if erasures:
             newest = max(erasures, key=lambda v: int(v.version))
-            self.purge_superseded(newest.tags.get("expunge.request_id", "unknown"), str(newest.version))
+            request = newest.tags.get(SUPERSEDES_ERASURE) or newest.tags.get(REQUEST_TAG, "unknown")
+            self.purge_superseded(request, str(newest.version))
         target = self._alias_target()
         if target is None:
             return
@@ -286,14 +359,10 @@ class Lineage:
     def _record_published(self, manifest: EnsembleManifest) -> None:
         if manifest.kind == "train":
             self.record_training(manifest, {})
-            return
-        self.record_erasure(self._stored_receipt(manifest), manifest, self.current_version())
-
-    def _stored_receipt(self, manifest: EnsembleManifest) -> ErasureReceipt:
-        stored = Catalog(self.store).read_receipt(manifest.version)
-        if stored:
-            return ErasureReceipt.model_validate_json(stored)
-        return ErasureReceipt(request_id=manifest.request_id or "unknown", status="erased", subject_digests=())
+        elif manifest.kind == "ingest":
+            self.record_ingest(ingest_receipt(self.store, manifest), manifest, self.current_version())
+        else:
+            self.record_erasure(erasure_receipt(self.store, manifest), manifest, self.current_version())
 
     def _finish_run_of(self, version: Any) -> None:
         """Close the run that explains ``version`` if its record was interrupted after the version existed."""
@@ -306,8 +375,13 @@ class Lineage:
             ensemble = int(version.tags.get("expunge.ensemble_version", "0"))
             parent = version.tags.get("expunge.parent_version", "none")
             manifest = Catalog(self.store).read(ensemble)
-            receipt = self._stored_receipt(manifest)
+            receipt = erasure_receipt(self.store, manifest)
             self.runs.finish_erasure(
                 version.run_id, receipt, None if parent == "none" else parent, str(version.version)
             )
+        elif version.tags.get("expunge.kind") == "ingest":
+            ensemble = int(version.tags.get("expunge.ensemble_version", "0"))
+            parent = version.tags.get("expunge.parent_version", "none")
+            ingest = ingest_receipt(self.store, Catalog(self.store).read(ensemble))
+            self.runs.finish_ingest(version.run_id, ingest, None if parent == "none" else parent, str(version.version))
         self.runs.end(version.run_id)

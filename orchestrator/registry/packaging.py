@@ -173,11 +173,18 @@ class Packager:
         return LoggedServable(str(model.model_id), str(model.artifact_location))
 
     def register(
-        self, run_id: str, manifest: EnsembleManifest, parent: str | None, servable: LoggedServable, description: str
+        self,
+        run_id: str,
+        manifest: EnsembleManifest,
+        parent: str | None,
+        servable: LoggedServable,
+        description: str,
+        extra_tags: dict[str, str] | None = None,
     ) -> str:
-        """Create the model version of ``servable`` and move the alias to it; returns the version."""
+        """Create the model version of ``servable`` (with ``extra_tags``) and move the alias to it; returns it."""
         name = self.registry.model_name
         tags = {
+            **(extra_tags or {}),
             "expunge.ensemble_version": str(manifest.version),
             "expunge.parent_version": parent or "none",
             "expunge.request_id": manifest.request_id or "none",

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from expunge.orchestrator.catalog import EnsembleManifest
-from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry.faults import fault_point
 from expunge.orchestrator.registry.tracking import Registry
 from expunge.orchestrator.serving.servable import read_shard_manifest
@@ -203,6 +203,87 @@ class RunRecorder:
         figure.tight_layout()
         self.client.log_figure(run_id, figure, "retrain_seconds.png")
 
+    # ----- ingest -------------------------------------------------------------------------------------
+    def start_ingest(self, receipt: IngestReceipt, manifest: EnsembleManifest, parent: str | None) -> str:
+        """An ``ingest-<request>`` run with the receipt's counts, per touched shard what it did, and its times.
+
+        Counts and keys only: the batch appears as its keyed digest (``expunge.batch_digest``),
+        never as record or subject ids.
+        """
+        from mlflow.entities import Metric, Param
+
+        fault_point("run.create")
+        run = self.client.create_run(
+            self.registry.experiment_id,
+            run_name=f"ingest-{receipt.request_id}",
+            tags={
+                "expunge.kind": "ingest",
+                "expunge.request_id": receipt.request_id,
+                "expunge.storage": self.registry.store_uri,
+                "expunge.ensemble_version": str(manifest.version),
+                "expunge.parent_version": parent or "none",
+                "expunge.batch_digest": receipt.batch_digest,
+            },
+        )
+        run_id = str(run.info.run_id)
+        params = {
+            "request_id": receipt.request_id,
+            "touched_shards": ",".join(map(str, receipt.touched_shards)) or "none",
+            "untouched_shards": ",".join(map(str, receipt.untouched_shards)) or "none",
+            "ensemble_version_before": str(receipt.model_version_before),
+            "ensemble_version_after": str(receipt.model_version_after),
+            "registry_version_before": parent or "none",
+        }
+        for shard in receipt.shards:
+            params[f"shard_{shard.shard}.rows_added"] = str(shard.rows_added)
+            params[f"shard_{shard.shard}.slices_retrained"] = ",".join(map(str, shard.slices_retrained)) or "none"
+            params[f"shard_{shard.shard}.slices_merged"] = ",".join(map(str, shard.slices_merged)) or "none"
+            params[f"shard_{shard.shard}.restarted_from"] = shard.restarted_from or "scratch"
+        metrics = {
+            "rows_in_batch": float(receipt.rows_in_batch),
+            "rows_added": float(receipt.rows_added),
+            "rows_refused_erased": float(receipt.rows_refused_erased),
+            "rows_already_stored": float(receipt.rows_already_stored),
+            "subjects_added": float(receipt.subjects_added),
+            "new_subjects": float(receipt.new_subjects),
+            "slices_retrained": float(sum(len(s.slices_retrained) for s in receipt.shards)),
+            # The receipt's own figures: the whole ingest up to the commit, and its retraining phase.
+            "ingest_seconds": receipt.seconds,
+            "retrain_seconds": receipt.retrain_seconds,
+            "retrain_cpu_seconds": receipt.retrain_cpu_seconds,
+            "driver_cpu_seconds": receipt.driver_cpu_seconds,
+            "full_retrain_cpu_seconds": receipt.full_retrain_cpu_seconds,
+            "cpu_fraction": receipt.cpu_fraction,
+        }
+        for shard in receipt.shards:
+            metrics[f"retrain_seconds_shard_{shard.shard}"] = shard.seconds
+            metrics[f"retrain_cpu_seconds_shard_{shard.shard}"] = shard.cpu_seconds
+        fault_point("run.log")
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+            params=[Param(k, v) for k, v in params.items()],
+        )
+        return run_id
+
+    def finish_ingest(self, run_id: str, receipt: IngestReceipt, parent: str | None, version: str) -> None:
+        """The registry versions and the final receipt, once the version exists; idempotent (same values).
+
+        The receipt logged is the one the ingest stored, with the registry versions filled in and
+        its ``registration`` pending entry dropped: the version it was pending for now exists.
+        """
+        fault_point("run.receipt")
+        self.client.log_param(run_id, "registry_version_after", version)
+        self.client.set_tag(run_id, "expunge.registry_version", version)
+        final = receipt.model_copy(
+            update={
+                "registry_version_before": parent,
+                "registry_version_after": version,
+                "pending": tuple(p for p in receipt.pending if not p.startswith("registration:")),
+            }
+        )
+        self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
+
     # ----- what every versioned run holds ------------------------------------------------------------
     def log_ensemble(self, run_id: str, manifest: EnsembleManifest, retrained: set[int]) -> None:
         """The published manifest as an artifact and each shard's data version as a dataset input."""
@@ -253,7 +334,7 @@ class RunRecorder:
             if run.info.run_id == keep_run_id or tags.get("expunge.storage") != self.registry.store_uri:
                 continue
             version = tags.get("expunge.ensemble_version", "")
-            if tags.get("expunge.kind") not in {"train", "erasure"} or not version.isdigit():
+            if tags.get("expunge.kind") not in {"train", "erasure", "ingest"} or not version.isdigit():
                 continue
             if int(version) > up_to_ensemble:
                 continue

@@ -22,6 +22,7 @@ __all__ = [
     "MODEL_NAME_TAG",
     "PURGED_BY_REQUEST",
     "REQUEST_TAG",
+    "SUPERSEDES_ERASURE",
     "Registry",
     "artifacts_beside",
     "default_tracking_uri",
@@ -36,6 +37,10 @@ _MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_RE
 PURGED_BY_REQUEST = "expunge.purged_by_request"
 #: Run and version tag naming the request (erasure or training) the run or version records.
 REQUEST_TAG = "expunge.request_id"
+#: Version tag of a training or ingest version published after an erasure MLflow never recorded
+#: (an outage): the erasure's request id. That erasure's purge of every older version is done when
+#: this version is registered, and finished by ``reconcile`` from this tag if interrupted.
+SUPERSEDES_ERASURE = "expunge.supersedes_erasure"
 #: MLflow's sqlite registry does not keep a version's model_id, so the version carries it as a tag.
 LOGGED_MODEL_TAG = "expunge.logged_model_id"
 #: LoggedModel tag naming the registered model it was logged for (finds orphans of interrupted records).

@@ -44,8 +44,10 @@ class Purger:
     def purge_superseded(self, request_id: str, keep: str) -> list[str]:
         """Make every version older than ``keep`` unloadable and delete its files; returns the versions purged.
 
-        Expunge has no incremental data add, so every earlier version holds every subject an
-        erasure removes: all of them are purged. The versions stay, tagged with the request
+        Every earlier version is purged, whether or not it held the erased subjects (a version
+        made before an ingest added them did not): the rule needs no per-version lookup, and no
+        version older than an erasure is ever served again. Versions newer than ``keep`` (ingests
+        after the erasure) are left alone. The versions stay, tagged with the request
         that purged them, so lineage (runs, tags, receipts) survives. LoggedModels of this
         registered model that no version references and that were built from an older
         ensemble than ``keep`` are deleted too. Idempotent.

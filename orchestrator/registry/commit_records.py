@@ -1,0 +1,83 @@
+"""What the store says about a commit MLflow has to record: its receipt (kept, or rebuilt) and missed erasures.
+
+Read-only: the registry never writes the store. Used when MLflow catches up with the store
+(``Lineage.reconcile``) and when a version's record is finished after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
+from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
+from expunge.shards.store import ObjectStore
+
+__all__ = ["INGEST_RECEIPTS", "erasure_receipt", "ingest_receipt", "missed_erasure"]
+
+log = logging.getLogger(__name__)
+
+#: Where the ingest path keeps each ingest's receipt, by request id (``ingest.ingester.INGEST_RECEIPT_PREFIX``;
+#: the registry may not import the ingest path, so a test keeps the two equal).
+INGEST_RECEIPTS = "receipts/ingests"
+
+
+def erasure_receipt(store: ObjectStore, manifest: EnsembleManifest) -> ErasureReceipt:
+    """The receipt of the erasure that published ``manifest``; a minimal one naming its request when none is kept."""
+    stored = Catalog(store).read_receipt(manifest.version)
+    if stored:
+        return ErasureReceipt.model_validate_json(stored)
+    return ErasureReceipt(request_id=manifest.request_id or "unknown", status="erased", subject_digests=())
+
+
+def ingest_receipt(store: ObjectStore, manifest: EnsembleManifest) -> IngestReceipt:
+    """The receipt the ingest that published ``manifest`` kept, or one rebuilt from the manifests.
+
+    A rebuilt receipt (the ingest was killed between its commit and storing its receipt, or the
+    stored one is unreadable or names another version) holds the row count and the shards the
+    manifests say changed, and says so in ``pending``.
+    """
+    request_id = manifest.request_id or f"ensemble-v{manifest.version}"
+    key = f"{INGEST_RECEIPTS}/{request_id}.json"
+    if store.exists(key):
+        try:
+            stored = IngestReceipt.model_validate_json(store.get(key))
+        except ValueError:
+            log.warning("ingest %s: the stored receipt %s is unreadable; recording from the manifests", request_id, key)
+        else:
+            if stored.status == "ingested" and stored.model_version_after == manifest.version:
+                return stored
+    before = Catalog(store).read(manifest.parent_version) if manifest.parent_version is not None else None
+    kept = before.shard_versions if before is not None else ()
+    untouched = tuple(s for s, v in enumerate(manifest.shard_versions) if s < len(kept) and kept[s] == v)
+    rows = manifest.rows - (before.rows if before is not None else 0)
+    return IngestReceipt(
+        request_id=request_id,
+        status="ingested",
+        batch_digest="unknown",
+        rows_in_batch=rows,
+        rows_added=rows,
+        untouched_shards=untouched,
+        full_retrain_cpu_seconds=manifest.train_cpu_seconds,
+        model_version_before=manifest.parent_version,
+        model_version_after=manifest.version,
+        committed_at=manifest.created_at,
+        pending=(
+            f"receipt: no receipt of this version at {key} when MLflow recorded the ingest; rebuilt from the "
+            "ensemble manifests (row count and untouched shards only)",
+        ),
+    )
+
+
+def missed_erasure(catalog: Catalog, manifest: EnsembleManifest, recorded: int) -> EnsembleManifest | None:
+    """The newest erasure version published before ``manifest`` and after store version ``recorded``, if any.
+
+    ``recorded``: the newest store version MLflow holds a model version of. Walks ``manifest``'s
+    parents back to it, so it reads nothing when the registry is up to date.
+    """
+    version = manifest.parent_version
+    while version is not None and version > recorded:
+        earlier = catalog.read(version)
+        if earlier.kind == "erasure":
+            return earlier
+        version = earlier.parent_version
+    return None
