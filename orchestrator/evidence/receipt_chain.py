@@ -101,7 +101,14 @@ def append_receipt(store: ObjectStore, receipt: ErasureReceipt) -> ErasureReceip
     for _ in range(_APPEND_ATTEMPTS):
         sequences = _sequences(store)
         head = sequences[-1] if sequences else 0
-        previous = _sha256(_read_head(store, head)) if head else None
+        head_bytes = _read_head(store, head) if head else None
+        if head_bytes is not None and _is_chained_as(head_bytes, receipt):
+            # Already the head: this writer's own create went through before its answer was lost (a cut
+            # connection; the retry then met its own object), or a retried seal. It is chained once.
+            Catalog(store).write_request_receipt(receipt.request_id, head_bytes.decode())
+            log.info("receipt of request %s was already chained as #%d", receipt.request_id, head)
+            return ErasureReceipt.model_validate_json(head_bytes)
+        previous = _sha256(head_bytes) if head_bytes is not None else None
         chained = receipt.model_copy(update={"chain_sequence": head + 1, "previous_receipt_sha256": previous})
         data = chained.model_dump_json(indent=1).encode()
         try:
@@ -116,6 +123,16 @@ def append_receipt(store: ObjectStore, receipt: ErasureReceipt) -> ErasureReceip
         f"could not append the receipt of request {receipt.request_id} to the receipt log of {store.uri} after "
         f"{_APPEND_ATTEMPTS} attempts (many concurrent writers); submit the request again"
     )
+
+
+def _is_chained_as(head: bytes, receipt: ErasureReceipt) -> bool:
+    """Whether ``head`` (a chained receipt's bytes) is ``receipt``, up to its place in the chain."""
+    try:
+        chained = ErasureReceipt.model_validate_json(head)
+    except ValueError:
+        return False
+    place = {"chain_sequence", "previous_receipt_sha256"}
+    return chained.model_dump(exclude=place) == receipt.model_dump(exclude=place)
 
 
 def _read_head(store: ObjectStore, sequence: int) -> bytes:

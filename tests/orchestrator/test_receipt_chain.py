@@ -172,3 +172,16 @@ def test_the_newest_receipt_deleted_is_caught_by_its_copy(tmp_path):
     report = walk_chain(store)
     assert not report.intact
     assert "#4" in (report.first_broken.problem if report.first_broken else "")
+
+
+def test_a_receipt_chained_again_after_a_lost_answer_is_chained_once(tmp_path):
+    """A create that went through but whose answer was cut is retried: it must not chain a copy."""
+    store = ObjectStore(str(tmp_path / "store"))
+    first = ErasureReceipt(request_id="req-a", status="erased", subject_digests=("d" * 64,), rows_removed=3)
+    chained = append_receipt(store, first)
+    again = append_receipt(store, first)  # what a retry after the lost answer does
+    assert again == chained
+    assert [s for s, _ in chained_receipts(store, "req-a")] == [1]
+    other = append_receipt(store, first.model_copy(update={"request_id": "req-b"}))
+    assert other.chain_sequence == 2
+    assert walk_chain(store).intact
