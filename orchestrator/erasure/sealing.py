@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from expunge.orchestrator.catalog import EnsembleManifest
 from expunge.orchestrator.config import EvidenceConfig
 from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.evidence.anchors import ObjectLockAnchors, receipt_sha256
 from expunge.orchestrator.evidence.journal_log import JournalLog
 from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key
 from expunge.orchestrator.evidence.state_binding import bind_state, binding_of
-from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.receipts import ErasureReceipt, StateBinding
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
 
@@ -58,14 +59,28 @@ class Sealer:
             catalog = self.session.catalog
             try:
                 manifest = catalog.read(receipt.model_version_after)
-                parent = catalog.read(manifest.parent_version) if manifest.parent_version is not None else None
-                previous = binding_of(catalog, parent)[0] if parent is not None else None
-                update["state"] = bind_state(catalog, manifest, previous)
+                update["state"] = bind_state(catalog, manifest, self._previous_binding(manifest))
             except ExpungeError as exc:  # e.g. a resumed request whose version's files were since purged
                 log.warning("request %s: state not bound to its receipt (%s)", receipt.request_id, exc)
         sequence, head = JournalLog(self.session.store).head()
         update |= {"journal_sequence": sequence, "journal_head_sha256": head}
         return receipt.model_copy(update=update)
+
+    def _previous_binding(self, manifest: EnsembleManifest) -> StateBinding | None:
+        """The binding of the newest earlier commit a receipt bound, through ingests (which bind none).
+
+        Files carried from it unchanged must still hash as bound, so tampering before an ingest is
+        not laundered by the erasure after it. A training ends the walk (it starts afresh).
+        """
+        catalog = self.session.catalog
+        number = manifest.parent_version
+        while number is not None:
+            ancestor = catalog.read(number)
+            binding = binding_of(catalog, ancestor)[0]
+            if binding is not None or ancestor.kind != "ingest":
+                return binding
+            number = ancestor.parent_version
+        return None
 
     def seal(self, receipt: ErasureReceipt) -> ErasureReceipt:
         """Bind, chain and anchor ``receipt``; returns the chained receipt.
