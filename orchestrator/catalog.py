@@ -20,13 +20,23 @@ from expunge.shards.errors import StorageConflictError, StorageCorruptError
 from expunge.shards.shard import ShardManifest, shard_prefix
 from expunge.shards.store import ObjectStore
 
-__all__ = ["STAGING_PREFIX", "Catalog", "EnsembleManifest", "PlacementIndex", "RegistryBinding", "TombstoneEntry"]
+__all__ = [
+    "INGEST_RECEIPT_PREFIX",
+    "STAGING_PREFIX",
+    "Catalog",
+    "EnsembleManifest",
+    "PlacementIndex",
+    "RegistryBinding",
+    "TombstoneEntry",
+]
 
 log = logging.getLogger(__name__)
 
 _ENSEMBLE_PREFIX = "ensemble"
 _TOMBSTONE_PREFIX = "tombstones"
 _REQUEST_RECEIPT_PREFIX = "receipts/requests"
+#: Where the receipt of every ingest is kept, by request id (``expunge.orchestrator.ingest``).
+INGEST_RECEIPT_PREFIX = "receipts/ingests"
 #: Where streamed training stages each shard's raw rows until the shards have trained (then deleted).
 STAGING_PREFIX = "staging/"
 _APPEND_ATTEMPTS = 20
@@ -275,6 +285,16 @@ class Catalog:
 
     def read_request_receipt(self, request_id: str) -> str | None:
         key = f"{_REQUEST_RECEIPT_PREFIX}/{request_id}.json"
+        return self.store.get(key).decode() if self.store.exists(key) else None
+
+    def write_ingest_receipt(self, request_id: str, receipt_json: str) -> str:
+        """Keep the receipt of an ingest under its request id (counts and keyed digests only); returns the key."""
+        key = f"{INGEST_RECEIPT_PREFIX}/{request_id}.json"
+        self.store.put(key, receipt_json.encode())
+        return key
+
+    def read_ingest_receipt(self, request_id: str) -> str | None:
+        key = f"{INGEST_RECEIPT_PREFIX}/{request_id}.json"
         return self.store.get(key).decode() if self.store.exists(key) else None
 
     def _receipt_key(self, version: int) -> str:

@@ -23,7 +23,6 @@ from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.evidence.receipt_chain import CHAIN_PREFIX, walk_chain
 from expunge.orchestrator.evidence.rederive import rederive_shards
 from expunge.orchestrator.evidence.scan import scan_store
-from expunge.orchestrator.ingest.ingester import INGEST_RECEIPT_PREFIX
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.service.journal import Journal, RequestStatus
 from expunge.shards.rows import RECORD_ID
@@ -216,7 +215,7 @@ def _check_ingests(
         violations.append(f"the published version says {latest.rows} rows and its slices hold {sum(counts.values())}")
     right = total = 0
     for batch in ingested:
-        if batch.acknowledged and not catalog.store.exists(f"{INGEST_RECEIPT_PREFIX}/{batch.request_id}.json"):
+        if batch.acknowledged and catalog.read_ingest_receipt(batch.request_id) is None:
             violations.append(f"ingest {batch.request_id} was acknowledged and has no receipt in the store")
         for record, subject in batch.rows.items():
             total += 1

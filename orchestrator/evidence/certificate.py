@@ -70,7 +70,7 @@ CHECK_CLAIMS: dict[str, tuple[str, str, str]] = {
         "A file moved, copied or swapped between shards or steps after the commit, or edited, is reported with its "
         "shard and step, even when its manifest was rewritten with matching hashes, because the receipt (chained, "
         "and anchored outside the store) still holds what the commit wrote. It covers the untouched shards too.",
-        "A version made by `train` after the newest erasure has no receipt yet, so the check is skipped until the "
+        "A version made by `train` or `ingest` after the newest erasure has no receipt yet, so the check is skipped until the "
         "next erasure. It says the files are the commit's, not that the commit was right: that is exactness.",
     ),
     "storage": (

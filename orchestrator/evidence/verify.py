@@ -74,8 +74,9 @@ def state_check(catalog: Catalog, latest: EnsembleManifest, view: AuditView | No
         return CheckResult(
             name="state",
             status="skipped",
-            summary=f"No chained receipt binds the published version {latest.version} (it was trained after the "
-            "newest erasure, or its receipts predate state binding); the next erasure's receipt will.",
+            summary=f"No chained receipt binds the published version {latest.version} (it was made by "
+            f"{'an ingest' if latest.kind == 'ingest' else 'training'} after the newest erasure, or its receipts "
+            "predate state binding); the next erasure's receipt will.",
         )
     problems = check_state(catalog, latest, binding)
     shards = len(latest.shard_versions)

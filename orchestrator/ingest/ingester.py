@@ -30,12 +30,9 @@ from expunge.orchestrator.store_purge import purge_unreferenced
 from expunge.shards.models import SufficientStatisticsModel, model_for
 from expunge.shards.shard import ShardUpdate
 
-__all__ = ["INGEST_RECEIPT_PREFIX", "Ingester", "PreparedIngest"]
+__all__ = ["Ingester", "PreparedIngest"]
 
 log = logging.getLogger(__name__)
-
-#: Where the receipt of every ingest is kept, by request id.
-INGEST_RECEIPT_PREFIX = "receipts/ingests"
 
 
 def _pending(step: str, exc: BaseException) -> str:
@@ -126,6 +123,7 @@ class Ingester:
         """
         prepared = self.prepare(rows, request_id, settings, source)
         with self.session.lease.hold("expunge ingest"):
+            self._reconcile()
             if self.session.follow_latest():  # another writer committed before we held the lease: check again
                 prepared = self.prepare(rows, prepared.request_id, settings, source)
             return self.run(prepared)
@@ -177,16 +175,25 @@ class Ingester:
             )
         return PreparedIngest(request_id, manifest, batch, index, plan, settings, began, cpu, self._finish, earlier)
 
+    def _reconcile(self) -> None:
+        """Bring MLflow up to the store first (what a crash or outage left), as an erasure does; never fails the ingest."""
+        if self.lineage is None:
+            return
+        try:
+            self.lineage.reconcile()
+        except Exception as exc:  # MLflow is recorded after the commit anyway; the next writer catches up
+            log.warning("MLflow not reconciled before the ingest (%s: %s)", type(exc).__name__, exc)
+
     def _earlier(self, request_id: str, batch: PreparedBatch) -> IngestReceipt | None:
         """The stored receipt of ``request_id`` if it ingested this very batch; a retry gets it back.
 
         Raises:
             ConfigError: the request id was used for another batch (its receipt is never replaced).
         """
-        key = f"{INGEST_RECEIPT_PREFIX}/{request_id}.json"
-        if not self.session.store.exists(key):
+        stored = self.session.catalog.read_ingest_receipt(request_id)
+        if stored is None:
             return None
-        earlier = IngestReceipt.model_validate_json(self.session.store.get(key))
+        earlier = IngestReceipt.model_validate_json(stored)
         if earlier.batch_digest != batch.digest:
             raise ConfigError(
                 f"request id {request_id!r} was already used for another batch (its receipt is kept, never replaced); "
@@ -414,9 +421,7 @@ class Ingester:
     def _keep(self, receipt: IngestReceipt) -> IngestReceipt:
         """Store the receipt under its request id; a failure to store it is pending, never an error."""
         try:
-            self.session.store.put(
-                f"{INGEST_RECEIPT_PREFIX}/{receipt.request_id}.json", receipt.model_dump_json(indent=1).encode()
-            )
+            self.session.catalog.write_ingest_receipt(receipt.request_id, receipt.model_dump_json(indent=1))
         except ExpungeError as exc:
             return receipt.model_copy(update={"pending": (*receipt.pending, _pending("receipt", exc))})
         return receipt

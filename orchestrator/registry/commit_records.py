@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import logging
 
-from expunge.orchestrator.catalog import Catalog, EnsembleManifest
+from expunge.orchestrator.catalog import INGEST_RECEIPT_PREFIX, Catalog, EnsembleManifest
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.shards.store import ObjectStore
 
-__all__ = ["INGEST_RECEIPTS", "erasure_receipt", "ingest_receipt", "missed_erasure"]
+__all__ = ["erasure_receipt", "ingest_receipt", "missed_erasure"]
 
 log = logging.getLogger(__name__)
-
-#: Where the ingest path keeps each ingest's receipt, by request id (``ingest.ingester.INGEST_RECEIPT_PREFIX``;
-#: the registry may not import the ingest path, so a test keeps the two equal).
-INGEST_RECEIPTS = "receipts/ingests"
 
 
 def erasure_receipt(store: ObjectStore, manifest: EnsembleManifest) -> ErasureReceipt:
@@ -37,12 +33,12 @@ def ingest_receipt(store: ObjectStore, manifest: EnsembleManifest) -> IngestRece
     manifests say changed, and says so in ``pending``.
     """
     request_id = manifest.request_id or f"ensemble-v{manifest.version}"
-    key = f"{INGEST_RECEIPTS}/{request_id}.json"
-    if store.exists(key):
+    text = Catalog(store).read_ingest_receipt(request_id)
+    if text is not None:
         try:
-            stored = IngestReceipt.model_validate_json(store.get(key))
+            stored = IngestReceipt.model_validate_json(text)
         except ValueError:
-            log.warning("ingest %s: the stored receipt %s is unreadable; recording from the manifests", request_id, key)
+            log.warning("ingest %s: its stored receipt is unreadable; recording from the manifests", request_id)
         else:
             if stored.status == "ingested" and stored.model_version_after == manifest.version:
                 return stored
@@ -62,7 +58,8 @@ def ingest_receipt(store: ObjectStore, manifest: EnsembleManifest) -> IngestRece
         model_version_after=manifest.version,
         committed_at=manifest.created_at,
         pending=(
-            f"receipt: no receipt of this version at {key} when MLflow recorded the ingest; rebuilt from the "
+            f"receipt: no receipt of this version at {INGEST_RECEIPT_PREFIX}/{request_id}.json when MLflow recorded "
+            "the ingest; rebuilt from the "
             "ensemble manifests (row count and untouched shards only)",
         ),
     )

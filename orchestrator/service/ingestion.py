@@ -34,7 +34,6 @@ from expunge.orchestrator.errors import (
 )
 from expunge.orchestrator.ingest import Ingester, PreparedIngest
 from expunge.orchestrator.ingest.batch import prepare_batch
-from expunge.orchestrator.ingest.ingester import INGEST_RECEIPT_PREFIX
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_free_text
@@ -324,9 +323,8 @@ class ServiceIngestion:
             raise
 
     def _stored(self, request_id: str) -> IngestReceipt | None:
-        key = f"{INGEST_RECEIPT_PREFIX}/{request_id}.json"
-        store = self.coordinator.store
-        return IngestReceipt.model_validate_json(store.get(key)) if store.exists(key) else None
+        stored = self.coordinator.catalog.read_ingest_receipt(request_id)
+        return IngestReceipt.model_validate_json(stored) if stored is not None else None
 
     def _replayed(self, stored: IngestReceipt, rows: pa.Table) -> IngestReceipt:
         """``stored`` when ``rows`` are the batch it recorded (a retry); else the id names another ingest."""

@@ -16,15 +16,14 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
+from expunge.orchestrator.catalog import INGEST_RECEIPT_PREFIX
 from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import PurgedVersionError
 from expunge.orchestrator.evidence.verify import verify_erasure, verify_log
-from expunge.orchestrator.ingest.ingester import INGEST_RECEIPT_PREFIX
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
-from expunge.orchestrator.registry.commit_records import INGEST_RECEIPTS
 from expunge.orchestrator.registry.faults import FAULT_AT_MLFLOW, INGEST_STEPS
 from expunge.orchestrator.registry.tracking import SUPERSEDES_ERASURE
 from expunge.pipelines.fault_proxy import FaultProxy, FaultSchedule
@@ -123,10 +122,6 @@ def deployment(mlflow_server, tmp_path_factory: pytest.TempPathFactory) -> Deplo
     later = later.set_column(0, RECORD_ID, pa.array([f"second-{i}" for i in range(len(later))]))
     second = coordinator.ingest(later, request_id=SECOND_INGEST)
     return Deployment(root, name, coordinator, first, served, erasure, second, erased)
-
-
-def test_the_ingest_path_and_the_registry_name_the_same_receipt_folder():
-    assert INGEST_RECEIPTS == INGEST_RECEIPT_PREFIX
 
 
 def test_an_ingest_is_a_run_and_a_version_and_the_alias_moves_to_it(deployment):
@@ -328,24 +323,23 @@ def test_an_ingest_after_an_erasure_mlflow_missed_purges_for_that_erasure(mlflow
     assert erased.status == "erased"
     assert [p.split(":")[0] for p in erased.pending] == ["registration"]
     monkeypatch.delenv(FAULT_AT_MLFLOW)
-    # The same process ingests next: its version stands in for the erasure MLflow never recorded.
+    # The same process ingests next: it brings MLflow up to the store first (the erasure's version),
+    # as an erasure does, then registers its own.
     receipt = coordinator.ingest(BATCH, request_id=FIRST_INGEST)
     assert receipt.pending == ()
-    assert receipt.registry_version_after == "2"
+    assert receipt.registry_version_after == "3"
     assert receipt.model_version_after == 3  # train v1, erasure v2, this ingest v3
     client = MlflowClient(mlflow_server.uri)
-    version = client.get_model_version(tracking.model_name, "2")
-    assert version.tags["expunge.kind"] == "ingest"
-    assert version.tags[SUPERSEDES_ERASURE] == ERASURE
+    assert client.get_model_version(tracking.model_name, "2").tags["expunge.kind"] == "erasure"
+    assert client.get_model_version(tracking.model_name, "3").tags["expunge.kind"] == "ingest"
     assert client.get_model_version(tracking.model_name, "1").tags[PURGED_BY_REQUEST] == ERASURE
     assert coordinator.lineage is not None
     (erasure_run,) = _runs(client, coordinator.lineage.experiment_id, ERASURE)
     assert erasure_run.info.status == "FINISHED"
-    assert erasure_run.data.tags["expunge.registry_version"] == "2"  # the version registered after it
     assert erasure_run.data.tags["expunge.ensemble_version"] == "2"
     Lineage(tracking, str(tmp_path / "store"))  # the next open keeps the ingest's version and the purge
-    assert PURGED_BY_REQUEST not in client.get_model_version(tracking.model_name, "2").tags
-    assert client.get_model_version_by_alias(tracking.model_name, "production").version == "2"
+    assert PURGED_BY_REQUEST not in client.get_model_version(tracking.model_name, "3").tags
+    assert client.get_model_version_by_alias(tracking.model_name, "production").version == "3"
 
 
 def test_an_ingest_whose_receipt_was_never_stored_is_recorded_from_the_manifests(mlflow_server, tmp_path, monkeypatch):
