@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
 from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, ExpungeError
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.pool import LocalShardPool, RayShardPool, ShardPool
 from expunge.shards.store import ObjectStore
@@ -135,6 +135,20 @@ class StoreSession:
         """Point actors back at the published versions; their unpublished objects are garbage."""
         self.close()
         self.manifest = self.catalog.latest() or manifest
+
+    def abandon(self, manifest: EnsembleManifest, written: Iterable[str]) -> None:
+        """After a commit that did not happen (any error at the placement, tombstones or publish): actors
+        back to the published versions, and this attempt's objects deleted unless the published version
+        references them (its publish went through and only the answer was lost). Best effort: a store
+        that does not answer keeps the debris for the purge rule; never raises.
+        """
+        self.close()  # the actors hold unpublished shard versions: they must never serve or be built on
+        self.manifest = manifest
+        try:
+            self.manifest = self.catalog.latest() or manifest
+            self.discard(written)
+        except ExpungeError as exc:
+            log.warning("could not delete what a failed commit wrote (%s); the next writer's purge does", exc)
 
     def discard(self, keys: Iterable[str]) -> None:
         """Delete objects of a losing attempt, except any the published version references."""

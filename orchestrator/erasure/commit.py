@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
 from expunge.orchestrator.erasure.routing import RoutingPlan
-from expunge.orchestrator.errors import StorageConflictError
+from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.ingest import PreparedIngest
 from expunge.orchestrator.session import StoreSession
 from expunge.shards.shard import ShardUpdate
@@ -28,41 +28,46 @@ def commit_erasure(
 
     Raises:
         StorageConflictError: another writer published first; what this attempt wrote is deleted.
+        ExpungeError: any other failure before the publish (the store did not answer, the lease was
+            lost): nothing published, the actors reload the published versions, the attempt's objects go.
     """
     versions = list(manifest.shard_versions)
     for shard, update in updates.items():
         versions[shard] = update.manifest_version
     found = sorted(plan.found)
     placement = ingest.placement_after(set(found)) if ingest is not None and ingest.plan else index.without(set(found))
-    new_manifest = EnsembleManifest(
-        version=manifest.version + 1,
-        parent_version=manifest.version,
-        kind="erasure",
-        request_id=request_id,
-        sharding=manifest.sharding,
-        training=manifest.training,
-        model=manifest.model,
-        shard_versions=tuple(versions),
-        placement_key=session.catalog.write_placement(placement),
-        rows=manifest.rows + sum(u.rows_added - u.rows_removed for u in updates.values()),
-        key_check=manifest.key_check,
-        train_seconds=manifest.train_seconds,
-        train_cpu_seconds=manifest.train_cpu_seconds,
-        registry=manifest.registry,
-        lease_token=session.lease.token,
-    )
-    # Tombstones first: from here on no training admits these people again, even if the
-    # commit below loses a race (the retry then completes the erasure they asked for).
-    session.catalog.append_tombstones(
-        "erased", found, request_id, rows={d: sum(index.entries[d].values()) for d in found}
-    )
+    written = [k for u in updates.values() for k in u.new_keys]
     try:
+        placement_key = session.catalog.write_placement(placement)
+        written.append(placement_key)
+        new_manifest = EnsembleManifest(
+            version=manifest.version + 1,
+            parent_version=manifest.version,
+            kind="erasure",
+            request_id=request_id,
+            sharding=manifest.sharding,
+            training=manifest.training,
+            model=manifest.model,
+            shard_versions=tuple(versions),
+            placement_key=placement_key,
+            rows=manifest.rows + sum(u.rows_added - u.rows_removed for u in updates.values()),
+            key_check=manifest.key_check,
+            train_seconds=manifest.train_seconds,
+            train_cpu_seconds=manifest.train_cpu_seconds,
+            registry=manifest.registry,
+            lease_token=session.lease.token,
+        )
+        # Tombstones first: from here on no training admits these people again, even if the
+        # commit below fails (the retry then completes the erasure they asked for).
+        session.catalog.append_tombstones(
+            "erased", found, request_id, rows={d: sum(index.entries[d].values()) for d in found}
+        )
         session.catalog.publish(new_manifest)
-    except StorageConflictError:
-        session.rollback(manifest)
-        # What we wrote was derived from a version that is no longer current: it may hold
-        # rows the winner just erased, so it goes now rather than at the next commit.
-        session.discard([k for u in updates.values() for k in u.new_keys] + [new_manifest.placement_key])
+    except ExpungeError:
+        # Any failure, a lost race or a store that did not answer: the actors hold shard versions no
+        # published version names; they must not be built on by a retry (which would publish them
+        # with a placement that does not know their rows). What this attempt wrote goes.
+        session.abandon(manifest, written)
         raise
     session.adopt(new_manifest)
     return new_manifest

@@ -375,21 +375,23 @@ class Ingester:
         versions = list(manifest.shard_versions)
         for shard, update in updates.items():
             versions[shard] = update.manifest_version
-        new_manifest = manifest.model_copy(
-            update={
-                "version": manifest.version + 1,
-                "parent_version": manifest.version,
-                "kind": "ingest",
-                "request_id": prepared.request_id,
-                "created_at": utc_now(),
-                "shard_versions": tuple(versions),
-                "placement_key": self.session.catalog.write_placement(prepared.placement_after(set())),
-                "rows": manifest.rows + sum(u.rows_added for u in updates.values()),
-                "lease_token": self.session.lease.token,
-            }
-        )
-        written = [k for u in updates.values() for k in u.new_keys] + [new_manifest.placement_key]
+        written = [k for u in updates.values() for k in u.new_keys]
         try:
+            placement_key = self.session.catalog.write_placement(prepared.placement_after(set()))
+            written.append(placement_key)
+            new_manifest = manifest.model_copy(
+                update={
+                    "version": manifest.version + 1,
+                    "parent_version": manifest.version,
+                    "kind": "ingest",
+                    "request_id": prepared.request_id,
+                    "created_at": utc_now(),
+                    "shard_versions": tuple(versions),
+                    "placement_key": placement_key,
+                    "rows": manifest.rows + sum(u.rows_added for u in updates.values()),
+                    "lease_token": self.session.lease.token,
+                }
+            )
             late = set(prepared.batch.subject_rows) & self.session.catalog.tombstones()
             if late:
                 raise StorageConflictError(
@@ -397,9 +399,8 @@ class Ingester:
                     "Ingest again: their rows are then refused."
                 )
             self.session.catalog.publish(new_manifest)
-        except ExpungeError:
-            self.session.rollback(manifest)
-            self.session.discard(written)
+        except ExpungeError:  # any failure: the actors' unpublished versions must not be built on
+            self.session.abandon(manifest, written)
             raise
         self.session.adopt(new_manifest)
         return new_manifest

@@ -35,3 +35,37 @@ def test_a_file_changed_before_an_ingest_is_recorded_by_the_next_erasure(tmp_pat
     receipt = coordinator.forget([erased_next])
     assert receipt.state is not None
     assert any(untouched in problem for problem in receipt.state.carried_mismatches)
+
+
+def test_a_failed_publish_is_never_built_on_by_the_retry(tmp_path, monkeypatch) -> None:
+    """The store fails the publish of an erasure a batch joined; the retry (erasure alone) must not
+    publish the shard versions the failed attempt left in the actors (they hold the batch's rows)."""
+    from expunge.orchestrator.errors import ExpungeError
+    from expunge.orchestrator.evidence.rederive import rederive_shards
+    from expunge.shards.store import FaultPlan
+
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    subjects = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
+    coordinator.train(ROWS, job(model=MFConfig(embedding_dim=4), shards=2, slices=2))
+    digest = hasher.digest(subjects[0])
+    newcomers = ROWS.slice(0, 4).set_column(0, "record_id", [[f"new-{i}" for i in range(4)]])
+    newcomers = newcomers.set_column(1, "subject_id", [["newcomer-a", "newcomer-a", "newcomer-b", "newcomer-b"]])
+    prepared = coordinator.prepare_ingest(newcomers, erasing=[digest])
+    monkeypatch.setenv("EXPUNGE_FAULT_AT_WRITE", "1")
+    monkeypatch.setenv("EXPUNGE_FAULT_MATCH", "create ensemble/")  # the publish itself fails
+    FaultPlan.reset()
+    try:
+        coordinator.forget_digests([digest], request_id="req-joined", ingest=prepared)
+    except ExpungeError:
+        pass
+    else:  # pragma: no cover - the fault must fire
+        raise AssertionError("the injected publish fault did not fire")
+    monkeypatch.delenv("EXPUNGE_FAULT_AT_WRITE")
+    assert coordinator.require_manifest().version == 1
+    retry = coordinator.forget_digests([digest], request_id="req-joined")  # the service's attempt 2
+    assert retry.rows_removed > 0
+    manifest = coordinator.require_manifest()
+    assert manifest.rows == len(ROWS) - retry.rows_removed  # the batch's rows were not published
+    found = rederive_shards(coordinator.catalog, manifest, range(manifest.sharding.shards))
+    assert all(r.result.exact for r in found.values())
