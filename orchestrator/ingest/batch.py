@@ -7,8 +7,10 @@ counted; every problem with the rows is one ``DataValidationError`` listing them
 from __future__ import annotations
 
 import io
+import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,13 +20,20 @@ import pyarrow.parquet as pq
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import DataValidationError, PersonalDataInTextError
+from expunge.orchestrator.errors import DataValidationError, ExpungeError, PersonalDataInTextError
 from expunge.orchestrator.screening import names_subject
 from expunge.orchestrator.training.partition import digest_subjects
 from expunge.shards.models import task_of
 from expunge.shards.rows import RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID, validate_rows
 
-__all__ = ["PreparedBatch", "StoredRecords", "prepare_batch", "split_by_cell", "stored_records"]
+__all__ = [
+    "PreparedBatch",
+    "StoredRecords",
+    "names_stored_subject",
+    "prepare_batch",
+    "split_by_cell",
+    "stored_records",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,7 @@ def prepare_batch(
     stored: Mapping[str, str],
     source: str = "the ingest batch",
     request_id: str | None = None,
+    schema: pa.Schema | None = None,
 ) -> PreparedBatch:
     """Validate ``rows`` for ``manifest``'s model and split them into rows to add and rows left out.
 
@@ -105,19 +115,42 @@ def prepare_batch(
             outside the model's catalogue, no rows, or a record id stored for another subject.
         PersonalDataInTextError: ``request_id`` names a subject of the batch (it is kept in the
             receipt's object name and the version's manifest).
+
+    ``schema``: the schema of the store's slices; the rows are cast to it (a batch's float64
+    ratings join float32 slices as float32), and a column it lacks is refused: it would be stored
+    with the rows, out of reach of the identity rule.
     """
-    rows = validate_rows(rows, source, task_of(manifest.model), model=manifest.model)
+    problems: list[str] = []
+    if schema is not None:
+        extra = [str(c)[:40] for c in rows.column_names if c not in schema.names]
+        if extra:
+            kept = [n for n in schema.names if n != SUBJECT_DIGEST]
+            problems.append(f"column(s) {extra[:10]} are not stored by this store (it stores {kept}); leave them out")
+            rows = rows.select([c for c in rows.column_names if c in schema.names])
+    try:
+        rows = validate_rows(rows, source, task_of(manifest.model), model=manifest.model)
+    except DataValidationError as exc:
+        raise DataValidationError(source, [*problems, *exc.problems]) from exc
+    if problems:
+        raise DataValidationError(source, problems)
     if request_id is not None and names_subject(request_id, set(rows.column(SUBJECT_ID).to_pylist())):
         raise PersonalDataInTextError(
             "the request id names a subject of the batch; it is stored with the receipt and the model version, so "
-            "use a batch label instead (e.g. daily-2026-12-03), or omit it. Nothing was stored"
+            "use a batch label instead (e.g. daily-20261203), or omit it. Nothing was stored"
         )
     if len(rows) == 0:
         raise DataValidationError(source, ["the batch has no rows; give a file, folder or prefix with new rows"])
     subjects = digest_subjects(hasher, rows.column(SUBJECT_ID))
     rows = rows.append_column(SUBJECT_DIGEST, subjects.column())
+    if schema is not None:
+        try:
+            rows = rows.select(schema.names).cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as exc:
+            raise DataValidationError(
+                source, [f"the rows cannot take the types the store keeps ({schema}): {str(exc)[:200]}"]
+            ) from exc
     ids = rows.column(RECORD_ID).to_pylist()
-    digest = hasher.label("\n".join(sorted(ids)), "ingest-batch")
+    digest = hasher.label(json.dumps(sorted(ids)), "ingest-batch")  # unambiguous, whatever a record id holds
     owners = np.asarray([stored.get(r) or "" for r in ids])
     mine = np.asarray(subjects.distinct, dtype=str)[subjects.index] if len(ids) else np.zeros(0, str)
     known = owners != ""
@@ -150,6 +183,29 @@ def prepare_batch(
         subjects_refused_erased=len(set(mine[refused].tolist())),
         rows_already_stored=int((known & ~refused).sum()),
     )
+
+
+def names_stored_subject(text: str, hasher: SubjectHasher, known: Callable[[str], bool]) -> bool:
+    """Whether ``text`` (a request id) names, as one of its dash/dot/underscore-delimited runs, a subject
+    whose digest ``known`` says the store holds or erased. The store keeps digests only, so every
+    run of whole tokens is digested and looked up.
+    """
+    tokens = [t for t in re.split(r"([-_.:/ ])", text)]
+    words = tokens[::2]
+    seps = tokens[1::2]
+    for start in range(len(words)):
+        candidate = ""
+        for end in range(start, min(len(words), start + 8)):
+            candidate = words[start] if end == start else candidate + seps[end - 1] + words[end]
+            if not candidate:
+                continue
+            try:
+                digest = hasher.digest(candidate)
+            except ExpungeError:
+                continue
+            if known(digest):
+                return True
+    return False
 
 
 def split_by_cell(rows: pa.Table, cells: Mapping[str, tuple[int, int]]) -> dict[int, dict[int, pa.Table]]:

@@ -9,6 +9,7 @@ purge what it no longer references (``store_purge``) -> keep the receipt and rec
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -16,11 +17,19 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
 from expunge.orchestrator.config import IngestConfig
-from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageConflictError
-from expunge.orchestrator.ingest.batch import PreparedBatch, StoredRecords, prepare_batch, split_by_cell, stored_records
+from expunge.orchestrator.errors import ConfigError, ExpungeError, PersonalDataInTextError, StorageConflictError
+from expunge.orchestrator.ingest.batch import (
+    PreparedBatch,
+    StoredRecords,
+    names_stored_subject,
+    prepare_batch,
+    split_by_cell,
+    stored_records,
+)
 from expunge.orchestrator.ingest.slice_policy import IngestLimits, IngestPlan, place_after, plan_ingest
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt, ShardIngest, utc_now
 from expunge.orchestrator.registry import Lineage
@@ -95,6 +104,7 @@ class Ingester:
         self.session = session
         self.lineage = lineage
         self._stored: StoredRecords | None = None
+        self._schema: pa.Schema | None = None
 
     def ingest(
         self,
@@ -154,12 +164,25 @@ class Ingester:
                 "ingest places rows by subject, and this store was trained with sharding.placement 'row'; "
                 "retrain it with 'balanced' or 'hash' to ingest"
             )
-        erased = self.session.catalog.tombstones() | set(erasing)
+        tombstones = self.session.catalog.tombstones()
+        erased = tombstones | set(erasing)
         batch = prepare_batch(
-            rows, manifest, self.session.hasher, erased, self._records(manifest).owner, source, request_id
+            rows,
+            manifest,
+            self.session.hasher,
+            erased,
+            self._records(manifest).owner,
+            source,
+            request_id,
+            self._slice_schema(manifest),
         )
-        earlier = self._earlier(request_id, batch)
         index = self.session.catalog.read_placement(manifest.placement_key)
+        if names_stored_subject(request_id, self.session.hasher, lambda d: d in index.entries or d in tombstones):
+            raise PersonalDataInTextError(
+                "the request id names a person this store holds or erased; it is stored with the receipt and the "
+                "model version, so use a batch label instead (e.g. daily-20261203), or omit it. Nothing was stored"
+            )
+        earlier = self._earlier(request_id, batch)
         plan = None
         if batch.subject_rows:
             counts = [
@@ -174,6 +197,17 @@ class Ingester:
                 limits=IngestLimits(settings.max_tail_slices, settings.max_subject_slices),
             )
         return PreparedIngest(request_id, manifest, batch, index, plan, settings, began, cpu, self._finish, earlier)
+
+    def _slice_schema(self, manifest: EnsembleManifest) -> pa.Schema | None:
+        """The Arrow schema of the store's slices (one footer read, once per process); None for an empty store."""
+        if self._schema is None:
+            for shard, version in enumerate(manifest.shard_versions):
+                slices = self.session.catalog.shard_manifest(shard, version).slices
+                if slices:
+                    data = self.session.catalog.store.get(slices[0].key)
+                    self._schema = pq.read_schema(io.BytesIO(data))
+                    break
+        return self._schema
 
     def _reconcile(self) -> None:
         """Bring MLflow up to the store first (what a crash or outage left), as an erasure does; never fails the ingest."""
@@ -222,11 +256,13 @@ class Ingester:
         for number in range(cached.version + 1, version + 1):
             after = catalog.read(number)
             text = catalog.read_receipt(number) if after.kind == "erasure" else None
-            removed = ErasureReceipt.model_validate_json(text).rows_removed if text else None
-            if removed is None or after.rows != before.rows - removed:
+            receipt = ErasureReceipt.model_validate_json(text) if text else None
+            if receipt is None or after.rows != before.rows - receipt.rows_removed:
                 return None
+            # The people this erasure found (not the tombstones now: someone re-admitted since is not gone).
+            cached = cached.without(number, set(receipt.subject_digests) - set(receipt.not_found_digests))
             before = after
-        return cached.without(version, catalog.tombstones())
+        return cached
 
     def run(self, prepared: PreparedIngest) -> IngestReceipt:
         """Retrain, commit and record a prepared batch; the caller holds the store's lease.

@@ -144,3 +144,43 @@ def test_the_stored_records_are_carried_over_an_erasure_not_read_again(tmp_path,
     again = coordinator.ingest(later.slice(0, 20))  # half already stored: found without reading the slices
     assert reads == []
     assert (again.rows_already_stored, again.rows_added) == (10, 10)
+
+
+def test_batches_take_the_stored_types_and_extra_columns_are_refused(tmp_path) -> None:
+    """A float64 rating column (as pandas writes it) joins float32 slices; item_stats erasures still work."""
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    initial, later = _split(ROWS, 30)
+    coordinator.train(initial, job(model=ItemStatsConfig(factors=2), shards=2, slices=2))
+    doubles = later.set_column(3, "rating", later.column("rating").cast(pa.float64()))
+    with pytest.raises(DataValidationError, match="not stored by this store"):
+        coordinator.ingest(doubles.append_column("email", pa.array(["x@example.org"] * len(doubles))))
+    coordinator.ingest(doubles)
+    known = sorted(set(initial.column(SUBJECT_ID).to_pylist()))[0]
+    assert coordinator.forget([known, later.column(SUBJECT_ID)[0].as_py()]).status == "erased"
+    assert all(_exact(coordinator).values())
+
+
+def test_a_readmitted_persons_rows_are_added_again(tmp_path) -> None:
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    initial, later = _split(ROWS, 30)
+    coordinator.train(initial, job(shards=2, slices=2))
+    person = later.column(SUBJECT_ID)[0].as_py()
+    theirs = later.filter(pc.equal(later.column(SUBJECT_ID), person))
+    coordinator.ingest(theirs)
+    coordinator.forget([person])
+    coordinator.readmit([person], reason="new consent given")
+    again = coordinator.ingest(theirs)
+    assert (again.rows_added, again.rows_already_stored) == (len(theirs), 0)
+
+
+def test_a_request_id_naming_a_stored_person_is_refused(tmp_path) -> None:
+    hasher = SubjectHasher(TEST_KEY)
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=local_pool)
+    initial, later = _split(ROWS, 30)
+    coordinator.train(initial, job(shards=2, slices=2))
+    stored = initial.column(SUBJECT_ID)[0].as_py()
+    with pytest.raises(PersonalDataInTextError, match="holds or erased"):
+        coordinator.ingest(later, request_id=f"batch-for-{stored}")
+    assert coordinator.ingest(later, request_id="daily-20261203").status == "ingested"
