@@ -183,8 +183,9 @@ class StoreLease:
         if record.purpose.startswith("expunge serve"):
             namespace = record.purpose.partition("(namespace ")[2].rstrip(")") or "expunge"
             advice = (
-                f"send erasures to that service (`expunge forget --service --namespace {namespace}`), or stop it "
-                f"first (`expunge serve --stop --namespace {namespace}`)"
+                f"send erasures to that service (`expunge forget --service --namespace {namespace}`) and new rows "
+                "through it (`POST /v1/ingestions`, `Client.ingest`, `RayClient.ingest`), or stop it first "
+                f"(`expunge serve --stop --namespace {namespace}`)"
             )
         else:
             advice = "wait until that job finishes"

@@ -753,7 +753,9 @@ def main(
     ),
     seed: int = typer.Option(0, help="erasure choice (and the generated data)"),
     local: bool = typer.Option(False, "--local", help="in-process shards instead of Ray actors"),
-    out: Path = typer.Option(Path("ingest-benchmark"), help="folder for ingest.json, ingest.md and ingest.png"),
+    out: Path = typer.Option(
+        Path("ingest-benchmark"), "--output", "--out", help="folder for ingest.json, ingest.md and ingest.png"
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Ingest benchmark: daily batches split by time against full retrains; cost, exactness, NDCG@10, RMSE.
@@ -786,8 +788,9 @@ def main(
         check_every=per_model(check_every, "--check-every", defaults.check_every),
         seed=seed,
     )
-    with exit_on_error():  # a missing or malformed --data is bad input (exit 2), not a bug
-        if data is not None:
+    # Ray's own lines (raylet warnings) go to stdout: keep stdout for the one JSON object.
+    with exit_on_error(), contextlib.redirect_stdout(sys.stderr):
+        if data is not None:  # a missing or malformed --data is bad input (exit 2), not a bug
             movielens_timestamps(load_movielens(data), str(data))  # checked before Ray starts
         if not local:
             init_ray()

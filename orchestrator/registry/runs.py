@@ -215,7 +215,7 @@ class RunRecorder:
         fault_point("run.create")
         run = self.client.create_run(
             self.registry.experiment_id,
-            run_name=f"ingest-{receipt.request_id}",
+            run_name=receipt.request_id if receipt.request_id.startswith("ingest-") else f"ingest-{receipt.request_id}",
             tags={
                 "expunge.kind": "ingest",
                 "expunge.request_id": receipt.request_id,
