@@ -83,6 +83,7 @@ def _finite_problems(name: str, values: Column, rows: Column | None = None) -> l
     """NaN and +/-Inf counts of a floating-point column (``rows`` maps values to row numbers)."""
     if not pa.types.is_floating(values.type):
         return []
+    values = pc.cast(values, pa.float64())  # float16 has no NaN kernels; the cast keeps NaN and Inf
     problems = []
     for what, mask in (("NaN", pc.is_nan(values)), ("infinite (+/-Inf)", pc.is_inf(values))):
         count = pc.sum(pc.fill_null(mask, False)).as_py() or 0
@@ -96,15 +97,17 @@ def _finite_problems(name: str, values: Column, rows: Column | None = None) -> l
 def _range_problems(name: str, values: Column, low: float | None, high: float | None, expected: str) -> list[str]:
     """Count of finite values outside [low, high] (``None``: unbounded on that side)."""
     checks = []
+    # Compared as float64: every integer width (uint64 too) and float16 have kernels there.
+    compared = pc.cast(values, pa.float64(), safe=False)
     if low is not None:
-        checks.append(pc.less(values, low))
+        checks.append(pc.less(compared, low))
     if high is not None:
-        checks.append(pc.greater(values, high))
+        checks.append(pc.greater(compared, high))
     if not checks or len(values) == 0:
         return []
     mask = checks[0] if len(checks) == 1 else pc.or_(checks[0], checks[1])
     if pa.types.is_floating(values.type):
-        mask = pc.and_(mask, pc.is_finite(values))
+        mask = pc.and_(mask, pc.is_finite(compared))
     count = pc.sum(pc.fill_null(mask, False)).as_py() or 0
     if not count:
         return []
@@ -208,7 +211,7 @@ def validate_rows(
             problems.append(f"{RECORD_ID} has type {ids.type}; store record ids as text or integers")
         if ids.null_count:
             problems.append(f"{ids.null_count} row(s) have a null record_id")
-        duplicates = len(ids) - len(pc.unique(ids))
+        duplicates = len(ids) - len(pc.unique(ids)) if pa.types.is_string(ids.type) else 0
         if duplicates:
             first, again = first_repeat(ids)
             problems.append(
