@@ -95,11 +95,14 @@ def plan_ingest(
     shard's number of slices now; ``base_slices``: slices of the first training (tails follow).
 
     Raises:
-        ValueError: a batch subject with no rows, a placed cell outside the shards, or no shards.
+        ValueError: a batch subject with no rows, a placed cell outside the shards, no shards, or a
+            shard with fewer slices than ``base_slices``.
     """
     shards = len(slice_counts)
     if shards < 1 or base_slices < 1:
         raise ValueError("an ingest needs at least one shard and one slice")
+    if min(slice_counts) < base_slices:
+        raise ValueError(f"a shard has fewer slices than the first training's {base_slices}: {list(slice_counts)}")
     cells: dict[str, Cell] = {}
     new: list[str] = []
     for digest in sorted(batch):

@@ -227,3 +227,8 @@ def test_invalid_inputs_raise_value_error(batch, placed, slice_counts, base_slic
 def test_limits_below_their_minimum_raise_value_error(tails, span):
     with pytest.raises(ValueError, match="max_tail_slices"):
         IngestLimits(max_tail_slices=tails, max_subject_slices=span)
+
+
+def test_a_shard_with_fewer_slices_than_the_first_training_is_refused():
+    with pytest.raises(ValueError, match="fewer slices"):
+        plan_ingest({"a" * 16: 1}, {}, [1, 1], 2, whole_subject=False)
