@@ -13,13 +13,12 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
+from expunge.orchestrator.catalog import EnsembleManifest
 from expunge.orchestrator.config import IngestConfig
 from expunge.orchestrator.errors import ConfigError, ExpungeError, PersonalDataInTextError, StorageConflictError
 from expunge.orchestrator.ingest.batch import (
@@ -27,10 +26,10 @@ from expunge.orchestrator.ingest.batch import (
     StoredRecords,
     names_stored_subject,
     prepare_batch,
-    split_by_cell,
     stored_records,
 )
-from expunge.orchestrator.ingest.slice_policy import IngestLimits, IngestPlan, place_after, plan_ingest
+from expunge.orchestrator.ingest.prepared import PreparedIngest
+from expunge.orchestrator.ingest.slice_policy import IngestLimits, plan_ingest
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt, ShardIngest, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
@@ -46,52 +45,6 @@ log = logging.getLogger(__name__)
 
 def _pending(step: str, exc: BaseException) -> str:
     return f"{step}: {type(exc).__name__}: {exc}"[:500]
-
-
-@dataclass
-class PreparedIngest:
-    """A validated, planned batch against one published version, ready to retrain (``Ingester.prepare``).
-
-    ``plan`` is None when nothing in the batch is new. An erasure may carry it into its own
-    commit (``Eraser.forget_digests(ingest=...)``): each shard then retrains once for both, and
-    ``receipt`` holds the ingest's receipt once that commit is done.
-    """
-
-    request_id: str
-    manifest: EnsembleManifest
-    batch: PreparedBatch
-    index: PlacementIndex
-    plan: IngestPlan | None
-    settings: IngestConfig
-    began: float
-    cpu: float
-    finish: Callable[[PreparedIngest, EnsembleManifest, dict[int, ShardUpdate], float, bool, str | None], IngestReceipt]
-    #: The receipt of an earlier ingest of the same batch under the same request id (a retry).
-    earlier: IngestReceipt | None = None
-    receipt: IngestReceipt | None = None
-
-    def shard_calls(self, remove: Mapping[int, Sequence[str]]) -> dict[int, tuple[object, ...]]:
-        """Arguments of ``Shard.ingest`` per shard: this batch's rows, plus digests an erasure removes there."""
-        plan = self.plan
-        tables = split_by_cell(self.batch.rows, {d: (c.shard, c.slice) for d, c in plan.cells.items()}) if plan else {}
-        shards = sorted(set(tables) | set(remove))
-        return {
-            s: (
-                tables.get(s, {}),
-                self.request_id,
-                self.settings.tail_epochs,
-                plan.shards[s].merge_from if plan and s in plan.shards else None,
-                tuple(remove.get(s, ())),
-            )
-            for s in shards
-        }
-
-    def placement_after(self, erased: set[str]) -> PlacementIndex:
-        """The placement once the batch is in and the ``erased`` subjects are out."""
-        placed = self.index.without(erased).entries
-        if self.plan is None:
-            return PlacementIndex(dict(placed))
-        return PlacementIndex(place_after(placed, self.batch.subject_rows, self.plan))
 
 
 class Ingester:
