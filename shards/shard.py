@@ -504,11 +504,9 @@ class Shard:
         before = [of_changed(tables[i]) for i in sorted(sources)]
         after = [of_changed(table) for table in new.values()]
         current = self.final_state().module
-        minus = self.model.accumulate(self.model.empty(), pa.concat_tables(before)) if before else None
+        minus = self.model.accumulate(self.model.empty(), pa.concat_tables(before)) if before else self.model.empty()
         plus = self.model.accumulate(self.model.empty(), pa.concat_tables(after)) if after else None
-        state_module = self.model.subtract(current, minus) if minus is not None else current
-        if plus is not None:
-            state_module = self.model.combine([state_module, plus])
+        state_module = self.model.subtract(current, minus, plus)  # one merge with the shard's sums
         state = TrainedState(state_module, None, len(entries))
         step = len(entries) - 1
         data = serialize_state(self.model, state, [e.records_sha256 for e in entries])

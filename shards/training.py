@@ -77,7 +77,7 @@ class TrainedState:
 #: ``torch.save`` bytes back, so weights and Adam state load bit for bit. Format 1 (the plain
 #: ``torch.save`` zip, written before issue 12) is still read; it has no checksum.
 _MAGIC = b"EXPUNGE-CKPT-2\n"
-_ZSTD_LEVEL = 3  # higher levels save under 1% more on float tensors and cost seconds per checkpoint
+_ZSTD_LEVEL = 1  # level 3 saves 4% on item_stats sums (2 MB) and costs 3x the time (56 ms vs 18 ms per shard)
 _LANES = 4
 
 

@@ -27,7 +27,7 @@ What is derived from the summed state (``ItemStatsFit``, deterministic):
 - the rating is the baseline plus a fixed blend of the two (``knn_weight``), not trained;
 - top-N ranking: EASE on the co-rating counts (Steck, "Embarrassingly shallow autoencoders",
   WWW 2019): ``B = I - P diag(1/diag P)``, ``P = (N + l2 I)^-1``, score = the user's rated
-  items times ``B``.
+  items times ``B``; or, by ``ranker``, EDLAE / DLAE (Steck, NeurIPS 2020; ``closed_form``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from expunge.shards.config import ItemStatsConfig
+from expunge.shards.models import closed_form
 from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
 
 __all__ = ["GRID_BITS", "ItemStatsFit", "ItemStatsModel", "ItemStatsState", "on_grid"]
@@ -111,7 +112,7 @@ def _state(
     subjects: Sequence[str],
     arrays: dict[str, np.ndarray],
 ) -> ItemStatsState:
-    state = ItemStatsState(num_items, subjects, len(arrays["pair_index"]), len(arrays["subject_items"]))
+    state = ItemStatsState(num_items, subjects)  # buffers replaced below: allocate none of pair size
     for name, dtype in _BUFFERS.items():
         values = np.ascontiguousarray(arrays[name])
         if dtype == torch.float64:
@@ -191,6 +192,13 @@ def _merge_two(
     )
 
 
+def _block(state: ItemStatsState, subject: int) -> tuple[np.ndarray, np.ndarray]:
+    """One subject's (items, ratings) in ``state`` (views, not copies)."""
+    offsets = state.array("subject_offsets")
+    begin, end = int(offsets[subject]), int(offsets[subject + 1])
+    return state.array("subject_items")[begin:end], state.array("subject_ratings")[begin:end]
+
+
 class ItemStatsFit:
     """Predictions and rankings derived from one summed ``ItemStatsState`` (see the module docstring).
 
@@ -221,15 +229,22 @@ class ItemStatsFit:
             top = np.argsort(values)[::-1][: config.factors]
             self.factors = vectors[:, top] * np.sqrt(np.maximum(values[top], 0.0))
         del co_product
-        inverse = np.linalg.inv(co_count + config.ranking_l2 * np.eye(size))
-        self.ranking = -inverse / np.diag(inverse)[None, :]
-        np.fill_diagonal(self.ranking, 0.0)
+        self.ranking = self._ranking(config, co_count)
         offsets = state.array("subject_offsets")
         items, ratings = state.array("subject_items"), state.array("subject_ratings")
         self._subjects = {
             digest: (items[offsets[u] : offsets[u + 1]], ratings[offsets[u] : offsets[u + 1]])
             for u, digest in enumerate(state.subjects)
         }
+
+    @staticmethod
+    def _ranking(config: ItemStatsConfig, co_count: np.ndarray) -> np.ndarray:
+        """Item-item top-N weights (I, I) of ``config.ranker`` on the co-rating counts (``closed_form``)."""
+        if config.ranker == "edlae":
+            return closed_form.edlae(co_count, config.ranking_dropout, config.ranking_dropout_l2)
+        if config.ranker == "dlae":
+            return closed_form.dlae(co_count, config.ranking_dropout, config.ranking_dropout_l2)
+        return closed_form.ease(co_count, config.ranking_l2)
 
     @staticmethod
     def _dense(state: ItemStatsState, name: str, diagonal: np.ndarray) -> np.ndarray:
@@ -297,12 +312,12 @@ class ItemStatsFit:
         return scores
 
     def ranking_scores(self, subject_digest: str) -> np.ndarray:
-        """EASE score of every item for the subject (its rated items included), shape (num_items,)."""
+        """Score of every item for the subject under ``config.ranker`` (rated items included), shape (num_items,)."""
         rated = self._subjects[subject_digest][0]
         return np.asarray(self.ranking[rated].sum(axis=0))
 
     def recommend(self, subject_digest: str, k: int) -> list[int]:
-        """The ``k`` items with the best EASE score among items someone rated and the subject did not.
+        """The ``k`` items with the best ranking score among items someone rated and the subject did not.
 
         Ties go to the smaller item id. Raises ``KeyError`` for a subject the state does not hold.
         """
@@ -386,6 +401,10 @@ class ItemStatsModel:
         parts = [s for s in states if isinstance(s, ItemStatsState)]
         if len(parts) != len(states) or any(p.num_items != self.num_items for p in parts):
             raise ValueError(f"combine needs ItemStatsState objects over {self.num_items} items")
+        if len(parts) > 1:  # a state of no subjects adds nothing (e.g. the start of step 0): no merge for it
+            parts = [p for p in parts if p.subjects] or parts[:1]
+        if len(parts) == 1:
+            return parts[0]
         subjects = [d for p in parts for d in p.subjects]
         order = sorted(range(len(subjects)), key=subjects.__getitem__)
         ordered = [subjects[i] for i in order]
@@ -427,48 +446,69 @@ class ItemStatsModel:
         )
         return _state(self.num_items, ordered, arrays)
 
-    def subtract(self, state: nn.Module, part: nn.Module) -> nn.Module:
-        """``state`` without ``part``, a state of some of its subjects' complete rows: exact, no retraining.
+    def subtract(self, state: nn.Module, part: nn.Module, replacement: nn.Module | None = None) -> nn.Module:
+        """``state`` without ``part``, plus ``replacement``: exact, no retraining.
 
-        Every sum is on the ``2**-20`` grid, so the difference is bit for bit the state summed
-        from scratch without those subjects (pairs nobody co-rates any more are dropped, as a
-        fresh sum never has them). Cost: O(pairs) merges, not a pass over the remaining rows.
+        ``part`` is a state of complete rows of some of ``state``'s subjects (their contribution
+        goes out); ``replacement``, if given, is a state of subjects ``state`` no longer holds once
+        ``part`` is out (their new complete rows, e.g. after an ingest; it comes in). Every sum is
+        on the ``2**-20`` grid, so the result is bit for bit the state summed from scratch over the
+        new rows (pairs nobody co-rates any more are dropped, as a fresh sum never has them).
+        Cost: the two small parts are merged first, then one O(pairs) merge with ``state``; no
+        pass over anyone else's rows.
 
         Raises:
-            ValueError: ``part`` holds a subject ``state`` does not, or the states disagree on items.
+            ValueError: ``part`` holds a subject ``state`` does not, ``replacement`` one that stays
+                in ``state``, or the states disagree on items.
         """
-        if not isinstance(state, ItemStatsState) or not isinstance(part, ItemStatsState):
+        added = ItemStatsState(self.num_items) if replacement is None else replacement
+        if not (
+            isinstance(state, ItemStatsState) and isinstance(part, ItemStatsState) and isinstance(added, ItemStatsState)
+        ):
             raise ValueError("subtract needs ItemStatsState objects")
-        if state.num_items != part.num_items:
-            raise ValueError(f"states over {state.num_items} and {part.num_items} items")
+        if {state.num_items, part.num_items, added.num_items} != {self.num_items}:
+            raise ValueError(f"states over {state.num_items}, {part.num_items} and {added.num_items} items")
         position = {d: u for u, d in enumerate(state.subjects)}
         missing = [d for d in part.subjects if d not in position]
         if missing:
             raise ValueError(f"{len(missing)} subject(s) to subtract are not in the state (e.g. {missing[0][:12]}...)")
+        gone = {position[d] for d in part.subjects}
+        staying = [d for d in added.subjects if d in position and position[d] not in gone]
+        if staying:
+            raise ValueError(
+                f"{len(staying)} subject(s) to add are already in the state (e.g. {staying[0][:12]}...): "
+                "subtract their old contribution in the same call"
+            )
+        change = _merge_pairs(
+            [part.array("pair_index"), added.array("pair_index")],
+            [-part.array("pair_count"), added.array("pair_count")],
+            [-part.array("pair_product"), added.array("pair_product")],
+        )
         index, count, product = _merge_pairs(
-            [state.array("pair_index"), part.array("pair_index")],
-            [state.array("pair_count"), -part.array("pair_count")],
-            [state.array("pair_product"), -part.array("pair_product")],
+            [state.array("pair_index"), change[0]],
+            [state.array("pair_count"), change[1]],
+            [state.array("pair_product"), change[2]],
         )
         kept_pairs = count != 0
-        gone = {position[d] for d in part.subjects}
-        offsets = state.array("subject_offsets")
-        items, ratings = state.array("subject_items"), state.array("subject_ratings")
-        keep = [u for u in range(len(state.subjects)) if u not in gone]
-        lengths = np.array([offsets[u + 1] - offsets[u] for u in keep], dtype=np.int64)
-        rows = np.concatenate([np.arange(offsets[u], offsets[u + 1]) for u in keep]) if keep else np.zeros(0, np.int64)
-        arrays = {name: state.array(name) - part.array(name) for name in ("item_count", "item_sum", "item_square")}
+        blocks = [(d, _block(state, u)) for u, d in enumerate(state.subjects) if u not in gone]
+        blocks += [(d, _block(added, u)) for u, d in enumerate(added.subjects)]
+        blocks.sort(key=lambda block: block[0])
+        lengths = np.array([len(items) for _, (items, _) in blocks], dtype=np.int64)
+        arrays = {
+            name: state.array(name) - part.array(name) + added.array(name)
+            for name in ("item_count", "item_sum", "item_square")
+        }
         arrays.update(
             {
                 "pair_index": index[kept_pairs],
                 "pair_count": count[kept_pairs],
                 "pair_product": product[kept_pairs],
                 "subject_offsets": np.concatenate([[0], np.cumsum(lengths)]),
-                "subject_items": items[rows],
-                "subject_ratings": ratings[rows],
+                "subject_items": np.concatenate([b[0] for _, b in blocks]) if blocks else np.zeros(0, np.int64),
+                "subject_ratings": np.concatenate([b[1] for _, b in blocks]) if blocks else np.zeros(0),
             }
         )
-        return _state(self.num_items, [state.subjects[u] for u in keep], arrays)
+        return _state(self.num_items, [d for d, _ in blocks], arrays)
 
     def fit(self, state: nn.Module) -> ItemStatsFit:
         assert isinstance(state, ItemStatsState)

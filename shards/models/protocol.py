@@ -131,6 +131,9 @@ class DecrementalStatisticsModel(SufficientStatisticsModel, Protocol):
     new), without a pass over anyone else's rows. Without ``subtract`` a shard re-sums its slices.
     """
 
-    def subtract(self, state: torch.nn.Module, part: torch.nn.Module) -> torch.nn.Module:
-        """``state`` without ``part`` (a state of complete rows of some of its subjects), exactly."""
+    def subtract(
+        self, state: torch.nn.Module, part: torch.nn.Module, replacement: torch.nn.Module | None = None
+    ) -> torch.nn.Module:
+        """``state`` without ``part`` (a state of complete rows of some of its subjects), plus
+        ``replacement`` (subjects it no longer holds, e.g. the same subjects' new rows), exactly."""
         ...

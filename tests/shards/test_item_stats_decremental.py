@@ -66,8 +66,17 @@ def test_replacing_a_subjects_rows_equals_summing_the_new_rows(old, added) -> No
     current = MODEL.accumulate(MODEL.empty(), before)
     out = MODEL.accumulate(MODEL.empty(), before.filter(mask))
     into = MODEL.accumulate(MODEL.empty(), pa.concat_tables([before.filter(mask), extra]))
-    changed_sums = MODEL.combine([MODEL.subtract(current, out), into])
-    assert _same(changed_sums, MODEL.accumulate(MODEL.empty(), pa.concat_tables([before, extra])))
+    from_scratch = MODEL.accumulate(MODEL.empty(), pa.concat_tables([before, extra]))
+    assert _same(MODEL.combine([MODEL.subtract(current, out), into]), from_scratch)
+    assert _same(MODEL.subtract(current, out, into), from_scratch)  # one merge, as a shard's ingest does
+
+
+def test_a_replacement_for_a_subject_still_in_the_sums_is_refused() -> None:
+    whole = MODEL.accumulate(MODEL.empty(), _rows([(0, 1, 3.0), (1, 2, 4.0)]))
+    first = MODEL.accumulate(MODEL.empty(), _rows([(0, 1, 3.0)]))
+    second_again = MODEL.accumulate(MODEL.empty(), _rows([(1, 2, 4.0), (1, 3, 5.0)]))
+    with pytest.raises(ValueError, match="already in the state"):
+        MODEL.subtract(whole, first, second_again)
 
 
 def test_subtracting_a_subject_the_sums_do_not_hold_is_refused() -> None:
