@@ -78,7 +78,7 @@ class ItemStatsConfig(Frozen):
     Each shard keeps sums (per item, per co-rated item pair) and its subjects' own ratings;
     the ensemble adds the sums exactly, so S shards predict what one model on all the data
     predicts, bit for bit. Ratings: item-KNN plus a low-rank Gaussian conditional on the
-    user's own ratings; top-N: EASE on the co-rating counts. See docs/accuracy.md.
+    user's own ratings; top-N: EASE (or EDLAE / DLAE, ``ranker``) on the co-rating counts. See docs/accuracy.md.
     """
 
     kind: Literal["item_stats"] = Field("item_stats", description="Selects the item-item statistics model.")
@@ -108,6 +108,22 @@ class ItemStatsConfig(Frozen):
         description="Fixed weight of the KNN part in the rating prediction; the low-rank part gets 1 - this.",
     )
     ranking_l2: float = Field(500.0, gt=0.0, description="L2 penalty of the EASE item-item ranking weights (top-N).")
+    ranker: Literal["ease", "edlae", "dlae"] = Field(
+        "ease",
+        description="Top-N weights solved from the co-rating counts: `ease` (Steck 2019), `edlae` (EASE with the "
+        "dropout penalty, Steck 2020) or `dlae` (the same without EASE's zero diagonal). Read when the state is "
+        "fitted: the stored statistics, and their erasure, are the same for all three.",
+    )
+    ranking_dropout: float = Field(
+        0.6,
+        gt=0.0,
+        lt=1.0,
+        description="Dropout probability p of `edlae` / `dlae`: item i's penalty is p/(1-p) x its raters + "
+        "`ranking_dropout_l2`. Unused by `ease`.",
+    )
+    ranking_dropout_l2: float = Field(
+        400.0, gt=0.0, description="L2 penalty added to the dropout penalty of `edlae` / `dlae`. Unused by `ease`."
+    )
 
 
 AnyModelConfig = MFConfig | MLPConfig | ItemStatsConfig | CustomModelConfig
