@@ -9,9 +9,11 @@ family: the whole-data model (S=1, R=1), then SISA ensembles with S shards of R 
 subject-aware placement. Rating accuracy: RMSE and MAE on the held-out rows, predictions
 clipped to the training ratings' range. Top-N: for every test user with a relevant held-out
 item (rating >= 4), rank every item someone rated in training that the user did not, take
-the first 10; NDCG@10 (binary gains, ideal = min(10, relevant) hits) and Recall@10 (hits over
-relevant items), averaged over those users. ``popularity`` ranks by training count (ties: the
-smaller item id) and predicts no ratings. Costs: training seconds (``TrainResult.seconds``) and
+the first 20; NDCG@10 (binary gains, ideal = min(10, relevant) hits), Recall@10 and Recall@20
+(hits in the first 10 / 20 over relevant items), averaged over those users. ``popularity``
+ranks by training count (ties: the smaller item id) and predicts no ratings. ``item_stats``
+ranks with EASE; ``item_stats_edlae`` is the same model and statistics ranking with EDLAE
+(``ItemStatsConfig.ranker``), so its rating figures equal ``item_stats``'s. Costs: training seconds (``TrainResult.seconds``) and
 the median seconds of a one-subject erasure (``ErasureReceipt.seconds``, end to end) of a few
 random subjects, measured after the accuracy, with two speed-ups of their retraining phase
 (``ErasureReceipt.retrain_seconds``, median): against the same family's whole-data model
@@ -67,7 +69,11 @@ __all__ = ["AccuracyRow", "TopN", "main", "ndcg_recall_at_k", "run", "with_monol
 log = logging.getLogger(__name__)
 
 #: Families the benchmark knows; ``popularity`` is the untrained top-N baseline.
-MODELS = ("item_stats", "mf", "popularity")
+MODELS = ("item_stats", "item_stats_edlae", "mf", "popularity")
+#: Families summed from sufficient statistics (no epochs; ranked by their own top-N scorer), with their ranker.
+_STATISTICS = {"item_stats": "ease", "item_stats_edlae": "edlae"}
+#: Length of the ranked lists: Recall@20 needs 20 items, NDCG@10 and Recall@10 read the first 10.
+_LIST = 20
 _KEY = b"expunge-benchmark-key-not-secret!!"
 
 
@@ -83,6 +89,8 @@ class AccuracyRow(BaseModel):
     ndcg_at_10: float
     recall_at_10: float
     ranked_users: int
+    #: None in results written before Recall@20 was measured.
+    recall_at_20: float | None = None
     train_seconds: float | None
     erasure_seconds: float | None
     #: Training phase of ``train`` (``EnsembleManifest.train_seconds``) and median retraining phase.
@@ -129,9 +137,15 @@ def ndcg_recall_at_k(ranked: Sequence[int], relevant: set[int], k: int = 10) -> 
     return float((gains * discounts[: len(gains)]).sum() / ideal), float(gains.sum() / len(relevant))
 
 
-def _top_n(topn: TopN, recommend: Callable[[str], Sequence[int]]) -> tuple[float, float]:
-    scores = [ndcg_recall_at_k(recommend(user), topn.relevant[user]) for user in topn.users()]
-    return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
+def _top_n(topn: TopN, recommend: Callable[[str], Sequence[int]]) -> tuple[float, float, float]:
+    """Mean NDCG@10, Recall@10 and Recall@20 over the test users; ``recommend`` returns 20 items, best first."""
+    scores = []
+    for user in topn.users():
+        ranked = list(recommend(user))
+        ndcg, recall = ndcg_recall_at_k(ranked, topn.relevant[user], 10)
+        scores.append((ndcg, recall, ndcg_recall_at_k(ranked, topn.relevant[user], _LIST)[1]))
+    means = np.mean(scores, axis=0)
+    return float(means[0]), float(means[1]), float(means[2])
 
 
 def _rating_errors(predicted: np.ndarray, test: pa.Table, low: float, high: float) -> tuple[float, float]:
@@ -151,7 +165,7 @@ def _served_ranking(
         items = topn.candidates(subject)
         rows = pa.table({ITEM_ID: items, SUBJECT_DIGEST: pa.array([hasher.digest(subject)] * len(items))})
         order = np.argsort(-predictor.predict(rows), kind="stable")
-        return [int(i) for i in items[order][:10]]
+        return [int(i) for i in items[order][:_LIST]]
 
     return recommend
 
@@ -180,10 +194,11 @@ def _measure(
         try:
             result = coordinator.train(train, job)
             rmse, mae = _rating_errors(coordinator.predict(test), test, low, high)
-            if family == "item_stats":
-                ndcg, recall = _top_n(topn, lambda subject: coordinator.recommend(subject, 10))
+            if family in _STATISTICS:
+                ndcg, recall, recall_20 = _top_n(topn, lambda subject: coordinator.recommend(subject, _LIST))
             else:
-                ndcg, recall = _top_n(topn, _served_ranking(coordinator, topn, hasher, Path(scratch) / "served"))
+                served = _served_ranking(coordinator, topn, hasher, Path(scratch) / "served")
+                ndcg, recall, recall_20 = _top_n(topn, served)
             subjects = sorted(topn.rated)
             chosen = np.random.default_rng(seed).choice(len(subjects), size=min(erasures, len(subjects)), replace=False)
             receipts = [coordinator.forget([subjects[int(i)]]) for i in chosen]
@@ -198,6 +213,7 @@ def _measure(
         mae=mae,
         ndcg_at_10=ndcg,
         recall_at_10=recall,
+        recall_at_20=recall_20,
         ranked_users=len(topn.users()),
         train_seconds=result.seconds,
         erasure_seconds=statistics.median(r.seconds for r in receipts) if receipts else None,
@@ -208,7 +224,7 @@ def _measure(
             monolith_ideal_speedup(
                 shards, slices, training.epochs, [s.first_affected_slice for r in receipts for s in r.shards]
             )
-            if receipts and family != "item_stats"
+            if receipts and family not in _STATISTICS
             else None
         ),
     )
@@ -235,9 +251,9 @@ def _popularity(topn: TopN) -> AccuracyRow:
 
     def recommend(subject: str) -> list[int]:
         rated = topn.rated.get(subject, set())
-        return [int(i) for i in order if int(i) not in rated and topn.item_counts[i] > 0][:10]
+        return [int(i) for i in order if int(i) not in rated and topn.item_counts[i] > 0][:_LIST]
 
-    ndcg, recall = _top_n(topn, recommend)
+    ndcg, recall, recall_20 = _top_n(topn, recommend)
     return AccuracyRow(
         model="popularity",
         whole_data=True,
@@ -247,6 +263,7 @@ def _popularity(topn: TopN) -> AccuracyRow:
         mae=None,
         ndcg_at_10=ndcg,
         recall_at_10=recall,
+        recall_at_20=recall_20,
         ranked_users=len(topn.users()),
         train_seconds=None,
         erasure_seconds=None,
@@ -267,7 +284,8 @@ def run(
 ) -> list[AccuracyRow]:
     """Measure every model of ``models``: whole data, then each S of ``shard_counts`` with ``slices`` slices.
 
-    ``item_stats`` defaults to ``ItemStatsConfig()``; ``training`` sets the gradient families' loop
+    ``item_stats`` defaults to ``ItemStatsConfig()``; ``item_stats_edlae`` is that config with
+    ``ranker="edlae"`` (its dropout settings as given); ``training`` sets the gradient families' loop
     (default: the erasure benchmark's MF settings).
     The caller starts Ray when ``pool_factory`` is ``ray_pool``.
 
@@ -282,7 +300,11 @@ def run(
     )
     train, test = split_rows(load_movielens(data), 0.2, seed)
     topn = TopN(train, test, relevant_from)
-    families: dict[str, AnyModelConfig] = {"item_stats": item_stats or ItemStatsConfig(), "mf": training.model}
+    statistics = item_stats or ItemStatsConfig()
+    families: dict[str, AnyModelConfig] = {
+        **{family: statistics.model_copy(update={"ranker": ranker}) for family, ranker in _STATISTICS.items()},
+        "mf": training.model,
+    }
     plan = [
         (family, s, r)
         for family in models
@@ -326,7 +348,7 @@ def _speedups(measured: float | None, ideal: float | None) -> str:
 def table(results: Sequence[AccuracyRow], title: str) -> Table:
     """The rich table of ``results`` (one row each, in order)."""
     out = Table(title=title)
-    columns = ("model", "setup", "S", "R", "RMSE", "MAE", "NDCG@10", "Recall@10", "train s", "erasure s")
+    columns = ("model", "setup", "S", "R", "RMSE", "MAE", "NDCG@10", "Recall@10", "Recall@20", "train s", "erasure s")
     for column in (*columns, "vs monolith", "vs full SISA"):
         out.add_column(column, justify="left" if column in ("model", "setup") else "right")
     for r in results:
@@ -339,6 +361,7 @@ def table(results: Sequence[AccuracyRow], title: str) -> Table:
             _figure(r.mae),
             _figure(r.ndcg_at_10),
             _figure(r.recall_at_10),
+            _figure(r.recall_at_20),
             _figure(r.train_seconds, 2),
             _figure(r.erasure_seconds, 2),
             _speedups(r.speedup_vs_monolith, r.ideal_speedup_vs_monolith),
@@ -355,7 +378,7 @@ def plot(results: Sequence[AccuracyRow], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, (rmse_axis, ndcg_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    colours = {"item_stats": "tab:blue", "mf": "tab:orange", "popularity": "tab:gray"}
+    colours = {"item_stats": "tab:blue", "item_stats_edlae": "tab:green", "mf": "tab:orange", "popularity": "tab:gray"}
     for family in dict.fromkeys(r.model for r in results):
         rows = [r for r in results if r.model == family]
         sisa = [r for r in rows if not r.whole_data]
@@ -387,7 +410,9 @@ def main(
     data: Path = typer.Option(..., help="MovieLens ratings (u.data, ml-100k.inter, ratings.dat or ratings.csv)"),
     shards: list[int] = typer.Option([1, 4, 8, 16], "--shards", help="S values of the SISA rows (repeatable)"),
     slices: int = typer.Option(4, min=1, help="R of the SISA rows (the whole-data row has S=1, R=1)"),
-    models: list[str] = typer.Option(list(MODELS), "--models", help="item_stats, mf, popularity (repeatable)"),
+    models: list[str] = typer.Option(
+        list(MODELS), "--models", help="item_stats, item_stats_edlae, mf, popularity (repeatable)"
+    ),
     erasures: int = typer.Option(3, min=0, help="random one-subject erasures timed per configuration"),
     epochs: int = typer.Option(20, min=1, help="MF epochs"),
     seed: int = typer.Option(0, help="split seed and erasure choice"),
@@ -395,7 +420,7 @@ def main(
     output: Path = typer.Option(Path("accuracy-results.json"), help="JSON results file"),
     figure: Path = typer.Option(Path("accuracy-vs-shards.png"), help="PNG of accuracy against S"),
 ) -> None:
-    """Accuracy of each model family against S (RMSE, MAE, NDCG@10, Recall@10), training and erasure seconds."""
+    """Accuracy of each model family against S (RMSE, MAE, NDCG@10, Recall@10/20), training and erasure seconds."""
     from expunge.orchestrator.coordinator import local_pool
 
     init_logging()

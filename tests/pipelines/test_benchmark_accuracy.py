@@ -56,11 +56,17 @@ def test_the_statistics_ensemble_scores_the_same_at_every_s_and_everything_is_re
         ("popularity", 1, 1, True),
         ("item_stats", 1, 1, True),
         ("item_stats", 3, 2, False),
+        ("item_stats_edlae", 1, 1, True),
+        ("item_stats_edlae", 3, 2, False),
         ("mf", 1, 1, True),
         ("mf", 3, 2, False),
     ]
     stats = [r for r in results if r.model == "item_stats"]
-    assert len({(r.rmse, r.mae, r.ndcg_at_10, r.recall_at_10) for r in stats}) == 1  # exact: S changes nothing
+    assert len({(r.rmse, r.mae, r.ndcg_at_10, r.recall_at_10, r.recall_at_20) for r in stats}) == 1  # exact
+    edlae = [r for r in results if r.model == "item_stats_edlae"]
+    assert len({(r.rmse, r.mae, r.ndcg_at_10, r.recall_at_10, r.recall_at_20) for r in edlae}) == 1
+    assert (edlae[0].rmse, edlae[0].mae) == (stats[0].rmse, stats[0].mae)  # the ranker changes the top-N only
+    assert all(r.recall_at_20 is not None and r.recall_at_10 <= r.recall_at_20 <= 1.0 for r in results)
     assert all(None not in (r.rmse, r.mae, r.erasure_seconds) for r in results[1:])
     assert results[0].rmse is None
     assert 0.0 <= results[0].ndcg_at_10 <= 1.0
