@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,8 @@ from expunge.shards.errors import StorageUnavailableError
 from expunge.shards.niceness import WORKER_NICENESS_ENV
 
 __all__ = [
+    "StageClock",
+    "StageTime",
     "demo_hasher",
     "exit_on_error",
     "hasher_from_env",
@@ -42,6 +47,8 @@ __all__ = [
     "key_configured",
     "make_lineage",
     "progress",
+    "stage",
+    "timed_by",
 ]
 
 log = logging.getLogger(__name__)
@@ -203,3 +210,169 @@ def job_and_store(config: Path | None, storage: str | None) -> tuple[JobConfig |
 
 def make_lineage(tracking: TrackingConfig, storage: StorageConfig | str) -> Lineage | None:
     return Lineage(tracking, storage) if tracking.enabled else None
+
+
+# ----- where a job's time goes (``expunge benchmark profile``) --------------------------------------
+
+
+@dataclass
+class StageTime:
+    """One stage's share of a job: wall and CPU seconds, exclusive of the stages nested in it.
+
+    ``cpu_s``: this process; ``cluster_cpu_s``: the processes it started (Ray's GCS, raylet and
+    workers, which run the shard actors; ``ProcessTreeCPU``), None where not measured. ``calls``:
+    how often the stage ran.
+    """
+
+    name: str
+    phase: str
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    cluster_cpu_s: float | None = 0.0
+    calls: int = 0
+    #: Done by another thread beside the other stages: not part of any total.
+    overlapped: bool = False
+
+
+class ProcessTreeCPU:
+    """CPU seconds (user + system) used so far by the processes this one started, and theirs (``/proc``).
+
+    Each process counts up to the last time it was seen: one that exits between two readings
+    loses what it used since the first. Calling it returns None where ``/proc`` cannot be read.
+    """
+
+    def __init__(self, root: int | None = None) -> None:
+        self.root = os.getpid() if root is None else root
+        self._seen: dict[tuple[int, int], float] = {}  # (pid, start tick) -> CPU seconds
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __call__(self) -> float | None:
+        parents: dict[int, int] = {}
+        cpu: dict[int, tuple[int, float]] = {}
+        try:
+            entries = [e for e in os.listdir("/proc") if e.isdigit()]
+        except OSError:
+            return None
+        for entry in entries:
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    text = stat.read().decode("ascii", "replace")
+            except OSError:  # gone since the listing
+                continue
+            fields = text[text.rfind(")") + 2 :].split()  # stat(5) after "pid (comm) ": state, ppid, ...
+            parents[int(entry)] = int(fields[1])
+            # utime and stime are fields 14 and 15 of stat(5), starttime 22 (here 11, 12 and 19).
+            cpu[int(entry)] = (int(fields[19]), (int(fields[11]) + int(fields[12])) / self._tick)
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parents.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = list(children.get(self.root, []))
+        while todo:
+            pid = todo.pop()
+            started, seconds = cpu[pid]
+            self._seen[(pid, started)] = seconds
+            todo.extend(children.get(pid, []))
+        return sum(self._seen.values())
+
+
+class StageClock:
+    """Wall and CPU seconds per named stage and phase; a stage inside another is counted once, in itself.
+
+    ``phase`` names what the stages belong to (``cold``, ``warm``); set it between stages. Stages
+    are entered through ``stage(name)`` while the clock is active (``timed_by``).
+    """
+
+    def __init__(self, cluster_cpu: Callable[[], float | None] | None = None) -> None:
+        self.phase = "cold"
+        self._cluster_cpu = cluster_cpu or ProcessTreeCPU()
+        self._lock = threading.Lock()
+        self._stages: dict[tuple[str, str], StageTime] = {}
+        self._open: list[list[float]] = []  # per open stage: nested wall, CPU and cluster CPU so far
+
+    def _now(self) -> tuple[float, float, float | None]:
+        return time.perf_counter(), time.process_time(), self._cluster_cpu()
+
+    def add(self, name: str, wall_s: float, cpu_s: float, cluster_cpu_s: float | None) -> None:
+        """Count ``name`` as measured elsewhere (e.g. interpreter start and imports, before the clock existed)."""
+        self._record(name, wall_s, cpu_s, cluster_cpu_s)
+        self._count_in_enclosing(wall_s, cpu_s, cluster_cpu_s)
+
+    def add_overlapped(self, name: str, wall_s: float, cpu_s: float) -> None:
+        """Count ``name`` as work another thread did beside the stages (e.g. MLflow opening while Ray starts).
+
+        Its wall time overlaps theirs and its CPU time is in theirs too (``cpu_s`` is process-wide):
+        totals leave it out. Safe to call from any thread.
+        """
+        self._record(name, wall_s, cpu_s, None, overlapped=True)
+
+    def _record(
+        self, name: str, wall_s: float, cpu_s: float, cluster_cpu_s: float | None, overlapped: bool = False
+    ) -> None:
+        with self._lock:
+            entry = self._stages.setdefault(
+                (self.phase, name), StageTime(name=name, phase=self.phase, overlapped=overlapped)
+            )
+            self._add_to(entry, wall_s, cpu_s, cluster_cpu_s)
+
+    @staticmethod
+    def _add_to(entry: StageTime, wall_s: float, cpu_s: float, cluster_cpu_s: float | None) -> None:
+        entry.wall_s += wall_s
+        entry.cpu_s += cpu_s
+        entry.cluster_cpu_s = (
+            None if entry.cluster_cpu_s is None or cluster_cpu_s is None else entry.cluster_cpu_s + cluster_cpu_s
+        )
+        entry.calls += 1
+
+    def _count_in_enclosing(self, wall_s: float, cpu_s: float, cluster_cpu_s: float | None) -> None:
+        if self._open:  # the enclosing stage does not count this time again
+            nested = self._open[-1]
+            nested[0] += wall_s
+            nested[1] += cpu_s
+            nested[2] += cluster_cpu_s or 0.0
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name`` of the current phase."""
+        wall, cpu, cluster = self._now()
+        self._open.append([0.0, 0.0, 0.0])
+        try:
+            yield
+        finally:
+            nested = self._open.pop()
+            end_wall, end_cpu, end_cluster = self._now()
+            cluster_s = None if cluster is None or end_cluster is None else end_cluster - cluster
+            self._record(
+                name,
+                end_wall - wall - nested[0],
+                end_cpu - cpu - nested[1],
+                None if cluster_s is None else cluster_s - nested[2],
+            )
+            self._count_in_enclosing(end_wall - wall, end_cpu - cpu, cluster_s)
+
+    def stages(self, phase: str | None = None) -> list[StageTime]:
+        """The stages measured (of ``phase``, or all), in the order they first ran."""
+        return [s for s in self._stages.values() if phase is None or s.phase == phase]
+
+
+_CLOCK: ContextVar[StageClock | None] = ContextVar("expunge_stage_clock", default=None)
+
+
+@contextmanager
+def timed_by(clock: StageClock) -> Iterator[StageClock]:
+    """Make ``clock`` the one ``stage`` reports to while the block runs (in this thread's context)."""
+    token = _CLOCK.set(clock)
+    try:
+        yield clock
+    finally:
+        _CLOCK.reset(token)
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Mark a block as stage ``name`` of the job; a no-op unless a ``StageClock`` is active."""
+    clock = _CLOCK.get()
+    if clock is None:
+        yield
+        return
+    with clock.stage(name):
+        yield

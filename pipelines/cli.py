@@ -83,7 +83,8 @@ JOBS: dict[str, tuple[str, str]] = {
     ),
     "benchmark": (
         "expunge.pipelines.benchmark",
-        "Benchmarks: `erasure` (the default), `accuracy`, `scale`, `service`, `ingest` (`expunge benchmark SUB --help`).",
+        "Benchmarks: `erasure` (the default), `accuracy`, `scale`, `service`, `ingest`, `profile` "
+        "(`expunge benchmark SUB --help`).",
     ),
 }
 
@@ -118,6 +119,10 @@ SUBJOBS: dict[str, dict[str, tuple[str, str]]] = {
         "ingest": (
             "expunge.pipelines.benchmark_ingest",
             "Daily ingests on data split by time: cost against a full retrain, exactness, NDCG@10 and RMSE.",
+        ),
+        "profile": (
+            "expunge.pipelines.benchmark_profile",
+            "Where the time of one cold (fresh CLI process) and one warm erasure goes, by stage, wall and CPU.",
         ),
     },
 }

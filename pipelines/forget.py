@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -26,11 +28,13 @@ from expunge.orchestrator.config import (
     TrackingConfig,
     load_job_config,
 )
-from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
+from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.membership import configured_audit
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.receipts import ErasureReceipt
+from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_request_text
@@ -43,11 +47,12 @@ from expunge.pipelines._runtime import (
     job_and_store,
     make_lineage,
     progress,
+    stage,
 )
 from expunge.shards.models import model_for
 from expunge.shards.store import ObjectStore
 
-__all__ = ["EXIT_NOT_FOUND", "main", "read_subjects", "run"]
+__all__ = ["EXIT_NOT_FOUND", "erase", "main", "opened", "read_subjects", "run"]
 
 #: Pauses between retries of steps left pending after a commit (purge, registration), in seconds.
 _PENDING_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -111,38 +116,87 @@ def run(
         PersonalDataInTextError: ``ticket`` or ``reason`` names a subject, an e-mail address or a
             phone number. Each of these is raised before Ray starts; nothing is stored.
     """
-    hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
-    if request_id is not None:
-        check_request_id(request_id)
-    screen_request_text(reason, ticket, subjects)  # free text naming a person: refused before anything starts
-    evidence = evidence or EvidenceConfig()
-    configured_audit(evidence)  # a missing or unusable hold-out: refused now (the rows stay cached for the erasure)
-    _, latest = published(storage, hasher)  # a wrong key would find nobody: refuse before starting Ray
-    model_for(latest.model)  # a custom model's module must import here, and in the shard actors: refuse now
-    tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
-    StoreLease(ObjectStore(storage), storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
-    with progress("starting Ray"):
+    with stage("checks before Ray (key, request, store, lease)"):
+        hasher = hasher_from_env(privacy)  # fail on a missing key before starting anything
+        if request_id is not None:
+            check_request_id(request_id)
+        screen_request_text(reason, ticket, subjects)  # free text naming a person: refused before anything starts
+    with opened(storage, hasher, tracking, tracking_uri, evidence=evidence) as coordinator:
+        audited = evidence is not None and evidence.audit_holdout is not None
+        return erase(coordinator, subjects, request_id, ticket=ticket, reason=reason, audited=audited)
+
+
+@contextmanager
+def opened(
+    storage: StorageConfig,
+    hasher: SubjectHasher,
+    tracking: TrackingConfig | None,
+    tracking_uri: str | None = None,
+    *,
+    evidence: EvidenceConfig | None = None,
+    pool_factory: PoolFactory = ray_pool,
+    lineage_factory: Callable[[TrackingConfig, StorageConfig], Lineage | None] = make_lineage,
+) -> Iterator[Coordinator]:
+    """The coordinator of a trained store, on Ray, recording to its registry; its actors stop on exit.
+
+    Everything that can be refused is checked before Ray starts. ``pool_factory`` and
+    ``lineage_factory`` are seams for measuring (``expunge benchmark profile``) and tests.
+
+    Raises:
+        ConfigError: no trained store, a wrong key, a tracking config naming another registry, an
+            unusable ``evidence.audit_holdout``, or a custom model whose module does not import.
+        StoreBusyError: a service holds the store.
+        ClusterUnavailableError: Ray did not start.
+    """
+    with stage("checks before Ray (key, request, store, lease)"):
+        evidence = evidence or EvidenceConfig()
+        configured_audit(evidence)  # a missing or unusable hold-out: refused now (rows stay cached for the erasure)
+        _, latest = published(storage, hasher)  # a wrong key would find nobody: refuse before starting Ray
+        model_for(latest.model)  # a custom model's module must import here, and in the shard actors: refuse now
+        tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
+        StoreLease(ObjectStore(storage), storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
+    with progress("starting Ray"), stage("Ray start"):
         init_ray()
     require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
-    coordinator = Coordinator(storage, hasher, make_lineage(tracking, storage), evidence=evidence)
+    with stage("coordinator open (recovery check)"):
+        coordinator = Coordinator(
+            storage, hasher, lineage_factory(tracking, storage), pool_factory=pool_factory, evidence=evidence
+        )
     try:
-        audited = " and auditing the erasure" if evidence.audit_holdout else ""
-        with progress(f"erasing {len(subjects)} subject(s){audited}"):
-            receipt = coordinator.forget(subjects, request_id, ticket=ticket, reason=reason)
-        # Committed: never reported failed. What could not be done after the commit is retried here
-        # with backoff, then left to the next writer of the store (named in receipt.pending).
-        for pause in _PENDING_RETRY_PAUSES_S:
-            if not receipt.pending:
-                break
-            time.sleep(pause)
-            receipt = coordinator.erasure.finish_pending(receipt)
-        for step in receipt.pending:
-            typer.echo(
-                f"warning: committed, but still pending (retried by the next writer of the store): {step}", err=True
-            )
-        return receipt
+        yield coordinator
     finally:
-        coordinator.close()
+        with stage("actors stop"):
+            coordinator.close()
+
+
+def erase(
+    coordinator: Coordinator,
+    subjects: list[str],
+    request_id: str | None = None,
+    *,
+    ticket: str | None = None,
+    reason: str | None = None,
+    audited: bool = False,
+) -> ErasureReceipt:
+    """One erasure request through ``coordinator``; steps left pending after the commit are retried with backoff.
+
+    Raises what ``Coordinator.forget`` raises; after the commit nothing fails the request (what is
+    still pending is named in ``receipt.pending`` and on stderr). ``audited``: the coordinator's
+    evidence settings audit every erasure (said in the progress line).
+    """
+    what = f"erasing {len(subjects)} subject(s)" + (" and auditing the erasure" if audited else "")
+    with progress(what), stage("erasure (rest)"):
+        receipt = coordinator.forget(subjects, request_id, ticket=ticket, reason=reason)
+    # Committed: never reported failed. What could not be done after the commit is retried here
+    # with backoff, then left to the next writer of the store (named in receipt.pending).
+    for pause in _PENDING_RETRY_PAUSES_S:
+        if not receipt.pending:
+            break
+        time.sleep(pause)
+        receipt = coordinator.erasure.finish_pending(receipt)
+    for step in receipt.pending:
+        typer.echo(f"warning: committed, but still pending (retried by the next writer of the store): {step}", err=True)
+    return receipt
 
 
 def main(

@@ -1,0 +1,434 @@
+"""Recipe: where the time of one cold and one warm erasure goes, stage by stage, in wall and CPU seconds.
+
+    expunge benchmark profile
+    expunge benchmark profile --data ../shared/data/ml-100k/ml-100k.inter --shards 8 --slices 8
+    python -m expunge.pipelines.benchmark_profile ...   (the same, as ``ray job submit`` runs it)
+
+It trains a store first (generated ratings by default, MovieLens with ``--data``) in a separate
+``expunge train`` process. Then one fresh process does what ``expunge forget`` does
+(``forget.opened`` and ``forget.erase``, the same code), twice: the first erasure is **cold** (a
+new process: interpreter start and imports, Ray start, MLflow open, actor spawn, retrain,
+registration, the store's commit, receipts and purge, actors stop, Ray shutdown, exit), the second
+**warm** (same process, coordinator and actors). Each stage is counted once, exclusive of the
+stages nested in it, in wall seconds, CPU seconds of the job's process (``cpu_s``) and of the
+processes it started (``cluster_cpu_s``: Ray's GCS, raylet and the shard actors' workers).
+
+Prints one JSON object (also written to ``--output``), with the issue-22 goals checked: a cold
+CLI erasure at most 15 s, and under 5 s of it outside retraining and registration. Timings are
+wall-clock on whatever machine runs it: compare within one run, never across machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "COLD_GOAL_S",
+    "OUTSIDE_GOAL_S",
+    "PhaseProfile",
+    "ProfileReport",
+    "ProfileSettings",
+    "StageRow",
+    "main",
+    "phase_profile",
+    "run",
+]
+
+#: Issue 22's goals for a cold CLI erasure on the project's two-core machine (seconds).
+COLD_GOAL_S = 15.0
+OUTSIDE_GOAL_S = 5.0
+#: Stages that are retraining or registration; every other stage is the erasure's fixed cost.
+WORK_STAGES = frozenset({"retrain", "registration"})
+#: The stage the parent adds: from the end of the child's last stage to the child's exit.
+EXIT_STAGE = "process exit"
+IMPORTS_STAGE = "python start and imports"
+
+
+class ProfileSettings(BaseModel):
+    """What to train and erase. ``data``: a MovieLens ratings file; None: generated ratings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path | None = None
+    model: str = Field("mf", pattern="^(mf|item_stats)$")
+    shards: int = Field(4, ge=1)
+    slices: int = Field(4, ge=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1)
+    users: int = Field(200, ge=4, description="generated ratings only")
+    items: int = Field(100, ge=2, description="generated ratings only")
+    ratings_per_user: int = Field(20, ge=1, description="generated ratings only")
+    seed: int = 0
+
+
+class StageRow(BaseModel):
+    """One stage: wall seconds, CPU seconds of the job's process and of the processes it started."""
+
+    name: str
+    wall_s: float
+    cpu_s: float
+    cluster_cpu_s: float | None
+    calls: int
+    #: Another thread's work beside the other stages: left out of the totals.
+    overlapped: bool = False
+
+
+class PhaseProfile(BaseModel):
+    """The stages of one erasure (cold: the whole CLI process; warm: the second request in it)."""
+
+    stages: list[StageRow]
+    wall_s: float
+    cpu_s: float
+    cluster_cpu_s: float | None
+    #: Wall seconds of every stage but retraining and registration.
+    outside_work_wall_s: float
+
+
+class Goal(BaseModel):
+    name: str
+    value: float
+    limit: float
+    passed: bool
+
+
+class ProfileReport(BaseModel):
+    settings: ProfileSettings
+    rows: int
+    train_wall_s: float
+    cold: PhaseProfile
+    warm: PhaseProfile
+    #: The cold process as its parent saw it: wall from spawn to exit, CPU of it and what it reaped.
+    cold_process_wall_s: float
+    cold_process_cpu_s: float
+    receipts: dict[str, dict[str, Any]]
+    goals: list[Goal]
+
+
+def phase_profile(stages: list[StageRow]) -> PhaseProfile:
+    """Totals of a phase's stages; ``cluster_cpu_s`` is None when any stage could not measure it."""
+    counted = [s for s in stages if not s.overlapped]
+    cluster = [s.cluster_cpu_s for s in counted]
+    return PhaseProfile(
+        stages=[s.model_copy(update=_rounded(s)) for s in stages],
+        wall_s=round(sum(s.wall_s for s in counted), 3),
+        cpu_s=round(sum(s.cpu_s for s in counted), 3),
+        cluster_cpu_s=None if None in cluster else round(sum(c or 0.0 for c in cluster), 3),
+        outside_work_wall_s=round(sum(s.wall_s for s in counted if s.name not in WORK_STAGES), 3),
+    )
+
+
+def _rounded(row: StageRow) -> dict[str, float | None]:
+    return {
+        "wall_s": round(row.wall_s, 3),
+        "cpu_s": round(row.cpu_s, 3),
+        "cluster_cpu_s": None if row.cluster_cpu_s is None else round(row.cluster_cpu_s, 3),
+    }
+
+
+def _goals(cold: PhaseProfile) -> list[Goal]:
+    return [
+        Goal(
+            name="cold CLI erasure wall seconds",
+            value=cold.wall_s,
+            limit=COLD_GOAL_S,
+            passed=cold.wall_s <= COLD_GOAL_S,
+        ),
+        Goal(
+            name="cold CLI erasure wall seconds outside retraining and registration",
+            value=cold.outside_work_wall_s,
+            limit=OUTSIDE_GOAL_S,
+            passed=cold.outside_work_wall_s < OUTSIDE_GOAL_S,
+        ),
+    ]
+
+
+# ----- the parent: train a store, then run the measured process ---------------------------------------------
+
+
+def _job_yaml(settings: ProfileSettings, workdir: Path) -> Path:
+    import yaml
+
+    from expunge.orchestrator.config import (
+        DataConfig,
+        ItemStatsConfig,
+        JobConfig,
+        MFConfig,
+        ShardingConfig,
+        StorageConfig,
+        SyntheticRatingsConfig,
+        TrackingConfig,
+        TrainingConfig,
+    )
+    from expunge.orchestrator.registry import default_tracking_uri
+
+    data = (
+        DataConfig(source="movielens", path=str(settings.data.resolve()))
+        if settings.data is not None
+        else DataConfig(
+            synthetic=SyntheticRatingsConfig(
+                users=settings.users,
+                items=settings.items,
+                ratings_per_user=settings.ratings_per_user,
+                seed=settings.seed,
+            )
+        )
+    )
+    model = MFConfig() if settings.model == "mf" else ItemStatsConfig()
+    job = JobConfig(
+        data=data,
+        sharding=ShardingConfig(shards=settings.shards, slices=settings.slices),
+        training=TrainingConfig(model=model, epochs=settings.epochs, batch_size=settings.batch_size),
+        storage=StorageConfig(uri=str(workdir / "store")),
+        tracking=TrackingConfig(uri=default_tracking_uri(workdir)),
+    )
+    path = workdir / "job.yaml"
+    path.write_text(yaml.safe_dump(job.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path
+
+
+def _subjects(config: Path, seed: int) -> tuple[list[str], int]:
+    """Candidate subjects of the training rows (the first is erased cold), and how many rows the store trains on."""
+    from expunge.orchestrator.config import load_job_config
+    from expunge.pipelines.datasets import load_rows
+    from expunge.shards.models import task_of
+    from expunge.shards.rows import SUBJECT_ID
+
+    job = load_job_config(config)
+    rows, _ = load_rows(job.data, task_of(job.training.model))
+    subjects = sorted({str(s) for s in rows.column(SUBJECT_ID).to_pylist()})
+    return random.Random(seed).sample(subjects, min(len(subjects), 40)), len(rows)
+
+
+def _run_logged(command: list[str], env: dict[str, str], log_file: Path, what: str) -> None:
+    with log_file.open("ab") as log:
+        done = subprocess.run(command, env=env, stdout=log, stderr=log, check=False)
+    if done.returncode != 0:
+        tail = log_file.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{what} exited with {done.returncode}; the end of {log_file}:\n{tail}")
+
+
+def run(settings: ProfileSettings, workdir: Path) -> ProfileReport:
+    """Train a store in ``workdir`` (a fresh folder), then profile one cold and one warm erasure of it.
+
+    Raises:
+        RuntimeError: the training or the measured process failed (the message holds its log's end).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = _job_yaml(settings, workdir)
+    env = dict(os.environ)
+    env.setdefault("EXPUNGE_SUBJECT_KEY", secrets.token_hex(32))
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    log_file = workdir / "profile.log"
+    began = time.perf_counter()
+    _run_logged([sys.executable, "-m", "expunge.pipelines.train", "--config", str(config)], env, log_file, "training")
+    train_wall_s = time.perf_counter() - began
+    subjects, rows = _subjects(config, settings.seed)
+    report_path = workdir / "child-report.json"
+    spec = {"config": str(config), "subjects": subjects, "report": str(report_path)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spawned_at = time.time()
+    began = time.perf_counter()
+    _run_logged(
+        [sys.executable, "-m", "expunge.pipelines.benchmark_profile", "--child", json.dumps(spec), repr(spawned_at)],
+        env,
+        log_file,
+        "the measured erasure process",
+    )
+    process_wall_s = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = json.loads(report_path.read_text())
+    by_phase: dict[str, list[StageRow]] = {"cold": [], "warm": []}
+    for row in child["stages"]:
+        by_phase[row.pop("phase")].append(StageRow(**row))
+    cold, warm = by_phase["cold"], by_phase["warm"]
+    measured = sum(s.wall_s for s in cold + warm if not s.overlapped)
+    cold.append(
+        StageRow(
+            name=EXIT_STAGE, wall_s=round(max(process_wall_s - measured, 0.0), 3), cpu_s=0.0, cluster_cpu_s=0.0, calls=1
+        )
+    )
+    cold_profile = phase_profile(cold)
+    return ProfileReport(
+        settings=settings,
+        rows=rows,
+        train_wall_s=round(train_wall_s, 3),
+        cold=cold_profile,
+        warm=phase_profile(warm),
+        cold_process_wall_s=round(process_wall_s, 3),
+        cold_process_cpu_s=round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3),
+        receipts=child["receipts"],
+        goals=_goals(cold_profile),
+    )
+
+
+# ----- the measured process ------------------------------------------------------------------------------
+
+
+def _child(spec: dict[str, Any], spawned_at: float) -> None:
+    """What ``expunge forget --config FILE --subject ID`` does, twice in one process, each stage timed."""
+    # The imports the CLI makes (the console script's module, then the job's recipe), counted from spawn.
+    import expunge.pipelines.cli  # noqa: F401
+    from expunge.pipelines import forget
+    from expunge.pipelines._runtime import ProcessTreeCPU, StageClock, stage, timed_by
+
+    tree = ProcessTreeCPU()
+    clock = StageClock(tree)
+    clock.add(IMPORTS_STAGE, time.time() - spawned_at, time.process_time(), tree())
+    with timed_by(clock):
+        receipts = _erase_twice(forget, Path(spec["config"]), spec["subjects"], clock)
+        with stage("Ray shutdown"):
+            import ray
+
+            ray.shutdown()
+    rows = [dataclasses.asdict(s) for s in clock.stages()]
+    Path(spec["report"]).write_text(json.dumps({"stages": rows, "receipts": receipts}))
+
+
+def _erase_twice(forget: Any, config: Path, subjects: list[str], clock: Any) -> dict[str, dict[str, Any]]:
+    from expunge.pipelines._runtime import hasher_from_env, init_logging, job_and_store, stage
+
+    init_logging(False)
+    with stage("checks before Ray (key, request, store, lease)"):
+        job, store = job_and_store(config, None)
+        assert job is not None
+        hasher = hasher_from_env(job.privacy)
+    receipts = {}
+    with forget.opened(
+        store,
+        hasher,
+        job.tracking,
+        evidence=job.evidence,
+        pool_factory=_timed_pool,
+        lineage_factory=_timed_lineage,
+    ) as coordinator:
+        subject = subjects[0]
+        for phase in ("cold", "warm"):
+            clock.phase = phase
+            receipt = forget.erase(coordinator, forget.read_subjects([subject], None))
+            receipts[phase] = receipt.model_dump(mode="json", include=_RECEIPT_FIELDS) | {
+                "affected_shards": receipt.affected_shards
+            }
+            subject = _on_shards(coordinator, subjects[1:], set(receipt.affected_shards))
+        clock.phase = "cold"
+    return receipts
+
+
+_RECEIPT_FIELDS = {"request_id", "status", "seconds", "retrain_seconds", "retrain_cpu_seconds", "pending"}
+
+
+def _on_shards(coordinator: Any, candidates: list[str], shards: set[int]) -> str:
+    """The first candidate whose rows are all on ``shards`` (its erasure finds warm actors), else the first."""
+    cells = coordinator.placement_index().cells()
+    for subject in candidates:
+        found = cells.get(coordinator.hasher.digest(subject), [])
+        if found and {c.shard for c in found} <= shards:
+            return subject
+    return candidates[0]
+
+
+#: Which stage a shard-pool call is: start-up (a no-op when warm) or the retraining itself.
+_POOL_STAGES = {"ready": "actor spawn", "erase": "retrain", "ingest": "retrain"}
+
+
+class _TimedPool:
+    """A ``ShardPool`` whose calls are stages (``actor spawn``, ``retrain``, ``actors stop``)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def call(self, method: str, args_by_shard: Any) -> Any:
+        from expunge.pipelines._runtime import stage
+
+        with stage(_POOL_STAGES.get(method, f"shard call {method}")):
+            return self.pool.call(method, args_by_shard)
+
+    def published(self, versions: Any) -> None:
+        self.pool.published(versions)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()
+
+
+def _timed_pool(*args: Any) -> Any:
+    from expunge.orchestrator.session import ray_pool
+
+    return _TimedPool(ray_pool(*args))
+
+
+def _timed_lineage(tracking: Any, storage: Any) -> Any:
+    """``make_lineage``'s ``Lineage``, its MLflow steps timed as stages."""
+    from expunge.orchestrator.registry import Lineage
+    from expunge.pipelines._runtime import stage
+
+    class TimedLineage(Lineage):
+        def __init__(self, tracking: Any, storage: Any) -> None:
+            with stage("MLflow open"):
+                super().__init__(tracking, storage)
+
+        def reconcile(self) -> None:
+            with stage("MLflow reconcile"):
+                super().reconcile()
+
+        def record_erasure(self, *args: Any, **kwargs: Any) -> str:
+            with stage("registration"):
+                return super().record_erasure(*args, **kwargs)
+
+        def anchor_receipt(self, *args: Any, **kwargs: Any) -> list[str]:
+            with stage("MLflow receipt anchors"):
+                return super().anchor_receipt(*args, **kwargs)
+
+    return TimedLineage(tracking, storage) if tracking.enabled else None
+
+
+def main(
+    data: Path | None = typer.Option(None, help="MovieLens ratings (u.data or ml-100k.inter); default: generated"),
+    model: str = typer.Option("mf", help="mf or item_stats"),
+    shards: int = typer.Option(4, min=1, help="S"),
+    slices: int = typer.Option(4, min=1, help="R"),
+    epochs: int = typer.Option(5, min=1),
+    batch_size: int = typer.Option(256, min=1),
+    workdir: Path | None = typer.Option(None, help="where the store and MLflow go (default: a temporary folder)"),
+    output: Path = typer.Option(Path("profile-results.json"), help="JSON results file"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Where the time of one cold and one warm erasure goes, by stage (wall and CPU seconds); prints JSON."""
+    from expunge.pipelines._runtime import init_logging
+
+    init_logging(False)
+    try:
+        settings = ProfileSettings(
+            data=data, model=model, shards=shards, slices=slices, epochs=epochs, batch_size=batch_size, seed=seed
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if data is not None and not data.is_file():
+        raise typer.BadParameter(f"--data {str(data)!r} is not a file; give a MovieLens ratings file")
+    if workdir is not None:
+        report = run(settings, workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="expunge-profile-") as folder:
+            report = run(settings, Path(folder))
+    text = report.model_dump_json(indent=1)
+    output.write_text(text)
+    typer.echo(text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        _child(json.loads(sys.argv[2]), float(sys.argv[3]))
+    else:
+        typer.run(main)
