@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +58,7 @@ from rich.table import Table
 
 from expunge import RayClient
 from expunge.orchestrator.config import (
+    ItemStatsConfig,
     JobConfig,
     PrivacyConfig,
     ServiceConfig,
@@ -78,6 +79,9 @@ from expunge.pipelines.benchmark import measure_monolith, parity_training
 from expunge.pipelines.datasets import load_movielens, split_rows, synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
 
+if TYPE_CHECKING:
+    from expunge.pipelines.benchmark_stream import StreamResult, StreamSettings
+
 __all__ = [
     "Check",
     "LatencyResult",
@@ -89,6 +93,7 @@ __all__ = [
     "main",
     "percentiles",
     "run",
+    "run_stream_benchmark",
 ]
 
 log = logging.getLogger(__name__)
@@ -520,6 +525,42 @@ def run(
     return ServiceBenchmark(settings=settings, training=training, machine=machine, latency=latency, load=load)
 
 
+def run_stream_benchmark(
+    rows: pa.Table, training: TrainingConfig, settings: ServiceBenchmarkSettings, stream: StreamSettings
+) -> StreamResult:
+    """The paced stream (``expunge.pipelines.benchmark_stream``) on the 80 % split of ``rows``, in this Ray cluster.
+
+    Key and scratch folder as ``run``; the store is trained with MLflow on, then the service starts.
+
+    Raises:
+        ExpungeError: the service did not start or the store could not be trained (the error says why).
+    """
+    from expunge.pipelines.benchmark_stream import run_stream, stream_rows
+
+    key_env = JobConfig().privacy.subject_key_env
+    key = secrets.token_hex(32)
+    init_ray()
+    previous_key = os.environ.get(key_env)
+    os.environ[key_env] = key
+    try:
+        with tempfile.TemporaryDirectory(prefix="expunge-bench-stream-") as scratch:
+            root = Path(scratch)
+            (root / _KEY_FILE).touch(mode=0o600)
+            (root / _KEY_FILE).write_text(key)
+            (root / "stream").mkdir()
+            train = stream_rows(rows)
+            tracking = TrackingConfig(uri=f"sqlite:///{root / 'stream' / 'mlflow.db'}", experiment="service-stream")
+            job = _job(root / "stream" / "store", tracking, settings, training)
+            _train_store(train, job, SubjectHasher(key.encode()))
+            with _serving(job) as (client, _), progress(f"{stream.rate:g} requests/s for {stream.duration:g} s"):
+                return run_stream(client, job, _subjects(train), train.num_rows, stream)
+    finally:
+        if previous_key is None:
+            os.environ.pop(key_env, None)
+        else:
+            os.environ[key_env] = previous_key
+
+
 # ----- output ------------------------------------------------------------------------------------
 def _s(value: float) -> str:
     return f"{value:.3f}"
@@ -607,6 +648,12 @@ def main(
     batch_size: int = typer.Option(512, min=1, help="batch of the monolith and of every shard (parity)"),
     output: Path = typer.Option(Path("benchmark-service.json"), help="JSON results file"),
     seed: int = typer.Option(0),
+    model: str = typer.Option("mf", help="model family of the stores: mf or item_stats"),
+    rate: float | None = typer.Option(
+        None, min=0.001, help="run the paced stream instead: requests per second (with --duration)"
+    ),
+    duration: float = typer.Option(60.0, min=0.001, help="--rate: seconds the stream lasts"),
+    window_ms: float = typer.Option(50.0, min=0.0, help="service.window_ms of the services (coalescing window)"),
 ) -> None:
     """Erasure latency through the warm service (vs the cold CLI and a monolithic retrain), then a load run.
 
@@ -635,6 +682,9 @@ def main(
     if data is None:
         with exit_on_error():
             raise ConfigError("pass --data FILE (MovieLens ratings), or --http for the HTTP load run")
+    if model not in ("mf", "item_stats"):
+        with exit_on_error():
+            raise ConfigError(f"--model {model!r}: choose mf or item_stats")
     settings = ServiceBenchmarkSettings(
         shards=shards,
         slices=slices,
@@ -643,11 +693,32 @@ def main(
         load_subjects=load_subjects,
         load_requests=load_requests,
         threads=threads,
+        window_ms=window_ms,
         seed=seed,
     )
     training = parity_training(epochs, batch_size)
-    result = run(load_movielens(data), training, settings)
+    if model == "item_stats":
+        training = training.model_copy(update={"model": ItemStatsConfig()})
     console = Console()
+    if rate is not None:
+        from expunge.pipelines.benchmark_stream import StreamSettings, stream_table
+
+        stream = StreamSettings(model=model, rate=rate, duration=duration, threads=threads)
+        with exit_on_error():
+            streamed = run_stream_benchmark(load_movielens(data), training, settings, stream)
+        console.print(stream_table(streamed, stream, training))
+        output.write_text(
+            json.dumps(
+                {"command": shlex.join(sys.argv), "data": str(data), "window_ms": window_ms, **streamed.model_dump()},
+                indent=1,
+                default=str,
+            )
+        )
+        console.print(f"results written to {output}")
+        if streamed.lost:
+            raise typer.Exit(1)
+        return
+    result = run(load_movielens(data), training, settings)
     if result.latency is not None:
         console.print(latency_table(result.latency))
         console.print(checks_table(result.latency.checks))

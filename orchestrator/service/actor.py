@@ -131,7 +131,9 @@ class _ServiceActor:
         self._watch.start()
 
     def ready(self) -> dict[str, Any]:
-        return {**self._service.describe(), "url": self.url}
+        # The store this service erases from and its published version.
+        manifest = self._service.coordinator.require_manifest()
+        return {"storage": self._service.coordinator.store.uri, "ensemble_version": manifest.version, "url": self.url}
 
     def submit(
         self, subject_ids: list[object], idempotency_key: str | None, reason: str | None, ticket: str | None = None
@@ -168,6 +170,9 @@ class _ServiceActor:
 
     def stats(self) -> ServiceStats:
         return self._service.stats()
+
+    def exact_solve_seconds(self) -> float:
+        return self._service.exact_solve_seconds()
 
     def pid(self) -> int:
         return os.getpid()

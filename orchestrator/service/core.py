@@ -1,15 +1,16 @@
 """The erasure service: a warm coordinator that journals, coalesces, commits and registers requests.
 
 A plain class (the Ray actor in ``expunge.orchestrator.service.actor`` only wraps it), so tests drive
-it in-process with ``local_pool``. One worker thread does the writing, in the order
-``expunge.orchestrator.service.policy.next_step`` decides:
+it in-process with ``local_pool``. Three threads, each stage overlapping the others:
 
 1. *accept* (caller's thread): identity rule, limits, journal entry written, then acknowledged;
-2. *commit* (worker): the oldest waiting requests, coalesced within ``service.window_ms``, are
-   erased in one retrain per affected shard; once the store commit is published the live
-   shard actors serve it, and each request's receipt is journalled (``committed``);
-3. *register* (worker): MLflow gets the newest version and every earlier one is purged
-   (``Coordinator.register_published``); each request covered is journalled (``registered``).
+2. *commit* (worker, as ``policy.next_step`` decides): the oldest waiting requests, coalesced within
+   ``service.window_ms``, are erased in one retrain per affected shard; once the store commit is
+   published the live shard actors serve it, and each request's receipt is journalled (``committed``);
+3. *ready* (``Readiness``): a statistics model's exact solve of the new version starts at once and
+   is swapped in whole; the previous one serves meanwhile, its erased subjects masked;
+4. *register* (``Registrar``, its own thread): MLflow gets the newest version and every earlier
+   one is purged (``Coordinator.register_published``); each request covered is journalled.
 
 Source of the method: SISA training and unlearning, Bourtoule et al., "Machine Unlearning",
 IEEE S&P 2021 (one retrain per affected shard from its first affected slice).
@@ -24,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +52,9 @@ from expunge.orchestrator.service.intake import Queued, new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.lifecycle import Lifecycle
 from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt, take_batch
+from expunge.orchestrator.service.readiness import Readiness
 from expunge.orchestrator.service.recovery import recover, serve_purpose
+from expunge.orchestrator.service.registrar import Registrar
 from expunge.orchestrator.service.views import ServedVersion, ServiceStats
 from expunge.shards.errors import StorageUnavailableError
 from expunge.shards.identity import canonical_subject_ids
@@ -117,6 +120,11 @@ class ErasureService:
         self.ingestion = ServiceIngestion(self.job, self.follow, self._state, self._work, self._stopped)
         self._stopping = False
         self._recover()
+        # Ready to serve: a statistics model's exact solve runs beside the commits, swapped in whole.
+        self.readiness = Readiness(self.coordinator.store, self.coordinator.require_manifest(), self.board, self._state)
+        self.ingestion.readiness = self.readiness
+        self.registrar = Registrar(self.follow, self._state, self.config, self._queued, self._stopped)
+        self.registrar.start()
         if warm:
             manifest = self.coordinator.require_manifest()
             # Start every shard actor now: requests should not pay for process spawn and imports.
@@ -222,11 +230,17 @@ class ErasureService:
     # ----- serving ------------------------------------------------------------------------------
     def predict(self, rows: pa.Table) -> np.ndarray:
         """Ensemble predictions for canonical rows from the version the store publishes now."""
+        served = self.readiness.served()
+        if served is not None:  # a statistics model: the ready exact solve, no wait for a commit under way
+            return self.coordinator.serving.predict_served(served, rows)
         with self._work:
             return self.coordinator.predict(rows)
 
     def recommend(self, subject_id: object, k: int = 10) -> list[int]:
         """Top-``k`` items the subject has not rated (``Coordinator.recommend``)."""
+        served = self.readiness.served()
+        if served is not None:
+            return self.coordinator.serving.recommend_served(served, subject_id, k)
         with self._work:
             return self.coordinator.recommend(subject_id, k)
 
@@ -251,6 +265,10 @@ class ErasureService:
             latency = self.board.clock.snapshot()
         return ServiceStats.of(counts, queued, purges, unregistered, cause, latency)
 
+    def exact_solve_seconds(self) -> float:
+        """``Readiness.exact_solve_seconds`` of the published version: the reference of ``ready_to_serve``."""
+        return self.readiness.exact_solve_seconds(self.coordinator.require_manifest())
+
     def close(self) -> None:
         """Finish the batch in hand, then stop the worker and the shard actors.
 
@@ -261,6 +279,8 @@ class ErasureService:
             self._stopping = True
             self._state.notify_all()
         self._worker.join(timeout=600)
+        self.registrar.join(timeout=600)
+        self.readiness.close()
         with self._work:
             self.coordinator.close()
         self._lease.release()
@@ -285,8 +305,8 @@ class ErasureService:
                     step = next_step(
                         len(self._queue),
                         clock - self._queue[0].since if self._queue else 0.0,
-                        len(self.follow.unregistered),
-                        clock - self.follow.unregistered[0].since if self.follow.unregistered else 0.0,
+                        0,  # registration is the Registrar's, on its own thread
+                        0.0,
                         window_s,
                         self.config.register_within_s,
                     )
@@ -311,8 +331,6 @@ class ErasureService:
                     self.follow.repair(repair)
                 elif step_kind == "ingest":
                     self.ingestion.run_next()
-                else:
-                    self.follow.register()
             except Exception:  # the worker must outlive any one batch; the batch is failed or requeued
                 log.exception("the erasure service's worker hit an unexpected error; it goes on")
                 time.sleep(_RETRY_PAUSE_S)
@@ -373,7 +391,7 @@ class ErasureService:
         receipts = [split_receipt(receipt, e, rows) for e in entries]
         # The journal's committed records first (what status reads after a restart); if the store
         # refuses them now, the request is answered all the same, the write shown pending and retried.
-        unjournalled = self._journal_committed(receipts)
+        unjournalled = self.follow.journal_committed(receipts)
         with self._state:
             self._counts["committed"] += len(entries)
             self._counts["batches"] += 1
@@ -395,18 +413,10 @@ class ErasureService:
                 self.follow.repairs.add(receipt, tuple(e.request_id for e in entries))
             self._state.notify_all()
         self.ingestion.joined(joining if joined else None)  # answered once the erasures' statuses say committed
-        for own in receipts:
-            if own.request_id in unjournalled:
-                durably(
-                    f"journal commit of {own.request_id}",
-                    functools.partial(self.journal.write_committed, own),
-                    self._stopped,
-                )
-                with self._state:
-                    if (now := self.board.recent(own.request_id)) is not None:
-                        left = tuple(p for p in now.pending if not p.startswith("journal: "))
-                        self.board.remember(now.model_copy(update={"pending": left}))
-                    self._state.notify_all()
+        self.readiness.committed(
+            self.coordinator.manifest if joined else None, [e.request_id for e in entries], digests
+        )
+        self.follow.journal_again(receipts, unjournalled)
         try:
             self.journal.drop_batch(batch.batch_id)
         except ExpungeError as exc:  # its requests are committed: the next start drops it
@@ -419,15 +429,9 @@ class ErasureService:
             receipt.affected_shards,
         )
 
-    def _journal_committed(self, receipts: list[ErasureReceipt]) -> dict[str, str]:
-        """Write each receipt's committed record once; returns the causes of those not written, by request id."""
-        failed: dict[str, str] = {}
-        for own in receipts:
-            try:
-                self.journal.write_committed(own)
-            except (ExpungeError, OSError) as exc:
-                failed[own.request_id] = f"{type(exc).__name__}: {exc}"[:300]
-        return failed
+    def _queued(self) -> tuple[int, float]:
+        """Requests queued and how long the oldest has waited, in seconds (the caller holds ``state``)."""
+        return len(self._queue), time.monotonic() - self._queue[0].since if self._queue else 0.0
 
     def _stopped(self) -> bool:
         with self._state:
@@ -440,11 +444,6 @@ class ErasureService:
         self._resume.extend(plan.resume)
         for entry in plan.queued:
             self._queue.append(Queued(entry, time.monotonic()))
-        self._known.update(e.request_id for e in plan.queued)
-        self._known.update(e.request_id for _, entries in plan.resume for e in entries)
+        self._known.update([e.request_id for e in plan.queued], [e.request_id for _, es in plan.resume for e in es])
         for receipt in plan.repairs:
             self.follow.repairs.add(receipt, (receipt.request_id,))
-
-    def describe(self) -> dict[str, Any]:
-        """The store this service erases from and its published version (``ServiceActor.ready``)."""
-        return {"storage": self.coordinator.store.uri, "ensemble_version": self.coordinator.require_manifest().version}

@@ -146,6 +146,9 @@ class FollowUp:
         self.unregistered: list[Committed] = []
         self.repairs = Repairs()  # commits with steps left pending (purge, receipt log)
         self.registration_error: str | None = None
+        #: MLflow, one user at a time: the registration thread, and a repair's reconcile. Never the
+        #: coordinator's lock, so a registration never delays a commit.
+        self.registering = threading.Lock()
 
     def pending(self) -> tuple[int, int, str | None]:
         """Commits with steps pending, requests not yet registered, and the last cause (caller holds ``state``)."""
@@ -155,11 +158,15 @@ class FollowUp:
         return len(repairs), unregistered, next((c for c in causes if c), None)
 
     def register(self) -> None:
-        """Bring MLflow up to the published version for every commit waiting; retried on failure."""
+        """Bring MLflow up to the published version for every commit waiting; retried on failure.
+
+        Runs on the registration thread (``Registrar``), beside the commits: it reads the store
+        and writes MLflow only, so it holds ``registering``, not the coordinator.
+        """
         with self._state:
             done, self.unregistered = self.unregistered, []
         try:
-            with self._work:
+            with self.registering:
                 before = self.lineage.current_version() if self.lineage is not None else None
                 version = self.coordinator.register_published()
                 if self.lineage is not None:
@@ -199,6 +206,8 @@ class FollowUp:
                             registered_at=stamp,
                             receipt=receipt,
                             pending=previous.pending if previous else (),
+                            ready_at=previous.ready_at if previous else None,
+                            ready_to_serve_s=previous.ready_to_serve_s if previous else None,
                         )
                     )
             self._state.notify_all()
@@ -213,7 +222,7 @@ class FollowUp:
     def repair(self, item: Repair) -> None:
         """Retry the steps a commit left pending; done when nothing is left, else again after a backoff."""
         try:
-            with self._work:
+            with self._work, self.registering:
                 receipt = self.coordinator.erasure.finish_pending(item.receipt)
         except Exception as exc:  # after a commit a step is retried, never dropped (a bug included)
             receipt = item.receipt.model_copy(
@@ -260,3 +269,29 @@ class FollowUp:
                     )
                 )
             self._state.notify_all()
+
+    def journal_committed(self, receipts: list[ErasureReceipt]) -> dict[str, str]:
+        """Write each receipt's committed record once; returns the causes of those not written, by request id."""
+        failed: dict[str, str] = {}
+        for own in receipts:
+            try:
+                self.journal.write_committed(own)
+            except (ExpungeError, OSError) as exc:
+                failed[own.request_id] = f"{type(exc).__name__}: {exc}"[:300]
+        return failed
+
+    def journal_again(self, receipts: list[ErasureReceipt], unjournalled: dict[str, str]) -> None:
+        """Write the committed records ``journal_committed`` could not, until they are; then clear their pending."""
+        for own in receipts:
+            if own.request_id not in unjournalled:
+                continue
+            durably(
+                f"journal commit of {own.request_id}",
+                functools.partial(self.journal.write_committed, own),
+                self._stopped,
+            )
+            with self._state:
+                if (now := self.board.recent(own.request_id)) is not None:
+                    left = tuple(p for p in now.pending if not p.startswith("journal: "))
+                    self.board.remember(now.model_copy(update={"pending": left}))
+                self._state.notify_all()

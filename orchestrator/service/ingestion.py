@@ -38,6 +38,7 @@ from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_free_text
 from expunge.orchestrator.service.followup import Committed, FollowUp
+from expunge.orchestrator.service.readiness import Readiness
 from expunge.orchestrator.service.recovery import serve_purpose
 from expunge.shards.models import task_of
 from expunge.shards.rows import FEATURES, ITEM_ID, LABEL, RATING, RECORD_ID, SUBJECT_ID, validate_rows
@@ -166,10 +167,11 @@ class ServiceIngestion:
         self._work = work
         self._stopped = stopped
         self._lease_purpose = serve_purpose(job.service.namespace)
-        self._register_within_s = job.service.register_within_s
         # Without lineage: MLflow is the worker's registration step (FollowUp), never inside the commit.
         self._engine = Ingester(self.coordinator.session, lineage=None)
         self._waiting: deque[_Waiting] = deque()
+        #: The service's ready-to-serve stage, told of each commit (set by the service once built).
+        self.readiness: Readiness | None = None
 
     # ----- the caller's thread ---------------------------------------------------------------------
     def ingest(self, rows: pa.Table, request_id: str | None = None) -> IngestReceipt:
@@ -245,9 +247,8 @@ class ServiceIngestion:
     # ----- the worker ------------------------------------------------------------------------------
     def due(self, oldest_erasure_since: float | None) -> bool:
         """Whether the worker runs an ingest next (the caller holds ``state``); see ``ingest_due``."""
-        unregistered = self.follow.unregistered
-        overdue = bool(unregistered) and time.monotonic() - unregistered[0].since >= self._register_within_s
-        return ingest_due(self._waiting[0].since if self._waiting else None, oldest_erasure_since, overdue)
+        # Registration runs on its own thread (``Registrar``): an overdue one no longer goes first.
+        return ingest_due(self._waiting[0].since if self._waiting else None, oldest_erasure_since, False)
 
     def run_next(self) -> None:
         """Run the oldest waiting ingest and hand its outcome to its caller; a committed one waits for registration."""
@@ -269,6 +270,8 @@ class ServiceIngestion:
             if receipt is not None and committed:
                 self.follow.unregistered.append(_registration(receipt))
             self._state.notify_all()
+        if receipt is not None and committed and self.readiness is not None:
+            self.readiness.committed(self.coordinator.manifest, (), ())  # the served model gains the rows once solved
 
     # ----- an ingest joining an erasure commit (coalescing) -------------------------------------------
     def take(self) -> _Waiting | None:

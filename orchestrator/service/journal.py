@@ -92,6 +92,11 @@ class RequestStatus(BaseModel):
     #: Steps after the commit not done yet, each ``"<step>: <cause>"`` (purge, receipt log,
     #: registration); retried with backoff until they succeed. Empty once done.
     pending: tuple[str, ...] = ()
+    #: When the served model first reflected the commit (``ready``): the exact solve of its version
+    #: (or a later one) swapped in; for a model served by its shard actors, the commit itself.
+    #: Known to the process that committed it (not journalled); ``ready_to_serve_s`` is ready_at - committed_at.
+    ready_at: str | None = None
+    ready_to_serve_s: float | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 
 from expunge.orchestrator.catalog import EnsembleManifest
 from expunge.orchestrator.config import MFConfig
-from expunge.orchestrator.errors import ConfigError, StorageCorruptError, UnknownSubjectError
+from expunge.orchestrator.errors import ConfigError, UnknownSubjectError
 from expunge.orchestrator.serving.ensemble import StatisticsEnsemble, aggregate
+from expunge.orchestrator.serving.ready import ServedStatistics, solve_from_scratch
 from expunge.orchestrator.session import StoreSession
 from expunge.shards.models import SufficientStatisticsModel, model_for, task_of
 from expunge.shards.rows import FEATURES, ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
-from expunge.shards.training import load_checkpoint
 
 __all__ = ["LiveEnsemble"]
 
@@ -54,6 +54,35 @@ class LiveEnsemble:
             ConfigError: a needed column is missing.
         """
         manifest = self.follow_latest()
+        rows = self._canonical(manifest, rows)
+        model = model_for(manifest.model)
+        if isinstance(model, SufficientStatisticsModel):
+            return self.statistics().fit.predict(rows)
+        results = self.session.pool.call("predict", {s: (rows,) for s in range(manifest.sharding.shards)})
+        ordered = [results[s] for s in range(manifest.sharding.shards)]
+        return aggregate([r[0] for r in ordered], [r[1] for r in ordered], model.subject_specific)
+
+    def predict_served(self, served: ServedStatistics, rows: pa.Table) -> np.ndarray:
+        """``predict`` from a ready statistics model (``ReadyFits.served``), checked against its version.
+
+        Reads nothing from the store: the service answers this way without waiting for a commit.
+
+        Raises:
+            ConfigError: a needed column is missing.
+        """
+        return served.predict(self._canonical(served.manifest, rows))
+
+    def recommend_served(self, served: ServedStatistics, subject_id: object, k: int = 10) -> list[int]:
+        """``recommend`` from a ready statistics model; subjects erased since its version are unknown.
+
+        Raises:
+            UnknownSubjectError: the model holds no rows of the subject, or they were erased since.
+            ConfigError: ``k < 1``.
+        """
+        return served.recommend(self.session.hasher.digest(subject_id), k, self.session.store.uri)
+
+    def _canonical(self, manifest: EnsembleManifest, rows: pa.Table) -> pa.Table:
+        """``rows`` checked for ``manifest``'s model, with ``subject_digest`` added from ``subject_id``."""
         needed = [ITEM_ID] if task_of(manifest.model) == "rating" else [FEATURES]
         missing = [c for c in needed if c not in rows.column_names]
         if task_of(manifest.model) == "rating" and not {SUBJECT_ID, SUBJECT_DIGEST} & set(rows.column_names):
@@ -71,12 +100,7 @@ class LiveEnsemble:
                 SUBJECT_DIGEST,
                 pa.array(self.session.hasher.digest_many(rows.column(SUBJECT_ID).to_pylist()), pa.string()),
             )
-        model = model_for(manifest.model)
-        if isinstance(model, SufficientStatisticsModel):
-            return self.statistics().fit.predict(rows)
-        results = self.session.pool.call("predict", {s: (rows,) for s in range(manifest.sharding.shards)})
-        ordered = [results[s] for s in range(manifest.sharding.shards)]
-        return aggregate([r[0] for r in ordered], [r[1] for r in ordered], model.subject_specific)
+        return rows
 
     def statistics(self) -> StatisticsEnsemble:
         """The summed shard states of a sufficient-statistics model and their fit (cached per version).
@@ -94,16 +118,7 @@ class LiveEnsemble:
                 f"ensemble v{manifest.version} is a {manifest.model.kind!r} model, not a statistics model"
             )
         if self._statistics is None or self._statistics[0] != manifest.version:
-            states = []
-            for shard, version in enumerate(manifest.shard_versions):
-                checkpoints = self.session.catalog.shard_manifest(shard, version).checkpoints
-                if not checkpoints:
-                    raise StorageCorruptError(
-                        f"shard {shard} manifest v{version} in {self.session.store.uri} lists no checkpoint; "
-                        "retrain into a fresh storage URI"
-                    )
-                states.append(load_checkpoint(model, self.session.store.get(checkpoints[-1].key)).module)
-            self._statistics = (manifest.version, StatisticsEnsemble(model, states))
+            self._statistics = (manifest.version, solve_from_scratch(self.session.store, manifest))
         return self._statistics[1]
 
     def recommend(self, subject_id: object, k: int = 10) -> list[int]:

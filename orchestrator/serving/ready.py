@@ -1,0 +1,233 @@
+"""Ready to serve: the exact solve of each new version of a statistics model, built in the background, swapped whole.
+
+After a commit the service asks for the new version at once (``ReadyFits.request``); one
+background thread reads the version's shard states, sums them and fits them
+(``StatisticsEnsemble``: the same code, data and bits as a from-scratch solve), and only then
+replaces the served model with one reference assignment. Readers take that reference once per
+call, so they see the previous model or the new one, never a model being built. Until the new
+one is ready, the subjects erased since the served version are masked: they get no personal
+answer (``recommend`` refuses them, ``predict`` gives them the population's score), while
+everyone else is answered by the previous exact model.
+
+Reuse: a shard's decoded state is kept while its shard version stays published (an erasure
+changes one or a few shards), so only the changed checkpoints are read and decoded again; the
+sum and the fit run in full, as from scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
+from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageCorruptError, UnknownSubjectError
+from expunge.orchestrator.serving.ensemble import StatisticsEnsemble
+from expunge.shards.models import SufficientStatisticsModel, model_for
+from expunge.shards.rows import SUBJECT_DIGEST
+from expunge.shards.store import ObjectStore
+from expunge.shards.training import load_checkpoint
+
+__all__ = ["ReadyFits", "ServedStatistics", "Solve", "is_statistics_model", "solve_from_scratch"]
+
+log = logging.getLogger(__name__)
+
+#: How a version's summed states become a fit: ``StatisticsEnsemble`` (tests slow it down to watch the swap).
+Solve = Callable[[SufficientStatisticsModel, Sequence[torch.nn.Module]], StatisticsEnsemble]
+_RETRY_PAUSE_S = 1.0
+
+
+def is_statistics_model(manifest: EnsembleManifest) -> bool:
+    """True when ``manifest``'s model is served from summed statistics (``item_stats``), not from shard actors."""
+    return isinstance(model_for(manifest.model), SufficientStatisticsModel)
+
+
+def _checkpoint(store: ObjectStore, catalog: Catalog, shard: int, version: int) -> bytes:
+    checkpoints = catalog.shard_manifest(shard, version).checkpoints
+    if not checkpoints:
+        raise StorageCorruptError(
+            f"shard {shard} manifest v{version} in {store.uri} lists no checkpoint; retrain into a fresh storage URI"
+        )
+    return store.get(checkpoints[-1].key)
+
+
+def solve_from_scratch(store: ObjectStore, manifest: EnsembleManifest) -> StatisticsEnsemble:
+    """The exact solve of ``manifest`` with nothing reused: read every shard's final checkpoint, sum, fit.
+
+    What ``LiveEnsemble.statistics`` computes on the first call after a commit, and what the
+    benchmark times alone as the reference for ``ready_to_serve``.
+
+    Raises:
+        StorageCorruptError: a shard version lists no checkpoint, or one does not decode.
+        ConfigError: the model is not a statistics model.
+    """
+    model = model_for(manifest.model)
+    if not isinstance(model, SufficientStatisticsModel):
+        raise ConfigError(f"ensemble v{manifest.version} is a {manifest.model.kind!r} model, not a statistics model")
+    catalog = Catalog(store)
+    states = [
+        load_checkpoint(model, _checkpoint(store, catalog, shard, version)).module
+        for shard, version in enumerate(manifest.shard_versions)
+    ]
+    return StatisticsEnsemble(model, states)
+
+
+@dataclass(frozen=True)
+class ServedStatistics:
+    """One exact model being served: its version, its fit, and the subjects erased since (masked)."""
+
+    version: int
+    manifest: EnsembleManifest
+    ensemble: StatisticsEnsemble
+    masked: frozenset[str] = field(default_factory=frozenset)
+
+    def recommend(self, subject_digest: str, k: int, store_uri: str) -> list[int]:
+        """``k`` best unrated items for the subject, best first (as ``LiveEnsemble.recommend``).
+
+        Raises:
+            ConfigError: ``k`` is not a whole number of at least 1.
+            UnknownSubjectError: the model holds no rows of the subject, or they were erased since.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k={k!r}: ask for a whole number of recommendations, at least 1")
+        fit = self.ensemble.fit
+        if subject_digest in self.masked or not fit.knows(subject_digest):
+            raise UnknownSubjectError(
+                f"subject {subject_digest[:12]}... (digest) has no rows in ensemble v{self.version} of {store_uri}: "
+                "recommendations need a subject the model holds (never trained on, or erased). Check the id and "
+                "EXPUNGE_SUBJECT_KEY, or use popular items for newcomers."
+            )
+        return fit.recommend(subject_digest, k)
+
+    def predict(self, rows: pa.Table) -> np.ndarray:
+        """Scores for canonical rows (``item_id``, ``subject_digest``); masked subjects get the population's."""
+        if self.masked and SUBJECT_DIGEST in rows.column_names:
+            digests = ["" if d in self.masked else d for d in rows.column(SUBJECT_DIGEST).to_pylist()]
+            rows = rows.set_column(rows.column_names.index(SUBJECT_DIGEST), SUBJECT_DIGEST, pa.array(digests))
+        return self.ensemble.fit.predict(rows)
+
+
+class ReadyFits:
+    """Solves each requested version in one background thread; ``served()`` is the newest one solved.
+
+    ``on_ready(version, seconds)`` is called after each swap (``seconds``: the solve's wall time).
+    Requests coalesce: a solve always takes the newest version asked for, so under a stream of
+    commits the served model trails by at most one solve plus the one under way.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        on_ready: Callable[[int, float], None] | None = None,
+        solve: Solve = StatisticsEnsemble,
+    ) -> None:
+        self._store = store
+        self._catalog = Catalog(store)  # a reader of its own: the writer's catalog is the commit thread's
+        self._on_ready = on_ready
+        self._solve = solve
+        self._changed = threading.Condition()
+        self._target: EnsembleManifest | None = None
+        self._served: ServedStatistics | None = None
+        self._erased: dict[int, frozenset[str]] = {}  # version -> subjects its commit erased
+        self._states: dict[tuple[int, int], torch.nn.Module] = {}  # (shard, shard version) -> decoded state
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="expunge-ready", daemon=True)
+        self._thread.start()
+
+    def request(self, manifest: EnsembleManifest, erased: Iterable[str] = ()) -> None:
+        """Solve ``manifest`` (newly published) as soon as the thread is free; ``erased``: its commit's subjects.
+
+        Those subjects are masked in the served model at once, until a version without them is served.
+        """
+        with self._changed:
+            if self._target is None or manifest.version > self._target.version:
+                self._target = manifest
+            gone = frozenset(erased)
+            if gone:
+                self._erased[manifest.version] = gone
+                served = self._served
+                if served is not None and served.version < manifest.version:
+                    self._served = ServedStatistics(
+                        served.version, served.manifest, served.ensemble, served.masked | gone
+                    )
+            self._changed.notify_all()
+
+    def served(self) -> ServedStatistics | None:
+        """The model served now (None until the first solve is done): one read of one reference."""
+        return self._served
+
+    def wait(self, version: int, timeout: float | None = None) -> bool:
+        """Block until a version at least ``version`` is served; False if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self._served is None or self._served.version < version:
+                left = None if deadline is None else deadline - time.monotonic()
+                if self._closed or (left is not None and left <= 0):
+                    return False
+                self._changed.wait(left)
+            return True
+
+    def close(self) -> None:
+        """Stop the thread after the solve under way (its result is dropped)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join(timeout=60)
+
+    def _next(self) -> EnsembleManifest | None:
+        with self._changed:
+            while not self._closed:
+                target, served = self._target, self._served
+                if target is not None and (served is None or target.version > served.version):
+                    return target
+                self._changed.wait()
+            return None
+
+    def _run(self) -> None:
+        while (manifest := self._next()) is not None:
+            began = time.perf_counter()
+            try:
+                ensemble = self._solve_version(manifest)
+            except (ExpungeError, OSError, ValueError) as exc:
+                with self._changed:
+                    superseded = self._target is not None and self._target.version > manifest.version
+                    if not superseded:  # a store that did not answer: tried again (the previous model serves)
+                        log.warning("solving ensemble v%d failed (%s); trying again", manifest.version, exc)
+                        self._changed.wait(_RETRY_PAUSE_S)
+                continue  # superseded: its objects may be purged already; the newer version is solved next
+            except Exception:  # the thread must outlive a bug in one solve; the previous model keeps serving
+                log.exception("solving ensemble v%d hit an unexpected error; trying again", manifest.version)
+                time.sleep(_RETRY_PAUSE_S)
+                continue
+            seconds = time.perf_counter() - began
+            with self._changed:
+                if self._closed:
+                    return
+                masked = frozenset().union(*(d for v, d in self._erased.items() if v > manifest.version))
+                self._served = ServedStatistics(manifest.version, manifest, ensemble, masked)  # the swap
+                self._erased = {v: d for v, d in self._erased.items() if v > manifest.version}
+                self._changed.notify_all()
+            log.info("ensemble v%d ready to serve (solved in %.2f s)", manifest.version, seconds)
+            if self._on_ready is not None:
+                self._on_ready(manifest.version, seconds)
+
+    def _solve_version(self, manifest: EnsembleManifest) -> StatisticsEnsemble:
+        """The exact solve of ``manifest``, reusing the decoded states of shard versions it shares with the last."""
+        model = model_for(manifest.model)
+        if not isinstance(model, SufficientStatisticsModel):
+            raise ConfigError(
+                f"ensemble v{manifest.version} is a {manifest.model.kind!r} model, not a statistics model"
+            )
+        keys = list(enumerate(manifest.shard_versions))
+        states = {
+            key: self._states.get(key) or load_checkpoint(model, _checkpoint(self._store, self._catalog, *key)).module
+            for key in keys
+        }
+        self._states = states  # only this version's: a superseded shard version is never read again
+        return self._solve(model, [states[key] for key in keys])

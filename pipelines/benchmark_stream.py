@@ -1,0 +1,204 @@
+"""Recipe part: a paced stream of erasure requests through the warm service, stage by stage (issue 22).
+
+    expunge benchmark service --data ../shared/data/ml-100k/ml-100k.inter --model item_stats --rate 20 --duration 60
+
+A store of ``--model`` (``item_stats`` or ``mf``) is trained on the 80 % split of the ratings at
+S x R with MLflow on; the service starts in this Ray cluster and is warmed by a few erasures
+(each waited for until registered and ready). Then, with the service idle, the exact solve of
+the published version is timed alone in the service's own process (``ErasureService.exact_solve_seconds``,
+``--solves`` times). Then ``rate x duration`` one-subject requests are submitted on a fixed
+schedule (request i at ``i / rate`` s, from a thread pool so a slow submit does not shift the
+next). Real erasures are spread evenly over the stream and cover at most half of the subjects
+(MovieLens 100K has 943; a 60 s stream at 20 requests/s is 1,200 requests); the other requests
+name ids the store never held (a ``not_found`` receipt, journalled and registered like any).
+
+Per request, from the service's own timestamps: *committed* (received -> committed),
+*ready* (received -> the served model reflects it), *ready_to_serve* (committed -> ready) and
+*registered* (received -> MLflow has it). *Lost*: a request that did not reach registered and
+ready. The ratio is ready_to_serve p50 over the exact solve alone (p50), both measured in this run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+from rich.table import Table
+
+from expunge import RayClient
+from expunge.orchestrator.config import JobConfig, TrainingConfig
+from expunge.orchestrator.errors import ExpungeError
+from expunge.orchestrator.service.journal import RequestStatus
+from expunge.pipelines.benchmark_service import Percentiles, percentiles
+
+__all__ = ["StreamResult", "StreamSettings", "even_spread", "stream_table"]
+
+log = logging.getLogger(__name__)
+
+_WAIT_S = 600.0
+
+
+class StreamSettings(BaseModel):
+    """The paced stream: ``rate`` requests per second for ``duration`` seconds, after ``warmup`` erasures."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: Literal["item_stats", "mf"] = "item_stats"
+    rate: float = Field(20.0, gt=0.0)
+    duration: float = Field(60.0, gt=0.0)
+    warmup: int = Field(3, ge=0)
+    solves: int = Field(3, ge=1)
+    threads: int = Field(16, ge=1)
+
+
+class StreamResult(BaseModel):
+    """What the stream measured (seconds; percentiles as ``benchmark_service.Percentiles``)."""
+
+    model: str
+    rows: int
+    subjects: int
+    requests: int
+    real_erasures: int
+    lost: int
+    stages: dict[str, int]
+    committed: Percentiles
+    ready: Percentiles
+    ready_to_serve: Percentiles
+    registered: Percentiles
+    throughput_per_s: float
+    exact_solve: Percentiles
+    ready_to_serve_over_exact_solve: float
+    submit_lateness_max_s: float
+    batches: int
+    shard_retrains: int
+    registrations: int
+
+
+def even_spread(total: int, real: int) -> list[bool]:
+    """Pure: which of ``total`` requests are real erasures, ``real`` of them spread evenly (the first is real)."""
+    real = max(0, min(real, total))
+    return [(i * real) // total != ((i + 1) * real) // total for i in range(total)] if total else []
+
+
+def _seconds(earlier: str | None, later: str | None) -> float | None:
+    if earlier is None or later is None:
+        return None
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
+
+
+def _settle(client: RayClient, request_id: str) -> RequestStatus:
+    """Wait until the request is registered and ready (or failed, or ``_WAIT_S`` passed); its last status."""
+    deadline = time.monotonic() + _WAIT_S
+    try:
+        client.wait(request_id, "registered", _WAIT_S)
+    except ExpungeError as exc:
+        log.error("request %s did not reach registered: %s", request_id, exc)
+    status: RequestStatus = client.status(request_id)
+    while status.stage != "failed" and status.ready_at is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = client.status(request_id)
+    return status
+
+
+def run_stream(
+    client: RayClient, job: JobConfig, subjects: list[str], rows: int, settings: StreamSettings
+) -> StreamResult:
+    """The warm-up, the exact solve alone, then the paced stream, against the running service ``client``."""
+    rng = np.random.default_rng(0)
+    order = [subjects[int(i)] for i in rng.permutation(len(subjects))]
+    warm, pool = order[: settings.warmup], order[settings.warmup :]
+    for subject in warm:  # one after another, each to the end: the service is warm and idle after
+        _settle(client, client.submit([subject]))
+    actor = ray.get_actor(job.service.name, namespace=job.service.namespace)
+    solves = [float(str(ray.get(actor.exact_solve_seconds.remote()))) for _ in range(settings.solves)]
+    total = round(settings.rate * settings.duration)
+    real = even_spread(total, len(pool) // 2)
+    targets, taken = [], 0
+    for i, is_real in enumerate(real):
+        targets.append(pool[taken] if is_real else f"absent-stream-{i}")
+        taken += is_real
+    before = client.stats()
+    lateness: list[float] = []
+    with concurrent.futures.ThreadPoolExecutor(settings.threads) as submitters:
+        began = time.monotonic()
+        futures = []
+        for i, subject in enumerate(targets):
+            due = began + i / settings.rate
+            if (pause := due - time.monotonic()) > 0:
+                time.sleep(pause)
+            lateness.append(max(0.0, time.monotonic() - due))
+            futures.append(submitters.submit(client.submit, [subject]))
+        ids = [f.result() for f in futures]
+        statuses = list(submitters.map(lambda i: _settle(client, i), ids))
+    after = client.stats()
+    stages = Counter(s.stage for s in statuses)
+    committed = [d for s in statuses if (d := _seconds(s.received_at, s.committed_at)) is not None]
+    ready = [d for s in statuses if (d := _seconds(s.received_at, s.ready_at)) is not None]
+    to_serve = [s.ready_to_serve_s for s in statuses if s.ready_to_serve_s is not None]
+    registered = [d for s in statuses if (d := _seconds(s.received_at, s.registered_at)) is not None]
+    first = min(s.received_at for s in statuses)
+    last = max((s.committed_at or first) for s in statuses)
+    span = _seconds(first, last) or 0.0
+    exact = percentiles(solves)
+    serve = percentiles(to_serve)
+    return StreamResult(
+        model=settings.model,
+        rows=rows,
+        subjects=len(subjects),
+        requests=len(ids),
+        real_erasures=sum(real),
+        lost=sum(1 for s in statuses if s.stage != "registered" or s.ready_at is None),
+        stages=dict(stages),
+        committed=percentiles(committed),
+        ready=percentiles(ready),
+        ready_to_serve=serve,
+        registered=percentiles(registered),
+        throughput_per_s=len(committed) / span if span > 0 else 0.0,
+        exact_solve=exact,
+        ready_to_serve_over_exact_solve=serve.p50 / exact.p50 if exact.p50 > 0 else 0.0,
+        submit_lateness_max_s=max(lateness, default=0.0),
+        batches=after.batches - before.batches,
+        shard_retrains=after.shard_retrains - before.shard_retrains,
+        registrations=after.registrations - before.registrations,
+    )
+
+
+def stream_table(result: StreamResult, settings: StreamSettings, training: TrainingConfig) -> Table:
+    """The stream's figures: p50/p99 per stage, throughput, lost, and the ready-to-serve ratio."""
+    table = Table(
+        title=(
+            f"Service stream: {result.model}, {settings.rate:g} requests/s for {settings.duration:g} s "
+            f"({result.requests} requests, {result.real_erasures} real erasures; {result.rows} rows)"
+        )
+    )
+    for column in ("stage", "n", "p50 s", "p99 s", "max s"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for name, p in (
+        ("committed (received -> committed)", result.committed),
+        ("ready (received -> served model reflects it)", result.ready),
+        ("ready_to_serve (committed -> ready)", result.ready_to_serve),
+        ("registered (received -> MLflow)", result.registered),
+        ("exact solve alone (service idle, same process)", result.exact_solve),
+    ):
+        table.add_row(name, str(p.n), f"{p.p50:.3f}", f"{p.p99:.3f}", f"{p.max:.3f}")
+    table.add_row("throughput to commit", "", f"{result.throughput_per_s:.1f}/s", "", "")
+    table.add_row("lost (not registered and ready)", str(result.lost), "", "", "")
+    table.add_row("ready_to_serve p50 / exact solve p50", "", f"{result.ready_to_serve_over_exact_solve:.2f}x", "", "")
+    table.add_row("store commits / shard retrains / registrations", "", "", "", "")
+    table.add_row("", f"{result.batches} / {result.shard_retrains} / {result.registrations}", "", "", "")
+    table.add_row("pacer lateness, max", "", f"{result.submit_lateness_max_s:.3f}", "", "")
+    return table
+
+
+def stream_rows(rows: pa.Table) -> pa.Table:
+    """The rows a stream store is trained on: the 80 % split the other service figures use."""
+    from expunge.pipelines.datasets import split_rows
+
+    return split_rows(rows, 0.2, 0)[0]
