@@ -445,7 +445,7 @@ def main(
     title = f"Accuracy against shards on {data.name} (80/20 keyed-hash split, seed {seed})"
     console = Console()
     if not console.is_terminal:
-        console = Console(width=140)  # a pipe or file: keep the table on one line per row
+        console = Console(width=170)  # a pipe or file: keep the table on one line per row
     console.print(table(results, title))
     settings: dict[str, Any] = {
         "item_stats": item_stats.model_dump(mode="json"),
