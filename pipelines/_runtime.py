@@ -36,8 +36,11 @@ from expunge.shards.errors import StorageUnavailableError
 from expunge.shards.niceness import WORKER_NICENESS_ENV
 
 __all__ = [
+    "MLFLOW_BESIDE",
     "StageClock",
     "StageTime",
+    "connecting_beside",
+    "deferred_lineage",
     "demo_hasher",
     "exit_on_error",
     "hasher_from_env",
@@ -208,8 +211,57 @@ def job_and_store(config: Path | None, storage: str | None) -> tuple[JobConfig |
     return job, store.model_copy(update={"uri": storage}) if storage else store
 
 
-def make_lineage(tracking: TrackingConfig, storage: StorageConfig | str) -> Lineage | None:
-    return Lineage(tracking, storage) if tracking.enabled else None
+def make_lineage(tracking: TrackingConfig, storage: StorageConfig | str, *, deferred: bool = False) -> Lineage | None:
+    """The store's MLflow lineage (None with tracking off); ``deferred``: it connects on first use
+    (``Lineage(deferred=True)``, see ``connecting_beside``), otherwise now, reconciling."""
+    return Lineage(tracking, storage, deferred=deferred) if tracking.enabled else None
+
+
+def deferred_lineage(tracking: TrackingConfig, storage: StorageConfig | str) -> Lineage | None:
+    """``make_lineage(..., deferred=True)``: nothing is read or written before its first use."""
+    return make_lineage(tracking, storage, deferred=True)
+
+
+#: The name under which ``connecting_beside`` reports its thread's work to a ``StageClock``.
+MLFLOW_BESIDE = "MLflow connect (beside Ray start)"
+
+
+@contextmanager
+def connecting_beside(lineage: Lineage | None) -> Iterator[None]:
+    """Connect ``lineage`` to MLflow in a thread while the block runs (imports, database, experiment).
+
+    The first use still reconciles first, on the caller's thread. A connect error is raised when
+    the block ends, as connecting there would have; if the block raises, its error wins (the
+    connect error is logged and met again at the lineage's first use).
+    """
+    if lineage is None or lineage.is_open:
+        yield
+        return
+    clock = _CLOCK.get()  # threads start with an empty context: report to the caller's clock by hand
+    failure: list[Exception] = []
+
+    def connect() -> None:
+        began, cpu = time.perf_counter(), time.thread_time()
+        try:
+            lineage.connect()
+        except Exception as exc:  # raised on the caller's thread below
+            failure.append(exc)
+        finally:
+            if clock is not None:
+                clock.add_overlapped(MLFLOW_BESIDE, time.perf_counter() - began, time.thread_time() - cpu)
+
+    thread = threading.Thread(target=connect, name="expunge-mlflow-connect", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        thread.join()
+        if failure:
+            log.warning("MLflow could not connect while Ray started: %s", failure[0])
+        raise
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 # ----- where a job's time goes (``expunge benchmark profile``) --------------------------------------

@@ -370,14 +370,17 @@ def _timed_pool(*args: Any) -> Any:
 
 
 def _timed_lineage(tracking: Any, storage: Any) -> Any:
-    """``make_lineage``'s ``Lineage``, its MLflow steps timed as stages."""
+    """``deferred_lineage``'s ``Lineage``, its MLflow steps timed as stages."""
     from expunge.orchestrator.registry import Lineage
     from expunge.pipelines._runtime import stage
 
     class TimedLineage(Lineage):
         def __init__(self, tracking: Any, storage: Any) -> None:
-            with stage("MLflow open"):
-                super().__init__(tracking, storage)
+            super().__init__(tracking, storage, deferred=True)  # as forget's own (``deferred_lineage``)
+
+        def connect(self) -> Lineage:
+            with stage("MLflow connect"):  # beside Ray start: reported by ``connecting_beside`` instead
+                return super().connect()
 
         def reconcile(self) -> None:
             with stage("MLflow reconcile"):

@@ -40,12 +40,13 @@ from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_request_text
 from expunge.orchestrator.session import published
 from expunge.pipelines._runtime import (
+    connecting_beside,
+    deferred_lineage,
     exit_on_error,
     hasher_from_env,
     init_logging,
     init_ray,
     job_and_store,
-    make_lineage,
     progress,
     stage,
 )
@@ -135,18 +136,21 @@ def opened(
     *,
     evidence: EvidenceConfig | None = None,
     pool_factory: PoolFactory = ray_pool,
-    lineage_factory: Callable[[TrackingConfig, StorageConfig], Lineage | None] = make_lineage,
+    lineage_factory: Callable[[TrackingConfig, StorageConfig], Lineage | None] = deferred_lineage,
 ) -> Iterator[Coordinator]:
     """The coordinator of a trained store, on Ray, recording to its registry; its actors stop on exit.
 
-    Everything that can be refused is checked before Ray starts. ``pool_factory`` and
-    ``lineage_factory`` are seams for measuring (``expunge benchmark profile``) and tests.
+    Everything that can be refused is checked before Ray starts. MLflow connects in a thread while
+    Ray starts (``connecting_beside``); the lineage reconciles at its first use, when the
+    coordinator opens, as before. ``pool_factory`` and ``lineage_factory`` are seams for measuring
+    (``expunge benchmark profile``) and tests.
 
     Raises:
         ConfigError: no trained store, a wrong key, a tracking config naming another registry, an
             unusable ``evidence.audit_holdout``, or a custom model whose module does not import.
         StoreBusyError: a service holds the store.
         ClusterUnavailableError: Ray did not start.
+        TrackingUnreachable: the tracking server or database does not answer (raised once Ray started).
     """
     with stage("checks before Ray (key, request, store, lease)"):
         evidence = evidence or EvidenceConfig()
@@ -155,13 +159,12 @@ def opened(
         model_for(latest.model)  # a custom model's module must import here, and in the shard actors: refuse now
         tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
         StoreLease(ObjectStore(storage), storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
-    with progress("starting Ray"), stage("Ray start"):
+    lineage = lineage_factory(tracking, storage)  # deferred: nothing read or written yet
+    with progress("starting Ray"), stage("Ray start"), connecting_beside(lineage):
         init_ray()
     require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
     with stage("coordinator open (recovery check)"):
-        coordinator = Coordinator(
-            storage, hasher, lineage_factory(tracking, storage), pool_factory=pool_factory, evidence=evidence
-        )
+        coordinator = Coordinator(storage, hasher, lineage, pool_factory=pool_factory, evidence=evidence)
     try:
         yield coordinator
     finally:

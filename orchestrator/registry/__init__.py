@@ -8,7 +8,8 @@ deleting every stored copy of their files; ``purge_notice``: what a purged versi
 description, the notice that makes loading it name the erasure). ``chain_anchors``: the receipt
 log's anchors on runs. ``checks``: read-only checks for ``expunge verify``. ``binding``: which registry a store
 publishes to (pure). ``commit_records``: a commit's receipt as the store keeps it, for catching up.
-``faults``: crash-test hooks. ``lineage``: the facade.
+``faults``: crash-test hooks. ``opening``: connecting once and reconciling before first use.
+``lineage``: the facade.
 """
 
 from __future__ import annotations

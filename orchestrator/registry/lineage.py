@@ -9,9 +9,9 @@ from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
-from expunge.orchestrator.registry.artifacts import ArtifactEraser
 from expunge.orchestrator.registry.chain_anchors import ChainAnchor, ChainAnchors
 from expunge.orchestrator.registry.commit_records import erasure_receipt, ingest_receipt, missed_erasure
+from expunge.orchestrator.registry.opening import LineageParts, OnFirstUse, connect
 from expunge.orchestrator.registry.packaging import Packager
 from expunge.orchestrator.registry.purge_notice import PurgeNotice
 from expunge.orchestrator.registry.runs import RunRecorder
@@ -34,25 +34,70 @@ class Lineage:
     """Records a run and a servable model version per commit, and purges versions an erasure made unlawful.
 
     Opening one finishes what a crash or an MLflow outage interrupted (``reconcile``), so the
-    registry never keeps serving, or storing, a model an erasure superseded.
+    registry never keeps serving, or storing, a model an erasure superseded. A ``deferred`` one
+    opens on first use (or ``open()``), and still reconciles before doing anything else.
     """
 
-    def __init__(self, tracking: TrackingConfig, storage: StorageConfig | str) -> None:
+    def __init__(self, tracking: TrackingConfig, storage: StorageConfig | str, *, deferred: bool = False) -> None:
         """``storage`` is the shard store the coordinator commits to (its options reach S3 here too).
+
+        ``deferred``: connect and reconcile on first use instead of now (nothing is read or
+        written before then), so that a job can open MLflow beside other start-up work; the
+        errors below are then raised by ``open()`` or the first use.
 
         Raises:
             TrackingUnreachable: the tracking server or database does not answer.
             ArtifactStoreNotErasable: model files would go where every copy cannot be deleted.
             ConfigError: an http(s) tracking URI without ``tracking.backend_store_uri``.
         """
-        eraser = ArtifactEraser.from_env()
-        self.registry = Registry.open(tracking, storage, check_root=eraser.check)
-        self.staging = Staging.for_tracking(self.registry.uri)
-        self.runs = RunRecorder(self.registry)
-        self.packaging = Packager(self.registry, self.staging)
-        self.purger = Purger(self.registry, eraser)
-        self.anchors = ChainAnchors(self.client, self.uri, self.experiment_id, self.store_uri)
-        self.reconcile()
+        self._tracking = tracking
+        self._first_use = OnFirstUse(lambda: connect(tracking, storage), self._reconcile)
+        if not deferred:
+            self.open()
+
+    def open(self) -> Lineage:
+        """Connect and reconcile now, once (later calls return at once); raises as the constructor does."""
+        self._first_use.get()
+        return self
+
+    def connect(self) -> Lineage:
+        """Connect to MLflow now without reconciling (e.g. in a thread while Ray starts); the first use
+        still reconciles before anything else. Raises as the constructor does; returns this lineage."""
+        self._first_use.connect_now()
+        return self
+
+    @property
+    def is_open(self) -> bool:
+        """Whether it has connected and reconciled (a deferred one: not before its first use)."""
+        return self._first_use.done
+
+    def _opened(self) -> LineageParts:
+        return self._first_use.get()
+
+    # ----- the parts (opened on first use) ---------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        return self._opened().registry
+
+    @property
+    def staging(self) -> Staging:
+        return self._opened().staging
+
+    @property
+    def runs(self) -> RunRecorder:
+        return self._opened().runs
+
+    @property
+    def packaging(self) -> Packager:
+        return self._opened().packaging
+
+    @property
+    def purger(self) -> Purger:
+        return self._opened().purger
+
+    @property
+    def anchors(self) -> ChainAnchors:
+        return self._opened().anchors
 
     # ----- what callers read --------------------------------------------------------------------
     @property
@@ -62,7 +107,8 @@ class Lineage:
 
     @property
     def tracking(self) -> TrackingConfig:
-        return self.registry.tracking
+        """The tracking settings (known without connecting)."""
+        return self._tracking
 
     @property
     def uri(self) -> str:
@@ -328,8 +374,13 @@ class Lineage:
         standing in for an erasure MLflow missed) is purged, with LoggedModels no version
         references, while versions after it stay; the alias target's run is finished; other runs
         left RUNNING are marked FAILED. Cheap when nothing is pending
-        (four lookups); runs on every open, and may be called again at any time.
+        (four lookups); runs on open (a deferred lineage: on first use, this call included, once),
+        and may be called again at any time.
         """
+        if not self._first_use.reconcile_first():  # the first use's reconcile is this one
+            self._reconcile()
+
+    def _reconcile(self) -> None:
         self.staging.sweep()
         manifest = Catalog(self.store).latest()
         recorded = self.recorded_ensemble_version()
