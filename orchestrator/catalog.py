@@ -8,11 +8,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from expunge.orchestrator.config import ModelConfig, ShardingConfig, TrainingConfig
 from expunge.orchestrator.training.placement import Cell
@@ -103,6 +103,15 @@ class EnsembleManifest(BaseModel):
     #: The write lease token (``expunge.orchestrator.lease``) of the process that published this
     #: version; None when published without one (stores from before leases).
     lease_token: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_optimizer_kernel(cls, data: Any) -> Any:
+        """A version written before ``training.optimizer_kernel`` existed was trained with ``per_tensor``."""
+        training = data.get("training") if isinstance(data, dict) else None
+        if isinstance(training, dict) and "optimizer_kernel" not in training:
+            return {**data, "training": {**training, "optimizer_kernel": "per_tensor"}}
+        return data
 
 
 class PlacementIndex:

@@ -171,7 +171,8 @@ def load_checkpoint(model: SisaModel | SufficientStatisticsModel, data: bytes) -
 
 def _optimizer(module: torch.nn.Module, config: TrainingConfig, saved: dict[str, Any] | None) -> torch.optim.Optimizer:
     params = list(module.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=False)
+    kernel: dict[str, bool] = {"fused": True} if config.optimizer_kernel == "fused" else {"foreach": False}
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay, **kernel)
     if saved is not None:
         # Parameters grown since the save keep their registration order after the old ones,
         # so the saved per-index state still lines up; new ones start with fresh state.
