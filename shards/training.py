@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from expunge.shards.config import TrainingConfig
 from expunge.shards.errors import StorageCorruptError
 from expunge.shards.models.protocol import SisaModel, SufficientStatisticsModel
+from expunge.shards.rows import SUBJECT_DIGEST
 from expunge.shards.schedule import StepRecipe, allocate_epochs, derive_seed
 
 __all__ = [
@@ -171,8 +173,10 @@ def load_checkpoint(model: SisaModel | SufficientStatisticsModel, data: bytes) -
 
 def _optimizer(module: torch.nn.Module, config: TrainingConfig, saved: dict[str, Any] | None) -> torch.optim.Optimizer:
     params = list(module.parameters())
-    kernel: dict[str, bool] = {"fused": True} if config.optimizer_kernel == "fused" else {"foreach": False}
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay, **kernel)
+    fused = config.optimizer_kernel == "fused"
+    optimizer = torch.optim.Adam(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=False, fused=fused or None
+    )
     if saved is not None:
         # Parameters grown since the save keep their registration order after the old ones,
         # so the saved per-index state still lines up; new ones start with fresh state.
@@ -253,10 +257,40 @@ def accumulate_steps(
     in place of restarting, ``DecrementalStatisticsModel``).
     """
     state = start or TrainedState(model.empty(), None, 0)
+    if final_only and state.steps_done < len(slices):
+        # The sums are exact, so the slices' rows summed in one pass give the state step by step
+        # would, bit for bit, without a merge of the running sums per slice.
+        remaining = [slices[step] for step in range(state.steps_done, len(slices))]
+        _one_slice_per_subject(remaining)
+        schema = remaining[0].schema
+        rows = pa.concat_tables([t.select(schema.names).cast(schema) for t in remaining])
+        state = TrainedState(model.accumulate(state.module, rows), None, len(slices))
+        on_checkpoint(len(slices) - 1, _serialize(model, state, lineage))
+        log.debug("statistics: steps %d-%d summed on %d rows", len(slices) - len(remaining) + 1, len(slices), len(rows))
+        return state
     for step in range(state.steps_done, len(slices)):
         state = TrainedState(model.accumulate(state.module, slices[step]), None, step + 1)
-        if final_only and step != len(slices) - 1:
-            continue
         on_checkpoint(step, _serialize(model, state, lineage))
         log.debug("statistics: step %d/%d done on %d rows", step + 1, len(slices), len(slices[step]))
     return state
+
+
+def _one_slice_per_subject(slices: Sequence[pa.Table]) -> None:
+    """Refuse slices that share a subject: a subject-specific statistic needs all its rows in one slice.
+
+    Raises:
+        ValueError: a subject digest occurs in two of ``slices`` (as summing them one by one would).
+    """
+    seen: set[str] = set()
+    for table in slices:
+        digests = (
+            set(pc.unique(table.column(SUBJECT_DIGEST)).to_pylist()) if SUBJECT_DIGEST in table.column_names else set()
+        )
+        shared = seen & digests
+        if shared:
+            example = sorted(shared)[0]
+            raise ValueError(
+                f"{len(shared)} subject(s) (e.g. digest {example[:12]}...) occur in more than one slice: the "
+                "statistics need each subject's rows in one slice (sharding.placement 'balanced' or 'hash')"
+            )
+        seen |= digests

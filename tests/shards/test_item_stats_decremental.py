@@ -84,3 +84,38 @@ def test_subtracting_a_subject_the_sums_do_not_hold_is_refused() -> None:
     stranger = MODEL.accumulate(MODEL.empty(), _rows([(1, 1, 3.0)]))
     with pytest.raises(ValueError, match="not in the state"):
         MODEL.subtract(whole, stranger)
+
+
+def _pairs_by_hand(rows: pa.Table) -> dict[int, tuple[int, float]]:
+    """Pair statistics straight from the definition, one subject at a time (no matrix products)."""
+    from collections import defaultdict
+
+    from expunge.shards.models.item_stats import on_grid
+
+    cells: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for digest, item, rating in zip(
+        *(rows.column(c).to_pylist() for c in (SUBJECT_DIGEST, ITEM_ID, RATING)), strict=True
+    ):
+        cells[digest][item].append(rating)
+    pairs: dict[int, tuple[int, float]] = {}
+    for rated in cells.values():
+        items = sorted(rated)
+        means = on_grid(np.array([np.mean(on_grid(np.array(rated[i]))) for i in items]))
+        centred = on_grid(means - means.sum() / len(items))
+        for a in range(len(items)):
+            for b in range(a + 1, len(items)):
+                key = items[a] * ITEMS + items[b]
+                count, product = pairs.get(key, (0, 0.0))
+                pairs[key] = (count + 1, product + float(centred[a] * centred[b]))
+    return pairs
+
+
+@settings(max_examples=60, deadline=None)
+@given(ratings)
+def test_pair_sums_equal_the_definition_including_pairs_whose_products_cancel(data) -> None:
+    rows = _rows([*data, (10, 0, 4.0), (10, 1, 4.0)])  # subject 10 rates two items alike: product 0, count 1
+    state = MODEL.accumulate(MODEL.empty(), rows)
+    expected = _pairs_by_hand(rows)
+    assert state.array("pair_index").tolist() == sorted(expected)
+    assert state.array("pair_count").tolist() == [expected[k][0] for k in sorted(expected)]
+    assert state.array("pair_product").tolist() == [expected[k][1] for k in sorted(expected)]

@@ -1,0 +1,96 @@
+"""The faster paths of item_stats give what the plain ones give: top eigenpairs, and merges of many states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from expunge.orchestrator.evidence.exactness import tensors_equal
+from expunge.shards.config import ItemStatsConfig
+from expunge.shards.models import ItemStatsModel, item_stats
+from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
+
+
+def _random_rows(seed: int, subjects: int, items: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, subjects, 40 * subjects)
+    return pa.table(
+        {
+            SUBJECT_DIGEST: pa.array([f"s{u:04d}" for u in users], pa.string()),
+            ITEM_ID: pa.array(rng.integers(0, items, len(users)), pa.int64()),
+            RATING: pa.array(rng.integers(1, 11, len(users)) / 2.0, pa.float32()),
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_eigenpairs_span_what_a_full_decomposition_spans(seed) -> None:
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(120, 120))
+    matrix = basis @ np.diag(np.linspace(0.0, 50.0, 120) ** 2) @ basis.T / 120
+    values, vectors = item_stats._top_eigenpairs(matrix, 6)
+    full_values, full_vectors = np.linalg.eigh(matrix)
+    top = np.argsort(full_values)[::-1][:6]
+    np.testing.assert_allclose(values, full_values[top], rtol=1e-9)
+    np.testing.assert_allclose(vectors @ vectors.T, full_vectors[:, top] @ full_vectors[:, top].T, atol=1e-8)
+    again = item_stats._top_eigenpairs(matrix, 6)
+    assert np.array_equal(again[0], values)
+    assert np.array_equal(again[1], vectors)  # the same matrix gives the same bits
+
+
+def test_the_fit_predicts_what_the_full_decomposition_predicts(monkeypatch) -> None:
+    model = ItemStatsModel(ItemStatsConfig(num_items=60, factors=4))
+    rows = _random_rows(3, 50, 60)
+    state = model.accumulate(model.empty(), rows)
+    fast = model.fit(state).predict(rows)
+
+    def full(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        values, vectors = np.linalg.eigh(matrix)
+        top = np.argsort(values)[::-1][:count]
+        return values[top], vectors[:, top]
+
+    monkeypatch.setattr(item_stats, "_top_eigenpairs", full)
+    np.testing.assert_allclose(fast, model.fit(state).predict(rows), rtol=1e-9, atol=1e-9)
+
+
+def test_many_states_merge_by_bins_as_by_sorting(monkeypatch) -> None:
+    model = ItemStatsModel(ItemStatsConfig(num_items=30, factors=0))
+    rows = _random_rows(4, 24, 30)
+    digests = np.asarray(rows.column(SUBJECT_DIGEST).to_pylist())
+    last = np.array([int(d[-1]) for d in digests])
+    parts = [model.accumulate(model.empty(), rows.filter(pa.array(last % 4 == group))) for group in range(4)]
+    by_bins = model.combine(parts)
+    monkeypatch.setattr(item_stats, "_MAX_PAIR_BINS", 0)
+    by_sorting = model.combine(parts)
+    assert tensors_equal(by_bins.state_dict(), by_sorting.state_dict())
+    assert tensors_equal(by_bins.state_dict(), model.accumulate(model.empty(), rows).state_dict())
+
+
+def _slices(rows: pa.Table, count: int) -> list[pa.Table]:
+    last = np.array([int(d[-1]) for d in rows.column(SUBJECT_DIGEST).to_pylist()])
+    return [rows.filter(pa.array(last % count == k)) for k in range(count)]
+
+
+def test_summing_every_slice_in_one_pass_gives_the_step_by_step_sums() -> None:
+    from expunge.shards.training import accumulate_steps
+
+    model = ItemStatsModel(ItemStatsConfig(num_items=30, factors=0))
+    slices = _slices(_random_rows(5, 30, 30), 3)
+    written: list[int] = []
+    one_pass = accumulate_steps(model, slices, None, lambda step, _: written.append(step), final_only=True)
+    stepwise = accumulate_steps(model, slices, None, lambda *_: None)
+    assert written == [2]
+    assert one_pass.steps_done == stepwise.steps_done == 3
+    assert tensors_equal(one_pass.module.state_dict(), stepwise.module.state_dict())
+
+
+def test_one_pass_refuses_a_subject_in_two_slices_as_step_by_step_does() -> None:
+    from expunge.shards.training import accumulate_steps
+
+    model = ItemStatsModel(ItemStatsConfig(num_items=30, factors=0))
+    slices = _slices(_random_rows(6, 30, 30), 3)
+    slices[2] = pa.concat_tables([slices[2], slices[0].slice(0, 1)])
+    for final_only in (True, False):
+        with pytest.raises(ValueError, match="more than one"):
+            accumulate_steps(model, slices, None, lambda *_: None, final_only=final_only)
