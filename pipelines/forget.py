@@ -50,6 +50,7 @@ from expunge.pipelines._runtime import (
     progress,
     stage,
 )
+from expunge.pipelines.store_settings import warn_overridden_settings
 from expunge.shards.models import model_for
 from expunge.shards.store import ObjectStore
 
@@ -260,6 +261,7 @@ def main(
             _report(receipt)
             return
         job, store = job_and_store(config, storage)
+        warn_overridden_settings(job, store, "this erasure")
         evidence = job.evidence if job else EvidenceConfig()
         if audit_holdout is not None:
             evidence = evidence.model_copy(update={"audit_holdout": str(audit_holdout)})
