@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -107,6 +107,10 @@ class ItemStatsConfig(Frozen):
         le=1.0,
         description="Fixed weight of the KNN part in the rating prediction; the low-rank part gets 1 - this.",
     )
+    #: Read only when the summed state is fitted (the stored sums are the same whatever they are), and
+    #: added after stores were trained: left out of the fingerprints, so those stores keep their keys.
+    FIT_ONLY: ClassVar[frozenset[str]] = frozenset({"ranker", "ranking_dropout", "ranking_dropout_l2"})
+
     ranking_l2: float = Field(500.0, gt=0.0, description="L2 penalty of the EASE item-item ranking weights (top-N).")
     ranker: Literal["ease", "edlae", "dlae"] = Field(
         "ease",
@@ -169,7 +173,13 @@ class TrainingConfig(Frozen):
             {"optimizer_kernel"} if self.optimizer_kernel == "per_tensor" else set()
         )
         relevant = self.model_dump(mode="json", exclude=ignored)
+        relevant["model"] = json.loads(model_fingerprint_json(self.model))
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def model_fingerprint_json(model: AnyModelConfig) -> str:
+    """The model settings that change the trained tensors, as JSON (a shard's fingerprint and checkpoint keys)."""
+    return model.model_dump_json(exclude=set(getattr(model, "FIT_ONLY", ())))
 
 
 class StorageConfig(Frozen):

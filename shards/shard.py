@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig
+from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig, model_fingerprint_json
 from expunge.shards.errors import ConfigError, DataValidationError, StorageCorruptError
 from expunge.shards.models import DecrementalStatisticsModel, SufficientStatisticsModel, model_for
 from expunge.shards.rows import LABEL, RATING, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
@@ -171,6 +172,14 @@ def _table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def _takes_replacement(model: DecrementalStatisticsModel) -> bool:
+    """Whether ``model.subtract`` takes the ``replacement`` added in issue 22 (custom models may not)."""
+    try:
+        return "replacement" in inspect.signature(model.subtract).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class Shard:
     """Plain class driven in-process by tests and wrapped by ``ShardActor`` under Ray."""
 
@@ -188,7 +197,7 @@ class Shard:
         self.model_config = model_config
         self.model = model_for(model_config)
         self.fingerprint = hashlib.sha256(
-            (training.fingerprint() + model_config.model_dump_json()).encode()
+            (training.fingerprint() + model_fingerprint_json(model_config)).encode()
         ).hexdigest()
         self.manifest: ShardManifest | None = None
         self._final: TrainedState | None = None
@@ -506,7 +515,11 @@ class Shard:
         current = self.final_state().module
         minus = self.model.accumulate(self.model.empty(), pa.concat_tables(before)) if before else self.model.empty()
         plus = self.model.accumulate(self.model.empty(), pa.concat_tables(after)) if after else None
-        state_module = self.model.subtract(current, minus, plus)  # one merge with the shard's sums
+        if plus is not None and _takes_replacement(self.model):
+            state_module = self.model.subtract(current, minus, plus)  # one merge with the shard's sums
+        else:  # a model written against subtract(state, part): out, then in
+            state_module = self.model.subtract(current, minus)
+            state_module = self.model.combine([state_module, plus]) if plus is not None else state_module
         state = TrainedState(state_module, None, len(entries))
         step = len(entries) - 1
         data = serialize_state(self.model, state, [e.records_sha256 for e in entries])

@@ -85,3 +85,26 @@ def test_the_per_tensor_fingerprint_is_the_one_stores_were_keyed_with() -> None:
 def test_an_unknown_kernel_is_refused(kernel) -> None:
     with pytest.raises(ValueError, match="optimizer_kernel"):
         TrainingConfig(optimizer_kernel=kernel)
+
+
+def test_item_stats_fingerprints_ignore_the_settings_read_only_when_fitting() -> None:
+    """Stores trained before ranker / ranking_dropout existed keep their keys (adversarial review:
+    verify called every older item_stats shard inexact because its checkpoint key changed)."""
+    import hashlib
+
+    from expunge.shards.config import ItemStatsConfig, model_fingerprint_json
+
+    def keys(model: ItemStatsConfig) -> tuple[str, str]:
+        training = TrainingConfig(model=model, optimizer_kernel="per_tensor")
+        return training.fingerprint(), hashlib.sha256(
+            (training.fingerprint() + model_fingerprint_json(model)).encode()
+        ).hexdigest()
+
+    # Computed with the code of commit cd3358c, before those settings existed.
+    before = (
+        "7ab6efbd9dffb60f339ab228d9969caa315044fb0a1f7568f3ed83c167d4ea7d",
+        "6ca2d0da083d6eaf1f29e60b6fd1268c31c08609475255d8708fcfbfe0c495e9",
+    )
+    assert keys(ItemStatsConfig(num_items=1683)) == before
+    assert keys(ItemStatsConfig(num_items=1683, ranker="edlae", ranking_dropout=0.3)) == before
+    assert keys(ItemStatsConfig(num_items=1683, factors=3)) != before  # settings that were always in it still are

@@ -94,3 +94,61 @@ def test_one_pass_refuses_a_subject_in_two_slices_as_step_by_step_does() -> None
     for final_only in (True, False):
         with pytest.raises(ValueError, match="more than one"):
             accumulate_steps(model, slices, None, lambda *_: None, final_only=final_only)
+
+
+def test_top_eigenpairs_of_repeated_eigenvalues_do_not_depend_on_what_ran_before() -> None:
+    """Lanczos (ARPACK) restarted from a random vector after an invariant subspace: the identity's
+    eigenvectors changed with the calls made before it (adversarial review)."""
+    identity = np.eye(40)
+    first = item_stats._top_eigenpairs(identity, 3)
+    low_rank = np.outer(np.arange(40.0), np.arange(40.0)) + np.outer(np.ones(40), np.ones(40))
+    item_stats._top_eigenpairs(low_rank, 3)
+    item_stats._top_eigenpairs(np.zeros((40, 40)), 3)
+    again = item_stats._top_eigenpairs(identity, 3)
+    assert np.array_equal(first[0], again[0])
+    assert np.array_equal(first[1], again[1])
+
+
+class _TwoArgumentSubtract:
+    """A decremental model written before ``subtract`` took a replacement (a bring-your-own model)."""
+
+    def __init__(self, model: ItemStatsModel) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def subtract(self, state, part):
+        return self._model.subtract(state, part)
+
+
+def test_a_model_with_the_two_argument_subtract_still_ingests_exactly(tmp_path) -> None:
+    """Adversarial review: every ingest called subtract(state, part, replacement): TypeError."""
+    from expunge.shards.config import TrainingConfig
+    from expunge.shards.models import DecrementalStatisticsModel
+    from expunge.shards.rows import RECORD_ID
+    from expunge.shards.shard import Shard
+
+    config = ItemStatsConfig(num_items=30, factors=0)
+    rows = _random_rows(7, 12, 30)
+    rows = rows.append_column(RECORD_ID, pa.array([f"r{i:05d}" for i in range(len(rows))]))
+    slices = [t.sort_by(RECORD_ID) for t in _slices(rows, 2)]
+    subject = slices[0].column(SUBJECT_DIGEST)[0].as_py()
+    extra = pa.table(
+        {
+            SUBJECT_DIGEST: [subject, subject],
+            ITEM_ID: pa.array([1, 2], pa.int64()),
+            RATING: pa.array([4.5, 1.0], pa.float32()),
+            RECORD_ID: ["new-1", "new-2"],
+        }
+    ).select(slices[0].column_names)
+    finals = []
+    for name, wrap in (("new", False), ("old", True)):
+        shard = Shard(0, str(tmp_path / name), TrainingConfig(model=config), config)
+        if wrap:
+            shard.model = _TwoArgumentSubtract(shard.model)
+            assert isinstance(shard.model, DecrementalStatisticsModel)
+        shard.train(slices, "train")
+        shard.ingest({0: extra.cast(slices[0].schema)}, "ingest-1", 2)
+        finals.append(shard.final_state().module.state_dict())
+    assert tensors_equal(finals[0], finals[1])
