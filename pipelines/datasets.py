@@ -102,16 +102,25 @@ def _mapped(
 ) -> pa.Table:
     """The canonical columns of ``task``, read from ``raw`` by name, and the feature vector (no validation).
 
-    Column order in the file does not matter and any other column is left out; a canonical
-    column the file lacks is left for ``validate_rows`` to report with the other problems.
+    Column order in the file does not matter and any other column is left out. A column the
+    rows of ``task`` need that the file lacks (under its canonical name or its ``data.columns``
+    name) is refused here, naming the file's own columns and the ``data.columns`` mapping.
     """
     mapping = dict(columns or {})
+    found = raw.column_names
     problems = [
-        f"mapped column {src!r} (for {dst}) is not in the file; found {raw.column_names}"
+        f"mapped column {src!r} (for {dst}) is not in the file; found {found}; fix data.columns in the config"
         for dst, src in mapping.items()
-        if src not in raw.column_names
+        if src not in found
     ]
-    problems += [f"feature column {c!r} is not in the file" for c in feature_columns if c not in raw.column_names]
+    problems += [f"feature column {c!r} is not in the file; found {found}" for c in feature_columns if c not in found]
+    unmapped = [
+        name
+        for name, src in _file_columns(columns, feature_columns, task).items()
+        if name not in mapping and src not in found
+    ]
+    if unmapped:
+        problems.append(_missing_columns(unmapped, found, columns, feature_columns, task))
     if problems:
         raise DataValidationError(source, problems)
     picked = {
@@ -125,6 +134,20 @@ def _mapped(
             raise DataValidationError(source, problems)
         picked[FEATURES] = features
     return pa.table(picked) if picked else raw.select([])
+
+
+def _missing_columns(
+    missing: list[str], found: list[str], columns: dict[str, str] | None, feature_columns: tuple[str, ...], task: str
+) -> str:
+    """The problem of a file that lacks canonical columns: what the store reads, what the file has, and the fix."""
+    needed = list(_file_columns(columns, feature_columns, task))
+    if feature_columns:
+        needed.append(f"features from {list(feature_columns)}")
+    example = ", ".join(f"{name}: <file column>" for name in missing)
+    return (
+        f"missing column(s) {missing}; found {found} (a {task} store reads {', '.join(needed)}); name the file's "
+        f"columns in the config's data.columns, e.g. data: {{columns: {{{example}}}}}"
+    )
 
 
 def _require_columns(path: Path, columns: dict[str, str] | None, feature_columns: tuple[str, ...], task: str) -> None:
@@ -146,7 +169,7 @@ def _require_columns(path: Path, columns: dict[str, str] | None, feature_columns
             continue
         missing = [name for name in dict.fromkeys(needed) if name not in found]
         if missing:
-            problems.append(f"{file} lacks column(s) {missing}; it has {found}")
+            problems.append(f"{file} lacks column(s) {missing}; it has {found}; map the file's columns in data.columns")
     if problems:
         raise DataValidationError(str(path), problems)
 
@@ -292,7 +315,8 @@ def load_batch(
 
     Raises:
         DataValidationError: a missing source (with where it looked), no rows, a file that is not
-            Parquet, mapped columns a file lacks, or files that disagree on columns or their types;
+            Parquet, columns a file lacks (named with the file's own and the data.columns hint), or files
+            that disagree on columns or their types;
             every problem in one error.
         StorageUnavailableError: the S3 endpoint cannot be reached or refuses the credentials.
     """

@@ -25,6 +25,7 @@ from expunge.orchestrator.config import JobConfig, load_job_config
 from expunge.orchestrator.coordinator import Coordinator
 from expunge.orchestrator.errors import PersonalDataInTextError
 from expunge.orchestrator.lease import StoreLease
+from expunge.orchestrator.receipts import IngestReceipt
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import names_subject
@@ -35,7 +36,7 @@ from expunge.shards.models import model_for, task_of
 from expunge.shards.rows import SUBJECT_ID, validate_rows
 from expunge.shards.store import ObjectStore
 
-__all__ = ["main", "run"]
+__all__ = ["main", "outcome", "run"]
 
 
 def run(
@@ -79,13 +80,30 @@ def run(
     require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
     coordinator = Coordinator(job.storage, hasher, make_lineage(tracking, job.storage))
     try:
-        with progress(f"ingesting {len(rows)} row(s): validating, placing, retraining the shards that receive rows"):
+        # What it did is known from the receipt alone: a batch of rows already stored retrains nothing.
+        with progress(f"ingesting {len(rows)} row(s)"):
             receipt = coordinator.ingest(rows, request_id, job.ingest, source=data)
     finally:
         coordinator.close()
+    typer.echo(outcome(receipt), err=True)
     for step in receipt.pending:
         typer.echo(f"warning: committed, but still pending (retried by the next writer of the store): {step}", err=True)
     return {"source": data, **receipt.model_dump(mode="json")}
+
+
+def outcome(receipt: IngestReceipt) -> str:
+    """One line for stderr saying what the ingest did: counts and shard numbers only, never an id."""
+    kept = f"{receipt.rows_already_stored} already stored, {receipt.rows_refused_erased} refused (erased subjects)"
+    if receipt.status == "nothing_new":
+        return (
+            f"nothing new in {receipt.rows_in_batch} row(s) ({kept}): no shard retrained, "
+            f"version {receipt.model_version_after} stays"
+        )
+    retrained = sum(len(s.slices_retrained) for s in receipt.shards)
+    return (
+        f"added {receipt.rows_added} row(s) ({kept}) to shard(s) {receipt.touched_shards}, "
+        f"{retrained} slice(s) retrained: version {receipt.model_version_before} -> {receipt.model_version_after}"
+    )
 
 
 def main(
@@ -108,11 +126,10 @@ def main(
 ) -> None:
     """Add a batch of new rows: only the shards that receive rows retrain, from their new slice.
 
-    Rows of erased subjects are refused and counted; rows already stored (same record id, same
-    subject) are left out, so the same batch twice adds nothing. Prints the IngestReceipt (JSON,
-    with the source) on stdout; exit 0 (status ingested or nothing_new), 2 on bad input, 4 on an
-    unreachable store or data, a busy store or a lost race.
-    """
+    Rows of erased subjects are refused and counted; rows already stored (same record id, same subject) are left out, so the same batch twice adds nothing.
+
+    Prints the IngestReceipt (JSON, with the source) on stdout; exit 0 (status ingested or nothing_new), 2 on bad input, 4 on an unreachable store or data, a busy store or a lost race.
+    """  # one line per paragraph: the help shows a docstring's line breaks as they are (typer's rich help)
     init_logging(verbose)
     with exit_on_error():
         job = load_job_config(config)

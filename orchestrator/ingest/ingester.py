@@ -235,11 +235,14 @@ class Ingester:
             log.info(
                 "ingest %s: nothing new in the batch (%d row(s))", prepared.request_id, prepared.batch.rows_in_batch
             )
+            registered = self._registered_version()  # nothing published: the registry stays where it is
             receipt = IngestReceipt(
                 status="nothing_new",
                 rows_added=0,
                 untouched_shards=tuple(range(manifest.sharding.shards)),
                 model_version_after=manifest.version,
+                registry_version_before=registered,
+                registry_version_after=registered,
                 seconds=time.perf_counter() - prepared.began,
                 driver_cpu_seconds=time.process_time() - prepared.cpu,
                 **self._counts(prepared),
@@ -393,6 +396,16 @@ class Ingester:
             raise
         self.session.adopt(new_manifest)
         return new_manifest
+
+    def _registered_version(self) -> str | None:
+        """The registry version the store's alias points at; None without tracking or when MLflow cannot say."""
+        if self.lineage is None:
+            return None
+        try:
+            return self.lineage.current_version()
+        except Exception as exc:  # the receipt is what matters; MLflow is only its mirror
+            log.warning("registry version not read for the receipt (%s: %s)", type(exc).__name__, exc)
+            return None
 
     def _register(self, receipt: IngestReceipt, manifest: EnsembleManifest) -> IngestReceipt:
         """Record the new version in MLflow; a failure is pending (retried by the next writer), never an error."""

@@ -10,6 +10,7 @@ import pytest
 from expunge.orchestrator.config import DataConfig, MFConfig, MLPConfig, SyntheticRatingsConfig
 from expunge.orchestrator.errors import DataValidationError
 from expunge.pipelines.datasets import (
+    load_batch,
     load_movielens,
     load_parquet,
     load_rows,
@@ -75,7 +76,40 @@ def test_parquet_mapping_to_absent_columns_lists_each(tmp_path):
     pq.write_table(pa.table({"a": [1]}), path)
     with pytest.raises(DataValidationError) as caught:
         load_parquet(path, {"record_id": "rid", "subject_id": "who"})
-    assert len(caught.value.problems) == 2
+    mapped, unmapped = caught.value.problems[:2], caught.value.problems[2:]
+    assert "'rid' (for record_id)" in mapped[0]
+    assert "'who' (for subject_id)" in mapped[1]
+    assert len(unmapped) == 1
+    assert "missing column(s) ['item_id', 'rating']; found ['a']" in unmapped[0]
+
+
+def test_parquet_unmapped_columns_are_named_not_an_empty_file(tmp_path):
+    """Issue 22: a file whose columns are not mapped read as "holds no rows", as an empty file does."""
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"rid": ["a"], "uid": ["u"], "iid": [1], "r": [3.0]}), path)
+    for load in (load_parquet, load_batch):
+        with pytest.raises(DataValidationError) as caught:
+            load(str(path))
+        [problem] = caught.value.problems
+        assert "holds no rows" not in problem
+        assert "missing column(s) ['record_id', 'subject_id', 'item_id', 'rating']" in problem
+        assert "found ['rid', 'uid', 'iid', 'r']" in problem
+        assert "data.columns" in problem
+
+
+def test_parquet_one_wrong_column_names_the_file_extra_column(tmp_path):
+    """Issue 22: a missing rating column named the canonical ones found, not the file's `score`, and no fix."""
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"record_id": ["a"], "subject_id": ["u"], "item_id": [1], "score": [3.0]}), path)
+    for load in (load_parquet, load_batch):
+        with pytest.raises(DataValidationError) as caught:
+            load(str(path))
+        [problem] = caught.value.problems
+        assert "missing column(s) ['rating']; found ['record_id', 'subject_id', 'item_id', 'score']" in problem
+        assert "data.columns" in problem
+        assert "rating: <file column>" in problem
+    # Mapped, it reads.
+    assert load_batch(str(path), DataConfig(columns={"rating": "score"})).column("rating").to_pylist() == [3.0]
 
 
 def test_synthetic_data_is_deterministic_and_valid():
