@@ -681,6 +681,11 @@ def main(
         return
     if data is None:
         with exit_on_error():
+            if rate is not None:
+                raise ConfigError(
+                    f"the stream (--rate {rate:g}) needs --data FILE: MovieLens ratings (u.data or ml-100k.inter) "
+                    "to train its store on; pass --data"
+                )
             raise ConfigError("pass --data FILE (MovieLens ratings), or --http for the HTTP load run")
     if model not in ("mf", "item_stats"):
         with exit_on_error():

@@ -16,6 +16,8 @@ Per request, from the service's own timestamps: *committed* (received -> committ
 *ready* (received -> the served model reflects it), *ready_to_serve* (committed -> ready) and
 *registered* (received -> MLflow has it). *Lost*: a request that did not reach registered and
 ready. The ratio is ready_to_serve p50 over the exact solve alone (p50), both measured in this run.
+A model with no exact solve (``mf``: its shard actors serve it) has neither: ``n/a`` in the
+table, null in the JSON.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.service.journal import RequestStatus
 from expunge.pipelines.benchmark_service import Percentiles, percentiles
 
-__all__ = ["StreamResult", "StreamSettings", "even_spread", "stream_table"]
+__all__ = ["StreamResult", "StreamSettings", "even_spread", "solve_ratio", "stream_table"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,10 @@ class StreamResult(BaseModel):
     ready_to_serve: Percentiles
     registered: Percentiles
     throughput_per_s: float
-    exact_solve: Percentiles
-    ready_to_serve_over_exact_solve: float
+    #: The exact solve of the published version alone; None for a model with none (``mf``).
+    exact_solve: Percentiles | None
+    #: ``ready_to_serve`` p50 over ``exact_solve`` p50; None without an exact solve.
+    ready_to_serve_over_exact_solve: float | None
     submit_lateness_max_s: float
     batches: int
     shard_retrains: int
@@ -85,6 +89,17 @@ def even_spread(total: int, real: int) -> list[bool]:
     """Pure: which of ``total`` requests are real erasures, ``real`` of them spread evenly (the first is real)."""
     real = max(0, min(real, total))
     return [(i * real) // total != ((i + 1) * real) // total for i in range(total)] if total else []
+
+
+def solve_ratio(ready_to_serve: Percentiles, solves: list[float]) -> tuple[Percentiles | None, float | None]:
+    """Pure: the exact solve's percentiles and ``ready_to_serve`` p50 over its p50; (None, None) without one.
+
+    The service reports 0.0 s for a model with no exact solve (``mf``: its shard actors serve it).
+    """
+    if not solves or max(solves) <= 0.0:
+        return None, None
+    exact = percentiles(solves)
+    return exact, ready_to_serve.p50 / exact.p50
 
 
 def _seconds(earlier: str | None, later: str | None) -> float | None:
@@ -146,8 +161,8 @@ def run_stream(
     first = min(s.received_at for s in statuses)
     last = max((s.committed_at or first) for s in statuses)
     span = _seconds(first, last) or 0.0
-    exact = percentiles(solves)
     serve = percentiles(to_serve)
+    exact, ratio = solve_ratio(serve, solves)
     return StreamResult(
         model=settings.model,
         rows=rows,
@@ -162,7 +177,7 @@ def run_stream(
         registered=percentiles(registered),
         throughput_per_s=len(committed) / span if span > 0 else 0.0,
         exact_solve=exact,
-        ready_to_serve_over_exact_solve=serve.p50 / exact.p50 if exact.p50 > 0 else 0.0,
+        ready_to_serve_over_exact_solve=ratio,
         submit_lateness_max_s=max(lateness, default=0.0),
         batches=after.batches - before.batches,
         shard_retrains=after.shard_retrains - before.shard_retrains,
@@ -185,12 +200,22 @@ def stream_table(result: StreamResult, settings: StreamSettings, training: Train
         ("ready (received -> served model reflects it)", result.ready),
         ("ready_to_serve (committed -> ready)", result.ready_to_serve),
         ("registered (received -> MLflow)", result.registered),
-        ("exact solve alone (service idle, same process)", result.exact_solve),
     ):
         table.add_row(name, str(p.n), f"{p.p50:.3f}", f"{p.p99:.3f}", f"{p.max:.3f}")
+    solve, ratio = result.exact_solve, result.ready_to_serve_over_exact_solve
+    if solve is None:  # mf: its shard actors serve it, there is no exact solve to compare with
+        table.add_row(f"exact solve alone (none for {result.model})", "0", "n/a", "n/a", "n/a")
+    else:
+        table.add_row(
+            "exact solve alone (service idle, same process)",
+            str(solve.n),
+            f"{solve.p50:.3f}",
+            f"{solve.p99:.3f}",
+            f"{solve.max:.3f}",
+        )
     table.add_row("throughput to commit", "", f"{result.throughput_per_s:.1f}/s", "", "")
     table.add_row("lost (not registered and ready)", str(result.lost), "", "", "")
-    table.add_row("ready_to_serve p50 / exact solve p50", "", f"{result.ready_to_serve_over_exact_solve:.2f}x", "", "")
+    table.add_row("ready_to_serve p50 / exact solve p50", "", "n/a" if ratio is None else f"{ratio:.2f}x", "", "")
     table.add_row("store commits / shard retrains / registrations", "", "", "", "")
     table.add_row("", f"{result.batches} / {result.shard_retrains} / {result.registrations}", "", "", "")
     table.add_row("pacer lateness, max", "", f"{result.submit_lateness_max_s:.3f}", "", "")

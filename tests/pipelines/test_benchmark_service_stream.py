@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
-from expunge.pipelines.benchmark_stream import even_spread
+from expunge.orchestrator.config import TrainingConfig
+from expunge.pipelines.benchmark_service import Percentiles, percentiles
+from expunge.pipelines.benchmark_stream import StreamResult, StreamSettings, even_spread, solve_ratio, stream_table
 from expunge.pipelines.cli import app
 
 
@@ -34,3 +39,62 @@ def test_an_unknown_model_is_refused_before_anything_runs(tmp_path):
     result = CliRunner().invoke(app, ["benchmark", "service", "--data", str(data), "--model", "svd", "--rate", "1"])
     assert result.exit_code != 0
     assert "choose mf or item_stats" in result.output
+
+
+def _result(exact_solve: Percentiles | None, ratio: float | None) -> StreamResult:
+    p = percentiles([0.1, 0.2, 0.3])
+    return StreamResult(
+        model="mf" if exact_solve is None else "item_stats",
+        rows=100,
+        subjects=10,
+        requests=50,
+        real_erasures=5,
+        lost=0,
+        stages={"registered": 50},
+        committed=p,
+        ready=p,
+        ready_to_serve=p,
+        registered=p,
+        throughput_per_s=5.0,
+        exact_solve=exact_solve,
+        ready_to_serve_over_exact_solve=ratio,
+        submit_lateness_max_s=0.0,
+        batches=3,
+        shard_retrains=4,
+        registrations=3,
+    )
+
+
+def _rendered(result: StreamResult) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(stream_table(result, StreamSettings(model=result.model, rate=5, duration=10), TrainingConfig()))
+    return console.export_text()
+
+
+def test_a_model_without_an_exact_solve_shows_n_a_not_zero():
+    """Issue 22: mf printed "exact solve alone ... 0.000" and a ratio of 0.00x (JSON 0.0)."""
+    served = percentiles([0.2, 0.4])
+    assert solve_ratio(served, [0.0, 0.0, 0.0]) == (None, None)  # what the service reports for mf
+    assert solve_ratio(served, []) == (None, None)
+    exact, ratio = solve_ratio(served, [0.1, 0.1, 0.1])
+    assert exact is not None
+    assert exact.p50 == pytest.approx(0.1)
+    assert ratio == pytest.approx(3.0)
+
+    text = _rendered(_result(None, None))
+    solve_line = next(line for line in text.splitlines() if "exact solve alone" in line)
+    ratio_line = next(line for line in text.splitlines() if "ready_to_serve p50 / exact solve p50" in line)
+    assert "n/a" in solve_line
+    assert "0.000" not in solve_line
+    assert "n/a" in ratio_line
+    assert "0.00x" not in ratio_line
+    assert (
+        json.loads(json.dumps(_result(None, None).model_dump(), default=str))["ready_to_serve_over_exact_solve"] is None
+    )
+    assert "3.00x" in _rendered(_result(exact, ratio))
+
+
+def test_the_stream_without_data_says_the_stream_needs_it():
+    result = CliRunner().invoke(app, ["benchmark", "service", "--rate", "5", "--duration", "10"])
+    assert result.exit_code == 2
+    assert "the stream (--rate 5) needs --data FILE" in result.output
