@@ -388,6 +388,7 @@ class ErasureService:
         finally:
             if not joined:  # not committed with it: the ingest waits again, first in line
                 self.ingestion.joined(joining)
+        self.readiness.mask(self.coordinator.manifest if joined else None, digests)  # before any status says so
         receipts = [split_receipt(receipt, e, rows) for e in entries]
         # The journal's committed records first (what status reads after a restart); if the store
         # refuses them now, the request is answered all the same, the write shown pending and retried.

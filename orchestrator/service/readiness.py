@@ -54,6 +54,14 @@ class Readiness:
         """The ready statistics model (None: not a statistics model, or its first solve is not done)."""
         return self.fits.served() if self.fits is not None else None
 
+    def mask(self, manifest: EnsembleManifest | None, erased: Sequence[str]) -> None:
+        """The ``erased`` subjects, just committed in ``manifest``, get no personal answer from now on.
+
+        Call right after the commit, before any status says committed (``committed`` follows).
+        """
+        if self.fits is not None and manifest is not None:
+            self.fits.mask(manifest.version, erased)
+
     def committed(self, manifest: EnsembleManifest | None, request_ids: Sequence[str], erased: Sequence[str]) -> None:
         """``request_ids`` were committed in ``manifest`` (None: nothing changed); start its solve now.
 

@@ -143,20 +143,31 @@ class ReadyFits:
     def request(self, manifest: EnsembleManifest, erased: Iterable[str] = ()) -> None:
         """Solve ``manifest`` (newly published) as soon as the thread is free; ``erased``: its commit's subjects.
 
-        Those subjects are masked in the served model at once, until a version without them is served.
+        Those subjects are masked in the served model at once (``mask``), until a version without
+        them is served.
         """
         with self._changed:
             if self._target is None or manifest.version > self._target.version:
                 self._target = manifest
-            gone = frozenset(erased)
-            if gone:
-                self._erased[manifest.version] = gone
-                served = self._served
-                if served is not None and served.version < manifest.version:
-                    self._served = ServedStatistics(
-                        served.version, served.manifest, served.ensemble, served.masked | gone
-                    )
+            self._mask(manifest.version, frozenset(erased))
             self._changed.notify_all()
+
+    def mask(self, version: int, erased: Iterable[str]) -> None:
+        """Mask ``erased`` (committed in ``version``) in the served model now, before anyone is told so.
+
+        No personal answer for them from an older version from this call on; the solve of
+        ``version`` is started by ``request``.
+        """
+        with self._changed:
+            self._mask(version, frozenset(erased))
+
+    def _mask(self, version: int, gone: frozenset[str]) -> None:
+        if not gone:
+            return
+        self._erased[version] = self._erased.get(version, frozenset()) | gone
+        served = self._served
+        if served is not None and served.version < version:
+            self._served = ServedStatistics(served.version, served.manifest, served.ensemble, served.masked | gone)
 
     def served(self) -> ServedStatistics | None:
         """The model served now (None until the first solve is done): one read of one reference."""

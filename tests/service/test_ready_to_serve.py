@@ -161,3 +161,27 @@ def test_a_registration_under_way_never_holds_a_commit_back(tmp_path, hasher, mo
     finally:
         release.set()
         service.close()
+
+
+def test_an_erased_subject_is_refused_from_the_moment_its_status_says_committed(tmp_path, hasher):
+    """Adversarial review: between the board saying committed and the mask, the old model answered
+    the erased subject personally (recommend no longer waits for the commit's lock)."""
+    service = _service(tmp_path, hasher)
+    subject, seen = SUBJECTS[0], []
+    remember = service.board.remember
+
+    def spy(status):
+        remember(status)
+        if status.stage == "committed":
+            try:
+                seen.append(service.recommend(subject, 5))
+            except UnknownSubjectError:
+                seen.append("refused")
+
+    service.board.remember = spy
+    try:
+        service.forget([subject], timeout=120)
+    finally:
+        service.board.remember = remember
+        service.close()
+    assert seen == ["refused"]
