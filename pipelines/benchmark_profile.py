@@ -15,7 +15,9 @@ processes it started (``cluster_cpu_s``: Ray's GCS, raylet and the shard actors'
 
 Prints one JSON object (also written to ``--output``), with the issue-22 goals checked: a cold
 CLI erasure at most 15 s, and under 5 s of it outside retraining and registration. Timings are
-wall-clock on whatever machine runs it: compare within one run, never across machines.
+wall-clock on whatever machine runs it: compare within one run, never across machines. Progress
+goes to stderr, one line per phase (training the store, the cold erasure, the warm erasure); the
+measured process writes its own lines through a pipe, so its logs stay in ``profile.log``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,10 @@ WORK_STAGES = frozenset({"retrain", "registration"})
 #: The stage the parent adds: from the end of the child's last stage to the child's exit.
 EXIT_STAGE = "process exit"
 IMPORTS_STAGE = "python start and imports"
+#: The models a profile trains; the settings only some of them read.
+MODELS = ("mf", "item_stats")
+_GENERATED_ONLY = ("users", "items", "ratings_per_user")
+_MF_ONLY = ("epochs", "batch_size")
 
 
 class ProfileSettings(BaseModel):
@@ -73,6 +81,12 @@ class ProfileSettings(BaseModel):
     items: int = Field(100, ge=2, description="generated ratings only")
     ratings_per_user: int = Field(20, ge=1, description="generated ratings only")
     seed: int = 0
+
+    def used(self) -> dict[str, Any]:
+        """The settings this profile reads, as JSON: no generated-data sizes with ``data``, no epochs or
+        batch size for ``item_stats`` (a closed-form fit has neither)."""
+        unused = (_GENERATED_ONLY if self.data is not None else ()) + (_MF_ONLY if self.model != "mf" else ())
+        return self.model_dump(mode="json", exclude=set(unused))
 
 
 class StageRow(BaseModel):
@@ -106,7 +120,8 @@ class Goal(BaseModel):
 
 
 class ProfileReport(BaseModel):
-    settings: ProfileSettings
+    #: ``ProfileSettings.used``: only the settings that shaped this run.
+    settings: dict[str, Any]
     rows: int
     train_wall_s: float
     cold: PhaseProfile
@@ -213,16 +228,37 @@ def _subjects(config: Path, seed: int) -> tuple[list[str], int]:
     return random.Random(seed).sample(subjects, min(len(subjects), 40)), len(rows)
 
 
-def _run_logged(command: list[str], env: dict[str, str], log_file: Path, what: str) -> None:
+def _run_logged(
+    command: list[str], env: dict[str, str], log_file: Path, what: str, pass_fds: tuple[int, ...] = ()
+) -> None:
     with log_file.open("ab") as log:
-        done = subprocess.run(command, env=env, stdout=log, stderr=log, check=False)
+        done = subprocess.run(command, env=env, stdout=log, stderr=log, check=False, pass_fds=pass_fds)
     if done.returncode != 0:
         tail = log_file.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{what} exited with {done.returncode}; the end of {log_file}:\n{tail}")
 
 
-def run(settings: ProfileSettings, workdir: Path) -> ProfileReport:
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _relay(read_fd: int, say: Callable[[str], None]) -> threading.Thread:
+    """A thread passing each line the measured process writes to its progress pipe on to ``say``."""
+
+    def relay() -> None:
+        with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                say(line.rstrip("\n"))
+
+    thread = threading.Thread(target=relay, name="profile-progress", daemon=True)
+    thread.start()
+    return thread
+
+
+def run(settings: ProfileSettings, workdir: Path, say: Callable[[str], None] = _stderr_line) -> ProfileReport:
     """Train a store in ``workdir`` (a fresh folder), then profile one cold and one warm erasure of it.
+
+    ``say`` gets one progress line per phase (training, cold erasure, warm erasure): stderr by default.
 
     Raises:
         RuntimeError: the training or the measured process failed (the message holds its log's end).
@@ -233,22 +269,43 @@ def run(settings: ProfileSettings, workdir: Path) -> ProfileReport:
     env.setdefault("EXPUNGE_SUBJECT_KEY", secrets.token_hex(32))
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     log_file = workdir / "profile.log"
+    what = str(settings.data) if settings.data is not None else "generated ratings"
+    say(
+        f"training the store: {settings.model}, S={settings.shards} R={settings.slices}, on {what} "
+        f"(an `expunge train` process; its log: {log_file})"
+    )
     began = time.perf_counter()
     _run_logged([sys.executable, "-m", "expunge.pipelines.train", "--config", str(config)], env, log_file, "training")
     train_wall_s = time.perf_counter() - began
     subjects, rows = _subjects(config, settings.seed)
+    say(f"trained on {rows} rows ({train_wall_s:.1f} s)")
     report_path = workdir / "child-report.json"
-    spec = {"config": str(config), "subjects": subjects, "report": str(report_path)}
+    read_fd, write_fd = os.pipe()
+    spec = {"config": str(config), "subjects": subjects, "report": str(report_path), "progress_fd": write_fd}
+    say("cold erasure: a fresh process does what `expunge forget` does (imports, Ray start, MLflow, actors, retrain)")
+    relay = _relay(read_fd, say)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     spawned_at = time.time()
     began = time.perf_counter()
-    _run_logged(
-        [sys.executable, "-m", "expunge.pipelines.benchmark_profile", "--child", json.dumps(spec), repr(spawned_at)],
-        env,
-        log_file,
-        "the measured erasure process",
-    )
-    process_wall_s = time.perf_counter() - began
+    try:
+        _run_logged(
+            [
+                sys.executable,
+                "-m",
+                "expunge.pipelines.benchmark_profile",
+                "--child",
+                json.dumps(spec),
+                repr(spawned_at),
+            ],
+            env,
+            log_file,
+            "the measured erasure process",
+            pass_fds=(write_fd,),
+        )
+    finally:
+        process_wall_s = time.perf_counter() - began
+        os.close(write_fd)  # the child's copy closed when it exited: the relay reads to the end
+        relay.join(timeout=10)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = json.loads(report_path.read_text())
     by_phase: dict[str, list[StageRow]] = {"cold": [], "warm": []}
@@ -263,7 +320,7 @@ def run(settings: ProfileSettings, workdir: Path) -> ProfileReport:
     )
     cold_profile = phase_profile(cold)
     return ProfileReport(
-        settings=settings,
+        settings=settings.used(),
         rows=rows,
         train_wall_s=round(train_wall_s, 3),
         cold=cold_profile,
@@ -288,17 +345,30 @@ def _child(spec: dict[str, Any], spawned_at: float) -> None:
     tree = ProcessTreeCPU()
     clock = StageClock(tree)
     clock.add(IMPORTS_STAGE, time.time() - spawned_at, time.process_time(), tree())
-    with timed_by(clock):
-        receipts = _erase_twice(forget, Path(spec["config"]), spec["subjects"], clock)
-        with stage("Ray shutdown"):
-            import ray
+    fd = spec.get("progress_fd")
+    if fd is not None:
+        os.set_inheritable(fd, False)  # Ray's processes must not hold the pipe open past this one's exit
+    with os.fdopen(fd, "w", buffering=1) if fd is not None else open(os.devnull, "w") as said:
+        with timed_by(clock):
+            receipts = _erase_twice(forget, Path(spec["config"]), spec["subjects"], clock, said.write, spawned_at)
+            with stage("Ray shutdown"):
+                import ray
 
-            ray.shutdown()
-    rows = [dataclasses.asdict(s) for s in clock.stages()]
-    Path(spec["report"]).write_text(json.dumps({"stages": rows, "receipts": receipts}))
+                ray.shutdown()
+        rows = [dataclasses.asdict(s) for s in clock.stages()]
+        Path(spec["report"]).write_text(json.dumps({"stages": rows, "receipts": receipts}))
+        said.write("stopped Ray; the measured process exits\n")
 
 
-def _erase_twice(forget: Any, config: Path, subjects: list[str], clock: Any) -> dict[str, dict[str, Any]]:
+def _erase_twice(
+    forget: Any,
+    config: Path,
+    subjects: list[str],
+    clock: Any,
+    say: Callable[[str], object] = lambda _: None,
+    spawned_at: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The cold and the warm erasure; ``say`` gets a line (newline-terminated) as each one ends and begins."""
     from expunge.pipelines._runtime import hasher_from_env, init_logging, job_and_store, stage
 
     init_logging(False)
@@ -318,7 +388,14 @@ def _erase_twice(forget: Any, config: Path, subjects: list[str], clock: Any) -> 
         subject = subjects[0]
         for phase in ("cold", "warm"):
             clock.phase = phase
+            began = time.time() if phase == "warm" or spawned_at is None else spawned_at
+            if phase == "warm":
+                say("warm erasure: the same process, coordinator and actors\n")
             receipt = forget.erase(coordinator, forget.read_subjects([subject], None))
+            say(
+                f"{phase} erasure done: {receipt.status}, retrain {receipt.retrain_seconds:.1f} s "
+                f"({time.time() - began:.1f} s{' since the process started' if phase == 'cold' else ''})\n"
+            )
             receipts[phase] = receipt.model_dump(mode="json", include=_RECEIPT_FIELDS) | {
                 "affected_shards": receipt.affected_shards
             }
@@ -402,24 +479,25 @@ def main(
     model: str = typer.Option("mf", help="mf or item_stats"),
     shards: int = typer.Option(4, min=1, help="S"),
     slices: int = typer.Option(4, min=1, help="R"),
-    epochs: int = typer.Option(5, min=1),
-    batch_size: int = typer.Option(256, min=1),
+    epochs: int = typer.Option(5, min=1, help="epochs of every shard (mf only)"),
+    batch_size: int = typer.Option(256, min=1, help="training batch (mf only)"),
     workdir: Path | None = typer.Option(None, help="where the store and MLflow go (default: a temporary folder)"),
     output: Path = typer.Option(Path("profile-results.json"), help="JSON results file"),
     seed: int = typer.Option(0),
 ) -> None:
     """Where the time of one cold and one warm erasure goes, by stage (wall and CPU seconds); prints JSON."""
-    from expunge.pipelines._runtime import init_logging
+    from expunge.orchestrator.errors import ConfigError
+    from expunge.pipelines._runtime import exit_on_error, init_logging
 
     init_logging(False)
-    try:
-        settings = ProfileSettings(
-            data=data, model=model, shards=shards, slices=slices, epochs=epochs, batch_size=batch_size, seed=seed
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if data is not None and not data.is_file():
-        raise typer.BadParameter(f"--data {str(data)!r} is not a file; give a MovieLens ratings file")
+    with exit_on_error():
+        if model not in MODELS:
+            raise ConfigError(f"--model {model!r}: choose mf or item_stats")
+        if data is not None and not data.is_file():
+            raise ConfigError(f"--data {str(data)!r} is not a file; give a MovieLens ratings file (u.data or .inter)")
+    settings = ProfileSettings(
+        data=data, model=model, shards=shards, slices=slices, epochs=epochs, batch_size=batch_size, seed=seed
+    )
     if workdir is not None:
         report = run(settings, workdir)
     else:

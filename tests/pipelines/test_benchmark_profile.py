@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from expunge.pipelines import benchmark_profile
 from expunge.pipelines._runtime import ProcessTreeCPU, StageClock, stage, timed_by
 from expunge.pipelines.benchmark_profile import (
     EXIT_STAGE,
@@ -132,11 +136,76 @@ def test_settings_refuse_an_unknown_model():
         ProfileSettings(model="nope")
 
 
+def test_an_unknown_model_is_one_clean_error_line():
+    """Issue 22: --model ease printed a pydantic validation box."""
+    result = CliRunner().invoke(app, ["benchmark", "profile", "--model", "ease"])
+    assert result.exit_code == 2
+    assert "error: --model 'ease': choose mf or item_stats" in result.output
+    assert "validation error" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_report_shows_only_the_settings_the_run_used():
+    """Issue 22: with --data the generated-data sizes showed as if used; with item_stats the MF epochs."""
+    generated_mf = ProfileSettings().used()
+    assert {"users", "items", "ratings_per_user", "epochs", "batch_size"} <= set(generated_mf)
+    movielens_mf = ProfileSettings(data=Path("u.data")).used()
+    assert not {"users", "items", "ratings_per_user"} & set(movielens_mf)
+    assert {"epochs", "batch_size", "shards", "slices", "seed"} <= set(movielens_mf)
+    assert movielens_mf["data"] == "u.data"
+    movielens_stats = ProfileSettings(data=Path("u.data"), model="item_stats").used()
+    assert not {"users", "items", "ratings_per_user", "epochs", "batch_size"} & set(movielens_stats)
+    assert {"users", "items"} <= set(ProfileSettings(model="item_stats").used())
+
+
+def _fake_processes(
+    command: list[str], env: dict[str, str], log_file: Path, what: str, pass_fds: tuple[int, ...] = ()
+) -> None:
+    """``_run_logged`` without processes: training does nothing; the measured process reports made-up stages."""
+    if "--child" not in command:
+        return
+    spec = json.loads(command[command.index("--child") + 1])
+    assert pass_fds == (spec["progress_fd"],)  # the measured process inherits the progress pipe
+    os.write(spec["progress_fd"], b"cold erasure done: erased\nwarm erasure: the same process\nwarm erasure done\n")
+    stage = {"cpu_s": 0.1, "cluster_cpu_s": 0.1, "calls": 1, "overlapped": False}
+    stages = [{"phase": p, "name": "retrain", "wall_s": 1.0, **stage} for p in ("cold", "warm")]
+    Path(spec["report"]).write_text(json.dumps({"stages": stages, "receipts": {}}))
+
+
+def test_each_phase_says_so_on_stderr_and_the_report_keeps_the_used_settings(tmp_path, monkeypatch, capsys):
+    """Issue 22: a profile ran a minute with nothing on stderr."""
+    monkeypatch.setattr(benchmark_profile, "_run_logged", _fake_processes)
+    settings = ProfileSettings(model="item_stats", users=8, items=6, ratings_per_user=3)
+
+    report = run(settings, tmp_path / "profile")
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("training the store: item_stats, S=4 R=4, on generated ratings")
+    assert lines[1].startswith("trained on 24 rows (")
+    assert lines[2].startswith("cold erasure: a fresh process")
+    assert lines[3:] == ["cold erasure done: erased", "warm erasure: the same process", "warm erasure done"]
+    assert "epochs" not in report.settings
+    assert report.settings["users"] == 8
+
+
 @pytest.mark.slow  # trains a store and starts Ray in a fresh process: 30-90 s on a busy 2-core machine
 def test_a_tiny_profile_times_every_stage_of_a_cold_and_a_warm_erasure(tmp_path):
     settings = ProfileSettings(shards=2, slices=2, epochs=1, users=20, items=10, ratings_per_user=5)
+    said: list[str] = []
 
-    report = run(settings, tmp_path / "profile")
+    report = run(settings, tmp_path / "profile", say=said.append)
+
+    assert [line.split(":")[0] for line in said] == [
+        "training the store",
+        f"trained on {report.rows} rows ({report.train_wall_s:.1f} s)",
+        "cold erasure",
+        "cold erasure done",
+        "warm erasure",
+        "warm erasure done",
+        "stopped Ray; the measured process exits",
+    ]
 
     cold = {s.name for s in report.cold.stages}
     assert {IMPORTS_STAGE, "Ray start", "actor spawn", "retrain", "registration", "Ray shutdown", EXIT_STAGE} <= cold

@@ -52,6 +52,18 @@ def test_the_readme_exit_code_table_is_the_programs():
         assert f"| {code} | {meaning} |" in readme
 
 
+def test_the_readme_rows_of_the_benchmark_subjobs_name_their_options():
+    """Issue 22: the `benchmark service` row had no --model and no stream; the `profile` row no --model."""
+    rows: dict[str, str] = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("| `expunge benchmark "):  # the first row of each subjob (service has a second: --http)
+            rows.setdefault(line.split("`")[1].split(" [")[0].split(" --")[0], line)
+    service = rows["expunge benchmark service"]
+    for option in ("--model mf\\|item_stats", "--rate R --duration T", "needs `--data`"):
+        assert option in service, option
+    assert "--model mf\\|item_stats" in rows["expunge benchmark profile"]
+
+
 def test_digest_prints_the_keyed_digest(tmp_path):
     result = _expunge("digest", "--subject", "user-45", "--subject", "zoë", cwd=tmp_path, EXPUNGE_SUBJECT_KEY=KEY)
     assert result.returncode == 0, result.stderr
