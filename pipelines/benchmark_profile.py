@@ -272,7 +272,7 @@ def run(settings: ProfileSettings, workdir: Path, say: Callable[[str], None] = _
     what = str(settings.data) if settings.data is not None else "generated ratings"
     say(
         f"training the store: {settings.model}, S={settings.shards} R={settings.slices}, on {what} "
-        f"(an `expunge train` process; its log: {log_file})"
+        "(an `expunge train` process)"
     )
     began = time.perf_counter()
     _run_logged([sys.executable, "-m", "expunge.pipelines.train", "--config", str(config)], env, log_file, "training")
