@@ -132,8 +132,10 @@ class Ingester:
         index = self.session.catalog.read_placement(manifest.placement_key)
         if names_stored_subject(request_id, self.session.hasher, lambda d: d in index.entries or d in tombstones):
             raise PersonalDataInTextError(
-                "the request id names a person this store holds or erased; it is stored with the receipt and the "
-                "model version, so use a batch label instead (e.g. daily-20261203), or omit it. Nothing was stored"
+                "the request id names a person this store holds or erased: one of its parts, or a run of them "
+                "(split at - _ . : / or spaces; e.g. the 12 or 05 of a date), equals a subject id. It is stored with "
+                "the receipt and the model version, so use a label whose parts are no subject id (e.g. "
+                "daily-20261203), or omit it. Nothing was stored"
             )
         earlier = self._earlier(request_id, batch)
         plan = None

@@ -181,6 +181,8 @@ def test_a_request_id_naming_a_stored_person_is_refused(tmp_path) -> None:
     initial, later = _split(ROWS, 30)
     coordinator.train(initial, job(shards=2, slices=2))
     stored = initial.column(SUBJECT_ID)[0].as_py()
-    with pytest.raises(PersonalDataInTextError, match="holds or erased"):
+    with pytest.raises(PersonalDataInTextError, match="holds or erased") as refused:
         coordinator.ingest(later, request_id=f"batch-for-{stored}")
+    assert "one of its parts" in str(refused.value)  # says why a date's 12 or 05 can be refused (new-user review)
+    assert stored not in str(refused.value)
     assert coordinator.ingest(later, request_id="daily-20261203").status == "ingested"
