@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 import traceback
 from typing import Any
@@ -140,6 +141,27 @@ EXIT_CODES: dict[int, str] = {
 EXIT_INTERNAL = 5
 
 
+def flowing_help(doc: str | None) -> str | None:
+    """A job's docstring with each paragraph's lines joined (bullet lines kept apart).
+
+    Typer keeps a docstring's line breaks inside a paragraph, and the help then breaks sentences
+    in the middle of a line wherever the source wrapped them.
+    """
+    if not doc:
+        return doc
+    paragraphs = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            text = line.strip()
+            if lines and text and not text.startswith(("- ", "* ")):
+                lines[-1] = f"{lines[-1]} {text}"
+            else:
+                lines.append(text)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
 class _LazyJobs(click.Group):
     """A click group that imports a recipe only when its subcommand is invoked (click's lazy-group pattern)."""
 
@@ -171,7 +193,8 @@ class _LazyJobs(click.Group):
                 pretty_exceptions_enable=False,
                 context_settings={"help_option_names": ["-h", "--help"]},
             )
-            single.command(name)(getattr(recipe, function or "main"))
+            entry = getattr(recipe, function or "main")
+            single.command(name, help=flowing_help(entry.__doc__))(entry)
             try:
                 typer.main.get_command(single).main(args=args, prog_name=f"expunge {name}")
             except Exception:

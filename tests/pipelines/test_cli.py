@@ -46,6 +46,28 @@ def test_every_job_has_help(job, flag, tmp_path):
     assert f"expunge {job}" in result.stdout
 
 
+def test_a_jobs_help_flows_its_sentences_and_keeps_its_bullets():
+    """Typer kept the docstring's line breaks, so the help broke sentences mid-line (new-user review)."""
+    from expunge.pipelines.cli import flowing_help
+
+    doc = """First line
+        goes on here.
+
+        Second paragraph
+        wraps too:
+        - one bullet
+        - another
+        """
+    assert flowing_help(doc) == "First line goes on here.\n\nSecond paragraph wraps too:\n- one bullet\n- another"
+
+
+def test_forget_help_reads_its_exit_codes_in_one_sentence(tmp_path):
+    result = _expunge("forget", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert any("found and erased, 3 when any had no data" in line for line in lines), result.stdout
+
+
 def test_the_readme_exit_code_table_is_the_programs():
     readme = (ROOT / "README.md").read_text()
     for code, meaning in EXIT_CODES.items():
