@@ -27,6 +27,7 @@ from expunge.orchestrator.evidence.storage_check import storage_check
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
 from expunge.orchestrator.session import published
+from expunge.shards.models import SufficientStatisticsModel, model_for
 from expunge.shards.store import ObjectStore
 
 __all__ = ["verify_erasure", "verify_log"]
@@ -50,12 +51,17 @@ def _exactness(catalog: Catalog, receipt: ErasureReceipt, version: int) -> Check
     checkpoints = sum(r.checkpoints_compared for r in results)
     tensors = sum(r.tensors_compared for r in results)
     names = ", ".join(str(r.shard) for r in results)
+    what = (
+        "sufficient statistics"
+        if isinstance(model_for(manifest.model), SufficientStatisticsModel)
+        else ("weights and optimizer state")
+    )
     return _result(
         "exactness",
         problems,
         f"Shard(s) {names} retrained from scratch on the remaining data (persisted placement, same settings) "
-        f"and compared with the live model: {checkpoints} checkpoint(s), {tensors} tensors (weights and optimizer "
-        "state), all bit-for-bit identical.",
+        f"and compared with the live model: {checkpoints} checkpoint(s), {tensors} tensors ({what}), all "
+        "bit-for-bit identical.",
         details,
     )
 

@@ -108,6 +108,7 @@ def test_an_exact_erasure_passes_every_check_and_the_report_reaches_its_mlflow_r
     exactness = report.check("exactness").details["shards"]
     assert [s["shard"] for s in exactness] == erasure.receipt.affected_shards
     assert all(s["checkpoints_compared"] == 2 and s["tensors_compared"] > 0 for s in exactness)
+    assert "weights and optimizer state" in report.check("exactness").summary
     assert report.audit is not None
     assert report.audit.after == report.audit.from_scratch
     (run_id,) = report.mlflow_runs
@@ -322,3 +323,20 @@ def test_exactness_compares_bits_not_values():
 
     assert not tensors_equal(torch.tensor([0.0]), torch.tensor([-0.0]))  # equal values, different bits
     assert tensors_equal(torch.tensor([float("nan")]), torch.tensor([float("nan")]))  # same bits
+
+
+def test_the_exactness_summary_names_what_a_statistics_model_compares(tmp_path):
+    """item_stats has no optimizer; verify said it compared "weights and optimizer state" (new-user review)."""
+    from expunge.orchestrator.config import ItemStatsConfig
+    from expunge.orchestrator.evidence.verify import _exactness
+    from tests.engine import job
+
+    coordinator = Coordinator(str(tmp_path / "store"), SubjectHasher(TEST_KEY), pool_factory=local_pool)
+    rows = synthetic_ratings(SyntheticRatingsConfig(users=12, items=8, ratings_per_user=4, seed=2))
+    coordinator.train(rows, job(model=ItemStatsConfig(factors=2), shards=2, slices=2))
+    receipt = coordinator.forget([rows.column(SUBJECT_ID)[0].as_py()])
+    assert coordinator.manifest is not None
+    result = _exactness(coordinator.catalog, receipt, coordinator.manifest.version)
+    assert result.status == "passed"
+    assert "(sufficient statistics)" in result.summary
+    assert "optimizer" not in result.summary
