@@ -40,8 +40,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from scipy import linalg as dense_linalg
-from scipy import sparse
 from torch import nn
 
 from expunge.shards.config import ItemStatsConfig
@@ -134,6 +132,8 @@ def _pair_sums(
     """
     if len(users) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+    from scipy import sparse  # here, not at import: a shard process of another model never loads scipy
+
     shape = (int(users.max()) + 1, num_items)
     indicator = sparse.csr_matrix((np.ones(len(users)), (users, items)), shape=shape)
     values = sparse.csr_matrix((centred, (users, items)), shape=shape)
@@ -149,6 +149,8 @@ def _pair_sums(
 
 def _upper_triangle(matrix: Any) -> tuple[np.ndarray, np.ndarray]:
     """Stored entries with row < column of a square sparse matrix: (``row * n + column`` ascending, values)."""
+    from scipy import sparse
+
     coo = sparse.triu(matrix, k=1, format="coo")
     index = coo.row.astype(np.int64) * matrix.shape[1] + coo.col.astype(np.int64)
     order = np.argsort(index, kind="stable")
@@ -235,6 +237,8 @@ def _top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
     if count <= 0 or size == 0:
         return np.zeros(0), np.zeros((size, 0))
     count = min(count, size)
+    from scipy import linalg as dense_linalg
+
     values, vectors = dense_linalg.eigh(matrix, subset_by_index=[size - count, size - 1], driver="evx")
     order = np.argsort(values, kind="stable")[::-1]
     return values[order], vectors[:, order]

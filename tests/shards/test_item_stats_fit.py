@@ -152,3 +152,13 @@ def test_a_model_with_the_two_argument_subtract_still_ingests_exactly(tmp_path) 
         shard.ingest({0: extra.cast(slices[0].schema)}, "ingest-1", 2)
         finals.append(shard.final_state().module.state_dict())
     assert tensors_equal(finals[0], finals[1])
+
+
+def test_a_shard_process_loads_scipy_only_when_item_stats_sums_or_fits(tmp_path) -> None:
+    """Every shard actor imports the model classes; scipy (about 0.1-0.2 s) is for item_stats only."""
+    import subprocess
+    import sys
+
+    code = "import sys, expunge.shards.actor; print('scipy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
