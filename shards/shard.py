@@ -144,6 +144,10 @@ class _Slices(Sequence[pa.Table]):
     def __iter__(self) -> Iterator[pa.Table]:
         return (self[i] for i in range(self._count))
 
+    def loaded(self) -> dict[int, pa.Table]:
+        """The tables read (or given) so far, by index."""
+        return dict(self._tables)
+
 
 def _records_sha256(table: pa.Table) -> str:
     ids = table.column(RECORD_ID).to_pylist()
@@ -170,6 +174,16 @@ def _table_bytes(table: pa.Table) -> bytes:
         write_statistics=False,
     )
     return sink.getvalue()
+
+
+def _kept_tables(tables: _Slices, new: Mapping[int, pa.Table], count: int) -> dict[int, pa.Table]:
+    """The new slice sequence's tables at hand, by index: unchanged ones loaded, and rewritten ones with
+    the schema of the slice they replace (what a read of their Parquet gives back); others are read later."""
+    kept = {i: t for i, t in tables.loaded().items() if i not in new}
+    for i, table in new.items():
+        if i < count and i in tables.loaded() and table.schema.equals(tables.loaded()[i].schema):
+            kept[i] = table
+    return kept
 
 
 def _takes_replacement(model: DecrementalStatisticsModel) -> bool:
@@ -201,6 +215,10 @@ class Shard:
         ).hexdigest()
         self.manifest: ShardManifest | None = None
         self._final: TrainedState | None = None
+        #: A decremental model's slice tables of the published manifest, by (key, sha256): an erasure
+        #: filters every slice, and reading them all again cost as much as the rest of its update.
+        #: Memory only, dropped with the manifest they belong to; the store keeps the durable copy.
+        self._slice_cache: dict[tuple[str, str | None], pa.Table] = {}
         self.calls: list[str] = []
         configure_determinism(training.threads_per_shard)
         if manifest_version is not None:
@@ -250,6 +268,21 @@ class Shard:
 
     def _read_slice(self, entry: SliceEntry) -> pa.Table:
         return pq.read_table(io.BytesIO(self.store.get(entry.key)))
+
+    def _slice_table(self, entry: SliceEntry) -> pa.Table:
+        """The table of a published slice: kept in memory for a decremental model, read from the store otherwise."""
+        table = self._slice_cache.get((entry.key, entry.sha256))
+        if table is None:
+            table = self._read_slice(entry)
+            if isinstance(self.model, DecrementalStatisticsModel):
+                self._slice_cache[(entry.key, entry.sha256)] = table
+        return table
+
+    def _keep_slices(self, entries: Sequence[SliceEntry], tables: Mapping[int, pa.Table]) -> None:
+        """Keep the new manifest's slice tables (those at hand) and drop every other: erased rows leave memory too."""
+        if not isinstance(self.model, DecrementalStatisticsModel):
+            return
+        self._slice_cache = {(e.key, e.sha256): tables[e.index].combine_chunks() for e in entries if e.index in tables}
 
     def _publish(
         self, slices: list[SliceEntry], checkpoints: list[CheckpointEntry], request_id: str | None
@@ -405,7 +438,7 @@ class Shard:
         began, cpu = time.perf_counter(), time.process_time()
         old = self.manifest
         count = len(old.slices)
-        tables = _Slices(count, lambda i: self._read_slice(old.slices[i]), {})
+        tables = _Slices(count, lambda i: self._slice_table(old.slices[i]), {})
         new: dict[int, pa.Table] = {}
         removed = 0
         if remove:
@@ -469,6 +502,7 @@ class Shard:
             state, checkpoints = self._run(view, entries, start, keep)
         self.manifest = self._publish(entries, checkpoints, request_id)
         self._final = state
+        self._keep_slices(entries, _kept_tables(tables, new, count))
         new_keys = self.manifest.object_keys()
         return ShardUpdate(
             shard_id=self.shard_id,
@@ -531,6 +565,7 @@ class Shard:
         """Switch to a published manifest version (e.g. after a failed commit elsewhere)."""
         self.manifest = self._read_manifest(manifest_version)
         self._final = None
+        self._slice_cache = {}
 
     def final_state(self) -> TrainedState:
         if self._final is None:
