@@ -78,50 +78,87 @@ class TrainedState:
 #: float32 exponents line up) and compressed with zstd. Lossless: decoding gives the
 #: ``torch.save`` bytes back, so weights and Adam state load bit for bit. Format 1 (the plain
 #: ``torch.save`` zip, written before issue 12) is still read; it has no checksum.
+#:
+#: Format 3 (issue 22) is format 2 with the lane width in one byte after the magic (covered by
+#: the sha256 too): 8 lanes for a payload of 8-byte tensors only and no optimizer state (the
+#: int64 / float64 sums of a statistics model, e.g. ``item_stats``), where 4 lanes split each
+#: value's high and low halves apart. About 2x less encoding time and 15% fewer bytes on
+#: item_stats's shard sums; gradient models (float32 weights, Adam state) keep format 2, byte
+#: for byte. Every format is read.
 _MAGIC = b"EXPUNGE-CKPT-2\n"
+_MAGIC_LANES = b"EXPUNGE-CKPT-3\n"
 _ZSTD_LEVEL = 1  # level 3 saves 4% on item_stats sums (2 MB) and costs 3x the time (56 ms vs 18 ms per shard)
 _LANES = 4
+_WIDE_LANES = 8
 
 
-def _to_lanes(raw: bytes) -> bytes:
-    whole = len(raw) // _LANES * _LANES
-    words = np.frombuffer(raw, dtype=np.uint8, count=whole).reshape(-1, _LANES)
+def _to_lanes(raw: bytes, lanes: int = _LANES) -> bytes:
+    whole = len(raw) // lanes * lanes
+    words = np.frombuffer(raw, dtype=np.uint8, count=whole).reshape(-1, lanes)
     return words.T.tobytes() + raw[whole:]
 
 
-def _from_lanes(shuffled: bytes) -> bytes:
-    whole = len(shuffled) // _LANES * _LANES
-    lanes = np.frombuffer(shuffled, dtype=np.uint8, count=whole).reshape(_LANES, -1)
-    return lanes.T.tobytes() + shuffled[whole:]
+def _from_lanes(shuffled: bytes, lanes: int = _LANES) -> bytes:
+    whole = len(shuffled) // lanes * lanes
+    grid = np.frombuffer(shuffled, dtype=np.uint8, count=whole).reshape(lanes, -1)
+    return grid.T.tobytes() + shuffled[whole:]
+
+
+def _lane_width(payload: dict[str, Any]) -> int:
+    """8 for a payload whose tensors are all 8 bytes wide and which has no optimizer state, else 4."""
+    model = payload.get("model")
+    if payload.get("optimizer") is not None or not isinstance(model, dict) or not model:
+        return _LANES
+    wide = all(isinstance(t, torch.Tensor) and t.element_size() == _WIDE_LANES for t in model.values())
+    return _WIDE_LANES if wide else _LANES
 
 
 def encode_checkpoint(payload: dict[str, Any]) -> bytes:
-    """The stored bytes of a checkpoint payload (``torch.save`` of it, byte-lane split, zstd)."""
+    """The stored bytes of a checkpoint payload (``torch.save`` of it, byte-lane split, zstd).
+
+    Format 3 (8 lanes) for 8-byte statistics without optimizer state, format 2 (4 lanes) otherwise.
+    """
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     raw = buffer.getvalue()
-    packed = pa.Codec("zstd", compression_level=_ZSTD_LEVEL).compress(_to_lanes(raw), asbytes=True)
+    lanes = _lane_width(payload)
+    packed = pa.Codec("zstd", compression_level=_ZSTD_LEVEL).compress(_to_lanes(raw, lanes), asbytes=True)
     size = len(raw).to_bytes(8, "little")
-    return _MAGIC + size + hashlib.sha256(size + packed).digest() + packed
+    if lanes == _LANES:
+        return _MAGIC + size + hashlib.sha256(size + packed).digest() + packed
+    width = bytes([lanes])
+    return _MAGIC_LANES + width + size + hashlib.sha256(width + size + packed).digest() + packed
+
+
+def _unpack(data: bytes) -> bytes:
+    """The ``torch.save`` bytes of stored format 2 or 3 bytes; a format 1 checkpoint as it is (ValueError: damaged)."""
+    if data.startswith(_MAGIC):
+        header, width, lanes = len(_MAGIC), b"", _LANES
+    elif data.startswith(_MAGIC_LANES):
+        header, width = len(_MAGIC_LANES) + 1, data[len(_MAGIC_LANES) : len(_MAGIC_LANES) + 1]
+        lanes = width[0] if width else 0
+        if lanes not in (_LANES, _WIDE_LANES):
+            raise ValueError(f"its lane width {lanes} is not one Expunge writes")
+    else:
+        return data
+    size_bytes, digest, packed = data[header : header + 8], data[header + 8 : header + 40], data[header + 40 :]
+    if hashlib.sha256(width + size_bytes + packed).digest() != digest:
+        raise ValueError("its sha256 does not match: the stored bytes changed after they were written")
+    size = int.from_bytes(size_bytes, "little")
+    shuffled = pa.Codec("zstd").decompress(packed, decompressed_size=size, asbytes=True)
+    return _from_lanes(shuffled, lanes)
 
 
 def decode_checkpoint(data: bytes) -> dict[str, Any]:
     """The payload of stored checkpoint bytes: ``model``, ``optimizer``, ``layout``, ``steps_done``, ``lineage``.
 
-    Reads format 2 (``encode_checkpoint``) and format 1 (a plain ``torch.save`` zip).
+    Reads formats 3 and 2 (``encode_checkpoint``) and format 1 (a plain ``torch.save`` zip).
 
     Raises:
         StorageCorruptError: the bytes are neither format (truncated or not a checkpoint).
     """
     try:
-        if data.startswith(_MAGIC):
-            header = len(_MAGIC)
-            size_bytes, digest, packed = data[header : header + 8], data[header + 8 : header + 40], data[header + 40 :]
-            if hashlib.sha256(size_bytes + packed).digest() != digest:
-                raise ValueError("its sha256 does not match: the stored bytes changed after they were written")
-            size = int.from_bytes(size_bytes, "little")
-            shuffled = pa.Codec("zstd").decompress(packed, decompressed_size=size, asbytes=True)
-            data = _from_lanes(shuffled)
+        data = _unpack(data)
         payload: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or not {"model", "layout", "steps_done"} <= payload.keys():
             raise ValueError("it lacks the model, layout or step count")
