@@ -351,6 +351,7 @@ class Shard:
         previous = self.manifest
         self.manifest = self._publish(entries, checkpoints, request_id)
         self._final = state
+        self._slice_cache = {}  # read again on first use: nothing of an earlier sequence stays in memory
         return ShardUpdate(
             shard_id=self.shard_id,
             manifest_version=self.manifest.version,
