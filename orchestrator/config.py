@@ -25,6 +25,7 @@ __all__ = [
     "AnyModelConfig",
     "CustomModelConfig",
     "DataConfig",
+    "ErasureConfig",
     "EvidenceConfig",
     "IngestConfig",
     "ItemStatsConfig",
@@ -271,6 +272,20 @@ class IngestConfig(Frozen):
     )
 
 
+class ErasureConfig(Frozen):
+    """How a ``forget`` job runs its shard retrains (docs/performance.md, "Cold CLI erasure")."""
+
+    in_process_max_shards: int = Field(
+        1,
+        ge=0,
+        description="A `forget` job with no Ray cluster to join (RAY_ADDRESS unset) that retrains at most this many "
+        "shards retrains them in its own process, one after another, and never starts Ray (a private cluster costs "
+        "5-8 s to start on two cores, and each shard actor about 1.3 s); the bits are the same. 0: always start Ray. "
+        "A job on a cluster (RAY_ADDRESS), an audited erasure (evidence.audit_holdout) and the service always use "
+        "Ray actors.",
+    )
+
+
 class JobConfig(Frozen):
     """One job: data, sharding, training, storage, tracking and privacy settings."""
 
@@ -285,6 +300,7 @@ class JobConfig(Frozen):
         EvidenceConfig(), description="Anchors of the receipt log outside the store, and the erasure audit."
     )
     ingest: IngestConfig = Field(IngestConfig(), description="How new rows are added to a trained store.")
+    erasure: ErasureConfig = Field(ErasureConfig(), description="How a `forget` job runs its shard retrains.")
 
 
 def load_job_config(path: str | Path) -> JobConfig:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.errors import ConfigError, ExpungeError, ShardRetrainFailed, ShardStartTimeout
 from expunge.shards.shard import Shard
 
-__all__ = ["LocalShardPool", "RayShardPool", "ShardPool", "fit_cpus_per_actor"]
+__all__ = ["FirstCallPool", "LocalShardPool", "RayShardPool", "ShardPool", "fit_cpus_per_actor"]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,24 @@ class ShardPool(Protocol):
     def shutdown(self) -> None: ...
 
 
+class _ShardsOnDemand(dict[int, Shard]):
+    """Shard id -> in-process ``Shard``, each loaded at its published version on first access."""
+
+    def __init__(self, make: Callable[[int], Shard]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, shard_id: int) -> Shard:
+        shard = self[shard_id] = self._make(shard_id)
+        return shard
+
+
 class LocalShardPool:
-    """In-process shards, one after another: for tests and small jobs without Ray."""
+    """In-process shards, one after another: for tests and small jobs without Ray.
+
+    A shard is loaded on its first call (an erasure that touches one shard loads one), at the
+    version last ``published``.
+    """
 
     def __init__(
         self,
@@ -55,7 +71,10 @@ class LocalShardPool:
         model: AnyModelConfig,
         versions: Mapping[int, int | None],
     ) -> None:
-        self.shards = {i: Shard(i, storage, training, model, v) for i, v in versions.items()}
+        self.versions = dict(versions)
+        self.shards: dict[int, Shard] = _ShardsOnDemand(
+            lambda i: Shard(i, storage, training, model, self.versions.get(i))
+        )
 
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
         results = {}
@@ -69,10 +88,64 @@ class LocalShardPool:
         return results
 
     def published(self, versions: Mapping[int, int | None]) -> None:
-        """Nothing to record: in-process shards never restart."""
+        """Record the published versions: a shard loaded later starts there (loaded ones wrote them)."""
+        self.versions.update(versions)
 
     def shutdown(self) -> None:
         self.shards.clear()
+
+
+class FirstCallPool:
+    """In-process shards or Ray actors, chosen at the first call from how many shards it names.
+
+    A job that runs without a cluster (no ``RAY_ADDRESS``) and retrains few shards spends most
+    of its time starting Ray (5-8 s on two cores) and its actors (about 1.3 s each): with at most
+    ``in_process_max_shards`` shards named by the first call, they run in this process, one after
+    another (``LocalShardPool``), and Ray never starts. Otherwise ``start_ray`` runs, then
+    ``RayShardPool``. The choice holds for the pool's life: later calls go to the same kind.
+    Both kinds give the same bits (``configure_determinism`` fixes threads and kernels in either).
+    """
+
+    def __init__(
+        self,
+        storage: StorageConfig,
+        training: TrainingConfig,
+        model: AnyModelConfig,
+        versions: Mapping[int, int | None],
+        *,
+        in_process_max_shards: int,
+        start_ray: Callable[[], None],
+    ) -> None:
+        self._args = (storage, training, model)
+        self.versions = dict(versions)
+        self.in_process_max_shards = in_process_max_shards
+        self._start_ray = start_ray
+        self.chosen: LocalShardPool | RayShardPool | None = None
+
+    def _pool(self, shards: int) -> LocalShardPool | RayShardPool:
+        if self.chosen is None:
+            if shards <= self.in_process_max_shards:
+                log.info(
+                    "%d shard(s) to call, at most %d: in this process, without Ray", shards, self.in_process_max_shards
+                )
+                self.chosen = LocalShardPool(*self._args, self.versions)
+            else:
+                self._start_ray()
+                self.chosen = RayShardPool(*self._args, self.versions)
+        return self.chosen
+
+    def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
+        return self._pool(len(args_by_shard)).call(method, args_by_shard)
+
+    def published(self, versions: Mapping[int, int | None]) -> None:
+        self.versions.update(versions)
+        if self.chosen is not None:
+            self.chosen.published(versions)
+
+    def shutdown(self) -> None:
+        if self.chosen is not None:
+            self.chosen.shutdown()
+            self.chosen = None
 
 
 class RayShardPool:

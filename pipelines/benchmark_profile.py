@@ -81,6 +81,9 @@ class ProfileSettings(BaseModel):
     items: int = Field(100, ge=2, description="generated ratings only")
     ratings_per_user: int = Field(20, ge=1, description="generated ratings only")
     seed: int = 0
+    in_process_max_shards: int = Field(
+        1, ge=0, description="the job's erasure.in_process_max_shards (0: the erasure always starts Ray)"
+    )
 
     def used(self) -> dict[str, Any]:
         """The settings this profile reads, as JSON: no generated-data sizes with ``data``, no epochs or
@@ -179,6 +182,7 @@ def _job_yaml(settings: ProfileSettings, workdir: Path) -> Path:
 
     from expunge.orchestrator.config import (
         DataConfig,
+        ErasureConfig,
         ItemStatsConfig,
         JobConfig,
         MFConfig,
@@ -209,6 +213,7 @@ def _job_yaml(settings: ProfileSettings, workdir: Path) -> Path:
         training=TrainingConfig(model=model, epochs=settings.epochs, batch_size=settings.batch_size),
         storage=StorageConfig(uri=str(workdir / "store")),
         tracking=TrackingConfig(uri=default_tracking_uri(workdir)),
+        erasure=ErasureConfig(in_process_max_shards=settings.in_process_max_shards),
     )
     path = workdir / "job.yaml"
     path.write_text(yaml.safe_dump(job.model_dump(mode="json", exclude_none=True), sort_keys=False))
@@ -352,9 +357,9 @@ def _child(spec: dict[str, Any], spawned_at: float) -> None:
         with timed_by(clock):
             receipts = _erase_twice(forget, Path(spec["config"]), spec["subjects"], clock, said.write, spawned_at)
             with stage("Ray shutdown"):
-                import ray
-
-                ray.shutdown()
+                ray = sys.modules.get("ray")  # an erasure in this process never imported it
+                if ray is not None:
+                    ray.shutdown()
         rows = [dataclasses.asdict(s) for s in clock.stages()]
         Path(spec["report"]).write_text(json.dumps({"stages": rows, "receipts": receipts}))
         said.write("stopped Ray; the measured process exits\n")
@@ -382,7 +387,8 @@ def _erase_twice(
         hasher,
         job.tracking,
         evidence=job.evidence,
-        pool_factory=_timed_pool,
+        in_process_max_shards=job.erasure.in_process_max_shards,
+        pool_wrapper=_TimedPool,
         lineage_factory=_timed_lineage,
     ) as coordinator:
         subject = subjects[0]
@@ -440,12 +446,6 @@ class _TimedPool:
         self.pool.shutdown()
 
 
-def _timed_pool(*args: Any) -> Any:
-    from expunge.orchestrator.session import ray_pool
-
-    return _TimedPool(ray_pool(*args))
-
-
 def _timed_lineage(tracking: Any, storage: Any) -> Any:
     """``deferred_lineage``'s ``Lineage``, its MLflow steps timed as stages."""
     from expunge.orchestrator.registry import Lineage
@@ -484,6 +484,9 @@ def main(
     workdir: Path | None = typer.Option(None, help="where the store and MLflow go (default: a temporary folder)"),
     output: Path = typer.Option(Path("profile-results.json"), help="JSON results file"),
     seed: int = typer.Option(0),
+    in_process_max_shards: int = typer.Option(
+        1, min=0, help="the job's erasure.in_process_max_shards (0: the erasure always starts Ray, as on a cluster)"
+    ),
 ) -> None:
     """Where the time of one cold and one warm erasure goes, by stage (wall and CPU seconds); prints JSON."""
     from expunge.orchestrator.errors import ConfigError
@@ -496,7 +499,14 @@ def main(
         if data is not None and not data.is_file():
             raise ConfigError(f"--data {str(data)!r} is not a file; give a MovieLens ratings file (u.data or .inter)")
     settings = ProfileSettings(
-        data=data, model=model, shards=shards, slices=slices, epochs=epochs, batch_size=batch_size, seed=seed
+        data=data,
+        model=model,
+        shards=shards,
+        slices=slices,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        in_process_max_shards=in_process_max_shards,
     )
     if workdir is not None:
         report = run(settings, workdir)

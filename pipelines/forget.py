@@ -13,15 +13,19 @@ included: nothing is stored), 4 when another writer won a race.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
 from expunge.orchestrator.config import (
+    ErasureConfig,
     EvidenceConfig,
     PrivacyConfig,
     StorageConfig,
@@ -33,12 +37,13 @@ from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.membership import configured_audit
 from expunge.orchestrator.lease import StoreLease
+from expunge.orchestrator.pool import ShardPool
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_request_text
-from expunge.orchestrator.session import published
+from expunge.orchestrator.session import first_call_pool, published
 from expunge.pipelines._runtime import (
     connecting_beside,
     deferred_lineage,
@@ -105,12 +110,15 @@ def run(
     evidence: EvidenceConfig | None = None,
     ticket: str | None = None,
     reason: str | None = None,
+    erasure: ErasureConfig | None = None,
 ) -> ErasureReceipt:
     """Erase ``subjects`` from the store; MLflow is the registry the store records unless told otherwise.
 
     ``evidence``: the job's evidence settings; with ``audit_holdout`` set the erasure runs the
     membership-inference audit (its record's sha256 goes into the receipt). ``ticket`` and
     ``reason``: the requester's reference and why, screened and stored in the receipt.
+    ``erasure``: how shards are retrained (``in_process_max_shards``: without a cluster, few shards
+    retrain in this process and Ray never starts).
 
     Raises:
         ConfigError: no key, no trained store, a tracking config naming another registry, or an
@@ -123,7 +131,15 @@ def run(
         if request_id is not None:
             check_request_id(request_id)
         screen_request_text(reason, ticket, subjects)  # free text naming a person: refused before anything starts
-    with opened(storage, hasher, tracking, tracking_uri, evidence=evidence) as coordinator:
+    erasure = erasure or ErasureConfig()
+    with opened(
+        storage,
+        hasher,
+        tracking,
+        tracking_uri,
+        evidence=evidence,
+        in_process_max_shards=erasure.in_process_max_shards,
+    ) as coordinator:
         audited = evidence is not None and evidence.audit_holdout is not None
         return erase(coordinator, subjects, request_id, ticket=ticket, reason=reason, audited=audited)
 
@@ -136,15 +152,21 @@ def opened(
     tracking_uri: str | None = None,
     *,
     evidence: EvidenceConfig | None = None,
-    pool_factory: PoolFactory = ray_pool,
+    in_process_max_shards: int | None = None,
+    pool_wrapper: Callable[[ShardPool], ShardPool] | None = None,
     lineage_factory: Callable[[TrackingConfig, StorageConfig], Lineage | None] = deferred_lineage,
 ) -> Iterator[Coordinator]:
     """The coordinator of a trained store, on Ray, recording to its registry; its actors stop on exit.
 
     Everything that can be refused is checked before Ray starts. MLflow connects in a thread while
     Ray starts (``connecting_beside``); the lineage reconciles at its first use, when the
-    coordinator opens, as before. ``pool_factory`` and ``lineage_factory`` are seams for measuring
-    (``expunge benchmark profile``) and tests.
+    coordinator opens, as before.
+
+    Without a cluster to join (``RAY_ADDRESS`` unset, Ray not initialised in this process), no
+    audit, and ``in_process_max_shards`` > 0 (default: ``ErasureConfig``'s), Ray starts only if
+    the first shard call names more than ``in_process_max_shards`` shards; otherwise those shards
+    retrain in this process (``orchestrator.pool.FirstCallPool``). ``pool_wrapper`` and
+    ``lineage_factory`` are seams for measuring (``expunge benchmark profile``) and tests.
 
     Raises:
         ConfigError: no trained store, a wrong key, a tracking config naming another registry, an
@@ -161,9 +183,20 @@ def opened(
         tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
         StoreLease(ObjectStore(storage), storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
     lineage = lineage_factory(tracking, storage)  # deferred: nothing read or written yet
-    with progress("starting Ray"), stage("Ray start"), connecting_beside(lineage):
-        init_ray()
-    require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
+
+    def start_ray() -> None:
+        with progress("starting Ray"), stage("Ray start"), connecting_beside(lineage):
+            init_ray()
+        require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
+
+    limit = ErasureConfig().in_process_max_shards if in_process_max_shards is None else in_process_max_shards
+    pool_factory: PoolFactory = ray_pool
+    if limit > 0 and evidence.audit_holdout is None and not _on_a_cluster():
+        pool_factory = first_call_pool(limit, start_ray)  # Ray starts at the first call, if at all
+    else:
+        start_ray()
+    if pool_wrapper is not None:
+        pool_factory = _wrapped(pool_factory, pool_wrapper)
     with stage("coordinator open (recovery check)"):
         coordinator = Coordinator(storage, hasher, lineage, pool_factory=pool_factory, evidence=evidence)
     try:
@@ -171,6 +204,19 @@ def opened(
     finally:
         with stage("actors stop"):
             coordinator.close()
+
+
+def _on_a_cluster() -> bool:
+    """A cluster to use: RAY_ADDRESS names one, or this process already joined one (``ray.init``)."""
+    ray = sys.modules.get("ray")  # not imported to ask: an import costs 0.3 s
+    return bool(os.environ.get("RAY_ADDRESS")) or (ray is not None and ray.is_initialized())
+
+
+def _wrapped(factory: PoolFactory, wrapper: Callable[[ShardPool], ShardPool]) -> PoolFactory:
+    def wrapped(*args: Any) -> ShardPool:
+        return wrapper(factory(*args))
+
+    return wrapped
 
 
 def erase(
@@ -275,6 +321,7 @@ def main(
             evidence=evidence,
             ticket=ticket,
             reason=reason,
+            erasure=job.erasure if job else None,
         )
     _report(receipt)
 
