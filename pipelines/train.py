@@ -48,14 +48,18 @@ def _as_read(rows: pa.Table, source: str) -> pa.Table:
     return rows  # counting only: the trainer validates the rows it trains on
 
 
-def _without_erased(coordinator: Coordinator, test: pa.Table) -> tuple[pa.Table, SourceSummary]:
-    """The held-out rows without those of subjects the store has erased, and a count of what was left out."""
+def _without_erased(coordinator: Coordinator, test: pa.Table, say: bool = True) -> tuple[pa.Table, SourceSummary]:
+    """The held-out rows without those of subjects the store has erased, and a count of what was left out.
+
+    ``say``: warn that they were left out (not when the data is about to be refused for them).
+    """
     erased = frozenset(coordinator.catalog.tombstones())
     if not erased or len(test) == 0:
         return test, SourceSummary()
     found = summarise_source(table_batches(test), coordinator.hasher, _as_read, erased, "held-out rows")
     if found.erased_rows:
         test, _ = coordinator.apply_tombstones(test, "drop")
+    if found.erased_rows and say:
         log.warning("left %d held-out row(s) of erased subjects out of the evaluation", found.erased_rows)
     return test, found
 
@@ -86,7 +90,7 @@ def run(job: JobConfig) -> dict[str, object]:
     require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
     coordinator = Coordinator(job.storage, hasher, make_lineage(job.tracking, job.storage))
     # Erased people are neither trained on nor evaluated on (their held-out rows count too).
-    test, held_out = _without_erased(coordinator, test)
+    test, held_out = _without_erased(coordinator, test, say=job.data.erased_subjects == "drop")
     if held_out.erased_rows and job.data.erased_subjects != "drop":
         _refuse_erased(coordinator, held_out, batches or table_batches(rows))
     shards, slices = job.sharding.shards, job.sharding.slices

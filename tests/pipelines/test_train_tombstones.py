@@ -6,6 +6,8 @@ held-out ones out of ``erased_rows_dropped``.
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -64,14 +66,16 @@ def _erase_someone_held_out_and_trained(job: JobConfig) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("source", ["synthetic", "parquet"])
-def test_a_refusal_counts_every_row_of_the_erased_person(tmp_path, monkeypatch, ray_cluster, source):
+def test_a_refusal_counts_every_row_of_the_erased_person(tmp_path, monkeypatch, ray_cluster, source, caplog):
     monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", KEY)
     job = _job(tmp_path, _data(tmp_path, source, "refuse"))
     trained, held_out = _erase_someone_held_out_and_trained(job)
 
-    with pytest.raises(ErasedSubjectsInDataError) as refused:
+    with caplog.at_level(logging.WARNING), pytest.raises(ErasedSubjectsInDataError) as refused:
         train.run(job)
 
+    # The refusal is the only word: no warning that the rows were left out and training went on.
+    assert "out of the evaluation" not in caplog.text
     assert held_out > 0
     assert refused.value.rows == trained + held_out == SYNTHETIC.ratings_per_user
     assert refused.value.subjects == 1
