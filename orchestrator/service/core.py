@@ -51,6 +51,7 @@ from expunge.orchestrator.service.ingestion import ServiceIngestion
 from expunge.orchestrator.service.intake import Queued, new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.lifecycle import Lifecycle
+from expunge.orchestrator.service.placement_rows import PlacementRows
 from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt, take_batch
 from expunge.orchestrator.service.readiness import Readiness
 from expunge.orchestrator.service.recovery import recover, serve_purpose
@@ -112,6 +113,7 @@ class ErasureService:
         self.board = RequestBoard(self.journal, self._state, self.coordinator.store.uri)
         self.lifecycle = Lifecycle(self.journal, self.hasher, self.board)
         self._counts = collections.Counter[str]()
+        self._rows = PlacementRows()  # each subject's rows, for the receipts; carried over this service's erasures
         #: Request ids this process queued, resumed or found finished: a retried submit of any other
         #: id the journal holds as accepted was never acknowledged, and is queued by that retry.
         self._known: set[str] = set()
@@ -356,7 +358,7 @@ class ErasureService:
                     with self._work:
                         self.coordinator.follow_latest()
                         acted_on = self.coordinator.require_manifest().version
-                        rows = self.coordinator.placement_index().rows()
+                        rows = self._rows.at(self.coordinator, acted_on)
                         ticket, reason = batch_text(members)
                         receipt = self.coordinator.forget_digests(
                             digests,
@@ -385,6 +387,9 @@ class ErasureService:
                     self.follow.fail(entries, batch, exc)
                     return
             joined = receipt.status == "erased"  # nobody found: the batch did not join the commit
+            if joined:  # the next commit's rows, without a read (unless an ingest joined or this resumed a commit)
+                after = receipt.model_version_after if receipt.model_version_before == acted_on else None
+                self._rows.erased(acted_on, after, digests, joined_ingest=joining is not None)
         finally:
             if not joined:  # not committed with it: the ingest waits again, first in line
                 self.ingestion.joined(joining)
@@ -422,13 +427,8 @@ class ErasureService:
             self.journal.drop_batch(batch.batch_id)
         except ExpungeError as exc:  # its requests are committed: the next start drops it
             log.warning("could not drop journal batch %s: %s", batch.batch_id, exc)
-        log.info(
-            "batch %s: %d request(s), %d subject(s), shards %s retrained, committed",
-            batch.batch_id,
-            len(entries),
-            len(digests),
-            receipt.affected_shards,
-        )
+        log.info("batch %s: %d request(s), %d subject(s), shards %s retrained, committed",
+                 batch.batch_id, len(entries), len(digests), receipt.affected_shards)  # fmt: skip
 
     def _queued(self) -> tuple[int, float]:
         """Requests queued and how long the oldest has waited, in seconds (the caller holds ``state``)."""
