@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -20,6 +23,8 @@ __all__ = [
     "RECORD_ID",
     "SUBJECT_DIGEST",
     "SUBJECT_ID",
+    "numeric_values",
+    "string_array",
     "validate_rows",
 ]
 
@@ -40,6 +45,54 @@ _TARGETS = {"rating": (ITEM_ID, RATING), "classification": (FEATURES, LABEL)}
 _NUMBER_TEXT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 Column: TypeAlias = "pa.Array | pa.ChunkedArray"
+
+
+def numeric_values(column: Column, dtype: npt.DTypeLike) -> np.ndarray:
+    """A numeric column's values as a new, writable 1-D numpy array of ``dtype`` (length ``len(column)``).
+
+    The values ``column.to_numpy().astype(dtype)`` gives, read from the column's data buffers.
+    pyarrow's ``to_numpy`` asks pandas whether the values are a pandas object, and its first
+    such question in a process imports pandas (about 0.23 s of CPU): a shard process that only
+    trains on ratings has no other use for pandas.
+
+    Raises:
+        ValueError: the column holds nulls, or its type is not an integer or floating-point type.
+    """
+    parts: list[np.ndarray] = []
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        kind = chunk.type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise ValueError(f"numeric_values needs an integer or floating-point column, not {kind}")
+        if chunk.null_count:
+            raise ValueError(f"numeric_values needs a column without nulls; this one has {chunk.null_count}")
+        if len(chunk) == 0:
+            continue
+        code = "f" if pa.types.is_floating(kind) else "i" if pa.types.is_signed_integer(kind) else "u"
+        width = kind.bit_width // 8
+        stored = np.dtype(f"{code}{width}")  # Arrow buffers are in native byte order
+        parts.append(np.frombuffer(chunk.buffers()[1], dtype=stored, count=len(chunk), offset=chunk.offset * width))
+    if not parts:
+        return np.empty(0, dtype=dtype)
+    return np.concatenate(parts).astype(dtype, copy=False)  # concatenate copies: the result is writable
+
+
+def string_array(values: Sequence[str]) -> pa.Array:
+    """An Arrow ``string`` array of ``values``, in order: what ``pa.array(values, type=pa.string())`` gives.
+
+    Built from its offsets and bytes: ``pa.array`` asks pandas whether ``values`` is a pandas
+    object, and its first such question in a process imports pandas (about 0.23 s of CPU).
+
+    Raises:
+        ValueError: the values' UTF-8 bytes exceed 2 GiB (the ``string`` type's offsets are 32-bit).
+    """
+    encoded = [value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(data) for data in encoded], out=offsets[1:])
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"{offsets[-1]} bytes of strings exceed what one Arrow string array holds")
+    buffers = [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
 
 
 def first_repeat(values: Column) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from expunge.shards.config import MFConfig
-from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
+from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST, numeric_values
 
 __all__ = ["MFModule", "MatrixFactorization"]
 
@@ -108,16 +108,16 @@ class MatrixFactorization:
         index = module.user_index
         digests = rows.column(SUBJECT_DIGEST).to_pylist()
         users = torch.tensor([index.get(d, -1) for d in digests], dtype=torch.long)
-        items_np = rows.column(ITEM_ID).to_numpy().astype(np.int64)
+        items_np = numeric_values(rows.column(ITEM_ID), np.int64)
         if len(items_np) and (items_np.min() < 0 or items_np.max() >= self.config.num_items):
             raise ValueError(
                 f"item ids must lie in [0, {self.config.num_items}); found "
                 f"[{items_np.min()}, {items_np.max()}]. Raise training.model.num_items."
             )
-        batch = {"users": users, "items": torch.from_numpy(items_np.copy())}
+        batch = {"users": users, "items": torch.from_numpy(items_np)}
         if RATING in rows.column_names:
-            ratings = pc.cast(rows.column(RATING), pa.float32()).to_numpy()
-            batch["target"] = torch.from_numpy(ratings.copy())
+            ratings = numeric_values(pc.cast(rows.column(RATING), pa.float32()), np.float32)
+            batch["target"] = torch.from_numpy(ratings)
         return batch
 
     def loss(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from expunge.shards.config import MLPConfig
-from expunge.shards.rows import FEATURES, LABEL
+from expunge.shards.rows import FEATURES, LABEL, numeric_values
 
 __all__ = ["MLPClassifier"]
 
@@ -52,7 +52,7 @@ class MLPClassifier:
 
     def encode(self, module: nn.Module, rows: pa.Table) -> dict[str, torch.Tensor]:
         column = rows.column(FEATURES).combine_chunks()
-        flat = column.values.to_numpy(zero_copy_only=False).astype(np.float32)
+        flat = numeric_values(column.values, np.float32)
         features = torch.from_numpy(flat.reshape(len(rows), -1).copy())
         if features.shape[1] != self.config.num_features:
             raise ValueError(
@@ -61,7 +61,7 @@ class MLPClassifier:
             )
         batch = {"features": features}
         if LABEL in rows.column_names:
-            batch["target"] = torch.from_numpy(rows.column(LABEL).to_numpy().astype(np.int64))
+            batch["target"] = torch.from_numpy(numeric_values(rows.column(LABEL), np.int64))
         return batch
 
     def loss(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
