@@ -12,7 +12,7 @@ from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingC
 from expunge.orchestrator.errors import ConfigError, ExpungeError, ShardRetrainFailed, ShardStartTimeout
 from expunge.shards.shard import Shard
 
-__all__ = ["FirstCallPool", "LocalShardPool", "RayShardPool", "ShardPool", "fit_cpus_per_actor"]
+__all__ = ["FirstCallPool", "LocalShardPool", "RayShardPool", "ShardPool", "fit_cpus_per_actor", "shard_processes"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,36 @@ def fit_cpus_per_actor(wanted: float, cluster_cpus: float, actors: int) -> float
     """
     fair = math.floor(max(cluster_cpus, 0.0) / max(1, actors) * 1000) / 1000
     return min(wanted, fair)
+
+
+def shard_processes(shards: int, cluster_cpus: float, cpus_per_shard: float) -> int:
+    """Worker processes to train ``shards`` from scratch in: one per shard the cluster can run at once.
+
+    Shards beyond ``cluster_cpus / cpus_per_shard`` would only time-share those CPUs, and each
+    process pays its own start-up (interpreter, torch and the shard code: about 2.5 s of CPU), so
+    they share processes instead. ``cpus_per_shard`` 0 (no reservation): one process per shard.
+    Always between 1 and ``shards``.
+    """
+    if cpus_per_shard <= 0:
+        return shards
+    return max(1, min(shards, math.floor(max(cluster_cpus, 0.0) / cpus_per_shard + 1e-9)))
+
+
+class _HostedShard:
+    """One shard on a ``ShardHost``: ``handle.method.remote(*args)`` as on a ``ShardActor``."""
+
+    def __init__(self, host: Any, shard_id: int) -> None:
+        self._host, self._shard_id = host, shard_id
+
+    def __getattr__(self, method: str) -> Any:
+        host, shard_id = self._host, self._shard_id
+
+        class _Method:
+            @staticmethod
+            def remote(*args: Any) -> Any:
+                return host.call.remote(shard_id, method, *args)
+
+        return _Method
 
 
 class _Died:
@@ -149,7 +179,13 @@ class FirstCallPool:
 
 
 class RayShardPool:
-    """One ``ShardActor`` per shard, created on first use, so an erasure starts only the actors it needs."""
+    """One ``ShardActor`` per shard, created on first use, so an erasure starts only the actors it needs.
+
+    ``share_processes`` (a pool that trains from scratch): when the cluster cannot run every shard
+    at once (``shard_processes``), shard ``i`` runs in ``ShardHost`` ``i % processes`` instead,
+    several shards to a worker process, one call at a time, with the same bits. A host that dies
+    is replaced (never restarted by Ray) and its shards reload their published versions.
+    """
 
     READY_TIMEOUT_S = 300.0
 
@@ -160,6 +196,8 @@ class RayShardPool:
         model: AnyModelConfig,
         versions: Mapping[int, int | None],
         restarts: int = 0,
+        *,
+        share_processes: bool = False,
     ) -> None:
         import ray
 
@@ -175,7 +213,21 @@ class RayShardPool:
         # CPUs asynchronously, so this can read 0 right after a pool shut down; the actors then
         # reserve 0 CPU, which always schedules.
         free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
-        self.cpus_per_actor = fit_cpus_per_actor(training.cpus_per_shard, free, len(self.versions))
+        #: Worker processes the shards run in; fewer than the shards: ``ShardHost``s (see the class).
+        self.processes = len(self.versions)
+        if share_processes and self.versions:
+            cluster = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+            self.processes = shard_processes(len(self.versions), cluster, training.cpus_per_shard)
+            if self.processes < len(self.versions):
+                log.info(
+                    "%d shards in %d worker processes (%.2f cluster CPUs, %.2f per shard)",
+                    len(self.versions),
+                    self.processes,
+                    cluster,
+                    training.cpus_per_shard,
+                )
+        self.hosts: dict[int, Any] = {}
+        self.cpus_per_actor = fit_cpus_per_actor(training.cpus_per_shard, free, self.processes)
         if self.cpus_per_actor < training.cpus_per_shard:
             log.info(
                 "%d shard actors with %.2f free CPUs: %.3f CPU reserved per actor (asked: %.2f)",
@@ -189,7 +241,23 @@ class RayShardPool:
         #: constructor, so ``call`` points it at the published version and runs the call again.
         self.restarts = restarts
 
+    @property
+    def hosted(self) -> bool:
+        """Whether shards share worker processes (``ShardHost``)."""
+        return self.processes < len(self.versions)
+
+    def _host(self, index: int) -> Any:
+        if index not in self.hosts:
+            from expunge.shards.host import ShardHost
+
+            self.hosts[index] = ShardHost.options(  # type: ignore[attr-defined]
+                num_cpus=self.cpus_per_actor, name=None, scheduling_strategy="SPREAD", max_restarts=0
+            ).remote(self.storage, self.training, self.model, self.versions)
+        return self.hosts[index]
+
     def actor(self, shard_id: int) -> Any:
+        if self.hosted:
+            return _HostedShard(self._host(shard_id % self.processes), shard_id)
         if shard_id not in self.actors:
             from expunge.shards.actor import ShardActor
 
@@ -204,6 +272,8 @@ class RayShardPool:
     def published(self, versions: Mapping[int, int | None]) -> None:
         """Record the published shard versions: a restarted actor is pointed at these before a redo."""
         self.versions.update(versions)
+        for host in self.hosts.values():
+            host.published.remote(dict(versions))  # a shard a host loads later loads these
 
     def _recovered(self, shard_id: int) -> bool:
         """After an actor died in a call: heal it from the published version; True once it serves again.
@@ -213,6 +283,8 @@ class RayShardPool:
         that failed on objects a later erasure purged), a new actor replaces it, started at the
         published version: a dead actor never waits for the next erasure to be replaced.
         """
+        if self.hosted:
+            return self._host_recovered(shard_id % self.processes)
         if shard_id not in self.actors:
             return False
         version = self.versions.get(shard_id)
@@ -241,9 +313,34 @@ class RayShardPool:
         log.warning("shard actor %d died; a new one replaced it at shard version %s", shard_id, version)
         return True
 
+    def _host_recovered(self, index: int) -> bool:
+        """A new host in place of dead host ``index``; its shards load their published versions."""
+        with contextlib.suppress(Exception):  # already gone
+            self._ray.kill(self.hosts.pop(index), no_restart=True)
+        try:
+            self._ray.get(self._host(index).call.remote(index, "pid"), timeout=self.READY_TIMEOUT_S)
+        except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+            return False
+        log.warning("a shard host died; a new one replaced it (its shards reload their published versions)")
+        return True
+
     def call(self, method: str, args_by_shard: Mapping[int, tuple[Any, ...]]) -> dict[int, Any]:
         results = self._call_once(method, args_by_shard)
         died = [i for i, r in results.items() if isinstance(r, _Died)]
+        if self.hosted:  # one replacement per dead host, however many of its shards the call named
+            died = list({i % self.processes: i for i in reversed(died)}.values())
+            recovered = {i % self.processes for i in died if self._recovered(i)}
+            retry = {
+                i: a
+                for i, a in args_by_shard.items()
+                if isinstance(results[i], _Died) and i % self.processes in recovered
+            }
+            if retry:
+                results.update(self._call_once(method, retry))
+            failures = [r.error for r in results.values() if isinstance(r, _Died)]
+            if failures:
+                raise failures[0]
+            return results
         # A shard's calls are deterministic and write only new objects, so redoing one after its
         # actor died gives what the lost attempt would have given (the lost attempt's debris is
         # purged at the next commit). One redo per call: an actor that dies again fails it.
@@ -286,6 +383,7 @@ class RayShardPool:
         return results
 
     def shutdown(self) -> None:
-        for actor in self.actors.values():
+        for actor in [*self.actors.values(), *self.hosts.values()]:
             self._ray.kill(actor)
         self.actors.clear()
+        self.hosts.clear()

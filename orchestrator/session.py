@@ -24,8 +24,13 @@ PoolFactory = Callable[[StorageConfig, TrainingConfig, AnyModelConfig, Mapping[i
 def ray_pool(
     storage: StorageConfig, training: TrainingConfig, model: AnyModelConfig, versions: Mapping[int, int | None]
 ) -> ShardPool:
-    """One Ray actor per shard (``expunge.shards.actor.ShardActor``)."""
-    return RayShardPool(storage, training, model, versions)
+    """One Ray actor per shard (``expunge.shards.actor.ShardActor``).
+
+    A pool that trains from scratch (no shard has a version yet) puts several shards in one worker
+    process when the cluster cannot run them all at once (``RayShardPool(share_processes=True)``).
+    """
+    fresh = bool(versions) and all(v is None for v in versions.values())
+    return RayShardPool(storage, training, model, versions, share_processes=fresh)
 
 
 def local_pool(

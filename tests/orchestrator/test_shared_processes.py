@@ -1,0 +1,89 @@
+"""Training from scratch on a cluster that cannot run every shard at once shares worker processes (issue 22).
+
+Each extra process costs its start-up (interpreter, torch, the shard code) on CPUs the shards
+would only time-share: on two cores, ``expunge train`` at S=8 paid it eight times against once
+at S=1. The shards' bits must not notice: they are compared with in-process training, and an
+erasure after it (also after a host was killed) with training from scratch without the subject.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from expunge.orchestrator.config import SyntheticRatingsConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool, ray_pool
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.pool import RayShardPool, shard_processes
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
+from tests.engine import from_scratch, job, without
+
+ROWS = synthetic_ratings(SyntheticRatingsConfig(users=36, items=20, ratings_per_user=6, seed=5))
+CONFIG = job(shards=6, slices=2)  # 0.5 CPU per shard: the test cluster's 2 CPUs run 4 at once
+
+
+@pytest.mark.parametrize(
+    ("shards", "cluster_cpus", "per_shard", "expected"),
+    [
+        (8, 2.0, 1.0, 2),  # the two-core machine: two processes
+        (8, 64.0, 1.0, 8),  # room for every shard: one process each, as before
+        (6, 2.0, 0.5, 4),
+        (4, 0.5, 1.0, 1),  # less than one shard's CPUs: still one process
+        (4, 2.0, 0.0, 4),  # nothing reserved per shard: one process each
+        (3, 2.99, 1.0, 2),
+        (3, 0.3, 0.1, 3),  # 0.3 / 0.1 is 2.9999999999999996 in floats: still 3
+    ],
+)
+def test_shard_processes(shards, cluster_cpus, per_shard, expected):
+    assert shard_processes(shards, cluster_cpus, per_shard) == expected
+
+
+def _trained_on_ray(tmp_path, hasher):
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, pool_factory=ray_pool)
+    coordinator.train(ROWS, CONFIG)
+    pool = coordinator.pool
+    assert isinstance(pool, RayShardPool)
+    return coordinator, pool
+
+
+@pytest.mark.integration
+def test_training_shares_processes_and_gives_the_bits_of_one_process_per_shard(tmp_path, hasher, ray_cluster):
+    coordinator, pool = _trained_on_ray(tmp_path, hasher)
+    try:
+        pids = pool.call("pid", {s: () for s in range(6)})
+        assert pool.processes == 4
+        assert len(set(pids.values())) == 4
+        assert pids[0] == pids[4]  # shard i lives in host i % 4
+        here = Coordinator(str(tmp_path / "here"), hasher, pool_factory=local_pool)
+        here.train(ROWS, CONFIG, placement=coordinator.placement_index())
+        equal = constituents_equal(coordinator.constituent_tensors(), here.constituent_tensors())
+        assert equal == dict.fromkeys(range(6), True)
+
+        subject = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))[7]
+        assert coordinator.forget([subject]).status == "erased"
+        reference = from_scratch(tmp_path, coordinator, without(ROWS, [subject]), CONFIG, hasher)
+        equal = constituents_equal(coordinator.constituent_tensors(), reference.constituent_tensors())
+        assert equal == dict.fromkeys(range(6), True)
+    finally:
+        coordinator.close()
+
+
+@pytest.mark.integration
+def test_a_killed_host_is_replaced_and_its_shards_reload_their_published_versions(tmp_path, hasher, ray_cluster):
+    coordinator, pool = _trained_on_ray(tmp_path, hasher)
+    try:
+        subjects = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
+        homes = coordinator.placement_index().home_cells()
+        subject = next(s for s in subjects if homes[hasher.digest(s)].shard in (0, 4))
+        shard = homes[hasher.digest(subject)].shard
+        os.kill(pool.call("pid", {shard: ()})[shard], signal.SIGKILL)
+
+        assert coordinator.forget([subject]).status == "erased"  # redone on the replacement host
+        reference = from_scratch(tmp_path, coordinator, without(ROWS, [subject]), CONFIG, hasher)
+        equal = constituents_equal(coordinator.constituent_tensors(), reference.constituent_tensors())
+        assert equal == dict.fromkeys(range(6), True)  # the other shard of that host reloaded, unchanged
+    finally:
+        coordinator.close()
