@@ -664,6 +664,13 @@ def main(
     if http:
         from expunge.pipelines.benchmark_http import HttpSettings, print_http, run_http
 
+        if rate is not None:  # the HTTP load has no pacer: it would run unpaced and say nothing
+            with exit_on_error():
+                raise ConfigError(
+                    f"--rate {rate:g} paces the stream of the latency run, and --http runs the HTTP load instead "
+                    "(--clients concurrent clients, as fast as they are answered); drop --http or --rate"
+                )
+
         http_settings = HttpSettings(
             shards=shards,
             slices=slices,

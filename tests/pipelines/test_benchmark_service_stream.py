@@ -98,3 +98,9 @@ def test_the_stream_without_data_says_the_stream_needs_it():
     result = CliRunner().invoke(app, ["benchmark", "service", "--rate", "5", "--duration", "10"])
     assert result.exit_code == 2
     assert "the stream (--rate 5) needs --data FILE" in result.output
+
+
+def test_a_rate_with_the_http_load_is_refused_not_ignored():
+    result = CliRunner().invoke(app, ["benchmark", "service", "--http", "--rate", "5"])
+    assert result.exit_code == 2
+    assert "drop --http or --rate" in result.output
