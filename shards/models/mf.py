@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -37,28 +37,44 @@ class MFModule(nn.Module):
         self.user_tables = nn.ModuleList()
         self.user_slices: list[list[str]] = []  # subject digests, one sorted list per grown table
         self.user_index: dict[str, int] = {}
+        # The tables' parameters in table order (the same Parameter objects, which loading a state
+        # updates in place): a step reads them without nn.Module's attribute lookup, 2 per table.
+        self._user_biases: list[nn.Parameter] = []
+        self._user_factors: list[nn.Parameter] = []
 
     def add_users(self, digests: list[str], factors: torch.Tensor) -> None:
         offset = len(self.user_index)
         self.user_slices.append(list(digests))
         self.user_index.update({d: offset + i for i, d in enumerate(digests)})
-        self.user_tables.append(UserTable(factors))
+        table = UserTable(factors)
+        self.user_tables.append(table)
+        self._user_biases.append(table.bias)
+        self._user_factors.append(table.factors)
 
     def terms(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted ratings and the squared norm of the parameters each row touched."""
+        """Predicted ratings and the squared norm of the parameters each row touched.
+
+        ``users``, ``items``: int64 of shape (rows,); a user index of -1 is a user the module does
+        not hold (its terms are zeros). Returns two float32 tensors of shape (rows,).
+        """
         item_vectors = self.item_factors[items]
-        score = self.mu + self.item_bias[items]
-        norm = self.item_bias[items] ** 2 + (item_vectors**2).sum(dim=1)
-        if len(self.user_tables) == 0:
+        item_bias = self.item_bias
+        score = self.mu + item_bias[items]
+        norm = item_bias[items] ** 2 + (item_vectors**2).sum(dim=1)
+        if not self._user_biases:
             return score, norm
-        tables = [cast(UserTable, table) for table in self.user_tables]
-        bias = torch.cat([table.bias for table in tables])
-        factors = torch.cat([table.factors for table in tables])
+        bias = torch.cat(self._user_biases)
+        factors = torch.cat(self._user_factors)
         known = users >= 0
-        safe = users.clamp(min=0)
+        every_user_known = bool(known.all())  # always so in training: a step's users are grown first
+        safe = users if every_user_known else users.clamp(min=0)
         user_vectors = factors[safe]
         user_term = bias[safe] + (user_vectors * item_vectors).sum(dim=1)
         user_norm = bias[safe] ** 2 + (user_vectors**2).sum(dim=1)
+        if every_user_known:
+            # What the masked sums below give when every row is known, value for value, forward and
+            # backward (the mask passes each gradient through unchanged), with 5 fewer kernels a step.
+            return score + user_term, norm + user_norm
         zeros = torch.zeros_like(user_term)
         return score + torch.where(known, user_term, zeros), norm + torch.where(known, user_norm, zeros)
 
