@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
@@ -204,6 +205,10 @@ class RayShardPool:
         if not ray.is_initialized():
             raise ConfigError("Ray is not initialised; call ray.init() (or use the pipelines) first")
         self._ray: Any = ray
+        # A relative folder names the driver's folder: actors on a cluster joined by RAY_ADDRESS run
+        # in the cluster's working folder, and would write a store of their own there.
+        if "://" not in storage.uri:
+            storage = storage.model_copy(update={"uri": str(Path(storage.uri).resolve())})
         self.storage = storage
         self.training = training
         self.model = model

@@ -13,7 +13,7 @@ import signal
 
 import pytest
 
-from expunge.orchestrator.config import SyntheticRatingsConfig
+from expunge.orchestrator.config import StorageConfig, SyntheticRatingsConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool, ray_pool
 from expunge.orchestrator.evidence.exactness import constituents_equal
 from expunge.orchestrator.pool import RayShardPool, shard_processes
@@ -87,3 +87,17 @@ def test_a_killed_host_is_replaced_and_its_shards_reload_their_published_version
         assert equal == dict.fromkeys(range(6), True)  # the other shard of that host reloaded, unchanged
     finally:
         coordinator.close()
+
+
+@pytest.mark.integration
+def test_actors_get_the_store_folder_the_driver_means_not_a_relative_one(tmp_path, monkeypatch, ray_cluster):
+    # Actors of a cluster joined through RAY_ADDRESS run in the cluster's working folder: a relative
+    # store path would be another folder there (the driver's manifests here, the shards' objects there).
+    monkeypatch.chdir(tmp_path)
+    model = CONFIG.training.model.model_copy(update={"num_items": 10})
+    pool = RayShardPool(StorageConfig(uri="relative-store"), CONFIG.training, model, {0: None})
+    try:
+        assert pool.storage.uri == str(tmp_path / "relative-store")
+        assert pool.call("ready", {0: ()}) == {0: 0}
+    finally:
+        pool.shutdown()
