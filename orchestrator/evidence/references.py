@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.catalog import INGEST_RECEIPT_PREFIX, Catalog
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.receipt_chain import chain_key, chained_sequences
@@ -77,6 +77,12 @@ def resolve_request(catalog: Catalog, hasher: SubjectHasher, reference: str) -> 
             "give the request id"
         )
     found = keyed or ticketed
+    if found is None and REQUEST_ID.fullmatch(reference) and catalog.read_ingest_receipt(reference) is not None:
+        raise ConfigError(
+            f"request {reference} is an ingest (its receipt is {INGEST_RECEIPT_PREFIX}/{reference}.json), not an "
+            "erasure: `verify --request` checks erasures. Run `expunge verify` without --request to walk the "
+            "receipt log and the store's state, and `expunge scan --subject ID` for a person refused from the batch"
+        )
     if found is None:
         raise ConfigError(
             f"no request of {catalog.store.uri} answers to that reference: give the request id (`expunge forget` "

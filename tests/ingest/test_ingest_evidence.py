@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from expunge.orchestrator.config import MFConfig, SyntheticRatingsConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
@@ -69,3 +71,17 @@ def test_a_failed_publish_is_never_built_on_by_the_retry(tmp_path, monkeypatch) 
     assert manifest.rows == len(ROWS) - retry.rows_removed  # the batch's rows were not published
     found = rederive_shards(coordinator.catalog, manifest, range(manifest.sharding.shards))
     assert all(r.result.exact for r in found.values())
+
+
+def test_verifying_an_ingest_id_says_it_is_an_ingest_and_what_checks_it(tmp_path) -> None:
+    from expunge.orchestrator.errors import ConfigError
+    from expunge.orchestrator.evidence.verify import verify_erasure
+
+    hasher = SubjectHasher(TEST_KEY)
+    store = tmp_path / "store"
+    coordinator = Coordinator(str(store), hasher, pool_factory=local_pool)
+    coordinator.train(ROWS.slice(0, 120), job(model=MFConfig(embedding_dim=4), shards=2, slices=2))
+    coordinator.ingest(ROWS.slice(120, 20), request_id="daily-2026-12-05")
+    with pytest.raises(ConfigError, match="is an ingest") as refused:
+        verify_erasure(str(store), "daily-2026-12-05", hasher, log_to_mlflow=False)
+    assert "`expunge verify` without --request" in str(refused.value)
