@@ -39,8 +39,8 @@ class MFModule(nn.Module):
         self.user_index: dict[str, int] = {}
         # The tables' parameters in table order (the same Parameter objects, which loading a state
         # updates in place): a step reads them without nn.Module's attribute lookup, 2 per table.
-        self._user_biases: list[nn.Parameter] = []
-        self._user_factors: list[nn.Parameter] = []
+        self._user_biases: list[torch.Tensor] = []
+        self._user_factors: list[torch.Tensor] = []
 
     def add_users(self, digests: list[str], factors: torch.Tensor) -> None:
         offset = len(self.user_index)
