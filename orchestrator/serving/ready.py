@@ -278,7 +278,7 @@ class ReadyFits:
                     total = model.subtract(total, out, into)  # one merge with the whole sum
                 else:  # a model written against subtract(state, part): out, then in
                     total = model.combine([model.subtract(total, out), into])
-        except ValueError as exc:  # states that do not add up as recorded: the full sum says why
+        except Exception as exc:  # e.g. states that do not add up as recorded: the full sum says why
             log.warning("ensemble sum from the last solved version failed (%s); summing every shard", exc)
             self.sums["full"] += 1
             return None

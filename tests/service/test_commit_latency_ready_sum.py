@@ -14,8 +14,10 @@ from expunge.orchestrator.config import (
 )
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.service.core import ErasureService
+from expunge.orchestrator.serving import ready
 from expunge.orchestrator.serving.ready import solve_from_scratch
 from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.models import ItemStatsModel
 from expunge.shards.rows import SUBJECT_ID
 from tests.engine import job, without
 
@@ -68,5 +70,31 @@ def test_each_served_version_is_the_from_scratch_sum_and_fit_after_erasures_on_s
         reference = Coordinator(other.storage, hasher, None, pool_factory=local_pool)
         reference.train(without(ROWS, erased), other)
         assert _buffers(served.ensemble.state) == _buffers(reference.statistics().state)
+    finally:
+        service.close()
+
+
+def test_a_sum_from_the_last_version_that_fails_falls_back_to_summing_every_shard(tmp_path, hasher, monkeypatch):
+    config = _job(tmp_path)
+    Coordinator(config.storage, hasher, None, pool_factory=local_pool).train(ROWS, config)
+    service = ErasureService(config, hasher, None, pool_factory=local_pool)
+    fits = service.readiness.fits
+    assert fits is not None
+    try:
+        assert fits.wait(service.coordinator.require_manifest().version, timeout=120)
+        full_before = fits.sums["full"]
+
+        class Broken(ItemStatsModel):  # the ready thread's model only: the shards' own subtract is untouched
+            def subtract(self, state, part, replacement=None):  # type: ignore[no-untyped-def]
+                raise RuntimeError("a bug in subtract")
+
+        monkeypatch.setattr(ready, "model_for", lambda config: Broken(config))
+        receipt = service.forget([SUBJECTS[2]], timeout=120)
+        assert fits.wait(receipt.model_version_after or 0, timeout=120)
+        served = service.readiness.served()
+        assert served is not None
+        scratch = solve_from_scratch(service.coordinator.store, service.coordinator.require_manifest())
+        assert _buffers(served.ensemble.state) == _buffers(scratch.state)
+        assert fits.sums["full"] == full_before + 1
     finally:
         service.close()
