@@ -276,13 +276,20 @@ class ErasureConfig(Frozen):
     """How a ``forget`` job runs its shard retrains (docs/performance.md, "Cold CLI erasure")."""
 
     in_process_max_shards: int = Field(
-        1,
+        8,
         ge=0,
         description="A `forget` job with no Ray cluster to join (RAY_ADDRESS unset) that retrains at most this many "
-        "shards retrains them in its own process, one after another, and never starts Ray (a private cluster costs "
-        "5-8 s to start on two cores, and each shard actor about 1.3 s); the bits are the same. 0: always start Ray. "
-        "A job on a cluster (RAY_ADDRESS), an audited erasure (evidence.audit_holdout) and the service always use "
-        "Ray actors.",
+        "shards, within `in_process_max_cpu_s`, retrains them in its own process, one after another, and never "
+        "starts Ray (a private cluster costs 5-13 s to start on two cores, and each shard actor about 1.3 s); the "
+        "bits are the same. 0: always start Ray. A job on a cluster (RAY_ADDRESS), an audited erasure "
+        "(evidence.audit_holdout) and the service always use Ray actors.",
+    )
+    in_process_max_cpu_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="...and when those shards' from-scratch training took at most this many CPU seconds together "
+        "(the store's last training, per shard: the most an erasure retrains), so that retraining them one after "
+        "another costs less than starting Ray; larger retrains start Ray and run in parallel actors.",
     )
 
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,7 +14,15 @@ from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingC
 from expunge.orchestrator.errors import ConfigError, ExpungeError, ShardRetrainFailed, ShardStartTimeout
 from expunge.shards.shard import Shard
 
-__all__ = ["FirstCallPool", "LocalShardPool", "RayShardPool", "ShardPool", "fit_cpus_per_actor", "shard_processes"]
+__all__ = [
+    "FirstCallPool",
+    "InProcessRule",
+    "LocalShardPool",
+    "RayShardPool",
+    "ShardPool",
+    "fit_cpus_per_actor",
+    "shard_processes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +135,41 @@ class LocalShardPool:
         self.shards.clear()
 
 
+@dataclass(frozen=True)
+class InProcessRule:
+    """When a job without a cluster retrains shards in its own process instead of starting Ray.
+
+    ``max_shards``: at most this many shards (0: never). ``max_cpu_s``: and at most this many CPU
+    seconds of their from-scratch training together, at ``shard_cpu_s`` per shard (the last
+    training's CPU seconds over S: the most an erasure of one shard retrains; 0: unknown, not
+    counted). Starting Ray and its actors costs about 6-15 s on two cores; beyond these bounds,
+    parallel actors win it back.
+    """
+
+    max_shards: int
+    max_cpu_s: float = math.inf
+    shard_cpu_s: float = 0.0
+
+    def decide(self, shards: int) -> tuple[bool, str]:
+        """Whether ``shards`` shards retrain in this process, and why (said in the job's progress)."""
+        if shards > self.max_shards:
+            return False, f"{shards} shards to retrain, more than erasure.in_process_max_shards ({self.max_shards})"
+        cost = shards * self.shard_cpu_s
+        if cost > self.max_cpu_s:
+            return False, (
+                f"{shards} shard(s) whose training took {cost:.1f} CPU s, more than erasure.in_process_max_cpu_s "
+                f"({self.max_cpu_s:g})"
+            )
+        return True, f"{shards} shard(s) to retrain: in this process, without Ray"
+
+
 class FirstCallPool:
-    """In-process shards or Ray actors, chosen at the first call from how many shards it names.
+    """In-process shards or Ray actors, chosen at the first call from the shards it names.
 
     A job that runs without a cluster (no ``RAY_ADDRESS``) and retrains few shards spends most
-    of its time starting Ray (5-8 s on two cores) and its actors (about 1.3 s each): with at most
-    ``in_process_max_shards`` shards named by the first call, they run in this process, one after
-    another (``LocalShardPool``), and Ray never starts. Otherwise ``start_ray`` runs, then
+    of its time starting Ray (5-13 s on two cores) and its actors (about 1.3 s each): when
+    ``rule`` allows the shards named by the first call, they run in this process, one after
+    another (``LocalShardPool``), and Ray never starts. Otherwise ``start_ray(why)`` runs, then
     ``RayShardPool``. The choice holds for the pool's life: later calls go to the same kind.
     Both kinds give the same bits (``configure_determinism`` fixes threads and kernels in either).
     """
@@ -144,24 +181,23 @@ class FirstCallPool:
         model: AnyModelConfig,
         versions: Mapping[int, int | None],
         *,
-        in_process_max_shards: int,
-        start_ray: Callable[[], None],
+        rule: InProcessRule,
+        start_ray: Callable[[str], None],
     ) -> None:
         self._args = (storage, training, model)
         self.versions = dict(versions)
-        self.in_process_max_shards = in_process_max_shards
+        self.rule = rule
         self._start_ray = start_ray
         self.chosen: LocalShardPool | RayShardPool | None = None
 
     def _pool(self, shards: int) -> LocalShardPool | RayShardPool:
         if self.chosen is None:
-            if shards <= self.in_process_max_shards:
-                log.info(
-                    "%d shard(s) to call, at most %d: in this process, without Ray", shards, self.in_process_max_shards
-                )
+            here, why = self.rule.decide(shards)
+            log.info("%s", why)
+            if here:
                 self.chosen = LocalShardPool(*self._args, self.versions)
             else:
-                self._start_ray()
+                self._start_ray(why)
                 self.chosen = RayShardPool(*self._args, self.versions)
         return self.chosen
 

@@ -10,7 +10,7 @@ from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingC
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError, ExpungeError
 from expunge.orchestrator.lease import StoreLease
-from expunge.orchestrator.pool import FirstCallPool, LocalShardPool, RayShardPool, ShardPool
+from expunge.orchestrator.pool import FirstCallPool, InProcessRule, LocalShardPool, RayShardPool, ShardPool
 from expunge.shards.store import ObjectStore
 
 __all__ = ["PoolFactory", "StoreSession", "check_key", "first_call_pool", "local_pool", "published", "ray_pool"]
@@ -40,17 +40,15 @@ def local_pool(
     return LocalShardPool(storage, training, model, versions)
 
 
-def first_call_pool(in_process_max_shards: int, start_ray: Callable[[], None]) -> PoolFactory:
-    """Shards in this process when the first call names at most ``in_process_max_shards``, else Ray
-    (``start_ray`` runs first): ``expunge.orchestrator.pool.FirstCallPool``.
+def first_call_pool(rule: InProcessRule, start_ray: Callable[[str], None]) -> PoolFactory:
+    """Shards in this process when ``rule`` allows the first call's shards, else Ray (``start_ray(why)``
+    runs first): ``expunge.orchestrator.pool.FirstCallPool``.
     """
 
     def factory(
         storage: StorageConfig, training: TrainingConfig, model: AnyModelConfig, versions: Mapping[int, int | None]
     ) -> ShardPool:
-        return FirstCallPool(
-            storage, training, model, versions, in_process_max_shards=in_process_max_shards, start_ray=start_ray
-        )
+        return FirstCallPool(storage, training, model, versions, rule=rule, start_ray=start_ray)
 
     return factory
 

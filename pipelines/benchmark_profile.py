@@ -82,7 +82,7 @@ class ProfileSettings(BaseModel):
     ratings_per_user: int = Field(20, ge=1, description="generated ratings only")
     seed: int = 0
     in_process_max_shards: int = Field(
-        1, ge=0, description="the job's erasure.in_process_max_shards (0: the erasure always starts Ray)"
+        8, ge=0, description="the job's erasure.in_process_max_shards (0: the erasure always starts Ray)"
     )
 
     def used(self) -> dict[str, Any]:
@@ -287,7 +287,10 @@ def run(settings: ProfileSettings, workdir: Path, say: Callable[[str], None] = _
     report_path = workdir / "child-report.json"
     read_fd, write_fd = os.pipe()
     spec = {"config": str(config), "subjects": subjects, "report": str(report_path), "progress_fd": write_fd}
-    say("cold erasure: a fresh process does what `expunge forget` does (imports, Ray start, MLflow, actors, retrain)")
+    say(
+        "cold erasure: a fresh process does what `expunge forget` does (imports, MLflow, retrain; Ray start and "
+        "actors when it starts Ray: erasure.in_process_max_shards)"
+    )
     relay = _relay(read_fd, say)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     spawned_at = time.time()
@@ -362,7 +365,7 @@ def _child(spec: dict[str, Any], spawned_at: float) -> None:
                     ray.shutdown()
         rows = [dataclasses.asdict(s) for s in clock.stages()]
         Path(spec["report"]).write_text(json.dumps({"stages": rows, "receipts": receipts}))
-        said.write("stopped Ray; the measured process exits\n")
+        said.write("the measured process exits\n")
 
 
 def _erase_twice(
@@ -387,7 +390,7 @@ def _erase_twice(
         hasher,
         job.tracking,
         evidence=job.evidence,
-        in_process_max_shards=job.erasure.in_process_max_shards,
+        erasure=job.erasure,
         pool_wrapper=_TimedPool,
         lineage_factory=_timed_lineage,
     ) as coordinator:
@@ -485,7 +488,7 @@ def main(
     output: Path = typer.Option(Path("profile-results.json"), help="JSON results file"),
     seed: int = typer.Option(0),
     in_process_max_shards: int = typer.Option(
-        1, min=0, help="the job's erasure.in_process_max_shards (0: the erasure always starts Ray, as on a cluster)"
+        8, min=0, help="the job's erasure.in_process_max_shards (0: the erasure starts Ray, as on a cluster)"
     ),
 ) -> None:
     """Where the time of one cold and one warm erasure goes, by stage (wall and CPU seconds); prints JSON."""
@@ -516,6 +519,9 @@ def main(
     text = report.model_dump_json(indent=1)
     output.write_text(text)
     typer.echo(text)
+    for goal in report.goals:
+        if not goal.passed:
+            typer.echo(f"goal missed: {goal.name} {goal.value:.2f} (limit {goal.limit:g})", err=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from expunge.orchestrator.cluster import alive_node_count, require_shared_storag
 from expunge.orchestrator.config import (
     ErasureConfig,
     EvidenceConfig,
+    JobConfig,
     PrivacyConfig,
     StorageConfig,
     TrackingConfig,
@@ -37,7 +38,7 @@ from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.membership import configured_audit
 from expunge.orchestrator.lease import StoreLease
-from expunge.orchestrator.pool import ShardPool
+from expunge.orchestrator.pool import InProcessRule, ShardPool
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.registry.binding import bind_tracking
@@ -138,7 +139,7 @@ def run(
         tracking,
         tracking_uri,
         evidence=evidence,
-        in_process_max_shards=erasure.in_process_max_shards,
+        erasure=erasure,
     ) as coordinator:
         audited = evidence is not None and evidence.audit_holdout is not None
         return erase(coordinator, subjects, request_id, ticket=ticket, reason=reason, audited=audited)
@@ -152,7 +153,7 @@ def opened(
     tracking_uri: str | None = None,
     *,
     evidence: EvidenceConfig | None = None,
-    in_process_max_shards: int | None = None,
+    erasure: ErasureConfig | None = None,
     pool_wrapper: Callable[[ShardPool], ShardPool] | None = None,
     lineage_factory: Callable[[TrackingConfig, StorageConfig], Lineage | None] = deferred_lineage,
 ) -> Iterator[Coordinator]:
@@ -162,10 +163,10 @@ def opened(
     Ray starts (``connecting_beside``); the lineage reconciles at its first use, when the
     coordinator opens, as before.
 
-    Without a cluster to join (``RAY_ADDRESS`` unset, Ray not initialised in this process), no
-    audit, and ``in_process_max_shards`` > 0 (default: ``ErasureConfig``'s), Ray starts only if
-    the first shard call names more than ``in_process_max_shards`` shards; otherwise those shards
-    retrain in this process (``orchestrator.pool.FirstCallPool``). ``pool_wrapper`` and
+    Without a cluster to join (``RAY_ADDRESS`` unset, Ray not initialised in this process) and no
+    audit, Ray starts only if the first shard call names more shards than ``erasure`` (default
+    ``ErasureConfig()``) lets this process retrain (``in_process_max_shards``,
+    ``in_process_max_cpu_s``); otherwise they retrain here (``orchestrator.pool.FirstCallPool``). ``pool_wrapper`` and
     ``lineage_factory`` are seams for measuring (``expunge benchmark profile``) and tests.
 
     Raises:
@@ -184,15 +185,21 @@ def opened(
         StoreLease(ObjectStore(storage), storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
     lineage = lineage_factory(tracking, storage)  # deferred: nothing read or written yet
 
-    def start_ray() -> None:
-        with progress("starting Ray"), stage("Ray start"), connecting_beside(lineage):
+    def start_ray(why: str = "") -> None:
+        what = f"starting Ray ({why})" if why else "starting Ray"
+        with progress(what), stage("Ray start"), connecting_beside(lineage):
             init_ray()
         require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
 
-    limit = ErasureConfig().in_process_max_shards if in_process_max_shards is None else in_process_max_shards
+    erasure = erasure or ErasureConfig()
     pool_factory: PoolFactory = ray_pool
-    if limit > 0 and evidence.audit_holdout is None and not _on_a_cluster():
-        pool_factory = first_call_pool(limit, start_ray)  # Ray starts at the first call, if at all
+    if erasure.in_process_max_shards > 0 and evidence.audit_holdout is None and not _on_a_cluster():
+        rule = InProcessRule(
+            erasure.in_process_max_shards,
+            erasure.in_process_max_cpu_s,
+            latest.train_cpu_seconds / max(1, latest.sharding.shards),
+        )
+        pool_factory = first_call_pool(rule, start_ray)  # Ray starts at the first call, if at all
     else:
         start_ray()
     if pool_wrapper is not None:
@@ -278,7 +285,13 @@ def main(
         help="held-out rows (Parquet file or folder, or MovieLens file) for a membership audit of this erasure "
         "(overrides evidence.audit_holdout)",
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    in_process_max_shards: int | None = typer.Option(
+        None,
+        min=0,
+        help="without a Ray cluster: retrain at most this many shards in this process instead of starting Ray "
+        "(overrides erasure.in_process_max_shards; 0: always start Ray)",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what each step does"),
 ) -> None:
     """Erase subjects: delete their rows and retrain only the shards that held them.
 
@@ -321,9 +334,16 @@ def main(
             evidence=evidence,
             ticket=ticket,
             reason=reason,
-            erasure=job.erasure if job else None,
+            erasure=_erasure_settings(job, in_process_max_shards),
         )
     _report(receipt)
+
+
+def _erasure_settings(job: JobConfig | None, in_process_max_shards: int | None) -> ErasureConfig:
+    erasure = job.erasure if job else ErasureConfig()
+    if in_process_max_shards is not None:
+        erasure = erasure.model_copy(update={"in_process_max_shards": in_process_max_shards})
+    return erasure
 
 
 def through_service(

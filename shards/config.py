@@ -154,7 +154,11 @@ class TrainingConfig(Frozen):
     )
     threads_per_shard: int = Field(1, ge=1, description="Torch threads each shard trains with.")
     cpus_per_shard: float = Field(
-        1.0, ge=0.0, description="Ray CPUs reserved per shard actor; lowered automatically if the cluster is smaller."
+        1.0,
+        ge=0.0,
+        description="Ray CPUs reserved per shard actor; lowered automatically if the cluster is smaller. Training from "
+        "scratch starts at most `cluster CPUs / cpus_per_shard` worker processes and gives each several shards when "
+        'there are more (docs/architecture.md, "The Ray seam").',
     )
     niceness: int = Field(
         0,
@@ -190,7 +194,11 @@ class StorageConfig(Frozen):
     ``AWS_ENDPOINT_URL`` when those are set.
     """
 
-    uri: str = Field("./expunge-store", description="Local folder, `file://` or `s3://` URL of the store.")
+    uri: str = Field(
+        "./expunge-store",
+        description="Local folder, `file://` or `s3://` URL of the store; a relative folder is relative to the folder "
+        "the job runs in (not the config file's).",
+    )
     endpoint_url: str | None = Field(
         None, description="S3 endpoint for S3-compatible servers; null = AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."
     )

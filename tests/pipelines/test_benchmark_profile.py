@@ -213,3 +213,23 @@ def test_a_tiny_profile_times_every_stage_of_a_cold_and_a_warm_erasure(tmp_path)
     assert {r["status"] for r in report.receipts.values()} == {"erased"}
     assert report.cold.wall_s >= report.cold.outside_work_wall_s > 0
     assert [g.limit for g in report.goals] == [15.0, 5.0]
+
+
+def test_a_missed_goal_is_said_on_stderr(tmp_path, monkeypatch):
+    """Issue 22 review: a profile whose cold erasure missed both goals exited 0 and said nothing."""
+
+    def slow_ray(command: list[str], env: dict[str, str], log_file: Path, what: str, pass_fds=()) -> None:
+        if "--child" not in command:
+            return
+        spec = json.loads(command[command.index("--child") + 1])
+        stage = {"cpu_s": 0.1, "cluster_cpu_s": 0.1, "calls": 1, "overlapped": False}
+        stages = [{"phase": "cold", "name": "Ray start", "wall_s": 20.0, **stage}]
+        stages += [{"phase": p, "name": "retrain", "wall_s": 1.0, **stage} for p in ("cold", "warm")]
+        Path(spec["report"]).write_text(json.dumps({"stages": stages, "receipts": {}}))
+
+    monkeypatch.setattr(benchmark_profile, "_run_logged", slow_ray)
+    result = CliRunner().invoke(
+        app, ["benchmark", "profile", "--workdir", str(tmp_path / "w"), "--output", str(tmp_path / "out.json")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "goal missed: cold CLI erasure wall seconds outside retraining and registration" in result.output

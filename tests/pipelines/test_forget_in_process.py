@@ -20,7 +20,7 @@ from expunge.orchestrator.config import SyntheticRatingsConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.evidence.exactness import constituents_equal
-from expunge.orchestrator.pool import FirstCallPool, LocalShardPool
+from expunge.orchestrator.pool import FirstCallPool, InProcessRule, LocalShardPool
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
 from tests.engine import from_scratch, job, without
@@ -34,8 +34,8 @@ class _RayWasStarted(Exception):
     pass
 
 
-def _start_ray() -> None:
-    raise _RayWasStarted
+def _start_ray(why: str) -> None:
+    raise _RayWasStarted(why)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def store(tmp_path: Path) -> tuple[Path, pa.Table]:
     return tmp_path / "store", rows
 
 
-def _pool(root: Path, limit: int) -> FirstCallPool:
+def _pool(root: Path, limit: int, max_cpu_s: float = 10.0, shard_cpu_s: float = 0.0) -> FirstCallPool:
     coordinator = Coordinator(str(root), HASHER, pool_factory=local_pool)
     manifest = coordinator.require_manifest()
     return FirstCallPool(
@@ -55,7 +55,7 @@ def _pool(root: Path, limit: int) -> FirstCallPool:
         manifest.training,
         manifest.model,
         dict(enumerate(manifest.shard_versions)),
-        in_process_max_shards=limit,
+        rule=InProcessRule(limit, max_cpu_s, shard_cpu_s),
         start_ray=_start_ray,
     )
 
@@ -68,12 +68,35 @@ def test_a_first_call_on_few_shards_runs_them_here_and_loads_only_those(store):
     assert pool.call("ready", {0: (), 1: ()}) == {0: 0, 1: 1}  # the choice holds for the pool's life
 
 
-def test_a_first_call_on_more_shards_than_the_limit_starts_ray(store):
+def test_a_first_call_on_more_shards_than_the_limit_starts_ray_and_says_why(store):
     pool = _pool(store[0], limit=1)
-    with pytest.raises(_RayWasStarted):
+    with pytest.raises(_RayWasStarted, match=r"2 shards to retrain, more than erasure.in_process_max_shards \(1\)"):
         pool.call("ready", {0: (), 1: ()})
     with pytest.raises(_RayWasStarted):
         _pool(store[0], limit=0).call("ready", {0: ()})  # 0: always Ray
+
+
+def test_shards_whose_training_cost_more_than_the_cpu_bound_start_ray(store):
+    # Two shards that took 6 CPU s each to train: 12 s one after another is more than Ray's start-up.
+    pool = _pool(store[0], limit=8, max_cpu_s=10.0, shard_cpu_s=6.0)
+    with pytest.raises(_RayWasStarted, match=r"took 12.0 CPU s, more than erasure.in_process_max_cpu_s \(10\)"):
+        pool.call("ready", {0: (), 1: ()})
+    assert _pool(store[0], limit=8, max_cpu_s=10.0, shard_cpu_s=6.0).call("ready", {1: ()}) == {1: 1}
+
+
+@pytest.mark.parametrize(
+    ("shards", "rule", "here"),
+    [
+        (1, InProcessRule(1), True),
+        (2, InProcessRule(1), False),
+        (1, InProcessRule(0), False),
+        (3, InProcessRule(8, 10.0, 3.0), True),
+        (4, InProcessRule(8, 10.0, 3.0), False),
+        (8, InProcessRule(8, 10.0, 0.0), True),  # training CPU unknown: only the count
+    ],
+)
+def test_the_in_process_rule(shards, rule, here):
+    assert rule.decide(shards)[0] is here
 
 
 @pytest.mark.integration
@@ -96,10 +119,18 @@ def test_a_cli_erasure_on_one_shard_without_a_cluster_never_starts_ray_and_is_ex
     receipt = json.loads(done.stdout)
     assert receipt["status"] == "erased"
     assert len(receipt["shards"]) == 1
-    assert "in this process, without Ray" in done.stderr
+    assert "1 shard(s) to retrain: in this process, without Ray" in done.stderr
     assert "starting Ray" not in done.stderr
 
     erased = Coordinator(str(root), HASHER, pool_factory=local_pool)
     reference = from_scratch(tmp_path, erased, without(rows, [subject]), CONFIG, HASHER)
     equal = constituents_equal(erased.constituent_tensors(), reference.constituent_tensors())
     assert equal == dict.fromkeys(range(CONFIG.sharding.shards), True)
+
+
+def test_forget_help_offers_the_in_process_bound(capsys):
+    from expunge.pipelines.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["forget", "--help"])
+    assert "--in-process-max-shards" in capsys.readouterr().out
