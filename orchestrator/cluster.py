@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from expunge.orchestrator.errors import ConfigError
 
-__all__ = ["alive_node_count", "gcs_answers", "is_local_storage", "require_shared_storage"]
+__all__ = ["absolute_folder", "alive_node_count", "gcs_answers", "is_local_storage", "require_shared_storage"]
 
 #: URI schemes that name a folder of one machine (a URI without a scheme is a local path too).
 _LOCAL_SCHEMES = frozenset({"file", "local"})
@@ -17,6 +18,18 @@ def is_local_storage(storage_uri: str) -> bool:
     if "://" not in storage_uri:
         return True
     return storage_uri.split("://", 1)[0].lower() in _LOCAL_SCHEMES
+
+
+def absolute_folder(storage_uri: str) -> str:
+    """A store URI as another process must be given it: a folder without a scheme made absolute here.
+
+    ``~`` is expanded, as the store itself expands it (fsspec), and a relative folder is resolved
+    against this process's working folder: Ray actors and the service run elsewhere (a cluster
+    joined through ``RAY_ADDRESS`` runs them in its own working folder). URLs are kept as they are.
+    """
+    if "://" in storage_uri:
+        return storage_uri
+    return str(Path(storage_uri).expanduser().resolve())
 
 
 def require_shared_storage(storage_uri: str, alive_nodes: int) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
+from expunge.orchestrator.cluster import absolute_folder
 from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.errors import ConfigError, ExpungeError, ShardRetrainFailed, ShardStartTimeout
 from expunge.shards.shard import Shard
@@ -21,6 +21,7 @@ __all__ = [
     "RayShardPool",
     "ShardPool",
     "fit_cpus_per_actor",
+    "fit_cpus_per_host",
     "shard_processes",
 ]
 
@@ -36,17 +37,28 @@ def fit_cpus_per_actor(wanted: float, cluster_cpus: float, actors: int) -> float
     return min(wanted, fair)
 
 
-def shard_processes(shards: int, cluster_cpus: float, cpus_per_shard: float) -> int:
+def fit_cpus_per_host(wanted: float, free_cpus: float, hosts: int, node_cpus: Sequence[float]) -> float:
+    """``fit_cpus_per_actor`` for ``hosts`` shard hosts, and never more than the largest node has.
+
+    A host runs one shard at a time, so it asks what a shard asks; with fewer, larger reservations
+    than one per shard, each must still fit on one node (``node_cpus``: the alive nodes' CPUs).
+    """
+    return min(fit_cpus_per_actor(wanted, free_cpus, hosts), max(node_cpus, default=0.0))
+
+
+def shard_processes(shards: int, node_cpus: Sequence[float], cpus_per_shard: float) -> int:
     """Worker processes to train ``shards`` from scratch in: one per shard the cluster can run at once.
 
-    Shards beyond ``cluster_cpus / cpus_per_shard`` would only time-share those CPUs, and each
-    process pays its own start-up (interpreter, torch and the shard code: about 2.5 s of CPU), so
-    they share processes instead. ``cpus_per_shard`` 0 (no reservation): one process per shard.
+    Shards beyond what the nodes can run at once (``node CPUs / cpus_per_shard`` each, rounded
+    down, summed over ``node_cpus``, the alive nodes' CPUs) would only time-share those CPUs, and
+    each process pays its own start-up (interpreter, torch and the shard code: about 2.5 s of CPU),
+    so they share processes instead. ``cpus_per_shard`` 0 (no reservation): one process per shard.
     Always between 1 and ``shards``.
     """
     if cpus_per_shard <= 0:
         return shards
-    return max(1, min(shards, math.floor(max(cluster_cpus, 0.0) / cpus_per_shard + 1e-9)))
+    fits = sum(math.floor(max(cpus, 0.0) / cpus_per_shard + 1e-9) for cpus in node_cpus)
+    return max(1, min(shards, fits))
 
 
 class _HostedShard:
@@ -243,8 +255,7 @@ class RayShardPool:
         self._ray: Any = ray
         # A relative folder names the driver's folder: actors on a cluster joined by RAY_ADDRESS run
         # in the cluster's working folder, and would write a store of their own there.
-        if "://" not in storage.uri:
-            storage = storage.model_copy(update={"uri": str(Path(storage.uri).resolve())})
+        storage = storage.model_copy(update={"uri": absolute_folder(storage.uri)})
         self.storage = storage
         self.training = training
         self.model = model
@@ -256,9 +267,12 @@ class RayShardPool:
         free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
         #: Worker processes the shards run in; fewer than the shards: ``ShardHost``s (see the class).
         self.processes = len(self.versions)
+        node_cpus: list[float] = []
         if share_processes and self.versions:
-            cluster = float(ray.cluster_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
-            self.processes = shard_processes(len(self.versions), cluster, training.cpus_per_shard)
+            nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+            node_cpus += [float(n.get("Resources", {}).get("CPU", 0.0)) for n in nodes if n.get("Alive")]
+            cluster = sum(node_cpus)
+            self.processes = shard_processes(len(self.versions), node_cpus, training.cpus_per_shard)
             if self.processes < len(self.versions):
                 log.info(
                     "%d shards in %d worker processes (%.2f cluster CPUs, %.2f per shard)",
@@ -268,7 +282,11 @@ class RayShardPool:
                     training.cpus_per_shard,
                 )
         self.hosts: dict[int, Any] = {}
-        self.cpus_per_actor = fit_cpus_per_actor(training.cpus_per_shard, free, self.processes)
+        self.cpus_per_actor = (
+            fit_cpus_per_host(training.cpus_per_shard, free, self.processes, node_cpus)
+            if self.hosted
+            else fit_cpus_per_actor(training.cpus_per_shard, free, self.processes)
+        )
         if self.cpus_per_actor < training.cpus_per_shard:
             log.info(
                 "%d shard actors with %.2f free CPUs: %.3f CPU reserved per actor (asked: %.2f)",

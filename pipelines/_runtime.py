@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from expunge.orchestrator.cluster import gcs_answers
 from expunge.orchestrator.config import JobConfig, PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.digests import SubjectHasher, key_weakness
 from expunge.orchestrator.errors import (
@@ -133,6 +134,11 @@ def init_ray(num_cpus: int | None = None) -> None:
         # Ray starts workers at niceness 15; Expunge's own cluster starts them at 0 (shards/niceness.py).
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     what = f"joining the Ray cluster at RAY_ADDRESS={address}" if address else "starting Ray on this machine"
+    if address and "://" not in address and address != "auto" and not gcs_answers(address):
+        # ray.init retries an address nobody answers for many minutes, printing a warning a second.
+        raise ClusterUnavailableError(
+            what, f"nothing answers at {address}: start the cluster, or fix or unset RAY_ADDRESS"
+        )
     try:
         _start_ray(ray, address, num_cpus)
     except Exception as exc:

@@ -135,7 +135,9 @@ def main(
         None, help="storage URI to scan (local folder, file:// or s3://; overrides the config)"
     ),
     config: Path | None = typer.Option(None, help="job config YAML (for storage and privacy)"),
-    subject: str = typer.Option(..., help="subject id to look for (digested with EXPUNGE_SUBJECT_KEY)"),
+    subject: list[str] = typer.Option(
+        ..., help="subject id to look for (digested with EXPUNGE_SUBJECT_KEY); one per scan"
+    ),
     endpoint_url: str | None = typer.Option(None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)"),
     tracking_uri: str | None = typer.Option(
         None, help="MLflow registry to check too (default: the one the store records; another one is refused)"
@@ -160,10 +162,15 @@ def main(
     """
     init_logging()
     with exit_on_error():
+        if len(subject) > 1:  # one report per subject: a second --subject silently replaced the first
+            raise ConfigError(
+                f"--subject was given {len(subject)} times: a scan looks for one subject, so run it once per "
+                "subject (each exits 0 only when nothing of that subject remains)"
+            )
         job, store = job_and_store(config, storage)
         if endpoint_url:
             store = store.model_copy(update={"endpoint_url": endpoint_url})
-        report = run(store, subject, job.privacy if job else PrivacyConfig(), tracking_uri, registry, logs=logs)
+        report = run(store, subject[0], job.privacy if job else PrivacyConfig(), tracking_uri, registry, logs=logs)
     if as_json:
         typer.echo(report.model_dump_json(indent=1))
     else:

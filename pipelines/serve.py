@@ -23,7 +23,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from expunge.orchestrator.cluster import gcs_answers, is_local_storage
+from expunge.orchestrator.cluster import absolute_folder, gcs_answers
 from expunge.orchestrator.config import JobConfig, ServiceConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
 from expunge.pipelines._head import HeadInfo, listening_addresses, read_state, start_head, stop_head
@@ -107,8 +107,7 @@ def _connect(address: str, namespace: str) -> None:
 def _anchored(job: JobConfig, tracking: TrackingConfig) -> JobConfig:
     """The job with paths made absolute: the service's processes do not run in this folder."""
     storage = job.storage
-    if is_local_storage(storage.uri) and "://" not in storage.uri:
-        storage = storage.model_copy(update={"uri": str(Path(storage.uri).resolve())})
+    storage = storage.model_copy(update={"uri": absolute_folder(storage.uri)})
     if tracking.enabled and tracking.uri is None:
         tracking = tracking.model_copy(update={"uri": f"sqlite:///{Path.cwd() / 'mlflow.db'}"})
     privacy = job.privacy

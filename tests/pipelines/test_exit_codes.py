@@ -150,3 +150,32 @@ def test_ray_that_cannot_start_is_retryable_not_a_bug(tmp_path):
     assert "starting Ray on this machine failed" in done.stderr
     assert "internal error" not in done.stderr
     assert not (tmp_path / "store").exists()  # nothing was written
+
+
+def test_a_ray_address_nobody_answers_is_retryable_at_once(tmp_path):
+    # Adversarial review: RAY_ADDRESS naming a dead cluster made ray.init retry for many minutes,
+    # printing a warning a second, before the job could exit 4.
+    (tmp_path / "job.yaml").write_text(JOB)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: nothing answers there
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPUNGE_SUBJECT_KEY": KEY, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        done = subprocess.run(
+            [sys.executable, "-m", "expunge.pipelines.cli", "train", "--config", "job.yaml"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert f"nothing answers at 127.0.0.1:{port}" in done.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_scan_for_two_subjects_is_refused_not_half_done(workdir, capsys):
+    # Adversarial review: a second --subject replaced the first, so a scan could say "clean" of a
+    # subject it never looked for.
+    assert _exit_code(["scan", "--storage", str(workdir / "store"), "--subject", "u1", "--subject", "u2"]) == 2
+    assert "a scan looks for one subject" in capsys.readouterr().err
