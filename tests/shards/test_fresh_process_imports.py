@@ -90,12 +90,6 @@ def _shard_job(tmp_path, *flags: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the changes to shards/training.py (Optimizer methods and step without torch._dynamo) and "
-    "shards/shard.py (slice reads, staged split and erased digests without pandas), handed to their owner; "
-    "remove this marker with them",
-)
 def test_an_mf_shard_trains_and_erases_without_importing_the_compiler_or_pandas(tmp_path):
     result = _shard_job(tmp_path)
     assert result["loaded"] == []
