@@ -22,7 +22,18 @@ __all__ = ["LoggedServable", "Packager"]
 _ORCHESTRATOR = Path(__file__).resolve().parents[1]
 _PYFUNC_FILE = _ORCHESTRATOR / "serving" / "pyfunc_model.py"
 # Imported by the pyfunc at load time; pinned to what wrote the checkpoints.
-_SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", "fsspec")
+# scipy and threadpoolctl: an item_stats version fits its statistics when it loads (one BLAS thread).
+_SERVING_REQUIREMENTS = (
+    "torch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pydantic",
+    "pyyaml",
+    "fsspec",
+    "scipy",
+    "threadpoolctl",
+)
 
 
 def _requirements() -> list[str]:

@@ -175,6 +175,9 @@ def test_the_ingest_version_pins_its_requirements_like_every_version(deployment)
     pins = (files / "requirements.txt").read_text().split()
     assert any(p.startswith("torch==") for p in pins)
     assert any(p.startswith("pyarrow==") for p in pins)
+    # An item_stats version fits when it loads: scipy, on one BLAS thread (threadpoolctl).
+    assert any(p.startswith("scipy==") for p in pins)
+    assert any(p.startswith("threadpoolctl==") for p in pins)
     assert all("==" in p for p in pins if not p.startswith("mlflow"))
 
 
