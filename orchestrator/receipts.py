@@ -73,7 +73,8 @@ class ErasureReceipt(BaseModel):
     shards: tuple[ShardRetrain, ...] = ()
     untouched_shards: tuple[int, ...] = ()
     #: Wall time of the whole request up to the store commit and purge (routing, actor start if
-    #: cold, retraining, commit), in seconds. MLflow time is not included.
+    #: cold, and Ray's own start when a ``forget`` job started it for this request, retraining,
+    #: commit), in seconds. MLflow time is not included.
     seconds: float = 0.0
     #: Wall time of the parallel retraining phase alone (affected actors already started), in seconds.
     retrain_seconds: float = 0.0
