@@ -1,6 +1,7 @@
 """``/metrics`` in the Prometheus text format (version 0.0.4): the service's queue, its backlog and its clock.
 
-Names (all prefixed ``expunge_``): ``queue_depth``, ``pending_purges``,
+Names (all prefixed ``expunge_``): ``queue_depth``, ``pending_purges``, ``ingests_total{outcome}``,
+``ingested_rows_total``,
 ``pending_registrations``, ``requests{state=...}`` (pending, late, done, failed, from the
 journal), ``request_stage_seconds`` (histogram, from receipt to each stage), ``requests_total``
 (this process's counters by stage), ``http_requests_total{route,method,code}`` and
@@ -87,6 +88,13 @@ def render(stats: ServiceStats, by_state: Mapping[str, int], http: HttpMetrics) 
             "# TYPE expunge_requests_total counter"]  # fmt: skip
     for stage in ("accepted", "committed", "registered", "failed"):
         out.append(f"expunge_requests_total{_labels(stage=stage)} {getattr(stats, stage)}")
+    out += ["# HELP expunge_ingests_total Ingests this service process answered, by outcome.",
+            "# TYPE expunge_ingests_total counter"]  # fmt: skip
+    outcomes = {"ingested": stats.ingested, "nothing_new": stats.ingests_nothing_new, "failed": stats.ingests_failed}
+    out += [f"expunge_ingests_total{_labels(outcome=o)} {n}" for o, n in outcomes.items()]
+    out += ["# HELP expunge_ingested_rows_total Rows the answered ingests of this process added.",
+            "# TYPE expunge_ingested_rows_total counter",
+            f"expunge_ingested_rows_total {stats.rows_ingested}"]  # fmt: skip
     out += ["# HELP expunge_request_stage_seconds Time from a request's receipt to each stage, in seconds.",
             "# TYPE expunge_request_stage_seconds histogram"]  # fmt: skip
     for stage in ("committed", "registered"):

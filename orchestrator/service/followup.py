@@ -142,6 +142,8 @@ class FollowUp:
         self._state = state
         self._work = work
         self._counts = counts
+        #: The service's counters (``ErasureService.stats``), shared with the ingest stage.
+        self.counts = counts
         self._stopped = stopped
         self.unregistered: list[Committed] = []
         self.repairs = Repairs()  # commits with steps left pending (purge, receipt log)

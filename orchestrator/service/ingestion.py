@@ -267,6 +267,7 @@ class ServiceIngestion:
             log.warning("ingest %s refused or failed: %s", waiting.request_id or "(unnamed)", type(exc).__name__)
         with self._state:
             waiting.receipt, waiting.error, waiting.done = receipt, error, True
+            self._count(waiting, published=committed)
             if receipt is not None and committed:
                 self.follow.unregistered.append(_registration(receipt))
             self._state.notify_all()
@@ -291,7 +292,9 @@ class ServiceIngestion:
         try:
             prepared = self._engine.prepare(taken.rows, taken.request_id, self.settings, SOURCE, erasing)
         except Exception as exc:  # the caller gets the error; the erasure goes on alone
-            taken.error, taken.done = exc, True
+            with self._state:
+                taken.error, taken.done = exc, True
+                self._count(taken, published=False)
             return None
         taken.prepared = prepared if prepared.plan is not None else None  # nothing new: it runs alone, at once
         return taken.prepared
@@ -303,10 +306,26 @@ class ServiceIngestion:
         with self._state:
             if taken.prepared is not None and taken.prepared.receipt is not None:
                 taken.receipt, taken.done = taken.prepared.receipt, True  # registered with the erasure's version
+                self._count(taken, published=True)
             elif not taken.done:
                 taken.prepared = None
                 self._waiting.appendleft(taken)
             self._state.notify_all()
+
+    def _count(self, answered: _Waiting, published: bool) -> None:
+        """Count an answered ingest by outcome, and the rows it added (the caller holds ``state``).
+
+        ``published``: the answer's rows went into a new version now; a replayed request id (its
+        first receipt again) or a batch of rows already stored added nothing.
+        """
+        counts = self.follow.counts
+        if answered.receipt is None:
+            counts["ingests_failed"] += 1
+        elif published:
+            counts["ingests_ingested"] += 1
+            counts["rows_ingested"] += answered.receipt.rows_added
+        else:
+            counts["ingests_nothing_new"] += 1
 
     def _add_rows(self, rows: pa.Table, request_id: str | None) -> tuple[IngestReceipt, bool]:
         """The engine call (the caller holds ``work``): the receipt, and whether a new version was published.

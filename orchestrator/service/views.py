@@ -82,6 +82,11 @@ class ServiceStats(BaseModel):
     pending_cause: str | None = None
     #: Latency from a request's receipt to each stage it reached in this process (committed, registered).
     latency: dict[str, Latency] = {}
+    #: Ingests this process answered, by outcome, and the rows they added.
+    ingested: int = 0
+    ingests_nothing_new: int = 0
+    ingests_failed: int = 0
+    rows_ingested: int = 0
 
     @classmethod
     def of(
@@ -108,4 +113,8 @@ class ServiceStats(BaseModel):
             pending_registrations=unregistered,
             pending_cause=cause,
             latency=dict(latency or {}),
+            ingested=counts.get("ingests_ingested", 0),
+            ingests_nothing_new=counts.get("ingests_nothing_new", 0),
+            ingests_failed=counts.get("ingests_failed", 0),
+            rows_ingested=counts.get("rows_ingested", 0),
         )

@@ -10,6 +10,7 @@ from threading import Thread
 import pyarrow as pa
 import pytest
 
+from expunge.orchestrator.api.metrics import HttpMetrics, render
 from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.errors import (
     DataValidationError,
@@ -104,6 +105,8 @@ def test_an_ingest_joins_a_waiting_erasure_then_is_served_exact_and_idempotent(t
             service.ingest(_batch(_rows("someone", range(2), "other")), request_id="daily-0001")
         unnamed = service.ingest(batch)
         assert (unnamed.status, unnamed.rows_already_stored, unnamed.rows_added) == ("nothing_new", 5, 0)
+        stats = service.stats()  # joined: 5 rows; the replay and the unnamed one added nothing; the conflict failed
+        assert (stats.ingested, stats.ingests_nothing_new, stats.ingests_failed, stats.rows_ingested) == (1, 2, 1, 5)
         assert service.model_version().ensemble_version == before + 1
     finally:
         service.close()
@@ -137,6 +140,12 @@ def test_bad_rows_write_nothing_and_a_good_ingest_goes_to_registration(tmp_path,
         receipt = service.ingest(_batch(_rows("user-77", range(2), "r")), request_id="batch-0077")
         assert receipt.status == "ingested"
         _until(lambda: service.stats().registrations == 1, "the registration step after the ingest")
+        # Counted (they were not: stats and /metrics showed erasures only); refusals before the queue are not answers.
+        stats = service.stats()
+        assert (stats.ingested, stats.ingests_nothing_new, stats.ingests_failed, stats.rows_ingested) == (1, 0, 0, 2)
+        metrics = render(stats, {}, HttpMetrics())
+        assert 'expunge_ingests_total{outcome="ingested"} 1' in metrics
+        assert "expunge_ingested_rows_total 2" in metrics
     finally:
         service.close()
 
