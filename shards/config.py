@@ -157,7 +157,7 @@ class TrainingConfig(Frozen):
         1.0,
         ge=0.0,
         description="Ray CPUs reserved per shard actor; lowered automatically if the cluster is smaller. Training from "
-        "scratch starts at most `cluster CPUs / cpus_per_shard` worker processes and gives each several shards when "
+        "scratch starts at most one worker process per `cpus_per_shard` CPUs of each node and gives each several shards when "
         'there are more (docs/architecture.md, "The Ray seam").',
     )
     niceness: int = Field(
