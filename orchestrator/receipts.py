@@ -118,6 +118,10 @@ class ErasureReceipt(BaseModel):
     #: never a subject id, an e-mail address or a phone number. None when not given.
     ticket: str | None = None
     reason: str | None = None
+    #: The request id of an ingest whose batch joined this commit (the service coalesces an
+    #: ingest into the erasure it meets: one retrain per shard for both); its receipt is
+    #: ``receipts/ingests/<id>.json``, and MLflow gets its run with this version. None otherwise.
+    joined_ingest: str | None = None
     #: CPU time (user + system) of the retraining phase, summed over the affected shards' actors,
     #: in seconds: unlike ``retrain_seconds`` it does not grow when the machine is busy. 0 when not measured.
     retrain_cpu_seconds: float = 0.0

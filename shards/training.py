@@ -12,6 +12,7 @@ import inspect
 import io
 import logging
 import pickle
+import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -232,6 +233,9 @@ def decode_checkpoint(data: bytes) -> dict[str, Any]:
         AttributeError,
         MemoryError,
         OverflowError,
+        TypeError,  # damaged format-1 bytes: torch's unpickler meets arguments of the wrong kind,
+        AssertionError,  # ids of the wrong type,
+        struct.error,  # or records cut short (adversarial review: these escaped untyped)
         pickle.UnpicklingError,
         pa.ArrowException,
     ) as exc:
@@ -263,9 +267,14 @@ def serialize_state(model: SisaModel | SufficientStatisticsModel, state: Trained
 def load_checkpoint(model: SisaModel | SufficientStatisticsModel, data: bytes) -> TrainedState:
     """A module and optimizer state from stored checkpoint bytes (raises ``StorageCorruptError``)."""
     payload = decode_checkpoint(data)
-    module = model.rebuild(payload["layout"])
-    module.load_state_dict(payload["model"])
-    return TrainedState(module, payload["optimizer"], int(payload["steps_done"]))
+    try:
+        module = model.rebuild(payload["layout"])
+        module.load_state_dict(payload["model"])
+        return TrainedState(module, payload["optimizer"], int(payload["steps_done"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # Decoded, but not a checkpoint of this model: damaged bytes of the checksum-less format 1
+        # (the plain torch.save zip), or another model's checkpoint. A storage fault, typed.
+        raise StorageCorruptError(f"a checkpoint does not fit its model ({type(exc).__name__}: {exc})"[:500]) from exc
 
 
 def _optimizer(module: torch.nn.Module, config: TrainingConfig, saved: dict[str, Any] | None) -> torch.optim.Optimizer:

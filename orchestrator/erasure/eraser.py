@@ -246,6 +246,7 @@ class Eraser:
             model_version_after=new_manifest.version,
             deleted_objects=tuple(str(v) for v in deleted),
             committed_at=utc_now(),
+            joined_ingest=ingest.request_id if ingest is not None and ingest.plan is not None else None,
         )
         try:
             self.session.catalog.write_receipt(new_manifest.version, receipt.model_dump_json(indent=1))

@@ -12,7 +12,7 @@ from expunge.orchestrator.catalog import INGEST_RECEIPT_PREFIX, Catalog, Ensembl
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.shards.store import ObjectStore
 
-__all__ = ["erasure_receipt", "ingest_receipt", "missed_erasure"]
+__all__ = ["erasure_receipt", "ingest_receipt", "joined_ingest_receipt", "missed_erasure"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,24 @@ def ingest_receipt(store: ObjectStore, manifest: EnsembleManifest) -> IngestRece
             "ensemble manifests (row count and untouched shards only)",
         ),
     )
+
+
+def joined_ingest_receipt(
+    store: ObjectStore, receipt: ErasureReceipt, manifest: EnsembleManifest
+) -> IngestReceipt | None:
+    """The receipt of the ingest whose batch joined the erasure that published ``manifest``, if any.
+
+    None when none joined, or when the ingest kept no readable receipt (a crash between the commit
+    and storing it): its run is then left out, and the erasure's run and version still record the commit.
+    """
+    if receipt.joined_ingest is None:
+        return None
+    text = Catalog(store).read_ingest_receipt(receipt.joined_ingest)
+    try:
+        return IngestReceipt.model_validate_json(text) if text is not None else None
+    except ValueError:
+        log.warning("ingest %s joined ensemble v%d: its receipt is unreadable", receipt.joined_ingest, manifest.version)
+        return None
 
 
 def missed_erasure(catalog: Catalog, manifest: EnsembleManifest, recorded: int) -> EnsembleManifest | None:

@@ -10,7 +10,12 @@ from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry.chain_anchors import ChainAnchor, ChainAnchors
-from expunge.orchestrator.registry.commit_records import erasure_receipt, ingest_receipt, missed_erasure
+from expunge.orchestrator.registry.commit_records import (
+    erasure_receipt,
+    ingest_receipt,
+    joined_ingest_receipt,
+    missed_erasure,
+)
 from expunge.orchestrator.registry.opening import LineageParts, OnFirstUse, connect
 from expunge.orchestrator.registry.packaging import Packager
 from expunge.orchestrator.registry.purge_notice import PurgeNotice
@@ -413,7 +418,14 @@ class Lineage:
         elif manifest.kind == "ingest":
             self.record_ingest(ingest_receipt(self.store, manifest), manifest, self.current_version())
         else:
-            self.record_erasure(erasure_receipt(self.store, manifest), manifest, self.current_version())
+            parent = self.current_version()
+            receipt = erasure_receipt(self.store, manifest)
+            version = self.record_erasure(receipt, manifest, parent)
+            joined = joined_ingest_receipt(self.store, receipt, manifest)
+            if joined is not None:  # its own run, with the erasure's version: one commit for both
+                run_id = self.runs.start_ingest(joined, manifest, parent)
+                self.runs.finish_ingest(run_id, joined, parent, version)
+                self.runs.end(run_id)
 
     def _finish_run_of(self, version: Any) -> None:
         """Close the run that explains ``version`` if its record was interrupted after the version existed."""

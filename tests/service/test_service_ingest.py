@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from threading import Thread
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -203,3 +204,31 @@ def test_the_ray_sdk_ingests_through_the_running_service(ray_served):  # noqa: F
     assert client.ingest(_batch(columns), request_id=receipt.request_id) == receipt  # a retry: the first receipt
     with pytest.raises(DataValidationError):  # typed across the actor call
         client.ingest({**columns, RATING: [9.0, 9.0, 9.0]})
+
+
+@pytest.mark.slow  # MLflow on SQLite: about 20 s
+def test_an_ingest_joining_an_erasure_gets_its_own_mlflow_run_with_the_erasures_version(tmp_path, hasher):
+    # It had none: MLflow recorded the erasure's run and version only, and the batch's lineage was lost.
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="svc", model_name="svc-model")
+    lineage = Lineage(tracking, str(tmp_path / "store"))
+    service = _service(tmp_path, hasher, lineage=lineage, window_ms=1500)
+    try:
+        request_id = service.submit([SUBJECTS[0]])
+        receipt = service.ingest(_batch(_rows("newcomer", range(3), "n")), request_id="daily-0002")
+        erasure = service.status(request_id).receipt
+        assert erasure is not None
+        assert receipt.model_version_after == erasure.model_version_after  # one commit for both
+
+        def ingest_runs() -> list[Any]:
+            found = lineage.client.search_runs(
+                [lineage.registry.experiment_id], filter_string="tags.mlflow.runName = 'ingest-daily-0002'"
+            )
+            return [r for r in found if "registry_version_after" in r.data.params]
+
+        _until(lambda: len(ingest_runs()) == 1, "the ingest's run, finished after the erasure's version")
+        runs = ingest_runs()
+        version = service.model_version().registry_version
+        assert runs[0].data.params["registry_version_after"] == version
+        assert runs[0].data.tags["expunge.registry_version"] == version
+    finally:
+        service.close()
