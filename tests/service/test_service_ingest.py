@@ -206,7 +206,6 @@ def test_the_ray_sdk_ingests_through_the_running_service(ray_served):  # noqa: F
         client.ingest({**columns, RATING: [9.0, 9.0, 9.0]})
 
 
-@pytest.mark.slow  # MLflow on SQLite: about 20 s
 def test_an_ingest_joining_an_erasure_gets_its_own_mlflow_run_with_the_erasures_version(tmp_path, hasher):
     # It had none: MLflow recorded the erasure's run and version only, and the batch's lineage was lost.
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="svc", model_name="svc-model")
