@@ -119,6 +119,19 @@ def test_an_unreachable_s3_endpoint_is_retryable(job, workdir, monkeypatch, caps
     assert not (workdir / "state").exists()  # serve started no Ray head
 
 
+def _train_in_a_fresh_process(folder: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``expunge train --config job.yaml`` as the program runs it, in ``folder``, with ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "expunge.pipelines.cli", "train", "--config", "job.yaml"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_ray_that_cannot_start_is_retryable_not_a_bug(tmp_path):
     # Issue 18: Ray failing to start within its timeout exited 5 ("a bug"). Here its GCS port is
     # taken, and Ray's own waits are cut to a few seconds.
@@ -137,15 +150,7 @@ def test_ray_that_cannot_start_is_retryable_not_a_bug(tmp_path):
                 "RAY_gcs_rpc_server_connect_timeout_s": "1",
             }
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "expunge.pipelines.cli", "train", "--config", "job.yaml"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
+        done = _train_in_a_fresh_process(tmp_path, env, timeout=240)
     assert done.returncode == 4, done.stderr[-3000:]
     assert "starting Ray on this machine failed" in done.stderr
     assert "internal error" not in done.stderr
@@ -160,15 +165,7 @@ def test_a_ray_address_nobody_answers_is_retryable_at_once(tmp_path):
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, never listening: nothing answers there
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPUNGE_SUBJECT_KEY": KEY, "RAY_ADDRESS": f"127.0.0.1:{port}"}
-        done = subprocess.run(
-            [sys.executable, "-m", "expunge.pipelines.cli", "train", "--config", "job.yaml"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = _train_in_a_fresh_process(tmp_path, env, timeout=120)
     assert done.returncode == 4, done.stderr[-3000:]
     assert f"nothing answers at 127.0.0.1:{port}" in done.stderr
     assert not (tmp_path / "store").exists()
