@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
-from expunge.orchestrator.config import AnyModelConfig, StorageConfig, TrainingConfig
+from expunge.orchestrator.config import AnyModelConfig, ErasureConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError, ExpungeError
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.pool import FirstCallPool, InProcessRule, LocalShardPool, RayShardPool, ShardPool
 from expunge.shards.store import ObjectStore
 
-__all__ = ["PoolFactory", "StoreSession", "check_key", "first_call_pool", "local_pool", "published", "ray_pool"]
+__all__ = [
+    "PoolFactory",
+    "StoreSession",
+    "check_key",
+    "first_call_pool",
+    "in_process_rule",
+    "local_pool",
+    "on_a_cluster",
+    "published",
+    "ray_pool",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,25 @@ def first_call_pool(rule: InProcessRule, start_ray: Callable[[str], None]) -> Po
         return FirstCallPool(storage, training, model, versions, rule=rule, start_ray=start_ray)
 
     return factory
+
+
+def in_process_rule(erasure: ErasureConfig, manifest: EnsembleManifest) -> InProcessRule:
+    """When a CLI job on ``manifest``'s store retrains its shards here instead of starting Ray.
+
+    The CPU bound counts each shard at its share of the last training from scratch: the most an
+    erasure or an ingest of that shard retrains (both start at a slice, never before the first).
+    """
+    shard_cpu_s = manifest.train_cpu_seconds / max(1, manifest.sharding.shards)
+    return InProcessRule(erasure.in_process_max_shards, erasure.in_process_max_cpu_s, shard_cpu_s)
+
+
+def on_a_cluster() -> bool:
+    """A Ray cluster to use: ``RAY_ADDRESS`` names one, or this process already joined one (``ray.init``).
+
+    Reads the environment; jobs ask once, before choosing between ``first_call_pool`` and Ray.
+    """
+    ray = sys.modules.get("ray")  # not imported to ask: an import costs 0.3 s
+    return bool(os.environ.get("RAY_ADDRESS")) or (ray is not None and ray.is_initialized())
 
 
 def published(storage: StorageConfig | str, hasher: SubjectHasher | None = None) -> tuple[Catalog, EnsembleManifest]:

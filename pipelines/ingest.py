@@ -21,15 +21,15 @@ import pyarrow.compute as pc
 import typer
 
 from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
-from expunge.orchestrator.config import JobConfig, load_job_config
-from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.config import ErasureConfig, JobConfig, load_job_config
+from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.errors import PersonalDataInTextError
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.receipts import IngestReceipt
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import names_subject
-from expunge.orchestrator.session import published
+from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
 from expunge.pipelines.datasets import load_batch
 from expunge.shards.models import model_for, task_of
@@ -45,11 +45,17 @@ def run(
     data_format: str = "auto",
     request_id: str | None = None,
     tracking_uri: str | None = None,
+    erasure: ErasureConfig | None = None,
 ) -> dict[str, object]:
     """Ingest the batch at ``data`` into ``job``'s store; returns the receipt as JSON-ready data, with the source.
 
     Everything that can be refused is refused before Ray starts: the key, the request id, an
     untrained store, a store a service holds, a batch that cannot be read or fails validation.
+
+    Without a cluster to join (``RAY_ADDRESS`` unset, Ray not initialised in this process), the
+    touched shards retrain in this process and Ray never starts when they are few enough for
+    ``erasure`` (default ``job.erasure``: ``in_process_max_shards``, ``in_process_max_cpu_s``), as
+    for ``expunge forget``; otherwise Ray starts once the batch is planned and says why.
 
     Raises:
         ConfigError: no key or another key than the store's, no trained store, a bad request id, or a
@@ -57,14 +63,17 @@ def run(
         DataValidationError: the batch is missing, unreadable or invalid (every problem listed).
         PersonalDataInTextError: the request id names a subject of the batch.
         StoreBusyError, StorageUnavailableError, StorageConflictError: retry (exit 4).
+        ClusterUnavailableError: Ray was needed and did not start (exit 4).
     """
+    erasure = erasure or job.erasure
     hasher = hasher_from_env(job.privacy)  # fail on a missing key before reading anything
     if request_id is not None:
         check_request_id(request_id)
     _, latest = published(job.storage, hasher)  # an untrained store or a wrong key: refused before Ray
     model_for(latest.model)  # a custom model's module must import here and in the shard actors
     tracking = bind_tracking(latest.registry, job.tracking, tracking_uri, job.storage.uri)
-    StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
+    lease = StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s)
+    lease.refuse_if_held()  # a served store: refuse at once
     task = task_of(latest.model)
     with progress("reading and checking the batch"):
         rows = load_batch(data, job.data, task, data_format=data_format, storage=job.storage)
@@ -75,16 +84,28 @@ def run(
             "the request id names a subject of the batch; it is stored with the receipt and the new version, so "
             "use a batch or ticket reference instead (e.g. daily-2026-12-04), or omit it. Nothing was stored"
         )
-    with progress("starting Ray"):
-        init_ray()
-    require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
-    coordinator = Coordinator(job.storage, hasher, make_lineage(tracking, job.storage))
-    try:
-        # What it did is known from the receipt alone: a batch of rows already stored retrains nothing.
-        with progress(f"ingesting {len(rows)} row(s)"):
-            receipt = coordinator.ingest(rows, request_id, job.ingest, source=data)
-    finally:
-        coordinator.close()
+    lineage = make_lineage(tracking, job.storage)
+
+    def start_ray(why: str = "") -> None:
+        with progress(f"starting Ray ({why})" if why else "starting Ray"):
+            init_ray()
+        require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
+
+    # One lease token for the whole job: the coordinator's recovery on open and the ingest join it.
+    with lease.hold("expunge ingest"):
+        pool_factory: PoolFactory = ray_pool
+        if erasure.in_process_max_shards > 0 and not on_a_cluster():
+            # Few shards to retrain and no cluster: they retrain here and Ray never starts (same bits).
+            pool_factory = first_call_pool(in_process_rule(erasure, latest), start_ray)
+        else:
+            start_ray()
+        coordinator = Coordinator(job.storage, hasher, lineage, pool_factory=pool_factory)
+        try:
+            # What it did is known from the receipt alone: a batch of rows already stored retrains nothing.
+            with progress(f"ingesting {len(rows)} row(s)"):
+                receipt = coordinator.ingest(rows, request_id, job.ingest, source=data)
+        finally:
+            coordinator.close()
     typer.echo(outcome(receipt), err=True)
     for step in receipt.pending:
         typer.echo(f"warning: committed, but still pending (retried by the next writer of the store): {step}", err=True)
@@ -122,6 +143,12 @@ def main(
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: the one the store recorded at training; another one is refused)"
     ),
+    in_process_max_shards: int | None = typer.Option(
+        None,
+        min=0,
+        help="without a Ray cluster: retrain at most this many shards in this process instead of starting Ray "
+        "(overrides erasure.in_process_max_shards; 0: always start Ray)",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Add a batch of new rows: only the shards that receive rows retrain, from their new slice.
@@ -135,7 +162,10 @@ def main(
         job = load_job_config(config)
         if storage:
             job = job.model_copy(update={"storage": job.storage.model_copy(update={"uri": storage})})
-        summary = run(job, data, data_format, request_id, tracking_uri)
+        erasure = job.erasure
+        if in_process_max_shards is not None:
+            erasure = erasure.model_copy(update={"in_process_max_shards": in_process_max_shards})
+        summary = run(job, data, data_format, request_id, tracking_uri, erasure)
     typer.echo(json.dumps(summary))
 
 
