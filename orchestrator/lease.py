@@ -265,8 +265,8 @@ class StoreLease:
                 held = _Held(token, record, count=1)
                 _REGISTRY[self._slot] = held
                 self._start_renewer(held)
-                self._forget_older(token)
                 log.debug("holding the lease of %s (token %d, %s)", self.store.uri, token, purpose)
+                self._forget_older(token)
                 return token
             raise StoreBusyError(f"could not take the lease of {self.store.uri} after {_ATTEMPTS} tries; try again")
 
@@ -360,6 +360,13 @@ class StoreLease:
         """Delete the records of tokens before the previous one (history, not state)."""
         old = [i.key for i in self.store.list_info(_PREFIX) if (m := _KEY.match(i.key)) and int(m.group(1)) < token - 1]
         if old:
+            # Said first: the store's own line ("deleted N object version(s)") names no reason.
+            log.debug(
+                "tidying the lease history of %s: deleting %d record(s) of tokens before %d (finished writers; no data)",
+                self.store.uri,
+                len(old),
+                token - 1,
+            )
             try:
                 self.store.delete(old)
             except ExpungeError as exc:

@@ -61,12 +61,26 @@ def purge_unreferenced(
 ) -> list[ObjectVersion]:
     """Delete (all versions of) data objects that ``manifest`` does not reference; return them.
 
-    ``since``: see ``purgeable``.
+    ``since``: see ``purgeable``. The log line says what went and why: keys of earlier published
+    versions (superseded data), and keys no published version ever referenced (debris of an
+    interrupted or losing writer).
     """
-    doomed = purgeable(store, catalog, manifest, since)
+    doomed, superseded = _purge_plan(store, catalog, manifest, since)
     deleted = store.delete(doomed)
     if deleted:
-        log.info("purged %d object version(s) no longer referenced by ensemble v%d", len(deleted), manifest.version)
+        stale = sum(1 for key in doomed if key in superseded)
+        why = [
+            f"{stale} key(s) of earlier versions (superseded data)" if stale else "",
+            f"{len(doomed) - stale} key(s) no version published (debris of an interrupted or losing writer)"
+            if len(doomed) > stale
+            else "",
+        ]
+        log.info(
+            "purged %d object version(s) that ensemble v%d does not reference: %s",
+            len(deleted),
+            manifest.version,
+            "; ".join(w for w in why if w),
+        )
     return deleted
 
 
@@ -78,6 +92,13 @@ def purgeable(store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest, 
     debris they left is older than this commit, which ``select_purgeable`` deletes anyway).
     ``None`` reads every version (on open, after a crash).
     """
+    return _purge_plan(store, catalog, manifest, since)[0]
+
+
+def _purge_plan(
+    store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest, since: int | None
+) -> tuple[list[str], set[str]]:
+    """(keys to delete, keys that earlier published versions referenced) for ``purgeable``."""
     current = catalog.referenced_keys(manifest)
     superseded: set[str] = set()
     for number in catalog.versions():
@@ -95,4 +116,5 @@ def purgeable(store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest, 
         # too; the time rule keeps a live writer's, which are newer than the commit.
         data = {v.key for v in candidates}
         candidates += [v for v in store.list_versions("") if v.key.endswith(".partial") and v.key not in data]
-    return select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))
+    doomed = select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))
+    return doomed, superseded

@@ -13,8 +13,6 @@ included: nothing is stored), 4 when another writer won a race.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,13 +36,13 @@ from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.membership import configured_audit
 from expunge.orchestrator.lease import StoreLease
-from expunge.orchestrator.pool import InProcessRule, ShardPool
+from expunge.orchestrator.pool import ShardPool
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_request_text
-from expunge.orchestrator.session import first_call_pool, published
+from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published
 from expunge.pipelines._runtime import (
     connecting_beside,
     deferred_lineage,
@@ -182,7 +180,8 @@ def opened(
         _, latest = published(storage, hasher)  # a wrong key would find nobody: refuse before starting Ray
         model_for(latest.model)  # a custom model's module must import here, and in the shard actors: refuse now
         tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
-        StoreLease(ObjectStore(storage), storage.lease_ttl_s).refuse_if_held()  # a served store: refuse at once
+        lease = StoreLease(ObjectStore(storage), storage.lease_ttl_s)
+        lease.refuse_if_held()  # a served store: refuse at once
     lineage = lineage_factory(tracking, storage)  # deferred: nothing read or written yet
 
     def start_ray(why: str = "") -> None:
@@ -192,31 +191,25 @@ def opened(
         require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
 
     erasure = erasure or ErasureConfig()
-    pool_factory: PoolFactory = ray_pool
-    if erasure.in_process_max_shards > 0 and evidence.audit_holdout is None and not _on_a_cluster():
-        rule = InProcessRule(
-            erasure.in_process_max_shards,
-            erasure.in_process_max_cpu_s,
-            latest.train_cpu_seconds / max(1, latest.sharding.shards),
-        )
-        pool_factory = first_call_pool(rule, start_ray)  # Ray starts at the first call, if at all
-    else:
-        start_ray()
-    if pool_wrapper is not None:
-        pool_factory = _wrapped(pool_factory, pool_wrapper)
-    with stage("coordinator open (recovery check)"):
-        coordinator = Coordinator(storage, hasher, lineage, pool_factory=pool_factory, evidence=evidence)
-    try:
-        yield coordinator
-    finally:
-        with stage("actors stop"):
-            coordinator.close()
-
-
-def _on_a_cluster() -> bool:
-    """A cluster to use: RAY_ADDRESS names one, or this process already joined one (``ray.init``)."""
-    ray = sys.modules.get("ray")  # not imported to ask: an import costs 0.3 s
-    return bool(os.environ.get("RAY_ADDRESS")) or (ray is not None and ray.is_initialized())
+    # One lease token for the whole job: the coordinator's recovery on open and the erasure join it
+    # (the lease is re-entrant within a process), so the job takes one token and tidies the lease
+    # history once (it took one for the recovery and another for the erasure, each tidying).
+    with lease.hold("expunge forget"):
+        pool_factory: PoolFactory = ray_pool
+        if erasure.in_process_max_shards > 0 and evidence.audit_holdout is None and not on_a_cluster():
+            # Ray starts at the first shard call, if at all
+            pool_factory = first_call_pool(in_process_rule(erasure, latest), start_ray)
+        else:
+            start_ray()
+        if pool_wrapper is not None:
+            pool_factory = _wrapped(pool_factory, pool_wrapper)
+        with stage("coordinator open (recovery check)"):
+            coordinator = Coordinator(storage, hasher, lineage, pool_factory=pool_factory, evidence=evidence)
+        try:
+            yield coordinator
+        finally:
+            with stage("actors stop"):
+                coordinator.close()
 
 
 def _wrapped(factory: PoolFactory, wrapper: Callable[[ShardPool], ShardPool]) -> PoolFactory:
