@@ -10,11 +10,14 @@ import functools
 import hashlib
 import inspect
 import io
+import json
 import logging
+import math
 import pickle
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,8 +149,21 @@ class TrainedState:
 #: value's high and low halves apart. About 2x less encoding time and 15% fewer bytes on
 #: item_stats's shard sums; gradient models (float32 weights, Adam state) keep format 2, byte
 #: for byte. Every format is read.
+#:
+#: Format 4 (issue 22) holds a gradient model's payload (one with optimizer state) without
+#: ``torch.save``: this magic, the lane width (1 byte), the lengths of the header and of the
+#: tensor bytes (8 bytes each, little-endian), the sha256 of those and the compressed bytes (32
+#: bytes), then one zstd frame of the header (JSON: the payload with each tensor replaced by its
+#: dtype and shape; tuples, non-string keys and a state dict's ``_metadata`` tagged, so they come
+#: back as they went in; each tensor's place) and every tensor's bytes, each at a multiple of 8,
+#: split into byte lanes. About 2x cheaper to write and 3x cheaper to read than format 2 on an MF
+#: shard (a shard's erasure writes one per retrained slice, the monolith one in all). A payload it
+#: cannot hold exactly (a tensor subclass, a non-CPU or strided tensor, another Python type) keeps
+#: format 2. A reader older than format 4 takes its bytes for format 1 and fails typed
+#: (StorageCorruptError).
 _MAGIC = b"EXPUNGE-CKPT-2\n"
 _MAGIC_LANES = b"EXPUNGE-CKPT-3\n"
+_MAGIC_RAW = b"EXPUNGE-CKPT-4\n"
 _ZSTD_LEVEL = 1  # level 3 saves 4% on item_stats sums (2 MB) and costs 3x the time (56 ms vs 18 ms per shard)
 _LANES = 4
 _WIDE_LANES = 8
@@ -174,11 +190,154 @@ def _lane_width(payload: dict[str, Any]) -> int:
     return _WIDE_LANES if wide else _LANES
 
 
-def encode_checkpoint(payload: dict[str, Any]) -> bytes:
-    """The stored bytes of a checkpoint payload (``torch.save`` of it, byte-lane split, zstd).
+_RAW_DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
+}
+_RAW_NAMES = {dtype: name for name, dtype in _RAW_DTYPES.items()}
+_RAW_ALIGN = 8  # each tensor's bytes start at a multiple of this: any dtype views them in place
 
-    Format 3 (8 lanes) for 8-byte statistics without optimizer state, format 2 (4 lanes) otherwise.
+
+class _NotRaw(Exception):
+    """A payload value format 4 cannot hold exactly (its encoder falls back to format 2)."""
+
+
+def _skeleton(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """``value`` as JSON, tensors appended to ``tensors`` and replaced by ``{"t": [index, dtype, shape]}``.
+
+    Tagged so that decoding gives back the same types: ``{"u": [...]}`` a tuple, ``{"d": [[k, v], ...]}``
+    a dict (any key type, in order), ``{"o": [[k, v], ...], "m": ...}`` an OrderedDict and its
+    ``_metadata`` (a module's state dict). Raises ``_NotRaw`` for anything else.
     """
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind is torch.Tensor:
+        if value.requires_grad or value.device.type != "cpu" or value.dtype not in _RAW_NAMES:
+            raise _NotRaw
+        if value.layout != torch.strided or not value.is_contiguous() or value.is_conj() or value.is_neg():
+            raise _NotRaw
+        tensors.append(value)
+        return {"t": [len(tensors) - 1, _RAW_NAMES[value.dtype], list(value.shape)]}
+    if kind is list:
+        return [_skeleton(v, tensors) for v in value]
+    if kind is tuple:
+        return {"u": [_skeleton(v, tensors) for v in value]}
+    if kind is dict:
+        return {"d": [[_skeleton(k, tensors), _skeleton(v, tensors)] for k, v in value.items()]}
+    if kind is OrderedDict:
+        pairs = [[_skeleton(k, tensors), _skeleton(v, tensors)] for k, v in value.items()]
+        metadata = getattr(value, "_metadata", None)
+        if metadata is None:
+            return {"o": pairs}
+        return {"o": pairs, "m": _skeleton(metadata, tensors)}
+    raise _NotRaw
+
+
+def _rebuilt(node: Any, tensors: list[torch.Tensor]) -> Any:
+    """The value ``_skeleton`` described, with ``tensors`` in place (ValueError, KeyError, TypeError: not one)."""
+    if isinstance(node, list):
+        return [_rebuilt(v, tensors) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if "t" in node:
+        return tensors[node["t"][0]]
+    if "u" in node:
+        return tuple(_rebuilt(v, tensors) for v in node["u"])
+    if "d" in node:
+        return {_rebuilt(k, tensors): _rebuilt(v, tensors) for k, v in node["d"]}
+    if "o" in node:
+        ordered = OrderedDict((_rebuilt(k, tensors), _rebuilt(v, tensors)) for k, v in node["o"])
+        if "m" in node:
+            ordered._metadata = _rebuilt(node["m"], tensors)  # type: ignore[attr-defined]
+        return ordered
+    raise ValueError(f"a header node {sorted(node)!r} is not one format 4 writes")
+
+
+def _encode_raw(payload: dict[str, Any]) -> bytes:
+    """Format 4 bytes of ``payload`` (raises ``_NotRaw`` when it holds a value format 4 cannot)."""
+    tensors: list[torch.Tensor] = []
+    skeleton = _skeleton(payload, tensors)
+    pieces: list[torch.Tensor] = []
+    places: list[int] = []
+    offset = 0
+    for tensor in tensors:
+        places.append(offset)
+        flat = tensor.reshape(-1).view(torch.uint8) if tensor.dim() else tensor.reshape(1).view(torch.uint8)
+        pad = -flat.numel() % _RAW_ALIGN
+        pieces.append(flat)
+        if pad:
+            pieces.append(torch.zeros(pad, dtype=torch.uint8))
+        offset += flat.numel() + pad
+    header = json.dumps({"payload": skeleton, "places": places}, separators=(",", ":")).encode()
+    blob = torch.cat(pieces).numpy() if pieces else np.zeros(0, np.uint8)
+    lanes = _lane_width(payload)
+    body = np.empty(len(header) + len(blob), np.uint8)  # one zstd frame: the header's digests compress too
+    body[: len(header)] = np.frombuffer(header, np.uint8)
+    body[len(header) :].reshape(lanes, -1)[:] = blob.reshape(-1, lanes).T  # the length is a multiple of 8
+    packed = pa.Codec("zstd", compression_level=_ZSTD_LEVEL).compress(body, asbytes=True)
+    fields = bytes([lanes]) + struct.pack("<QQ", len(header), len(blob))
+    return b"".join((_MAGIC_RAW, fields, hashlib.sha256(fields + packed).digest(), packed))
+
+
+def _decode_raw(data: bytes) -> dict[str, Any]:
+    """The payload of format 4 bytes (ValueError, KeyError, TypeError, IndexError, struct.error: damaged)."""
+    start = len(_MAGIC_RAW)
+    view = memoryview(data)
+    fields = view[start : start + 17]
+    lanes = fields[0] if len(fields) else 0
+    header_size, blob_size = struct.unpack("<QQ", fields[1:])
+    digest = hashlib.sha256(fields)
+    digest.update(view[start + 49 :])
+    if digest.digest() != view[start + 17 : start + 49]:
+        raise ValueError("its sha256 does not match: the stored bytes changed after they were written")
+    if lanes not in (_LANES, _WIDE_LANES) or blob_size % _RAW_ALIGN:
+        raise ValueError(f"its lane width {lanes} or tensor length {blob_size} is not one Expunge writes")
+    body = pa.Codec("zstd").decompress(view[start + 49 :], decompressed_size=header_size + blob_size)
+    header = json.loads(body.slice(0, header_size).to_pybytes())
+    lanes_grid = np.frombuffer(body, dtype=np.uint8, offset=header_size).reshape(lanes, -1)
+    blob = torch.from_numpy(np.ascontiguousarray(lanes_grid.T).reshape(-1))  # writable, owns its bytes
+    tensors = []
+    for place, (index, name, shape) in zip(header["places"], _tensor_nodes(header["payload"]), strict=True):
+        dtype = _RAW_DTYPES[name]
+        count = math.prod(shape)
+        size = count * dtype.itemsize
+        if index != len(tensors) or not 0 <= place <= blob_size - size or place % _RAW_ALIGN:
+            raise ValueError("its tensor table does not fit its bytes")
+        tensors.append(blob[place : place + size].view(dtype).reshape(shape))
+    payload = _rebuilt(header["payload"], tensors)
+    if not isinstance(payload, dict):
+        raise ValueError("it does not hold a payload")
+    return payload
+
+
+def _tensor_nodes(node: Any) -> Iterator[tuple[int, str, list[int]]]:
+    """The ``[index, dtype, shape]`` of every tensor in a header, in the order ``_skeleton`` appended them."""
+    if isinstance(node, list):
+        for value in node:
+            yield from _tensor_nodes(value)
+    elif isinstance(node, dict):
+        if "t" in node:
+            index, name, shape = node["t"]
+            yield int(index), str(name), [int(n) for n in shape]
+            return
+        for key in ("u", "d", "o", "m"):  # the order _skeleton visits them
+            if key in node:
+                yield from _tensor_nodes(node[key])
+
+
+def encode_checkpoint(payload: dict[str, Any]) -> bytes:
+    """The stored bytes of a checkpoint payload.
+
+    Format 4 (raw tensors, byte-lane split, zstd) for a payload with optimizer state that it holds
+    exactly; otherwise ``torch.save`` of it, byte-lane split, zstd: format 3 (8 lanes) for 8-byte
+    statistics without optimizer state, format 2 (4 lanes) for the rest.
+    """
+    if payload.get("optimizer") is not None:
+        try:
+            return _encode_raw(payload)
+        except _NotRaw:
+            pass
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     raw = buffer.getvalue()
@@ -213,14 +372,17 @@ def _unpack(data: bytes) -> bytes:
 def decode_checkpoint(data: bytes) -> dict[str, Any]:
     """The payload of stored checkpoint bytes: ``model``, ``optimizer``, ``layout``, ``steps_done``, ``lineage``.
 
-    Reads formats 3 and 2 (``encode_checkpoint``) and format 1 (a plain ``torch.save`` zip).
+    Reads formats 4, 3 and 2 (``encode_checkpoint``) and format 1 (a plain ``torch.save`` zip).
 
     Raises:
-        StorageCorruptError: the bytes are neither format (truncated or not a checkpoint).
+        StorageCorruptError: the bytes are no format (truncated, damaged or not a checkpoint).
     """
+    payload: dict[str, Any]
     try:
-        data = _unpack(data)
-        payload: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if data.startswith(_MAGIC_RAW):
+            payload = _decode_raw(data)
+        else:
+            payload = torch.load(io.BytesIO(_unpack(data)), map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or not {"model", "layout", "steps_done"} <= payload.keys():
             raise ValueError("it lacks the model, layout or step count")
     except (

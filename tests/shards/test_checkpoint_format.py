@@ -1,19 +1,30 @@
-"""Stored checkpoints: compressed, yet weights and Adam state come back bit for bit; the old format still reads."""
+"""Stored checkpoints: compressed, yet weights and Adam state come back bit for bit; older formats still read."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import struct
 
 import pyarrow as pa
 import pytest
 import torch
 
 from expunge.orchestrator.evidence.exactness import same_bits
+from expunge.shards import training
 from expunge.shards.config import MFConfig, TrainingConfig
 from expunge.shards.errors import StorageCorruptError
 from expunge.shards.models import model_for
 from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
-from expunge.shards.training import decode_checkpoint, encode_checkpoint, load_checkpoint, train_steps
+from expunge.shards.training import (
+    _MAGIC,
+    _to_lanes,
+    decode_checkpoint,
+    encode_checkpoint,
+    load_checkpoint,
+    train_steps,
+)
 
 
 def _slices() -> list[pa.Table]:
@@ -99,3 +110,67 @@ def test_a_flipped_byte_anywhere_is_a_typed_error_never_other_weights(trained):
         damaged[offset] ^= 0x01
         with pytest.raises(StorageCorruptError):
             decode_checkpoint(bytes(damaged))
+
+
+def _same_values(left: object, right: object) -> bool:
+    """Equal types all the way down (a tuple stays a tuple, an int key an int), tensors bit for bit."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, torch.Tensor):
+        return same_bits(left, right)
+    if isinstance(left, dict):
+        return list(left) == list(right) and all(_same_values(left[k], right[k]) for k in left)
+    if isinstance(left, list | tuple):
+        return len(left) == len(right) and all(_same_values(a, b) for a, b in zip(left, right, strict=True))
+    return left == right
+
+
+def _format_2(payload: dict) -> bytes:
+    """What ``encode_checkpoint`` wrote for a gradient model before format 4: torch.save bytes, 4 lanes, zstd."""
+    plain = io.BytesIO()
+    torch.save(payload, plain)
+    packed = pa.Codec("zstd", compression_level=1).compress(_to_lanes(plain.getvalue(), 4), asbytes=True)
+    size = len(plain.getvalue()).to_bytes(8, "little")
+    return _MAGIC + size + hashlib.sha256(size + packed).digest() + packed
+
+
+def test_a_gradient_model_checkpoint_is_format_4_and_gives_back_the_payload_format_2_did(trained):
+    _, stored, _ = trained
+    for data in stored:
+        assert data.startswith(b"EXPUNGE-CKPT-4\n")
+        payload = decode_checkpoint(data)
+        old = decode_checkpoint(_format_2(payload))  # a store written before format 4 still reads
+        assert _same_values(payload, old)
+        assert isinstance(payload["optimizer"]["param_groups"][0]["betas"], tuple)
+        assert payload["model"]._metadata == old["model"]._metadata  # the state dict's module versions
+    assert len(stored[-1]) < len(_format_2(decode_checkpoint(stored[-1])))
+
+
+def test_a_reader_older_than_format_4_fails_typed_on_its_bytes(trained, monkeypatch):
+    _, stored, _ = trained
+    monkeypatch.setattr(training, "_MAGIC_RAW", b"a magic no bytes start with")  # the reader before format 4
+    with pytest.raises(StorageCorruptError, match="Restore it from backup"):
+        decode_checkpoint(stored[-1])
+
+
+def test_a_payload_format_4_cannot_hold_exactly_keeps_format_2():
+    strided = torch.arange(12.0).reshape(3, 4).t()  # not contiguous: format 4 keeps no strides
+    payload = {"model": {"w": strided}, "optimizer": {"state": {}}, "layout": {}, "steps_done": 1}
+    data = encode_checkpoint(payload)
+    assert data.startswith(b"EXPUNGE-CKPT-2\n")
+    assert same_bits(decode_checkpoint(data)["model"]["w"], strided)
+
+
+def test_a_format_4_header_that_does_not_fit_its_bytes_is_a_typed_error_even_with_a_valid_digest(trained):
+    _, stored, _ = trained
+    start = len(b"EXPUNGE-CKPT-4\n")
+    header_size, blob_size = struct.unpack("<QQ", stored[0][start + 1 : start + 17])
+    body = pa.Codec("zstd").decompress(stored[0][start + 49 :], decompressed_size=header_size + blob_size, asbytes=True)
+    header = json.loads(body[:header_size])
+    header["places"][-1] = blob_size  # the last tensor placed past the end of the bytes
+    forged = json.dumps(header, separators=(",", ":")).encode()
+    packed = pa.Codec("zstd", compression_level=1).compress(forged + body[header_size:], asbytes=True)
+    fields = stored[0][start : start + 1] + struct.pack("<QQ", len(forged), blob_size)
+    data = stored[0][:start] + fields + hashlib.sha256(fields + packed).digest() + packed
+    with pytest.raises(StorageCorruptError, match="does not fit its bytes"):
+        decode_checkpoint(data)

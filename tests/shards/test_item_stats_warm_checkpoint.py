@@ -69,14 +69,14 @@ def test_a_format_2_statistics_checkpoint_still_reads_bit_for_bit():
     assert _same(decode_checkpoint(_format_2(payload)), payload)
 
 
-def test_weights_with_optimizer_state_keep_format_2():
+def test_weights_with_optimizer_state_are_format_4_and_float32_statistics_keep_format_2():
     payload = {
         "model": {"w": torch.ones(3, dtype=torch.float64)},
         "optimizer": {"state": {}},
         "layout": {},
         "steps_done": 1,
     }
-    assert encode_checkpoint(payload).startswith(b"EXPUNGE-CKPT-2\n")
+    assert encode_checkpoint(payload).startswith(b"EXPUNGE-CKPT-4\n")  # a gradient model's (issue 22)
     float32 = {"model": {"w": torch.ones(3)}, "optimizer": None, "layout": {}, "steps_done": 1}
     assert encode_checkpoint(float32).startswith(b"EXPUNGE-CKPT-2\n")
 
