@@ -1,8 +1,9 @@
-"""Recipe: verify one erasure (re-derivation, storage, registry, membership audit, receipt log), or the receipt log.
+"""Recipe: verify one erasure (re-derivation, storage, registry, membership audit, receipt log), one ingest, or the log.
 
 expunge verify --workdir expunge-demo --request req-1a2b3c4d5e6f [--subject user-45]
 expunge verify --storage s3://bucket/expunge --request GDPR-2026-0042
 expunge verify --storage ./expunge-store --log
+expunge verify --config job.yaml --request daily-2026-12-04   (an ingest: receipt, shard versions, re-derivation)
 expunge verify --config job.yaml --request req-1a2b3c4d5e6f --audit --report ./certificate
 python -m expunge.pipelines.verify ...   (the same, as ``ray job submit`` runs it)
 
@@ -38,7 +39,9 @@ from expunge.orchestrator.evidence.audit_check import NOT_AUDITED, holdout_check
 from expunge.orchestrator.evidence.certificate import AnchorRun, render_certificate
 from expunge.orchestrator.evidence.certificate_facts import certificate_facts
 from expunge.orchestrator.evidence.holdout import holdout_rows
+from expunge.orchestrator.evidence.ingest_verify import IngestVerifyReport, verify_ingest
 from expunge.orchestrator.evidence.receipt_chain import ChainReport
+from expunge.orchestrator.evidence.references import ingest_named
 from expunge.orchestrator.evidence.report import VerifyReport, chain_markdown
 from expunge.orchestrator.evidence.verify import verify_erasure, verify_log
 from expunge.orchestrator.registry.checks import AuditView
@@ -110,21 +113,33 @@ def _registry(
 
 def run(
     options: VerifyOptions, request_id: str | None, subject: str | None, walk_log: bool
-) -> tuple[VerifyReport | None, ChainReport | None]:
-    """Verify the request and/or walk the log, write the reports under ``options.out``; returns both."""
-    report = chain = None
+) -> tuple[VerifyReport | IngestVerifyReport | None, ChainReport | None]:
+    """Verify the request and/or walk the log, write the reports under ``options.out``; returns both.
+
+    A request id of an ingest (``evidence.references.ingest_named``) is verified as an ingest
+    (``evidence.ingest_verify``): its receipt, its shard versions, its retrained shards re-derived.
+    """
+    report: VerifyReport | IngestVerifyReport | None = None
+    chain: ChainReport | None = None
     for folder, flag in ((options.out, "--out"), (options.report_dir, "--report")):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise ConfigError(f"{flag} {str(folder)!r} is a file: name a folder (it is created if missing)")
     options.out.mkdir(parents=True, exist_ok=True)
-    if request_id is not None:
-        if options.hasher is None:
-            raise ConfigError("verifying a request needs the digest key: set EXPUNGE_SUBJECT_KEY or pass --workdir")
+    hasher = options.hasher
+    if request_id is not None and hasher is None:
+        raise ConfigError("verifying a request needs the digest key: set EXPUNGE_SUBJECT_KEY or pass --workdir")
+    ingest = _ingest_named(options, request_id, subject) if request_id is not None else None
+    if ingest is not None and hasher is not None:
+        with progress("verifying the ingest (its receipt and shard versions; re-deriving the shards it retrained)"):
+            report = verify_ingest(options.storage, ingest, hasher)
+        (options.out / f"verify-{report.request_id}.md").write_text(report.to_markdown())
+        (options.out / f"verify-{report.request_id}.json").write_text(report.model_dump_json(indent=1))
+    elif request_id is not None and hasher is not None:
         with progress("verifying the request (re-deriving the affected shards, scanning the store)"):
             report = verify_erasure(
                 options.storage,
                 request_id,
-                options.hasher,
+                hasher,
                 subject,
                 options.registry,
                 log_to_mlflow=options.record and not options.audit,  # recorded below, with the post-hoc check
@@ -151,6 +166,23 @@ def run(
         (options.out / "receipt-log.md").write_text(chain_markdown(chain))
         (options.out / "receipt-log.json").write_text(chain.model_dump_json(indent=1))
     return report, chain
+
+
+def _ingest_named(options: VerifyOptions, request_id: str, subject: str | None) -> str | None:
+    """The ingest ``request_id`` names (None: an erasure, or nothing); erasure-only flags are refused for one.
+
+    Raises:
+        ConfigError: no store, a wrong key, or ``--subject``, ``--audit`` or ``--report`` with an ingest.
+    """
+    assert options.hasher is not None
+    catalog, _ = published(options.storage, options.hasher)
+    ingest = ingest_named(catalog, options.hasher, request_id)
+    if ingest is not None and (options.audit or options.report_dir is not None or subject is not None):
+        raise ConfigError(
+            f"request {ingest} is an ingest: --subject, --audit and --report apply to erasures; leave them out to "
+            "verify it"
+        )
+    return ingest
 
 
 def _post_hoc(report: VerifyReport, options: VerifyOptions) -> VerifyReport:
@@ -204,7 +236,9 @@ def write_certificate(
 
 def main(
     request: str | None = typer.Option(
-        None, "--request", help="the erasure to verify: its request id, idempotency key or ticket"
+        None,
+        "--request",
+        help="the erasure to verify (its request id, idempotency key or ticket), or an ingest (its request id)",
     ),
     walk_log: bool = typer.Option(False, "--log", help="walk the store's receipt log and name the first broken link"),
     subject: str | None = typer.Option(
@@ -236,7 +270,8 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Check an erasure: re-derive the affected shards bit for bit, scan the store and the registry, report the
-    membership audit and the receipt log. Or, with --log, walk the receipt log.
+    membership audit and the receipt log. Or an ingest: its stored receipt, the shard versions it made, its retrained
+    shards re-derived bit for bit. Or, with --log, walk the receipt log.
 
     Exit 0 when every check passed, 1 when any failed, 2 on bad input (no such request, wrong key, no store).
     """

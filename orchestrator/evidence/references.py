@@ -20,7 +20,7 @@ from expunge.orchestrator.service.intake import ticket_label
 from expunge.orchestrator.service.journal import Journal, JournalEntry
 from expunge.orchestrator.service.policy import request_id_for
 
-__all__ = ["resolve_request"]
+__all__ = ["ingest_named", "resolve_request"]
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,50 @@ def _ticketed_receipts(catalog: Catalog, ticket: str) -> list[tuple[int, str]]:
 
 
 def resolve_request(catalog: Catalog, hasher: SubjectHasher, reference: str) -> str:
-    """The request id that ``reference`` names: a request id, an idempotency key or a ticket, in that order.
+    """The erasure request id that ``reference`` names: a request id, an idempotency key or a ticket, in that order.
 
     A ticket filed with several requests names the one received (or chained) last. Reads the
     journal's entries for the key and the ticket label, and, for a ticket, every chained receipt.
 
     Raises:
         ConfigError: an empty or over-long reference, nothing answers to it (the message never
-            repeats it), or it is the idempotency key of one request and the ticket of another.
+            repeats it), it names an ingest (``ingest_named``), or it is the idempotency key of one
+            request and the ticket of another.
     """
+    found = _erasure_named(catalog, hasher, reference)
+    if found is None and _ingest_receipt_named(catalog, reference):
+        raise ConfigError(
+            f"request {reference} is an ingest (its receipt is {INGEST_RECEIPT_PREFIX}/{reference}.json), not an "
+            "erasure: verify it as an ingest (`expunge verify --request ID` does, or "
+            "expunge.orchestrator.evidence.ingest_verify.verify_ingest)"
+        )
+    if found is None:
+        raise ConfigError(
+            f"no request of {catalog.store.uri} answers to that reference: give the request id (`expunge forget` "
+            "prints it in the receipt), the idempotency key or the ticket it was submitted with, and check --storage"
+        )
+    log.info("reference resolved to request %s", found)
+    return found
+
+
+def ingest_named(catalog: Catalog, hasher: SubjectHasher, reference: str) -> str | None:
+    """The ingest request id ``reference`` names, or None: it names an erasure first (``resolve_request``), or nothing.
+
+    Raises:
+        ConfigError: an empty or over-long reference, or one that is the idempotency key of one
+            request and the ticket of another.
+    """
+    if _erasure_named(catalog, hasher, reference) is None and _ingest_receipt_named(catalog, reference):
+        return reference
+    return None
+
+
+def _ingest_receipt_named(catalog: Catalog, reference: str) -> bool:
+    return bool(REQUEST_ID.fullmatch(reference)) and catalog.read_ingest_receipt(reference) is not None
+
+
+def _erasure_named(catalog: Catalog, hasher: SubjectHasher, reference: str) -> str | None:
+    """``resolve_request``'s lookup: the erasure request id, or None when no erasure answers to ``reference``."""
     if not isinstance(reference, str) or not reference.strip() or len(reference) > _MAX_REFERENCE:
         raise ConfigError(f"give a request id, an idempotency key or a ticket (1-{_MAX_REFERENCE} characters)")
     journal = Journal(catalog.store)
@@ -76,17 +111,4 @@ def resolve_request(catalog: Catalog, hasher: SubjectHasher, reference: str) -> 
             f"that reference is the idempotency key of request {keyed} and the ticket of request {ticketed}: "
             "give the request id"
         )
-    found = keyed or ticketed
-    if found is None and REQUEST_ID.fullmatch(reference) and catalog.read_ingest_receipt(reference) is not None:
-        raise ConfigError(
-            f"request {reference} is an ingest (its receipt is {INGEST_RECEIPT_PREFIX}/{reference}.json), not an "
-            "erasure: `verify --request` checks erasures. Run `expunge verify` without --request to walk the "
-            "receipt log and the store's state, and `expunge scan --subject ID` for a person refused from the batch"
-        )
-    if found is None:
-        raise ConfigError(
-            f"no request of {catalog.store.uri} answers to that reference: give the request id (`expunge forget` "
-            "prints it in the receipt), the idempotency key or the ticket it was submitted with, and check --storage"
-        )
-    log.info("reference resolved to request %s", found)
-    return found
+    return keyed or ticketed

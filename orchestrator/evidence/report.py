@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from expunge.orchestrator.evidence.membership import AuditRecord, ModelAudit
 from expunge.orchestrator.evidence.receipt_chain import ChainReport
 
-__all__ = ["CheckName", "CheckResult", "CheckStatus", "VerifyReport", "chain_markdown"]
+__all__ = ["CheckName", "CheckResult", "CheckStatus", "VerifyReport", "chain_markdown", "check_row"]
 
-CheckName = Literal["exactness", "state", "storage", "registry", "membership_audit", "receipt_log"]
+CheckName = Literal[
+    "exactness", "state", "storage", "registry", "membership_audit", "receipt_log", "ingest_receipt", "shard_versions"
+]
 CheckStatus = Literal["passed", "failed", "skipped"]
 _TITLES: dict[str, str] = {
     "exactness": "Exactness",
@@ -25,6 +27,8 @@ _TITLES: dict[str, str] = {
     "registry": "Registry",
     "membership_audit": "Membership audit",
     "receipt_log": "Receipt log",
+    "ingest_receipt": "Ingest receipt",
+    "shard_versions": "Shard versions",
 }
 _MARK = {"passed": "✅ passed", "failed": "❌ FAILED", "skipped": "➖ skipped"}
 
@@ -100,7 +104,7 @@ class VerifyReport(BaseModel):
             "| Check | Result | What was found |",
             "| --- | --- | --- |",
         ]
-        lines += [f"| {_title(c)} | {_MARK[c.status]} | {c.summary} |" for c in self.checks]
+        lines += [check_row(c) for c in self.checks]
         if self.audit is not None:
             lines += ["", *_audit_markdown(self.audit)]
         lines += [
@@ -118,6 +122,11 @@ class VerifyReport(BaseModel):
         if self.mlflow_runs:
             lines += ["", f"Logged to MLflow run(s): {', '.join(f'`{r}`' for r in self.mlflow_runs)}."]
         return "\n".join(lines) + "\n"
+
+
+def check_row(check: CheckResult) -> str:
+    """The check as one row of a report's Markdown table: title, result, what was found."""
+    return f"| {_title(check)} | {_MARK[check.status]} | {check.summary} |"
 
 
 def _title(check: CheckResult) -> str:

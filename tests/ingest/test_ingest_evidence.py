@@ -73,7 +73,7 @@ def test_a_failed_publish_is_never_built_on_by_the_retry(tmp_path, monkeypatch) 
     assert all(r.result.exact for r in found.values())
 
 
-def test_verifying_an_ingest_id_says_it_is_an_ingest_and_what_checks_it(tmp_path) -> None:
+def test_verifying_an_ingest_id_as_an_erasure_names_the_ingest_check(tmp_path) -> None:
     from expunge.orchestrator.errors import ConfigError
     from expunge.orchestrator.evidence.verify import verify_erasure
 
@@ -84,4 +84,6 @@ def test_verifying_an_ingest_id_says_it_is_an_ingest_and_what_checks_it(tmp_path
     coordinator.ingest(ROWS.slice(120, 20), request_id="daily-2026-12-05")
     with pytest.raises(ConfigError, match="is an ingest") as refused:
         verify_erasure(str(store), "daily-2026-12-05", hasher, log_to_mlflow=False)
-    assert "`expunge verify` without --request" in str(refused.value)
+    assert "verify_ingest" in str(
+        refused.value
+    )  # `expunge verify --request` verifies it (tests/ingest/test_ingest_verify.py)
