@@ -180,21 +180,21 @@ def opened(
         _, latest = published(storage, hasher)  # a wrong key would find nobody: refuse before starting Ray
         model_for(latest.model)  # a custom model's module must import here, and in the shard actors: refuse now
         tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
+        # One lease token for the whole job (a served store is refused here, at once): the coordinator's
+        # recovery on open and the erasure join it (the lease is re-entrant within a process), so the
+        # job takes one token and tidies the lease history once (it took one for each, each tidying).
         lease = StoreLease(ObjectStore(storage), storage.lease_ttl_s)
-        lease.refuse_if_held()  # a served store: refuse at once
-    lineage = lineage_factory(tracking, storage)  # deferred: nothing read or written yet
+        lease.acquire("expunge forget")
+    try:
+        lineage = lineage_factory(tracking, storage)  # deferred: nothing read or written yet
 
-    def start_ray(why: str = "") -> None:
-        what = f"starting Ray ({why})" if why else "starting Ray"
-        with progress(what), stage("Ray start"), connecting_beside(lineage):
-            init_ray()
-        require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
+        def start_ray(why: str = "") -> None:
+            what = f"starting Ray ({why})" if why else "starting Ray"
+            with progress(what), stage("Ray start"), connecting_beside(lineage):
+                init_ray()
+            require_shared_storage(storage.uri, alive_node_count())  # before any shard writes
 
-    erasure = erasure or ErasureConfig()
-    # One lease token for the whole job: the coordinator's recovery on open and the erasure join it
-    # (the lease is re-entrant within a process), so the job takes one token and tidies the lease
-    # history once (it took one for the recovery and another for the erasure, each tidying).
-    with lease.hold("expunge forget"):
+        erasure = erasure or ErasureConfig()
         pool_factory: PoolFactory = ray_pool
         if erasure.in_process_max_shards > 0 and evidence.audit_holdout is None and not on_a_cluster():
             # Ray starts at the first shard call, if at all
@@ -210,6 +210,8 @@ def opened(
         finally:
             with stage("actors stop"):
                 coordinator.close()
+    finally:
+        lease.release()
 
 
 def _wrapped(factory: PoolFactory, wrapper: Callable[[ShardPool], ShardPool]) -> PoolFactory:
