@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from expunge.shards.config import MFConfig
-from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST, numeric_values
+from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST, numeric_values, string_array
 
 __all__ = ["MFModule", "MatrixFactorization"]
 
@@ -41,6 +41,7 @@ class MFModule(nn.Module):
         # updates in place): a step reads them without nn.Module's attribute lookup, 2 per table.
         self._user_biases: list[torch.Tensor] = []
         self._user_factors: list[torch.Tensor] = []
+        self._digests: pa.Array | None = None  # every held digest at its user index (``user_digests``)
 
     def add_users(self, digests: list[str], factors: torch.Tensor) -> None:
         offset = len(self.user_index)
@@ -50,6 +51,13 @@ class MFModule(nn.Module):
         self.user_tables.append(table)
         self._user_biases.append(table.bias)
         self._user_factors.append(table.factors)
+        self._digests = None
+
+    def user_digests(self) -> pa.Array:
+        """Every digest the module holds, position i holding the user of index i (built once per growth)."""
+        if self._digests is None:
+            self._digests = string_array([d for digests in self.user_slices for d in digests])
+        return self._digests
 
     def terms(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted ratings and the squared norm of the parameters each row touched.
@@ -82,11 +90,33 @@ class MFModule(nn.Module):
         return self.terms(users, items)[0]
 
 
+def _or_minus_one(found: pa.ChunkedArray) -> np.ndarray:
+    """``pc.index_in``'s int32 indexes as int64, -1 where null, read from the buffers.
+
+    Not ``pc.fill_null(found, -1)``: pyarrow's first Python value turned into an Arrow one imports
+    pandas (0.2 s of CPU in a shard process that has no other use for it).
+    """
+    parts = [np.zeros(0, np.int64)]
+    for chunk in found.chunks:
+        if len(chunk) == 0:
+            continue
+        validity, values = chunk.buffers()
+        indexes = np.frombuffer(values, np.int32, count=len(chunk), offset=chunk.offset * 4).astype(np.int64)
+        if chunk.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, np.uint8), bitorder="little")
+            indexes[~bits[chunk.offset : chunk.offset + len(chunk)].astype(bool)] = -1
+        parts.append(indexes)
+    return np.concatenate(parts)
+
+
 class MatrixFactorization:
     """The recommender model family (see ``SisaModel``)."""
 
     task: Literal["rating", "classification"] = "rating"
     subject_specific = True
+    #: ``encode`` of rows concatenated is ``encode`` of each part concatenated, and a row's encoding
+    #: never changes once its user is grown (indexes only append): ``train_steps`` encodes each slice once.
+    encodes_rows_independently = True
 
     def __init__(self, config: MFConfig) -> None:
         if config.num_items < 1:
@@ -121,9 +151,9 @@ class MatrixFactorization:
 
     def encode(self, module: nn.Module, rows: pa.Table) -> dict[str, torch.Tensor]:
         assert isinstance(module, MFModule)
-        index = module.user_index
-        digests = rows.column(SUBJECT_DIGEST).to_pylist()
-        users = torch.tensor([index.get(d, -1) for d in digests], dtype=torch.long)
+        # Each row's user index (-1: not held), as ``user_index`` maps it, without a Python string per row.
+        found = pc.index_in(rows.column(SUBJECT_DIGEST), value_set=module.user_digests())
+        users = torch.from_numpy(_or_minus_one(found))
         items_np = numeric_values(rows.column(ITEM_ID), np.int64)
         if len(items_np) and (items_np.min() < 0 or items_np.max() >= self.config.num_items):
             raise ValueError(
