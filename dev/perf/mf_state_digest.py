@@ -60,7 +60,7 @@ def main() -> None:
         configure_determinism(training.threads_per_shard)
         model = model_for(training.model)
         saved: dict[int, bytes] = {}
-        full = train_steps(model, training, 0, tables, None, lambda step, data: saved.__setitem__(step, data))  # type: ignore[arg-type]
+        full = train_steps(model, training, 0, tables, None, saved.__setitem__)  # type: ignore[arg-type]
         restart = load_checkpoint(model, saved[2])  # type: ignore[arg-type]
         again = train_steps(model, training, 0, tables, restart, lambda step, data: None)  # type: ignore[arg-type]
         monolith = train_steps(model, training, 0, [rows.slice(0, len(rows) // 4)], None, lambda step, data: None)  # type: ignore[arg-type]
