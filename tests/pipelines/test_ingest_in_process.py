@@ -167,3 +167,19 @@ def test_python_m_ingest_without_a_cluster_never_starts_ray(workdir):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["status"] == "ingested"
     assert "starting Ray" not in done.stderr
+
+
+def test_an_ingest_takes_one_lease_token_for_recovery_and_commit(workdir, monkeypatch, capsys, caplog):
+    # As `expunge forget` (tests/pipelines/test_forget_open_log.py): the recovery on open joins the job's lease.
+    _no_ray_here(monkeypatch)
+    people = next(iter(_shard_of_new_people(workdir).values()))  # before the debris: opening a store clears it
+    store = workdir / "store"
+    before = max(int(p.name.split(".")[0]) for p in (store / "lease").iterdir())
+    debris = store / "shards" / "0000" / "slices" / "0009-left-by-a-killed-writer.parquet"
+    debris.write_bytes(b"half a slice")
+    os.utime(debris, (1.0e9, 1.0e9))  # older than the published version: no live writer's
+    code, _, err = _expunge(["ingest", "--config", "job.yaml", "--data", _batch(workdir, people), "-v"], capsys)
+    assert code == 0, err[-3000:]
+    assert max(int(p.name.split(".")[0]) for p in (store / "lease").iterdir()) == before + 1
+    assert not debris.exists()
+    assert sum("debris of an interrupted or losing writer" in r.getMessage() for r in caplog.records) == 1
