@@ -1,12 +1,13 @@
 """The erasure service: a warm coordinator that journals, coalesces, commits and registers requests.
 
 A plain class (the Ray actor in ``expunge.orchestrator.service.actor`` only wraps it), so tests drive
-it in-process with ``local_pool``. Three threads, each stage overlapping the others:
+it in-process with ``local_pool``. Four threads, each stage overlapping the others:
 
 1. *accept* (caller's thread): identity rule, limits, journal entry written, then acknowledged;
 2. *commit* (worker, as ``policy.next_step`` decides): the oldest waiting requests, coalesced within
    ``service.window_ms``, are erased in one retrain per affected shard; once the store commit is
-   published the live shard actors serve it, and each request's receipt is journalled (``committed``);
+   published and sealed the live shard actors serve it and each request is answered (``committed``);
+   its journal records follow beside the next batch (``JournalStage``, in commit order);
 3. *ready* (``Readiness``): a statistics model's exact solve of the new version starts at once and
    is swapped in whole; the previous one serves meanwhile, its erased subjects masked;
 4. *register* (``Registrar``, its own thread): MLflow gets the newest version and every earlier
@@ -50,6 +51,7 @@ from expunge.orchestrator.service.followup import Committed, FollowUp, durably
 from expunge.orchestrator.service.ingestion import ServiceIngestion
 from expunge.orchestrator.service.intake import Queued, new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
+from expunge.orchestrator.service.journal_stage import JournalStage
 from expunge.orchestrator.service.lifecycle import Lifecycle
 from expunge.orchestrator.service.placement_rows import PlacementRows
 from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt, take_batch
@@ -125,6 +127,7 @@ class ErasureService:
         # Ready to serve: a statistics model's exact solve runs beside the commits, swapped in whole.
         self.readiness = Readiness(self.coordinator.store, self.coordinator.require_manifest(), self.board, self._state)
         self.ingestion.readiness = self.readiness
+        self.journaling = JournalStage(self.follow, self.journal, self._state)
         self.registrar = Registrar(self.follow, self._state, self.config, self._queued, self._stopped)
         self.registrar.start()
         if warm:
@@ -264,6 +267,7 @@ class ErasureService:
             counts = dict(self._counts)
             queued = len(self._queue)
             purges, unregistered, cause = self.follow.pending()
+            unregistered += self.journaling.backlog()  # committed, on its way to registration
             latency = self.board.clock.snapshot()
         return ServiceStats.of(counts, queued, purges, unregistered, cause, latency)
 
@@ -281,6 +285,7 @@ class ErasureService:
             self._stopping = True
             self._state.notify_all()
         self._worker.join(timeout=600)
+        self.journaling.close(timeout=600)
         self.registrar.join(timeout=600)
         self.readiness.close()
         with self._work:
@@ -395,10 +400,7 @@ class ErasureService:
                 self.ingestion.joined(joining)
         self.readiness.mask(self.coordinator.manifest if joined else None, digests)  # before any status says so
         receipts = [split_receipt(receipt, e, rows) for e in entries]
-        # The journal's committed records first (what status reads after a restart); if the store
-        # refuses them now, the request is answered all the same, the write shown pending and retried.
-        unjournalled = self.follow.journal_committed(receipts)
-        with self._state:
+        with self._state:  # answered now; the journal's committed records follow on the journal stage
             self._counts["committed"] += len(entries)
             self._counts["batches"] += 1
             self._counts["shard_retrains"] += len(receipt.shards)
@@ -410,11 +412,9 @@ class ErasureService:
                         received_at=entry.received_at,
                         committed_at=own.committed_at,
                         receipt=own,
-                        pending=own.pending
-                        + ((f"journal: {unjournalled[own.request_id]}",) if own.request_id in unjournalled else ()),
+                        pending=own.pending,
                     )
                 )
-            self.follow.unregistered.append(Committed(receipts, receipt))
             if receipt.pending:
                 self.follow.repairs.add(receipt, tuple(e.request_id for e in entries))
             self._state.notify_all()
@@ -422,11 +422,8 @@ class ErasureService:
         self.readiness.committed(
             self.coordinator.manifest if joined else None, [e.request_id for e in entries], digests
         )
-        self.follow.journal_again(receipts, unjournalled)
-        try:
-            self.journal.drop_batch(batch.batch_id)
-        except ExpungeError as exc:  # its requests are committed: the next start drops it
-            log.warning("could not drop journal batch %s: %s", batch.batch_id, exc)
+        # Beside the next batch: committed records, then registration, then the batch record dropped.
+        self.journaling.put(Committed(receipts, receipt), batch.batch_id)
         log.info("batch %s: %d request(s), %d subject(s), shards %s retrained, committed",
                  batch.batch_id, len(entries), len(digests), receipt.affected_shards)  # fmt: skip
 

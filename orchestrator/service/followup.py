@@ -282,18 +282,23 @@ class FollowUp:
                 failed[own.request_id] = f"{type(exc).__name__}: {exc}"[:300]
         return failed
 
-    def journal_again(self, receipts: list[ErasureReceipt], unjournalled: dict[str, str]) -> None:
-        """Write the committed records ``journal_committed`` could not, until they are; then clear their pending."""
+    def journal_again(self, receipts: list[ErasureReceipt], unjournalled: dict[str, str]) -> bool:
+        """Write the committed records ``journal_committed`` could not, until they are; then clear their pending.
+
+        Returns False when the service stopped before every one was written.
+        """
         for own in receipts:
             if own.request_id not in unjournalled:
                 continue
-            durably(
+            if not durably(
                 f"journal commit of {own.request_id}",
                 functools.partial(self.journal.write_committed, own),
                 self._stopped,
-            )
+            ):
+                return False
             with self._state:
                 if (now := self.board.recent(own.request_id)) is not None:
                     left = tuple(p for p in now.pending if not p.startswith("journal: "))
                     self.board.remember(now.model_copy(update={"pending": left}))
                 self._state.notify_all()
+        return True

@@ -153,6 +153,31 @@ class Journal:
         key = self._key("requests", request_id)
         return JournalEntry.model_validate_json(self.store.get(key)) if self.store.exists(key) else None
 
+    def _sealed_in_open_batch(self, entry: JournalEntry) -> ErasureReceipt | None:
+        """The request's own receipt when its batch committed and was sealed before its committed record was written.
+
+        The service answers a request at the seal and writes its journal record beside the next
+        batch (``JournalStage``); the batch record stays until then, so it names the commit.
+        """
+        from expunge.orchestrator.catalog import Catalog
+        from expunge.orchestrator.erasure.resume import erased_rows
+        from expunge.orchestrator.service.policy import split_receipt
+
+        catalog = Catalog(self.store)
+        for batch in self.batches():
+            if entry.request_id not in batch.request_ids:
+                continue
+            text = catalog.read_request_receipt(batch.batch_id)  # written when the commit is sealed
+            if text is None:
+                return None
+            shared = ErasureReceipt.model_validate_json(text)
+            after = shared.model_version_after
+            rows: dict[str, int] = {}
+            if shared.status == "erased" and after is not None and after != shared.model_version_before:
+                rows = erased_rows(catalog, catalog.read(after))
+            return split_receipt(shared, entry, rows)
+        return None
+
     def write_batch(self, batch: BatchEntry) -> None:
         self._put(self._key("batches", batch.batch_id), batch.model_dump_json().encode())
 
@@ -227,9 +252,12 @@ class Journal:
                 error=self.store.get(failed).decode(),
             )
         committed = self._key("committed", request_id)
-        if not self.store.exists(committed):
+        if self.store.exists(committed):
+            receipt = ErasureReceipt.model_validate_json(self.store.get(committed))
+        elif (sealed := self._sealed_in_open_batch(entry)) is not None:
+            receipt = sealed  # its record is still on the journal stage (or a crash left it to the restart)
+        else:
             return RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at)
-        receipt = ErasureReceipt.model_validate_json(self.store.get(committed))
         pending = () if self.store.exists(self._key("purged", request_id)) else receipt.pending
         registered = self._key("registered", request_id)
         if not self.store.exists(registered):

@@ -111,18 +111,49 @@ def test_a_dropped_journal_write_after_the_commit_is_answered_and_retried(config
             FaultSchedule(rates={"cut": 1.0}, methods=frozenset({"PUT"}), path_pattern="journal/committed/")
         )
         request_id = service.submit([SUBJECTS[1]])
-        # Registration runs on its own thread (issue 22), so the status may already read registered.
+        # Answered at the commit; the journal stage writes the record beside the next batch, and
+        # shows the refused write on the status while it retries (registration waits for it).
         status = _until(
-            lambda: (s := service.status(request_id)).stage in ("committed", "registered") and s, "committed"
+            lambda: (
+                (s := service.status(request_id)).stage == "committed"
+                and any(p.startswith("journal: ") for p in s.pending)
+                and s
+            ),
+            "journal write shown pending",
         )
         assert status.receipt is not None
         assert status.receipt.status == "erased"
-        assert any(p.startswith("journal: ") for p in status.pending)
-        assert Journal(ObjectStore(config.storage)).status(request_id).stage == "accepted"  # not yet written
+        assert request_id not in Journal(ObjectStore(config.storage)).ids("committed")  # not yet written
         proxy.pause()
-        _until(lambda: Journal(ObjectStore(config.storage)).status(request_id).stage != "accepted", "journal retried")
+        _until(lambda: request_id in Journal(ObjectStore(config.storage)).ids("committed"), "journal retried")
         _until(lambda: service.status(request_id).pending == (), "pending cleared")
         assert proxy.injected.get("cut", 0) >= 1
+    finally:
+        service.close()
+
+
+def test_a_coalesced_request_answered_before_its_journal_record_reads_committed_from_the_store(config, proxy, hasher):
+    # The journal stage writes committed records after the answer; until it does (here: never, the
+    # writes are cut), the store's own reading of the request (status after a restart, `verify`)
+    # finds its batch's sealed commit, with the request's own subjects and rows.
+    slow = config.model_copy(update={"service": ServiceConfig(window_ms=2000)})
+    service = ErasureService(slow, hasher, None, pool_factory=local_pool, warm=False)
+    try:
+        proxy.set_schedule(
+            FaultSchedule(rates={"cut": 1.0}, methods=frozenset({"PUT"}), path_pattern="journal/committed/")
+        )
+        first, second = service.submit([SUBJECTS[2]]), service.submit([SUBJECTS[3]])
+        answered = [service.wait(r, "committed", timeout=_BOUND_S) for r in (first, second)]
+        assert answered[0].receipt.batch_id is not None  # coalesced: the chain holds the batch, not the request
+        stored = Journal(ObjectStore(config.storage)).status(second)
+        assert stored.stage == "committed"
+        assert stored.receipt.subject_digests == (hasher.digest(SUBJECTS[3]),)
+        assert stored.receipt.batch_id == answered[1].receipt.batch_id
+        assert stored.receipt.rows_removed == answered[1].receipt.rows_removed > 0
+        # Registration follows the journal record: nothing registers what the journal has not recorded.
+        assert service.status(second).stage == "committed"
+        proxy.pause()
+        _until(lambda: Journal(ObjectStore(config.storage)).ids("committed") >= {first, second}, "journal retried")
     finally:
         service.close()
 
