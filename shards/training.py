@@ -289,6 +289,8 @@ def _skeleton(value: Any, tensors: list[torch.Tensor]) -> Any:
         tensors.append(value)
         return {"t": [len(tensors) - 1, _RAW_NAMES[value.dtype], list(value.shape)]}
     if kind is list:
+        if all(type(v) is str for v in value):  # digests and lineage: most of a header, as they are
+            return value
         return [_skeleton(v, tensors) for v in value]
     if kind is tuple:
         return {"u": [_skeleton(v, tensors) for v in value]}
@@ -524,6 +526,23 @@ def _optimizer(module: torch.nn.Module, config: TrainingConfig, saved: dict[str,
     return optimizer
 
 
+def _carried(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> bool:
+    """Give ``optimizer`` the parameters ``module`` grew since it was built, at the end of its one group.
+
+    What rebuilding it on the module and loading its state gives, without the rebuild: the held
+    parameters keep their state tensors and hyperparameters, the new ones get fresh state on their
+    first step. False (nothing changed) where the module's parameters do not start with the held ones.
+    """
+    held = optimizer.param_groups[0]["params"]
+    params = list(module.parameters())
+    if len(optimizer.param_groups) != 1 or len(params) < len(held):
+        return False
+    if any(a is not b for a, b in zip(held, params[: len(held)], strict=True)):
+        return False
+    held.extend(params[len(held) :])
+    return True
+
+
 def train_steps(
     model: SisaModel,
     config: TrainingConfig,
@@ -566,10 +585,12 @@ def train_steps(
             return by_slice[step]
         return {name: torch.cat([by_slice[i][name] for i in range(step + 1)]) for name in by_slice[step]}
 
+    optimizer: torch.optim.Optimizer | None = None  # built once per run, then carried from slice to slice
     for step in range(state.steps_done, len(slices)):
         grow = torch.Generator().manual_seed(derive_seed(config.seed, shard_id, "grow", step))
         model.grow(state.module, slices[step], grow)
-        optimizer = _optimizer(state.module, config, state.optimizer_state)
+        if optimizer is None or not _carried(optimizer, state.module):
+            optimizer = _optimizer(state.module, config, state.optimizer_state)
         epochs, scope = steps[step]
         data = encoded(step, scope)
         rows = sum(len(slices[i]) for i in range(step + 1)) if scope == "prefix" else len(slices[step])

@@ -110,3 +110,15 @@ def test_encode_gives_each_digest_its_user_index_and_minus_one_when_not_held():
     assert users.tolist() == [module.user_index.get(d, -1) for d in rows.column(SUBJECT_DIGEST).to_pylist()]
     assert users.tolist() == [2, -1, 1, 0, 1]
     assert users.dtype == torch.long
+
+
+@pytest.mark.parametrize("kernel", ["fused", "per_tensor"])
+def test_one_optimizer_carried_from_slice_to_slice_is_one_rebuilt_per_slice_bit_for_bit(monkeypatch, kernel):
+    built: list[int] = []
+    build = training._optimizer
+    monkeypatch.setattr(training, "_optimizer", lambda *args: built.append(1) or build(*args))
+    carried = _train(kernel, start_from=1)
+    assert len(built) == 2  # once from scratch, once from the restart's checkpoint
+    monkeypatch.setattr(training, "_carried", lambda optimizer, module: False)
+    assert _same_state(carried, _train(kernel, start_from=1))
+    assert len(built) == 2 + len(_slices()) + len(_slices()) - 2
