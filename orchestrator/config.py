@@ -174,6 +174,12 @@ class ServiceConfig(Frozen):
         description="Coalescing window in milliseconds: requests that arrive within it of the first waiting one "
         "share one retrain per affected shard, from its earliest affected slice.",
     )
+    pipeline: bool = Field(
+        True,
+        description="For a model served from summed statistics (item_stats): right after each commit's publish, "
+        "start retraining the next queued batch while that commit is purged and sealed (receipts stay in commit "
+        "order). False: each batch waits until the one before is answered.",
+    )
     max_subjects_per_request: int = Field(
         1000, ge=1, description="Largest number of subjects one request may name; larger requests are refused."
     )

@@ -7,7 +7,7 @@ others act on, and finishes on open what a crash interrupted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementInd
 from expunge.orchestrator.config import AnyModelConfig, EvidenceConfig, IngestConfig, JobConfig, StorageConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.erasure.eraser import Eraser
+from expunge.orchestrator.erasure.prefetch import Prefetch
 from expunge.orchestrator.evidence.membership import ErasureAudit
 from expunge.orchestrator.ingest import Ingester, PreparedIngest
 from expunge.orchestrator.pool import ShardPool
@@ -172,13 +173,26 @@ class Coordinator:
         ticket: str | None = None,
         reason: str | None = None,
         ingest: PreparedIngest | None = None,
+        prefetched: Prefetch | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> ErasureReceipt:
         """``Eraser.forget_digests``: ``forget`` for subjects already digested with this store's key.
 
         ``ingest``: a prepared batch (``prepare_ingest(..., erasing=digests)``) joining this commit.
+        ``prefetched``: its retrain started early (``Eraser.prefetch``); ``after_commit``: a hook run
+        right after the publish.
         """
         return self.erasure.forget_digests(
-            digests, request_id, audit, register=register, resume=resume, ticket=ticket, reason=reason, ingest=ingest
+            digests,
+            request_id,
+            audit,
+            register=register,
+            resume=resume,
+            ticket=ticket,
+            reason=reason,
+            ingest=ingest,
+            prefetched=prefetched,
+            after_commit=after_commit,
         )
 
     def readmit(self, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
 from expunge.orchestrator.config import EvidenceConfig
 from expunge.orchestrator.erasure.commit import commit_erasure
 from expunge.orchestrator.erasure.pending import finish_pending, readmit
 from expunge.orchestrator.erasure.pending import pending_step as _pending
+from expunge.orchestrator.erasure.prefetch import Prefetch, discard_prefetch, erase_calls, start_prefetch
 from expunge.orchestrator.erasure.resume import already_erased, finish_committed
 from expunge.orchestrator.erasure.routing import RoutingPlan, route
 from expunge.orchestrator.erasure.sealing import Sealer
@@ -135,6 +136,8 @@ class Eraser:
         ticket: str | None = None,
         reason: str | None = None,
         ingest: PreparedIngest | None = None,
+        prefetched: Prefetch | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> ErasureReceipt:
         """``forget`` for subjects already digested with this store's key (the service's entry point).
 
@@ -145,7 +148,10 @@ class Eraser:
         the published version (``Ingester.prepare(..., erasing=digests)``) that joins this commit,
         so each shard retrains once for both; its receipt is then ``ingest.receipt``. When
         nobody is found, or the batch holds nothing new, it is left to the caller
-        (``ingest.receipt`` stays None; ``Ingester.run`` does it alone).
+        (``ingest.receipt`` stays None; ``Ingester.run`` does it alone). ``prefetched``: this
+        request's retrain, started early (``prefetch``); used if it matches, else discarded.
+        ``after_commit``: called right after the publish, before the purge and the seal (its errors
+        are logged, never raised: the request is committed).
 
         Raises:
             ConfigError: no digest, a bad request id, or an id that named other subjects.
@@ -159,15 +165,21 @@ class Eraser:
         self.session.follow_latest()
         self.session.require_manifest()  # an untrained store or a wrong key: refused before anything is written
         with self.session.lease.hold("expunge forget"):
-            receipt = self._forget_digests(
-                digests,
-                request_id,
-                audit,
-                register=register,
-                resume=resume,
-                text={"ticket": ticket, "reason": reason},
-                ingest=ingest,
-            )
+            try:
+                receipt = self._forget_digests(
+                    digests,
+                    request_id,
+                    audit,
+                    register=register,
+                    resume=resume,
+                    text={"ticket": ticket, "reason": reason},
+                    ingest=ingest,
+                    prefetched=prefetched,
+                    after_commit=after_commit,
+                )
+            finally:  # a failure before its retrain was taken: the actors must not keep unpublished states
+                if prefetched is not None and not prefetched.taken:
+                    discard_prefetch(self.session, prefetched, self.session.manifest)
         if register:
             self.sealer.anchor()  # MLflow has the request's runs now: anchor the receipt log there too
         return receipt
@@ -182,12 +194,23 @@ class Eraser:
         resume: bool,
         text: dict[str, str | None],
         ingest: PreparedIngest | None = None,
+        prefetched: Prefetch | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> ErasureReceipt:
         began = time.perf_counter()
         self._refresh(sync=register)
         manifest = self.session.require_manifest()
         request_id = check_request_id(request_id or f"req-{uuid.uuid4().hex[:12]}")
         digests = list(dict.fromkeys(digests))
+        audit = audit or configured_audit(self.sealer.evidence)  # evidence.audit_holdout: every erasure audited
+        if prefetched is not None and (
+            resume
+            or ingest is not None
+            or audit is not None
+            or not prefetched.matches(manifest.version, request_id, digests)
+        ):
+            discard_prefetch(self.session, prefetched, manifest)
+            prefetched = None
         committed = (
             finish_committed(self.session, self.lineage, request_id, digests, self.sealer.seal) if resume else None
         )
@@ -202,12 +225,16 @@ class Eraser:
         plan = route(digests, index.cells())
         if not plan.found:
             return self._not_found(manifest, request_id, digests, plan, began, register, text)
-        audit = audit or configured_audit(self.sealer.evidence)  # evidence.audit_holdout: every erasure audited
         if audit is not None:
             # The only moment both exist: the subjects' rows and the constituents trained on them.
             audit.before_retrain(self.session.catalog, manifest, sorted(plan.found), self.session.hasher)
-        updates, retrain_seconds = self._retrain(manifest, index, plan, request_id, ingest)
+        updates, retrain_seconds = self._retrain(manifest, index, plan, request_id, ingest, prefetched)
         new_manifest = commit_erasure(self.session, manifest, index, plan, updates, request_id, ingest)
+        if after_commit is not None:
+            try:
+                after_commit()
+            except Exception:  # committed: nothing after the commit point fails the request
+                log.exception("request %s: the step after its commit failed; the request stands", request_id)
         # The commit point is behind us: from here on nothing fails the request. A step that cannot
         # be done now is named in ``receipt.pending`` and retried (``finish_pending``).
         pending: list[str] = []
@@ -305,23 +332,24 @@ class Eraser:
         plan: RoutingPlan,
         request_id: str,
         ingest: PreparedIngest | None = None,
+        prefetched: Prefetch | None = None,
     ) -> tuple[dict[int, ShardUpdate], float]:
         """Retrain each affected shard from its first affected slice, in parallel; returns updates and seconds.
+
+        ``prefetched``: the same retrain, already started (``prefetch``): its results are taken.
 
         Raises:
             StorageConflictError: another writer published while the shards retrained.
             ExpungeError: a shard failed (nothing published; the actors point back at the published version).
         """
-        cells = index.cells()
-        per_shard = {
-            shard: (sorted(d for d in plan.found if any(c.shard == shard for c in cells[d])), first, request_id)
-            for shard, first in plan.first_affected_slice.items()
-        }
+        per_shard = erase_calls(index, plan, request_id)
         pool = self.session.pool
         method, calls = "erase", dict[int, tuple[object, ...]](per_shard)
         if ingest is not None and ingest.plan is not None:  # one retrain per shard: rows in, the subjects' out
             method, calls = "ingest", ingest.shard_calls({s: args[0] for s, args in per_shard.items()})
         try:
+            if prefetched is not None:
+                return prefetched.take()
             # Start the affected actors first (a no-op when warm) so that retrain_seconds is
             # retraining alone, like the manifest's train_seconds it is compared with.
             pool.call("ready", {s: () for s in calls})
@@ -340,6 +368,10 @@ class Eraser:
         except ExpungeError:
             self.session.rollback(manifest)
             raise
+
+    def prefetch(self, digests: Sequence[str], request_id: str) -> Prefetch | None:
+        """``erasure.prefetch.start_prefetch``: start ``request_id``'s retrain on the published version."""
+        return start_prefetch(self.session, configured_audit(self.sealer.evidence) is not None, digests, request_id)
 
     def _record(
         self, receipt: ErasureReceipt, manifest: EnsembleManifest, audit: ErasureAudit | None, register: bool

@@ -20,11 +20,9 @@ IEEE S&P 2021 (one retrain per affected shard from its first affected slice).
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Literal
 
@@ -34,6 +32,7 @@ import pyarrow as pa
 from expunge.orchestrator.config import JobConfig
 from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.erasure.prefetch import Prefetch
 from expunge.orchestrator.erasure.resume import erased_rows
 from expunge.orchestrator.errors import (
     ExpungeError,
@@ -47,14 +46,15 @@ from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.screening import screen_free_text
 from expunge.orchestrator.service.board import RequestBoard
-from expunge.orchestrator.service.followup import Committed, FollowUp, durably
+from expunge.orchestrator.service.followup import Committed, FollowUp
 from expunge.orchestrator.service.ingestion import ServiceIngestion
 from expunge.orchestrator.service.intake import Queued, new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.journal_stage import JournalStage
 from expunge.orchestrator.service.lifecycle import Lifecycle
+from expunge.orchestrator.service.pipeline import NextBatch, open_batch, take_queued
 from expunge.orchestrator.service.placement_rows import PlacementRows
-from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt, take_batch
+from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt
 from expunge.orchestrator.service.readiness import Readiness
 from expunge.orchestrator.service.recovery import recover, serve_purpose
 from expunge.orchestrator.service.registrar import Registrar
@@ -128,6 +128,10 @@ class ErasureService:
         self.readiness = Readiness(self.coordinator.store, self.coordinator.require_manifest(), self.board, self._state)
         self.ingestion.readiness = self.readiness
         self.journaling = JournalStage(self.follow, self.journal, self._state)
+        self.next_batch = NextBatch(
+            self.coordinator, self.journal, self._state, self._queue, lambda: bool(self._resume), self._stopped,
+            self.config.max_subjects_per_batch,
+        )  # fmt: skip
         self.registrar = Registrar(self.follow, self._state, self.config, self._queued, self._stopped)
         self.registrar.start()
         if warm:
@@ -285,6 +289,8 @@ class ErasureService:
             self._stopping = True
             self._state.notify_all()
         self._worker.join(timeout=600)
+        with self._work:
+            self.next_batch.discard()  # a batch started ahead stays journalled: the next start resumes it
         self.journaling.close(timeout=600)
         self.registrar.join(timeout=600)
         self.readiness.close()
@@ -299,11 +305,13 @@ class ErasureService:
             with self._state:
                 if self._stopping:
                     return  # what is queued or unregistered stays in the journal: the next start finishes it
-                repair = None if self._queue else self.follow.repairs.take_due(time.monotonic())
-                if self._resume:
+                prefetched, repair = None, None
+                if (ahead := self.next_batch.take()) is not None:  # started at the last commit: first
+                    batch, entries, prefetched, step_kind = ahead.batch, ahead.entries, ahead.prefetched, "commit"
+                elif self._resume:
                     batch, entries = self._resume.pop(0)
                     step_kind = "resume"
-                elif repair is not None:
+                elif (repair := None if self._queue else self.follow.repairs.take_due(time.monotonic())) is not None:
                     step_kind = "repair"
                 elif self.ingestion.due(self._queue[0].since if self._queue else None):
                     step_kind = "ingest"
@@ -324,16 +332,11 @@ class ErasureService:
                         continue
                     step_kind = step.kind
                     if step_kind == "commit":
-                        size = take_batch(
-                            [(q.entry.request_id, q.entry.subject_digests) for q in self._queue],
-                            self.config.max_subjects_per_batch,
-                        )
-                        entries = [self._queue.popleft().entry for _ in range(size)]
+                        entries = [q.entry for q in take_queued(self._queue, self.config.max_subjects_per_batch)]
+                        batch = None
             try:
-                if step_kind == "resume":
-                    self._commit(entries, batch, resume=True)
-                elif step_kind == "commit":
-                    self._commit(entries, None, resume=False)
+                if step_kind in ("resume", "commit"):
+                    self._commit(entries, batch, resume=step_kind == "resume", prefetched=prefetched)
                 elif step_kind == "repair" and repair is not None:
                     self.follow.repair(repair)
                 elif step_kind == "ingest":
@@ -342,21 +345,16 @@ class ErasureService:
                 log.exception("the erasure service's worker hit an unexpected error; it goes on")
                 time.sleep(_RETRY_PAUSE_S)
 
-    def _commit(self, entries: list[JournalEntry], batch: BatchEntry | None, resume: bool) -> None:
-        if batch is None:
-            batch_id = entries[0].request_id if len(entries) == 1 else f"batch-{uuid.uuid4().hex[:24]}"
-            batch = BatchEntry(
-                batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=utc_now()
-            )
-            if not durably(  # before the retrain: a crash from here on resumes this batch under this id, once
-                f"journal batch {batch_id}", functools.partial(self.journal.write_batch, batch), self._stopped
-            ):
-                return  # stopping: the requests stay accepted in the journal; the next start takes them
+    def _commit(
+        self, entries: list[JournalEntry], batch: BatchEntry | None, resume: bool, prefetched: Prefetch | None = None
+    ) -> None:
+        if batch is None and (batch := open_batch(self.journal, entries, self._stopped)) is None:
+            return  # stopping: the requests stay accepted in the journal; the next start takes them
         # A resumed batch names every subject it was started with, even of requests already answered:
         # its commit (under the batch id) erased them all.
         members = [e for r in batch.request_ids if (e := self.journal.entry(r)) is not None] if resume else entries
         digests = list(dict.fromkeys(d for e in members for d in e.subject_digests))
-        joining, joined = self.ingestion.take() if not resume else None, False  # an ingest joins: 1 retrain/shard
+        joining, joined = self.ingestion.take() if not resume and prefetched is None else None, False  # 1 retrain/shard
         try:
             for attempt in range(1, _MAX_ATTEMPTS + 1):
                 try:
@@ -373,6 +371,10 @@ class ErasureService:
                             ticket=ticket,
                             reason=reason,
                             ingest=self.ingestion.prepare(joining, digests) if attempt == 1 else None,
+                            prefetched=prefetched if attempt == 1 else None,
+                            after_commit=self.next_batch.start
+                            if self.config.pipeline and self.readiness.fits
+                            else None,
                         )
                         if receipt.status == "erased" and receipt.model_version_before != acted_on:
                             # Committed before a crash or a lost answer: the rows each subject had come from

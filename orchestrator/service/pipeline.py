@@ -1,0 +1,120 @@
+"""The service's pipeline: the next batch starts retraining right after the previous commit's publish.
+
+Without it, batch N+1 waits until N is purged, sealed and answered. With it (``service.pipeline``,
+for a model served from summed statistics), the moment N's new version is published
+(``Eraser.forget_digests(..., after_commit=)``) the commit worker takes the next queued requests,
+journals them as a batch, and starts their shards retraining on that version
+(``Eraser.prefetch``); N's purge and seal run meanwhile, and N+1 commits next with those results.
+Receipts stay in commit order: N+1 publishes only after N is answered. A model whose shard actors
+serve predictions (MF) is not pipelined: its actors must never answer from a retrain that is not
+committed.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.erasure.prefetch import Prefetch, discard_prefetch
+from expunge.orchestrator.receipts import utc_now
+from expunge.orchestrator.service.followup import durably
+from expunge.orchestrator.service.intake import Queued
+from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry
+from expunge.orchestrator.service.policy import take_batch
+
+__all__ = ["Ahead", "NextBatch", "open_batch", "take_queued"]
+
+log = logging.getLogger(__name__)
+
+
+def take_queued(queue: collections.deque[Queued], max_subjects: int) -> list[Queued]:
+    """The oldest queued requests that coalesce into one batch (``policy.take_batch``), removed from ``queue``."""
+    size = take_batch([(q.entry.request_id, q.entry.subject_digests) for q in queue], max_subjects)
+    return [queue.popleft() for _ in range(size)]
+
+
+def open_batch(journal: Journal, entries: list[JournalEntry], stopped: Callable[[], bool]) -> BatchEntry | None:
+    """Journal ``entries`` as one batch before anything retrains; None when the service stops first.
+
+    A crash from here on resumes the batch under its id, once (``recovery.recover``).
+    """
+    batch_id = entries[0].request_id if len(entries) == 1 else f"batch-{uuid.uuid4().hex[:24]}"
+    batch = BatchEntry(batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=utc_now())
+    if not durably(f"journal batch {batch_id}", functools.partial(journal.write_batch, batch), stopped):
+        return None
+    return batch
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """A batch taken from the queue and journalled, its retrain started (``prefetched``: None if nobody was found)."""
+
+    entries: list[JournalEntry]
+    batch: BatchEntry
+    prefetched: Prefetch | None
+
+
+class NextBatch:
+    """Holds at most one batch started ahead; the commit worker commits it before anything else.
+
+    ``start`` is the ``after_commit`` hook (the worker's thread, holding the coordinator and the
+    lease); ``queue``, ``resuming`` and ``stopped`` are the service's, read under ``state``.
+    """
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        journal: Journal,
+        state: threading.Condition,
+        queue: collections.deque[Queued],
+        resuming: Callable[[], bool],
+        stopped: Callable[[], bool],
+        max_subjects: int,
+    ) -> None:
+        self._coordinator = coordinator
+        self._journal = journal
+        self._state = state
+        self._queue = queue
+        self._resuming = resuming
+        self._stopped = stopped
+        self._max_subjects = max_subjects
+        self._ahead: Ahead | None = None
+        self.started = 0  # batches started ahead (``ErasureService.stats``, tests)
+
+    def start(self) -> None:
+        """Take the oldest queued requests as the next batch and start their retrain now, if any wait."""
+        with self._state:
+            if self._ahead is not None or not self._queue or self._resuming() or self._stopped():
+                return
+            taken = take_queued(self._queue, self._max_subjects)
+        entries = [q.entry for q in taken]
+        batch = open_batch(self._journal, entries, self._stopped)
+        if batch is None:  # stopping: they stay accepted in the journal, and queued here
+            with self._state:
+                self._queue.extendleft(reversed(taken))
+            return
+        digests = list(dict.fromkeys(d for e in entries for d in e.subject_digests))
+        try:
+            prefetched = self._coordinator.erasure.prefetch(digests, batch.batch_id)
+        except Exception as exc:  # e.g. the placement unreadable now: the batch commits the usual way
+            log.warning("batch %s could not start ahead (%s); it retrains when its turn comes", batch.batch_id, exc)
+            prefetched = None
+        self._ahead = Ahead(entries, batch, prefetched)
+        self.started += 1
+
+    def take(self) -> Ahead | None:
+        """The batch started ahead (removed), or None."""
+        ahead, self._ahead = self._ahead, None
+        return ahead
+
+    def discard(self) -> None:
+        """Stopping: end the early retrain and undo it (its batch stays journalled; the next start resumes it)."""
+        ahead = self.take()
+        if ahead is not None and ahead.prefetched is not None:
+            discard_prefetch(self._coordinator.erasure.session, ahead.prefetched, self._coordinator.manifest)

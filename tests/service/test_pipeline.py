@@ -1,0 +1,114 @@
+"""The service's pipeline (issue 22): batch N+1 retrains while batch N is purged and sealed; exact, in order.
+
+In-process (local shards) with an ``item_stats`` model, whose served model comes from summed
+statistics, not from the shard actors. Nothing here is timed: the tests show that the batch
+started ahead is the one committed, in commit order, with the bits of training from scratch, and
+that a started retrain nobody commits leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.config import (
+    ItemStatsConfig,
+    JobConfig,
+    ServiceConfig,
+    StorageConfig,
+    SyntheticRatingsConfig,
+    TrackingConfig,
+)
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.evidence.exactness import constituents_equal
+from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+from expunge.orchestrator.service.core import ErasureService
+from expunge.pipelines.datasets import synthetic_ratings
+from expunge.shards.rows import SUBJECT_ID
+from expunge.shards.store import ObjectStore
+from tests.engine import from_scratch, job, without
+
+ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_user=5, seed=11))
+SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
+STATS = ItemStatsConfig(factors=2, neighbours=5)
+
+
+def _job(path, pipeline: bool = True) -> JobConfig:
+    return job(model=STATS, shards=3, slices=2).model_copy(
+        update={
+            "storage": StorageConfig(uri=str(path / "store")),
+            "tracking": TrackingConfig(enabled=False),
+            # One subject per batch, so that requests queued behind a commit make batches of their own.
+            "service": ServiceConfig(window_ms=0, max_subjects_per_batch=1, pipeline=pipeline),
+        }
+    )
+
+
+def _unreferenced_data(storage: StorageConfig) -> list[str]:
+    store = ObjectStore(storage)
+    catalog = Catalog(store)
+    used = catalog.referenced_keys(catalog.latest())
+    return sorted(
+        str(v)
+        for v in store.list_versions("shards/") + store.list_versions("placement/")
+        if v.key not in used and ("/slices/" in v.key or "/checkpoints/" in v.key or v.key.startswith("placement/"))
+    )
+
+
+def _queued_behind_the_first_commit(service: ErasureService, subjects: list[str]) -> list[str]:
+    """Submit ``subjects`` one per request while the worker waits for the coordinator: all queue behind the first."""
+    with service._work:  # the worker takes the first request, then waits here; the rest queue meanwhile
+        return [service.submit([s]) for s in subjects]
+
+
+def test_the_next_batch_retrains_during_the_commit_before_it_and_the_result_is_exact(tmp_path, hasher):
+    config = _job(tmp_path)
+    Coordinator(config.storage, hasher, None, pool_factory=local_pool).train(ROWS, config)
+    service = ErasureService(config, hasher, None, pool_factory=local_pool, warm=False)
+    chosen = SUBJECTS[:4]
+    try:
+        ids = _queued_behind_the_first_commit(service, chosen)
+        receipts = [service.wait(i, "committed", timeout=120).receipt for i in ids]
+        assert service.next_batch.started >= 1  # at least one batch began at the commit before it
+        # In commit order: each request committed once, one version after another, sealed once.
+        versions = [r.model_version_after for r in receipts]
+        assert versions == sorted(versions) and len(set(versions)) == len(ids)
+        store = ObjectStore(config.storage)
+        assert all(len(chained_receipts(store, r.request_id)) == 1 for r in receipts)
+        assert all(r.status == "erased" and r.rows_removed > 0 for r in receipts)
+        reference = from_scratch(tmp_path, service.coordinator, without(ROWS, chosen), config, hasher)
+        equal = constituents_equal(service.coordinator.constituent_tensors(), reference.constituent_tensors())
+        assert all(equal.values()), equal
+        assert _unreferenced_data(config.storage) == []  # every superseded object purged
+    finally:
+        service.close()
+
+
+def test_without_the_pipeline_no_batch_starts_ahead(tmp_path, hasher):
+    config = _job(tmp_path, pipeline=False)
+    Coordinator(config.storage, hasher, None, pool_factory=local_pool).train(ROWS, config)
+    service = ErasureService(config, hasher, None, pool_factory=local_pool, warm=False)
+    try:
+        ids = _queued_behind_the_first_commit(service, SUBJECTS[4:7])
+        assert all(service.wait(i, "committed", timeout=120).receipt.status == "erased" for i in ids)
+        assert service.next_batch.started == 0
+    finally:
+        service.close()
+
+
+def test_a_retrain_started_for_other_subjects_is_discarded_and_leaves_nothing(tmp_path, hasher):
+    config = _job(tmp_path)
+    coordinator = Coordinator(config.storage, hasher, None, pool_factory=local_pool)
+    coordinator.train(ROWS, config)
+    digests = [hasher.digest(SUBJECTS[8])]
+    with coordinator.erasure.session.lease.hold("test"):
+        started = coordinator.erasure.prefetch(digests, "req-started-ahead")
+    assert started is not None
+    # The request that commits names someone else: the early retrain must not be published or kept.
+    receipt = coordinator.forget_digests(
+        [hasher.digest(SUBJECTS[9])], "req-committed", register=False, prefetched=started
+    )
+    assert started.taken
+    assert receipt.subject_digests == (hasher.digest(SUBJECTS[9]),)
+    reference = from_scratch(tmp_path, coordinator, without(ROWS, [SUBJECTS[9]]), config, hasher)
+    equal = constituents_equal(coordinator.constituent_tensors(), reference.constituent_tensors())
+    assert all(equal.values()), equal  # SUBJECTS[8] is still in: the discarded retrain left no trace
+    assert _unreferenced_data(config.storage) == []
