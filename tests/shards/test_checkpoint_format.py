@@ -164,13 +164,18 @@ def test_a_payload_format_4_cannot_hold_exactly_keeps_format_2():
 def test_a_format_4_header_that_does_not_fit_its_bytes_is_a_typed_error_even_with_a_valid_digest(trained):
     _, stored, _ = trained
     start = len(b"EXPUNGE-CKPT-4\n")
-    header_size, blob_size = struct.unpack("<QQ", stored[0][start + 1 : start + 17])
-    body = pa.Codec("zstd").decompress(stored[0][start + 49 :], decompressed_size=header_size + blob_size, asbytes=True)
-    header = json.loads(body[:header_size])
+    lanes = stored[0][start]
+    header_size, blob_size, low_size = struct.unpack("<QQQ", stored[0][start + 1 : start + 25])
+    width = blob_size // lanes
+    high = pa.Codec("zstd").decompress(
+        stored[0][start + 57 + low_size :], decompressed_size=width + header_size, asbytes=True
+    )
+    header = json.loads(high[width:])
     header["places"][-1] = blob_size  # the last tensor placed past the end of the bytes
     forged = json.dumps(header, separators=(",", ":")).encode()
-    packed = pa.Codec("zstd", compression_level=1).compress(forged + body[header_size:], asbytes=True)
-    fields = stored[0][start : start + 1] + struct.pack("<QQ", len(forged), blob_size)
+    packed_high = pa.Codec("zstd", compression_level=1).compress(high[:width] + forged, asbytes=True)
+    fields = bytes([lanes]) + struct.pack("<QQQ", len(forged), blob_size, low_size)
+    packed = stored[0][start + 57 : start + 57 + low_size] + packed_high
     data = stored[0][:start] + fields + hashlib.sha256(fields + packed).digest() + packed
     with pytest.raises(StorageCorruptError, match="does not fit its bytes"):
         decode_checkpoint(data)
