@@ -279,12 +279,13 @@ class IngestConfig(Frozen):
 
 
 class ErasureConfig(Frozen):
-    """How a ``forget`` job runs its shard retrains (docs/performance.md, "Cold CLI erasure")."""
+    """How a ``forget`` or ``ingest`` job runs its shard retrains (docs/performance.md, "Cold CLI erasure")."""
 
     in_process_max_shards: int = Field(
         8,
         ge=0,
-        description="A `forget` job with no Ray cluster to join (RAY_ADDRESS unset) that retrains at most this many "
+        strict=True,  # `true` is not a shard count (lax mode would read it as 1)
+        description="A `forget` or `ingest` job with no Ray cluster to join (RAY_ADDRESS unset) that retrains at most this many "
         "shards, within `in_process_max_cpu_s`, retrains them in its own process, one after another, and never "
         "starts Ray (a private cluster costs 5-13 s to start on two cores, and each shard actor about 1.3 s); the "
         "bits are the same. 0: always start Ray. A job on a cluster (RAY_ADDRESS), an audited erasure "
@@ -313,7 +314,9 @@ class JobConfig(Frozen):
         EvidenceConfig(), description="Anchors of the receipt log outside the store, and the erasure audit."
     )
     ingest: IngestConfig = Field(IngestConfig(), description="How new rows are added to a trained store.")
-    erasure: ErasureConfig = Field(ErasureConfig(), description="How a `forget` job runs its shard retrains.")
+    erasure: ErasureConfig = Field(
+        ErasureConfig(), description="How a `forget` or `ingest` job runs its shard retrains."
+    )
 
 
 def load_job_config(path: str | Path) -> JobConfig:
