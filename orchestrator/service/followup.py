@@ -233,8 +233,9 @@ class FollowUp:
         with self._state:
             for request_id in item.request_ids:
                 previous = self.board.recent(request_id)
-                if previous is not None:
-                    self.board.remember(previous.model_copy(update={"pending": receipt.pending}))
+                if previous is not None:  # a journal write the journal stage still retries stays shown
+                    journal = tuple(p for p in previous.pending if p.startswith("journal: "))
+                    self.board.remember(previous.model_copy(update={"pending": receipt.pending + journal}))
             self.repairs.finished(item)
             if receipt.pending:
                 self.repairs.again(item, receipt, time.monotonic())

@@ -153,7 +153,7 @@ class Journal:
         key = self._key("requests", request_id)
         return JournalEntry.model_validate_json(self.store.get(key)) if self.store.exists(key) else None
 
-    def _sealed_in_open_batch(self, entry: JournalEntry) -> ErasureReceipt | None:
+    def sealed_in_open_batch(self, entry: JournalEntry) -> ErasureReceipt | None:
         """The request's own receipt when its batch committed and was sealed before its committed record was written.
 
         The service answers a request at the seal and writes its journal record beside the next
@@ -254,8 +254,10 @@ class Journal:
         committed = self._key("committed", request_id)
         if self.store.exists(committed):
             receipt = ErasureReceipt.model_validate_json(self.store.get(committed))
-        elif (sealed := self._sealed_in_open_batch(entry)) is not None:
+        elif (sealed := self.sealed_in_open_batch(entry)) is not None:
             receipt = sealed  # its record is still on the journal stage (or a crash left it to the restart)
+        elif self.store.exists(committed):  # written, and its batch dropped, while the batches were read
+            receipt = ErasureReceipt.model_validate_json(self.store.get(committed))
         else:
             return RequestStatus(request_id=request_id, stage="accepted", received_at=entry.received_at)
         pending = () if self.store.exists(self._key("purged", request_id)) else receipt.pending

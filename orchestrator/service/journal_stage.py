@@ -46,7 +46,7 @@ class JournalStage:
         self._journal = journal
         self._state = state
         self._items: collections.deque[_Item] = collections.deque()
-        self._busy = 0  # items taken and being written (still a backlog)
+        self._busy = 0  # requests of the item taken, being written (negative: handed to registration)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="expunge-journal", daemon=True)
         self._thread.start()
@@ -59,7 +59,7 @@ class JournalStage:
 
     def backlog(self) -> int:
         """Requests committed whose journal records are not written yet (the caller holds ``state``)."""
-        return sum(len(i.committed.receipts) for i in self._items) + self._busy
+        return sum(len(i.committed.receipts) for i in self._items) + max(self._busy, 0)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every commit put so far is journalled; False if ``timeout`` seconds passed first."""
@@ -109,6 +109,7 @@ class JournalStage:
                 return  # the service stops first: the batch record stays, the next start resumes it
         with self._state:
             self._follow.unregistered.append(item.committed)
+            self._busy = -self._busy  # counted there now (``FollowUp.pending``), not twice while its batch record goes
             self._state.notify_all()
         try:
             self._journal.drop_batch(item.batch_id)

@@ -43,6 +43,11 @@ def recover(journal: Journal, lineage: Lineage | None) -> Recovery:
     registered = journal.ids("registered")
     failed = journal.ids("failed")
     open_ids = accepted - committed - failed
+    # Answered at the seal, killed before the journal stage wrote them: the sealed answer is journalled
+    # as given. Resumed instead, a batch that found nobody would run (and be sealed) a second time.
+    sealed = _journal_sealed(journal, open_ids)
+    committed |= sealed
+    open_ids -= sealed
     plan = Recovery()
     in_batches: set[str] = set()
     for batch in sorted(journal.batches(), key=lambda b: b.created_at):
@@ -74,3 +79,16 @@ def recover(journal: Journal, lineage: Lineage | None) -> Recovery:
             len(pending),
         )
     return plan
+
+
+def _journal_sealed(journal: Journal, open_ids: set[str]) -> set[str]:
+    """Write the committed record of each open request whose batch commit was sealed; returns their ids."""
+    written: set[str] = set()
+    for batch in journal.batches():
+        for request_id in batch.request_ids:
+            entry = journal.entry(request_id) if request_id in open_ids else None
+            receipt = journal.sealed_in_open_batch(entry) if entry is not None else None
+            if receipt is not None:
+                journal.write_committed(receipt)
+                written.add(request_id)
+    return written
