@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +25,15 @@ class UserTable(nn.Module):
         self.bias = nn.Parameter(torch.zeros(factors.shape[0]))
         self.factors = nn.Parameter(factors)
 
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if keep_vars:
+            return
+        for name in ("bias", "factors"):  # a training module's tables share storage (``MFModule._flat``):
+            value = destination[prefix + name]  # give the state its own, as pickling copies a whole storage
+            if value.untyped_storage().nbytes() != value.nbytes:
+                destination[prefix + name] = value.clone()
+
 
 class MFModule(nn.Module):
     """rating = mu + b_item + b_user + <p_user, q_item>; users unknown to the module get zeros."""
@@ -42,6 +52,7 @@ class MFModule(nn.Module):
         self._user_biases: list[torch.Tensor] = []
         self._user_factors: list[torch.Tensor] = []
         self._digests: pa.Array | None = None  # every held digest at its user index (``user_digests``)
+        self._flat_users: tuple[torch.Tensor, torch.Tensor] | None = None  # see ``_flat``
 
     def add_users(self, digests: list[str], factors: torch.Tensor) -> None:
         offset = len(self.user_index)
@@ -52,6 +63,41 @@ class MFModule(nn.Module):
         self._user_biases.append(table.bias)
         self._user_factors.append(table.factors)
         self._digests = None
+        self._flat_users = None  # built again, holding the new table too, by the next step that needs it
+
+    def _flat(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every table's biases and factors as two leaf tensors, whose storage the tables' parameters view.
+
+        A training step reads the users from these: the ``torch.cat`` of the tables it would read,
+        value for value, without the concatenation, and with 2 gradient accumulations instead of 2 per
+        table (about 50 us of a 0.7 ms step at 8 tables). After each backward, a hook gives each table's
+        parameters their part of the leaves' gradient (views), as the concatenation's backward would,
+        and clears the leaves': the optimizer steps the tables' parameters, in place, so the leaves see it.
+        """
+        if self._flat_users is None:
+            sizes = [len(b) for b in self._user_biases]
+            leaves = []
+            for params in (self._user_biases, self._user_factors):
+                leaf = torch.cat([p.detach() for p in params]).requires_grad_()
+                for param, part in zip(params, leaf.detach().split(sizes), strict=True):
+                    param.data = part
+                leaf.register_post_accumulate_grad_hook(_spread_gradient(params, sizes))
+                leaves.append(leaf)
+            self._flat_users = (leaves[0], leaves[1])
+        return self._flat_users
+
+    def train(self, mode: bool = True) -> MFModule:
+        if not mode and self._flat_users is not None:  # evaluation reads the tables: each its own storage again
+            with torch.no_grad():
+                for param in (*self._user_biases, *self._user_factors):
+                    param.data = param.data.clone()
+            self._flat_users = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_flat_users"] = None  # leaves with hooks: rebuilt by the next training step
+        return state
 
     def user_digests(self) -> pa.Array:
         """Every digest the module holds, position i holding the user of index i (built once per growth)."""
@@ -71,8 +117,10 @@ class MFModule(nn.Module):
         norm = item_bias[items] ** 2 + (item_vectors**2).sum(dim=1)
         if not self._user_biases:
             return score, norm
-        bias = torch.cat(self._user_biases)
-        factors = torch.cat(self._user_factors)
+        if torch.is_grad_enabled():
+            bias, factors = self._flat()
+        else:
+            bias, factors = torch.cat(self._user_biases), torch.cat(self._user_factors)
         known = users >= 0
         every_user_known = bool(known.all())  # always so in training: a step's users are grown first
         safe = users if every_user_known else users.clamp(min=0)
@@ -88,6 +136,22 @@ class MFModule(nn.Module):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.terms(users, items)[0]
+
+
+def _spread_gradient(params: list[torch.Tensor], sizes: list[int]) -> Callable[[torch.Tensor], None]:
+    """The hook of a flat leaf (``MFModule._flat``): its gradient, split, accumulated into ``params``' as autograd would."""
+
+    def spread(leaf: torch.Tensor) -> None:
+        assert leaf.grad is not None
+        parts, leaf.grad = leaf.grad.split(sizes), None
+        for param, part in zip(params, parts, strict=True):
+            if param.grad is None:
+                param.grad = part
+            else:
+                with torch.no_grad():
+                    param.grad += part
+
+    return spread
 
 
 def _or_minus_one(found: pa.ChunkedArray) -> np.ndarray:
