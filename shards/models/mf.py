@@ -195,8 +195,8 @@ class MatrixFactorization:
 
     def grow(self, module: nn.Module, slice_rows: pa.Table, generator: torch.Generator) -> None:
         assert isinstance(module, MFModule)
-        seen = set(module.user_index)
-        digests = sorted(set(slice_rows.column(SUBJECT_DIGEST).to_pylist()) - seen)
+        held = module.user_index  # the slice's distinct digests not yet held, sorted (one Python string each)
+        digests = sorted(d for d in pc.unique(slice_rows.column(SUBJECT_DIGEST)).to_pylist() if d not in held)
         if not digests:
             return
         factors = torch.empty(len(digests), self.config.embedding_dim)
