@@ -107,6 +107,8 @@ def _purge_plan(
         earlier = catalog.read(number)
         superseded.add(earlier.placement_key)
         for shard_id, version in enumerate(earlier.shard_versions):
+            if shard_id < len(manifest.shard_versions) and version == manifest.shard_versions[shard_id]:
+                continue  # the same shard version: every key of it is current, none is superseded
             if store.exists(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"):
                 superseded |= catalog.shard_manifest(shard_id, version).object_keys()
     listed = store.list_versions("shards/") + store.list_versions("placement/") + store.list_versions(STAGING_PREFIX)
