@@ -27,6 +27,7 @@ __all__ = ["Committed", "FollowUp", "Repair", "Repairs", "backoff_s", "durably"]
 log = logging.getLogger(__name__)
 
 _REGISTER_RETRY_PAUSE_S = 1.0
+_STOP_CHECK_S = 0.1  # how often a backoff looks at the stop flag
 
 
 def backoff_s(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
@@ -51,7 +52,9 @@ def durably(what: str, write: Callable[[], object], stopping: Callable[[], bool]
                 return False
             pause = backoff_s(attempt)
             log.warning("%s not written (%s); retrying in %.1f s (attempt %d)", what, exc, pause, attempt)
-            time.sleep(pause)
+            resume_at = time.monotonic() + pause
+            while not stopping() and (left := resume_at - time.monotonic()) > 0:
+                time.sleep(min(left, _STOP_CHECK_S))  # a stopping service does not sit out the backoff
 
 
 @dataclass
