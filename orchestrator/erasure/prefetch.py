@@ -81,7 +81,7 @@ class Prefetch:
         return self._future.result()
 
 
-def erase_calls(index: PlacementIndex, plan: RoutingPlan, request_id: str) -> dict[int, tuple[object, ...]]:
+def erase_calls(index: PlacementIndex, plan: RoutingPlan, request_id: str) -> dict[int, tuple[list[str], int, str]]:
     """Shard -> ``Shard.erase`` arguments: the shard's subjects, its first affected slice, the request."""
     cells = index.cells()
     return {
