@@ -137,7 +137,8 @@ class _FusedAdamStep:
     ``Adam.step`` gathers every parameter's gradient and state each step (``_init_group``: a few
     microseconds per tensor, and a shard's MF module holds 3 + 2 per slice tensors), groups them by
     device and dtype, then runs ``torch._foreach_add_(steps, 1)`` and ``torch._fused_adam_``. Here the
-    state lists are gathered once; a step collects the gradients and calls those kernels. ``of``
+    state lists are gathered once (the step counts into one tensor); a step collects the gradients,
+    counts the steps and calls the fused kernel. ``of``
     returns None where that would not be the same update (another optimizer, several groups or
     dtypes, a tensor learning rate, a gradient scaler, state not yet created); a step where a
     parameter has no gradient (Adam skips it) runs ``optimizer.step()`` itself.
@@ -149,7 +150,12 @@ class _FusedAdamStep:
         self.exp_avgs = [s["exp_avg"] for s in state]
         self.exp_avg_sqs = [s["exp_avg_sq"] for s in state]
         self.max_exp_avg_sqs = [s["max_exp_avg_sq"] for s in state] if group["amsgrad"] else []
-        self.steps = [s["step"] for s in state]
+        # Every step count in one tensor, each state's "step" a view of it: one add_ per step counts them
+        # all (what torch._foreach_add_(steps, 1) does to each, value for value: 25 vs 2 us at 8 tables).
+        self.counts = torch.stack([s["step"].detach() for s in state])
+        self.steps = list(self.counts.unbind())
+        for values, count in zip(state, self.steps, strict=True):
+            values["step"] = count
         beta1, beta2 = group["betas"]
         self.options = {
             "amsgrad": group["amsgrad"],
@@ -181,6 +187,8 @@ class _FusedAdamStep:
         keys = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group["amsgrad"] else set())
         if not all(keys <= s.keys() for s in state):
             return None
+        if len({(s["step"].dtype, s["step"].device, s["step"].dim()) for s in state}) != 1 or state[0]["step"].dim():
+            return None  # step counts that one tensor cannot hold
         return cls(optimizer, params, state)
 
     def __call__(self) -> None:
@@ -189,7 +197,7 @@ class _FusedAdamStep:
             _step(self.optimizer)
             return
         with torch.no_grad():
-            torch._foreach_add_(self.steps, 1)
+            self.counts.add_(1)
             torch._fused_adam_(
                 self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs, self.steps, **self.options
             )
