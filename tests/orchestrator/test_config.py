@@ -48,7 +48,7 @@ def test_a_shard_count_given_as_a_boolean_string_or_float_is_refused(tmp_path, v
     # Lax parsing read `true` as 1 shard; a count is a whole number, written as one.
     path = tmp_path / "job.yaml"
     path.write_text(f"erasure: {{in_process_max_shards: {value}}}\n")
-    with pytest.raises(ConfigError, match="erasure.in_process_max_shards"):
+    with pytest.raises(ConfigError, match=r"erasure\.in_process_max_shards"):
         load_job_config(path)
     path.write_text("erasure: {in_process_max_shards: 4}\n")
     assert load_job_config(path).erasure.in_process_max_shards == 4

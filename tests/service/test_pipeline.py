@@ -70,7 +70,8 @@ def test_the_next_batch_retrains_during_the_commit_before_it_and_the_result_is_e
         assert service.next_batch.started >= 1  # at least one batch began at the commit before it
         # In commit order: each request committed once, one version after another, sealed once.
         versions = [r.model_version_after for r in receipts]
-        assert versions == sorted(versions) and len(set(versions)) == len(ids)
+        assert versions == sorted(versions)
+        assert len(set(versions)) == len(ids)
         store = ObjectStore(config.storage)
         assert all(len(chained_receipts(store, r.request_id)) == 1 for r in receipts)
         assert all(r.status == "erased" and r.rows_removed > 0 for r in receipts)
