@@ -371,7 +371,9 @@ class Shard:
         if len(recorded) != len(tables):
             raise ConfigError(f"{len(recorded)} slice recipes for {len(tables)} slices")
         read_back: dict[int, pa.Table] = {}
-        entries = [self._write_slice(i, t, *recorded[i], read_back=read_back) for i, t in enumerate(tables)]
+        entries = [
+            self._write_slice(i, t, recorded[i][0], recorded[i][1], read_back=read_back) for i, t in enumerate(tables)
+        ]
         state, checkpoints = self._run(tables, entries, None, [])
         previous = self.manifest
         self.manifest = self._publish(entries, checkpoints, request_id)

@@ -192,8 +192,8 @@ class _FusedAdamStep:
         return cls(optimizer, params, state)
 
     def __call__(self) -> None:
-        grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if len(grads) != len(self.params):
             _step(self.optimizer)
             return
         with torch.no_grad():
@@ -392,7 +392,7 @@ def _decode_raw(data: bytes) -> dict[str, Any]:
     grid[: lanes - 1] = np.frombuffer(low, np.uint8).reshape(lanes - 1, width)
     grid[lanes - 1] = np.frombuffer(high, np.uint8, count=width)
     blob = torch.from_numpy(np.ascontiguousarray(grid.T).reshape(-1))  # writable, owns its bytes
-    tensors = []
+    tensors: list[torch.Tensor] = []
     for place, (index, name, shape) in zip(header["places"], _tensor_nodes(header["payload"]), strict=True):
         dtype = _RAW_DTYPES[name]
         count = math.prod(shape)
@@ -601,7 +601,8 @@ def train_steps(
         """The step's rows encoded: each slice's rows once per run where the model encodes rows independently."""
         if not getattr(model, "encodes_rows_independently", False):
             seen = pa.concat_tables(list(slices[: step + 1])) if scope == "prefix" else slices[step]
-            return model.encode(state.module, seen)
+            whole: dict[str, torch.Tensor] = model.encode(state.module, seen)
+            return whole
         for index in range(step + 1) if scope == "prefix" else (step,):
             if index not in by_slice:
                 by_slice[index] = model.encode(state.module, slices[index])
@@ -627,7 +628,7 @@ def train_steps(
                 index = permutation[begin : begin + config.batch_size]
                 batch = {name: tensor[index] for name, tensor in data.items()}
                 _clear_grads(optimizer)
-                model.loss(state.module, batch).backward()  # type: ignore[no-untyped-call]
+                model.loss(state.module, batch).backward()
                 if fast is None:
                     _step(optimizer)  # the first step creates the state of parameters grown for this slice
                     fast = _FusedAdamStep.of(optimizer) or _step_with(optimizer)

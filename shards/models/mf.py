@@ -79,9 +79,9 @@ class MFModule(nn.Module):
             leaves = []
             for params in (self._user_biases, self._user_factors):
                 leaf = torch.cat([p.detach() for p in params]).requires_grad_()
-                for param, part in zip(params, leaf.detach().split(sizes), strict=True):
+                for param, part in zip(params, torch.split(leaf.detach(), sizes), strict=True):
                     param.data = part
-                leaf.register_post_accumulate_grad_hook(_spread_gradient(params, sizes))
+                leaf.register_post_accumulate_grad_hook(_spread_gradient(params, sizes))  # type: ignore[no-untyped-call]
                 leaves.append(leaf)
             self._flat_users = (leaves[0], leaves[1])
         return self._flat_users
@@ -143,7 +143,7 @@ def _spread_gradient(params: list[torch.Tensor], sizes: list[int]) -> Callable[[
 
     def spread(leaf: torch.Tensor) -> None:
         assert leaf.grad is not None
-        parts, leaf.grad = leaf.grad.split(sizes), None
+        parts, leaf.grad = torch.split(leaf.grad, sizes), None
         for param, part in zip(params, parts, strict=True):
             if param.grad is None:
                 param.grad = part
