@@ -130,7 +130,7 @@ class ErasureService:
         self.journaling = JournalStage(self.follow, self.journal, self._state)
         self.next_batch = NextBatch(
             self.coordinator, self.journal, self._state, self._queue, lambda: bool(self._resume), self._stopped,
-            self.config.max_subjects_per_batch,
+            self.config.max_subjects_per_batch, self._counts,
         )  # fmt: skip
         self.registrar = Registrar(self.follow, self._state, self.config, self._queued, self._stopped)
         self.registrar.start()

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, computed_field, model_validator
 
-from expunge.orchestrator.errors import StorageConflictError
+from expunge.orchestrator.errors import StorageConflictError, StorageCorruptError
 from expunge.orchestrator.evidence.journal_log import JournalLog
 from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.shards.store import ObjectStore
@@ -164,7 +164,7 @@ class Journal:
         from expunge.orchestrator.service.policy import split_receipt
 
         catalog = Catalog(self.store)
-        for batch in self.batches():
+        for batch in self._batches_now():
             if entry.request_id not in batch.request_ids:
                 continue
             text = catalog.read_request_receipt(batch.batch_id)  # written when the commit is sealed
@@ -183,6 +183,17 @@ class Journal:
 
     def batches(self) -> list[BatchEntry]:
         return [BatchEntry.model_validate_json(self.store.get(k)) for k in self.store.list_keys(f"{_PREFIX}/batches")]
+
+    def _batches_now(self) -> list[BatchEntry]:
+        """``batches`` as a reader beside the writing service sees them: a record written or dropped
+        while they are read (empty, partial or gone) is not there yet, or not any more."""
+        found = []
+        for key in self.store.list_keys(f"{_PREFIX}/batches"):
+            try:
+                found.append(BatchEntry.model_validate_json(self.store.get(key)))
+            except (ValidationError, StorageCorruptError, FileNotFoundError):
+                continue
+        return found
 
     def drop_batch(self, batch_id: str) -> None:
         key = self._key("batches", batch_id)

@@ -76,6 +76,7 @@ class NextBatch:
         resuming: Callable[[], bool],
         stopped: Callable[[], bool],
         max_subjects: int,
+        counts: collections.Counter[str],
     ) -> None:
         self._coordinator = coordinator
         self._journal = journal
@@ -85,7 +86,7 @@ class NextBatch:
         self._stopped = stopped
         self._max_subjects = max_subjects
         self._ahead: Ahead | None = None
-        self.started = 0  # batches started ahead (``ErasureService.stats``, tests)
+        self._counts = counts  # the service's counters: ``batches_ahead`` (``ErasureService.stats``)
 
     def start(self) -> None:
         """Take the oldest queued requests as the next batch and start their retrain now, if any wait."""
@@ -106,7 +107,8 @@ class NextBatch:
             log.warning("batch %s could not start ahead (%s); it retrains when its turn comes", batch.batch_id, exc)
             prefetched = None
         self._ahead = Ahead(entries, batch, prefetched)
-        self.started += 1
+        with self._state:
+            self._counts["batches_ahead"] += 1
 
     def take(self) -> Ahead | None:
         """The batch started ahead (removed), or None."""

@@ -84,6 +84,8 @@ class ServiceStats(BaseModel):
     latency: dict[str, Latency] = {}
     #: Ingests this process answered, by outcome, and the rows they added.
     ingested: int = 0
+    #: Batches whose shards started retraining at the commit before theirs (``service.pipeline``).
+    batches_ahead: int = 0
     ingests_nothing_new: int = 0
     ingests_failed: int = 0
     rows_ingested: int = 0
@@ -114,6 +116,7 @@ class ServiceStats(BaseModel):
             pending_cause=cause,
             latency=dict(latency or {}),
             ingested=counts.get("ingests_ingested", 0),
+            batches_ahead=counts.get("batches_ahead", 0),
             ingests_nothing_new=counts.get("ingests_nothing_new", 0),
             ingests_failed=counts.get("ingests_failed", 0),
             rows_ingested=counts.get("rows_ingested", 0),

@@ -209,3 +209,20 @@ def test_a_finished_purge_does_not_hide_a_journal_write_still_refused(proxy, s3_
     finally:
         proxy.pause()
         service.close()
+
+
+def test_a_status_read_while_a_batch_record_is_being_written_reads_the_request_as_accepted(tmp_path, hasher):
+    # A reader beside the service lists journal/batches/ while the worker writes one: an empty or
+    # partial record there is a batch not started yet, not a broken journal (the read raised before).
+    root = tmp_path / "store"
+    config = _config(root)
+    Coordinator(config.storage, hasher, None, pool_factory=local_pool).train(ROWS, config)
+    waiting = config.model_copy(update={"service": ServiceConfig(window_ms=60_000)})  # never commits here
+    service = ErasureService(waiting, hasher, None, pool_factory=local_pool, warm=False)
+    try:
+        request_id = service.submit([SUBJECTS[3]])
+        (root / "journal" / "batches").mkdir(parents=True, exist_ok=True)
+        (root / "journal" / "batches" / "batch-being-written.json").write_bytes(b"")
+        assert Journal(ObjectStore(config.storage)).status(request_id).stage == "accepted"
+    finally:
+        service.close()

@@ -67,7 +67,7 @@ def test_the_next_batch_retrains_during_the_commit_before_it_and_the_result_is_e
     try:
         ids = _queued_behind_the_first_commit(service, chosen)
         receipts = [service.wait(i, "committed", timeout=120).receipt for i in ids]
-        assert service.next_batch.started >= 1  # at least one batch began at the commit before it
+        assert service.stats().batches_ahead >= 1  # at least one batch began at the commit before it
         # In commit order: each request committed once, one version after another, sealed once.
         versions = [r.model_version_after for r in receipts]
         assert versions == sorted(versions)
@@ -90,7 +90,7 @@ def test_without_the_pipeline_no_batch_starts_ahead(tmp_path, hasher):
     try:
         ids = _queued_behind_the_first_commit(service, SUBJECTS[4:7])
         assert all(service.wait(i, "committed", timeout=120).receipt.status == "erased" for i in ids)
-        assert service.next_batch.started == 0
+        assert service.stats().batches_ahead == 0
     finally:
         service.close()
 

@@ -11,6 +11,7 @@ import pytest
 from expunge import RayClient
 from expunge.orchestrator.catalog import Catalog
 from expunge.orchestrator.config import (
+    ItemStatsConfig,
     JobConfig,
     PrivacyConfig,
     ServiceConfig,
@@ -171,3 +172,37 @@ def test_a_shard_actor_killed_mid_retrain_restarts_and_the_request_completes(tmp
     after = client._call("shard_actor_pids")
     assert after[shard] != before[shard]  # the same actor, restarted in a new process
     assert _exact(tmp_path, config, hasher, [SUBJECTS[5]])
+
+
+def test_an_item_stats_service_on_ray_pipelines_queued_batches_and_stays_exact(tmp_path, monkeypatch):
+    # The pipeline on real shard actors: a batch's shards start retraining in a thread of the
+    # coordinator while the commit before it is purged and sealed (docs/service.md, "Coalescing").
+    key = secrets.token_hex(32)
+    monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", key)
+    key_file = tmp_path / "subject.key"
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    hasher = SubjectHasher(key.encode())
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    config = job(model=ItemStatsConfig(factors=2, neighbours=5), shards=3, slices=2).model_copy(
+        update={
+            "storage": StorageConfig(uri=str(tmp_path / "store")),
+            "tracking": TrackingConfig(enabled=False),
+            "service": ServiceConfig(namespace=namespace, window_ms=0, max_subjects_per_batch=1),
+            "privacy": PrivacyConfig(subject_key_file=str(key_file)),
+        }
+    )
+    Coordinator(config.storage, hasher, pool_factory=local_pool).train(ROWS, config)
+    start_service(config)
+    try:
+        client = RayClient.connect(namespace=namespace, retry_s=180)
+        chosen = SUBJECTS[10:16]
+        ids = [client.submit([s]) for s in chosen]  # one subject per batch: the later ones queue
+        receipts = [client.wait(i, "committed", timeout=180).receipt for i in ids]
+        assert all(r is not None and r.status == "erased" for r in receipts)
+        versions = [r.model_version_after for r in receipts if r is not None]
+        assert len(set(versions)) == len(ids)  # one commit each, in commit order
+        assert client.stats().batches_ahead >= 1  # some batch began at the commit before it
+        assert _exact(tmp_path, config, hasher, chosen)
+    finally:
+        stop_service(namespace, config.service.name)
