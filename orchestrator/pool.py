@@ -169,7 +169,7 @@ class InProcessRule:
         cost = shards * self.shard_cpu_s
         if cost > self.max_cpu_s:
             return False, (
-                f"{shards} shard(s) whose training took {cost:.1f} CPU s, more than erasure.in_process_max_cpu_s "
+                f"{shards} shard(s) whose training took {cost:.3g} CPU s, more than erasure.in_process_max_cpu_s "
                 f"({self.max_cpu_s:g})"
             )
         return True, f"{shards} shard(s) to retrain: in this process, without Ray"

@@ -84,6 +84,20 @@ def on_a_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS")) or (ray is not None and ray.is_initialized())
 
 
+def why_ray_at_once(erasure: ErasureConfig, on_cluster: bool, audited: bool = False) -> str:
+    """Why a job starts Ray before its first shard call (said in its progress line); "" if it need not.
+
+    ``on_cluster``: ``on_a_cluster()``; ``audited``: every erasure is membership-audited.
+    """
+    if on_cluster:
+        return "a cluster to join: RAY_ADDRESS is set or Ray runs in this process"
+    if erasure.in_process_max_shards == 0:
+        return "erasure.in_process_max_shards is 0"
+    if audited:
+        return "an audited erasure (evidence.audit_holdout) runs on Ray actors"
+    return ""
+
+
 def published(storage: StorageConfig | str, hasher: SubjectHasher | None = None) -> tuple[Catalog, EnsembleManifest]:
     """A store's catalog and its published version, checked against ``hasher``'s key when given.
 

@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from expunge.orchestrator.config import DataConfig, StorageConfig, SyntheticRatingsConfig
-from expunge.orchestrator.errors import DataValidationError
+from expunge.orchestrator.errors import DataValidationError, StorageUnavailableError
 from expunge.orchestrator.training.streaming import RowBatches, parquet_batches
 from expunge.shards.movielens import MOVIELENS_LAYOUTS, load_movielens
 from expunge.shards.rows import FEATURES, ITEM_ID, LABEL, RATING, RECORD_ID, SUBJECT_ID, validate_rows
@@ -341,7 +341,9 @@ def load_batch(
                     f"the current folder); give {_BATCH_SOURCES}"
                 ],
             )
-        if path.is_file() and (data_format == "movielens" or (data_format == "auto" and not _is_parquet(path))):
+        # auto: Parquet by its magic bytes, or by its name (a damaged .parquet file is not a ratings file)
+        looks_parquet = path.suffix.lower() in (".parquet", ".parq") or _is_parquet(path)
+        if path.is_file() and (data_format == "movielens" or (data_format == "auto" and not looks_parquet)):
             return load_movielens(path)  # record ids made from the file's own fields: the same each time
         if path.is_dir() and data_format == "movielens":
             raise DataValidationError(source, ["is a folder; --format movielens reads one ratings file"])
@@ -370,7 +372,20 @@ def _local_parquet_files(path: Path) -> list[tuple[str, pa.Table]]:
 
 
 def _s3_parquet_files(source: str, storage: StorageConfig) -> list[tuple[str, pa.Table]]:
-    """Every Parquet object under an ``s3://`` prefix (or the one object a ``.parquet`` key names), in key order."""
+    """Every Parquet object under an ``s3://`` prefix (or the one object a ``.parquet`` key names), in key order.
+
+    Raises:
+        StorageUnavailableError: the endpoint does not answer; the message names the batch, not a store.
+    """
+    try:
+        return _s3_objects(source, storage)
+    except StorageUnavailableError as exc:
+        raise StorageUnavailableError(
+            f"cannot read the ingest batch at {source} (the data source, not the store): {exc}"
+        ) from exc
+
+
+def _s3_objects(source: str, storage: StorageConfig) -> list[tuple[str, pa.Table]]:
     uri = source.rstrip("/")
     parent, _, name = uri.rpartition("/")
     if name.endswith(".parquet") and "/" in uri.split("://", 1)[1]:

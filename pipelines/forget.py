@@ -42,7 +42,7 @@ from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_request_text
-from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published
+from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published, why_ray_at_once
 from expunge.pipelines._runtime import (
     connecting_beside,
     deferred_lineage,
@@ -196,11 +196,11 @@ def opened(
 
         erasure = erasure or ErasureConfig()
         pool_factory: PoolFactory = ray_pool
-        if erasure.in_process_max_shards > 0 and evidence.audit_holdout is None and not on_a_cluster():
-            # Ray starts at the first shard call, if at all
+        why = why_ray_at_once(erasure, on_a_cluster(), audited=evidence.audit_holdout is not None)
+        if not why:  # Ray starts at the first shard call, if at all
             pool_factory = first_call_pool(in_process_rule(erasure, latest), start_ray)
         else:
-            start_ray()
+            start_ray(why)
         if pool_wrapper is not None:
             pool_factory = _wrapped(pool_factory, pool_wrapper)
         with stage("coordinator open (recovery check)"):

@@ -29,7 +29,7 @@ from expunge.orchestrator.receipts import IngestReceipt
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import names_subject
-from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published
+from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published, why_ray_at_once
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
 from expunge.pipelines.datasets import load_batch
 from expunge.shards.models import model_for, task_of
@@ -94,11 +94,11 @@ def run(
     # One lease token for the whole job: the coordinator's recovery on open and the ingest join it.
     with lease.hold("expunge ingest"):
         pool_factory: PoolFactory = ray_pool
-        if erasure.in_process_max_shards > 0 and not on_a_cluster():
+        if not (why := why_ray_at_once(erasure, on_a_cluster())):
             # Few shards to retrain and no cluster: they retrain here and Ray never starts (same bits).
             pool_factory = first_call_pool(in_process_rule(erasure, latest), start_ray)
         else:
-            start_ray()
+            start_ray(why)
         coordinator = Coordinator(job.storage, hasher, lineage, pool_factory=pool_factory)
         try:
             # What it did is known from the receipt alone: a batch of rows already stored retrains nothing.

@@ -411,7 +411,7 @@ class ObjectStore:
         self._ops.delete_versions(self.fs, [(self._path(v.key), v.version_id) for v in versions])
         self.fs.invalidate_cache(self.root)
         if versions:
-            log.info("deleted %d object version(s) under %s", len(versions), self.uri)
+            log.debug("deleted %d object version(s) under %s", len(versions), self.uri)
         return versions
 
 

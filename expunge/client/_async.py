@@ -195,7 +195,7 @@ class AsyncClient:
         )
         return await self.wait(accepted.request_id, stage="committed", timeout=timeout)
 
-    async def status(self, ref: str) -> Erasure:
+    async def status(self, ref: str | ErasureAccepted) -> Erasure:
         """Where one request stands; ``ref``: its request id, its idempotency key or its ticket.
 
         Raises:
@@ -204,7 +204,11 @@ class AsyncClient:
         return Erasure.model_validate(await self._send(_calls.status(ref)))
 
     async def wait(
-        self, ref: str, stage: WaitStage = "committed", timeout: float | None = None, poll_s: float = 1.0
+        self,
+        ref: str | ErasureAccepted,
+        stage: WaitStage = "committed",
+        timeout: float | None = None,
+        poll_s: float = 1.0,
     ) -> Erasure:
         """Block until the request reaches ``stage``; the ``Erasure``.
 

@@ -87,7 +87,7 @@ def submit(
     return Call("POST", "/erasures", body=body, key=key)
 
 
-def status(ref: str) -> Call:
+def status(ref: object) -> Call:
     """``GET /v1/erasures/{ref}``."""
     return Call("GET", f"/erasures/{quoted(ref)}")
 

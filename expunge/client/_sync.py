@@ -207,7 +207,7 @@ class Client:
         )
         return self.wait(accepted.request_id, stage="committed", timeout=timeout)
 
-    def status(self, ref: str) -> Erasure:
+    def status(self, ref: str | ErasureAccepted) -> Erasure:
         """Where one request stands; ``ref``: its request id, its idempotency key or its ticket.
 
         Raises:
@@ -216,7 +216,11 @@ class Client:
         return Erasure.model_validate(self._send(_calls.status(ref)))
 
     def wait(
-        self, ref: str, stage: WaitStage = "committed", timeout: float | None = None, poll_s: float = 1.0
+        self,
+        ref: str | ErasureAccepted,
+        stage: WaitStage = "committed",
+        timeout: float | None = None,
+        poll_s: float = 1.0,
     ) -> Erasure:
         """Block until the request reaches ``stage``; the ``Erasure``.
 

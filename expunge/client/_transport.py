@@ -187,14 +187,22 @@ def iso_time(value: str | dt.datetime | None, name: str) -> str | None:
     return value.isoformat()
 
 
-def quoted(ref: str) -> str:
+def quoted(ref: object) -> str:
     """A request id, idempotency key or ticket as one path segment (``/`` and spaces escaped).
+
+    ``submit``'s answer (``ErasureAccepted``, or anything with a ``request_id``) stands for its request id.
 
     Raises:
         ConfigError: an empty or non-text reference.
     """
+    own_id = getattr(ref, "request_id", None)
+    if isinstance(own_id, str):
+        ref = own_id
     if not isinstance(ref, str) or not ref.strip():
-        raise ConfigError(f"ref {ref!r}: give a request id, an idempotency key or a ticket")
+        raise ConfigError(
+            f"ref {ref!r}: give a request id (submit's answer has it: accepted.request_id), an idempotency key "
+            "or a ticket"
+        )
     return quote(ref, safe="")
 
 

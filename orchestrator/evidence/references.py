@@ -67,7 +67,8 @@ def resolve_request(catalog: Catalog, hasher: SubjectHasher, reference: str) -> 
     if found is None:
         raise ConfigError(
             f"no request of {catalog.store.uri} answers to that reference: give the request id (`expunge forget` "
-            "prints it in the receipt), the idempotency key or the ticket it was submitted with, and check --storage"
+            "and `expunge ingest` print it in their receipts), the idempotency key or the ticket it was submitted "
+            "with, and check that --config (or --storage) names the store it ran on"
         )
     log.info("reference resolved to request %s", found)
     return found

@@ -314,3 +314,13 @@ def test_retry_after_reads_seconds_and_http_dates():
 )
 def test_transport_errors_are_retried_only_when_safe(error, idempotent, retried):
     assert retryable_transport_error(error, Call("POST", "/x", idempotent=idempotent)) is retried
+
+
+def test_status_and_wait_take_submits_answer_itself(served):
+    # README: submit returns an ErasureAccepted; passing it on (not its request_id) used to be refused.
+    with _client(served) as client:
+        accepted = client.submit(["user-7"])
+        assert client.status(accepted).request_id == accepted.request_id
+        assert client.wait(accepted, timeout=30, poll_s=0.01).request_id == accepted.request_id
+        with pytest.raises(ConfigError, match=r"accepted\.request_id"):
+            client.status("")

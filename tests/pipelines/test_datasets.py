@@ -386,3 +386,22 @@ def test_training_from_a_file_without_a_person_keeps_everyone_elses_split(tmp_pa
     assert _record_ids(train_cleaned) == others(train)
     assert _record_ids(test_cleaned) == others(test)
     assert len(test) > 0
+
+
+def test_a_damaged_parquet_file_is_said_to_be_unreadable_parquet_not_an_unknown_ratings_layout(tmp_path):
+    # --format auto told a .parquet file with bad bytes apart by its magic only, and answered with
+    # the MovieLens layouts it understands.
+    damaged = tmp_path / "day1.parquet"
+    damaged.write_text("user,item,rating\n")
+    with pytest.raises(DataValidationError, match="cannot be read as Parquet"):
+        load_batch(str(damaged))
+
+
+def test_an_unreachable_s3_batch_is_named_as_the_data_source_not_the_store():
+    # It read "cannot use the store s3://...": the store was fine, the batch's endpoint was not.
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.errors import StorageUnavailableError
+
+    nowhere = StorageConfig(uri="s3://unused/store", endpoint_url="http://127.0.0.1:9", timeout_s=1)
+    with pytest.raises(StorageUnavailableError, match="the data source, not the store"):
+        load_batch("s3://nobucket/day1", storage=nowhere)
