@@ -234,7 +234,7 @@ class TrainedState:
 #: into byte lanes; the first frame holds the low lanes (fast level: mantissa bytes barely compress),
 #: the second the high lane (float32 exponents) and the header (JSON: the payload with each tensor
 #: replaced by its dtype and shape; tuples, non-string keys and a state dict's ``_metadata`` tagged,
-#: so they come back as they went in; each tensor's place). About 3x cheaper to write and 3x cheaper
+#: so they come back as they went in; each tensor's place). About 2x cheaper to write and 3x cheaper
 #: to read than format 2 on an MF shard (a shard's erasure writes one per retrained slice, the
 #: monolith one in all), and no larger. A payload it cannot hold exactly (a tensor subclass, a
 #: non-CPU or strided tensor, another Python type) keeps format 2. A reader older than format 4 takes
