@@ -224,8 +224,8 @@ class TrainedState:
 #: the sha256 too): 8 lanes for a payload of 8-byte tensors only and no optimizer state (the
 #: int64 / float64 sums of a statistics model, e.g. ``item_stats``), where 4 lanes split each
 #: value's high and low halves apart. About 2x less encoding time and 15% fewer bytes on
-#: item_stats's shard sums; gradient models (float32 weights, Adam state) keep format 2, byte
-#: for byte. Every format is read.
+#: item_stats's shard sums; gradient models (float32 weights, Adam state) kept format 2, byte
+#: for byte, until format 4. Every format is read.
 #:
 #: Format 4 (issue 22) holds a gradient model's payload (one with optimizer state) without
 #: ``torch.save``: this magic; the lane width (1 byte) and the lengths of the header, of the tensor
