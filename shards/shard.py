@@ -367,7 +367,9 @@ class Shard:
         self.calls.append("train")
         began, cpu = time.perf_counter(), time.process_time()
         tables = [t.sort_by(RECORD_ID) for t in slices]
-        recorded = list(recipes) if recipes is not None else [(None, "prefix")] * len(tables)
+        recorded: list[tuple[int | None, SliceScope]] = (
+            list(recipes) if recipes is not None else [(None, "prefix")] * len(tables)
+        )
         if len(recorded) != len(tables):
             raise ConfigError(f"{len(recorded)} slice recipes for {len(tables)} slices")
         read_back: dict[int, pa.Table] = {}

@@ -628,7 +628,7 @@ def train_steps(
                 index = permutation[begin : begin + config.batch_size]
                 batch = {name: tensor[index] for name, tensor in data.items()}
                 _clear_grads(optimizer)
-                model.loss(state.module, batch).backward()
+                model.loss(state.module, batch).backward()  # type: ignore[no-untyped-call]
                 if fast is None:
                     _step(optimizer)  # the first step creates the state of parameters grown for this slice
                     fast = _FusedAdamStep.of(optimizer) or _step_with(optimizer)
