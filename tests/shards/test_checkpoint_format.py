@@ -12,19 +12,13 @@ import pytest
 import torch
 
 from expunge.orchestrator.evidence.exactness import same_bits
-from expunge.shards import training
+from expunge.shards import checkpoint_format
+from expunge.shards.checkpoint_format import _MAGIC, _to_lanes, decode_checkpoint, encode_checkpoint
 from expunge.shards.config import MFConfig, TrainingConfig
 from expunge.shards.errors import StorageCorruptError
 from expunge.shards.models import model_for
 from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
-from expunge.shards.training import (
-    _MAGIC,
-    _to_lanes,
-    decode_checkpoint,
-    encode_checkpoint,
-    load_checkpoint,
-    train_steps,
-)
+from expunge.shards.training import load_checkpoint, train_steps
 
 
 def _slices() -> list[pa.Table]:
@@ -148,7 +142,7 @@ def test_a_gradient_model_checkpoint_is_format_4_and_gives_back_the_payload_form
 
 def test_a_reader_older_than_format_4_fails_typed_on_its_bytes(trained, monkeypatch):
     _, stored, _ = trained
-    monkeypatch.setattr(training, "_MAGIC_RAW", b"a magic no bytes start with")  # the reader before format 4
+    monkeypatch.setattr(checkpoint_format, "_MAGIC_RAW", b"a magic no bytes start with")  # the reader before format 4
     with pytest.raises(StorageCorruptError, match="Restore it from backup"):
         decode_checkpoint(stored[-1])
 

@@ -11,13 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from expunge.shards.checkpoint_format import _MAGIC, _to_lanes, encode_checkpoint
 from expunge.shards.config import ItemStatsConfig, TrainingConfig
 from expunge.shards.errors import StorageCorruptError
 from expunge.shards.models.item_stats import ItemStatsModel
 from expunge.shards.rows import ITEM_ID, RATING, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
 from expunge.shards.shard import Shard
 from expunge.shards.store import ObjectStore
-from expunge.shards.training import _MAGIC, _to_lanes, encode_checkpoint, load_checkpoint
+from expunge.shards.training import load_checkpoint
 
 MODEL = ItemStatsModel(ItemStatsConfig(num_items=6, factors=2, neighbours=3))
 
