@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,6 +14,8 @@ from expunge.orchestrator.config import JobConfig, MFConfig, MLPConfig, Sharding
 from expunge.orchestrator.coordinator import Coordinator, PoolFactory, local_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.shards.rows import SUBJECT_ID
+
+T = TypeVar("T")
 
 
 def job(
@@ -56,3 +61,16 @@ def subject_in_slice(coordinator: Coordinator, hasher: SubjectHasher, subjects: 
 
 def store_snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def until(check: Callable[[], T], what: str, bound_s: float = 120.0, poll_s: float = 0.05) -> T:
+    """``check()``'s first truthy value, polled every ``poll_s``; fails after ``bound_s`` seconds.
+
+    The bound only catches a hang (a retry or a thread that never ends); it is not a speed target.
+    """
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"not within {bound_s:g} s: {what}")

@@ -7,7 +7,6 @@ a store write that cannot be made fails the call with a typed error, never a han
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -28,7 +27,7 @@ from expunge.pipelines.datasets import synthetic_ratings
 from expunge.pipelines.fault_proxy import FaultProxy, FaultSchedule
 from expunge.shards.rows import SUBJECT_ID
 from expunge.shards.store import ObjectStore
-from tests.engine import job
+from tests.engine import job, until
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=24, items=12, ratings_per_user=5, seed=8))
 SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
@@ -52,13 +51,7 @@ def config(proxy: FaultProxy, s3_versioned_bucket: str, hasher) -> JobConfig:
 
 
 def _until(check, what: str):
-    deadline = time.monotonic() + _BOUND_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {_BOUND_S} s: {what}")
+    return until(check, what, _BOUND_S, poll_s=0.2)
 
 
 def _unreferenced_data(storage: StorageConfig) -> list[str]:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from expunge.pipelines.fault_proxy import FaultProxy, FaultSchedule
 from expunge.shards.rows import SUBJECT_ID
 from expunge.shards.store import ObjectStore
 from tests.conftest import TEST_KEY
-from tests.engine import job
+from tests.engine import job, until
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=20, items=10, ratings_per_user=4, seed=5))
 SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
@@ -106,13 +105,7 @@ def test_a_not_found_batch_killed_before_its_journal_record_is_sealed_once(store
 
 
 def _until(check, what: str):
-    deadline = time.monotonic() + _BOUND_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {_BOUND_S} s: {what}")
+    return until(check, what, _BOUND_S, poll_s=0.05)
 
 
 @pytest.fixture

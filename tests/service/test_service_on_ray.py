@@ -36,9 +36,8 @@ ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_
 SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
 
 
-@pytest.fixture
-def served(tmp_path, monkeypatch):
-    """A trained store and a running service in a namespace of its own; yields (job, hasher, client)."""
+def _keyed_job(tmp_path, monkeypatch, **job_args) -> tuple[JobConfig, SubjectHasher]:
+    """A trained store in a namespace of its own, its key in a file; ``job_args`` for ``tests.engine.job``."""
     key = secrets.token_hex(32)
     monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", key)
     # The session's Ray workers started before the key was set: the service reads it from a file,
@@ -47,16 +46,24 @@ def served(tmp_path, monkeypatch):
     key_file.write_text(key)
     key_file.chmod(0o600)
     hasher = SubjectHasher(key.encode())
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    config = job(shards=3, slices=3).model_copy(
+    service = {"window_ms": 0, **job_args.pop("service", {})}
+    config = job(**{"shards": 3, "slices": 3, **job_args}).model_copy(
         update={
             "storage": StorageConfig(uri=str(tmp_path / "store")),
             "tracking": TrackingConfig(enabled=False),
-            "service": ServiceConfig(namespace=namespace, window_ms=0),
+            "service": ServiceConfig(namespace=f"test-{uuid.uuid4().hex[:8]}", **service),
             "privacy": PrivacyConfig(subject_key_file=str(key_file)),
         }
     )
     Coordinator(config.storage, hasher, pool_factory=local_pool).train(ROWS, config)
+    return config, hasher
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A trained store and a running service in a namespace of its own; yields (job, hasher, client)."""
+    config, hasher = _keyed_job(tmp_path, monkeypatch)
+    namespace = config.service.namespace
     started: list[bool] = []
 
     def start(**env: str) -> RayClient:
@@ -177,22 +184,9 @@ def test_a_shard_actor_killed_mid_retrain_restarts_and_the_request_completes(tmp
 def test_an_item_stats_service_on_ray_pipelines_queued_batches_and_stays_exact(tmp_path, monkeypatch):
     # The pipeline on real shard actors: a batch's shards start retraining in a thread of the
     # coordinator while the commit before it is purged and sealed (docs/service.md, "Coalescing").
-    key = secrets.token_hex(32)
-    monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", key)
-    key_file = tmp_path / "subject.key"
-    key_file.write_text(key)
-    key_file.chmod(0o600)
-    hasher = SubjectHasher(key.encode())
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    config = job(model=ItemStatsConfig(factors=2, neighbours=5), shards=3, slices=2).model_copy(
-        update={
-            "storage": StorageConfig(uri=str(tmp_path / "store")),
-            "tracking": TrackingConfig(enabled=False),
-            "service": ServiceConfig(namespace=namespace, window_ms=0, max_subjects_per_batch=1),
-            "privacy": PrivacyConfig(subject_key_file=str(key_file)),
-        }
-    )
-    Coordinator(config.storage, hasher, pool_factory=local_pool).train(ROWS, config)
+    model = ItemStatsConfig(factors=2, neighbours=5)
+    config, hasher = _keyed_job(tmp_path, monkeypatch, model=model, slices=2, service={"max_subjects_per_batch": 1})
+    namespace = config.service.namespace
     start_service(config)
     try:
         client = RayClient.connect(namespace=namespace, retry_s=180)
