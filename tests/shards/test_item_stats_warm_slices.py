@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-
 from expunge.orchestrator.config import ItemStatsConfig, SyntheticRatingsConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.evidence.exactness import constituents_equal
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
-from expunge.shards.store import ObjectStore
 from tests.engine import from_scratch, job, without
 
 RATINGS = synthetic_ratings(SyntheticRatingsConfig(users=60, items=40, ratings_per_user=8, seed=3))
 CONFIG = ItemStatsConfig(factors=3, neighbours=10)
-
-
-@pytest.fixture
-def slice_reads(monkeypatch):
-    reads: list[str] = []
-    original = ObjectStore.get
-
-    def get(self, key, *args, **kwargs):
-        if "/slices/" in key:
-            reads.append(key)
-        return original(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(ObjectStore, "get", get)
-    return reads
 
 
 def _same_shard_subjects(coordinator, hasher) -> list[str]:

@@ -10,25 +10,10 @@ from expunge.orchestrator.evidence.exactness import constituents_equal
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards import shard as shard_module
 from expunge.shards.rows import SUBJECT_ID
-from expunge.shards.store import ObjectStore
 from tests.engine import from_scratch, job, without
 
 RATINGS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=30, ratings_per_user=6, seed=5))
 CONFIG = MFConfig(embedding_dim=4)
-
-
-@pytest.fixture
-def slice_reads(monkeypatch):
-    reads: list[str] = []
-    original = ObjectStore.get
-
-    def get(self, key, *args, **kwargs):
-        if "/slices/" in key:
-            reads.append(key)
-        return original(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(ObjectStore, "get", get)
-    return reads
 
 
 @pytest.mark.parametrize("cache_rows", [1_000_000, 0])
