@@ -168,8 +168,9 @@ class InProcessRule:
             return False, f"{shards} shards to retrain, more than erasure.in_process_max_shards ({self.max_shards})"
         cost = shards * self.shard_cpu_s
         if cost > self.max_cpu_s:
+            took = f"{cost:.1f}" if cost >= 0.1 else f"{cost:.2g}"  # 12.0, or 0.04 (not 0.0)
             return False, (
-                f"{shards} shard(s) whose training took {cost:.3g} CPU s, more than erasure.in_process_max_cpu_s "
+                f"{shards} shard(s) whose training took {took} CPU s, more than erasure.in_process_max_cpu_s "
                 f"({self.max_cpu_s:g})"
             )
         return True, f"{shards} shard(s) to retrain: in this process, without Ray"

@@ -342,7 +342,7 @@ def load_batch(
                 ],
             )
         # auto: Parquet by its magic bytes, or by its name (a damaged .parquet file is not a ratings file)
-        looks_parquet = path.suffix.lower() in (".parquet", ".parq") or _is_parquet(path)
+        looks_parquet = path.is_file() and (path.suffix.lower() in (".parquet", ".parq") or _is_parquet(path))
         if path.is_file() and (data_format == "movielens" or (data_format == "auto" and not looks_parquet)):
             return load_movielens(path)  # record ids made from the file's own fields: the same each time
         if path.is_dir() and data_format == "movielens":
