@@ -271,9 +271,9 @@ class ErasureService:
             counts = dict(self._counts)
             queued = len(self._queue)
             purges, unregistered, cause = self.follow.pending()
-            unregistered += self.journaling.backlog()  # committed, on its way to registration
+            journalling, journal_cause = self.journaling.pending()  # committed, on its way to registration
             latency = self.board.clock.snapshot()
-        return ServiceStats.of(counts, queued, purges, unregistered, cause, latency)
+        return ServiceStats.of(counts, queued, purges, unregistered + journalling, journal_cause or cause, latency)
 
     def exact_solve_seconds(self) -> float:
         """``Readiness.exact_solve_seconds`` of the published version: the reference of ``ready_to_serve``."""

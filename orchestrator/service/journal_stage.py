@@ -6,7 +6,9 @@ follow here, on a thread of their own, while the worker retrains the next batch.
 without waiting: the batch record stays in the journal until every committed record of its
 requests is written, so a restart resumes the batch (``recovery.recover``), finds its commit
 (``erasure.resume.finish_committed``) and writes the same records. A write the store refuses is
-shown on the request's status (``pending``, ``"journal: <cause>"``) and retried until it lands.
+shown on the request's status (``pending``, ``"journal: <cause>"``) and in ``stats().pending_cause``,
+and retried until it lands; any other error in a commit's records (a bug) is shown there too and
+that commit is tried again after a backoff, before any later one: never dropped.
 
 Order: stage items are written first in, first out, and only then handed to registration
 (``FollowUp.unregistered``), so the journal never holds a ``registered`` record before the
@@ -20,7 +22,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from expunge.orchestrator.service.followup import Committed, FollowUp
+from expunge.orchestrator.service.followup import Committed, FollowUp, backoff_s
 from expunge.orchestrator.service.journal import Journal
 from expunge.shards.errors import ExpungeError
 
@@ -29,10 +31,11 @@ __all__ = ["JournalStage"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Item:
     committed: Committed
     batch_id: str
+    handed: bool = False  # its committed records are written and it went to registration
 
 
 class JournalStage:
@@ -48,6 +51,7 @@ class JournalStage:
         self._items: collections.deque[_Item] = collections.deque()
         self._busy = 0  # requests of the item taken, being written (negative: handed to registration)
         self._closed = False
+        self._error: str | None = None  # why the oldest commit's records are not written yet (None: none failing)
         self._thread = threading.Thread(target=self._run, name="expunge-journal", daemon=True)
         self._thread.start()
 
@@ -57,9 +61,13 @@ class JournalStage:
             self._items.append(_Item(committed, batch_id))
             self._state.notify_all()
 
-    def backlog(self) -> int:
-        """Requests committed whose journal records are not written yet (the caller holds ``state``)."""
-        return sum(len(i.committed.receipts) for i in self._items) + max(self._busy, 0)
+    def pending(self) -> tuple[int, str | None]:
+        """Requests committed whose journal records are not written yet, and why the oldest is failing.
+
+        The cause is None while nothing fails (the records are just on their way); the caller holds ``state``.
+        """
+        waiting = sum(len(i.committed.receipts) for i in self._items if not i.handed)
+        return waiting + max(self._busy, 0), self._error
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every commit put so far is journalled; False if ``timeout`` seconds passed first."""
@@ -79,39 +87,65 @@ class JournalStage:
                 if self._closed:
                     return None
                 self._state.wait()
-            self._busy = len(self._items[0].committed.receipts)
-            return self._items.popleft()
+            item = self._items.popleft()
+            self._busy = 0 if item.handed else len(item.committed.receipts)
+            return item
 
     def _run(self) -> None:
+        failures = 0
         while (item := self._next()) is not None:
             try:
-                self._write(item)
-            except Exception:  # the thread must outlive a bug in one item; its batch record stays (resumed)
-                log.exception("journalling commit %s hit an unexpected error", item.batch_id)
-            finally:
+                written = self._write(item)
+            except Exception as exc:  # a bug in one commit's records: shown and tried again, never dropped
+                failures += 1
+                pause = backoff_s(failures)
+                log.exception(
+                    "journalling commit %s hit an unexpected error; trying again in %.1f s", item.batch_id, pause
+                )
                 with self._state:
+                    self._error = f"journal: {type(exc).__name__}: {exc}"[:300]
                     self._busy = 0
+                    if self._closed:  # a stopping service gives it up: its batch record stays, the next start redoes it
+                        self._state.notify_all()
+                        return
+                    self._items.appendleft(item)  # first in, first out: before every later commit
                     self._state.notify_all()
-
-    def _write(self, item: _Item) -> None:
-        receipts = item.committed.receipts
-        unjournalled = self._follow.journal_committed(receipts)
-        if unjournalled:
+                    self._state.wait_for(lambda: self._closed, pause)
+                continue
             with self._state:
-                for own in receipts:
-                    cause = unjournalled.get(own.request_id)
-                    now = self._follow.board.recent(own.request_id)
-                    if cause is not None and now is not None:
-                        pending = (*now.pending, f"journal: {cause}")
-                        self._follow.board.remember(now.model_copy(update={"pending": pending}))
+                self._busy = 0
+                if written:
+                    failures, self._error = 0, None
                 self._state.notify_all()
-            if not self._follow.journal_again(receipts, unjournalled):  # until written; clears the pending
+            if not written:
                 return  # the service stops first: the batch record stays, the next start resumes it
-        with self._state:
-            self._follow.unregistered.append(item.committed)
-            self._busy = -self._busy  # counted there now (``FollowUp.pending``), not twice while its batch record goes
-            self._state.notify_all()
+
+    def _write(self, item: _Item) -> bool:
+        """Write ``item``'s records, hand it to registration, drop its batch record; False: the service stopped."""
+        if not item.handed:
+            receipts = item.committed.receipts
+            unjournalled = self._follow.journal_committed(receipts)
+            if unjournalled:
+                with self._state:
+                    self._error = f"journal: {next(iter(unjournalled.values()))}"
+                    for own in receipts:
+                        cause = unjournalled.get(own.request_id)
+                        now = self._follow.board.recent(own.request_id)
+                        if cause is not None and now is not None:
+                            pending = (*now.pending, f"journal: {cause}")
+                            self._follow.board.remember(now.model_copy(update={"pending": pending}))
+                    self._state.notify_all()
+                if not self._follow.journal_again(receipts, unjournalled):  # until written; clears the pending
+                    return False
+            with self._state:
+                self._follow.unregistered.append(item.committed)
+                item.handed, self._error = True, None  # its records are written: nothing fails now
+                self._busy = (
+                    -self._busy
+                )  # counted there now (``FollowUp.pending``), not twice while its batch record goes
+                self._state.notify_all()
         try:
             self._journal.drop_batch(item.batch_id)
         except ExpungeError as exc:  # its requests are journalled as committed: the next start drops it
             log.warning("could not drop journal batch %s: %s", item.batch_id, exc)
+        return True

@@ -165,6 +165,30 @@ def test_stats_count_a_registered_commit_once_while_its_batch_record_is_dropped(
         service.close()
 
 
+def test_a_bug_in_a_commits_journal_records_is_shown_and_retried_in_the_same_process(store_root, hasher, monkeypatch):
+    """After the commit point a pending step is retried and shown, never forgotten: a bug included."""
+    write = Journal.write_committed
+    failures = iter(range(2))
+
+    def failing_twice(self, receipt):
+        if next(failures, None) is not None:
+            raise RuntimeError("a bug in the committed record")
+        return write(self, receipt)
+
+    monkeypatch.setattr(Journal, "write_committed", failing_twice)
+    service = ErasureService(_config(store_root), hasher, None, pool_factory=local_pool, warm=False)
+    try:
+        request_id = service.submit([SUBJECTS[3]])
+        seen = _until(lambda: service.stats().pending_cause, "the journal cause shown")
+        assert seen.startswith("journal: RuntimeError"), seen
+        _until(lambda: service.status(request_id).stage == "registered", "registered in this process")
+        assert request_id in Journal(ObjectStore(StorageConfig(uri=str(store_root)))).ids("committed")
+        assert service.stats().pending_cause is None
+        assert service.stats().pending_registrations == 0
+    finally:
+        service.close()
+
+
 @pytest.fixture
 def proxy(s3_server: str) -> Iterator[FaultProxy]:
     with FaultProxy(s3_server, FaultSchedule()) as running:
@@ -197,6 +221,7 @@ def test_a_finished_purge_does_not_hide_a_journal_write_still_refused(proxy, s3_
             "committed"
         )
         assert any(p.startswith("journal: ") for p in service.status(request_id).pending)
+        assert (service.stats().pending_cause or "").startswith("journal: ")  # shown beside the counters too
         proxy.pause()
         _until(lambda: service.status(request_id).pending == (), "journal retried")
     finally:
