@@ -16,8 +16,10 @@ import typer
 
 from expunge.orchestrator.config import PrivacyConfig, StorageConfig
 from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.session import published
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
+from expunge.shards.store import ObjectStore
 
 __all__ = ["main", "run"]
 
@@ -34,11 +36,15 @@ def run(
     Raises:
         ConfigError: no key, a key the store was not trained with, no trained store, an empty
             reason or no subject.
+        StoreBusyError: another process writes the store (e.g. a running service).
     """
     hasher = hasher_from_env(privacy)
     published(storage, hasher)
-    coordinator = Coordinator(storage, hasher)  # no pool is started: nothing is trained here
-    return coordinator.readmit(subjects, reason, request_id)
+    # One lease token for the whole job (as forget and ingest): the coordinator's recovery on open and
+    # the re-admission join it (the lease is re-entrant within a process); it took one for each.
+    with StoreLease(ObjectStore(storage), storage.lease_ttl_s).hold("expunge readmit"):
+        coordinator = Coordinator(storage, hasher)  # no pool is started: nothing is trained here
+        return coordinator.readmit(subjects, reason, request_id)
 
 
 def main(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import typer
 
+from expunge.orchestrator.catalog import Catalog
 from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
 from expunge.orchestrator.config import JobConfig, load_job_config
 from expunge.orchestrator.coordinator import Coordinator
@@ -76,11 +78,24 @@ def _refuse_erased(coordinator: Coordinator, held_out: SourceSummary, training: 
     raise ErasedSubjectsInDataError(held_out.erased_rows + trained.erased_rows, len(subjects), coordinator.store.uri)
 
 
+def _one_lease(lease: StoreLease) -> AbstractContextManager[object]:
+    """One lease token for the whole job on a trained store (as forget and ingest; review: it took two).
+
+    Opening a trained store may finish an interrupted writer's work under the lease ("recovery"),
+    and the training then took it again: two tokens, each tidying the lease history. Held here, both
+    join this one (the lease is re-entrant within a process). A store never trained has nothing to
+    recover: the training takes the lease itself, after its rows and settings passed their checks,
+    so bad input still writes nothing there.
+    """
+    return lease.hold("expunge train") if Catalog(lease.store).latest() is not None else nullcontext()
+
+
 def run(job: JobConfig) -> dict[str, object]:
     task = task_of(job.training.model)
     hasher = hasher_from_env(job.privacy)  # fail on a missing key before loading anything
     # A store that cannot be reached, or that a running service writes: refuse before reading rows and starting Ray.
-    StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s).refuse_if_held()
+    lease = StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s)
+    lease.refuse_if_held()
     stream = job.data.source == "parquet"  # read batch by batch: the driver never holds every row
     with progress("reading held-out rows" if stream else "loading and validating rows"):
         rows, test = (pa.table({}), None) if stream else load_rows(job.data, task)
@@ -88,22 +103,25 @@ def run(job: JobConfig) -> dict[str, object]:
     with progress("starting Ray"):
         init_ray()
     require_shared_storage(job.storage.uri, alive_node_count())  # before any shard writes
-    coordinator = Coordinator(job.storage, hasher, make_lineage(job.tracking, job.storage))
-    # Erased people are neither trained on nor evaluated on (their held-out rows count too).
-    test, held_out = _without_erased(coordinator, test, say=job.data.erased_subjects == "drop")
-    if held_out.erased_rows and job.data.erased_subjects != "drop":
-        _refuse_erased(coordinator, held_out, batches or table_batches(rows))
-    shards, slices = job.sharding.shards, job.sharding.slices
-    with progress(
-        f"training {shards} shard(s) x {slices} slice(s) on {len(rows) or 'streamed'} rows, then registering"
-    ):
-        if batches is not None:
-            result = coordinator.train_stream(batches, job, request_id="train", source=job.data.path or "")
-        else:
-            result = coordinator.train(rows, job, request_id="train")
-    with progress("evaluating"):
-        metrics = evaluate(coordinator, test, task)
-    coordinator.close()
+    with _one_lease(lease):
+        coordinator = Coordinator(job.storage, hasher, make_lineage(job.tracking, job.storage))
+        try:
+            # Erased people are neither trained on nor evaluated on (their held-out rows count too).
+            test, held_out = _without_erased(coordinator, test, say=job.data.erased_subjects == "drop")
+            if held_out.erased_rows and job.data.erased_subjects != "drop":
+                _refuse_erased(coordinator, held_out, batches or table_batches(rows))
+            shards, slices = job.sharding.shards, job.sharding.slices
+            with progress(
+                f"training {shards} shard(s) x {slices} slice(s) on {len(rows) or 'streamed'} rows, then registering"
+            ):
+                if batches is not None:
+                    result = coordinator.train_stream(batches, job, request_id="train", source=job.data.path or "")
+                else:
+                    result = coordinator.train(rows, job, request_id="train")
+            with progress("evaluating"):
+                metrics = evaluate(coordinator, test, task)
+        finally:
+            coordinator.close()
     return {
         "storage": job.storage.uri,
         "ensemble_version": result.manifest.version,
