@@ -113,8 +113,15 @@ def run(
 
 
 def outcome(receipt: IngestReceipt) -> str:
-    """One line for stderr saying what the ingest did: counts and shard numbers only, never an id."""
-    kept = f"{receipt.rows_already_stored} already stored, {receipt.rows_refused_erased} refused (erased subjects)"
+    """One line for stderr saying what the ingest did: counts and shard numbers only, never an id.
+
+    Rows of erased subjects are refused by design (erased people stay erased): said here, with
+    the other counts, not as a warning.
+    """
+    refused = f"{receipt.rows_refused_erased} refused (erased subjects)"
+    if receipt.subjects_refused_erased:
+        refused = f"{receipt.rows_refused_erased} refused (of {receipt.subjects_refused_erased} erased subject(s))"
+    kept = f"{receipt.rows_already_stored} already stored, {refused}"
     if receipt.status == "nothing_new":
         return (
             f"nothing new in {receipt.rows_in_batch} row(s) ({kept}): no shard retrained, "

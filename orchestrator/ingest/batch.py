@@ -170,10 +170,8 @@ def prepare_batch(
     counts: dict[str, int] = {}
     for d in mine[keep].tolist():
         counts[d] = counts.get(d, 0) + 1
-    if refused.any():
-        log.warning(
-            "refused %d row(s) of %d erased subject(s) in the batch", int(refused.sum()), len(set(mine[refused]))
-        )
+    if refused.any():  # by design (erased people stay erased), counted in the receipt: no warning
+        log.info("refused %d row(s) of %d erased subject(s) in the batch", int(refused.sum()), len(set(mine[refused])))
     return PreparedBatch(
         rows=kept,
         subject_rows=counts,

@@ -137,6 +137,33 @@ def test_a_batch_with_nothing_new_never_starts_ray(workdir, monkeypatch, capsys)
     assert json.loads(out)["status"] == "nothing_new"
 
 
+def test_rows_of_an_erased_subject_are_refused_in_the_summary_not_in_a_warning(workdir, monkeypatch, capsys, caplog):
+    # Review: "refused N row(s) of erased subject(s)" printed as a WARNING log line without -v. Refusing
+    # them is the designed behaviour (erased people stay erased): the job's summary line says it.
+    _no_ray_here(monkeypatch)
+    erased = Coordinator(str(workdir / "store"), HASHER, pool_factory=local_pool)
+    erased.forget(["user-0"])
+    erased.close()
+    people = next(iter(_shard_of_new_people(workdir).values()))
+    caplog.set_level(logging.DEBUG, logger="expunge")  # every record the job lets through is seen (not the level)
+
+    code, out, err = _expunge(
+        ["ingest", "--config", "job.yaml", "--data", _batch(workdir, ["user-0", *people])], capsys
+    )
+
+    assert code == 0, err[-3000:]
+    receipt = json.loads(out)
+    assert (receipt["rows_refused_erased"], receipt["subjects_refused_erased"]) == (4, 1)
+    assert "0 already stored, 4 refused (of 1 erased subject(s))" in err
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+    code, _, err = _expunge(["ingest", "--config", "job.yaml", "--data", _batch(workdir, ["user-0"]), "-v"], capsys)
+    assert code == 0, err[-3000:]
+    assert "nothing new in 4 row(s) (0 already stored, 4 refused (of 1 erased subject(s)))" in err
+    refused = [r for r in caplog.records if "refused 4 row(s) of 1 erased subject(s)" in r.getMessage()]
+    assert [r.levelname for r in refused] == ["INFO"]  # with -v, the step is logged too, as information
+
+
 def test_the_bound_counts_each_shard_at_its_share_of_the_last_training(workdir):
     manifest = Coordinator(str(workdir / "store"), HASHER, pool_factory=local_pool).require_manifest()
     rule = in_process_rule(ErasureConfig(in_process_max_shards=2, in_process_max_cpu_s=7.5), manifest)
