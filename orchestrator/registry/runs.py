@@ -9,7 +9,7 @@ from typing import Any
 from expunge.orchestrator.catalog import EnsembleManifest
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry.faults import fault_point
-from expunge.orchestrator.registry.tracking import Registry
+from expunge.orchestrator.registry.tracking import REQUEST_TAG, Registry, equals_filter
 from expunge.orchestrator.serving.servable import read_shard_manifest
 from expunge.shards.shard import shard_prefix
 
@@ -150,9 +150,13 @@ class RunRecorder:
         """A finished run for a request that found none of its subjects: no new version, the audit trail only.
 
         ``checked`` is the registry version the request was checked against (the alias target).
+        Idempotent: a request already recorded as not found (a restart after its run, before its
+        journal said so) keeps that run, and its id is returned.
         """
         from mlflow.entities import Metric, Param, RunTag
 
+        if (recorded := self._not_found_run(receipt.request_id)) is not None:
+            return recorded
         run_id = self._create_request_run(
             receipt, manifest, "not_found", {"expunge.registry_version": checked or "none"}
         )
@@ -173,6 +177,22 @@ class RunRecorder:
         self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
         self.client.set_terminated(run_id)
         return run_id
+
+    def _not_found_run(self, request_id: str) -> str | None:
+        """The id of this store's not-found run of ``request_id``, if one was recorded."""
+        from mlflow.utils.search_utils import SearchUtils
+
+        clause = equals_filter(f"tags.`{REQUEST_TAG}`", request_id, SearchUtils.parse_search_filter)
+        runs = self.client.search_runs([self.registry.experiment_id], clause or "tags.`expunge.outcome` = 'not_found'")
+        for run in runs:
+            tags = run.data.tags
+            if (tags.get(REQUEST_TAG), tags.get("expunge.outcome"), tags.get("expunge.storage")) == (
+                request_id,
+                "not_found",
+                self.registry.store_uri,
+            ):
+                return str(run.info.run_id)
+        return None
 
     def finish_erasure(self, run_id: str, receipt: ErasureReceipt, parent: str | None, version: str) -> None:
         """The registry versions, the final receipt and (``tracking.charts``) the retrain chart, once the version exists.

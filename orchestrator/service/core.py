@@ -445,5 +445,6 @@ class ErasureService:
         for entry in plan.queued:
             self._queue.append(Queued(entry, time.monotonic()))
         self._known.update([e.request_id for e in plan.queued], [e.request_id for _, es in plan.resume for e in es])
+        self.follow.unregistered.extend(plan.unregistered)  # not-found batches: their MLflow runs
         for receipt in plan.repairs:
             self.follow.repairs.add(receipt, (receipt.request_id,))

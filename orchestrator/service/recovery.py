@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.service.followup import Committed
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, Registration
 
 __all__ = ["Recovery", "recover", "serve_purpose"]
@@ -27,6 +28,9 @@ class Recovery:
     queued: list[JournalEntry] = field(default_factory=list)
     #: Committed requests whose receipts left steps pending (a purge, the receipt log), not yet done.
     repairs: list[ErasureReceipt] = field(default_factory=list)
+    #: Not-found batches committed but not registered: registration records their MLflow runs, as it
+    #: does for a live one (a found batch's version is registered when the coordinator opens).
+    unregistered: list[Committed] = field(default_factory=list)
 
 
 def recover(journal: Journal, lineage: Lineage | None) -> Recovery:
@@ -66,19 +70,50 @@ def recover(journal: Journal, lineage: Lineage | None) -> Recovery:
         if status is not None and status.receipt is not None and status.pending:
             plan.repairs.append(status.receipt)
     pending = committed - registered
+    if pending and lineage is not None:
+        plan.unregistered = _not_found_batches(journal, pending)
+        pending -= {own.request_id for item in plan.unregistered for own in item.receipts}
     if pending:
         version = lineage.current_version() if lineage else None
         registration = Registration(registered_at=utc_now(), registry_version=version)
         for request_id in pending:
             journal.write_registered(request_id, registration)
-    if plan.resume or plan.queued or pending:
+    if plan.resume or plan.queued or pending or plan.unregistered:
         log.warning(
-            "journal: resuming %d interrupted batch(es), %d queued request(s); %d registration(s) finished",
+            "journal: resuming %d interrupted batch(es), %d queued request(s); %d registration(s) finished, "
+            "%d not-found batch(es) to record",
             len(plan.resume),
             len(plan.queued),
             len(pending),
+            len(plan.unregistered),
         )
     return plan
+
+
+def _not_found_batches(journal: Journal, pending: set[str]) -> list[Committed]:
+    """The not-found requests among ``pending`` (committed, not registered), grouped by their batch.
+
+    Each group's batch receipt is rebuilt from its requests' own (``policy.split_receipt`` in
+    reverse): the batch's id, and every subject of the group, none found.
+    """
+    groups: dict[str, list[ErasureReceipt]] = {}
+    for request_id in sorted(pending):
+        status = journal.status(request_id)
+        receipt = status.receipt if status is not None else None
+        if receipt is not None and receipt.status == "not_found":
+            groups.setdefault(receipt.batch_id or receipt.request_id, []).append(receipt)
+    batches = []
+    for batch_id, receipts in groups.items():
+        digests = tuple(dict.fromkeys(d for r in receipts for d in r.subject_digests))
+        earlier = tuple(dict.fromkeys(d for r in receipts for d in r.already_erased_digests))
+        alone = len(receipts) == 1 and receipts[0].batch_id is None
+        batch = receipts[0].model_copy(
+            update={"request_id": batch_id, "batch_id": None, "subject_digests": digests, "not_found_digests": digests}
+            | {"already_erased_digests": earlier}
+            | ({} if alone else {"ticket": None, "reason": None})
+        )
+        batches.append(Committed(receipts, batch))
+    return batches
 
 
 def _journal_sealed(journal: Journal, open_ids: set[str]) -> set[str]:
