@@ -5,7 +5,9 @@ Each function maps the item-item Gram matrix ``G = X^T X`` of a users x items ma
 shape (I, I); a user's scores are ``x_u B`` (``x_u`` the user's row of ``X``). Everything is
 float64 and computed by one fixed sequence of numpy/LAPACK calls, so the same ``G`` gives
 the same bits in the same process: a ranker derived from statistics that erasure subtracts
-exactly is itself exact after the erasure.
+exactly is itself exact after the erasure. ``P`` is inverted through its Cholesky factor
+(LAPACK ``dpotrf`` then ``dpotri``; the matrix is symmetric positive definite): about half the
+flops and CPU of a general LU inverse (``numpy.linalg.inv``) at this size, and exactly symmetric.
 
 Sources:
 
@@ -43,6 +45,26 @@ def _zero_diagonal_solution(inverse: np.ndarray) -> np.ndarray:
     return weights
 
 
+def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive definite (I, I) matrix, through its Cholesky factor; symmetric.
+
+    Raises:
+        numpy.linalg.LinAlgError: the matrix is not positive definite (singular: an empty item
+            with no penalty).
+    """
+    from scipy.linalg import lapack  # here, not at import: a shard process of another model never loads scipy
+
+    factor, info = lapack.dpotrf(matrix, lower=False, clean=False)
+    if info == 0:
+        upper, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(
+            f"the {len(matrix)}-item matrix to invert is singular or not positive definite (LAPACK info {info})"
+        )
+    upper = np.triu(upper)
+    return np.asarray(upper + np.triu(upper, 1).T, dtype=np.float64)
+
+
 def dropout_penalty(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
     """The diagonal ``p / (1 - p) * G_ii + l2`` of DLAE's and EDLAE's penalty, shape (I,).
 
@@ -68,7 +90,7 @@ def ease(gram: np.ndarray, l2: float) -> np.ndarray:
         numpy.linalg.LinAlgError: ``G + l2 I`` is singular (``l2 <= 0`` with an empty item).
     """
     matrix = _checked(gram)
-    return _zero_diagonal_solution(np.linalg.inv(matrix + l2 * np.eye(len(matrix))))
+    return _zero_diagonal_solution(_spd_inverse(matrix + l2 * np.eye(len(matrix))))
 
 
 def dlae(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
@@ -83,7 +105,7 @@ def dlae(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
     """
     matrix = _checked(gram)
     penalty = dropout_penalty(matrix, dropout, l2)
-    inverse = np.linalg.inv(matrix + np.diag(penalty))
+    inverse = _spd_inverse(matrix + np.diag(penalty))
     weights = -inverse * penalty[None, :]
     weights[np.diag_indices(len(matrix))] += 1.0
     return weights
@@ -101,4 +123,4 @@ def edlae(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
     """
     matrix = _checked(gram)
     penalty = dropout_penalty(matrix, dropout, l2)
-    return _zero_diagonal_solution(np.linalg.inv(matrix + np.diag(penalty)))
+    return _zero_diagonal_solution(_spd_inverse(matrix + np.diag(penalty)))
