@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shlex
 import shutil
 import sys
@@ -128,6 +129,10 @@ def _rmse(coordinator: Coordinator, test: pa.Table) -> float:
 
 #: Written into a workdir the demo owns; without it the demo never deletes anything there.
 _MARKER = ".expunge-demo"
+_MARKER_TEXT = "This folder belongs to `expunge demo`, which recreates its contents.\n"
+#: Heads the marker's list of the reports the last run wrote: the next run deletes those, and no other file.
+_REPORTS_HEADING = "Reports of its last run (the next run deletes them):"
+_REPORT_NAME = re.compile(r"^verify-[A-Za-z0-9._-]+\.(md|json)$")
 
 
 def _claim_workdir(workdir: Path, own_store: bool, own_registry: bool) -> None:
@@ -149,7 +154,29 @@ def _claim_workdir(workdir: Path, own_store: bool, own_registry: bool) -> None:
             "on every run. Choose another --workdir (the default is ./expunge-demo); nothing was changed."
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / _MARKER).write_text("This folder belongs to `expunge demo`, which recreates its contents.\n")
+    for report in _last_run_reports(workdir):  # this run's folder holds this run's reports only
+        report.unlink(missing_ok=True)
+    _mark(workdir, [])
+
+
+def _mark(workdir: Path, reports: list[Path]) -> None:
+    """Write the marker, listing ``reports`` (this run's ``verify-*`` files) for the next run to delete."""
+    listed = f"{_REPORTS_HEADING}\n" + "".join(f"{p.name}\n" for p in reports) if reports else ""
+    (workdir / _MARKER).write_text(_MARKER_TEXT + listed)
+
+
+def _last_run_reports(workdir: Path) -> list[Path]:
+    """The reports the marker lists: those the demo's last run in ``workdir`` wrote (none for a folder it never marked).
+
+    Only names listed under the heading and shaped as the demo names its reports, in ``workdir``
+    itself: a file the user put there is never listed, so never deleted.
+    """
+    try:
+        lines = (workdir / _MARKER).read_text().splitlines()
+    except OSError:
+        return []
+    listed = lines[lines.index(_REPORTS_HEADING) + 1 :] if _REPORTS_HEADING in lines else []
+    return [workdir / name for name in listed if _REPORT_NAME.match(name)]
 
 
 def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
@@ -225,6 +252,7 @@ def run(options: DemoOptions, quiet: bool = False) -> DemoResult:
     report_path = workdir / f"verify-{receipt.request_id}.md"
     report_path.write_text(verification.to_markdown())
     report_path.with_suffix(".json").write_text(verification.model_dump_json(indent=1))
+    _mark(workdir, [report_path, report_path.with_suffix(".json")])  # the next run replaces them
     return DemoResult(
         exact=all(equal.values()),
         erasure_seconds=receipt.seconds,
