@@ -12,7 +12,8 @@ everyone else is answered by the previous exact model.
 Reuse: a shard's decoded state is kept while its shard version stays published (an erasure
 changes one or a few shards), so only the changed checkpoints are read and decoded again; and
 for a model that subtracts exactly (``DecrementalStatisticsModel``) the sum is the last solved
-version's sum with the changed shards' old states taken out and their new ones put in, which is
+version's sum with the changed shards' old states taken out and their new ones put in (for
+``item_stats``, only the subjects whose cells changed: ``changed_parts``), which is
 bit for bit the sum from scratch (exact arithmetic: the order and grouping of the additions do
 not matter). The fit runs in full, as from scratch.
 """
@@ -272,8 +273,10 @@ class ReadyFits:
         changed = [i for i, (old, new) in enumerate(zip(old_keys, keys, strict=True)) if old != new]
         try:
             if changed:
-                out = model.combine([old_states[old_keys[i]] for i in changed])
-                into = model.combine([states[keys[i]] for i in changed])
+                before = [old_states[old_keys[i]] for i in changed]
+                after = [states[keys[i]] for i in changed]
+                parts = getattr(model, "changed_parts", None)  # the changed subjects only (item_stats)
+                out, into = parts(before, after) if parts is not None else (model.combine(before), model.combine(after))
                 if "replacement" in inspect.signature(model.subtract).parameters:
                     total = model.subtract(total, out, into)  # one merge with the whole sum
                 else:  # a model written against subtract(state, part): out, then in

@@ -235,6 +235,16 @@ def _block(state: ItemStatsState, subject: int) -> tuple[np.ndarray, np.ndarray]
     return state.array("subject_items")[begin:end], state.array("subject_ratings")[begin:end]
 
 
+def _cells(states: Sequence[nn.Module], num_items: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every subject's (items, ratings) cells in ``states`` (views), by digest."""
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for state in states:
+        if not isinstance(state, ItemStatsState) or state.num_items != num_items:
+            raise ValueError(f"changed_parts needs ItemStatsState objects over {num_items} items")
+        found.update((d, _block(state, u)) for u, d in enumerate(state.subjects))
+    return found
+
+
 def _top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` largest eigenvalues (descending) of a symmetric (n, n) matrix and their eigenvectors (n, count).
 
@@ -598,6 +608,42 @@ class ItemStatsModel:
             }
         )
         return _state(self.num_items, [d for d, _ in blocks], arrays)
+
+    def changed_parts(self, before: Sequence[nn.Module], after: Sequence[nn.Module]) -> tuple[nn.Module, nn.Module]:
+        """What changed from the states ``before`` to the states ``after`` (of the same shards), as two small states.
+
+        ``out``: the contribution of every subject whose cells differ (or who is gone) as it was;
+        ``into``: as it is now (or a new subject's). ``subtract(total, out, into)`` is bit for bit
+        ``subtract(total, combine(before), combine(after))`` (a state is the exact sum of its
+        subjects' contributions), at the cost of the changed subjects' pairs instead of every
+        pair of the shards. Each contribution is rebuilt from the subject's stored cells
+        (``subject_items``, ``subject_ratings``): ``contribution``'s own arithmetic on them.
+
+        Raises:
+            ValueError: a state that is not an ``ItemStatsState`` over this model's items.
+        """
+        old, new = _cells(before, self.num_items), _cells(after, self.num_items)
+        gone = [
+            d
+            for d, (items, ratings) in old.items()
+            if d not in new or not (np.array_equal(items, new[d][0]) and np.array_equal(ratings, new[d][1]))
+        ]
+        went = set(gone)
+        came = [d for d in new if d not in old or d in went]
+        return self._of_cells(old, gone), self._of_cells(new, came)
+
+    def _of_cells(self, cells: dict[str, tuple[np.ndarray, np.ndarray]], digests: Sequence[str]) -> ItemStatsState:
+        if not digests:
+            return ItemStatsState(self.num_items)
+        lengths = [len(cells[d][0]) for d in digests]
+        rows = pa.table(
+            {
+                SUBJECT_DIGEST: pa.array(np.repeat(np.asarray(digests, dtype=object), lengths), pa.string()),
+                ITEM_ID: pa.array(np.concatenate([cells[d][0] for d in digests]), pa.int64()),
+                RATING: pa.array(np.concatenate([cells[d][1] for d in digests]), pa.float64()),
+            }
+        )
+        return self.contribution(rows)  # one row per cell, ratings on the grid: the same sums as before
 
     def fit(self, state: nn.Module) -> ItemStatsFit:
         assert isinstance(state, ItemStatsState)

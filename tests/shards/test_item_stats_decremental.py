@@ -119,3 +119,31 @@ def test_pair_sums_equal_the_definition_including_pairs_whose_products_cancel(da
     assert state.array("pair_index").tolist() == sorted(expected)
     assert state.array("pair_count").tolist() == [expected[k][0] for k in sorted(expected)]
     assert state.array("pair_product").tolist() == [expected[k][1] for k in sorted(expected)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(ratings, st.sets(st.integers(0, 9)), ratings)
+def test_the_changed_subjects_parts_move_a_total_as_the_whole_shards_do(data, gone, added) -> None:
+    """The ready path's sum (``changed_parts``): only the subjects whose cells changed leave and enter the total.
+
+    Shard A (subjects s00-s04) loses the ``gone`` ones and gains ``added`` rows (new cells for
+    subjects it holds, and new subjects); shard B (s05-s09) is the rest of the total.
+    """
+    rows = _rows(data)
+    digests = rows.column(SUBJECT_DIGEST).to_numpy(zero_copy_only=False)
+    in_a = np.isin(digests, [f"s{u:02d}" for u in range(5)])
+    a_rows, b_rows = rows.filter(pa.array(in_a)), rows.filter(pa.array(~in_a))
+    extra = _rows([(u % 5, i, r) for u, i, r in added])
+    leaving = np.isin(a_rows.column(SUBJECT_DIGEST).to_numpy(zero_copy_only=False), [f"s{u:02d}" for u in gone])
+    staying = a_rows.filter(pa.array(~leaving))
+    joined = np.isin(extra.column(SUBJECT_DIGEST).to_numpy(zero_copy_only=False), [f"s{u:02d}" for u in gone])
+    a_after_rows = pa.concat_tables([staying, extra.filter(pa.array(~joined))])
+    before = MODEL.accumulate(MODEL.empty(), a_rows)
+    after = MODEL.accumulate(MODEL.empty(), a_after_rows)
+    total = MODEL.combine([before, MODEL.accumulate(MODEL.empty(), b_rows)])
+    from_scratch = MODEL.accumulate(MODEL.empty(), pa.concat_tables([a_after_rows, b_rows]))
+    out, into = MODEL.changed_parts([before], [after])
+    assert _same(MODEL.subtract(total, out, into), from_scratch)
+    assert _same(MODEL.subtract(total, out, into), MODEL.subtract(total, before, after))
+    unchanged = set(before.subjects) & set(after.subjects) - set(out.subjects)
+    assert not unchanged & set(into.subjects)  # a subject whose cells stayed moves nothing
