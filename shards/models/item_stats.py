@@ -235,6 +235,35 @@ def _block(state: ItemStatsState, subject: int) -> tuple[np.ndarray, np.ndarray]
     return state.array("subject_items")[begin:end], state.array("subject_ratings")[begin:end]
 
 
+def _gathered(
+    sources: Sequence[tuple[ItemStatsState, np.ndarray]],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The subjects at the given positions of each state, in digest order: digests, offsets, items, ratings.
+
+    One gather over all the cells (no loop over subjects' arrays): ``offsets`` (U + 1,) delimit
+    each subject's ``items`` and ``ratings`` as in ``ItemStatsState``.
+    """
+    digests: list[str] = []
+    starts, lengths, items, ratings = [], [], [], []
+    base = 0
+    for state, positions in sources:
+        offsets = state.array("subject_offsets")
+        digests += [state.subjects[int(u)] for u in positions]
+        starts.append(offsets[positions] + base)
+        lengths.append(offsets[positions + 1] - offsets[positions])
+        items.append(state.array("subject_items"))
+        ratings.append(state.array("subject_ratings"))
+        base += len(items[-1])
+    order = np.array(sorted(range(len(digests)), key=digests.__getitem__), dtype=np.int64)
+    start = np.concatenate(starts).astype(np.int64)[order] if starts else np.zeros(0, np.int64)
+    length = np.concatenate(lengths).astype(np.int64)[order] if lengths else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
+    index = np.repeat(start - offsets[:-1], length) + np.arange(int(offsets[-1]), dtype=np.int64)
+    every_item = np.concatenate(items) if items else np.zeros(0, np.int64)
+    every_rating = np.concatenate(ratings) if ratings else np.zeros(0)
+    return [digests[i] for i in order], offsets, every_item[index], every_rating[index]
+
+
 def _cells(states: Sequence[nn.Module], num_items: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every subject's (items, ratings) cells in ``states`` (views), by digest."""
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -519,16 +548,7 @@ class ItemStatsModel:
             [p.array("pair_count") for p in parts],
             [p.array("pair_product") for p in parts],
         )
-        blocks: list[tuple[np.ndarray, np.ndarray]] = []
-        for p in parts:
-            offsets = p.array("subject_offsets")
-            items, ratings = p.array("subject_items"), p.array("subject_ratings")
-            blocks += [
-                (items[offsets[u] : offsets[u + 1]], ratings[offsets[u] : offsets[u + 1]])
-                for u in range(len(p.subjects))
-            ]
-        ordered_blocks = [blocks[i] for i in order]
-        lengths = np.array([len(b[0]) for b in ordered_blocks], dtype=np.int64)
+        _, offsets, items, ratings = _gathered([(p, np.arange(len(p.subjects))) for p in parts])
         arrays = {
             name: np.sum([p.array(name) for p in parts], axis=0) if parts else np.zeros(self.num_items)
             for name in ("item_count", "item_sum", "item_square")
@@ -538,9 +558,9 @@ class ItemStatsModel:
                 "pair_index": pair_index,
                 "pair_count": pair_count,
                 "pair_product": pair_product,
-                "subject_offsets": np.concatenate([[0], np.cumsum(lengths)]),
-                "subject_items": np.concatenate([b[0] for b in ordered_blocks]) if ordered_blocks else np.zeros(0),
-                "subject_ratings": np.concatenate([b[1] for b in ordered_blocks]) if ordered_blocks else np.zeros(0),
+                "subject_offsets": offsets,
+                "subject_items": items,
+                "subject_ratings": ratings,
             }
         )
         return _state(self.num_items, ordered, arrays)
@@ -589,10 +609,8 @@ class ItemStatsModel:
             [state.array("pair_product"), change[2]],
         )
         kept_pairs = count != 0
-        blocks = [(d, _block(state, u)) for u, d in enumerate(state.subjects) if u not in gone]
-        blocks += [(d, _block(added, u)) for u, d in enumerate(added.subjects)]
-        blocks.sort(key=lambda block: block[0])
-        lengths = np.array([len(items) for _, (items, _) in blocks], dtype=np.int64)
+        kept = np.array([u for u in range(len(state.subjects)) if u not in gone], dtype=np.int64)
+        subjects, offsets, items, ratings = _gathered([(state, kept), (added, np.arange(len(added.subjects)))])
         arrays = {
             name: state.array(name) - part.array(name) + added.array(name)
             for name in ("item_count", "item_sum", "item_square")
@@ -602,12 +620,12 @@ class ItemStatsModel:
                 "pair_index": index[kept_pairs],
                 "pair_count": count[kept_pairs],
                 "pair_product": product[kept_pairs],
-                "subject_offsets": np.concatenate([[0], np.cumsum(lengths)]),
-                "subject_items": np.concatenate([b[0] for _, b in blocks]) if blocks else np.zeros(0, np.int64),
-                "subject_ratings": np.concatenate([b[1] for _, b in blocks]) if blocks else np.zeros(0),
+                "subject_offsets": offsets,
+                "subject_items": items,
+                "subject_ratings": ratings,
             }
         )
-        return _state(self.num_items, [d for d, _ in blocks], arrays)
+        return _state(self.num_items, subjects, arrays)
 
     def changed_parts(self, before: Sequence[nn.Module], after: Sequence[nn.Module]) -> tuple[nn.Module, nn.Module]:
         """What changed from the states ``before`` to the states ``after`` (of the same shards), as two small states.
