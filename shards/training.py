@@ -27,14 +27,17 @@ from expunge.shards.rows import SUBJECT_DIGEST
 from expunge.shards.schedule import SliceScope, StepRecipe, allocate_epochs, derive_seed
 
 __all__ = [
+    "StateSnapshot",
     "TrainedState",
     "accumulate_steps",
     "configure_determinism",
     "decode_checkpoint",
     "encode_checkpoint",
     "load_checkpoint",
+    "restore_snapshot",
     "serialize_state",
     "set_deterministic",
+    "snapshot_state",
     "train_steps",
 ]
 
@@ -236,6 +239,55 @@ def load_checkpoint(model: SisaModel | SufficientStatisticsModel, data: bytes) -
         raise StorageCorruptError(f"a checkpoint does not fit its model ({type(exc).__name__}: {exc})"[:500]) from exc
 
 
+def _copied(value: Any) -> Any:
+    """``value`` with every dict, list and tuple rebuilt (same types, in order) and every tensor cloned."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        copied = type(value)((k, _copied(v)) for k, v in value.items())
+        metadata = getattr(value, "_metadata", None)  # a module's state dict carries its versions here
+        if metadata is not None:
+            copied._metadata = _copied(metadata)  # type: ignore[attr-defined]
+        return copied
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """A copy of a ``TrainedState`` (``snapshot_state``) that the training it came from can no longer change.
+
+    ``restore_snapshot`` gives what ``load_checkpoint`` of the same state's checkpoint gives, bit for
+    bit (format 4 holds tensors exactly), without reading and decoding it. ``nbytes``: its tensor bytes.
+    """
+
+    layout: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    steps_done: int
+    nbytes: int
+
+
+def snapshot_state(model: SisaModel, state: TrainedState) -> StateSnapshot:
+    """A copy of ``state`` (weights, optimizer state, layout): about a memory copy of its tensors, no encoding."""
+    tensors = _copied(state.module.state_dict())
+    optimizer = _copied(state.optimizer_state)
+    nbytes = sum(t.nbytes for t in tensors.values())
+    for values in (optimizer or {}).get("state", {}).values():
+        nbytes += sum(t.nbytes for t in values.values() if isinstance(t, torch.Tensor))
+    return StateSnapshot(_copied(model.layout(state.module)), tensors, optimizer, state.steps_done, nbytes)
+
+
+def restore_snapshot(model: SisaModel, snapshot: StateSnapshot) -> TrainedState:
+    """A module and optimizer state of their own from ``snapshot`` (which stays as it is): ``load_checkpoint``'s result."""
+    module = model.rebuild(snapshot.layout)
+    module.load_state_dict(snapshot.model)
+    return TrainedState(module, _copied(snapshot.optimizer), snapshot.steps_done)
+
+
 def _optimizer(module: torch.nn.Module, config: TrainingConfig, saved: dict[str, Any] | None) -> torch.optim.Optimizer:
     _optimizer_without_compiler()
     params = list(module.parameters())
@@ -279,6 +331,7 @@ def train_steps(
     progress: Callable[[int, int], None] | None = None,
     lineage: Sequence[str] = (),
     recipes: Sequence[StepRecipe] | None = None,
+    on_state: Callable[[int, TrainedState], None] | None = None,
 ) -> TrainedState:
     """Run slice steps ``start.steps_done .. len(slices)-1`` and hand each checkpoint to ``on_checkpoint``.
 
@@ -286,7 +339,8 @@ def train_steps(
     tensors bit for bit, whether the run starts from scratch or from a saved checkpoint.
     ``recipes`` gives each step's (epochs, scope) (``expunge.shards.schedule.step_recipes``);
     None: ``allocate_epochs(config.epochs, len(slices))`` epochs on the prefix at every step.
-    Only the slices a step reads are indexed (``slices`` may load lazily).
+    Only the slices a step reads are indexed (``slices`` may load lazily). ``on_state``: called with
+    each step's state after ``on_checkpoint`` (its tensors go on training: ``snapshot_state`` keeps a copy).
     """
     steps: Sequence[StepRecipe] = (
         [(e, "prefix") for e in allocate_epochs(config.epochs, len(slices))] if recipes is None else recipes
@@ -338,6 +392,8 @@ def train_steps(
                     fast()
         state = TrainedState(state.module, optimizer.state_dict(), step + 1)
         on_checkpoint(step, _serialize(model, state, lineage))
+        if on_state is not None:
+            on_state(step, state)
         if progress is not None:
             progress(step + 1, len(slices))
         log.debug("shard %d: step %d/%d done on %d rows", shard_id, step + 1, len(slices), rows)
