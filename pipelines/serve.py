@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from expunge.orchestrator.cluster import absolute_folder, gcs_answers
 from expunge.orchestrator.config import JobConfig, ServiceConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
-from expunge.pipelines._head import HeadInfo, listening_addresses, read_state, start_head, stop_head
+from expunge.pipelines._head import HeadInfo, client_address, listening_addresses, read_state, start_head, stop_head
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, progress
 
 __all__ = ["key_file", "main", "recorded_address", "serve", "state_file", "status", "stop"]
@@ -99,9 +99,10 @@ def _reachable(address: str) -> bool:
 
 
 def _connect(address: str, namespace: str) -> None:
+    """Join the cluster at ``address``; a loopback head's GCS is reached as 127.0.0.1 or in Ray's spelling of it."""
     from expunge.orchestrator.client import join_cluster
 
-    join_cluster(address, namespace)
+    join_cluster(client_address(address), namespace)
 
 
 def _anchored(job: JobConfig, tracking: TrackingConfig) -> JobConfig:

@@ -90,3 +90,39 @@ def test_every_port_of_a_head_listens_on_loopback_and_no_process_holds_a_withhel
         assert float(joined.stdout.split()[-1]) == 1.0
     finally:
         stop_head(info)
+
+
+@pytest.mark.integration
+def test_a_loopback_head_is_reached_at_the_address_listening_shows(tmp_path):
+    # Review: `serve` lists the head's GCS as 127.0.0.1:PORT under "listening", while its address reads
+    # [::ffff:127.0.0.1]:PORT; given the first, `serve --status/--stop --address` made Ray retry the
+    # machine's network address (where a loopback head does not listen) for a minute, then fail.
+    from expunge.pipelines._head import client_address
+
+    info = start_head(num_cpus=1)
+    try:
+        port = info.address.rpartition(":")[2]
+        assert client_address(f"127.0.0.1:{port}") == client_address(f"localhost:{port}") == info.address
+        assert client_address(info.address) == info.address
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"EXPUNGE_STATE_DIR": str(tmp_path)}
+        status = ["--status", "--namespace", "nobody-here", "--address", f"127.0.0.1:{port}"]
+        asked = subprocess.run(
+            [sys.executable, "-m", "expunge.pipelines.serve", *status],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        # The cluster was joined: what is missing is the service, not the cluster.
+        assert asked.returncode == 4, asked.stderr[-3000:]
+        assert "no Expunge service 'expunge-coordinator' in Ray namespace 'nobody-here'" in asked.stderr
+    finally:
+        stop_head(info)
+
+
+def test_other_addresses_are_left_as_they_are():
+    from expunge.pipelines._head import client_address
+
+    for address in ("10.1.2.3:6379", "[::ffff:127.0.0.1]:6379", "auto", "ray://10.1.2.3:10001", "[::1]:6379"):
+        assert client_address(address) == address
