@@ -24,7 +24,7 @@ import torch
 
 from expunge.shards.errors import StorageCorruptError
 
-__all__ = ["decode_checkpoint", "encode_checkpoint"]
+__all__ = ["decode_checkpoint", "encode_checkpoint", "same_checkpoint"]
 
 #: Stored checkpoint format 2: this magic, the length of the ``torch.save`` bytes (8 bytes,
 #: little-endian), the sha256 of the length and the compressed bytes (32 bytes; checked before
@@ -578,3 +578,38 @@ def decode_checkpoint(data: bytes) -> dict[str, Any]:
             "Restore it from backup or retrain into a fresh storage URI."
         ) from exc
     return payload
+
+
+def _same_values(left: Any, right: Any) -> bool:
+    """Equal all the way down, types included; tensors by dtype, shape and bits (-0.0 and NaN payloads too)."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, torch.Tensor):
+        return (
+            left.dtype == right.dtype
+            and left.shape == right.shape
+            and torch.equal(left.reshape(-1).view(torch.uint8), right.reshape(-1).view(torch.uint8))
+        )
+    if isinstance(left, dict):
+        if getattr(left, "_metadata", None) != getattr(right, "_metadata", None):
+            return False
+        return list(left) == list(right) and all(_same_values(left[k], right[k]) for k in left)
+    if isinstance(left, list | tuple):
+        return len(left) == len(right) and all(_same_values(a, b) for a, b in zip(left, right, strict=True))
+    return bool(left == right)
+
+
+def same_checkpoint(stored: bytes, data: bytes) -> bool:
+    """Whether two checkpoints' bytes hold the same payload, whatever their formats (1-5).
+
+    Tensors compare by dtype, shape and bits; every other value by type and value. Damaged or
+    undecodable bytes on either side: False. For a writer that finds its checkpoint key (which names
+    a lineage, not bytes) already stored: bytes of the same state in another format (e.g. format 3
+    written before format 5) can stay, so that the sha256 a published version bound still holds.
+    """
+    if stored == data:
+        return True
+    try:
+        return _same_values(decode_checkpoint(stored), decode_checkpoint(data))
+    except StorageCorruptError:
+        return False

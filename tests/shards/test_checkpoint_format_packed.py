@@ -23,7 +23,13 @@ from hypothesis import strategies as st
 from expunge.orchestrator.config import SyntheticRatingsConfig
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards import checkpoint_format
-from expunge.shards.checkpoint_format import _MAGIC, _to_lanes, decode_checkpoint, encode_checkpoint
+from expunge.shards.checkpoint_format import (
+    _MAGIC,
+    _to_lanes,
+    decode_checkpoint,
+    encode_checkpoint,
+    same_checkpoint,
+)
 from expunge.shards.config import ItemStatsConfig, MFConfig, TrainingConfig
 from expunge.shards.errors import StorageCorruptError
 from expunge.shards.models import model_for
@@ -305,3 +311,21 @@ def test_lengths_that_do_not_fit_the_frames_are_a_typed_error_even_with_a_valid_
     forged = MAGIC_5 + packed_fields + hashlib.sha256(packed_fields + packed).digest() + packed
     with pytest.raises(StorageCorruptError):
         decode_checkpoint(forged)
+
+
+def test_same_checkpoint_tells_the_same_state_in_another_format_from_another_state():
+    _, made = _item_stats()
+    data = made["data"]
+    payload = decode_checkpoint(data)
+    assert same_checkpoint(_format_3(payload), data)  # what a store written before format 5 holds
+    assert same_checkpoint(_format_2(payload), data)
+    other = decode_checkpoint(data)
+    other["model"]["pair_product"][0] = -other["model"]["pair_product"][0]
+    assert not same_checkpoint(encode_checkpoint(other), data)
+    signed_zero = _statistics(z=torch.tensor([0.0], dtype=torch.float64))
+    negative_zero = _statistics(z=torch.tensor([-0.0], dtype=torch.float64))
+    assert not same_checkpoint(encode_checkpoint(signed_zero), encode_checkpoint(negative_zero))  # bits, not ==
+    assert not same_checkpoint(data[:-1], data)  # damaged: never the same
+    renamed = decode_checkpoint(data)
+    renamed["lineage"] = ["a", "b", "x"]
+    assert not same_checkpoint(encode_checkpoint(renamed), data)
