@@ -65,19 +65,38 @@ def _same_state(left: TrainedState, right: TrainedState) -> bool:
     )
 
 
+def _checkpoint(state: TrainedState) -> bytes:
+    return training.serialize_state(model_for(_config("fused").model), state, ["a", "b", "c", "d"])
+
+
 @pytest.mark.parametrize("start_from", [None, 1])
 def test_fused_adam_called_on_gathered_lists_is_adam_step_bit_for_bit(monkeypatch, start_from):
     fast = _train("fused", start_from)
     monkeypatch.setattr(training._FusedAdamStep, "of", classmethod(lambda cls, optimizer: None))
-    assert _same_state(fast, _train("fused", start_from))
+    monkeypatch.setattr(training._FusedAdamStep, "first", classmethod(lambda cls, optimizer: None))
+    plain = _train("fused", start_from)  # Adam.step at every step, its own lazy state
+    assert _same_state(fast, plain)
+    assert _checkpoint(fast) == _checkpoint(plain)  # the state created before the kernel: same dtypes, same order
 
 
-def test_adam_step_runs_once_per_slice_step_and_the_gathered_kernels_do_the_rest(monkeypatch):
+@pytest.mark.parametrize(("kernel", "adam_steps"), [("fused", 0), ("per_tensor", None)])
+def test_fused_adam_step_never_runs_and_the_per_tensor_kernel_runs_every_step(monkeypatch, kernel, adam_steps):
     calls: list[int] = []
     step = training._step
     monkeypatch.setattr(training, "_step", lambda optimizer: calls.append(1) or step(optimizer))
-    _train("fused")
-    assert len(calls) == len(_slices())  # the first step of each slice creates the grown tables' state
+    _train(kernel)
+    # fused: each slice's grown tables get Adam's state before the first kernel call; per_tensor: Adam.step
+    assert len(calls) == (adam_steps if adam_steps is not None else _steps(kernel))
+
+
+def _steps(kernel: str) -> int:
+    config = _config(kernel)
+    rows = 0
+    total = 0
+    for table, epochs in zip(_slices(), training.allocate_epochs(config.epochs, len(_slices())), strict=True):
+        rows += len(table)
+        total += epochs * -(-rows // config.batch_size)
+    return total
 
 
 def test_the_per_tensor_kernel_keeps_adam_step():
