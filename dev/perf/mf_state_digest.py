@@ -5,8 +5,10 @@
 
 One shard's rows of MovieLens (as ``dev/perf/mf_step.py`` cuts them, 16x8 by default), trained from
 scratch with each Adam kernel (``fused``, ``per_tensor``), then from its step-3 state again (a
-restart, as an erasure does), and the monolith's rows as one slice. Prints one JSON object of
-digests: equal digests under two commits mean the same bits.
+restart, as an erasure does), and the monolith's rows as one slice; then a ``Shard`` of the same
+slices (fused Adam) trained in a scratch store and erased twice (a subject of slice 3, then one of
+slice 5: restarts from the states the shard holds), its tensors after each. Prints one JSON object
+of digests: equal digests under two commits mean the same bits.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import tempfile
 
 import pyarrow as pa
 import torch
@@ -23,6 +26,7 @@ from expunge.shards.config import MFConfig, TrainingConfig
 from expunge.shards.models import model_for
 from expunge.shards.movielens import load_movielens
 from expunge.shards.rows import SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.shard import Shard
 from expunge.shards.training import TrainedState, configure_determinism, load_checkpoint, train_steps
 
 
@@ -65,6 +69,16 @@ def main() -> None:
         again = train_steps(model, training, 0, tables, restart, lambda step, data: None)  # type: ignore[arg-type]
         monolith = train_steps(model, training, 0, [rows.slice(0, len(rows) // 4)], None, lambda step, data: None)  # type: ignore[arg-type]
         report[kernel] = {"shard": _digest(full), "restarted": _digest(again), "monolith": _digest(monolith)}
+    with tempfile.TemporaryDirectory(prefix="mf-state-digest-") as scratch:
+        shard = Shard(0, scratch, training.model_copy(update={"optimizer_kernel": "fused"}), training.model)
+        shard.train(tables)
+        erased = {}
+        for k in (3, 5):
+            subject = tables[k].column(SUBJECT_DIGEST)[0].as_py()
+            shard.erase([subject], k, f"digest-{k}")
+            tensors = shard.tensors()
+            erased[f"slice_{k}"] = _digest(TrainedState(shard.final_state().module, tensors["optimizer"], 0))
+        report["shard_erased"] = erased
     report["torch"] = torch.__version__
     print(json.dumps(report))
 
