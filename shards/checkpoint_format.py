@@ -266,6 +266,7 @@ _NARROW_NAMES = {dtype.name: dtype for dtype in _NARROW}
 _GRID_BITS = 60  # the finest grid format 5 tries: 2**-60 (a float64 tensor off it stays raw)
 _GRID_SAMPLE = 4096  # values whose grid is computed first; the whole tensor checks it
 _NEGATIVE_ZEROS = 4096  # at most this many -0.0 kept beside a grid (more: the tensor stays raw)
+_GRID_CHUNK = 1 << 16  # values the grid check decodes at a time
 _PACKED_FIELDS = struct.Struct("<QQQQ")  # format 5: lengths of the tensor bytes, header, fast lanes, fast frame
 
 
@@ -304,19 +305,19 @@ def _unzigzag(coded: np.ndarray) -> np.ndarray:
 
 def _grid_bits(values: np.ndarray) -> int | None:
     """The least ``k`` making every value of ``values`` (float64) an integer times ``2**-k``; None past 60 or non-finite."""
-    bits = values.view(np.uint64)
-    exponent = (bits >> np.uint64(52)).astype(np.int64) & 0x7FF
-    if (exponent == 0x7FF).any():
+    with np.errstate(all="ignore"):  # NaN and infinities: refused just below
+        fraction, exponent = np.frexp(values)  # value = fraction * 2**exponent, 0.5 <= |fraction| < 1
+        whole = np.ldexp(fraction, 53)  # the significand as an integer (exact), NaN and infinities as they are
+    if not np.isfinite(whole).all():
         return None
-    significand = (bits & np.uint64((1 << 52) - 1)) | ((exponent != 0).astype(np.uint64) << np.uint64(52))
-    nonzero = significand != 0
-    if not nonzero.any():
+    integers = whole.astype(np.int64)
+    integers &= -integers  # its lowest set bit (0 for a zero)
+    grains = np.ldexp(integers.astype(np.float64), exponent - 53)  # each value's lowest bit: a power of two
+    grains = grains[grains > 0]
+    if not len(grains):
         return 0
-    significand, exponent = significand[nonzero], np.maximum(exponent[nonzero], 1)  # a subnormal's is 1
-    lowest = significand & (~significand + np.uint64(1))  # its lowest set bit: a power of two below 2**53
-    trailing = np.log2(lowest.astype(np.float64)).astype(np.int64)  # exact for a power of two
-    bits_needed = max(0, -int((exponent - 1075 + trailing).min()))
-    return bits_needed if bits_needed <= _GRID_BITS else None
+    least = max(0, 1 - math.frexp(float(grains.min()))[1])
+    return least if least <= _GRID_BITS else None
 
 
 def _from_grid(stored: np.ndarray, bits: int, negative_zeros: list[int]) -> np.ndarray:
@@ -325,6 +326,25 @@ def _from_grid(stored: np.ndarray, bits: int, negative_zeros: list[int]) -> np.n
     if negative_zeros:
         values[negative_zeros] = -0.0
     return values
+
+
+def _off_grid(stored: np.ndarray, bits: int, values: np.ndarray) -> np.ndarray:
+    """Where ``_from_grid(stored, bits, [])`` differs from ``values`` in any bit (indices, ascending).
+
+    A chunk at a time (64 Ki values: the decoded chunk stays in cache); stops past ``_NEGATIVE_ZEROS``.
+    """
+    wrong: list[np.ndarray] = []
+    found = 0
+    for start in range(0, len(values), _GRID_CHUNK):
+        chunk = slice(start, start + _GRID_CHUNK)
+        back = _from_grid(stored[chunk], bits, [])
+        differ = np.flatnonzero(back.view(np.uint64) != values[chunk].view(np.uint64))
+        if len(differ):
+            wrong.append(differ + start)
+            found += len(differ)
+            if found > _NEGATIVE_ZEROS:
+                break
+    return np.concatenate(wrong) if wrong else np.zeros(0, np.int64)
 
 
 def _grid_part(values: np.ndarray) -> tuple[np.ndarray, list[Any]] | None:
@@ -339,8 +359,7 @@ def _grid_part(values: np.ndarray) -> tuple[np.ndarray, list[Any]] | None:
                 return None
             stored = np.empty(len(values), _narrowest(math.floor(low), math.ceil(high)))
             np.multiply(values, 2.0**bits, out=stored, casting="unsafe")  # truncated: the check below sees it
-        back = _from_grid(stored, bits, [])
-        wrong = np.flatnonzero(back.view(np.uint64) != values.view(np.uint64))
+        wrong = _off_grid(stored, bits, values)
         negative_zeros = wrong.tolist()
         if len(wrong) <= _NEGATIVE_ZEROS and not np.any(values[wrong]) and np.signbit(values[wrong]).all():
             return _zigzag(stored), [bits, negative_zeros]  # every value back but -0.0, written at these indices
