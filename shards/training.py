@@ -369,6 +369,7 @@ def train_steps(
     lineage: Sequence[str] = (),
     recipes: Sequence[StepRecipe] | None = None,
     on_state: Callable[[int, TrainedState], None] | None = None,
+    encodings: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> TrainedState:
     """Run slice steps ``start.steps_done .. len(slices)-1`` and hand each checkpoint to ``on_checkpoint``.
 
@@ -378,6 +379,10 @@ def train_steps(
     None: ``allocate_epochs(config.epochs, len(slices))`` epochs on the prefix at every step.
     Only the slices a step reads are indexed (``slices`` may load lazily). ``on_state``: called with
     each step's state after ``on_checkpoint`` (its tensors go on training: ``snapshot_state`` keeps a copy).
+    ``encodings``: for a model that ``encodes_rows_independently``, slice index -> ``model.encode`` of that
+    slice, read instead of encoding it (the caller vouches that slice and those before it are the rows
+    they were encoded with: a slice's user indexes come from the tables grown up to it) and filled with
+    every slice this run encodes; the tensors are only read. Ignored for other models.
     """
     steps: Sequence[StepRecipe] = (
         [(e, "prefix") for e in allocate_epochs(config.epochs, len(slices))] if recipes is None else recipes
@@ -388,7 +393,7 @@ def train_steps(
         init = torch.Generator().manual_seed(derive_seed(config.seed, shard_id, "init"))
         start = TrainedState(model.build(init), None, 0)
     state = start
-    by_slice: dict[int, dict[str, torch.Tensor]] = {}
+    by_slice: dict[int, dict[str, torch.Tensor]] = encodings if encodings is not None else {}
 
     def encoded(step: int, scope: SliceScope) -> dict[str, torch.Tensor]:
         """The step's rows encoded: each slice's rows once per run where the model encodes rows independently."""

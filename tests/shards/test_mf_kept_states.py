@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -14,7 +16,9 @@ from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards import shard as shard_module
 from expunge.shards.config import TrainingConfig
 from expunge.shards.models import model_for
+from expunge.shards.models.mf import MatrixFactorization
 from expunge.shards.rows import SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.shard import Shard
 from expunge.shards.store import ObjectStore
 from expunge.shards.training import load_checkpoint, restore_snapshot, snapshot_state, train_steps
 from tests.engine import from_scratch, job, without
@@ -99,3 +103,31 @@ def test_a_restored_snapshot_is_the_decoded_checkpoint_and_training_on_it_leaves
     after = [t for s in snapshots[1].optimizer["state"].values() for t in s.values()]
     assert all(torch.equal(a, b) for a, b in zip(moments, after, strict=True))
     assert _bits(restore_snapshot(model, snapshots[1])) == _bits(load_checkpoint(model, saved[1]))  # type: ignore[arg-type]
+
+
+def test_an_erasure_encodes_only_the_slices_from_the_first_changed_one_and_matches_a_cold_shard(tmp_path, monkeypatch):
+    rows = RATINGS.append_column(SUBJECT_DIGEST, RATINGS.column(SUBJECT_ID))
+    subjects = sorted(set(rows.column(SUBJECT_ID).to_pylist()))
+    slices = [rows.filter(pc.is_in(rows.column(SUBJECT_ID), pa.array(subjects[k::4]))) for k in range(4)]
+    training = TrainingConfig(model=CONFIG.model_copy(update={"num_items": 30}), epochs=3, batch_size=16)
+    warm = Shard(0, str(tmp_path / "store"), training, training.model)
+    warm.train(slices)
+    cold = Shard(0, str(tmp_path / "store"), training, training.model, warm.manifest.version)
+    encoded: list[int] = []
+    encode = MatrixFactorization.encode
+    monkeypatch.setattr(
+        MatrixFactorization, "encode", lambda self, m, table: encoded.append(len(table)) or encode(self, m, table)
+    )
+    warm.erase([subjects[2]], 2, "warm")
+    assert encoded == [len(slices[2]) - 6, len(slices[3])]  # the changed slice and the one after it
+    encoded.clear()
+    cold.store = ObjectStore(str(tmp_path / "other"))  # the same erasure from the stored state, into another store
+    for key in warm.store.list_keys("shards"):
+        cold.store.put(key, warm.store.get(key))
+    cold.adopt(cold.manifest.version)
+    cold.erase([subjects[2]], 2, "cold")
+    assert len(encoded) == 4  # nothing kept: every slice of the prefix
+    ours, theirs = warm.tensors(), cold.tensors()
+    assert ours["model"].keys() == theirs["model"].keys()
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in ours["model"])
+    assert _bits(warm.final_state()) == _bits(cold.final_state())
