@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from expunge.orchestrator.cluster import gcs_answers
+from expunge.orchestrator.cluster import client_address, gcs_answers
 from expunge.orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.service.policy import check_subject_list, check_timeout
@@ -61,6 +61,8 @@ def join_cluster(address: str | None, namespace: str) -> None:
 
         Config.initialize("")  # Ray reads its settings at import: refresh them, as its own token set-up does
     target = os.environ.get("RAY_ADDRESS") if address in (None, "auto") else address
+    if target and "://" not in target and target != "auto":
+        address = target = client_address(target)  # a loopback head given as 127.0.0.1:PORT: Ray's own spelling
     if target and "://" not in target and target != "auto" and not gcs_answers(target):
         raise ConfigError(
             f"no Ray cluster answers at {target}: start one with `expunge serve --config FILE.yaml` (it prints the "

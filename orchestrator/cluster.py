@@ -72,3 +72,27 @@ def gcs_answers(address: str, timeout_s: float = 2.0) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+#: How a head ``expunge serve`` started on loopback spells its address (Ray's IPv4-mapped form).
+MAPPED_LOOPBACK = "::ffff:127.0.0.1"
+
+
+def client_address(address: str) -> str:
+    """How Ray reaches ``address`` (``host:port``): a loopback head's ``127.0.0.1:PORT`` becomes ``[::ffff:127.0.0.1]:PORT``.
+
+    ``ray.init`` turns 127.0.0.1 and localhost into the machine's network address, where a head
+    ``serve`` started on loopback does not listen: given as ``serve``'s listening list shows it,
+    such a head's address made a client retry for a minute and fail. Where the machine's address
+    answers at that port (a head on every interface), Ray's own rewrite reaches it and
+    ``address`` is kept, as is every other address (``auto``, ``ray://``, other hosts).
+    """
+    host, _, port = address.rpartition(":")
+    if host.strip("[]") not in ("127.0.0.1", "localhost") or not port.isdigit():
+        return address
+    import ray.util
+
+    machine = str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+    if gcs_answers(f"{f'[{machine}]' if ':' in machine else machine}:{port}"):
+        return address
+    return f"[{MAPPED_LOOPBACK}]:{port}"

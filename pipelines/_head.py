@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from expunge.orchestrator.cluster import gcs_answers
+from expunge.orchestrator.cluster import MAPPED_LOOPBACK, client_address
 from expunge.orchestrator.errors import ClusterUnavailableError, ConfigError
 from expunge.orchestrator.processes import end_processes, psutil_module
 from expunge.shards.niceness import WORKER_NICENESS_ENV
@@ -37,7 +37,7 @@ _EVERY_INTERFACE = frozenset({"0.0.0.0", "::"})
 #: turns "127.0.0.1", "localhost" and "::1" given to `ray.init` into the machine's network address
 #: (services.resolve_ip_for_localhost), where a loopback head does not listen; this spelling of the
 #: same address it leaves as it is, so a client needs no Ray setting to connect.
-_MAPPED_LOOPBACK = "::ffff:127.0.0.1"
+_MAPPED_LOOPBACK = MAPPED_LOOPBACK
 
 
 class HeadInfo(BaseModel):
@@ -219,23 +219,6 @@ def _socket_address(ip: str, port: int) -> str:
     """``host:port`` of a listening socket; an IPv4 address mapped into IPv6 is shown as IPv4 (pure)."""
     ip = ip.removeprefix("::ffff:") if "." in ip else ip
     return f"{_url_host(ip)}:{port}"
-
-
-def client_address(address: str) -> str:
-    """How Ray reaches ``address`` (``host:port``): a loopback head's ``127.0.0.1:PORT`` becomes ``[::ffff:127.0.0.1]:PORT``.
-
-    ``ray.init`` turns 127.0.0.1 and localhost into the machine's network address, where a head
-    ``serve`` started on loopback does not listen: given as ``listening`` shows it, such a head's
-    address made the client retry for a minute and fail. Where the machine's address answers at
-    that port (a head on every interface), Ray's own rewrite reaches it and ``address`` is kept,
-    as is every other address.
-    """
-    host, _, port = address.rpartition(":")
-    if host.strip("[]") not in ("127.0.0.1", "localhost") or not port.isdigit():
-        return address
-    if gcs_answers(f"{_url_host(_machine_address())}:{port}"):
-        return address
-    return f"[{_MAPPED_LOOPBACK}]:{port}"
 
 
 def stop_head(info: HeadInfo) -> int:

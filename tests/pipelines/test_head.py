@@ -92,6 +92,15 @@ def test_every_port_of_a_head_listens_on_loopback_and_no_process_holds_a_withhel
         stop_head(info)
 
 
+_JOIN = """
+import sys
+import ray
+from expunge.orchestrator.client import join_cluster
+join_cluster(sys.argv[1], "nobody-here")
+print("joined" if ray.is_initialized() else "not joined", flush=True)
+"""
+
+
 @pytest.mark.integration
 def test_a_loopback_head_is_reached_at_the_address_listening_shows(tmp_path):
     # Review: `serve` lists the head's GCS as 127.0.0.1:PORT under "listening", while its address reads
@@ -117,12 +126,23 @@ def test_a_loopback_head_is_reached_at_the_address_listening_shows(tmp_path):
         # The cluster was joined: what is missing is the service, not the cluster.
         assert asked.returncode == 4, asked.stderr[-3000:]
         assert "no Expunge service 'expunge-coordinator' in Ray namespace 'nobody-here'" in asked.stderr
+        # The SDK's own join (RayClient.connect, forget --service --address) takes the same address.
+        joined = subprocess.run(
+            [sys.executable, "-c", _JOIN, f"127.0.0.1:{port}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert joined.returncode == 0, joined.stderr[-3000:]
+        assert joined.stdout.split()[-1] == "joined"
     finally:
         stop_head(info)
 
 
 def test_other_addresses_are_left_as_they_are():
-    from expunge.pipelines._head import client_address
+    from expunge.orchestrator.cluster import client_address
 
     for address in ("10.1.2.3:6379", "[::ffff:127.0.0.1]:6379", "auto", "ray://10.1.2.3:10001", "[::1]:6379"):
         assert client_address(address) == address
