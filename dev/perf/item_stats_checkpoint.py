@@ -12,6 +12,8 @@ format 5 (``torch.save``, 8 byte lanes, zstd level 1) and ``decode_checkpoint`` 
 every thread of this process) are medians over the repeats, after one warm-up each, and the least
 (``_best``: what a quiet machine gives; a busy one inflates medians). Checks that
 both decode to the payload bit for bit (dtype, shape, bytes of every tensor).
+``--threads 1`` keeps torch's intra-op pool out: with 2 or more threads its workers spin after each
+parallel op (torch.zeros, copy_ of large tensors) and that CPU lands on whatever runs next.
 Prints one JSON object: sizes, CPU ms, the old/new ratios, torch threads, load average before/after.
 """
 
@@ -90,7 +92,10 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--shard", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     payload, rows = shard_payload(args.data, args.shards, args.shard)
     coders = {"old": (format_3, decode_checkpoint), "new": (encode_checkpoint, decode_checkpoint)}
