@@ -364,6 +364,8 @@ class Shard:
             nonlocal budget
             assert states is not None
             assert checkpoints[-1].step == step
+            if step == len(entries) - 1:
+                return  # the run's final state: nothing trains it further, ``_start`` reads it as it is
             snapshot = snapshot_state(self.model, state)  # type: ignore[arg-type]
             if snapshot.nbytes <= budget:
                 states[(checkpoints[-1].key, checkpoints[-1].sha256)] = snapshot
@@ -400,8 +402,14 @@ class Shard:
     def _start(self, entry: CheckpointEntry) -> TrainedState:
         """The state of checkpoint ``entry``: from ``_states`` when kept, else read and decoded."""
         snapshot = self._states.get((entry.key, entry.sha256))
-        if snapshot is not None:
-            return restore_snapshot(self.model, snapshot)  # type: ignore[arg-type]
+        final = self._final
+        last = self.manifest.checkpoints[-1] if self.manifest is not None and self.manifest.checkpoints else None
+        if snapshot is None and final is not None and last == entry and final.steps_done == entry.step + 1:
+            # The published final state (an ingest restarts there), as its run left it: restored, not copied.
+            layout = self.model.layout(final.module)
+            snapshot = StateSnapshot(layout, final.module.state_dict(), final.optimizer_state, final.steps_done, 0)
+        if snapshot is not None and not isinstance(self.model, SufficientStatisticsModel):
+            return restore_snapshot(self.model, snapshot)
         return load_checkpoint(self.model, self.store.get(entry.key))
 
     # ----- public operations --------------------------------------------------------------

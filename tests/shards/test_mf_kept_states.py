@@ -131,3 +131,24 @@ def test_an_erasure_encodes_only_the_slices_from_the_first_changed_one_and_match
     assert ours["model"].keys() == theirs["model"].keys()
     assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in ours["model"])
     assert _bits(warm.final_state()) == _bits(cold.final_state())
+
+
+def test_an_ingest_restarts_from_the_final_state_it_holds_and_matches_a_cold_shard(tmp_path, checkpoint_reads):
+    rows = RATINGS.append_column(SUBJECT_DIGEST, RATINGS.column(SUBJECT_ID))
+    subjects = sorted(set(rows.column(SUBJECT_ID).to_pylist()))
+    cells = [rows.filter(pc.is_in(rows.column(SUBJECT_ID), pa.array(subjects[k::4]))) for k in range(4)]
+    training = TrainingConfig(model=CONFIG.model_copy(update={"num_items": 30}), epochs=3, batch_size=16)
+    results = []
+    for name in ("warm", "cold"):
+        shard = Shard(0, str(tmp_path / name), training, training.model)
+        shard.train(cells[:3])
+        if name == "cold":
+            shard = Shard(0, str(tmp_path / name), training, training.model, shard.manifest.version)
+        shard.ingest({3: cells[3]}, "tail", tail_epochs=2)
+        results.append((shard, list(checkpoint_reads)))
+        checkpoint_reads.clear()
+    (warm, warm_reads), (cold, cold_reads) = results
+    assert warm_reads == []  # restarted from the state its training ended with
+    assert len(cold_reads) == 1
+    assert _bits(warm.final_state()) == _bits(cold.final_state())
+    assert [c.sha256 for c in warm.manifest.checkpoints] == [c.sha256 for c in cold.manifest.checkpoints]
