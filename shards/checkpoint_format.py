@@ -461,7 +461,9 @@ def _decode_packed(data: bytes) -> dict[str, Any]:
         if index != len(tensors) or any(n < 0 for n in shape):
             raise ValueError("its tensor table does not fit its bytes")
         count = math.prod(shape)
-        stored_type = _NARROW_NAMES[stored_name] if kind != "raw" else None
+        if (kind == "raw") != (stored_name is None):
+            raise ValueError(f"a part {kind!r} stored as {stored_name!r} is not one format 5 writes")
+        stored_type = _NARROW_NAMES[stored_name] if stored_name is not None else None
         width = stored_type.itemsize if stored_type is not None else dtype.itemsize
         fast = width - 1 if _noisy(kind, width) else 0
         lanes = list(low_lanes[low_at : low_at + count * fast].reshape(fast, count))

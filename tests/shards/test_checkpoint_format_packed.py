@@ -290,6 +290,7 @@ def _set(path: tuple, value: object):  # type: ignore[no-untyped-def]
         _set((5, 2), [20, [10**9]]),  # a -0.0 past the tensor
         _set((5, 2), [2.5, []]),  # not an integer grid
         _set((0, 0), "grid"),  # a grid for an int64 tensor
+        _set((0, 0), "raw"),  # raw bytes that name a stored dtype
         lambda header: header["parts"].pop(),  # a part missing
     ],
 )
