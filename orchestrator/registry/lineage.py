@@ -22,17 +22,12 @@ from expunge.orchestrator.registry.purge_notice import PurgeNotice
 from expunge.orchestrator.registry.runs import RunRecorder
 from expunge.orchestrator.registry.scratch import Staging
 from expunge.orchestrator.registry.tracking import REQUEST_TAG, SUPERSEDES_ERASURE, Registry
-from expunge.orchestrator.registry.version_purge import Purger
+from expunge.orchestrator.registry.version_purge import Purger, ensemble_version
 from expunge.shards.store import ObjectStore
 
 __all__ = ["Lineage"]
 
 log = logging.getLogger(__name__)
-
-
-def _ensemble_of(tags: dict[str, str]) -> int:
-    value = tags.get("expunge.ensemble_version", "")
-    return int(value) if value.isdigit() else 0
 
 
 class Lineage:
@@ -279,7 +274,7 @@ class Lineage:
         ``expunge.supersedes_erasure``, every older version is purged by that erasure, and the
         erasure gets its run (receipt, digests), naming this version as the one registered after it.
         """
-        recorded = max((_ensemble_of(v.tags) for v in self.registry.model_versions()), default=0)
+        recorded = max((ensemble_version(v.tags) for v in self.registry.model_versions()), default=0)
         return missed_erasure(Catalog(self.store), manifest, recorded)
 
     def record_training(self, manifest: EnsembleManifest, metrics: dict[str, float]) -> str:
@@ -389,16 +384,18 @@ class Lineage:
         self.staging.sweep()
         manifest = Catalog(self.store).latest()
         recorded = self.recorded_ensemble_version()
+        self.purger.finished = None
         if manifest is not None and (recorded is None or recorded < manifest.version):
             log.warning(
                 "MLflow lags the store (v%s < v%d): recording the published version now", recorded, manifest.version
             )
             self._record_published(manifest)
         # Every version older than the newest erasure's (or the version standing in for an erasure
-        # MLflow missed) held the erased subjects; versions after it (ingests, trainings) stay.
+        # MLflow missed) held the erased subjects; versions after it (ingests, trainings) stay. A
+        # version just recorded here that purged (``finished``) is that newest one: no second scan.
         erasures = [
             v
-            for v in self.registry.model_versions()
+            for v in (self.registry.model_versions() if self.purger.finished is None else [])
             if v.tags.get("expunge.kind") == "erasure" or SUPERSEDES_ERASURE in v.tags
         ]
         if erasures:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -21,6 +23,8 @@ __all__ = ["LoggedServable", "Packager"]
 
 _ORCHESTRATOR = Path(__file__).resolve().parents[1]
 _PYFUNC_FILE = _ORCHESTRATOR / "serving" / "pyfunc_model.py"
+#: A version's code folder (the pyfunc flavor's ``code``): what MLflow names it for ``code_paths``.
+_CODE_FOLDER = "code"
 # Imported by the pyfunc at load time; pinned to what wrote the checkpoints.
 # scipy and threadpoolctl: an item_stats version fits its statistics when it loads (one BLAS thread).
 _SERVING_REQUIREMENTS = (
@@ -36,22 +40,24 @@ _SERVING_REQUIREMENTS = (
 )
 
 
-def _requirements() -> list[str]:
+@functools.cache
+def _requirements() -> tuple[str, ...]:
+    """The serving pins, read once per process: the installed distributions are what wrote the versions."""
     pins = []
     for name in _SERVING_REQUIREMENTS:
         version = importlib.metadata.version(name).split("+")[0]  # torch's "+cpu" is an index, not a version
         pins.append(f"{name}=={version}")
-    return pins
+    return tuple(pins)
 
 
-def _stage_code(destination: Path, model: AnyModelConfig) -> list[str]:
-    """Copy the ``expunge`` package, laid out as a wheel installs it, so a version loads with the code that wrote it.
+def _code_sources(model: AnyModelConfig) -> dict[str, Path]:
+    """What a version's ``code/`` folder holds: name there -> source file or folder.
 
-    A custom model's factory module (its whole top-level package) is copied too: the version
-    must load where that module is not importable (a serving container, another folder).
+    The ``expunge`` package, laid out as a wheel installs it (``expunge/__init__.py`` beside
+    ``orchestrator``, ``shards``, ``pipelines``), so a version loads with the code that wrote it; and
+    a custom model's factory module (its whole top-level package): the version must load where
+    that module is not importable (a serving container, another folder).
     """
-    package = destination / "expunge"
-    package.mkdir(parents=True, exist_ok=True)
     # The folders beside orchestrator/ (a checkout: expunge/__init__.py sits in expunge/) or inside
     # expunge/ (a wheel). Found from this file, not from `import expunge`, which a stray ./expunge
     # folder in the working directory can turn into an empty namespace package.
@@ -59,19 +65,42 @@ def _stage_code(destination: Path, model: AnyModelConfig) -> list[str]:
     init = (
         parent / "expunge" / "__init__.py" if (parent / "expunge" / "__init__.py").is_file() else parent / "__init__.py"
     )
-    shutil.copy2(init, package / "__init__.py")
-    for folder in ("orchestrator", "shards", "pipelines"):
-        shutil.copytree(parent / folder, package / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    paths = [str(package)]
+    sources = {"expunge/__init__.py": init}
+    sources.update({f"expunge/{folder}": parent / folder for folder in ("orchestrator", "shards", "pipelines")})
     factory = _factory_source(model)
     if factory is not None:
-        target = destination / factory.name
-        if factory.is_dir():
-            shutil.copytree(factory, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(factory, target)
-        paths.append(str(target))
-    return paths
+        sources[factory.name] = factory
+    return sources
+
+
+def _link_code(code: Path, model: AnyModelConfig) -> None:
+    """Lay out a version's ``code/`` folder as links to the source files (no ``__pycache__``, no ``.pyc``).
+
+    Real folders, one symbolic link per file (a copy where links are refused): the upload
+    (``log_model_artifacts``) follows the links, so the artifact store holds one real copy of
+    each file, read at upload time, and nothing is copied on the way there. Removing the staging
+    folder removes the links only.
+    """
+    for name, source in _code_sources(model).items():
+        source, target = source.resolve(), code / name
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_file(source, target)
+            continue
+        for folder, subfolders, files in os.walk(source, followlinks=True):  # copytree follows links too
+            subfolders[:] = [d for d in subfolders if d != "__pycache__"]
+            into = target / os.path.relpath(folder, source)
+            into.mkdir(parents=True, exist_ok=True)
+            for file in files:
+                if not file.endswith(".pyc"):
+                    _link_file(Path(folder, file), into / file)
+
+
+def _link_file(source: Path, target: Path) -> None:
+    try:
+        os.symlink(source, target)
+    except OSError:  # links not allowed here (e.g. Windows without the privilege): a copy
+        shutil.copy2(source, target)
 
 
 def _factory_source(model: AnyModelConfig) -> Path | None:
@@ -142,6 +171,7 @@ class Packager:
         import mlflow.pyfunc
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
+        from mlflow.models.model import MLMODEL_FILE_NAME
 
         fault_point("model.create")
         model = self.client.create_logged_model(
@@ -163,20 +193,26 @@ class Packager:
             with warnings.catch_warnings():
                 # An input example would be loaded and predicted at logging time; the signature suffices.
                 warnings.filterwarnings("ignore", message=".*An input example was not provided")
+                mlflow_model = Model(
+                    artifact_path=model.artifact_location,
+                    model_uuid=model.model_id,
+                    run_id=run_id,
+                    model_id=model.model_id,
+                )
+                # No code_paths: MLflow would copy every file of the package into the folder. The
+                # code goes in as links instead, and the flavor names its folder, as MLflow's own
+                # code_paths handling writes it (the MLmodel is saved again once "code" is set).
                 mlflow.pyfunc.save_model(
                     path=str(root / "model"),
                     python_model=str(_PYFUNC_FILE),
                     artifacts={ENSEMBLE_ARTIFACT: str(root / "ensemble")},
-                    code_paths=_stage_code(root / "code", manifest.model),
-                    pip_requirements=_requirements(),
+                    pip_requirements=list(_requirements()),
                     signature=_signature(manifest),
-                    mlflow_model=Model(
-                        artifact_path=model.artifact_location,
-                        model_uuid=model.model_id,
-                        run_id=run_id,
-                        model_id=model.model_id,
-                    ),
+                    mlflow_model=mlflow_model,
                 )
+            _link_code(root / "model" / _CODE_FOLDER, manifest.model)
+            mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME][mlflow.pyfunc.CODE] = _CODE_FOLDER
+            mlflow_model.save(str(root / "model" / MLMODEL_FILE_NAME))
             fault_point("model.upload")
             self.client.log_model_artifacts(model.model_id, str(root / "model"))
         fault_point("model.finalize")

@@ -200,8 +200,7 @@ class RunRecorder:
         Idempotent (same values), so finishing the run of an interrupted record is calling it again.
         """
         fault_point("run.receipt")
-        self.client.log_param(run_id, "registry_version_after", version)
-        self.client.set_tag(run_id, "expunge.registry_version", version)
+        self._log_registry_version(run_id, version)
         final = receipt.model_copy(update={"registry_version_before": parent, "registry_version_after": version})
         self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
         fault_point("run.chart")
@@ -293,8 +292,7 @@ class RunRecorder:
         its ``registration`` pending entry dropped: the version it was pending for now exists.
         """
         fault_point("run.receipt")
-        self.client.log_param(run_id, "registry_version_after", version)
-        self.client.set_tag(run_id, "expunge.registry_version", version)
+        self._log_registry_version(run_id, version)
         final = receipt.model_copy(
             update={
                 "registry_version_before": parent,
@@ -303,6 +301,16 @@ class RunRecorder:
             }
         )
         self.client.log_text(run_id, final.model_dump_json(indent=1), "receipt.json")
+
+    def _log_registry_version(self, run_id: str, version: str) -> None:
+        """Param ``registry_version_after`` and tag ``expunge.registry_version``: one write, not two."""
+        from mlflow.entities import Param, RunTag
+
+        self.client.log_batch(
+            run_id,
+            params=[Param("registry_version_after", version)],
+            tags=[RunTag("expunge.registry_version", version)],
+        )
 
     # ----- what every versioned run holds ------------------------------------------------------------
     def log_ensemble(self, run_id: str, manifest: EnsembleManifest, retrained: set[int]) -> None:

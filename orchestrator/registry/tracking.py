@@ -156,8 +156,9 @@ class Registry:
         # settings in the environment win.
         for name, value in _MLFLOW_HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
-        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
+
+        from expunge.orchestrator.registry.prompt_check import RegistryClient
 
         uri = tracking.uri or default_tracking_uri()
         backend_store_uri = tracking.backend_store_uri or uri
@@ -170,7 +171,7 @@ class Registry:
             )
         if uri.startswith(("http://", "https://")):
             _probe(uri)
-        client = MlflowClient(tracking_uri=uri)
+        client = RegistryClient(tracking_uri=uri)
         store = ObjectStore(storage)
         try:
             experiment = client.get_experiment_by_name(tracking.experiment)

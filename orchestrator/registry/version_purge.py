@@ -21,14 +21,15 @@ from expunge.orchestrator.registry.faults import fault_point
 from expunge.orchestrator.registry.purge_notice import PurgeNotice, write_notice
 from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, PURGED_BY_REQUEST, Registry
 
-__all__ = ["Purger"]
+__all__ = ["Purger", "ensemble_version"]
 
 log = logging.getLogger(__name__)
 
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 
 
-def _ensemble_version(tags: dict[str, str]) -> int:
+def ensemble_version(tags: dict[str, str]) -> int:
+    """The ``expunge.ensemble_version`` tag of a version or LoggedModel (0 when absent)."""
     value = tags.get("expunge.ensemble_version", "")
     return int(value) if value.isdigit() else 0
 
@@ -40,6 +41,8 @@ class Purger:
         self.registry = registry
         self.client = registry.client
         self.eraser = eraser
+        #: ``keep`` of the last ``purge_superseded`` that finished in this process (None: none yet).
+        self.finished: str | None = None
 
     def purge_superseded(self, request_id: str, keep: str) -> list[str]:
         """Make every version older than ``keep`` unloadable and delete its files; returns the versions purged.
@@ -55,7 +58,7 @@ class Purger:
         name = self.registry.model_name
         versions = self.registry.model_versions()
         kept = [v for v in versions if str(v.version) == str(keep)]
-        keep_ensemble = _ensemble_version(kept[0].tags) if kept else 0
+        keep_ensemble = ensemble_version(kept[0].tags) if kept else 0
         doomed = sorted(
             (v for v in versions if int(v.version) < int(keep) and PURGED_BY_REQUEST not in v.tags),
             key=lambda v: int(v.version),
@@ -64,7 +67,7 @@ class Purger:
         orphans = [
             m
             for m in self.registry.logged_models()
-            if m.model_id not in referenced and _ensemble_version(m.tags) < keep_ensemble
+            if m.model_id not in referenced and ensemble_version(m.tags) < keep_ensemble
         ]
         aliases = self.registry.aliases() if doomed else {}
         targets: list[tuple[str, str]] = []  # (LoggedModel id, artifact location)
@@ -115,6 +118,7 @@ class Purger:
                 len(orphans),
                 name,
             )
+        self.finished = str(keep)
         return [str(v.version) for v in doomed]
 
     def _notice(self, version: Any, request_id: str, keep: str) -> PurgeNotice:

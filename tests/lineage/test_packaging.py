@@ -132,16 +132,16 @@ def test_every_version_is_logged_with_a_signature_and_mlflow_infers_nothing(kind
 
 
 def test_a_single_file_factory_module_is_shipped_as_that_file(tmp_path, monkeypatch):
-    from expunge.orchestrator.registry.packaging import _stage_code
+    from expunge.orchestrator.registry.packaging import _link_code
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "solo_model.py").write_text("class Model:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path / "src"))
     try:
-        staged = _stage_code(tmp_path / "code", CustomModelConfig(factory="solo_model:Model"))
+        _link_code(tmp_path / "code", CustomModelConfig(factory="solo_model:Model"))
     finally:
         sys.modules.pop("solo_model", None)
-    assert sorted(Path(p).name for p in staged) == ["expunge", "solo_model.py"]
+    assert sorted(p.name for p in (tmp_path / "code").iterdir()) == ["expunge", "solo_model.py"]
     assert sorted(p.name for p in (tmp_path / "code" / "expunge").iterdir()) == [
         "__init__.py",
         "orchestrator",
@@ -149,3 +149,28 @@ def test_a_single_file_factory_module_is_shipped_as_that_file(tmp_path, monkeypa
         "shards",
     ]
     assert (tmp_path / "code" / "solo_model.py").read_text().startswith("class Model")
+
+
+def test_a_version_stores_its_own_copy_of_every_code_file_and_names_the_code_folder(tmp_path, hasher, byo_package):
+    """The staging folder links to the sources; the version in the artifact store holds real files.
+
+    A link there would make the version load whatever the checkout holds later (or nothing).
+    """
+    import expunge.orchestrator as orchestrator
+
+    lineage = Lineage(_tracking(tmp_path, "copies"), str(tmp_path / "store"))
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=local_pool)
+    config = CustomModelConfig(factory=byo_package, options={"num_features": 8})
+    coordinator.train(TABULAR, job(config, shards=2, slices=2))
+    source = lineage.client.get_model_version("copies", "1").source
+    folder = Path(url2pathname(urlparse(source).path))
+    assert [p for p in folder.rglob("*") if p.is_symlink()] == []
+    assert Model.load(str(folder / "MLmodel")).flavors["python_function"]["code"] == "code"
+    sources = Path(orchestrator.__file__).resolve().parent
+    shipped = folder / "code" / "expunge" / "orchestrator"
+    expected = {p.relative_to(sources) for p in sources.rglob("*.py") if "__pycache__" not in p.parts}
+    assert {p.relative_to(shipped) for p in shipped.rglob("*.py")} == expected
+    assert (shipped / "coordinator.py").read_bytes() == (sources / "coordinator.py").read_bytes()
+    assert [p for p in (folder / "code").rglob("*") if "__pycache__" in p.parts or p.suffix == ".pyc"] == []
+    assert (folder / "code" / "byo_models" / "logistic.py").is_file()
+    assert not (tmp_path / ".expunge-staging").exists()  # the staged links are gone with their folder
