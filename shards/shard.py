@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from expunge.shards.checkpoint_format import same_checkpoint
 from expunge.shards.config import AnyModelConfig, StorageConfig, TrainingConfig, model_fingerprint_json
 from expunge.shards.errors import ConfigError, DataValidationError, StorageCorruptError
 from expunge.shards.models import DecrementalStatisticsModel, SufficientStatisticsModel, model_for
@@ -349,15 +350,26 @@ class Shard:
         keep: list[CheckpointEntry],
         states: dict[tuple[str, str | None], StateSnapshot] | None = None,
         encodings: dict[tuple[str, ...], dict[str, Any]] | None = None,
+        reuse: bool = False,
     ) -> tuple[TrainedState, list[CheckpointEntry]]:
         """Train ``entries``' steps from ``start``; ``states`` given, it gets the new checkpoints' states (in budget),
-        ``encodings`` every slice's encoding (``_encodings``: read where held, else made)."""
+        ``encodings`` every slice's encoding (``_encodings``: read where held, else made).
+
+        ``reuse``: a checkpoint key already stored (a training from scratch over a lineage this store
+        holds: ``expunge train`` again, a training retried after a failed commit) keeps its bytes when
+        they hold the same state (``same_checkpoint``; e.g. format 3, written before format 5), so
+        the sha256 a published version's manifest and receipt bound still holds.
+        """
         checkpoints = list(keep)
         budget = _STATE_CACHE_BYTES - sum(s.nbytes for s in (states or {}).values())
 
         def save(step: int, data: bytes) -> None:
             key = self._checkpoint_key(step, entries)
-            self.store.put(key, data)
+            stored = self.store.get(key) if reuse and self.store.exists(key) else None
+            if stored is not None and same_checkpoint(stored, data):
+                data = stored  # the same state, stored before: its bytes stay as published versions bound them
+            else:
+                self.store.put(key, data)
             checkpoints.append(CheckpointEntry(step=step, key=key, sha256=hashlib.sha256(data).hexdigest()))
 
         def keep_state(step: int, state: TrainedState) -> None:
@@ -442,7 +454,13 @@ class Shard:
         states: dict[tuple[str, str | None], StateSnapshot] = {}
         encodings: dict[tuple[str, ...], dict[str, Any]] = {}
         state, checkpoints = self._run(
-            tables, entries, None, [], self._states_to_keep(states), encodings if self._keeps_slices(entries) else None
+            tables,
+            entries,
+            None,
+            [],
+            self._states_to_keep(states),
+            encodings if self._keeps_slices(entries) else None,
+            reuse=True,
         )
         previous = self.manifest
         self.manifest = self._publish(entries, checkpoints, request_id)

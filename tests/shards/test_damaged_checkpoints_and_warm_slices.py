@@ -44,9 +44,12 @@ def _formats(payload: dict) -> dict[str, bytes]:
     packed = pa.Codec("zstd", compression_level=1).compress(_to_lanes(f1, 4), asbytes=True)
     size = len(f1).to_bytes(8, "little")
     f2 = _MAGIC + size + hashlib.sha256(size + packed).digest() + packed
-    f3 = encode_checkpoint(payload)
-    assert f3.startswith(b"EXPUNGE-CKPT-3\n")
-    return {"1": f1, "2": f2, "3": f3}
+    packed = pa.Codec("zstd", compression_level=1).compress(_to_lanes(f1, 8), asbytes=True)
+    fields = bytes([8]) + size  # what encode_checkpoint wrote for 8-byte statistics before format 5
+    f3 = b"EXPUNGE-CKPT-3\n" + fields + hashlib.sha256(fields + packed).digest() + packed
+    f5 = encode_checkpoint(payload)
+    assert f5.startswith(b"EXPUNGE-CKPT-5\n")
+    return {"1": f1, "2": f2, "3": f3, "5": f5}
 
 
 def _flip_outcomes(data: bytes, reference: dict[str, bytes]) -> dict[str, int]:
@@ -67,8 +70,8 @@ def _flip_outcomes(data: bytes, reference: dict[str, bytes]) -> dict[str, int]:
     return outcomes
 
 
-@pytest.mark.parametrize("fmt", ["2", "3"])
-def test_a_flipped_byte_of_format_2_or_3_is_a_typed_error(fmt):
+@pytest.mark.parametrize("fmt", ["2", "3", "5"])
+def test_a_flipped_byte_of_format_2_3_or_5_is_a_typed_error(fmt):
     payload, reference = _payload()
     outcomes = _flip_outcomes(_formats(payload)[fmt], reference)
     assert outcomes["other_weights"] == outcomes["untyped"] == 0, outcomes
@@ -76,7 +79,7 @@ def test_a_flipped_byte_of_format_2_or_3_is_a_typed_error(fmt):
 
 def test_a_flipped_byte_of_format_1_is_never_an_untyped_error():
     """Format 1 (before checkpoints had a checksum) cannot tell every damaged byte: about 10 % of single-bit
-    flips load as other sums, which is why formats 2 and 3 carry a sha256. But a layout that no longer fits
+    flips load as other sums, which is why formats 2, 3 and 5 carry a sha256. But a layout that no longer fits
     the model is a storage fault, typed: it was a bare RuntimeError from load_state_dict (adversarial review)."""
     payload, reference = _payload()
     outcomes = _flip_outcomes(_formats(payload)["1"], reference)

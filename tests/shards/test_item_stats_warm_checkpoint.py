@@ -1,4 +1,4 @@
-"""item_stats checkpoints in format 3 (8 byte lanes, issue 22); format 2 ones still read bit for bit."""
+"""item_stats checkpoints in format 5 (each tensor narrowed exactly); format 2 and 3 ones still read bit for bit."""
 
 from __future__ import annotations
 
@@ -54,19 +54,32 @@ def _same(left: dict, right: dict) -> bool:
     )
 
 
-def test_statistics_are_written_in_format_3_and_read_back_bit_for_bit():
+def _format_3(payload: dict) -> bytes:
+    """What ``encode_checkpoint`` wrote for 8-byte statistics before format 5: torch.save bytes, 8 byte lanes, zstd 1."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    raw = buffer.getvalue()
+    whole = len(raw) // 8 * 8
+    lanes = np.frombuffer(raw, dtype=np.uint8, count=whole).reshape(-1, 8).T.tobytes() + raw[whole:]
+    packed = pa.Codec("zstd", compression_level=1).compress(lanes, asbytes=True)
+    fields = bytes([8]) + len(raw).to_bytes(8, "little")
+    return b"EXPUNGE-CKPT-3\n" + fields + hashlib.sha256(fields + packed).digest() + packed
+
+
+def test_statistics_are_written_in_format_5_and_read_back_bit_for_bit():
     payload = _payload()
     data = encode_checkpoint(payload)
-    assert data.startswith(b"EXPUNGE-CKPT-3\n")
-    assert len(data) < len(_format_2(payload))  # what the wider lanes are for
+    assert data.startswith(b"EXPUNGE-CKPT-5\n")
+    assert len(data) < len(_format_3(payload)) < len(_format_2(payload))  # what narrowing and wider lanes are for
     again = decode_checkpoint(data)
     assert _same(again, payload)
     assert encode_checkpoint(again) == data  # same payload, same bytes (checkpoint keys are content-named)
 
 
-def test_a_format_2_statistics_checkpoint_still_reads_bit_for_bit():
+def test_format_2_and_3_statistics_checkpoints_still_read_bit_for_bit():
     payload = _payload()
     assert _same(decode_checkpoint(_format_2(payload)), payload)
+    assert _same(decode_checkpoint(_format_3(payload)), payload)
 
 
 def test_weights_with_optimizer_state_are_format_4_and_float32_statistics_keep_format_2():
@@ -81,8 +94,8 @@ def test_weights_with_optimizer_state_are_format_4_and_float32_statistics_keep_f
     assert encode_checkpoint(float32).startswith(b"EXPUNGE-CKPT-2\n")
 
 
-@pytest.mark.parametrize("position", [15, 16, 30, -1])  # the lane width, the length, the digest, the data
-def test_a_flipped_bit_anywhere_in_format_3_is_a_typed_error(position):
+@pytest.mark.parametrize("position", [15, 23, 31, 50, -1])  # the two lengths, the digest, the data
+def test_a_flipped_bit_anywhere_in_format_5_is_a_typed_error(position):
     damaged = bytearray(encode_checkpoint(_payload()))
     damaged[position] ^= 0x01
     with pytest.raises(StorageCorruptError):
