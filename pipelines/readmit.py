@@ -16,6 +16,7 @@ import typer
 
 from expunge.orchestrator.config import PrivacyConfig, StorageConfig
 from expunge.orchestrator.coordinator import Coordinator
+from expunge.orchestrator.erasure.pending import check_readmission
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.session import published
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, job_and_store
@@ -38,6 +39,7 @@ def run(
             reason or no subject.
         StoreBusyError: another process writes the store (e.g. a running service).
     """
+    reason, request_id = check_readmission(subjects, reason, request_id)  # bad input: refused before the lease
     hasher = hasher_from_env(privacy)
     published(storage, hasher)
     # One lease token for the whole job (as forget and ingest): the coordinator's recovery on open and

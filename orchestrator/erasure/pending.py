@@ -71,6 +71,24 @@ def finish_pending(
     return receipt
 
 
+def check_readmission(subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> tuple[str, str]:
+    """The reason as it will be recorded and the request id, or a typed error before anything is written.
+
+    Raises:
+        ConfigError: an empty or unusable reason, no subject named, a bad subject id or request id.
+        PersonalDataInTextError: the reason names one of the subjects, an e-mail address or a
+            phone number (it is kept in the tombstone log, outside the shard data).
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise ConfigError("re-admitting a subject needs a reason (e.g. the consent ticket); pass --reason TEXT")
+    if not subject_ids:
+        raise ConfigError("name at least one subject to re-admit with --subject ID")
+    from expunge.shards.identity import canonical_subject_ids
+
+    screened, _ = screen_request_text(reason, None, canonical_subject_ids(subject_ids, "the request"))
+    return screened or reason.strip(), check_request_id(request_id or f"readmit-{uuid.uuid4().hex[:12]}")
+
+
 def readmit(session: StoreSession, subject_ids: Sequence[object], reason: str, request_id: str | None = None) -> int:
     """Lift the tombstones of subjects who gave new consent; returns how many were tombstoned.
 
@@ -82,15 +100,7 @@ def readmit(session: StoreSession, subject_ids: Sequence[object], reason: str, r
         PersonalDataInTextError: the reason names one of the subjects, an e-mail address or a
             phone number (it is kept in the tombstone log, outside the shard data).
     """
-    if not isinstance(reason, str) or not reason.strip():
-        raise ConfigError("re-admitting a subject needs a reason (e.g. the consent ticket); pass --reason TEXT")
-    if not subject_ids:
-        raise ConfigError("name at least one subject to re-admit with --subject ID")
-    from expunge.shards.identity import canonical_subject_ids
-
-    screened, _ = screen_request_text(reason, None, canonical_subject_ids(subject_ids, "the request"))
-    reason = screened or reason.strip()
-    request_id = check_request_id(request_id or f"readmit-{uuid.uuid4().hex[:12]}")
+    reason, request_id = check_readmission(subject_ids, reason, request_id)
     digests = list(dict.fromkeys(session.hasher.digest_many(subject_ids)))
     with session.lease.hold("expunge readmit"):
         erased = session.catalog.tombstones()

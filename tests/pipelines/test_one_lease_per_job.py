@@ -132,3 +132,20 @@ def test_a_first_training_with_bad_settings_still_writes_nothing(tmp_path, ray_c
     assert code == 2, err
     assert "sufficient-statistics model" in err
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("reason", "subject", "said"),
+    [("  ", "user-3", "needs a reason"), ("consent ticket 4711", None, "at least one subject")],
+)
+def test_a_readmission_with_bad_input_writes_no_lease_record(workdir, capsys, reason, subject, said):
+    """Bad input gets one typed error and changes nothing: not even a lease record."""
+    store = workdir / "store"
+    before = _tokens(store)
+    args = ["readmit", "--config", "job.yaml", "--reason", reason, *(["--subject", subject] if subject else [])]
+
+    code, _, err = _expunge(args, capsys)
+
+    assert code == 2, err
+    assert said in err
+    assert _tokens(store) == before
