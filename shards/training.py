@@ -276,8 +276,13 @@ def load_checkpoint(model: SisaModel | SufficientStatisticsModel, data: bytes) -
         raise StorageCorruptError(f"a checkpoint does not fit its model ({type(exc).__name__}: {exc})"[:500]) from exc
 
 
+_SCALARS = (str, int, float, bool)
+
+
 def _copied(value: Any) -> Any:
     """``value`` with every dict, list and tuple rebuilt (same types, in order) and every tensor cloned."""
+    if value is None or type(value) in _SCALARS:
+        return value
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, dict):
@@ -308,10 +313,26 @@ class StateSnapshot:
     nbytes: int
 
 
+def _copied_optimizer(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``_copied(saved)`` for an optimizer's state dict, at one clone per tensor (half the time on MF's 60)."""
+    if saved is None or set(saved) != {"state", "param_groups"} or type(saved["state"]) is not dict:
+        return _copied(saved)
+    state = {}
+    for index, values in saved["state"].items():
+        if type(values) is not dict:
+            return _copied(saved)
+        state[index] = {k: v.detach().clone() if isinstance(v, torch.Tensor) else _copied(v) for k, v in values.items()}
+    return {"state": state, "param_groups": _copied(saved["param_groups"])}
+
+
 def snapshot_state(model: SisaModel, state: TrainedState) -> StateSnapshot:
-    """A copy of ``state`` (weights, optimizer state, layout): about a memory copy of its tensors, no encoding."""
-    tensors = _copied(state.module.state_dict())
-    optimizer = _copied(state.optimizer_state)
+    """A copy of ``state`` (weights, optimizer state, layout): a memory copy of its tensors, no encoding."""
+    weights = state.module.state_dict()
+    tensors = type(weights)((k, v.detach().clone()) for k, v in weights.items())
+    metadata = getattr(weights, "_metadata", None)
+    if metadata is not None:
+        tensors._metadata = _copied(metadata)  # type: ignore[attr-defined]
+    optimizer = _copied_optimizer(state.optimizer_state)
     nbytes = sum(t.nbytes for t in tensors.values())
     for values in (optimizer or {}).get("state", {}).values():
         nbytes += sum(t.nbytes for t in values.values() if isinstance(t, torch.Tensor))
@@ -322,7 +343,7 @@ def restore_snapshot(model: SisaModel, snapshot: StateSnapshot) -> TrainedState:
     """A module and optimizer state of their own from ``snapshot`` (which stays as it is): ``load_checkpoint``'s result."""
     module = model.rebuild(snapshot.layout)
     module.load_state_dict(snapshot.model)
-    return TrainedState(module, _copied(snapshot.optimizer), snapshot.steps_done)
+    return TrainedState(module, _copied_optimizer(snapshot.optimizer), snapshot.steps_done)
 
 
 def _optimizer(module: torch.nn.Module, config: TrainingConfig, saved: dict[str, Any] | None) -> torch.optim.Optimizer:
