@@ -383,13 +383,15 @@ class Lineage:
     def _reconcile(self) -> None:
         self.staging.sweep()
         manifest = Catalog(self.store).latest()
-        recorded = self.recorded_ensemble_version()
+        target = self._alias_target()  # the parent of a version recorded now: one lookup for both
+        tag = target.tags.get("expunge.ensemble_version") if target is not None else None
+        recorded = int(tag) if tag else None
         self.purger.finished = None
         if manifest is not None and (recorded is None or recorded < manifest.version):
             log.warning(
                 "MLflow lags the store (v%s < v%d): recording the published version now", recorded, manifest.version
             )
-            self._record_published(manifest)
+            self._record_published(manifest, None if target is None else str(target.version))
         # Every version older than the newest erasure's (or the version standing in for an erasure
         # MLflow missed) held the erased subjects; versions after it (ingests, trainings) stay. A
         # version just recorded here that purged (``finished``) is that newest one: no second scan.
@@ -409,13 +411,13 @@ class Lineage:
         ensemble = target.tags.get("expunge.ensemble_version", "")
         self.runs.retire_interrupted(target.run_id, int(ensemble) if ensemble.isdigit() else 0)
 
-    def _record_published(self, manifest: EnsembleManifest) -> None:
+    def _record_published(self, manifest: EnsembleManifest, parent: str | None) -> None:
+        """Record ``manifest``'s version; ``parent``: the registry version the alias serves now."""
         if manifest.kind == "train":
             self.record_training(manifest, {})
         elif manifest.kind == "ingest":
-            self.record_ingest(ingest_receipt(self.store, manifest), manifest, self.current_version())
+            self.record_ingest(ingest_receipt(self.store, manifest), manifest, parent)
         else:
-            parent = self.current_version()
             receipt = erasure_receipt(self.store, manifest)
             version = self.record_erasure(receipt, manifest, parent)
             joined = joined_ingest_receipt(self.store, receipt, manifest)

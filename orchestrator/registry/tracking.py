@@ -199,13 +199,20 @@ class Registry:
         return cls(client, tracking, uri, backend_store_uri, experiment_id, artifact_root, store)
 
     # ----- searches (no name is ever pasted into a filter string unchecked) --------------------------
-    def model_versions(self) -> list[Any]:
-        """Every version of this deployment's registered model."""
+    def model_versions(self, since: int = 1) -> list[Any]:
+        """The versions of this deployment's registered model numbered ``since`` or later (default: all).
+
+        A search reads every version it matches with its tags: ``since`` keeps the ones known to
+        need nothing (purged earlier) out of it.
+        """
         from mlflow.utils.search_utils import SearchModelVersionUtils
 
         clause = equals_filter("name", self.model_name, SearchModelVersionUtils.parse_search_filter)
+        if clause is not None and since > 1:
+            clause = f"{clause} AND version_number >= {int(since)}"
         found = _pages(self.client.search_model_versions, filter_string=clause, max_results=_PAGE)
-        return [v for v in found if v.name == self.model_name]  # client-side when clause is None
+        # Client-side too: when clause is None, every registered model's versions came back.
+        return [v for v in found if v.name == self.model_name and int(v.version) >= since]
 
     def aliases(self) -> dict[str, tuple[str, ...]]:
         """Registry version -> the aliases pointing at it (versions without one are absent).

@@ -43,6 +43,8 @@ class Purger:
         self.eraser = eraser
         #: ``keep`` of the last ``purge_superseded`` that finished in this process (None: none yet).
         self.finished: str | None = None
+        #: Every version numbered below this one is purged, files and LoggedModel (known here).
+        self._purged_below = 1
 
     def purge_superseded(self, request_id: str, keep: str) -> list[str]:
         """Make every version older than ``keep`` unloadable and delete its files; returns the versions purged.
@@ -56,7 +58,9 @@ class Purger:
         ensemble than ``keep`` are deleted too. Idempotent.
         """
         name = self.registry.model_name
-        versions = self.registry.model_versions()
+        # Versions below _purged_below are purged and their LoggedModels deleted: neither doomed
+        # nor referencing a LoggedModel, so the search leaves them out (it reads each with its tags).
+        versions = self.registry.model_versions(since=self._purged_below)
         kept = [v for v in versions if str(v.version) == str(keep)]
         keep_ensemble = ensemble_version(kept[0].tags) if kept else 0
         doomed = sorted(
@@ -119,6 +123,7 @@ class Purger:
                 name,
             )
         self.finished = str(keep)
+        self._purged_below = max(self._purged_below, int(keep))
         return [str(v.version) for v in doomed]
 
     def _notice(self, version: Any, request_id: str, keep: str) -> PurgeNotice:
