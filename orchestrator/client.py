@@ -60,19 +60,19 @@ def join_cluster(address: str | None, namespace: str) -> None:
         from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")  # Ray reads its settings at import: refresh them, as its own token set-up does
-    target = os.environ.get("RAY_ADDRESS") if address in (None, "auto") else address
+    target = given = os.environ.get("RAY_ADDRESS") if address in (None, "auto") else address
     if target and "://" not in target and target != "auto":
         address = target = client_address(target)  # a loopback head given as 127.0.0.1:PORT: Ray's own spelling
     if target and "://" not in target and target != "auto" and not gcs_answers(target):
         raise ConfigError(
-            f"no Ray cluster answers at {target}: start one with `expunge serve --config FILE.yaml` (it prints the "
+            f"no Ray cluster answers at {given}: start one with `expunge serve --config FILE.yaml` (it prints the "
             "address), or check the address (and RAY_ADDRESS)"
         )
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise ConfigError(
-            f"could not join the Ray cluster at {target or address!r} ({exc}); check the address, and for a cluster "
+            f"could not join the Ray cluster at {given or address!r} ({exc}); check the address, and for a cluster "
             "with token authentication RAY_AUTH_TOKEN (or the token file)"
         ) from exc
 

@@ -44,12 +44,14 @@ def test_anchors_tag_every_run_of_the_request_in_this_store_and_read_back(mlflow
     manifest = coordinator.manifest
     assert manifest is not None
     digest = hasher.digest("nobody@example.org")
-    for request in ("req-1", "req-2", "req-2"):  # req-2 recorded twice: both runs are anchored
+    for request in ("req-1", "req-2", "req-2"):  # req-2 recorded twice: one run (recording is idempotent)
         missed = ErasureReceipt(
             request_id=request, status="not_found", subject_digests=(digest,), not_found_digests=(digest,)
         )
         lineage.record_request(missed, manifest)
     client = lineage.client
+    # A second run of req-2 in this store (e.g. one an older Expunge recorded twice): both runs are anchored.
+    client.create_run(lineage.experiment_id, tags={"expunge.request_id": "req-2", "expunge.storage": store})
     # A run of the same request id for another store in the same experiment: never tagged, never read.
     stranger = client.create_run(
         lineage.experiment_id, tags={"expunge.request_id": "req-1", "expunge.storage": str(tmp_path / "other")}
