@@ -23,6 +23,7 @@ __all__ = ["LoggedServable", "Packager"]
 
 _ORCHESTRATOR = Path(__file__).resolve().parents[1]
 _PYFUNC_FILE = _ORCHESTRATOR / "serving" / "pyfunc_model.py"
+_ARTIFACTS_FOLDER = "artifacts"  # where MLflow puts a pyfunc's artifacts
 #: A version's code folder (the pyfunc flavor's ``code``): what MLflow names it for ``code_paths``.
 _CODE_FOLDER = "code"
 # Imported by the pyfunc at load time; pinned to what wrote the checkpoints.
@@ -172,6 +173,8 @@ class Packager:
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
         from mlflow.models.model import MLMODEL_FILE_NAME
+        from mlflow.pyfunc.model import CONFIG_KEY_ARTIFACT_RELATIVE_PATH, CONFIG_KEY_ARTIFACT_URI, CONFIG_KEY_ARTIFACTS
+        from mlflow.utils.file_utils import get_total_file_size
 
         fault_point("model.create")
         model = self.client.create_logged_model(
@@ -189,7 +192,6 @@ class Packager:
         # Staged where the next open removes it even if this process is killed mid-way (scratch.py).
         with self.staging.folder() as root:
             fault_point("model.stage")
-            export_ensemble(self.registry.store, manifest, root / "ensemble")
             with warnings.catch_warnings():
                 # An input example would be loaded and predicted at logging time; the signature suffices.
                 warnings.filterwarnings("ignore", message=".*An input example was not provided")
@@ -205,13 +207,23 @@ class Packager:
                 mlflow.pyfunc.save_model(
                     path=str(root / "model"),
                     python_model=str(_PYFUNC_FILE),
-                    artifacts={ENSEMBLE_ARTIFACT: str(root / "ensemble")},
                     pip_requirements=list(_requirements()),
                     signature=_signature(manifest),
                     mlflow_model=mlflow_model,
                 )
             _link_code(root / "model" / _CODE_FOLDER, manifest.model)
-            mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME][mlflow.pyfunc.CODE] = _CODE_FOLDER
+            # No artifacts= either: MLflow would copy the weights through a folder in the system's
+            # temp dir, which a process killed there leaves behind (the staging sweep never looks
+            # there). They are exported into the model's folder, and the flavor names them as
+            # MLflow's own artifacts handling writes it.
+            relative = f"{_ARTIFACTS_FOLDER}/{ENSEMBLE_ARTIFACT}"
+            export_ensemble(self.registry.store, manifest, root / "model" / relative)
+            flavor = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]
+            flavor[mlflow.pyfunc.CODE] = _CODE_FOLDER
+            flavor[CONFIG_KEY_ARTIFACTS] = {
+                ENSEMBLE_ARTIFACT: {CONFIG_KEY_ARTIFACT_RELATIVE_PATH: relative, CONFIG_KEY_ARTIFACT_URI: relative}
+            }
+            mlflow_model.model_size_bytes = get_total_file_size(root / "model")
             mlflow_model.save(str(root / "model" / MLMODEL_FILE_NAME))
             fault_point("model.upload")
             self.client.log_model_artifacts(model.model_id, str(root / "model"))

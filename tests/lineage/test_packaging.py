@@ -174,3 +174,29 @@ def test_a_version_stores_its_own_copy_of_every_code_file_and_names_the_code_fol
     assert [p for p in (folder / "code").rglob("*") if "__pycache__" in p.parts or p.suffix == ".pyc"] == []
     assert (folder / "code" / "byo_models" / "logistic.py").is_file()
     assert not (tmp_path / ".expunge-staging").exists()  # the staged links are gone with their folder
+
+
+def test_a_versions_weights_never_pass_through_the_system_temp_folder(tmp_path, hasher, monkeypatch):
+    """MLflow's artifacts= copies through the system temp dir, which a kill there leaves behind (no sweep looks).
+
+    The weights go straight into the staging folder (swept on the next open); the version still
+    loads them from its own artifacts folder.
+    """
+    import mlflow.pyfunc
+    import mlflow.pyfunc.model
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a model file was copied through MLflow's temp folder")
+
+    monkeypatch.setattr(mlflow.pyfunc.model, "_download_artifact_from_uri", refused)
+    lineage = Lineage(_tracking(tmp_path, "weights"), str(tmp_path / "store"))
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=local_pool)
+    coordinator.train(TABULAR, job(MLPConfig(num_features=8, hidden=(4,)), shards=2, slices=2))
+    source = lineage.client.get_model_version("weights", "1").source
+    folder = Path(url2pathname(urlparse(source).path))
+    artifacts = Model.load(str(folder / "MLmodel")).flavors["python_function"]["artifacts"]
+    assert artifacts["ensemble"]["path"] == "artifacts/ensemble"
+    assert any((folder / "artifacts" / "ensemble").rglob("*"))
+    frame = TABULAR.slice(0, 3).select([FEATURES]).to_pandas()
+    scores = mlflow.pyfunc.load_model(source).predict(frame)
+    assert np.asarray(scores).shape[0] == 3
