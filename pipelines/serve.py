@@ -217,10 +217,10 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
     recorded = read_state(path) or {}
     address = address or recorded.get("address") or os.environ.get("RAY_ADDRESS")
     if address is None:
-        log.warning(
-            "no service recorded for namespace %r (%s does not exist) and no --address or RAY_ADDRESS: nothing to stop",
-            namespace,
-            path,
+        typer.echo(  # an answer, not a fault: said plainly (exit 0), as the other jobs' summary lines
+            f"no service recorded for namespace {namespace!r} ({path} does not exist) and no --address or "
+            "RAY_ADDRESS: nothing to stop",
+            err=True,
         )
         return {"namespace": namespace, "service_stopped": False, "head_processes_stopped": 0}
     name = name or recorded.get("name") or "expunge-coordinator"
@@ -229,7 +229,7 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
         _connect(address, namespace)
         stopped = stop_service(namespace, name)
     else:
-        log.warning("no Ray cluster answers at %s; nothing to stop there", address)
+        typer.echo(f"no Ray cluster answers at {address}; nothing to stop there", err=True)
     head_processes = 0
     if recorded.get("head"):
         import ray

@@ -124,7 +124,6 @@ def run(
     for folder, flag in ((options.out, "--out"), (options.report_dir, "--report")):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise ConfigError(f"{flag} {str(folder)!r} is a file: name a folder (it is created if missing)")
-    options.out.mkdir(parents=True, exist_ok=True)
     hasher = options.hasher
     if request_id is not None and hasher is None:
         raise ConfigError("verifying a request needs the digest key: set EXPUNGE_SUBJECT_KEY or pass --workdir")
@@ -132,8 +131,7 @@ def run(
     if ingest is not None and hasher is not None:
         with progress("verifying the ingest (its receipt and shard versions; re-deriving the shards it retrained)"):
             report = verify_ingest(options.storage, ingest, hasher)
-        (options.out / f"verify-{report.request_id}.md").write_text(report.to_markdown())
-        (options.out / f"verify-{report.request_id}.json").write_text(report.model_dump_json(indent=1))
+        _write(options.out, f"verify-{report.request_id}", report.to_markdown(), report.model_dump_json(indent=1))
     elif request_id is not None and hasher is not None:
         with progress("verifying the request (re-deriving the affected shards, scanning the store)"):
             report = verify_erasure(
@@ -156,16 +154,21 @@ def run(
                 )
                 report = report.model_copy(update={"mlflow_runs": tuple(runs)})
         # Named by the resolved request id: the reference may be a ticket with "/" or an idempotency key.
-        (options.out / f"verify-{report.request_id}.md").write_text(report.to_markdown())
-        (options.out / f"verify-{report.request_id}.json").write_text(report.model_dump_json(indent=1))
+        _write(options.out, f"verify-{report.request_id}", report.to_markdown(), report.model_dump_json(indent=1))
         if options.report_dir is not None:
             write_certificate(options.storage, report, options.report_dir, options.registry)
     if walk_log:
         with progress("walking the receipt log"):
             chain = verify_log(options.storage, options.registry, options.evidence)
-        (options.out / "receipt-log.md").write_text(chain_markdown(chain))
-        (options.out / "receipt-log.json").write_text(chain.model_dump_json(indent=1))
+        _write(options.out, "receipt-log", chain_markdown(chain), chain.model_dump_json(indent=1))
     return report, chain
+
+
+def _write(out: Path, name: str, markdown: str, data: str) -> None:
+    """``out/name.md`` and ``out/name.json`` (``out`` created only now: a refused request creates nothing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(markdown)
+    (out / f"{name}.json").write_text(data)
 
 
 def _ingest_named(options: VerifyOptions, request_id: str, subject: str | None) -> str | None:
@@ -286,6 +289,7 @@ def main(
         if uri is None:
             raise ConfigError("pass --storage URI, --workdir DIR (the demo's folder) or --config FILE.yaml")
         store = (job.storage if job else StorageConfig(uri=uri)).model_copy(update={"uri": uri})
+        published(store)  # no store: said first (before the key, which a new user might then make anew)
         privacy = job.privacy if job else PrivacyConfig()
         options = VerifyOptions(
             storage=store,
@@ -299,6 +303,9 @@ def main(
             evidence=job.evidence if job else None,
         )
         report, chain = run(options, request, subject, walk_log)
+    written = ([f"verify-{report.request_id}"] if report is not None else []) + (["receipt-log"] if chain else [])
+    for name in written:
+        typer.echo(f"report written to {options.out / name}.md (and .json)", err=True)
     if as_json:
         found = {"request": report, "log": chain}
         payload = {k: v.model_dump(mode="json") for k, v in found.items() if v is not None}

@@ -98,6 +98,16 @@ def test_a_missing_file_is_bad_input(job, workdir, capsys):
     stderr = capsys.readouterr().err
     assert "nowhere" in stderr or "gone" in stderr
     assert "Traceback" not in stderr
+    assert not (workdir / "nowhere").exists()  # bad input changes nothing: not even an empty report folder
+
+
+def test_a_missing_store_is_said_before_a_missing_key(workdir, monkeypatch, capsys):
+    # Told first that the key is missing, a new user would make a new key for an existing store.
+    monkeypatch.delenv("EXPUNGE_SUBJECT_KEY")
+    assert _exit_code(["verify", "--storage", str(workdir / "no-store"), "--request", "r-1"]) == 2
+    stderr = capsys.readouterr().err
+    assert "no published ensemble" in stderr
+    assert "EXPUNGE_SUBJECT_KEY" not in stderr
 
 
 @pytest.mark.parametrize("job", sorted(UNREACHABLE_S3))

@@ -192,7 +192,7 @@ def test_verify_by_a_ticket_with_a_slash_writes_its_reports_under_the_request_id
     out = tmp_path / "out"
     assert _expunge("verify", "--storage", str(root / "store"), "--request", "GDPR/2026/42", "--out", str(out)) == 0
     assert (out / "verify-req-slash.md").is_file()  # not a path built from the ticket
-    capsys.readouterr()
+    assert f"report written to {out / 'verify-req-slash'}.md (and .json)" in capsys.readouterr().err  # and says so
     taken = tmp_path / "a-file"
     taken.write_text("")
     code = _expunge("verify", "--storage", str(root / "store"), "--request", "req-slash", "--report", str(taken))

@@ -46,6 +46,7 @@ def test_serve_needs_a_config_and_stopping_nothing_says_so(tmp_path):
     stopped = _serve(tmp_path, "--stop", "--namespace", "nothing-here")  # cleanup scripts may stop twice
     assert stopped.returncode == 0, stopped.stderr
     assert "nothing to stop" in stopped.stderr
+    assert "WARNING" not in stopped.stderr  # an answer, not a fault: no log line without -v
     assert json.loads(stopped.stdout)["service_stopped"] is False
 
 
