@@ -57,7 +57,12 @@ def main(
     request_id: str | None = typer.Option(None, help="request id to record (default: generated)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Re-admit erased subjects who gave new consent: lift their tombstones and record why."""
+    """Re-admit erased subjects who gave new consent: lift their tombstones and record why.
+
+    Prints JSON on stdout (subjects named, tombstones lifted). Exit 0 when done; 2 on bad input (no
+    reason, no subject, a reason naming a person, no store, a wrong key); 4 when the store does not
+    answer or another process holds its lease.
+    """
     init_logging(verbose)
     with exit_on_error():
         job, store = job_and_store(config, storage)
