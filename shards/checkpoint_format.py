@@ -186,7 +186,7 @@ def _encode_raw(payload: dict[str, Any]) -> bytes:
     offset = 0
     for tensor in tensors:
         places.append(offset)
-        flat = tensor.reshape(-1).view(torch.uint8) if tensor.dim() else tensor.reshape(1).view(torch.uint8)
+        flat = _byte_view(tensor)
         pad = -flat.numel() % _RAW_ALIGN
         pieces.append(flat)
         if pad:
@@ -384,6 +384,14 @@ def _int_part(values: np.ndarray) -> tuple[str, np.ndarray]:
     return "int", values.astype(plain)
 
 
+def _byte_view(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s bytes as a flat uint8 tensor; an empty one whatever its strides (numpy's empty arrays
+    have stride 0, which ``view`` refuses)."""
+    if tensor.numel() == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    return tensor.reshape(-1).view(torch.uint8)
+
+
 def _part(tensor: torch.Tensor) -> tuple[list[Any], np.ndarray]:
     """Format 5's part of ``tensor``: ``[kind, stored dtype, parameter]`` and the stored values (1-D)."""
     if tensor.numel() > 1 and tensor.dtype == torch.int64:
@@ -394,7 +402,7 @@ def _part(tensor: torch.Tensor) -> tuple[list[Any], np.ndarray]:
         grid = _grid_part(tensor.reshape(-1).numpy())
         if grid is not None:
             return ["grid", grid[0].dtype.name, grid[1]], grid[0]
-    flat = tensor.reshape(-1).view(torch.uint8).numpy().reshape(tensor.numel(), tensor.element_size())
+    flat = _byte_view(tensor).numpy().reshape(tensor.numel(), tensor.element_size())
     return ["raw", None, None], flat
 
 
@@ -607,9 +615,7 @@ def _same_values(left: Any, right: Any) -> bool:
         return False
     if isinstance(left, torch.Tensor):
         return (
-            left.dtype == right.dtype
-            and left.shape == right.shape
-            and torch.equal(left.reshape(-1).view(torch.uint8), right.reshape(-1).view(torch.uint8))
+            left.dtype == right.dtype and left.shape == right.shape and torch.equal(_byte_view(left), _byte_view(right))
         )
     if isinstance(left, dict):
         if getattr(left, "_metadata", None) != getattr(right, "_metadata", None):

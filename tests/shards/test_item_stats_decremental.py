@@ -147,3 +147,29 @@ def test_the_changed_subjects_parts_move_a_total_as_the_whole_shards_do(data, go
     assert _same(MODEL.subtract(total, out, into), MODEL.subtract(total, before, after))
     unchanged = set(before.subjects) & set(after.subjects) - set(out.subjects)
     assert not unchanged & set(into.subjects)  # a subject whose cells stayed moves nothing
+
+
+@pytest.mark.parametrize("per_subject", [1, 4])
+def test_a_shard_left_with_no_pairs_or_no_subjects_trains_and_erases(tmp_path, per_subject) -> None:
+    """Review: empty sums (no co-rated pair, or every subject erased) are numpy arrays of stride 0.
+
+    Checkpoint format 5 refused to write them, so a training, or the erasure of the last subjects
+    of a shard, failed (the person could not be erased).
+    """
+    from expunge.orchestrator.config import SyntheticRatingsConfig
+    from expunge.orchestrator.coordinator import Coordinator, local_pool
+    from expunge.orchestrator.digests import SubjectHasher
+    from expunge.pipelines.datasets import synthetic_ratings
+    from expunge.shards.rows import SUBJECT_ID
+    from tests.conftest import TEST_KEY
+    from tests.engine import job
+
+    rows = synthetic_ratings(SyntheticRatingsConfig(users=12, items=8, ratings_per_user=per_subject, seed=2))
+    coordinator = Coordinator(str(tmp_path / "store"), SubjectHasher(TEST_KEY), pool_factory=local_pool)
+    try:
+        coordinator.train(rows, job(model=ItemStatsConfig(factors=2), shards=2, slices=2))
+        subjects = sorted(set(rows.column(SUBJECT_ID).to_pylist()))
+        receipt = coordinator.forget(subjects[:11])  # one subject left: a shard with nobody in it
+        assert receipt.status == "erased"
+    finally:
+        coordinator.close()
