@@ -179,18 +179,24 @@ class RunRecorder:
         return run_id
 
     def _not_found_run(self, request_id: str) -> str | None:
-        """The id of this store's not-found run of ``request_id``, if one was recorded."""
+        """The id of this store's finished not-found run of ``request_id``, if one was recorded in full.
+
+        A run cut short (its params, metrics or receipt not written: MLflow failed mid-way) is not
+        reused: the retry records a complete one.
+        """
         from mlflow.utils.search_utils import SearchUtils
 
         clause = equals_filter(f"tags.`{REQUEST_TAG}`", request_id, SearchUtils.parse_search_filter)
-        runs = self.client.search_runs([self.registry.experiment_id], clause or "tags.`expunge.outcome` = 'not_found'")
-        for run in runs:
+        wanted = clause or "tags.`expunge.outcome` = 'not_found'"
+        for run in self.client.search_runs(
+            [self.registry.experiment_id], f"{wanted} and attributes.status = 'FINISHED'"
+        ):
             tags = run.data.tags
             if (tags.get(REQUEST_TAG), tags.get("expunge.outcome"), tags.get("expunge.storage")) == (
                 request_id,
                 "not_found",
                 self.registry.store_uri,
-            ):
+            ) and run.info.status == "FINISHED":
                 return str(run.info.run_id)
         return None
 

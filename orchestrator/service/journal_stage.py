@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from expunge.orchestrator.service.followup import Committed, FollowUp, backoff_s
 from expunge.orchestrator.service.journal import Journal
-from expunge.shards.errors import ExpungeError
 
 __all__ = ["JournalStage"]
 
@@ -146,6 +145,7 @@ class JournalStage:
                 self._state.notify_all()
         try:
             self._journal.drop_batch(item.batch_id)
-        except ExpungeError as exc:  # its requests are journalled as committed: the next start drops it
+        except Exception as exc:  # its requests are journalled and handed on: the next start drops it (never retried
+            # here, which would hold back every later commit's records behind a record nobody needs)
             log.warning("could not drop journal batch %s: %s", item.batch_id, exc)
         return True

@@ -189,6 +189,29 @@ def test_a_bug_in_a_commits_journal_records_is_shown_and_retried_in_the_same_pro
         service.close()
 
 
+def test_a_bug_in_dropping_a_batch_record_holds_back_no_later_commit(store_root, hasher, monkeypatch):
+    """Review: once a commit's records are written and handed on, its batch record is the next start's to drop.
+
+    Retried in place, a bug there held back every later commit's journal records and registration.
+    """
+
+    def broken_drop(self, batch_id):
+        raise RuntimeError("a bug in drop_batch")
+
+    monkeypatch.setattr(Journal, "drop_batch", broken_drop)
+    service = ErasureService(_config(store_root), hasher, None, pool_factory=local_pool, warm=False)
+    try:
+        first = service.submit([SUBJECTS[4]])
+        _until(lambda: service.status(first).stage == "registered", "the first registered")
+        second = service.submit([SUBJECTS[5]])
+        _until(lambda: service.status(second).stage == "registered", "the second registered")
+        assert service.journaling.drain(timeout=_BOUND_S)
+        assert service.stats().pending_cause is None
+    finally:
+        service.close()
+    assert {first, second} <= Journal(ObjectStore(StorageConfig(uri=str(store_root)))).ids("committed")
+
+
 @pytest.fixture
 def proxy(s3_server: str) -> Iterator[FaultProxy]:
     with FaultProxy(s3_server, FaultSchedule()) as running:

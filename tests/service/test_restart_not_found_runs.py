@@ -52,13 +52,15 @@ def test_a_not_found_request_committed_before_a_stop_gets_its_run_at_the_restart
     try:
         request_id = service.submit(["nobody-here"])
         status = service.wait(request_id, "committed", timeout=120)
-        assert status.receipt is not None and status.receipt.status == "not_found"
+        assert status.receipt is not None
+        assert status.receipt.status == "not_found"
         assert service.journaling.drain(timeout=120)
     finally:
         service.close()
     monkeypatch.undo()
     journal = Journal(ObjectStore(config.storage))
-    assert request_id in journal.ids("committed") and request_id not in journal.ids("registered")
+    assert request_id in journal.ids("committed")
+    assert request_id not in journal.ids("registered")
     assert _not_found_runs(tracking, request_id) == []
 
     for _ in range(2):  # the second restart: the run is written, its journal record lost (a crash between)
@@ -71,3 +73,42 @@ def test_a_not_found_request_committed_before_a_stop_gets_its_run_at_the_restart
 
     runs = _not_found_runs(tracking, request_id)
     assert len(runs) == 1, runs
+
+
+def test_a_not_found_run_cut_short_by_mlflow_is_recorded_again_in_full(tmp_path: Path, hasher, monkeypatch):
+    """Review: the retry found the half-written run by its tags and reused it (no params, no receipt)."""
+    import mlflow
+
+    store = tmp_path / "store"
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="svc", model_name="svc-model")
+    config: JobConfig = job(shards=2, slices=2).model_copy(
+        update={
+            "storage": StorageConfig(uri=str(store)),
+            "tracking": TrackingConfig(enabled=False),
+            "service": ServiceConfig(window_ms=0),
+        }
+    )
+    Coordinator(config.storage, hasher, Lineage(tracking, str(store)), pool_factory=local_pool).train(ROWS, config)
+    real, failed = mlflow.MlflowClient.log_batch, []
+
+    def once_unreachable(self, run_id, *args, **kwargs):
+        if not failed and any(p.key == "registry_version_checked" for p in kwargs.get("params") or []):
+            failed.append(run_id)
+            raise mlflow.exceptions.MlflowException("the tracking server did not answer")
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", once_unreachable)
+    service = ErasureService(config, hasher, Lineage(tracking, str(store)), pool_factory=local_pool, warm=False)
+    try:
+        request_id = service.submit(["nobody-here"])
+        assert service.wait(request_id, "registered", timeout=120).receipt is not None
+    finally:
+        service.close()
+    assert failed  # the fault was hit
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.uri)
+    finished = [r for r in _not_found_runs(tracking, request_id) if r.info.status == "FINISHED"]
+    assert len(finished) == 1
+    assert finished[0].data.params["request_id"] == request_id
+    assert "receipt.json" in [a.path for a in client.list_artifacts(finished[0].info.run_id)]
