@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from expunge.orchestrator.cluster import client_address, gcs_answers
+from expunge.orchestrator.cluster import check_address, client_address, gcs_answers
 from expunge.orchestrator.errors import ConfigError, ExpungeError, ServiceUnavailableError
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.service.policy import check_subject_list, check_timeout
@@ -51,7 +51,8 @@ def join_cluster(address: str | None, namespace: str) -> None:
     ``"auto"`` or None (``RAY_ADDRESS``, else a cluster on this machine).
 
     Raises:
-        ConfigError: nothing answers at the address (checked before Ray's own minute-long retries).
+        ConfigError: the address is not ``host:port`` (``check_address``), or nothing answers there
+            (checked before Ray's own minute-long retries).
     """
     import ray
 
@@ -61,6 +62,7 @@ def join_cluster(address: str | None, namespace: str) -> None:
 
         Config.initialize("")  # Ray reads its settings at import: refresh them, as its own token set-up does
     target = given = os.environ.get("RAY_ADDRESS") if address in (None, "auto") else address
+    check_address(target)
     if target and "://" not in target and target != "auto":
         address = target = client_address(target)  # a loopback head given as 127.0.0.1:PORT: Ray's own spelling
     if target and "://" not in target and target != "auto" and not gcs_answers(target):
@@ -104,6 +106,7 @@ class RayClient:
         """Join the cluster at ``address`` ("auto": the local one or RAY_ADDRESS) and find the service.
 
         Raises:
+            ConfigError: ``address`` (or RAY_ADDRESS) is not ``host:port``, ``ray://...`` or ``auto``.
             ServiceUnavailableError: no cluster at ``address``, or no service there under ``name``
                 in ``namespace`` (start one with ``expunge serve``).
         """
@@ -112,6 +115,7 @@ class RayClient:
         from expunge.orchestrator.service.actor import find_service
 
         owns_ray = False
+        check_address(os.environ.get("RAY_ADDRESS") if address in (None, "auto") else address)  # bad input: exit 2
         if not ray.is_initialized():
             try:
                 join_cluster(address, namespace)

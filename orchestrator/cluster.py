@@ -96,3 +96,19 @@ def client_address(address: str) -> str:
     if gcs_answers(f"{f'[{machine}]' if ':' in machine else machine}:{port}"):
         return address
     return f"[{MAPPED_LOOPBACK}]:{port}"
+
+
+def check_address(address: str | None) -> None:
+    """Refuse a Ray address that is not ``host:port`` (a port 1-65535), ``ray://...``, ``auto`` or None.
+
+    Raises:
+        ConfigError: e.g. ``localhost:abc``, ``127.0.0.1:``, ``:6379`` (bad input, not an unreachable cluster).
+    """
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(
+            f"the Ray address {address!r} is not host:port: give it as `expunge serve` prints it, e.g. "
+            "[::ffff:127.0.0.1]:6379, 127.0.0.1:6379 or ray://HOST:10001"
+        )

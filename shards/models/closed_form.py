@@ -52,6 +52,8 @@ def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
         numpy.linalg.LinAlgError: the matrix is not positive definite (singular: an empty item
             with no penalty).
     """
+    if len(matrix) == 0:  # no items: LAPACK would call an empty matrix an illegal argument
+        return np.zeros((0, 0))
     from scipy.linalg import lapack  # here, not at import: a shard process of another model never loads scipy
 
     factor, info = lapack.dpotrf(matrix, lower=False, clean=False)

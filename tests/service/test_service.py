@@ -228,6 +228,17 @@ def test_half_written_journal_files_of_a_killed_service_are_swept_on_restart(tmp
         restarted.close()
 
 
+@pytest.mark.parametrize("address", ["localhost:abc", "127.0.0.1:", ":1", "localhost:99999"])
+def test_a_malformed_ray_address_is_bad_input_not_an_unreachable_cluster(address):
+    # Review: these read "no Ray cluster answers" (exit 4, infrastructure); the fix is the caller's (exit 2).
+    from expunge.orchestrator.client import RayClient, join_cluster
+
+    with pytest.raises(ConfigError, match="is not host:port"):
+        join_cluster(address, "nowhere")
+    with pytest.raises(ConfigError, match="is not host:port"):
+        RayClient.connect(address=address, namespace="nowhere")
+
+
 def test_joining_a_cluster_nobody_runs_is_a_quick_typed_error():
     from expunge.orchestrator.client import join_cluster
 

@@ -174,3 +174,11 @@ def test_after_an_erasure_the_ranking_is_the_one_from_scratch_bit_for_bit(ranker
         assert after.ranking_scores(digest).tobytes() == scratch.ranking_scores(digest).tobytes()
         assert after.recommend(digest, 5) == scratch.recommend(digest, 5)
     assert not any(after.knows(digest) for digest in erased)
+
+
+def test_no_items_give_an_empty_ranker() -> None:
+    # Review: the Cholesky inverse called a 0 x 0 matrix singular (LAPACK: an illegal argument).
+    empty = np.zeros((0, 0))
+    assert ease(empty, 1.0).shape == (0, 0)
+    assert edlae(empty, 0.5, 1.0).shape == (0, 0)
+    assert dlae(empty, 0.5, 1.0).shape == (0, 0)
