@@ -5,9 +5,10 @@ Each function maps the item-item Gram matrix ``G = X^T X`` of a users x items ma
 shape (I, I); a user's scores are ``x_u B`` (``x_u`` the user's row of ``X``). Everything is
 float64 and computed by one fixed sequence of numpy/LAPACK calls, so the same ``G`` gives
 the same bits in the same process: a ranker derived from statistics that erasure subtracts
-exactly is itself exact after the erasure. ``P`` is inverted through its Cholesky factor
-(LAPACK ``dpotrf`` then ``dpotri``; the matrix is symmetric positive definite): about half the
-flops and CPU of a general LU inverse (``numpy.linalg.inv``) at this size, and exactly symmetric.
+exactly is itself exact after the erasure. ``P`` is inverted by ``numpy.linalg.inv`` (LU), which
+releases the GIL: a Cholesky inverse through ``scipy.linalg.lapack`` (``dpotrf`` + ``dpotri``) takes
+half the CPU but holds the GIL, and in the service a fit runs beside the commit worker's Python
+threads (docs/performance.md, "The GIL").
 
 Sources:
 
@@ -46,25 +47,12 @@ def _zero_diagonal_solution(inverse: np.ndarray) -> np.ndarray:
 
 
 def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
-    """The inverse of a symmetric positive definite (I, I) matrix, through its Cholesky factor; symmetric.
+    """The inverse of a symmetric positive definite (I, I) matrix (``numpy.linalg.inv``: GIL released).
 
     Raises:
-        numpy.linalg.LinAlgError: the matrix is not positive definite (singular: an empty item
-            with no penalty).
+        numpy.linalg.LinAlgError: the matrix is singular (an empty item with no penalty).
     """
-    if len(matrix) == 0:  # no items: LAPACK would call an empty matrix an illegal argument
-        return np.zeros((0, 0))
-    from scipy.linalg import lapack  # here, not at import: a shard process of another model never loads scipy
-
-    factor, info = lapack.dpotrf(matrix, lower=False, clean=False)
-    if info == 0:
-        upper, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
-    if info != 0:
-        raise np.linalg.LinAlgError(
-            f"the {len(matrix)}-item matrix to invert is singular or not positive definite (LAPACK info {info})"
-        )
-    upper = np.triu(upper)
-    return np.asarray(upper + np.triu(upper, 1).T, dtype=np.float64)
+    return np.asarray(np.linalg.inv(matrix), dtype=np.float64)
 
 
 def dropout_penalty(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:

@@ -277,20 +277,21 @@ def _cells(states: Sequence[nn.Module], num_items: int) -> dict[str, tuple[np.nd
 def _top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` largest eigenvalues (descending) of a symmetric (n, n) matrix and their eigenvectors (n, count).
 
-    Only the wanted few: LAPACK's bisection and inverse iteration (``dsyevx`` through
-    ``scipy.linalg.eigh(subset_by_index=...)``), about 4x less CPU than the full decomposition on
-    1,683 items, and deterministic (no random restart, unlike Lanczos/ARPACK, whose restarts
-    after an invariant subspace made the same state give other factors). Eigenvector signs are
-    arbitrary; the low-rank predictor uses only their span, scaled by the eigenvalues.
+    The full decomposition (``numpy.linalg.eigh``, LAPACK ``dsyevd``), then the wanted few:
+    deterministic (no random restart, unlike Lanczos/ARPACK, whose restarts after an invariant
+    subspace made the same state give other factors), and it releases the GIL. The subset solver
+    (``scipy.linalg.eigh(subset_by_index=...)``, ``dsyevx``) takes half the CPU on 1,683 items
+    but holds the GIL for all of it (scipy's LAPACK wrappers do not release it), which in the
+    service stopped the commit worker's Python threads for 0.4 s per solve (docs/performance.md,
+    "The GIL"). Eigenvector signs are arbitrary; the low-rank predictor uses only their span,
+    scaled by the eigenvalues.
     """
     size = matrix.shape[0]
     if count <= 0 or size == 0:
         return np.zeros(0), np.zeros((size, 0))
     count = min(count, size)
-    from scipy import linalg as dense_linalg
-
-    values, vectors = dense_linalg.eigh(matrix, subset_by_index=[size - count, size - 1], driver="evx")
-    order = np.argsort(values, kind="stable")[::-1]
+    values, vectors = np.linalg.eigh(matrix)
+    order = np.argsort(values, kind="stable")[::-1][:count]
     return values[order], vectors[:, order]
 
 
