@@ -180,6 +180,14 @@ class ServiceConfig(Frozen):
         "start retraining the next queued batch while that commit is purged and sealed (receipts stay in commit "
         "order). False: each batch waits until the one before is answered.",
     )
+    switch_interval_ms: float = Field(
+        0.5,
+        gt=0.0,
+        le=100.0,
+        description="Python's thread switch interval in the service's process, in milliseconds (Python's own "
+        "default is 5): the commit worker, the registration and journal threads and the ready solve share one "
+        "GIL, and each thread that waits on a file or MLflow write waits up to this long to run again.",
+    )
     max_subjects_per_request: int = Field(
         1000, ge=1, description="Largest number of subjects one request may name; larger requests are refused."
     )

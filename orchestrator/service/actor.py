@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -94,6 +95,9 @@ class _ServiceActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         job = JobConfig.model_validate_json(job_json)
         apply_niceness(job.training.niceness)  # the single writer must not wait behind Ray's nice-15 peers
+        # Its threads wait on file, store and MLflow writes all the time: at Python's 5 ms switch interval
+        # each wait cost up to 5 ms more behind a busy thread (registration lagged by tens of seconds).
+        sys.setswitchinterval(job.service.switch_interval_ms / 1000)
         hasher = SubjectHasher.from_settings(job.privacy)  # the node's variable, else its key file
         # Restarted by Ray after a crash: wait for the store's lease (a CLI job may hold it now) and
         # for unreachable infrastructure (S3, MLflow) to come back, rather than die for good in this

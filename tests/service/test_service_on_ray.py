@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 import uuid
 
 import pytest
+import ray
 
 from expunge import RayClient
 from expunge.orchestrator.catalog import Catalog
@@ -24,7 +26,7 @@ from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError, InvalidSubjectIdError, ServiceUnavailableError
 from expunge.orchestrator.evidence.exactness import constituents_equal
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
-from expunge.orchestrator.service.actor import start_service, stop_service
+from expunge.orchestrator.service.actor import find_service, start_service, stop_service
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
 from expunge.shards.store import ObjectStore
@@ -100,6 +102,9 @@ def _exact(tmp_path, config: JobConfig, hasher: SubjectHasher, erased: list[str]
 def test_the_sdk_erases_through_the_warm_service_and_serves_the_new_version(tmp_path, served):
     config, hasher, start = served
     client = start()
+    handle = find_service(config.service.namespace, config.service.name)
+    # Its threads share one GIL and wait on writes all the time: a short switch interval (service.switch_interval_ms).
+    assert ray.get(handle.__ray_call__.remote(lambda self: sys.getswitchinterval())) == 0.0005
     version = client.model_version()
     receipt = client.forget([SUBJECTS[0]], idempotency_key="GDPR-1", reason="ticket GDPR-1")
     assert receipt.status == "erased"
