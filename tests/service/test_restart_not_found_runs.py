@@ -32,9 +32,8 @@ def _not_found_runs(tracking: TrackingConfig, request_id: str) -> list[object]:
     ]
 
 
-def test_a_not_found_request_committed_before_a_stop_gets_its_run_at_the_restart_and_only_one(
-    tmp_path: Path, hasher, monkeypatch
-):
+def _trained(tmp_path: Path, hasher) -> tuple[Path, TrackingConfig, JobConfig]:
+    """A trained store recorded in a sqlite MLflow, and the service's job for it (MLflow given apart)."""
     store = tmp_path / "store"
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="svc", model_name="svc-model")
     config: JobConfig = job(shards=2, slices=2).model_copy(
@@ -45,6 +44,13 @@ def test_a_not_found_request_committed_before_a_stop_gets_its_run_at_the_restart
         }
     )
     Coordinator(config.storage, hasher, Lineage(tracking, str(store)), pool_factory=local_pool).train(ROWS, config)
+    return store, tracking, config
+
+
+def test_a_not_found_request_committed_before_a_stop_gets_its_run_at_the_restart_and_only_one(
+    tmp_path: Path, hasher, monkeypatch
+):
+    store, tracking, config = _trained(tmp_path, hasher)
 
     # MLflow is not reached before the service stops (a crash between the commit and its registration).
     monkeypatch.setattr(FollowUp, "register", lambda self: time.sleep(0.05))
@@ -79,16 +85,7 @@ def test_a_not_found_run_cut_short_by_mlflow_is_recorded_again_in_full(tmp_path:
     """Review: the retry found the half-written run by its tags and reused it (no params, no receipt)."""
     import mlflow
 
-    store = tmp_path / "store"
-    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="svc", model_name="svc-model")
-    config: JobConfig = job(shards=2, slices=2).model_copy(
-        update={
-            "storage": StorageConfig(uri=str(store)),
-            "tracking": TrackingConfig(enabled=False),
-            "service": ServiceConfig(window_ms=0),
-        }
-    )
-    Coordinator(config.storage, hasher, Lineage(tracking, str(store)), pool_factory=local_pool).train(ROWS, config)
+    store, tracking, config = _trained(tmp_path, hasher)
     real, failed = mlflow.MlflowClient.log_batch, []
 
     def once_unreachable(self, run_id, *args, **kwargs):
