@@ -15,7 +15,7 @@ import math
 import pickle
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -200,13 +200,24 @@ def _encode_raw(payload: dict[str, Any]) -> bytes:
     body[: len(blob)].reshape(lanes, width)[:] = blob.reshape(width, lanes).T
     body[len(blob) :] = np.frombuffer(header, np.uint8)
     low = (lanes - 1) * width
+    return _framed(
+        _MAGIC_RAW,
+        body,
+        low,
+        lambda packed_low: bytes([lanes]) + struct.pack("<QQQ", len(header), len(blob), packed_low),
+    )
+
+
+def _framed(magic: bytes, body: np.ndarray, low: int, fields: Callable[[int], bytes]) -> bytes:
+    """Formats 4 and 5 on disk: ``magic``, ``fields(length of the first frame)``, the sha256 of those
+    fields and both frames, then ``body[:low]`` (fast zstd level) and ``body[low:]`` (level 1) as two frames."""
     packed_low = pa.Codec("zstd", compression_level=_ZSTD_LOW_LANES).compress(body[:low], asbytes=True)
     packed_high = pa.Codec("zstd", compression_level=_ZSTD_LEVEL).compress(body[low:], asbytes=True)
-    fields = bytes([lanes]) + struct.pack("<QQQ", len(header), len(blob), len(packed_low))
-    digest = hashlib.sha256(fields)
+    stated = fields(len(packed_low))
+    digest = hashlib.sha256(stated)
     digest.update(packed_low)
     digest.update(packed_high)
-    return b"".join((_MAGIC_RAW, fields, digest.digest(), packed_low, packed_high))
+    return b"".join((magic, stated, digest.digest(), packed_low, packed_high))
 
 
 def _decode_raw(data: bytes) -> dict[str, Any]:
@@ -432,13 +443,9 @@ def _encode_packed(payload: dict[str, Any]) -> bytes:
             body[high : high + count * width].reshape(width, count)[:] = lanes
             high += count * width
     body[size:] = np.frombuffer(header, np.uint8)
-    packed_low = pa.Codec("zstd", compression_level=_ZSTD_LOW_LANES).compress(body[:low_size], asbytes=True)
-    packed_high = pa.Codec("zstd", compression_level=_ZSTD_LEVEL).compress(body[low_size:], asbytes=True)
-    fields = _PACKED_FIELDS.pack(size, len(header), low_size, len(packed_low))
-    digest = hashlib.sha256(fields)
-    digest.update(packed_low)
-    digest.update(packed_high)
-    return b"".join((_MAGIC_PACKED, fields, digest.digest(), packed_low, packed_high))
+    return _framed(
+        _MAGIC_PACKED, body, low_size, lambda packed_low: _PACKED_FIELDS.pack(size, len(header), low_size, packed_low)
+    )
 
 
 def _decode_packed(data: bytes) -> dict[str, Any]:
