@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -18,7 +19,7 @@ from expunge.orchestrator.config import ModelConfig, ShardingConfig, TrainingCon
 from expunge.orchestrator.training.placement import Cell
 from expunge.shards.errors import StorageConflictError, StorageCorruptError
 from expunge.shards.shard import ShardManifest, shard_prefix
-from expunge.shards.store import ObjectStore
+from expunge.shards.store import ObjectInfo, ObjectStore
 
 __all__ = [
     "INGEST_RECEIPT_PREFIX",
@@ -40,6 +41,7 @@ INGEST_RECEIPT_PREFIX = "receipts/ingests"
 #: Where streamed training stages each shard's raw rows until the shards have trained (then deleted).
 STAGING_PREFIX = "staging/"
 _APPEND_ATTEMPTS = 20
+_PLACEMENTS_KEPT = 4
 
 
 class RegistryBinding(BaseModel):
@@ -127,8 +129,11 @@ class PlacementIndex:
             entries[digest][cell] = entries[digest].get(cell, 0) + 1
         return cls(dict(entries))
 
-    def cells(self) -> dict[str, list[Cell]]:
-        return {d: sorted(c) for d, c in self.entries.items()}
+    def cells(self, digests: Iterable[str] | None = None) -> dict[str, list[Cell]]:
+        """Subject digest -> its cells, sorted; ``digests``: only those subjects (the ones held)."""
+        if digests is None:
+            return {d: sorted(c) for d, c in self.entries.items()}
+        return {d: sorted(self.entries[d]) for d in digests if d in self.entries}
 
     def home_cells(self) -> dict[str, Cell]:
         return {d: min(c) for d, c in self.entries.items()}
@@ -179,6 +184,11 @@ def _parse(model: type[_Parsed], store: ObjectStore, key: str) -> _Parsed:
         ) from exc
 
 
+def _number(key: str) -> int:
+    """The version number in a manifest's key (``ensemble/00000012.json`` -> 12)."""
+    return int(key.rsplit("/", 1)[1].split(".")[0])
+
+
 class Catalog:
     """Reads and publishes ensemble manifests and placement indexes in one store."""
 
@@ -187,20 +197,36 @@ class Catalog:
         #: Called before every commit (manifest publish, tombstone append); raises to refuse it
         #: (``StoreLease.check``: this process must still hold the newest lease token).
         self.fence = fence
+        #: Parsed immutable JSON objects (manifests, tombstone entries) by key, with the listed
+        #: (size, modified) they were parsed at: a commit reads each object once, not once per commit.
+        self._parsed: dict[str, tuple[tuple[int, datetime], BaseModel]] = {}
+        #: Placement indexes by key (content-addressed), newest last: the one a commit wrote is the one the next reads.
+        self._placements: dict[str, PlacementIndex] = {}
+        self._kept = threading.Lock()  # the service's threads share a catalog
+
+    def _listed(self, model: type[_Parsed], info: ObjectInfo) -> _Parsed:
+        """``info``'s object parsed, from the cache while its size and time are the listed ones."""
+        seen = self._parsed.get(info.key)
+        if seen is not None and seen[0] == (info.size, info.modified) and isinstance(seen[1], model):
+            return seen[1]
+        parsed = _parse(model, self.store, info.key)
+        with self._kept:
+            self._parsed[info.key] = ((info.size, info.modified), parsed)
+        return parsed
 
     def _key(self, version: int) -> str:
         return f"{_ENSEMBLE_PREFIX}/{version:08d}.json"
 
     def versions(self) -> list[int]:
-        return [
-            int(k.rsplit("/", 1)[1].split(".")[0])
-            for k in self.store.list_keys(_ENSEMBLE_PREFIX)
-            if k.endswith(".json")
-        ]
+        return [_number(k) for k in self.store.list_keys(_ENSEMBLE_PREFIX) if k.endswith(".json")]
 
     def latest(self) -> EnsembleManifest | None:
-        versions = self.versions()
-        return self.read(max(versions)) if versions else None
+        listed = [i for i in self.store.list_info(_ENSEMBLE_PREFIX) if i.key.endswith(".json")]
+        return self._listed(EnsembleManifest, max(listed, key=lambda i: _number(i.key))) if listed else None
+
+    def has(self, version: int) -> bool:
+        """True when ensemble version ``version`` is published (and not purged)."""
+        return self.store.exists(self._key(version))
 
     def read(self, version: int) -> EnsembleManifest:
         return _parse(EnsembleManifest, self.store, self._key(version))
@@ -217,9 +243,7 @@ class Catalog:
 
     def published_at(self, version: int) -> datetime:
         """The store's own timestamp of a published manifest (same clock as its objects)."""
-        key = self._key(version)
-        (info,) = [i for i in self.store.list_info(_ENSEMBLE_PREFIX) if i.key == key]
-        return info.modified
+        return self.store.modified(self._key(version))
 
     def publish(self, manifest: EnsembleManifest) -> None:
         """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``.
@@ -234,8 +258,8 @@ class Catalog:
 
     # ----- tombstones: the digests of everyone erased, so that no later training brings them back ----
     def _tombstone_entries(self) -> list[TombstoneEntry]:
-        keys = sorted(k for k in self.store.list_keys(_TOMBSTONE_PREFIX) if k.endswith(".json"))
-        return [_parse(TombstoneEntry, self.store, k) for k in keys]
+        listed = [i for i in self.store.list_info(_TOMBSTONE_PREFIX) if i.key.endswith(".json")]
+        return [self._listed(TombstoneEntry, info) for info in listed]
 
     def tombstone_log(self) -> list[TombstoneEntry]:
         """Every entry of the tombstone log, in order (erasures and re-admissions, digests only)."""
@@ -324,7 +348,23 @@ class Catalog:
         data = sink.getvalue()
         key = f"placement/{hashlib.sha256(data).hexdigest()[:40]}.parquet"
         self.store.put(key, data)
+        self._keep_placement(key, index)
         return key
 
     def read_placement(self, key: str) -> PlacementIndex:
-        return PlacementIndex.from_table(pq.read_table(io.BytesIO(self.store.get(key))))
+        """The placement index under ``key`` (kept: a key names its content, and a commit reads the last one written).
+
+        Treat the result as read-only: it is shared by every reader of this catalog.
+        """
+        index = self._placements.get(key)
+        if index is None:
+            index = PlacementIndex.from_table(pq.read_table(io.BytesIO(self.store.get(key))))
+            self._keep_placement(key, index)
+        return index
+
+    def _keep_placement(self, key: str, index: PlacementIndex) -> None:
+        with self._kept:
+            self._placements.pop(key, None)
+            self._placements[key] = index
+            while len(self._placements) > _PLACEMENTS_KEPT:
+                del self._placements[next(iter(self._placements))]

@@ -101,7 +101,9 @@ def _purge_plan(
     """(keys to delete, keys that earlier published versions referenced) for ``purgeable``."""
     current = catalog.referenced_keys(manifest)
     superseded: set[str] = set()
-    for number in catalog.versions():
+    # Right after a commit (``since``: its parent) the few versions between are read by number, not listed.
+    numbers = catalog.versions() if since is None else [n for n in range(since, manifest.version) if catalog.has(n)]
+    for number in numbers:
         if number >= manifest.version or (since is not None and number < since):
             continue
         earlier = catalog.read(number)

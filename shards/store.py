@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -167,10 +168,44 @@ def _s3_create_exclusive(fs: Any, path: str, data: bytes) -> None:
 _Version = tuple[str, str | None, bool, datetime | None]
 
 
-def _local_versions(fs: Any, path: str) -> list[_Version]:
-    if not fs.exists(path):
+def _local_files(path: str) -> list[tuple[str, os.stat_result]]:
+    """Files under the folder ``path``, recursively (or ``path`` itself, a file), with their stat.
+
+    What fsspec's ``find(detail=True)`` lists, read with ``os.scandir``: a tenth of its cost per
+    file, which the service's commits pay on every listing. A file or folder removed while it
+    is listed is left out (fsspec raises); [] when ``path`` is absent.
+    """
+    try:
+        top = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return [(p, None, False, _modified(info)) for p, info in fs.find(path, detail=True).items()]
+    if not stat.S_ISDIR(top.st_mode):
+        return [(path.rstrip("/"), top)]
+    found: list[tuple[str, os.stat_result]] = []
+    folders = [path.rstrip("/")]
+    while folders:
+        try:
+            entries = os.scandir(folders.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir():
+                        folders.append(entry.path)
+                    else:
+                        found.append((entry.path, entry.stat()))
+                except FileNotFoundError:
+                    continue
+    return found
+
+
+def _stat_modified(info: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(info.st_mtime, tz=UTC)
+
+
+def _local_versions(fs: Any, path: str) -> list[_Version]:
+    return [(p, None, False, _stat_modified(info)) for p, info in _local_files(path)]
 
 
 def _s3_versions(fs: Any, path: str) -> list[_Version]:
@@ -321,6 +356,7 @@ class ObjectStore:
             # s3fs's own retry loop (5 by default) multiplies botocore's: bound the whole call.
             self.fs.retries = _S3FS_RETRIES
         self.root = root.rstrip("/")
+        self._local = self._ops is _LOCAL  # plain file calls: fsspec's local layer costs more than the I/O
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.uri!r})"
@@ -342,7 +378,7 @@ class ObjectStore:
         """Write an immutable object (content-addressed keys make rewrites harmless)."""
         FaultPlan.before_write(f"put {key}")
         path = self._path(key)
-        if self.protocol in {"file", "local"}:
+        if self._local:
             _local_put(path, data)
             return
         with self.fs.open(path, "wb") as handle:  # an S3 PUT replaces an object whole or not at all
@@ -361,6 +397,8 @@ class ObjectStore:
             if version_id is not None:
                 # max_concurrency=1: the concurrent path sizes the *current* version first.
                 return bytes(self.fs.cat_file(path, version_id=version_id, max_concurrency=1))
+            if self._local:
+                return Path(path).read_bytes()
             with self.fs.open(path, "rb") as handle:
                 return bytes(handle.read())
         except FileNotFoundError as exc:
@@ -371,7 +409,32 @@ class ObjectStore:
 
     @_reachable
     def exists(self, key: str) -> bool:
+        if self._local:
+            return os.path.exists(self._path(key))
         return bool(self.fs.exists(self._path(key)))
+
+    @_reachable
+    def modified(self, key: str) -> datetime:
+        """The store's own last-modified time of ``key``, as ``list_info`` gives it, in one request.
+
+        Raises:
+            StorageCorruptError: ``key`` does not exist.
+        """
+        path = self._path(key)
+        try:
+            if self._local:
+                return _stat_modified(os.stat(path))
+            bucket, name, _ = self.fs.split_path(path)
+            page = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=name, MaxKeys=1)
+            found = page.get("Contents", [])
+            if not found or found[0]["Key"] != name:  # the first key of the prefix is the key itself
+                raise FileNotFoundError(path)
+            return _modified(found[0])
+        except FileNotFoundError as exc:
+            raise StorageCorruptError(
+                f"object {self.url(key)} is referenced but missing. Restore it from backup "
+                "or retrain into a fresh storage URI."
+            ) from exc
 
     def list_keys(self, prefix: str) -> list[str]:
         """Current keys under ``prefix`` (recursive), sorted."""
@@ -381,6 +444,9 @@ class ObjectStore:
     def list_info(self, prefix: str) -> list[ObjectInfo]:
         """Current keys under ``prefix`` with their last-modified times and sizes in bytes."""
         base = self._path(prefix).rstrip("/")
+        if self._local:
+            found = sorted(_local_files(base))
+            return [ObjectInfo(self._key(p), _stat_modified(info), info.st_size) for p, info in found]
         self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return []

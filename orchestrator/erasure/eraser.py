@@ -222,7 +222,7 @@ class Eraser:
                 f"store is at {manifest.version}; prepare it again"
             )
         index = self.session.catalog.read_placement(manifest.placement_key)
-        plan = route(digests, index.cells())
+        plan = route(digests, index.cells(digests))
         if not plan.found:
             return self._not_found(manifest, request_id, digests, plan, began, register, text)
         if audit is not None:

@@ -83,7 +83,7 @@ class Prefetch:
 
 def erase_calls(index: PlacementIndex, plan: RoutingPlan, request_id: str) -> dict[int, tuple[list[str], int, str]]:
     """Shard -> ``Shard.erase`` arguments: the shard's subjects, its first affected slice, the request."""
-    cells = index.cells()
+    cells = index.cells(plan.found)
     return {
         shard: (sorted(d for d in plan.found if any(c.shard == shard for c in cells[d])), first, request_id)
         for shard, first in plan.first_affected_slice.items()
@@ -101,7 +101,7 @@ def start_prefetch(session: StoreSession, audited: bool, digests: Sequence[str],
     if audited:
         return None
     index = session.catalog.read_placement(manifest.placement_key)
-    plan = route(list(dict.fromkeys(digests)), index.cells())
+    plan = route(list(dict.fromkeys(digests)), index.cells(digests))
     if not plan.found:
         return None
     return Prefetch.start(session.pool, manifest.version, request_id, digests, erase_calls(index, plan, request_id))

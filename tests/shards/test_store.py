@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from expunge.orchestrator.errors import StorageConflictError, StorageCorruptError
@@ -50,3 +52,23 @@ def test_an_unreachable_s3_endpoint_is_a_typed_error(monkeypatch):
     store = ObjectStore(StorageConfig(uri="s3://bucket/x", endpoint_url="http://127.0.0.1:9"))
     with pytest.raises(StorageUnavailableError, match=r"127\.0\.0\.1:9"):
         store.list_keys("ensemble")
+
+
+def test_local_listings_match_fsspec_find(tmp_path):
+    """The local store lists with os.scandir: the same keys, sizes and times as fsspec's find, in key order."""
+    store = ObjectStore(str(tmp_path))
+    for key, data in {"a/b/c.json": b"1", "a/b.json": b"22", "a/.x.partial": b"", "z/deep/er/k": b"4444"}.items():
+        store.put(key, data)
+    (tmp_path / "a" / "empty").mkdir()
+    for prefix in ("", "a", "a/b", "a/b.json", "z/deep", "missing"):
+        base = store._path(prefix).rstrip("/")
+        found = store.fs.find(base, detail=True) if store.fs.exists(base) else {}
+        expected = sorted(
+            (store._key(p), int(i["size"]), datetime.fromtimestamp(i["mtime"], UTC)) for p, i in found.items()
+        )
+        listed = [(i.key, i.size, i.modified) for i in store.list_info(prefix)]
+        assert listed == expected, prefix
+    assert [v.key for v in store.list_versions("a/")] == ["a/.x.partial", "a/b.json", "a/b/c.json"]
+    assert store.exists("a/b.json")
+    assert not store.exists("a/nothing")
+    assert store.get("z/deep/er/k") == b"4444"
