@@ -1,0 +1,81 @@
+"""The catalog keeps what it parsed, and still sees every change: a rewritten, added or missing object."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from expunge.orchestrator.catalog import Catalog, PlacementIndex
+from expunge.orchestrator.errors import StorageCorruptError
+from expunge.orchestrator.training.placement import Cell
+from expunge.shards.config import StorageConfig
+from expunge.shards.store import ObjectStore
+
+
+def _store(kind: str, tmp_path, request) -> ObjectStore:
+    if kind == "local":
+        return ObjectStore(str(tmp_path / "store"))
+    bucket = request.getfixturevalue("s3_bucket")
+    return ObjectStore(StorageConfig(uri=f"s3://{bucket}/catalog", endpoint_url=request.getfixturevalue("s3_server")))
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_tombstone_entry_edited_after_it_was_read_is_caught(kind, tmp_path, request):
+    store = _store(kind, tmp_path, request)
+    catalog = Catalog(store)
+    catalog.append_tombstones("erased", ["a" * 64], "req-1")
+    catalog.append_tombstones("erased", ["b" * 64], "req-2")
+    assert catalog.tombstones() == {"a" * 64, "b" * 64}
+    (first,) = [k for k in store.list_keys("tombstones") if k.endswith("00000001.json")]
+    store.put(first, b'{"sequence": 1, "action": "erased"')  # truncated by hand
+    with pytest.raises(StorageCorruptError, match="not a valid TombstoneEntry"):
+        catalog.tombstones()
+
+
+def test_a_tombstone_entry_rewritten_with_other_content_is_read_again(tmp_path):
+    store = ObjectStore(str(tmp_path / "store"))
+    catalog = Catalog(store)
+    catalog.append_tombstones("erased", ["a" * 64], "req-1")
+    assert catalog.tombstones() == {"a" * 64}
+    (key,) = store.list_keys("tombstones")
+    data = store.get(key).replace(b"a" * 64, b"c" * 64)  # same size: only its time tells
+    time.sleep(0.01)
+    store.put(key, data)
+    assert catalog.tombstones() == {"c" * 64}
+
+
+def test_the_latest_manifest_follows_new_versions_and_edits(tmp_path):
+    store = ObjectStore(str(tmp_path / "store"))
+    catalog = Catalog(store)
+    assert catalog.latest() is None
+    store.create_exclusive("ensemble/00000009.json", b"{}")
+    store.create_exclusive("ensemble/00000010.json", b"not json")
+    with pytest.raises(StorageCorruptError, match=r"ensemble/00000010\.json"):  # 10 > 9 by number
+        catalog.latest()
+    assert catalog.has(9)
+    assert not catalog.has(11)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_published_at_is_the_listed_time_of_the_manifest(kind, tmp_path, request):
+    store = _store(kind, tmp_path, request)
+    store.create_exclusive("ensemble/00000001.json", b"{}")
+    store.create_exclusive("ensemble/00000001.json.extra", b"{}")  # a longer key with the same start
+    (listed,) = [i for i in store.list_info("ensemble") if i.key == "ensemble/00000001.json"]
+    assert Catalog(store).published_at(1) == listed.modified
+    with pytest.raises(StorageCorruptError, match="missing"):
+        Catalog(store).published_at(2)
+
+
+def test_a_placement_written_is_read_back_without_the_store(tmp_path):
+    store = ObjectStore(str(tmp_path / "store"))
+    catalog = Catalog(store)
+    index = PlacementIndex({"a" * 64: {Cell(0, 1): 3}, "b" * 64: {Cell(1, 0): 2, Cell(0, 0): 1}})
+    key = catalog.write_placement(index)
+    os.remove(os.path.join(store.root, key))  # the writer's own copy answers
+    assert catalog.read_placement(key).cells() == index.cells()
+    with pytest.raises(StorageCorruptError, match="missing"):
+        Catalog(store).read_placement(key)  # another reader goes to the store
+    assert index.cells(["b" * 64, "z" * 64]) == {"b" * 64: [Cell(0, 0), Cell(1, 0)]}
