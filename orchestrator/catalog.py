@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -42,6 +43,9 @@ INGEST_RECEIPT_PREFIX = "receipts/ingests"
 STAGING_PREFIX = "staging/"
 _APPEND_ATTEMPTS = 20
 _PLACEMENTS_KEPT = 4
+_PLACEMENT_SCHEMA = pa.schema(
+    [("subject_digest", pa.string()), ("shard", pa.int32()), ("slice", pa.int32()), ("rows", pa.int64())]
+)
 
 
 class RegistryBinding(BaseModel):
@@ -119,8 +123,10 @@ class EnsembleManifest(BaseModel):
 class PlacementIndex:
     """Subject digest -> cells holding its rows (one cell in subject-aware modes) with row counts."""
 
-    def __init__(self, entries: dict[str, dict[Cell, int]]) -> None:
+    def __init__(self, entries: dict[str, dict[Cell, int]], table: pa.Table | None = None) -> None:
+        """``table``: ``entries`` as ``to_table`` gives them, when known (read from the store, or filtered from one)."""
         self.entries = entries
+        self._table = table
 
     @classmethod
     def from_assignment(cls, digests: list[str], cells: list[Cell]) -> PlacementIndex:
@@ -142,19 +148,23 @@ class PlacementIndex:
         return {d: sum(c.values()) for d, c in self.entries.items()}
 
     def without(self, digests: set[str]) -> PlacementIndex:
-        return PlacementIndex({d: c for d, c in self.entries.items() if d not in digests})
+        entries = {d: c for d, c in self.entries.items() if d not in digests}
+        if self._table is None or not digests:
+            return PlacementIndex(entries, self._table)
+        # The same rows in the same order as to_table of ``entries``: a commit filters, it does not rebuild.
+        gone = pc.is_in(self._table.column("subject_digest"), value_set=pa.array(sorted(digests), pa.string()))
+        return PlacementIndex(entries, self._table.filter(pc.invert(gone)).combine_chunks())
 
     def to_table(self) -> pa.Table:
+        if self._table is not None:
+            return self._table
         rows = [
             (d, cell.shard, cell.slice, n) for d in sorted(self.entries) for cell, n in sorted(self.entries[d].items())
         ]
+        columns = zip(*rows, strict=True) if rows else ([], [], [], [])
         return pa.table(
-            {
-                "subject_digest": pa.array([r[0] for r in rows], pa.string()),
-                "shard": pa.array([r[1] for r in rows], pa.int32()),
-                "slice": pa.array([r[2] for r in rows], pa.int32()),
-                "rows": pa.array([r[3] for r in rows], pa.int64()),
-            }
+            [pa.array(list(c), f.type) for c, f in zip(columns, _PLACEMENT_SCHEMA, strict=True)],
+            schema=_PLACEMENT_SCHEMA,
         )
 
     @classmethod
@@ -164,7 +174,8 @@ class PlacementIndex:
             *(table.column(c).to_pylist() for c in ("subject_digest", "shard", "slice", "rows")), strict=True
         ):
             entries[d][Cell(s, k)] = n
-        return cls(dict(entries))
+        canonical = table.select(list(_PLACEMENT_SCHEMA.names))
+        return cls(dict(entries), canonical.combine_chunks() if canonical.schema.equals(_PLACEMENT_SCHEMA) else None)
 
 
 _Parsed = TypeVar("_Parsed", bound=BaseModel)
@@ -203,6 +214,7 @@ class Catalog:
         #: Placement indexes by key (content-addressed), newest last: the one a commit wrote is the one the next reads.
         self._placements: dict[str, PlacementIndex] = {}
         self._kept = threading.Lock()  # the service's threads share a catalog
+        self._tombstone_head: int | None = None  # the newest tombstone sequence this catalog listed or wrote
 
     def _listed(self, model: type[_Parsed], info: ObjectInfo) -> _Parsed:
         """``info``'s object parsed, from the cache while its size and time are the listed ones."""
@@ -221,8 +233,8 @@ class Catalog:
         return [_number(k) for k in self.store.list_keys(_ENSEMBLE_PREFIX) if k.endswith(".json")]
 
     def latest(self) -> EnsembleManifest | None:
-        listed = [i for i in self.store.list_info(_ENSEMBLE_PREFIX) if i.key.endswith(".json")]
-        return self._listed(EnsembleManifest, max(listed, key=lambda i: _number(i.key))) if listed else None
+        listed = [k for k in self.store.list_keys(_ENSEMBLE_PREFIX) if k.endswith(".json")]
+        return self._listed(EnsembleManifest, self.store.info(max(listed, key=_number))) if listed else None
 
     def has(self, version: int) -> bool:
         """True when ensemble version ``version`` is published (and not purged)."""
@@ -243,7 +255,7 @@ class Catalog:
 
     def published_at(self, version: int) -> datetime:
         """The store's own timestamp of a published manifest (same clock as its objects)."""
-        return self.store.modified(self._key(version))
+        return self.store.info(self._key(version)).modified
 
     def publish(self, manifest: EnsembleManifest) -> None:
         """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``.
@@ -259,7 +271,9 @@ class Catalog:
     # ----- tombstones: the digests of everyone erased, so that no later training brings them back ----
     def _tombstone_entries(self) -> list[TombstoneEntry]:
         listed = [i for i in self.store.list_info(_TOMBSTONE_PREFIX) if i.key.endswith(".json")]
-        return [self._listed(TombstoneEntry, info) for info in listed]
+        entries = [self._listed(TombstoneEntry, info) for info in listed]
+        self._tombstone_head = max((e.sequence for e in entries), default=0)
+        return entries
 
     def tombstone_log(self) -> list[TombstoneEntry]:
         """Every entry of the tombstone log, in order (erasures and re-admissions, digests only)."""
@@ -286,11 +300,14 @@ class Catalog:
         """Append one entry with an exclusive create (two writers never share a sequence number)."""
         if self.fence is not None:
             self.fence()
-        for _ in range(_APPEND_ATTEMPTS):
-            entries = self._tombstone_entries()
+        for attempt in range(_APPEND_ATTEMPTS):
+            # First after the newest entry this catalog saw (no listing); after a conflict, after the listed newest.
+            head = self._tombstone_head if attempt == 0 else None
+            if head is None:
+                head = max((e.sequence for e in self._tombstone_entries()), default=0)
             ordered = tuple(sorted(set(digests)))
             entry = TombstoneEntry(
-                sequence=max((e.sequence for e in entries), default=0) + 1,
+                sequence=head + 1,
                 action=action,
                 subject_digests=ordered,
                 request_id=request_id,
@@ -303,6 +320,7 @@ class Catalog:
                 )
             except StorageConflictError:
                 continue  # another writer took this sequence number: read again, take the next
+            self._tombstone_head = entry.sequence
             return entry
         raise StorageConflictError(
             f"could not append to the tombstone log of {self.store.uri} after {_APPEND_ATTEMPTS} attempts "

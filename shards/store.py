@@ -200,6 +200,26 @@ def _local_files(path: str) -> list[tuple[str, os.stat_result]]:
     return found
 
 
+def _local_names(path: str) -> list[str]:
+    """The paths of ``_local_files(path)`` without a stat of each file (the folder entries' types suffice)."""
+    if not os.path.isdir(path):
+        return [path] if os.path.exists(path) else []
+    found: list[str] = []
+    folders = [path]
+    while folders:
+        try:
+            entries = os.scandir(folders.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    (folders if entry.is_dir() else found).append(entry.path)
+                except FileNotFoundError:
+                    continue
+    return found
+
+
 def _stat_modified(info: os.stat_result) -> datetime:
     return datetime.fromtimestamp(info.st_mtime, tz=UTC)
 
@@ -414,8 +434,8 @@ class ObjectStore:
         return bool(self.fs.exists(self._path(key)))
 
     @_reachable
-    def modified(self, key: str) -> datetime:
-        """The store's own last-modified time of ``key``, as ``list_info`` gives it, in one request.
+    def info(self, key: str) -> ObjectInfo:
+        """``key``'s last-modified time and size, as ``list_info`` gives them, in one request.
 
         Raises:
             StorageCorruptError: ``key`` does not exist.
@@ -423,13 +443,14 @@ class ObjectStore:
         path = self._path(key)
         try:
             if self._local:
-                return _stat_modified(os.stat(path))
+                found = os.stat(path)
+                return ObjectInfo(key, _stat_modified(found), found.st_size)
             bucket, name, _ = self.fs.split_path(path)
             page = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=name, MaxKeys=1)
-            found = page.get("Contents", [])
-            if not found or found[0]["Key"] != name:  # the first key of the prefix is the key itself
+            listed = page.get("Contents", [])
+            if not listed or listed[0]["Key"] != name:  # the first key of the prefix is the key itself
                 raise FileNotFoundError(path)
-            return _modified(found[0])
+            return ObjectInfo(key, _modified(listed[0]), int(listed[0].get("Size") or 0))
         except FileNotFoundError as exc:
             raise StorageCorruptError(
                 f"object {self.url(key)} is referenced but missing. Restore it from backup "
@@ -438,6 +459,8 @@ class ObjectStore:
 
     def list_keys(self, prefix: str) -> list[str]:
         """Current keys under ``prefix`` (recursive), sorted."""
+        if self._local:  # names only: no stat per file
+            return sorted(self._key(p) for p in _local_names(self._path(prefix).rstrip("/")))
         return [info.key for info in self.list_info(prefix)]
 
     @_reachable

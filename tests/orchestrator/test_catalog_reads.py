@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from expunge.orchestrator.catalog import Catalog, PlacementIndex
 from expunge.orchestrator.errors import StorageCorruptError
@@ -65,6 +70,7 @@ def test_published_at_is_the_listed_time_of_the_manifest(kind, tmp_path, request
     store.create_exclusive("ensemble/00000001.json.extra", b"{}")  # a longer key with the same start
     (listed,) = [i for i in store.list_info("ensemble") if i.key == "ensemble/00000001.json"]
     assert Catalog(store).published_at(1) == listed.modified
+    assert store.info("ensemble/00000001.json") == listed
     with pytest.raises(StorageCorruptError, match="missing"):
         Catalog(store).published_at(2)
 
@@ -79,3 +85,32 @@ def test_a_placement_written_is_read_back_without_the_store(tmp_path):
     with pytest.raises(StorageCorruptError, match="missing"):
         Catalog(store).read_placement(key)  # another reader goes to the store
     assert index.cells(["b" * 64, "z" * 64]) == {"b" * 64: [Cell(0, 0), Cell(1, 0)]}
+
+
+def test_two_catalogs_append_tombstones_in_turn_without_gaps_or_repeats(tmp_path):
+    store = ObjectStore(str(tmp_path / "store"))
+    first, second = Catalog(store), Catalog(store)
+    writers = [first, second, first, first, second, first]
+    sequences = [w.append_tombstones("erased", [f"{i:064x}"], f"req-{i}").sequence for i, w in enumerate(writers)]
+    assert sequences == [1, 2, 3, 4, 5, 6]
+    assert [e.request_id for e in Catalog(store).tombstone_log()] == [f"req-{i}" for i in range(6)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 7), st.integers(0, 3)), max_size=120), st.data())
+def test_a_placement_read_back_and_filtered_writes_the_bytes_of_one_built_anew(rows, data):
+    digests = [f"{d:064x}" for d, _, _ in rows]
+    index = PlacementIndex.from_assignment(digests, [Cell(s, k) for _, s, k in rows])
+    sink = io.BytesIO()
+    pq.write_table(index.to_table(), sink)
+    stored = PlacementIndex.from_table(pq.read_table(io.BytesIO(sink.getvalue())))
+    gone = set(data.draw(st.lists(st.sampled_from(digests)))) if digests else set()
+    filtered, rebuilt = stored.without(gone), PlacementIndex(index.without(gone).entries)
+    assert filtered.entries == rebuilt.entries
+    assert _parquet(filtered.to_table()) == _parquet(rebuilt.to_table())
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_statistics=False)
+    return sink.getvalue()

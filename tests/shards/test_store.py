@@ -68,6 +68,7 @@ def test_local_listings_match_fsspec_find(tmp_path):
         )
         listed = [(i.key, i.size, i.modified) for i in store.list_info(prefix)]
         assert listed == expected, prefix
+        assert store.list_keys(prefix) == [k for k, _, _ in expected], prefix
     assert [v.key for v in store.list_versions("a/")] == ["a/.x.partial", "a/b.json", "a/b/c.json"]
     assert store.exists("a/b.json")
     assert not store.exists("a/nothing")
