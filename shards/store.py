@@ -376,7 +376,8 @@ class ObjectStore:
             # s3fs's own retry loop (5 by default) multiplies botocore's: bound the whole call.
             self.fs.retries = _S3FS_RETRIES
         self.root = root.rstrip("/")
-        self._local = self._ops is _LOCAL  # plain file calls: fsspec's local layer costs more than the I/O
+        #: A folder on this machine (plain file calls: fsspec's local layer costs more than the I/O), not S3.
+        self.local = self._ops is _LOCAL
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.uri!r})"
@@ -398,7 +399,7 @@ class ObjectStore:
         """Write an immutable object (content-addressed keys make rewrites harmless)."""
         FaultPlan.before_write(f"put {key}")
         path = self._path(key)
-        if self._local:
+        if self.local:
             _local_put(path, data)
             return
         with self.fs.open(path, "wb") as handle:  # an S3 PUT replaces an object whole or not at all
@@ -417,7 +418,7 @@ class ObjectStore:
             if version_id is not None:
                 # max_concurrency=1: the concurrent path sizes the *current* version first.
                 return bytes(self.fs.cat_file(path, version_id=version_id, max_concurrency=1))
-            if self._local:
+            if self.local:
                 return Path(path).read_bytes()
             with self.fs.open(path, "rb") as handle:
                 return bytes(handle.read())
@@ -429,7 +430,7 @@ class ObjectStore:
 
     @_reachable
     def exists(self, key: str) -> bool:
-        if self._local:
+        if self.local:
             return os.path.exists(self._path(key))
         return bool(self.fs.exists(self._path(key)))
 
@@ -442,7 +443,7 @@ class ObjectStore:
         """
         path = self._path(key)
         try:
-            if self._local:
+            if self.local:
                 found = os.stat(path)
                 return ObjectInfo(key, _stat_modified(found), found.st_size)
             bucket, name, _ = self.fs.split_path(path)
@@ -459,7 +460,7 @@ class ObjectStore:
 
     def list_keys(self, prefix: str) -> list[str]:
         """Current keys under ``prefix`` (recursive), sorted."""
-        if self._local:  # names only: no stat per file
+        if self.local:  # names only: no stat per file
             return sorted(self._key(p) for p in _local_names(self._path(prefix).rstrip("/")))
         return [info.key for info in self.list_info(prefix)]
 
@@ -467,7 +468,7 @@ class ObjectStore:
     def list_info(self, prefix: str) -> list[ObjectInfo]:
         """Current keys under ``prefix`` with their last-modified times and sizes in bytes."""
         base = self._path(prefix).rstrip("/")
-        if self._local:
+        if self.local:
             found = sorted(_local_files(base))
             return [ObjectInfo(self._key(p), _stat_modified(info), info.st_size) for p, info in found]
         self.fs.invalidate_cache(base)
