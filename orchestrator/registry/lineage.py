@@ -388,6 +388,7 @@ class Lineage:
         recorded = int(tag) if tag else None
         self.purger.finished = None
         if manifest is not None and (recorded is None or recorded < manifest.version):
+            manifest = self.packaging.hold(manifest)  # its checkpoints, before a commit beside purges them
             log.warning(
                 "MLflow lags the store (v%s < v%d): recording the published version now", recorded, manifest.version
             )

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import os
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
-from expunge.orchestrator.catalog import EnsembleManifest
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.config import AnyModelConfig, CustomModelConfig, MLPConfig
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, StorageCorruptError
 from expunge.orchestrator.registry.faults import fault_point
 from expunge.orchestrator.registry.scratch import Staging
 from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, MODEL_NAME_TAG, Registry
-from expunge.orchestrator.serving.servable import ENSEMBLE_ARTIFACT, export_ensemble
+from expunge.orchestrator.serving.servable import ENSEMBLE_ARTIFACT, Constituent, export_ensemble, read_constituents
 from expunge.shards.models import factory_module, task_of
 
 __all__ = ["LoggedServable", "Packager"]
+
+log = logging.getLogger(__name__)
+
+#: Versions tried by ``Packager.hold`` before it gives up (each attempt follows a newer commit).
+_HOLD_ATTEMPTS = 20
 
 _ORCHESTRATOR = Path(__file__).resolve().parents[1]
 _PYFUNC_FILE = _ORCHESTRATOR / "serving" / "pyfunc_model.py"
@@ -166,6 +172,32 @@ class Packager:
         self.registry = registry
         self.client = registry.client
         self.staging = staging
+        self._held: tuple[int, list[tuple[Constituent, bytes]]] | None = None  # (ensemble version, its constituents)
+
+    def hold(self, manifest: EnsembleManifest) -> EnsembleManifest:
+        """Read the constituents of ``manifest`` now, or of a newer version if a commit purged them meanwhile.
+
+        Returns the version held; the next ``log_servable`` of it copies the bytes read here. The
+        service registers beside its commits, and every commit deletes the checkpoints its version
+        superseded: read at the copy, seconds later, a version under a stream of commits was often
+        gone already, and the registration failed and waited to try again.
+
+        Raises:
+            StorageCorruptError: a checkpoint of the newest version is missing too (a damaged store).
+        """
+        store = self.registry.store
+        for _ in range(_HOLD_ATTEMPTS):
+            try:
+                self._held = (manifest.version, read_constituents(store, manifest))
+                return manifest
+            except StorageCorruptError:
+                newest = Catalog(store).latest()
+                if newest is None or newest.version <= manifest.version:
+                    raise  # not superseded: the store is damaged
+                log.debug("ensemble v%d was superseded while read; registering v%d", manifest.version, newest.version)
+                manifest = newest
+        self._held = (manifest.version, read_constituents(store, manifest))
+        return manifest
 
     def log_servable(self, run_id: str, manifest: EnsembleManifest) -> LoggedServable:
         """Log the ensemble as a pyfunc LoggedModel holding a copy of every constituent."""
@@ -217,7 +249,9 @@ class Packager:
             # there). They are exported into the model's folder, and the flavor names them as
             # MLflow's own artifacts handling writes it.
             relative = f"{_ARTIFACTS_FOLDER}/{ENSEMBLE_ARTIFACT}"
-            export_ensemble(self.registry.store, manifest, root / "model" / relative)
+            held, self._held = self._held, None
+            read = held[1] if held is not None and held[0] == manifest.version else None
+            export_ensemble(self.registry.store, manifest, root / "model" / relative, read)
             flavor = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]
             flavor[mlflow.pyfunc.CODE] = _CODE_FOLDER
             flavor[CONFIG_KEY_ARTIFACTS] = {

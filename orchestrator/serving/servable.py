@@ -33,6 +33,7 @@ __all__ = [
     "Constituent",
     "EnsemblePredictor",
     "export_ensemble",
+    "read_constituents",
     "read_shard_manifest",
     "rows_from_frame",
 ]
@@ -74,15 +75,14 @@ def read_shard_manifest(store: ObjectStore, shard: int, version: int) -> ShardMa
     return Catalog(store).shard_manifest(shard, version)
 
 
-def export_ensemble(store: ObjectStore, manifest: EnsembleManifest, destination: Path) -> list[Constituent]:
-    """Copy the final checkpoint of every shard of ``manifest`` into ``destination``.
+def read_constituents(store: ObjectStore, manifest: EnsembleManifest) -> list[tuple[Constituent, bytes]]:
+    """The final checkpoint of every shard of ``manifest``, in shard order, with its ``Constituent`` record.
 
-    The copy (not a reference into the store) is what makes a registered version loadable on
-    its own: the store deletes superseded checkpoints on every erasure.
+    Raises:
+        StorageCorruptError: a shard manifest lists no checkpoint, or a checkpoint is missing
+            (e.g. purged by a newer commit).
     """
-    destination.mkdir(parents=True, exist_ok=True)
-    (destination / "shards").mkdir(exist_ok=True)
-    constituents = []
+    read = []
     for shard, version in enumerate(manifest.shard_versions):
         shard_manifest = read_shard_manifest(store, shard, version)
         if not shard_manifest.checkpoints:
@@ -94,8 +94,28 @@ def export_ensemble(store: ObjectStore, manifest: EnsembleManifest, destination:
         constituent = Constituent(
             shard, version, key, hashlib.sha256(data).hexdigest(), sum(s.rows for s in shard_manifest.slices)
         )
+        read.append((constituent, data))
+    return read
+
+
+def export_ensemble(
+    store: ObjectStore,
+    manifest: EnsembleManifest,
+    destination: Path,
+    read: list[tuple[Constituent, bytes]] | None = None,
+) -> list[Constituent]:
+    """Copy the final checkpoint of every shard of ``manifest`` into ``destination``.
+
+    The copy (not a reference into the store) is what makes a registered version loadable on
+    its own: the store deletes superseded checkpoints on every erasure. ``read``: the
+    constituents already read (``read_constituents`` of this manifest); None reads them now.
+    """
+    read = read if read is not None else read_constituents(store, manifest)
+    destination.mkdir(parents=True, exist_ok=True)
+    (destination / "shards").mkdir(exist_ok=True)
+    for constituent, data in read:
         (destination / constituent.file).write_bytes(data)
-        constituents.append(constituent)
+    constituents = [c for c, _ in read]
     (destination / _MANIFEST_FILE).write_text(manifest.model_dump_json(indent=1))
     (destination / _CONSTITUENTS_FILE).write_text(json.dumps([c.as_json() for c in constituents], indent=1))
     return constituents
