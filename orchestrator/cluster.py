@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -61,15 +62,29 @@ def alive_node_count() -> int:
     return len([node for node in nodes if node.get("Alive")])
 
 
-def gcs_answers(address: str, timeout_s: float = 2.0) -> bool:
-    """Whether something listens at a Ray GCS address ``host:port`` (one TCP connect, ``timeout_s`` at most).
+#: An HTTP/2 client's greeting (the connection preface and an empty SETTINGS frame); a gRPC server answers with its SETTINGS.
+_HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)
+_SETTINGS_FRAME = 0x04
 
-    Checked before ``ray.init``, which retries an address nobody answers for about a minute.
+
+def gcs_answers(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether a Ray GCS answers at ``host:port`` (``timeout_s`` at most per step).
+
+    One TCP connect, then the HTTP/2 greeting: the GCS is a gRPC server and answers it with a
+    SETTINGS frame, where another server (the HTTP API's port, a database) answers otherwise or
+    not at all. Checked before ``ray.init``, which retries an address that is not a GCS for
+    minutes. With ``RAY_USE_TLS`` set the connect alone decides (the greeting would need TLS).
     """
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
-            return True
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "", "false"):
+                return True
+            conn.sendall(_HTTP2_GREETING)
+            head = b""
+            while len(head) < 9 and (chunk := conn.recv(9 - len(head))):
+                head += chunk
+            return len(head) == 9 and head[3] == _SETTINGS_FRAME
     except (OSError, ValueError):
         return False
 

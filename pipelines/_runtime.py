@@ -137,7 +137,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address and "://" not in address and address != "auto" and not gcs_answers(address):
         # ray.init retries an address nobody answers for many minutes, printing a warning a second.
         raise ClusterUnavailableError(
-            what, f"nothing answers at {address}: start the cluster, or fix or unset RAY_ADDRESS"
+            what,
+            f"no Ray cluster answers at {address} (nothing listens there, or a server that is not a Ray head's GCS "
+            "does): start the cluster, or fix or unset RAY_ADDRESS",
         )
     try:
         _start_ray(ray, address, num_cpus)

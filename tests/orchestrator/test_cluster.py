@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 
-from expunge.orchestrator.cluster import is_local_storage, require_shared_storage
+from expunge.orchestrator.cluster import gcs_answers, is_local_storage, require_shared_storage
 from expunge.orchestrator.errors import ConfigError
 
 LOCAL = ["./expunge-store", "/srv/store", "store", "file:///srv/store", "FILE:///srv/store", "local:///srv/store"]
@@ -33,16 +37,61 @@ def test_local_paths_and_file_urls_are_local(uri):
     assert is_local_storage(uri)
 
 
+class _Listener:
+    """A TCP server on loopback that answers each connection with ``reply`` (None: reads and says nothing)."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(64)
+                if self.reply is not None:
+                    conn.sendall(self.reply)
+                else:
+                    time.sleep(1.5)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+GRPC_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # what a gRPC server answers first
+
+
 def test_a_gcs_address_in_ipv6_brackets_is_probed_as_an_address():
     # A loopback head started by `expunge serve` is reached at [::ffff:127.0.0.1]:PORT; the brackets
     # made the probe look up a host named "[::ffff:127.0.0.1]", so `serve` took its head for dead.
-    import socket
+    listener = _Listener(GRPC_SETTINGS)
+    try:
+        assert gcs_answers(f"127.0.0.1:{listener.port}")
+        assert gcs_answers(f"[::ffff:127.0.0.1]:{listener.port}")
+    finally:
+        listener.close()
 
-    from expunge.orchestrator.cluster import gcs_answers
 
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        assert gcs_answers(f"127.0.0.1:{port}")
-        assert gcs_answers(f"[::ffff:127.0.0.1]:{port}")
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"", None], ids=["http", "closes", "silent"])
+def test_a_listener_that_is_not_a_gcs_is_not_taken_for_one(reply):
+    # An HTTP server at the address (the service's API port given as the Ray address) passed a
+    # connect-only probe, and ray.init then retried it for minutes.
+    listener = _Listener(reply)
+    try:
+        assert not gcs_answers(f"127.0.0.1:{listener.port}", timeout_s=0.5)
+    finally:
+        listener.close()
+
+
+def test_the_real_gcs_of_a_ray_cluster_answers(ray_cluster):
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    assert gcs_answers(address)

@@ -6,11 +6,13 @@ run in this process through the ``expunge`` program's own entry point, so the ta
 
 from __future__ import annotations
 
+import http.server
 import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,7 +179,25 @@ def test_a_ray_address_nobody_answers_is_retryable_at_once(tmp_path):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPUNGE_SUBJECT_KEY": KEY, "RAY_ADDRESS": f"127.0.0.1:{port}"}
         done = _train_in_a_fresh_process(tmp_path, env, timeout=120)
     assert done.returncode == 4, done.stderr[-3000:]
-    assert f"nothing answers at 127.0.0.1:{port}" in done.stderr
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in done.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_ray_address_where_another_server_listens_is_retryable_at_once(tmp_path):
+    # RAY_ADDRESS naming a port where an HTTP server listens (the service's API port, say) passed the
+    # connect-only probe, and ray.init retried it for minutes.
+    (tmp_path / "job.yaml").write_text(JOB)
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPUNGE_SUBJECT_KEY": KEY, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        done = _train_in_a_fresh_process(tmp_path, env, timeout=120)
+    finally:
+        server.shutdown()
+    assert done.returncode == 4, done.stderr[-3000:]
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in done.stderr
+    assert "not a Ray head's GCS" in done.stderr
     assert not (tmp_path / "store").exists()
 
 
