@@ -168,11 +168,12 @@ class ServiceConfig(Frozen):
     )
     name: str = Field("expunge-coordinator", min_length=1, description="Name of the detached coordinator actor.")
     window_ms: float = Field(
-        50.0,
+        10.0,
         ge=0.0,
         le=60_000.0,
         description="Coalescing window in milliseconds: requests that arrive within it of the first waiting one "
-        "share one retrain per affected shard, from its earliest affected slice.",
+        "share one retrain per affected shard, from its earliest affected slice (requests that arrive while a "
+        "commit runs share the next one whatever the window).",
     )
     pipeline: bool = Field(
         True,

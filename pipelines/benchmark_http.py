@@ -74,7 +74,7 @@ class HttpSettings(BaseModel):
     requests: int = Field(200, ge=1)
     clients: int = Field(50, ge=1)
     probes: int = Field(200, ge=1)
-    window_ms: float = Field(50.0, ge=0.0)
+    window_ms: float = Field(ServiceConfig.model_fields["window_ms"].default, ge=0.0)
     seed: int = 0
 
 

@@ -100,6 +100,8 @@ log = logging.getLogger(__name__)
 
 #: How long one wait for a request may take before the benchmark gives up on it, in seconds.
 _WAIT_S = 3600.0
+#: ``service.window_ms`` unless told: the job config's default.
+_DEFAULT_WINDOW_MS: float = ServiceConfig.model_fields["window_ms"].default
 #: How often the coordinator's memory is sampled during the load, in seconds.
 _SAMPLE_EVERY_S = 1.0
 
@@ -118,7 +120,7 @@ class ServiceBenchmarkSettings(BaseModel):
     load_ratings_per_user: int = Field(10, ge=1)
     threads: int = Field(16, ge=1)
     #: ``service.window_ms`` of both services (the job config's default unless told).
-    window_ms: float = Field(50.0, ge=0.0)
+    window_ms: float = Field(_DEFAULT_WINDOW_MS, ge=0.0)
     seed: int = 0
 
 
@@ -653,7 +655,9 @@ def main(
         None, min=0.001, help="run the paced stream instead: requests per second (with --duration)"
     ),
     duration: float = typer.Option(60.0, min=0.001, help="--rate: seconds the stream lasts"),
-    window_ms: float = typer.Option(50.0, min=0.0, help="service.window_ms of the services (coalescing window)"),
+    window_ms: float = typer.Option(
+        _DEFAULT_WINDOW_MS, min=0.0, help="service.window_ms of the services (coalescing window)"
+    ),
 ) -> None:
     """Erasure latency through the warm service (vs the cold CLI and a monolithic retrain), then a load run.
 
