@@ -214,11 +214,12 @@ class ReadyFits:
             try:
                 ensemble = self._solve_version(manifest)
             except (ExpungeError, OSError, ValueError) as exc:
+                published = self._published_after(manifest) if isinstance(exc, StorageCorruptError) else False
                 with self._changed:
-                    superseded = self._target is not None and self._target.version > manifest.version
-                    if not superseded:  # a store that did not answer: tried again (the previous model serves)
-                        log.warning("solving ensemble v%d failed (%s); trying again", manifest.version, exc)
-                        self._changed.wait(_RETRY_PAUSE_S)
+                    if self._target is None or self._target.version <= manifest.version:
+                        if not published:  # a store that did not answer: tried again (the previous model serves)
+                            log.warning("solving ensemble v%d failed (%s); trying again", manifest.version, exc)
+                        self._changed.wait(_RETRY_PAUSE_S)  # published: the newer version's request wakes it
                 continue  # superseded: its objects may be purged already; the newer version is solved next
             except Exception:  # the thread must outlive a bug in one solve; the previous model keeps serving
                 log.exception("solving ensemble v%d hit an unexpected error; trying again", manifest.version)
@@ -235,6 +236,18 @@ class ReadyFits:
             log.info("ensemble v%d ready to serve (solved in %.2f s)", manifest.version, seconds)
             if self._on_ready is not None:
                 self._on_ready(manifest.version, seconds)
+
+    def _published_after(self, manifest: EnsembleManifest) -> bool:
+        """Whether the store publishes a newer version than ``manifest`` (whose objects a commit may have purged).
+
+        The commit worker purges before it asks for the new version's solve: a read that failed
+        in between is a superseded version, not a damaged store.
+        """
+        try:
+            latest = self._catalog.latest()
+        except ExpungeError:
+            return False
+        return latest is not None and latest.version > manifest.version
 
     def _solve_version(self, manifest: EnsembleManifest) -> StatisticsEnsemble:
         """The exact solve of ``manifest``, reusing the decoded states of shard versions it shares with the last."""

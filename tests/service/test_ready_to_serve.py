@@ -185,3 +185,46 @@ def test_an_erased_subject_is_refused_from_the_moment_its_status_says_committed(
         service.board.remember = remember
         service.close()
     assert seen == ["refused"]
+
+
+def test_a_version_purged_before_its_solve_read_is_skipped_without_a_warning(tmp_path, hasher, caplog, monkeypatch):
+    # The commit worker purges the version it superseded before it asks for the new version's solve:
+    # a solve of the old version that read in between found a checkpoint missing and warned about a
+    # damaged store ("solving ensemble vN failed ... referenced but missing; trying again").
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.errors import StorageCorruptError
+    from expunge.orchestrator.serving import ready as ready_module
+    from expunge.orchestrator.serving.ready import ReadyFits
+
+    config = _job(tmp_path).model_copy(update={"sharding": job(model=STATS, shards=1, slices=2).sharding})
+    coordinator = Coordinator(config.storage, hasher, None, pool_factory=local_pool)
+    coordinator.train(ROWS, config)
+    first = coordinator.forget([SUBJECTS[0]]).model_version_after
+    second = coordinator.forget([SUBJECTS[1]]).model_version_after  # one shard: the first's checkpoints purged
+    assert first is not None
+    assert second is not None
+    catalog = Catalog(coordinator.store)
+    missed = threading.Event()
+    read = ready_module._checkpoint
+
+    def checkpoint(*args):
+        try:
+            return read(*args)
+        except StorageCorruptError:
+            missed.set()
+            raise
+
+    monkeypatch.setattr(ready_module, "_checkpoint", checkpoint)
+    fits = ReadyFits(coordinator.store)
+    try:
+        with caplog.at_level("WARNING", logger="expunge.orchestrator.serving.ready"):
+            fits.request(catalog.read(first))
+            assert missed.wait(60)  # the solve of the purged version has failed to read it
+            fits.request(catalog.read(second))
+            assert fits.wait(second, timeout=120)
+        assert not [r for r in caplog.records if "solving ensemble" in r.getMessage()]
+        served = fits.served()
+        assert served is not None
+        assert served.version == second
+    finally:
+        fits.close()
