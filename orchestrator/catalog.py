@@ -9,6 +9,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
@@ -121,11 +122,18 @@ class EnsembleManifest(BaseModel):
 
 
 class PlacementIndex:
-    """Subject digest -> cells holding its rows (one cell in subject-aware modes) with row counts."""
+    """Subject digest -> cells holding its rows (one cell in subject-aware modes) with row counts.
 
-    def __init__(self, entries: dict[str, dict[Cell, int]], table: pa.Table | None = None) -> None:
+    Read-only (``entries`` and its cell maps are mapping proxies): a catalog shares the index it
+    read or wrote with every reader, so a change would reach them all. Derive a new index
+    (``without``, or ``PlacementIndex({...})`` from copies) instead.
+    """
+
+    def __init__(self, entries: Mapping[str, Mapping[Cell, int]], table: pa.Table | None = None) -> None:
         """``table``: ``entries`` as ``to_table`` gives them, when known (read from the store, or filtered from one)."""
-        self.entries = entries
+        self.entries: Mapping[str, Mapping[Cell, int]] = MappingProxyType(
+            {d: c if isinstance(c, MappingProxyType) else MappingProxyType(dict(c)) for d, c in entries.items()}
+        )
         self._table = table
 
     @classmethod
@@ -209,8 +217,8 @@ class Catalog:
         #: (``StoreLease.check``: this process must still hold the newest lease token).
         self.fence = fence
         #: Parsed immutable JSON objects (manifests, tombstone entries) by key, with the listed
-        #: (size, modified) they were parsed at: a commit reads each object once, not once per commit.
-        self._parsed: dict[str, tuple[tuple[int, datetime], BaseModel]] = {}
+        #: (size, modified, tag) they were parsed at: a commit reads each object once, not once per commit.
+        self._parsed: dict[str, tuple[tuple[int, datetime, str], BaseModel]] = {}
         #: Placement indexes by key (content-addressed), newest last: the one a commit wrote is the one the next reads.
         self._placements: dict[str, PlacementIndex] = {}
         self._kept = threading.Lock()  # the service's threads share a catalog
@@ -219,11 +227,11 @@ class Catalog:
     def _listed(self, model: type[_Parsed], info: ObjectInfo) -> _Parsed:
         """``info``'s object parsed, from the cache while its size and time are the listed ones."""
         seen = self._parsed.get(info.key)
-        if seen is not None and seen[0] == (info.size, info.modified) and isinstance(seen[1], model):
+        if seen is not None and seen[0] == (info.size, info.modified, info.tag) and isinstance(seen[1], model):
             return seen[1]
         parsed = _parse(model, self.store, info.key)
         with self._kept:
-            self._parsed[info.key] = ((info.size, info.modified), parsed)
+            self._parsed[info.key] = ((info.size, info.modified, info.tag), parsed)
         return parsed
 
     def _key(self, version: int) -> str:

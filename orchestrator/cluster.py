@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 from expunge.orchestrator.errors import ConfigError
@@ -73,16 +74,21 @@ def gcs_answers(address: str, timeout_s: float = 2.0) -> bool:
     One TCP connect, then the HTTP/2 greeting: the GCS is a gRPC server and answers it with a
     SETTINGS frame, where another server (the HTTP API's port, a database) answers otherwise or
     not at all. Checked before ``ray.init``, which retries an address that is not a GCS for
-    minutes. With ``RAY_USE_TLS`` set the connect alone decides (the greeting would need TLS).
+    minutes. With ``RAY_USE_TLS`` on (``1`` or ``true``) the connect alone decides (the greeting
+    would need TLS). Another gRPC server (a raylet's port) passes: ``ray.init`` then fails on its own.
     """
     host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s  # one deadline for the whole probe, however the server trickles
     try:
         with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s) as conn:
-            if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "", "false"):
+            if os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true"):  # as Ray reads it
                 return True
             conn.sendall(_HTTP2_GREETING)
             head = b""
-            while len(head) < 9 and (chunk := conn.recv(9 - len(head))):
+            while len(head) < 9:
+                conn.settimeout(max(deadline - time.monotonic(), 0.001))
+                if not (chunk := conn.recv(9 - len(head))):
+                    break
                 head += chunk
             return len(head) == 9 and head[3] == _SETTINGS_FRAME
     except (OSError, ValueError):

@@ -50,6 +50,9 @@ class ObjectInfo:
     key: str
     modified: datetime
     size: int = 0  # bytes of the current version
+    #: Changes when the object is rewritten, even within the time's resolution: S3's ETag; a local
+    #: file's inode and status-change time (which ``os.utime`` cannot set back).
+    tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,9 @@ def _local_files(path: str) -> list[tuple[str, os.stat_result]]:
 
     What fsspec's ``find(detail=True)`` lists, read with ``os.scandir``: a tenth of its cost per
     file, which the service's commits pay on every listing. A file or folder removed while it
-    is listed is left out (fsspec raises); [] when ``path`` is absent.
+    is listed is left out (fsspec raises); so is a symbolic link inside ``path`` (Expunge writes
+    none; followed, a purge could delete files outside the store, and a loop would never end);
+    [] when ``path`` is absent.
     """
     try:
         top = os.stat(path)
@@ -191,6 +196,8 @@ def _local_files(path: str) -> list[tuple[str, os.stat_result]]:
         with entries:
             for entry in entries:
                 try:
+                    if entry.is_symlink():
+                        continue  # Expunge writes none: a link is not the store's (a purge must not follow it out)
                     if entry.is_dir():
                         folders.append(entry.path)
                     else:
@@ -214,10 +221,15 @@ def _local_names(path: str) -> list[str]:
         with entries:
             for entry in entries:
                 try:
-                    (folders if entry.is_dir() else found).append(entry.path)
+                    if not entry.is_symlink():
+                        (folders if entry.is_dir() else found).append(entry.path)
                 except FileNotFoundError:
                     continue
     return found
+
+
+def _stat_tag(info: os.stat_result) -> str:
+    return f"{info.st_ino}:{info.st_ctime_ns}"
 
 
 def _stat_modified(info: os.stat_result) -> datetime:
@@ -445,19 +457,21 @@ class ObjectStore:
         try:
             if self.local:
                 found = os.stat(path)
-                return ObjectInfo(key, _stat_modified(found), found.st_size)
+                return ObjectInfo(key, _stat_modified(found), found.st_size, _stat_tag(found))
             bucket, name, _ = self.fs.split_path(path)
             page = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=name, MaxKeys=1)
             listed = page.get("Contents", [])
             if not listed or listed[0]["Key"] != name:  # the first key of the prefix is the key itself
                 raise FileNotFoundError(path)
-            return ObjectInfo(key, _modified(listed[0]), int(listed[0].get("Size") or 0))
+            first = listed[0]
+            return ObjectInfo(key, _modified(first), int(first.get("Size") or 0), str(first.get("ETag") or ""))
         except FileNotFoundError as exc:
             raise StorageCorruptError(
                 f"object {self.url(key)} is referenced but missing. Restore it from backup "
                 "or retrain into a fresh storage URI."
             ) from exc
 
+    @_reachable
     def list_keys(self, prefix: str) -> list[str]:
         """Current keys under ``prefix`` (recursive), sorted."""
         if self.local:  # names only: no stat per file
@@ -470,13 +484,16 @@ class ObjectStore:
         base = self._path(prefix).rstrip("/")
         if self.local:
             found = sorted(_local_files(base))
-            return [ObjectInfo(self._key(p), _stat_modified(info), info.st_size) for p, info in found]
+            return [ObjectInfo(self._key(p), _stat_modified(info), info.st_size, _stat_tag(info)) for p, info in found]
         self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base, detail=True)
         return sorted(
-            (ObjectInfo(self._key(p), _modified(info), int(info.get("size") or 0)) for p, info in found.items()),
+            (
+                ObjectInfo(self._key(p), _modified(info), int(info.get("size") or 0), str(info.get("ETag") or ""))
+                for p, info in found.items()
+            ),
             key=lambda i: i.key,
         )
 

@@ -249,7 +249,7 @@ class Packager:
             # there). They are exported into the model's folder, and the flavor names them as
             # MLflow's own artifacts handling writes it.
             relative = f"{_ARTIFACTS_FOLDER}/{ENSEMBLE_ARTIFACT}"
-            held, self._held = self._held, None
+            held, self._held = self._held, None  # dropped whatever happens next: one ensemble held at most
             read = held[1] if held is not None and held[0] == manifest.version else None
             export_ensemble(self.registry.store, manifest, root / "model" / relative, read)
             flavor = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]

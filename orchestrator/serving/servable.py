@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,11 +78,16 @@ def read_shard_manifest(store: ObjectStore, shard: int, version: int) -> ShardMa
 def read_constituents(store: ObjectStore, manifest: EnsembleManifest) -> list[tuple[Constituent, bytes]]:
     """The final checkpoint of every shard of ``manifest``, in shard order, with its ``Constituent`` record.
 
+    Holds every checkpoint in memory at once (``export_ensemble`` alone reads one at a time).
+
     Raises:
         StorageCorruptError: a shard manifest lists no checkpoint, or a checkpoint is missing
             (e.g. purged by a newer commit).
     """
-    read = []
+    return list(_constituents(store, manifest))
+
+
+def _constituents(store: ObjectStore, manifest: EnsembleManifest) -> Iterator[tuple[Constituent, bytes]]:
     for shard, version in enumerate(manifest.shard_versions):
         shard_manifest = read_shard_manifest(store, shard, version)
         if not shard_manifest.checkpoints:
@@ -94,15 +99,14 @@ def read_constituents(store: ObjectStore, manifest: EnsembleManifest) -> list[tu
         constituent = Constituent(
             shard, version, key, hashlib.sha256(data).hexdigest(), sum(s.rows for s in shard_manifest.slices)
         )
-        read.append((constituent, data))
-    return read
+        yield constituent, data
 
 
 def export_ensemble(
     store: ObjectStore,
     manifest: EnsembleManifest,
     destination: Path,
-    read: list[tuple[Constituent, bytes]] | None = None,
+    read: Iterable[tuple[Constituent, bytes]] | None = None,
 ) -> list[Constituent]:
     """Copy the final checkpoint of every shard of ``manifest`` into ``destination``.
 
@@ -110,12 +114,12 @@ def export_ensemble(
     its own: the store deletes superseded checkpoints on every erasure. ``read``: the
     constituents already read (``read_constituents`` of this manifest); None reads them now.
     """
-    read = read if read is not None else read_constituents(store, manifest)
     destination.mkdir(parents=True, exist_ok=True)
     (destination / "shards").mkdir(exist_ok=True)
-    for constituent, data in read:
+    constituents = []
+    for constituent, data in read if read is not None else _constituents(store, manifest):
         (destination / constituent.file).write_bytes(data)
-    constituents = [c for c, _ in read]
+        constituents.append(constituent)
     (destination / _MANIFEST_FILE).write_text(manifest.model_dump_json(indent=1))
     (destination / _CONSTITUENTS_FILE).write_text(json.dumps([c.as_json() for c in constituents], indent=1))
     return constituents

@@ -114,3 +114,30 @@ def _parquet(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd", write_statistics=False)
     return sink.getvalue()
+
+
+def test_a_placement_handed_out_cannot_be_changed_in_place(tmp_path):
+    # Adversarial review: the catalog shares the index it read with every reader; a caller that
+    # trimmed it in place made a later erasure of that subject in the same process "not found".
+    store = ObjectStore(str(tmp_path / "store"))
+    catalog = Catalog(store)
+    key = catalog.write_placement(PlacementIndex({"a" * 64: {Cell(0, 1): 3}}))
+    index = catalog.read_placement(key)
+    with pytest.raises(TypeError):
+        del index.entries["a" * 64]  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        index.entries["a" * 64][Cell(0, 0)] = 1  # type: ignore[index]
+    assert catalog.read_placement(key).cells() == {"a" * 64: [Cell(0, 1)]}
+
+
+def test_a_tombstone_edited_in_place_with_its_time_put_back_is_read_again(tmp_path):
+    store = ObjectStore(str(tmp_path / "store"))
+    catalog = Catalog(store)
+    catalog.append_tombstones("erased", ["a" * 64], "req-1")
+    assert catalog.tombstones() == {"a" * 64}
+    (key,) = store.list_keys("tombstones")
+    path = tmp_path / "store" / key
+    before = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"a" * 64, b"c" * 64))  # same size, same file
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same time
+    assert catalog.tombstones() == {"c" * 64}

@@ -40,7 +40,8 @@ def test_local_paths_and_file_urls_are_local(uri):
 class _Listener:
     """A TCP server on loopback that answers each connection with ``reply`` (None: reads and says nothing)."""
 
-    def __init__(self, reply: bytes | None) -> None:
+    def __init__(self, reply: bytes | None, trickle_s: float = 0.0) -> None:
+        self.trickle_s = trickle_s
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
@@ -56,10 +57,11 @@ class _Listener:
                 return
             with conn:
                 conn.recv(64)
-                if self.reply is not None:
-                    conn.sendall(self.reply)
-                else:
+                if self.reply is None:
                     time.sleep(1.5)
+                for byte in self.reply or b"":  # one byte at a time, slowly when asked to
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.trickle_s)
 
     def close(self) -> None:
         self.sock.close()
@@ -86,6 +88,27 @@ def test_a_listener_that_is_not_a_gcs_is_not_taken_for_one(reply):
     listener = _Listener(reply)
     try:
         assert not gcs_answers(f"127.0.0.1:{listener.port}", timeout_s=0.5)
+    finally:
+        listener.close()
+
+
+def test_a_server_that_trickles_its_answer_is_given_one_deadline():
+    # Adversarial review: the timeout applied to each read, so a server sending one byte a second
+    # held the probe for many seconds.
+    # Each byte comes within the timeout, the whole answer does not: a deadline per read accepted it.
+    listener = _Listener(GRPC_SETTINGS, trickle_s=0.3)
+    try:
+        assert not gcs_answers(f"127.0.0.1:{listener.port}", timeout_s=0.8)
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(("value", "connect_only"), [("1", True), ("true", True), ("0 ", False), ("no", False)])
+def test_ray_use_tls_is_read_as_ray_reads_it(value, connect_only, monkeypatch):
+    monkeypatch.setenv("RAY_USE_TLS", value)
+    listener = _Listener(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    try:
+        assert gcs_answers(f"127.0.0.1:{listener.port}", timeout_s=0.5) is connect_only
     finally:
         listener.close()
 

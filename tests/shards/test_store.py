@@ -73,3 +73,35 @@ def test_local_listings_match_fsspec_find(tmp_path):
     assert store.exists("a/b.json")
     assert not store.exists("a/nothing")
     assert store.get("z/deep/er/k") == b"4444"
+
+
+def test_links_inside_a_local_store_are_neither_listed_nor_followed(tmp_path):
+    # Adversarial review: the scandir listing followed a link to a folder outside the store, and the
+    # purge deleted that folder's files; a link loop made every listing fail.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.bin").write_bytes(b"x")
+    store = ObjectStore(str(tmp_path / "store"))
+    store.put("staging/real.bin", b"y")
+    (tmp_path / "store" / "staging" / "linked").symlink_to(outside)
+    (tmp_path / "store" / "staging" / "loop").symlink_to(tmp_path / "store" / "staging")
+    (tmp_path / "store" / "staging" / "dangling").symlink_to(tmp_path / "nowhere")
+    assert store.list_keys("staging") == ["staging/real.bin"]
+    assert [i.key for i in store.list_info("staging")] == ["staging/real.bin"]
+    assert [v.key for v in store.list_versions("staging/")] == ["staging/real.bin"]
+
+
+def test_an_unreadable_local_folder_is_the_typed_storage_error(tmp_path, monkeypatch):
+    from expunge.orchestrator.errors import StorageUnavailableError
+
+    store = ObjectStore(str(tmp_path / "store"))
+    store.put("ensemble/00000001.json", b"{}")
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr("expunge.shards.store.os.scandir", refused)
+    with pytest.raises(StorageUnavailableError, match="cannot use the store"):
+        store.list_keys("ensemble")
+    with pytest.raises(StorageUnavailableError, match="cannot use the store"):
+        store.list_info("ensemble")
