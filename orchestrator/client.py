@@ -68,7 +68,7 @@ def join_cluster(address: str | None, namespace: str) -> None:
     if target and "://" not in target and target != "auto" and not gcs_answers(target):
         raise ConfigError(
             f"no Ray cluster answers at {given}: start one with `expunge serve --config FILE.yaml` (it prints the "
-            "address), or check the address (and RAY_ADDRESS)"
+            "address), or check the address (and RAY_ADDRESS): the Ray head's host:port, not the HTTP API's port"
         )
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)

@@ -125,6 +125,12 @@ def check_address(address: str | None) -> None:
     Raises:
         ConfigError: e.g. ``localhost:abc``, ``127.0.0.1:``, ``:6379`` (bad input, not an unreachable cluster).
     """
+    if address is not None and address.lower().startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{address!r} is an HTTP URL (the service's HTTP API, or Ray's dashboard), not a Ray address: give the "
+            "Ray head's host:port as `expunge serve` prints it, e.g. [::ffff:127.0.0.1]:6379 (the URL is for HTTP "
+            "clients)"
+        )
     if address is None or address == "auto" or "://" in address:
         return
     host, _, port = address.rpartition(":")

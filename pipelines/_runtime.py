@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from expunge.orchestrator.cluster import gcs_answers
+from expunge.orchestrator.cluster import check_address, client_address, gcs_answers
 from expunge.orchestrator.config import JobConfig, PrivacyConfig, StorageConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.digests import SubjectHasher, key_weakness
 from expunge.orchestrator.errors import (
@@ -134,11 +134,15 @@ def init_ray(num_cpus: int | None = None) -> None:
         # Ray starts workers at niceness 15; Expunge's own cluster starts them at 0 (shards/niceness.py).
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     what = f"joining the Ray cluster at RAY_ADDRESS={address}" if address else "starting Ray on this machine"
+    check_address(address)  # bad input (exit 2), not an unreachable cluster
+    given = address
+    if address and "://" not in address and address != "auto":
+        address = client_address(address)  # a loopback head given as 127.0.0.1:PORT: Ray's own spelling
     if address and "://" not in address and address != "auto" and not gcs_answers(address):
         # ray.init retries an address nobody answers for many minutes, printing a warning a second.
         raise ClusterUnavailableError(
             what,
-            f"no Ray cluster answers at {address} (nothing listens there, or a server that is not a Ray head's GCS "
+            f"no Ray cluster answers at {given} (nothing listens there, or a server that is not a Ray head's GCS "
             "does): start the cluster, or fix or unset RAY_ADDRESS",
         )
     try:
@@ -157,7 +161,7 @@ def init_ray(num_cpus: int | None = None) -> None:
 def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
     if address:
         # A real cluster: its own authentication settings (RAY_AUTH_MODE / RAY_AUTH_TOKEN) apply.
-        ray.init(log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
     else:
         # The private local cluster Expunge starts: token authentication, chosen explicitly (Ray
         # warns on every start when the mode is left to its default). A user's own setting wins.

@@ -215,6 +215,7 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
 
     path = state_file(namespace)
     recorded = read_state(path) or {}
+    given = address
     address = address or recorded.get("address") or os.environ.get("RAY_ADDRESS")
     if address is None:
         typer.echo(  # an answer, not a fault: said plainly (exit 0), as the other jobs' summary lines
@@ -231,14 +232,35 @@ def stop(namespace: str, address: str | None, name: str | None) -> dict[str, Any
     else:
         typer.echo(f"no Ray cluster answers at {address}; nothing to stop there", err=True)
     head_processes = 0
+    ours = given is None or _same_address(given, str(recorded.get("address", "")))
+    if recorded.get("head") and not ours:
+        # --address named another cluster: the head serve started here is not what was asked to stop.
+        typer.echo(
+            f"the head `expunge serve` started for namespace {namespace!r} (at {recorded.get('address')}) is left "
+            f"running: --address named {given}. Stop it with `expunge serve --stop --namespace {namespace}`.",
+            err=True,
+        )
+        return {"namespace": namespace, "service_stopped": stopped, "head_processes_stopped": 0}
     if recorded.get("head"):
         import ray
 
         ray.shutdown()
         head_processes = stop_head(HeadInfo.model_validate(recorded["head"]))
-    path.unlink(missing_ok=True)
-    key_file(namespace).unlink(missing_ok=True)
+    if ours:
+        path.unlink(missing_ok=True)
+        key_file(namespace).unlink(missing_ok=True)
     return {"namespace": namespace, "service_stopped": stopped, "head_processes_stopped": head_processes}
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two ``host:port`` Ray addresses name the same head (loopback spellings are one)."""
+
+    def plain(address: str) -> tuple[str, str]:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        return ("127.0.0.1" if host in ("localhost", "::ffff:127.0.0.1") else host), port
+
+    return plain(a) == plain(b)
 
 
 def status(namespace: str, address: str | None, name: str | None) -> dict[str, Any]:
@@ -253,7 +275,10 @@ def status(namespace: str, address: str | None, name: str | None) -> dict[str, A
     recorded = read_state(state_file(namespace)) or {}
     address = address or recorded_address(namespace)
     if not _reachable(address):
-        raise ServiceUnavailableError(f"no Ray cluster answers at {address}: is the service running?")
+        raise ServiceUnavailableError(
+            f"no Ray cluster answers at {address}: is the service running? Give the Ray head's address as "
+            "`expunge serve` printed it (not the HTTP API's port), or leave --address out to use the recorded one"
+        )
     _connect(address, namespace)
     name = name or recorded.get("name") or "expunge-coordinator"
     client = RayClient(find_service(namespace, name), namespace, name, retry_s=30)

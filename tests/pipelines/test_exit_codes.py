@@ -206,3 +206,30 @@ def test_a_scan_for_two_subjects_is_refused_not_half_done(workdir, capsys):
     # subject it never looked for.
     assert _exit_code(["scan", "--storage", str(workdir / "store"), "--subject", "u1", "--subject", "u2"]) == 2
     assert "a scan looks for one subject" in capsys.readouterr().err
+
+
+def test_an_http_url_given_as_the_ray_address_is_bad_input(tmp_path):
+    # New-user review: pasting the service's URL as RAY_ADDRESS or --address ended in a traceback, exit 5.
+    (tmp_path / "job.yaml").write_text(JOB)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPUNGE_SUBJECT_KEY": KEY, "RAY_ADDRESS": "http://127.0.0.1:8470"}
+    done = _train_in_a_fresh_process(tmp_path, env, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "is an HTTP URL" in done.stderr
+    assert "internal error" not in done.stderr
+
+
+def test_a_loopback_ray_address_is_joined_as_ray_reaches_it(monkeypatch):
+    # New-user review: RAY_ADDRESS=127.0.0.1:PORT of a head `expunge serve` started on loopback hung a
+    # job: Ray rewrites 127.0.0.1 to the machine's address, where that head does not listen.
+    import ray
+
+    from expunge.pipelines import _runtime
+
+    joined: list[str] = []
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6390")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(_runtime, "client_address", lambda address: "[::ffff:127.0.0.1]:6390")
+    monkeypatch.setattr(_runtime, "gcs_answers", lambda address: address == "[::ffff:127.0.0.1]:6390")
+    monkeypatch.setattr(ray, "init", lambda address=None, **kwargs: joined.append(address))
+    _runtime.init_ray()
+    assert joined == ["[::ffff:127.0.0.1]:6390"]

@@ -159,3 +159,27 @@ def test_serve_on_a_store_another_process_writes_is_refused_before_a_head_starts
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_stop_with_another_address_leaves_the_head_serve_started_running(tmp_path, monkeypatch, capsys):
+    # New-user review: `serve --stop --address WRONG` said "nothing to stop there" and exit 0, and
+    # killed the head `serve` had started (with the service on it) all the same.
+    from expunge.pipelines import serve
+
+    monkeypatch.setenv("EXPUNGE_STATE_DIR", str(tmp_path / "state"))
+    head = {"address": "[::ffff:127.0.0.1]:6390", "dashboard_url": "http://127.0.0.1:8265", "temp_dir": "/tmp/x"}
+    serve.state_file("ns-a").parent.mkdir(parents=True)
+    serve.state_file("ns-a").write_text(json.dumps({"address": head["address"], "head": head}))
+    killed: list[object] = []
+    monkeypatch.setattr(serve, "stop_head", lambda info: killed.append(info) or 7)
+    monkeypatch.setattr(serve, "_reachable", lambda address: False)
+
+    answer = serve.stop("ns-a", "127.0.0.1:8470", None)  # the HTTP API's port, say
+    assert answer["head_processes_stopped"] == 0
+    assert killed == []
+    assert serve.state_file("ns-a").exists()
+    assert "is left running" in capsys.readouterr().err
+
+    answer = serve.stop("ns-a", "127.0.0.1:6390", None)  # the recorded head, spelled as `serve` prints it
+    assert answer["head_processes_stopped"] == 7
+    assert not serve.state_file("ns-a").exists()
