@@ -641,7 +641,9 @@ def main(
     probes: int = typer.Option(200, min=1, help="--http: status reads timed through HTTP and as a Ray call"),
     shards: int = typer.Option(8, min=1, help="S of both stores"),
     slices: int = typer.Option(8, min=1, help="R of both stores"),
-    requests: int = typer.Option(20, min=1, help="one-subject SDK erasures for the latency figures"),
+    requests: int = typer.Option(
+        20, min=1, help="one-subject SDK erasures for the latency figures (--http: the HTTP erasures)"
+    ),
     cold: int = typer.Option(2, min=0, help="cold `expunge forget` processes (0: none)"),
     load_subjects: int = typer.Option(10_000, min=2, help="subjects of the synthetic load store"),
     load_requests: int = typer.Option(10_000, min=1, help="single-subject requests of the load run"),
