@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,22 +171,14 @@ def _s3_create_exclusive(fs: Any, path: str, data: bytes) -> None:
 _Version = tuple[str, str | None, bool, datetime | None]
 
 
-def _local_files(path: str) -> list[tuple[str, os.stat_result]]:
-    """Files under the folder ``path``, recursively (or ``path`` itself, a file), with their stat.
+def _local_entries(path: str) -> Iterator[os.DirEntry[str]]:
+    """The files under the folder ``path``, recursively, as ``os.scandir`` entries.
 
-    What fsspec's ``find(detail=True)`` lists, read with ``os.scandir``: a tenth of its cost per
-    file, which the service's commits pay on every listing. A file or folder removed while it
-    is listed is left out (fsspec raises); so is a symbolic link inside ``path`` (Expunge writes
-    none; followed, a purge could delete files outside the store, and a loop would never end);
-    [] when ``path`` is absent.
+    What fsspec's ``find`` lists, at a tenth of its cost per file, which the service's commits pay
+    on every listing. A file or folder removed while it is listed is left out (fsspec raises); so
+    is a symbolic link (Expunge writes none; followed, a purge could delete files outside the
+    store, and a loop would never end).
     """
-    try:
-        top = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    if not stat.S_ISDIR(top.st_mode):
-        return [(path.rstrip("/"), top)]
-    found: list[tuple[str, os.stat_result]] = []
     folders = [path.rstrip("/")]
     while folders:
         try:
@@ -197,13 +189,29 @@ def _local_files(path: str) -> list[tuple[str, os.stat_result]]:
             for entry in entries:
                 try:
                     if entry.is_symlink():
-                        continue  # Expunge writes none: a link is not the store's (a purge must not follow it out)
+                        continue
                     if entry.is_dir():
                         folders.append(entry.path)
-                    else:
-                        found.append((entry.path, entry.stat()))
+                        continue
                 except FileNotFoundError:
                     continue
+                yield entry
+
+
+def _local_files(path: str) -> list[tuple[str, os.stat_result]]:
+    """``_local_entries(path)`` with their stat (or ``path`` itself, a file); [] when ``path`` is absent."""
+    try:
+        top = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if not stat.S_ISDIR(top.st_mode):
+        return [(path.rstrip("/"), top)]
+    found: list[tuple[str, os.stat_result]] = []
+    for entry in _local_entries(path):
+        try:
+            found.append((entry.path, entry.stat()))
+        except FileNotFoundError:
+            continue
     return found
 
 
@@ -211,21 +219,7 @@ def _local_names(path: str) -> list[str]:
     """The paths of ``_local_files(path)`` without a stat of each file (the folder entries' types suffice)."""
     if not os.path.isdir(path):
         return [path] if os.path.exists(path) else []
-    found: list[str] = []
-    folders = [path]
-    while folders:
-        try:
-            entries = os.scandir(folders.pop())
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    if not entry.is_symlink():
-                        (folders if entry.is_dir() else found).append(entry.path)
-                except FileNotFoundError:
-                    continue
-    return found
+    return [entry.path for entry in _local_entries(path)]
 
 
 def _stat_tag(info: os.stat_result) -> str:
