@@ -429,10 +429,13 @@ class ObjectStore:
             with self.fs.open(path, "rb") as handle:
                 return bytes(handle.read())
         except FileNotFoundError as exc:
-            raise StorageCorruptError(
-                f"object {self.url(key)} is referenced but missing. Restore it from backup "
-                "or retrain into a fresh storage URI."
-            ) from exc
+            raise self._missing(key) from exc
+
+    def _missing(self, key: str) -> StorageCorruptError:
+        return StorageCorruptError(
+            f"object {self.url(key)} is referenced but missing. Restore it from backup "
+            "or retrain into a fresh storage URI."
+        )
 
     @_reachable
     def exists(self, key: str) -> bool:
@@ -460,10 +463,7 @@ class ObjectStore:
             first = listed[0]
             return ObjectInfo(key, _modified(first), int(first.get("Size") or 0), str(first.get("ETag") or ""))
         except FileNotFoundError as exc:
-            raise StorageCorruptError(
-                f"object {self.url(key)} is referenced but missing. Restore it from backup "
-                "or retrain into a fresh storage URI."
-            ) from exc
+            raise self._missing(key) from exc
 
     @_reachable
     def list_keys(self, prefix: str) -> list[str]:
