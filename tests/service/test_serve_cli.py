@@ -173,6 +173,9 @@ def test_stop_with_another_address_leaves_the_head_serve_started_running(tmp_pat
     killed: list[object] = []
     monkeypatch.setattr(serve, "stop_head", lambda info: killed.append(info) or 7)
     monkeypatch.setattr(serve, "_reachable", lambda address: False)
+    import ray
+
+    monkeypatch.setattr(ray, "shutdown", lambda: None)  # the session's own cluster stays up for later tests
 
     answer = serve.stop("ns-a", "127.0.0.1:8470", None)  # the HTTP API's port, say
     assert answer["head_processes_stopped"] == 0
