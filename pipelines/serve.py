@@ -23,7 +23,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from expunge.orchestrator.cluster import absolute_folder, gcs_answers
+from expunge.orchestrator.cluster import MAPPED_LOOPBACK, absolute_folder, gcs_answers
 from expunge.orchestrator.config import JobConfig, ServiceConfig, TrackingConfig, load_job_config
 from expunge.orchestrator.errors import ConfigError, ServiceUnavailableError
 from expunge.pipelines._head import HeadInfo, client_address, listening_addresses, read_state, start_head, stop_head
@@ -258,7 +258,7 @@ def _same_address(a: str, b: str) -> bool:
     def plain(address: str) -> tuple[str, str]:
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
-        return ("127.0.0.1" if host in ("localhost", "::ffff:127.0.0.1") else host), port
+        return ("127.0.0.1" if host in ("localhost", MAPPED_LOOPBACK) else host), port
 
     return plain(a) == plain(b)
 
