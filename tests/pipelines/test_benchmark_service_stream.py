@@ -12,7 +12,14 @@ from rich.console import Console
 
 from expunge.orchestrator.config import TrainingConfig
 from expunge.pipelines.benchmark_service import Percentiles, percentiles
-from expunge.pipelines.benchmark_stream import StreamResult, StreamSettings, even_spread, solve_ratio, stream_table
+from expunge.pipelines.benchmark_stream import (
+    StreamResult,
+    StreamSettings,
+    erased_ready_to_serve,
+    even_spread,
+    solve_ratio,
+    stream_table,
+)
 from expunge.pipelines.cli import app
 
 
@@ -54,6 +61,7 @@ def _result(exact_solve: Percentiles | None, ratio: float | None) -> StreamResul
         committed=p,
         ready=p,
         ready_to_serve=p,
+        ready_to_serve_erased=p,
         registered=p,
         throughput_per_s=5.0,
         exact_solve=exact_solve,
@@ -83,7 +91,7 @@ def test_a_model_without_an_exact_solve_shows_n_a_not_zero():
 
     text = _rendered(_result(None, None))
     solve_line = next(line for line in text.splitlines() if "exact solve alone" in line)
-    ratio_line = next(line for line in text.splitlines() if "ready_to_serve p50 / exact solve p50" in line)
+    ratio_line = next(line for line in text.splitlines() if "ready_to_serve p50 (erased) / exact solve p50" in line)
     assert "n/a" in solve_line
     assert "0.000" not in solve_line
     assert "n/a" in ratio_line
@@ -104,3 +112,21 @@ def test_a_rate_with_the_http_load_is_refused_not_ignored():
     result = CliRunner().invoke(app, ["benchmark", "service", "--http", "--rate", "5"])
     assert result.exit_code == 2
     assert "drop --http or --rate" in result.output
+
+
+def test_the_ratio_counts_only_requests_that_erased_someone():
+    """A not_found request is ready at its commit (0 s): counted, it pulled the ratio's p50 down."""
+    outcomes = [
+        ("erased", 1.5),
+        ("not_found", 0.0),
+        ("not_found", 0.0),
+        ("erased", 2.5),
+        (None, None),
+        ("erased", None),
+    ]
+    assert erased_ready_to_serve(outcomes) == [1.5, 2.5]
+    every = percentiles([s for _, s in outcomes if s is not None])
+    _, over_all = solve_ratio(every, [1.0])
+    _, over_erased = solve_ratio(percentiles(erased_ready_to_serve(outcomes)), [1.0])
+    assert over_all == pytest.approx(0.75)
+    assert over_erased == pytest.approx(2.0)
