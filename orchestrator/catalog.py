@@ -223,6 +223,7 @@ class Catalog:
         self._placements: dict[str, PlacementIndex] = {}
         self._kept = threading.Lock()  # the service's threads share a catalog
         self._tombstone_head: int | None = None  # the newest tombstone sequence this catalog listed or wrote
+        self._ensemble_head: int | None = None  # the newest ensemble version this catalog listed (``latest``)
 
     def _listed(self, model: type[_Parsed], info: ObjectInfo) -> _Parsed:
         """``info``'s object parsed, from the cache while its size and time are the listed ones."""
@@ -241,8 +242,31 @@ class Catalog:
         return [_number(k) for k in self.store.list_keys(_ENSEMBLE_PREFIX) if k.endswith(".json")]
 
     def latest(self) -> EnsembleManifest | None:
+        """The newest published ensemble manifest; None before the first.
+
+        A local store is listed once per catalog, then followed forward from the newest version this
+        catalog saw: versions are numbered without gaps (each commit creates ``version + 1``
+        exclusively, and none is ever deleted), so the next number absent means none newer; a
+        newest version gone is listed again. A listing of every manifest grew with each commit.
+        """
+        head = self._ensemble_head if self.store.local else None
+        if head is not None:
+            try:
+                info = self.store.info(self._key(head))
+            except StorageCorruptError:  # gone: listed again below
+                pass
+            else:
+                while self.store.exists(self._key(head + 1)):
+                    head += 1
+                    info = self.store.info(self._key(head))
+                self._ensemble_head = head
+                return self._listed(EnsembleManifest, info)
         listed = [k for k in self.store.list_keys(_ENSEMBLE_PREFIX) if k.endswith(".json")]
-        return self._listed(EnsembleManifest, self.store.info(max(listed, key=_number))) if listed else None
+        if not listed:
+            return None
+        newest = max(listed, key=_number)
+        self._ensemble_head = _number(newest)
+        return self._listed(EnsembleManifest, self.store.info(newest))
 
     def has(self, version: int) -> bool:
         """True when ensemble version ``version`` is published (and not purged)."""

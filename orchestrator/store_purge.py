@@ -113,7 +113,12 @@ def _purge_plan(
                 continue  # the same shard version: every key of it is current, none is superseded
             if store.exists(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"):
                 superseded |= catalog.shard_manifest(shard_id, version).object_keys()
-    listed = store.list_versions("shards/") + store.list_versions("placement/") + store.list_versions(STAGING_PREFIX)
+    # Shard manifests are never data, and they grow by one per shard version: not listed.
+    listed = (
+        store.list_versions("shards/", skip=("manifests",))
+        + store.list_versions("placement/")
+        + store.list_versions(STAGING_PREFIX)
+    )
     candidates = [v for v in listed if _is_data(v.key)]
     if since is None:
         # On open: half-written temporary files anywhere (a writer killed mid-write) are debris

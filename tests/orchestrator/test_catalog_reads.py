@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from expunge.orchestrator.catalog import Catalog, PlacementIndex
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
+from expunge.orchestrator.config import ShardingConfig, TrainingConfig
 from expunge.orchestrator.errors import StorageCorruptError
 from expunge.orchestrator.training.placement import Cell
-from expunge.shards.config import StorageConfig
+from expunge.shards.config import MFConfig, StorageConfig
 from expunge.shards.store import ObjectStore
 
 
@@ -141,3 +142,56 @@ def test_a_tombstone_edited_in_place_with_its_time_put_back_is_read_again(tmp_pa
     path.write_bytes(path.read_bytes().replace(b"a" * 64, b"c" * 64))  # same size, same file
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the same time
     assert catalog.tombstones() == {"c" * 64}
+
+
+def test_the_latest_manifest_is_followed_forward_and_listed_again_when_gone(tmp_path):
+    """Issue 22, sixth pass: a local catalog probes the next number instead of listing every manifest."""
+    store = ObjectStore(str(tmp_path / "store"))
+    reader, writer = Catalog(store), Catalog(store)  # two processes' catalogs over one folder
+    store.create_exclusive("ensemble/00000001.json", b'{"not": "read"}')
+    with pytest.raises(StorageCorruptError):
+        reader.latest()  # listed: version 1 is the newest
+    manifest = _manifest(2)
+    writer.publish(manifest)
+    writer.publish(manifest.model_copy(update={"version": 3}))
+    assert reader.latest().version == 3  # found by number, past two new versions
+    os.unlink(tmp_path / "store" / "ensemble" / "00000003.json")  # the newest gone (by hand)
+    assert reader.latest().version == 2  # listed again, not the one it saw last
+    store.create_exclusive("ensemble/00000005.json", _manifest(5).model_dump_json().encode())
+    assert reader.latest().version == 2  # a gap Expunge never writes is not looked past ...
+    assert Catalog(store).latest().version == 5  # ... until listed
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_listing_can_leave_out_folders_by_name(kind, tmp_path, request):
+    store = _store(kind, tmp_path, request)
+    for key in (
+        "shards/0001/slices/a.parquet",
+        "shards/0001/manifests/00000001.json",
+        "shards/0002/checkpoints/b.ckpt",
+        "shards/0002/manifests/00000001.json",
+        "shards/0002/manifests_of_old/c.json",  # not the folder named: kept
+    ):
+        store.put(key, b"x")
+    every = [v.key for v in store.list_versions("shards/")]
+    without = [v.key for v in store.list_versions("shards/", skip=("manifests",))]
+    assert without == [k for k in every if "/manifests/" not in k]
+    assert without == [
+        "shards/0001/slices/a.parquet",
+        "shards/0002/checkpoints/b.ckpt",
+        "shards/0002/manifests_of_old/c.json",
+    ]
+
+
+def _manifest(version: int) -> EnsembleManifest:
+    return EnsembleManifest(
+        version=version,
+        parent_version=version - 1,
+        kind="erasure",
+        sharding=ShardingConfig(shards=1, slices=1),
+        training=TrainingConfig(),
+        model=MFConfig(),
+        shard_versions=(1,),
+        placement_key="placement/x.parquet",
+        rows=0,
+    )
