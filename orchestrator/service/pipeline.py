@@ -2,9 +2,9 @@
 
 Without it, batch N+1 waits until N is purged, sealed and answered. With it (``service.pipeline``,
 for a model served from summed statistics), the moment N's new version is published
-(``Eraser.forget_digests(..., after_commit=)``) the commit worker takes the next queued requests,
-journals them as a batch, and starts their shards retraining on that version
-(``Eraser.prefetch``); N's purge and seal run meanwhile, and N+1 commits next with those results.
+(``Eraser.forget_digests(..., after_commit=)``) the commit worker takes the next queued requests
+as a batch, starts their shards retraining on that version (``Eraser.prefetch``) and journals the
+batch while they retrain; N's purge and seal run meanwhile, and N+1 commits next with those results.
 Receipts stay in commit order: N+1 publishes only after N is answered. A model whose shard actors
 serve predictions (MF) is not pipelined: its actors must never answer from a retrain that is not
 committed.
@@ -28,7 +28,7 @@ from expunge.orchestrator.service.intake import Queued
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry
 from expunge.orchestrator.service.policy import take_batch
 
-__all__ = ["Ahead", "NextBatch", "open_batch", "take_queued"]
+__all__ = ["Ahead", "NextBatch", "journal_batch", "new_batch", "open_batch", "take_queued"]
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,27 @@ def take_queued(queue: collections.deque[Queued], max_subjects: int) -> list[Que
     return [queue.popleft() for _ in range(size)]
 
 
-def open_batch(journal: Journal, entries: list[JournalEntry], stopped: Callable[[], bool]) -> BatchEntry | None:
-    """Journal ``entries`` as one batch before anything retrains; None when the service stops first.
-
-    A crash from here on resumes the batch under its id, once (``recovery.recover``).
-    """
+def new_batch(entries: list[JournalEntry]) -> BatchEntry:
+    """The batch record of ``entries`` (not written): a request alone keeps its id, several share a new one."""
     batch_id = entries[0].request_id if len(entries) == 1 else f"batch-{uuid.uuid4().hex[:24]}"
-    batch = BatchEntry(batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=utc_now())
-    if not durably(f"journal batch {batch_id}", functools.partial(journal.write_batch, batch), stopped):
-        return None
-    return batch
+    return BatchEntry(batch_id=batch_id, request_ids=tuple(e.request_id for e in entries), created_at=utc_now())
+
+
+def journal_batch(journal: Journal, batch: BatchEntry, stopped: Callable[[], bool]) -> bool:
+    """Write ``batch``'s record, retrying until it is durable (True) or the service stops (False).
+
+    It must be durable before the batch's commit publishes: a crash from there on resumes the
+    batch under its id, once (``recovery.recover``). Before the publish, a crash leaves its
+    requests accepted in the journal (retried at the next start) and anything its shards wrote
+    unreferenced (purged).
+    """
+    return durably(f"journal batch {batch.batch_id}", functools.partial(journal.write_batch, batch), stopped)
+
+
+def open_batch(journal: Journal, entries: list[JournalEntry], stopped: Callable[[], bool]) -> BatchEntry | None:
+    """Journal ``entries`` as one batch before anything retrains; None when the service stops first."""
+    batch = new_batch(entries)
+    return batch if journal_batch(journal, batch, stopped) else None
 
 
 @dataclass(frozen=True)
@@ -95,17 +106,24 @@ class NextBatch:
                 return
             taken = take_queued(self._queue, self._max_subjects)
         entries = [q.entry for q in taken]
-        batch = open_batch(self._journal, entries, self._stopped)
-        if batch is None:  # stopping: they stay accepted in the journal, and queued here
-            with self._state:
-                self._queue.extendleft(reversed(taken))
-            return
+        batch = new_batch(entries)
         digests = list(dict.fromkeys(d for e in entries for d in e.subject_digests))
-        try:
+        try:  # the shards retrain (in their actors) while this thread journals the batch
             prefetched = self._coordinator.erasure.prefetch(digests, batch.batch_id)
         except Exception as exc:  # e.g. the placement unreadable now: the batch commits the usual way
             log.warning("batch %s could not start ahead (%s); it retrains when its turn comes", batch.batch_id, exc)
             prefetched = None
+        journalled = False
+        try:
+            journalled = journal_batch(self._journal, batch, self._stopped)
+        finally:
+            if not journalled:  # stopping (or a bug): accepted in the journal, queued here again, retrain undone
+                if prefetched is not None:
+                    discard_prefetch(self._coordinator.erasure.session, prefetched, self._coordinator.manifest)
+                with self._state:
+                    self._queue.extendleft(reversed(taken))
+        if not journalled:
+            return
         self._ahead = Ahead(entries, batch, prefetched)
         with self._state:
             self._counts["batches_ahead"] += 1

@@ -8,6 +8,9 @@ that a started retrain nobody commits leaves nothing behind.
 
 from __future__ import annotations
 
+import collections
+import threading
+
 from expunge.orchestrator.catalog import Catalog
 from expunge.orchestrator.config import (
     ItemStatsConfig,
@@ -20,7 +23,12 @@ from expunge.orchestrator.config import (
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.evidence.exactness import constituents_equal
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+from expunge.orchestrator.errors import StorageUnavailableError
+from expunge.orchestrator.receipts import utc_now
 from expunge.orchestrator.service.core import ErasureService
+from expunge.orchestrator.service.intake import Queued
+from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry
+from expunge.orchestrator.service.pipeline import NextBatch
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
 from expunge.shards.store import ObjectStore
@@ -113,3 +121,50 @@ def test_a_retrain_started_for_other_subjects_is_discarded_and_leaves_nothing(tm
     equal = constituents_equal(coordinator.constituent_tensors(), reference.constituent_tensors())
     assert all(equal.values()), equal  # SUBJECTS[8] is still in: the discarded retrain left no trace
     assert _unreferenced_data(config.storage) == []
+
+
+def test_a_batch_journal_that_cannot_be_written_before_a_stop_undoes_its_started_retrain(tmp_path, hasher):
+    """The next batch's shards start retraining before its record is written (issue 22, sixth pass).
+
+    When that record cannot be written before the service stops, the early retrain is undone and
+    the requests wait in the queue, in order: nothing published, nothing written left behind.
+    """
+    config = _job(tmp_path)
+    coordinator = Coordinator(config.storage, hasher, None, pool_factory=local_pool)
+    coordinator.train(ROWS, config)
+    before = coordinator.require_manifest().version
+    journal = Journal(ObjectStore(config.storage))
+    refused: list[str] = []
+
+    def refuse(batch: BatchEntry) -> None:
+        refused.append(batch.batch_id)
+        raise StorageUnavailableError("the store does not answer (test)")
+
+    journal.write_batch = refuse  # type: ignore[method-assign]
+    entries = [
+        JournalEntry(request_id=f"req-{i}", subject_digests=(hasher.digest(s),), received_at=utc_now())
+        for i, s in enumerate(SUBJECTS[10:12])
+    ]
+    queue = collections.deque(Queued(e, 0.0) for e in entries)
+    started = collections.Counter[str]()
+    ahead = NextBatch(
+        coordinator,
+        journal,
+        threading.Condition(),
+        queue,
+        resuming=lambda: False,
+        stopped=lambda: bool(refused),  # stops at the first refusal
+        max_subjects=1,
+        counts=started,
+    )
+    with coordinator.erasure.session.lease.hold("test"):
+        ahead.start()
+    assert refused == ["req-0"]
+    assert ahead.take() is None
+    assert [q.entry.request_id for q in queue] == ["req-0", "req-1"]  # back in line, in order
+    assert started["batches_ahead"] == 0
+    assert coordinator.require_manifest().version == before
+    reference = from_scratch(tmp_path, coordinator, ROWS, config, hasher)
+    equal = constituents_equal(coordinator.constituent_tensors(), reference.constituent_tensors())
+    assert all(equal.values()), equal  # the actors are back on the published version
+    assert _unreferenced_data(config.storage) == []  # what the early retrain wrote is deleted
