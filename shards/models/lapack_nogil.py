@@ -1,0 +1,104 @@
+"""LAPACK's ``dsyevr`` (the top eigenpairs of a symmetric matrix), called with the GIL released.
+
+``scipy.linalg.eigh(subset_by_index=...)`` computes only the wanted eigenpairs (MRRR, ``dsyevr``),
+at about half the CPU of numpy's full ``dsyevd`` on 1,683 items (0.34-0.38 s against 0.65 s, one
+BLAS thread), but scipy's f2py wrappers hold the GIL for the whole call, which in the service
+stopped the commit worker's Python threads for the length of every solve (docs/performance.md,
+"The GIL"). numpy's ``eigh`` releases it but has no subset. So the routine is called here through
+``ctypes`` (which releases the GIL around a foreign call) at the address scipy exports for Cython
+(``scipy.linalg.cython_lapack``, a stable interface since scipy 0.16): the same LAPACK library
+and the same bits as ``scipy.linalg.eigh(..., driver="evr")`` (``tests/shards/test_lapack_nogil.py``).
+
+Source: Dhillon, Parlett and Vömel, "The design and implementation of the MRRR algorithm",
+ACM TOMS 32(4), 2006 (LAPACK ``dsyevr``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Any
+
+import numpy as np
+
+__all__ = ["top_eigenpairs"]
+
+_int, _double, _char = ctypes.c_int, ctypes.c_double, ctypes.c_char
+_pint, _pdouble, _pchar = ctypes.POINTER(_int), ctypes.POINTER(_double), ctypes.POINTER(_char)
+
+
+def _ints(array: np.ndarray) -> Any:
+    return array.ctypes.data_as(_pint)
+
+
+def _doubles(array: np.ndarray) -> Any:
+    return array.ctypes.data_as(_pdouble)
+
+
+@functools.cache
+def _dsyevr() -> Any:
+    """scipy's Cython-level ``dsyevr`` (LP64 ints), as a ctypes function that releases the GIL."""
+    from scipy.linalg import cython_lapack
+
+    capsule = cython_lapack.__pyx_capi__["dsyevr"]
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    address = api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
+    # jobz, range, uplo, n, a, lda, vl, vu, il, iu, abstol, m, w, z, ldz, isuppz, work, lwork, iwork, liwork, info
+    argtypes: list[Any] = [_pchar] * 3 + [_pint, _pdouble, _pint] + [_pdouble] * 2 + [_pint] * 2 + [_pdouble, _pint]
+    argtypes += [_pdouble, _pdouble, _pint, _pint, _pdouble, _pint, _pint, _pint, _pint]
+    return ctypes.CFUNCTYPE(None, *argtypes)(address)
+
+
+def top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` largest eigenvalues (descending, shape (count,)) of a symmetric (n, n) float64
+    matrix and their unit eigenvectors (n, count), by ``dsyevr`` on the lower triangle.
+
+    Deterministic for a given input and BLAS thread count (``item_stats.FIT_BLAS_THREADS``);
+    eigenvector signs are LAPACK's. ``matrix`` is not changed.
+
+    Raises:
+        ValueError: ``matrix`` is not square, or ``count`` is outside [0, n].
+        numpy.linalg.LinAlgError: LAPACK reports a failure (``info`` != 0, e.g. a NaN in ``matrix``).
+    """
+    size = matrix.shape[0]
+    if matrix.ndim != 2 or matrix.shape[1] != size:
+        raise ValueError(f"top_eigenpairs needs a square matrix; got shape {matrix.shape}")
+    if not 0 <= count <= size:
+        raise ValueError(f"count must lie in [0, {size}]; got {count}")
+    if count == 0:
+        return np.zeros(0), np.zeros((size, 0))
+    # Column-major as LAPACK reads it; a C-ordered symmetric matrix is its own transpose, but a copy
+    # is needed anyway (dsyevr overwrites it).
+    a = np.array(matrix, dtype=np.float64, order="F", copy=True)
+    values = np.zeros(size)
+    vectors = np.zeros((count, size))  # C-ordered (count, n) is column-major (n, count)
+    support = np.zeros(2 * count, dtype=np.intc)
+    found, info = _int(0), _int(0)
+    n = _int(size)
+
+    def call(work: np.ndarray, lwork: int, iwork: np.ndarray, liwork: int) -> None:
+        _dsyevr()(
+            ctypes.byref(_char(b"V")), ctypes.byref(_char(b"I")), ctypes.byref(_char(b"L")),
+            ctypes.byref(n), _doubles(a), ctypes.byref(n),
+            ctypes.byref(_double(0.0)), ctypes.byref(_double(0.0)),
+            ctypes.byref(_int(size - count + 1)), ctypes.byref(_int(size)),
+            ctypes.byref(_double(0.0)), ctypes.byref(found), _doubles(values), _doubles(vectors), ctypes.byref(n),
+            _ints(support), _doubles(work), ctypes.byref(_int(lwork)), _ints(iwork), ctypes.byref(_int(liwork)),
+            ctypes.byref(info),
+        )  # fmt: skip
+
+    work, iwork = np.zeros(1), np.zeros(1, dtype=np.intc)
+    call(work, -1, iwork, -1)  # workspace query
+    if info.value != 0:
+        raise np.linalg.LinAlgError(f"dsyevr workspace query failed (info={info.value})")
+    work, iwork = np.zeros(int(work[0])), np.zeros(int(iwork[0]), dtype=np.intc)
+    call(work, len(work), iwork, len(iwork))
+    if info.value != 0 or found.value != count:
+        raise np.linalg.LinAlgError(
+            f"dsyevr failed (info={info.value}, {found.value} of {count} eigenpairs); is the matrix finite?"
+        )
+    return values[:count][::-1].copy(), np.ascontiguousarray(vectors.T[:, ::-1])
