@@ -21,9 +21,9 @@ from expunge.orchestrator.config import (
     TrackingConfig,
 )
 from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import StorageUnavailableError
 from expunge.orchestrator.evidence.exactness import constituents_equal
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
-from expunge.orchestrator.errors import StorageUnavailableError
 from expunge.orchestrator.receipts import utc_now
 from expunge.orchestrator.service.core import ErasureService
 from expunge.orchestrator.service.intake import Queued
