@@ -257,11 +257,15 @@ class _FusedAdamStep:
         if len(grads) != len(self.params):
             _step(self.optimizer)
             return
-        with torch.no_grad():
+        enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # what torch.no_grad() sets and restores, without its Python
+        try:
             self.counts.add_(1)
             torch._fused_adam_(
                 self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs, self.steps, **self.options
             )
+        finally:
+            torch._C._set_grad_enabled(enabled)
 
 
 @dataclass

@@ -1,0 +1,116 @@
+"""MF shard erasures at S x R, each timed under two code paths back to back in one process (paired CPU seconds).
+
+    .venv/bin/python dev/perf/mf_erasure_paired.py /abs/ml-100k.inter [--grid 16x8] [--erasures 20]
+        [--off gather,backward]
+
+``mf_shard_erasure.py``'s data, training and subjects (its first ``--erasures`` random subjects),
+each shard trained twice (two scratch stores, the same bits); each subject is erased on one copy with
+the fast paths named in ``--off`` switched back to the code they replaced ("before") and on the other
+as the tree has them ("after"), in alternating order. CPU seconds are ``ShardUpdate.cpu_seconds``. On
+a shared machine the load moves both halves of a pair alike: the ratio after/before of each pair is
+the figure to read (median and quartiles), more than either mean. Fast paths:
+
+  gather: ``training._batches`` cuts an epoch's rows gathered once (off: one gather per batch);
+  backward: ``training._backward`` calls the engine directly (off: ``loss.backward()``).
+
+Prints one JSON object (means, pair ratios, load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+from mf_shard_erasure import _cells, _slices
+
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.pipelines.benchmark import parity_training
+from expunge.pipelines.datasets import split_rows
+from expunge.shards import training as training_module
+from expunge.shards.movielens import load_movielens
+from expunge.shards.rows import SUBJECT_DIGEST, SUBJECT_ID
+from expunge.shards.shard import Shard
+
+
+def _plain_backward(loss):  # type: ignore[no-untyped-def]
+    loss.backward()
+
+
+@contextlib.contextmanager
+def _before(off: set[str]) -> Iterator[None]:
+    """The named fast paths switched back to the code they replaced, for the block."""
+    saved = training_module._EPOCH_GATHER_BYTES, training_module._backward
+    if "gather" in off:
+        training_module._EPOCH_GATHER_BYTES = -1
+    if "backward" in off:
+        training_module._backward = _plain_backward
+    try:
+        yield
+    finally:
+        training_module._EPOCH_GATHER_BYTES, training_module._backward = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data")
+    parser.add_argument("--grid", default="16x8")
+    parser.add_argument("--erasures", type=int, default=20)
+    parser.add_argument("--off", default="gather,backward")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    off = set(args.off.split(",")) - {""}
+    hasher = SubjectHasher(b"expunge-benchmark-key-not-secret!!")
+    rows, _ = split_rows(load_movielens(args.data), 0.2, args.seed)
+    ids = rows.column(SUBJECT_ID).to_pylist()
+    rows = rows.append_column(SUBJECT_DIGEST, pa.array([hasher.digest(u) for u in ids], pa.string()))
+    subjects = [hasher.digest(u) for u in sorted(set(ids))]
+    shards, slices = (int(x) for x in args.grid.split("x"))
+    chosen = [subjects[int(i)] for i in np.random.default_rng(args.seed).choice(len(subjects), args.erasures, False)]
+    training = parity_training()
+    model = training.model.model_copy(update={"num_items": 1683})
+    training = training.model_copy(update={"model": model})
+    cells = _cells(rows, shards, slices)
+    before: list[float] = []
+    after: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="mf-erasure-paired-") as scratch:
+        copies: dict[tuple[str, int], Shard] = {}
+        for n, digest in enumerate(chosen):
+            shard_id, first = cells[digest]
+            for side in ("before", "after"):
+                if (side, shard_id) not in copies:
+                    shard = Shard(shard_id, f"{scratch}/{side}", training, model)
+                    shard.train(_slices(rows, cells, shard_id, slices))
+                    copies[(side, shard_id)] = shard
+            order = ("before", "after") if n % 2 == 0 else ("after", "before")
+            for side in order:
+                with _before(off) if side == "before" else contextlib.nullcontext():
+                    update = copies[(side, shard_id)].erase([digest], first, f"request-{n}")
+                (before if side == "before" else after).append(update.cpu_seconds)
+    ratios = sorted(a / b for a, b in zip(after, before, strict=True))
+    quartiles = statistics.quantiles(ratios, n=4)
+    print(
+        json.dumps(
+            {
+                "grid": args.grid,
+                "off": sorted(off),
+                "erasures": len(chosen),
+                "before_cpu_s_mean": round(statistics.fmean(before), 4),
+                "after_cpu_s_mean": round(statistics.fmean(after), 4),
+                "after_over_before_median": round(statistics.median(ratios), 3),
+                "after_over_before_quartiles": [round(quartiles[0], 3), round(quartiles[2], 3)],
+                "after_over_before_of_sums": round(sum(after) / sum(before), 3),
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
