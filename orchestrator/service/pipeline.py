@@ -3,8 +3,9 @@
 Without it, batch N+1 waits until N is purged, sealed and answered. With it (``service.pipeline``,
 for a model served from summed statistics), the moment N's new version is published
 (``Eraser.forget_digests(..., after_commit=)``) the commit worker takes the next queued requests
-as a batch, starts their shards retraining on that version (``Eraser.prefetch``) and journals the
-batch while they retrain; N's purge and seal run meanwhile, and N+1 commits next with those results.
+as a batch and starts their shards retraining on that version (``Eraser.prefetch``); a thread of
+its own writes the batch record meanwhile, and N's purge and seal run on the worker. N+1 commits
+next with those results, once its record is durable (it must be before N+1 publishes).
 Receipts stay in commit order: N+1 publishes only after N is answered. A model whose shard actors
 serve predictions (MF) is not pipelined: its actors must never answer from a retrain that is not
 committed.
@@ -18,6 +19,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from expunge.orchestrator.coordinator import Coordinator
@@ -64,18 +66,26 @@ def open_batch(journal: Journal, entries: list[JournalEntry], stopped: Callable[
 
 @dataclass(frozen=True)
 class Ahead:
-    """A batch taken from the queue and journalled, its retrain started (``prefetched``: None if nobody was found)."""
+    """A batch taken from the queue, its retrain started (``prefetched``: None if nobody was found).
+
+    ``journalled``: its batch record's write, on the journal thread (True once durable, False when
+    the service stopped first); ``taken``: the queue entries, put back if it never is.
+    """
 
     entries: list[JournalEntry]
     batch: BatchEntry
     prefetched: Prefetch | None
+    journalled: Future[bool]
+    taken: list[Queued]
 
 
 class NextBatch:
     """Holds at most one batch started ahead; the commit worker commits it before anything else.
 
     ``start`` is the ``after_commit`` hook (the worker's thread, holding the coordinator and the
-    lease); ``queue``, ``resuming`` and ``stopped`` are the service's, read under ``state``.
+    lease); ``queue``, ``resuming`` and ``stopped`` are the service's, read under ``state``. The
+    batch record is written on a thread of its own, beside the previous batch's purge and seal;
+    ``take`` waits for it, so that no batch publishes before its record is durable.
     """
 
     def __init__(
@@ -98,6 +108,7 @@ class NextBatch:
         self._max_subjects = max_subjects
         self._ahead: Ahead | None = None
         self._counts = counts  # the service's counters: ``batches_ahead`` (``ErasureService.stats``)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="expunge-batch-journal")
 
     def start(self) -> None:
         """Take the oldest queued requests as the next batch and start their retrain now, if any wait."""
@@ -108,33 +119,48 @@ class NextBatch:
         entries = [q.entry for q in taken]
         batch = new_batch(entries)
         digests = list(dict.fromkeys(d for e in entries for d in e.subject_digests))
-        try:  # the shards retrain (in their actors) while this thread journals the batch
+        try:  # the shards retrain (in their actors) while the journal thread writes the batch record
             prefetched = self._coordinator.erasure.prefetch(digests, batch.batch_id)
         except Exception as exc:  # e.g. the placement unreadable now: the batch commits the usual way
             log.warning("batch %s could not start ahead (%s); it retrains when its turn comes", batch.batch_id, exc)
             prefetched = None
-        journalled = False
-        try:
-            journalled = journal_batch(self._journal, batch, self._stopped)
-        finally:
-            if not journalled:  # stopping (or a bug): accepted in the journal, queued here again, retrain undone
-                if prefetched is not None:
-                    discard_prefetch(self._coordinator.erasure.session, prefetched, self._coordinator.manifest)
-                with self._state:
-                    self._queue.extendleft(reversed(taken))
-        if not journalled:
-            return
-        self._ahead = Ahead(entries, batch, prefetched)
+        journalled = self._writer.submit(journal_batch, self._journal, batch, self._stopped)
+        journalled.add_done_callback(self._written)
+        self._ahead = Ahead(entries, batch, prefetched, journalled, taken)
         with self._state:
             self._counts["batches_ahead"] += 1
 
+    def _written(self, _: Future[bool]) -> None:
+        with self._state:  # wakes ``take``
+            self._state.notify_all()
+
     def take(self) -> Ahead | None:
-        """The batch started ahead (removed), or None."""
+        """The batch started ahead (removed) once its record is durable, or None.
+
+        Waits on ``state`` (the caller may hold it: the wait releases it). A record not written
+        (the service stopped first, or a bug) undoes the early retrain and puts its requests back
+        at the head of the queue; they stay accepted in the journal.
+        """
         ahead, self._ahead = self._ahead, None
-        return ahead
+        if ahead is None:
+            return None
+        with self._state:
+            self._state.wait_for(ahead.journalled.done)
+        try:
+            if ahead.journalled.result():
+                return ahead
+        except Exception:
+            log.exception("batch %s: its journal record was not written; it waits in the queue", ahead.batch.batch_id)
+        if ahead.prefetched is not None:
+            discard_prefetch(self._coordinator.erasure.session, ahead.prefetched, self._coordinator.manifest)
+        with self._state:
+            self._queue.extendleft(reversed(ahead.taken))
+            self._state.notify_all()
+        return None
 
     def discard(self) -> None:
         """Stopping: end the early retrain and undo it (its batch stays journalled; the next start resumes it)."""
         ahead = self.take()
         if ahead is not None and ahead.prefetched is not None:
             discard_prefetch(self._coordinator.erasure.session, ahead.prefetched, self._coordinator.manifest)
+        self._writer.shutdown(wait=True)

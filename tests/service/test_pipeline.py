@@ -21,6 +21,7 @@ from expunge.orchestrator.config import (
     TrackingConfig,
 )
 from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.erasure.prefetch import discard_prefetch
 from expunge.orchestrator.errors import StorageUnavailableError
 from expunge.orchestrator.evidence.exactness import constituents_equal
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
@@ -28,7 +29,7 @@ from expunge.orchestrator.receipts import utc_now
 from expunge.orchestrator.service.core import ErasureService
 from expunge.orchestrator.service.intake import Queued
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry
-from expunge.orchestrator.service.pipeline import NextBatch
+from expunge.orchestrator.service.pipeline import Ahead, NextBatch
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
 from expunge.shards.store import ObjectStore
@@ -158,13 +159,64 @@ def test_a_batch_journal_that_cannot_be_written_before_a_stop_undoes_its_started
         counts=started,
     )
     with coordinator.erasure.session.lease.hold("test"):
-        ahead.start()
+        ahead.start()  # returns at once: the record is written on the journal thread
+        assert ahead.take() is None  # waits for that write, which the stop ended
     assert refused == ["req-0"]
-    assert ahead.take() is None
     assert [q.entry.request_id for q in queue] == ["req-0", "req-1"]  # back in line, in order
-    assert started["batches_ahead"] == 0
     assert coordinator.require_manifest().version == before
     reference = from_scratch(tmp_path, coordinator, ROWS, config, hasher)
     equal = constituents_equal(coordinator.constituent_tensors(), reference.constituent_tensors())
     assert all(equal.values()), equal  # the actors are back on the published version
     assert _unreferenced_data(config.storage) == []  # what the early retrain wrote is deleted
+
+
+def test_a_batch_started_ahead_is_handed_over_only_once_its_record_is_durable(tmp_path, hasher):
+    config = _job(tmp_path)
+    coordinator = Coordinator(config.storage, hasher, None, pool_factory=local_pool)
+    coordinator.train(ROWS, config)
+    journal = Journal(ObjectStore(config.storage))
+    write, release = journal.write_batch, threading.Event()
+
+    def slow(batch: BatchEntry) -> None:
+        release.wait()
+        write(batch)
+
+    journal.write_batch = slow  # type: ignore[method-assign]
+    entry = JournalEntry(request_id="req-ahead", subject_digests=(hasher.digest(SUBJECTS[12]),), received_at=utc_now())
+    state = threading.Condition()
+    ahead = NextBatch(
+        coordinator,
+        journal,
+        state,
+        collections.deque([Queued(entry, 0.0)]),
+        resuming=lambda: False,
+        stopped=lambda: False,
+        max_subjects=1,
+        counts=collections.Counter(),
+    )
+    handed: list[object] = []
+
+    def worker() -> None:
+        with state:  # as the commit worker calls it: holding the service's state
+            handed.append(ahead.take())
+
+    with coordinator.erasure.session.lease.hold("test"):
+        ahead.start()
+        taker = threading.Thread(target=worker)
+        taker.start()
+        taker.join(timeout=0.5)
+        assert taker.is_alive()  # still waiting for the record
+        assert journal.batches() == []
+        assert state.acquire(timeout=30)  # the wait released the state: submitters are not held up
+        state.release()
+        release.set()
+        taker.join(timeout=60)
+    assert not taker.is_alive()
+    (taken,) = handed
+    assert isinstance(taken, Ahead)
+    assert taken.batch.batch_id == "req-ahead"
+    assert [b.batch_id for b in journal.batches()] == ["req-ahead"]
+    assert taken.prefetched is not None
+    with coordinator.erasure.session.lease.hold("test"):  # nobody commits it here: its retrain undone
+        discard_prefetch(coordinator.erasure.session, taken.prefetched, coordinator.manifest)
+    ahead.discard()
