@@ -430,8 +430,9 @@ def _batches(data: dict[str, torch.Tensor], permutation: torch.Tensor, size: int
             index = permutation[begin : begin + size]
             yield {name: tensor[index] for name, tensor in data.items()}
         return
-    parts = {name: torch.split(tensor[permutation], size) for name, tensor in data.items()}
-    for number in range(-(-rows // size)):
+    sizes = [size] * (rows // size) + ([rows % size] if rows % size else [])  # torch.split's, without its Python
+    parts = {name: tensor[permutation].split_with_sizes(sizes) for name, tensor in data.items()}
+    for number in range(len(sizes)):
         yield {name: batches[number] for name, batches in parts.items()}
 
 

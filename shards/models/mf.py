@@ -114,7 +114,7 @@ class MFModule(nn.Module):
         item_vectors = self.item_factors[items]
         item_bias = self.item_bias
         score = self.mu + item_bias[items]
-        norm = item_bias[items] ** 2 + (item_vectors**2).sum(dim=1)
+        norm = item_bias[items].pow(2) + item_vectors.pow(2).sum(dim=1)  # ``x ** 2``'s kernel, without its Python
         if not self._user_biases:
             return score, norm
         if torch.is_grad_enabled():
@@ -122,11 +122,11 @@ class MFModule(nn.Module):
         else:
             bias, factors = torch.cat(self._user_biases), torch.cat(self._user_factors)
         # Always so in training (a step's users are grown first): one reduction, not a comparison and one.
-        every_user_known = not len(users) or int(users.min()) >= 0
+        every_user_known = not users.numel() or int(users.min()) >= 0
         safe = users if every_user_known else users.clamp(min=0)
         user_vectors = factors[safe]
         user_term = bias[safe] + (user_vectors * item_vectors).sum(dim=1)
-        user_norm = bias[safe] ** 2 + (user_vectors**2).sum(dim=1)
+        user_norm = bias[safe].pow(2) + user_vectors.pow(2).sum(dim=1)
         if every_user_known:
             # What the masked sums below give when every row is known, value for value, forward and
             # backward (the mask passes each gradient through unchanged), with 5 fewer kernels a step.
@@ -234,7 +234,7 @@ class MatrixFactorization:
     def loss(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         assert isinstance(module, MFModule)
         prediction, norm = module.terms(batch["users"], batch["items"])
-        return torch.mean((prediction - batch["target"]) ** 2 + self.config.l2 * norm)
+        return torch.mean((prediction - batch["target"]).pow(2) + self.config.l2 * norm)
 
     def predict(self, module: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return module(batch["users"], batch["items"])

@@ -50,7 +50,7 @@ def _tensors(state: TrainedState) -> list[torch.Tensor]:
     return [*state.module.state_dict().values(), *(adam[i][k] for i in sorted(adam) for k in sorted(adam[i]))]
 
 
-@pytest.mark.parametrize(("rows", "size"), [(35, 8), (32, 8), (5, 8), (1, 1)])
+@pytest.mark.parametrize(("rows", "size"), [(35, 8), (32, 8), (5, 8), (1, 1), (0, 8)])
 def test_batches_are_the_permuted_rows_in_order_whichever_way_they_are_gathered(monkeypatch, rows, size):
     generator = torch.Generator().manual_seed(3)
     data = {"users": torch.arange(rows) * 3, "features": torch.randn(rows, 4, generator=generator)}
