@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 from typing import Any
 
 import numpy as np
 
 __all__ = ["top_eigenpairs"]
+
+log = logging.getLogger(__name__)
 
 _int, _double, _char = ctypes.c_int, ctypes.c_double, ctypes.c_char
 _pint, _pdouble, _pchar = ctypes.POINTER(_int), ctypes.POINTER(_double), ctypes.POINTER(_char)
@@ -58,11 +61,15 @@ def top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarr
     matrix and their unit eigenvectors (n, count), by ``dsyevr`` on the lower triangle.
 
     Deterministic for a given input and BLAS thread count (``item_stats.FIT_BLAS_THREADS``);
-    eigenvector signs are LAPACK's. ``matrix`` is not changed.
+    eigenvector signs are LAPACK's. ``matrix`` is not changed. On clustered eigenvalues (e.g.
+    ``a I + b J``) the subset path of ``dsyevr`` can fail or find fewer pairs than asked (scipy's
+    ``eigh(driver="evr")`` then raises or returns fewer too); such a matrix takes the full
+    decomposition (``numpy.linalg.eigh``, ``dsyevd``) instead: also deterministic, since the same
+    input always fails the same way.
 
     Raises:
         ValueError: ``matrix`` is not square, or ``count`` is outside [0, n].
-        numpy.linalg.LinAlgError: LAPACK reports a failure (``info`` != 0, e.g. a NaN in ``matrix``).
+        numpy.linalg.LinAlgError: ``matrix`` holds a NaN or an infinity.
     """
     size = matrix.shape[0]
     if matrix.ndim != 2 or matrix.shape[1] != size:
@@ -71,6 +78,8 @@ def top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"count must lie in [0, {size}]; got {count}")
     if count == 0:
         return np.zeros(0), np.zeros((size, 0))
+    if not np.isfinite(matrix).all():
+        raise np.linalg.LinAlgError("top_eigenpairs needs a finite matrix; it holds a NaN or an infinity")
     # Column-major as LAPACK reads it; a C-ordered symmetric matrix is its own transpose, but a copy
     # is needed anyway (dsyevr overwrites it).
     a = np.array(matrix, dtype=np.float64, order="F", copy=True)
@@ -93,12 +102,16 @@ def top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarr
 
     work, iwork = np.zeros(1), np.zeros(1, dtype=np.intc)
     call(work, -1, iwork, -1)  # workspace query
-    if info.value != 0:
-        raise np.linalg.LinAlgError(f"dsyevr workspace query failed (info={info.value})")
-    work, iwork = np.zeros(int(work[0])), np.zeros(int(iwork[0]), dtype=np.intc)
-    call(work, len(work), iwork, len(iwork))
+    if info.value == 0:
+        # One spare element before each workspace: when the subset search finds no eigenvalue,
+        # LAPACK writes 4 bytes just before IWORK (seen with guard bytes; harmless in a spare).
+        work, iwork = np.zeros(int(work[0]) + 1), np.zeros(int(iwork[0]) + 1, dtype=np.intc)
+        call(work[1:], len(work) - 1, iwork[1:], len(iwork) - 1)
     if info.value != 0 or found.value != count:
-        raise np.linalg.LinAlgError(
-            f"dsyevr failed (info={info.value}, {found.value} of {count} eigenpairs); is the matrix finite?"
+        log.debug(
+            "dsyevr: info=%d, %d of %d eigenpairs; the full decomposition instead", info.value, found.value, count
         )
+        every_value, every_vector = np.linalg.eigh(matrix)
+        order = np.argsort(every_value, kind="stable")[::-1][:count]
+        return every_value[order], every_vector[:, order]
     return values[:count][::-1].copy(), np.ascontiguousarray(vectors.T[:, ::-1])

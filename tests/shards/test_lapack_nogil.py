@@ -11,6 +11,7 @@ import scipy.linalg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from expunge.shards.models import lapack_nogil
 from expunge.shards.models.item_stats import pin_fit_threads
 from expunge.shards.models.lapack_nogil import top_eigenpairs
 
@@ -50,10 +51,29 @@ def test_bad_input_is_refused_and_lapack_failures_are_typed():
         top_eigenpairs(np.zeros((3, 2)), 1)
     with pytest.raises(ValueError, match=r"count must lie in \[0, 3\]"):
         top_eigenpairs(np.eye(3), 4)
-    broken = np.eye(4)
-    broken[1, 1] = np.nan
-    with pytest.raises(np.linalg.LinAlgError, match="finite"):
-        top_eigenpairs(broken, 2)
+    for size in (1, 2, 4, 9):  # dsyevr itself returned NaN pairs for n <= 2 (review)
+        for bad in (np.nan, np.inf, -np.inf):
+            broken = np.eye(size)
+            broken[0, 0] = bad
+            with pytest.raises(np.linalg.LinAlgError, match="finite"):
+                top_eigenpairs(broken, 1)
+
+
+@pytest.mark.parametrize(
+    ("size", "count", "a", "b"), [(17, 16, 0.001, 2.3), (18, 4, 1.0, 1.0), (29, 8, 0.001, 2.3), (45, 4, 3.7, 0.0001)]
+)
+def test_clustered_eigenvalues_take_the_full_decomposition_instead_of_failing(size, count, a, b):
+    """a I + b J (one eigenvalue a + n b, n - 1 copies of a): dsyevr failed or found too few pairs (review)."""
+    pin_fit_threads()
+    matrix = a * np.eye(size) + b * np.ones((size, size))
+    values, vectors = top_eigenpairs(matrix, count)
+    expected_values, expected_vectors = np.linalg.eigh(matrix)
+    order = np.argsort(expected_values, kind="stable")[::-1][:count]
+    assert np.array_equal(values, expected_values[order])
+    assert np.array_equal(vectors, expected_vectors[:, order])
+    assert values[0] == pytest.approx(a + b * size)
+    again = top_eigenpairs(matrix, count)
+    assert np.array_equal(again[1], vectors)
 
 
 def _spins_per_second_during(solve) -> float:
@@ -91,3 +111,42 @@ def test_other_python_threads_run_while_it_solves():
     released = _spins_per_second_during(lambda: top_eigenpairs(matrix, 5))
     held = _spins_per_second_during(lambda: scipy.linalg.eigh(matrix, subset_by_index=[size - 5, size - 1]))
     assert released > 3 * held
+
+
+class _Guarded:
+    """numpy, except that ``zeros`` puts guard bytes on both sides of every buffer it hands out."""
+
+    GUARD = 64
+
+    def __init__(self) -> None:
+        self.buffers: list[np.ndarray] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(np, name)
+
+    def zeros(self, shape, dtype=np.float64, order="C"):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        kind = np.dtype(dtype)
+        size = int(np.prod(shape)) * kind.itemsize
+        raw = np.full(size + 2 * self.GUARD, 0xA5, dtype=np.uint8)
+        body = raw[self.GUARD : self.GUARD + size].view(kind)
+        body[:] = 0
+        self.buffers.append(raw)
+        return body.reshape(shape, order=order)
+
+    def untouched(self) -> bool:
+        return all((b[: self.GUARD] == 0xA5).all() and (b[-self.GUARD :] == 0xA5).all() for b in self.buffers)
+
+
+def test_lapack_writes_nothing_outside_the_buffers_it_is_given(monkeypatch):
+    """A near-identity matrix whose subset search finds no eigenvalue: dsyevr wrote 4 bytes before IWORK (review)."""
+    pin_fit_threads()
+    rng = np.random.default_rng(38)
+    noise = rng.standard_normal((8, 8)) * 1e-15
+    matrix = (np.eye(8) + (noise + noise.T) / 2).astype(np.float32)
+    guarded = _Guarded()
+    monkeypatch.setattr(lapack_nogil, "np", guarded)
+    values, _ = top_eigenpairs(matrix, 1)
+    assert guarded.buffers
+    assert guarded.untouched()
+    assert values == pytest.approx([1.0])
