@@ -248,6 +248,8 @@ class Catalog:
         catalog saw: versions are numbered without gaps (each commit creates ``version + 1``
         exclusively, and none is ever deleted), so the next number absent means none newer; a
         newest version gone is listed again. A listing of every manifest grew with each commit.
+        A gap made by hand is not looked past here; ``publish`` lists once, so that nothing is
+        published into one.
         """
         head = self._ensemble_head if self.store.local else None
         if head is not None:
@@ -297,7 +299,19 @@ class Catalog:
         """
         if self.fence is not None:
             self.fence()
+        # A local ``latest`` follows numbers forward: past a gap (a manifest deleted by hand) it misses
+        # newer versions, and a commit published into the gap would hide behind them. One listing
+        # of names here, at the commit point, refuses that (S3's ``latest`` lists every time).
+        newest = max(self.versions(), default=0) if self.store.local else 0
+        if newest > manifest.version:
+            self._ensemble_head = None  # the next ``latest`` lists
+            raise StorageConflictError(
+                f"ensemble version {newest} already exists in {self.store.uri}, so version {manifest.version} "
+                "is not the next one (an earlier version was deleted by hand?); nothing was published. Submit "
+                "the request again: it is planned on the newest version."
+            )
         self.store.create_exclusive(self._key(manifest.version), manifest.model_dump_json(indent=1).encode())
+        self._ensemble_head = manifest.version if self.store.local else None
         log.info("published ensemble version %d (%s)", manifest.version, manifest.kind)
 
     # ----- tombstones: the digests of everyone erased, so that no later training brings them back ----

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
 from expunge.orchestrator.config import ShardingConfig, TrainingConfig
-from expunge.orchestrator.errors import StorageCorruptError
+from expunge.orchestrator.errors import StorageConflictError, StorageCorruptError
 from expunge.orchestrator.training.placement import Cell
 from expunge.shards.config import MFConfig, StorageConfig
 from expunge.shards.store import ObjectStore
@@ -160,6 +160,12 @@ def test_the_latest_manifest_is_followed_forward_and_listed_again_when_gone(tmp_
     store.create_exclusive("ensemble/00000005.json", _manifest(5).model_dump_json().encode())
     assert reader.latest().version == 2  # a gap Expunge never writes is not looked past ...
     assert Catalog(store).latest().version == 5  # ... until listed
+    # ... but nothing is published into it: a commit planned on version 2 would hide behind version 5
+    # (every fresh reader lists, and serves 5). Refused before anything is written (review).
+    with pytest.raises(StorageConflictError, match=r"version 5 already exists"):
+        reader.publish(_manifest(3))
+    assert not store.exists("ensemble/00000003.json")
+    assert reader.latest().version == 5  # listed again after the refusal
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
