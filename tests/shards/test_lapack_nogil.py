@@ -8,12 +8,13 @@ import time
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.linalg.lapack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from expunge.shards.models import lapack_nogil
 from expunge.shards.models.item_stats import pin_fit_threads
-from expunge.shards.models.lapack_nogil import top_eigenpairs
+from expunge.shards.models.lapack_nogil import spd_inverse, top_eigenpairs
 
 
 def _symmetric(size: int, seed: int) -> np.ndarray:
@@ -150,3 +151,43 @@ def test_lapack_writes_nothing_outside_the_buffers_it_is_given(monkeypatch):
     assert guarded.buffers
     assert guarded.untouched()
     assert values == pytest.approx([1.0])
+
+
+def _scipy_cholesky_inverse(matrix: np.ndarray) -> np.ndarray:
+    factor, _ = scipy.linalg.lapack.dpotrf(matrix, lower=1)
+    inverse, _ = scipy.linalg.lapack.dpotri(factor, lower=1)
+    lower = np.tril(inverse)
+    return lower + np.tril(lower, -1).T
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 40), seed=st.integers(0, 10_000))
+def test_the_cholesky_inverse_has_scipys_bits_and_inverts(size, seed):
+    pin_fit_threads()
+    matrix = _symmetric(size, seed) + np.eye(size)
+    before = matrix.copy()
+    inverse = spd_inverse(matrix)
+    assert np.array_equal(matrix, before)
+    assert np.array_equal(inverse, _scipy_cholesky_inverse(matrix))
+    assert np.array_equal(inverse, inverse.T)
+    assert np.allclose(matrix @ inverse, np.eye(size), atol=1e-8)
+    assert np.array_equal(spd_inverse(matrix), inverse)
+
+
+def test_the_cholesky_inverse_refuses_what_has_none():
+    with pytest.raises(ValueError, match="square"):
+        spd_inverse(np.zeros((2, 3)))
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        spd_inverse(np.diag([1.0, 0.0, 2.0]))  # an item nobody rated, no penalty
+    with pytest.raises(np.linalg.LinAlgError, match="finite"):
+        spd_inverse(np.diag([1.0, np.nan]))
+    assert spd_inverse(np.zeros((0, 0))).shape == (0, 0)
+
+
+def test_other_python_threads_run_while_it_inverts():
+    """Against a call that holds the GIL (scipy's subset eigensolver; its dpotrf/dpotri hold it for about 2/3)."""
+    pin_fit_threads()
+    matrix = _symmetric(1400, 2) + np.eye(1400)
+    released = _spins_per_second_during(lambda: spd_inverse(matrix))
+    held = _spins_per_second_during(lambda: scipy.linalg.eigh(matrix, subset_by_index=[1395, 1399]))
+    assert released > 3 * held
