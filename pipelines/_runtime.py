@@ -53,6 +53,7 @@ __all__ = [
     "progress",
     "stage",
     "timed_by",
+    "writable_output",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,20 @@ def exit_on_error() -> Iterator[None]:
     except ExpungeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_RETRY if isinstance(exc, _RETRYABLE) else EXIT_BAD_INPUT) from exc
+
+
+def writable_output(path: Path, option: str = "--output") -> None:
+    """Refuse, before any work, an output file the command could not write at its end.
+
+    Raises:
+        ConfigError: ``path`` is a folder, or its folder does not exist (exit 2; nothing was run).
+    """
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name (e.g. {path / 'results.json'})")
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"{option} {path}: the folder {path.parent} does not exist; create it or give a file in an existing folder"
+        )
 
 
 @contextmanager

@@ -47,7 +47,7 @@ from expunge.orchestrator.coordinator import Coordinator
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.evidence.storage_report import StorageReport, stored_bytes
 from expunge.orchestrator.training.work import ideal_speedup, monolith_ideal_speedup
-from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray
+from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray, writable_output
 from expunge.pipelines.datasets import load_movielens, split_rows
 from expunge.shards.rows import RATING, SUBJECT_ID
 
@@ -391,6 +391,8 @@ def main(
     family: `expunge benchmark accuracy`.
     """
     init_logging()
+    with exit_on_error():
+        writable_output(output)  # checked first: the results are written after minutes of work
     logging.getLogger("expunge.orchestrator").setLevel(logging.WARNING)
     training = parity_training(epochs, batch_size)
     pairs = _pairs(grid) if grid else [(s, r) for s in _ints(shards, "--shards") for r in _ints(slices, "--slices")]

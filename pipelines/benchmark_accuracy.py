@@ -60,7 +60,7 @@ from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.serving.servable import EnsemblePredictor, export_ensemble
 from expunge.orchestrator.training.work import monolith_ideal_speedup
-from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray
+from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray, writable_output
 from expunge.pipelines.datasets import load_movielens, split_rows
 from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST, SUBJECT_ID
 
@@ -428,6 +428,8 @@ def main(
     item_stats = ItemStatsConfig()
     training = TrainingConfig(model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=512)
     with exit_on_error():  # a missing or malformed --data is bad input (exit 2), not a bug
+        writable_output(output)  # checked first: the results are written after minutes of work
+        writable_output(figure, "--figure")
         load_movielens(data)  # checked before Ray starts
         if not local:
             init_ray()

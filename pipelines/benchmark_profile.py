@@ -493,10 +493,11 @@ def main(
 ) -> None:
     """Where the time of one cold and one warm erasure goes, by stage (wall and CPU seconds); prints JSON."""
     from expunge.orchestrator.errors import ConfigError
-    from expunge.pipelines._runtime import exit_on_error, init_logging
+    from expunge.pipelines._runtime import exit_on_error, init_logging, writable_output
 
     init_logging(False)
     with exit_on_error():
+        writable_output(output)
         if model not in MODELS:
             raise ConfigError(f"--model {model!r}: choose mf or item_stats")
         if data is not None and not data.is_file():

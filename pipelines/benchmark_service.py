@@ -74,7 +74,7 @@ from expunge.orchestrator.errors import ConfigError, ExpungeError
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.service.actor import start_service, stop_service
-from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray, progress
+from expunge.pipelines._runtime import exit_on_error, init_logging, init_ray, progress, writable_output
 from expunge.pipelines.benchmark import measure_monolith, parity_training
 from expunge.pipelines.datasets import load_movielens, split_rows, synthetic_ratings
 from expunge.shards.rows import SUBJECT_ID
@@ -666,6 +666,8 @@ def main(
     Exit 1 when a load request did not complete (reach "registered").
     """
     init_logging()
+    with exit_on_error():
+        writable_output(output)  # checked first: the results are written after minutes of work
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if http:
         from expunge.pipelines.benchmark_http import HttpSettings, print_http, run_http
