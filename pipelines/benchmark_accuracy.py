@@ -424,12 +424,13 @@ def main(
     from expunge.orchestrator.coordinator import local_pool
 
     init_logging()
+    with exit_on_error():  # checked first: the results are written after minutes of work
+        writable_output(output)
+        writable_output(figure, "--figure")
     logging.getLogger("expunge.orchestrator").setLevel(logging.WARNING)
     item_stats = ItemStatsConfig()
     training = TrainingConfig(model=MFConfig(embedding_dim=32, l2=0.1), epochs=epochs, batch_size=512)
     with exit_on_error():  # a missing or malformed --data is bad input (exit 2), not a bug
-        writable_output(output)  # checked first: the results are written after minutes of work
-        writable_output(figure, "--figure")
         load_movielens(data)  # checked before Ray starts
         if not local:
             init_ray()

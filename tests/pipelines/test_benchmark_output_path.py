@@ -6,10 +6,22 @@ ran the whole benchmark, printed its table, then died writing the file (exit 5, 
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from click.testing import CliRunner
 
 from expunge.pipelines.cli import app
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_kept():
+    """The commands set Expunge's logger levels for their process; later tests in this one need theirs."""
+    loggers = [logging.getLogger(name) for name in ("expunge", "expunge.orchestrator")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 @pytest.mark.parametrize(
