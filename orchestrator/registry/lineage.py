@@ -345,19 +345,19 @@ class Lineage:
         return version
 
     def record_request(
-        self, receipt: ErasureReceipt, manifest: EnsembleManifest, parent: str | None = None
+        self, receipt: ErasureReceipt, manifest: EnsembleManifest, parent: str | None = None, fresh: bool = False
     ) -> str | None:
         """Record any erasure request; returns the registry version serving after it.
 
         ``status == "not_found"``: a finished run (``expunge.outcome=not_found``, the digests,
         the receipt, the version it was checked against) and no new version; ``manifest`` is
-        the published version the request was checked against. ``status == "erased"``: as
-        ``record_erasure``. ``parent`` defaults to the alias target.
+        the published version it was checked against; ``fresh``: no earlier process can have recorded
+        it (no search first). ``status == "erased"``: as ``record_erasure``. ``parent`` defaults to the alias target.
         """
         checked = parent if parent is not None else self.current_version()
         if receipt.status == "erased":
             return self.record_erasure(receipt, manifest, checked)
-        self.runs.record_not_found(receipt, manifest, checked)
+        self.runs.record_not_found(receipt, manifest, checked, fresh=fresh)
         return checked
 
     def purge_superseded(self, request_id: str, keep: str) -> list[str]:

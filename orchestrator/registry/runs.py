@@ -146,16 +146,20 @@ class RunRecorder:
         )
         return str(run.info.run_id)
 
-    def record_not_found(self, receipt: ErasureReceipt, manifest: EnsembleManifest, checked: str | None) -> str:
+    def record_not_found(
+        self, receipt: ErasureReceipt, manifest: EnsembleManifest, checked: str | None, fresh: bool = False
+    ) -> str:
         """A finished run for a request that found none of its subjects: no new version, the audit trail only.
 
         ``checked`` is the registry version the request was checked against (the alias target).
         Idempotent: a request already recorded as not found (a restart after its run, before its
-        journal said so) keeps that run, and its id is returned.
+        journal said so) keeps that run, and its id is returned. ``fresh``: the caller knows no
+        run of it can exist (committed by this process, not yet recorded), so that search, which
+        grows with the experiment's history, is skipped.
         """
         from mlflow.entities import Metric, Param, RunTag
 
-        if (recorded := self._not_found_run(receipt.request_id)) is not None:
+        if not fresh and (recorded := self._not_found_run(receipt.request_id)) is not None:
             return recorded
         run_id = self._create_request_run(
             receipt, manifest, "not_found", {"expunge.registry_version": checked or "none"}

@@ -124,7 +124,6 @@ class ErasureService:
         self.ingestion = ServiceIngestion(self.job, self.follow, self._state, self._work, self._stopped)
         self._stopping = False
         self._recover()
-        # Ready to serve: a statistics model's exact solve runs beside the commits, swapped in whole.
         self.readiness = Readiness(self.coordinator.store, self.coordinator.require_manifest(), self.board, self._state)
         self.ingestion.readiness = self.readiness
         self.journaling = JournalStage(self.follow, self.journal, self._state)
@@ -132,7 +131,8 @@ class ErasureService:
             self.coordinator, self.journal, self._state, self._queue, lambda: bool(self._resume), self._stopped,
             self.config.max_subjects_per_batch, self._counts,
         )  # fmt: skip
-        self.registrar = Registrar(self.follow, self._state, self.config, self._queued, self._stopped)
+        gate = self.readiness.gate  # the registration yields to the ready solve's GIL-bound phases
+        self.registrar = Registrar(self.follow, self._state, self.config, self._queued, self._stopped, gate)
         self.registrar.start()
         if warm:
             manifest = self.coordinator.require_manifest()
@@ -425,7 +425,7 @@ class ErasureService:
             self.coordinator.manifest if joined else None, [e.request_id for e in entries], digests
         )
         # Beside the next batch: committed records, then registration, then the batch record dropped.
-        self.journaling.put(Committed(receipts, receipt), batch.batch_id)
+        self.journaling.put(Committed(receipts, receipt, fresh=not resume), batch.batch_id)
         log.info("batch %s: %d request(s), %d subject(s), shards %s retrained, committed",
                  batch.batch_id, len(entries), len(digests), receipt.affected_shards)  # fmt: skip
 

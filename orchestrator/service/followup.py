@@ -119,6 +119,12 @@ class Committed:
     receipts: list[ErasureReceipt]  # per request
     batch: ErasureReceipt
     since: float = field(default_factory=time.monotonic)
+    #: Committed by this process from its own queue: no earlier process can have recorded its
+    #: MLflow run, so a not-found run is written without the idempotency search. False (search
+    #: first) for what a restart recovered or resumed.
+    fresh: bool = False
+    #: Its not-found run is written: a registration retried after a later failure does not write it again.
+    recorded: bool = False
 
 
 class FollowUp:
@@ -162,23 +168,27 @@ class FollowUp:
         causes = [p for r in repairs for p in r.receipt.pending] + [self.registration_error or ""]
         return len(repairs), unregistered, next((c for c in causes if c), None)
 
-    def register(self) -> None:
+    def register(self, yield_to: Callable[[], object] = lambda: None) -> None:
         """Bring MLflow up to the published version for every commit waiting; retried on failure.
 
         Runs on the registration thread (``Registrar``), beside the commits: it reads the store
-        and writes MLflow only, so it holds ``registering``, not the coordinator.
+        and writes MLflow only, so it holds ``registering``, not the coordinator. ``yield_to`` is
+        called between its MLflow and journal writes (``SolveGate.yield_to_solve``: it may wait).
         """
         with self._state:
             done, self.unregistered = self.unregistered, []
         try:
             with self.registering:
                 before = self.lineage.current_version() if self.lineage is not None else None
+                yield_to()
                 version = self.coordinator.register_published()
                 if self.lineage is not None:
                     for item in done:
-                        if item.batch.status == "not_found":  # no new version: a run records the check
+                        if item.batch.status == "not_found" and not item.recorded:  # a run records the check
+                            yield_to()
                             checked = self.coordinator.catalog.read(item.batch.model_version_before or 1)
-                            self.lineage.record_request(item.batch, checked, version)
+                            self.lineage.record_request(item.batch, checked, version, fresh=item.fresh)
+                            item.recorded = True
         except Exception as exc:  # MLflow raises its own errors too; the commit stands
             log.warning("registering in MLflow failed (%s); trying again shortly", exc)
             with self._state:
@@ -217,6 +227,7 @@ class FollowUp:
                     )
             self._state.notify_all()
         for item in done:
+            yield_to()
             for own in item.receipts:
                 durably(
                     f"journal registration of {own.request_id}",

@@ -19,6 +19,7 @@ from expunge.orchestrator.serving.ready import (
     is_statistics_model,
     solve_from_scratch,
 )
+from expunge.orchestrator.serving.solve_gate import SolveGate
 from expunge.shards.store import ObjectStore
 
 __all__ = ["Readiness"]
@@ -46,7 +47,9 @@ class Readiness:
         self._store = store
         self._state = state
         self._waiting: list[tuple[int, tuple[str, ...]]] = []  # (version, request ids), oldest first
-        self.fits = ReadyFits(store, self._ready, solve) if is_statistics_model(manifest) else None
+        #: Held by the solve's GIL-bound phases; the registration thread yields to them (``Registrar``).
+        self.gate = SolveGate()
+        self.fits = ReadyFits(store, self._ready, solve, self.gate) if is_statistics_model(manifest) else None
         if self.fits is not None:
             self.fits.request(manifest)  # the published version: solved now, not on the first call
 

@@ -10,10 +10,15 @@ from collections.abc import Callable
 from expunge.orchestrator.config import ServiceConfig
 from expunge.orchestrator.service.followup import FollowUp
 from expunge.orchestrator.service.policy import next_step
+from expunge.orchestrator.serving.solve_gate import SolveGate
 
 __all__ = ["Registrar"]
 
 log = logging.getLogger(__name__)
+
+
+def _go_on() -> float:
+    return 0.0
 
 
 class Registrar:
@@ -23,6 +28,8 @@ class Registrar:
     old. One registration covers every commit before it, so under a stream the registrations
     stay few. The commit worker never waits for it (``FollowUp.registering`` is its own lock).
     ``queue`` gives (requests queued, seconds the oldest waited); ``stopping`` the service's stop flag.
+    ``gate``: the ready solve's; the registration yields to its GIL-bound phases between MLflow writes
+    (each wait at most ``SolveGate.max_wait_s``), since ready to serve is what people wait for.
     """
 
     def __init__(
@@ -32,8 +39,10 @@ class Registrar:
         config: ServiceConfig,
         queue: Callable[[], tuple[int, float]],
         stopping: Callable[[], bool],
+        gate: SolveGate | None = None,
     ) -> None:
         self._follow = follow
+        self._gate = gate
         self._state = state
         self._config = config
         self._queue = queue
@@ -75,7 +84,7 @@ class Registrar:
                 if not self._due():
                     return  # unregistered commits stay journalled: the next start registers them
             try:
-                self._follow.register()
+                self._follow.register(self._gate.yield_to_solve if self._gate is not None else _go_on)
             except Exception:  # the thread must outlive any one registration; the commits stand
                 log.exception("the service's registration thread hit an unexpected error; it goes on")
                 time.sleep(1.0)

@@ -34,6 +34,7 @@ import torch
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageCorruptError, UnknownSubjectError
 from expunge.orchestrator.serving.ensemble import StatisticsEnsemble
+from expunge.orchestrator.serving.solve_gate import SolveGate
 from expunge.shards.models import DecrementalStatisticsModel, SufficientStatisticsModel, model_for
 from expunge.shards.rows import SUBJECT_DIGEST
 from expunge.shards.store import ObjectStore
@@ -122,6 +123,8 @@ class ReadyFits:
     """Solves each requested version in one background thread; ``served()`` is the newest one solved.
 
     ``on_ready(version, seconds)`` is called after each swap (``seconds``: the solve's wall time).
+    ``gate``: held while the solve decodes the changed checkpoints and updates the sum (its
+    GIL-bound phases), so that threads that pass it (``SolveGate.yield_to_solve``) wait for them.
     Requests coalesce: a solve always takes the newest version asked for, so under a stream of
     commits the served model trails by at most one solve plus the one under way.
     """
@@ -131,8 +134,10 @@ class ReadyFits:
         store: ObjectStore,
         on_ready: Callable[[int, float], None] | None = None,
         solve: Solve = StatisticsEnsemble,
+        gate: SolveGate | None = None,
     ) -> None:
         self._store = store
+        self.gate = gate if gate is not None else SolveGate()
         self._catalog = Catalog(store)  # a reader of its own: the writer's catalog is the commit thread's
         self._on_ready = on_ready
         self._solve = solve
@@ -257,12 +262,14 @@ class ReadyFits:
                 f"ensemble v{manifest.version} is a {manifest.model.kind!r} model, not a statistics model"
             )
         keys = list(enumerate(manifest.shard_versions))
-        states = {
-            key: self._states.get(key) or load_checkpoint(model, _checkpoint(self._store, self._catalog, *key)).module
-            for key in keys
-        }
-        self._states = states  # only this version's: a superseded shard version is never read again
-        parts = self._changed_sum(model, keys, states)
+        with self.gate.hold():  # decoding and summing hold the GIL; the LAPACK of the fit below does not
+            states = {
+                key: self._states.get(key)
+                or load_checkpoint(model, _checkpoint(self._store, self._catalog, *key)).module
+                for key in keys
+            }
+            self._states = states  # only this version's: a superseded shard version is never read again
+            parts = self._changed_sum(model, keys, states)
         ensemble = self._solve(model, parts if parts is not None else [states[key] for key in keys])
         self._base = (keys, ensemble.state, states)
         return ensemble
