@@ -33,6 +33,8 @@ class SolveGate:
         self.max_wait_s = max_wait_s
         self._changed = threading.Condition()
         self._held = 0
+        #: Callers waiting in ``yield_to_solve`` now.
+        self.waiting = 0
         #: Seconds callers spent waiting in ``yield_to_solve``, and how many calls waited at all (benchmarks).
         self.waited_s = 0.0
         self.waits = 0
@@ -61,7 +63,11 @@ class SolveGate:
             return 0.0
         began = time.monotonic()
         with self._changed:
-            self._changed.wait_for(lambda: self._held == 0, timeout=self.max_wait_s)
+            self.waiting += 1
+            try:
+                self._changed.wait_for(lambda: self._held == 0, timeout=self.max_wait_s)
+            finally:
+                self.waiting -= 1
             waited = time.monotonic() - began
             self.waited_s += waited
             self.waits += 1

@@ -53,7 +53,7 @@ def test_a_not_found_request_committed_before_a_stop_gets_its_run_at_the_restart
     store, tracking, config = _trained(tmp_path, hasher)
 
     # MLflow is not reached before the service stops (a crash between the commit and its registration).
-    monkeypatch.setattr(FollowUp, "register", lambda self: time.sleep(0.05))
+    monkeypatch.setattr(FollowUp, "register", lambda self, *yield_to: time.sleep(0.05))
     service = ErasureService(config, hasher, Lineage(tracking, str(store)), pool_factory=local_pool, warm=False)
     try:
         request_id = service.submit(["nobody-here"])
