@@ -79,12 +79,6 @@ class Registrar:
         return False
 
     def _run(self) -> None:
-        import os
-
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10))
-        except OSError:
-            pass
         while True:
             with self._state:
                 if not self._due():
