@@ -199,7 +199,16 @@ class ServiceConfig(Frozen):
         2.0,
         ge=0.0,
         description="While requests keep arriving, committed erasures are registered in MLflow (new version, "
-        "earlier versions purged) at least this often, in seconds; when idle, at once.",
+        "earlier versions purged) at least this often, in seconds; when idle, at once. A registration round "
+        "may take longer than this when the CPUs are saturated (see registration_nice_increment).",
+    )
+    registration_nice_increment: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much nicer (lower CPU priority) than the service's other threads its registration thread "
+        "runs (Linux; 0: the same). MLflow bookkeeping then gives way to commits and ready solves on a busy "
+        "machine and catches up when they pause: under a saturating stream registration trails by seconds.",
     )
     shard_restarts: int = Field(
         -1, ge=-1, description="How often Ray restarts a dead shard actor (-1: always); it reloads from the store."

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
-__all__ = ["WORKER_NICENESS_ENV", "apply_niceness", "current_niceness"]
+__all__ = ["WORKER_NICENESS_ENV", "apply_niceness", "current_niceness", "nicer_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +50,26 @@ def apply_niceness(target: int) -> int:
         )
         return now
     return current_niceness()
+
+
+def nicer_thread(increment: int) -> int | None:
+    """Run the calling thread ``increment`` (0-19) nicer than it runs now; returns its niceness after, or None.
+
+    Linux schedules each thread on its own, so one thread of a process can give way to the
+    others (the service's registration thread, issue 22). Lowering the priority needs no
+    privilege. Where threads cannot be reniced one by one (not Linux), logs at debug and returns None.
+
+    Raises:
+        ValueError: ``increment`` outside 0-19.
+    """
+    if not 0 <= increment <= 19:
+        raise ValueError(f"a niceness increment lies in 0-19; got {increment}")
+    thread = threading.get_native_id()
+    try:
+        now = os.getpriority(os.PRIO_PROCESS, thread)
+        if increment:
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, now + increment))
+        return os.getpriority(os.PRIO_PROCESS, thread)
+    except OSError as exc:  # e.g. macOS: PRIO_PROCESS names processes only
+        log.debug("thread %d keeps its niceness (%s)", thread, exc)
+        return None

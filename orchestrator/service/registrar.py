@@ -11,6 +11,7 @@ from expunge.orchestrator.config import ServiceConfig
 from expunge.orchestrator.service.followup import FollowUp
 from expunge.orchestrator.service.policy import next_step
 from expunge.orchestrator.serving.solve_gate import SolveGate
+from expunge.shards.niceness import nicer_thread
 
 __all__ = ["Registrar"]
 
@@ -29,7 +30,8 @@ class Registrar:
     stay few. The commit worker never waits for it (``FollowUp.registering`` is its own lock).
     ``queue`` gives (requests queued, seconds the oldest waited); ``stopping`` the service's stop flag.
     ``gate``: the ready solve's; the registration yields to its GIL-bound phases between MLflow writes
-    (each wait at most ``SolveGate.max_wait_s``), since ready to serve is what people wait for.
+    (each wait at most ``SolveGate.max_wait_s``), since ready to serve is what people wait for. The
+    thread runs ``service.registration_nice_increment`` nicer than the others (``nicer_thread``).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Registrar:
         return False
 
     def _run(self) -> None:
+        nicer_thread(self._config.registration_nice_increment)  # gives way to commits and the ready solve
         while True:
             with self._state:
                 if not self._due():

@@ -6,9 +6,12 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+
+import pytest
 
 from expunge.shards.config import TrainingConfig
-from expunge.shards.niceness import apply_niceness
+from expunge.shards.niceness import apply_niceness, nicer_thread
 
 
 def test_niceness_is_not_part_of_the_training_fingerprint():
@@ -36,3 +39,19 @@ def test_without_the_privilege_to_raise_priority_the_actor_warns_and_runs_on(mon
     with caplog.at_level(logging.WARNING, logger="expunge"):
         assert apply_niceness(0) == 15
     assert "RAY_worker_niceness=0" in caplog.text
+
+
+def test_a_thread_made_nicer_gives_way_alone_and_the_rest_of_the_process_keeps_its_niceness():
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int | None] = []
+    thread = threading.Thread(target=lambda: seen.append(nicer_thread(3)))
+    thread.start()
+    thread.join(60)
+    assert seen == [min(19, before + 3)]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+@pytest.mark.parametrize("increment", [-1, 20])
+def test_a_niceness_increment_outside_0_to_19_is_refused(increment):
+    with pytest.raises(ValueError, match=r"lies in 0-19"):
+        nicer_thread(increment)
