@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def test_the_ready_solve_holds_the_gate_while_it_decodes_and_sums_and_not_while_
         return ready.StatisticsEnsemble(model, states)
 
     monkeypatch.setattr(ready, "load_checkpoint", load)
+    monkeypatch.setattr(ready.Predecoder, "take", lambda self, key: None)  # the solve decodes every shard itself
     fits = ready.ReadyFits(coordinator.store, solve=fit, gate=gate)
     try:
         fits.request(coordinator.require_manifest())
@@ -132,6 +134,11 @@ def test_registration_waits_at_the_gate_while_the_solve_holds_it(tmp_path: Path,
         status = service.wait(request_id, "registered", timeout=120)
         assert status.stage == "registered"
         assert gate.waits >= 1
+        # and it runs registration_nice_increment (default 10) nicer than the thread that started it
+        registrar = service.registrar._thread.native_id
+        assert registrar is not None
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + config.service.registration_nice_increment)
+        assert os.getpriority(os.PRIO_PROCESS, registrar) == expected
     finally:
         service.close()
 
