@@ -34,7 +34,6 @@ import torch
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageCorruptError, UnknownSubjectError
 from expunge.orchestrator.serving.ensemble import StatisticsEnsemble
-from expunge.orchestrator.serving.predecode import Predecoder
 from expunge.orchestrator.serving.solve_gate import SolveGate
 from expunge.shards.models import DecrementalStatisticsModel, SufficientStatisticsModel, model_for
 from expunge.shards.rows import SUBJECT_DIGEST
@@ -150,8 +149,6 @@ class ReadyFits:
         #: The last solved version's shard keys, summed state and shard states (what the next sum starts from).
         self._base: tuple[list[tuple[int, int]], torch.nn.Module, dict[tuple[int, int], torch.nn.Module]] | None = None
         self.sums = {"full": 0, "changed_shards": 0}  # how each version's sum was made (tests, benchmarks)
-        #: Decodes each requested version's changed checkpoints beside the solve under way.
-        self.predecoder = Predecoder(store)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="expunge-ready", daemon=True)
         self._thread.start()
@@ -163,15 +160,10 @@ class ReadyFits:
         them is served.
         """
         with self._changed:
-            newest = self._target is None or manifest.version > self._target.version
-            if newest:
+            if self._target is None or manifest.version > self._target.version:
                 self._target = manifest
             self._mask(manifest.version, frozenset(erased))
             self._changed.notify_all()
-        model = model_for(manifest.model)
-        if newest and isinstance(model, SufficientStatisticsModel):  # its changed shards, decoded at once
-            held = set(self._states)  # the last solved version's (a reference swapped whole, never mutated)
-            self.predecoder.want(model, [k for k in enumerate(manifest.shard_versions) if k not in held])
 
     def mask(self, version: int, erased: Iterable[str]) -> None:
         """Mask ``erased`` (committed in ``version``) in the served model now, before anyone is told so.
@@ -211,7 +203,6 @@ class ReadyFits:
             self._closed = True
             self._changed.notify_all()
         self._thread.join(timeout=60)
-        self.predecoder.close()
 
     def _next(self) -> EnsembleManifest | None:
         with self._changed:
@@ -274,11 +265,9 @@ class ReadyFits:
         with self.gate.hold():  # decoding and summing hold the GIL; the LAPACK of the fit below does not
             states = {
                 key: self._states.get(key)
-                or self.predecoder.take(key)
                 or load_checkpoint(model, _checkpoint(self._store, self._catalog, *key)).module
                 for key in keys
             }
-            self.predecoder.keep(dict(keys))  # what this version holds, and older shard versions, are done
             self._states = states  # only this version's: a superseded shard version is never read again
             parts = self._changed_sum(model, keys, states)
         ensemble = self._solve(model, parts if parts is not None else [states[key] for key in keys])

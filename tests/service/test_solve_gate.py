@@ -103,7 +103,6 @@ def test_the_ready_solve_holds_the_gate_while_it_decodes_and_sums_and_not_while_
         return ready.StatisticsEnsemble(model, states)
 
     monkeypatch.setattr(ready, "load_checkpoint", load)
-    monkeypatch.setattr(ready.Predecoder, "take", lambda self, key: None)  # the solve decodes every shard itself
     fits = ready.ReadyFits(coordinator.store, solve=fit, gate=gate)
     try:
         fits.request(coordinator.require_manifest())
