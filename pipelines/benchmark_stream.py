@@ -6,7 +6,8 @@ A store of ``--model`` (``item_stats`` or ``mf``) is trained on the 80 % split o
 S x R with MLflow on; the service starts in this Ray cluster and is warmed by a few erasures
 (each waited for until registered and ready). Then, with the service idle, the exact solve of
 the published version is timed alone in the service's own process (``ErasureService.exact_solve_seconds``,
-``--solves`` times). Then ``rate x duration`` one-subject requests are submitted on a fixed
+``--solves`` times), and again ``--solves`` times once every request of the stream is registered
+and ready (the reference is the p50 of both: one quiet moment's draw moved it by a third). Then ``rate x duration`` one-subject requests are submitted on a fixed
 schedule (request i at ``i / rate`` s, from a thread pool so a slow submit does not shift the
 next). Real erasures are spread evenly over the stream and cover at most half of the subjects
 (MovieLens 100K has 943; a 60 s stream at 20 requests/s is 1,200 requests); the other requests
@@ -167,6 +168,7 @@ def run_stream(
             futures.append(submitters.submit(client.submit, [subject]))
         ids = [f.result() for f in futures]
         statuses = list(submitters.map(lambda i: _settle(client, i), ids))
+    solves += [float(str(ray.get(actor.exact_solve_seconds.remote()))) for _ in range(settings.solves)]
     after = client.stats()
     stages = Counter(s.stage for s in statuses)
     committed = [d for s in statuses if (d := _seconds(s.received_at, s.committed_at)) is not None]
