@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -90,6 +91,13 @@ class StreamResult(BaseModel):
     batches: int
     shard_retrains: int
     registrations: int
+    #: The run's shape, so that a JSON file says what it measured: S, R, requests/s, seconds.
+    shards: int | None = None
+    slices: int | None = None
+    rate: float | None = None
+    duration: float | None = None
+    #: ``os.getloadavg()`` when the stream's last request settled (1, 5 and 15 minutes).
+    load_average: tuple[float, float, float] | None = None
 
 
 def even_spread(total: int, real: int) -> list[bool]:
@@ -203,6 +211,11 @@ def run_stream(
         batches=after.batches - before.batches,
         shard_retrains=after.shard_retrains - before.shard_retrains,
         registrations=after.registrations - before.registrations,
+        shards=job.sharding.shards,
+        slices=job.sharding.slices,
+        rate=settings.rate,
+        duration=settings.duration,
+        load_average=os.getloadavg(),
     )
 
 

@@ -75,7 +75,7 @@ def load_parquet(
         raise DataValidationError(
             str(file),
             [
-                f"file {str(file)!r} does not exist (looked for {str(file.resolve())!r}; data.path is relative to the current folder)"
+                f"file {str(file)!r} does not exist (looked for {str(file.resolve())!r}; a relative path (data.path, --data) is read from the current folder)"
             ],
         )
     return validate_rows(_mapped(pq.read_table(file), str(file), columns, feature_columns, task), str(file), task)
@@ -194,7 +194,7 @@ def parquet_stream(
         raise DataValidationError(
             str(path),
             [
-                f"{str(path)!r} does not exist (looked for {str(path.resolve())!r}; data.path is relative to the current folder)"
+                f"{str(path)!r} does not exist (looked for {str(path.resolve())!r}; a relative path (data.path, --data) is read from the current folder)"
             ],
         )
     _require_columns(path, config.columns, config.feature_columns, task)

@@ -101,7 +101,7 @@ def load_movielens(path: str | Path) -> pa.Table:
         raise DataValidationError(
             str(file),
             [
-                f"file {str(file)!r} does not exist (looked for {str(file.resolve())!r}; data.path is relative to the current folder)"
+                f"file {str(file)!r} does not exist (looked for {str(file.resolve())!r}; a relative path (data.path, --data) is read from the current folder)"
             ],
         )
     layout = _detect_layout(file)

@@ -108,6 +108,15 @@ def test_the_stream_without_data_says_the_stream_needs_it():
     assert "the stream (--rate 5) needs --data FILE" in result.output
 
 
+def test_a_missing_data_file_is_named_with_the_option_the_user_typed(tmp_path):
+    """New-user review: the message named only ``data.path``, a config key the CLI user never wrote."""
+    missing = tmp_path / "absent.inter"
+    result = CliRunner().invoke(app, ["benchmark", "service", "--data", str(missing), "--rate", "5", "--duration", "1"])
+    assert result.exit_code == 2
+    assert "--data" in result.output
+    assert "does not exist" in result.output
+
+
 def test_a_rate_with_the_http_load_is_refused_not_ignored():
     result = CliRunner().invoke(app, ["benchmark", "service", "--http", "--rate", "5"])
     assert result.exit_code == 2
