@@ -177,20 +177,23 @@ class FollowUp:
         """
         with self._state:
             done, self.unregistered = self.unregistered, []
-        try:
+        try:  # it yields only without ``registering``: a repair on the commit worker takes that lock
+            yield_to()
             with self.registering:
                 before = self.lineage.current_version() if self.lineage is not None else None
-                yield_to()
                 version = self.coordinator.register_published()
-                if self.lineage is not None:
-                    for item in done:
-                        if item.batch.status == "not_found" and not item.recorded:  # a run records the check
-                            yield_to()
-                            checked = self.coordinator.catalog.read(item.batch.model_version_before or 1)
-                            self.lineage.record_request(item.batch, checked, version, fresh=item.fresh)
-                            item.recorded = True
+            lineage = self.lineage
+            for item in done:
+                if lineage is not None and item.batch.status == "not_found" and not item.recorded:  # the check's run
+                    yield_to()
+                    with self.registering:
+                        checked = self.coordinator.catalog.read(item.batch.model_version_before or 1)
+                        lineage.record_request(item.batch, checked, version, fresh=item.fresh)
+                    item.recorded = True
         except Exception as exc:  # MLflow raises its own errors too; the commit stands
             log.warning("registering in MLflow failed (%s); trying again shortly", exc)
+            for item in done:  # a run may have landed before the failure (an answer lost): search first
+                item.fresh = item.fresh and item.recorded
             with self._state:
                 self.registration_error = f"registration: {type(exc).__name__}: {exc}"[:500]
                 self.unregistered = done + self.unregistered

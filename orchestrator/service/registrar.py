@@ -81,7 +81,10 @@ class Registrar:
         return False
 
     def _run(self) -> None:
-        nicer_thread(self._config.registration_nice_increment)  # gives way to commits and the ready solve
+        try:  # gives way to commits and the ready solve; a failure here must not end the thread
+            nicer_thread(self._config.registration_nice_increment)
+        except Exception:
+            log.exception("the registration thread keeps its niceness")
         while True:
             with self._state:
                 if not self._due():
