@@ -30,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -527,6 +528,24 @@ def run(
     return ServiceBenchmark(settings=settings, training=training, machine=machine, latency=latency, load=load)
 
 
+def _stream_length(rate: float | None, duration: float | None) -> float:
+    """Pure: the stream's seconds (60 by default), refused (``ConfigError``) unless it is a stream of >= 1 request."""
+    if rate is None:
+        if duration is not None:  # ignored, the latency and load run would start instead: minutes, not seconds
+            raise ConfigError(
+                f"--duration {duration:g} sets how long the paced stream lasts, and there is no stream without "
+                "--rate R (requests per second); add --rate, or drop --duration"
+            )
+        return 60.0
+    length = 60.0 if duration is None else duration
+    if not (math.isfinite(rate) and math.isfinite(length)) or round(rate * length) < 1:
+        raise ConfigError(
+            f"--rate {rate:g} for --duration {length:g} s is not a stream of at least one request: give finite "
+            "values whose product is at least 1 (e.g. --rate 20 --duration 60)"
+        )
+    return length
+
+
 def run_stream_benchmark(
     rows: pa.Table, training: TrainingConfig, settings: ServiceBenchmarkSettings, stream: StreamSettings
 ) -> StreamResult:
@@ -656,7 +675,7 @@ def main(
     rate: float | None = typer.Option(
         None, min=0.001, help="run the paced stream instead: requests per second (with --duration)"
     ),
-    duration: float = typer.Option(60.0, min=0.001, help="--rate: seconds the stream lasts"),
+    duration: float | None = typer.Option(None, min=0.001, help="--rate: seconds the stream lasts [default: 60]"),
     window_ms: float = typer.Option(
         _DEFAULT_WINDOW_MS, min=0.0, help="service.window_ms of the services (coalescing window)"
     ),
@@ -668,6 +687,8 @@ def main(
     init_logging()
     with exit_on_error():
         writable_output(output)  # checked first: the results are written after minutes of work
+    with exit_on_error():
+        stream_length = _stream_length(rate, duration)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if http:
         from expunge.pipelines.benchmark_http import HttpSettings, print_http, run_http
@@ -723,7 +744,7 @@ def main(
     if rate is not None:
         from expunge.pipelines.benchmark_stream import StreamSettings, stream_table
 
-        stream = StreamSettings(model=model, rate=rate, duration=duration, threads=threads)
+        stream = StreamSettings(model=model, rate=rate, duration=stream_length, threads=threads)
         with exit_on_error():
             streamed = run_stream_benchmark(load_movielens(data), training, settings, stream)
         console.print(stream_table(streamed, stream, training))

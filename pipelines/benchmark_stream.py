@@ -97,7 +97,7 @@ class StreamResult(BaseModel):
     rate: float | None = None
     duration: float | None = None
     #: ``os.getloadavg()`` when the stream's last request settled (1, 5 and 15 minutes).
-    load_average: tuple[float, float, float] | None = None
+    load_average_end: tuple[float, float, float] | None = None
 
 
 def even_spread(total: int, real: int) -> list[bool]:
@@ -215,7 +215,7 @@ def run_stream(
         slices=job.sharding.slices,
         rate=settings.rate,
         duration=settings.duration,
-        load_average=os.getloadavg(),
+        load_average_end=os.getloadavg(),
     )
 
 

@@ -71,6 +71,10 @@ def load_parquet(
 ) -> pa.Table:
     """Any Parquet file; ``columns`` maps canonical names (record_id, subject_id, ...) to file columns."""
     file = Path(path)
+    if file.is_dir():
+        raise DataValidationError(
+            str(file), [f"{str(file)!r} is a folder: give the ratings file inside it (e.g. u.data or ml-100k.inter)"]
+        )
     if not file.is_file():
         raise DataValidationError(
             str(file),

@@ -97,6 +97,10 @@ def load_movielens(path: str | Path) -> pa.Table:
     without a timestamp). Every problem is listed in one ``DataValidationError``.
     """
     file = Path(path)
+    if file.is_dir():
+        raise DataValidationError(
+            str(file), [f"{str(file)!r} is a folder: give the ratings file inside it (e.g. u.data or ml-100k.inter)"]
+        )
     if not file.is_file():
         raise DataValidationError(
             str(file),

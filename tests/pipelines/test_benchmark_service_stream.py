@@ -117,6 +117,34 @@ def test_a_missing_data_file_is_named_with_the_option_the_user_typed(tmp_path):
     assert "does not exist" in result.output
 
 
+def test_a_data_folder_is_told_to_name_the_ratings_file_inside_it(tmp_path):
+    result = CliRunner().invoke(
+        app, ["benchmark", "service", "--data", str(tmp_path), "--rate", "5", "--duration", "1"]
+    )
+    assert result.exit_code == 2
+    assert "is a folder: give the ratings file inside it" in result.output
+
+
+def test_a_duration_without_a_rate_is_refused_not_ignored(tmp_path):
+    """New-user review: it ran the latency and load benchmark (minutes) instead of the short stream asked for."""
+    data = tmp_path / "u.data"
+    data.write_text("1\t1\t5\t1\n")
+    result = CliRunner().invoke(app, ["benchmark", "service", "--data", str(data), "--duration", "10"])
+    assert result.exit_code == 2
+    assert "add --rate, or drop --duration" in result.output
+
+
+@pytest.mark.parametrize(("rate", "duration"), [("0.01", "10"), ("inf", "10"), ("5", "inf")])
+def test_a_stream_of_no_request_or_of_infinitely_many_is_refused_before_anything_runs(tmp_path, rate, duration):
+    """New-user review: --rate 0.01 --duration 10 failed with exit 5 after training; inf overflowed (exit 5)."""
+    data = tmp_path / "u.data"
+    data.write_text("1\t1\t5\t1\n")
+    args = ["benchmark", "service", "--data", str(data), "--rate", rate, "--duration", duration]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "not a stream of at least one request" in result.output
+
+
 def test_a_rate_with_the_http_load_is_refused_not_ignored():
     result = CliRunner().invoke(app, ["benchmark", "service", "--http", "--rate", "5"])
     assert result.exit_code == 2
