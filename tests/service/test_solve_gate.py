@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,21 +116,41 @@ def test_the_ready_solve_holds_the_gate_while_it_decodes_and_sums_and_not_while_
     assert not gate.held
 
 
-def test_registration_waits_at_the_gate_while_the_solve_holds_it(tmp_path: Path, hasher):
+def _registration_at_the_held_gate(
+    tmp_path: Path, hasher
+) -> tuple[ErasureService, SolveGate, str, JobConfig, Callable[[], None]]:
+    """A service with one not-found request committed and its registration waiting at the held gate.
+
+    ``max_wait_s`` is 600, so it waits until the returned ``release`` (idempotent) lets the gate go.
+    """
     store, tracking, config = _trained(tmp_path, hasher)
     service = ErasureService(config, hasher, Lineage(tracking, str(store)), pool_factory=local_pool, warm=False)
     gate = service.readiness.gate
     gate.max_wait_s = 600
+    hold = gate.hold()
+    hold.__enter__()
+    released: list[bool] = []
+
+    def release() -> None:
+        if not released:
+            released.append(True)
+            hold.__exit__(None, None, None)
+
+    request_id = service.submit(["nobody-here"])
+    service.wait(request_id, "committed", timeout=120)
+    for _ in range(30_000):  # the registration reaches the gate and waits there
+        if gate.waiting:
+            break
+        threading.Event().wait(0.001)
+    return service, gate, request_id, config, release
+
+
+def test_registration_waits_at_the_gate_while_the_solve_holds_it(tmp_path: Path, hasher):
+    service, gate, request_id, config, release = _registration_at_the_held_gate(tmp_path, hasher)
     try:
-        with gate.hold():
-            request_id = service.submit(["nobody-here"])
-            service.wait(request_id, "committed", timeout=120)
-            for _ in range(30_000):  # the registration reaches the gate and waits there
-                if gate.waiting:
-                    break
-                threading.Event().wait(0.001)
-            assert gate.waiting == 1
-            assert service.status(request_id).stage == "committed"
+        assert gate.waiting == 1
+        assert service.status(request_id).stage == "committed"
+        release()
         status = service.wait(request_id, "registered", timeout=120)
         assert status.stage == "registered"
         assert gate.waits >= 1
@@ -139,6 +160,7 @@ def test_registration_waits_at_the_gate_while_the_solve_holds_it(tmp_path: Path,
         expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + config.service.registration_nice_increment)
         assert os.getpriority(os.PRIO_PROCESS, registrar) == expected
     finally:
+        release()
         service.close()
 
 
@@ -186,25 +208,16 @@ def test_a_registration_waiting_at_the_gate_does_not_hold_the_lock_a_repair_on_t
     tmp_path: Path, hasher
 ):
     """Review: it waited inside ``FollowUp.registering``, which ``repair`` takes while holding the coordinator."""
-    store, tracking, config = _trained(tmp_path, hasher)
-    service = ErasureService(config, hasher, Lineage(tracking, str(store)), pool_factory=local_pool, warm=False)
-    gate = service.readiness.gate
-    gate.max_wait_s = 600
+    service, gate, _, _, release = _registration_at_the_held_gate(tmp_path, hasher)
     try:
-        with gate.hold():
-            request_id = service.submit(["nobody-here"])
-            service.wait(request_id, "committed", timeout=120)
-            for _ in range(30_000):
-                if gate.waiting:
-                    break
-                threading.Event().wait(0.001)
-            assert gate.waiting == 1
-            with service._work:  # what FollowUp.repair does on the commit worker
-                got = service.follow.registering.acquire(timeout=30)
-                if got:
-                    service.follow.registering.release()
-            assert got
+        assert gate.waiting == 1
+        with service._work:  # what FollowUp.repair does on the commit worker
+            got = service.follow.registering.acquire(timeout=30)
+            if got:
+                service.follow.registering.release()
+        assert got
     finally:
+        release()
         service.close()
 
 
