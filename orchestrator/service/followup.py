@@ -173,7 +173,8 @@ class FollowUp:
 
         Runs on the registration thread (``Registrar``), beside the commits: it reads the store
         and writes MLflow only, so it holds ``registering``, not the coordinator. ``yield_to`` is
-        called between its MLflow and journal writes (``SolveGate.yield_to_solve``: it may wait).
+        called between its MLflow and journal writes, never while it holds ``registering``
+        (``SolveGate.yield_to_solve``: it may wait).
         """
         with self._state:
             done, self.unregistered = self.unregistered, []

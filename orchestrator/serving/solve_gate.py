@@ -5,7 +5,7 @@ solve, and they share one GIL. The solve's LAPACK calls release it, but its Pyth
 phases (decoding the changed shards' checkpoints, updating the sum) need it, and under a
 stream of requests the registration thread (MLflow over SQLAlchemy, all Python) held it for
 about half of every second: those phases took about three times their quiet length
-(docs/performance.md, "The registrar yields to the ready solve"). The solve marks those
+(docs/performance.md, "Who holds the cores: the registrar gives way"). The solve marks those
 phases with ``hold()``; the registration thread calls ``yield_to_solve()`` between its MLflow
 writes and waits there while a phase runs, at most ``max_wait_s`` at a time, so it always moves on.
 """
