@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Group
 from rich.table import Table
 
 from expunge import RayClient
@@ -219,8 +220,8 @@ def run_stream(
     )
 
 
-def stream_table(result: StreamResult, settings: StreamSettings, training: TrainingConfig) -> Table:
-    """The stream's figures: p50/p99 per stage, throughput, lost, and the ready-to-serve ratio."""
+def stream_table(result: StreamResult, settings: StreamSettings, training: TrainingConfig) -> Group:
+    """The stream's figures: p50/p99/max per stage (seconds), then a summary (throughput, lost, the ratio, counts)."""
     table = Table(
         title=(
             f"Service stream: {result.model}, {settings.rate:g} requests/s for {settings.duration:g} s "
@@ -248,15 +249,18 @@ def stream_table(result: StreamResult, settings: StreamSettings, training: Train
             f"{solve.p99:.3f}",
             f"{solve.max:.3f}",
         )
-    table.add_row("throughput to commit", "", f"{result.throughput_per_s:.1f}/s", "", "")
-    table.add_row("lost (not registered and ready)", str(result.lost), "", "", "")
-    table.add_row(
-        "ready_to_serve p50 (erased) / exact solve p50", "", "n/a" if ratio is None else f"{ratio:.2f}x", "", ""
+    summary = Table(title="Summary")
+    summary.add_column("measure", justify="left")
+    summary.add_column("value", justify="right")
+    summary.add_row("throughput to commit", f"{result.throughput_per_s:.1f} requests/s")
+    summary.add_row("lost (not registered and ready)", str(result.lost))
+    summary.add_row("ready_to_serve p50 (erased) / exact solve p50", "n/a" if ratio is None else f"{ratio:.2f}x")
+    summary.add_row(
+        "store commits / shard retrains / registrations",
+        f"{result.batches} / {result.shard_retrains} / {result.registrations}",
     )
-    table.add_row("store commits / shard retrains / registrations", "", "", "", "")
-    table.add_row("", f"{result.batches} / {result.shard_retrains} / {result.registrations}", "", "", "")
-    table.add_row("pacer lateness, max", "", f"{result.submit_lateness_max_s:.3f}", "", "")
-    return table
+    summary.add_row("pacer lateness, max", f"{result.submit_lateness_max_s:.3f} s")
+    return Group(table, summary)
 
 
 def stream_rows(rows: pa.Table) -> pa.Table:

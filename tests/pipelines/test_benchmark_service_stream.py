@@ -167,3 +167,13 @@ def test_the_ratio_counts_only_requests_that_erased_someone():
     _, over_erased = solve_ratio(percentiles(erased_ready_to_serve(outcomes)), [1.0])
     assert over_all == pytest.approx(0.75)
     assert over_erased == pytest.approx(2.0)
+
+
+def test_the_summary_puts_each_value_on_its_own_label_s_line():
+    """New-user review: the commit counts sat on a line of their own, throughput and the ratio under p50."""
+    result = _result(percentiles([0.1, 0.1, 0.1]), 3.0)
+    lines = _rendered(result).splitlines()
+    counts = next(line for line in lines if "store commits / shard retrains / registrations" in line)
+    assert f"{result.batches} / {result.shard_retrains} / {result.registrations}" in counts
+    throughput = next(line for line in lines if "throughput to commit" in line)
+    assert "requests/s" in throughput
