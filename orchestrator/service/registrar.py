@@ -18,10 +18,6 @@ __all__ = ["Registrar"]
 log = logging.getLogger(__name__)
 
 
-def _go_on() -> float:
-    return 0.0
-
-
 class Registrar:
     """Runs ``FollowUp.register`` on its own thread, when ``policy.next_step`` says a registration is due.
 
@@ -44,7 +40,7 @@ class Registrar:
         gate: SolveGate | None = None,
     ) -> None:
         self._follow = follow
-        self._gate = gate
+        self._gate = gate if gate is not None else SolveGate()  # one nobody holds: never waits
         self._state = state
         self._config = config
         self._queue = queue
@@ -90,7 +86,7 @@ class Registrar:
                 if not self._due():
                     return  # unregistered commits stay journalled: the next start registers them
             try:
-                self._follow.register(self._gate.yield_to_solve if self._gate is not None else _go_on)
+                self._follow.register(self._gate.yield_to_solve)
             except Exception:  # the thread must outlive any one registration; the commits stand
                 log.exception("the service's registration thread hit an unexpected error; it goes on")
                 time.sleep(1.0)

@@ -35,8 +35,7 @@ class SolveGate:
         self._held = 0
         #: Callers waiting in ``yield_to_solve`` now.
         self.waiting = 0
-        #: Seconds callers spent waiting in ``yield_to_solve``, and how many calls waited at all (benchmarks).
-        self.waited_s = 0.0
+        #: How many ``yield_to_solve`` calls found the gate held.
         self.waits = 0
 
     @property
@@ -68,7 +67,5 @@ class SolveGate:
                 self._changed.wait_for(lambda: self._held == 0, timeout=self.max_wait_s)
             finally:
                 self.waiting -= 1
-            waited = time.monotonic() - began
-            self.waited_s += waited
             self.waits += 1
-        return waited
+        return time.monotonic() - began
