@@ -421,9 +421,9 @@ class ErasureService:
                 self.follow.repairs.add(receipt, tuple(e.request_id for e in entries))
             self._state.notify_all()
         self.ingestion.joined(joining if joined else None)  # answered once the erasures' statuses say committed
-        self.readiness.committed(
-            self.coordinator.manifest if joined else None, [e.request_id for e in entries], digests
-        )
+        # No ingest joined and not resumed: a pure erasure, whose sum the ready solve makes without a shard read.
+        ids, pure = [e.request_id for e in entries], receipt if joining is None and not resume else None
+        self.readiness.committed(self.coordinator.manifest if joined else None, ids, digests, pure)
         # Beside the next batch: committed records, then registration, then the batch record dropped.
         self.journaling.put(Committed(receipts, receipt, fresh=not resume), batch.batch_id)
         log.info("batch %s: %d request(s), %d subject(s), shards %s retrained, committed",

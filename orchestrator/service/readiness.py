@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from expunge.orchestrator.catalog import EnsembleManifest
-from expunge.orchestrator.receipts import utc_now
+from expunge.orchestrator.receipts import ErasureReceipt, utc_now
 from expunge.orchestrator.service.board import RequestBoard
 from expunge.orchestrator.serving.ensemble import StatisticsEnsemble
 from expunge.orchestrator.serving.ready import (
@@ -65,10 +65,19 @@ class Readiness:
         if self.fits is not None and manifest is not None:
             self.fits.mask(manifest.version, erased)
 
-    def committed(self, manifest: EnsembleManifest | None, request_ids: Sequence[str], erased: Sequence[str]) -> None:
+    def committed(
+        self,
+        manifest: EnsembleManifest | None,
+        request_ids: Sequence[str],
+        erased: Sequence[str],
+        erasure: ErasureReceipt | None = None,
+    ) -> None:
         """``request_ids`` were committed in ``manifest`` (None: nothing changed); start its solve now.
 
-        Call after their committed statuses are on the board, without holding ``state``.
+        ``erasure``: the commit's receipt when it erased ``erased`` and did nothing else (no ingest
+        joined, not a resumed commit): then the solve may take them out of the previous sum
+        (``ReadyFits.request``'s ``erased_from``). Call after their committed statuses are on the
+        board, without holding ``state``.
         """
         if self.fits is None or manifest is None:
             with self._state:
@@ -77,7 +86,8 @@ class Readiness:
             return
         with self._state:  # recorded before the request, so a swap at once finds them
             self._waiting.append((manifest.version, tuple(request_ids)))
-        self.fits.request(manifest, erased)
+        pure = erasure is not None and erasure.model_version_after == manifest.version
+        self.fits.request(manifest, erased, erasure.model_version_before if pure and erasure else None)
 
     def exact_solve_seconds(self, manifest: EnsembleManifest) -> float:
         """Seconds of one from-scratch exact solve of ``manifest`` in this process (no reuse, no swap).

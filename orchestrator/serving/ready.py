@@ -9,13 +9,22 @@ one is ready, the subjects erased since the served version are masked: they get 
 answer (``recommend`` refuses them, ``predict`` gives them the population's score), while
 everyone else is answered by the previous exact model.
 
-Reuse: a shard's decoded state is kept while its shard version stays published (an erasure
-changes one or a few shards), so only the changed checkpoints are read and decoded again; and
-for a model that subtracts exactly (``DecrementalStatisticsModel``) the sum is the last solved
-version's sum with the changed shards' old states taken out and their new ones put in (for
-``item_stats``, only the subjects whose cells changed: ``changed_parts``), which is
-bit for bit the sum from scratch (exact arithmetic: the order and grouping of the additions do
-not matter). The fit runs in full, as from scratch.
+Reuse, cheapest first:
+
+- A version that a pure erasure made from the last solved one (the commit says so:
+  ``request(..., erased_from=)``; a chain of them counts too), of a model whose state keeps each
+  subject's rows (``SubjectStatisticsModel``: ``item_stats``): the sum is the last solved sum
+  without the erased subjects' contributions, rebuilt from that sum (``without_subjects``). No
+  checkpoint is read. It is taken only when the shards whose versions changed are exactly the
+  shards that held those subjects in the last solved version; otherwise the path below runs.
+- Otherwise a shard's decoded state is kept while its shard version stays published (an erasure
+  changes one or a few shards), so only the changed checkpoints are read and decoded again; and
+  for a model that subtracts exactly (``DecrementalStatisticsModel``) the sum is the last solved
+  version's sum with the changed shards' old states taken out and their new ones put in (for
+  ``item_stats``, only the subjects whose cells changed: ``changed_parts``).
+
+Either is bit for bit the sum from scratch (exact arithmetic: the order and grouping of the
+additions do not matter). The fit runs in full, as from scratch.
 """
 
 from __future__ import annotations
@@ -35,7 +44,12 @@ from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageCorruptError, UnknownSubjectError
 from expunge.orchestrator.serving.ensemble import StatisticsEnsemble
 from expunge.orchestrator.serving.solve_gate import SolveGate
-from expunge.shards.models import DecrementalStatisticsModel, SufficientStatisticsModel, model_for
+from expunge.shards.models import (
+    DecrementalStatisticsModel,
+    SubjectStatisticsModel,
+    SufficientStatisticsModel,
+    model_for,
+)
 from expunge.shards.rows import SUBJECT_DIGEST
 from expunge.shards.store import ObjectStore
 from expunge.shards.training import load_checkpoint
@@ -82,6 +96,25 @@ def solve_from_scratch(store: ObjectStore, manifest: EnsembleManifest) -> Statis
         for shard, version in enumerate(manifest.shard_versions)
     ]
     return StatisticsEnsemble(model, states)
+
+
+@dataclass(frozen=True)
+class _Erasure:
+    """A version a commit made from ``parent`` by erasing ``subjects`` and nothing else (no rows added)."""
+
+    parent: int
+    subjects: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The last solved version: what the next sum starts from."""
+
+    version: int
+    keys: list[tuple[int, int]]  # (shard, shard version), by shard
+    total: torch.nn.Module  # the summed state
+    states: dict[tuple[int, int], torch.nn.Module]  # decoded shard states still current (after a subtraction: some)
+    owners: dict[str, int] | None  # subject digest -> shard holding its rows (``SubjectStatisticsModel`` only)
 
 
 @dataclass(frozen=True)
@@ -145,24 +178,32 @@ class ReadyFits:
         self._target: EnsembleManifest | None = None
         self._served: ServedStatistics | None = None
         self._erased: dict[int, frozenset[str]] = {}  # version -> subjects its commit erased
+        self._erasures: dict[int, _Erasure] = {}  # version -> the pure erasure that made it (not yet served)
         self._states: dict[tuple[int, int], torch.nn.Module] = {}  # (shard, shard version) -> decoded state
-        #: The last solved version's shard keys, summed state and shard states (what the next sum starts from).
-        self._base: tuple[list[tuple[int, int]], torch.nn.Module, dict[tuple[int, int], torch.nn.Module]] | None = None
-        self.sums = {"full": 0, "changed_shards": 0}  # how each version's sum was made (tests, benchmarks)
+        self._base: _Base | None = None  # the last solved version
+        #: How each version's sum was made (tests, benchmarks): every shard summed, changed shards
+        #: read and summed in, or versions summed by taking erased subjects out of the last sum.
+        self.sums = {"full": 0, "changed_shards": 0, "subtracted": 0}
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="expunge-ready", daemon=True)
         self._thread.start()
 
-    def request(self, manifest: EnsembleManifest, erased: Iterable[str] = ()) -> None:
+    def request(self, manifest: EnsembleManifest, erased: Iterable[str] = (), erased_from: int | None = None) -> None:
         """Solve ``manifest`` (newly published) as soon as the thread is free; ``erased``: its commit's subjects.
 
         Those subjects are masked in the served model at once (``mask``), until a version without
-        them is served.
+        them is served. ``erased_from``: the version the commit made ``manifest`` from by erasing
+        ``erased`` and nothing else (no rows added; digests it did not find may be among them).
+        Then the solve may take them out of that version's sum instead of reading the changed
+        shards; give None when unsure (an ingest joined, a resumed commit).
         """
+        gone = frozenset(erased)
         with self._changed:
             if self._target is None or manifest.version > self._target.version:
                 self._target = manifest
-            self._mask(manifest.version, frozenset(erased))
+            if erased_from is not None and erased_from < manifest.version:
+                self._erasures[manifest.version] = _Erasure(erased_from, gone)
+            self._mask(manifest.version, gone)
             self._changed.notify_all()
 
     def mask(self, version: int, erased: Iterable[str]) -> None:
@@ -237,6 +278,7 @@ class ReadyFits:
                 masked = frozenset().union(*(d for v, d in self._erased.items() if v > manifest.version))
                 self._served = ServedStatistics(manifest.version, manifest, ensemble, masked)  # the swap
                 self._erased = {v: d for v, d in self._erased.items() if v > manifest.version}
+                self._erasures = {v: e for v, e in self._erasures.items() if v > manifest.version}
                 self._changed.notify_all()
             log.info("ensemble v%d ready to serve (solved in %.2f s)", manifest.version, seconds)
             if self._on_ready is not None:
@@ -255,24 +297,75 @@ class ReadyFits:
         return latest is not None and latest.version > manifest.version
 
     def _solve_version(self, manifest: EnsembleManifest) -> StatisticsEnsemble:
-        """The exact solve of ``manifest``, reusing the decoded states of shard versions it shares with the last."""
+        """The exact solve of ``manifest``, reusing the last solved sum and the shard states it shares with it."""
         model = model_for(manifest.model)
         if not isinstance(model, SufficientStatisticsModel):
             raise ConfigError(
                 f"ensemble v{manifest.version} is a {manifest.model.kind!r} model, not a statistics model"
             )
         keys = list(enumerate(manifest.shard_versions))
+        owners: dict[str, int] | None
         with self.gate.hold():  # decoding and summing hold the GIL; the LAPACK of the fit below does not
-            states = {
-                key: self._states.get(key)
-                or load_checkpoint(model, _checkpoint(self._store, self._catalog, *key)).module
-                for key in keys
-            }
-            self._states = states  # only this version's: a superseded shard version is never read again
-            parts = self._changed_sum(model, keys, states)
-        ensemble = self._solve(model, parts if parts is not None else [states[key] for key in keys])
-        self._base = (keys, ensemble.state, states)
+            subtracted = self._subtracted(model, manifest.version, keys)
+            if subtracted is not None:
+                parts, states, owners = subtracted
+            else:
+                states = {
+                    key: self._states.get(key)
+                    or load_checkpoint(model, _checkpoint(self._store, self._catalog, *key)).module
+                    for key in keys
+                }
+                self._states = states  # only this version's: a superseded shard version is never read again
+                parts = self._changed_sum(model, keys, states) or [states[key] for key in keys]
+                owners = _owners(model, states)
+        ensemble = self._solve(model, parts)
+        self._base = _Base(manifest.version, keys, ensemble.state, states, owners)
         return ensemble
+
+    def _subtracted(
+        self, model: SufficientStatisticsModel, version: int, keys: list[tuple[int, int]]
+    ) -> tuple[list[torch.nn.Module], dict[tuple[int, int], torch.nn.Module], dict[str, int]] | None:
+        """``version``'s sum as the last solved sum without the subjects erased since; None: not known to be one.
+
+        Returns the one-state list, the shard states still current and the new owners. Taken when
+        every version after the last solved one up to ``version`` was a pure erasure
+        (``request(..., erased_from=)``) and the shards whose versions changed are exactly the
+        shards that held the erased subjects found in the last solved sum.
+        """
+        base = self._base
+        if base is None or base.owners is None or not isinstance(model, SubjectStatisticsModel):
+            return None
+        if len(base.keys) != len(keys):
+            return None
+        with self._changed:
+            erasures = dict(self._erasures)
+        subjects: set[str] = set()
+        step = version
+        while step != base.version:
+            erasure = erasures.get(step)
+            if erasure is None or not base.version <= erasure.parent < step:
+                return None  # a version made otherwise (an ingest, another writer, a resumed commit)
+            subjects |= erasure.subjects
+            step = erasure.parent
+        held = sorted(d for d in subjects if d in base.owners)
+        changed = {key[0] for key, old in zip(keys, base.keys, strict=True) if key != old}
+        if {base.owners[d] for d in held} != changed:
+            log.info(
+                "ensemble v%d: %d shard(s) changed but %d held the erased subjects; reading the changed shards",
+                version, len(changed), len({base.owners[d] for d in held}),
+            )  # fmt: skip
+            return None
+        try:
+            total = model.without_subjects(base.total, held)
+        except Exception as exc:  # e.g. a sum that does not hold them as recorded: the shards say why
+            log.warning("ensemble v%d: taking the erased subjects out of the last sum failed (%s)", version, exc)
+            return None
+        current = set(keys)
+        states = {key: state for key, state in base.states.items() if key in current}
+        self._states = states
+        gone = set(held)
+        self.sums["subtracted"] += 1
+        return [total], states, {d: shard for d, shard in base.owners.items() if d not in gone}
 
     def _changed_sum(
         self,
@@ -286,11 +379,14 @@ class ReadyFits:
         states in (``DecrementalStatisticsModel.subtract``), the same bits as ``combine`` of all.
         """
         base = self._base
-        if base is None or not isinstance(model, DecrementalStatisticsModel) or len(base[0]) != len(keys):
+        if base is None or not isinstance(model, DecrementalStatisticsModel) or len(base.keys) != len(keys):
             self.sums["full"] += 1
             return None
-        old_keys, total, old_states = base
+        old_keys, total, old_states = base.keys, base.total, base.states
         changed = [i for i, (old, new) in enumerate(zip(old_keys, keys, strict=True)) if old != new]
+        if any(old_keys[i] not in old_states for i in changed):  # taken out by subtraction since: not decoded
+            self.sums["full"] += 1
+            return None
         try:
             if changed:
                 before = [old_states[old_keys[i]] for i in changed]
@@ -307,3 +403,10 @@ class ReadyFits:
             return None
         self.sums["changed_shards"] += len(changed)
         return [total]
+
+
+def _owners(model: SufficientStatisticsModel, states: dict[tuple[int, int], torch.nn.Module]) -> dict[str, int] | None:
+    """Subject digest -> the shard holding its rows, for a model whose state keeps subjects (else None)."""
+    if not isinstance(model, SubjectStatisticsModel):
+        return None
+    return {digest: shard for (shard, _), state in states.items() for digest in model.subjects_of(state)}

@@ -17,6 +17,7 @@ from expunge.shards.models.protocol import (
     DecrementalStatisticsModel,
     SisaModel,
     StatisticsFit,
+    SubjectStatisticsModel,
     SufficientStatisticsModel,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "MatrixFactorization",
     "SisaModel",
     "StatisticsFit",
+    "SubjectStatisticsModel",
     "SufficientStatisticsModel",
     "factory_module",
     "model_for",

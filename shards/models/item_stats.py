@@ -649,6 +649,35 @@ class ItemStatsModel:
         came = [d for d in new if d not in old or d in went]
         return self._of_cells(old, gone), self._of_cells(new, came)
 
+    def subjects_of(self, state: nn.Module) -> list[str]:
+        """The digests of the subjects ``state`` holds rows of, ascending."""
+        assert isinstance(state, ItemStatsState)
+        return list(state.subjects)
+
+    def without_subjects(self, state: nn.Module, digests: Sequence[str]) -> nn.Module:
+        """``state`` without every row of the subjects ``digests``: ``subtract`` of their contribution.
+
+        The contribution is rebuilt from the cells ``state`` stores of them (``subject_items``,
+        ``subject_ratings``: ``contribution``'s own arithmetic on them, as ``changed_parts``), so the
+        result is bit for bit the state summed from scratch without their rows, and nothing but
+        ``state`` is read. Cost: a lookup of each digest, then ``subtract``'s merges.
+
+        Raises:
+            ValueError: ``state`` is not an ``ItemStatsState`` over this model's items, or does not
+                hold one of ``digests``.
+        """
+        if not isinstance(state, ItemStatsState) or state.num_items != self.num_items:
+            raise ValueError(f"without_subjects needs an ItemStatsState over {self.num_items} items")
+        position = {d: u for u, d in enumerate(state.subjects)}
+        wanted = sorted(set(digests))
+        missing = [d for d in wanted if d not in position]
+        if missing:
+            raise ValueError(f"{len(missing)} subject(s) to take out are not in the state (e.g. {missing[0][:12]}...)")
+        if not wanted:
+            return state
+        cells = {d: _block(state, position[d]) for d in wanted}
+        return self.subtract(state, self._of_cells(cells, wanted))
+
     def _of_cells(self, cells: dict[str, tuple[np.ndarray, np.ndarray]], digests: Sequence[str]) -> ItemStatsState:
         if not digests:
             return ItemStatsState(self.num_items)

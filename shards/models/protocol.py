@@ -9,7 +9,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-__all__ = ["DecrementalStatisticsModel", "SisaModel", "StatisticsFit", "SufficientStatisticsModel"]
+__all__ = [
+    "DecrementalStatisticsModel",
+    "SisaModel",
+    "StatisticsFit",
+    "SubjectStatisticsModel",
+    "SufficientStatisticsModel",
+]
 
 
 @runtime_checkable
@@ -136,4 +142,24 @@ class DecrementalStatisticsModel(SufficientStatisticsModel, Protocol):
     ) -> torch.nn.Module:
         """``state`` without ``part`` (a state of complete rows of some of its subjects), plus
         ``replacement`` (subjects it no longer holds, e.g. the same subjects' new rows), exactly."""
+        ...
+
+
+@runtime_checkable
+class SubjectStatisticsModel(DecrementalStatisticsModel, Protocol):
+    """A decremental statistics model whose state keeps every subject's own rows, by subject digest.
+
+    Then an erasure's effect on a sum is known from the sum alone: the erased subjects'
+    contributions, rebuilt from what the state stores of them, come out. The service's ready
+    path uses it to build a pure erasure's new sum without reading the changed shards.
+    """
+
+    def subjects_of(self, state: torch.nn.Module) -> Sequence[str]:
+        """The digests of the subjects ``state`` holds rows of."""
+        ...
+
+    def without_subjects(self, state: torch.nn.Module, digests: Sequence[str]) -> torch.nn.Module:
+        """``state`` without every row of the subjects ``digests`` (all held by it), bit for bit the
+        state summed from scratch over everyone else's rows. Raises ``ValueError`` for a digest
+        ``state`` does not hold."""
         ...

@@ -149,6 +149,43 @@ def test_the_changed_subjects_parts_move_a_total_as_the_whole_shards_do(data, go
     assert not unchanged & set(into.subjects)  # a subject whose cells stayed moves nothing
 
 
+@settings(max_examples=60, deadline=None)
+@given(ratings, ratings, st.sets(st.integers(0, 9)))
+def test_taking_subjects_out_of_a_total_by_their_stored_cells_equals_summing_without_them(data, added, gone) -> None:
+    """The ready path's pure erasure (``without_subjects``): nothing but the total is read.
+
+    The total is two shards' sum after an ingest replaced some subjects' rows (so its subjects
+    were not all summed at once); a duplicate rating of one item is a cell with the mean.
+    """
+    rows = _rows(data)
+    digests = rows.column(SUBJECT_DIGEST).to_numpy(zero_copy_only=False)
+    in_a = np.isin(digests, [f"s{u:02d}" for u in range(5)])
+    total = MODEL.combine(
+        [
+            MODEL.accumulate(MODEL.empty(), rows.filter(pa.array(in_a))),
+            MODEL.accumulate(MODEL.empty(), rows.filter(pa.array(~in_a))),
+        ]
+    )
+    extra = _rows(added)
+    moved = sorted(set(extra.column(SUBJECT_DIGEST).to_pylist()))
+    old = np.isin(digests, moved)
+    total = MODEL.subtract(
+        total, MODEL.accumulate(MODEL.empty(), rows.filter(pa.array(old))), MODEL.accumulate(MODEL.empty(), extra)
+    )
+    everyone = pa.concat_tables([rows.filter(pa.array(~old)), extra])
+    names = [f"s{u:02d}" for u in gone if f"s{u:02d}" in set(MODEL.subjects_of(total))]
+    keeping = ~np.isin(everyone.column(SUBJECT_DIGEST).to_numpy(zero_copy_only=False), names)
+    from_scratch = MODEL.accumulate(MODEL.empty(), everyone.filter(pa.array(keeping)))
+    assert _same(MODEL.without_subjects(total, names), from_scratch)
+
+
+def test_taking_out_a_subject_the_total_does_not_hold_is_refused() -> None:
+    total = MODEL.accumulate(MODEL.empty(), _rows([(0, 1, 4.0), (1, 2, 3.0)]))
+    with pytest.raises(ValueError, match=r"1 subject\(s\) to take out are not in the state"):
+        MODEL.without_subjects(total, ["s00", "s07"])
+    assert _same(MODEL.without_subjects(total, []), total)
+
+
 @pytest.mark.parametrize("per_subject", [1, 4])
 def test_a_shard_left_with_no_pairs_or_no_subjects_trains_and_erases(tmp_path, per_subject) -> None:
     """Review: empty sums (no co-rated pair, or every subject erased) are numpy arrays of stride 0.
