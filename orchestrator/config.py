@@ -203,7 +203,7 @@ class ServiceConfig(Frozen):
         "may take longer than this when the CPUs are saturated (see registration_nice_increment).",
     )
     registration_nice_increment: int = Field(
-        10,
+        19,
         ge=0,
         le=19,
         description="How much nicer (lower CPU priority) than the service's other threads its registration thread "

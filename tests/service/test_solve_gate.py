@@ -154,7 +154,7 @@ def test_registration_waits_at_the_gate_while_the_solve_holds_it(tmp_path: Path,
         status = service.wait(request_id, "registered", timeout=120)
         assert status.stage == "registered"
         assert gate.waits >= 1
-        # and it runs registration_nice_increment (default 10) nicer than the thread that started it
+        # and it runs registration_nice_increment (default 19) nicer than the thread that started it
         registrar = service.registrar._thread.native_id
         assert registrar is not None
         expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + config.service.registration_nice_increment)
