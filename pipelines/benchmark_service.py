@@ -601,7 +601,8 @@ def latency_table(latency: LatencyResult) -> Table:
         ("retrain work (receipt.retrain_seconds)", latency.retrain),
         ("cold CLI `expunge forget` (process)", percentiles(latency.cold_cli_seconds)),
     ):
-        table.add_row(name, str(p.n), _s(p.p50), _s(p.p95), _s(p.max))
+        shown = (_s(p.p50), _s(p.p95), _s(p.max)) if p.n else ("n/a", "n/a", "n/a")  # e.g. --cold 0: none ran
+        table.add_row(name, str(p.n), *shown)
     table.add_row("monolith (S=1): retrain without the subject", "1", _s(latency.monolith_retrain_seconds), "", "")
     table.add_row("monolith (S=1): whole erasure", "1", _s(latency.monolith_erasure_seconds), "", "")
     table.add_row("service start (warm shard actors)", "1", _s(latency.service_start_seconds), "", "")

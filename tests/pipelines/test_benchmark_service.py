@@ -63,3 +63,36 @@ def test_a_tiny_run_completes_every_request_and_coalesces_the_load(ray_cluster):
     assert load.shard_retrains <= 2 * load.batches
     assert [m.at for m in load.memory] == ["start", "middle", "end"]
     assert all(m.coordinator_peak_rss_bytes > 0 for m in load.memory)
+
+
+def test_a_latency_row_that_measured_nothing_shows_n_a_not_zero():
+    """New-user review: ``--cold 0`` printed the cold CLI's p50 as 0.000 s, as if it took no time."""
+    from rich.console import Console
+
+    from expunge.pipelines.benchmark_service import LatencyResult, latency_table
+
+    some = percentiles([0.5, 0.7])
+    latency = LatencyResult(
+        rows=10,
+        subjects=3,
+        service_start_seconds=1.0,
+        committed=some,
+        registered=some,
+        retrain=some,
+        committed_seconds=[0.5, 0.7],
+        registered_seconds=[0.5, 0.7],
+        retrain_seconds=[0.5, 0.7],
+        cold_cli_seconds=[],
+        cold_cli_retrain_seconds=[],
+        monolith_train_seconds=2.0,
+        monolith_retrain_seconds=1.0,
+        monolith_erasure_seconds=1.5,
+        checks=[],
+    )
+    console = Console(width=200, record=True)
+    console.print(latency_table(latency))
+    lines = console.export_text().splitlines()
+    cold = next(line for line in lines if "cold CLI" in line)
+    assert [cell.strip() for cell in cold.split("│")[2:6]] == ["0", "n/a", "n/a", "n/a"]
+    committed = next(line for line in lines if "SDK forget" in line)
+    assert "0.600" in committed
