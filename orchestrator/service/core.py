@@ -400,7 +400,7 @@ class ErasureService:
         finally:
             if not joined:  # not committed with it: the ingest waits again, first in line
                 self.ingestion.joined(joining)
-        self.readiness.mask(self.coordinator.manifest if joined else None, digests)  # before any status says so
+        self.readiness.mask(self.coordinator.manifest, digests)  # before any status says so (joined or not)
         receipts = [split_receipt(receipt, e, rows) for e in entries]
         with self._state:  # answered now; the journal's committed records follow on the journal stage
             self._counts["committed"] += len(entries)
@@ -422,8 +422,8 @@ class ErasureService:
             self._state.notify_all()
         self.ingestion.joined(joining if joined else None)  # answered once the erasures' statuses say committed
         # No ingest joined and not resumed: a pure erasure, whose sum the ready solve makes without a shard read.
-        ids, pure = [e.request_id for e in entries], receipt if joining is None and not resume else None
-        self.readiness.committed(self.coordinator.manifest if joined else None, ids, digests, pure)
+        ids, pure = [e.request_id for e in entries], joining is None and not resume
+        self.readiness.committed(self.coordinator.manifest, ids, digests, receipt, pure)
         # Beside the next batch: committed records, then registration, then the batch record dropped.
         self.journaling.put(Committed(receipts, receipt, fresh=not resume), batch.batch_id)
         log.info("batch %s: %d request(s), %d subject(s), shards %s retrained, committed",

@@ -50,6 +50,7 @@ class Readiness:
         #: Held by the solve's GIL-bound phases; the registration thread yields to them (``Registrar``).
         self.gate = SolveGate()
         self.fits = ReadyFits(store, self._ready, solve, self.gate) if is_statistics_model(manifest) else None
+        self._requested = manifest.version  # the newest version asked to be solved
         if self.fits is not None:
             self.fits.request(manifest)  # the published version: solved now, not on the first call
 
@@ -58,7 +59,9 @@ class Readiness:
         return self.fits.served() if self.fits is not None else None
 
     def mask(self, manifest: EnsembleManifest | None, erased: Sequence[str]) -> None:
-        """The ``erased`` subjects, just committed in ``manifest``, get no personal answer from now on.
+        """The ``erased`` subjects, just committed in ``manifest`` (or asked for, and not found in
+        it: another writer may have erased them), get no personal answer from a served version
+        older than ``manifest`` from now on.
 
         Call right after the commit, before any status says committed (``committed`` follows).
         """
@@ -70,24 +73,30 @@ class Readiness:
         manifest: EnsembleManifest | None,
         request_ids: Sequence[str],
         erased: Sequence[str],
-        erasure: ErasureReceipt | None = None,
+        receipt: ErasureReceipt | None = None,
+        pure: bool = False,
     ) -> None:
-        """``request_ids`` were committed in ``manifest`` (None: nothing changed); start its solve now.
+        """``request_ids`` were committed, and ``manifest`` is the store's version now; start its solve.
 
-        ``erasure``: the commit's receipt when it erased ``erased`` and did nothing else (no ingest
-        joined, not a resumed commit): then the solve may take them out of the previous sum
-        (``ReadyFits.request``'s ``erased_from``). Call after their committed statuses are on the
-        board, without holding ``state``.
+        They are ready once a version at least ``manifest`` is served; at once when nothing
+        changed: no statistics model, ``manifest`` None, or ``receipt`` found nobody and
+        ``manifest`` is no newer than what was already asked for (a newer one is another writer's,
+        which may have erased them: it is solved and waited for). ``pure``: the commit erased
+        ``erased`` and did nothing else (no ingest joined, not resumed), so the solve may take them
+        out of the previous sum (``ReadyFits.request``'s ``erased_from``). Call after their
+        committed statuses are on the board, without holding ``state``.
         """
-        if self.fits is None or manifest is None:
+        changed = receipt is None or receipt.status == "erased"
+        if self.fits is None or manifest is None or (not changed and manifest.version <= self._requested):
             with self._state:
                 self._mark(tuple(request_ids), utc_now())
                 self._state.notify_all()
             return
         with self._state:  # recorded before the request, so a swap at once finds them
             self._waiting.append((manifest.version, tuple(request_ids)))
-        pure = erasure is not None and erasure.model_version_after == manifest.version
-        self.fits.request(manifest, erased, erasure.model_version_before if pure and erasure else None)
+            self._requested = max(self._requested, manifest.version)
+        vouched = pure and changed and receipt is not None and receipt.model_version_after == manifest.version
+        self.fits.request(manifest, erased, receipt.model_version_before if vouched and receipt else None)
 
     def exact_solve_seconds(self, manifest: EnsembleManifest) -> float:
         """Seconds of one from-scratch exact solve of ``manifest`` in this process (no reuse, no swap).

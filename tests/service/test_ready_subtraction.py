@@ -12,6 +12,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.config import (
@@ -23,6 +24,7 @@ from expunge.orchestrator.config import (
     TrackingConfig,
 )
 from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.errors import UnknownSubjectError
 from expunge.orchestrator.service.core import ErasureService
 from expunge.orchestrator.service.ingestion import columns_table
 from expunge.orchestrator.serving import ready
@@ -219,4 +221,46 @@ def test_an_erasure_an_ingest_joined_is_read_from_the_shards(tmp_path, hasher):
         _served_is_from_scratch(fits, service.coordinator, service.coordinator.require_manifest())
         assert fits.sums["subtracted"] == 0
     finally:
+        service.close()
+
+
+def test_a_subject_another_writer_erased_is_masked_and_ready_only_once_that_version_is_served(
+    tmp_path, hasher, monkeypatch
+):
+    """Review: after another writer (same process, same lease) erased a subject, the service's own
+    request for it found nobody, was marked ready at once, and the served older version still
+    answered the subject personally."""
+    config = _job(tmp_path)
+    Coordinator(config.storage, hasher, None, pool_factory=local_pool).train(ROWS, config)
+    service = ErasureService(config, hasher, None, pool_factory=local_pool)
+    fits = service.readiness.fits
+    assert fits is not None
+    release = threading.Event()
+
+    def held(model, states):  # the other writer's version stays unsolved until released
+        release.wait(60)
+        return StatisticsEnsemble(model, states)
+
+    subject = SUBJECTS[3]
+    try:
+        assert fits.wait(service.coordinator.require_manifest().version, timeout=120)
+        assert len(service.recommend(subject, k=2)) == 2
+        monkeypatch.setattr(fits, "_solve", held)
+        Coordinator(config.storage, hasher, None, pool_factory=local_pool).forget([subject])
+        receipt = service.forget([subject], timeout=120)
+        assert receipt.status == "not_found"
+        with pytest.raises(UnknownSubjectError):
+            service.recommend(subject, k=2)
+        assert service.status(receipt.request_id).ready_at is None  # the served version still holds the subject
+        release.set()
+        _served_is_from_scratch(fits, service.coordinator, service.coordinator.require_manifest())
+        statuses = [service.status(receipt.request_id)]
+        while statuses[-1].ready_at is None and len(statuses) < 600:  # the mark follows the swap, on its thread
+            release.wait(0.1)
+            statuses.append(service.status(receipt.request_id))
+        assert statuses[-1].ready_at is not None
+        with pytest.raises(UnknownSubjectError):
+            service.recommend(subject, k=2)
+    finally:
+        release.set()
         service.close()
