@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from expunge.orchestrator.config_hints import config_problems
 from expunge.orchestrator.errors import ConfigError
 from expunge.shards.config import (
     AnyModelConfig,
@@ -319,7 +320,7 @@ class ErasureConfig(Frozen):
 
 
 class JobConfig(Frozen):
-    """One job: data, sharding, training, storage, tracking and privacy settings."""
+    """One job: data, sharding, training, storage, tracking, privacy, service, evidence, ingest and erasure settings."""
 
     data: DataConfig = Field(DataConfig(), description="Where the training rows come from.")
     sharding: ShardingConfig = Field(ShardingConfig(), description="How rows are split into shards and slices.")
@@ -351,5 +352,5 @@ def load_job_config(path: str | Path) -> JobConfig:
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(config_problems(JobConfig, exc.errors()))
         raise ConfigError(f"config file {str(file)!r} is invalid: {problems}") from exc

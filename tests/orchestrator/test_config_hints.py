@@ -1,0 +1,42 @@
+"""A misspelt config key is refused with the key it was meant to be (new-user review, issue 22)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from expunge.orchestrator.config import load_job_config
+from expunge.orchestrator.errors import ConfigError
+
+
+def _refused(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_job_config(path)
+    return str(raised.value)
+
+
+def test_a_misspelt_key_names_the_key_it_resembles_in_its_own_section(tmp_path):
+    message = _refused(tmp_path, "service:\n  registraton_nice_increment: 5\ntraining:\n  epochz: 3\n")
+    assert "service.registraton_nice_increment: Extra inputs are not permitted" in message
+    assert "(did you mean 'registration_nice_increment'?)" in message
+    assert "training.epochz: Extra inputs are not permitted (did you mean 'epochs'?)" in message
+
+
+def test_a_misspelt_key_of_a_model_kind_is_matched_against_that_kind(tmp_path):
+    message = _refused(tmp_path, "training:\n  model:\n    kind: item_stats\n    neighbors: 20\n")
+    assert "training.model.item_stats.neighbors" in message
+    assert "did you mean 'neighbours'" in message
+
+
+def test_a_key_like_none_lists_what_the_section_takes(tmp_path):
+    message = _refused(tmp_path, "qqqq: 1\n")
+    assert "qqqq: Extra inputs are not permitted (this section takes: data, erasure, evidence" in message
+
+
+def test_other_problems_keep_pydantic_s_message_alone(tmp_path):
+    message = _refused(tmp_path, "service:\n  registration_nice_increment: 20\n")
+    assert "service.registration_nice_increment: Input should be less than or equal to 19" in message
+    assert "did you mean" not in message
