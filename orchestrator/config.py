@@ -209,7 +209,9 @@ class ServiceConfig(Frozen):
         le=19,
         description="How much nicer (lower CPU priority) than the service's other threads its registration thread "
         "runs (Linux; 0: the same). MLflow bookkeeping then gives way to commits and ready solves on a busy "
-        "machine and catches up when they pause: under a saturating stream registration trails by seconds.",
+        "machine and catches up when they pause: under a saturating stream registration trails by seconds, and "
+        "the older MLflow versions it purges (erased subjects' weights) stay that much longer. Capped at niceness "
+        "19: on workers already at 15 it is at most 4 nicer.",
     )
     shard_restarts: int = Field(
         -1, ge=-1, description="How often Ray restarts a dead shard actor (-1: always); it reloads from the store."
@@ -346,9 +348,16 @@ def load_job_config(path: str | Path) -> JobConfig:
     if not file.is_file():
         raise ConfigError(f"config file {str(file)!r} does not exist; pass --config PATH.yaml")
     try:
-        raw = yaml.safe_load(file.read_text()) or {}
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(file)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {str(file)!r} holds a {type(raw).__name__}, not sections: start it with a key such as "
+            "'sharding:' (docs/configuration.md)"
+        )
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:

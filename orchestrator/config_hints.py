@@ -25,38 +25,57 @@ def _tag(model: type[BaseModel]) -> object:
     return field.default if field is not None else None
 
 
-def _keys_at(root: type[BaseModel], path: Sequence[int | str]) -> list[str]:
-    """The keys a config section at ``path`` (pydantic's error location) accepts; [] when not a section."""
+def _walk(root: type[BaseModel], path: Sequence[int | str]) -> tuple[list[str], list[str]]:
+    """The keys the config section at ``path`` (pydantic's error location) accepts ([] when not a section),
+    and ``path`` as the YAML spells it: without a discriminated union's tag (``training.model``, not
+    ``training.model.item_stats``)."""
     current: Any = root
-    for part in path:
+    shown: list[str] = []
+    for position, part in enumerate(path):
         members = _models(current)
         holding = [m.model_fields[part] for m in members if isinstance(part, str) and part in m.model_fields]
         if holding:
             current = holding[0].annotation
+            shown.append(str(part))
             continue
         tagged = [m for m in members if _tag(m) == part]  # the union's tag in the location
         if not tagged:
-            return []
+            return [], shown + [str(p) for p in path[position:]]
         current = tagged[0]
-    return sorted({name for model in _models(current) for name in model.model_fields})
+    return sorted({name for model in _models(current) for name in model.model_fields}), shown
+
+
+def _kinds(root: type[BaseModel], path: Sequence[int | str]) -> list[str]:
+    """The tags (``kind`` values) of the discriminated union at ``path``, if it is one."""
+    current: Any = root
+    for part in path:
+        holding = [m.model_fields[part] for m in _models(current) if isinstance(part, str) and part in m.model_fields]
+        if not holding:
+            return []
+        current = holding[0].annotation
+    return [str(tag) for model in _models(current) if (tag := _tag(model)) is not None]
 
 
 def config_problems(root: type[BaseModel], errors: Sequence[ErrorDetails]) -> list[str]:
     """``dotted.location: message`` for each of ``errors`` (``ValidationError.errors()`` of ``root``).
 
-    An unknown key (pydantic's ``extra_forbidden``) gets the closest keys its section accepts
-    (``difflib``, at most 2), or the list of them when none is close.
+    Locations are written as in the YAML (a model's ``kind`` is not a level). An unknown key
+    (pydantic's ``extra_forbidden``) gets the closest keys its section accepts (``difflib``, at
+    most 2), or the list of them when none is close; a section without its ``kind`` gets the kinds.
     """
     problems = []
     for error in errors:
-        location = [part for part in error["loc"]]
-        line = f"{'.'.join(str(p) for p in location)}: {error['msg']}"
+        location = list(error["loc"])
+        known, shown = _walk(root, location[:-1]) if location else ([], [])
+        where = ".".join([*shown, str(location[-1])] if location else shown)
+        line = f"{where}: {error['msg']}"
         if error["type"] == "extra_forbidden" and location:
-            known = _keys_at(root, location[:-1])
             close = difflib.get_close_matches(str(location[-1]), known, n=2, cutoff=0.6)
             if close:
                 line += f" (did you mean {' or '.join(repr(c) for c in close)}?)"
             elif known:
                 line += f" (this section takes: {', '.join(known)})"
+        elif error["type"] == "union_tag_not_found" and (kinds := _kinds(root, location)):
+            line = f"{where}: no `kind`; give `kind:` one of {', '.join(repr(k) for k in kinds)}"
         problems.append(line)
     return problems

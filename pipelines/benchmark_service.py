@@ -676,14 +676,17 @@ def main(
     rate: float | None = typer.Option(
         None, min=0.001, help="run the paced stream instead: requests per second (with --duration)"
     ),
-    duration: float | None = typer.Option(None, min=0.001, help="--rate: seconds the stream lasts [default: 60]"),
+    duration: float | None = typer.Option(None, min=0.001, help="--rate: seconds the stream lasts (60 when not given)"),
     window_ms: float = typer.Option(
         _DEFAULT_WINDOW_MS, min=0.0, help="service.window_ms of the services (coalescing window)"
     ),
 ) -> None:
     """Erasure latency through the warm service (vs the cold CLI and a monolithic retrain), then a load run.
 
-    Exit 1 when a load request did not complete (reach "registered").
+    With --rate (and --data): a paced stream instead, printing per stage (committed, ready,
+    ready_to_serve, the same for requests that erased someone, registered) p50/p99/max, the exact
+    solve timed alone, and ready_to_serve over it. Exit 1 when a request did not complete: for the
+    load run, reach "registered"; for the stream, be registered and ready.
     """
     init_logging()
     with exit_on_error():

@@ -6,7 +6,7 @@ A store of ``--model`` (``item_stats`` or ``mf``) is trained on the 80 % split o
 S x R with MLflow on; the service starts in this Ray cluster and is warmed by a few erasures
 (each waited for until registered and ready). Then, with the service idle, the exact solve of
 the published version is timed alone in the service's own process (``ErasureService.exact_solve_seconds``,
-``--solves`` times), and again ``--solves`` times once every request of the stream is registered
+``StreamSettings.solves`` times, 3 on the command line), and as often again once every request of the stream is registered
 and ready (the reference is the p50 of both: one quiet moment's draw moved it by a third). Then ``rate x duration`` one-subject requests are submitted on a fixed
 schedule (request i at ``i / rate`` s, from a thread pool so a slow submit does not shift the
 next). Real erasures are spread evenly over the stream and cover at most half of the subjects

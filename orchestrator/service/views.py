@@ -80,7 +80,7 @@ class ServiceStats(BaseModel):
     pending_registrations: int = 0
     #: The cause of the last failed retry, if any is pending.
     pending_cause: str | None = None
-    #: Latency from a request's receipt to each stage it reached in this process (committed, registered).
+    #: Latency from a request's receipt to each stage it reached in this process (committed, ready, registered).
     latency: dict[str, Latency] = {}
     #: Ingests this process answered, by outcome, and the rows they added.
     ingested: int = 0
