@@ -92,6 +92,14 @@ def _problem_response(problem: Problem) -> JSONResponse:
     )
 
 
+def _answering_version(service: ErasureService) -> int:
+    """The ensemble version ``recommend`` and ``predict`` answer from: a statistics model's last solve, else the
+    version the shard actors serve. In memory: no coordinator lock (a commit under way would hold the answer
+    back) and no MLflow call (``model_version()`` also looks the alias up)."""
+    served = service.readiness.served()
+    return served.version if served is not None else service.coordinator.require_manifest().version
+
+
 def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
     """The FastAPI application serving ``service`` (routes: docs/http-api.md)."""
     app = FastAPI(
@@ -233,7 +241,7 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
     def recommend(body: RecommendRequest, _: Recommend) -> Recommendations:
         """The ``k`` best items the subject has not rated, best first, from the exact ensemble."""
         items = service.recommend(body.subject_id, body.k)
-        return Recommendations(items=items, model_version=service.model_version().ensemble_version)
+        return Recommendations(items=items, model_version=_answering_version(service))
 
     @app.post(f"{API_PREFIX}/predictions", response_model=Predictions, responses=_ERRORS)
     def predict(body: PredictRequest, _: Recommend) -> Predictions:
@@ -248,7 +256,7 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
         values = service.predict(table)
         return Predictions(
             predictions=[float(v) for v in values.reshape(len(body.rows), -1)[:, 0]],
-            model_version=service.model_version().ensemble_version,
+            model_version=_answering_version(service),
         )
 
     # ----- ingest ----------------------------------------------------------------------------------

@@ -254,7 +254,7 @@ class ErasureService:
             return self.coordinator.recommend(subject_id, k)
 
     def model_version(self) -> ServedVersion:
-        """The ensemble (store) version served now and the registry version the alias points at."""
+        """The store's newest ensemble version (``item_stats`` answers from its last solve, which may trail it)."""
         with self._work:
             manifest = self.coordinator.follow_latest()
         return ServedVersion(
