@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StrictInt, ValidationError, model_validator
 
 from expunge.orchestrator.config_hints import config_problems
 from expunge.orchestrator.errors import ConfigError
@@ -48,12 +48,14 @@ __all__ = [
 class SyntheticRatingsConfig(Frozen):
     """Ratings drawn from latent user/item factors; the demo's default data."""
 
-    users: int = Field(400, ge=2, description="Number of generated users (data subjects).")
-    items: int = Field(200, ge=2, description="Size of the generated item catalogue.")
-    ratings_per_user: int = Field(30, ge=1, description="Distinct items each user rates; at most `items`.")
-    latent_dim: int = Field(4, ge=1, description="Dimension of the latent user and item factors behind the ratings.")
+    users: StrictInt = Field(400, ge=2, description="Number of generated users (data subjects).")
+    items: StrictInt = Field(200, ge=2, description="Size of the generated item catalogue.")
+    ratings_per_user: StrictInt = Field(30, ge=1, description="Distinct items each user rates; at most `items`.")
+    latent_dim: StrictInt = Field(
+        4, ge=1, description="Dimension of the latent user and item factors behind the ratings."
+    )
     noise: float = Field(0.3, ge=0.0, description="Standard deviation of the Gaussian noise added before rounding.")
-    seed: int = Field(0, description="Random seed: the same settings and seed give the same rows.")
+    seed: StrictInt = Field(0, description="Random seed: the same settings and seed give the same rows.")
 
     @model_validator(mode="after")
     def _enough_items(self) -> SyntheticRatingsConfig:
@@ -92,7 +94,7 @@ class DataConfig(Frozen):
         description="Share of rows held out for evaluation, chosen by a keyed hash of each record id, so "
         "erasing a person never moves anyone else's rows between train and test.",
     )
-    split_seed: int = Field(0, description="Key of the train/test split hash; change it for a different split.")
+    split_seed: StrictInt = Field(0, description="Key of the train/test split hash; change it for a different split.")
     erased_subjects: Literal["refuse", "drop"] = Field(
         "refuse",
         description="Rows of subjects this store has erased (its tombstones): `refuse` stops training with a "
@@ -109,8 +111,8 @@ class DataConfig(Frozen):
 class ShardingConfig(Frozen):
     """How rows are split into shards and slices."""
 
-    shards: int = Field(4, ge=1, le=4096, description="Number of shards: independent constituent models.")
-    slices: int = Field(
+    shards: StrictInt = Field(4, ge=1, le=4096, description="Number of shards: independent constituent models.")
+    slices: StrictInt = Field(
         4, ge=1, le=1024, description="Slices per shard; an erasure retrains a shard from its first affected slice."
     )
     placement: Literal["balanced", "hash", "row"] = Field(
@@ -190,10 +192,10 @@ class ServiceConfig(Frozen):
         "default is 5): the commit worker, the registration and journal threads and the ready solve share one "
         "GIL, and each thread that waits on a file or MLflow write waits up to this long to run again.",
     )
-    max_subjects_per_request: int = Field(
+    max_subjects_per_request: StrictInt = Field(
         1000, ge=1, description="Largest number of subjects one request may name; larger requests are refused."
     )
-    max_subjects_per_batch: int = Field(
+    max_subjects_per_batch: StrictInt = Field(
         10_000, ge=1, description="Largest number of subjects coalesced into one retrain."
     )
     register_within_s: float = Field(
@@ -203,7 +205,7 @@ class ServiceConfig(Frozen):
         "earlier versions purged) at least this often, in seconds; when idle, at once. A registration round "
         "may take longer than this when the CPUs are saturated (see registration_nice_increment).",
     )
-    registration_nice_increment: int = Field(
+    registration_nice_increment: StrictInt = Field(
         19,
         ge=0,
         le=19,
@@ -213,7 +215,7 @@ class ServiceConfig(Frozen):
         "the older MLflow versions it purges (erased subjects' weights) stay that much longer. Capped at niceness "
         "19: on workers already at 15 it is at most 4 nicer.",
     )
-    shard_restarts: int = Field(
+    shard_restarts: StrictInt = Field(
         -1, ge=-1, description="How often Ray restarts a dead shard actor (-1: always); it reloads from the store."
     )
     host: str = Field(
@@ -223,7 +225,7 @@ class ServiceConfig(Frozen):
         "Only an explicit setting exposes it (0.0.0.0: every interface); then give tls_cert/tls_key, or keep "
         "loopback behind a TLS-terminating proxy (a warning is logged when exposed without TLS).",
     )
-    port: int = Field(8470, ge=0, le=65535, description="TCP port of the HTTP API (0: none; the API is off).")
+    port: StrictInt = Field(8470, ge=0, le=65535, description="TCP port of the HTTP API (0: none; the API is off).")
     tls_cert: str | None = Field(None, description="PEM certificate file: the HTTP API serves HTTPS (with tls_key).")
     tls_key: str | None = Field(None, description="PEM private key file of tls_cert.")
     public_url: str | None = Field(
@@ -238,7 +240,7 @@ class ServiceConfig(Frozen):
         description="How long a verified API token is trusted before the store is read again, in seconds: a "
         "revoked token stops working within this time.",
     )
-    due_days_warning: int = Field(
+    due_days_warning: StrictInt = Field(
         7, ge=0, description="A pending request due within this many days is logged as a warning (late ones always)."
     )
 
@@ -258,7 +260,7 @@ class EvidenceConfig(Frozen):
         "also written, locked in compliance mode, so a writer of the store cannot reseal the receipt log alone "
         "(docs/verification.md); null: only the MLflow runs anchor it.",
     )
-    anchor_retention_days: int = Field(
+    anchor_retention_days: StrictInt = Field(
         2557,
         ge=1,
         le=36500,
@@ -279,19 +281,19 @@ class EvidenceConfig(Frozen):
 class IngestConfig(Frozen):
     """How ``expunge ingest`` adds new rows to a trained store (docs/ingest.md)."""
 
-    tail_epochs: int = Field(
+    tail_epochs: StrictInt = Field(
         2,
         ge=1,
         description="Epochs of the step that trains an ingested tail slice, on its own rows only, from the previous "
         "checkpoint (gradient models; recorded per slice, so changing it later changes nothing trained).",
     )
-    max_tail_slices: int = Field(
+    max_tail_slices: StrictInt = Field(
         24,
         ge=1,
         description="Most ingested tail slices a shard keeps; one more and its tail slices are merged into one "
         "(compaction: that shard retrains from its first tail slice).",
     )
-    max_subject_slices: int = Field(
+    max_subject_slices: StrictInt = Field(
         12,
         ge=2,
         description="Most slices one subject's rows may span in a shard; one more and the shard's tail slices are "
@@ -302,7 +304,7 @@ class IngestConfig(Frozen):
 class ErasureConfig(Frozen):
     """How a ``forget`` or ``ingest`` job runs its shard retrains (docs/performance.md, "Cold CLI erasure")."""
 
-    in_process_max_shards: int = Field(
+    in_process_max_shards: StrictInt = Field(
         8,
         ge=0,
         strict=True,  # `true` is not a shard count (lax mode would read it as 1)

@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 __all__ = [
     "AnyModelConfig",
@@ -32,8 +32,8 @@ class MFConfig(Frozen):
     """Biased matrix factorisation for ratings (the recommender case)."""
 
     kind: Literal["mf"] = Field("mf", description="Selects matrix factorisation.")
-    embedding_dim: int = Field(16, ge=1, description="Length of the user and item factor vectors.")
-    num_items: int = Field(
+    embedding_dim: StrictInt = Field(16, ge=1, description="Length of the user and item factor vectors.")
+    num_items: StrictInt = Field(
         0,
         ge=0,
         description="Size of the item catalogue; item ids must lie in [0, num_items). 0 = infer from the data "
@@ -51,8 +51,10 @@ class MLPConfig(Frozen):
     """Multi-layer perceptron classifier over a fixed-width feature vector."""
 
     kind: Literal["mlp"] = Field("mlp", description="Selects the MLP classifier.")
-    num_features: int = Field(8, ge=1, description="Width of the feature vector (rows of another width are refused).")
-    num_classes: int = Field(2, ge=2, description="Number of classes; labels must lie in [0, num_classes).")
+    num_features: StrictInt = Field(
+        8, ge=1, description="Width of the feature vector (rows of another width are refused)."
+    )
+    num_classes: StrictInt = Field(2, ge=2, description="Number of classes; labels must lie in [0, num_classes).")
     hidden: tuple[int, ...] = Field((32,), description="Widths of the hidden layers, in order.")
 
 
@@ -82,7 +84,7 @@ class ItemStatsConfig(Frozen):
     """
 
     kind: Literal["item_stats"] = Field("item_stats", description="Selects the item-item statistics model.")
-    num_items: int = Field(
+    num_items: StrictInt = Field(
         0,
         ge=0,
         description="Size of the item catalogue; item ids must lie in [0, num_items). 0 = infer from the data "
@@ -90,11 +92,11 @@ class ItemStatsConfig(Frozen):
     )
     item_bias_shrinkage: float = Field(5.0, ge=0.0, description="Ratings-worth of shrinkage of item biases to 0.")
     user_bias_shrinkage: float = Field(10.0, ge=0.0, description="Ratings-worth of shrinkage of user biases to 0.")
-    neighbours: int = Field(50, ge=1, description="Most similar items the user rated that the KNN part averages.")
+    neighbours: StrictInt = Field(50, ge=1, description="Most similar items the user rated that the KNN part averages.")
     similarity_shrinkage: float = Field(
         50.0, ge=0.0, description="Item-item cosine times n/(n + this), n = users who rated both items."
     )
-    factors: int = Field(10, ge=0, description="Rank of the item covariance in the low-rank part; 0 = KNN only.")
+    factors: StrictInt = Field(10, ge=0, description="Rank of the item covariance in the low-rank part; 0 = KNN only.")
     covariance_shrinkage: float = Field(
         100.0, ge=0.0, description="Pair covariance = sum of products / (co-raters + this) before the eigenvectors."
     )
@@ -138,13 +140,13 @@ class TrainingConfig(Frozen):
     """Deterministic slice-by-slice training."""
 
     model: ModelConfig = Field(MFConfig(), description="The model family, chosen by `kind`.")
-    epochs: int = Field(
+    epochs: StrictInt = Field(
         8, ge=1, description="Budget in full-shard epochs; spread over the R slice steps (every step gets >= 1)."
     )
-    batch_size: int = Field(256, ge=1, description="Rows per optimiser step.")
+    batch_size: StrictInt = Field(256, ge=1, description="Rows per optimiser step.")
     learning_rate: float = Field(0.01, gt=0.0, description="Optimiser learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, description="Optimiser weight decay.")
-    seed: int = Field(0, description="Seed of initialisation and batch order: training is deterministic.")
+    seed: StrictInt = Field(0, description="Seed of initialisation and batch order: training is deterministic.")
     optimizer_kernel: Literal["fused", "per_tensor"] = Field(
         "fused",
         description="How Adam updates the parameters: `fused`, one kernel over every tensor (about 3x less CPU per "
@@ -152,7 +154,7 @@ class TrainingConfig(Frozen):
         "differently, so this is part of the training: stores trained before this setting existed read as "
         "`per_tensor` and keep it.",
     )
-    threads_per_shard: int = Field(1, ge=1, description="Torch threads each shard trains with.")
+    threads_per_shard: StrictInt = Field(1, ge=1, description="Torch threads each shard trains with.")
     cpus_per_shard: float = Field(
         1.0,
         ge=0.0,
@@ -160,7 +162,7 @@ class TrainingConfig(Frozen):
         "scratch starts at most one worker process per `cpus_per_shard` CPUs of each node and gives each several shards when "
         'there are more (docs/architecture.md, "The Ray seam").',
     )
-    niceness: int = Field(
+    niceness: StrictInt = Field(
         0,
         ge=0,
         le=19,

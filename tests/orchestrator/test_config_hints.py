@@ -65,3 +65,18 @@ def test_a_file_that_is_not_utf8_is_a_config_error_not_a_crash(tmp_path):
 def test_a_file_that_is_a_list_is_told_to_hold_sections(tmp_path):
     message = _refused(tmp_path, "- sharding\n- training\n")
     assert "holds a list, not sections: start it with a key such as 'sharding:'" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("service:\n  registration_nice_increment: true\n", "service.registration_nice_increment"),
+        ("service:\n  max_subjects_per_batch: true\n", "service.max_subjects_per_batch"),
+        ("sharding:\n  shards: 8.5\n", "sharding.shards"),
+        ("training:\n  model:\n    kind: item_stats\n    factors: yes\n", "training.model.factors"),
+    ],
+)
+def test_a_count_is_a_whole_number_not_a_boolean_or_a_fraction(tmp_path, text, where):
+    """New-user review: ``true`` was read as 1 (every retrain of one subject, for max_subjects_per_batch)."""
+    message = _refused(tmp_path, text)
+    assert f"{where}: Input should be a valid integer" in message
