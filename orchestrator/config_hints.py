@@ -56,12 +56,25 @@ def _kinds(root: type[BaseModel], path: Sequence[int | str]) -> list[str]:
     return [str(tag) for model in _models(current) if (tag := _tag(model)) is not None]
 
 
+def _homes(root: type[BaseModel], key: str, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every section (dotted, as the YAML spells it) whose model takes ``key``."""
+    found: list[str] = []
+    for model in _models(root):
+        if key in model.model_fields:
+            found.append(".".join(prefix) or "the top level")
+        for name, field in model.model_fields.items():
+            if _models(field.annotation):
+                found += _homes(field.annotation, key, (*prefix, name))
+    return sorted(set(found))
+
+
 def config_problems(root: type[BaseModel], errors: Sequence[ErrorDetails]) -> list[str]:
     """``dotted.location: message`` for each of ``errors`` (``ValidationError.errors()`` of ``root``).
 
     Locations are written as in the YAML (a model's ``kind`` is not a level). An unknown key
-    (pydantic's ``extra_forbidden``) gets the closest keys its section accepts (``difflib``, at
-    most 2), or the list of them when none is close; a section without its ``kind`` gets the kinds.
+    (pydantic's ``extra_forbidden``) gets the sections that take that key, else the closest keys its
+    section accepts (``difflib``, at most 2), else the list of them; a section without its ``kind``
+    gets the kinds.
     """
     problems = []
     for error in errors:
@@ -71,7 +84,10 @@ def config_problems(root: type[BaseModel], errors: Sequence[ErrorDetails]) -> li
         line = f"{where}: {error['msg']}"
         if error["type"] == "extra_forbidden" and location:
             close = difflib.get_close_matches(str(location[-1]), known, n=2, cutoff=0.6)
-            if close:
+            homes = [h for h in _homes(root, str(location[-1])) if h != ".".join(shown)]
+            if homes:  # the key exists, in another section
+                line += f" (it belongs under {' or '.join(f'`{h}`' for h in homes)})"
+            elif close:
                 line += f" (did you mean {' or '.join(repr(c) for c in close)}?)"
             elif known:
                 line += f" (this section takes: {', '.join(known)})"

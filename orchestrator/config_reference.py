@@ -37,10 +37,10 @@ _HEADER = """\
      tests/orchestrator/test_config_reference.py fails when this file and the models disagree. -->
 
 A job config is one YAML file (see `infra/configs/` for examples) loaded by
-`expunge.orchestrator.config.load_job_config`: unknown keys are refused (with the closest key the
-section takes, e.g. `service.registraton_nice_increment: ... (did you mean
-'registration_nice_increment'?)`), every problem is listed at once, and keys left out take the
-defaults below. Keys are written here as dotted paths:
+`expunge.orchestrator.config.load_job_config`: unknown keys are refused (with the section a key
+belongs in, or the closest key its section takes, e.g. `service.registraton_nice_increment: ...
+(did you mean 'registration_nice_increment'?)`), every problem is listed at once, and keys left
+out take the defaults below. Keys are written here as dotted paths:
 `sharding.shards: 8` is
 
 ```yaml

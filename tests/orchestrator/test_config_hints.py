@@ -80,3 +80,20 @@ def test_a_count_is_a_whole_number_not_a_boolean_or_a_fraction(tmp_path, text, w
     """New-user review: ``true`` was read as 1 (every retrain of one subject, for max_subjects_per_batch)."""
     message = _refused(tmp_path, text)
     assert f"{where}: Input should be a valid integer" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("window_ms: 5\n", "window_ms: Extra inputs are not permitted (it belongs under `service`)"),
+        ("shards: 8\n", "shards: Extra inputs are not permitted (it belongs under `sharding`)"),
+        ("service:\n  niceness: 3\n", "service.niceness: Extra inputs are not permitted (it belongs under `training`)"),
+        (
+            "training:\n  kind: mf\n",
+            "training.kind: Extra inputs are not permitted (it belongs under `training.model`)",
+        ),
+    ],
+)
+def test_a_key_in_the_wrong_section_is_told_where_it_belongs(tmp_path, text, hint):
+    """New-user review: ``shards: 8`` at the top was told 'did you mean sharding', which fails again."""
+    assert hint in _refused(tmp_path, text)
