@@ -56,8 +56,8 @@ def _kinds(root: type[BaseModel], path: Sequence[int | str]) -> list[str]:
     return [str(tag) for model in _models(current) if (tag := _tag(model)) is not None]
 
 
-def _homes(root: type[BaseModel], key: str, prefix: tuple[str, ...] = ()) -> list[str]:
-    """Every section (dotted, as the YAML spells it) whose model takes ``key``."""
+def _homes(root: Any, key: str, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every section (dotted, as the YAML spells it) under ``root`` (a model or a union of them) that takes ``key``."""
     found: list[str] = []
     for model in _models(root):
         if key in model.model_fields:
