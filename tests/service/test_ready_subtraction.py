@@ -122,12 +122,18 @@ def _shard_subject(coordinator: Coordinator, hasher, subject: str, same: bool) -
     return next(s for s in SUBJECTS if s != subject and (shard_of[hasher.digest(s)] == mine) is same)
 
 
-def test_a_version_vouched_for_with_the_wrong_subjects_is_read_from_its_shards(tmp_path, hasher):
+def _first_solved(tmp_path: Path, hasher) -> tuple[Coordinator, ReadyFits]:
+    """A trained store and a ``ReadyFits`` serving its published version, checked against the from-scratch solve."""
     coordinator = _trained(tmp_path, hasher)
     fits = ReadyFits(coordinator.store)
+    fits.request(coordinator.require_manifest())
+    _served_is_from_scratch(fits, coordinator, coordinator.require_manifest())
+    return coordinator, fits
+
+
+def test_a_version_vouched_for_with_the_wrong_subjects_is_read_from_its_shards(tmp_path, hasher):
+    coordinator, fits = _first_solved(tmp_path, hasher)
     try:
-        fits.request(coordinator.require_manifest())
-        _served_is_from_scratch(fits, coordinator, coordinator.require_manifest())
         before = coordinator.require_manifest().version
         other = _shard_subject(coordinator, hasher, SUBJECTS[0], same=False)
         coordinator.forget([SUBJECTS[0]])
@@ -171,11 +177,8 @@ def test_a_chain_of_pure_erasures_is_subtracted_at_once_and_a_gap_in_it_is_read(
 
 
 def test_a_subtraction_that_fails_falls_back_to_reading_the_shards(tmp_path, hasher, monkeypatch):
-    coordinator = _trained(tmp_path, hasher)
-    fits = ReadyFits(coordinator.store)
+    coordinator, fits = _first_solved(tmp_path, hasher)
     try:
-        fits.request(coordinator.require_manifest())
-        _served_is_from_scratch(fits, coordinator, coordinator.require_manifest())
         before = coordinator.require_manifest().version
 
         class Broken(ItemStatsModel):
