@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 from typing import Literal
 
 import pyarrow as pa
@@ -37,6 +38,9 @@ from expunge.shards.training import decode_checkpoint
 __all__ = ["Finding", "FindingKind", "ScanCoverage", "ScanReport", "TraceRule", "scan_store"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a ``.partial`` object found by the scan may take to be renamed by its (live) writer.
+_PARTIAL_SETTLE_S = 1.0
 
 FindingKind = Literal[
     "unreadable",
@@ -180,7 +184,9 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
     for, raw ids nowhere). A checkpoint counts as holding the subject when its own parameters
     are keyed by the subject's digest, when a string of its pickled payload holds the id, or
     when a slice it was trained on (its lineage) held the subject's rows; a lineage slice that
-    no longer exists anywhere makes the checkpoint unverifiable, which is reported too.
+    no longer exists anywhere makes the checkpoint unverifiable, which is reported too. The
+    temporary object of an atomic write (``.partial``) is a trace (an interrupted write) when it is
+    still there up to 1 s after the scan: a live writer's write under way is not.
 
     Raises:
         InvalidSubjectIdError: ``subject_id`` is refused by the identity rule.
@@ -196,10 +202,14 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
     def found(key: str, version_id: str | None, kind: FindingKind, detail: str, rule: TraceRule, where: str) -> None:
         findings.append(Finding(key=key, version_id=version_id, kind=kind, detail=detail, rule=rule, location=where))
 
+    partials: list[tuple[str, str | None]] = []
     for version in versions:
         key, version_id = version.key, version.version_id
         if subject_id is not None and object_name_holds(key, subject_id):
             found(key, version_id, "object-name", "the object's name holds the id", "bounded-token", "object name")
+        if key.endswith(".partial"):  # judged after the scan: a writer's write under way is gone by then
+            partials.append((key, version_id))
+            continue
         data = store.get(key, version_id)
         audit = key.startswith(_AUDIT_TRAIL)
         if key.endswith(".parquet"):
@@ -229,8 +239,6 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
                 checkpoints.append((key, version_id, decode_checkpoint(data)))
             except StorageCorruptError:  # damaged: what it holds cannot be told
                 found(key, version_id, "unreadable", "not a readable checkpoint", "write-state", "the whole object")
-        elif key.endswith(".partial"):
-            found(key, version_id, "incomplete-write", "an interrupted write", "write-state", "the whole object")
         elif (text := _text_of(data)) is None:
             log.debug("not text, not searched: %s", key)
         elif key.endswith(".json") and (document := _json(text)) is not None:
@@ -248,6 +256,8 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
                 found(key, version_id, "text", "the subject's digest", "digest", f"line {number}")
     for key, version_id, payload in checkpoints:
         findings += _checkpoint_findings(key, version_id, payload, subject_id, subject_digest, slice_holds_subject)
+    for key, version_id in _interrupted(store, partials):
+        found(key, version_id, "incomplete-write", "an interrupted write", "write-state", "the whole object")
     coverage = ScanCoverage(raw_id=subject_id is not None, object_versions=len(versions), **counts)
     log.info("scanned %d object version(s) under %s: %d finding(s)", len(versions), store.uri, len(findings))
     return ScanReport(
@@ -257,6 +267,22 @@ def scan_store(store: ObjectStore, subject_id: str | None, subject_digest: str) 
         findings=tuple(findings),
         coverage=coverage,
     )
+
+
+def _interrupted(store: ObjectStore, partials: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """The temporary objects of atomic writes (``.partial``) still there ``_PARTIAL_SETTLE_S`` seconds after the scan.
+
+    A live writer (a service beside this scan) renames its temporary object within milliseconds;
+    one left by a writer that died stays, and is a trace of whatever it was writing.
+    """
+    deadline = time.monotonic() + _PARTIAL_SETTLE_S
+    left = [(key, version_id) for key, version_id in partials if store.exists(key)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [(key, version_id) for key, version_id in left if store.exists(key)]
+    if len(left) < len(partials):
+        log.debug("%d write(s) under way during the scan finished", len(partials) - len(left))
+    return left
 
 
 def _json(text: str) -> object | None:

@@ -48,3 +48,25 @@ def test_a_damaged_parquet_or_checkpoint_is_reported_unreadable_not_a_crash(tmp_
 def test_the_journal_logs_operations_are_not_a_person_named_write(tmp_path):
     store = _store_with(tmp_path, "journal/log/00000001.json", {"sequence": 1, "op": "write", "key": "journal/x.json"})
     assert scan_store(store, "write", "d" * 64).clean
+
+
+def test_a_write_under_way_is_not_a_trace_but_an_interrupted_one_is(tmp_path, monkeypatch):
+    """CI on a loaded machine: `verify` beside a running service found the journal log's temporary
+    object (an atomic write being fsynced) and reported it as a trace left behind."""
+    store = ObjectStore(str(tmp_path / "store"))
+    under_way = tmp_path / "store" / "journal" / "log" / ".00000015.json.ab12.partial"
+    under_way.parent.mkdir(parents=True)
+    under_way.write_text(json.dumps({"digests": ["d" * 64]}))
+    exists = store.exists
+
+    def writer_finishes_after_the_listing(key: str) -> bool:  # the rename that ends the atomic write
+        if under_way.exists():
+            under_way.rename(under_way.parent / "00000015.json")
+        return exists(key)
+
+    monkeypatch.setattr(store, "exists", writer_finishes_after_the_listing)
+    report = scan_store(store, None, "e" * 64)
+    assert [f for f in report.findings if f.kind == "incomplete-write"] == []
+    (tmp_path / "store" / "journal" / "log" / ".00000016.json.cd34.partial").write_text("{}")
+    left = scan_store(store, None, "e" * 64)
+    assert [(f.key, f.kind) for f in left.findings] == [("journal/log/.00000016.json.cd34.partial", "incomplete-write")]
