@@ -107,7 +107,10 @@ class Erasure(_Reply):
 
     ``state``: accepted, committed, "<step> pending (retrying: <cause>)", done or failed.
     ``late``: not done by ``due_at``. ``done_at``: when it was done (registered, nothing
-    pending). ``subject_digests``: keyed digests, never the ids.
+    pending). ``ready_at``: when the model the service answers from reflected it (``item_stats``:
+    its exact solve swapped in, the subjects masked until then; MF: at the commit); known to the
+    service process that committed it only (None after a restart). ``subject_digests``: keyed
+    digests, never the ids.
     """
 
     request_id: str
@@ -119,6 +122,7 @@ class Erasure(_Reply):
     extension: Extension | None = None
     late: bool = False
     committed_at: str | None = None
+    ready_at: str | None = None
     registered_at: str | None = None
     done_at: str | None = None
     error: str | None = None

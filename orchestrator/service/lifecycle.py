@@ -127,6 +127,12 @@ class Lifecycle:
         """
         with self._lock:
             final = self._final.get(request_id)
+        if final is not None and final.ready_at is None:  # done before its solve was swapped in: ready since?
+            recent = self._board.recent(request_id)
+            if recent is not None and recent.ready_at is not None:
+                final = final.model_copy(update={"ready_at": recent.ready_at})
+                with self._lock:
+                    self._final[request_id] = final
         if final is not None:
             return final
         entry = self.entry(request_id)
@@ -159,6 +165,7 @@ class Lifecycle:
             extension=Extension(**extension.model_dump()) if extension else None,
             late=status.stage != "failed" and is_late(due, now, done_at),
             committed_at=status.committed_at,
+            ready_at=status.ready_at,
             registered_at=status.registered_at,
             done_at=done_at,
             error=status.error,

@@ -1,4 +1,5 @@
-"""HTTP recommendations and predictions of item_stats name the version that answered, and never wait for a commit.
+"""HTTP recommendations and predictions of item_stats name the version that answered, and never wait for a commit;
+an erasure's view says when it was ready (``ready_at``).
 
 Review (issue 22, eighth pass): each answer called ``model_version()``, which takes the coordinator's
 lock (held by a commit under way) and looks the MLflow alias up, and it named the store's newest
@@ -8,6 +9,7 @@ version, not the solved one that answered.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -49,7 +51,7 @@ def test_answers_name_the_solved_version_and_do_not_wait_for_the_coordinator(tmp
         monkeypatch.setattr(fits, "_solve", held)
         receipt = service.forget([SUBJECTS[0]], timeout=120)
         assert receipt.model_version_after == solved + 1
-        token = server.tokens.create("client", ["recommend"])[1]
+        token = server.tokens.create("client", ["recommend", "erasure:read"])[1]
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
             with service._work:  # a commit under way holds the coordinator
                 answer = client.post("/v1/recommendations", json={"subject_id": SUBJECTS[-1], "k": 3})
@@ -58,10 +60,19 @@ def test_answers_name_the_solved_version_and_do_not_wait_for_the_coordinator(tmp
             assert answer.status_code == 200, answer.text
             assert answer.json()["model_version"] == solved  # the solved version answered, not the store's newest
             assert predictions.json()["model_version"] == solved
+            view = client.get(f"/v1/erasures/{receipt.request_id}").json()
+            assert view["committed_at"] is not None
+            assert view["ready_at"] is None  # its version is not solved yet: the subject is masked meanwhile
             release.set()
             assert fits.wait(solved + 1, timeout=120)
             again = client.post("/v1/recommendations", json={"subject_id": SUBJECTS[-1], "k": 3})
             assert again.json()["model_version"] == solved + 1
+            service.wait(receipt.request_id, "committed", timeout=10)
+            statuses = [client.get(f"/v1/erasures/{receipt.request_id}").json()]
+            while statuses[-1]["ready_at"] is None and len(statuses) < 600:  # marked after the swap, on its thread
+                time.sleep(0.1)
+                statuses.append(client.get(f"/v1/erasures/{receipt.request_id}").json())
+            assert statuses[-1]["ready_at"] >= statuses[-1]["committed_at"]
     finally:
         release.set()
         server.stop()

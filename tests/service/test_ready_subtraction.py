@@ -8,6 +8,7 @@ from the shards instead.
 from __future__ import annotations
 
 import threading
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -259,7 +260,7 @@ def test_a_subject_another_writer_erased_is_masked_and_ready_only_once_that_vers
         _served_is_from_scratch(fits, service.coordinator, service.coordinator.require_manifest())
         statuses = [service.status(receipt.request_id)]
         while statuses[-1].ready_at is None and len(statuses) < 600:  # the mark follows the swap, on its thread
-            release.wait(0.1)
+            time.sleep(0.1)
             statuses.append(service.status(receipt.request_id))
         assert statuses[-1].ready_at is not None
         with pytest.raises(UnknownSubjectError):
