@@ -363,5 +363,6 @@ def load_job_config(path: str | Path) -> JobConfig:
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(config_problems(JobConfig, exc.errors()))
-        raise ConfigError(f"config file {str(file)!r} is invalid: {problems}") from exc
+        problems = config_problems(JobConfig, exc.errors())
+        listed = f" {problems[0]}" if len(problems) == 1 else "".join(f"\n  - {p}" for p in problems)
+        raise ConfigError(f"config file {str(file)!r} is invalid:{listed}") from exc

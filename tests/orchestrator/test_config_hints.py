@@ -97,3 +97,11 @@ def test_a_count_is_a_whole_number_not_a_boolean_or_a_fraction(tmp_path, text, w
 def test_a_key_in_the_wrong_section_is_told_where_it_belongs(tmp_path, text, hint):
     """New-user review: ``shards: 8`` at the top was told 'did you mean sharding', which fails again."""
     assert hint in _refused(tmp_path, text)
+
+
+def test_several_problems_are_listed_one_per_line(tmp_path):
+    """New-user review: every problem came back on one long line, separated by semicolons."""
+    message = _refused(tmp_path, "service:\n  window: 5\ntraining:\n  epochz: 3\n")
+    lines = message.splitlines()
+    assert lines[0].endswith("is invalid:")
+    assert sorted(line.split(":")[0] for line in lines[1:]) == ["  - service.window", "  - training.epochz"]
