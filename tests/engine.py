@@ -10,7 +10,16 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from expunge.orchestrator.config import JobConfig, MFConfig, MLPConfig, ShardingConfig, TrainingConfig
+from expunge.orchestrator.config import (
+    AnyModelConfig,
+    JobConfig,
+    MFConfig,
+    ServiceConfig,
+    ShardingConfig,
+    StorageConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
 from expunge.orchestrator.coordinator import Coordinator, PoolFactory, local_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.shards.rows import SUBJECT_ID
@@ -19,13 +28,24 @@ T = TypeVar("T")
 
 
 def job(
-    model: MFConfig | MLPConfig | None = None, shards: int = 3, slices: int = 4, placement: str = "balanced"
+    model: AnyModelConfig | None = None, shards: int = 3, slices: int = 4, placement: str = "balanced"
 ) -> JobConfig:
     return JobConfig(
         sharding=ShardingConfig(shards=shards, slices=slices, placement=placement),
         training=TrainingConfig(
             model=model or MFConfig(embedding_dim=4), epochs=3, batch_size=32, learning_rate=0.02, cpus_per_shard=0.5
         ),
+    )
+
+
+def service_job(path: Path, model: AnyModelConfig, shards: int = 3, slices: int = 2, **service: object) -> JobConfig:
+    """``job`` with its store under ``path / "store"``, MLflow off and these ``service`` settings (window 0 unless given)."""
+    return job(model=model, shards=shards, slices=slices).model_copy(
+        update={
+            "storage": StorageConfig(uri=str(path / "store")),
+            "tracking": TrackingConfig(enabled=False),
+            "service": ServiceConfig.model_validate({"window_ms": 0, **service}),
+        }
     )
 
 

@@ -7,10 +7,7 @@ import numpy as np
 from expunge.orchestrator.config import (
     ItemStatsConfig,
     JobConfig,
-    ServiceConfig,
-    StorageConfig,
     SyntheticRatingsConfig,
-    TrackingConfig,
 )
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.service.core import ErasureService
@@ -19,7 +16,7 @@ from expunge.orchestrator.serving.ready import solve_from_scratch
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.models import ItemStatsModel
 from expunge.shards.rows import SUBJECT_ID
-from tests.engine import job, without
+from tests.engine import service_job, without
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_user=5, seed=7))
 SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
@@ -27,13 +24,7 @@ STATS = ItemStatsConfig(factors=2, neighbours=5)
 
 
 def _job(path) -> JobConfig:
-    return job(model=STATS, shards=3, slices=2).model_copy(
-        update={
-            "storage": StorageConfig(uri=str(path / "store")),
-            "tracking": TrackingConfig(enabled=False),
-            "service": ServiceConfig(window_ms=0),
-        }
-    )
+    return service_job(path, STATS)
 
 
 def _buffers(module) -> dict[str, bytes]:

@@ -19,10 +19,7 @@ from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.config import (
     ItemStatsConfig,
     JobConfig,
-    ServiceConfig,
-    StorageConfig,
     SyntheticRatingsConfig,
-    TrackingConfig,
 )
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.errors import UnknownSubjectError
@@ -35,7 +32,7 @@ from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.models import ItemStatsModel, model_for
 from expunge.shards.rows import ITEM_ID, RATING, RECORD_ID, SUBJECT_ID
 from expunge.shards.training import load_checkpoint
-from tests.engine import job
+from tests.engine import service_job
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_user=5, seed=11))
 SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
@@ -43,13 +40,7 @@ STATS = ItemStatsConfig(factors=2, neighbours=5)
 
 
 def _job(path: Path, window_ms: int = 0) -> JobConfig:
-    return job(model=STATS, shards=3, slices=2).model_copy(
-        update={
-            "storage": StorageConfig(uri=str(path / "store")),
-            "tracking": TrackingConfig(enabled=False),
-            "service": ServiceConfig(window_ms=window_ms),
-        }
-    )
+    return service_job(path, STATS, window_ms=window_ms)
 
 
 def _bits(ensemble: StatisticsEnsemble) -> dict[str, bytes]:

@@ -12,10 +12,7 @@ import pytest
 from expunge.orchestrator.config import (
     ItemStatsConfig,
     JobConfig,
-    ServiceConfig,
-    StorageConfig,
     SyntheticRatingsConfig,
-    TrackingConfig,
 )
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.errors import UnknownSubjectError
@@ -24,7 +21,7 @@ from expunge.orchestrator.serving.ensemble import StatisticsEnsemble
 from expunge.orchestrator.serving.ready import solve_from_scratch
 from expunge.pipelines.datasets import synthetic_ratings
 from expunge.shards.rows import ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
-from tests.engine import job, without
+from tests.engine import job, service_job, without
 
 ROWS = synthetic_ratings(SyntheticRatingsConfig(users=40, items=20, ratings_per_user=5, seed=5))
 SUBJECTS = sorted(set(ROWS.column(SUBJECT_ID).to_pylist()))
@@ -32,13 +29,7 @@ STATS = ItemStatsConfig(factors=2, neighbours=5)
 
 
 def _job(tmp_path, model=STATS) -> JobConfig:
-    return job(model=model, shards=3, slices=2).model_copy(
-        update={
-            "storage": StorageConfig(uri=str(tmp_path / "store")),
-            "tracking": TrackingConfig(enabled=False),
-            "service": ServiceConfig(window_ms=0),
-        }
-    )
+    return service_job(tmp_path, model)
 
 
 def _service(tmp_path, hasher, model=STATS) -> ErasureService:
