@@ -162,3 +162,44 @@ def test_a_shard_process_loads_scipy_only_when_item_stats_sums_or_fits(tmp_path)
     code = "import sys, expunge.shards.actor; print('scipy' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def _latent_rows(seed: int, subjects: int, items: int, per_subject: int) -> pa.Table:
+    """Ratings of a rank-16 model whose latent scales decay (0.8^j): a covariance with a spectral gap."""
+    rng = np.random.default_rng(seed)
+    users = rng.normal(size=(subjects, 16))
+    things = rng.normal(size=(items, 16)) * 0.8 ** np.arange(16)
+    who = np.repeat(np.arange(subjects), per_subject)
+    what = np.concatenate([rng.choice(items, per_subject, replace=False) for _ in range(subjects)])
+    return pa.table(
+        {
+            SUBJECT_DIGEST: pa.array([f"s{u:05d}" for u in who], pa.string()),
+            ITEM_ID: pa.array(what, pa.int64()),
+            RATING: pa.array(np.clip(np.round(3 + (users[who] * things[what]).sum(1)), 1, 5), pa.float32()),
+        }
+    )
+
+
+def test_a_large_catalogue_is_fitted_by_block_lanczos_and_predicts_what_the_full_decomposition_predicts(
+    monkeypatch,
+) -> None:
+    from expunge.shards.models import block_lanczos
+
+    model = ItemStatsModel(ItemStatsConfig(num_items=400, factors=6))
+    rows = _latent_rows(0, 2000, 400, 80)
+    state = model.accumulate(model.empty(), rows)
+
+    def refuse(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        raise AssertionError("block Lanczos fell back to dsyevr")
+
+    monkeypatch.setattr(block_lanczos, "top_eigenpairs", refuse)
+    fast = model.fit(state)
+    assert np.array_equal(fast.predict(rows), model.fit(state).predict(rows))  # the same bits again
+
+    def full(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        values, vectors = np.linalg.eigh(matrix)
+        top = np.argsort(values)[::-1][:count]
+        return values[top], vectors[:, top]
+
+    monkeypatch.setattr(item_stats, "_top_eigenpairs", full)
+    np.testing.assert_allclose(fast.predict(rows), model.fit(state).predict(rows), rtol=1e-8, atol=1e-8)
