@@ -99,6 +99,8 @@ class StreamResult(BaseModel):
     duration: float | None = None
     #: ``os.getloadavg()`` when the stream's last request settled (1, 5 and 15 minutes).
     load_average_end: tuple[float, float, float] | None = None
+    #: Every exact solve alone, seconds, in the order taken: those before the stream, then those after.
+    exact_solve_samples: list[float] | None = None
 
 
 def even_spread(total: int, real: int) -> list[bool]:
@@ -217,6 +219,7 @@ def run_stream(
         rate=settings.rate,
         duration=settings.duration,
         load_average_end=os.getloadavg(),
+        exact_solve_samples=[round(s, 4) for s in solves],
     )
 
 

@@ -60,6 +60,8 @@ print(
             "ready_erased_over_solve": round(result["ready_to_serve_erased"]["p50"] / solve, 2)
             if "ready_to_serve_erased" in result
             else None,
+            "solve_p50": solve,
+            "solve_samples": result.get("exact_solve_samples"),  # before the stream, then after (newer trees)
             "batches": result["batches"],
             "lost": result["lost"],
             "load_average": [round(x, 2) for x in os.getloadavg()],
