@@ -61,7 +61,11 @@ print(
             if "ready_to_serve_erased" in result
             else None,
             "solve_p50": solve,
+            "warm_solve_p50": (result.get("exact_solve_warm") or {}).get("p50"),
+            "ready_erased_over_warm_solve": result.get("ready_to_serve_over_warm_solve"),
+            "warm_samples": result.get("warm_solve_samples"),
             "solve_samples": result.get("exact_solve_samples"),  # before the stream, then after (newer trees)
+            "quiet_waits": result.get("quiet_waits"),
             "batches": result["batches"],
             "lost": result["lost"],
             "load_average": [round(x, 2) for x in os.getloadavg()],

@@ -177,3 +177,16 @@ def test_the_summary_puts_each_value_on_its_own_label_s_line():
     assert f"{result.batches} / {result.shard_retrains} / {result.registrations}" in counts
     throughput = next(line for line in lines if "throughput to commit" in line)
     assert "requests/s" in throughput
+
+
+def test_the_warm_solve_and_its_ratio_are_shown_beside_the_solve_after_a_pause():
+    """A solve after a pause ran up to 2x the CPU of the same solve right after another (ninth pass)."""
+    exact, ratio = solve_ratio(percentiles([0.3, 0.3]), [0.6, 0.6, 0.6])
+    warm, warm_ratio = solve_ratio(percentiles([0.3, 0.3]), [0.2, 0.2, 0.2])
+    result = _result(exact, ratio).model_copy(
+        update={"exact_solve_warm": warm, "ready_to_serve_over_warm_solve": warm_ratio}
+    )
+    lines = _rendered(result).splitlines()
+    assert "0.200" in next(line for line in lines if "exact solve alone, warm" in line)
+    assert "0.50x" in next(line for line in lines if "/ exact solve p50" in line)
+    assert "1.50x" in next(line for line in lines if "/ warm exact solve p50" in line)
