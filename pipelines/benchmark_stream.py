@@ -277,12 +277,13 @@ def stream_table(result: StreamResult, settings: StreamSettings, training: Train
     if solve is None:  # mf: its shard actors serve it, there is no exact solve to compare with
         table.add_row(f"exact solve alone (none for {result.model})", "0", "n/a", "n/a", "n/a")
     else:
-        for name, p in (
+        solves: list[tuple[str, Percentiles | None]] = [
             ("exact solve alone (service idle, same process)", solve),
             ("exact solve alone, warm (right after another)", result.exact_solve_warm),
-        ):
-            if p is not None:
-                table.add_row(name, str(p.n), f"{p.p50:.3f}", f"{p.p99:.3f}", f"{p.max:.3f}")
+        ]
+        for label, alone in solves:
+            if alone is not None:
+                table.add_row(label, str(alone.n), f"{alone.p50:.3f}", f"{alone.p99:.3f}", f"{alone.max:.3f}")
     summary = Table(title="Summary")
     summary.add_column("measure", justify="left")
     summary.add_column("value", justify="right")

@@ -43,19 +43,27 @@ def _checked(gram: np.ndarray) -> np.ndarray:
 
 
 def _zero_diagonal_solution(inverse: np.ndarray) -> np.ndarray:
-    """``I - P diag(1 / diag P)``: column j of ``-P`` over ``P_jj``, with the diagonal set to exactly 0."""
-    weights = -inverse / np.diag(inverse)[None, :]
+    """``I - P diag(1 / diag P)``: column j of ``-P`` over ``P_jj``, with the diagonal set to exactly 0.
+
+    Computed in ``inverse``'s memory, which is returned.
+    """
+    diagonal = np.diag(inverse).copy()
+    weights = np.negative(inverse, out=inverse)
+    np.divide(weights, diagonal[None, :], out=weights)
     np.fill_diagonal(weights, 0.0)
     return weights
 
 
-def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
-    """The inverse of a symmetric positive definite (I, I) matrix (Cholesky, GIL released).
+def _shifted_inverse(gram: np.ndarray, shift: float | np.ndarray) -> np.ndarray:
+    """``(G + diag(shift))^-1`` of a symmetric (I, I) Gram matrix, ``shift`` a scalar or (I,)
+    (Cholesky, GIL released), in one I x I buffer: the sum is formed in a copy that LAPACK inverts in place.
 
     Raises:
         numpy.linalg.LinAlgError: the matrix is singular (an empty item with no penalty).
     """
-    return spd_inverse(matrix)
+    shifted = np.array(gram, dtype=np.float64, order="C", copy=True)
+    shifted[np.diag_indices(len(shifted))] += shift
+    return spd_inverse(shifted, overwrite=True)
 
 
 def dropout_penalty(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
@@ -83,7 +91,7 @@ def ease(gram: np.ndarray, l2: float) -> np.ndarray:
         numpy.linalg.LinAlgError: ``G + l2 I`` is singular (``l2 <= 0`` with an empty item).
     """
     matrix = _checked(gram)
-    return _zero_diagonal_solution(_spd_inverse(matrix + l2 * np.eye(len(matrix))))
+    return _zero_diagonal_solution(_shifted_inverse(matrix, l2))
 
 
 def dlae(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
@@ -98,8 +106,8 @@ def dlae(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
     """
     matrix = _checked(gram)
     penalty = dropout_penalty(matrix, dropout, l2)
-    inverse = _spd_inverse(matrix + np.diag(penalty))
-    weights = -inverse * penalty[None, :]
+    weights = np.negative(_shifted_inverse(matrix, penalty))
+    np.multiply(weights, penalty[None, :], out=weights)
     weights[np.diag_indices(len(matrix))] += 1.0
     return weights
 
@@ -116,4 +124,4 @@ def edlae(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
     """
     matrix = _checked(gram)
     penalty = dropout_penalty(matrix, dropout, l2)
-    return _zero_diagonal_solution(_spd_inverse(matrix + np.diag(penalty)))
+    return _zero_diagonal_solution(_shifted_inverse(matrix, penalty))

@@ -325,6 +325,27 @@ def pin_fit_threads() -> bool:
     return bool(_blas)
 
 
+def _dense_pair(state: ItemStatsState, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The dense symmetric co-rating counts and co-rating products, (I, I) float64 each.
+
+    Only pairs ``i < j`` are stored (``pair_index``); each value is written at ``(i, j)`` and at
+    its mirror ``(j, i)``, with ``item_count`` and ``item_square`` on the diagonals.
+    """
+    size = state.num_items
+    index = state.array("pair_index")
+    mirror = (index % size) * size + index // size
+    matrices = []
+    for name, diagonal in (("pair_count", count), ("pair_product", state.array("item_square"))):
+        matrix = np.zeros(size * size)
+        values = state.array(name)
+        matrix[index] = values
+        matrix[mirror] = values
+        square = matrix.reshape(size, size)
+        square[np.diag_indices(size)] = diagonal
+        matrices.append(square)
+    return matrices[0], matrices[1]
+
+
 class ItemStatsFit:
     """Predictions and rankings derived from one summed ``ItemStatsState`` (see the module docstring).
 
@@ -341,20 +362,27 @@ class ItemStatsFit:
         self.mu = float(state.array("item_sum").sum()) / total if total else 0.0
         self.item_bias = (state.array("item_sum") - count * self.mu) / (count + config.item_bias_shrinkage)
         self.rated_items = count > 0
-        co_count = self._dense(state, "pair_count", count)
-        co_product = self._dense(state, "pair_product", state.array("item_square"))
+        co_count, co_product = _dense_pair(state, count)
         norm = np.sqrt(np.diag(co_product))
         safe = np.where(norm > 0, norm, 1.0)
+        # In place, as few item x item temporaries as the arithmetic allows (each is 23 MB on
+        # MovieLens 100K, and fresh memory is what a fit after a pause spends its time on).
         # A shrinkage of 0 is allowed: pairs nobody co-rated then divide 0 by a tiny number, not by 0.
-        shrunk = co_count / np.maximum(co_count + config.similarity_shrinkage, 1e-12)
-        self.similarity = co_product / np.outer(safe, safe) * shrunk
+        scratch = np.add(co_count, config.similarity_shrinkage)
+        np.maximum(scratch, 1e-12, out=scratch)
+        shrunk = np.divide(co_count, scratch, out=scratch)  # co_count / max(co_count + shrinkage, 1e-12)
+        self.similarity = np.outer(safe, safe)
+        np.divide(co_product, self.similarity, out=self.similarity)
+        np.multiply(self.similarity, shrunk, out=self.similarity)
         np.fill_diagonal(self.similarity, 0.0)
         self.factors = np.zeros((size, 0))
         if config.factors > 0:
-            covariance = co_product / np.maximum(co_count + config.covariance_shrinkage, 1e-12)
+            covariance = np.add(co_count, config.covariance_shrinkage, out=scratch)
+            np.maximum(covariance, 1e-12, out=covariance)
+            np.divide(co_product, covariance, out=covariance)  # co_product / max(co_count + shrinkage, 1e-12)
             values, vectors = _top_eigenpairs(covariance, config.factors)
             self.factors = vectors * np.sqrt(np.maximum(values, 0.0))
-        del co_product
+        del co_product, scratch
         self.ranking = self._ranking(config, co_count)
         offsets = state.array("subject_offsets")
         items, ratings = state.array("subject_items"), state.array("subject_ratings")
@@ -371,17 +399,6 @@ class ItemStatsFit:
         if config.ranker == "dlae":
             return closed_form.dlae(co_count, config.ranking_dropout, config.ranking_dropout_l2)
         return closed_form.ease(co_count, config.ranking_l2)
-
-    @staticmethod
-    def _dense(state: ItemStatsState, name: str, diagonal: np.ndarray) -> np.ndarray:
-        size = state.num_items
-        matrix = np.zeros(size * size)
-        index = state.array("pair_index")
-        matrix[index] = state.array(name)
-        square = matrix.reshape(size, size)
-        square += square.T  # only i < j was stored
-        square[np.diag_indices(size)] = diagonal
-        return square
 
     def knows(self, subject_digest: str) -> bool:
         return subject_digest in self._subjects

@@ -203,3 +203,18 @@ def test_a_large_catalogue_is_fitted_by_block_lanczos_and_predicts_what_the_full
 
     monkeypatch.setattr(item_stats, "_top_eigenpairs", full)
     np.testing.assert_allclose(fast.predict(rows), model.fit(state).predict(rows), rtol=1e-8, atol=1e-8)
+
+
+def test_the_dense_co_rating_matrices_are_x_transpose_x_and_the_stored_pairs_mirrored() -> None:
+    rows = _random_rows(9, 40, 30)
+    model = ItemStatsModel(ItemStatsConfig(num_items=30, factors=0))
+    state = model.accumulate(model.empty(), rows)
+    subjects = sorted(set(rows.column(SUBJECT_DIGEST).to_pylist()))
+    rated = np.zeros((len(subjects), 30))
+    for digest, item in zip(*(rows.column(c).to_pylist() for c in (SUBJECT_DIGEST, ITEM_ID)), strict=True):
+        rated[subjects.index(digest), item] = 1.0
+    counts, products = item_stats._dense_pair(state, state.array("item_count").astype(np.float64))
+    np.testing.assert_array_equal(counts, rated.T @ rated)
+    upper = np.zeros((30, 30))
+    upper.flat[state.array("pair_index")] = state.array("pair_product")
+    assert np.array_equal(products, upper + upper.T + np.diag(state.array("item_square")))

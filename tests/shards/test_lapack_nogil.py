@@ -191,3 +191,18 @@ def test_other_python_threads_run_while_it_inverts():
     released = _spins_per_second_during(lambda: spd_inverse(matrix))
     held = _spins_per_second_during(lambda: scipy.linalg.eigh(matrix, subset_by_index=[1395, 1399]))
     assert released > 3 * held
+
+
+@pytest.mark.parametrize("size", [5, 256, 600])  # within one block of the mirror, exactly one, across three
+def test_the_inverse_in_place_is_the_inverse_of_a_copy_and_exactly_symmetric(size):
+    pin_fit_threads()
+    matrix = _symmetric(size, 11) + size * np.eye(size)
+    kept = matrix.copy()
+    inverse = spd_inverse(matrix)
+    assert np.array_equal(matrix, kept)  # not changed without overwrite
+    in_place = spd_inverse(matrix, overwrite=True)
+    assert np.shares_memory(in_place, matrix)
+    assert in_place.flags.c_contiguous
+    assert np.array_equal(in_place, inverse)
+    assert np.array_equal(in_place, in_place.T)
+    np.testing.assert_allclose(in_place @ kept, np.eye(size), atol=1e-9)
