@@ -685,7 +685,8 @@ def main(
 
     With --rate (and --data): a paced stream instead, printing per stage (committed, ready,
     ready_to_serve, the same for requests that erased someone, registered) p50/p99/max, the exact
-    solve timed alone, and ready_to_serve over it. Exit 1 when a request did not complete: for the
+    solve timed alone once the CPUs are idle and again right after (warm), and ready_to_serve over
+    each. Exit 1 when a request did not complete: for the
     load run, reach "registered"; for the stream, be registered and ready.
     """
     init_logging()
