@@ -38,7 +38,7 @@ import logging
 
 import numpy as np
 
-from expunge.shards.models.lapack_nogil import top_eigenpairs
+from expunge.shards.models.lapack_nogil import checked_eigen_input, refuse_non_finite, top_eigenpairs
 
 __all__ = ["RESIDUAL_TOLERANCE", "lanczos_top_eigenpairs"]
 
@@ -80,19 +80,14 @@ def lanczos_top_eigenpairs(
         ValueError: ``matrix`` is not square, ``count`` is outside [0, n], or ``block < count``.
         numpy.linalg.LinAlgError: ``matrix`` holds a NaN or an infinity.
     """
-    size = matrix.shape[0]
-    if matrix.ndim != 2 or matrix.shape[1] != size:
-        raise ValueError(f"lanczos_top_eigenpairs needs a square matrix; got shape {matrix.shape}")
-    if not 0 <= count <= size:
-        raise ValueError(f"count must lie in [0, {size}]; got {count}")
+    size = checked_eigen_input(matrix, count, "lanczos_top_eigenpairs")
     width = max(count, 4) if block is None else block
     if width < count:
         raise ValueError(f"block must be at least count ({count}); got {width}")
     if count == 0 or size < max(SMALLEST_SIZE, 8 * width):
         return top_eigenpairs(matrix, count)
-    if not np.isfinite(matrix).all():
-        raise np.linalg.LinAlgError("lanczos_top_eigenpairs needs a finite matrix; it holds a NaN or an infinity")
-    # C order whatever the caller's layout: a transposed operand takes other BLAS kernels, other bits.
+    refuse_non_finite(matrix, "lanczos_top_eigenpairs")
+    # One layout for every caller: a transposed operand could take other BLAS kernels, other bits.
     found = _block_lanczos(np.ascontiguousarray(matrix, dtype=np.float64), count, width, max_dimension)
     if found is None:
         return top_eigenpairs(matrix, count)

@@ -70,6 +70,26 @@ def _cholesky_routine(name: str) -> Any:
     return ctypes.CFUNCTYPE(None, _pchar, _pint, _pdouble, _pint, _pint)(_address(name))
 
 
+def checked_eigen_input(matrix: np.ndarray, count: int, caller: str) -> int:
+    """The size n of a square (n, n) ``matrix`` of which ``caller`` finds the top ``count`` eigenpairs.
+
+    Raises:
+        ValueError: ``matrix`` is not square, or ``count`` is outside [0, n].
+    """
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{caller} needs a square matrix; got shape {matrix.shape}")
+    size = int(matrix.shape[0])
+    if not 0 <= count <= size:
+        raise ValueError(f"count must lie in [0, {size}]; got {count}")
+    return size
+
+
+def refuse_non_finite(matrix: np.ndarray, caller: str) -> None:
+    """Raises ``numpy.linalg.LinAlgError`` when ``matrix`` holds a NaN or an infinity."""
+    if not np.isfinite(matrix).all():
+        raise np.linalg.LinAlgError(f"{caller} needs a finite matrix; it holds a NaN or an infinity")
+
+
 def top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` largest eigenvalues (descending, shape (count,)) of a symmetric (n, n) float64
     matrix and their unit eigenvectors (n, count), by ``dsyevr`` on the lower triangle.
@@ -85,15 +105,10 @@ def top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarr
         ValueError: ``matrix`` is not square, or ``count`` is outside [0, n].
         numpy.linalg.LinAlgError: ``matrix`` holds a NaN or an infinity.
     """
-    size = matrix.shape[0]
-    if matrix.ndim != 2 or matrix.shape[1] != size:
-        raise ValueError(f"top_eigenpairs needs a square matrix; got shape {matrix.shape}")
-    if not 0 <= count <= size:
-        raise ValueError(f"count must lie in [0, {size}]; got {count}")
+    size = checked_eigen_input(matrix, count, "top_eigenpairs")
     if count == 0:
         return np.zeros(0), np.zeros((size, 0))
-    if not np.isfinite(matrix).all():
-        raise np.linalg.LinAlgError("top_eigenpairs needs a finite matrix; it holds a NaN or an infinity")
+    refuse_non_finite(matrix, "top_eigenpairs")
     # Column-major as LAPACK reads it; a C-ordered symmetric matrix is its own transpose, but a copy
     # is needed anyway (dsyevr overwrites it).
     a = np.array(matrix, dtype=np.float64, order="F", copy=True)
