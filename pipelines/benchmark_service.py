@@ -686,7 +686,9 @@ def main(
     With --rate (and --data): a paced stream instead, printing per stage (committed, ready,
     ready_to_serve, the same for requests that erased someone, registered) p50/p99/max, the exact
     solve timed alone once the CPUs are idle and again right after (warm), and ready_to_serve over
-    each. Exit 1 when a request did not complete: for the
+    each (up to 15 s of waiting for idle CPUs before each of the 6 solves). The stream trains one
+    store (--shards, --slices; --epochs and --batch-size for mf only) and submits from --threads
+    threads; --requests, --cold and --load-* apply to the other runs only. Exit 1 when a request did not complete: for the
     load run, reach "registered"; for the stream, be registered and ready.
     """
     init_logging()

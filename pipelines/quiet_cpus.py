@@ -43,7 +43,7 @@ def busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
     return 0.0 if total <= 0 else min(1.0, max(0.0, (after[0] - before[0]) / total))
 
 
-def wait_until_quiet(limit_s: float = 60.0, window_s: float = 1.0, busy: float = 0.05) -> float | None:
+def wait_until_quiet(limit_s: float = 15.0, window_s: float = 1.0, busy: float = 0.05) -> float | None:
     """Wait until the machine's CPUs were at most ``busy`` (fraction of all of them) busy over one
     ``window_s`` window, for at most ``limit_s`` seconds.
 

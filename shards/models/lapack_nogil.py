@@ -154,17 +154,17 @@ def spd_inverse(matrix: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
     Deterministic for a given input and BLAS thread count. ``matrix`` is not changed, unless
     ``overwrite`` and it is a C-contiguous float64 array: then the inverse is computed in its
     memory and returned (no copy of 23 MB on MovieLens 100K); it must then be exactly symmetric,
-    since its upper triangle is read where a copy would have its lower one read.
+    since its upper triangle is read where a copy would have its lower one read, and after a
+    ``LinAlgError`` it holds LAPACK's partial factors.
 
     Raises:
         ValueError: ``matrix`` is not square.
         numpy.linalg.LinAlgError: ``matrix`` is not positive definite (e.g. singular), or not finite.
     """
-    size = matrix.shape[0]
-    if matrix.ndim != 2 or matrix.shape[1] != size:
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"spd_inverse needs a square matrix; got shape {matrix.shape}")
-    if not np.isfinite(matrix).all():
-        raise np.linalg.LinAlgError("spd_inverse needs a finite matrix; it holds a NaN or an infinity")
+    size = int(matrix.shape[0])
+    refuse_non_finite(matrix, "spd_inverse")
     in_place = overwrite and matrix.dtype == np.float64 and matrix.flags.c_contiguous and matrix.flags.writeable
     # Column-major as LAPACK reads it: the transpose of a C-ordered matrix, itself when symmetric.
     a = matrix.T if in_place else np.array(matrix, dtype=np.float64, order="F", copy=True)
@@ -177,8 +177,8 @@ def spd_inverse(matrix: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
         )
         if info.value != 0:
             raise np.linalg.LinAlgError(
-                f"the matrix is not positive definite ({step} info={info.value}): singular, e.g. an item nobody "
-                "rated with no penalty"
+                f"the matrix is not positive definite ({step} info={info.value}): singular (e.g. an item nobody "
+                "rated with no penalty) or indefinite"
             )
     square = a.T  # C-contiguous; LAPACK's lower triangle is its upper one
     _mirror_upper(square)

@@ -184,9 +184,10 @@ def test_the_warm_solve_and_its_ratio_are_shown_beside_the_solve_after_a_pause()
     exact, ratio = solve_ratio(percentiles([0.3, 0.3]), [0.6, 0.6, 0.6])
     warm, warm_ratio = solve_ratio(percentiles([0.3, 0.3]), [0.2, 0.2, 0.2])
     result = _result(exact, ratio).model_copy(
-        update={"exact_solve_warm": warm, "ready_to_serve_over_warm_solve": warm_ratio}
+        update={"exact_solve_warm": warm, "ready_to_serve_over_warm_solve": warm_ratio, "quiet_waits": [1.0, None, 2.0]}
     )
     lines = _rendered(result).splitlines()
     assert "0.200" in next(line for line in lines if "exact solve alone, warm" in line)
     assert "0.50x" in next(line for line in lines if "/ exact solve p50" in line)
-    assert "1.50x" in next(line for line in lines if "/ warm exact solve p50" in line)
+    assert "1.50x" in next(line for line in lines if "/ warm exact solve p50 (strict)" in line)
+    assert "2 of 3" in next(line for line in lines if "solves timed on idle CPUs" in line)  # one never went quiet

@@ -144,3 +144,8 @@ def test_a_flat_spectrum_is_given_up_early_for_dsyevr_and_its_bits(caplog) -> No
     assert np.array_equal(vectors, expected[1])
     (message,) = [r.getMessage() for r in caplog.records if "dsyevr instead" in r.getMessage()]
     assert int(message.split(" after ")[1].split()[0]) <= 120, message
+
+
+def test_a_basis_limit_below_one_block_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_dimension"):
+        lanczos_top_eigenpairs(np.eye(300), 4, max_dimension=3)

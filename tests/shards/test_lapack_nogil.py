@@ -177,6 +177,8 @@ def test_the_cholesky_inverse_has_scipys_bits_and_inverts(size, seed):
 def test_the_cholesky_inverse_refuses_what_has_none():
     with pytest.raises(ValueError, match="square"):
         spd_inverse(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="square"):
+        spd_inverse(np.float64(2.0))  # a 0-d array: IndexError before
     with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
         spd_inverse(np.diag([1.0, 0.0, 2.0]))  # an item nobody rated, no penalty
     with pytest.raises(np.linalg.LinAlgError, match="finite"):
