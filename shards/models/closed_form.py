@@ -106,7 +106,8 @@ def dlae(gram: np.ndarray, dropout: float, l2: float) -> np.ndarray:
     """
     matrix = _checked(gram)
     penalty = dropout_penalty(matrix, dropout, l2)
-    weights = np.negative(_shifted_inverse(matrix, penalty))
+    inverse = _shifted_inverse(matrix, penalty)
+    weights = np.negative(inverse, out=inverse)
     np.multiply(weights, penalty[None, :], out=weights)
     weights[np.diag_indices(len(matrix))] += 1.0
     return weights
