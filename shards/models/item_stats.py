@@ -281,9 +281,10 @@ def _top_eigenpairs(matrix: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
     Block Lanczos from a fixed start block (``block_lanczos.lanczos_top_eigenpairs``): on
     MovieLens 100K's 1,683 items 0.10 s of CPU against 0.32 s for LAPACK's ``dsyevr`` subset
     solver, which it falls back to on small or degenerate matrices and on spectra with no gap
-    below the wanted pairs (random or low-rank generated ratings often have none; MovieLens has one). Deterministic (no random
-    restart, unlike ARPACK, whose restarts after an invariant subspace made the same state give
-    other factors), and every product releases the GIL (docs/performance.md, "The GIL").
+    below the wanted pairs (random or low-rank generated ratings often have none; MovieLens has
+    one). Deterministic (no random restart, unlike ARPACK, whose restarts after an invariant
+    subspace made the same state give other factors), and every product releases the GIL
+    (docs/performance.md, "The GIL").
     Eigenvector signs are arbitrary; the low-rank predictor uses only their span, scaled by the
     eigenvalues.
     """
