@@ -52,7 +52,7 @@ from expunge.orchestrator.service.intake import Queued, new_entry, ticket_label
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry, RequestStatus
 from expunge.orchestrator.service.journal_stage import JournalStage
 from expunge.orchestrator.service.lifecycle import Lifecycle
-from expunge.orchestrator.service.pipeline import NextBatch, open_batch, take_queued
+from expunge.orchestrator.service.pipeline import NextBatch, open_taken, take_queued
 from expunge.orchestrator.service.placement_rows import PlacementRows
 from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt
 from expunge.orchestrator.service.readiness import Readiness
@@ -332,10 +332,12 @@ class ErasureService:
                         continue
                     step_kind = step.kind
                     if step_kind == "commit":
-                        entries = [q.entry for q in take_queued(self._queue, self.config.max_subjects_per_batch)]
-                        batch = None
+                        taken = take_queued(self._queue, self.config.max_subjects_per_batch)
+                        entries, batch = [q.entry for q in taken], None
             try:
-                if step_kind in ("resume", "commit"):
+                if step_kind == "commit" and batch is None:  # a bug puts the taken requests back in line
+                    batch = open_taken(self.journal, taken, self._queue, self._state, self._stopped)
+                if step_kind in ("resume", "commit") and batch is not None:  # None: stopping, still journalled
                     self._commit(entries, batch, resume=step_kind == "resume", prefetched=prefetched)
                 elif step_kind == "repair" and repair is not None:
                     self.follow.repair(repair)
@@ -346,10 +348,8 @@ class ErasureService:
                 time.sleep(_RETRY_PAUSE_S)
 
     def _commit(
-        self, entries: list[JournalEntry], batch: BatchEntry | None, resume: bool, prefetched: Prefetch | None = None
+        self, entries: list[JournalEntry], batch: BatchEntry, resume: bool, prefetched: Prefetch | None = None
     ) -> None:
-        if batch is None and (batch := open_batch(self.journal, entries, self._stopped)) is None:
-            return  # stopping: the requests stay accepted in the journal; the next start takes them
         # A resumed batch names every subject it was started with, even of requests already answered:
         # its commit (under the batch id) erased them all.
         members = [e for r in batch.request_ids if (e := self.journal.entry(r)) is not None] if resume else entries

@@ -30,7 +30,7 @@ from expunge.orchestrator.service.intake import Queued
 from expunge.orchestrator.service.journal import BatchEntry, Journal, JournalEntry
 from expunge.orchestrator.service.policy import take_batch
 
-__all__ = ["Ahead", "NextBatch", "journal_batch", "new_batch", "open_batch", "take_queued"]
+__all__ = ["Ahead", "NextBatch", "journal_batch", "new_batch", "open_batch", "open_taken", "take_queued"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,26 @@ def open_batch(journal: Journal, entries: list[JournalEntry], stopped: Callable[
     """Journal ``entries`` as one batch before anything retrains; None when the service stops first."""
     batch = new_batch(entries)
     return batch if journal_batch(journal, batch, stopped) else None
+
+
+def open_taken(
+    journal: Journal,
+    taken: list[Queued],
+    queue: collections.deque[Queued],
+    state: threading.Condition,
+    stopped: Callable[[], bool],
+) -> BatchEntry | None:
+    """``open_batch`` of the requests ``taken`` from ``queue``; if it raises (a bug: failures of
+    circumstance are retried inside), they go back to the head of ``queue``, in order, before the
+    error is raised again, so that the worker takes them again after its pause.
+    """
+    try:
+        return open_batch(journal, [q.entry for q in taken], stopped)
+    except Exception:
+        with state:
+            queue.extendleft(reversed(taken))
+            state.notify_all()
+        raise
 
 
 @dataclass(frozen=True)

@@ -220,3 +220,30 @@ def test_a_batch_started_ahead_is_handed_over_only_once_its_record_is_durable(tm
     with coordinator.erasure.session.lease.hold("test"):  # nobody commits it here: its retrain undone
         discard_prefetch(coordinator.erasure.session, taken.prefetched, coordinator.manifest)
     ahead.discard()
+
+
+def test_a_bug_writing_the_batch_record_puts_the_requests_back_in_line(tmp_path, hasher):
+    """Without the pipeline the worker takes the requests from its queue, then journals their batch.
+
+    A bug in that write (not a failure of circumstance, which is retried inside) left them accepted
+    in the journal but out of the queue: nothing committed them until the service restarted. Now
+    they go back to the head of the queue, and the worker takes them again after its pause.
+    """
+    config = _job(tmp_path, pipeline=False)
+    Coordinator(config.storage, hasher, None, pool_factory=local_pool).train(ROWS, config)
+    service = ErasureService(config, hasher, None, pool_factory=local_pool)
+    write, raised = service.journal.write_batch, []
+
+    def buggy(batch: BatchEntry) -> None:
+        if not raised:
+            raised.append(batch.batch_id)
+            raise RuntimeError("a bug in the batch record's write (test)")
+        write(batch)
+
+    service.journal.write_batch = buggy  # type: ignore[method-assign]
+    try:
+        receipt = service.forget([SUBJECTS[3]], timeout=120)
+    finally:
+        service.close()
+    assert len(raised) == 1
+    assert receipt.status == "erased"
