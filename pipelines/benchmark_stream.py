@@ -5,18 +5,19 @@
 A store of ``--model`` (``item_stats`` or ``mf``) is trained on the 80 % split of the ratings at
 S x R with MLflow on; the service starts in this Ray cluster and is warmed by a few erasures
 (each waited for until registered and ready). Then, with the service idle, the exact solve of
-the published version is timed alone in the service's own process (``ErasureService.exact_solve_seconds``,
-``StreamSettings.solves`` times, 3 on the command line), and as often again once every request of the stream is registered
-and ready (the reference is the p50 of both: one quiet moment's draw moved it by a third). Each
-of those solves first waits, up to 15 s, until the machine's CPUs were at most 5 % busy over a
-second (``quiet_cpus.wait_until_quiet``; a solve the CPUs never went quiet for is timed anyway,
-logged as a warning, and counted in the summary: at most 6 x 15 s more on a busy machine), and is
-followed at once by the same solve again, timed as the *warm* solve. On this two-core VM a solve after a pause of a few seconds took up to
+the published version is timed alone in the service's own process
+(``ErasureService.exact_solve_seconds``, ``StreamSettings.solves`` times, 3 on the command line),
+and as often again once every request of the stream is registered and ready (the reference is the
+p50 of both: one quiet moment's draw moved it by a third). Each of those solves first waits, up to
+15 s, until the machine's CPUs were at most 5 % busy over a second (``quiet_cpus.wait_until_quiet``;
+a solve the CPUs never went quiet for is timed anyway, logged as a warning, and counted in the
+summary: at most 6 x 15 s more on a busy machine), and is followed at once by the same solve again,
+timed as the *warm* solve. On this two-core VM a solve after a pause of a few seconds took up to
 twice the CPU of the same solve right after another (caches and memory gone cold: 0.52-0.76 s
 against 0.31-0.33 s for the fit alone, in the service's process), so the first solve's p50 depends
 on how long the machine idled, and a ratio over it flatters the stream, whose solves run back to
-back. Both ratios are printed; the warm one is the strict one. Then ``rate x duration`` one-subject requests are submitted on a fixed
-schedule (request i at ``i / rate`` s, from a thread pool so a slow submit does not shift the
+back. Both ratios are printed; the warm one is the strict one. Then ``rate x duration``
+one-subject requests are submitted on a fixed schedule (request i at ``i / rate`` s, from a thread pool so a slow submit does not shift the
 next). Real erasures are spread evenly over the stream and cover at most half of the subjects
 (MovieLens 100K has 943; a 60 s stream at 20 requests/s is 1,200 requests); the other requests
 name ids the store never held (a ``not_found`` receipt, journalled and registered like any).
