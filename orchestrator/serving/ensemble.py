@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from expunge.shards.models import StatisticsFit, SufficientStatisticsModel
 
-__all__ = ["StatisticsEnsemble", "aggregate"]
+__all__ = ["Refit", "StatisticsEnsemble", "aggregate"]
 
 
 def aggregate(scores: Sequence[np.ndarray], known: Sequence[np.ndarray], subject_specific: bool) -> np.ndarray:
@@ -43,7 +44,30 @@ class StatisticsEnsemble:
         ValueError: a subject occurs in two shards (its rows were split by row placement).
     """
 
-    def __init__(self, model: SufficientStatisticsModel, states: Sequence[torch.nn.Module]) -> None:
+    def __init__(
+        self,
+        model: SufficientStatisticsModel,
+        states: Sequence[torch.nn.Module],
+        *,
+        refit: Refit | None = None,
+    ) -> None:
         self.model = model
         self.state = model.combine(states)
-        self.fit: StatisticsFit = model.fit(self.state)
+        again = getattr(model, "refit", None) if refit is not None else None
+        if again is not None and refit is not None:
+            self.fit: StatisticsFit = again(self.state, refit.previous, refit.erased)
+        else:
+            self.fit = model.fit(self.state)
+
+
+@dataclass(frozen=True)
+class Refit:
+    """Fit an ensemble's state so that the next one can start from it (a model's optional ``refit``).
+
+    ``previous``: the fit of the state this one is without the subjects ``erased`` (digests), or
+    None. Same bits as ``fit``; a model without ``refit`` fits as usual. The ready solve passes it
+    (``serving/ready.py``); the fit keeps its dense inputs (``item_stats``: three I x I matrices).
+    """
+
+    previous: StatisticsFit | None = None
+    erased: tuple[str, ...] = ()

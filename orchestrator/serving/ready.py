@@ -33,7 +33,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,10 +42,11 @@ import torch
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import ConfigError, ExpungeError, StorageCorruptError, UnknownSubjectError
-from expunge.orchestrator.serving.ensemble import StatisticsEnsemble
+from expunge.orchestrator.serving.ensemble import Refit, StatisticsEnsemble
 from expunge.orchestrator.serving.solve_gate import SolveGate
 from expunge.shards.models import (
     DecrementalStatisticsModel,
+    StatisticsFit,
     SubjectStatisticsModel,
     SufficientStatisticsModel,
     model_for,
@@ -59,7 +60,8 @@ __all__ = ["ReadyFits", "ServedStatistics", "Solve", "is_statistics_model", "sol
 log = logging.getLogger(__name__)
 
 #: How a version's summed states become a fit: ``StatisticsEnsemble`` (tests slow it down to watch the swap).
-Solve = Callable[[SufficientStatisticsModel, Sequence[torch.nn.Module]], StatisticsEnsemble]
+#: Called as ``solve(model, states)``, with ``refit=Refit(...)`` added when it takes that keyword.
+Solve = Callable[..., StatisticsEnsemble]
 _RETRY_PAUSE_S = 1.0
 
 
@@ -113,6 +115,7 @@ class _Base:
     version: int
     keys: list[tuple[int, int]]  # (shard, shard version), by shard
     total: torch.nn.Module  # the summed state
+    fit: StatisticsFit  # its fit (a refit, when the model has one: the next solve may start from it)
     states: dict[tuple[int, int], torch.nn.Module]  # decoded shard states still current (after a subtraction: some)
     owners: dict[str, int] | None  # subject digest -> shard holding its rows (``SubjectStatisticsModel`` only)
 
@@ -305,10 +308,13 @@ class ReadyFits:
             )
         keys = list(enumerate(manifest.shard_versions))
         owners: dict[str, int] | None
+        refit = Refit()  # from scratch, kept for the next solve
         with self.gate.hold():  # decoding and summing hold the GIL; the LAPACK of the fit below does not
             subtracted = self._subtracted(model, manifest.version, keys)
             if subtracted is not None:
-                parts, states, owners = subtracted
+                parts, states, owners, held = subtracted
+                assert self._base is not None
+                refit = Refit(self._base.fit, tuple(held))  # its matrices change on those subjects' items only
             else:
                 states = {
                     key: self._states.get(key)
@@ -318,16 +324,20 @@ class ReadyFits:
                 self._states = states  # only this version's: a superseded shard version is never read again
                 parts = self._changed_sum(model, keys, states) or [states[key] for key in keys]
                 owners = _owners(model, states)
-        ensemble = self._solve(model, parts)
-        self._base = _Base(manifest.version, keys, ensemble.state, states, owners)
+        solve = self._solve
+        ensemble = (
+            solve(model, parts, refit=refit) if "refit" in inspect.signature(solve).parameters else solve(model, parts)
+        )
+        self._base = _Base(manifest.version, keys, ensemble.state, ensemble.fit, states, owners)
         return ensemble
 
     def _subtracted(
         self, model: SufficientStatisticsModel, version: int, keys: list[tuple[int, int]]
-    ) -> tuple[list[torch.nn.Module], dict[tuple[int, int], torch.nn.Module], dict[str, int]] | None:
+    ) -> tuple[list[torch.nn.Module], dict[tuple[int, int], torch.nn.Module], dict[str, int], list[str]] | None:
         """``version``'s sum as the last solved sum without the subjects erased since; None: not known to be one.
 
-        Returns the one-state list, the shard states still current and the new owners. Taken when
+        Returns the one-state list, the shard states still current, the new owners and the subjects
+        taken out (held by the last solved sum). Taken when
         every version after the last solved one up to ``version`` was a pure erasure
         (``request(..., erased_from=)``) and the shards whose versions changed are exactly the
         shards that held the erased subjects found in the last solved sum.
@@ -365,7 +375,7 @@ class ReadyFits:
         self._states = states
         gone = set(held)
         self.sums["subtracted"] += 1
-        return [total], states, {d: shard for d, shard in base.owners.items() if d not in gone}
+        return [total], states, {d: shard for d, shard in base.owners.items() if d not in gone}, held
 
     def _changed_sum(
         self,

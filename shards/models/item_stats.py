@@ -44,8 +44,9 @@ import torch
 from torch import nn
 
 from expunge.shards.config import ItemStatsConfig
-from expunge.shards.models import closed_form
+from expunge.shards.models import closed_form, item_stats_dense
 from expunge.shards.models.block_lanczos import lanczos_top_eigenpairs
+from expunge.shards.models.protocol import StatisticsFit
 from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
 
 __all__ = [
@@ -327,65 +328,72 @@ def pin_fit_threads() -> bool:
     return bool(_blas)
 
 
-def _dense_pair(state: ItemStatsState, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The dense symmetric co-rating counts and co-rating products, (I, I) float64 each.
-
-    Only pairs ``i < j`` are stored (``pair_index``); each value is written at ``(i, j)`` and at
-    its mirror ``(j, i)``, with ``item_count`` and ``item_square`` on the diagonals.
-    """
-    size = state.num_items
-    index = state.array("pair_index")
-    mirror = (index % size) * size + index // size
-    matrices = []
-    for name, diagonal in (("pair_count", count), ("pair_product", state.array("item_square"))):
-        matrix = np.zeros(size * size)
-        values = state.array(name)
-        matrix[index] = values
-        matrix[mirror] = values
-        square = matrix.reshape(size, size)
-        square[np.diag_indices(size)] = diagonal
-        matrices.append(square)
-    return matrices[0], matrices[1]
+def _pair_arrays(state: ItemStatsState, count: np.ndarray) -> item_stats_dense.PairArrays:
+    return item_stats_dense.PairArrays(
+        state.num_items,
+        state.array("pair_index"),
+        state.array("pair_count"),
+        state.array("pair_product"),
+        count,
+        state.array("item_square"),
+    )
 
 
 class ItemStatsFit:
     """Predictions and rankings derived from one summed ``ItemStatsState`` (see the module docstring).
 
     Memory: a few dense ``num_items x num_items`` float64 matrices (23 MB each for MovieLens
-    100K's 1,683 item ids; 125 MB for MovieLens 1M's 3,953).
+    100K's 1,683 item ids; 125 MB for MovieLens 1M's 3,953); a refit keeps three more
+    (``ItemStatsModel.refit``).
     """
 
-    def __init__(self, config: ItemStatsConfig, state: ItemStatsState) -> None:
+    similarity: np.ndarray  # (I, I) shrunk cosine of centred ratings, zero diagonal
+    _subjects: dict[str, tuple[np.ndarray, np.ndarray]]  # digest -> (items, ratings)
+
+    def __init__(
+        self,
+        config: ItemStatsConfig,
+        state: ItemStatsState,
+        *,
+        previous: ItemStatsFit | None = None,
+        erased: Sequence[str] = (),
+        keep_inputs: bool = False,
+    ) -> None:
+        """Fit ``state``. ``previous``: the fit of the state ``state`` is without the subjects ``erased``
+        (``ItemStatsModel.without_subjects``), kept with ``keep_inputs``: its dense inputs are taken
+        (rewritten in place, ``item_stats_dense.carry_over``) instead of built. The same bits either way.
+        ``keep_inputs``: keep this fit's dense inputs for the next such fit (3 more I x I matrices)."""
         pin_fit_threads()  # the same bits on every machine (``FIT_BLAS_THREADS``)
         self.config = config
-        size = state.num_items
         count = state.array("item_count").astype(np.float64)
         total = float(count.sum())
         self.mu = float(state.array("item_sum").sum()) / total if total else 0.0
         self.item_bias = (state.array("item_sum") - count * self.mu) / (count + config.item_bias_shrinkage)
         self.rated_items = count > 0
-        co_count, co_product = _dense_pair(state, count)
-        norm = np.sqrt(np.diag(co_product))
-        safe = np.where(norm > 0, norm, 1.0)
-        # In place, as few item x item temporaries as the arithmetic allows (each is 23 MB on
-        # MovieLens 100K, and fresh memory is what a fit after a pause spends its time on).
-        # A shrinkage of 0 is allowed: pairs nobody co-rated then divide 0 by a tiny number, not by 0.
-        scratch = np.add(co_count, config.similarity_shrinkage)
-        np.maximum(scratch, 1e-12, out=scratch)
-        shrunk = np.divide(co_count, scratch, out=scratch)  # co_count / max(co_count + shrinkage, 1e-12)
-        self.similarity = np.outer(safe, safe)
-        np.divide(co_product, self.similarity, out=self.similarity)
-        np.multiply(self.similarity, shrunk, out=self.similarity)
-        np.fill_diagonal(self.similarity, 0.0)
-        self.factors = np.zeros((size, 0))
-        if config.factors > 0:
-            covariance = np.add(co_count, config.covariance_shrinkage, out=scratch)
-            np.maximum(covariance, 1e-12, out=covariance)
-            np.divide(co_product, covariance, out=covariance)  # co_product / max(co_count + shrinkage, 1e-12)
-            values, vectors = _top_eigenpairs(covariance, config.factors)
+        pairs = _pair_arrays(state, count)
+        inputs, similarity = None, None
+        if previous is not None and previous._inputs is not None and previous.config == config:
+            inputs, previous._inputs = previous._inputs, None  # taken: one owner, rewritten below
+            try:
+                rated = [previous._subjects[d][0] for d in erased]
+                changed = np.concatenate(rated) if rated else np.zeros(0, np.int64)
+                similarity = item_stats_dense.carry_over(config, inputs, previous.similarity, pairs, changed)
+            except (KeyError, ValueError) as exc:  # not what the caller vouched for: built from scratch
+                log.warning("item_stats fit: the previous fit's matrices do not carry over (%s); building them", exc)
+                inputs, similarity = None, None
+        if inputs is None or similarity is None:
+            inputs, similarity = item_stats_dense.build(config, pairs)
+        self.similarity = similarity
+        self.factors = np.zeros((state.num_items, 0))
+        if inputs.covariance is not None:
+            values, vectors = _top_eigenpairs(inputs.covariance, config.factors)
             self.factors = vectors * np.sqrt(np.maximum(values, 0.0))
-        del co_product, scratch
+        co_count = inputs.co_count
+        #: Kept for the next fit (``previous``) when asked; else dropped before EASE's inverse (memory).
+        self._inputs: item_stats_dense.DenseInputs | None = inputs if keep_inputs else None
+        del inputs
         self.ranking = self._ranking(config, co_count)
+        del co_count
         offsets = state.array("subject_offsets")
         items, ratings = state.array("subject_items"), state.array("subject_ratings")
         self._subjects = {
@@ -712,3 +720,21 @@ class ItemStatsModel:
     def fit(self, state: nn.Module) -> ItemStatsFit:
         assert isinstance(state, ItemStatsState)
         return ItemStatsFit(self.config, state)
+
+    def refit(
+        self, state: nn.Module, previous: StatisticsFit | None = None, erased: Sequence[str] = ()
+    ) -> ItemStatsFit:
+        """``fit(state)``, bit for bit, keeping the fit's dense inputs (three more I x I matrices) for the next refit.
+
+        ``previous``: a refit of the state that ``state`` is without the subjects ``erased``
+        (``without_subjects(previous_state, erased)``): its dense matrices are taken from it and
+        rewritten on those subjects' items only (``item_stats_dense.carry_over``), instead of built
+        from every pair. ``previous`` keeps serving as it is (its inputs are no longer needed by
+        it); a second refit from it builds from scratch. Where ``previous`` is not such a fit (no
+        kept inputs, another config, an erased subject it does not hold, a state that is not the
+        removal), the matrices are built from scratch (logged). The ready solve of each version
+        (``serving/ready.py``) calls this.
+        """
+        assert isinstance(state, ItemStatsState)
+        last = previous if isinstance(previous, ItemStatsFit) else None
+        return ItemStatsFit(self.config, state, previous=last, erased=erased, keep_inputs=True)

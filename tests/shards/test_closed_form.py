@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from expunge.shards.config import ItemStatsConfig
-from expunge.shards.models import ItemStatsModel, item_stats
+from expunge.shards.models import ItemStatsModel, item_stats, item_stats_dense
 from expunge.shards.models.closed_form import dlae, dropout_penalty, ease, edlae
 from expunge.shards.models.item_stats import ItemStatsState
 from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
@@ -137,7 +137,9 @@ def test_item_stats_ranks_with_the_configured_solve():
     model = ItemStatsModel(_config("edlae"))
     state = model.contribution(rows)
     assert isinstance(state, ItemStatsState)
-    counts, _ = item_stats._dense_pair(state, state.array("item_count").astype(np.float64))
+    counts, _ = item_stats_dense._dense_pair(
+        item_stats._pair_arrays(state, state.array("item_count").astype(np.float64))
+    )
     fits = {ranker: ItemStatsModel(_config(ranker)).fit(state) for ranker in ("ease", "edlae", "dlae")}
     assert fits["edlae"].ranking.tobytes() == edlae(counts, 0.5, 5.0).tobytes()
     assert fits["dlae"].ranking.tobytes() == dlae(counts, 0.5, 5.0).tobytes()

@@ -8,7 +8,7 @@ import pytest
 
 from expunge.orchestrator.evidence.exactness import tensors_equal
 from expunge.shards.config import ItemStatsConfig
-from expunge.shards.models import ItemStatsModel, item_stats
+from expunge.shards.models import ItemStatsModel, item_stats, item_stats_dense
 from expunge.shards.rows import ITEM_ID, RATING, SUBJECT_DIGEST
 
 
@@ -213,7 +213,8 @@ def test_the_dense_co_rating_matrices_are_x_transpose_x_and_the_stored_pairs_mir
     rated = np.zeros((len(subjects), 30))
     for digest, item in zip(*(rows.column(c).to_pylist() for c in (SUBJECT_DIGEST, ITEM_ID)), strict=True):
         rated[subjects.index(digest), item] = 1.0
-    counts, products = item_stats._dense_pair(state, state.array("item_count").astype(np.float64))
+    pairs = item_stats._pair_arrays(state, state.array("item_count").astype(np.float64))
+    counts, products = item_stats_dense._dense_pair(pairs)
     np.testing.assert_array_equal(counts, rated.T @ rated)
     upper = np.zeros((30, 30))
     upper.flat[state.array("pair_index")] = state.array("pair_product")
