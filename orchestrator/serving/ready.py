@@ -24,7 +24,9 @@ Reuse, cheapest first:
   ``item_stats``, only the subjects whose cells changed: ``changed_parts``).
 
 Either is bit for bit the sum from scratch (exact arithmetic: the order and grouping of the
-additions do not matter). The fit runs in full, as from scratch.
+additions do not matter). The fit's solves run in full, as from scratch; a model with ``refit``
+(``item_stats``) keeps each fit's dense matrices, and the fit of a subtracted sum rewrites them on
+the erased subjects' items only (``Refit``): the same bits, without rebuilding them from every pair.
 """
 
 from __future__ import annotations
