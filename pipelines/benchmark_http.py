@@ -239,4 +239,4 @@ def print_http(result: HttpBenchmark, output: Path) -> None:
         f"actor call's; {result.cpus} CPUs, load average {result.load_average[0]:.1f}"
     )
     output.write_text(json.dumps(result.model_dump(mode="json"), indent=1))
-    console.print(f"results written to {output}")
+    Console(stderr=True).print(f"results written to {output}")

@@ -762,7 +762,7 @@ def main(
                 default=str,
             )
         )
-        console.print(f"results written to {output}")
+        Console(stderr=True).print(f"results written to {output}")
         if streamed.lost:
             raise typer.Exit(1)
         return
@@ -778,7 +778,7 @@ def main(
     output.write_text(
         json.dumps({"command": shlex.join(sys.argv), "data": str(data), **result.model_dump(mode="json")}, indent=1)
     )
-    console.print(f"results written to {output}")
+    Console(stderr=True).print(f"results written to {output}")
     if not result.load.complete:
         console.print(f"[red]not every load request completed: {result.load.stages}[/red]")
         raise typer.Exit(1)

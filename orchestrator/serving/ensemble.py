@@ -51,23 +51,26 @@ class StatisticsEnsemble:
         *,
         refit: Refit | None = None,
     ) -> None:
+        """Sum ``states`` and fit the sum. ``refit``: fit with the model's ``refit`` (same bits; the fit
+        keeps what the next refit can start from, and takes what ``refit.previous`` kept); a model
+        without ``refit``, or ``refit`` None, fits with ``fit``."""
         self.model = model
         self.state = model.combine(states)
         again = getattr(model, "refit", None) if refit is not None else None
         if again is not None and refit is not None:
-            self.fit: StatisticsFit = again(self.state, refit.previous, refit.erased)
+            self.fit: StatisticsFit = again(self.state, refit.previous)
         else:
             self.fit = model.fit(self.state)
 
 
 @dataclass(frozen=True)
 class Refit:
-    """Fit an ensemble's state so that the next one can start from it (a model's optional ``refit``).
+    """Fit an ensemble's state with the model's optional ``refit``, after ``previous`` (or None: the first).
 
-    ``previous``: the fit of the state this one is without the subjects ``erased`` (digests), or
-    None. Same bits as ``fit``; a model without ``refit`` fits as usual. The ready solve passes it
-    (``serving/ready.py``); the fit keeps its dense inputs (``item_stats``: three I x I matrices).
+    ``previous``: the fit served before, whose kept inputs the new fit takes; ``item_stats`` carries
+    them over when the new state is the previous one without some subjects
+    (``ItemStatsModel.refit``), and the fit keeps two or three I x I matrices for the next one.
+    Same bits as ``fit``. The ready solve passes it (``serving/ready.py``).
     """
 
     previous: StatisticsFit | None = None
-    erased: tuple[str, ...] = ()

@@ -189,6 +189,8 @@ class ReadyFits:
         #: How each version's sum was made (tests, benchmarks): every shard summed, changed shards
         #: read and summed in, or versions summed by taking erased subjects out of the last sum.
         self.sums = {"full": 0, "changed_shards": 0, "subtracted": 0}
+        #: How each solve's fit got its dense inputs (a model with ``refit``): carried over, or built.
+        self.fit_inputs = {"carried": 0, "built": 0}
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="expunge-ready", daemon=True)
         self._thread.start()
@@ -285,7 +287,10 @@ class ReadyFits:
                 self._erased = {v: d for v, d in self._erased.items() if v > manifest.version}
                 self._erasures = {v: e for v, e in self._erasures.items() if v > manifest.version}
                 self._changed.notify_all()
-            log.info("ensemble v%d ready to serve (solved in %.2f s)", manifest.version, seconds)
+            carried = bool(getattr(ensemble.fit, "carried", False))
+            self.fit_inputs["carried" if carried else "built"] += 1
+            how = "; fit carried over" if carried else ""
+            log.info("ensemble v%d ready to serve (solved in %.2f s%s)", manifest.version, seconds, how)
             if self._on_ready is not None:
                 self._on_ready(manifest.version, seconds)
 
@@ -310,13 +315,12 @@ class ReadyFits:
             )
         keys = list(enumerate(manifest.shard_versions))
         owners: dict[str, int] | None
-        refit = Refit()  # from scratch, kept for the next solve
+        # After the last solved version: a subtracted sum's fit carries its matrices over, any other drops them.
+        refit = Refit(self._base.fit if self._base is not None else None)
         with self.gate.hold():  # decoding and summing hold the GIL; the LAPACK of the fit below does not
             subtracted = self._subtracted(model, manifest.version, keys)
             if subtracted is not None:
-                parts, states, owners, held = subtracted
-                assert self._base is not None
-                refit = Refit(self._base.fit, tuple(held))  # its matrices change on those subjects' items only
+                parts, states, owners = subtracted
             else:
                 states = {
                     key: self._states.get(key)
@@ -335,11 +339,10 @@ class ReadyFits:
 
     def _subtracted(
         self, model: SufficientStatisticsModel, version: int, keys: list[tuple[int, int]]
-    ) -> tuple[list[torch.nn.Module], dict[tuple[int, int], torch.nn.Module], dict[str, int], list[str]] | None:
+    ) -> tuple[list[torch.nn.Module], dict[tuple[int, int], torch.nn.Module], dict[str, int]] | None:
         """``version``'s sum as the last solved sum without the subjects erased since; None: not known to be one.
 
-        Returns the one-state list, the shard states still current, the new owners and the subjects
-        taken out (held by the last solved sum). Taken when
+        Returns the one-state list, the shard states still current and the new owners. Taken when
         every version after the last solved one up to ``version`` was a pure erasure
         (``request(..., erased_from=)``) and the shards whose versions changed are exactly the
         shards that held the erased subjects found in the last solved sum.
@@ -377,7 +380,7 @@ class ReadyFits:
         self._states = states
         gone = set(held)
         self.sums["subtracted"] += 1
-        return [total], states, {d: shard for d, shard in base.owners.items() if d not in gone}, held
+        return [total], states, {d: shard for d, shard in base.owners.items() if d not in gone}
 
     def _changed_sum(
         self,

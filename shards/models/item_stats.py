@@ -33,7 +33,10 @@ What is derived from the summed state (``ItemStatsFit``, deterministic):
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -103,6 +106,8 @@ class ItemStatsState(nn.Module):
     subject_offsets: torch.Tensor
     subject_items: torch.Tensor
     subject_ratings: torch.Tensor
+    #: Set by ``ItemStatsModel.without_subjects`` on the state it returns (``refit`` reads it).
+    _removal: _Removal | None = None
 
     def __init__(self, num_items: int, subjects: Sequence[str] = (), pairs: int = 0, ratings: int = 0) -> None:
         super().__init__()
@@ -116,6 +121,19 @@ class ItemStatsState(nn.Module):
     def array(self, name: str) -> np.ndarray:
         """A buffer as a numpy array (shares memory)."""
         return np.asarray(getattr(self, name).numpy())
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_removal", None)  # a weak reference (``ItemStatsModel.without_subjects``): not copied
+        return state
+
+
+@dataclass(frozen=True)
+class _Removal:
+    """How ``without_subjects`` made a state: from ``parent`` (weakly held), without ``digests``."""
+
+    parent: weakref.ReferenceType[ItemStatsState]
+    digests: tuple[str, ...]
 
 
 def _state(
@@ -339,12 +357,44 @@ def _pair_arrays(state: ItemStatsState, count: np.ndarray) -> item_stats_dense.P
     )
 
 
+#: A fit carries the previous fit's dense inputs over when the erased subjects rated at most this
+#: share of the items; above it, rewriting their rows and columns costs about what a build does
+#: (MovieLens 100K: 12-32 ms against 55 ms at 30 % of the items, 51-81 against 53-66 ms at 45-66 %).
+CARRY_OVER_SHARE = 1 / 3
+_TAKING = threading.Lock()  # a fit's kept inputs go to one later fit, whichever thread takes them
+
+
+def _carried_items(
+    state: ItemStatsState, source: ItemStatsState | None, previous: ItemStatsFit | None, config: ItemStatsConfig
+) -> np.ndarray | None:
+    """The items whose dense entries a fit of ``state`` rewrites from ``previous``'s, or None: build them.
+
+    Only where ``without_subjects`` made ``state`` from ``source`` (the very state ``previous`` was
+    fitted on: a state is an exact sum, never changed in place, so that is a proof that ``state`` is
+    ``source`` without the recorded subjects), under the same config, and those subjects rated at
+    most ``CARRY_OVER_SHARE`` of the items. Each other case is logged at debug level.
+    """
+    removal = getattr(state, "_removal", None)
+    if previous is None or source is None or removal is None or removal.parent() is not source:
+        log.debug("item_stats fit: the state was not made from the previous fit's by without_subjects; building")
+        return None
+    if previous.config != config:
+        log.debug("item_stats fit: another config than the previous fit's; building the dense inputs")
+        return None
+    rated = [previous._subjects[d][0] for d in removal.digests]
+    changed = np.unique(np.concatenate(rated)) if rated else np.zeros(0, np.int64)
+    if len(changed) > CARRY_OVER_SHARE * state.num_items:
+        log.debug("item_stats fit: the erased subjects rated %d of %d items; building", len(changed), state.num_items)
+        return None
+    return changed
+
+
 class ItemStatsFit:
     """Predictions and rankings derived from one summed ``ItemStatsState`` (see the module docstring).
 
     Memory: a few dense ``num_items x num_items`` float64 matrices (23 MB each for MovieLens
-    100K's 1,683 item ids; 125 MB for MovieLens 1M's 3,953); a refit keeps three more
-    (``ItemStatsModel.refit``).
+    100K's 1,683 item ids; 125 MB for MovieLens 1M's 3,953); a refit keeps two more, three with
+    ``factors`` (``ItemStatsModel.refit``).
     """
 
     similarity: np.ndarray  # (I, I) shrunk cosine of centred ratings, zero diagonal
@@ -356,13 +406,15 @@ class ItemStatsFit:
         state: ItemStatsState,
         *,
         previous: ItemStatsFit | None = None,
-        erased: Sequence[str] = (),
-        keep_inputs: bool = False,
+        keep: bool = False,
     ) -> None:
-        """Fit ``state``. ``previous``: the fit of the state ``state`` is without the subjects ``erased``
-        (``ItemStatsModel.without_subjects``), kept with ``keep_inputs``: its dense inputs are taken
-        (rewritten in place, ``item_stats_dense.carry_over``) instead of built. The same bits either way.
-        ``keep_inputs``: keep this fit's dense inputs for the next such fit (3 more I x I matrices)."""
+        """Fit ``state``; ``keep``: keep the dense inputs for a later fit's ``previous`` (``ItemStatsModel.refit``).
+
+        ``previous``: a kept fit, whose dense inputs this fit takes (``previous`` no longer holds
+        them). Where ``without_subjects`` made ``state`` from ``previous``'s state and the erased
+        subjects rated at most ``CARRY_OVER_SHARE`` of the items, they are carried over
+        (``item_stats_dense.carry_over``); else they are dropped and built. The same bits either way.
+        """
         pin_fit_threads()  # the same bits on every machine (``FIT_BLAS_THREADS``)
         self.config = config
         count = state.array("item_count").astype(np.float64)
@@ -371,16 +423,18 @@ class ItemStatsFit:
         self.item_bias = (state.array("item_sum") - count * self.mu) / (count + config.item_bias_shrinkage)
         self.rated_items = count > 0
         pairs = _pair_arrays(state, count)
+        #: Whether the dense inputs were carried over from ``previous`` (else built from every pair).
+        self.carried = False
+        taken, source = previous._give_inputs() if previous is not None else (None, None)
+        changed = _carried_items(state, source, previous, config) if taken is not None else None
         inputs, similarity = None, None
-        if previous is not None and previous._inputs is not None and previous.config == config:
-            inputs, previous._inputs = previous._inputs, None  # taken: one owner, rewritten below
+        if taken is not None and changed is not None and previous is not None:
             try:
-                rated = [previous._subjects[d][0] for d in erased]
-                changed = np.concatenate(rated) if rated else np.zeros(0, np.int64)
-                similarity = item_stats_dense.carry_over(config, inputs, previous.similarity, pairs, changed)
-            except (KeyError, ValueError) as exc:  # not what the caller vouched for: built from scratch
+                similarity = item_stats_dense.carry_over(config, taken, previous.similarity, pairs, changed)
+                inputs, self.carried = taken, True
+            except ValueError as exc:  # a state changed otherwise than its record says: built from scratch
                 log.warning("item_stats fit: the previous fit's matrices do not carry over (%s); building them", exc)
-                inputs, similarity = None, None
+        del taken  # dropped before the build when not carried over: one set of matrices at a time
         if inputs is None or similarity is None:
             inputs, similarity = item_stats_dense.build(config, pairs)
         self.similarity = similarity
@@ -390,7 +444,8 @@ class ItemStatsFit:
             self.factors = vectors * np.sqrt(np.maximum(values, 0.0))
         co_count = inputs.co_count
         #: Kept for the next fit (``previous``) when asked; else dropped before EASE's inverse (memory).
-        self._inputs: item_stats_dense.DenseInputs | None = inputs if keep_inputs else None
+        self._inputs: item_stats_dense.DenseInputs | None = inputs if keep else None
+        self._state = state if keep else None  # what ``_inputs`` were made from (the ensemble holds it too)
         del inputs
         self.ranking = self._ranking(config, co_count)
         del co_count
@@ -400,6 +455,13 @@ class ItemStatsFit:
             digest: (items[offsets[u] : offsets[u + 1]], ratings[offsets[u] : offsets[u + 1]])
             for u, digest in enumerate(state.subjects)
         }
+
+    def _give_inputs(self) -> tuple[item_stats_dense.DenseInputs | None, ItemStatsState | None]:
+        """This fit's kept dense inputs and the state they were made from, given up (None if none or taken)."""
+        with _TAKING:
+            inputs, self._inputs = self._inputs, None
+            source, self._state = self._state, None
+        return (inputs, source) if inputs is not None and source is not None else (None, None)
 
     @staticmethod
     def _ranking(config: ItemStatsConfig, co_count: np.ndarray) -> np.ndarray:
@@ -702,7 +764,10 @@ class ItemStatsModel:
         if not wanted:
             return state
         cells = {d: _block(state, position[d]) for d in wanted}
-        return self.subtract(state, self._of_cells(cells, wanted))
+        result = self.subtract(state, self._of_cells(cells, wanted))
+        assert isinstance(result, ItemStatsState)
+        result._removal = _Removal(weakref.ref(state), tuple(wanted))  # what ``refit`` may carry over
+        return result
 
     def _of_cells(self, cells: dict[str, tuple[np.ndarray, np.ndarray]], digests: Sequence[str]) -> ItemStatsState:
         if not digests:
@@ -721,20 +786,19 @@ class ItemStatsModel:
         assert isinstance(state, ItemStatsState)
         return ItemStatsFit(self.config, state)
 
-    def refit(
-        self, state: nn.Module, previous: StatisticsFit | None = None, erased: Sequence[str] = ()
-    ) -> ItemStatsFit:
-        """``fit(state)``, bit for bit, keeping the fit's dense inputs (three more I x I matrices) for the next refit.
+    def refit(self, state: nn.Module, previous: StatisticsFit | None = None) -> ItemStatsFit:
+        """``fit(state)``, bit for bit, keeping the fit's dense inputs for the next refit.
 
-        ``previous``: a refit of the state that ``state`` is without the subjects ``erased``
-        (``without_subjects(previous_state, erased)``): its dense matrices are taken from it and
-        rewritten on those subjects' items only (``item_stats_dense.carry_over``), instead of built
-        from every pair. ``previous`` keeps serving as it is (its inputs are no longer needed by
-        it); a second refit from it builds from scratch. Where ``previous`` is not such a fit (no
-        kept inputs, another config, an erased subject it does not hold, a state that is not the
-        removal), the matrices are built from scratch (logged). The ready solve of each version
-        (``serving/ready.py``) calls this.
+        Kept: the co-rating counts and products and, with ``factors``, the shrunk covariance (two or
+        three more I x I float64 matrices: 23 MB each on MovieLens 100K, 125 MB on MovieLens 1M).
+        ``previous``: the last refit; this one takes its inputs (``previous`` keeps serving as it
+        was, and a second refit from it builds). Where ``without_subjects`` made ``state`` from the
+        state ``previous`` was fitted on, and the erased subjects rated at most ``CARRY_OVER_SHARE``
+        of the items, the inputs are rewritten on those subjects' items only
+        (``item_stats_dense.carry_over``) instead of built from every pair (``fit.carried`` says
+        which); otherwise (a plain fit, another config, a state made otherwise) they are dropped and
+        built. The service's ready solve calls this (``serving/ready.py``).
         """
         assert isinstance(state, ItemStatsState)
         last = previous if isinstance(previous, ItemStatsFit) else None
-        return ItemStatsFit(self.config, state, previous=last, erased=erased, keep_inputs=True)
+        return ItemStatsFit(self.config, state, previous=last, keep=True)
