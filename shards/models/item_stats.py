@@ -241,6 +241,8 @@ def _merge_two(
     total_count[position[found]] += more[found].astype(np.int64)
     total_product[position[found]] += extra[found].astype(np.float64)
     fresh = ~found
+    if not fresh.any():  # every pair already there (a subtraction, a re-rating): no insert, one copy each
+        return index.astype(np.int64, copy=True), total_count, total_product
     return (
         np.insert(index.astype(np.int64), position[fresh], other[fresh]),
         np.insert(total_count, position[fresh], more[fresh].astype(np.int64)),
@@ -696,6 +698,8 @@ class ItemStatsModel:
             [state.array("pair_product"), change[2]],
         )
         kept_pairs = count != 0
+        if not kept_pairs.all():  # pairs left without raters go (else the merged arrays, fresh, as they are)
+            index, count, product = index[kept_pairs], count[kept_pairs], product[kept_pairs]
         kept = np.array([u for u in range(len(state.subjects)) if u not in gone], dtype=np.int64)
         subjects, offsets, items, ratings = _gathered([(state, kept), (added, np.arange(len(added.subjects)))])
         arrays = {
@@ -704,9 +708,9 @@ class ItemStatsModel:
         }
         arrays.update(
             {
-                "pair_index": index[kept_pairs],
-                "pair_count": count[kept_pairs],
-                "pair_product": product[kept_pairs],
+                "pair_index": index,
+                "pair_count": count,
+                "pair_product": product,
                 "subject_offsets": offsets,
                 "subject_items": items,
                 "subject_ratings": ratings,
