@@ -119,21 +119,32 @@ class ItemStatsState(nn.Module):
             self.register_buffer(name, torch.zeros(size, dtype=dtype))
 
     def array(self, name: str) -> np.ndarray:
-        """A buffer as a numpy array (shares memory)."""
-        return np.asarray(getattr(self, name).numpy())
+        """A buffer as a read-only numpy array (shares memory: a state is an exact sum, never changed in place)."""
+        values = np.asarray(getattr(self, name).numpy())
+        values.flags.writeable = False
+        return values
+
+    def versions(self) -> tuple[int, ...]:
+        """The buffers' version counters: any in-place change of one (``load_state_dict``, ``add_``) moves them."""
+        return tuple(buffer._version for buffer in self.buffers())
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = dict(super().__getstate__())  # type: ignore[no-untyped-call]
         state.pop("_removal", None)  # a weak reference (``ItemStatsModel.without_subjects``): not copied
         return state
 
 
 @dataclass(frozen=True)
 class _Removal:
-    """How ``without_subjects`` made a state: from ``parent`` (weakly held), without ``digests``."""
+    """How ``without_subjects`` made a state: from ``parent`` (weakly held), without subjects who rated ``items``.
+
+    ``versions``: the new state's buffer versions then (``ItemStatsState.versions``); ``items``: the
+    item ids the removed subjects rated, ascending (no digest is kept).
+    """
 
     parent: weakref.ReferenceType[ItemStatsState]
-    digests: tuple[str, ...]
+    items: np.ndarray
+    versions: tuple[int, ...]
 
 
 def _state(
@@ -372,19 +383,22 @@ def _carried_items(
     """The items whose dense entries a fit of ``state`` rewrites from ``previous``'s, or None: build them.
 
     Only where ``without_subjects`` made ``state`` from ``source`` (the very state ``previous`` was
-    fitted on: a state is an exact sum, never changed in place, so that is a proof that ``state`` is
-    ``source`` without the recorded subjects), under the same config, and those subjects rated at
-    most ``CARRY_OVER_SHARE`` of the items. Each other case is logged at debug level.
+    fitted on), neither changed in place since (their buffers' versions; ``array`` is read-only),
+    which proves that ``state`` is ``source`` without the recorded subjects, under the same config,
+    and those subjects rated at most ``CARRY_OVER_SHARE`` of the items. Each other case is logged at
+    debug level.
     """
     removal = getattr(state, "_removal", None)
     if previous is None or source is None or removal is None or removal.parent() is not source:
         log.debug("item_stats fit: the state was not made from the previous fit's by without_subjects; building")
         return None
+    if source.versions() != previous._versions or state.versions() != removal.versions:
+        log.debug("item_stats fit: a state was changed in place since; building the dense inputs")
+        return None
     if previous.config != config:
         log.debug("item_stats fit: another config than the previous fit's; building the dense inputs")
         return None
-    rated = [previous._subjects[d][0] for d in removal.digests]
-    changed = np.unique(np.concatenate(rated)) if rated else np.zeros(0, np.int64)
+    changed = removal.items
     if len(changed) > CARRY_OVER_SHARE * state.num_items:
         log.debug("item_stats fit: the erased subjects rated %d of %d items; building", len(changed), state.num_items)
         return None
@@ -448,6 +462,7 @@ class ItemStatsFit:
         #: Kept for the next fit (``previous``) when asked; else dropped before EASE's inverse (memory).
         self._inputs: item_stats_dense.DenseInputs | None = inputs if keep else None
         self._state = state if keep else None  # what ``_inputs`` were made from (the ensemble holds it too)
+        self._versions = state.versions() if keep else ()  # ... as it was then
         del inputs
         self.ranking = self._ranking(config, co_count)
         del co_count
@@ -770,7 +785,8 @@ class ItemStatsModel:
         cells = {d: _block(state, position[d]) for d in wanted}
         result = self.subtract(state, self._of_cells(cells, wanted))
         assert isinstance(result, ItemStatsState)
-        result._removal = _Removal(weakref.ref(state), tuple(wanted))  # what ``refit`` may carry over
+        rated = np.unique(np.concatenate([items for items, _ in cells.values()])).astype(np.int64)
+        result._removal = _Removal(weakref.ref(state), rated, result.versions())  # what ``refit`` may carry over
         return result
 
     def _of_cells(self, cells: dict[str, tuple[np.ndarray, np.ndarray]], digests: Sequence[str]) -> ItemStatsState:

@@ -241,3 +241,34 @@ def test_a_state_keeps_no_link_to_its_parent_when_copied() -> None:
     assert state._removal is not None
     assert copy.deepcopy(state)._removal is None
     assert pickle.loads(pickle.dumps(state))._removal is None
+
+
+def test_a_state_changed_in_place_since_its_fit_is_built() -> None:
+    """Review: the proof was "the same object"; a state changed in place after its fit (the same
+    rater counts, one rating changed) still carried over, with the old products."""
+    model = ItemStatsModel(ItemStatsConfig(num_items=12, factors=2))
+    state = model.contribution(_cells(_BASE))
+    previous = model.refit(state)
+    other = model.contribution(_cells([(s, i, 5.0 if (s, i) == ("b", 3) else r) for s, i, r in _BASE]))
+    state.load_state_dict(other.state_dict())  # same layout, another rating
+    after = model.without_subjects(state, ["d"])
+    fit = model.refit(after, previous)
+    assert not fit.carried
+    _assert_same_fit(fit, model.fit(after))
+    # And the new state changed in place after the removal:
+    previous = model.refit(state)
+    after = model.without_subjects(state, ["d"])
+    after.item_sum.add_(0.0)
+    fit = model.refit(after, previous)
+    assert not fit.carried
+    _assert_same_fit(fit, model.fit(after))
+
+
+def test_a_state_cannot_be_written_through_its_arrays_and_its_removal_keeps_no_digest() -> None:
+    model = ItemStatsModel(ItemStatsConfig(num_items=12, factors=2))
+    state = model.without_subjects(model.contribution(_cells(_BASE)), ["a"])
+    with pytest.raises(ValueError, match="read-only"):
+        state.array("pair_product")[0] = 1.0
+    assert state._removal is not None
+    assert state._removal.items.tolist() == [0, 1, 2]  # the items "a" rated; no digest
+    assert not any(isinstance(v, str) for v in vars(state._removal).values())
