@@ -342,6 +342,31 @@ class JobConfig(Frozen):
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML would keep the last one)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[object, object]:
+    seen: dict[object, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: the mapping constructor below says so
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"the key {key!r} is given twice (lines {first} and {key_node.start_mark.line + 1}); keep one",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_job_config(path: str | Path) -> JobConfig:
     """Load a YAML job config; every validation problem is listed in one ``ConfigError``."""
     file = Path(path)
@@ -350,7 +375,7 @@ def load_job_config(path: str | Path) -> JobConfig:
     if not file.is_file():
         raise ConfigError(f"config file {str(file)!r} does not exist; pass --config PATH.yaml")
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {str(file)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:

@@ -39,8 +39,9 @@ _HEADER = """\
 A job config is one YAML file (see `infra/configs/` for examples) loaded by
 `expunge.orchestrator.config.load_job_config`: unknown keys are refused (with the section a key
 belongs in, or the closest key its section takes, e.g. `service.registraton_nice_increment: ...
-(did you mean 'registration_nice_increment'?)`), every problem is listed at once, and keys left
-out take the defaults below. Keys are written here as dotted paths:
+(did you mean 'registration_nice_increment'?)`), a key given twice in one section is refused
+(with both lines), every problem is listed at once, and keys left out take the defaults below.
+Keys are written here as dotted paths:
 `sharding.shards: 8` is
 
 ```yaml

@@ -36,6 +36,23 @@ def test_missing_and_malformed_files(tmp_path):
         load_job_config(bad)
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """Carried finding: PyYAML kept the last of two equal keys, so `shards: 4` then `shards: 16` in
+    one section trained 16 shards without a word; a key repeated in another section is fine."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("sharding:\n  shards: 4\n  slices: 2\n  shards: 16\n")
+    with pytest.raises(ConfigError, match=r"the key 'shards' is given twice \(lines 2 and 4\); keep one"):
+        load_job_config(twice)
+    sections = tmp_path / "sections.yaml"  # one key name in two sections: two mappings, no repeat
+    sections.write_text("storage:\n  uri: /tmp/store\ntracking:\n  uri: sqlite:///t.db\n")
+    loaded = load_job_config(sections)
+    assert (loaded.storage.uri, loaded.tracking.uri) == ("/tmp/store", "sqlite:///t.db")
+    top = tmp_path / "top.yaml"
+    top.write_text("sharding:\n  shards: 4\nsharding:\n  slices: 2\n")
+    with pytest.raises(ConfigError, match="'sharding' is given twice"):
+        load_job_config(top)
+
+
 def test_training_fingerprint_tracks_tensor_relevant_settings_only():
     base = TrainingConfig()
     assert base.fingerprint() == TrainingConfig(cpus_per_shard=0.25).fingerprint()
