@@ -49,6 +49,14 @@ def _assert_same_fit(refit: ItemStatsFit, scratch: ItemStatsFit) -> None:
     assert refit.mu == scratch.mu
 
 
+def _assert_built(model: ItemStatsModel, state, previous: ItemStatsFit) -> ItemStatsFit:
+    """``refit(state, previous)`` built its matrices (no carry-over) and equals ``fit(state)``."""
+    fit = model.refit(state, previous)
+    assert not fit.carried
+    _assert_same_fit(fit, model.fit(state))
+    return fit
+
+
 _CONFIGS = [
     ItemStatsConfig(num_items=40, factors=3),
     ItemStatsConfig(num_items=40, factors=0, ranker="edlae", similarity_shrinkage=0.0),
@@ -143,9 +151,7 @@ def test_a_state_not_made_by_removal_from_the_previous_fits_state_is_built(after
     model = ItemStatsModel(ItemStatsConfig(num_items=12, factors=2))
     previous = model.refit(model.contribution(_cells(_BASE)))
     state = model.contribution(_cells(after))
-    fit = model.refit(state, previous)
-    assert not fit.carried
-    _assert_same_fit(fit, model.fit(state))
+    _assert_built(model, state, previous)
 
 
 def test_a_removal_from_another_state_than_the_previous_fits_is_built() -> None:
@@ -230,9 +236,7 @@ def test_erased_subjects_who_rated_over_a_third_of_the_items_are_built() -> None
     state = model.accumulate(model.empty(), _rows(17, 40, 30, per_subject=20))
     previous = model.refit(state)
     after = model.without_subjects(state, model.subjects_of(state)[:6])
-    fit = model.refit(after, previous)
-    assert not fit.carried
-    _assert_same_fit(fit, model.fit(after))
+    _assert_built(model, after, previous)
 
 
 def test_a_state_keeps_no_link_to_its_parent_when_copied() -> None:
@@ -252,16 +256,12 @@ def test_a_state_changed_in_place_since_its_fit_is_built() -> None:
     other = model.contribution(_cells([(s, i, 5.0 if (s, i) == ("b", 3) else r) for s, i, r in _BASE]))
     state.load_state_dict(other.state_dict())  # same layout, another rating
     after = model.without_subjects(state, ["d"])
-    fit = model.refit(after, previous)
-    assert not fit.carried
-    _assert_same_fit(fit, model.fit(after))
+    _assert_built(model, after, previous)
     # And the new state changed in place after the removal:
     previous = model.refit(state)
     after = model.without_subjects(state, ["d"])
     after.item_sum.add_(0.0)
-    fit = model.refit(after, previous)
-    assert not fit.carried
-    _assert_same_fit(fit, model.fit(after))
+    _assert_built(model, after, previous)
 
 
 def test_a_state_cannot_be_written_through_its_arrays_and_its_removal_keeps_no_digest() -> None:
