@@ -136,14 +136,14 @@ class ItemStatsState(nn.Module):
 
 @dataclass(frozen=True)
 class _Removal:
-    """How ``without_subjects`` made a state: from ``parent`` (weakly held), without subjects who rated ``items``.
+    """How ``without_subjects`` made a state: from ``parent`` (weakly held), without some subjects.
 
-    ``versions``: the new state's buffer versions then (``ItemStatsState.versions``); ``items``: the
-    item ids the removed subjects rated, ascending (no digest is kept).
+    ``rated``: the item ids each removed subject rated (ascending, one array each; no digest is
+    kept); ``versions``: the new state's buffer versions then (``ItemStatsState.versions``).
     """
 
     parent: weakref.ReferenceType[ItemStatsState]
-    items: np.ndarray
+    rated: tuple[np.ndarray, ...]
     versions: tuple[int, ...]
 
 
@@ -379,8 +379,9 @@ _TAKING = threading.Lock()  # a fit's kept inputs go to one later fit, whichever
 
 def _carried_items(
     state: ItemStatsState, source: ItemStatsState | None, previous: ItemStatsFit | None, config: ItemStatsConfig
-) -> np.ndarray | None:
-    """The items whose dense entries a fit of ``state`` rewrites from ``previous``'s, or None: build them.
+) -> tuple[np.ndarray, ...] | None:
+    """The items each removed subject rated, whose entries a fit of ``state`` rewrites from ``previous``'s,
+    or None: build them.
 
     Only where ``without_subjects`` made ``state`` from ``source`` (the very state ``previous`` was
     fitted on), neither changed in place since (their buffers' versions; ``array`` is read-only),
@@ -398,11 +399,11 @@ def _carried_items(
     if previous.config != config:
         log.debug("item_stats fit: another config than the previous fit's; building the dense inputs")
         return None
-    changed = removal.items
-    if len(changed) > CARRY_OVER_SHARE * state.num_items:
-        log.debug("item_stats fit: the erased subjects rated %d of %d items; building", len(changed), state.num_items)
+    changed = len(np.unique(np.concatenate(removal.rated))) if removal.rated else 0
+    if changed > CARRY_OVER_SHARE * state.num_items:
+        log.debug("item_stats fit: the erased subjects rated %d of %d items; building", changed, state.num_items)
         return None
-    return changed
+    return removal.rated
 
 
 class ItemStatsFit:
@@ -785,7 +786,7 @@ class ItemStatsModel:
         cells = {d: _block(state, position[d]) for d in wanted}
         result = self.subtract(state, self._of_cells(cells, wanted))
         assert isinstance(result, ItemStatsState)
-        rated = np.unique(np.concatenate([items for items, _ in cells.values()])).astype(np.int64)
+        rated = tuple(np.array(items, dtype=np.int64) for items, _ in cells.values())  # copies: no view of ``state``
         result._removal = _Removal(weakref.ref(state), rated, result.versions())  # what ``refit`` may carry over
         return result
 

@@ -270,5 +270,5 @@ def test_a_state_cannot_be_written_through_its_arrays_and_its_removal_keeps_no_d
     with pytest.raises(ValueError, match="read-only"):
         state.array("pair_product")[0] = 1.0
     assert state._removal is not None
-    assert state._removal.items.tolist() == [0, 1, 2]  # the items "a" rated; no digest
+    assert [items.tolist() for items in state._removal.rated] == [[0, 1, 2]]  # the items "a" rated; no digest
     assert not any(isinstance(v, str) for v in vars(state._removal).values())
