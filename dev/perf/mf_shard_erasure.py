@@ -9,7 +9,11 @@ The benchmark's data and training (80/20 split, ``parity_training``: MF dim 32, 
 slice); CPU seconds are ``ShardUpdate.cpu_seconds``, as ``ErasureReceipt.retrain_cpu_seconds`` sums
 them. The monolith (1x1) erases one subject, as the benchmark's does, ``--monolith-runs`` times on
 fresh shards (median). ``--profile``: cProfile of the S x R erasures into that file (the last grid).
-Prints one JSON object: per grid the mean erasure CPU, the speed-up and its fraction of the ideal.
+Prints one JSON object: per grid the mean erasure CPU, the speed-up and its fraction of the ideal,
+and the optimiser steps: ``step_bound`` is the ``cpu_of_ideal`` the erasures would reach if every
+step cost what a monolith step costs and nothing else cost anything (the monolith's steps over the
+mean erasure's, over the ideal). It sits below 1 because a shard's small prefixes end epochs on
+part-filled batches, and a step costs about the same whatever its fill (``dev/perf/mf_step.py``).
 """
 
 from __future__ import annotations
@@ -31,9 +35,21 @@ from expunge.orchestrator.training.placement import place_subjects
 from expunge.orchestrator.training.work import monolith_ideal_speedup
 from expunge.pipelines.benchmark import parity_training
 from expunge.pipelines.datasets import split_rows
+from expunge.shards import training as shard_training
 from expunge.shards.movielens import load_movielens
 from expunge.shards.rows import SUBJECT_DIGEST, SUBJECT_ID
 from expunge.shards.shard import Shard
+
+_STEPS = [0]
+_clear_grads = shard_training._clear_grads
+
+
+def _counted_clear_grads(optimizer):  # once per optimiser step (train_steps calls it before each backward)
+    _STEPS[0] += 1
+    _clear_grads(optimizer)
+
+
+shard_training._clear_grads = _counted_clear_grads
 
 
 def _cells(rows: pa.Table, shards: int, slices: int) -> dict[str, tuple[int, int]]:
@@ -60,7 +76,7 @@ def _erasures(
     training = training.model_copy(update={"model": model})
     cells = _cells(rows, shards, slices)
     trained: dict[int, Shard] = {}
-    cpu, firsts = [], []
+    cpu, firsts, steps = [], [], []
     for n, digest in enumerate(chosen):
         shard_id, first = cells[digest]
         if shard_id not in trained:
@@ -69,12 +85,14 @@ def _erasures(
             trained[shard_id] = shard
         if profile is not None:
             profile.enable()
+        before = _STEPS[0]
         update = trained[shard_id].erase([digest], first, f"request-{n}")
+        steps.append(_STEPS[0] - before)
         if profile is not None:
             profile.disable()
         cpu.append(update.cpu_seconds)
         firsts.append(first)
-    return cpu, firsts
+    return cpu, firsts, steps
 
 
 def main() -> None:
@@ -94,19 +112,21 @@ def main() -> None:
     subjects = [hasher.digest(u) for u in sorted(set(ids))]
     report: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="mf-shard-erasure-") as scratch:
-        monolith = []
+        monolith, monolith_steps = [], 0
         for run in range(args.monolith_runs):
             one = [subjects[int(np.random.default_rng(args.seed).choice(len(subjects), size=1)[0])]]
-            cpu, _ = _erasures(rows, 1, 1, one, f"{scratch}/m{run}", None)
+            cpu, _, counted = _erasures(rows, 1, 1, one, f"{scratch}/m{run}", None)
             monolith.append(cpu[0])
+            monolith_steps = counted[0]
         monolith_cpu = statistics.median(monolith)
         report["monolith_cpu_s"] = monolith
+        report["monolith_steps"] = monolith_steps
         for cell in args.grid.split(","):
             shards, slices = (int(x) for x in cell.split("x"))
             rng = np.random.default_rng(args.seed)
             chosen = [subjects[int(i)] for i in rng.choice(len(subjects), size=args.erasures, replace=False)]
             profile = cProfile.Profile(time.process_time) if args.profile else None  # CPU, as cpu_of_ideal counts
-            cpu, firsts = _erasures(rows, shards, slices, chosen, scratch, profile)
+            cpu, firsts, steps = _erasures(rows, shards, slices, chosen, scratch, profile)
             if profile is not None:
                 profile.dump_stats(args.profile)
             ideal = monolith_ideal_speedup(shards, slices, parity_training().epochs, firsts)
@@ -117,6 +137,8 @@ def main() -> None:
                 "erasure_cpu_s_mean": round(mean, 4),
                 "ideal_speedup_vs_monolith": round(ideal, 3),
                 "cpu_of_ideal": round(monolith_cpu / mean / ideal, 3),
+                "steps_mean": round(statistics.fmean(steps), 1),
+                "step_bound": round(monolith_steps / statistics.fmean(steps) / ideal, 3),
             }
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report))
