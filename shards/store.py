@@ -175,9 +175,13 @@ def _local_entries(path: str, skip: frozenset[str] = frozenset()) -> Iterator[os
     """The files under the folder ``path``, recursively, as ``os.scandir`` entries.
 
     What fsspec's ``find`` lists, at a tenth of its cost per file, which the service's commits pay
-    on every listing. A file or folder removed while it is listed is left out (fsspec raises); so
-    is a symbolic link (Expunge writes none; followed, a purge could delete files outside the
-    store, and a loop would never end). Folders named in ``skip`` are not entered.
+    on every listing. A file or folder removed while it is listed is left out (fsspec raises).
+    Folders named in ``skip`` are not entered.
+
+    Raises:
+        ConfigError: a symbolic link below ``path`` (``_linked``). Expunge writes none. Followed, a
+            purge could delete files outside the store and a loop would never end; skipped, what
+            lies behind it would be neither purged nor scanned.
     """
     folders = [path.rstrip("/")]
     while folders:
@@ -189,7 +193,7 @@ def _local_entries(path: str, skip: frozenset[str] = frozenset()) -> Iterator[os
             for entry in entries:
                 try:
                     if entry.is_symlink():
-                        continue
+                        raise ConfigError(_linked(entry.path))
                     if entry.is_dir():
                         if entry.name not in skip:
                             folders.append(entry.path)
@@ -197,6 +201,34 @@ def _local_entries(path: str, skip: frozenset[str] = frozenset()) -> Iterator[os
                 except FileNotFoundError:
                     continue
                 yield entry
+
+
+def _linked(path: str) -> str:
+    """The message of a symbolic link met at ``path`` inside a local store."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return (
+        f"{path} is a symbolic link (to {target}) inside a local store. Expunge never follows one there "
+        "(a purge must not reach outside the store), so what lies behind it would be neither purged nor "
+        "scanned: put its contents in its place (a link to the store's root is fine)"
+    )
+
+
+def _refuse_links(root: str, key: str, whole: bool) -> None:
+    """ConfigError (``_linked``) when a folder between ``root`` and ``key`` is a symbolic link; with
+    ``whole``, ``key`` itself too. Stops at the first part that does not exist (a write creates real folders)."""
+    parts = [p for p in key.split("/") if p]
+    path = root
+    for part in parts if whole else parts[:-1]:
+        path = f"{path}/{part}"
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISLNK(mode):
+            raise ConfigError(_linked(path))
 
 
 def _local_files(path: str, skip: frozenset[str] = frozenset()) -> list[tuple[str, os.stat_result]]:
@@ -368,7 +400,13 @@ def _reachable(method: Callable[Concatenate[ObjectStore, _P], _R]) -> Callable[C
 
 
 class ObjectStore:
-    """Keys are '/'-separated paths relative to the store root URL."""
+    """Keys are '/'-separated paths relative to the store root URL.
+
+    A local store holds no symbolic link below its root (a link *to* the root is fine): a write
+    through one, or a listing that meets one, raises ``ConfigError`` naming it and changes nothing.
+    Skipped, what lies behind a link would never be purged or scanned; followed, a purge could
+    delete files outside the store.
+    """
 
     def __init__(self, storage: StorageConfig | str) -> None:
         self.config = storage if isinstance(storage, StorageConfig) else StorageConfig(uri=storage)
@@ -414,6 +452,7 @@ class ObjectStore:
         FaultPlan.before_write(f"put {key}")
         path = self._path(key)
         if self.local:
+            _refuse_links(self.root, key, whole=False)
             _local_put(path, data)
             return
         with self.fs.open(path, "wb") as handle:  # an S3 PUT replaces an object whole or not at all
@@ -423,6 +462,8 @@ class ObjectStore:
     def create_exclusive(self, key: str, data: bytes) -> None:
         """Create ``key`` only if absent; raise ``StorageConflictError`` otherwise."""
         FaultPlan.before_write(f"create {key}")
+        if self.local:
+            _refuse_links(self.root, key, whole=False)
         self._ops.create_exclusive(self.fs, self._path(key), data)
 
     @_reachable
@@ -477,6 +518,7 @@ class ObjectStore:
     def list_keys(self, prefix: str) -> list[str]:
         """Current keys under ``prefix`` (recursive), sorted."""
         if self.local:  # names only: no stat per file
+            _refuse_links(self.root, prefix, whole=True)
             return sorted(self._key(p) for p in _local_names(self._path(prefix).rstrip("/")))
         return [info.key for info in self.list_info(prefix)]
 
@@ -485,6 +527,7 @@ class ObjectStore:
         """Current keys under ``prefix`` with their last-modified times and sizes in bytes."""
         base = self._path(prefix).rstrip("/")
         if self.local:
+            _refuse_links(self.root, prefix, whole=True)
             found = sorted(_local_files(base))
             return [ObjectInfo(self._key(p), _stat_modified(info), info.st_size, _stat_tag(info)) for p, info in found]
         self.fs.invalidate_cache(base)
@@ -509,6 +552,8 @@ class ObjectStore:
         """
         base = self._path(prefix) if prefix else self.root + "/"
         names = frozenset(skip)
+        if self.local:
+            _refuse_links(self.root, prefix, whole=True)
         versions: list[_Version]
         if self.local and names:
             versions = [(p, None, False, _stat_modified(info)) for p, info in _local_files(base, names)]

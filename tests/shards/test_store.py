@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from expunge.orchestrator.errors import StorageConflictError, StorageCorruptError
+from expunge.orchestrator.errors import ConfigError, StorageConflictError, StorageCorruptError
 from expunge.shards.store import ObjectStore
 
 
@@ -75,20 +75,64 @@ def test_local_listings_match_fsspec_find(tmp_path):
     assert store.get("z/deep/er/k") == b"4444"
 
 
-def test_links_inside_a_local_store_are_neither_listed_nor_followed(tmp_path):
+def test_links_inside_a_local_store_are_refused_by_every_listing_and_never_followed(tmp_path):
     # Adversarial review: the scandir listing followed a link to a folder outside the store, and the
-    # purge deleted that folder's files; a link loop made every listing fail.
+    # purge deleted that folder's files; a link loop made every listing fail. Later: skipping links
+    # left what lay behind one unpurged and unscanned. Now a listing that meets one is refused.
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious.bin").write_bytes(b"x")
     store = ObjectStore(str(tmp_path / "store"))
     store.put("staging/real.bin", b"y")
-    (tmp_path / "store" / "staging" / "linked").symlink_to(outside)
-    (tmp_path / "store" / "staging" / "loop").symlink_to(tmp_path / "store" / "staging")
-    (tmp_path / "store" / "staging" / "dangling").symlink_to(tmp_path / "nowhere")
+    store.put("other/kept.bin", b"z")
+    for name, target in (("linked", outside), ("loop", tmp_path / "store" / "staging"), ("dangling", tmp_path / "no")):
+        link = tmp_path / "store" / "staging" / name
+        link.symlink_to(target)
+        for listing in (
+            lambda: store.list_keys("staging"),
+            lambda: store.list_info("staging"),
+            lambda: store.list_versions("staging/"),
+            lambda: store.list_versions(""),
+            lambda: store.list_versions("", skip=("manifests",)),
+            lambda key=f"staging/{name}/precious.bin": store.delete([key]),  # never through the link
+        ):
+            with pytest.raises(ConfigError, match=f"staging/{name} is a symbolic link .*in its place"):
+                listing()
+        assert store.list_keys("other") == ["other/kept.bin"]  # a listing that does not reach the link works
+        link.unlink()
+    assert (outside / "precious.bin").read_bytes() == b"x"
     assert store.list_keys("staging") == ["staging/real.bin"]
-    assert [i.key for i in store.list_info("staging")] == ["staging/real.bin"]
-    assert [v.key for v in store.list_versions("staging/")] == ["staging/real.bin"]
+
+
+def test_a_write_through_a_linked_folder_is_refused_and_writes_nothing(tmp_path):
+    # A shard folder moved to another disk and linked back: its superseded slices would never be
+    # purged (a listing refuses the link), so a write there is refused before anything changes.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store = ObjectStore(str(tmp_path / "store"))
+    store.put("shards/0001/slices/a.parquet", b"a")
+    (tmp_path / "store" / "shards" / "0002").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="shards/0002 is a symbolic link"):
+        store.put("shards/0002/slices/b.parquet", b"b")
+    with pytest.raises(ConfigError, match="shards/0002 is a symbolic link"):
+        store.create_exclusive("shards/0002/manifests/00000001.json", b"{}")
+    with pytest.raises(ConfigError, match="shards/0002 is a symbolic link"):
+        store.list_keys("shards/0002/slices")
+    assert list(elsewhere.iterdir()) == []
+    store.put("shards/0001/slices/c.parquet", b"c")  # the rest of the store works
+    assert store.get("shards/0001/slices/c.parquet") == b"c"
+
+
+def test_a_store_whose_root_is_a_link_works(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "root").symlink_to(real)
+    store = ObjectStore(str(tmp_path / "root"))
+    store.put("shards/0001/slices/a.parquet", b"a")
+    store.create_exclusive("shards/0001/manifests/00000001.json", b"{}")
+    assert store.list_keys("shards") == ["shards/0001/manifests/00000001.json", "shards/0001/slices/a.parquet"]
+    assert [v.key for v in store.delete(["shards/0001/slices/a.parquet"])] == ["shards/0001/slices/a.parquet"]
+    assert not (real / "shards" / "0001" / "slices" / "a.parquet").exists()
 
 
 def test_an_unreadable_local_folder_is_the_typed_storage_error(tmp_path, monkeypatch):

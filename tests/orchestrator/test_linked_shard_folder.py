@@ -1,0 +1,84 @@
+"""A shard folder moved to another disk and linked back: refused, never silently left unpurged."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.shards.shard import shard_prefix
+from tests.conftest import TEST_KEY
+from tests.engine import job
+from tests.lineage._support import email_rows, subjects
+
+ROWS = email_rows(users=16)
+
+
+def _open(root) -> Coordinator:
+    return Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, local_pool)
+
+
+def _link_away(root, shard: int):
+    folder = root / "store" / shard_prefix(shard)
+    moved = root / "elsewhere" / folder.name
+    moved.parent.mkdir(exist_ok=True)
+    shutil.move(folder, moved)
+    folder.symlink_to(moved)
+    return folder, moved
+
+
+def _holder(root, subject: str) -> int:
+    """The shard a trained store keeps ``subject`` in (an erasure on a copy of the store names it)."""
+    copy = root / "probe"
+    shutil.copytree(root / "store", copy / "store")
+    (shard,) = {s.shard for s in _open(copy).forget([subject]).shards}
+    return shard
+
+
+def test_a_store_with_a_linked_shard_folder_is_refused_at_open_until_it_is_put_back(tmp_path):
+    _open(tmp_path).train(ROWS, job(shards=2, slices=2))
+    subject = subjects(ROWS)[3]
+    folder, moved = _link_away(tmp_path, _holder(tmp_path, subject))
+    with pytest.raises(
+        ConfigError, match=f"{shard_prefix(int(folder.name))} is a symbolic link .*contents in its place"
+    ):
+        _open(tmp_path)
+    assert (moved / "manifests").is_dir()  # nothing deleted behind the link
+    folder.unlink()
+    shutil.move(moved, folder)  # the contents back in place of the link: the erasure goes through
+    receipt = _open(tmp_path).forget([subject])
+    assert receipt.status == "erased"
+    assert not receipt.pending
+
+
+def test_an_erasure_in_a_shard_folder_linked_while_open_is_refused_before_the_commit(tmp_path):
+    _open(tmp_path).train(ROWS, job(shards=2, slices=2))
+    subject = subjects(ROWS)[3]
+    holder = _holder(tmp_path, subject)
+    coordinator = _open(tmp_path)  # a long-lived writer (the service) that opened before the link
+    before = coordinator.manifest.version
+    _link_away(tmp_path, holder)
+    with pytest.raises(ConfigError, match=f"{shard_prefix(holder)} is a symbolic link"):
+        coordinator.forget([subject])
+    assert coordinator.catalog.latest().version == before  # nothing committed
+
+
+def test_a_link_met_by_the_purge_after_the_commit_leaves_the_purge_pending_and_named(tmp_path):
+    _open(tmp_path).train(ROWS, job(shards=2, slices=2))
+    subject = subjects(ROWS)[3]
+    holder = _holder(tmp_path, subject)
+    coordinator = _open(tmp_path)  # a long-lived writer (the service) that opened before the link
+    folder, moved = _link_away(tmp_path, 1 - holder)  # the other shard: the erasure itself writes nothing there
+    receipt = coordinator.forget([subject], request_id="GDPR-LINK")
+    assert receipt.status == "erased"  # committed: never reported failed
+    assert [p.split(":")[0] for p in receipt.pending] == ["purge"]
+    assert "is a symbolic link" in receipt.pending[0]
+    superseded = coordinator.store.list_keys(shard_prefix(holder))
+    folder.unlink()
+    shutil.move(moved, folder)
+    again = _open(tmp_path).erasure.finish_pending(receipt)  # the retry (the service's follow-up, the CLI's) purges
+    assert not again.pending
+    assert set(_open(tmp_path).store.list_keys(shard_prefix(holder))) < set(superseded)
