@@ -147,19 +147,33 @@ def _pages(search: Any, page_size: int, **kwargs: Any) -> Iterator[Any]:
 
 
 def _files(folders: Sequence[str | Path]) -> Iterator[Path]:
-    """Every regular file under the folders (or the files named), each once, symlinked folders not followed."""
+    """Every regular file under the folders (or the files named), each once, in name order.
+
+    Linked folders are followed (a log folder linked to another disk is read, not skipped), each
+    real folder once, so a loop of links ends. Read only: nothing here writes or deletes.
+    """
     seen: set[str] = set()
+    walked: set[str] = set()
     for folder in folders:
         root = Path(folder)
-        if root.is_file():
-            candidates: Iterable[Path] = [root]
-        else:
-            candidates = (Path(base) / name for base, _, names in sorted(os.walk(root)) for name in sorted(names))
+        candidates = [root] if root.is_file() else _walk(root, walked)
         for path in candidates:
             real = os.path.realpath(path)
             if real not in seen and path.is_file():
                 seen.add(real)
                 yield path
+
+
+def _walk(root: Path, walked: set[str]) -> Iterator[Path]:
+    """The files under ``root``, links to folders followed, a real folder in ``walked`` not entered again."""
+    for base, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(base)
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        subfolders.sort()
+        yield from (Path(base) / name for name in sorted(names))
 
 
 def scan_logs(folders: Sequence[str | Path], subject_id: str) -> tuple[tuple[Finding, ...], int, int]:

@@ -191,6 +191,23 @@ def test_expunge_scan_logs_searches_log_folders_line_by_line(erased, tmp_path, s
     assert (report.coverage.log_files, report.coverage.log_lines) == (2, 5)
 
 
+def test_a_log_folder_linked_to_another_disk_is_read_and_a_loop_ends(erased, tmp_path):
+    # Linked folders were skipped: a log folder moved elsewhere and linked back read as clean.
+    logs = _logs(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "old.log").write_text(f"2026-11-30 09:00:00,000 INFO reply sent to {EMAIL}\n")
+    (logs / "archive").symlink_to(elsewhere)
+    (logs / "session_1" / "up").symlink_to(logs)  # a loop
+    (logs / "again").symlink_to(logs / "session_1")  # a folder reached twice: read once
+    report = _scan(erased.store, EMAIL, logs=(logs,))
+    assert sorted((str(Path(f.key).relative_to(logs)), f.location) for f in report.findings) == [
+        ("archive/old.log", "line 1"),
+        ("service.log", "line 3"),
+    ]
+    assert (report.coverage.log_files, report.coverage.log_lines) == (3, 6)
+
+
 def test_a_numeric_id_in_free_log_text_is_reported_with_its_line(erased, tmp_path):
     # "erased 1 subject(s)" cannot be told from "erased subject 1": the rule reports it and names the line.
     report = _scan(erased.store, "1", logs=(_logs(tmp_path),))
