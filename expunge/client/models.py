@@ -110,7 +110,9 @@ class Erasure(_Reply):
     pending). ``ready_at``: when the model the service answers from reflected it (``item_stats``:
     its exact solve swapped in, the subjects masked until then; MF: at the commit); known to the
     service process that committed it only (None after a restart). ``subject_digests``: keyed
-    digests, never the ids.
+    digests, never the ids. ``batch_id``: the commit this request was coalesced into with others
+    that arrived together (its store version, MLflow run and receipt-log entry carry that id);
+    None when it committed alone or has not committed.
     """
 
     request_id: str
@@ -132,6 +134,7 @@ class Erasure(_Reply):
     shards_retrained: list[int] = []
     model_version: int | None = None
     registry_version: str | None = None
+    batch_id: str | None = None
     evidence_url: str | None = None
 
 

@@ -175,6 +175,7 @@ class Lifecycle:
             shards_retrained=[s.shard for s in receipt.shards] if receipt else [],
             model_version=receipt.model_version_after if receipt else None,
             registry_version=receipt.registry_version_after if receipt else None,
+            batch_id=receipt.batch_id if receipt else None,
         )
 
     def list(

@@ -72,6 +72,7 @@ def test_submit_is_202_then_done_and_found_by_id_key_and_ticket(served: Served):
         assert done["late"] is False
         assert done["done_at"]
         assert done["due_at"] > done["received_at"]
+        assert done["batch_id"] is None  # committed alone
         assert client.get("/v1/erasures/GDPR-2026-0042").json()["request_id"] == accepted["request_id"]
         # A ticket with slashes (as desks number them) is still one path segment's worth of reference.
         assert client.get("/v1/erasures/DESK/2026/77").json()["request_id"] == accepted["request_id"]
@@ -161,6 +162,21 @@ def test_the_access_log_names_the_client_and_never_an_id_key_or_ticket(served: S
     everything = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(("httpx", "httpcore")))
     for secret in (subject, "KEY-SECRET-9", "TKT-SECRET-9"):
         assert secret not in everything
+
+
+def test_requests_coalesced_into_one_commit_show_its_batch_id(tmp_path):
+    # The receipt named the batch; the HTTP view did not, so a caller could not tell which requests
+    # shared a store version, an MLflow run and a receipt-log entry.
+    with (
+        serving(tmp_path, window_ms=3_000) as served,
+        served.client(served.token("erasure:submit", "erasure:read")) as client,
+    ):
+        ids = [client.post("/v1/erasures", json={"subject_ids": [s]}).json()["request_id"] for s in SUBJECTS[6:8]]
+        views = [_until_done(client, ref) for ref in ids]
+    assert [v["state"] for v in views] == ["done", "done"], views
+    assert views[0]["model_version"] == views[1]["model_version"]
+    assert views[0]["batch_id"] == views[1]["batch_id"]
+    assert views[0]["batch_id"].startswith("batch-")
 
 
 def test_a_late_request_is_listed_exported_and_counted(tmp_path):
