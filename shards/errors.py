@@ -13,6 +13,7 @@ __all__ = [
     "DataValidationError",
     "ExpungeError",
     "InvalidSubjectIdError",
+    "LinkInStoreError",
     "ModelImportError",
     "PurgedVersionError",
     "ShardRetrainFailed",
@@ -64,6 +65,16 @@ class ConfigError(ExpungeError):
 
     Example scenario: no HMAC key for subject digests is configured; the message names
     the environment variable to set.
+    """
+
+
+class LinkInStoreError(ConfigError):
+    """A local store holds a symbolic link below its root; nothing was changed.
+
+    Example scenario: a shard folder was moved to another disk and linked back. Expunge never
+    follows a link inside a store (a purge must not reach outside it) and never skips one (what
+    lies behind it would be neither purged nor scanned). Put the folder's contents in place of
+    the link; a link to the store's root itself is fine.
     """
 
 

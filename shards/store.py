@@ -25,6 +25,7 @@ from expunge.shards.config import StorageConfig
 from expunge.shards.errors import (
     ConfigError,
     ExpungeError,
+    LinkInStoreError,
     StorageConflictError,
     StorageCorruptError,
     StorageUnavailableError,
@@ -179,7 +180,7 @@ def _local_entries(path: str, skip: frozenset[str] = frozenset()) -> Iterator[os
     Folders named in ``skip`` are not entered.
 
     Raises:
-        ConfigError: a symbolic link below ``path`` (``_linked``). Expunge writes none. Followed, a
+        LinkInStoreError: a symbolic link below ``path`` (``_linked``). Expunge writes none. Followed, a
             purge could delete files outside the store and a loop would never end; skipped, what
             lies behind it would be neither purged nor scanned.
     """
@@ -193,7 +194,7 @@ def _local_entries(path: str, skip: frozenset[str] = frozenset()) -> Iterator[os
             for entry in entries:
                 try:
                     if entry.is_symlink():
-                        raise ConfigError(_linked(entry.path))
+                        raise LinkInStoreError(_linked(entry.path))
                     if entry.is_dir():
                         if entry.name not in skip:
                             folders.append(entry.path)
@@ -210,14 +211,14 @@ def _linked(path: str) -> str:
     except OSError:
         target = "?"
     return (
-        f"{path} is a symbolic link (to {target}) inside a local store. Expunge never follows one there "
-        "(a purge must not reach outside the store), so what lies behind it would be neither purged nor "
-        "scanned: put its contents in its place (a link to the store's root is fine)"
+        f"{path} is a symbolic link (to {target}) inside a local store. Expunge never lists, writes or "
+        "purges through one (a purge must not reach outside the store), so what lies behind it would be "
+        "neither purged nor scanned: put its contents in its place (a link to the store's root is fine)"
     )
 
 
 def _refuse_links(root: str, key: str, whole: bool) -> None:
-    """ConfigError (``_linked``) when a folder between ``root`` and ``key`` is a symbolic link; with
+    """``LinkInStoreError`` (``_linked``) when a folder between ``root`` and ``key`` is a symbolic link; with
     ``whole``, ``key`` itself too. Stops at the first part that does not exist (a write creates real folders)."""
     parts = [p for p in key.split("/") if p]
     path = root
@@ -228,7 +229,7 @@ def _refuse_links(root: str, key: str, whole: bool) -> None:
         except (FileNotFoundError, NotADirectoryError):
             return
         if stat.S_ISLNK(mode):
-            raise ConfigError(_linked(path))
+            raise LinkInStoreError(_linked(path))
 
 
 def _local_files(path: str, skip: frozenset[str] = frozenset()) -> list[tuple[str, os.stat_result]]:
@@ -403,7 +404,8 @@ class ObjectStore:
     """Keys are '/'-separated paths relative to the store root URL.
 
     A local store holds no symbolic link below its root (a link *to* the root is fine): a write
-    through one, or a listing that meets one, raises ``ConfigError`` naming it and changes nothing.
+    through one, or a listing that meets one, raises ``LinkInStoreError`` (a ``ConfigError``) naming
+    it and changes nothing.
     Skipped, what lies behind a link would never be purged or scanned; followed, a purge could
     delete files outside the store.
     """

@@ -26,6 +26,7 @@ from expunge.orchestrator.erasure.sealing import Sealer
 from expunge.orchestrator.errors import (
     ConfigError,
     ExpungeError,
+    LinkInStoreError,
     PersonalDataInTextError,
     StorageConflictError,
     StorageCorruptError,
@@ -78,6 +79,8 @@ class Eraser:
         try:
             purge_unreferenced(self.session.store, self.session.catalog, self.session.manifest)
             self._sync_lineage()
+        except LinkInStoreError:  # a layout a person must fix: refused now, before any commit, not after it
+            raise
         except ExpungeError as exc:  # it stays to do: every later writer tries again on open
             log.warning("could not finish what an earlier run left (%s); the next writer tries again", exc)
         finally:

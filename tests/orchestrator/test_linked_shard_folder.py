@@ -6,9 +6,11 @@ import shutil
 
 import pytest
 
+from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, LinkInStoreError
+from expunge.orchestrator.registry import Lineage
 from expunge.shards.shard import shard_prefix
 from tests.conftest import TEST_KEY
 from tests.engine import job
@@ -17,8 +19,12 @@ from tests.lineage._support import email_rows, subjects
 ROWS = email_rows(users=16)
 
 
-def _open(root) -> Coordinator:
-    return Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, local_pool)
+def _open(root, registry: bool = False) -> Coordinator:
+    lineage = None
+    if registry:
+        tracking = TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="links", model_name="expunge-links")
+        lineage = Lineage(tracking, str(root / "store"))
+    return Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, local_pool)
 
 
 def _link_away(root, shard: int):
@@ -38,18 +44,20 @@ def _holder(root, subject: str) -> int:
     return shard
 
 
-def test_a_store_with_a_linked_shard_folder_is_refused_at_open_until_it_is_put_back(tmp_path):
-    _open(tmp_path).train(ROWS, job(shards=2, slices=2))
+@pytest.mark.parametrize("registry", [False, True])
+def test_a_store_with_a_linked_shard_folder_is_refused_at_open_until_it_is_put_back(tmp_path, registry):
+    # With a registry, opening only warned ("could not finish what an earlier run left"), and an
+    # erasure in another shard then committed with its purge pending. Refused at open now.
+    _open(tmp_path, registry).train(ROWS, job(shards=2, slices=2))
     subject = subjects(ROWS)[3]
-    folder, moved = _link_away(tmp_path, _holder(tmp_path, subject))
-    with pytest.raises(
-        ConfigError, match=f"{shard_prefix(int(folder.name))} is a symbolic link .*contents in its place"
-    ):
-        _open(tmp_path)
+    other = 1 - _holder(tmp_path, subject)  # a shard the erasure does not touch
+    folder, moved = _link_away(tmp_path, other)
+    with pytest.raises(LinkInStoreError, match=f"{shard_prefix(other)} is a symbolic link .*contents in its place"):
+        _open(tmp_path, registry)
     assert (moved / "manifests").is_dir()  # nothing deleted behind the link
     folder.unlink()
     shutil.move(moved, folder)  # the contents back in place of the link: the erasure goes through
-    receipt = _open(tmp_path).forget([subject])
+    receipt = _open(tmp_path, registry).forget([subject])
     assert receipt.status == "erased"
     assert not receipt.pending
 
