@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from expunge.orchestrator.catalog import STAGING_PREFIX, Catalog, EnsembleManifest
+from expunge.shards.errors import LinkInStoreError
 from expunge.shards.shard import shard_prefix
 from expunge.shards.store import ObjectStore, ObjectVersion
 
@@ -64,8 +65,14 @@ def purge_unreferenced(
     ``since``: see ``purgeable``. The log line says what went and why: keys of earlier published
     versions (superseded data), and keys no published version ever referenced (debris of an
     interrupted or losing writer).
+
+    Raises:
+        LinkInStoreError: a symbolic link below the store's root; what the listing reached beside it
+            (the other shards, the placement, staged input) was purged first, so one linked folder
+            never keeps an erased subject's rows in another shard.
     """
-    doomed, superseded = _purge_plan(store, catalog, manifest, since)
+    linked: list[LinkInStoreError] = []
+    doomed, superseded = _purge_plan(store, catalog, manifest, since, linked)
     deleted = store.delete(doomed)
     if deleted:
         stale = sum(1 for key in doomed if key in superseded)
@@ -81,6 +88,8 @@ def purge_unreferenced(
             manifest.version,
             "; ".join(w for w in why if w),
         )
+    if linked:
+        raise linked[0]
     return deleted
 
 
@@ -96,9 +105,18 @@ def purgeable(store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest, 
 
 
 def _purge_plan(
-    store: ObjectStore, catalog: Catalog, manifest: EnsembleManifest, since: int | None
+    store: ObjectStore,
+    catalog: Catalog,
+    manifest: EnsembleManifest,
+    since: int | None,
+    linked: list[LinkInStoreError] | None = None,
 ) -> tuple[list[str], set[str]]:
-    """(keys to delete, keys that earlier published versions referenced) for ``purgeable``."""
+    """(keys to delete, keys that earlier published versions referenced) for ``purgeable``.
+
+    ``linked`` given: a listing that meets a symbolic link goes on part by part (each shard of
+    ``manifest``, the placement, staged input), the parts that meet one are left out and their
+    errors appended; otherwise the error is raised.
+    """
     current = catalog.referenced_keys(manifest)
     superseded: set[str] = set()
     # Right after a commit (``since``: its parent) the few versions between are read by number, not listed.
@@ -114,16 +132,28 @@ def _purge_plan(
             if store.exists(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"):
                 superseded |= catalog.shard_manifest(shard_id, version).object_keys()
     # Shard manifests are never data, and they grow by one per shard version: not listed.
-    listed = (
-        store.list_versions("shards/", skip=("manifests",))
-        + store.list_versions("placement/")
-        + store.list_versions(STAGING_PREFIX)
-    )
+    listed = _listed(store, ["shards/", "placement/", STAGING_PREFIX], linked)
+    if linked:  # a link below shards/: each shard on its own, so that the others are purged all the same
+        parts = [f"{shard_prefix(s)}/" for s in range(len(manifest.shard_versions))]
+        listed = _listed(store, [*parts, "placement/", STAGING_PREFIX], linked)
     candidates = [v for v in listed if _is_data(v.key)]
-    if since is None:
+    if since is None and not linked:
         # On open: half-written temporary files anywhere (a writer killed mid-write) are debris
         # too; the time rule keeps a live writer's, which are newer than the commit.
         data = {v.key for v in candidates}
         candidates += [v for v in store.list_versions("") if v.key.endswith(".partial") and v.key not in data]
     doomed = select_purgeable(candidates, current, superseded, catalog.published_at(manifest.version))
     return doomed, superseded
+
+
+def _listed(store: ObjectStore, prefixes: list[str], linked: list[LinkInStoreError] | None) -> list[ObjectVersion]:
+    """Every version under ``prefixes`` (shard manifests left out); see ``_purge_plan`` for ``linked``."""
+    found: list[ObjectVersion] = []
+    for prefix in prefixes:
+        try:
+            found += store.list_versions(prefix, skip=("manifests",) if prefix.startswith("shards/") else ())
+        except LinkInStoreError as exc:
+            if linked is None:
+                raise
+            linked.append(exc)
+    return found

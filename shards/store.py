@@ -211,9 +211,9 @@ def _linked(path: str) -> str:
     except OSError:
         target = "?"
     return (
-        f"{path} is a symbolic link (to {target}) inside a local store. Expunge never lists, writes or "
-        "purges through one (a purge must not reach outside the store), so what lies behind it would be "
-        "neither purged nor scanned: put its contents in its place (a link to the store's root is fine)"
+        f"{path} is a symbolic link inside a local store: put what it links to in its place (a link to the "
+        f"store's root is fine). Expunge never lists, writes or purges through one (a purge must not reach "
+        f"outside the store), so what lies behind it would be neither purged nor scanned. It links to {target}"
     )
 
 
@@ -464,8 +464,8 @@ class ObjectStore:
     def create_exclusive(self, key: str, data: bytes) -> None:
         """Create ``key`` only if absent; raise ``StorageConflictError`` otherwise."""
         FaultPlan.before_write(f"create {key}")
-        if self.local:
-            _refuse_links(self.root, key, whole=False)
+        if self.local:  # the key itself too: a link there would read as another writer's object
+            _refuse_links(self.root, key, whole=True)
         self._ops.create_exclusive(self.fs, self._path(key), data)
 
     @_reachable

@@ -91,6 +91,13 @@ class ArtifactEraser:
         folder = _local_path(target)
         if not folder.exists():
             return 0
+        linked = sorted(p for p in folder.rglob("*") if p.is_symlink()) if folder.is_dir() else []
+        if linked:  # deleting the folder deletes the link and keeps what it points to
+            raise ArtifactStoreNotErasable(
+                root,
+                f"{linked[0]} is a symbolic link inside a model version's files ({folder})",
+                "Put the files it points to in place of the link; the purge is retried.",
+            )
         count = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 1
         if folder.is_dir():
             shutil.rmtree(folder)

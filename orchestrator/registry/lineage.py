@@ -17,6 +17,7 @@ from expunge.orchestrator.registry.commit_records import (
     missed_erasure,
 )
 from expunge.orchestrator.registry.opening import LineageParts, OnFirstUse, connect
+from expunge.orchestrator.registry.ownership import refuse_another_stores_registry
 from expunge.orchestrator.registry.packaging import Packager
 from expunge.orchestrator.registry.purge_notice import PurgeNotice
 from expunge.orchestrator.registry.runs import RunRecorder
@@ -140,13 +141,11 @@ class Lineage:
 
     def current_version(self) -> str | None:
         """The registry version the alias points at (None: nothing registered yet)."""
-        target = self._alias_target()
-        return str(target.version) if target is not None else None
+        return str(target.version) if (target := self._alias_target()) is not None else None
 
     def recorded_ensemble_version(self) -> int | None:
         """The store version the alias's model version was built from (None: nothing recorded)."""
-        target = self._alias_target()
-        tag = target.tags.get("expunge.ensemble_version") if target is not None else None
+        tag = target.tags.get("expunge.ensemble_version") if (target := self._alias_target()) is not None else None
         return int(tag) if tag else None
 
     # ----- loading a version, moving an alias: never to a purged one ----------------------------------
@@ -384,6 +383,7 @@ class Lineage:
         self.staging.sweep()
         manifest = Catalog(self.store).latest()
         target = self._alias_target()  # the parent of a version recorded now: one lookup for both
+        refuse_another_stores_registry(self.registry, target)  # a copy's registry: before any MLflow write
         tag = target.tags.get("expunge.ensemble_version") if target is not None else None
         recorded = int(tag) if tag else None
         self.purger.finished = None

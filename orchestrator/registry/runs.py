@@ -9,7 +9,7 @@ from typing import Any
 from expunge.orchestrator.catalog import EnsembleManifest
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry.faults import fault_point
-from expunge.orchestrator.registry.tracking import REQUEST_TAG, Registry, equals_filter
+from expunge.orchestrator.registry.tracking import REQUEST_TAG, Registry, equals_filter, same_store
 from expunge.orchestrator.serving.servable import read_shard_manifest
 from expunge.shards.shard import shard_prefix
 
@@ -64,7 +64,7 @@ class RunRecorder:
             run_name=f"train-v{manifest.version}",
             tags={
                 "expunge.kind": "train",
-                "expunge.storage": self.registry.store_uri,
+                "expunge.storage": self.registry.store_tag,
                 "expunge.ensemble_version": str(manifest.version),
             },
         )
@@ -138,7 +138,7 @@ class RunRecorder:
                 "expunge.kind": "erasure",
                 "expunge.outcome": outcome,
                 "expunge.request_id": receipt.request_id,
-                "expunge.storage": self.registry.store_uri,
+                "expunge.storage": self.registry.store_tag,
                 "expunge.ensemble_version": str(manifest.version),
                 **_request_text_tags(receipt),
                 **tags,
@@ -196,11 +196,11 @@ class RunRecorder:
             [self.registry.experiment_id], f"{wanted} and attributes.status = 'FINISHED'"
         ):
             tags = run.data.tags
-            if (tags.get(REQUEST_TAG), tags.get("expunge.outcome"), tags.get("expunge.storage")) == (
-                request_id,
-                "not_found",
-                self.registry.store_uri,
-            ) and run.info.status == "FINISHED":
+            if (
+                (tags.get(REQUEST_TAG), tags.get("expunge.outcome")) == (request_id, "not_found")
+                and same_store(tags.get("expunge.storage", ""), self.registry.store_uri)
+                and run.info.status == "FINISHED"
+            ):
                 return str(run.info.run_id)
         return None
 
@@ -248,7 +248,7 @@ class RunRecorder:
             tags={
                 "expunge.kind": "ingest",
                 "expunge.request_id": receipt.request_id,
-                "expunge.storage": self.registry.store_uri,
+                "expunge.storage": self.registry.store_tag,
                 "expunge.ensemble_version": str(manifest.version),
                 "expunge.parent_version": parent or "none",
                 "expunge.batch_digest": receipt.batch_digest,
@@ -369,7 +369,9 @@ class RunRecorder:
         retired = []
         for run in self.registry.running_runs():
             tags = run.data.tags
-            if run.info.run_id == keep_run_id or tags.get("expunge.storage") != self.registry.store_uri:
+            if run.info.run_id == keep_run_id or not same_store(
+                tags.get("expunge.storage", ""), self.registry.store_uri
+            ):
                 continue
             version = tags.get("expunge.ensemble_version", "")
             if tags.get("expunge.kind") not in {"train", "erasure", "ingest"} or not version.isdigit():

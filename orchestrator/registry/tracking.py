@@ -101,6 +101,21 @@ def same_store(recorded: str, given: str) -> bool:
     return None not in local and local[0] == local[1]
 
 
+def store_tag(uri: str) -> str:
+    """The ``expunge.storage`` tag of a store URI: a local folder as its absolute, resolved path (so a
+    copy elsewhere is told apart from it, whatever the cwd), any other URI as given."""
+    folder = _local_folder(uri)
+    return str(folder) if folder is not None else uri
+
+
+def stored_elsewhere(recorded: str, given: str) -> bool:
+    """Does an ``expunge.storage`` tag name another store than ``given``? False where it cannot tell: no
+    tag, or a relative local path (recorded as typed before ``store_tag``, against an unknown cwd)."""
+    if not recorded or same_store(recorded, given):
+        return False
+    return "://" in recorded or Path(recorded).is_absolute()
+
+
 def _local_folder(uri: str) -> Path | None:
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -141,6 +156,11 @@ class Registry:
     @property
     def store_uri(self) -> str:
         return self.store.uri
+
+    @property
+    def store_tag(self) -> str:
+        """The store as the ``expunge.storage`` tag of every run and version names it (``store_tag``)."""
+        return store_tag(self.store.uri)
 
     @classmethod
     def open(

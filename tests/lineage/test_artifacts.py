@@ -77,3 +77,25 @@ def test_a_root_that_cannot_be_fully_erased_is_refused_before_anything_is_writte
     import pickle
 
     assert str(pickle.loads(pickle.dumps(refused.value))) == str(refused.value)
+
+
+def test_a_linked_folder_inside_a_versions_files_is_refused_not_left_behind(tmp_path):
+    # Adversarial review: deleting the folder deleted the link and kept the weights it pointed to,
+    # and the registry check then counted no file left.
+    from expunge.orchestrator.registry.artifacts import ArtifactEraser
+
+    version = tmp_path / "artifacts" / "models" / "m-1"
+    version.mkdir(parents=True)
+    (version / "MLmodel").write_text("flavors: {}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "shards.pt").write_bytes(b"weights")
+    (version / "weights").symlink_to(elsewhere)
+    with pytest.raises(ArtifactStoreNotErasable, match="weights is a symbolic link inside a model version's files"):
+        ArtifactEraser().erase(str(version), str(tmp_path / "artifacts"))
+    assert (version / "MLmodel").exists()  # nothing deleted: retried once the files are in place
+    assert (elsewhere / "shards.pt").exists()
+    (version / "weights").unlink()
+    (elsewhere / "shards.pt").rename(tmp_path / "shards.pt")
+    assert ArtifactEraser().erase(str(version), str(tmp_path / "artifacts")) == 1
+    assert not version.exists()

@@ -241,3 +241,22 @@ def test_the_training_runs_train_seconds_is_the_manifests(deployment):
     assert run.data.metrics["train_total_seconds"] >= run.data.metrics["train_seconds"]
     with pytest.raises(ValueError, match="train_total_seconds"):
         lineage.runs.start_training(manifest, {"train_seconds": 1.0})
+
+
+def test_an_alias_serving_another_stores_version_fails_the_registry_check(deployment, tmp_path):
+    # A copy of the store published to this registry (before writers refused that): the alias then
+    # served a version nothing vouches for, and verify passed.
+    client = deployment.lineage.client
+    served = client.get_model_version_by_alias(MODEL, ALIAS)
+    ours, request = served.tags["expunge.storage"], served.tags["expunge.request_id"]
+    client.set_model_version_tag(MODEL, served.version, "expunge.storage", str(tmp_path / "a-copy" / "store"))
+    try:  # made by another store with the same past (this store checked through a copy of it): fine
+        assert deployment.audit().check_erasure(2).problems == ()
+        client.set_model_version_tag(MODEL, served.version, "expunge.request_id", "req-of-the-copy")
+        problems = deployment.audit().check_erasure(2).problems
+    finally:
+        client.set_model_version_tag(MODEL, served.version, "expunge.storage", ours)
+        client.set_model_version_tag(MODEL, served.version, "expunge.request_id", request)
+    assert len(problems) == 1
+    assert f"made by the store at {tmp_path / 'a-copy' / 'store'}, not this one" in problems[0]
+    assert deployment.audit().check_erasure(2).problems == ()

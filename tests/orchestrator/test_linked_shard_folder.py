@@ -52,7 +52,10 @@ def test_a_store_with_a_linked_shard_folder_is_refused_at_open_until_it_is_put_b
     subject = subjects(ROWS)[3]
     other = 1 - _holder(tmp_path, subject)  # a shard the erasure does not touch
     folder, moved = _link_away(tmp_path, other)
-    with pytest.raises(LinkInStoreError, match=f"{shard_prefix(other)} is a symbolic link .*contents in its place"):
+    with pytest.raises(
+        LinkInStoreError,
+        match=f"{shard_prefix(other)} is a symbolic link inside a local store: put what it links to in its place",
+    ):
         _open(tmp_path, registry)
     assert (moved / "manifests").is_dir()  # nothing deleted behind the link
     folder.unlink()
@@ -74,19 +77,24 @@ def test_an_erasure_in_a_shard_folder_linked_while_open_is_refused_before_the_co
     assert coordinator.catalog.latest().version == before  # nothing committed
 
 
-def test_a_link_met_by_the_purge_after_the_commit_leaves_the_purge_pending_and_named(tmp_path):
+def test_a_link_met_by_the_purge_leaves_it_pending_and_named_and_purges_the_other_shards(tmp_path):
     _open(tmp_path).train(ROWS, job(shards=2, slices=2))
     subject = subjects(ROWS)[3]
     holder = _holder(tmp_path, subject)
+    before = set(_open(tmp_path).store.list_keys(shard_prefix(holder)))
     coordinator = _open(tmp_path)  # a long-lived writer (the service) that opened before the link
     folder, moved = _link_away(tmp_path, 1 - holder)  # the other shard: the erasure itself writes nothing there
     receipt = coordinator.forget([subject], request_id="GDPR-LINK")
     assert receipt.status == "erased"  # committed: never reported failed
     assert [p.split(":")[0] for p in receipt.pending] == ["purge"]
     assert "is a symbolic link" in receipt.pending[0]
-    superseded = coordinator.store.list_keys(shard_prefix(holder))
+    # The link held up the whole purge: the subject's old slice in the healthy shard stayed.
+    # Now the shards the listing reaches are purged at once; only the linked one waits.
+    after = set(coordinator.store.list_keys(shard_prefix(holder)))
+    gone = {k for k in before - after if "/slices/" in k}
+    assert gone, "the subject's superseded slice was kept"
+    assert not after & {k for k in before if "/slices/" in k and k in gone}
     folder.unlink()
     shutil.move(moved, folder)
-    again = _open(tmp_path).erasure.finish_pending(receipt)  # the retry (the service's follow-up, the CLI's) purges
+    again = _open(tmp_path).erasure.finish_pending(receipt)  # the retry (the service's follow-up, the CLI's)
     assert not again.pending
-    assert set(_open(tmp_path).store.list_keys(shard_prefix(holder))) < set(superseded)

@@ -81,10 +81,10 @@ def test_benchmark_measures_every_configuration_on_grouplens_layout(tmp_path, ra
     assert sisa.ideal_speedup_vs_monolith == pytest.approx(monolith_ideal_speedup(2, 2, 2, sisa.first_affected_slices))
     assert sisa.ideal_speedup != pytest.approx(sisa.ideal_speedup_vs_monolith)
     assert [(r.storage, r.shards, r.slices) for r in results] == [("local", 1, 1), ("local", 2, 2), ("s3", 2, 2)]
-    assert len(results[0].erasure_seconds) == 2  # the monolith's erasure is a full retrain: at most 3 times
+    assert len(results[0].erasure_seconds) == 3  # the monolith's erasure, a full retrain: 3 times for a median
     for row in results:
         assert row.batch_size == 64  # parity: every shard uses the monolith's batch
-        assert len(row.erasure_seconds) == 2
+        assert len(row.erasure_seconds) == (3 if row.shards == 1 else 2)
         assert row.test_rmse > 0
         assert all(c > 0 for c in row.retrain_cpu_seconds)
         assert row.speedup > 0

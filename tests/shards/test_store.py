@@ -118,6 +118,10 @@ def test_a_write_through_a_linked_folder_is_refused_and_writes_nothing(tmp_path)
         store.create_exclusive("shards/0002/manifests/00000001.json", b"{}")
     with pytest.raises(ConfigError, match="shards/0002 is a symbolic link"):
         store.list_keys("shards/0002/slices")
+    (tmp_path / "store" / "shards" / "0001" / "manifests").mkdir()
+    (tmp_path / "store" / "shards" / "0001" / "manifests" / "00000002.json").symlink_to(elsewhere / "m.json")
+    with pytest.raises(ConfigError, match=r"00000002\.json is a symbolic link"):  # not another writer's object
+        store.create_exclusive("shards/0001/manifests/00000002.json", b"{}")
     assert list(elsewhere.iterdir()) == []
     store.put("shards/0001/slices/c.parquet", b"c")  # the rest of the store works
     assert store.get("shards/0001/slices/c.parquet") == b"c"

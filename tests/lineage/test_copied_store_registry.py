@@ -1,0 +1,80 @@
+"""A copy of a store must not publish to its original's MLflow registry; a moved store takes it over."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from expunge.orchestrator.config import TrackingConfig
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.registry import Lineage
+from expunge.orchestrator.registry.tracking import store_tag, stored_elsewhere
+from tests.conftest import TEST_KEY
+from tests.engine import job
+from tests.lineage._support import email_rows, subjects
+
+ROWS = email_rows(users=16)
+TRACKING_NAME = "expunge-copies"
+
+
+def _tracking(root: Path) -> TrackingConfig:
+    return TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="copies", model_name=TRACKING_NAME)
+
+
+def _open(registry_root: Path, store: Path) -> Coordinator:
+    lineage = Lineage(_tracking(registry_root), str(store))
+    return Coordinator(str(store), SubjectHasher(TEST_KEY), lineage, local_pool)
+
+
+def _registry_state(coordinator: Coordinator) -> tuple[str | None, list[str]]:
+    client = coordinator.lineage.client
+    versions = sorted(v.version for v in client.search_model_versions(f"name = '{TRACKING_NAME}'"))
+    return coordinator.lineage.current_version(), versions
+
+
+def test_a_copy_is_refused_before_it_writes_to_the_originals_registry(tmp_path):
+    # A new user's finding: `forget` on a copy moved the original's alias to the copy's model and
+    # purged the original's live version; a copy older than an erasure served the erased subject again.
+    original = tmp_path / "store"
+    _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
+    copy = tmp_path / "copy" / "store"
+    shutil.copytree(original, copy)
+    owner = _open(tmp_path, original)
+    before = _registry_state(owner)
+    with pytest.raises(ConfigError, match=r"one is a copy of the other.*Nothing was changed"):
+        _open(tmp_path, copy).forget([subjects(ROWS)[3]])
+    assert _registry_state(owner) == before
+    receipt = owner.forget([subjects(ROWS)[3]])  # the original goes on as before
+    assert receipt.status == "erased"
+    assert owner.lineage.current_version() == receipt.registry_version_after
+
+
+def test_a_moved_store_takes_its_registry_over_and_tags_its_new_place(tmp_path, caplog):
+    original = tmp_path / "store"
+    _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
+    moved = tmp_path / "moved" / "store"
+    moved.parent.mkdir()
+    shutil.move(original, moved)  # the old place holds no store any more
+    with caplog.at_level(logging.WARNING, logger="expunge.orchestrator.registry.ownership"):
+        coordinator = _open(tmp_path, moved)
+    assert "the store moved to" in caplog.text
+    receipt = coordinator.forget([subjects(ROWS)[3]])
+    assert receipt.status == "erased"
+    served = coordinator.lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after)
+    assert served.tags["expunge.storage"] == str(moved.resolve())
+
+
+def test_which_tags_name_another_store(tmp_path):
+    here = tmp_path / "store"
+    assert not stored_elsewhere("", str(here))  # nothing recorded
+    assert not stored_elsewhere("store", str(here))  # relative, as typed before tags were absolute: unknown
+    assert not stored_elsewhere(str(here), f"file://{here}")
+    assert not stored_elsewhere(store_tag(str(here)), str(here))
+    assert stored_elsewhere(str(tmp_path / "other"), str(here))
+    assert stored_elsewhere("s3://bucket/a", "s3://bucket/b")
+    assert not stored_elsewhere("s3://bucket/a", "s3://bucket/a")
