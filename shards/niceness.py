@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 
-__all__ = ["WORKER_NICENESS_ENV", "apply_niceness", "current_niceness", "nicer_thread"]
+__all__ = ["WORKER_NICENESS_ENV", "apply_niceness", "current_niceness", "favoured_thread", "nicer_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,32 @@ def nicer_thread(increment: int) -> int | None:
         if increment:
             os.setpriority(os.PRIO_PROCESS, thread, min(19, now + increment))
         return os.getpriority(os.PRIO_PROCESS, thread)
+    except OSError as exc:  # e.g. macOS: PRIO_PROCESS names processes only
+        log.debug("thread %d keeps its niceness (%s)", thread, exc)
+        return None
+
+
+def favoured_thread(niceness: int, what: str) -> int | None:
+    """Run the calling thread at ``niceness`` (-20 most favoured .. 19); returns its niceness after, or None.
+
+    A niceness below the thread's own needs CAP_SYS_NICE (root, ``setcap cap_sys_nice+ep`` on the
+    interpreter, or an RLIMIT_NICE that allows it): without it the thread keeps its niceness and one
+    INFO line (naming ``what``) says so; not Linux (threads not reniced one by one): DEBUG, None.
+
+    Raises:
+        ValueError: ``niceness`` outside -20..19.
+    """
+    if not -20 <= niceness <= 19:
+        raise ValueError(f"a niceness lies in -20..19; got {niceness}")
+    thread = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, thread) != niceness:
+            os.setpriority(os.PRIO_PROCESS, thread, niceness)
+        return os.getpriority(os.PRIO_PROCESS, thread)
+    except PermissionError:
+        now = os.getpriority(os.PRIO_PROCESS, thread)
+        log.info("%s keeps niceness %d: niceness %d needs CAP_SYS_NICE", what, now, niceness)
+        return now
     except OSError as exc:  # e.g. macOS: PRIO_PROCESS names processes only
         log.debug("thread %d keeps its niceness (%s)", thread, exc)
         return None

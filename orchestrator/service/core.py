@@ -20,6 +20,7 @@ IEEE S&P 2021 (one retrain per affected shard from its first affected slice).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -34,17 +35,11 @@ from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.erasure.prefetch import Prefetch
 from expunge.orchestrator.erasure.resume import erased_rows
-from expunge.orchestrator.errors import (
-    ExpungeError,
-    IdempotencyConflictError,
-    ShardRetrainFailed,
-    ShardStartTimeout,
-    StorageConflictError,
-    StoreBusyError,
-)
+from expunge.orchestrator.errors import ExpungeError, IdempotencyConflictError, StoreBusyError
 from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.screening import screen_free_text
+from expunge.orchestrator.service import policy
 from expunge.orchestrator.service.board import RequestBoard
 from expunge.orchestrator.service.followup import Committed, FollowUp
 from expunge.orchestrator.service.ingestion import ServiceIngestion
@@ -54,22 +49,15 @@ from expunge.orchestrator.service.journal_stage import JournalStage
 from expunge.orchestrator.service.lifecycle import Lifecycle
 from expunge.orchestrator.service.pipeline import NextBatch, open_taken, take_queued
 from expunge.orchestrator.service.placement_rows import PlacementRows
-from expunge.orchestrator.service.policy import batch_text, check_subject_list, next_step, split_receipt
 from expunge.orchestrator.service.readiness import Readiness
 from expunge.orchestrator.service.recovery import recover, serve_purpose
 from expunge.orchestrator.service.registrar import Registrar
 from expunge.orchestrator.service.views import ServedVersion, ServiceStats
-from expunge.shards.errors import StorageUnavailableError
 from expunge.shards.identity import canonical_subject_ids
 
 __all__ = ["ErasureService", "ServedVersion", "ServiceStats"]
 
 log = logging.getLogger(__name__)
-
-#: Failures of circumstance: the batch is tried again (after a pause; a lapsed lease taken back first).
-_RETRYABLE = (StorageConflictError, ShardRetrainFailed, ShardStartTimeout, StorageUnavailableError, StoreBusyError)
-_RETRY_PAUSE_S = 1.0
-_MAX_ATTEMPTS = 5
 
 
 class ErasureService:
@@ -124,7 +112,10 @@ class ErasureService:
         self.ingestion = ServiceIngestion(self.job, self.follow, self._state, self._work, self._stopped)
         self._stopping = False
         self._recover()
-        self.readiness = Readiness(self.coordinator.store, self.coordinator.require_manifest(), self.board, self._state)
+        self.readiness = Readiness(
+            self.coordinator.store, self.coordinator.require_manifest(), self.board, self._state,
+            niceness=self.config.ready_niceness,
+        )  # fmt: skip
         self.ingestion.readiness = self.readiness
         self.journaling = JournalStage(self.follow, self.journal, self._state)
         self.next_batch = NextBatch(
@@ -227,7 +218,7 @@ class ErasureService:
 
     def readmit(self, subject_ids: Sequence[object], reason: str) -> int:
         """``Eraser.readmit`` under this service's lease: lift tombstones; returns how many were tombstoned."""
-        ids = check_subject_list(subject_ids)
+        ids = policy.check_subject_list(subject_ids)
         screen_free_text("reason", reason, canonical_subject_ids(ids, "the request"))
         with self._work:
             return self.coordinator.readmit(ids, reason)
@@ -317,7 +308,7 @@ class ErasureService:
                     step_kind = "ingest"
                 else:
                     clock = time.monotonic()
-                    step = next_step(
+                    step = policy.next_step(
                         len(self._queue),
                         clock - self._queue[0].since if self._queue else 0.0,
                         0,  # registration is the Registrar's, on its own thread
@@ -345,7 +336,7 @@ class ErasureService:
                     self.ingestion.run_next()
             except Exception:  # the worker must outlive any one batch; the batch is failed or requeued
                 log.exception("the erasure service's worker hit an unexpected error; it goes on")
-                time.sleep(_RETRY_PAUSE_S)
+                time.sleep(policy.RETRY_PAUSE_S)
 
     def _commit(
         self, entries: list[JournalEntry], batch: BatchEntry, resume: bool, prefetched: Prefetch | None = None
@@ -356,13 +347,13 @@ class ErasureService:
         digests = list(dict.fromkeys(d for e in members for d in e.subject_digests))
         joining, joined = self.ingestion.take() if not resume and prefetched is None else None, False  # 1 retrain/shard
         try:
-            for attempt in range(1, _MAX_ATTEMPTS + 1):
+            for attempt in itertools.count(1):
                 try:
                     with self._work:
                         self.coordinator.follow_latest()
                         acted_on = self.coordinator.require_manifest().version
                         rows = self._rows.at(self.coordinator, acted_on)
-                        ticket, reason = batch_text(members)
+                        ticket, reason = policy.batch_text(members)
                         receipt = self.coordinator.forget_digests(
                             digests,
                             batch.batch_id,
@@ -382,12 +373,16 @@ class ErasureService:
                             catalog = self.coordinator.catalog
                             rows = erased_rows(catalog, catalog.read(receipt.model_version_after or 0))
                     break
-                except _RETRYABLE as exc:
-                    if attempt == _MAX_ATTEMPTS:
+                except policy.RETRYABLE as exc:  # a lapsed lease is taken back first
+                    if (pause := policy.retry_pause(attempt, exc)) is None:
                         self.follow.fail(entries, batch, exc)
                         return
-                    log.warning("batch %s: %s; trying again (%d/%d)", batch.batch_id, exc, attempt, _MAX_ATTEMPTS)
-                    time.sleep(_RETRY_PAUSE_S * attempt)
+                    log.warning(
+                        "batch %s: %s; trying again in %.0f s (attempt %d)", batch.batch_id, exc, pause, attempt
+                    )
+                    with self._state:  # stopping meanwhile: it stays journalled, and the next start resumes it
+                        if self._state.wait_for(lambda: self._stopping, timeout=pause):
+                            return
                     if isinstance(exc, StoreBusyError):
                         self._lease.reacquire(serve_purpose(self.config.namespace))
                 except ExpungeError as exc:
@@ -401,7 +396,7 @@ class ErasureService:
             if not joined:  # not committed with it: the ingest waits again, first in line
                 self.ingestion.joined(joining)
         self.readiness.mask(self.coordinator.manifest, digests)  # before any status says so (joined or not)
-        receipts = [split_receipt(receipt, e, rows) for e in entries]
+        receipts = [policy.split_receipt(receipt, e, rows) for e in entries]
         with self._state:  # answered now; the journal's committed records follow on the journal stage
             self._counts["committed"] += len(entries)
             self._counts["batches"] += 1

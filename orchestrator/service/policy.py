@@ -10,13 +10,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import (
+    ConfigError,
+    ExpungeError,
+    LinkInStoreError,
+    ShardRetrainFailed,
+    ShardStartTimeout,
+    StorageConflictError,
+    StorageUnavailableError,
+    StoreBusyError,
+)
 from expunge.orchestrator.receipts import ErasureReceipt
 
 if TYPE_CHECKING:
     from expunge.orchestrator.service.journal import JournalEntry
 
 __all__ = [
+    "MAX_ATTEMPTS",
+    "RETRYABLE",
+    "RETRY_PAUSE_S",
+    "WAITED_FOR",
     "Step",
     "batch_text",
     "check_idempotency_key",
@@ -25,11 +38,37 @@ __all__ = [
     "check_timeout",
     "next_step",
     "request_id_for",
+    "retry_pause",
     "split_receipt",
     "take_batch",
 ]
 
 _MAX_KEY = 256
+
+#: Failures of circumstance before a batch's commit: the batch is tried again after a pause.
+RETRYABLE = (
+    StorageConflictError,
+    ShardRetrainFailed,
+    ShardStartTimeout,
+    StoreBusyError,
+    StorageUnavailableError,
+    LinkInStoreError,
+)
+#: Of those, what only time or a person sets right (the store does not answer; a link inside it):
+#: the batch waits for it, however long, and is never failed for it (its requests stay accepted).
+WAITED_FOR = (StorageUnavailableError, LinkInStoreError)
+MAX_ATTEMPTS = 5
+RETRY_PAUSE_S = 1.0
+MAX_RETRY_PAUSE_S = 30.0
+
+
+def retry_pause(attempt: int, error: ExpungeError) -> float | None:
+    """Seconds to wait before trying a batch again after its ``attempt`` (1, 2, ...) failed with
+    ``error`` (one of ``RETRYABLE``), growing by ``RETRY_PAUSE_S`` up to ``MAX_RETRY_PAUSE_S``; None:
+    fail the batch (``MAX_ATTEMPTS`` reached for an error that is not ``WAITED_FOR``)."""
+    if attempt >= MAX_ATTEMPTS and not isinstance(error, WAITED_FOR):
+        return None
+    return min(RETRY_PAUSE_S * attempt, MAX_RETRY_PAUSE_S)
 
 
 def check_idempotency_key(key: str) -> str:

@@ -42,6 +42,7 @@ class Readiness:
         board: RequestBoard,
         state: threading.Condition,
         solve: Solve = StatisticsEnsemble,
+        niceness: int | None = None,
     ) -> None:
         self._board = board
         self._store = store
@@ -49,7 +50,8 @@ class Readiness:
         self._waiting: list[tuple[int, tuple[str, ...]]] = []  # (version, request ids), oldest first
         #: Held by the solve's GIL-bound phases; the registration thread yields to them (``Registrar``).
         self.gate = SolveGate()
-        self.fits = ReadyFits(store, self._ready, solve, self.gate) if is_statistics_model(manifest) else None
+        statistics = is_statistics_model(manifest)  # ``niceness``: the solve thread's (``ReadyFits``)
+        self.fits = ReadyFits(store, self._ready, solve, self.gate, niceness) if statistics else None
         self._requested = manifest.version  # the newest version asked to be solved
         if self.fits is not None:
             self.fits.request(manifest)  # the published version: solved now, not on the first call

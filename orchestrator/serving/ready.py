@@ -53,6 +53,7 @@ from expunge.shards.models import (
     SufficientStatisticsModel,
     model_for,
 )
+from expunge.shards.niceness import favoured_thread
 from expunge.shards.rows import SUBJECT_DIGEST
 from expunge.shards.store import ObjectStore
 from expunge.shards.training import load_checkpoint
@@ -173,8 +174,10 @@ class ReadyFits:
         on_ready: Callable[[int, float], None] | None = None,
         solve: Solve = StatisticsEnsemble,
         gate: SolveGate | None = None,
+        niceness: int | None = None,
     ) -> None:
         self._store = store
+        self._niceness = niceness  # the solve thread's (``favoured_thread``); None: the process's
         self.gate = gate if gate is not None else SolveGate()
         self._catalog = Catalog(store)  # a reader of its own: the writer's catalog is the commit thread's
         self._on_ready = on_ready
@@ -262,6 +265,8 @@ class ReadyFits:
             return None
 
     def _run(self) -> None:
+        if self._niceness is not None:
+            favoured_thread(self._niceness, "the ready solve")
         while (manifest := self._next()) is not None:
             began = time.perf_counter()
             try:

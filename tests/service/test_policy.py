@@ -120,3 +120,18 @@ def test_a_wait_limit_must_be_a_finite_number(timeout):
         check_timeout(timeout)
     assert check_timeout(None) is None
     assert check_timeout(0) == 0.0
+
+
+def test_a_store_that_does_not_answer_or_holds_a_link_is_waited_for_other_failures_fail_the_batch():
+    from expunge.orchestrator.errors import LinkInStoreError, ShardRetrainFailed, StorageUnavailableError
+    from expunge.orchestrator.service.policy import MAX_ATTEMPTS, RETRY_PAUSE_S, retry_pause
+
+    # An outage or a link in the store failed acknowledged requests after five tries (10 s).
+    for error in (StorageUnavailableError("down"), LinkInStoreError("shards/0001 is a symbolic link")):
+        pauses = [retry_pause(attempt, error) for attempt in range(1, 200)]
+        assert None not in pauses
+        assert pauses[:3] == [RETRY_PAUSE_S, 2 * RETRY_PAUSE_S, 3 * RETRY_PAUSE_S]
+        assert max(pauses) == 30.0
+    failed = ShardRetrainFailed(1, "out of memory")
+    assert [retry_pause(a, failed) for a in range(1, MAX_ATTEMPTS + 1)][-1] is None
+    assert retry_pause(MAX_ATTEMPTS - 1, failed) == (MAX_ATTEMPTS - 1) * RETRY_PAUSE_S

@@ -244,3 +244,39 @@ def test_joining_a_cluster_nobody_runs_is_a_quick_typed_error():
 
     with pytest.raises(ConfigError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
         join_cluster("127.0.0.1:1", "nowhere")
+
+
+@pytest.mark.parametrize(("refusals", "error", "stage"), [(7, "unavailable", "committed"), (5, "retrain", "failed")])
+def test_a_store_outage_longer_than_the_attempts_is_waited_out_not_failed(
+    tmp_path, hasher, monkeypatch, refusals, error, stage
+):
+    # Adversarial review: a link met in the store (or an S3 outage) before the commit failed every
+    # acknowledged request of the batch after five attempts, and for good.
+    from expunge.orchestrator.errors import ShardRetrainFailed, StorageUnavailableError
+
+    monkeypatch.setattr("expunge.orchestrator.service.policy.RETRY_PAUSE_S", 0.01)
+    service = _service(tmp_path, hasher)
+    try:
+        real, calls = service.coordinator.forget_digests, []
+
+        def flaky(*args, **kwargs):
+            calls.append(1)
+            if len(calls) <= refusals:
+                raise (
+                    StorageUnavailableError("the store does not answer")
+                    if error == "unavailable"
+                    else (ShardRetrainFailed(0, "killed"))
+                )
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(service.coordinator, "forget_digests", flaky)
+        request = service.submit([SUBJECTS[2]])
+        status = service.wait(request, "committed", timeout=120) if stage == "committed" else None
+        if status is None:
+            with pytest.raises(Exception, match="killed"):
+                service.wait(request, "committed", timeout=120)
+            status = service.status(request)
+        assert status.stage == stage
+        assert len(calls) == (refusals + 1 if stage == "committed" else refusals)
+    finally:
+        service.close()

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from expunge.shards.config import TrainingConfig
-from expunge.shards.niceness import apply_niceness, nicer_thread
+from expunge.shards.niceness import apply_niceness, favoured_thread, nicer_thread
 
 
 def test_niceness_is_not_part_of_the_training_fingerprint():
@@ -55,3 +55,29 @@ def test_a_thread_made_nicer_gives_way_alone_and_the_rest_of_the_process_keeps_i
 def test_a_niceness_increment_outside_0_to_19_is_refused(increment):
     with pytest.raises(ValueError, match=r"lies in 0-19"):
         nicer_thread(increment)
+
+
+def test_a_favoured_thread_runs_at_its_niceness_or_keeps_the_processs_and_says_so(monkeypatch, caplog):
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    target = before + 2 if os.geteuid() != 0 else -5  # lowering priority needs no privilege
+    seen: list[int | None] = []
+    thread = threading.Thread(target=lambda: seen.append(favoured_thread(target, "a test thread")))
+    thread.start()
+    thread.join(60)
+    assert seen == [target]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # the rest of the process keeps its niceness
+
+    def refuse(which: int, who: int, value: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    seen.clear()
+    with caplog.at_level(logging.INFO, logger="expunge"):
+        thread = threading.Thread(target=lambda: seen.append(favoured_thread(before - 1, "the ready solve")))
+        thread.start()
+        thread.join(60)
+    assert seen == [before]
+    assert "the ready solve keeps niceness" in caplog.text
+    assert "CAP_SYS_NICE" in caplog.text
+    with pytest.raises(ValueError, match=r"lies in -20\.\.19"):
+        favoured_thread(20, "x")
