@@ -39,7 +39,7 @@ from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.pool import ShardPool
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import Lineage
-from expunge.orchestrator.registry.binding import bind_tracking
+from expunge.orchestrator.registry.ownership import bind_writer
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_request_text
 from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published, why_ray_at_once
@@ -179,7 +179,7 @@ def opened(
         configured_audit(evidence)  # a missing or unusable hold-out: refused now (rows stay cached for the erasure)
         _, latest = published(storage, hasher)  # a wrong key would find nobody: refuse before starting Ray
         model_for(latest.model)  # a custom model's module must import here, and in the shard actors: refuse now
-        tracking = bind_tracking(latest.registry, tracking, tracking_uri, storage.uri)
+        tracking = bind_writer(latest.registry, tracking, tracking_uri, storage)
         # One lease token for the whole job (a served store is refused here, at once): the coordinator's
         # recovery on open and the erasure join it (the lease is re-entrant within a process), so the
         # job takes one token and tidies the lease history once (it took one for each, each tidying).

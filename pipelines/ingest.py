@@ -26,7 +26,7 @@ from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.errors import PersonalDataInTextError
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.receipts import IngestReceipt
-from expunge.orchestrator.registry.binding import bind_tracking
+from expunge.orchestrator.registry.ownership import bind_writer
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import names_subject
 from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published, why_ray_at_once
@@ -71,7 +71,7 @@ def run(
         check_request_id(request_id)
     _, latest = published(job.storage, hasher)  # an untrained store or a wrong key: refused before Ray
     model_for(latest.model)  # a custom model's module must import here and in the shard actors
-    tracking = bind_tracking(latest.registry, job.tracking, tracking_uri, job.storage.uri)
+    tracking = bind_writer(latest.registry, job.tracking, tracking_uri, job.storage)
     lease = StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s)
     lease.refuse_if_held()  # a served store: refuse at once
     task = task_of(latest.model)

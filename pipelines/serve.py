@@ -124,7 +124,7 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
         ConfigError: no key, an untrained store, a wrong key, or a local store on a multi-node cluster.
     """
     from expunge.orchestrator.lease import StoreLease
-    from expunge.orchestrator.registry.binding import bind_tracking
+    from expunge.orchestrator.registry.ownership import bind_writer
     from expunge.orchestrator.service.recovery import serve_purpose
     from expunge.orchestrator.session import published
     from expunge.shards.models import model_for
@@ -137,7 +137,7 @@ def serve(job: JobConfig, address: str | None, num_cpus: int) -> dict[str, Any]:
     if holder is not None and holder.purpose != serve_purpose(job.service.namespace):
         # Another process writes the store (a service of another namespace, a CLI job): refuse before a head starts.
         StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s).refuse_if_held()
-    job = _anchored(job, bind_tracking(latest.registry, job.tracking, None, job.storage.uri))
+    job = _anchored(job, bind_writer(latest.registry, job.tracking, None, job.storage))
     namespace = job.service.namespace
     lock = state_file(namespace).with_suffix(".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.catalog import Catalog, RegistryBinding
+from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError, ExpungeError
+from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.registry.tracking import Registry, store_tag, stored_elsewhere
 from expunge.shards.store import ObjectStore
 
-__all__ = ["refuse_another_stores_registry"]
+__all__ = ["bind_writer", "refuse_another_stores_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,51 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
         f"{served.version}) the store at {recorded}, not this one at {here}: one is a copy of the other. "
         "Publishing here would move the alias off that store's model and purge its versions, and a copy older "
         "than one of its erasures would serve the erased subject again. Nothing was changed. Work on a copy "
-        "with tracking off (tracking.enabled: false), or train a new store with its own tracking.model_name; "
-        "if this store replaces the other, remove that one first."
+        "with tracking off (a job config with tracking.enabled: false) or with a registry of its own "
+        "(--tracking-uri); if this store replaces the other, remove that one first."
     )
+
+
+def bind_writer(
+    recorded: RegistryBinding | None, given: TrackingConfig | None, tracking_uri: str | None, storage: StorageConfig
+) -> TrackingConfig:
+    """``bind_tracking`` for a job that writes the store, which lets a copy of a store go its own way.
+
+    Where ``bind_tracking`` refuses the given settings (tracking off, another registry) because the
+    store records a registry, and that registry's alias serves another store that still holds an
+    ensemble (this store is a copy of it, or it of this one), the given settings are taken: the
+    recorded registry does not serve this store, so nothing of it stays loadable on this store's
+    account. Tracking off is ``given`` with ``enabled: false``; another registry, ``tracking_uri``.
+
+    Raises:
+        ConfigError: as ``bind_tracking``, for a store its recorded registry serves (or that cannot be told).
+    """
+    try:
+        return bind_tracking(recorded, given, tracking_uri, storage.uri)
+    except ConfigError:
+        if recorded is None or not _serves_another_store(recorded, storage):
+            raise
+    tracking = given or TrackingConfig()
+    tracking = tracking.model_copy(update={"uri": tracking_uri}) if tracking_uri else tracking
+    log.info(
+        "the MLflow registry this store records serves another store (this one is a copy): %s",
+        f"publishing to {tracking.uri or 'the default registry'}" if tracking.enabled else "tracking off",
+    )
+    return tracking
+
+
+def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig) -> bool:
+    """Whether ``recorded``'s alias serves a version of another store that still holds an ensemble (False:
+    it serves this store, nothing, or cannot be read)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        served = MlflowClient(recorded.tracking_uri).get_model_version_by_alias(recorded.model_name, recorded.alias)
+    except (MlflowException, OSError):
+        return False
+    where = str(served.tags.get("expunge.storage", ""))
+    return stored_elsewhere(where, storage.uri) and _holds_ensemble(where, ObjectStore(storage))
 
 
 def _holds_ensemble(uri: str, here: ObjectStore) -> bool:

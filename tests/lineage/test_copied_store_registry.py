@@ -78,3 +78,32 @@ def test_which_tags_name_another_store(tmp_path):
     assert stored_elsewhere(str(tmp_path / "other"), str(here))
     assert stored_elsewhere("s3://bucket/a", "s3://bucket/b")
     assert not stored_elsewhere("s3://bucket/a", "s3://bucket/a")
+
+
+def test_a_copy_goes_its_own_way_with_tracking_off_or_a_registry_of_its_own(tmp_path):
+    # The refusal's advice must work: a copy's recorded registry serves the original, so a job on the
+    # copy may switch tracking off or name another registry (refused for a store its registry serves).
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.registry.ownership import bind_writer
+    from expunge.shards.store import ObjectStore
+
+    original = tmp_path / "store"
+    _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
+    copy = tmp_path / "copy" / "store"
+    shutil.copytree(original, copy)
+    recorded = Catalog(ObjectStore(str(original))).latest().registry
+    owner = _open(tmp_path, original)
+    before = _registry_state(owner)
+    off = TrackingConfig(enabled=False)
+    with pytest.raises(ConfigError, match="switches tracking off"):
+        bind_writer(recorded, off, None, StorageConfig(uri=str(original)))  # the original: refused as ever
+    assert not bind_writer(recorded, off, None, StorageConfig(uri=str(copy))).enabled
+    Coordinator(str(copy), SubjectHasher(TEST_KEY), None, local_pool).forget([subjects(ROWS)[3]])
+    own = f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}"
+    tracking = bind_writer(recorded, None, own, StorageConfig(uri=str(copy)))
+    assert tracking.uri == own
+    lineage = Lineage(tracking, str(copy))
+    receipt = Coordinator(str(copy), SubjectHasher(TEST_KEY), lineage, local_pool).forget([subjects(ROWS)[5]])
+    assert receipt.registry_version_after is not None  # in the copy's own registry
+    assert _registry_state(owner) == before  # the original's registry untouched throughout
