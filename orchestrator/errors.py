@@ -34,6 +34,7 @@ __all__ = [
     "PermissionDeniedError",
     "PersonalDataInTextError",
     "PurgedVersionError",
+    "RegistryOfAnotherStoreError",
     "ServiceUnavailableError",
     "ShardRetrainFailed",
     "ShardStartTimeout",
@@ -241,4 +242,14 @@ class PersonalDataInTextError(ConfigError):
 
     Refused before anything is stored (HTTP 400, CLI exit 2). Example scenario: a privacy desk
     pastes "erase jane@example.com, user-7" into ``reason``. Give a ticket reference instead.
+    """
+
+
+class RegistryOfAnotherStoreError(ConfigError):
+    """The MLflow registry this store records serves another store; nothing was changed.
+
+    Example scenario: ``expunge forget`` on a copy of a production store, whose recorded registry
+    still serves the original: publishing there would move the original's alias to the copy's
+    model and purge the original's versions. Work on a copy with tracking off or a registry of its
+    own (``--tracking-uri``); a store that moved takes its registry over when its old place is empty.
     """

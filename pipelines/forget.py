@@ -257,7 +257,8 @@ def main(
     config: Path | None = typer.Option(None, help="job config YAML (for storage, tracking, privacy)"),
     storage: str | None = typer.Option(None, help="storage URI (overrides the config)"),
     tracking_uri: str | None = typer.Option(
-        None, help="MLflow tracking URI (default: the one the store recorded at training; another one is refused)"
+        None,
+        help="MLflow tracking URI (default: the one the store recorded at training; another one is refused, but for a copy of a store whose recorded registry serves the original)",
     ),
     request_id: str | None = typer.Option(
         None, help="request id to record (default: generated); with --service, the idempotency key"

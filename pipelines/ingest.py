@@ -148,7 +148,8 @@ def main(
     ),
     storage: str | None = typer.Option(None, help="override storage.uri"),
     tracking_uri: str | None = typer.Option(
-        None, help="MLflow tracking URI (default: the one the store recorded at training; another one is refused)"
+        None,
+        help="MLflow tracking URI (default: the one the store recorded at training; another one is refused, but for a copy of a store whose recorded registry serves the original)",
     ),
     in_process_max_shards: int | None = typer.Option(
         None,

@@ -45,6 +45,7 @@ from expunge.orchestrator.evidence.references import ingest_named
 from expunge.orchestrator.evidence.report import VerifyReport, chain_markdown
 from expunge.orchestrator.evidence.verify import verify_erasure, verify_log
 from expunge.orchestrator.registry.checks import AuditView
+from expunge.orchestrator.registry.ownership import bind_writer
 from expunge.orchestrator.session import published
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, key_configured, progress
 from expunge.shards.store import ObjectStore
@@ -95,9 +96,19 @@ def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
 def _registry(
     storage: StorageConfig, tracking: TrackingConfig | None, tracking_uri: str | None
 ) -> RegistryBinding | None:
-    """The registry the store records, with ``--tracking-uri`` (or the config's tracking) applied."""
+    """The registry the store records, with ``--tracking-uri`` (or the config's tracking) applied.
+
+    None (MLflow not checked) for a copy of a store run with tracking off: the registry it records
+    serves the original (``bind_writer``), which its erasures never reached.
+    """
     latest = Catalog(ObjectStore(storage)).latest()
     recorded = latest.registry if latest is not None else None
+    if recorded is not None and tracking is not None and not tracking.enabled and tracking_uri is None:
+        try:
+            bind_writer(recorded, tracking, None, storage)
+            return None
+        except ConfigError:
+            pass  # the store that registry serves: checked as ever
     if recorded is not None:
         return recorded.model_copy(update={"tracking_uri": tracking_uri}) if tracking_uri else recorded
     if tracking_uri is None and (tracking is None or not tracking.uri):

@@ -28,6 +28,7 @@ from expunge.orchestrator.errors import (
     ExpungeError,
     LinkInStoreError,
     PersonalDataInTextError,
+    RegistryOfAnotherStoreError,
     StorageConflictError,
     StorageCorruptError,
     StoreBusyError,
@@ -79,7 +80,7 @@ class Eraser:
         try:
             purge_unreferenced(self.session.store, self.session.catalog, self.session.manifest)
             self._sync_lineage()
-        except LinkInStoreError:  # a layout a person must fix: refused now, before any commit, not after it
+        except (LinkInStoreError, RegistryOfAnotherStoreError):  # a person must set it right: refused now
             raise
         except ExpungeError as exc:  # it stays to do: every later writer tries again on open
             log.warning("could not finish what an earlier run left (%s); the next writer tries again", exc)

@@ -16,11 +16,12 @@ from urllib.request import url2pathname
 
 from pydantic import BaseModel, ConfigDict
 
-from expunge.orchestrator.catalog import Catalog, RegistryBinding
+from expunge.orchestrator.catalog import RegistryBinding
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError, TrackingUnreachable
 from expunge.orchestrator.registry.artifacts import ArtifactEraser
 from expunge.orchestrator.registry.chain_anchors import ChainAnchor, ChainAnchors
+from expunge.orchestrator.registry.ownership import shares_history
 from expunge.orchestrator.registry.purge_notice import PurgeNotice, notice_objects
 from expunge.orchestrator.registry.tracking import (
     LOGGED_MODEL_TAG,
@@ -136,7 +137,7 @@ class AuditView:
         elsewhere = str(served.tags.get("expunge.storage", "")) if served is not None else ""
         if served is None:
             problems.append(f"no version of {name!r} carries the alias {alias!r}")
-        elif stored_elsewhere(elsewhere, self.store.uri) and not self._shares_history(served):
+        elif stored_elsewhere(elsewhere, self.store.uri) and not shares_history(served, self.store):
             problems.append(
                 f"the alias {alias!r} serves version {served.version}, made by the store at {elsewhere}, not this "
                 "one (a copy of it, or its original) and not in this store's history: nothing says that version "
@@ -207,15 +208,6 @@ class AuditView:
         """
         found = self.client.search_model_versions(f"name = '{self.binding.model_name}'")
         return {_ensemble_version(v.tags) for v in found if v.tags.get("expunge.ensemble_version", "").isdigit()}
-
-    def _shares_history(self, version: Any) -> bool:
-        """Whether this store published the ensemble version ``version`` was built from, for the same request:
-        a copy and its original share their past (checking a copy of the store is checking the same versions)."""
-        number = _ensemble_version(version.tags)
-        catalog = Catalog(self.store)
-        if not number or not catalog.has(number):
-            return False
-        return (catalog.read(number).request_id or "none") == version.tags.get("expunge.request_id", "none")
 
     def _alias_target(self) -> Any:
         from mlflow.exceptions import MlflowException

@@ -389,9 +389,8 @@ class Lineage:
         self.purger.finished = None
         if manifest is not None and (recorded is None or recorded < manifest.version):
             manifest = self.packaging.hold(manifest)  # its checkpoints, before a commit beside purges them
-            log.warning(
-                "MLflow lags the store (v%s < v%d): recording the published version now", recorded, manifest.version
-            )
+            behind = f"its alias serves v{recorded}" if recorded is not None else "it has no version of this store"
+            log.warning("MLflow lags the store (%s; the store is at v%d): recording it now", behind, manifest.version)
             self._record_published(manifest, None if target is None else str(target.version))
         # Every version older than the newest erasure's (or the version standing in for an erasure
         # MLflow missed) held the erased subjects; versions after it (ingests, trainings) stay. A

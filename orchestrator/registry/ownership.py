@@ -7,12 +7,12 @@ from typing import Any
 
 from expunge.orchestrator.catalog import Catalog, RegistryBinding
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
-from expunge.orchestrator.errors import ConfigError, ExpungeError
+from expunge.orchestrator.errors import ConfigError, ExpungeError, RegistryOfAnotherStoreError
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.registry.tracking import Registry, store_tag, stored_elsewhere
 from expunge.shards.store import ObjectStore
 
-__all__ = ["bind_writer", "refuse_another_stores_registry"]
+__all__ = ["bind_writer", "refuse_another_stores_registry", "shares_history"]
 
 log = logging.getLogger(__name__)
 
@@ -24,34 +24,49 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
     original's registry: publishing there would move the alias to the copy's model and purge the
     original's versions, and a copy taken before an erasure would put the erased subject back in
     production. Where the store the alias names no longer holds an ensemble (this one moved from
-    there), this store takes the registry over, with a warning. A tag recorded as a relative path
-    (before tags were absolute) cannot be placed and is let through.
+    there), this store takes the registry over, with a warning, but only when it published the
+    version the alias serves (``shares_history``): a copy older than the move is refused. A tag
+    recorded as a relative path (before tags were absolute) cannot be placed and is let through.
 
     Raises:
-        ConfigError: the alias serves a version made by another store that still exists.
+        RegistryOfAnotherStoreError: the alias serves a version made by another store that still
+            exists, or one this store never published.
     """
     recorded = str(served.tags.get("expunge.storage", "")) if served is not None else ""
     if not stored_elsewhere(recorded, registry.store_uri):
         return
     here = store_tag(registry.store_uri)
-    if not _holds_ensemble(recorded, registry.store):
+    if not _holds_ensemble(recorded, registry.store) and shares_history(served, registry.store):
         log.warning(
             "the alias %r of MLflow model %r serves a version of the store at %s, which holds no ensemble any "
-            "more: the store moved to %s, which the registry follows from now on",
+            "more: the store moved to %s, which the registry follows from now on (update storage.uri in job "
+            "configs that name the old place)",
             registry.alias,
             registry.model_name,
             recorded,
             here,
         )
         return
-    raise ConfigError(
+    raise RegistryOfAnotherStoreError(
         f"the MLflow model {registry.model_name!r} at {registry.uri} serves (alias {registry.alias!r}, version "
         f"{served.version}) the store at {recorded}, not this one at {here}: one is a copy of the other. "
         "Publishing here would move the alias off that store's model and purge its versions, and a copy older "
         "than one of its erasures would serve the erased subject again. Nothing was changed. Work on a copy "
         "with tracking off (a job config with tracking.enabled: false) or with a registry of its own "
-        "(--tracking-uri); if this store replaces the other, remove that one first."
+        "(--tracking-uri, given every time); if this store replaces the other, remove that one first."
     )
+
+
+def shares_history(version: Any, store: ObjectStore) -> bool:
+    """Whether ``store`` published the ensemble version MLflow model ``version`` was built from, for the
+    same request (its ``expunge.ensemble_version`` and ``expunge.request_id`` tags): a copy and its
+    original share their past, and a store that moved keeps all of it."""
+    tags = version.tags
+    number = str(tags.get("expunge.ensemble_version", ""))
+    catalog = Catalog(store)
+    if not number.isdigit() or not catalog.has(int(number)):
+        return False
+    return (catalog.read(int(number)).request_id or "none") == tags.get("expunge.request_id", "none")
 
 
 def bind_writer(

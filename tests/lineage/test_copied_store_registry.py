@@ -107,3 +107,43 @@ def test_a_copy_goes_its_own_way_with_tracking_off_or_a_registry_of_its_own(tmp_
     receipt = Coordinator(str(copy), SubjectHasher(TEST_KEY), lineage, local_pool).forget([subjects(ROWS)[5]])
     assert receipt.registry_version_after is not None  # in the copy's own registry
     assert _registry_state(owner) == before  # the original's registry untouched throughout
+
+
+def test_a_stale_copy_does_not_take_over_a_registry_whose_store_moved_away(tmp_path):
+    # A new user's finding: with the original moved, any copy "took the registry over"; a copy older
+    # than an erasure then served the erased subject in production, and the real store was refused.
+    from expunge.orchestrator.errors import RegistryOfAnotherStoreError
+
+    original = tmp_path / "store"
+    _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
+    stale = tmp_path / "trial" / "store"
+    shutil.copytree(original, stale)  # taken before the erasure below
+    owner = _open(tmp_path, original)
+    owner.forget([subjects(ROWS)[3]])
+    before = _registry_state(owner)
+    moved = tmp_path / "bigger-disk" / "store"
+    moved.parent.mkdir()
+    shutil.move(original, moved)
+    with pytest.raises(RegistryOfAnotherStoreError, match="one is a copy of the other"):
+        _open(tmp_path, stale)
+    mover = _open(tmp_path, moved)  # the real store, moved: it published what the alias serves
+    assert _registry_state(mover) == before
+    assert mover.forget([subjects(ROWS)[5]]).status == "erased"
+
+
+def test_verify_of_a_copy_run_with_tracking_off_leaves_the_originals_registry_alone(tmp_path):
+    # A new user's finding: verify ignored tracking off and judged the copy's erasure by the
+    # original's registry ("version 2 still loads"), as if production served the erased person.
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.pipelines.verify import _registry
+
+    original = tmp_path / "store"
+    _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
+    copy = tmp_path / "copy" / "store"
+    shutil.copytree(original, copy)
+    off = TrackingConfig(enabled=False)
+    assert _registry(StorageConfig(uri=str(copy)), off, None) is None
+    recorded = _registry(StorageConfig(uri=str(original)), off, None)  # the store that registry serves
+    assert recorded is not None
+    assert recorded.model_name == TRACKING_NAME
+    assert _registry(StorageConfig(uri=str(copy)), None, None) == recorded  # no config: the recorded one
