@@ -37,7 +37,7 @@ def _registry_state(coordinator: Coordinator) -> tuple[str | None, list[str]]:
     return coordinator.lineage.current_version(), versions
 
 
-def test_a_copy_is_refused_before_it_writes_to_the_originals_registry(tmp_path):
+def test_a_copy_is_refused_before_it_writes_to_the_originals_registry(tmp_path, caplog):
     # A new user's finding: `forget` on a copy moved the original's alias to the copy's model and
     # purged the original's live version; a copy older than an erasure served the erased subject again.
     original = tmp_path / "store"
@@ -48,6 +48,10 @@ def test_a_copy_is_refused_before_it_writes_to_the_originals_registry(tmp_path):
     before = _registry_state(owner)
     with pytest.raises(ConfigError, match=r"one is a copy of the other.*Nothing was changed"):
         _open(tmp_path, copy).forget([subjects(ROWS)[3]])
+    deferred = Lineage(_tracking(tmp_path), str(copy), deferred=True)  # as the CLI opens it
+    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError, match="one is a copy of the other"):
+        Coordinator(str(copy), SubjectHasher(TEST_KEY), deferred, local_pool).forget([subjects(ROWS)[3]])
+    assert "could not finish what an earlier run left" not in caplog.text  # nothing was left: refused, once
     assert _registry_state(owner) == before
     receipt = owner.forget([subjects(ROWS)[3]])  # the original goes on as before
     assert receipt.status == "erased"
