@@ -78,6 +78,8 @@ class VerifyOptions:
     audit_holdout: str | None = None
     report_dir: Path | None = None
     evidence: EvidenceConfig | None = None
+    #: Why MLflow is not checked although the store records a registry (``_copy_untracked``).
+    registry_skipped: str | None = None
 
 
 def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
@@ -96,19 +98,12 @@ def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
 def _registry(
     storage: StorageConfig, tracking: TrackingConfig | None, tracking_uri: str | None
 ) -> RegistryBinding | None:
-    """The registry the store records, with ``--tracking-uri`` (or the config's tracking) applied.
-
-    None (MLflow not checked) for a copy of a store run with tracking off: the registry it records
-    serves the original (``bind_writer``), which its erasures never reached.
-    """
+    """The registry the store records, with ``--tracking-uri`` (or the config's tracking) applied; None
+    for a copy of a store run with tracking off (``_copy_untracked``)."""
     latest = Catalog(ObjectStore(storage)).latest()
     recorded = latest.registry if latest is not None else None
-    if recorded is not None and tracking is not None and not tracking.enabled and tracking_uri is None:
-        try:
-            bind_writer(recorded, tracking, None, storage)
-            return None
-        except ConfigError:
-            pass  # the store that registry serves: checked as ever
+    if _copy_untracked(storage, tracking, tracking_uri) is not None:
+        return None
     if recorded is not None:
         return recorded.model_copy(update={"tracking_uri": tracking_uri}) if tracking_uri else recorded
     if tracking_uri is None and (tracking is None or not tracking.uri):
@@ -119,6 +114,23 @@ def _registry(
         experiment=base.experiment,
         model_name=base.model_name,
         alias=base.alias,
+    )
+
+
+def _copy_untracked(storage: StorageConfig, tracking: TrackingConfig | None, tracking_uri: str | None) -> str | None:
+    """Why MLflow is not checked: a copy of a store run with tracking off (its recorded registry serves the
+    original, which its erasures never reached; ``bind_writer``); None otherwise."""
+    latest = Catalog(ObjectStore(storage)).latest()
+    recorded = latest.registry if latest is not None else None
+    if recorded is None or tracking is None or tracking.enabled or tracking_uri is not None:
+        return None
+    try:
+        bind_writer(recorded, tracking, None, storage)
+    except ConfigError:
+        return None  # the store that registry serves: checked as ever
+    return (
+        f"Not checked: this store is a copy run with tracking off, and the registry it records "
+        f"({recorded.tracking_uri}, model {recorded.model_name!r}) serves the store it was copied from."
     )
 
 
@@ -153,6 +165,7 @@ def run(
                 options.registry,
                 log_to_mlflow=options.record and not options.audit,  # recorded below, with the post-hoc check
                 evidence=options.evidence,
+                registry_skipped=options.registry_skipped,
             )
         if options.audit:
             report = _post_hoc(report, options)
@@ -306,6 +319,7 @@ def main(
             storage=store,
             hasher=_hasher(privacy, workdir) if request is not None else None,
             registry=_registry(store, job.tracking if job else None, tracking_uri),
+            registry_skipped=_copy_untracked(store, job.tracking if job else None, tracking_uri),
             out=out or workdir or Path("."),
             record=record,
             audit=audit,

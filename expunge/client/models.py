@@ -235,6 +235,9 @@ class Health(_Reply):
     pending_purges: int
     pending_registrations: int
     late: int
+    #: A batch waits, before its commit, for a store that does not answer or holds a symbolic link
+    #: (the cause: ``ServiceStats.waiting_cause`` and the service's log); requests queue behind it.
+    waiting_for_store: bool = False
 
 
 class TokenCreate(_Wire):

@@ -328,6 +328,7 @@ def build_app(service: ErasureService, tokens: TokenStore) -> FastAPI:
             pending_purges=stats.pending_purges,
             pending_registrations=stats.pending_registrations,
             late=by_state()["late"],
+            waiting_for_store=stats.waiting_cause is not None,
         )
 
     @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)

@@ -160,6 +160,7 @@ def verify_erasure(
     subject_id: str | None = None,
     registry: RegistryBinding | None = None,
     log_to_mlflow: bool = True,
+    registry_skipped: str | None = None,
     evidence: EvidenceConfig | None = None,
 ) -> VerifyReport:
     """Check one erasure request end to end and (by default) attach the report to its MLflow runs.
@@ -168,7 +169,8 @@ def verify_erasure(
     (``evidence.references.resolve_request``). ``evidence``: where the receipt log is anchored
     (None: MLflow only). ``hasher``: the store's digest key. ``subject_id``: the raw id of one subject of the request
     (optional: without it the storage scan looks for digests only). ``registry``: the MLflow
-    registry to check; None checks the one the store records, and none is skipped. Re-derives
+    registry to check; None checks the one the store records, and none is skipped; ``registry_skipped``:
+    why MLflow is deliberately not checked (a copy of a store run with tracking off), said in the report. Re-derives
     the request's affected shards in this process (about one shard's training each) and reads
     every stored object version once per subject.
 
@@ -210,7 +212,7 @@ def verify_erasure(
             f"--subject does not name a subject of request {request_id} (its digest is not in the receipt); check "
             "the id, or leave --subject out to check by digest"
         )
-    view, why = _registry_view(registry or latest.registry, storage)
+    view, why = (None, registry_skipped) if registry_skipped else _registry_view(registry or latest.registry, storage)
     exactness = _exactness(catalog, receipt, latest.version)
     state = state_check(catalog, latest, view)
     stored = storage_check(store, catalog, shown, subject_id, digest)

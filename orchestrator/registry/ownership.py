@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from expunge.orchestrator.catalog import Catalog, RegistryBinding
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError, ExpungeError, RegistryOfAnotherStoreError
 from expunge.orchestrator.registry.binding import bind_tracking
-from expunge.orchestrator.registry.tracking import Registry, store_tag, stored_elsewhere
+from expunge.orchestrator.registry.tracking import MLFLOW_HTTP_DEFAULTS, Registry, store_tag, stored_elsewhere
 from expunge.shards.store import ObjectStore
 
 __all__ = ["bind_writer", "refuse_another_stores_registry", "shares_history"]
@@ -49,7 +51,8 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
         return
     raise RegistryOfAnotherStoreError(
         f"the MLflow model {registry.model_name!r} at {registry.uri} serves (alias {registry.alias!r}, version "
-        f"{served.version}) the store at {recorded}, not this one at {here}: one is a copy of the other. "
+        f"{served.version}) the store at {recorded}, not this one at {here}: one is a copy of the other, or "
+        "another store publishes to this model (a new store needs a tracking.model_name of its own). "
         "Publishing here would move the alias off that store's model and purge its versions, and a copy older "
         "than one of its erasures would serve the erased subject again. Nothing was changed. Work on a copy "
         "with tracking off (a job config with tracking.enabled: false) or with a registry of its own "
@@ -103,8 +106,13 @@ def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig) -> 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    uri = recorded.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return False  # no registry there (MLflow would make an empty one): it serves nothing
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():  # a server that is down: refused in seconds, not minutes
+        os.environ.setdefault(name, value)
     try:
-        served = MlflowClient(recorded.tracking_uri).get_model_version_by_alias(recorded.model_name, recorded.alias)
+        served = MlflowClient(uri).get_model_version_by_alias(recorded.model_name, recorded.alias)
     except (MlflowException, OSError):
         return False
     where = str(served.tags.get("expunge.storage", ""))

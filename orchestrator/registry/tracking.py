@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: Bounds on each MLflow HTTP call (attempts, seconds); values already in ``os.environ`` win.
-_MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 #: Version tag naming the erasure request whose commit purged the version's weights.
 PURGED_BY_REQUEST = "expunge.purged_by_request"
@@ -94,18 +94,19 @@ def equals_filter(key: str, value: str, parse: Callable[[str], list[dict[str, An
 
 
 def same_store(recorded: str, given: str) -> bool:
-    """Do two store URIs name the same store (a local folder given as relative, absolute or file:// path)?"""
-    if recorded == given:
+    """Do two store URIs name the same store? A local folder given as a relative, absolute, ``file://``
+    or ``local://`` path, or reached by another path to the same folder (a bind mount: the same device
+    and inode); an S3 prefix as ``s3://``, ``s3a://`` or ``s3n://``, with or without a trailing slash."""
+    if recorded == given or _canonical(recorded) == _canonical(given):
         return True
     local = [_local_folder(u) for u in (recorded, given)]
-    return None not in local and local[0] == local[1]
+    return local[0] is not None and local[1] is not None and _same_folder(local[0], local[1])
 
 
 def store_tag(uri: str) -> str:
     """The ``expunge.storage`` tag of a store URI: a local folder as its absolute, resolved path (so a
-    copy elsewhere is told apart from it, whatever the cwd), any other URI as given."""
-    folder = _local_folder(uri)
-    return str(folder) if folder is not None else uri
+    copy elsewhere is told apart from it, whatever the cwd), an S3 prefix as ``s3://bucket/prefix``."""
+    return _canonical(uri)
 
 
 def stored_elsewhere(recorded: str, given: str) -> bool:
@@ -116,11 +117,27 @@ def stored_elsewhere(recorded: str, given: str) -> bool:
     return "://" in recorded or Path(recorded).is_absolute()
 
 
+def _canonical(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("s3", "s3a", "s3n"):
+        return f"s3://{parsed.netloc}{parsed.path}".rstrip("/")
+    folder = _local_folder(uri)
+    return str(folder) if folder is not None else uri.rstrip("/")
+
+
 def _local_folder(uri: str) -> Path | None:
     parsed = urlparse(uri)
-    if parsed.scheme == "file":
+    if parsed.scheme in ("file", "local"):
         return Path(url2pathname(parsed.path)).resolve()
     return Path(uri).resolve() if uri and "://" not in uri else None
+
+
+def _same_folder(left: Path, right: Path) -> bool:
+    try:
+        a, b = left.stat(), right.stat()
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
@@ -174,7 +191,7 @@ class Registry:
         # MLflow's own HTTP retries back off for minutes on a dead server, while Expunge retries the
         # registration itself (it is pending, never lost): keep each MLflow call short. Explicit
         # settings in the environment win.
-        for name, value in _MLFLOW_HTTP_DEFAULTS.items():
+        for name, value in MLFLOW_HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
         from mlflow.exceptions import MlflowException
 

@@ -111,6 +111,7 @@ class ErasureService:
         self.follow = FollowUp(self.coordinator, self.lineage, self.journal, self.board, *shared)
         self.ingestion = ServiceIngestion(self.job, self.follow, self._state, self._work, self._stopped)
         self._stopping = False
+        self._waiting: str | None = None  # ``ServiceStats.waiting_cause``
         self._recover()
         self.readiness = Readiness(
             self.coordinator.store, self.coordinator.require_manifest(), self.board, self._state,
@@ -264,7 +265,8 @@ class ErasureService:
             purges, unregistered, cause = self.follow.pending()
             journalling, journal_cause = self.journaling.pending()  # committed, on its way to registration
             latency = self.board.clock.snapshot()
-        return ServiceStats.of(counts, queued, purges, unregistered + journalling, journal_cause or cause, latency)
+            pending = unregistered + journalling
+        return ServiceStats.of(counts, queued, purges, pending, journal_cause or cause, latency, self._waiting)
 
     def exact_solve_seconds(self) -> float:
         """``Readiness.exact_solve_seconds`` of the published version: the reference of ``ready_to_serve``."""
@@ -381,6 +383,7 @@ class ErasureService:
                         "batch %s: %s; trying again in %.0f s (attempt %d)", batch.batch_id, exc, pause, attempt
                     )
                     with self._state:  # stopping meanwhile: it stays journalled, and the next start resumes it
+                        self._waiting = f"{batch.batch_id}: {type(exc).__name__}: {exc}" if attempt >= 3 else None
                         if self._state.wait_for(lambda: self._stopping, timeout=pause):
                             return
                     if isinstance(exc, StoreBusyError):
@@ -393,6 +396,7 @@ class ErasureService:
                 after = receipt.model_version_after if receipt.model_version_before == acted_on else None
                 self._rows.erased(acted_on, after, digests, joined_ingest=joining is not None)
         finally:
+            self._waiting = None
             if not joined:  # not committed with it: the ingest waits again, first in line
                 self.ingestion.joined(joining)
         self.readiness.mask(self.coordinator.manifest, digests)  # before any status says so (joined or not)

@@ -80,6 +80,9 @@ class ServiceStats(BaseModel):
     pending_registrations: int = 0
     #: The cause of the last failed retry, if any is pending.
     pending_cause: str | None = None
+    #: A batch waiting, before its commit, for a store that does not answer or holds a symbolic link:
+    #: ``"<batch id>: <cause>"``. Its requests stay accepted, and the requests behind it wait too.
+    waiting_cause: str | None = None
     #: Latency from a request's receipt to each stage it reached in this process (committed, ready, registered).
     latency: dict[str, Latency] = {}
     #: Ingests this process answered, by outcome, and the rows they added.
@@ -99,6 +102,7 @@ class ServiceStats(BaseModel):
         unregistered: int,
         cause: str | None,
         latency: Mapping[str, Latency] | None = None,
+        waiting: str | None = None,
     ) -> ServiceStats:
         """The stats of this process from its counters, with its peak RSS read now."""
         return cls(
@@ -114,6 +118,7 @@ class ServiceStats(BaseModel):
             pending_purges=purges,
             pending_registrations=unregistered,
             pending_cause=cause,
+            waiting_cause=waiting,
             latency=dict(latency or {}),
             ingested=counts.get("ingests_ingested", 0),
             batches_ahead=counts.get("batches_ahead", 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -82,6 +83,11 @@ def test_which_tags_name_another_store(tmp_path):
     assert stored_elsewhere(str(tmp_path / "other"), str(here))
     assert stored_elsewhere("s3://bucket/a", "s3://bucket/b")
     assert not stored_elsewhere("s3://bucket/a", "s3://bucket/a")
+    # Adversarial review: other spellings of the same store read as "another store", so tracking off
+    # was accepted on the original itself.
+    assert not stored_elsewhere(store_tag(str(here)), f"local://{here}")
+    assert not stored_elsewhere("s3://bucket/a", "s3a://bucket/a/")
+    assert store_tag("s3a://bucket/a/") == "s3://bucket/a"
 
 
 def test_a_copy_goes_its_own_way_with_tracking_off_or_a_registry_of_its_own(tmp_path):
@@ -135,19 +141,47 @@ def test_a_stale_copy_does_not_take_over_a_registry_whose_store_moved_away(tmp_p
     assert mover.forget([subjects(ROWS)[5]]).status == "erased"
 
 
-def test_verify_of_a_copy_run_with_tracking_off_leaves_the_originals_registry_alone(tmp_path):
+def test_verify_of_a_copy_run_with_tracking_off_leaves_the_originals_registry_alone(tmp_path, monkeypatch):
     # A new user's finding: verify ignored tracking off and judged the copy's erasure by the
-    # original's registry ("version 2 still loads"), as if production served the erased person.
-    from expunge.orchestrator.config import StorageConfig
-    from expunge.pipelines.verify import _registry
+    # original's registry ("version 2 still loads"), as if production served the erased person;
+    # an adversary's: the fix reached only the helper, not the program.
+    import typer
+    from typer.testing import CliRunner
+
+    from expunge.pipelines import verify as verify_recipe
 
     original = tmp_path / "store"
     _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
     copy = tmp_path / "copy" / "store"
     shutil.copytree(original, copy)
-    off = TrackingConfig(enabled=False)
-    assert _registry(StorageConfig(uri=str(copy)), off, None) is None
-    recorded = _registry(StorageConfig(uri=str(original)), off, None)  # the store that registry serves
-    assert recorded is not None
-    assert recorded.model_name == TRACKING_NAME
-    assert _registry(StorageConfig(uri=str(copy)), None, None) == recorded  # no config: the recorded one
+    receipt = Coordinator(str(copy), SubjectHasher(TEST_KEY), None, local_pool).forget([subjects(ROWS)[3]])
+    config = tmp_path / "copy" / "copy.yaml"
+    config.write_text(f"storage: {{uri: {copy}}}\ntracking: {{enabled: false}}\n")
+    monkeypatch.delenv("EXPUNGE_SUBJECT_KEY", raising=False)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "subject.key").write_text(TEST_KEY.decode())
+    app = typer.Typer()
+    app.command()(verify_recipe.main)
+    common = ["--request", receipt.request_id, "--no-record", "--workdir", str(tmp_path / "keys"), "--json"]
+    result = CliRunner().invoke(app, ["--config", str(config), "--storage", str(copy), *common])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    (registry,) = [c for c in report["checks"] if c["name"] == "registry"]
+    assert registry["status"] == "skipped"
+    assert "copy run with tracking off" in registry["summary"]
+    judged = CliRunner().invoke(app, ["--storage", str(copy), *common])  # no config: the recorded registry
+    assert json.loads(judged.output[judged.output.index("{") :])["status"] == "failed"
+
+
+def test_asking_a_missing_sqlite_registry_whom_it_serves_creates_no_database(tmp_path):
+    # Adversarial review: the question created an empty mlflow.db at the recorded path.
+    from expunge.orchestrator.catalog import RegistryBinding
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.registry.ownership import bind_writer
+
+    missing = tmp_path / "gone" / "mlflow.db"
+    recorded = RegistryBinding(tracking_uri=f"sqlite:///{missing}", experiment="e", model_name="m", alias="production")
+    with pytest.raises(ConfigError, match="switches tracking off"):
+        bind_writer(recorded, TrackingConfig(enabled=False), None, StorageConfig(uri=str(tmp_path / "store")))
+    assert not missing.exists()
+    assert not missing.parent.exists()

@@ -257,10 +257,12 @@ def test_a_store_outage_longer_than_the_attempts_is_waited_out_not_failed(
     monkeypatch.setattr("expunge.orchestrator.service.policy.RETRY_PAUSE_S", 0.01)
     service = _service(tmp_path, hasher)
     try:
-        real, calls = service.coordinator.forget_digests, []
+        real, calls, causes = service.coordinator.forget_digests, [], []
 
         def flaky(*args, **kwargs):
             calls.append(1)
+            if len(calls) == 5:  # the wait shows (stats, healthz), not only the log
+                causes.append(service.stats().waiting_cause)
             if len(calls) <= refusals:
                 raise (
                     StorageUnavailableError("the store does not answer")
@@ -278,5 +280,9 @@ def test_a_store_outage_longer_than_the_attempts_is_waited_out_not_failed(
             status = service.status(request)
         assert status.stage == stage
         assert len(calls) == (refusals + 1 if stage == "committed" else refusals)
+        if stage == "committed":
+            assert causes
+            assert "StorageUnavailableError: the store does not answer" in (causes[0] or "")
+        assert service.stats().waiting_cause is None
     finally:
         service.close()
