@@ -357,9 +357,13 @@ def _print_summary(result: DemoResult, options: DemoOptions) -> None:
     mlflow_cli = shlex.quote(str(beside)) if beside.exists() else "mlflow"
     typer.echo(f"Inspect: {mlflow_cli} ui --backend-store-uri {shlex.quote(result.tracking_uri)}")
     job_file = options.workdir / "job.yaml"
-    if job_file.exists():
+    if job_file.exists():  # the venv's own expunge too, for the same reason
+        here = Path(sys.executable).parent / "expunge"
+        expunge_cli = shlex.quote(str(here)) if here.exists() else "expunge"
+        job = shlex.quote(str(job_file))
         typer.echo(
-            f"Serve it over HTTP: expunge serve --config {shlex.quote(str(job_file))} (then `expunge tokens create --config {shlex.quote(str(job_file))} --name CLIENT --scope ...`)"
+            f"Serve it over HTTP: {expunge_cli} serve --config {job} "
+            f"(then `{expunge_cli} tokens create --config {job} --name CLIENT --scope ...`)"
         )
 
 

@@ -18,6 +18,8 @@ __all__ = ["bind_writer", "refuse_another_stores_registry", "shares_history"]
 
 log = logging.getLogger(__name__)
 
+_MOVES_TOLD: set[tuple[str, str]] = set()  # (old place, new place) of a moved store, warned about
+
 
 def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
     """Refuse, before any MLflow write, a registry whose alias serves a version another store made.
@@ -39,6 +41,9 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
         return
     here = store_tag(registry.store_uri)
     if not _holds_ensemble(recorded, registry.store) and shares_history(served, registry.store):
+        if (recorded, here) in _MOVES_TOLD:
+            return
+        _MOVES_TOLD.add((recorded, here))  # once per process: a job reconciles more than once
         log.warning(
             "the alias %r of MLflow model %r serves a version of the store at %s, which holds no ensemble any "
             "more: the store moved to %s, which the registry follows from now on (update storage.uri in job "

@@ -29,3 +29,17 @@ def test_a_speed_up_far_below_the_ideal_says_why(capsys, tmp_path: Path):
 def test_a_speed_up_near_the_ideal_needs_no_excuse(capsys, tmp_path: Path):
     _print_summary(_result(9.0), DemoOptions(workdir=tmp_path))
     assert "why below the ideal" not in capsys.readouterr().out
+
+
+def test_the_commands_it_prints_name_the_same_venv(capsys, tmp_path: Path):
+    # A new user's finding: `mlflow ui` came with the venv's path and `expunge serve` bare, which
+    # is not on PATH unless the venv is activated.
+    import shlex
+    import sys
+
+    (tmp_path / "job.yaml").write_text("storage: {uri: s}\n")
+    _print_summary(_result(9.0), DemoOptions(workdir=tmp_path))
+    out = capsys.readouterr().out
+    venv = Path(sys.executable).parent
+    assert f"{shlex.quote(str(venv / 'expunge'))} serve --config" in out
+    assert f"{shlex.quote(str(venv / 'mlflow'))} ui" in out
