@@ -64,10 +64,8 @@ class Eraser:
             configured_audit(evidence)  # a held-out file that cannot be read is refused now, not per request
 
     def finish_interrupted(self) -> None:
-        """Finish what a crash may have interrupted right after a commit: the store purge, then the registry.
-
-        A pre-erasure model version must not stay servable, nor its objects stored.
-        """
+        """Finish what a crash may have interrupted right after a commit (the store purge, then the registry):
+        a pre-erasure model version must not stay servable, nor its objects stored."""
         if self.session.manifest is None:
             return
         if self.lineage is None and not purgeable(self.session.store, self.session.catalog, self.session.manifest):
