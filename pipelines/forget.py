@@ -270,6 +270,12 @@ def main(
     address: str | None = typer.Option(
         None, help="with --service: the Ray cluster (default: RAY_ADDRESS, else what `expunge serve` recorded)"
     ),
+    timeout: float = typer.Option(
+        600.0,
+        min=1.0,
+        help="with --service: seconds to wait for the commit; then exit 4, the request going on "
+        "(`expunge requests` shows it; a service waits out a store that does not answer)",
+    ),
     ticket: str | None = typer.Option(
         None, help="the requester's reference (e.g. the privacy desk's case number); screened, stored in the receipt"
     ),
@@ -312,6 +318,7 @@ def main(
                 request_id,
                 ticket=ticket,
                 reason=reason,
+                timeout=timeout,
             )
             _report(receipt)
             return
@@ -350,14 +357,17 @@ def through_service(
     *,
     ticket: str | None = None,
     reason: str | None = None,
+    timeout: float | None = None,
 ) -> ErasureReceipt:
     """Erase through the running service (``expunge serve``): warm, journalled, coalesced.
 
     ``ticket`` and ``reason`` are screened here first, then by the service, and stored with the request.
+    ``timeout``: seconds to wait for the commit (None: for as long as it takes).
 
     Raises:
         PersonalDataInTextError: ``ticket`` or ``reason`` names a person (before connecting).
         ServiceUnavailableError: no service answers in ``namespace`` at ``address``.
+        ErasureWaitTimeout: not committed within ``timeout`` (the request goes on).
     """
     screen_request_text(reason, ticket, subjects)
     from expunge.orchestrator.client import RayClient
@@ -366,7 +376,9 @@ def through_service(
     client = RayClient.connect(address=address or recorded_address(namespace), namespace=namespace)
     try:
         with progress(f"erasing {len(subjects)} subject(s) through the service"):
-            return client.forget(subjects, idempotency_key=idempotency_key, reason=reason, ticket=ticket)
+            return client.forget(
+                subjects, idempotency_key=idempotency_key, reason=reason, ticket=ticket, timeout=timeout
+            )
     finally:
         client.close()
 
