@@ -273,6 +273,7 @@ def main(
     timeout: float = typer.Option(
         600.0,
         min=1.0,
+        metavar="S",
         help="with --service: seconds to wait for the commit; then exit 4, the request going on "
         "(`expunge requests` shows it; a service waits out a store that does not answer)",
     ),
