@@ -24,12 +24,14 @@ from expunge.orchestrator.registry.chain_anchors import ChainAnchor, ChainAnchor
 from expunge.orchestrator.registry.ownership import shares_history
 from expunge.orchestrator.registry.purge_notice import PurgeNotice, notice_objects
 from expunge.orchestrator.registry.tracking import (
+    ENDPOINT_TAG,
     LOGGED_MODEL_TAG,
     PURGED_BY_REQUEST,
     REQUEST_TAG,
     Registry,
     equals_filter,
     same_store,
+    store_endpoint,
     stored_elsewhere,
 )
 from expunge.shards.store import ObjectStore
@@ -135,9 +137,12 @@ class AuditView:
         served = self._alias_target()
         served_ensemble = _ensemble_version(served.tags) if served is not None else None
         elsewhere = str(served.tags.get("expunge.storage", "")) if served is not None else ""
+        endpoint = str(served.tags.get(ENDPOINT_TAG, "")) if served is not None else ""
         if served is None:
             problems.append(f"no version of {name!r} carries the alias {alias!r}")
-        elif stored_elsewhere(elsewhere, self.store.uri) and not shares_history(served, self.store):
+        elif stored_elsewhere(elsewhere, self.store.uri, endpoint, store_endpoint(self.store.config)) and not (
+            shares_history(served, self.store)
+        ):
             problems.append(
                 f"the alias {alias!r} serves version {served.version}, made by the store at {elsewhere}, not this "
                 "one (a copy of it, or its original) and not in this store's history: nothing says that version "

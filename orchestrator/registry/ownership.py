@@ -11,7 +11,15 @@ from expunge.orchestrator.catalog import Catalog, RegistryBinding
 from expunge.orchestrator.config import StorageConfig, TrackingConfig
 from expunge.orchestrator.errors import ConfigError, ExpungeError, RegistryOfAnotherStoreError
 from expunge.orchestrator.registry.binding import bind_tracking
-from expunge.orchestrator.registry.tracking import MLFLOW_HTTP_DEFAULTS, Registry, store_tag, stored_elsewhere
+from expunge.orchestrator.registry.tracking import (
+    ENDPOINT_TAG,
+    MLFLOW_HTTP_DEFAULTS,
+    Registry,
+    endpoint_url,
+    store_endpoint,
+    store_tag,
+    stored_elsewhere,
+)
 from expunge.shards.store import ObjectStore
 
 __all__ = ["bind_writer", "refuse_another_stores_registry", "shares_history"]
@@ -37,26 +45,28 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
             exists, or one this store never published.
     """
     recorded = str(served.tags.get("expunge.storage", "")) if served is not None else ""
-    if not stored_elsewhere(recorded, registry.store_uri):
+    endpoint = str(served.tags.get(ENDPOINT_TAG, "")) if served is not None else ""
+    if not stored_elsewhere(recorded, registry.store_uri, endpoint, registry.store_endpoint):
         return
-    here = store_tag(registry.store_uri)
-    if not _holds_ensemble(recorded, registry.store) and shares_history(served, registry.store):
-        if (recorded, here) in _MOVES_TOLD:
+    here = _placed(store_tag(registry.store_uri), registry.store_endpoint)
+    recorded_place = _placed(recorded, endpoint)
+    if not _holds_ensemble(recorded, registry.store, endpoint) and shares_history(served, registry.store):
+        if (recorded_place, here) in _MOVES_TOLD:
             return
-        _MOVES_TOLD.add((recorded, here))  # once per process: a job reconciles more than once
+        _MOVES_TOLD.add((recorded_place, here))  # once per process: a job reconciles more than once
         log.warning(
             "the alias %r of MLflow model %r serves a version of the store at %s, which holds no ensemble any "
             "more: the store moved to %s, which the registry follows from now on (update storage.uri in job "
             "configs that name the old place)",
             registry.alias,
             registry.model_name,
-            recorded,
+            recorded_place,
             here,
         )
         return
     raise RegistryOfAnotherStoreError(
         f"the MLflow model {registry.model_name!r} at {registry.uri} serves (alias {registry.alias!r}, version "
-        f"{served.version}) the store at {recorded}, not this one at {here}: one is a copy of the other, or "
+        f"{served.version}) the store at {recorded_place}, not this one at {here}: one is a copy of the other, or "
         "another store publishes to this model (a new store needs a tracking.model_name of its own). "
         "Publishing here would move the alias off that store's model and purge its versions, and a copy older "
         "than one of its erasures would serve the erased subject again. Nothing was changed. Work on a copy "
@@ -120,14 +130,24 @@ def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig) -> 
         served = MlflowClient(uri).get_model_version_by_alias(recorded.model_name, recorded.alias)
     except (MlflowException, OSError):
         return False
-    where = str(served.tags.get("expunge.storage", ""))
-    return stored_elsewhere(where, storage.uri) and _holds_ensemble(where, ObjectStore(storage))
+    where, endpoint = str(served.tags.get("expunge.storage", "")), str(served.tags.get(ENDPOINT_TAG, ""))
+    elsewhere = stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage))
+    return elsewhere and _holds_ensemble(where, ObjectStore(storage), endpoint)
 
 
-def _holds_ensemble(uri: str, here: ObjectStore) -> bool:
-    """Whether the store at ``uri`` (with ``here``'s storage options) still publishes an ensemble; True
-    when it cannot be read (a store that does not answer is not taken for gone)."""
+def _placed(tag: str, endpoint: str) -> str:
+    """A store's tag with its S3 endpoint, as messages name it."""
+    return f"{tag} (endpoint {endpoint})" if endpoint else tag
+
+
+def _holds_ensemble(uri: str, here: ObjectStore, endpoint: str = "") -> bool:
+    """Whether the store at ``uri`` (with ``here``'s storage options, at S3 ``endpoint`` where one is
+    recorded) still publishes an ensemble; True when it cannot be read (a store that does not answer is
+    not taken for gone)."""
+    update: dict[str, Any] = {"uri": uri}
+    if endpoint:  # another endpoint may be out of reach from here: asked briefly (unanswered: it holds one)
+        update.update(endpoint_url=endpoint_url(endpoint), timeout_s=min(here.config.timeout_s, 5.0))
     try:
-        return Catalog(ObjectStore(here.config.model_copy(update={"uri": uri}))).latest() is not None
+        return Catalog(ObjectStore(here.config.model_copy(update=update))).latest() is not None
     except ExpungeError:
         return True

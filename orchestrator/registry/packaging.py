@@ -215,7 +215,7 @@ class Packager:
             source_run_id=run_id,
             tags={
                 "expunge.ensemble_version": str(manifest.version),
-                "expunge.storage": self.registry.store_tag,
+                **self.registry.store_tags,
                 MODEL_NAME_TAG: self.registry.model_name,
             },
             model_type="expunge-sisa-ensemble",
@@ -282,7 +282,7 @@ class Packager:
             "expunge.parent_version": parent or "none",
             "expunge.request_id": manifest.request_id or "none",
             "expunge.kind": manifest.kind,
-            "expunge.storage": self.registry.store_tag,
+            **self.registry.store_tags,
             LOGGED_MODEL_TAG: servable.model_id,
         }
         fault_point("version.create")

@@ -64,7 +64,7 @@ class RunRecorder:
             run_name=f"train-v{manifest.version}",
             tags={
                 "expunge.kind": "train",
-                "expunge.storage": self.registry.store_tag,
+                **self.registry.store_tags,
                 "expunge.ensemble_version": str(manifest.version),
             },
         )
@@ -138,7 +138,7 @@ class RunRecorder:
                 "expunge.kind": "erasure",
                 "expunge.outcome": outcome,
                 "expunge.request_id": receipt.request_id,
-                "expunge.storage": self.registry.store_tag,
+                **self.registry.store_tags,
                 "expunge.ensemble_version": str(manifest.version),
                 **_request_text_tags(receipt),
                 **tags,
@@ -248,7 +248,7 @@ class RunRecorder:
             tags={
                 "expunge.kind": "ingest",
                 "expunge.request_id": receipt.request_id,
-                "expunge.storage": self.registry.store_tag,
+                **self.registry.store_tags,
                 "expunge.ensemble_version": str(manifest.version),
                 "expunge.parent_version": parent or "none",
                 "expunge.batch_digest": receipt.batch_digest,

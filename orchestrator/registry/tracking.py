@@ -18,6 +18,7 @@ from expunge.orchestrator.errors import ConfigError, TrackingUnreachable
 from expunge.shards.store import ObjectStore
 
 __all__ = [
+    "ENDPOINT_TAG",
     "LOGGED_MODEL_TAG",
     "MODEL_NAME_TAG",
     "PURGED_BY_REQUEST",
@@ -28,6 +29,7 @@ __all__ = [
     "default_tracking_uri",
     "equals_filter",
     "same_store",
+    "store_endpoint",
 ]
 
 #: Bounds on each MLflow HTTP call (attempts, seconds); values already in ``os.environ`` win.
@@ -45,6 +47,14 @@ SUPERSEDES_ERASURE = "expunge.supersedes_erasure"
 LOGGED_MODEL_TAG = "expunge.logged_model_id"
 #: LoggedModel tag naming the registered model it was logged for (finds orphans of interrupted records).
 MODEL_NAME_TAG = "expunge.model_name"
+#: Run and version tag beside ``expunge.storage`` for an S3 store: the endpoint it was reached at
+#: (``store_endpoint``). Two S3 servers may each hold a bucket and prefix of the same name (a mirror of
+#: production's bucket on a staging server), which ``expunge.storage`` alone cannot tell apart.
+ENDPOINT_TAG = "expunge.storage_endpoint"
+#: ``ENDPOINT_TAG`` of an S3 store reached at AWS's own endpoint (no endpoint set).
+AWS_ENDPOINT = "aws"
+_AWS_URL = "https://s3.amazonaws.com"
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 _PROBE_TIMEOUT_S = 5.0
 _PAGE = 1000
 
@@ -109,12 +119,40 @@ def store_tag(uri: str) -> str:
     return _canonical(uri)
 
 
-def stored_elsewhere(recorded: str, given: str) -> bool:
-    """Does an ``expunge.storage`` tag name another store than ``given``? False where it cannot tell: no
-    tag, or a relative local path (recorded as typed before ``store_tag``, against an unknown cwd)."""
-    if not recorded or same_store(recorded, given):
+def stored_elsewhere(recorded: str, given: str, recorded_endpoint: str = "", given_endpoint: str = "") -> bool:
+    """Does an ``expunge.storage`` tag (and ``ENDPOINT_TAG``) name another store than ``given`` (at
+    ``given_endpoint``, ``store_endpoint``'s)? The same bucket and prefix on another S3 endpoint is another
+    store. False where it cannot tell: no tag, a relative local path (recorded as typed before
+    ``store_tag``, against an unknown cwd), or no endpoint recorded (a tag written before ``ENDPOINT_TAG``)."""
+    if not recorded:
         return False
+    if same_store(recorded, given):
+        return bool(recorded_endpoint and given_endpoint and recorded_endpoint != given_endpoint)
     return "://" in recorded or Path(recorded).is_absolute()
+
+
+def store_endpoint(storage: StorageConfig) -> str:
+    """The ``ENDPOINT_TAG`` of ``storage``: for an S3 store the endpoint it reaches (``endpoint_url``, else
+    ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, as botocore picks it) as ``scheme://host:port`` in
+    lower case, a loopback host spelled 127.0.0.1, or ``"aws"`` where none is set; "" for a local store."""
+    if urlparse(storage.uri).scheme not in ("s3", "s3a", "s3n"):
+        return ""
+    url = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not url:
+        return AWS_ENDPOINT
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    host = (parsed.hostname or "").lower()
+    host = "127.0.0.1" if host in _LOOPBACK else (f"[{host}]" if ":" in host else host)
+    port = f":{parsed.port}" if parsed.port else ""
+    path = parsed.path.rstrip("/")
+    return f"{parsed.scheme.lower()}://{host}{port}{path}"
+
+
+def endpoint_url(tag: str) -> str | None:
+    """The ``StorageConfig.endpoint_url`` that reaches the S3 endpoint an ``ENDPOINT_TAG`` names (None: none named)."""
+    if not tag:
+        return None
+    return _AWS_URL if tag == AWS_ENDPOINT else tag
 
 
 def _canonical(uri: str) -> str:
@@ -178,6 +216,17 @@ class Registry:
     def store_tag(self) -> str:
         """The store as the ``expunge.storage`` tag of every run and version names it (``store_tag``)."""
         return store_tag(self.store.uri)
+
+    @property
+    def store_endpoint(self) -> str:
+        """The store's S3 endpoint as ``ENDPOINT_TAG`` names it ("" for a local store; ``store_endpoint``)."""
+        return store_endpoint(self.store.config)
+
+    @property
+    def store_tags(self) -> dict[str, str]:
+        """``expunge.storage`` and, for an S3 store, ``ENDPOINT_TAG``: the tags that place every run and version."""
+        endpoint = self.store_endpoint
+        return {"expunge.storage": self.store_tag, **({ENDPOINT_TAG: endpoint} if endpoint else {})}
 
     @classmethod
     def open(

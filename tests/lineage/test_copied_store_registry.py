@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,107 @@ def test_asking_a_missing_sqlite_registry_whom_it_serves_creates_no_database(tmp
         bind_writer(recorded, TrackingConfig(enabled=False), None, StorageConfig(uri=str(tmp_path / "store")))
     assert not missing.exists()
     assert not missing.parent.exists()
+
+
+@pytest.fixture
+def second_s3_server() -> Iterator[str]:
+    """Another S3 API server on loopback, in a process of its own (a staging server beside production's;
+    moto's servers in one process share one store of buckets): yields its endpoint."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):  # up in about a second; a fixture that never comes up fails below
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _mirror(source: str, target: str, bucket: str, delete: bool = False) -> None:
+    """Copy every object of ``bucket`` from one S3 server to a bucket of the same name on another."""
+    import boto3
+
+    from_client, to_client = boto3.client("s3", endpoint_url=source), boto3.client("s3", endpoint_url=target)
+    to_client.create_bucket(Bucket=bucket)
+    for page in from_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            body = from_client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            to_client.put_object(Bucket=bucket, Key=item["Key"], Body=body)
+            if delete:
+                from_client.delete_object(Bucket=bucket, Key=item["Key"])
+
+
+def test_a_mirror_on_another_s3_endpoint_is_a_copy_not_the_original(tmp_path, s3_bucket, s3_server, second_s3_server):
+    # Adversarial review: the tag named only the bucket and prefix, so a mirror of production's bucket
+    # on a staging server (same bucket name, same prefix) looked like production itself: `forget` there
+    # moved production's alias to the mirror's model and purged its live version.
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.errors import RegistryOfAnotherStoreError
+    from expunge.orchestrator.registry.tracking import ENDPOINT_TAG
+
+    uri = f"s3://{s3_bucket}/expunge"
+    production = StorageConfig(uri=uri, endpoint_url=s3_server)
+    staging = StorageConfig(uri=uri, endpoint_url=second_s3_server)
+
+    def open_on(storage: StorageConfig) -> Coordinator:
+        return Coordinator(storage, SubjectHasher(TEST_KEY), Lineage(_tracking(tmp_path), storage), local_pool)
+
+    open_on(production).train(ROWS, job(shards=2, slices=2))
+    _mirror(s3_server, second_s3_server, s3_bucket)
+    owner = open_on(production)
+    before = _registry_state(owner)
+    served = owner.lineage.client.get_model_version(TRACKING_NAME, before[0])
+    assert served.tags["expunge.storage"] == uri
+    assert served.tags[ENDPOINT_TAG] == s3_server
+    with pytest.raises(RegistryOfAnotherStoreError, match=rf"endpoint {s3_server}.*one is a copy of the other"):
+        open_on(staging).forget([subjects(ROWS)[3]])
+    assert _registry_state(owner) == before
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.registry.ownership import bind_writer
+    from expunge.shards.store import ObjectStore
+
+    recorded = Catalog(ObjectStore(staging)).latest().registry  # the mirror may go its own way, tracking off
+    assert not bind_writer(recorded, TrackingConfig(enabled=False), None, staging).enabled
+    with pytest.raises(ConfigError, match="switches tracking off"):
+        bind_writer(recorded, TrackingConfig(enabled=False), None, production)  # production: refused as ever
+    assert owner.forget([subjects(ROWS)[3]]).status == "erased"  # production goes on as before
+
+    # Moved whole to the other server (nothing left on the first): the mirror takes the registry over.
+    _mirror(s3_server, second_s3_server, s3_bucket, delete=True)
+    mover = open_on(staging)
+    receipt = mover.forget([subjects(ROWS)[5]])
+    assert receipt.status == "erased"
+    tags = mover.lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after).tags
+    assert tags[ENDPOINT_TAG] == second_s3_server
+
+
+def test_which_endpoints_name_another_store(monkeypatch):
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.registry.tracking import store_endpoint
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert store_endpoint(StorageConfig(uri="/data/store")) == ""
+    assert store_endpoint(StorageConfig(uri="s3://b/p")) == "aws"
+    assert store_endpoint(StorageConfig(uri="s3://b/p", endpoint_url="HTTP://LocalHost:9000/")) == "http://127.0.0.1:9000"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.internal:9000")
+    assert store_endpoint(StorageConfig(uri="s3a://b/p")) == "http://minio.internal:9000"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://[::1]:9000")
+    assert store_endpoint(StorageConfig(uri="s3://b/p")) == "http://127.0.0.1:9000"
+    assert stored_elsewhere("s3://b/p", "s3://b/p", "aws", "http://127.0.0.1:9000")
+    assert not stored_elsewhere("s3://b/p", "s3://b/p/", "http://127.0.0.1:9000", "http://127.0.0.1:9000")
+    assert not stored_elsewhere("s3://b/p", "s3://b/p", "", "http://127.0.0.1:9000")  # recorded before the tag
