@@ -130,6 +130,7 @@ def run(job: JobConfig) -> dict[str, object]:
         # Every row of the erased subjects left out: those held out for evaluation too.
         "erased_rows_dropped": result.manifest.erased_rows_dropped + held_out.erased_rows,
         "train_seconds": round(result.seconds, 3),
+        **({"pending": list(result.pending)} if result.pending else {}),
         **metrics,
     }
 

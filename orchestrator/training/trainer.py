@@ -40,15 +40,23 @@ log = logging.getLogger(__name__)
 
 
 class TrainResult:
-    """What ``Trainer.train`` returns: the published version, each shard's update, seconds, the registry version."""
+    """What ``Trainer.train`` returns: the published version, each shard's update, seconds, the registry version,
+    and the steps after its commit that could not be done now (``pending``: ``"purge: ..."``,
+    ``"registration: ..."``; the next writer that opens the store finishes them)."""
 
     def __init__(
-        self, manifest: EnsembleManifest, updates: dict[int, ShardUpdate], seconds: float, registry_version: str | None
+        self,
+        manifest: EnsembleManifest,
+        updates: dict[int, ShardUpdate],
+        seconds: float,
+        registry_version: str | None,
+        pending: tuple[str, ...] = (),
     ) -> None:
         self.manifest = manifest
         self.updates = updates
         self.seconds = seconds
         self.registry_version = registry_version
+        self.pending = pending
 
 
 def resolve_model(config: AnyModelConfig, rows: pa.Table) -> AnyModelConfig:
@@ -285,16 +293,28 @@ class Trainer:
             self.session.discard(written)
             raise
         self.session.adopt(manifest, pool)
-        purge_unreferenced(self.session.store, self.session.catalog, manifest)
+        # The commit point is behind us: nothing from here on fails the training. A step that cannot be
+        # done now (a store or MLflow that does not answer, a link in the store) is named in ``pending``,
+        # and the next writer that opens the store finishes it (``Eraser.finish_interrupted``, ``reconcile``).
+        pending: list[str] = []
+        try:
+            purge_unreferenced(self.session.store, self.session.catalog, manifest)
+        except ExpungeError as exc:
+            pending.append(f"purge: {type(exc).__name__}: {exc}"[:500])
         seconds = time.perf_counter() - began
         registry_version = None
         if self.lineage is not None:
-            # train_seconds (the training phase) comes from the manifest; this is the whole job so far.
-            registry_version = self.lineage.record_training(manifest, {"train_total_seconds": seconds})
+            try:
+                # train_seconds (the training phase) comes from the manifest; this is the whole job so far.
+                registry_version = self.lineage.record_training(manifest, {"train_total_seconds": seconds})
+            except Exception as exc:  # any MLflow failure: published all the same, recorded by the next writer
+                pending.append(f"registration: {type(exc).__name__}: {exc}"[:500])
+        for step in pending:
+            log.warning("ensemble v%d is published; pending, for the next writer to finish: %s", manifest.version, step)
         log.info(
             "trained %d shards x %d slices on %d rows in %.2fs", job.sharding.shards, job.sharding.slices, rows, seconds
         )
-        return TrainResult(manifest, dict(updates), seconds, registry_version)
+        return TrainResult(manifest, dict(updates), seconds, registry_version, tuple(pending))
 
     def apply_tombstones(self, rows: pa.Table, policy: str) -> tuple[pa.Table, int]:
         """Refuse (``policy="refuse"``) or drop (``"drop"``) rows of subjects this store has erased.

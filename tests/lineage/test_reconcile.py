@@ -244,3 +244,22 @@ def test_the_registry_catches_up_with_the_store_on_reopen(tmp_path, hasher):
     assert latest.tags["expunge.request_id"] == "ticket-7"
     first = lineage.client.get_model_version("expunge-reconcile", "1")
     assert first.tags[PURGED_BY_REQUEST] == "ticket-7"
+
+
+@pytest.mark.parametrize("step", ["run.create", "version.create", "alias.move"])
+def test_a_training_committed_before_an_mlflow_failure_is_not_reported_failed(step, tmp_path, monkeypatch):
+    # Adversarial review: `train` raised after its commit, so a published version was reported as a
+    # failed training (exit 4), unlike an erasure or an ingest, which name the step pending.
+    root = tmp_path / "case"
+    lineage = Lineage(_tracking(root), str(root / "store"))
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
+    monkeypatch.setenv(FAULT_AT_MLFLOW, step)
+    result = coordinator.train(ROWS, CONFIG)
+    assert result.manifest.version == 1 and result.registry_version is None
+    assert len(result.pending) == 1 and result.pending[0].startswith("registration: InjectedFault")
+    assert step in result.pending[0]
+    monkeypatch.delenv(FAULT_AT_MLFLOW)
+    reopened = Lineage(_tracking(root), str(root / "store"))  # the next writer records it
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), reopened, pool_factory=local_pool)
+    served = reopened.client.get_model_version_by_alias(MODEL, "production")
+    assert served.tags["expunge.ensemble_version"] == "1"
