@@ -147,6 +147,14 @@ class TrackingConfig(Frozen):
         "version removes its LoggedModel record for good (as `mlflow gc` does), which needs direct access to "
         "this database when `uri` is http(s)://.",
     )
+    take_over_from: str | None = Field(
+        None,
+        description="The place of a store this one replaces, as a refusal names it (e.g. `/data/expunge-store` on "
+        "the old host), when that place cannot be seen from here: another host's folder, or an S3 endpoint that "
+        "does not answer. The registry alias serving that store's versions then moves to this store's, but only "
+        "if this store published the version it serves. A store moved on this host, or to a place where the old "
+        "one is visibly empty, needs nothing.",
+    )
 
 
 class PrivacyConfig(Frozen):

@@ -16,6 +16,8 @@ from expunge.orchestrator.registry.tracking import (
     MLFLOW_HTTP_DEFAULTS,
     Registry,
     endpoint_url,
+    local_folder,
+    same_store,
     store_endpoint,
     store_tag,
     stored_elsewhere,
@@ -35,10 +37,13 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
     ``served``: the model version the alias serves (None: none yet). A copy of a store records its
     original's registry: publishing there would move the alias to the copy's model and purge the
     original's versions, and a copy taken before an erasure would put the erased subject back in
-    production. Where the store the alias names no longer holds an ensemble (this one moved from
-    there), this store takes the registry over, with a warning, but only when it published the
-    version the alias serves (``shares_history``): a copy older than the move is refused. A tag
-    recorded as a relative path (before tags were absolute) cannot be placed and is let through.
+    production. Where the store the alias names is seen to hold no ensemble any more (this one moved
+    from there), or ``tracking.take_over_from`` names it (a place this host cannot see: another host's
+    folder, an S3 endpoint that does not answer), this store takes the registry over, with a warning,
+    but only when it published the version the alias serves (``shares_history``): a copy older than
+    the move is refused. A local folder whose parent folder this host lacks is not seen, so a copy
+    on another host is refused, not taken for a move. A tag recorded as a relative path (before tags
+    were absolute) cannot be placed and is let through.
 
     Raises:
         RegistryOfAnotherStoreError: the alias serves a version made by another store that still
@@ -50,14 +55,15 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
         return
     here = _placed(store_tag(registry.store_uri), registry.store_endpoint)
     recorded_place = _placed(recorded, endpoint)
-    if not _holds_ensemble(recorded, registry.store, endpoint) and shares_history(served, registry.store):
+    replaces = _named(registry.tracking.take_over_from, recorded)
+    if (replaces or _visibly_gone(recorded, registry.store, endpoint)) and shares_history(served, registry.store):
         if (recorded_place, here) in _MOVES_TOLD:
             return
         _MOVES_TOLD.add((recorded_place, here))  # once per process: a job reconciles more than once
         log.warning(
             "the alias %r of MLflow model %r serves a version of the store at %s, which holds no ensemble any "
-            "more: the store moved to %s, which the registry follows from now on (update storage.uri in job "
-            "configs that name the old place)",
+            "more (or tracking.take_over_from names it): the store moved to %s, which the registry follows from "
+            "now on (update storage.uri in job configs that name the old place)",
             registry.alias,
             registry.model_name,
             recorded_place,
@@ -71,7 +77,8 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
         "Publishing here would move the alias off that store's model and purge its versions, and a copy older "
         "than one of its erasures would serve the erased subject again. Nothing was changed. Work on a copy "
         "with tracking off (a job config with tracking.enabled: false) or with a registry of its own "
-        "(--tracking-uri, given every time); if this store replaces the other, remove that one first."
+        "(--tracking-uri, given every time); if this store replaces the other, remove that one first, or, where "
+        f"it cannot be seen from here (another host), set tracking.take_over_from: {recorded!r} in the job config."
     )
 
 
@@ -132,7 +139,22 @@ def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig) -> 
         return False
     where, endpoint = str(served.tags.get("expunge.storage", "")), str(served.tags.get(ENDPOINT_TAG, ""))
     elsewhere = stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage))
-    return elsewhere and _holds_ensemble(where, ObjectStore(storage), endpoint)
+    return elsewhere and not _visibly_gone(where, ObjectStore(storage), endpoint)
+
+
+def _visibly_gone(uri: str, here: ObjectStore, endpoint: str) -> bool:
+    """Whether the store at ``uri`` is seen to publish no ensemble any more: a local folder whose parent
+    folder this host has (a folder of another host, not mounted here, is not seen at all), or an S3
+    prefix that answers with none."""
+    folder = local_folder(uri)
+    if folder is not None and not folder.parent.is_dir():
+        return False
+    return not _holds_ensemble(uri, here, endpoint)
+
+
+def _named(place: str | None, recorded: str) -> bool:
+    """Whether ``tracking.take_over_from`` (``place``) names the recorded store, however spelled."""
+    return bool(place) and same_store(recorded, str(place))
 
 
 def _placed(tag: str, endpoint: str) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "artifacts_beside",
     "default_tracking_uri",
     "equals_filter",
+    "local_folder",
     "same_store",
     "store_endpoint",
 ]
@@ -109,7 +110,7 @@ def same_store(recorded: str, given: str) -> bool:
     and inode); an S3 prefix as ``s3://``, ``s3a://`` or ``s3n://``, with or without a trailing slash."""
     if recorded == given or _canonical(recorded) == _canonical(given):
         return True
-    local = [_local_folder(u) for u in (recorded, given)]
+    local = [local_folder(u) for u in (recorded, given)]
     return local[0] is not None and local[1] is not None and _same_folder(local[0], local[1])
 
 
@@ -159,11 +160,12 @@ def _canonical(uri: str) -> str:
     parsed = urlparse(uri)
     if parsed.scheme in ("s3", "s3a", "s3n"):
         return f"s3://{parsed.netloc}{parsed.path}".rstrip("/")
-    folder = _local_folder(uri)
+    folder = local_folder(uri)
     return str(folder) if folder is not None else uri.rstrip("/")
 
 
-def _local_folder(uri: str) -> Path | None:
+def local_folder(uri: str) -> Path | None:
+    """The absolute, resolved folder of a local store URI (a path, ``file://`` or ``local://``); None for S3."""
     parsed = urlparse(uri)
     if parsed.scheme in ("file", "local"):
         return Path(url2pathname(parsed.path)).resolve()

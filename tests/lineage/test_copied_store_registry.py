@@ -290,3 +290,34 @@ def test_which_endpoints_name_another_store(monkeypatch):
     assert stored_elsewhere("s3://b/p", "s3://b/p", "aws", "http://127.0.0.1:9000")
     assert not stored_elsewhere("s3://b/p", "s3://b/p/", "http://127.0.0.1:9000", "http://127.0.0.1:9000")
     assert not stored_elsewhere("s3://b/p", "s3://b/p", "", "http://127.0.0.1:9000")  # recorded before the tag
+
+
+def test_a_copy_whose_original_cannot_be_seen_is_refused_until_told_to_take_over(tmp_path, caplog):
+    # Adversarial review: a store whose recorded folder did not exist here (another host's, not mounted)
+    # looked moved, so a copy on a second machine took production's registry over.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.errors import RegistryOfAnotherStoreError
+    from expunge.orchestrator.registry.ownership import bind_writer
+    from expunge.shards.store import ObjectStore
+
+    original = tmp_path / "host-a" / "store"
+    _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
+    copy = tmp_path / "host-b" / "store"
+    shutil.copytree(original, copy)
+    shutil.move(tmp_path / "host-a", tmp_path / "away")  # host A's disk: not mounted on this host
+    from mlflow import MlflowClient
+
+    served_before = MlflowClient(_tracking(tmp_path).uri).get_model_version_by_alias(TRACKING_NAME, "production")
+    with pytest.raises(RegistryOfAnotherStoreError, match=rf"tracking.take_over_from: '{original}'"):
+        _open(tmp_path, copy)
+    recorded = Catalog(ObjectStore(str(copy))).latest().registry  # the copy may go its own way, tracking off
+    assert not bind_writer(recorded, TrackingConfig(enabled=False), None, StorageConfig(uri=str(copy))).enabled
+    taking = _tracking(tmp_path).model_copy(update={"take_over_from": f"file://{original}/"})
+    with caplog.at_level(logging.WARNING, logger="expunge.orchestrator.registry.ownership"):
+        mover = Coordinator(str(copy), SubjectHasher(TEST_KEY), Lineage(taking, str(copy)), local_pool)
+        receipt = mover.forget([subjects(ROWS)[3]])
+    assert "take_over_from names it" in caplog.text
+    assert receipt.status == "erased" and receipt.registry_version_after != served_before.version
+    served = mover.lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after)
+    assert served.tags["expunge.storage"] == str(copy.resolve())
