@@ -152,8 +152,9 @@ class TrackingConfig(Frozen):
         description="The place of a store this one replaces, as a refusal names it (e.g. `/data/expunge-store` on "
         "the old host), when that place cannot be seen from here: another host's folder, or an S3 endpoint that "
         "does not answer. The registry alias serving that store's versions then moves to this store's, but only "
-        "if this store published the version it serves. A store moved on this host, or to a place where the old "
-        "one is visibly empty, needs nothing.",
+        "if this store published the version it serves. A place this host can see is never taken over while it "
+        "holds an ensemble, named or not; a store moved on this host, where the old place is visibly empty, needs "
+        "nothing.",
     )
 
 

@@ -80,11 +80,17 @@ def _registered(catalog: Catalog, chain: ChainReport) -> int | None:
 
 
 def audit_trail(
-    catalog: Catalog, latest: EnsembleManifest, view: AuditView | None, evidence: EvidenceConfig | None
+    catalog: Catalog,
+    latest: EnsembleManifest,
+    view: AuditView | None,
+    evidence: EvidenceConfig | None,
+    registry_skipped: str | None = None,
 ) -> ChainReport:
     """Walk the receipt log and every anchor, the journal log and the published state; see the module docstring.
 
-    ``view``: the MLflow registry of the store (None: no MLflow witness or anchor). Reads every
+    ``view``: the MLflow registry of the store (None: no MLflow witness or anchor); ``registry_skipped``:
+    why it is None although the store records one (a copy run with tracking off), a warning rather
+    than a removed binding. Reads every
     receipt, anchor, journal log entry and journal object once, and every file of the published
     version once. Writes nothing.
 
@@ -129,7 +135,11 @@ def audit_trail(
                 )
             )
     broken += compare_anchors(store, anchors)
-    if view is None and (registered := _registered(catalog, chain)):
+    if view is None and registry_skipped and _registered(catalog, chain):
+        warnings.append(
+            BrokenLink(sequence=None, key="ensemble", problem=f"MLflow's witnesses and anchors: {registry_skipped}")
+        )
+    elif view is None and (registered := _registered(catalog, chain)):
         broken.append(
             BrokenLink(
                 sequence=registered,

@@ -96,7 +96,9 @@ def state_check(catalog: Catalog, latest: EnsembleManifest, view: AuditView | No
     )
 
 
-def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str) -> CheckResult:
+def _registry(view: AuditView | None, receipt: ErasureReceipt, why_skipped: str, skipped: bool = False) -> CheckResult:
+    if view is None and skipped:  # on purpose (a copy run with tracking off): the why says so
+        return CheckResult(name="registry", status="skipped", summary=why_skipped)
     if view is None and receipt.registry_version_after is not None:
         return CheckResult(
             name="registry",
@@ -216,9 +218,10 @@ def verify_erasure(
     exactness = _exactness(catalog, receipt, latest.version)
     state = state_check(catalog, latest, view)
     stored = storage_check(store, catalog, shown, subject_id, digest)
-    registry_check = _registry(view, receipt, why)
+    registry_check = _registry(view, receipt, why, skipped=bool(registry_skipped))
     membership, record = audit_check(store, receipt)
-    log_check = _receipt_log(audit_trail(catalog, latest, view, evidence), store, request_id, view is not None)
+    trail = audit_trail(catalog, latest, view, evidence, registry_skipped)
+    log_check = _receipt_log(trail, store, request_id, view is not None)
     checks = (exactness, state, stored, registry_check, membership, log_check)
     report = VerifyReport(
         request_id=asked,

@@ -170,6 +170,13 @@ class AuditView:
                 problems.append(_describe(version))
         problems += self._aliases_on_purged(aliases, {v.version for v in versions if v.aliases})
         problems += [f"LoggedModel {m} (built before the erasure, no version) still exists" for m in orphans]
+        here = store_endpoint(self.store.config)
+        if problems and served is not None and stored_elsewhere(elsewhere, self.store.uri, endpoint, here):
+            problems.append(  # a copy checked against the registry it records, which serves its original
+                f"the alias {alias!r} serves the store at {elsewhere}, not this one: if this store is a copy with an "
+                "MLflow registry of its own, pass --tracking-uri naming it (a copy run with tracking off: a job "
+                "config with tracking.enabled: false)"
+            )
         return RegistryCheck(
             tracking_uri=self.binding.tracking_uri,
             model_name=name,

@@ -55,21 +55,37 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
         return
     here = _placed(store_tag(registry.store_uri), registry.store_endpoint)
     recorded_place = _placed(recorded, endpoint)
-    replaces = _named(registry.tracking.take_over_from, recorded)
-    if (replaces or _visibly_gone(recorded, registry.store, endpoint)) and shares_history(served, registry.store):
+    named = registry.tracking.take_over_from
+    holds = _holds(recorded, registry.store, endpoint)
+    ours = shares_history(served, registry.store)
+    if ours and (holds is False or (holds is None and named and same_store(recorded, named))):
         if (recorded_place, here) in _MOVES_TOLD:
             return
         _MOVES_TOLD.add((recorded_place, here))  # once per process: a job reconciles more than once
         log.warning(
-            "the alias %r of MLflow model %r serves a version of the store at %s, which holds no ensemble any "
-            "more (or tracking.take_over_from names it): the store moved to %s, which the registry follows from "
-            "now on (update storage.uri in job configs that name the old place)",
+            "the alias %r of MLflow model %r serves a version of the store at %s, which %s: the store moved to "
+            "%s, which the registry follows from now on (update storage.uri in job configs that name the old place)",
             registry.alias,
             registry.model_name,
             recorded_place,
+            "holds no ensemble any more" if holds is False else "tracking.take_over_from names",
             here,
         )
         return
+    if holds is None and not named:
+        advice = (
+            f"; it cannot be seen from here (another host's folder, an endpoint that does not answer): if it is gone "
+            f"for good and this store replaces it, set tracking.take_over_from: {recorded!r} in the job config"
+        )
+    elif not ours:
+        advice = (
+            f". This store did not publish the version the alias serves ({served.version}): it is a copy older than "
+            "that version, or another store, and cannot take that registry over"
+        )
+    elif holds:
+        advice = "; that store still holds an ensemble, so it is not gone: remove it first if this store replaces it"
+    else:
+        advice = f"; tracking.take_over_from names {named!r}, not that store"
     raise RegistryOfAnotherStoreError(
         f"the MLflow model {registry.model_name!r} at {registry.uri} serves (alias {registry.alias!r}, version "
         f"{served.version}) the store at {recorded_place}, not this one at {here}: one is a copy of the other, or "
@@ -77,8 +93,7 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
         "Publishing here would move the alias off that store's model and purge its versions, and a copy older "
         "than one of its erasures would serve the erased subject again. Nothing was changed. Work on a copy "
         "with tracking off (a job config with tracking.enabled: false) or with a registry of its own "
-        "(--tracking-uri, given every time); if this store replaces the other, remove that one first, or, where "
-        f"it cannot be seen from here (another host), set tracking.take_over_from: {recorded!r} in the job config."
+        f"(--tracking-uri, given every time){advice}."
     )
 
 
@@ -103,7 +118,8 @@ def bind_writer(
     store records a registry, and that registry's alias serves another store that still holds an
     ensemble (this store is a copy of it, or it of this one), the given settings are taken: the
     recorded registry does not serve this store, so nothing of it stays loadable on this store's
-    account. Tracking off is ``given`` with ``enabled: false``; another registry, ``tracking_uri``.
+    account. Tracking off is ``given`` with ``enabled: false``; another registry, ``tracking_uri`` (with
+    the recorded experiment, model and alias when no config is given).
 
     Raises:
         ConfigError: as ``bind_tracking``, for a store its recorded registry serves (or that cannot be told).
@@ -113,7 +129,9 @@ def bind_writer(
     except ConfigError:
         if recorded is None or not _serves_another_store(recorded, storage):
             raise
-    tracking = given or TrackingConfig()
+    # No config: the recorded experiment, model and alias at the given URI, as verify --tracking-uri reads them.
+    names = {"experiment": recorded.experiment, "model_name": recorded.model_name, "alias": recorded.alias}
+    tracking = given or TrackingConfig(**names)
     tracking = tracking.model_copy(update={"uri": tracking_uri}) if tracking_uri else tracking
     log.info(
         "the MLflow registry this store records serves another store (this one is a copy): %s",
@@ -139,22 +157,17 @@ def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig) -> 
         return False
     where, endpoint = str(served.tags.get("expunge.storage", "")), str(served.tags.get(ENDPOINT_TAG, ""))
     elsewhere = stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage))
-    return elsewhere and not _visibly_gone(where, ObjectStore(storage), endpoint)
+    return elsewhere and _holds(where, ObjectStore(storage), endpoint) is not False
 
 
-def _visibly_gone(uri: str, here: ObjectStore, endpoint: str) -> bool:
-    """Whether the store at ``uri`` is seen to publish no ensemble any more: a local folder whose parent
-    folder this host has (a folder of another host, not mounted here, is not seen at all), or an S3
-    prefix that answers with none."""
+def _holds(uri: str, here: ObjectStore, endpoint: str) -> bool | None:
+    """Whether the store at ``uri`` publishes an ensemble: True, False, or None where this host cannot see
+    it (a local folder whose parent folder this host lacks: another host's, not mounted here; an S3
+    prefix that does not answer)."""
     folder = local_folder(uri)
     if folder is not None and not folder.parent.is_dir():
-        return False
-    return not _holds_ensemble(uri, here, endpoint)
-
-
-def _named(place: str | None, recorded: str) -> bool:
-    """Whether ``tracking.take_over_from`` (``place``) names the recorded store, however spelled."""
-    return bool(place) and same_store(recorded, str(place))
+        return None
+    return _holds_ensemble(uri, here, endpoint)
 
 
 def _placed(tag: str, endpoint: str) -> str:
@@ -162,14 +175,14 @@ def _placed(tag: str, endpoint: str) -> str:
     return f"{tag} (endpoint {endpoint})" if endpoint else tag
 
 
-def _holds_ensemble(uri: str, here: ObjectStore, endpoint: str = "") -> bool:
+def _holds_ensemble(uri: str, here: ObjectStore, endpoint: str = "") -> bool | None:
     """Whether the store at ``uri`` (with ``here``'s storage options, at S3 ``endpoint`` where one is
-    recorded) still publishes an ensemble; True when it cannot be read (a store that does not answer is
-    not taken for gone)."""
+    recorded) publishes an ensemble; None when it cannot be read (a store that does not answer is not
+    taken for gone)."""
     update: dict[str, Any] = {"uri": uri}
-    if endpoint:  # another endpoint may be out of reach from here: asked briefly (unanswered: it holds one)
+    if endpoint:  # another endpoint may be out of reach from here: asked briefly
         update.update(endpoint_url=endpoint_url(endpoint), timeout_s=min(here.config.timeout_s, 5.0))
     try:
         return Catalog(ObjectStore(here.config.model_copy(update=update))).latest() is not None
     except ExpungeError:
-        return True
+        return None

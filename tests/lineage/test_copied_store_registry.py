@@ -118,6 +118,23 @@ def test_a_copy_goes_its_own_way_with_tracking_off_or_a_registry_of_its_own(tmp_
     receipt = Coordinator(str(copy), SubjectHasher(TEST_KEY), lineage, local_pool).forget([subjects(ROWS)[5]])
     assert receipt.registry_version_after is not None  # in the copy's own registry
     assert _registry_state(owner) == before  # the original's registry untouched throughout
+    # A new user's finding: verify without --tracking-uri judged the copy by the original's registry
+    # ("version N held the subject: it still loads") without a word of why or of the fix.
+    import typer
+    from typer.testing import CliRunner
+
+    from expunge.pipelines import verify as verify_recipe
+
+    app = typer.Typer()
+    app.command()(verify_recipe.main)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "subject.key").write_text(TEST_KEY.decode())
+    common = ["--storage", str(copy), "--request", receipt.request_id, "--no-record", "--workdir", str(tmp_path / "keys")]
+    judged = CliRunner(env={"EXPUNGE_SUBJECT_KEY": ""}).invoke(app, common)
+    assert judged.exit_code == 1
+    assert "pass --tracking-uri naming it" in " ".join(judged.output.split())
+    ok = CliRunner(env={"EXPUNGE_SUBJECT_KEY": ""}).invoke(app, [*common, "--tracking-uri", own])
+    assert ok.exit_code == 0, ok.output
 
 
 def test_a_stale_copy_does_not_take_over_a_registry_whose_store_moved_away(tmp_path):
@@ -153,6 +170,11 @@ def test_verify_of_a_copy_run_with_tracking_off_leaves_the_originals_registry_al
 
     original = tmp_path / "store"
     _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
+    # A new user's finding: an erasure the original registered before the copy was taken failed the
+    # copy's receipt log and registry checks ("the registry binding was removed"), so this documented
+    # way of working on a copy could never verify.
+    earlier = _open(tmp_path, original).forget([subjects(ROWS)[7]])
+    assert earlier.registry_version_after is not None
     copy = tmp_path / "copy" / "store"
     shutil.copytree(original, copy)
     receipt = Coordinator(str(copy), SubjectHasher(TEST_KEY), None, local_pool).forget([subjects(ROWS)[3]])
@@ -170,6 +192,12 @@ def test_verify_of_a_copy_run_with_tracking_off_leaves_the_originals_registry_al
     (registry,) = [c for c in report["checks"] if c["name"] == "registry"]
     assert registry["status"] == "skipped"
     assert "copy run with tracking off" in registry["summary"]
+    for request in (earlier.request_id, receipt.request_id):
+        args = ["--config", str(config), "--storage", str(copy), "--request", request, *common[2:]]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        checks = {c["name"]: c["status"] for c in json.loads(result.output[result.output.index("{") :])["checks"]}
+        assert checks["registry"] == "skipped" and checks["receipt_log"] == "passed"
     judged = CliRunner().invoke(app, ["--storage", str(copy), *common])  # no config: the recorded registry
     assert json.loads(judged.output[judged.output.index("{") :])["status"] == "failed"
 
@@ -305,7 +333,23 @@ def test_a_copy_whose_original_cannot_be_seen_is_refused_until_told_to_take_over
     _open(tmp_path, original).train(ROWS, job(shards=2, slices=2))
     copy = tmp_path / "host-b" / "store"
     shutil.copytree(original, copy)
+    stale = tmp_path / "host-c" / "store"
+    shutil.copytree(original, stale)
+    taking = _tracking(tmp_path).model_copy(update={"take_over_from": f"file://{original}/"})
+
+    def taking_over(store: Path) -> Coordinator:
+        return Coordinator(str(store), SubjectHasher(TEST_KEY), Lineage(taking, str(store)), local_pool)
+
+    # A new user's finding: take_over_from moved the alias off an original this host sees, which
+    # still held its ensemble (the refusal's advice made that easy to do by accident).
+    with pytest.raises(RegistryOfAnotherStoreError, match="still holds an ensemble, so it is not gone"):
+        taking_over(copy)
+    _open(tmp_path, original).forget([subjects(ROWS)[7]])  # after the stale copy was taken
     shutil.move(tmp_path / "host-a", tmp_path / "away")  # host A's disk: not mounted on this host
+    with pytest.raises(RegistryOfAnotherStoreError, match="This store did not publish the version the alias serves"):
+        taking_over(stale)
+    shutil.rmtree(copy)
+    shutil.copytree(tmp_path / "away" / "store", copy)  # a copy of the store as it is now
     from mlflow import MlflowClient
 
     served_before = MlflowClient(_tracking(tmp_path).uri).get_model_version_by_alias(TRACKING_NAME, "production")
@@ -313,11 +357,13 @@ def test_a_copy_whose_original_cannot_be_seen_is_refused_until_told_to_take_over
         _open(tmp_path, copy)
     recorded = Catalog(ObjectStore(str(copy))).latest().registry  # the copy may go its own way, tracking off
     assert not bind_writer(recorded, TrackingConfig(enabled=False), None, StorageConfig(uri=str(copy))).enabled
-    taking = _tracking(tmp_path).model_copy(update={"take_over_from": f"file://{original}/"})
+    wrong = _tracking(tmp_path).model_copy(update={"take_over_from": str(tmp_path / "host-z" / "store")})
+    with pytest.raises(RegistryOfAnotherStoreError, match="host-z/store', not that store"):
+        Coordinator(str(copy), SubjectHasher(TEST_KEY), Lineage(wrong, str(copy)), local_pool)
     with caplog.at_level(logging.WARNING, logger="expunge.orchestrator.registry.ownership"):
-        mover = Coordinator(str(copy), SubjectHasher(TEST_KEY), Lineage(taking, str(copy)), local_pool)
+        mover = taking_over(copy)
         receipt = mover.forget([subjects(ROWS)[3]])
-    assert "take_over_from names it" in caplog.text
+    assert "which tracking.take_over_from names: the store moved to" in caplog.text
     assert receipt.status == "erased" and receipt.registry_version_after != served_before.version
     served = mover.lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after)
     assert served.tags["expunge.storage"] == str(copy.resolve())
