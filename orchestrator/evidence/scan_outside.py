@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from expunge.orchestrator.catalog import Catalog
+from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.evidence.scan import Finding, FindingKind
 from expunge.orchestrator.evidence.trace_rule import (
     holds_token,
@@ -74,7 +76,8 @@ def scan_registry_text(view: AuditView, subject_id: str) -> tuple[tuple[Finding,
     """Search the params and tags of the store's runs, and the tags of its model versions, for the raw id.
 
     Runs are those of the view's experiment whose ``expunge.storage`` tag names the view's
-    store; model versions are every version of its registered model (and the model's own tags).
+    store, or that record a version this store published for the same request (made before the
+    store moved); model versions are every version of its registered model (and the model's own tags).
 
     Returns:
         (findings, runs searched, model versions searched).
@@ -100,7 +103,9 @@ def scan_registry_text(view: AuditView, subject_id: str) -> tuple[tuple[Finding,
 
     runs: list[Any] = []
     if view.experiment_id is not None:
-        runs = [r for r in _pages(view.client.search_runs, 1000, experiment_ids=[view.experiment_id]) if _ours(view, r)]
+        history: dict[int, str | None] = {}
+        found = _pages(view.client.search_runs, 1000, experiment_ids=[view.experiment_id])
+        runs = [r for r in found if _ours(view, r, history)]
     for run in runs:
         key = f"runs:/{run.info.run_id}"
         add(key, "mlflow-run", _entry_traces(dict(run.data.params), subject_id, "param"))
@@ -128,8 +133,23 @@ def scan_registry_text(view: AuditView, subject_id: str) -> tuple[tuple[Finding,
     return tuple(findings), len(runs), len(versions)
 
 
-def _ours(view: AuditView, run: Any) -> bool:
-    return same_store(str(run.data.tags.get("expunge.storage", "")), view.store.uri)
+def _ours(view: AuditView, run: Any, history: dict[int, str | None]) -> bool:
+    """Whether ``run`` records this store: tagged with it, or with the place it moved from (a run of a
+    version this store published, for the same request). ``history``: version -> request id, filled as read."""
+    tags = run.data.tags
+    if same_store(str(tags.get("expunge.storage", "")), view.store.uri):
+        return True
+    number = str(tags.get("expunge.ensemble_version", ""))
+    if not number.isdigit():
+        return False
+    version = int(number)
+    if version not in history:
+        catalog = Catalog(view.store)
+        try:
+            history[version] = (catalog.read(version).request_id or "none") if catalog.has(version) else None
+        except ExpungeError:  # unreadable here: the run is not placed in this store's history
+            history[version] = None
+    return history[version] is not None and history[version] == tags.get("expunge.request_id", "none")
 
 
 def _quoted(name: str) -> str:

@@ -73,6 +73,16 @@ def test_a_moved_store_takes_its_registry_over_and_tags_its_new_place(tmp_path, 
     assert receipt.status == "erased"
     served = coordinator.lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after)
     assert served.tags["expunge.storage"] == str(moved.resolve())
+    # A new user's finding: the scan of the moved store left out the runs it made at its old place.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.scan_outside import scan_registry_text
+    from expunge.orchestrator.registry.checks import AuditView
+    from expunge.shards.store import ObjectStore
+
+    view = AuditView(Catalog(ObjectStore(str(moved))).latest().registry, str(moved))
+    every = coordinator.lineage.client.search_runs([coordinator.lineage.experiment_id])
+    assert {r.data.tags["expunge.storage"] for r in every} == {str(original.resolve()), str(moved.resolve())}
+    assert scan_registry_text(view, subjects(ROWS)[3])[1] == len(every)
 
 
 def test_which_tags_name_another_store(tmp_path):
@@ -129,7 +139,15 @@ def test_a_copy_goes_its_own_way_with_tracking_off_or_a_registry_of_its_own(tmp_
     app.command()(verify_recipe.main)
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "subject.key").write_text(TEST_KEY.decode())
-    common = ["--storage", str(copy), "--request", receipt.request_id, "--no-record", "--workdir", str(tmp_path / "keys")]
+    common = [
+        "--storage",
+        str(copy),
+        "--request",
+        receipt.request_id,
+        "--no-record",
+        "--workdir",
+        str(tmp_path / "keys"),
+    ]
     judged = CliRunner(env={"EXPUNGE_SUBJECT_KEY": ""}).invoke(app, common)
     assert judged.exit_code == 1
     assert "pass --tracking-uri naming it" in " ".join(judged.output.split())
@@ -197,7 +215,8 @@ def test_verify_of_a_copy_run_with_tracking_off_leaves_the_originals_registry_al
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         checks = {c["name"]: c["status"] for c in json.loads(result.output[result.output.index("{") :])["checks"]}
-        assert checks["registry"] == "skipped" and checks["receipt_log"] == "passed"
+        assert checks["registry"] == "skipped"
+        assert checks["receipt_log"] == "passed"
     judged = CliRunner().invoke(app, ["--storage", str(copy), *common])  # no config: the recorded registry
     assert json.loads(judged.output[judged.output.index("{") :])["status"] == "failed"
 
@@ -310,7 +329,9 @@ def test_which_endpoints_name_another_store(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     assert store_endpoint(StorageConfig(uri="/data/store")) == ""
     assert store_endpoint(StorageConfig(uri="s3://b/p")) == "aws"
-    assert store_endpoint(StorageConfig(uri="s3://b/p", endpoint_url="HTTP://LocalHost:9000/")) == "http://127.0.0.1:9000"
+    assert (
+        store_endpoint(StorageConfig(uri="s3://b/p", endpoint_url="HTTP://LocalHost:9000/")) == "http://127.0.0.1:9000"
+    )
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.internal:9000")
     assert store_endpoint(StorageConfig(uri="s3a://b/p")) == "http://minio.internal:9000"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://[::1]:9000")
@@ -364,6 +385,7 @@ def test_a_copy_whose_original_cannot_be_seen_is_refused_until_told_to_take_over
         mover = taking_over(copy)
         receipt = mover.forget([subjects(ROWS)[3]])
     assert "which tracking.take_over_from names: the store moved to" in caplog.text
-    assert receipt.status == "erased" and receipt.registry_version_after != served_before.version
+    assert receipt.status == "erased"
+    assert receipt.registry_version_after != served_before.version
     served = mover.lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after)
     assert served.tags["expunge.storage"] == str(copy.resolve())

@@ -255,8 +255,10 @@ def test_a_training_committed_before_an_mlflow_failure_is_not_reported_failed(st
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
     monkeypatch.setenv(FAULT_AT_MLFLOW, step)
     result = coordinator.train(ROWS, CONFIG)
-    assert result.manifest.version == 1 and result.registry_version is None
-    assert len(result.pending) == 1 and result.pending[0].startswith("registration: InjectedFault")
+    assert result.manifest.version == 1
+    assert result.registry_version is None
+    assert len(result.pending) == 1
+    assert result.pending[0].startswith("registration: InjectedFault")
     assert step in result.pending[0]
     monkeypatch.delenv(FAULT_AT_MLFLOW)
     reopened = Lineage(_tracking(root), str(root / "store"))  # the next writer records it

@@ -225,3 +225,12 @@ def test_a_benchmark_on_a_missing_data_file_is_bad_input(tmp_path, job_name):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_command_has_a_row_in_the_readme_command_table():
+    """A new user's finding: `readmit` was in `expunge --help` but not in the README's table."""
+    from expunge.pipelines.cli import JOBS
+
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `expunge ")]
+    missing = [name for name in JOBS if not any(row.startswith(f"| `expunge {name}") for row in rows)]
+    assert not missing, f"commands without a README row: {missing}"
