@@ -113,8 +113,8 @@ def _purge_plan(
 ) -> tuple[list[str], set[str]]:
     """(keys to delete, keys that earlier published versions referenced) for ``purgeable``.
 
-    ``linked`` given: a listing that meets a symbolic link goes on part by part (each shard of
-    ``manifest``, the placement, staged input), the parts that meet one are left out and their
+    ``linked`` given: a listing that meets a symbolic link goes on part by part (each folder
+    under ``shards/``, those of no published shard too; the placement; staged input), the parts that meet one are left out and their
     errors appended; otherwise the error is raised.
     """
     current = catalog.referenced_keys(manifest)
@@ -133,8 +133,8 @@ def _purge_plan(
                 superseded |= catalog.shard_manifest(shard_id, version).object_keys()
     # Shard manifests are never data, and they grow by one per shard version: not listed.
     listed = _listed(store, ["shards/", "placement/", STAGING_PREFIX], linked)
-    if linked:  # a link below shards/: each shard on its own, so that the others are purged all the same
-        parts = [f"{shard_prefix(s)}/" for s in range(len(manifest.shard_versions))]
+    if linked:  # a link below shards/: each shard folder on its own (any there), so the others are purged all the same
+        parts = [f"shards/{name}/" for name in store.children("shards")]
         listed = _listed(store, [*parts, "placement/", STAGING_PREFIX], linked)
     candidates = [v for v in listed if _is_data(v.key)]
     if since is None and not linked:

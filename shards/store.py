@@ -545,6 +545,20 @@ class ObjectStore:
         )
 
     @_reachable
+    def children(self, prefix: str) -> list[str]:
+        """The names directly below ``prefix`` (folders and objects; a symbolic link by its own name), sorted."""
+        base = self._path(prefix).rstrip("/")
+        if self.local:
+            try:
+                return sorted(entry.name for entry in os.scandir(base))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        self.fs.invalidate_cache(base)
+        if not self.fs.exists(base):
+            return []
+        return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False))
+
+    @_reachable
     def list_versions(self, prefix: str = "", skip: Iterable[str] = ()) -> list[ObjectVersion]:
         """Every stored version of every key under ``prefix``, delete markers included.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -83,8 +84,15 @@ def test_a_link_met_by_the_purge_leaves_it_pending_and_named_and_purges_the_othe
     holder = _holder(tmp_path, subject)
     before = set(_open(tmp_path).store.list_keys(shard_prefix(holder)))
     coordinator = _open(tmp_path)  # a long-lived writer (the service) that opened before the link
+    # Debris of a shard the published version does not have (an earlier training with more shards):
+    # an adversary's finding, the part-by-part listing reached only the published shards' folders.
+    stray = tmp_path / "store" / shard_prefix(7) / "slices" / "00000000-stray.parquet"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"rows of an earlier training")
+    os.utime(stray, (1, 1))  # older than the commit below: debris, not a live writer's
     folder, moved = _link_away(tmp_path, 1 - holder)  # the other shard: the erasure itself writes nothing there
     receipt = coordinator.forget([subject], request_id="GDPR-LINK")
+    assert not stray.exists()
     assert receipt.status == "erased"  # committed: never reported failed
     assert [p.split(":")[0] for p in receipt.pending] == ["purge"]
     assert "is a symbolic link" in receipt.pending[0]

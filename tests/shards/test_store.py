@@ -153,3 +153,17 @@ def test_an_unreadable_local_folder_is_the_typed_storage_error(tmp_path, monkeyp
         store.list_keys("ensemble")
     with pytest.raises(StorageUnavailableError, match="cannot use the store"):
         store.list_info("ensemble")
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_children_names_what_lies_directly_below_a_prefix(kind, tmp_path, request):
+    uri = str(tmp_path / "store") if kind == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/store"
+    store = ObjectStore(uri)
+    for key in ("shards/0000/slices/a", "shards/0000/manifests/b", "shards/0003/slices/c", "placement/d"):
+        store.put(key, b"x")
+    assert store.children("shards") == ["0000", "0003"]
+    assert store.children("shards/0000/") == ["manifests", "slices"]
+    assert store.children("nothing") == []
+    if kind == "local":  # a link by its own name, not followed
+        (tmp_path / "store" / "shards" / "0009").symlink_to(tmp_path)
+        assert store.children("shards") == ["0000", "0003", "0009"]
