@@ -274,6 +274,11 @@ class Catalog:
         """True when ensemble version ``version`` is published (and not purged)."""
         return self.store.exists(self._key(version))
 
+    def manifest_sha256(self, version: int) -> str:
+        """The sha256 of ensemble manifest ``version``'s stored bytes: which store made it (two stores that
+        share a past hold the same bytes; once they went apart, their versions differ even where numbered alike)."""
+        return hashlib.sha256(self.store.get(self._key(version))).hexdigest()
+
     def read(self, version: int) -> EnsembleManifest:
         return _parse(EnsembleManifest, self.store, self._key(version))
 

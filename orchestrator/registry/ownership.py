@@ -13,6 +13,7 @@ from expunge.orchestrator.errors import ConfigError, ExpungeError, RegistryOfAno
 from expunge.orchestrator.registry.binding import bind_tracking
 from expunge.orchestrator.registry.tracking import (
     ENDPOINT_TAG,
+    MANIFEST_TAG,
     MLFLOW_HTTP_DEFAULTS,
     Registry,
     endpoint_url,
@@ -52,6 +53,16 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
     recorded = str(served.tags.get("expunge.storage", "")) if served is not None else ""
     endpoint = str(served.tags.get(ENDPOINT_TAG, "")) if served is not None else ""
     if not stored_elsewhere(recorded, registry.store_uri, endpoint, registry.store_endpoint):
+        if served is not None and _forked(recorded, served, registry.store):
+            raise RegistryOfAnotherStoreError(
+                f"the MLflow model {registry.model_name!r} at {registry.uri} serves (alias {registry.alias!r}, "
+                f"version {served.version}) ensemble v{served.tags.get('expunge.ensemble_version')} of a store at "
+                f"this place ({recorded}), but this store never published that version as it is: this store is a "
+                "copy of that one at the same path or bucket on another host or endpoint, or an older backup of it. "
+                "Publishing here would move the alias off that store's model and could serve a subject it erased "
+                "since. Nothing was changed. Work on this store with tracking off (tracking.enabled: false) or with "
+                "a registry of its own (--tracking-uri, given every time)."
+            )
         return
     here = _placed(store_tag(registry.store_uri), registry.store_endpoint)
     recorded_place = _placed(recorded, endpoint)
@@ -98,14 +109,18 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
 
 
 def shares_history(version: Any, store: ObjectStore) -> bool:
-    """Whether ``store`` published the ensemble version MLflow model ``version`` was built from, for the
-    same request (its ``expunge.ensemble_version`` and ``expunge.request_id`` tags): a copy and its
-    original share their past, and a store that moved keeps all of it."""
+    """Whether ``store`` published the ensemble version MLflow model ``version`` was built from: the same
+    manifest bytes (its ``MANIFEST_TAG``), or, for a version registered before that tag, the same version
+    number for the same request. A copy and its original share their past, and a store that moved keeps
+    all of it; a copy that went its own way numbers its versions alike but holds other manifests."""
     tags = version.tags
     number = str(tags.get("expunge.ensemble_version", ""))
     catalog = Catalog(store)
     if not number.isdigit() or not catalog.has(int(number)):
         return False
+    digest = tags.get(MANIFEST_TAG)
+    if digest:
+        return bool(catalog.manifest_sha256(int(number)) == digest)
     return (catalog.read(int(number)).request_id or "none") == tags.get("expunge.request_id", "none")
 
 
@@ -156,8 +171,18 @@ def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig) -> 
     except (MlflowException, OSError):
         return False
     where, endpoint = str(served.tags.get("expunge.storage", "")), str(served.tags.get(ENDPOINT_TAG, ""))
-    elsewhere = stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage))
-    return elsewhere and _holds(where, ObjectStore(storage), endpoint) is not False
+    if not stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage)):
+        return _forked(where, served, ObjectStore(storage))  # a copy at the same place, gone its own way
+    return _holds(where, ObjectStore(storage), endpoint) is not False
+
+
+def _forked(recorded: str, served: Any, store: ObjectStore) -> bool:
+    """Whether the version ``served``, tagged as this store's, is not in this store's history: a copy at
+    the same place elsewhere (another host, a loopback endpoint) or a backup older than that version."""
+    tags = served.tags
+    if not recorded or not str(tags.get("expunge.ensemble_version", "")).isdigit():
+        return False  # nothing placed, or not a version Expunge made
+    return not shares_history(served, store)
 
 
 def _holds(uri: str, here: ObjectStore, endpoint: str) -> bool | None:

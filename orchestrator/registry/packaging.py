@@ -16,7 +16,7 @@ from expunge.orchestrator.config import AnyModelConfig, CustomModelConfig, MLPCo
 from expunge.orchestrator.errors import ConfigError, StorageCorruptError
 from expunge.orchestrator.registry.faults import fault_point
 from expunge.orchestrator.registry.scratch import Staging
-from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, MODEL_NAME_TAG, Registry
+from expunge.orchestrator.registry.tracking import LOGGED_MODEL_TAG, MANIFEST_TAG, MODEL_NAME_TAG, Registry
 from expunge.orchestrator.serving.servable import ENSEMBLE_ARTIFACT, Constituent, export_ensemble, read_constituents
 from expunge.shards.models import factory_module, task_of
 
@@ -283,6 +283,7 @@ class Packager:
             "expunge.request_id": manifest.request_id or "none",
             "expunge.kind": manifest.kind,
             **self.registry.store_tags,
+            MANIFEST_TAG: Catalog(self.registry.store).manifest_sha256(manifest.version),
             LOGGED_MODEL_TAG: servable.model_id,
         }
         fault_point("version.create")

@@ -20,6 +20,7 @@ from expunge.shards.store import ObjectStore
 __all__ = [
     "ENDPOINT_TAG",
     "LOGGED_MODEL_TAG",
+    "MANIFEST_TAG",
     "MODEL_NAME_TAG",
     "PURGED_BY_REQUEST",
     "REQUEST_TAG",
@@ -52,6 +53,9 @@ MODEL_NAME_TAG = "expunge.model_name"
 #: (``store_endpoint``). Two S3 servers may each hold a bucket and prefix of the same name (a mirror of
 #: production's bucket on a staging server), which ``expunge.storage`` alone cannot tell apart.
 ENDPOINT_TAG = "expunge.storage_endpoint"
+#: Version tag: the sha256 of the stored ensemble manifest the version was built from
+#: (``Catalog.manifest_sha256``). Tells a store's own version from a copy's of the same number.
+MANIFEST_TAG = "expunge.manifest_sha256"
 #: ``ENDPOINT_TAG`` of an S3 store reached at AWS's own endpoint (no endpoint set).
 AWS_ENDPOINT = "aws"
 _AWS_URL = "https://s3.amazonaws.com"

@@ -299,7 +299,7 @@ class Trainer:
         pending: list[str] = []
         try:
             purge_unreferenced(self.session.store, self.session.catalog, manifest)
-        except ExpungeError as exc:
+        except (ExpungeError, OSError) as exc:  # a typed store error, or a local disk's own (EIO, EROFS)
             pending.append(f"purge: {type(exc).__name__}: {exc}"[:500])
         seconds = time.perf_counter() - began
         registry_version = None

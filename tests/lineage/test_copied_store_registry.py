@@ -389,3 +389,54 @@ def test_a_copy_whose_original_cannot_be_seen_is_refused_until_told_to_take_over
     assert receipt.registry_version_after != served_before.version
     served = mover.lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after)
     assert served.tags["expunge.storage"] == str(copy.resolve())
+
+
+def test_a_stale_copy_whose_versions_are_numbered_alike_is_not_the_originals_history(tmp_path):
+    # Adversarial review: history was matched by version number and request id, and every CLI
+    # training is request "train": a copy taken before an erasure, trained twice with tracking off,
+    # numbered its versions like the original's and took the registry over, serving the erased person.
+    from expunge.orchestrator.errors import RegistryOfAnotherStoreError
+
+    original = tmp_path / "host-a" / "store"
+    _open(tmp_path, original).train(ROWS, job(shards=2, slices=2), request_id="train")
+    stale = tmp_path / "host-b" / "store"
+    shutil.copytree(original, stale)
+    owner = _open(tmp_path, original)
+    owner.forget([subjects(ROWS)[3]])
+    served = owner.lineage.client.get_model_version_by_alias(TRACKING_NAME, "production")
+    untracked = Coordinator(str(stale), SubjectHasher(TEST_KEY), None, local_pool)
+    untracked.train(ROWS, job(shards=2, slices=2), request_id=served.tags["expunge.request_id"])
+    assert untracked.manifest.version == int(served.tags["expunge.ensemble_version"])  # numbered alike
+    shutil.move(tmp_path / "host-a", tmp_path / "away")  # host A not mounted here
+    taking = _tracking(tmp_path).model_copy(update={"take_over_from": str(original)})
+    with pytest.raises(RegistryOfAnotherStoreError, match="This store did not publish the version the alias serves"):
+        Coordinator(str(stale), SubjectHasher(TEST_KEY), Lineage(taking, str(stale)), local_pool)
+
+
+def test_a_copy_at_the_same_path_that_went_its_own_way_is_refused_and_may_go_on_alone(tmp_path):
+    # Adversarial review: a copy at the same path on another host (rsync host-a:/data/store
+    # /data/store) was the store itself to every check: taken before an erasure, it moved the alias
+    # to its model, which held the erased person, with no refusal and no warning.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.errors import RegistryOfAnotherStoreError
+    from expunge.orchestrator.registry.ownership import bind_writer
+    from expunge.shards.store import ObjectStore
+
+    place = tmp_path / "data" / "store"
+    _open(tmp_path, place).train(ROWS, job(shards=2, slices=2))
+    shutil.copytree(place, tmp_path / "host-b-disk")  # host B's copy, taken now
+    owner = _open(tmp_path, place)
+    owner.forget([subjects(ROWS)[3]])
+    before = _registry_state(owner)
+    shutil.move(place, tmp_path / "host-a-disk")  # host B's view of /data/store: its own copy there
+    shutil.move(tmp_path / "host-b-disk", place)
+    with pytest.raises(RegistryOfAnotherStoreError, match="this store never published that version as it is"):
+        _open(tmp_path, place)
+    recorded = Catalog(ObjectStore(str(place))).latest().registry  # host B may go on alone
+    assert not bind_writer(recorded, TrackingConfig(enabled=False), None, StorageConfig(uri=str(place))).enabled
+    shutil.move(place, tmp_path / "host-b-disk")
+    shutil.move(tmp_path / "host-a-disk", place)  # host A, the real store: as before
+    assert _registry_state(_open(tmp_path, place)) == before
+    with pytest.raises(ConfigError, match="switches tracking off"):
+        bind_writer(recorded, TrackingConfig(enabled=False), None, StorageConfig(uri=str(place)))

@@ -23,6 +23,7 @@ from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.registry.artifacts import ArtifactEraser
 from expunge.orchestrator.registry.checks import AuditView
 from expunge.orchestrator.registry.purge_notice import NOTICE_FILES, PurgeNotice, notice_objects
+from expunge.orchestrator.registry.tracking import MANIFEST_TAG
 from expunge.pipelines._runtime import EXIT_BAD_INPUT, exit_on_error
 from expunge.shards.rows import ITEM_ID
 from tests.conftest import TEST_KEY
@@ -248,15 +249,16 @@ def test_an_alias_serving_another_stores_version_fails_the_registry_check(deploy
     # served a version nothing vouches for, and verify passed.
     client = deployment.lineage.client
     served = client.get_model_version_by_alias(MODEL, ALIAS)
-    ours, request = served.tags["expunge.storage"], served.tags["expunge.request_id"]
+    ours, digest = served.tags["expunge.storage"], served.tags[MANIFEST_TAG]
     client.set_model_version_tag(MODEL, served.version, "expunge.storage", str(tmp_path / "a-copy" / "store"))
     try:  # made by another store with the same past (this store checked through a copy of it): fine
         assert deployment.audit().check_erasure(2).problems == ()
-        client.set_model_version_tag(MODEL, served.version, "expunge.request_id", "req-of-the-copy")
+        client.set_model_version_tag(MODEL, served.version, MANIFEST_TAG, "0" * 64)  # the copy's own v2
         problems = deployment.audit().check_erasure(2).problems
     finally:
         client.set_model_version_tag(MODEL, served.version, "expunge.storage", ours)
-        client.set_model_version_tag(MODEL, served.version, "expunge.request_id", request)
-    assert len(problems) == 1
+        client.set_model_version_tag(MODEL, served.version, MANIFEST_TAG, digest)
+    assert len(problems) == 2
     assert f"made by the store at {tmp_path / 'a-copy' / 'store'}, not this one" in problems[0]
+    assert "pass --tracking-uri naming it" in problems[1]
     assert deployment.audit().check_erasure(2).problems == ()
