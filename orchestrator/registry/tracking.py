@@ -3,6 +3,7 @@ registered model, searches that never build filter strings from names, and tag n
 
 from __future__ import annotations
 
+import functools
 import os
 import urllib.error
 import urllib.request
@@ -137,20 +138,54 @@ def stored_elsewhere(recorded: str, given: str, recorded_endpoint: str = "", giv
 
 
 def store_endpoint(storage: StorageConfig) -> str:
-    """The ``ENDPOINT_TAG`` of ``storage``: for an S3 store the endpoint it reaches (``endpoint_url``, else
-    ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, as botocore picks it) as ``scheme://host:port`` in
-    lower case, a loopback host spelled 127.0.0.1, or ``"aws"`` where none is set; "" for a local store."""
+    """The ``ENDPOINT_TAG`` of ``storage``: for an S3 store the endpoint botocore reaches with its settings
+    (``endpoint_url``, ``profile`` and ``region``, then the environment and the AWS config file, as s3fs
+    resolves them) as ``scheme://host[:port]`` in lower case, a loopback host spelled 127.0.0.1, a
+    scheme's default port left out, and ``"aws"`` for any of AWS's own; "" for a local store."""
     if urlparse(storage.uri).scheme not in ("s3", "s3a", "s3n"):
         return ""
-    url = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    settings = tuple(os.environ.get(name, "") for name in _ENDPOINT_ENVIRONMENT)
+    url = _resolved_endpoint(storage.profile, storage.region, storage.endpoint_url, settings)
+    if url is None:  # botocore refused the settings (an unknown profile): the store fails on its own
+        url = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if not url:
         return AWS_ENDPOINT
     parsed = urlparse(url if "://" in url else f"https://{url}")
     host = (parsed.hostname or "").lower()
+    if host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        return AWS_ENDPOINT  # one bucket namespace, however the region's endpoint is spelled
     host = "127.0.0.1" if host in _LOOPBACK else (f"[{host}]" if ":" in host else host)
-    port = f":{parsed.port}" if parsed.port else ""
-    path = parsed.path.rstrip("/")
-    return f"{parsed.scheme.lower()}://{host}{port}{path}"
+    scheme = parsed.scheme.lower()
+    port = f":{parsed.port}" if parsed.port and (scheme, parsed.port) not in (("http", 80), ("https", 443)) else ""
+    return f"{scheme}://{host}{port}{parsed.path.rstrip('/')}"
+
+
+#: The environment botocore reads an S3 endpoint from (a key of ``_resolved_endpoint``'s cache).
+_ENDPOINT_ENVIRONMENT = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_endpoint(
+    profile: str | None, region: str | None, endpoint_url: str | None, environment: tuple[str, ...]
+) -> str | None:
+    """The endpoint URL of a botocore S3 client built from these settings (None: botocore refused them)."""
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        session = botocore.session.Session(profile=profile)
+        client = session.create_client("s3", region_name=region, endpoint_url=endpoint_url)
+    except (botocore.exceptions.BotoCoreError, ValueError):
+        return None
+    return str(client.meta.endpoint_url)
 
 
 def endpoint_url(tag: str) -> str | None:

@@ -321,12 +321,27 @@ def test_a_mirror_on_another_s3_endpoint_is_a_copy_not_the_original(tmp_path, s3
     assert tags[ENDPOINT_TAG] == second_s3_server
 
 
-def test_which_endpoints_name_another_store(monkeypatch):
+def test_which_endpoints_name_another_store(monkeypatch, tmp_path):
     from expunge.orchestrator.config import StorageConfig
     from expunge.orchestrator.registry.tracking import store_endpoint
 
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    # Adversarial review: an endpoint set in an AWS profile (how botocore and s3fs reach it) was
+    # tagged "aws", so a mirror reached through a staging profile passed for production.
+    config = tmp_path / "aws-config"
+    config.write_text("[profile staging]\nendpoint_url = http://minio.staging:9000\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert store_endpoint(StorageConfig(uri="s3://b/p", profile="staging")) == "http://minio.staging:9000"
+    monkeypatch.setenv("AWS_PROFILE", "staging")
+    assert store_endpoint(StorageConfig(uri="s3://b/p")) == "http://minio.staging:9000"
+    monkeypatch.setenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")  # botocore then goes to AWS
+    assert store_endpoint(StorageConfig(uri="s3://b/p")) == "aws"
+    monkeypatch.delenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+    monkeypatch.delenv("AWS_PROFILE")
+    assert store_endpoint(StorageConfig(uri="s3://b/p", region="eu-west-1")) == "aws"
+    assert store_endpoint(StorageConfig(uri="s3://b/p", endpoint_url="https://s3.eu-west-1.amazonaws.com")) == "aws"
+    assert store_endpoint(StorageConfig(uri="s3://b/p", endpoint_url="http://minio:80")) == "http://minio"
     assert store_endpoint(StorageConfig(uri="/data/store")) == ""
     assert store_endpoint(StorageConfig(uri="s3://b/p")) == "aws"
     assert (
