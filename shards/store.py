@@ -544,6 +544,27 @@ class ObjectStore:
             key=lambda i: i.key,
         )
 
+    def holds_keys(self, prefix: str) -> bool | None:
+        """Whether any key lies under ``prefix``, by the store's own answer; None where no answer came, or
+        one that is not an S3 server's (a web server or proxy answering 404 at that address: not "empty").
+
+        A bucket S3 says does not exist holds none. Never raises for an unreachable store.
+        """
+        if self.local:
+            try:
+                return bool(self.list_keys(prefix))
+            except ExpungeError:
+                return None
+        bucket, key, _ = self.fs.split_path(self._path(prefix).rstrip("/") + "/")
+        try:
+            answer = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+        except Exception as exc:  # s3fs turns S3's own "no such bucket" into FileNotFoundError, keeping it
+            cause = getattr(exc.__cause__, "response", None) or {}
+            return False if cause.get("Error", {}).get("Code") == "NoSuchBucket" else None
+        if "IsTruncated" not in answer:
+            return None  # a 2xx that is no listing
+        return bool(answer.get("KeyCount") or answer.get("Contents"))
+
     @_reachable
     def children(self, prefix: str) -> list[str]:
         """The names directly below ``prefix`` (folders and objects; a symbolic link by its own name), sorted."""

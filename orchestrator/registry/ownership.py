@@ -208,6 +208,7 @@ def _holds_ensemble(uri: str, here: ObjectStore, endpoint: str = "") -> bool | N
     if endpoint:  # another endpoint may be out of reach from here: asked briefly
         update.update(endpoint_url=endpoint_url(endpoint), timeout_s=min(here.config.timeout_s, 5.0))
     try:
-        return Catalog(ObjectStore(here.config.model_copy(update=update))).latest() is not None
+        store = ObjectStore(here.config.model_copy(update=update))
     except ExpungeError:
         return None
+    return store.holds_keys("ensemble")  # only S3's own answer says "none": a web server's 404 does not

@@ -455,3 +455,61 @@ def test_a_copy_at_the_same_path_that_went_its_own_way_is_refused_and_may_go_on_
     assert _registry_state(_open(tmp_path, place)) == before
     with pytest.raises(ConfigError, match="switches tracking off"):
         bind_writer(recorded, TrackingConfig(enabled=False), None, StorageConfig(uri=str(place)))
+
+
+def test_a_web_servers_404_at_the_originals_address_is_not_an_empty_store(tmp_path, s3_bucket, s3_server):
+    # Adversarial review: from the mirror's network, production's address answered 404 (a proxy, a
+    # web server): read as "holds no ensemble", so the mirror took production's registry over.
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.errors import RegistryOfAnotherStoreError
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    production_endpoint = f"http://127.0.0.1:{port}"
+
+    def serve(*command: str) -> subprocess.Popen:
+        server = subprocess.Popen(
+            [sys.executable, "-m", *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(production_endpoint, timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # it answers
+            except OSError:
+                time.sleep(0.1)
+        return server
+
+    uri = f"s3://{s3_bucket}/expunge"
+    production = StorageConfig(uri=uri, endpoint_url=production_endpoint)
+    staging = StorageConfig(uri=uri, endpoint_url=s3_server)
+    moto = serve("moto.server", "-H", "127.0.0.1", "-p", str(port))
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=production_endpoint).create_bucket(Bucket=s3_bucket)
+        lineage = Lineage(_tracking(tmp_path), production)
+        Coordinator(production, SubjectHasher(TEST_KEY), lineage, local_pool).train(ROWS, job(shards=2, slices=2))
+        source, target = (
+            boto3.client("s3", endpoint_url=production_endpoint),
+            boto3.client("s3", endpoint_url=s3_server),
+        )
+        for item in source.list_objects_v2(Bucket=s3_bucket)["Contents"]:
+            body = source.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()
+            target.put_object(Bucket=s3_bucket, Key=item["Key"], Body=body)
+    finally:
+        moto.terminate()
+        moto.wait(timeout=30)
+    web = serve("http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path))
+    try:
+        with pytest.raises(RegistryOfAnotherStoreError, match="cannot be seen from here"):
+            Coordinator(staging, SubjectHasher(TEST_KEY), Lineage(_tracking(tmp_path), staging), local_pool)
+    finally:
+        web.terminate()
+        web.wait(timeout=30)

@@ -167,3 +167,41 @@ def test_children_names_what_lies_directly_below_a_prefix(kind, tmp_path, reques
     if kind == "local":  # a link by its own name, not followed
         (tmp_path / "store" / "shards" / "0009").symlink_to(tmp_path)
         assert store.children("shards") == ["0000", "0003", "0009"]
+
+
+def test_holds_keys_trusts_only_an_s3_servers_answer(tmp_path, s3_bucket, s3_server):
+    # Adversarial review: a web server or proxy answering 404 at an S3 address read as an empty
+    # store, so a mirror took the registry of a production store that still held its ensemble.
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from expunge.orchestrator.config import StorageConfig
+    from tests.conftest import _free_port
+
+    store = ObjectStore(StorageConfig(uri=f"s3://{s3_bucket}/store", endpoint_url=s3_server))
+    assert store.holds_keys("ensemble") is False
+    store.put("ensemble/00000001.json", b"{}")
+    assert store.holds_keys("ensemble") is True
+    gone = ObjectStore(StorageConfig(uri="s3://no-such-bucket-here/store", endpoint_url=s3_server))
+    assert gone.holds_keys("ensemble") is False  # S3 says the bucket does not exist
+    port = _free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        answered = ObjectStore(StorageConfig(uri=f"s3://{s3_bucket}/store", endpoint_url=f"http://127.0.0.1:{port}"))
+        assert answered.holds_keys("ensemble") is None
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+    assert ObjectStore(str(tmp_path / "local")).holds_keys("ensemble") is False
