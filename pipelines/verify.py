@@ -125,7 +125,7 @@ def _copy_untracked(storage: StorageConfig, tracking: TrackingConfig | None, tra
     if recorded is None or tracking is None or tracking.enabled or tracking_uri is not None:
         return None
     try:
-        bind_writer(recorded, tracking, None, storage)
+        bind_writer(recorded, tracking, None, storage, probe=False)  # a reader: writes no probe
     except ConfigError:
         return None  # the store that registry serves: checked as ever
     return (

@@ -545,7 +545,7 @@ class ObjectStore:
         )
 
     def holds_keys(self, prefix: str) -> bool | None:
-        """Whether any key lies under ``prefix``, by the store's own answer; None where no answer came, or
+        """Whether any key lies in the folder ``prefix``, by the store's own answer; None where no answer came, or
         one that is not an S3 server's (a web server or proxy answering 404 at that address: not "empty").
 
         A bucket S3 says does not exist holds none. Never raises for an unreachable store.

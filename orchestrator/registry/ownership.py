@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
                 "a registry of its own (--tracking-uri, given every time)."
             )
         return
+    if same_store(recorded, registry.store_uri) and _same_place(recorded, endpoint, registry.store):
+        return  # this very store, reached by another spelling of its endpoint
     here = _placed(store_tag(registry.store_uri), registry.store_endpoint)
     recorded_place = _placed(recorded, endpoint)
     named = registry.tracking.take_over_from
@@ -125,7 +128,11 @@ def shares_history(version: Any, store: ObjectStore) -> bool:
 
 
 def bind_writer(
-    recorded: RegistryBinding | None, given: TrackingConfig | None, tracking_uri: str | None, storage: StorageConfig
+    recorded: RegistryBinding | None,
+    given: TrackingConfig | None,
+    tracking_uri: str | None,
+    storage: StorageConfig,
+    probe: bool = True,
 ) -> TrackingConfig:
     """``bind_tracking`` for a job that writes the store, which lets a copy of a store go its own way.
 
@@ -136,13 +143,17 @@ def bind_writer(
     account. Tracking off is ``given`` with ``enabled: false``; another registry, ``tracking_uri`` (with
     the recorded experiment, model and alias when no config is given).
 
+    ``probe``: where the recorded store differs from this one by the spelling of its S3 endpoint only,
+    write a nonce object here and look for it there (``_same_place``); False (a reader): such a store
+    is not taken for another.
+
     Raises:
         ConfigError: as ``bind_tracking``, for a store its recorded registry serves (or that cannot be told).
     """
     try:
         return bind_tracking(recorded, given, tracking_uri, storage.uri)
     except ConfigError:
-        if recorded is None or not _serves_another_store(recorded, storage):
+        if recorded is None or not _serves_another_store(recorded, storage, probe):
             raise
     # No config: the recorded experiment, model and alias at the given URI, as verify --tracking-uri reads them.
     names = {"experiment": recorded.experiment, "model_name": recorded.model_name, "alias": recorded.alias}
@@ -155,7 +166,7 @@ def bind_writer(
     return tracking
 
 
-def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig) -> bool:
+def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig, probe: bool) -> bool:
     """Whether ``recorded``'s alias serves a version of another store that still holds an ensemble (False:
     it serves this store, nothing, or cannot be read)."""
     from mlflow import MlflowClient
@@ -171,9 +182,12 @@ def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig) -> 
     except (MlflowException, OSError):
         return False
     where, endpoint = str(served.tags.get("expunge.storage", "")), str(served.tags.get(ENDPOINT_TAG, ""))
+    here = ObjectStore(storage)
     if not stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage)):
-        return _forked(where, served, ObjectStore(storage))  # a copy at the same place, gone its own way
-    return _holds(where, ObjectStore(storage), endpoint) is not False
+        return _forked(where, served, here)  # a copy at the same place, gone its own way
+    if same_store(where, storage.uri) and (not probe or _same_place(where, endpoint, here) is not False):
+        return False  # perhaps this very store under another endpoint name: never let it off its registry
+    return _holds(where, here, endpoint) is not False
 
 
 def _forked(recorded: str, served: Any, store: ObjectStore) -> bool:
@@ -183,6 +197,34 @@ def _forked(recorded: str, served: Any, store: ObjectStore) -> bool:
     if not recorded or not str(tags.get("expunge.ensemble_version", "")).isdigit():
         return False  # nothing placed, or not a version Expunge made
     return not shares_history(served, store)
+
+
+def _same_place(uri: str, endpoint: str, here: ObjectStore) -> bool | None:
+    """Whether S3 ``endpoint`` reaches ``here`` itself (the same bucket and prefix, by another name of its
+    server: ``minio:9000`` inside a compose network, ``localhost:9000`` outside): a nonce object is
+    written here, looked for there, and deleted (every version). None: it cannot be told."""
+    try:
+        other = ObjectStore(
+            here.config.model_copy(
+                update={
+                    "uri": uri,
+                    "endpoint_url": endpoint_url(endpoint),
+                    "timeout_s": min(here.config.timeout_s, 5.0),
+                }
+            )
+        )
+        folder = f"probes/{uuid.uuid4().hex}"
+        key = f"{folder}/nonce"
+        here.put(key, b"which store am I")
+    except ExpungeError:
+        return None
+    try:
+        return other.holds_keys(folder)  # an S3 server's own answer, or None
+    finally:
+        try:
+            here.delete([key])
+        except ExpungeError as exc:
+            log.warning("could not delete the probe object %s of %s: %s", key, here.uri, exc)
 
 
 def _holds(uri: str, here: ObjectStore, endpoint: str) -> bool | None:

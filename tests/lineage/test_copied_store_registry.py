@@ -513,3 +513,37 @@ def test_a_web_servers_404_at_the_originals_address_is_not_an_empty_store(tmp_pa
     finally:
         web.terminate()
         web.wait(timeout=30)
+
+
+def test_the_same_s3_server_by_another_name_is_this_store_and_never_lets_it_off_its_registry(
+    tmp_path, s3_bucket, s3_server
+):
+    # Adversarial review: the store reached by another name of its server (minio:9000 inside a
+    # compose network, localhost:9000 outside) was "another store": its own erasure was refused, and
+    # then tracking off was accepted on production itself, whose registry kept serving the person.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.registry.ownership import bind_writer
+    from expunge.orchestrator.registry.tracking import ENDPOINT_TAG
+    from expunge.shards.store import ObjectStore
+
+    import socket
+
+    name = socket.gethostname()  # another name of this host's loopback, where the host file says so
+    if name.lower() in {"localhost", "127.0.0.1"} or socket.gethostbyname(name) != "127.0.0.1":
+        pytest.skip(f"this host's name {name!r} does not resolve to 127.0.0.1")
+    uri = f"s3://{s3_bucket}/expunge"
+    named = StorageConfig(uri=uri, endpoint_url=s3_server)
+    other_name = StorageConfig(uri=uri, endpoint_url=s3_server.replace("127.0.0.1", name))  # the same server
+    Coordinator(named, SubjectHasher(TEST_KEY), Lineage(_tracking(tmp_path), named), local_pool).train(
+        ROWS, job(shards=2, slices=2)
+    )
+    recorded = Catalog(ObjectStore(other_name)).latest().registry
+    with pytest.raises(ConfigError, match="switches tracking off"):
+        bind_writer(recorded, TrackingConfig(enabled=False), None, other_name)
+    lineage = Lineage(_tracking(tmp_path), other_name)
+    receipt = Coordinator(other_name, SubjectHasher(TEST_KEY), lineage, local_pool).forget([subjects(ROWS)[3]])
+    assert receipt.status == "erased"
+    served = lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after)
+    assert served.tags[ENDPOINT_TAG] == other_name.endpoint_url
+    assert not ObjectStore(named).list_keys("probes")  # the nonce went
