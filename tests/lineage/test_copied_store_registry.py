@@ -521,13 +521,13 @@ def test_the_same_s3_server_by_another_name_is_this_store_and_never_lets_it_off_
     # Adversarial review: the store reached by another name of its server (minio:9000 inside a
     # compose network, localhost:9000 outside) was "another store": its own erasure was refused, and
     # then tracking off was accepted on production itself, whose registry kept serving the person.
+    import socket
+
     from expunge.orchestrator.catalog import Catalog
     from expunge.orchestrator.config import StorageConfig
     from expunge.orchestrator.registry.ownership import bind_writer
     from expunge.orchestrator.registry.tracking import ENDPOINT_TAG
     from expunge.shards.store import ObjectStore
-
-    import socket
 
     name = socket.gethostname()  # another name of this host's loopback, where the host file says so
     if name.lower() in {"localhost", "127.0.0.1"} or socket.gethostbyname(name) != "127.0.0.1":
