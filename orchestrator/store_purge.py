@@ -50,9 +50,14 @@ def select_purgeable(
     return sorted(doomed)
 
 
+#: Nonce objects a writer puts to tell its store from one reached by another endpoint name
+#: (``registry.ownership``), deleted at once; one a killed writer left goes with the next purge.
+PROBE_PREFIX = "probes/"
+
+
 def _is_data(key: str) -> bool:
-    # Staged training input (raw rows) is never referenced: it goes once older than a commit.
-    return key.startswith(("placement/", STAGING_PREFIX)) or (
+    # Staged training input (raw rows) is never referenced: it goes once older than a commit; so does a probe.
+    return key.startswith(("placement/", STAGING_PREFIX, PROBE_PREFIX)) or (
         key.startswith("shards/") and any(p in key for p in _DATA_PARTS)
     )
 
@@ -132,10 +137,10 @@ def _purge_plan(
             if store.exists(f"{shard_prefix(shard_id)}/manifests/{version:08d}.json"):
                 superseded |= catalog.shard_manifest(shard_id, version).object_keys()
     # Shard manifests are never data, and they grow by one per shard version: not listed.
-    listed = _listed(store, ["shards/", "placement/", STAGING_PREFIX], linked)
+    listed = _listed(store, ["shards/", "placement/", STAGING_PREFIX, PROBE_PREFIX], linked)
     if linked:  # a link below shards/: each shard folder on its own (any there), so the others are purged all the same
         parts = [f"shards/{name}/" for name in store.children("shards")]
-        listed = _listed(store, [*parts, "placement/", STAGING_PREFIX], linked)
+        listed = _listed(store, [*parts, "placement/", STAGING_PREFIX, PROBE_PREFIX], linked)
     candidates = [v for v in listed if _is_data(v.key)]
     if since is None and not linked:
         # On open: half-written temporary files anywhere (a writer killed mid-write) are debris

@@ -140,13 +140,16 @@ class AuditView:
         endpoint = str(served.tags.get(ENDPOINT_TAG, "")) if served is not None else ""
         if served is None:
             problems.append(f"no version of {name!r} carries the alias {alias!r}")
-        elif stored_elsewhere(elsewhere, self.store.uri, endpoint, store_endpoint(self.store.config)) and not (
-            shares_history(served, self.store)
-        ):
+        elif elsewhere and served_ensemble is not None and not shares_history(served, self.store):
+            where = (
+                f"made by the store at {elsewhere}, not this one (a copy of it, or its original)"
+                if stored_elsewhere(elsewhere, self.store.uri, endpoint, store_endpoint(self.store.config))
+                else f"made from an ensemble v{served_ensemble} this store never published as it is (a copy of it at "
+                "the same place elsewhere, or a backup of it older than that version)"
+            )
             problems.append(
-                f"the alias {alias!r} serves version {served.version}, made by the store at {elsewhere}, not this "
-                "one (a copy of it, or its original) and not in this store's history: nothing says that version "
-                "is without the subject"
+                f"the alias {alias!r} serves version {served.version}, {where}, and not in this store's history: "
+                "nothing says that version is without the subject"
             )
         elif served_ensemble is not None and served_ensemble < ensemble_version_after:
             problems.append(

@@ -24,6 +24,7 @@ from expunge.orchestrator.registry.tracking import (
     store_tag,
     stored_elsewhere,
 )
+from expunge.orchestrator.store_purge import PROBE_PREFIX
 from expunge.shards.store import ObjectStore
 
 __all__ = ["bind_writer", "refuse_another_stores_registry", "shares_history"]
@@ -53,7 +54,10 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
     """
     recorded = str(served.tags.get("expunge.storage", "")) if served is not None else ""
     endpoint = str(served.tags.get(ENDPOINT_TAG, "")) if served is not None else ""
-    if not stored_elsewhere(recorded, registry.store_uri, endpoint, registry.store_endpoint):
+    elsewhere = stored_elsewhere(recorded, registry.store_uri, endpoint, registry.store_endpoint)
+    if elsewhere and same_store(recorded, registry.store_uri) and _same_place(recorded, endpoint, registry.store):
+        elsewhere = False  # this very store, reached by another spelling of its endpoint
+    if not elsewhere:
         if served is not None and _forked(recorded, served, registry.store):
             raise RegistryOfAnotherStoreError(
                 f"the MLflow model {registry.model_name!r} at {registry.uri} serves (alias {registry.alias!r}, "
@@ -65,8 +69,6 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
                 "a registry of its own (--tracking-uri, given every time)."
             )
         return
-    if same_store(recorded, registry.store_uri) and _same_place(recorded, endpoint, registry.store):
-        return  # this very store, reached by another spelling of its endpoint
     here = _placed(store_tag(registry.store_uri), registry.store_endpoint)
     recorded_place = _placed(recorded, endpoint)
     named = registry.tracking.take_over_from
@@ -183,10 +185,14 @@ def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig, pro
         return False
     where, endpoint = str(served.tags.get("expunge.storage", "")), str(served.tags.get(ENDPOINT_TAG, ""))
     here = ObjectStore(storage)
-    if not stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage)):
+    elsewhere = stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage))
+    if elsewhere and same_store(where, storage.uri):  # another name of its endpoint, perhaps this very store
+        same = _same_place(where, endpoint, here) if probe else None
+        if same is None:
+            return False  # cannot be told: never let the store off its registry
+        elsewhere = not same
+    if not elsewhere:
         return _forked(where, served, here)  # a copy at the same place, gone its own way
-    if same_store(where, storage.uri) and (not probe or _same_place(where, endpoint, here) is not False):
-        return False  # perhaps this very store under another endpoint name: never let it off its registry
     return _holds(where, here, endpoint) is not False
 
 
@@ -213,7 +219,7 @@ def _same_place(uri: str, endpoint: str, here: ObjectStore) -> bool | None:
                 }
             )
         )
-        folder = f"probes/{uuid.uuid4().hex}"
+        folder = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         key = f"{folder}/nonce"
         here.put(key, b"which store am I")
     except ExpungeError:

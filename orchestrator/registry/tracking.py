@@ -37,6 +37,9 @@ __all__ = [
 
 #: Bounds on each MLflow HTTP call (attempts, seconds); values already in ``os.environ`` win.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+#: MLflow prints "View run ..." and model links to stdout for a tracking server: the commands print JSON
+#: there. Values already in ``os.environ`` win.
+MLFLOW_QUIET_STDOUT = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_PRINT_MODEL_URLS_ON_CREATION": "false"}
 
 #: Version tag naming the erasure request whose commit purged the version's weights.
 PURGED_BY_REQUEST = "expunge.purged_by_request"
@@ -281,7 +284,7 @@ class Registry:
         # MLflow's own HTTP retries back off for minutes on a dead server, while Expunge retries the
         # registration itself (it is pending, never lost): keep each MLflow call short. Explicit
         # settings in the environment win.
-        for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        for name, value in {**MLFLOW_HTTP_DEFAULTS, **MLFLOW_QUIET_STDOUT}.items():
             os.environ.setdefault(name, value)
         from mlflow.exceptions import MlflowException
 

@@ -450,6 +450,13 @@ def test_a_copy_at_the_same_path_that_went_its_own_way_is_refused_and_may_go_on_
         _open(tmp_path, place)
     recorded = Catalog(ObjectStore(str(place))).latest().registry  # host B may go on alone
     assert not bind_writer(recorded, TrackingConfig(enabled=False), None, StorageConfig(uri=str(place))).enabled
+    alone = Coordinator(str(place), SubjectHasher(TEST_KEY), None, local_pool).forget([subjects(ROWS)[5]])
+    # A second adversary's finding: verify of host B's erasure, against the recorded registry, passed
+    # ("the alias serves version 2, made after the erasure"): that v2 is host A's, not B's.
+    from expunge.orchestrator.registry.checks import AuditView
+
+    problems = AuditView(recorded, str(place)).check_erasure(alone.model_version_after).problems
+    assert any("this store never published as it is" in p for p in problems), problems
     shutil.move(place, tmp_path / "host-b-disk")
     shutil.move(tmp_path / "host-a-disk", place)  # host A, the real store: as before
     assert _registry_state(_open(tmp_path, place)) == before
@@ -525,6 +532,7 @@ def test_the_same_s3_server_by_another_name_is_this_store_and_never_lets_it_off_
 
     from expunge.orchestrator.catalog import Catalog
     from expunge.orchestrator.config import StorageConfig
+    from expunge.orchestrator.errors import RegistryOfAnotherStoreError
     from expunge.orchestrator.registry.ownership import bind_writer
     from expunge.orchestrator.registry.tracking import ENDPOINT_TAG
     from expunge.shards.store import ObjectStore
@@ -547,3 +555,36 @@ def test_the_same_s3_server_by_another_name_is_this_store_and_never_lets_it_off_
     served = lineage.client.get_model_version(TRACKING_NAME, receipt.registry_version_after)
     assert served.tags[ENDPOINT_TAG] == other_name.endpoint_url
     assert not ObjectStore(named).list_keys("probes")  # the nonce went
+    # A second adversary's finding: under another name the probe said "this very store" and the check
+    # for a fork was skipped, so the bucket restored from a backup older than an erasure published.
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server)
+    backup = {
+        item["Key"]: client.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()
+        for item in client.list_objects_v2(Bucket=s3_bucket)["Contents"]
+    }
+    Coordinator(named, SubjectHasher(TEST_KEY), Lineage(_tracking(tmp_path), named), local_pool).forget(
+        [subjects(ROWS)[5]]
+    )
+    for item in client.list_objects_v2(Bucket=s3_bucket)["Contents"]:
+        client.delete_object(Bucket=s3_bucket, Key=item["Key"])
+    for key, body in backup.items():  # the bucket restored from the backup, older than that erasure
+        client.put_object(Bucket=s3_bucket, Key=key, Body=body)
+    for storage in (named, other_name):
+        with pytest.raises(RegistryOfAnotherStoreError, match="or an older backup of it"):
+            Coordinator(storage, SubjectHasher(TEST_KEY), Lineage(_tracking(tmp_path), storage), local_pool)
+
+
+def test_a_probe_left_by_a_killed_writer_goes_with_the_next_purge(tmp_path):
+    # A second adversary's finding: a nonce object whose writer died before deleting it stayed for good.
+    import os
+
+    store = tmp_path / "store"
+    _open(tmp_path, store).train(ROWS, job(shards=2, slices=2))
+    left = store / "probes" / "0123456789abcdef" / "nonce"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"which store am I")
+    os.utime(left, (1, 1))  # older than the next commit
+    assert _open(tmp_path, store).forget([subjects(ROWS)[3]]).status == "erased"
+    assert not left.exists()

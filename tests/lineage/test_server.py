@@ -96,3 +96,21 @@ def test_proxied_artifacts_without_their_destination_are_refused_before_any_mode
 def test_a_server_without_its_database_cannot_purge_and_says_so(mlflow_server, tmp_path):
     with pytest.raises(ConfigError, match="backend_store_uri"):
         Lineage(TrackingConfig(uri=mlflow_server.uri), str(tmp_path / "store"))
+
+
+def test_a_tracking_server_prints_nothing_on_stdout(mlflow_server, tmp_path, hasher, capfd):
+    # Adversarial review: MLflow printed "View run ..." and "View experiment ..." links on stdout
+    # for a tracking server, before the JSON that `train`, `forget` and `ingest` print there.
+    name = f"expunge-quiet-{uuid.uuid4().hex[:6]}"
+    tracking = TrackingConfig(
+        uri=mlflow_server.uri,
+        backend_store_uri=mlflow_server.backend_store_uri,
+        experiment=name,
+        model_name=name,
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+    )
+    lineage = Lineage(tracking, str(tmp_path / "store"))
+    coordinator = Coordinator(str(tmp_path / "store"), hasher, lineage, pool_factory=local_pool)
+    coordinator.train(ROWS, job(shards=2, slices=2))
+    coordinator.forget([subjects(ROWS)[3]])
+    assert "View " not in capfd.readouterr().out
