@@ -283,14 +283,19 @@ def _local_key_check(job: JobConfig) -> str | None:
 
 
 def _typed_cause(exc: BaseException) -> ExpungeError | None:
-    """The ``ExpungeError`` an actor's constructor raised, however Ray wrapped it (``cause`` chains)."""
+    """The ``ExpungeError`` an actor's constructor raised, however Ray wrapped it: ``cause`` chains, and
+    an ``ActorDiedError`` that holds the constructor's ``RayTaskError`` as its first argument."""
     seen: object = exc
-    for _ in range(4):
+    for _ in range(6):
         if isinstance(seen, ExpungeError):
             return seen
-        seen = getattr(seen, "cause", None)
-        if seen is None:
+        wrapped = getattr(seen, "cause", None)
+        if wrapped is None:
+            args = getattr(seen, "args", ())
+            wrapped = args[0] if args and isinstance(args[0], BaseException) else None
+        if wrapped is None:
             return None
+        seen = wrapped
     return None
 
 

@@ -205,3 +205,21 @@ def test_an_item_stats_service_on_ray_pipelines_queued_batches_and_stays_exact(t
         assert _exact(tmp_path, config, hasher, chosen)
     finally:
         stop_service(namespace, config.service.name)
+
+
+def test_a_service_refused_its_registry_at_start_is_a_typed_error(tmp_path, monkeypatch):
+    # Second adversarial review: `expunge serve` on a copy of a store refused its registry exited 4
+    # (retry) with a Ray traceback: Ray wraps the constructor's error in an ActorDiedError's argument.
+    import shutil
+
+    from expunge.orchestrator.errors import RegistryOfAnotherStoreError
+    from expunge.orchestrator.registry import Lineage
+
+    (tmp_path / "original").mkdir()
+    config, hasher = _keyed_job(tmp_path / "original", monkeypatch, shards=2, slices=2)
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="refused", model_name="refused")
+    Coordinator(config.storage, hasher, Lineage(tracking, config.storage), local_pool).train(ROWS, config)
+    shutil.copytree(tmp_path / "original" / "store", tmp_path / "copy")
+    copy = config.model_copy(update={"storage": StorageConfig(uri=str(tmp_path / "copy")), "tracking": tracking})
+    with pytest.raises(RegistryOfAnotherStoreError, match="one is a copy of the other"):
+        start_service(copy)
