@@ -78,6 +78,7 @@ class Eraser:
         try:
             purge_unreferenced(self.session.store, self.session.catalog, self.session.manifest)
             self._sync_lineage()
+            self.sealer.seal_unsealed()  # a process killed after its commit: the receipt log gets its receipt
         except (LinkInStoreError, RegistryOfAnotherStoreError):  # a person must set it right: refused now
             raise
         except ExpungeError as exc:  # it stays to do: every later writer tries again on open

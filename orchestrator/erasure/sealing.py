@@ -20,7 +20,7 @@ from expunge.orchestrator.config import EvidenceConfig
 from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.evidence.anchors import ObjectLockAnchors, receipt_sha256
 from expunge.orchestrator.evidence.journal_log import JournalLog
-from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key
+from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key, chained_sequences
 from expunge.orchestrator.evidence.state_binding import bind_state, binding_of
 from expunge.orchestrator.receipts import ErasureReceipt, StateBinding
 from expunge.orchestrator.registry import Lineage
@@ -96,6 +96,38 @@ class Sealer:
         if chained.chain_sequence is not None:
             self._sealed[chained.chain_sequence] = (chained.request_id, receipt_sha256(chained))
             self._lock(chained.chain_sequence)
+        return chained
+
+    def seal_unsealed(self) -> ErasureReceipt | None:
+        """Seal the published erasure's stored receipt when the process that committed it ended before
+        sealing it (a kill after the commit: ``receipts/<version>.json`` is there, the receipt log lacks
+        it, and MLflow, which the next open brings up to date, would name a request the log does not
+        hold), then anchors it (``anchor``); returns the chained receipt, None when there is nothing to seal.
+
+        Raises:
+            StorageConflictError, StorageUnavailableError: as ``seal``.
+        """
+        manifest = self.session.manifest
+        if manifest is None or manifest.kind != "erasure":
+            return None
+        text = self.session.catalog.read_receipt(manifest.version)
+        if text is None:
+            return None
+        receipt = ErasureReceipt.model_validate_json(text)
+        store = self.session.store
+        for sequence in reversed(chained_sequences(store)):  # newest first: one read where it is sealed
+            chained = ErasureReceipt.model_validate_json(store.get(chain_key(sequence)))
+            if chained.request_id == receipt.request_id:
+                return None
+            if (chained.model_version_after or 0) < manifest.version:
+                break
+        log.warning(
+            "request %s: committed as ensemble v%d by a process that ended before sealing its receipt; sealed now",
+            receipt.request_id,
+            manifest.version,
+        )
+        chained = self.seal(receipt)
+        self.anchor()
         return chained
 
     def _lock(self, sequence: int) -> bool:

@@ -265,3 +265,25 @@ def test_a_training_committed_before_an_mlflow_failure_is_not_reported_failed(st
     Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), reopened, pool_factory=local_pool)
     served = reopened.client.get_model_version_by_alias(MODEL, "production")
     assert served.tags["expunge.ensemble_version"] == "1"
+
+
+@pytest.mark.integration
+def test_a_forget_killed_after_its_commit_has_its_receipt_sealed_on_the_next_open(template, tmp_path):
+    # Second adversarial review: killed after the commit, before sealing, the erasure's receipt never
+    # entered the receipt log while the next open recorded its MLflow run: every later verify then
+    # failed on "MLflow records request ... but the receipt log holds no receipt of it".
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+    from expunge.orchestrator.registry.checks import AuditView
+
+    root = _clone(template, tmp_path / "case")
+    _killed_at("version.create", _FORGET, [str(root), TEST_KEY.decode(), SUBJECT, MODEL, REQUEST], tmp_path / "child")
+    lineage = Lineage(_tracking(root), str(root / "store"))
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
+    assert [r.request_id for _, r in chained_receipts(coordinator.store, REQUEST)] == [REQUEST]
+    coordinator.forget([subjects(ROWS)[5]])
+    catalog = Catalog(coordinator.store)
+    latest = catalog.latest()
+    trail = audit_trail(catalog, latest, AuditView(latest.registry, str(root / "store")), None)
+    assert not trail.broken, trail.broken
