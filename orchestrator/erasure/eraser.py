@@ -68,7 +68,11 @@ class Eraser:
         a pre-erasure model version must not stay servable, nor its objects stored."""
         if self.session.manifest is None:
             return
-        if self.lineage is None and not purgeable(self.session.store, self.session.catalog, self.session.manifest):
+        if (
+            self.lineage is None
+            and self.sealer.unsealed() is None
+            and not purgeable(self.session.store, self.session.catalog, self.session.manifest)
+        ):
             return  # nothing to finish: opening a store writes nothing
         try:
             self.session.lease.acquire("recovery")
@@ -432,13 +436,9 @@ class Eraser:
         return self.lineage.current_version()
 
     def _sync_lineage(self) -> None:
-        """Finish what a crash or an MLflow outage left undone in the registry (``Lineage.reconcile``).
-
-        Records a published store version MLflow missed, purges every version older than the
-        newest erasure, and closes interrupted runs, so a pre-erasure model is never left servable;
-        then anchors this process's newest receipt in MLflow (a registration retried after an
-        outage included).
-        """
+        """Finish what a crash or an MLflow outage left undone in the registry (``Lineage.reconcile``: a
+        version MLflow missed recorded, every version older than the newest erasure purged, interrupted
+        runs closed), then anchor this process's newest receipt in MLflow (a retried registration's too)."""
         if self.lineage is not None and self.session.manifest is not None:
             self.lineage.reconcile()
             self.sealer.anchor()

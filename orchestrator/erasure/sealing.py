@@ -98,15 +98,10 @@ class Sealer:
             self._lock(chained.chain_sequence)
         return chained
 
-    def seal_unsealed(self) -> ErasureReceipt | None:
-        """Seal the published erasure's stored receipt when the process that committed it ended before
-        sealing it (a kill after the commit: ``receipts/<version>.json`` is there, the receipt log lacks
-        it, and MLflow, which the next open brings up to date, would name a request the log does not
-        hold), then anchors it (``anchor``); returns the chained receipt, None when there is nothing to seal.
-
-        Raises:
-            StorageConflictError, StorageUnavailableError: as ``seal``.
-        """
+    def unsealed(self) -> ErasureReceipt | None:
+        """The published erasure's stored receipt when the process that committed it ended before sealing
+        it (a kill after the commit: ``receipts/<version>.json`` is there, the receipt log lacks it); None
+        otherwise. Reads only."""
         manifest = self.session.manifest
         if manifest is None or manifest.kind != "erasure":
             return None
@@ -121,10 +116,23 @@ class Sealer:
                 return None
             if (chained.model_version_after or 0) < manifest.version:
                 break
+        return receipt
+
+    def seal_unsealed(self) -> ErasureReceipt | None:
+        """Seal and anchor ``unsealed()``'s receipt, so that the receipt log holds every committed erasure
+        (MLflow, brought up to date on the next open, would name a request the log lacks); returns the
+        chained receipt, None when there is nothing to seal.
+
+        Raises:
+            StorageConflictError, StorageUnavailableError: as ``seal``.
+        """
+        receipt = self.unsealed()
+        if receipt is None:
+            return None
         log.warning(
-            "request %s: committed as ensemble v%d by a process that ended before sealing its receipt; sealed now",
+            "request %s: committed as ensemble v%s by a process that ended before sealing its receipt; sealed now",
             receipt.request_id,
-            manifest.version,
+            receipt.model_version_after,
         )
         chained = self.seal(receipt)
         self.anchor()

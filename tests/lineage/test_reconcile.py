@@ -287,3 +287,36 @@ def test_a_forget_killed_after_its_commit_has_its_receipt_sealed_on_the_next_ope
     latest = catalog.latest()
     trail = audit_trail(catalog, latest, AuditView(latest.registry, str(root / "store")), None)
     assert not trail.broken, trail.broken
+
+
+_FORGET_UNTRACKED = """
+import sys
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+root, key, subject = sys.argv[1:4]
+Coordinator(f"{root}/store", SubjectHasher(key.encode()), None, pool_factory=local_pool).forget([subject])
+"""
+
+
+@pytest.mark.integration
+def test_an_untracked_forget_killed_before_sealing_has_its_receipt_sealed_on_the_next_open(tmp_path):
+    # The same with tracking off: the open that finishes interrupted work returned early (nothing to
+    # purge, no registry), so the receipt log lacked the erasure and every later verify failed it.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
+    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "receipts/chain", "EXPUNGE_FAULT_MODE": "kill"})
+    args = [str(root), TEST_KEY.decode(), SUBJECT]
+    done = subprocess.run(
+        [sys.executable, "-c", _FORGET_UNTRACKED, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 137, done.stderr[-3000:]
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.forget([subjects(ROWS)[5]])
+    catalog = Catalog(coordinator.store)
+    trail = audit_trail(catalog, catalog.latest(), None, None)
+    assert trail.receipts == 2
+    assert not trail.broken, trail.broken
