@@ -54,10 +54,7 @@ def refuse_another_stores_registry(registry: Registry, served: Any) -> None:
     """
     recorded = str(served.tags.get("expunge.storage", "")) if served is not None else ""
     endpoint = str(served.tags.get(ENDPOINT_TAG, "")) if served is not None else ""
-    elsewhere = stored_elsewhere(recorded, registry.store_uri, endpoint, registry.store_endpoint)
-    if elsewhere and same_store(recorded, registry.store_uri) and _same_place(recorded, endpoint, registry.store):
-        elsewhere = False  # this very store, reached by another spelling of its endpoint
-    if not elsewhere:
+    if _elsewhere(recorded, endpoint, registry.store, probe=True) is False:  # None: unknown, refused below as another
         if served is not None and _forked(recorded, served, registry.store):
             raise RegistryOfAnotherStoreError(
                 f"the MLflow model {registry.model_name!r} at {registry.uri} serves (alias {registry.alias!r}, "
@@ -185,15 +182,23 @@ def _serves_another_store(recorded: RegistryBinding, storage: StorageConfig, pro
         return False
     where, endpoint = str(served.tags.get("expunge.storage", "")), str(served.tags.get(ENDPOINT_TAG, ""))
     here = ObjectStore(storage)
-    elsewhere = stored_elsewhere(where, storage.uri, endpoint, store_endpoint(storage))
-    if elsewhere and same_store(where, storage.uri):  # another name of its endpoint, perhaps this very store
-        same = _same_place(where, endpoint, here) if probe else None
-        if same is None:
-            return False  # cannot be told: never let the store off its registry
-        elsewhere = not same
+    elsewhere = _elsewhere(where, endpoint, here, probe)
+    if elsewhere is None:
+        return False  # cannot be told: never let the store off its registry
     if not elsewhere:
         return _forked(where, served, here)  # a copy at the same place, gone its own way
     return _holds(where, here, endpoint) is not False
+
+
+def _elsewhere(recorded: str, endpoint: str, here: ObjectStore, probe: bool) -> bool | None:
+    """Whether a version's ``expunge.storage`` tag (and ``ENDPOINT_TAG``) names another store than ``here``;
+    where only the spelling of the S3 endpoint differs, the nonce probe tells (``_same_place``; not run
+    when ``probe`` is False): None where it cannot be told."""
+    elsewhere = stored_elsewhere(recorded, here.uri, endpoint, store_endpoint(here.config))
+    if not elsewhere or not same_store(recorded, here.uri):
+        return elsewhere
+    same = _same_place(recorded, endpoint, here) if probe else None
+    return None if same is None else not same
 
 
 def _forked(recorded: str, served: Any, store: ObjectStore) -> bool:
