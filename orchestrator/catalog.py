@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from expunge.orchestrator.config import ModelConfig, ShardingConfig, TrainingConfig
 from expunge.orchestrator.training.placement import Cell
 from expunge.shards.errors import StorageConflictError, StorageCorruptError
-from expunge.shards.shard import ShardManifest, shard_prefix
+from expunge.shards.manifest import ShardManifest, shard_prefix
 from expunge.shards.store import ObjectInfo, ObjectStore
 
 __all__ = [

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from expunge.orchestrator.catalog import STAGING_PREFIX, Catalog, EnsembleManifest
 from expunge.shards.errors import LinkInStoreError
-from expunge.shards.shard import shard_prefix
+from expunge.shards.manifest import shard_prefix
 from expunge.shards.store import ObjectStore, ObjectVersion
 
 __all__ = ["purge_unreferenced", "purgeable", "select_purgeable"]

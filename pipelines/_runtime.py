@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -32,9 +32,11 @@ from expunge.orchestrator.errors import (
     StoreBusyError,
     TrackingUnreachable,
 )
-from expunge.orchestrator.registry import Lineage
 from expunge.shards.errors import StorageUnavailableError
 from expunge.shards.niceness import WORKER_NICENESS_ENV
+
+if TYPE_CHECKING:  # the registry loads MLflow's client and torch: a job's --help and bad input need neither
+    from expunge.orchestrator.registry import Lineage
 
 __all__ = [
     "MLFLOW_BESIDE",
@@ -241,7 +243,11 @@ def job_and_store(config: Path | None, storage: str | None) -> tuple[JobConfig |
 def make_lineage(tracking: TrackingConfig, storage: StorageConfig | str, *, deferred: bool = False) -> Lineage | None:
     """The store's MLflow lineage (None with tracking off); ``deferred``: it connects on first use
     (``Lineage(deferred=True)``, see ``connecting_beside``), otherwise now, reconciling."""
-    return Lineage(tracking, storage, deferred=deferred) if tracking.enabled else None
+    if not tracking.enabled:
+        return None
+    from expunge.orchestrator.registry import Lineage
+
+    return Lineage(tracking, storage, deferred=deferred)
 
 
 def deferred_lineage(tracking: TrackingConfig, storage: StorageConfig | str) -> Lineage | None:

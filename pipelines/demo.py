@@ -53,8 +53,8 @@ from expunge.pipelines._runtime import (
     progress,
 )
 from expunge.pipelines.datasets import split_rows, synthetic_ratings
+from expunge.shards.manifest import shard_prefix
 from expunge.shards.rows import RATING, SUBJECT_ID
-from expunge.shards.shard import shard_prefix
 from expunge.shards.store import ObjectStore
 
 __all__ = ["DemoOptions", "DemoResult", "main", "run"]

@@ -7,7 +7,7 @@ from expunge.orchestrator.erasure.routing import RoutingPlan
 from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.ingest import PreparedIngest
 from expunge.orchestrator.session import StoreSession
-from expunge.shards.shard import ShardUpdate
+from expunge.shards.manifest import ShardUpdate
 
 __all__ = ["commit_erasure"]
 

@@ -41,7 +41,7 @@ from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import names_subject, screen_request_text
 from expunge.orchestrator.session import StoreSession
 from expunge.orchestrator.store_purge import purge_unreferenced, purgeable
-from expunge.shards.shard import ShardUpdate
+from expunge.shards.manifest import ShardUpdate
 
 __all__ = ["Eraser"]
 

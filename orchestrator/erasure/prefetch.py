@@ -23,7 +23,7 @@ from expunge.orchestrator.catalog import EnsembleManifest, PlacementIndex
 from expunge.orchestrator.erasure.routing import RoutingPlan, route
 from expunge.orchestrator.pool import ShardPool
 from expunge.orchestrator.session import StoreSession
-from expunge.shards.shard import ShardUpdate
+from expunge.shards.manifest import ShardUpdate
 
 __all__ = ["Prefetch", "discard_prefetch", "erase_calls", "start_prefetch"]
 

@@ -51,6 +51,8 @@ def finish_committed(
     if stored is None:  # crashed between the commit and the per-version receipt
         stored = rebuild_receipt(session.catalog, version, request_id, digests)
     if set(stored.subject_digests) != set(digests):
+        stored = _with_unplaced(session.catalog, stored, digests)
+    if set(stored.subject_digests) != set(digests):
         raise ConfigError(
             f"request id {request_id!r} already erased other subjects (ensemble v{version}); "
             "each request needs its own id: use a new --request-id, or omit it"
@@ -61,6 +63,31 @@ def finish_committed(
         stored = stored.model_copy(update={"registry_version_after": lineage.current_version()})
     log.info("request %s had committed ensemble v%d before a crash: finishing its receipt", request_id, version)
     return seal(stored)
+
+
+def _with_unplaced(catalog: Catalog, stored: ErasureReceipt, digests: Sequence[str]) -> ErasureReceipt:
+    """``stored`` naming ``digests`` when it names some of them and none of the others holds data.
+
+    A receipt rebuilt on open after a kill (``Sealer.unsealed``) knows only the subjects the
+    request found (its tombstone entry); a retry naming the others too is the same request, and
+    those had no data. Any other difference (a named subject absent from a retry, or one that holds
+    rows now) leaves ``stored`` as it is: the id named other subjects.
+    """
+    own = list(dict.fromkeys(digests))
+    extra = [d for d in own if d not in set(stored.subject_digests)]
+    if not set(stored.subject_digests) <= set(own) or not extra:
+        return stored
+    latest = catalog.latest()
+    if latest is None or catalog.read_placement(latest.placement_key).cells(extra):
+        return stored
+    not_found = (*stored.not_found_digests, *extra)
+    return stored.model_copy(
+        update={
+            "subject_digests": tuple(own),
+            "not_found_digests": not_found,
+            "already_erased_digests": already_erased(catalog, not_found),
+        }
+    )
 
 
 def already_erased(catalog: Catalog, not_found: Sequence[str]) -> tuple[str, ...]:

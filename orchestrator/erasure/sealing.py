@@ -17,6 +17,7 @@ import logging
 
 from expunge.orchestrator.catalog import EnsembleManifest
 from expunge.orchestrator.config import EvidenceConfig
+from expunge.orchestrator.erasure.resume import erased_rows, rebuild_receipt
 from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.evidence.anchors import ObjectLockAnchors, receipt_sha256
 from expunge.orchestrator.evidence.journal_log import JournalLog
@@ -99,29 +100,35 @@ class Sealer:
         return chained
 
     def unsealed(self) -> ErasureReceipt | None:
-        """The published erasure's stored receipt when the process that committed it ended before sealing
-        it (a kill after the commit: ``receipts/<version>.json`` is there, the receipt log lacks it); None
-        otherwise. Reads only."""
+        """The published erasure's receipt when the process that committed it ended before sealing it
+        (a kill after the commit: the receipt log lacks it); None otherwise. Reads only.
+
+        The receipt stored as ``receipts/<version>.json``; if the kill came before even that, the
+        receipt rebuilt from durable facts (``resume.rebuild_receipt``: the subjects and rows from the
+        request's tombstone entry, the shards from the two versions' manifests; times 0, and the
+        request's subjects that had no data are not known).
+        """
         manifest = self.session.manifest
-        if manifest is None or manifest.kind != "erasure":
+        if manifest is None or manifest.kind != "erasure" or manifest.request_id is None:
             return None
-        text = self.session.catalog.read_receipt(manifest.version)
-        if text is None:
-            return None
-        receipt = ErasureReceipt.model_validate_json(text)
         store = self.session.store
         for sequence in reversed(chained_sequences(store)):  # newest first: one read where it is sealed
             chained = ErasureReceipt.model_validate_json(store.get(chain_key(sequence)))
-            if chained.request_id == receipt.request_id:
+            if chained.request_id == manifest.request_id:
                 return None
             if (chained.model_version_after or 0) < manifest.version:
                 break
-        return receipt
+        text = self.session.catalog.read_receipt(manifest.version)
+        if text is not None:
+            return ErasureReceipt.model_validate_json(text)
+        catalog = self.session.catalog
+        return rebuild_receipt(catalog, manifest.version, manifest.request_id, list(erased_rows(catalog, manifest)))
 
     def seal_unsealed(self) -> ErasureReceipt | None:
         """Seal and anchor ``unsealed()``'s receipt, so that the receipt log holds every committed erasure
         (MLflow, brought up to date on the next open, would name a request the log lacks); returns the
-        chained receipt, None when there is nothing to seal.
+        chained receipt, None when there is nothing to seal. A rebuilt receipt is stored as
+        ``receipts/<version>.json`` first.
 
         Raises:
             StorageConflictError, StorageUnavailableError: as ``seal``.
@@ -129,6 +136,9 @@ class Sealer:
         receipt = self.unsealed()
         if receipt is None:
             return None
+        version = receipt.model_version_after or 0
+        if self.session.catalog.read_receipt(version) is None:
+            self.session.catalog.write_receipt(version, receipt.model_dump_json(indent=1))
         log.warning(
             "request %s: committed as ensemble v%s by a process that ended before sealing its receipt; sealed now",
             receipt.request_id,

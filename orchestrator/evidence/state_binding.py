@@ -24,7 +24,7 @@ from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import StorageCorruptError
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
 from expunge.orchestrator.receipts import BoundFile, ErasureReceipt, StateBinding
-from expunge.shards.shard import ShardManifest, shard_prefix
+from expunge.shards.manifest import ShardManifest, shard_prefix
 
 __all__ = ["bind_state", "binding_of", "check_state", "shard_manifest_key", "unregistered_training"]
 

@@ -35,8 +35,8 @@ from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.session import StoreSession
 from expunge.orchestrator.store_purge import purge_unreferenced
+from expunge.shards.manifest import ShardUpdate
 from expunge.shards.models import SufficientStatisticsModel, model_for
-from expunge.shards.shard import ShardUpdate
 
 __all__ = ["Ingester", "PreparedIngest"]
 

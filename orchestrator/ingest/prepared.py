@@ -10,7 +10,7 @@ from expunge.orchestrator.config import IngestConfig
 from expunge.orchestrator.ingest.batch import PreparedBatch, split_by_cell
 from expunge.orchestrator.ingest.slice_policy import IngestPlan, place_after
 from expunge.orchestrator.receipts import IngestReceipt
-from expunge.shards.shard import ShardUpdate
+from expunge.shards.manifest import ShardUpdate
 
 __all__ = ["PreparedIngest"]
 

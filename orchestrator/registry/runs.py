@@ -11,7 +11,7 @@ from expunge.orchestrator.receipts import ErasureReceipt, IngestReceipt
 from expunge.orchestrator.registry.faults import fault_point
 from expunge.orchestrator.registry.tracking import REQUEST_TAG, Registry, equals_filter, same_store
 from expunge.orchestrator.serving.servable import read_shard_manifest
-from expunge.shards.shard import shard_prefix
+from expunge.shards.manifest import shard_prefix
 
 __all__ = ["REASON_TAG", "TICKET_TAG", "RunRecorder"]
 

@@ -19,9 +19,9 @@ from expunge.orchestrator.config import CustomModelConfig, ItemStatsConfig, MFCo
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError, StorageCorruptError
 from expunge.orchestrator.serving.ensemble import StatisticsEnsemble, aggregate
+from expunge.shards.manifest import ShardManifest
 from expunge.shards.models import SufficientStatisticsModel, model_for
 from expunge.shards.rows import FEATURES, ITEM_ID, SUBJECT_DIGEST, SUBJECT_ID
-from expunge.shards.shard import ShardManifest
 from expunge.shards.store import ObjectStore
 from expunge.shards.training import TrainedState, load_checkpoint
 

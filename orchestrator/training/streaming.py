@@ -39,8 +39,8 @@ from expunge.orchestrator.errors import DataValidationError
 from expunge.orchestrator.processes import process_alive
 from expunge.orchestrator.training.partition import digest_subjects, place_distinct, row_cells
 from expunge.orchestrator.training.placement import Cell
+from expunge.shards.manifest import STAGED_SLICE
 from expunge.shards.rows import ITEM_ID, RECORD_ID, SUBJECT_DIGEST, SUBJECT_ID
-from expunge.shards.shard import STAGED_SLICE
 from expunge.shards.store import ObjectStore
 
 __all__ = [

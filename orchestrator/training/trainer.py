@@ -30,9 +30,9 @@ from expunge.orchestrator.training.streaming import (
     stage_source,
     summarise_source,
 )
+from expunge.shards.manifest import ShardUpdate
 from expunge.shards.models import SufficientStatisticsModel, model_for, task_of
 from expunge.shards.rows import ITEM_ID, SUBJECT_ID, validate_rows
-from expunge.shards.shard import ShardUpdate
 
 __all__ = ["TrainResult", "Trainer", "resolve_model"]
 

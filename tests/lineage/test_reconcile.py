@@ -293,30 +293,62 @@ _FORGET_UNTRACKED = """
 import sys
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
-root, key, subject = sys.argv[1:4]
-Coordinator(f"{root}/store", SubjectHasher(key.encode()), None, pool_factory=local_pool).forget([subject])
+root, key, *named = sys.argv[1:]
+coordinator = Coordinator(f"{root}/store", SubjectHasher(key.encode()), None, pool_factory=local_pool)
+coordinator.forget(named, request_id="req-killed")
 """
+_NOBODY = "nobody-with-data@example.com"
 
 
-@pytest.mark.integration
-def test_an_untracked_forget_killed_before_sealing_has_its_receipt_sealed_on_the_next_open(tmp_path):
-    # The same with tracking off: the open that finishes interrupted work returned early (nothing to
-    # purge, no registry), so the receipt log lacked the erasure and every later verify failed it.
-    from expunge.orchestrator.catalog import Catalog
-    from expunge.orchestrator.evidence.log_audit import audit_trail
-
-    root = tmp_path / "case"
-    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+def _forget_killed_at(root: Path, match: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
-    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "receipts/chain", "EXPUNGE_FAULT_MODE": "kill"})
-    args = [str(root), TEST_KEY.decode(), SUBJECT]
+    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": match, "EXPUNGE_FAULT_MODE": "kill"})
+    args = [str(root), TEST_KEY.decode(), SUBJECT, _NOBODY]
     done = subprocess.run(
         [sys.executable, "-c", _FORGET_UNTRACKED, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 137, done.stderr[-3000:]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("match", ["receipts/chain", "put receipts/0"], ids=["before-the-log", "before-the-receipt"])
+def test_an_untracked_forget_killed_before_sealing_has_its_receipt_sealed_on_the_next_open(match, tmp_path):
+    # The same with tracking off: the open that finishes interrupted work returned early (nothing to
+    # purge, no registry), so the receipt log lacked the erasure and every later verify failed it.
+    # Killed before even ``receipts/<version>.json`` was stored (third-pass note), the receipt is
+    # rebuilt from the request's tombstone entry and the two versions' manifests.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    _forget_killed_at(root, match)
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    sealed = [r for _, r in chained_receipts(coordinator.store, "req-killed")]
+    assert len(sealed) == 1
+    assert coordinator.hasher.digest(SUBJECT) in sealed[0].subject_digests
+    assert sealed[0].rows_removed > 0
+    assert Catalog(coordinator.store).read_receipt(2) is not None
     coordinator.forget([subjects(ROWS)[5]])
     catalog = Catalog(coordinator.store)
     trail = audit_trail(catalog, catalog.latest(), None, None)
     assert trail.receipts == 2
     assert not trail.broken, trail.broken
+
+
+@pytest.mark.integration
+def test_a_retry_of_a_killed_forget_whose_receipt_was_rebuilt_answers_the_subjects_without_data(tmp_path):
+    # A receipt rebuilt on open knows only the subjects found (the tombstone entry); the retry, naming
+    # a subject without data as well, is the same request: answered, not refused as another one.
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    _forget_killed_at(root, "put receipts/0")
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    receipt = coordinator.forget([SUBJECT, _NOBODY], request_id="req-killed")
+    nobody = coordinator.hasher.digest(_NOBODY)
+    assert receipt.status == "erased"
+    assert receipt.not_found_digests == (nobody,)
+    assert set(receipt.subject_digests) == {nobody, coordinator.hasher.digest(SUBJECT)}
+    with pytest.raises(ConfigError, match="already erased other subjects"):
+        coordinator.forget([subjects(ROWS)[5]], request_id="req-killed")

@@ -90,3 +90,19 @@ def test_a_drop_reports_every_row_of_the_erased_person(tmp_path, monkeypatch, ra
 
     assert summary["erased_rows_dropped"] == trained + held_out == SYNTHETIC.ratings_per_user
     assert summary["rows"] == len(split_rows(synthetic_ratings(SYNTHETIC), 0.3)[0]) - trained
+
+
+def test_an_evaluation_failing_after_the_commit_does_not_fail_the_training(tmp_path, monkeypatch, ray_cluster):
+    # Twelfth-pass note: ``evaluate`` ran after the commit, and its failure failed the job (non-zero
+    # exit) although the version stood. It is reported beside the version now.
+    monkeypatch.setenv("EXPUNGE_SUBJECT_KEY", KEY)
+    job = _job(tmp_path, _data(tmp_path, "synthetic", "drop"))
+
+    def broken(self, rows):
+        raise RuntimeError("the model could not be loaded for prediction")
+
+    monkeypatch.setattr(Coordinator, "predict", broken)
+    summary = train.run(job)
+    assert summary["ensemble_version"] == 1
+    assert summary["evaluation_error"] == "RuntimeError: the model could not be loaded for prediction"
+    assert "test_rmse" not in summary
