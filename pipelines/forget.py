@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -31,18 +31,12 @@ from expunge.orchestrator.config import (
     TrackingConfig,
     load_job_config,
 )
-from expunge.orchestrator.coordinator import Coordinator, PoolFactory, ray_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
-from expunge.orchestrator.evidence.membership import configured_audit
 from expunge.orchestrator.lease import StoreLease
-from expunge.orchestrator.pool import ShardPool
 from expunge.orchestrator.receipts import ErasureReceipt
-from expunge.orchestrator.registry import Lineage
-from expunge.orchestrator.registry.ownership import bind_writer
 from expunge.orchestrator.request_ids import check_request_id
 from expunge.orchestrator.screening import screen_request_text
-from expunge.orchestrator.session import first_call_pool, in_process_rule, on_a_cluster, published, why_ray_at_once
 from expunge.pipelines._runtime import (
     connecting_beside,
     deferred_lineage,
@@ -55,8 +49,12 @@ from expunge.pipelines._runtime import (
     stage,
 )
 from expunge.pipelines.store_settings import warn_overridden_settings
-from expunge.shards.models import model_for
 from expunge.shards.store import ObjectStore
+
+if TYPE_CHECKING:  # loaded by ``opened``: the coordinator, the pool and the registry load torch and MLflow
+    from expunge.orchestrator.coordinator import Coordinator, PoolFactory
+    from expunge.orchestrator.pool import ShardPool
+    from expunge.orchestrator.registry import Lineage
 
 __all__ = ["EXIT_NOT_FOUND", "erase", "main", "opened", "read_subjects", "run"]
 
@@ -174,6 +172,19 @@ def opened(
         ClusterUnavailableError: Ray did not start.
         TrackingUnreachable: the tracking server or database does not answer (raised once Ray started).
     """
+    with stage("imports of the erasure (coordinator, torch)"):  # not at module level: `forget --help` needs none
+        from expunge.orchestrator.coordinator import Coordinator, ray_pool
+        from expunge.orchestrator.evidence.membership import configured_audit
+        from expunge.orchestrator.registry.ownership import bind_writer
+        from expunge.orchestrator.session import (
+            first_call_pool,
+            in_process_rule,
+            on_a_cluster,
+            published,
+            why_ray_at_once,
+        )
+        from expunge.shards.models import model_for
+
     with stage("checks before Ray (key, request, store, lease)"):
         evidence = evidence or EvidenceConfig()
         configured_audit(evidence)  # a missing or unusable hold-out: refused now (rows stay cached for the erasure)

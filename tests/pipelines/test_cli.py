@@ -242,12 +242,14 @@ def test_every_command_has_a_row_in_the_readme_command_table():
     assert not missing, f"commands without a README row: {missing}"
 
 
-_LIGHT_JOBS = ("digest", "tokens", "requests", "serve")
+#: Jobs whose module (their --help, their bad-input checks) loads neither torch nor MLflow.
+_LIGHT_JOBS = ("digest", "tokens", "requests", "serve", "forget")
 
 
-def test_the_jobs_that_train_nothing_start_without_torch_or_mlflow(tmp_path):
+def test_the_light_jobs_and_forget_start_without_torch_or_mlflow(tmp_path):
     # Issue 22 (heavy imports lazy): the catalog read shard manifests from the training module, and
-    # every job's runtime imported MLflow's registry, so `expunge digest --help` loaded torch (2.4 s).
+    # every job's runtime imported MLflow's registry, so `expunge digest --help` loaded torch (2.4 s);
+    # `forget` loads the coordinator once its options are read.
     code = (
         "import importlib, sys\n"
         "from expunge.pipelines.cli import JOBS\n"
