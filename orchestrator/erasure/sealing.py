@@ -122,7 +122,20 @@ class Sealer:
         if text is not None:
             return ErasureReceipt.model_validate_json(text)
         catalog = self.session.catalog
-        return rebuild_receipt(catalog, manifest.version, manifest.request_id, list(erased_rows(catalog, manifest)))
+        rows = erased_rows(catalog, manifest)
+        before = catalog.read(manifest.parent_version) if manifest.parent_version is not None else None
+        if before is None or manifest.rows != before.rows - sum(rows.values()):
+            # Rows added beside the erasure (an ingest joined its commit, a service-only path): the shards'
+            # row counts cannot tell what each lost, so no receipt is rebuilt here; the service resumes
+            # the batch it journalled when it starts.
+            log.warning(
+                "request %s (ensemble v%d) ended before its receipt was stored, and an ingest joined its commit: "
+                "its receipt is not rebuilt on open (the service that journalled it finishes it)",
+                manifest.request_id,
+                manifest.version,
+            )
+            return None
+        return rebuild_receipt(catalog, manifest.version, manifest.request_id, list(rows))
 
     def seal_unsealed(self) -> ErasureReceipt | None:
         """Seal and anchor ``unsealed()``'s receipt, so that the receipt log holds every committed erasure
@@ -136,6 +149,8 @@ class Sealer:
         receipt = self.unsealed()
         if receipt is None:
             return None
+        if self.lineage is not None and receipt.registry_version_after is None:  # registered on this open, first
+            receipt = receipt.model_copy(update={"registry_version_after": self.lineage.current_version()})
         version = receipt.model_version_after or 0
         if self.session.catalog.read_receipt(version) is None:
             self.session.catalog.write_receipt(version, receipt.model_dump_json(indent=1))

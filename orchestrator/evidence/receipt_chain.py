@@ -370,7 +370,9 @@ def _check_version_receipts(store: ObjectStore, chained: dict[str, list[ErasureR
         mine = json.loads(stored.model_dump_json(include=set(_VERSION_RECEIPT_FIELDS)))
         if not any(json.loads(c.model_dump_json(include=set(_VERSION_RECEIPT_FIELDS))) == mine for c in candidates):
             problem = (
-                f"the receipt log holds no receipt of request {stored.request_id}: it was deleted"
+                f"the receipt log holds no receipt of request {stored.request_id}: it was deleted, or never "
+                "sealed (the process that committed it ended, or its seal failed, before a later commit); "
+                f"`expunge forget --request-id {stored.request_id}` with the same subjects seals it"
                 if not candidates
                 else f"disagrees with the chained receipt of request {stored.request_id}: one of them was edited"
             )

@@ -173,11 +173,13 @@ def split_receipt(batch: ErasureReceipt, entry: JournalEntry, rows_by_digest: Ma
     the batch's, and ``batch_id`` names it (None when the request ran alone).
     """
     request_id, digests = entry.request_id, entry.subject_digests
-    missing = set(batch.not_found_digests)
+    # A subject the batch's receipt does not name had no data: a receipt rebuilt after a kill
+    # (``Sealer.unsealed``) names only the subjects its commit erased (their tombstone entry).
+    erased = set(batch.subject_digests) - set(batch.not_found_digests)
     earlier = set(batch.already_erased_digests)
     own = list(dict.fromkeys(digests))
-    not_found = tuple(d for d in own if d in missing)
-    found = [d for d in own if d not in missing]
+    not_found = tuple(d for d in own if d not in erased)
+    found = [d for d in own if d in erased]
     return batch.model_copy(
         update={
             "request_id": request_id,

@@ -283,7 +283,10 @@ def test_a_forget_killed_after_its_commit_has_its_receipt_sealed_on_the_next_ope
     _killed_at("version.create", _FORGET, [str(root), TEST_KEY.decode(), SUBJECT, MODEL, REQUEST], tmp_path / "child")
     lineage = Lineage(_tracking(root), str(root / "store"))
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), lineage, pool_factory=local_pool)
-    assert [r.request_id for _, r in chained_receipts(coordinator.store, REQUEST)] == [REQUEST]
+    sealed = [r for _, r in chained_receipts(coordinator.store, REQUEST)]
+    assert [r.request_id for r in sealed] == [REQUEST]
+    # The version this open registered (it lacked one: the kill came first; adversarial review).
+    assert sealed[0].registry_version_after == lineage.current_version()
     coordinator.forget([subjects(ROWS)[5]])
     catalog = Catalog(coordinator.store)
     latest = catalog.latest()
@@ -354,3 +357,47 @@ def test_a_retry_of_a_killed_forget_whose_receipt_was_rebuilt_answers_the_subjec
     assert set(receipt.subject_digests) == {nobody, coordinator.hasher.digest(SUBJECT)}
     with pytest.raises(ConfigError, match="already erased other subjects"):
         coordinator.forget([subjects(ROWS)[5]], request_id="req-killed")
+
+
+_FORGET_JOINED = """
+import sys
+import pyarrow as pa
+import pyarrow.compute as pc
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from tests.lineage._support import email_rows, subjects
+root, key, subject = sys.argv[1:4]
+coordinator = Coordinator(f"{root}/store", SubjectHasher(key.encode()), None, pool_factory=local_pool)
+new = email_rows(users=20, seed=5)
+held = set(subjects(email_rows(users=16)))
+others = [s for s in subjects(new) if s not in held][:3]
+new = new.filter(pc.is_in(new.column("subject_id"), value_set=pa.array(others)))
+digests = coordinator.hasher.digest_many([subject, "nobody@example.com"])
+ingest = coordinator.prepare_ingest(new, request_id="ing-1", erasing=digests)
+coordinator.forget_digests(digests, "req-joined", ingest=ingest)
+"""
+
+
+@pytest.mark.integration
+def test_an_erasure_joined_by_an_ingest_and_killed_before_its_receipt_is_not_rebuilt_with_wrong_rows(tmp_path):
+    # Adversarial review (thirteenth pass): the receipt rebuilt on open took each shard's rows lost as
+    # its old rows minus its new, which counts the joined ingest's rows against it (-12 rows removed),
+    # and sealed it; verify passed it. The service that journalled the batch finishes it instead.
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
+    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "put receipts/0", "EXPUNGE_FAULT_MODE": "kill"})
+    done = subprocess.run(
+        [sys.executable, "-c", _FORGET_JOINED, str(root), TEST_KEY.decode(), SUBJECT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 137, done.stderr[-3000:]
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    assert coordinator.catalog.latest().request_id == "req-joined"  # committed
+    assert [r for _, r in chained_receipts(coordinator.store, "req-joined")] == []
