@@ -10,7 +10,7 @@ import json
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -19,15 +19,16 @@ import typer
 from expunge.orchestrator.catalog import Catalog
 from expunge.orchestrator.cluster import alive_node_count, require_shared_storage
 from expunge.orchestrator.config import JobConfig, load_job_config
-from expunge.orchestrator.coordinator import Coordinator
 from expunge.orchestrator.errors import ErasedSubjectsInDataError
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.training.streaming import RowBatches, SourceSummary, summarise_source, table_batches
 from expunge.pipelines._runtime import exit_on_error, hasher_from_env, init_logging, init_ray, make_lineage, progress
 from expunge.pipelines.datasets import load_rows, parquet_stream
-from expunge.shards.models import task_of
 from expunge.shards.rows import LABEL, RATING
 from expunge.shards.store import ObjectStore
+
+if TYPE_CHECKING:  # loaded by ``run``: the coordinator and the models load torch (`train --help` needs neither)
+    from expunge.orchestrator.coordinator import Coordinator
 
 __all__ = ["main", "run"]
 
@@ -91,8 +92,11 @@ def _one_lease(lease: StoreLease) -> AbstractContextManager[object]:
 
 
 def run(job: JobConfig) -> dict[str, object]:
-    task = task_of(job.training.model)
     hasher = hasher_from_env(job.privacy)  # fail on a missing key before loading anything
+    from expunge.orchestrator.coordinator import Coordinator  # torch: not for `train --help` or a missing key
+    from expunge.shards.models import task_of
+
+    task = task_of(job.training.model)
     # A store that cannot be reached, or that a running service writes: refuse before reading rows and starting Ray.
     lease = StoreLease(ObjectStore(job.storage), job.storage.lease_ttl_s)
     lease.refuse_if_held()
