@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from expunge.orchestrator.errors import LeaseLostError, StorageConflictError, StoreBusyError
-from expunge.orchestrator.processes import process_alive
+from expunge.orchestrator.processes import process_alive, process_started
 from expunge.shards.errors import ExpungeError
 from expunge.shards.store import ObjectInfo, ObjectStore
 
@@ -78,6 +78,8 @@ class LeaseRecord(BaseModel):
     ttl_s: float
     #: ``process_pid_space()`` of the holder: its pid means something only to processes sharing it.
     pid_space: str | None = None
+    #: ``process_started(pid)`` of the holder: a later process given the same pid is not the holder.
+    pid_started: str | None = None
 
     def describe(self) -> str:
         return f"{self.purpose} on host {self.host}, pid {self.pid}, since {self.since} (lease token {self.token})"
@@ -197,7 +199,7 @@ class StoreLease:
 
     @staticmethod
     def _alive(state: LeaseState) -> bool:
-        return state.record is None or process_alive(state.record.pid)
+        return state.record is None or process_alive(state.record.pid, state.record.pid_started)
 
     # ----- holding ------------------------------------------------------------------------------
     @contextmanager
@@ -257,6 +259,7 @@ class StoreLease:
                     since=datetime.now(UTC).isoformat(timespec="seconds"),
                     ttl_s=self.ttl_s,
                     pid_space=process_pid_space(),
+                    pid_started=process_started(os.getpid()),
                 )
                 try:
                     self.store.create_exclusive(f"{_PREFIX}/{token:08d}.json", record.model_dump_json().encode())

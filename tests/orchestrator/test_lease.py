@@ -283,3 +283,23 @@ def test_a_holder_whose_lease_lapsed_takes_it_back(tmp_path):
     finally:
         service.release()
     assert service.token is None  # the count was kept: one release ends it
+
+
+def test_a_dead_holder_whose_pid_another_process_took_is_taken_over_at_once(tmp_path):
+    # New-user review (thirteenth pass): pids wrap within minutes here (32768 of them), and a killed
+    # forget's pid, given to a new process or thread, kept its lease "held" for 30 s (exit 4 naming
+    # a dead process). The record names the holder's start time: a later process with its pid is not it.
+    from expunge.orchestrator.processes import process_alive, process_started
+
+    store = ObjectStore(str(tmp_path / "store"))
+    live = os.getppid()  # a live process, standing in for a newcomer given the dead holder's pid
+    started = process_started(live)
+    assert started is not None
+    record = _record(owner="gone", host=socket.gethostname(), pid=live, ttl=3600, token=4)
+    record = record.model_copy(update={"pid_space": process_pid_space(), "pid_started": str(int(started) - 1)})
+    store.create_exclusive("lease/00000004.json", record.model_dump_json().encode())
+    lease = StoreLease(store)
+    assert lease.acquire("expunge forget") == 5
+    lease.release()
+    assert process_alive(live, started)  # the live process itself still counts as alive
+    assert not process_alive(live, str(int(started) - 1))
