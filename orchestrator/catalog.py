@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from expunge.orchestrator.config import ModelConfig, ShardingConfig, TrainingConfig
 from expunge.orchestrator.training.placement import Cell
-from expunge.shards.errors import StorageConflictError, StorageCorruptError
+from expunge.shards.errors import ConfigError, StorageConflictError, StorageCorruptError
 from expunge.shards.manifest import ShardManifest, shard_prefix
 from expunge.shards.store import ObjectInfo, ObjectStore
 
@@ -31,6 +31,7 @@ __all__ = [
     "PlacementIndex",
     "RegistryBinding",
     "TombstoneEntry",
+    "require_published",
 ]
 
 log = logging.getLogger(__name__)
@@ -437,3 +438,18 @@ class Catalog:
             self._placements[key] = index
             while len(self._placements) > _PLACEMENTS_KEPT:
                 del self._placements[next(iter(self._placements))]
+
+
+def require_published(catalog: Catalog) -> EnsembleManifest:
+    """The published version of ``catalog``'s store.
+
+    Raises:
+        ConfigError: the store does not exist or was never trained (never treated as empty or clean).
+    """
+    latest = catalog.latest()
+    if latest is None:
+        raise ConfigError(
+            f"no published ensemble in {catalog.store.uri}: the store does not exist or was never trained. "
+            "Check --storage (a local folder, file:// or s3:// URI of a trained store), or run `expunge train`."
+        )
+    return latest

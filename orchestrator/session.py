@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 
-from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex, require_published
 from expunge.orchestrator.config import AnyModelConfig, ErasureConfig, StorageConfig, TrainingConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError, ExpungeError
@@ -106,12 +106,7 @@ def published(storage: StorageConfig | str, hasher: SubjectHasher | None = None)
             clean), or ``hasher``'s key is not the one the store was trained with.
     """
     catalog = Catalog(ObjectStore(storage))
-    latest = catalog.latest()
-    if latest is None:
-        raise ConfigError(
-            f"no published ensemble in {catalog.store.uri}: the store does not exist or was never trained. "
-            "Check --storage (a local folder, file:// or s3:// URI of a trained store), or run `expunge train`."
-        )
+    latest = require_published(catalog)
     if hasher is not None:
         check_key(latest, hasher)  # a wrong key would silently find nobody
     return catalog, latest

@@ -25,6 +25,7 @@ from typing import Literal
 import typer
 
 from expunge.client.models import Erasure
+from expunge.orchestrator.catalog import Catalog, require_published
 from expunge.orchestrator.config import PrivacyConfig
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError
@@ -55,9 +56,11 @@ def requests(
     """The journal's requests matching the filters, oldest received first.
 
     Raises:
-        ConfigError: an unknown state, a bad date, or ``ticket`` without the subject key configured.
+        ConfigError: no trained store at ``storage_uri``, an unknown state, a bad date, or ``ticket``
+            without the subject key configured.
     """
     store = ObjectStore(storage_uri)
+    require_published(Catalog(store))  # a path that holds no store is not an empty register
     journal = Journal(store)
     if ticket is not None and not key_configured(privacy):
         raise ConfigError("finding a request by ticket needs the store's key: set EXPUNGE_SUBJECT_KEY (or its file)")

@@ -20,6 +20,7 @@ import typer
 
 from expunge.client.models import SCOPES
 from expunge.orchestrator.api.tokens import TokenRecord, TokenStore
+from expunge.orchestrator.catalog import Catalog, require_published
 from expunge.pipelines._runtime import exit_on_error, init_logging, job_and_store
 from expunge.shards.store import ObjectStore
 
@@ -31,8 +32,11 @@ _SCOPE_HELP = f"a scope to grant (repeatable): {', '.join(SCOPES)}"
 
 
 def _tokens(config: Path | None, storage: str | None) -> TokenStore:
+    """The tokens of a trained store (ConfigError for a path that holds none: a typo is not an empty list)."""
     _, store = job_and_store(config, storage)
-    return TokenStore(ObjectStore(store))
+    objects = ObjectStore(store)
+    require_published(Catalog(objects))
+    return TokenStore(objects)
 
 
 def _shown(record: TokenRecord) -> dict[str, object]:

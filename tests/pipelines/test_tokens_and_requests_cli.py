@@ -11,7 +11,10 @@ from datetime import UTC, datetime, timedelta
 from click.testing import CliRunner
 
 from expunge.pipelines.cli import app
-from tests.api.conftest import SUBJECTS, serving
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+from tests.api.conftest import ROWS, SUBJECTS, serving
+from tests.engine import job
 
 
 @dataclass
@@ -27,8 +30,16 @@ def _expunge(*args: str, cwd: object = None) -> _Done:
     return _Done(result.exit_code, result.stdout, result.stderr)
 
 
+def _trained(root) -> str:
+    store = str(root / "store")
+    Coordinator(store, SubjectHasher(b"tokens-cli-test-key-0123456789abcd"), None, pool_factory=local_pool).train(
+        ROWS, job(shards=2, slices=2)
+    )
+    return store
+
+
 def test_a_token_is_printed_once_stored_only_as_a_salted_hash_and_revocable(tmp_path):
-    store = str(tmp_path / "store")
+    store = _trained(tmp_path)
     made = _expunge("tokens", "create", "--storage", store, "--name", "recsys-prod", "--scope", "recommend",
                     "--scope", "erasure:read", cwd=tmp_path)  # fmt: skip
     assert made.returncode == 0, made.stderr
@@ -48,14 +59,31 @@ def test_a_token_is_printed_once_stored_only_as_a_salted_hash_and_revocable(tmp_
     assert json.loads(revoked.stdout)["revoked_at"]
 
 
+def test_a_path_that_holds_no_store_is_refused_not_read_as_empty(tmp_path):
+    # New-user review (thirteenth pass): `tokens create` on a mistyped path made a token there that no
+    # service would ever know, and `tokens list` / `requests` printed an empty list, exit 0.
+    nowhere = str(tmp_path / "nowhere")
+    for args in (
+        ("tokens", "create", "--storage", nowhere, "--name", "x", "--scope", "admin"),
+        ("tokens", "list", "--storage", nowhere),
+        ("requests", "--storage", nowhere),
+        ("requests", "export", "--storage", nowhere),
+    ):
+        result = _expunge(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "no published ensemble" in result.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_bad_token_input_exits_2_and_writes_nothing(tmp_path):
-    store = tmp_path / "store"
+    store = _trained(tmp_path)
     for args in (["--name", "x", "--scope", "root"], ["--name", "has space", "--scope", "admin"], ["--name", "x"]):
-        result = _expunge("tokens", "create", "--storage", str(store), *args, cwd=tmp_path)
+        result = _expunge("tokens", "create", "--storage", store, *args, cwd=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stderr.startswith("error: ")
-    assert not store.exists() or not list(store.rglob("*.json"))
-    assert _expunge("tokens", "revoke", "0123456789ab", "--storage", str(store), cwd=tmp_path).returncode == 2
+        assert "no published ensemble" not in result.stderr  # refused for its input, on a trained store
+    assert not (tmp_path / "store" / "access").exists()
+    assert _expunge("tokens", "revoke", "0123456789ab", "--storage", store, cwd=tmp_path).returncode == 2
 
 
 def test_the_export_lists_the_clock_and_never_a_subject(tmp_path):
