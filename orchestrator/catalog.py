@@ -441,13 +441,8 @@ class Catalog:
 
 
 def require_published(catalog: Catalog) -> EnsembleManifest:
-    """The published version of ``catalog``'s store.
-
-    Raises:
-        ConfigError: the store does not exist or was never trained (never treated as empty or clean).
-    """
-    latest = catalog.latest()
-    if latest is None:
+    """The published version (ConfigError: the store does not exist or was never trained; never read as empty)."""
+    if (latest := catalog.latest()) is None:
         raise ConfigError(
             f"no published ensemble in {catalog.store.uri}: the store does not exist or was never trained. "
             "Check --storage (a local folder, file:// or s3:// URI of a trained store), or run `expunge train`."

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner
 
-from expunge.pipelines.cli import app
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
+from expunge.pipelines.cli import app
 from tests.api.conftest import ROWS, SUBJECTS, serving
 from tests.engine import job
 
