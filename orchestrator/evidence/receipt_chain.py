@@ -272,7 +272,9 @@ def walk_chain(store: ObjectStore, witnessed_request_ids: Iterable[str] | None =
                     sequence=None,
                     key=f"{_REQUESTS_PREFIX}/{request_id}.json",
                     problem=f"MLflow records request {request_id} but the receipt log holds no receipt of it: "
-                    "the newest receipts were deleted",
+                    "the newest receipts were deleted, or never sealed (its process ended before the seal); the "
+                    f"next writer of the store seals it, `expunge forget --request-id {request_id}` with its "
+                    "subjects at once",
                 )
             )
     head_sha = _sha256(store.get(chain_key(newest))) if newest in present else None
