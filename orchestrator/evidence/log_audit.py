@@ -17,7 +17,12 @@ from expunge.orchestrator.config import EvidenceConfig
 from expunge.orchestrator.evidence.anchors import Anchor, ObjectLockAnchors, compare_anchors
 from expunge.orchestrator.evidence.journal_log import walk_journal
 from expunge.orchestrator.evidence.receipt_chain import BrokenLink, ChainReport, chain_key, walk_chain
-from expunge.orchestrator.evidence.state_binding import binding_of, check_state, unregistered_training
+from expunge.orchestrator.evidence.state_binding import (
+    binding_of,
+    check_state,
+    unregistered_training,
+    unsealed_erasure,
+)
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
 
@@ -158,6 +163,8 @@ def audit_trail(
     forged = unregistered_training(latest, view.registered_ensemble_versions if view is not None else None)
     if binding is None and forged is not None:
         broken.append(BrokenLink(sequence=None, key="ensemble", problem=forged))
+    if binding is None and (unsealed := unsealed_erasure(catalog, latest)) is not None:
+        broken.append(BrokenLink(sequence=None, key="ensemble", problem=unsealed))
     if binding is not None:
         broken += [BrokenLink(sequence=sequence, key="state", problem=p) for p in check_state(catalog, latest, binding)]
         witnesses.append(f"stored state of version {latest.version}")

@@ -26,7 +26,7 @@ from expunge.orchestrator.evidence.receipt_chain import chained_receipts
 from expunge.orchestrator.receipts import BoundFile, ErasureReceipt, StateBinding
 from expunge.shards.manifest import ShardManifest, shard_prefix
 
-__all__ = ["bind_state", "binding_of", "check_state", "shard_manifest_key", "unregistered_training"]
+__all__ = ["bind_state", "binding_of", "check_state", "shard_manifest_key", "unregistered_training", "unsealed_erasure"]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,22 @@ def binding_of(catalog: Catalog, manifest: EnsembleManifest) -> tuple[StateBindi
         if receipt.state is not None and receipt.state.ensemble_version == manifest.version:
             return receipt.state, sequence
     return None, None
+
+
+def unsealed_erasure(catalog: Catalog, manifest: EnsembleManifest) -> str | None:
+    """Why the receipt log lacks the erasure that published ``manifest`` (its process ended between the
+    commit and the seal, or the receipt was deleted), naming its request; None for any other version,
+    or when the log holds the request. Reads the log only where ``binding_of`` found no binding."""
+    if manifest.kind != "erasure" or manifest.request_id is None:
+        return None
+    if chained_receipts(catalog.store, manifest.request_id):
+        return None
+    return (
+        f"the published version {manifest.version} was committed by erasure request {manifest.request_id}, whose "
+        "receipt is not in the receipt log: its process ended before sealing it (the next writer of the store "
+        f"seals it; `expunge forget --request-id {manifest.request_id}` with its subjects does at once), or the "
+        "receipt was deleted"
+    )
 
 
 #: What a version of each kind that no chained receipt binds says it was made by.

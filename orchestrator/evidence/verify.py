@@ -22,7 +22,12 @@ from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_rec
 from expunge.orchestrator.evidence.rederive import rederive_shards
 from expunge.orchestrator.evidence.references import resolve_request
 from expunge.orchestrator.evidence.report import CheckResult, VerifyReport
-from expunge.orchestrator.evidence.state_binding import binding_of, check_state, unregistered_training
+from expunge.orchestrator.evidence.state_binding import (
+    binding_of,
+    check_state,
+    unregistered_training,
+    unsealed_erasure,
+)
 from expunge.orchestrator.evidence.storage_check import storage_check
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
@@ -76,6 +81,8 @@ def state_check(catalog: Catalog, latest: EnsembleManifest, view: AuditView | No
     forged = unregistered_training(latest, view.registered_ensemble_versions if view is not None else None)
     if binding is None and forged is not None:
         return CheckResult(name="state", status="failed", summary=forged[0].upper() + forged[1:] + ".")
+    if binding is None and (unsealed := unsealed_erasure(catalog, latest)) is not None:
+        return CheckResult(name="state", status="failed", summary=unsealed[0].upper() + unsealed[1:] + ".")
     if binding is None:
         return CheckResult(
             name="state",

@@ -24,6 +24,7 @@ from expunge.orchestrator.errors import ConfigError, PurgedVersionError
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from expunge.orchestrator.registry.faults import ERASURE_STEPS, FAULT_AT_MLFLOW, TRAINING_STEPS, fault_point
 from expunge.orchestrator.registry.scratch import STAGING_FOLDER
+from expunge.shards.store import ObjectStore
 from tests.conftest import TEST_KEY
 from tests.engine import job
 from tests.lineage._support import beyond_notice, email_rows, subjects
@@ -329,6 +330,11 @@ def test_an_untracked_forget_killed_before_sealing_has_its_receipt_sealed_on_the
     root = tmp_path / "case"
     Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
     _forget_killed_at(root, match)
+    # Before the next writer: a reader's audit names the unsealed request (it found the log intact when
+    # even the per-version receipt was missing; new-user review).
+    unsealed = Catalog(ObjectStore(str(root / "store")))
+    before = audit_trail(unsealed, unsealed.latest(), None, None)
+    assert [b for b in before.broken if "req-killed" in b.problem], before.broken
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
     sealed = [r for _, r in chained_receipts(coordinator.store, "req-killed")]
     assert len(sealed) == 1
