@@ -335,6 +335,18 @@ _S3 = _Protocol(_s3_create_exclusive, _s3_versions, _s3_delete_versions)
 _PROTOCOLS: dict[str, _Protocol] = {"file": _LOCAL, "local": _LOCAL, "s3": _S3, "s3a": _S3}
 
 
+def _no_credentials(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is botocore's ``NoCredentialsError``."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__name__ == "NoCredentialsError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Errors that mean "cannot reach or may not read the store", as opposed to bugs or missing keys."""
     if isinstance(exc, ConnectionError | PermissionError | TimeoutError):
@@ -390,6 +402,12 @@ def _reachable(method: Callable[Concatenate[ObjectStore, _P], _R]) -> Callable[C
         except Exception as exc:
             if not _unreachable(exc):
                 raise
+            if _no_credentials(exc):  # botocore's NoCredentialsError: no retry can find them
+                raise ConfigError(
+                    f"cannot use the store {self.uri}: no AWS credentials were found. Set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or storage.profile) in the environment of this "
+                    "process; nothing was changed."
+                ) from exc
             raise StorageUnavailableError(
                 f"cannot use the store {self.uri}: {type(exc).__name__}: {exc}. Check the URI, "
                 "storage.endpoint_url (or AWS_ENDPOINT_URL_S3), the network, and the AWS credentials in "

@@ -205,3 +205,18 @@ def test_holds_keys_trusts_only_an_s3_servers_answer(tmp_path, s3_bucket, s3_ser
         web.terminate()
         web.wait(timeout=30)
     assert ObjectStore(str(tmp_path / "local")).holds_keys("ensemble") is False
+
+
+def test_missing_aws_credentials_are_bad_input_not_a_retryable_outage(tmp_path, monkeypatch):
+    # New-user review (thirteenth pass): no credentials exited 4 ("retry"); no retry can find them.
+    from expunge.shards.config import StorageConfig
+    from expunge.shards.errors import StorageUnavailableError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    store = ObjectStore(StorageConfig(uri="s3://bucket/prefix", endpoint_url="http://127.0.0.1:1", timeout_s=2))
+    with pytest.raises(ConfigError, match="no AWS credentials were found") as refused:
+        store.exists("ensemble/00000001.json")
+    assert not isinstance(refused.value, StorageUnavailableError)
