@@ -28,6 +28,11 @@ __all__ = ["main", "run"]
 def _hasher(privacy: PrivacyConfig, workdir: Path | None) -> SubjectHasher:
     if workdir is None:
         return hasher_from_env(privacy)
+    if not workdir.is_dir():  # a typo: even with the key exported, a digest "of the demo" there means nothing
+        raise ConfigError(
+            f"--workdir {workdir} is not a folder: it names the folder of `expunge demo` (its key and store). "
+            "Run the demo first, or pass the folder it used."
+        )
     if not key_configured(privacy) and not (workdir / "subject.key").is_file():
         raise ConfigError(
             f"{workdir / 'subject.key'} does not exist: --workdir names the folder of `expunge demo`, which keeps "

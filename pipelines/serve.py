@@ -317,7 +317,8 @@ def main(
 
     Prints JSON on stdout: the address and namespace to give RayClient.connect. Exit 0 when
     serving, stopped or nothing to stop; 2 on bad input (an untrained store, a wrong key, a local
-    store on several nodes, a namespace serving another store).
+    store on several nodes, a namespace serving another store); 4 when Ray, the store or MLflow
+    cannot be reached, or --status finds no running service.
     """
     init_logging(verbose)
     with exit_on_error():

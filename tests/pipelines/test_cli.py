@@ -113,10 +113,13 @@ def test_digest_uses_the_demo_key_from_its_workdir(tmp_path):
         (("digest", "--subject", "x"), "EXPUNGE_SUBJECT_KEY"),  # no key
         (("digest",), "--subject"),  # nobody named
         (("digest", "--subject", "x", "--workdir", "nowhere"), "Run the demo first"),
+        # New-user review: with the key exported, a mistyped --workdir printed a digest, exit 0.
+        (("digest", "--subject", "x", "--workdir", "nowhere", "--key-exported"), "is not a folder"),
     ],
 )
 def test_digest_errors_say_how_to_fix_them(tmp_path, args, message):
-    result = _expunge(*args, cwd=tmp_path)
+    env = {"EXPUNGE_SUBJECT_KEY": KEY} if "--key-exported" in args else {}
+    result = _expunge(*[a for a in args if a != "--key-exported"], cwd=tmp_path, **env)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
