@@ -51,7 +51,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         raise _RayWasStarted
 
     monkeypatch.setattr(forget_recipe, "init_ray", init_ray)  # one shard: it retrains here
-    monkeypatch.setattr(forget_recipe, "on_a_cluster", lambda: False)
+    monkeypatch.setattr("expunge.orchestrator.session.on_a_cluster", lambda: False)  # read by forget.opened
     yield tmp_path
     for name, logger in list(logging.root.manager.loggerDict.items()):  # the job set logger levels (init_logging)
         if isinstance(logger, logging.Logger):
