@@ -12,23 +12,34 @@ __all__ = ["end_processes", "process_alive", "process_started", "psutil_module"]
 
 
 def process_started(pid: int) -> str | None:
-    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); None where
-    that cannot be read (no such process, no ``/proc``). With the pid, it names one process for good:
-    pids are reused (32768 of them wrap within minutes on a busy machine), and a thread's id answers
-    ``kill(id, 0)`` as a process does."""
+    """When process ``pid`` started, as ``"<clock ticks since boot>@<time namespace>"`` (``/proc/<pid>/stat``
+    field 22, which the kernel gives relative to the reader's time namespace, and ``/proc/self/ns/time``);
+    None where it cannot be read (no such process, a ``/proc`` mounted with ``hidepid``, no ``/proc``).
+    With the pid, it names one process for good: pids are reused (32768 of them wrap within minutes
+    on a busy machine), and a thread's id answers ``kill(id, 0)`` as a process does."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rpartition(b")")[2].split()  # the command name may hold spaces and ")"
     except OSError:
         return None
-    return fields[19].decode() if len(fields) > 19 else None
+    if len(fields) <= 19:
+        return None
+    try:
+        space = os.readlink("/proc/self/ns/time")
+    except OSError:
+        space = ""
+    return f"{fields[19].decode()}@{space}"
 
 
 def process_alive(pid: int, started: str | None = None) -> bool:
     """Whether a process with ``pid`` runs on this machine (another user's counts as alive); with ``started``
-    (``process_started`` of it, recorded while it ran), only that process: a reused pid is not it."""
-    if started is not None and os.path.isdir("/proc/self"):
-        return process_started(pid) == started
+    (``process_started`` of it, recorded while it ran), only that process: a reused pid is not it.
+    Where the start time cannot be compared (hidden from this reader, another time namespace, an
+    older record), the pid alone tells, as without ``started``."""
+    if started is not None:
+        now = process_started(pid)
+        if now is not None and now.partition("@")[2] == started.partition("@")[2]:
+            return now == started
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -14,6 +14,7 @@ it runs beside a running service. The evidence link is the HTTP API's
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -35,6 +36,7 @@ from expunge.orchestrator.service.lifecycle import Lifecycle
 from expunge.pipelines._head import read_state
 from expunge.pipelines._runtime import exit_on_error, init_logging, job_and_store, key_configured
 from expunge.pipelines.serve import state_file
+from expunge.shards.errors import StorageCorruptError
 from expunge.shards.store import ObjectStore
 
 __all__ = ["EXPORT_COLUMNS", "export", "export_rows", "main", "requests"]
@@ -60,7 +62,8 @@ def requests(
             without the subject key configured.
     """
     store = ObjectStore(storage_uri)
-    require_published(Catalog(store))  # a path that holds no store is not an empty register
+    with contextlib.suppress(StorageCorruptError):  # a damaged newest manifest: the register needs no model
+        require_published(Catalog(store))  # a path that holds no store is not an empty register
     journal = Journal(store)
     if ticket is not None and not key_configured(privacy):
         raise ConfigError("finding a request by ticket needs the store's key: set EXPUNGE_SUBJECT_KEY (or its file)")

@@ -13,6 +13,7 @@ command. A running service sees a new or revoked token within ``service.token_ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from expunge.client.models import SCOPES
 from expunge.orchestrator.api.tokens import TokenRecord, TokenStore
 from expunge.orchestrator.catalog import Catalog, require_published
 from expunge.pipelines._runtime import exit_on_error, init_logging, job_and_store
+from expunge.shards.errors import StorageCorruptError
 from expunge.shards.store import ObjectStore
 
 __all__ = ["create", "list_tokens", "revoke"]
@@ -35,7 +37,9 @@ def _tokens(config: Path | None, storage: str | None) -> TokenStore:
     """The tokens of a trained store (ConfigError for a path that holds none: a typo is not an empty list)."""
     _, store = job_and_store(config, storage)
     objects = ObjectStore(store)
-    require_published(Catalog(objects))
+    # A damaged newest manifest: the store is there, and tokens need no model.
+    with contextlib.suppress(StorageCorruptError):
+        require_published(Catalog(objects))
     return TokenStore(objects)
 
 

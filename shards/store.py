@@ -402,11 +402,13 @@ def _reachable(method: Callable[Concatenate[ObjectStore, _P], _R]) -> Callable[C
         except Exception as exc:
             if not _unreachable(exc):
                 raise
-            if _no_credentials(exc):  # botocore's NoCredentialsError: no retry can find them
-                raise ConfigError(
+            if _no_credentials(exc):
+                # Retryable all the same (exit 4): an instance role's metadata service that does not answer
+                # for a moment reads as no credentials, and a service must retry its batch, not fail it.
+                raise StorageUnavailableError(
                     f"cannot use the store {self.uri}: no AWS credentials were found. Set AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or storage.profile) in the environment of this "
-                    "process; nothing was changed."
+                    "process; with an instance role, its metadata service did not answer. Nothing was changed."
                 ) from exc
             raise StorageUnavailableError(
                 f"cannot use the store {self.uri}: {type(exc).__name__}: {exc}. Check the URI, "

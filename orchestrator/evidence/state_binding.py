@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.errors import StorageCorruptError
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.receipts import BoundFile, ErasureReceipt, StateBinding
 from expunge.shards.manifest import ShardManifest, shard_prefix
 
@@ -175,16 +176,21 @@ def binding_of(catalog: Catalog, manifest: EnsembleManifest) -> tuple[StateBindi
 def unsealed_erasure(catalog: Catalog, manifest: EnsembleManifest) -> str | None:
     """Why the receipt log lacks the erasure that published ``manifest`` (its process ended between the
     commit and the seal, or the receipt was deleted), naming its request; None for any other version,
-    or when the log holds the request. Reads the log only where ``binding_of`` found no binding."""
+    when a chained receipt of its request names this version, or while a live writer holds the store
+    (it seals after its commit: a purge, a registration and an audit come first). Reads the log only
+    where ``binding_of`` found no binding."""
     if manifest.kind != "erasure" or manifest.request_id is None:
         return None
-    if chained_receipts(catalog.store, manifest.request_id):
+    chained = chained_receipts(catalog.store, manifest.request_id)
+    if any(r.model_version_after == manifest.version for _, r in chained):
+        return None  # not any receipt of that id: one of an earlier version would vouch for a forged one
+    if StoreLease(catalog.store).holder() is not None:
         return None
     return (
         f"the published version {manifest.version} was committed by erasure request {manifest.request_id}, whose "
-        "receipt is not in the receipt log: its process ended before sealing it (the next writer of the store "
-        f"seals it; `expunge forget --request-id {manifest.request_id}` with its subjects does at once), or the "
-        "receipt was deleted"
+        "receipt of it is not in the receipt log: its process ended before sealing it (the next writer of the "
+        f"store seals it; `expunge forget --request-id {manifest.request_id}` with its subjects does at once), "
+        "the receipt was deleted, or the version was written by hand"
     )
 
 

@@ -407,3 +407,44 @@ def test_an_erasure_joined_by_an_ingest_and_killed_before_its_receipt_is_not_reb
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
     assert coordinator.catalog.latest().request_id == "req-joined"  # committed
     assert [r for _, r in chained_receipts(coordinator.store, "req-joined")] == []
+
+
+@pytest.mark.integration
+def test_an_unsealed_erasure_is_not_reported_while_a_live_writer_holds_the_store(tmp_path):
+    # Second adversarial review: a verify beside a live forget, between its commit and its seal (purge,
+    # registration, audit), failed the healthy store saying its process had ended.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+    from expunge.orchestrator.lease import StoreLease
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    _forget_killed_at(root, "put receipts/0")
+    store = ObjectStore(str(root / "store"))
+    with StoreLease(store).hold("a live writer between its commit and its seal"):
+        catalog = Catalog(store)
+        trail = audit_trail(catalog, catalog.latest(), None, None)
+    assert not [b for b in trail.broken if "req-killed" in b.problem], trail.broken
+
+
+@pytest.mark.integration
+def test_a_version_written_by_hand_under_a_sealed_request_id_is_not_vouched_for(tmp_path):
+    # Second adversarial review: any chained receipt of the request id counted, so a version written by
+    # hand (an earlier version's shard manifests under a sealed request's id) passed `verify --log`.
+    import json as _json
+
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+
+    root = tmp_path / "case"
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.train(ROWS, CONFIG)
+    coordinator.forget([SUBJECT], request_id="req-sealed")
+    store = ObjectStore(str(root / "store"))
+    forged = _json.loads(store.get("ensemble/00000002.json"))
+    first = _json.loads(store.get("ensemble/00000001.json"))
+    forged.update(version=3, parent_version=2, shard_versions=first["shard_versions"])
+    store.create_exclusive("ensemble/00000003.json", _json.dumps(forged).encode())
+    catalog = Catalog(store)
+    trail = audit_trail(catalog, catalog.latest(), None, None)
+    assert [b for b in trail.broken if "req-sealed" in b.problem and "version 3" in b.problem], trail.broken

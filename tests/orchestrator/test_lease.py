@@ -295,11 +295,29 @@ def test_a_dead_holder_whose_pid_another_process_took_is_taken_over_at_once(tmp_
     live = os.getppid()  # a live process, standing in for a newcomer given the dead holder's pid
     started = process_started(live)
     assert started is not None
+    ticks, _, space = started.partition("@")
+    earlier = f"{int(ticks) - 1}@{space}"  # the dead holder: the same pid, started before
     record = _record(owner="gone", host=socket.gethostname(), pid=live, ttl=3600, token=4)
-    record = record.model_copy(update={"pid_space": process_pid_space(), "pid_started": str(int(started) - 1)})
+    record = record.model_copy(update={"pid_space": process_pid_space(), "pid_started": earlier})
     store.create_exclusive("lease/00000004.json", record.model_dump_json().encode())
     lease = StoreLease(store)
     assert lease.acquire("expunge forget") == 5
     lease.release()
     assert process_alive(live, started)  # the live process itself still counts as alive
-    assert not process_alive(live, str(int(started) - 1))
+    assert not process_alive(live, earlier)
+
+
+def test_a_start_time_this_reader_cannot_compare_leaves_the_pid_to_tell():
+    # Second adversarial review: a holder in another time namespace (its start time counts from another
+    # boot offset), or one hidden from this reader (/proc with hidepid), was judged dead while it ran.
+    from expunge.orchestrator.processes import process_alive
+
+    live, gone = os.getppid(), _a_dead_pid()
+    assert process_alive(live, "12345@time:[1]")  # another time namespace: the pid says alive
+    assert not process_alive(gone, "12345@time:[1]")
+    assert process_alive(live, "12345")  # a start time without its namespace (not this release's): the pid
+
+
+def _a_dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)

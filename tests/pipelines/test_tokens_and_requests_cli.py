@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -73,6 +75,23 @@ def test_a_path_that_holds_no_store_is_refused_not_read_as_empty(tmp_path):
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert "no published ensemble" in result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_damaged_newest_manifest_does_not_stop_a_token_revocation(tmp_path):
+    # Second adversarial review: the store check parsed the newest manifest, so a damaged one (a cut
+    # write, another release's format) stopped `tokens revoke` and the request register, neither of
+    # which needs the model.
+    store = _trained(tmp_path)
+    made = json.loads(_expunge("tokens", "create", "--storage", store, "--name", "leaked", "--scope", "admin").stdout)
+    (tmp_path / "store" / "ensemble" / "00000001.json").write_text("{ cut short")
+    for args in (("tokens", "revoke", made["token_id"]), ("requests",)):  # fresh processes: no manifest cached
+        done = subprocess.run(
+            [sys.executable, "-m", "expunge.pipelines.cli", *args, "--storage", store],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, (args, done.stderr)
 
 
 def test_bad_token_input_exits_2_and_writes_nothing(tmp_path):
