@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from expunge.orchestrator.catalog import Catalog, EnsembleManifest, PlacementIndex, require_published
 from expunge.orchestrator.config import AnyModelConfig, ErasureConfig, StorageConfig, TrainingConfig
@@ -142,6 +143,28 @@ class StoreSession:
         self.pool_factory = pool_factory
         self.manifest = self.catalog.latest()
         self._pool: ShardPool | None = None
+        #: Run by ``writing`` before anything is committed (``Sealer.seal_before_commit``: an erasure whose
+        #: process ended before sealing it must be sealed first, or the commit buries it).
+        self.before_commit: Callable[[], None] | None = None
+        #: Set when finishing an earlier process's work failed on open: ``writing`` then retries it first.
+        self.unfinished = False
+
+    @contextmanager
+    def writing(self, purpose: str) -> Iterator[int]:
+        """Hold the write lease for a block that commits (re-entrant); yields the fencing token.
+
+        On a fresh hold (another process may have committed, and ended, since this one last held
+        it), or while ``unfinished`` is set, ``before_commit`` runs first.
+
+        Raises:
+            StoreBusyError: another live process holds the lease; the message names the holder.
+            ExpungeError: what ``before_commit`` raised (e.g. ``StorageUnavailableError``); nothing written.
+        """
+        fresh = self.lease.token is None
+        with self.lease.hold(purpose) as token:
+            if self.before_commit is not None and (fresh or self.unfinished):
+                self.before_commit()
+            yield token
 
     def require_manifest(self) -> EnsembleManifest:
         """The version acted on.

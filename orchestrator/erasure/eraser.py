@@ -60,6 +60,7 @@ class Eraser:
         self.session = session
         self.lineage = lineage
         self.sealer = Sealer(session, lineage, evidence)
+        session.before_commit = self.sealer.seal_before_commit
         if evidence is not None:
             configured_audit(evidence)  # a held-out file that cannot be read is refused now, not per request
 
@@ -85,8 +86,9 @@ class Eraser:
             self.sealer.seal_unsealed()  # a process killed after its commit: the receipt log gets its receipt
         except (LinkInStoreError, RegistryOfAnotherStoreError):  # a person must set it right: refused now
             raise
-        except ExpungeError as exc:  # it stays to do: every later writer tries again on open
-            log.warning("could not finish what an earlier run left (%s); the next writer tries again", exc)
+        except ExpungeError as exc:  # it stays to do: this process's next commit and every later writer try again
+            self.session.unfinished = True
+            log.warning("could not finish what an earlier run left (%s); it is tried again before a commit", exc)
         finally:
             self.session.lease.release()
 
@@ -171,7 +173,7 @@ class Eraser:
         reason, ticket = screen_request_text(reason, ticket, ())  # raw ids were screened by the caller
         self.session.follow_latest()
         self.session.require_manifest()  # an untrained store or a wrong key: refused before anything is written
-        with self.session.lease.hold("expunge forget"):
+        with self.session.writing("expunge forget"):
             try:
                 receipt = self._forget_digests(
                     digests,
@@ -424,11 +426,9 @@ class Eraser:
         return readmit(self.session, subject_ids, reason, request_id)
 
     def register_published(self) -> str | None:
-        """Bring MLflow up to the published version (new version, alias moved, every earlier one purged).
-
-        The second stage of a service erasure (``forget_digests(register=False)``); a no-op when
-        the registry already has it or tracking is off. Returns the registry version serving now.
-        """
+        """Bring MLflow up to the published version (new version, alias moved, every earlier one purged): the
+        second stage of a service erasure (``forget_digests(register=False)``); a no-op when the registry
+        already has it or tracking is off. Returns the registry version serving now."""
         if self.lineage is None:
             return None
         self.lineage.reconcile()

@@ -150,7 +150,10 @@ class Sealer:
         if receipt is None:
             return None
         if self.lineage is not None and receipt.registry_version_after is None:  # registered on this open, first
-            receipt = receipt.model_copy(update={"registry_version_after": self.lineage.current_version()})
+            try:
+                receipt = receipt.model_copy(update={"registry_version_after": self.lineage.current_version()})
+            except Exception as exc:  # MLflow down: the receipt is sealed all the same, without the registry version
+                log.warning("request %s: registry version not known now (%s)", receipt.request_id, exc)
         version = receipt.model_version_after or 0
         if self.session.catalog.read_receipt(version) is None:
             self.session.catalog.write_receipt(version, receipt.model_dump_json(indent=1))
@@ -162,6 +165,27 @@ class Sealer:
         chained = self.seal(receipt)
         self.anchor()
         return chained
+
+    def seal_before_commit(self) -> None:
+        """``seal_unsealed`` before this process commits (``StoreSession.writing``): ``unsealed`` looks
+        at the newest version only, so a version committed over an unsealed erasure would leave its
+        receipt out of the log for good. Clears ``session.unfinished`` once done.
+
+        Raises:
+            StorageConflictError, StorageUnavailableError: as ``seal``; nothing is committed then.
+        """
+        try:
+            self.seal_unsealed()
+        except ExpungeError as exc:
+            self.session.unfinished = True
+            log.warning(
+                "an erasure committed by a process that ended before sealing its receipt must be sealed before "
+                "anything is committed over it, and could not be now (%s: %s); nothing was changed, try again",
+                type(exc).__name__,
+                exc,
+            )
+            raise
+        self.session.unfinished = False
 
     def _lock(self, sequence: int) -> bool:
         """Write the Object Lock anchor of own receipt #``sequence``; False (logged) when it cannot be now."""

@@ -85,7 +85,7 @@ class Ingester:
             ShardRetrainFailed: a shard actor failed (nothing published; ingest again).
         """
         prepared = self.prepare(rows, request_id, settings, source)
-        with self.session.lease.hold("expunge ingest"):
+        with self.session.writing("expunge ingest"):
             self._reconcile()
             if self.session.follow_latest():  # another writer committed before we held the lease: check again
                 prepared = self.prepare(rows, prepared.request_id, settings, source)

@@ -103,7 +103,7 @@ class Trainer:
         rows, dropped = self.apply_tombstones(rows, job.data.erased_subjects)
         resolved = model or resolve_model(job.training.model, rows)
         self._check_training(job, resolved)
-        with self.session.lease.hold("expunge train"):
+        with self.session.writing("expunge train"):
             return self._train(rows, dropped, job, request_id, placement, resolved)
 
     def _train(
@@ -171,7 +171,7 @@ class Trainer:
             )
         resolved = model or resolve_model(job.training.model, summary.item_table())
         self._check_training(job, resolved)
-        with self.session.lease.hold("expunge train"):  # after the validating pass: bad input writes nothing
+        with self.session.writing("expunge train"):  # after the validating pass: bad input writes nothing
             return self._train_staged(batches, job, request_id, placement, resolved, source, summary, validate, erased)
 
     def _train_staged(

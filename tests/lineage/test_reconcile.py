@@ -448,3 +448,58 @@ def test_a_version_written_by_hand_under_a_sealed_request_id_is_not_vouched_for(
     catalog = Catalog(store)
     trail = audit_trail(catalog, catalog.latest(), None, None)
     assert [b for b in trail.broken if "req-sealed" in b.problem and "version 3" in b.problem], trail.broken
+
+
+@pytest.mark.integration
+def test_a_commit_seals_an_erasure_left_unsealed_before_committing_over_it(tmp_path):
+    # Thirteenth-pass note: a seal the open could not make (here: another writer held the store then)
+    # was buried by this process's next commit, because the next open looks at the newest version only.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+    from expunge.orchestrator.lease import StoreLease
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    _forget_killed_at(root, "put receipts/0")
+    store = ObjectStore(str(root / "store"))
+    other = StoreLease(store, owner="another-writer")
+    with other.hold("expunge forget"):  # the open finds the store busy and leaves the seal to its holder
+        coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    assert chained_receipts(coordinator.store, "req-killed") == []
+    coordinator.forget([subjects(ROWS)[5]], request_id="req-next")
+    assert [r.model_version_after for _, r in chained_receipts(coordinator.store, "req-killed")] == [2]
+    catalog = Catalog(store)
+    trail = audit_trail(catalog, catalog.latest(), None, None)
+    assert trail.receipts == 2
+    assert not trail.broken, trail.broken
+
+
+@pytest.mark.integration
+def test_a_commit_is_refused_while_an_unsealed_erasure_cannot_be_sealed(tmp_path, monkeypatch):
+    # The same when the seal fails again before the commit (the store refuses the receipt log):
+    # nothing is committed over the unsealed version; the next try seals it and commits.
+    from expunge.orchestrator.errors import StorageUnavailableError
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    _forget_killed_at(root, "put receipts/0")
+    real_put = ObjectStore.put
+
+    def refusing_put(self, key, data):
+        if key.startswith("receipts/"):
+            raise StorageUnavailableError(f"injected: the store refused {key}")
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(ObjectStore, "put", refusing_put)
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    assert coordinator.session.unfinished
+    with pytest.raises(StorageUnavailableError, match="injected"):
+        coordinator.forget([subjects(ROWS)[5]], request_id="req-next")
+    assert coordinator.catalog.latest().version == 2  # nothing committed over it
+    monkeypatch.setattr(ObjectStore, "put", real_put)
+    receipt = coordinator.forget([subjects(ROWS)[5]], request_id="req-next")
+    assert receipt.model_version_after == 3
+    assert [r.model_version_after for _, r in chained_receipts(coordinator.store, "req-killed")] == [2]
+    assert not coordinator.session.unfinished
