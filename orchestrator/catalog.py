@@ -70,10 +70,11 @@ class TombstoneEntry(BaseModel):
     request_id: str
     reason: str | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
-    #: For an erasure, the rows each subject had when it was erased (aligned with
-    #: ``subject_digests``): the durable fact receipts are rebuilt from after a crash
-    #: (``erasure.resume.rebuild_receipt``). Empty for re-admissions.
+    #: For an erasure, the rows each subject had when it was erased (aligned with ``subject_digests``),
+    #: and each retrained shard's rows removed: the durable facts receipts are rebuilt from after a crash
+    #: (``erasure.resume.rebuild_receipt``; an ingest joining the commit adds rows too). Empty for re-admissions.
     rows: tuple[int, ...] = ()
+    shard_rows: dict[int, int] = Field(default_factory=dict)
 
 
 class EnsembleManifest(BaseModel):
@@ -298,11 +299,8 @@ class Catalog:
         return self.store.info(self._key(version)).modified
 
     def publish(self, manifest: EnsembleManifest) -> None:
-        """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``.
-
-        Raises:
-            LeaseLostError: ``fence`` refused (this process no longer holds the store's lease).
-        """
+        """Exclusive create: a concurrent publisher of the same version gets ``StorageConflictError``;
+        ``LeaseLostError`` when ``fence`` refused (this process no longer holds the store's lease)."""
         if self.fence is not None:
             self.fence()
         # A local ``latest`` follows numbers forward: past a gap (a manifest deleted by hand) it misses
@@ -348,6 +346,7 @@ class Catalog:
         request_id: str,
         reason: str | None = None,
         rows: Mapping[str, int] | None = None,
+        shard_rows: Mapping[int, int] | None = None,
     ) -> TombstoneEntry:
         """Append one entry with an exclusive create (two writers never share a sequence number)."""
         if self.fence is not None:
@@ -365,6 +364,7 @@ class Catalog:
                 request_id=request_id,
                 reason=reason,
                 rows=tuple(rows.get(d, 0) for d in ordered) if rows is not None else (),
+                shard_rows=dict(shard_rows or {}),
             )
             try:
                 self.store.create_exclusive(
@@ -422,10 +422,8 @@ class Catalog:
         return key
 
     def read_placement(self, key: str) -> PlacementIndex:
-        """The placement index under ``key`` (kept: a key names its content, and a commit reads the last one written).
-
-        Treat the result as read-only: it is shared by every reader of this catalog.
-        """
+        """The placement index under ``key`` (kept: a key names its content, and a commit reads the last one
+        written). Treat the result as read-only: it is shared by every reader of this catalog."""
         index = self._placements.get(key)
         if index is None:
             index = PlacementIndex.from_table(pq.read_table(io.BytesIO(self.store.get(key))))

@@ -60,7 +60,11 @@ def commit_erasure(
         # Tombstones first: from here on no training admits these people again, even if the
         # commit below fails (the retry then completes the erasure they asked for).
         session.catalog.append_tombstones(
-            "erased", found, request_id, rows={d: sum(index.entries[d].values()) for d in found}
+            "erased",
+            found,
+            request_id,
+            rows={d: sum(index.entries[d].values()) for d in found},
+            shard_rows={shard: update.rows_removed for shard, update in updates.items()},
         )
         session.catalog.publish(new_manifest)
     except ExpungeError:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from expunge.orchestrator.catalog import Catalog, EnsembleManifest
+from expunge.orchestrator.catalog import Catalog, EnsembleManifest, TombstoneEntry
 from expunge.orchestrator.errors import ConfigError
 from expunge.orchestrator.evidence.receipt_chain import chained_receipts
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
 
-__all__ = ["already_erased", "erased_rows", "finish_committed", "rebuild_receipt"]
+__all__ = ["already_erased", "erased_rows", "erased_shard_rows", "finish_committed", "rebuild_receipt"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def rebuild_receipt(catalog: Catalog, version: int, request_id: str, digests: Se
     if before is None:
         raise ConfigError(f"ensemble v{version} has no parent version: it is a training, not an erasure")
     rows = erased_rows(catalog, after)
+    by_shard = erased_shard_rows(catalog, after)
     own = list(dict.fromkeys(digests))
     found = [d for d in own if d in rows]
     not_found = tuple(d for d in own if d not in rows)
@@ -135,7 +136,10 @@ def rebuild_receipt(catalog: Catalog, version: int, request_id: str, digests: Se
                 first_affected_slice=first,
                 slices_retrained=tuple(range(first, len(new.slices))),
                 restarted_from=kept[0].key if first > 0 and kept else None,
-                rows_removed=sum(s.rows for s in old.slices) - sum(s.rows for s in new.slices),
+                # Old rows less new ones, unless the entry recorded them: an ingest joining the commit adds rows.
+                rows_removed=by_shard.get(shard, 0)
+                if by_shard
+                else sum(s.rows for s in old.slices) - sum(s.rows for s in new.slices),
                 seconds=0.0,
             )
         )
@@ -157,6 +161,25 @@ def rebuild_receipt(catalog: Catalog, version: int, request_id: str, digests: Se
     )
 
 
+def _entry(catalog: Catalog, manifest: EnsembleManifest) -> TombstoneEntry | None:
+    """The tombstone entry the request of ``manifest`` wrote just before its commit (the newest, if a lost
+    race made it write two), when it recorded rows."""
+    entries = [
+        e
+        for e in catalog.tombstone_log()
+        if e.action == "erased" and e.request_id == manifest.request_id and len(e.rows) == len(e.subject_digests)
+    ]
+    return entries[-1] if entries and entries[-1].rows else None
+
+
+def erased_shard_rows(catalog: Catalog, manifest: EnsembleManifest) -> dict[int, int]:
+    """Shard -> rows removed by the erasure that published ``manifest``, as its tombstone entry recorded
+    them; empty for entries written before they were (the shards' old rows less their new ones then tell,
+    unless an ingest joined the commit)."""
+    entry = _entry(catalog, manifest)
+    return dict(entry.shard_rows) if entry is not None else {}
+
+
 def erased_rows(catalog: Catalog, manifest: EnsembleManifest) -> dict[str, int]:
     """Digest -> rows removed by the erasure that published ``manifest``.
 
@@ -164,13 +187,9 @@ def erased_rows(catalog: Catalog, manifest: EnsembleManifest) -> dict[str, int]:
     lost race made it write two). Entries from before rows were recorded: the placement of the
     version before, if still stored.
     """
-    entries = [
-        e
-        for e in catalog.tombstone_log()
-        if e.action == "erased" and e.request_id == manifest.request_id and len(e.rows) == len(e.subject_digests)
-    ]
-    if entries and entries[-1].rows:
-        return dict(zip(entries[-1].subject_digests, entries[-1].rows, strict=True))
+    entry = _entry(catalog, manifest)
+    if entry is not None:
+        return dict(zip(entry.subject_digests, entry.rows, strict=True))
     if manifest.parent_version is None:
         return {}
     before = catalog.read(manifest.parent_version)

@@ -17,7 +17,7 @@ import logging
 
 from expunge.orchestrator.catalog import EnsembleManifest
 from expunge.orchestrator.config import EvidenceConfig
-from expunge.orchestrator.erasure.resume import erased_rows, rebuild_receipt
+from expunge.orchestrator.erasure.resume import erased_rows, erased_shard_rows, rebuild_receipt
 from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.evidence.anchors import ObjectLockAnchors, receipt_sha256
 from expunge.orchestrator.evidence.journal_log import JournalLog
@@ -124,10 +124,11 @@ class Sealer:
         catalog = self.session.catalog
         rows = erased_rows(catalog, manifest)
         before = catalog.read(manifest.parent_version) if manifest.parent_version is not None else None
-        if before is None or manifest.rows != before.rows - sum(rows.values()):
-            # Rows added beside the erasure (an ingest joined its commit, a service-only path): the shards'
-            # row counts cannot tell what each lost, so no receipt is rebuilt here; the service resumes
-            # the batch it journalled when it starts.
+        joined = before is not None and manifest.rows != before.rows - sum(rows.values())
+        if before is None or (joined and not erased_shard_rows(catalog, manifest)):
+            # Rows added beside the erasure (an ingest joined its commit) by a writer whose tombstone entry
+            # predates the shards' rows removed: the shards' row counts cannot tell what each lost, so no
+            # receipt is rebuilt here; the service resumes the batch it journalled when it starts.
             log.warning(
                 "request %s (ensemble v%d) ended before its receipt was stored, and an ingest joined its commit: "
                 "its receipt is not rebuilt on open (the service that journalled it finishes it)",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow.pyfunc
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
@@ -152,6 +153,7 @@ coordinator.forget([subject], request_id=request)
 
 _TRAIN = """
 import sys
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
@@ -385,14 +387,19 @@ coordinator.forget_digests(digests, "req-joined", ingest=ingest)
 
 
 @pytest.mark.integration
-def test_an_erasure_joined_by_an_ingest_and_killed_before_its_receipt_is_not_rebuilt_with_wrong_rows(tmp_path):
+def test_an_erasure_joined_by_an_ingest_and_killed_before_its_receipt_is_rebuilt_with_its_own_rows(tmp_path):
     # Adversarial review (thirteenth pass): the receipt rebuilt on open took each shard's rows lost as
     # its old rows minus its new, which counts the joined ingest's rows against it (-12 rows removed),
-    # and sealed it; verify passed it. The service that journalled the batch finishes it instead.
+    # and sealed it; verify passed it. The thirteenth pass then rebuilt none, and a later commit buried
+    # the erasure (fourteenth pass). The tombstone entry now records each shard's rows removed.
     from expunge.orchestrator.evidence.receipt_chain import chained_receipts
 
     root = tmp_path / "case"
-    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    trained = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    trained.train(ROWS, CONFIG)
+    digest = trained.hasher.digest(SUBJECT)
+    held = {c.shard for c in trained.placement_index().cells([digest])[digest]}
+    subject_rows = ROWS.filter(pc.equal(ROWS.column("subject_id"), SUBJECT)).num_rows
     env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
     env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "put receipts/0", "EXPUNGE_FAULT_MODE": "kill"})
     done = subprocess.run(
@@ -406,7 +413,10 @@ def test_an_erasure_joined_by_an_ingest_and_killed_before_its_receipt_is_not_reb
     assert done.returncode == 137, done.stderr[-3000:]
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
     assert coordinator.catalog.latest().request_id == "req-joined"  # committed
-    assert [r for _, r in chained_receipts(coordinator.store, "req-joined")] == []
+    [sealed] = [r for _, r in chained_receipts(coordinator.store, "req-joined")]
+    assert sealed.rows_removed == subject_rows
+    assert {s.shard: s.rows_removed for s in sealed.shards if s.rows_removed} == {held.pop(): subject_rows}
+    assert all(s.rows_removed >= 0 for s in sealed.shards)
 
 
 @pytest.mark.integration
