@@ -367,9 +367,8 @@ class Catalog:
                 shard_rows=dict(shard_rows or {}),
             )
             try:
-                self.store.create_exclusive(
-                    f"{_TOMBSTONE_PREFIX}/{entry.sequence:08d}.json", entry.model_dump_json(indent=1).encode()
-                )
+                text = entry.model_dump_json(indent=1, exclude=None if entry.shard_rows else {"shard_rows"})
+                self.store.create_exclusive(f"{_TOMBSTONE_PREFIX}/{entry.sequence:08d}.json", text.encode())
             except StorageConflictError:
                 continue  # another writer took this sequence number: read again, take the next
             self._tombstone_head = entry.sequence

@@ -64,7 +64,11 @@ def commit_erasure(
             found,
             request_id,
             rows={d: sum(index.entries[d].values()) for d in found},
-            shard_rows={shard: update.rows_removed for shard, update in updates.items()},
+            # Only where rows are added beside (an ingest joined): then the shards' row counts cannot tell
+            # a rebuilt receipt what each lost. Elsewhere the entry stays readable by earlier versions.
+            shard_rows={shard: update.rows_removed for shard, update in updates.items()}
+            if ingest is not None
+            else None,
         )
         session.catalog.publish(new_manifest)
     except ExpungeError:
