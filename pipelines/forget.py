@@ -32,7 +32,7 @@ from expunge.orchestrator.config import (
     load_job_config,
 )
 from expunge.orchestrator.digests import SubjectHasher
-from expunge.orchestrator.errors import ConfigError
+from expunge.orchestrator.errors import ConfigError, ExpungeError
 from expunge.orchestrator.lease import StoreLease
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.request_ids import check_request_id
@@ -351,7 +351,7 @@ def main(
             reason=reason,
             erasure=_erasure_settings(job, in_process_max_shards),
         )
-    _report(receipt)
+    _report(receipt, store)
 
 
 def _erasure_settings(job: JobConfig | None, in_process_max_shards: int | None) -> ErasureConfig:
@@ -395,14 +395,27 @@ def through_service(
         client.close()
 
 
-def _report(receipt: ErasureReceipt) -> None:
-    """Print the receipt; exit 3 when a named subject had no data."""
+def _report(receipt: ErasureReceipt, storage: StorageConfig | None = None) -> None:
+    """Print the receipt; exit 3 when a named subject had no data. ``storage``: where to look up the requests
+    that erased the subjects erased earlier, to name them (a killed forget run again without its request id
+    finds its subjects erased: its requester is pointed at the erasure that did it)."""
     typer.echo(receipt.model_dump_json(indent=1))
     if receipt.not_found_digests:
+        earlier = f"{len(receipt.already_erased_digests)} of them erased earlier"
+        if receipt.already_erased_digests and storage is not None:
+            from expunge.orchestrator.catalog import Catalog
+            from expunge.orchestrator.evidence.references import erased_by
+
+            try:
+                by = sorted(set(erased_by(Catalog(ObjectStore(storage)), receipt.already_erased_digests).values()))
+            except ExpungeError as exc:  # the receipt is out: naming them is a courtesy
+                log.debug("could not read who erased them earlier: %s", exc)
+                by = []
+            if by:
+                earlier += f", by request {', '.join(by)}: `expunge verify --request {by[-1]}` checks that erasure"
         typer.echo(
             f"{len(receipt.not_found_digests)} of {len(receipt.subject_digests)} subject(s) had no data "
-            f"(digests in not_found_digests; {len(receipt.already_erased_digests)} of them erased earlier); "
-            f"request {receipt.request_id} is recorded",
+            f"(digests in not_found_digests; {earlier}); request {receipt.request_id} is recorded",
             err=True,
         )
         raise typer.Exit(EXIT_NOT_FOUND)

@@ -9,6 +9,7 @@ the clear (screened), and are searched too. The reference itself is never logged
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from expunge.orchestrator.catalog import INGEST_RECEIPT_PREFIX, Catalog
 from expunge.orchestrator.digests import SubjectHasher
@@ -20,7 +21,7 @@ from expunge.orchestrator.service.intake import ticket_label
 from expunge.orchestrator.service.journal import Journal, JournalEntry
 from expunge.orchestrator.service.policy import request_id_for
 
-__all__ = ["ingest_named", "resolve_request"]
+__all__ = ["erased_by", "ingest_named", "resolve_request"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def ingest_named(catalog: Catalog, hasher: SubjectHasher, reference: str) -> str
         ConfigError: an empty or over-long reference, or one that is the idempotency key of one
             request and the ticket of another.
     """
-    if _erasure_named(catalog, hasher, reference) is None and _ingest_receipt_named(catalog, reference):
+    if _erasure_named(catalog, hasher, reference, quiet=True) is None and _ingest_receipt_named(catalog, reference):
         return reference
     return None
 
@@ -90,8 +91,9 @@ def _ingest_receipt_named(catalog: Catalog, reference: str) -> bool:
     return bool(REQUEST_ID.fullmatch(reference)) and catalog.read_ingest_receipt(reference) is not None
 
 
-def _erasure_named(catalog: Catalog, hasher: SubjectHasher, reference: str) -> str | None:
-    """``resolve_request``'s lookup: the erasure request id, or None when no erasure answers to ``reference``."""
+def _erasure_named(catalog: Catalog, hasher: SubjectHasher, reference: str, quiet: bool = False) -> str | None:
+    """``resolve_request``'s lookup: the erasure request id, or None when no erasure answers to ``reference``.
+    ``quiet``: no warning that a ticket names several requests (a lookup before the one that resolves it)."""
     if not isinstance(reference, str) or not reference.strip() or len(reference) > _MAX_REFERENCE:
         raise ConfigError(f"give a request id, an idempotency key or a ticket (1-{_MAX_REFERENCE} characters)")
     journal = Journal(catalog.store)
@@ -104,12 +106,35 @@ def _erasure_named(catalog: Catalog, hasher: SubjectHasher, reference: str) -> s
     filed: list[JournalEntry] = [
         e for r in journal.ticketed(ticket_label(hasher, ticket)) if (e := journal.entry(r)) and e.ticket == ticket
     ]
-    ticketed = max(filed, key=lambda e: e.received_at).request_id if filed else None
-    if ticketed is None and (chained := _ticketed_receipts(catalog, ticket)):
-        ticketed = chained[-1][1]
+    named = [e.request_id for e in sorted(filed, key=lambda e: e.received_at)]
+    if not named:
+        named = [request_id for _, request_id in _ticketed_receipts(catalog, ticket)]
+    ticketed = named[-1] if named else None
+    if len(set(named)) > 1 and not quiet:  # e.g. a killed forget run again without its request id
+        log.warning(
+            "that ticket names %d requests (%s); taking the newest, %s: give a request id to check another",
+            len(set(named)),
+            ", ".join(dict.fromkeys(named)),
+            ticketed,
+        )
     if keyed and ticketed and keyed != ticketed:
         raise ConfigError(
             f"that reference is the idempotency key of request {keyed} and the ticket of request {ticketed}: "
             "give the request id"
         )
     return keyed or ticketed
+
+
+def erased_by(catalog: Catalog, digests: Sequence[str]) -> dict[str, str]:
+    """Digest -> id of the request whose erasure of it stands (the last one, not re-admitted since), for those
+    of ``digests`` erased earlier: where a retry that found nobody (e.g. a killed forget run again without
+    its request id) points its requester."""
+    wanted = set(digests)
+    by: dict[str, str] = {}
+    for entry in catalog.tombstone_log():
+        for digest in wanted.intersection(entry.subject_digests):
+            if entry.action == "erased":
+                by[digest] = entry.request_id
+            else:
+                by.pop(digest, None)
+    return by

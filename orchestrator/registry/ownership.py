@@ -135,6 +135,10 @@ def bind_writer(
 ) -> TrackingConfig:
     """``bind_tracking`` for a job that writes the store, which lets a copy of a store go its own way.
 
+    A store that records no registry (trained with tracking off) keeps tracking off unless the job
+    asks for it (``tracking_uri``, or a ``given`` with any field set, as a config's tracking section
+    gives it): a default registry would hold versions and receipts the store knows nothing of.
+
     Where ``bind_tracking`` refuses the given settings (tracking off, another registry) because the
     store records a registry, and that registry's alias serves another store that still holds an
     ensemble (this store is a copy of it, or it of this one), the given settings are taken: the
@@ -149,6 +153,15 @@ def bind_writer(
     Raises:
         ConfigError: as ``bind_tracking``, for a store its recorded registry serves (or that cannot be told).
     """
+    if recorded is None and tracking_uri is None and (given is None or not given.model_fields_set):
+        # Trained with tracking off, and this job asks for none: recording it in a default registry would
+        # leave versions and receipts the store knows nothing of (``verify`` then failed the store).
+        log.info(
+            "the store %s records no MLflow registry (trained with tracking off): this job records nothing in "
+            "MLflow either; give --tracking-uri or a tracking section to start recording it",
+            storage.uri,
+        )
+        return TrackingConfig(enabled=False)
     try:
         return bind_tracking(recorded, given, tracking_uri, storage.uri)
     except ConfigError:

@@ -198,3 +198,29 @@ def test_verify_by_a_ticket_with_a_slash_writes_its_reports_under_the_request_id
     code = _expunge("verify", "--storage", str(root / "store"), "--request", "req-slash", "--report", str(taken))
     assert code == 2  # refused before the verify runs, not a traceback after it
     assert "is a file" in capsys.readouterr().err
+
+
+def test_a_forget_run_again_without_its_request_id_points_at_the_erasure_that_did_it(tmp_path, capsys, caplog):
+    # Thirteenth-pass note: a killed forget run again without --request-id is a new request; it finds its
+    # subjects erased (exit 3) and said only "erased earlier", and `verify --request TICKET` then took the
+    # new request, which found nobody, without a word about the one that erased them.
+    root = tmp_path / "again"
+    root.mkdir()
+    subject = _train(root, None)[5]
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(KEY.encode()), pool_factory=local_pool)
+    coordinator.forget([subject], request_id="GDPR-first", ticket="GDPR-7")
+    coordinator.close()
+    store = str(root / "store")
+    assert _expunge("forget", "--storage", store, "--subject", subject, "--ticket", "GDPR-7") == 3
+    captured = capsys.readouterr()
+    again = json.loads(captured.out[captured.out.index("{") :])["request_id"]
+    assert "1 of them erased earlier, by request GDPR-first: `expunge verify --request GDPR-first`" in captured.err
+    caplog.clear()
+    # The store was trained with tracking off: the CLI's forget recorded nothing in a default MLflow
+    # (it did, and verify then failed the store: "the store now names no registry").
+    assert _expunge("verify", "--storage", store, "--request", "GDPR-7", "--json") == 0
+    warned = [r.getMessage() for r in caplog.records if "that ticket names" in r.getMessage()]
+    assert warned == [
+        f"that ticket names 2 requests (GDPR-first, {again}); taking the newest, {again}: give a request id to check another"
+    ]
+    assert not [r for r in caplog.records if "GDPR-7" in r.getMessage()]  # the reference itself is never logged
