@@ -158,7 +158,7 @@ def bind_writer(
         # leave versions and receipts the store knows nothing of (``verify`` then failed the store).
         log.info(
             "the store %s records no MLflow registry (trained with tracking off): this job records nothing in "
-            "MLflow either; give --tracking-uri or a tracking section to start recording it",
+            "MLflow either (a store is bound to a registry when it is trained with tracking on)",
             storage.uri,
         )
         return TrackingConfig(enabled=False)
