@@ -148,22 +148,24 @@ class StoreSession:
         self.before_commit: Callable[[], None] | None = None
         #: Set when finishing an earlier process's work failed on open: ``writing`` then retries it first.
         self.unfinished = False
+        self._checked_token: int | None = None  # the lease token ``before_commit`` last ran under
 
     @contextmanager
     def writing(self, purpose: str) -> Iterator[int]:
         """Hold the write lease for a block that commits (re-entrant); yields the fencing token.
 
-        On a fresh hold (another process may have committed, and ended, since this one last held
-        it), or while ``unfinished`` is set, ``before_commit`` runs first.
+        Under a lease token it has not run under yet (another process may have committed, and ended,
+        since this one last held the lease: a fresh hold, or one taken back after it lapsed), or while
+        ``unfinished`` is set, ``before_commit`` runs first. Holds that join a held token cost nothing.
 
         Raises:
             StoreBusyError: another live process holds the lease; the message names the holder.
             ExpungeError: what ``before_commit`` raised (e.g. ``StorageUnavailableError``); nothing written.
         """
-        fresh = self.lease.token is None
         with self.lease.hold(purpose) as token:
-            if self.before_commit is not None and (fresh or self.unfinished):
+            if self.before_commit is not None and (token != self._checked_token or self.unfinished):
                 self.before_commit()
+                self._checked_token = token
             yield token
 
     def require_manifest(self) -> EnsembleManifest:

@@ -71,7 +71,7 @@ class Eraser:
             return
         if (
             self.lineage is None
-            and self.sealer.unsealed() is None
+            and not self.sealer.unsealed()
             and not purgeable(self.session.store, self.session.catalog, self.session.manifest)
         ):
             return  # nothing to finish: opening a store writes nothing

@@ -21,8 +21,9 @@ from expunge.orchestrator.erasure.resume import erased_rows, erased_shard_rows, 
 from expunge.orchestrator.errors import ExpungeError
 from expunge.orchestrator.evidence.anchors import ObjectLockAnchors, receipt_sha256
 from expunge.orchestrator.evidence.journal_log import JournalLog
-from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key, chained_sequences
+from expunge.orchestrator.evidence.receipt_chain import append_receipt, chain_key
 from expunge.orchestrator.evidence.state_binding import bind_state, binding_of
+from expunge.orchestrator.evidence.unsealed import unsealed_versions
 from expunge.orchestrator.receipts import ErasureReceipt, StateBinding
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
@@ -99,29 +100,30 @@ class Sealer:
             self._lock(chained.chain_sequence)
         return chained
 
-    def unsealed(self) -> ErasureReceipt | None:
-        """The published erasure's receipt when the process that committed it ended before sealing it
-        (a kill after the commit: the receipt log lacks it); None otherwise. Reads only.
+    def unsealed(self) -> list[ErasureReceipt]:
+        """The receipts of published erasures whose processes ended before sealing them (a kill after the
+        commit: the receipt log lacks them), oldest first; ``evidence.unsealed.unsealed_versions`` finds
+        them (the erasure versions after the newest sealed one). Reads only.
 
-        The receipt stored as ``receipts/<version>.json``; if the kill came before even that, the
+        Each is the receipt stored as ``receipts/<version>.json``; if the kill came before even that, the
         receipt rebuilt from durable facts (``resume.rebuild_receipt``: the subjects and rows from the
         request's tombstone entry, the shards from the two versions' manifests; times 0, and the
         request's subjects that had no data are not known).
         """
-        manifest = self.session.manifest
-        if manifest is None or manifest.kind != "erasure" or manifest.request_id is None:
-            return None
-        store = self.session.store
-        for sequence in reversed(chained_sequences(store)):  # newest first: one read where it is sealed
-            chained = ErasureReceipt.model_validate_json(store.get(chain_key(sequence)))
-            if chained.request_id == manifest.request_id:
-                return None
-            if (chained.model_version_after or 0) < manifest.version:
-                break
-        text = self.session.catalog.read_receipt(manifest.version)
+        receipts = []
+        for manifest in unsealed_versions(self.session.catalog):
+            receipt = self._receipt_of(manifest)
+            if receipt is not None:
+                receipts.append(receipt)
+        return receipts
+
+    def _receipt_of(self, manifest: EnsembleManifest) -> ErasureReceipt | None:
+        """The stored or rebuilt receipt of unsealed erasure ``manifest``; None where it cannot be rebuilt."""
+        assert manifest.request_id is not None
+        catalog = self.session.catalog
+        text = catalog.read_receipt(manifest.version)
         if text is not None:
             return ErasureReceipt.model_validate_json(text)
-        catalog = self.session.catalog
         rows = erased_rows(catalog, manifest)
         before = catalog.read(manifest.parent_version) if manifest.parent_version is not None else None
         joined = before is not None and manifest.rows != before.rows - sum(rows.values())
@@ -131,46 +133,50 @@ class Sealer:
             # receipt is rebuilt here; the service resumes the batch it journalled when it starts.
             log.warning(
                 "request %s (ensemble v%d) ended before its receipt was stored, and an ingest joined its commit: "
-                "its receipt is not rebuilt on open (the service that journalled it finishes it)",
+                "its receipt is not rebuilt (the service that journalled it finishes it; until then "
+                "`expunge verify --log` names it)",
                 manifest.request_id,
                 manifest.version,
             )
             return None
         return rebuild_receipt(catalog, manifest.version, manifest.request_id, list(rows))
 
-    def seal_unsealed(self) -> ErasureReceipt | None:
-        """Seal and anchor ``unsealed()``'s receipt, so that the receipt log holds every committed erasure
-        (MLflow, brought up to date on the next open, would name a request the log lacks); returns the
-        chained receipt, None when there is nothing to seal. A rebuilt receipt is stored as
-        ``receipts/<version>.json`` first.
+    def seal_unsealed(self) -> list[ErasureReceipt]:
+        """Seal and anchor ``unsealed()``'s receipts, oldest first, so that the receipt log holds every
+        committed erasure (MLflow, brought up to date on the next open, would name a request the log
+        lacks); returns the chained receipts. A rebuilt receipt is stored as ``receipts/<version>.json``
+        first. The newest published version's receipt gets the registry version serving now.
 
         Raises:
             StorageConflictError, StorageUnavailableError: as ``seal``.
         """
-        receipt = self.unsealed()
-        if receipt is None:
-            return None
-        if self.lineage is not None and receipt.registry_version_after is None:  # registered on this open, first
-            try:
-                receipt = receipt.model_copy(update={"registry_version_after": self.lineage.current_version()})
-            except Exception as exc:  # MLflow down: the receipt is sealed all the same, without the registry version
-                log.warning("request %s: registry version not known now (%s)", receipt.request_id, exc)
-        version = receipt.model_version_after or 0
-        if self.session.catalog.read_receipt(version) is None:
-            self.session.catalog.write_receipt(version, receipt.model_dump_json(indent=1))
-        log.warning(
-            "request %s: committed as ensemble v%s by a process that ended before sealing its receipt; sealed now",
-            receipt.request_id,
-            receipt.model_version_after,
-        )
-        chained = self.seal(receipt)
-        self.anchor()
+        chained = []
+        latest = self.session.catalog.latest()
+        for receipt in self.unsealed():
+            version = receipt.model_version_after or 0
+            newest = latest is not None and version == latest.version  # registered on this open, first
+            if self.lineage is not None and receipt.registry_version_after is None and newest:
+                try:
+                    registered = self.lineage.current_version()
+                    receipt = receipt.model_copy(update={"registry_version_after": registered})
+                except Exception as exc:  # MLflow down: sealed all the same, without the registry version
+                    log.warning("request %s: registry version not known now (%s)", receipt.request_id, exc)
+            if self.session.catalog.read_receipt(version) is None:
+                self.session.catalog.write_receipt(version, receipt.model_dump_json(indent=1))
+            log.warning(
+                "request %s: committed as ensemble v%s by a process that ended before sealing its receipt; sealed now",
+                receipt.request_id,
+                receipt.model_version_after,
+            )
+            chained.append(self.seal(receipt))
+        if chained:
+            self.anchor()
         return chained
 
     def seal_before_commit(self) -> None:
-        """``seal_unsealed`` before this process commits (``StoreSession.writing``): ``unsealed`` looks
-        at the newest version only, so a version committed over an unsealed erasure would leave its
-        receipt out of the log for good. Clears ``session.unfinished`` once done.
+        """``seal_unsealed`` before this process commits (``StoreSession.writing``): a version committed
+        over an unsealed erasure puts it below the newest sealed one, where no later writer looks
+        (``verify --log`` names it as buried). Clears ``session.unfinished`` once done.
 
         Raises:
             StorageConflictError, StorageUnavailableError: as ``seal``; nothing is committed then.

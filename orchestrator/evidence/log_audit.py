@@ -23,6 +23,7 @@ from expunge.orchestrator.evidence.state_binding import (
     unregistered_training,
     unsealed_erasure,
 )
+from expunge.orchestrator.evidence.unsealed import buried_problem, sealing_gaps
 from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry.checks import AuditView
 
@@ -165,6 +166,11 @@ def audit_trail(
         broken.append(BrokenLink(sequence=None, key="ensemble", problem=forged))
     if binding is None and (unsealed := unsealed_erasure(catalog, latest)) is not None:
         broken.append(BrokenLink(sequence=None, key="ensemble", problem=unsealed))
+    buried, after_head = sealing_gaps(catalog, latest)
+    broken += [BrokenLink(sequence=None, key="ensemble", problem=buried_problem(m)) for m in buried]
+    for manifest in after_head:  # the published one's is reported above (binding_of found none)
+        if manifest.version != latest.version and (unsealed := unsealed_erasure(catalog, manifest)) is not None:
+            broken.append(BrokenLink(sequence=None, key="ensemble", problem=unsealed))
     if binding is not None:
         broken += [BrokenLink(sequence=sequence, key="state", problem=p) for p in check_state(catalog, latest, binding)]
         witnesses.append(f"stored state of version {latest.version}")

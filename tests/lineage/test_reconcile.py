@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +141,7 @@ def test_an_error_at_any_mlflow_step_is_finished_on_reopen(step, template, tmp_p
 
 _FORGET = """
 import sys
+import time
 from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
@@ -153,6 +155,7 @@ coordinator.forget([subject], request_id=request)
 
 _TRAIN = """
 import sys
+import time
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from expunge.orchestrator.config import TrackingConfig
@@ -299,6 +302,7 @@ def test_a_forget_killed_after_its_commit_has_its_receipt_sealed_on_the_next_ope
 
 _FORGET_UNTRACKED = """
 import sys
+import time
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
 root, key, *named = sys.argv[1:]
@@ -369,6 +373,7 @@ def test_a_retry_of_a_killed_forget_whose_receipt_was_rebuilt_answers_the_subjec
 
 _FORGET_JOINED = """
 import sys
+import time
 import pyarrow as pa
 import pyarrow.compute as pc
 from expunge.orchestrator.coordinator import Coordinator, local_pool
@@ -513,3 +518,129 @@ def test_a_commit_is_refused_while_an_unsealed_erasure_cannot_be_sealed(tmp_path
     assert receipt.model_version_after == 3
     assert [r.model_version_after for _, r in chained_receipts(coordinator.store, "req-killed")] == [2]
     assert not coordinator.session.unfinished
+
+
+@pytest.mark.integration
+def test_a_holder_that_takes_its_lapsed_lease_back_seals_what_was_committed_meanwhile(tmp_path):
+    # Adversarial review (fourteenth pass): the service's lease lapsed (a stall), a CLI forget took it over,
+    # committed and was killed before sealing; the service took its lease back (``reacquire``: a new token,
+    # no fresh hold) and its retry committed over the unsealed version, which no later writer looks below.
+    from expunge.orchestrator import lease as lease_module
+    from expunge.orchestrator.errors import LeaseLostError
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+    from expunge.shards.config import StorageConfig
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    storage = StorageConfig(uri=str(root / "store"), lease_ttl_s=1.0)
+    service = Coordinator(storage, SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    lease = service.session.lease
+    lease.acquire("expunge serve (namespace test)")
+    try:
+        lease_module._REGISTRY[lease._slot].stop.set()  # the holder stalls: its renewals stop
+        time.sleep(2.5)  # past its TTL: the next writer takes the lease over
+        _forget_killed_at(root, "put receipts/0")
+        digest = service.hasher.digest(subjects(ROWS)[5])
+        with pytest.raises(LeaseLostError):
+            service.erasure.forget_digests([digest], "batch-1", register=False, resume=False)
+        assert lease.reacquire("expunge serve (namespace test)")
+        receipt = service.erasure.forget_digests([digest], "batch-1", register=False, resume=True)
+    finally:
+        lease.release()
+    assert receipt.model_version_after == 3
+    assert [r.model_version_after for _, r in chained_receipts(service.store, "req-killed")] == [2]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("job_kind", ["forget", "ingest"])
+def test_a_commit_seals_an_erasure_committed_after_this_process_last_read_the_store(job_kind, tmp_path, monkeypatch):
+    # Adversarial review (fourteenth pass): the seal check looked at the version this process had read
+    # before taking the lease; another writer committed (and was killed) in between, and the commit,
+    # which follows the newest version under the lease, went on top of it.
+    import pyarrow as pa
+
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+    from expunge.orchestrator.lease import StoreLease
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    real_acquire = StoreLease.acquire
+    fired: list[bool] = []
+
+    def acquire(self, purpose, wait_s=0.0):
+        if not fired:  # the other writer runs between this process's read and its lease
+            fired.append(True)
+            _forget_killed_at(root, "put receipts/0")
+        return real_acquire(self, purpose, wait_s)
+
+    monkeypatch.setattr(StoreLease, "acquire", acquire)
+    if job_kind == "forget":
+        coordinator.forget([subjects(ROWS)[5]], request_id="req-next")
+    else:
+        new = email_rows(users=20, seed=5)
+        others = [s for s in subjects(new) if s not in set(subjects(ROWS))][:3]
+        coordinator.ingest(new.filter(pc.is_in(new.column("subject_id"), value_set=pa.array(others))), "ing-next")
+    assert fired
+    assert [r.model_version_after for _, r in chained_receipts(coordinator.store, "req-killed")] == [2]
+    catalog = Catalog(ObjectStore(str(root / "store")))
+    assert catalog.latest().version == 3
+    assert not audit_trail(catalog, catalog.latest(), None, None).broken
+
+
+@pytest.mark.integration
+def test_verify_log_names_an_erasure_buried_under_a_later_commit(tmp_path):
+    # Adversarial review (fourteenth pass): a store where a later commit went ahead without sealing an
+    # erasure (here: by hand, as an earlier release could) read "intact", with a receipt for 1 of 2 erasures.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    _forget_killed_at(root, "put receipts/0")
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.forget([subjects(ROWS)[5]], request_id="req-next")
+    store = ObjectStore(str(root / "store"))
+    for key in store.list_keys("receipts"):  # what an earlier release left: req-killed never chained
+        if "req-killed" in store.get(key).decode():
+            store.delete([key])
+    catalog = Catalog(store)
+    problems = [b.problem for b in audit_trail(catalog, catalog.latest(), None, None).broken]
+    assert [p for p in problems if "req-killed" in p and "buried" in p and "version 2" in p], problems
+
+
+@pytest.mark.integration
+def test_an_unsealed_erasure_that_cannot_be_rebuilt_is_named_by_verify_not_left_silent(tmp_path):
+    # Adversarial review (fourteenth pass): an ingest-joined erasure of an earlier release (its tombstone entry
+    # without the shards' rows) killed before its receipt cannot be rebuilt; later commits went on and it
+    # was buried with the trail "intact". The store stays writable, and `verify --log` names it.
+    import json as _json
+
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.log_audit import audit_trail
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
+    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "put receipts/0", "EXPUNGE_FAULT_MODE": "kill"})
+    done = subprocess.run(
+        [sys.executable, "-c", _FORGET_JOINED, str(root), TEST_KEY.decode(), SUBJECT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 137, done.stderr[-3000:]
+    store = ObjectStore(str(root / "store"))
+    for key in store.list_keys("tombstones"):  # as an earlier release wrote it
+        entry = _json.loads(store.get(key))
+        entry.pop("shard_rows", None)
+        store.put(key, _json.dumps(entry).encode())
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    assert coordinator.forget([subjects(ROWS)[5]], request_id="req-next").model_version_after == 3
+    catalog = Catalog(store)
+    problems = [b.problem for b in audit_trail(catalog, catalog.latest(), None, None).broken]
+    assert [p for p in problems if "req-joined" in p and "buried" in p], problems
