@@ -11,6 +11,7 @@ from expunge.orchestrator.evidence.receipt_chain import chained_receipts
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.session import StoreSession
+from expunge.shards.manifest import ShardManifest
 
 __all__ = ["already_erased", "erased_rows", "erased_shard_rows", "finish_committed", "rebuild_receipt"]
 
@@ -115,34 +116,17 @@ def rebuild_receipt(catalog: Catalog, version: int, request_id: str, digests: Se
     own = list(dict.fromkeys(digests))
     found = [d for d in own if d in rows]
     not_found = tuple(d for d in own if d not in rows)
+    decremental = _decremental(after)
     shards: list[ShardRetrain] = []
     for shard, (old_v, new_v) in enumerate(zip(before.shard_versions, after.shard_versions, strict=True)):
         if old_v == new_v:
             continue
-        old = catalog.shard_manifest(shard, old_v)
-        new = catalog.shard_manifest(shard, new_v)
-        first = next(
-            (
-                i
-                for i, (a, b) in enumerate(zip(old.slices, new.slices, strict=False))
-                if a.records_sha256 != b.records_sha256
-            ),
-            min(len(old.slices), len(new.slices)),
+        # Old rows less new ones, unless the entry recorded them: an ingest joining the commit adds rows.
+        old, new = catalog.shard_manifest(shard, old_v), catalog.shard_manifest(shard, new_v)
+        removed = (
+            by_shard.get(shard, 0) if by_shard else sum(s.rows for s in old.slices) - sum(s.rows for s in new.slices)
         )
-        kept = [c for c in old.checkpoints if c.step == first - 1]
-        shards.append(
-            ShardRetrain(
-                shard=shard,
-                first_affected_slice=first,
-                slices_retrained=tuple(range(first, len(new.slices))),
-                restarted_from=kept[0].key if first > 0 and kept else None,
-                # Old rows less new ones, unless the entry recorded them: an ingest joining the commit adds rows.
-                rows_removed=by_shard.get(shard, 0)
-                if by_shard
-                else sum(s.rows for s in old.slices) - sum(s.rows for s in new.slices),
-                seconds=0.0,
-            )
-        )
+        shards.append(_shard_retrain(shard, old, new, decremental, removed))
     retrained = {s.shard for s in shards}
     return ErasureReceipt(
         request_id=request_id,
@@ -178,6 +162,40 @@ def erased_shard_rows(catalog: Catalog, manifest: EnsembleManifest) -> dict[int,
     unless an ingest joined the commit)."""
     entry = _entry(catalog, manifest)
     return dict(entry.shard_rows) if entry is not None else {}
+
+
+def _decremental(manifest: EnsembleManifest) -> bool:
+    """Whether ``manifest``'s model changes its sums in place (one checkpoint) rather than retraining slices."""
+    from expunge.shards.models import model_for
+    from expunge.shards.models.protocol import DecrementalStatisticsModel
+
+    return isinstance(model_for(manifest.model), DecrementalStatisticsModel)
+
+
+def _shard_retrain(shard: int, old: ShardManifest, new: ShardManifest, decremental: bool, removed: int) -> ShardRetrain:
+    """What one shard's update did, from its manifests before and after, as ``Shard.update`` reports it: the
+    slices whose rows changed (all from the first of them on, for a model that retrains), where it restarted,
+    and the first slice that lost rows (an ingest joining the commit may have changed an earlier one)."""
+    changed = [
+        i
+        for i, entry in enumerate(new.slices)
+        if i >= len(old.slices) or old.slices[i].records_sha256 != entry.records_sha256
+    ]
+    first = min(changed, default=min(len(old.slices), len(new.slices)))
+    lost = [i for i in changed if i < len(old.slices) and new.slices[i].rows < old.slices[i].rows]
+    if decremental:  # its final sums changed by the changed subjects' rows
+        retrained, restarted = tuple(changed), (old.checkpoints[-1].key if old.checkpoints else None)
+    else:
+        kept = [c for c in old.checkpoints if c.step == first - 1]
+        retrained, restarted = tuple(range(first, len(new.slices))), (kept[0].key if first > 0 and kept else None)
+    return ShardRetrain(
+        shard=shard,
+        first_affected_slice=min(lost, default=first),
+        slices_retrained=retrained,
+        restarted_from=restarted,
+        rows_removed=removed,
+        seconds=0.0,
+    )
 
 
 def erased_rows(catalog: Catalog, manifest: EnsembleManifest) -> dict[str, int]:

@@ -644,3 +644,31 @@ def test_an_unsealed_erasure_that_cannot_be_rebuilt_is_named_by_verify_not_left_
     catalog = Catalog(store)
     problems = [b.problem for b in audit_trail(catalog, catalog.latest(), None, None).broken]
     assert [p for p in problems if "req-joined" in p and "buried" in p], problems
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("model", ["mf", "item_stats"])
+def test_a_receipt_rebuilt_after_a_kill_says_what_the_run_without_the_kill_said(model, tmp_path):
+    # Adversarial review (fourteenth pass): for item_stats (sums changed in place, one checkpoint) the rebuilt
+    # receipt said every slice from the first changed one retrained, from scratch; the run said the
+    # changed slices, from the final sums.
+    from expunge.orchestrator.config import ItemStatsConfig
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+
+    config = job(model=ItemStatsConfig(factors=2) if model == "item_stats" else None, shards=2, slices=3)
+    outcome = {}
+    for case in ("killed", "run"):
+        root = tmp_path / case
+        Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, config)
+        if case == "killed":
+            _forget_killed_at(root, "put receipts/0")
+            coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+        else:
+            coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+            coordinator.forget([SUBJECT, _NOBODY], request_id="req-killed")
+        [receipt] = [r for _, r in chained_receipts(coordinator.store, "req-killed")]
+        outcome[case] = [
+            (s.shard, s.first_affected_slice, s.slices_retrained, s.restarted_from, s.rows_removed)
+            for s in receipt.shards
+        ]
+    assert outcome["killed"] == outcome["run"]
