@@ -70,11 +70,12 @@ class TombstoneEntry(BaseModel):
     request_id: str
     reason: str | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
-    #: For an erasure, the rows each subject had when it was erased (aligned with ``subject_digests``),
-    #: and each retrained shard's rows removed: the durable facts receipts are rebuilt from after a crash
-    #: (``erasure.resume.rebuild_receipt``; an ingest joining the commit adds rows too). Empty for re-admissions.
+    #: For an erasure, the rows each subject had when it was erased (aligned with ``subject_digests``); where an
+    #: ingest joined its commit (adding rows to the same shards), that ingest's request id and each retrained
+    #: shard's rows removed: the durable facts receipts are rebuilt from after a crash (``erasure.resume``).
     rows: tuple[int, ...] = ()
     shard_rows: dict[int, int] = Field(default_factory=dict)
+    joined_ingest: str | None = None
 
 
 class EnsembleManifest(BaseModel):
@@ -303,9 +304,8 @@ class Catalog:
         ``LeaseLostError`` when ``fence`` refused (this process no longer holds the store's lease)."""
         if self.fence is not None:
             self.fence()
-        # A local ``latest`` follows numbers forward: past a gap (a manifest deleted by hand) it misses
-        # newer versions, and a commit published into the gap would hide behind them. One listing
-        # of names here, at the commit point, refuses that (S3's ``latest`` lists every time).
+        # A local ``latest`` follows numbers forward: past a gap (a manifest deleted by hand) it misses newer
+        # versions, and a commit into the gap would hide behind them. One listing here refuses that (S3 lists).
         newest = max(self.versions(), default=0) if self.store.local else 0
         if newest > manifest.version:
             self._ensemble_head = None  # the next ``latest`` lists
@@ -347,6 +347,7 @@ class Catalog:
         reason: str | None = None,
         rows: Mapping[str, int] | None = None,
         shard_rows: Mapping[int, int] | None = None,
+        joined_ingest: str | None = None,
     ) -> TombstoneEntry:
         """Append one entry with an exclusive create (two writers never share a sequence number)."""
         if self.fence is not None:
@@ -365,9 +366,11 @@ class Catalog:
                 reason=reason,
                 rows=tuple(rows.get(d, 0) for d in ordered) if rows is not None else (),
                 shard_rows=dict(shard_rows or {}),
+                joined_ingest=joined_ingest,
             )
+            unset = {k for k in ("shard_rows", "joined_ingest") if not getattr(entry, k)}  # earlier versions lack them
             try:
-                text = entry.model_dump_json(indent=1, exclude=None if entry.shard_rows else {"shard_rows"})
+                text = entry.model_dump_json(indent=1, exclude=unset)
                 self.store.create_exclusive(f"{_TOMBSTONE_PREFIX}/{entry.sequence:08d}.json", text.encode())
             except StorageConflictError:
                 continue  # another writer took this sequence number: read again, take the next

@@ -37,6 +37,7 @@ def commit_erasure(
     found = sorted(plan.found)
     placement = ingest.placement_after(set(found)) if ingest is not None and ingest.plan else index.without(set(found))
     written = [k for u in updates.values() for k in u.new_keys]
+    joined = ingest is not None and ingest.plan is not None  # its rows go in with this commit
     try:
         placement_key = session.catalog.write_placement(placement)
         written.append(placement_key)
@@ -66,9 +67,8 @@ def commit_erasure(
             rows={d: sum(index.entries[d].values()) for d in found},
             # Only where rows are added beside (an ingest joined): then the shards' row counts cannot tell
             # a rebuilt receipt what each lost. Elsewhere the entry stays readable by earlier versions.
-            shard_rows={shard: update.rows_removed for shard, update in updates.items()}
-            if ingest is not None
-            else None,
+            shard_rows={shard: update.rows_removed for shard, update in updates.items()} if joined else None,
+            joined_ingest=ingest.request_id if joined and ingest is not None else None,
         )
         session.catalog.publish(new_manifest)
     except ExpungeError:

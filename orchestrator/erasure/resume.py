@@ -142,6 +142,7 @@ def rebuild_receipt(catalog: Catalog, version: int, request_id: str, digests: Se
         model_version_before=before.version,
         model_version_after=after.version,
         committed_at=catalog.published_at(version).isoformat(),
+        joined_ingest=entry.joined_ingest if (entry := _entry(catalog, after)) is not None else None,
     )
 
 

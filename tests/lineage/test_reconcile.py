@@ -420,6 +420,7 @@ def test_an_erasure_joined_by_an_ingest_and_killed_before_its_receipt_is_rebuilt
     assert coordinator.catalog.latest().request_id == "req-joined"  # committed
     [sealed] = [r for _, r in chained_receipts(coordinator.store, "req-joined")]
     assert sealed.rows_removed == subject_rows
+    assert sealed.joined_ingest == "ing-1"  # the rebuilt receipt keeps its link to the ingest (it lost it)
     assert {s.shard: s.rows_removed for s in sealed.shards if s.rows_removed} == {held.pop(): subject_rows}
     assert all(s.rows_removed >= 0 for s in sealed.shards)
 
