@@ -44,6 +44,7 @@ class Sealer:
         self._sealed: dict[int, tuple[str, str]] = {}  # sequence -> (request id, sha256) sealed here
         self._unlocked: set[int] = set()  # own receipts whose Object Lock anchor is still to write
         self._mlflow_head = 0  # the newest own receipt anchored in MLflow
+        self._clear: tuple[int, int] | None = None  # (latest version, tombstone entries) ``unsealed`` found clear
 
     @property
     def locked(self) -> ObjectLockAnchors | None:
@@ -94,7 +95,11 @@ class Sealer:
             StorageConflictError: the receipt log could not be appended to (many writers).
             StorageUnavailableError: the store does not answer.
         """
-        chained = append_receipt(self.session.store, self.bind(receipt))
+        try:
+            chained = append_receipt(self.session.store, self.bind(receipt))
+        except ExpungeError:
+            self.session.unfinished = True  # committed but not sealed: this process's next commit seals it first
+            raise
         if chained.chain_sequence is not None:
             self._sealed[chained.chain_sequence] = (chained.request_id, receipt_sha256(chained))
             self._lock(chained.chain_sequence)
@@ -110,11 +115,18 @@ class Sealer:
         request's tombstone entry, the shards from the two versions' manifests; times 0, and the
         request's subjects that had no data are not known).
         """
+        catalog = self.session.catalog
+        latest = catalog.latest()
+        mark = (latest.version if latest is not None else 0, len(catalog.tombstone_log()))
+        if mark == self._clear:  # found none at this version and tombstone log: nothing can have appeared
+            return []
         receipts = []
-        for manifest in unsealed_versions(self.session.catalog):
+        versions = unsealed_versions(catalog)
+        for manifest in versions:
             receipt = self._receipt_of(manifest)
             if receipt is not None:
                 receipts.append(receipt)
+        self._clear = None if versions else mark
         return receipts
 
     def _receipt_of(self, manifest: EnsembleManifest) -> ErasureReceipt | None:

@@ -18,7 +18,7 @@ from expunge.orchestrator.catalog import Catalog, EnsembleManifest
 from expunge.orchestrator.evidence.receipt_chain import chain_key, chained_sequences
 from expunge.orchestrator.receipts import ErasureReceipt
 
-__all__ = ["buried_problem", "sealed_head", "sealing_gaps", "unsealed_versions"]
+__all__ = ["buried_problem", "sealing_gaps", "unsealed_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +30,21 @@ def _chained(catalog: Catalog, sequence: int) -> ErasureReceipt | None:
         return None  # unreadable: ``walk_chain`` reports it
 
 
-def sealed_head(catalog: Catalog) -> ErasureReceipt | None:
-    """The newest chained receipt of an erasure that committed a version (None: none). Reads the log's
-    listing and its receipts from the newest back to that one (receipts of requests that found nobody
-    come after it)."""
-    for sequence in reversed(chained_sequences(catalog.store)):
-        receipt = _chained(catalog, sequence)
-        if receipt is not None and receipt.status == "erased" and receipt.model_version_after is not None:
-            return receipt
-    return None
+def _copy(catalog: Catalog, request_id: str) -> ErasureReceipt | None:
+    """The by-id copy of ``request_id``'s newest receipt, written right after it is chained (None: none, or
+    unreadable)."""
+    text = catalog.read_request_receipt(request_id)
+    try:
+        return ErasureReceipt.model_validate_json(text) if text is not None else None
+    except ValidationError:
+        return None
 
 
 def _sealed(catalog: Catalog, manifest: EnsembleManifest) -> bool:
-    """Whether the receipt log holds the receipt of ``manifest``'s request naming that version (the
-    request's by-id copy, written right after it is chained, says so in one read)."""
+    """Whether the receipt log holds the receipt of ``manifest``'s request naming that version (its by-id
+    copy says so in one read)."""
     assert manifest.request_id is not None
-    text = catalog.read_request_receipt(manifest.request_id)
-    try:
-        copy = ErasureReceipt.model_validate_json(text) if text is not None else None
-    except ValidationError:
-        copy = None
+    copy = _copy(catalog, manifest.request_id)
     if copy is not None and copy.chain_sequence is not None and copy.model_version_after == manifest.version:
         return True
     return any(  # a request committed again later (a resumed batch), or its copy damaged: the log itself
@@ -63,24 +58,26 @@ def _sealed(catalog: Catalog, manifest: EnsembleManifest) -> bool:
 def unsealed_versions(catalog: Catalog) -> list[EnsembleManifest]:
     """Erasure versions newer than the newest sealed one whose receipt the log lacks, oldest first.
 
-    Reads the log's head, the tombstone log and, only when an erasure entered it after the head's
-    request (every erasure appends its entry just before its commit), the manifests after the head's
-    version: a store of many ingests and no such erasure is not walked.
+    Every erasure appends its tombstone entry just before its commit, so the newest erased entries
+    say where to look: walking them newest first, the first whose request's receipt is chained (its
+    by-id copy, one read) gives the newest sealed version; only when some entry came after it (an
+    erasure unsealed, or one whose commit failed) are the manifests after that version read, for
+    those requests. Requests that found nobody (no entry) cost nothing. Reads only.
     """
     latest = catalog.latest()
-    head = sealed_head(catalog)
-    after = (head.model_version_after or 0) if head is not None else 0
-    if latest is None or latest.version <= after:
+    if latest is None:
         return []
-    erased = [e.request_id for e in catalog.tombstone_log() if e.action == "erased"]
-    if head is not None and head.request_id in erased:
-        erased = erased[len(erased) - erased[::-1].index(head.request_id) :]
-    if not erased:
-        return []
+    after, pending = 0, set[str]()
+    for entry in reversed([e for e in catalog.tombstone_log() if e.action == "erased"]):
+        copy = _copy(catalog, entry.request_id)
+        if copy is not None and copy.chain_sequence is not None and copy.model_version_after is not None:
+            after = copy.model_version_after
+            break
+        pending.add(entry.request_id)
     found: list[EnsembleManifest] = []
-    manifest: EnsembleManifest | None = latest
+    manifest: EnsembleManifest | None = latest if pending else None
     while manifest is not None and manifest.version > after:
-        if manifest.kind == "erasure" and manifest.request_id is not None and not _sealed(catalog, manifest):
+        if manifest.kind == "erasure" and manifest.request_id in pending and not _sealed(catalog, manifest):
             found.append(manifest)
         manifest = catalog.read(manifest.parent_version) if manifest.parent_version is not None else None
     return found[::-1]

@@ -23,6 +23,7 @@ from expunge.orchestrator.config import TrackingConfig
 from expunge.orchestrator.coordinator import Coordinator, local_pool
 from expunge.orchestrator.digests import SubjectHasher
 from expunge.orchestrator.errors import ConfigError, PurgedVersionError
+from expunge.orchestrator.receipts import ErasureReceipt
 from expunge.orchestrator.registry import PURGED_BY_REQUEST, Lineage
 from expunge.orchestrator.registry.faults import ERASURE_STEPS, FAULT_AT_MLFLOW, TRAINING_STEPS, fault_point
 from expunge.orchestrator.registry.scratch import STAGING_FOLDER
@@ -673,3 +674,35 @@ def test_a_receipt_rebuilt_after_a_kill_says_what_the_run_without_the_kill_said(
             for s in receipt.shards
         ]
     assert outcome["killed"] == outcome["run"]
+
+
+@pytest.mark.integration
+def test_a_holder_whose_seal_failed_seals_it_before_its_next_commit(tmp_path, monkeypatch):
+    # Adversarial review (fourteenth pass): a process holding the lease (as the service does) whose receipt
+    # could not be chained after its commit (pending "receipt log") committed its next erasure over it: the
+    # lease token had not changed, so nothing looked; the unsealed erasure was then buried.
+    from expunge.orchestrator.erasure import sealing
+    from expunge.orchestrator.errors import StorageUnavailableError
+    from expunge.orchestrator.evidence.receipt_chain import chained_sequences
+
+    root = tmp_path / "case"
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.train(ROWS, CONFIG)
+    real_append = sealing.append_receipt
+    refusals = iter([True])
+
+    def append_once_refused(store, receipt):
+        if next(refusals, False):
+            raise StorageUnavailableError("injected: the receipt log did not answer")
+        return real_append(store, receipt)
+
+    monkeypatch.setattr(sealing, "append_receipt", append_once_refused)
+    with coordinator.session.lease.hold("expunge serve (namespace test)"):
+        first = coordinator.forget([SUBJECT], request_id="b1")
+        assert [p.split(":")[0] for p in first.pending] == ["receipt log"]
+        coordinator.forget([subjects(ROWS)[5]], request_id="b2")
+    store = coordinator.store
+    chain = [
+        ErasureReceipt.model_validate_json(store.get(f"receipts/chain/{s:08d}.json")) for s in chained_sequences(store)
+    ]
+    assert [(r.request_id, r.model_version_after) for r in chain] == [("b1", 2), ("b2", 3)]
