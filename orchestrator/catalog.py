@@ -76,6 +76,7 @@ class TombstoneEntry(BaseModel):
     rows: tuple[int, ...] = ()
     shard_rows: dict[int, int] = Field(default_factory=dict)
     joined_ingest: str | None = None
+    ticket: str | None = None  # an erasure's requester's reference (its ``reason`` above), screened like receipts'
 
 
 class EnsembleManifest(BaseModel):
@@ -245,15 +246,12 @@ class Catalog:
         return [_number(k) for k in self.store.list_keys(_ENSEMBLE_PREFIX) if k.endswith(".json")]
 
     def latest(self) -> EnsembleManifest | None:
-        """The newest published ensemble manifest; None before the first.
-
-        A local store is listed once per catalog, then followed forward from the newest version this
-        catalog saw: versions are numbered without gaps (each commit creates ``version + 1``
-        exclusively, and none is ever deleted), so the next number absent means none newer; a
-        newest version gone is listed again. A listing of every manifest grew with each commit.
-        A gap made by hand is not looked past here; ``publish`` lists once, so that nothing is
-        published into one.
-        """
+        """The newest published ensemble manifest; None before the first. A local store is listed once per
+        catalog, then followed forward from the newest version this catalog saw: versions are numbered
+        without gaps (each commit creates ``version + 1`` exclusively, none is ever deleted), so the next
+        number absent means none newer; a newest version gone is listed again (a listing of every manifest
+        grew with each commit). A gap made by hand is not looked past; ``publish`` lists once, so that
+        nothing is published into one."""
         head = self._ensemble_head if self.store.local else None
         if head is not None:
             try:
@@ -348,6 +346,7 @@ class Catalog:
         rows: Mapping[str, int] | None = None,
         shard_rows: Mapping[int, int] | None = None,
         joined_ingest: str | None = None,
+        ticket: str | None = None,
     ) -> TombstoneEntry:
         """Append one entry with an exclusive create (two writers never share a sequence number)."""
         if self.fence is not None:
@@ -367,8 +366,9 @@ class Catalog:
                 rows=tuple(rows.get(d, 0) for d in ordered) if rows is not None else (),
                 shard_rows=dict(shard_rows or {}),
                 joined_ingest=joined_ingest,
+                ticket=ticket,
             )
-            unset = {k for k in ("shard_rows", "joined_ingest") if not getattr(entry, k)}  # earlier versions lack them
+            unset = {k for k in ("shard_rows", "joined_ingest", "ticket") if not getattr(entry, k)}  # earlier lack them
             try:
                 text = entry.model_dump_json(indent=1, exclude=unset)
                 self.store.create_exclusive(f"{_TOMBSTONE_PREFIX}/{entry.sequence:08d}.json", text.encode())

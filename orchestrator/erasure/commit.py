@@ -20,11 +20,14 @@ def commit_erasure(
     updates: dict[int, ShardUpdate],
     request_id: str,
     ingest: PreparedIngest | None = None,
+    text: dict[str, str | None] | None = None,
 ) -> EnsembleManifest:
     """Tombstone the subjects and publish the next version (the commit point).
 
     With ``ingest`` (a batch joining the erasure), the version also holds the batch's rows and
     its placement; it is still an erasure (its receipt binds it, ``verify --request`` checks it).
+    ``text``: the request's ``ticket`` and ``reason`` (screened), kept in its tombstone entry so that a
+    receipt rebuilt after a crash still carries them.
 
     Raises:
         StorageConflictError: another writer published first; what this attempt wrote is deleted.
@@ -69,6 +72,8 @@ def commit_erasure(
             # a rebuilt receipt what each lost. Elsewhere the entry stays readable by earlier versions.
             shard_rows={shard: update.rows_removed for shard, update in updates.items()} if joined else None,
             joined_ingest=ingest.request_id if joined and ingest is not None else None,
+            reason=(text or {}).get("reason"),
+            ticket=(text or {}).get("ticket"),
         )
         session.catalog.publish(new_manifest)
     except ExpungeError:

@@ -238,7 +238,7 @@ class Eraser:
             # The only moment both exist: the subjects' rows and the constituents trained on them.
             audit.before_retrain(self.session.catalog, manifest, sorted(plan.found), self.session.hasher)
         updates, retrain_seconds = self._retrain(manifest, index, plan, request_id, ingest, prefetched)
-        new_manifest = commit_erasure(self.session, manifest, index, plan, updates, request_id, ingest)
+        new_manifest = commit_erasure(self.session, manifest, index, plan, updates, request_id, ingest, text)
         if after_commit is not None:
             try:
                 after_commit()

@@ -143,6 +143,8 @@ def rebuild_receipt(catalog: Catalog, version: int, request_id: str, digests: Se
         model_version_after=after.version,
         committed_at=catalog.published_at(version).isoformat(),
         joined_ingest=entry.joined_ingest if (entry := _entry(catalog, after)) is not None else None,
+        ticket=entry.ticket if entry is not None else None,
+        reason=entry.reason if entry is not None else None,
     )
 
 

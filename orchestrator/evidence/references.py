@@ -65,6 +65,8 @@ def resolve_request(catalog: Catalog, hasher: SubjectHasher, reference: str) -> 
             "erasure: verify it as an ingest (`expunge verify --request ID` does, or "
             "expunge.orchestrator.evidence.ingest_verify.verify_ingest)"
         )
+    if found is None and (unsealed := _unsealed_named(catalog, reference)) is not None:
+        raise ConfigError(unsealed)
     if found is None:
         raise ConfigError(
             f"no request of {catalog.store.uri} answers to that reference: give the request id (`expunge forget` "
@@ -85,6 +87,30 @@ def ingest_named(catalog: Catalog, hasher: SubjectHasher, reference: str) -> str
     if _erasure_named(catalog, hasher, reference, quiet=True) is None and _ingest_receipt_named(catalog, reference):
         return reference
     return None
+
+
+def _unsealed_named(catalog: Catalog, reference: str) -> str | None:
+    """Why an erasure the reference names (its request id or ticket, from the tombstone log) has no receipt
+    yet, or None. Its entry is written just before its commit: a version of that request means its process
+    ended before sealing it; none, that its commit never happened. Reads every manifest (an error path)."""
+    ticket = reference.strip()
+    named = [
+        e.request_id for e in catalog.tombstone_log() if e.action == "erased" and ticket in (e.request_id, e.ticket)
+    ]
+    if not named:
+        return None
+    request_id = named[-1]
+    versions = [v for v in sorted(catalog.versions()) if catalog.read(v).request_id == request_id]
+    if not versions:
+        return (
+            f"erasure request {request_id} did not commit (its process ended or its commit failed before it): "
+            "nothing of it was published; run it again"
+        )
+    return (
+        f"erasure request {request_id} committed version {versions[-1]}, but its receipt is not sealed yet: its "
+        "process ended before sealing it. The next writer of the store (any forget, ingest or train) seals it, "
+        f"and `expunge forget --request-id {request_id}` with its subjects does at once; verify it then"
+    )
 
 
 def _ingest_receipt_named(catalog: Catalog, reference: str) -> bool:

@@ -187,10 +187,10 @@ def unsealed_erasure(catalog: Catalog, manifest: EnsembleManifest) -> str | None
     if StoreLease(catalog.store).holder() is not None:
         return None
     return (
-        f"the published version {manifest.version} was committed by erasure request {manifest.request_id}, whose "
-        "receipt of it is not in the receipt log: its process ended before sealing it (the next writer of the "
-        f"store seals it; `expunge forget --request-id {manifest.request_id}` with its subjects does at once), "
-        "the receipt was deleted, or the version was written by hand"
+        f"unsealed erasure: version {manifest.version} was committed by erasure request {manifest.request_id}, "
+        "whose receipt of it is not in the receipt log: its process ended before sealing it (the next writer of "
+        f"the store, any forget, ingest or train, seals it; `expunge forget --request-id {manifest.request_id}` "
+        "with its subjects does at once), the receipt was deleted, or the version was written by hand"
     )
 
 

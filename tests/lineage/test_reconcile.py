@@ -706,3 +706,48 @@ def test_a_holder_whose_seal_failed_seals_it_before_its_next_commit(tmp_path, mo
         ErasureReceipt.model_validate_json(store.get(f"receipts/chain/{s:08d}.json")) for s in chained_sequences(store)
     ]
     assert [(r.request_id, r.model_version_after) for r in chain] == [("b1", 2), ("b2", 3)]
+
+
+_FORGET_TICKETED = """
+import sys
+from expunge.orchestrator.coordinator import Coordinator, local_pool
+from expunge.orchestrator.digests import SubjectHasher
+root, key, subject = sys.argv[1:]
+coordinator = Coordinator(f"{root}/store", SubjectHasher(key.encode()), None, pool_factory=local_pool)
+coordinator.forget([subject], request_id="req-ticketed", ticket="GDPR-2", reason="asked in writing")
+"""
+
+
+@pytest.mark.integration
+def test_a_receipt_rebuilt_after_a_kill_keeps_its_ticket_and_reason(tmp_path):
+    # New-user review (fourteenth pass): the rebuilt receipt had no ticket, so `verify --request GDPR-2`
+    # found nothing (exit 2) for the one request that erased the person.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.receipt_chain import chained_receipts
+    from expunge.orchestrator.evidence.references import resolve_request
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
+    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "put receipts/0", "EXPUNGE_FAULT_MODE": "kill"})
+    done = subprocess.run(
+        [sys.executable, "-c", _FORGET_TICKETED, str(root), TEST_KEY.decode(), SUBJECT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 137, done.stderr[-3000:]
+    # Before the next writer, `verify --request` by either reference says it is unsealed, and how to seal it
+    # (it said "no request answers to that reference").
+    unsealed = Catalog(ObjectStore(str(root / "store")))
+    for reference in ("GDPR-2", "req-ticketed"):
+        with pytest.raises(
+            ConfigError, match="request req-ticketed committed version 2, but its receipt is not sealed"
+        ):
+            resolve_request(unsealed, SubjectHasher(TEST_KEY), reference)
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    [sealed] = [r for _, r in chained_receipts(coordinator.store, "req-ticketed")]
+    assert (sealed.ticket, sealed.reason) == ("GDPR-2", "asked in writing")
+    assert resolve_request(Catalog(coordinator.store), coordinator.hasher, "GDPR-2") == "req-ticketed"
