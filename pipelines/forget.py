@@ -407,7 +407,9 @@ def _report(receipt: ErasureReceipt, storage: StorageConfig | None = None) -> No
             from expunge.orchestrator.evidence.references import erased_by
 
             try:
-                by = sorted(set(erased_by(Catalog(ObjectStore(storage)), receipt.already_erased_digests).values()))
+                by = list(
+                    dict.fromkeys(erased_by(Catalog(ObjectStore(storage)), receipt.already_erased_digests).values())
+                )
             except ExpungeError as exc:  # the receipt is out: naming them is a courtesy
                 log.debug("could not read who erased them earlier: %s", exc)
                 by = []

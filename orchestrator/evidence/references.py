@@ -153,14 +153,14 @@ def _erasure_named(catalog: Catalog, hasher: SubjectHasher, reference: str, quie
 
 def erased_by(catalog: Catalog, digests: Sequence[str]) -> dict[str, str]:
     """Digest -> id of the request whose erasure of it stands (the last one, not re-admitted since), for those
-    of ``digests`` erased earlier: where a retry that found nobody (e.g. a killed forget run again without
+    of ``digests`` erased earlier, in the order of those erasures: where a retry that found nobody (e.g. a killed forget run again without
     its request id) points its requester."""
     wanted = set(digests)
-    by: dict[str, str] = {}
+    by: dict[str, tuple[int, str]] = {}
     for entry in catalog.tombstone_log():
         for digest in wanted.intersection(entry.subject_digests):
             if entry.action == "erased":
-                by[digest] = entry.request_id
+                by[digest] = (entry.sequence, entry.request_id)
             else:
                 by.pop(digest, None)
-    return by
+    return {d: request for d, (_, request) in sorted(by.items(), key=lambda item: item[1])}  # oldest erasure first

@@ -64,6 +64,8 @@ class VerifyReport(BaseModel):
     audit: AuditRecord | None = None
     #: MLflow runs the report was attached to (filled in after logging).
     mlflow_runs: tuple[str, ...] = ()
+    #: For a request that found nobody: the requests whose erasure of its subjects stands (oldest first).
+    erased_earlier_by: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -82,6 +84,12 @@ class VerifyReport(BaseModel):
             if self.receipt_status == "erased"
             else "no data of them was found, so nothing was erased."
         )
+        if self.erased_earlier_by:
+            newest = self.erased_earlier_by[-1]
+            outcome = (
+                f"no data of them was found, so this request erased nothing: they had been erased earlier, by request "
+                f"{', '.join(self.erased_earlier_by)} (`expunge verify --request {newest}` checks that erasure)."
+            )
         lines = [
             f"# Erasure verification: request `{self.request_id}`: {'PASSED' if self.passed else 'FAILED'}",
             "",

@@ -20,7 +20,7 @@ from expunge.orchestrator.evidence.check_result import result as _result
 from expunge.orchestrator.evidence.log_audit import audit_trail
 from expunge.orchestrator.evidence.receipt_chain import ChainReport, chained_receipts
 from expunge.orchestrator.evidence.rederive import rederive_shards
-from expunge.orchestrator.evidence.references import resolve_request
+from expunge.orchestrator.evidence.references import erased_by, resolve_request
 from expunge.orchestrator.evidence.report import CheckResult, VerifyReport
 from expunge.orchestrator.evidence.state_binding import (
     binding_of,
@@ -243,6 +243,7 @@ def verify_erasure(
         raw_id_checked=subject_id is not None,
         checks=checks,
         audit=record,
+        erased_earlier_by=tuple(dict.fromkeys(erased_by(catalog, shown.already_erased_digests).values())),
     )
     if view is not None and log_to_mlflow:
         runs = view.log_verification(request_id, report.model_dump(mode="json"), report.to_markdown(), report.passed)

@@ -219,6 +219,8 @@ def test_a_forget_run_again_without_its_request_id_points_at_the_erasure_that_di
     # The store was trained with tracking off: the CLI's forget recorded nothing in a default MLflow
     # (it did, and verify then failed the store: "the store now names no registry").
     assert _expunge("verify", "--storage", store, "--request", "GDPR-7", "--json") == 0
+    # Its report says who erased them (it said "nothing was erased", new-user review).
+    assert json.loads(capsys.readouterr().out)["erased_earlier_by"] == ["GDPR-first"]
     warned = [r.getMessage() for r in caplog.records if "that ticket names" in r.getMessage()]
     assert warned == [
         f"that ticket names 2 requests (GDPR-first, {again}); taking the newest, {again}: give a request id to check another"
