@@ -33,7 +33,8 @@ def finish_committed(
     (``seal``: ``Sealer.seal``).
 
     Raises:
-        ConfigError: the id was used by an erasure of other subjects (ids name one request).
+        ConfigError: the id was used by an erasure of other subjects (ids name one request), or its subjects
+            hold data again (re-admitted since: answering the old receipt would say they are erased).
     """
     version = next(
         (
@@ -57,6 +58,13 @@ def finish_committed(
         raise ConfigError(
             f"request id {request_id!r} already erased other subjects (ensemble v{version}); "
             "each request needs its own id: use a new --request-id, or omit it"
+        )
+    erased = [d for d in stored.subject_digests if d not in set(stored.not_found_digests)]
+    latest = session.catalog.latest()
+    if latest is not None and session.catalog.read_placement(latest.placement_key).cells(erased):
+        raise ConfigError(
+            f"request id {request_id!r} erased its subjects at ensemble v{version}, but some hold data again "
+            "(re-admitted and given rows since): erasing them again is a new request; use a new --request-id, or omit it"
         )
     if done:
         return stored

@@ -751,3 +751,26 @@ def test_a_receipt_rebuilt_after_a_kill_keeps_its_ticket_and_reason(tmp_path):
     [sealed] = [r for _, r in chained_receipts(coordinator.store, "req-ticketed")]
     assert (sealed.ticket, sealed.reason) == ("GDPR-2", "asked in writing")
     assert resolve_request(Catalog(coordinator.store), coordinator.hasher, "GDPR-2") == "req-ticketed"
+
+
+@pytest.mark.integration
+def test_a_request_id_used_again_after_its_subject_was_readmitted_is_refused_not_answered_erased(tmp_path):
+    # Adversarial review (fourteenth pass; older): forget S as GDPR-1, readmit S, ingest S's rows again, forget S
+    # as GDPR-1 again: the old receipt came back "erased" (exit 0) while the published version served S's rows.
+    import pyarrow as pa
+
+    root = tmp_path / "case"
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.train(ROWS, CONFIG)
+    coordinator.forget([SUBJECT], request_id="GDPR-1")
+    coordinator.readmit([SUBJECT], "consent given again", request_id="readmit-1")
+    back = ROWS.filter(pc.equal(ROWS.column("subject_id"), SUBJECT))
+    back = back.set_column(
+        back.schema.get_field_index("record_id"),
+        "record_id",
+        pa.array([f"{r}-again" for r in back.column("record_id").to_pylist()]),
+    )
+    coordinator.ingest(back, request_id="ing-back")
+    with pytest.raises(ConfigError, match="hold data again"):
+        coordinator.forget([SUBJECT], request_id="GDPR-1")
+    assert coordinator.forget([SUBJECT], request_id="GDPR-9").status == "erased"
