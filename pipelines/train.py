@@ -116,7 +116,8 @@ def run(job: JobConfig) -> dict[str, object]:
                 _refuse_erased(coordinator, held_out, batches or table_batches(rows))
             shards, slices = job.sharding.shards, job.sharding.slices
             with progress(
-                f"training {shards} shard(s) x {slices} slice(s) on {len(rows) or 'streamed'} rows, then registering"
+                f"training {shards} shard(s) x {slices} slice(s) on {len(rows) or 'streamed'} rows"
+                + (", then registering" if job.tracking.enabled else "")
             ):
                 if batches is not None:
                     result = coordinator.train_stream(batches, job, request_id="train", source=job.data.path or "")
