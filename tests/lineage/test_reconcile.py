@@ -313,14 +313,18 @@ coordinator.forget(named, request_id="req-killed")
 _NOBODY = "nobody-with-data@example.com"
 
 
-def _forget_killed_at(root: Path, match: str) -> None:
+def _killed_at_write(match: str, script: str, args: list[str]) -> None:
+    """Run ``script`` in a child process killed (SIGKILL) at the first store write matching ``match``."""
     env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
     env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": match, "EXPUNGE_FAULT_MODE": "kill"})
-    args = [str(root), TEST_KEY.decode(), SUBJECT, _NOBODY]
     done = subprocess.run(
-        [sys.executable, "-c", _FORGET_UNTRACKED, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 137, done.stderr[-3000:]
+
+
+def _forget_killed_at(root: Path, match: str) -> None:
+    _killed_at_write(match, _FORGET_UNTRACKED, [str(root), TEST_KEY.decode(), SUBJECT, _NOBODY])
 
 
 @pytest.mark.integration
@@ -406,17 +410,7 @@ def test_an_erasure_joined_by_an_ingest_and_killed_before_its_receipt_is_rebuilt
     digest = trained.hasher.digest(SUBJECT)
     held = {c.shard for c in trained.placement_index().cells([digest])[digest]}
     subject_rows = ROWS.filter(pc.equal(ROWS.column("subject_id"), SUBJECT)).num_rows
-    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
-    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "put receipts/0", "EXPUNGE_FAULT_MODE": "kill"})
-    done = subprocess.run(
-        [sys.executable, "-c", _FORGET_JOINED, str(root), TEST_KEY.decode(), SUBJECT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 137, done.stderr[-3000:]
+    _killed_at_write("put receipts/0", _FORGET_JOINED, [str(root), TEST_KEY.decode(), SUBJECT])
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
     assert coordinator.catalog.latest().request_id == "req-joined"  # committed
     [sealed] = [r for _, r in chained_receipts(coordinator.store, "req-joined")]
@@ -625,17 +619,7 @@ def test_an_unsealed_erasure_that_cannot_be_rebuilt_is_named_by_verify_not_left_
 
     root = tmp_path / "case"
     Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
-    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
-    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "put receipts/0", "EXPUNGE_FAULT_MODE": "kill"})
-    done = subprocess.run(
-        [sys.executable, "-c", _FORGET_JOINED, str(root), TEST_KEY.decode(), SUBJECT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 137, done.stderr[-3000:]
+    _killed_at_write("put receipts/0", _FORGET_JOINED, [str(root), TEST_KEY.decode(), SUBJECT])
     store = ObjectStore(str(root / "store"))
     for key in store.list_keys("tombstones"):  # as an earlier release wrote it
         entry = _json.loads(store.get(key))
@@ -728,17 +712,7 @@ def test_a_receipt_rebuilt_after_a_kill_keeps_its_ticket_and_reason(tmp_path):
 
     root = tmp_path / "case"
     Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
-    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "PYTHONPATH"}}
-    env.update({"EXPUNGE_FAULT_AT_WRITE": "1", "EXPUNGE_FAULT_MATCH": "put receipts/0", "EXPUNGE_FAULT_MODE": "kill"})
-    done = subprocess.run(
-        [sys.executable, "-c", _FORGET_TICKETED, str(root), TEST_KEY.decode(), SUBJECT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 137, done.stderr[-3000:]
+    _killed_at_write("put receipts/0", _FORGET_TICKETED, [str(root), TEST_KEY.decode(), SUBJECT])
     # Before the next writer, `verify --request` by either reference says it is unsealed, and how to seal it
     # (it said "no request answers to that reference").
     unsealed = Catalog(ObjectStore(str(root / "store")))
