@@ -38,7 +38,7 @@ from expunge.orchestrator.ingest import PreparedIngest
 from expunge.orchestrator.receipts import ErasureReceipt, ShardRetrain, utc_now
 from expunge.orchestrator.registry import Lineage
 from expunge.orchestrator.request_ids import check_request_id
-from expunge.orchestrator.screening import names_subject, screen_request_text
+from expunge.orchestrator.screening import names_subject, screen_free_text, screen_request_text
 from expunge.orchestrator.session import StoreSession
 from expunge.orchestrator.store_purge import purge_unreferenced, purgeable
 from expunge.shards.manifest import ShardUpdate
@@ -125,8 +125,7 @@ class Eraser:
 
         canonical = canonical_subject_ids(subject_ids, "the request")
         reason, ticket = screen_request_text(reason, ticket, canonical)
-        if request_id is not None and names_subject(request_id, canonical):
-            # The request id is kept in receipts, MLflow and file names: it must not name the person.
+        if request_id is not None and names_subject(request_id, canonical):  # kept in receipts, MLflow, file names
             raise PersonalDataInTextError(
                 "the request id names a subject of the request; it is stored with the receipt and shown in MLflow, so "
                 "use a case number instead (e.g. GDPR-2026-0042), or omit it. Nothing was stored"
@@ -171,6 +170,7 @@ class Eraser:
         if not digests:
             raise ConfigError("an erasure request needs at least one subject id")
         reason, ticket = screen_request_text(reason, ticket, ())  # raw ids were screened by the caller
+        screen_free_text("request id", request_id, ())  # kept in receipts, tombstones, MLflow and log lines
         self.session.follow_latest()
         self.session.require_manifest()  # an untrained store or a wrong key: refused before anything is written
         with self.session.writing("expunge forget"):

@@ -35,13 +35,16 @@ def _known_id(catalog: Catalog, journal: Journal, request_id: str) -> bool:
 
 
 def _ticketed_receipts(catalog: Catalog, ticket: str) -> list[tuple[int, str]]:
-    """(sequence, request id) of chained receipts whose ticket is ``ticket``, oldest first."""
+    """(sequence, request id) of chained receipts whose ticket is ``ticket``, oldest first; a receipt whose
+    request id is ``ticket`` comes alone (its by-id copy was lost: a writer killed between the two writes)."""
     found = []
     for sequence in chained_sequences(catalog.store):
         try:
             receipt = ErasureReceipt.model_validate_json(catalog.store.get(chain_key(sequence)))
         except ValueError:
             continue  # an unreadable receipt: the log walk reports it
+        if receipt.request_id == ticket:
+            return [(sequence, receipt.request_id)]
         if receipt.ticket == ticket:
             found.append((sequence, receipt.request_id))
     return found
@@ -151,13 +154,16 @@ def _erasure_named(catalog: Catalog, hasher: SubjectHasher, reference: str, quie
     return keyed or ticketed
 
 
-def erased_by(catalog: Catalog, digests: Sequence[str]) -> dict[str, str]:
+def erased_by(catalog: Catalog, digests: Sequence[str], before: str | None = None) -> dict[str, str]:
     """Digest -> id of the request whose erasure of it stands (the last one, not re-admitted since), for those
     of ``digests`` erased earlier, in the order of those erasures: where a retry that found nobody (e.g. a killed forget run again without
-    its request id) points its requester."""
+    its request id) points its requester. ``before``: an ISO time; entries written later are not read (the
+    subjects' state when a stored receipt was made, not after a re-admission and a later erasure)."""
     wanted = set(digests)
     by: dict[str, tuple[int, str]] = {}
     for entry in catalog.tombstone_log():
+        if before is not None and entry.created_at > before:
+            break
         for digest in wanted.intersection(entry.subject_digests):
             if entry.action == "erased":
                 by[digest] = (entry.sequence, entry.request_id)

@@ -243,7 +243,9 @@ def verify_erasure(
         raw_id_checked=subject_id is not None,
         checks=checks,
         audit=record,
-        erased_earlier_by=tuple(dict.fromkeys(erased_by(catalog, shown.already_erased_digests).values())),
+        erased_earlier_by=tuple(
+            dict.fromkeys(erased_by(catalog, shown.already_erased_digests, before=shown.created_at).values())
+        ),
     )
     if view is not None and log_to_mlflow:
         runs = view.log_verification(request_id, report.model_dump(mode="json"), report.to_markdown(), report.passed)

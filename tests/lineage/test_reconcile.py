@@ -748,3 +748,42 @@ def test_a_request_id_used_again_after_its_subject_was_readmitted_is_refused_not
     with pytest.raises(ConfigError, match="hold data again"):
         coordinator.forget([SUBJECT], request_id="GDPR-1")
     assert coordinator.forget([SUBJECT], request_id="GDPR-9").status == "erased"
+
+
+@pytest.mark.integration
+def test_a_request_whose_by_id_receipt_was_lost_still_resolves_from_the_log(tmp_path):
+    # Adversarial review (fourteenth pass): killed between chaining its receipt and writing the by-id copy,
+    # `verify --request ID` said the request was "not sealed yet", and no writer ever changed that.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.references import resolve_request
+
+    root = tmp_path / "case"
+    Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool).train(ROWS, CONFIG)
+    _killed_at_write("put receipts/requests/req-ticketed", _FORGET_TICKETED, [str(root), TEST_KEY.decode(), SUBJECT])
+    catalog = Catalog(ObjectStore(str(root / "store")))
+    assert catalog.read_request_receipt("req-ticketed") is None
+    assert resolve_request(catalog, SubjectHasher(TEST_KEY), "req-ticketed") == "req-ticketed"
+    assert resolve_request(catalog, SubjectHasher(TEST_KEY), "GDPR-2") == "req-ticketed"
+
+
+@pytest.mark.integration
+def test_verify_names_who_had_erased_the_subjects_when_the_request_was_made_not_later(tmp_path):
+    # Adversarial review (fourteenth pass): erased by A, found nobody as R, readmitted, re-ingested and erased
+    # by C: the report of R named C, which came after it.
+    import pyarrow as pa
+
+    from expunge.orchestrator.evidence.verify import verify_erasure
+
+    root = tmp_path / "case"
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.train(ROWS, CONFIG)
+    coordinator.forget([SUBJECT], request_id="GDPR-A")
+    assert coordinator.forget([SUBJECT], request_id="GDPR-R").status == "not_found"
+    coordinator.readmit([SUBJECT], "consent given again", request_id="readmit-1")
+    back = ROWS.filter(pc.equal(ROWS.column("subject_id"), SUBJECT))
+    again = [f"{r}-again" for r in back.column("record_id").to_pylist()]
+    coordinator.ingest(back.set_column(back.schema.get_field_index("record_id"), "record_id", pa.array(again)), "ing-1")
+    coordinator.forget([SUBJECT], request_id="GDPR-C")
+    coordinator.close()
+    report = verify_erasure(str(root / "store"), "GDPR-R", SubjectHasher(TEST_KEY), log_to_mlflow=False)
+    assert report.erased_earlier_by == ("GDPR-A",)

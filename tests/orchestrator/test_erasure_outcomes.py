@@ -252,3 +252,17 @@ def test_a_request_id_that_names_the_person_is_refused_before_anything_is_stored
         coordinator.forget([subject], request_id=f"erase-{subject}")
     assert sorted(coordinator.store.list_keys("")) == before
     assert coordinator.forget([subject], request_id="GDPR-2026-0099").status == "erased"
+
+
+def test_a_request_id_holding_a_phone_number_is_refused_before_anything_is_stored(tmp_path, hasher):
+    # Adversarial review (fourteenth pass): the id is kept in receipts, the tombstone log, MLflow and log lines,
+    # and was screened for the subject only (the service's ingest path screened it fully).
+    coordinator = _trained(tmp_path, hasher)
+    before = sorted(coordinator.store.list_keys(""))
+    for forget in (
+        lambda: coordinator.forget([SUBJECTS[5]], request_id="020-7946-0958"),
+        lambda: coordinator.forget_digests([hasher.digest(SUBJECTS[5])], "020-7946-0958"),
+    ):
+        with pytest.raises(PersonalDataInTextError, match="request id"):
+            forget()
+    assert sorted(coordinator.store.list_keys("")) == before
