@@ -146,6 +146,15 @@ def _erasure_named(catalog: Catalog, hasher: SubjectHasher, reference: str, quie
             ", ".join(dict.fromkeys(named)),
             ticketed,
         )
+    if ticketed is not None and not quiet:  # an erasure under the same ticket whose receipt is not sealed yet
+        unsealed = [e.request_id for e in catalog.tombstone_log() if e.ticket == ticket and e.request_id not in named]
+        if unsealed:
+            log.warning(
+                "that ticket also names request(s) %s, committed or attempted after a kill but not sealed yet: "
+                "verifying %s; the next writer of the store seals the other(s)",
+                ", ".join(dict.fromkeys(unsealed)),
+                ticketed,
+            )
     if keyed and ticketed and keyed != ticketed:
         raise ConfigError(
             f"that reference is the idempotency key of request {keyed} and the ticket of request {ticketed}: "

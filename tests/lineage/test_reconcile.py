@@ -3,6 +3,7 @@ the newest version, every older version is purged and unloadable, and no copy of
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -787,3 +788,24 @@ def test_verify_names_who_had_erased_the_subjects_when_the_request_was_made_not_
     coordinator.close()
     report = verify_erasure(str(root / "store"), "GDPR-R", SubjectHasher(TEST_KEY), log_to_mlflow=False)
     assert report.erased_earlier_by == ("GDPR-A",)
+
+
+@pytest.mark.integration
+def test_a_ticket_that_also_names_an_unsealed_request_says_so(tmp_path, caplog):
+    # Adversarial review (fourteenth pass): a ticket filed with a sealed request and with a later one killed
+    # before its seal resolved to the sealed one without a word about the other.
+    from expunge.orchestrator.catalog import Catalog
+    from expunge.orchestrator.evidence.references import resolve_request
+
+    root = tmp_path / "case"
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.train(ROWS, CONFIG)
+    coordinator.forget([subjects(ROWS)[5]], request_id="req-first", ticket="GDPR-2")
+    coordinator.close()
+    _killed_at_write("put receipts/0", _FORGET_TICKETED, [str(root), TEST_KEY.decode(), SUBJECT])
+    with caplog.at_level(logging.WARNING, logger="expunge"):
+        assert (
+            resolve_request(Catalog(ObjectStore(str(root / "store"))), SubjectHasher(TEST_KEY), "GDPR-2") == "req-first"
+        )
+    assert [r for r in caplog.records if "also names request(s) req-ticketed" in r.getMessage()]
+    assert not [r for r in caplog.records if "GDPR-2" in r.getMessage()]
