@@ -196,6 +196,7 @@ def verify_erasure(
     chained = chained_receipts(store, request_id)
     asked = request_id
     own: ErasureReceipt | None = None  # a coalesced request's own receipt (its subjects only)
+    status = None
     if text is None and not chained:
         # A request the service coalesced with others: its erasure is the shared commit's, which
         # is what gets re-derived and checked; the report and the scan are about its own subjects.
@@ -208,6 +209,13 @@ def verify_erasure(
             own = status.receipt.model_copy(update={"request_id": request_id})
             text = catalog.read_request_receipt(request_id)
             chained = chained_receipts(store, request_id)
+    if text is None and not chained and status is not None:  # the service has it: failed, or not sealed yet
+        raise ConfigError(
+            f"request {request_id} failed before its commit: nothing was erased by it, and there is nothing to verify"
+            if status.stage == "failed"
+            else f"request {request_id} is known to the service (stage {status.stage}) but has no sealed receipt yet: "
+            "the service seals it after its commit, or resumes it when it starts again; verify it then"
+        )
     if text is None and not chained:
         raise ConfigError(
             f"no receipt of request {request_id!r} in {store.uri}: check the request id (`expunge forget` prints it "

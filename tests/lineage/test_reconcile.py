@@ -809,3 +809,26 @@ def test_a_ticket_that_also_names_an_unsealed_request_says_so(tmp_path, caplog):
         )
     assert [r for r in caplog.records if "also names request(s) req-ticketed" in r.getMessage()]
     assert not [r for r in caplog.records if "GDPR-2" in r.getMessage()]
+
+
+@pytest.mark.integration
+def test_verify_of_a_service_request_not_sealed_yet_says_so(tmp_path):
+    # Adversarial review (fourteenth pass): a request the service accepted (and, killed, left to its restart)
+    # had no receipt, and `verify --request` said "check the request id and --storage".
+    from expunge.orchestrator.evidence.verify import verify_erasure
+    from expunge.orchestrator.receipts import utc_now
+    from expunge.orchestrator.service.journal import Journal, JournalEntry
+
+    root = tmp_path / "case"
+    coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
+    coordinator.train(ROWS, CONFIG)
+    journal = Journal(coordinator.store)
+    for request_id in ("idem-accepted", "idem-failed"):
+        digests = (coordinator.hasher.digest(SUBJECT),)
+        journal.accept(JournalEntry(request_id=request_id, subject_digests=digests, received_at=utc_now()))
+    journal.write_failed("idem-failed", "ConfigError: refused")
+    store = str(root / "store")
+    with pytest.raises(ConfigError, match=r"idem-accepted is known to the service .* no sealed receipt yet"):
+        verify_erasure(store, "idem-accepted", coordinator.hasher, log_to_mlflow=False)
+    with pytest.raises(ConfigError, match="idem-failed failed before its commit: nothing was erased"):
+        verify_erasure(store, "idem-failed", coordinator.hasher, log_to_mlflow=False)
