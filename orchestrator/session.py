@@ -146,7 +146,8 @@ class StoreSession:
         #: Run by ``writing`` before anything is committed (``Sealer.seal_before_commit``: an erasure whose
         #: process ended before sealing it must be sealed first, or the commit buries it).
         self.before_commit: Callable[[], None] | None = None
-        #: Set when finishing an earlier process's work failed on open: ``writing`` then retries it first.
+        #: Set when finishing an earlier process's work failed on open, or a seal failed after this process's
+        #: own commit: ``writing`` then runs ``before_commit`` again first.
         self.unfinished = False
         self._checked_token: int | None = None  # the lease token ``before_commit`` last ran under
 
