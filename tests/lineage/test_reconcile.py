@@ -728,24 +728,26 @@ def test_a_receipt_rebuilt_after_a_kill_keeps_its_ticket_and_reason(tmp_path):
     assert resolve_request(Catalog(coordinator.store), coordinator.hasher, "GDPR-2") == "req-ticketed"
 
 
+def _ingest_again(coordinator: Coordinator, subject: str, request_id: str) -> None:
+    """Give a re-admitted ``subject`` its rows back, under new record ids (an ingest)."""
+    import pyarrow as pa
+
+    back = ROWS.filter(pc.equal(ROWS.column("subject_id"), subject))
+    again = pa.array([f"{r}-again" for r in back.column("record_id").to_pylist()])
+    coordinator.ingest(back.set_column(back.schema.get_field_index("record_id"), "record_id", again), request_id)
+
+
 @pytest.mark.integration
 def test_a_request_id_used_again_after_its_subject_was_readmitted_is_refused_not_answered_erased(tmp_path):
     # Adversarial review (fourteenth pass; older): forget S as GDPR-1, readmit S, ingest S's rows again, forget S
     # as GDPR-1 again: the old receipt came back "erased" (exit 0) while the published version served S's rows.
-    import pyarrow as pa
 
     root = tmp_path / "case"
     coordinator = Coordinator(str(root / "store"), SubjectHasher(TEST_KEY), None, pool_factory=local_pool)
     coordinator.train(ROWS, CONFIG)
     coordinator.forget([SUBJECT], request_id="GDPR-1")
     coordinator.readmit([SUBJECT], "consent given again", request_id="readmit-1")
-    back = ROWS.filter(pc.equal(ROWS.column("subject_id"), SUBJECT))
-    back = back.set_column(
-        back.schema.get_field_index("record_id"),
-        "record_id",
-        pa.array([f"{r}-again" for r in back.column("record_id").to_pylist()]),
-    )
-    coordinator.ingest(back, request_id="ing-back")
+    _ingest_again(coordinator, SUBJECT, "ing-back")
     with pytest.raises(ConfigError, match="hold data again"):
         coordinator.forget([SUBJECT], request_id="GDPR-1")
     assert coordinator.forget([SUBJECT], request_id="GDPR-9").status == "erased"
@@ -771,7 +773,6 @@ def test_a_request_whose_by_id_receipt_was_lost_still_resolves_from_the_log(tmp_
 def test_verify_names_who_had_erased_the_subjects_when_the_request_was_made_not_later(tmp_path):
     # Adversarial review (fourteenth pass): erased by A, found nobody as R, readmitted, re-ingested and erased
     # by C: the report of R named C, which came after it.
-    import pyarrow as pa
 
     from expunge.orchestrator.evidence.verify import verify_erasure
 
@@ -781,9 +782,7 @@ def test_verify_names_who_had_erased_the_subjects_when_the_request_was_made_not_
     coordinator.forget([SUBJECT], request_id="GDPR-A")
     assert coordinator.forget([SUBJECT], request_id="GDPR-R").status == "not_found"
     coordinator.readmit([SUBJECT], "consent given again", request_id="readmit-1")
-    back = ROWS.filter(pc.equal(ROWS.column("subject_id"), SUBJECT))
-    again = [f"{r}-again" for r in back.column("record_id").to_pylist()]
-    coordinator.ingest(back.set_column(back.schema.get_field_index("record_id"), "record_id", pa.array(again)), "ing-1")
+    _ingest_again(coordinator, SUBJECT, "ing-1")
     coordinator.forget([SUBJECT], request_id="GDPR-C")
     coordinator.close()
     report = verify_erasure(str(root / "store"), "GDPR-R", SubjectHasher(TEST_KEY), log_to_mlflow=False)
